@@ -1,0 +1,175 @@
+"""The backend protocol: sample an image with an SD 1.x model while capturing DiffSketch features.
+
+A backend supplies three primitives (``encode_prompt``, ``_denoise``, ``_decode``); the shared
+:meth:`SamplingBackend.sample` does validation, timestep planning, noise, capture bookkeeping
+and assembles a :class:`~diffsketch.features.CapturedSample`. The diffusers backend and the
+ComfyUI backend (``nodes/comfy_backend.py``) differ only in the primitives, so both tap the same
+points under the same conventions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+
+from ..capture import UNetRecorder
+from ..errors import InvalidInputError
+from ..features import CapturedSample
+from ..spec import FeatureSpec
+from ..timesteps import TimestepPlan, ddim_grid, plan_timesteps
+
+SIZE_MULTIPLE = 64
+MAX_SIZE = 4096
+
+ProgressFn = Callable[[int, int], None]
+
+
+def check_size(width: int, height: int) -> None:
+    for name, v in (("width", width), ("height", height)):
+        if not isinstance(v, int) or v < SIZE_MULTIPLE or v > MAX_SIZE or v % SIZE_MULTIPLE:
+            lo = max(SIZE_MULTIPLE, (int(v) // SIZE_MULTIPLE) * SIZE_MULTIPLE) if isinstance(v, int) else 512
+            raise InvalidInputError(
+                f"{name}={v} is not supported: it must be a multiple of {SIZE_MULTIPLE} between {SIZE_MULTIPLE} and "
+                f"{MAX_SIZE} (the UNet halves the latent three times), e.g. {lo} or {lo + SIZE_MULTIPLE}."
+            )
+
+
+def make_noise(seed: int, shape: Sequence[int]) -> torch.Tensor:
+    """Initial noise on the CPU, identical to ComfyUI's ``prepare_noise`` for a batch of one."""
+    if not isinstance(seed, int) or seed < 0:
+        raise InvalidInputError(f"seed must be a non-negative integer, got {seed!r}")
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.randn(tuple(shape), generator=g, dtype=torch.float32)
+
+
+def fast_schedule(plan: TimestepPlan) -> list[int]:
+    """Descending timesteps visiting only the captured ones plus the final step t=1.
+
+    DDIM (eta=0) is valid on any decreasing subsequence of the training timesteps, so sampling
+    only where features are captured cuts UNet evaluations from len(grid) to len(plan.used)+1 at
+    most, at the cost of a coarser ODE solve (images differ from the full-schedule ones).
+    """
+    return sorted(set(plan.used) | {plan.grid[0]}, reverse=True)
+
+
+def scaled_linear_alphas_cumprod(
+    beta_start: float = 0.00085, beta_end: float = 0.012, num_train_timesteps: int = 1000
+) -> torch.Tensor:
+    """SD 1.x's noise schedule (ldm "linear" == diffusers "scaled_linear"), float64."""
+    betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float64) ** 2
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+class SamplingBackend:
+    """Shared sampling driver. Subclasses set ``spec`` and implement the primitives."""
+
+    spec: FeatureSpec
+    #: raw VAE latent = model latent / scaling_factor
+    latent_scaling_factor: float = 0.18215
+
+    # -- primitives ----------------------------------------------------------------------------
+    def encode_prompt(self, text: str) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def _denoise(
+        self,
+        noise: torch.Tensor,
+        cond: torch.Tensor,
+        uncond: torch.Tensor,
+        cfg: float,
+        schedule: list[int],
+        recorder: UNetRecorder | None,
+        progress: ProgressFn | None,
+    ) -> torch.Tensor:  # pragma: no cover - interface
+        """Deterministic DDIM (eta=0) from ``noise`` (x_T in DDPM space) over ``schedule``
+        (descending timesteps), ending on the last step's predicted x0. Returns the raw VAE latent."""
+        raise NotImplementedError
+
+    def _decode(self, latent: torch.Tensor, capture: bool, store_dtype, store_device):  # pragma: no cover
+        """Decode a raw VAE latent. Returns (image [1,3,H,W] in [0,1], rgb, vae feature list)."""
+        raise NotImplementedError
+
+    # -- shared --------------------------------------------------------------------------------
+    def check_conditioning(self, cond: torch.Tensor, name: str) -> torch.Tensor:
+        d = self.spec.context_dim
+        if cond.ndim != 3 or cond.shape[0] != 1 or cond.shape[-1] != d or cond.shape[1] % 77:
+            raise InvalidInputError(
+                f"{name} conditioning has shape {list(cond.shape)}; this model expects [1, 77*k, {d}] "
+                "(one prompt's text embedding from this checkpoint's CLIP)."
+            )
+        return cond.detach().float()
+
+    def sample(
+        self,
+        cond: torch.Tensor | str,
+        *,
+        seed: int,
+        steps: int = 50,
+        cfg: float = 5.0,
+        width: int = 512,
+        height: int = 512,
+        timesteps: Sequence[int] | None = None,
+        uncond: torch.Tensor | None = None,
+        schedule: str | Sequence[int] = "full",
+        capture: bool = True,
+        unet_reduce=None,
+        decode: bool = True,
+        store_dtype: torch.dtype = torch.float16,
+        store_device: torch.device | str = "cpu",
+        progress: ProgressFn | None = None,
+    ) -> CapturedSample:
+        """Sample one image with classifier-free guidance ("" as the negative) and capture features.
+
+        ``timesteps``: which UNet timesteps to capture (default: the paper's 13), mapped to the
+        nearest steps of the ``steps``-step DDIM grid (the result's ``plan`` says which).
+        ``schedule``: "full" (the whole grid), "fast" (captured timesteps + final step only) or
+        an explicit descending list of timesteps. ``unet_reduce(layer, tensor) -> vector`` stores
+        reduced vectors instead of full tensors. ``decode=False`` skips the VAE.
+        """
+        check_size(width, height)
+        if not math.isfinite(cfg) or cfg < 0:
+            raise InvalidInputError(f"cfg must be a finite number >= 0, got {cfg}")
+        plan = plan_timesteps(steps, timesteps)
+        if isinstance(schedule, str):
+            if schedule == "full":
+                sched = sorted(plan.grid, reverse=True)
+            elif schedule == "fast":
+                sched = fast_schedule(plan)
+            else:
+                raise InvalidInputError(f"schedule must be 'full', 'fast' or a list of timesteps, got {schedule!r}")
+        else:
+            sched = [int(t) for t in schedule]
+            if sched != sorted(set(sched), reverse=True):
+                raise InvalidInputError("an explicit schedule must be strictly decreasing timesteps")
+        if capture and not set(plan.used) <= set(sched):
+            raise InvalidInputError(
+                f"the schedule {sched} does not visit the capture timesteps {sorted(set(plan.used) - set(sched))}"
+            )
+        prompt = None
+        if isinstance(cond, str):
+            prompt, cond = cond, self.encode_prompt(cond)
+        cond = self.check_conditioning(cond, "positive")
+        uncond = self.encode_prompt("") if uncond is None else uncond
+        uncond = self.check_conditioning(uncond, "negative")
+        lh, lw = self.spec.latent_size(width, height)
+        noise = make_noise(seed, (1, self.spec.latent_channels, lh, lw))
+        recorder = (
+            UNetRecorder(self.spec, plan.used, store_dtype, store_device, reduce=unet_reduce) if capture else None
+        )
+        latent = self._denoise(noise, cond, uncond, float(cfg), sched, recorder, progress)
+        unet = recorder.result() if recorder is not None else {}
+        if decode:
+            image, rgb, vae = self._decode(latent, capture, store_dtype, store_device)
+        else:
+            image = rgb = torch.zeros(1, 3, 0, 0)
+            vae = []
+        meta = {"seed": seed, "steps": steps, "cfg": float(cfg), "width": width, "height": height,
+                "schedule": sched, "unet_evaluations": len(sched)}
+        if prompt is not None:
+            meta["prompt"] = prompt
+        return CapturedSample(self.spec, plan, image, latent.float().cpu(), unet, vae, rgb, meta)
+
+    def grid(self, steps: int) -> list[int]:
+        return ddim_grid(steps)

@@ -1,0 +1,102 @@
+"""One generated image with the features DiffSketch captured while making it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from . import fileio
+from .spec import FeatureSpec
+from .timesteps import TimestepPlan
+
+FEATURES_KIND = "features"
+FEATURES_VERSION = 1
+
+
+@dataclass
+class CapturedSample:
+    """A sample and its captured features (batch of one).
+
+    - ``image``: [1, 3, H, W] float32 in [0, 1].
+    - ``latent``: [1, C, h, w] final latent in raw VAE space (ComfyUI's LATENT convention).
+    - ``unet``: ``{timestep: [tensor[2, C_l, h_l, w_l] per tap]}``, index 0 uncond, 1 cond.
+    - ``vae``: one [1, C_k, H_k, W_k] tensor per VAE tap of ``spec.vae``.
+    - ``rgb``: [1, 3, H, W] float32 raw decoder output (about [-1, 1], not clamped).
+    """
+
+    spec: FeatureSpec
+    plan: TimestepPlan
+    image: torch.Tensor
+    latent: torch.Tensor
+    unet: dict[int, list[torch.Tensor]]
+    vae: list[torch.Tensor]
+    rgb: torch.Tensor
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def timesteps(self) -> tuple[int, ...]:
+        return tuple(sorted(self.unet))
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) in pixels."""
+        return int(self.image.shape[-1]), int(self.image.shape[-2])
+
+    def tensors(self):
+        for t in self.timesteps:
+            yield from self.unet[t]
+        yield from self.vae
+        yield from (self.rgb, self.image, self.latent)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors())
+
+    def to(self, device=None, dtype=None) -> CapturedSample:
+        """Move every feature tensor (image/latent/rgb keep float32)."""
+
+        def mv(t, keep=False):
+            return t.to(device=device, dtype=None if keep else dtype)
+
+        return replace(
+            self,
+            unet={t: [mv(x) for x in xs] for t, xs in self.unet.items()},
+            vae=[mv(x) for x in self.vae],
+            rgb=mv(self.rgb, True),
+            image=mv(self.image, True),
+            latent=mv(self.latent, True),
+        )
+
+    def summary(self) -> str:
+        w, h = self.size
+        return (
+            f"{w}x{h} sample, {len(self.unet)} timesteps x {len(self.spec.unet)} UNet taps (uncond+cond), "
+            f"{len(self.vae)} VAE taps, {self.nbytes() / 2**20:.1f} MiB; {self.plan.describe()}"
+        )
+
+    # -- files ---------------------------------------------------------------------------------
+    def save(self, path) -> None:
+        tensors = {"image": self.image, "latent": self.latent, "rgb": self.rgb}
+        for t, xs in self.unet.items():
+            for i, x in enumerate(xs):
+                tensors[f"unet.{t}.{i}"] = x
+        for i, x in enumerate(self.vae):
+            tensors[f"vae.{i}"] = x
+        meta = {
+            "spec": self.spec.to_json(),
+            "plan": {"steps": self.plan.steps, "requested": list(self.plan.requested), "used": list(self.plan.used)},
+            "meta": self.meta,
+        }
+        fileio.save_tensors(path, tensors, FEATURES_KIND, FEATURES_VERSION, meta)
+
+    @classmethod
+    def load(cls, path, device="cpu") -> CapturedSample:
+        from .timesteps import plan_timesteps
+
+        tensors, header = fileio.load_tensors(path, FEATURES_KIND, (FEATURES_VERSION,), device)
+        spec = FeatureSpec.from_json(header["spec"])
+        p = header["plan"]
+        plan = plan_timesteps(p["steps"], p["requested"])
+        unet = {t: [tensors[f"unet.{t}.{i}"] for i in range(len(spec.unet))] for t in p["used"]}
+        vae = [tensors[f"vae.{i}"] for i in range(len(spec.vae))]
+        return cls(spec, plan, tensors["image"], tensors["latent"], unet, vae, tensors["rgb"], header.get("meta", {}))

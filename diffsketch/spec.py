@@ -1,0 +1,256 @@
+"""What DiffSketch taps in a diffusion model, read from the model itself.
+
+A :class:`FeatureSpec` lists the UNet decoder ResBlocks and VAE decoder blocks whose outputs
+DiffSketch uses, with their channel counts and spatial scales. It is discovered from the model
+(ldm/ComfyUI layout or diffusers layout), never hard-coded to SD 1.5 numbers, so the generator
+can be built for any layout that follows the same pattern.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+import torch.nn as nn
+
+from .errors import UnsupportedModelError
+
+LAYOUT_LDM = "ldm"
+LAYOUT_DIFFUSERS = "diffusers"
+
+
+@dataclass(frozen=True)
+class Tap:
+    """One tapped module.
+
+    ``name`` is the module path relative to the model root the backend hooks (the UNet, or the
+    VAE ``AutoencoderKL``). ``log2_scale`` is the tapped tensor's spatial size relative to the
+    latent, as a power of two: -3 means latent/8, 0 the latent size, 3 means latent*8.
+    """
+
+    name: str
+    channels: int
+    log2_scale: int
+
+    def size(self, latent_hw: tuple[int, int]) -> tuple[int, int]:
+        h, w = latent_hw
+        if self.log2_scale >= 0:
+            return h << self.log2_scale, w << self.log2_scale
+        f = 1 << -self.log2_scale
+        return -(-h // f), -(-w // f)
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """The taps of one model layout.
+
+    ``unet`` are the decoder ResBlocks' residual branches (before the skip add), in execution
+    order; ``vae`` are the VAE decoder's mid and up ResNet blocks in execution order; ``rgb`` is
+    the decoder's output conv. ``context_dim`` and ``latent_channels`` are what the text
+    conditioning and latents must look like.
+    """
+
+    layout: str
+    unet: tuple[Tap, ...]
+    vae: tuple[Tap, ...]
+    rgb: Tap
+    context_dim: int
+    latent_channels: int = 4
+    vae_scale_factor: int = 8
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    # -- shapes --------------------------------------------------------------------------------
+    def latent_size(self, width: int, height: int) -> tuple[int, int]:
+        return height // self.vae_scale_factor, width // self.vae_scale_factor
+
+    def unet_shapes(self, width: int, height: int) -> list[tuple[int, int, int]]:
+        lat = self.latent_size(width, height)
+        return [(t.channels, *t.size(lat)) for t in self.unet]
+
+    def vae_shapes(self, width: int, height: int) -> list[tuple[int, int, int]]:
+        lat = self.latent_size(width, height)
+        return [(t.channels, *t.size(lat)) for t in self.vae]
+
+    def capture_numel(self, width: int, height: int, n_timesteps: int, branches: int = 2) -> int:
+        """Number of stored values for one captured sample (UNet + VAE + RGB + image + latent)."""
+        unet = sum(c * h * w for c, h, w in self.unet_shapes(width, height)) * branches * n_timesteps
+        vae = sum(c * h * w for c, h, w in self.vae_shapes(width, height))
+        lh, lw = self.latent_size(width, height)
+        rgb_and_image = 2 * 3 * height * width
+        return unet + vae + rgb_and_image + self.latent_channels * lh * lw
+
+    # -- identity ------------------------------------------------------------------------------
+    def signature(self) -> dict:
+        """The layout as the generator sees it: channels and scales, not module names."""
+        return {
+            "unet": [[t.channels, t.log2_scale] for t in self.unet],
+            "vae": [[t.channels, t.log2_scale] for t in self.vae],
+            "rgb": self.rgb.channels,
+            "context_dim": self.context_dim,
+            "latent_channels": self.latent_channels,
+            "vae_scale_factor": self.vae_scale_factor,
+        }
+
+    def fingerprint(self) -> str:
+        blob = json.dumps(self.signature(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def is_compatible(self, other: FeatureSpec) -> bool:
+        return self.signature() == other.signature()
+
+    # -- serialisation -------------------------------------------------------------------------
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FeatureSpec:
+        return cls(
+            layout=d["layout"],
+            unet=tuple(Tap(**t) for t in d["unet"]),
+            vae=tuple(Tap(**t) for t in d["vae"]),
+            rgb=Tap(**d["rgb"]),
+            context_dim=int(d["context_dim"]),
+            latent_channels=int(d.get("latent_channels", 4)),
+            vae_scale_factor=int(d.get("vae_scale_factor", 8)),
+            extra=dict(d.get("extra", {})),
+        )
+
+    @classmethod
+    def from_json(cls, s: str) -> FeatureSpec:
+        return cls.from_dict(json.loads(s))
+
+
+def _conv_out_channels(module: nn.Module) -> int:
+    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise UnsupportedModelError(f"expected a convolution inside {type(module).__name__}")
+    return convs[-1].out_channels
+
+
+def _has_upsample(block: nn.Module) -> bool:
+    return any(type(m).__name__ == "Upsample" for m in block.children())
+
+
+# ---------------------------------------------------------------------------------------------
+# ldm / ComfyUI layout
+# ---------------------------------------------------------------------------------------------
+def ldm_unet_taps(unet: nn.Module) -> tuple[Tap, ...]:
+    """Taps of an ldm ``UNetModel``: ``output_blocks[i][0].out_layers`` for each decoder block."""
+    blocks = getattr(unet, "output_blocks", None)
+    if blocks is None or len(blocks) == 0:
+        raise UnsupportedModelError(
+            f"{type(unet).__name__} has no ldm 'output_blocks': DiffSketch needs an SD 1.x-style UNet "
+            "(Flux, SD3, video and other DiT models are not supported). Load an SD 1.x checkpoint."
+        )
+    ups_after = [0] * (len(blocks) + 1)
+    for i in range(len(blocks) - 1, -1, -1):
+        ups_after[i] = ups_after[i + 1] + int(_has_upsample(blocks[i]))
+    taps = []
+    for i, block in enumerate(blocks):
+        res = block[0]
+        out_layers = getattr(res, "out_layers", None)
+        if out_layers is None:
+            raise UnsupportedModelError(
+                f"output_blocks[{i}][0] is {type(res).__name__}, not a ResBlock with 'out_layers'; "
+                "this UNet does not follow the SD 1.x layout DiffSketch taps."
+            )
+        taps.append(Tap(f"output_blocks.{i}.0.out_layers", _conv_out_channels(out_layers), -ups_after[i]))
+    return tuple(taps)
+
+
+def ldm_vae_taps(vae: nn.Module) -> tuple[tuple[Tap, ...], Tap]:
+    """Taps of an ldm ``AutoencoderKL``: decoder mid block_1/2, every up-level ResNet block, conv_out."""
+    dec = getattr(vae, "decoder", None)
+    if dec is None or not hasattr(dec, "mid") or not hasattr(dec, "up"):
+        raise UnsupportedModelError(
+            f"{type(vae).__name__} has no ldm decoder (decoder.mid / decoder.up): DiffSketch needs the "
+            "SD 1.x KL-f8 VAE. Connect the VAE of an SD 1.x checkpoint."
+        )
+    taps = [
+        Tap("decoder.mid.block_1", _conv_out_channels(dec.mid.block_1), 0),
+        Tap("decoder.mid.block_2", _conv_out_channels(dec.mid.block_2), 0),
+    ]
+    n = len(dec.up)
+    scale = 0
+    for level in reversed(range(n)):  # ldm runs the up levels from the last index to 0
+        up = dec.up[level]
+        for b, blk in enumerate(up.block):
+            taps.append(Tap(f"decoder.up.{level}.block.{b}", blk.conv2.out_channels, scale))
+        if hasattr(up, "upsample"):
+            scale += 1
+    rgb = Tap("decoder.conv_out", dec.conv_out.out_channels, scale)
+    return tuple(taps), rgb
+
+
+def feature_spec_from_ldm(unet: nn.Module, vae: nn.Module, context_dim: int) -> FeatureSpec:
+    vae_taps, rgb = ldm_vae_taps(vae)
+    return FeatureSpec(
+        layout=LAYOUT_LDM,
+        unet=ldm_unet_taps(unet),
+        vae=vae_taps,
+        rgb=rgb,
+        context_dim=int(context_dim),
+        latent_channels=int(getattr(unet, "in_channels", 4)),
+        vae_scale_factor=1 << rgb.log2_scale,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# diffusers layout
+# ---------------------------------------------------------------------------------------------
+def diffusers_unet_taps(unet: nn.Module) -> tuple[Tap, ...]:
+    """Taps of a diffusers ``UNet2DConditionModel``: ``up_blocks[b].resnets[j].conv2``."""
+    blocks = getattr(unet, "up_blocks", None)
+    if blocks is None or len(blocks) == 0:
+        raise UnsupportedModelError(
+            f"{type(unet).__name__} has no 'up_blocks': DiffSketch needs a UNet2DConditionModel."
+        )
+    ups_after = [0] * (len(blocks) + 1)
+    for b in range(len(blocks) - 1, -1, -1):
+        ups_after[b] = ups_after[b + 1] + int(getattr(blocks[b], "upsamplers", None) is not None)
+    taps = []
+    for b, block in enumerate(blocks):
+        for j, res in enumerate(block.resnets):
+            taps.append(Tap(f"up_blocks.{b}.resnets.{j}.conv2", res.conv2.out_channels, -ups_after[b]))
+    return tuple(taps)
+
+
+def diffusers_vae_taps(vae: nn.Module) -> tuple[tuple[Tap, ...], Tap]:
+    dec = getattr(vae, "decoder", None)
+    if dec is None or not hasattr(dec, "mid_block") or not hasattr(dec, "up_blocks"):
+        raise UnsupportedModelError(f"{type(vae).__name__} is not a diffusers AutoencoderKL")
+    taps = [
+        Tap(f"decoder.mid_block.resnets.{j}", r.conv2.out_channels, 0)
+        for j, r in enumerate(dec.mid_block.resnets)
+    ]
+    scale = 0
+    for i, up in enumerate(dec.up_blocks):
+        for j, r in enumerate(up.resnets):
+            taps.append(Tap(f"decoder.up_blocks.{i}.resnets.{j}", r.conv2.out_channels, scale))
+        if getattr(up, "upsamplers", None) is not None:
+            scale += 1
+    rgb = Tap("decoder.conv_out", dec.conv_out.out_channels, scale)
+    return tuple(taps), rgb
+
+
+def feature_spec_from_diffusers(unet: nn.Module, vae: nn.Module) -> FeatureSpec:
+    unet_taps = diffusers_unet_taps(unet)
+    cfg = unet.config
+    if cfg.get("addition_embed_type") is not None:
+        raise UnsupportedModelError(
+            "this UNet has added text/time embeddings (SDXL-style); DiffSketch supports SD 1.x checkpoints."
+        )
+    context_dim = cfg.get("cross_attention_dim")
+    if isinstance(context_dim, (list, tuple)):
+        context_dim = context_dim[0]
+    vae_taps, rgb = diffusers_vae_taps(vae)
+    return FeatureSpec(
+        layout=LAYOUT_DIFFUSERS,
+        unet=unet_taps,
+        vae=vae_taps,
+        rgb=rgb,
+        context_dim=int(context_dim),
+        latent_channels=int(cfg.get("in_channels", 4)),
+        vae_scale_factor=1 << rgb.log2_scale,
+    )

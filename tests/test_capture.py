@@ -1,0 +1,192 @@
+"""Tier 1: feature capture on tiny random-weight diffusers models."""
+
+import pytest
+import torch
+
+from diffsketch.backends.base import fast_schedule
+from diffsketch.capture import UNetRecorder
+from diffsketch.errors import CaptureError, InvalidInputError, UnsupportedModelError
+from diffsketch.features import CapturedSample
+from diffsketch.spec import FeatureSpec, Tap, feature_spec_from_diffusers
+from diffsketch.timesteps import PAPER_TIMESTEPS, ddim_grid, plan_timesteps
+
+W = H = 64
+
+
+@pytest.fixture(scope="module")
+def sample(tiny_backend):
+    return tiny_backend.sample("a photo of a horse in mud", seed=7, steps=50, cfg=5.0, width=W, height=H)
+
+
+def test_spec_read_from_model(tiny_backend):
+    spec = tiny_backend.spec
+    # 4 up blocks x 3 resnets; channels read from the model, widest level first
+    assert len(spec.unet) == 12
+    assert [t.channels for t in spec.unet] == [64] * 6 + [32] * 6
+    assert [t.log2_scale for t in spec.unet] == [-3] * 3 + [-2] * 3 + [-1] * 3 + [0] * 3
+    # VAE: mid 2 + 4 levels x 3 = 14 taps, RGB at 8x the latent
+    assert len(spec.vae) == 14
+    assert [t.log2_scale for t in spec.vae] == [0] * 5 + [1] * 3 + [2] * 3 + [3] * 3
+    assert spec.rgb.channels == 3 and spec.rgb.log2_scale == 3 and spec.vae_scale_factor == 8
+    assert spec.context_dim == 32
+    assert FeatureSpec.from_json(spec.to_json()) == spec
+
+
+def test_capture_shapes_and_counts(sample, tiny_backend):
+    spec = tiny_backend.spec
+    assert sample.timesteps == PAPER_TIMESTEPS
+    assert len(sample.unet) == 13
+    for t, feats in sample.unet.items():
+        assert len(feats) == 12
+        for f, (c, h, w) in zip(feats, spec.unet_shapes(W, H)):
+            assert f.shape == (2, c, h, w)
+            assert f.dtype == torch.float16 and f.device.type == "cpu"
+    assert [tuple(v.shape[1:]) for v in sample.vae] == spec.vae_shapes(W, H)
+    assert sample.rgb.shape == (1, 3, H, W) and sample.image.shape == (1, 3, H, W)
+    assert 0 <= float(sample.image.min()) and float(sample.image.max()) <= 1
+    assert sample.latent.shape == (1, 4, H // 8, W // 8)
+    assert sample.meta["unet_evaluations"] == 50
+
+
+def test_branches_kept_apart(sample):
+    for feats in sample.unet.values():
+        for f in feats:
+            assert not torch.equal(f[0], f[1]), "uncond and cond features must differ for a non-empty prompt"
+
+
+def test_uncond_branch_matches_empty_prompt_run(tiny_backend):
+    """With cond == uncond both branches see the same input, so they must be identical."""
+    s = tiny_backend.sample("", seed=1, steps=10, timesteps=[1, 501], width=W, height=H)
+    for feats in s.unet.values():
+        for f in feats:
+            torch.testing.assert_close(f[0], f[1])
+
+
+def test_storage_size_matches_spec(sample, tiny_backend):
+    numel = tiny_backend.spec.capture_numel(W, H, len(sample.unet))
+    fp32_extra = 2 * 3 * H * W + 4 * (H // 8) * (W // 8)  # image, rgb, latent stay float32
+    assert sample.nbytes() == (numel - fp32_extra) * 2 + fp32_extra * 4
+
+
+def test_sd15_sample_budget():
+    """At SD 1.5 512x512 one captured sample (13 timesteps, fp16) must stay under 0.8 GB."""
+    unet = [(1280, -3)] * 3 + [(1280, -2)] * 3 + [(640, -1)] * 3 + [(320, 0)] * 3
+    vae = [(512, 0)] * 5 + [(512, 1)] * 3 + [(256, 2)] * 3 + [(128, 3)] * 3
+    spec = FeatureSpec(
+        "ldm",
+        tuple(Tap(f"u{i}", c, s) for i, (c, s) in enumerate(unet)),
+        tuple(Tap(f"v{i}", c, s) for i, (c, s) in enumerate(vae)),
+        Tap("rgb", 3, 3),
+        768,
+    )
+    numel = spec.capture_numel(512, 512, 13)
+    fp32 = 2 * 3 * 512 * 512 + 4 * 64 * 64
+    nbytes = (numel - fp32) * 2 + fp32 * 4
+    assert nbytes < 0.8e9, nbytes
+
+
+def test_determinism_for_seed(tiny_backend, sample):
+    again = tiny_backend.sample("a photo of a horse in mud", seed=7, steps=50, width=W, height=H)
+    torch.testing.assert_close(again.image, sample.image, rtol=0, atol=0)
+    torch.testing.assert_close(again.unet[941][0], sample.unet[941][0], rtol=0, atol=0)
+    other = tiny_backend.sample("a photo of a horse in mud", seed=8, steps=50, width=W, height=H)
+    assert not torch.equal(other.image, sample.image)
+
+
+def test_timestep_mapping_reports_used():
+    plan = plan_timesteps(25)
+    assert plan.grid == tuple(ddim_grid(25)) and len(plan.grid) == 25
+    assert len(plan.used) == 13 and set(plan.used) <= set(plan.grid)
+    assert not plan.exact and "->" in plan.describe()
+    assert plan_timesteps(50).exact
+    # ldm / ComfyUI grid quirk: 30 steps -> stride 33 -> 31 timesteps
+    assert len(ddim_grid(30)) == 31 and ddim_grid(30)[-1] == 991
+
+
+def test_too_few_steps_is_a_clear_error():
+    with pytest.raises(InvalidInputError, match="too few"):
+        plan_timesteps(10)
+
+
+def test_other_step_count_capture(tiny_backend):
+    s = tiny_backend.sample("a cat", seed=3, steps=20, width=W, height=64 * 2)
+    assert s.plan.steps == 20 and len(s.unet) == 13
+    assert set(s.timesteps) <= set(ddim_grid(20))
+    assert s.image.shape == (1, 3, 128, 64)
+
+
+@pytest.mark.parametrize("w,h", [(100, 64), (64, 32), (0, 64)])
+def test_bad_sizes(tiny_backend, w, h):
+    with pytest.raises(InvalidInputError, match="multiple of 64"):
+        tiny_backend.sample("x", seed=0, width=w, height=h)
+
+
+def test_fast_schedule_reduces_evaluations(tiny_backend):
+    plan = plan_timesteps(50)
+    sched = fast_schedule(plan)
+    assert sched[0] == 941 and sched[-1] == 1 and len(sched) == 13
+    assert 50 / len(sched) >= 3.5
+    s = tiny_backend.sample("a dog", seed=2, schedule="fast", width=W, height=H)
+    assert s.meta["unet_evaluations"] == len(sched)
+    assert s.timesteps == PAPER_TIMESTEPS
+
+
+def test_reduce_hook_stores_vectors(tiny_backend):
+    s = tiny_backend.sample(
+        "a dog", seed=2, steps=10, timesteps=ddim_grid(10), decode=False,
+        unet_reduce=lambda layer, x: x.mean(dim=(2, 3)),
+    )
+    assert len(s.unet) == 10 and s.vae == []
+    assert s.unet[1][0].shape == (2, 64)
+
+
+def test_no_hooks_left_after_success_and_failure(tiny_backend):
+    unet = tiny_backend.unet
+
+    def hook_count():
+        return sum(len(m._forward_hooks) for m in unet.modules())
+
+    before = hook_count()
+    tiny_backend.sample("a", seed=0, steps=10, timesteps=[1, 501], width=W, height=H)
+    assert hook_count() == before
+
+    def boom(step, total):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        tiny_backend.sample("a", seed=0, steps=10, timesteps=[1, 501], width=W, height=H, progress=boom)
+    assert hook_count() == before
+
+
+def test_incomplete_capture_is_an_error(tiny_backend):
+    rec = UNetRecorder(tiny_backend.spec, [1, 21])
+    with pytest.raises(CaptureError, match="did not fire"):
+        rec.result()
+
+
+def test_compiled_model_rejected(tiny_backend):
+    from diffsketch.backends.diffusers import DiffusersBackend
+
+    class OptimizedModule(torch.nn.Module):  # same name as torch.compile's wrapper
+        def __init__(self, m):
+            super().__init__()
+            self._orig_mod = m
+
+    with pytest.raises(UnsupportedModelError, match="torch.compile"):
+        DiffusersBackend(OptimizedModule(tiny_backend.unet), tiny_backend.vae, tiny_backend.text_encoder)
+
+
+def test_non_sd1_unet_rejected():
+    with pytest.raises(UnsupportedModelError, match="up_blocks"):
+        feature_spec_from_diffusers(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+
+
+def test_features_file_round_trip(sample, tmp_path):
+    p = tmp_path / "example.safetensors"
+    sample.save(p)
+    back = CapturedSample.load(p)
+    assert back.spec == sample.spec and back.timesteps == sample.timesteps
+    torch.testing.assert_close(back.unet[61][5], sample.unet[61][5])
+    torch.testing.assert_close(back.vae[13], sample.vae[13])
+    assert back.meta["prompt"] == "a photo of a horse in mud"
