@@ -1,0 +1,611 @@
+"""The DiffSketch sketch generator: two-level feature aggregation plus a feature-fusion decoder.
+
+Architecture (method.md §4), built entirely from a :class:`~diffsketch.spec.FeatureSpec`:
+
+1. **Lower aggregation.** The UNet taps below the highest UNet resolution (SD 1.x: output blocks
+   0-8 at 8/16/32 px of a 64 px latent) are resized to the largest of their sizes and mixed by an
+   :class:`AggregationNetwork` (one bottleneck per tap shared across timesteps, one mixing logit
+   per (timestep, tap)).
+2. **Higher aggregation.** The taps at the highest UNet resolution (SD 1.x: blocks 9-11) are mixed
+   the same way, together with the lower result upsampled to that resolution as one extra entry
+   with its own bottleneck and logit.
+3. The unconditional and conditional CFG branches go through both levels with shared weights and
+   are concatenated channel-wise.
+4. **Feature-fusion decoder.** Each x2 stage concatenates the running features with channel-reduced
+   VAE-decoder features of the same scale, then upsamples (nearest) -> 3x3 conv -> GroupNorm ->
+   GELU. The last stage adds the VAE's RGB output and ends in a 1-channel 1x1 conv, unbounded.
+
+Two defects of the released code are fixed here (method.md §4.4): the lower aggregation reaches
+the output (it fed nothing in the release), and the VAE channel reductions are registered,
+trainable modules (they were plain Python lists, i.e. fixed random projections).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import fileio
+from .errors import FileFormatError, InvalidInputError
+from .spec import FeatureSpec
+
+GENERATOR_KIND = "generator"
+GENERATOR_VERSION = 1
+
+#: Released-code widths of the VAE channel reductions: 16 for the wide (>=512 ch) VAE blocks.
+VAE_WIDE_CHANNELS = 512
+VAE_REDUCE_WIDE = 16
+VAE_REDUCE_NARROW = 8
+
+
+def vae_reduce_width(channels: int) -> int:
+    """Width a VAE tap is reduced to before fusion (16 for >=512 channels, else 8; method.md §4.3)."""
+    return VAE_REDUCE_WIDE if channels >= VAE_WIDE_CHANNELS else VAE_REDUCE_NARROW
+
+
+# ---------------------------------------------------------------------------------------------
+# configuration
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Hyper-parameters of a :class:`SketchGenerator`; JSON-serialisable via :meth:`to_dict`.
+
+    Build it with :meth:`from_spec`, which derives every layout-dependent field from the
+    :class:`FeatureSpec`; the remaining defaults are the released code's SD 1.x values.
+    ``lower_taps``/``higher_taps`` index ``spec.unet``; ``fusion_channels[k]`` is the width after
+    the k-th x2 fusion stage, and there is one stage per x2 step from the latent to the image.
+    """
+
+    n_timesteps: int
+    lower_taps: tuple[int, ...]
+    higher_taps: tuple[int, ...]
+    vae_reduce_channels: tuple[int, ...]
+    fusion_channels: tuple[int, ...]
+    lower_dim: int = 960
+    higher_dim: int = 384
+    lower_groups: int = 16
+    higher_groups: int = 32
+    use_vae: bool = True
+    vae_block_groups: int = 4
+    fusion_groups: int = 16
+    final_groups: int = 4
+
+    @classmethod
+    def from_spec(
+        cls,
+        spec: FeatureSpec,
+        n_timesteps: int,
+        *,
+        n_higher_taps: int | None = None,
+        final_width: int = 64,
+        **overrides,
+    ) -> GeneratorConfig:
+        """Derive the layout-dependent fields from ``spec``.
+
+        - ``higher_taps``: by default every UNet tap at the highest UNet resolution (SD 1.x: the
+          last 3); ``n_higher_taps`` takes that many last taps instead.
+        - ``vae_reduce_channels``: :func:`vae_reduce_width` of each VAE tap.
+        - ``fusion_channels``: one stage per x2 step from the latent to the image
+          (log2 of the VAE scale factor), ending at ``final_width`` and doubling backwards
+          (SD 1.x: 256, 128, 64).
+
+        ``overrides`` replace any field (e.g. smaller dims for tests); the result is validated.
+        """
+        n_unet = len(spec.unet)
+        if n_unet < 2:
+            raise InvalidInputError(
+                f"the FeatureSpec has {n_unet} UNet tap(s); the two-level generator needs at least 2 "
+                "(some below and some at the highest UNet resolution)."
+            )
+        if n_higher_taps is None:
+            top = max(t.log2_scale for t in spec.unet)
+            higher = tuple(i for i, t in enumerate(spec.unet) if t.log2_scale == top)
+        else:
+            if not 0 < int(n_higher_taps) < n_unet:
+                raise InvalidInputError(
+                    f"n_higher_taps must be between 1 and {n_unet - 1} for a spec with {n_unet} UNet taps; "
+                    f"got {n_higher_taps}."
+                )
+            higher = tuple(range(n_unet - int(n_higher_taps), n_unet))
+        lower = tuple(i for i in range(n_unet) if i not in higher)
+        n_stages = spec.rgb.log2_scale
+        base = dict(
+            n_timesteps=int(n_timesteps),
+            lower_taps=lower,
+            higher_taps=higher,
+            vae_reduce_channels=tuple(vae_reduce_width(t.channels) for t in spec.vae),
+            fusion_channels=tuple(int(final_width) << (n_stages - 1 - k) for k in range(max(n_stages, 0))),
+        )
+        unknown = set(overrides) - {f.name for f in fields(cls)}
+        if unknown:
+            raise InvalidInputError(f"unknown GeneratorConfig field(s): {sorted(unknown)}")
+        base.update({k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+        config = cls(**base)
+        config.validate(spec)
+        return config
+
+    # -- checks --------------------------------------------------------------------------------
+    def validate(self, spec: FeatureSpec) -> None:
+        """Raise InvalidInputError when this config cannot be built for ``spec``."""
+        n_unet = len(spec.unet)
+        if self.n_timesteps < 1:
+            raise InvalidInputError(f"n_timesteps must be at least 1, got {self.n_timesteps}")
+        taps = sorted(self.lower_taps + self.higher_taps)
+        if taps != list(range(n_unet)) or not self.lower_taps or not self.higher_taps:
+            raise InvalidInputError(
+                f"lower_taps {list(self.lower_taps)} and higher_taps {list(self.higher_taps)} must split the "
+                f"spec's {n_unet} UNet taps into two non-empty groups."
+            )
+        top_lower = max(spec.unet[i].log2_scale for i in self.lower_taps)
+        if top_lower > min(spec.unet[i].log2_scale for i in self.higher_taps):
+            raise InvalidInputError("every higher tap must be at least as large as every lower tap")
+        n_stages = spec.rgb.log2_scale
+        if n_stages < 1 or len(self.fusion_channels) != n_stages:
+            raise InvalidInputError(
+                f"fusion_channels {list(self.fusion_channels)} must have one width per x2 step from the latent to "
+                f"the image ({n_stages} for this spec)."
+            )
+        if self.use_vae:
+            if len(self.vae_reduce_channels) != len(spec.vae):
+                raise InvalidInputError(
+                    f"vae_reduce_channels has {len(self.vae_reduce_channels)} entries; the spec has "
+                    f"{len(spec.vae)} VAE taps."
+                )
+            bad = [t.name for t in spec.vae if not 0 <= t.log2_scale <= n_stages]
+            if bad:
+                raise InvalidInputError(
+                    f"VAE taps {bad} lie outside the latent..image scales this decoder fuses"
+                )
+        checks = [
+            ("lower_dim", self.lower_dim, "lower_groups", self.lower_groups),
+            ("lower_dim/4", self.lower_dim // 4, "lower_groups", self.lower_groups),
+            ("higher_dim", self.higher_dim, "higher_groups", self.higher_groups),
+            ("higher_dim/4", self.higher_dim // 4, "higher_groups", self.higher_groups),
+            ("final width", self.fusion_channels[-1], "final_groups", self.final_groups),
+        ]
+        checks += [
+            (f"fusion_channels[{k}]", c, "fusion_groups", self.fusion_groups)
+            for k, c in enumerate(self.fusion_channels)
+        ]
+        if self.use_vae:
+            checks += [
+                (f"vae_reduce_channels[{k}]", c, "vae_block_groups", self.vae_block_groups)
+                for k, c in enumerate(self.vae_reduce_channels)
+            ]
+        for name, value, gname, groups in checks:
+            if groups < 1 or value < groups or value % groups:
+                raise InvalidInputError(
+                    f"{name} = {value} is not a positive multiple of {gname} = {groups} (GroupNorm needs it)."
+                )
+        if self.lower_dim % 4 or self.higher_dim % 4:
+            raise InvalidInputError(
+                "lower_dim and higher_dim must be multiples of 4 (bottleneck width is dim/4)"
+            )
+
+    # -- serialisation -------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> GeneratorConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise InvalidInputError(f"unknown GeneratorConfig field(s): {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+# ---------------------------------------------------------------------------------------------
+# building blocks
+# ---------------------------------------------------------------------------------------------
+def _msra_conv(cin: int, cout: int, kernel: int) -> nn.Conv2d:
+    conv = nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False)
+    # Detectron2's c2_msra_fill: He init for ReLU, fan_out.
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    return conv
+
+
+class Bottleneck(nn.Module):
+    """Detectron2-style bottleneck: 1x1 -> 3x3 -> 1x1 (GN after each), projection shortcut, ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, groups: int):
+        super().__init__()
+        mid = out_channels // 4
+        self.conv1 = _msra_conv(in_channels, mid, 1)
+        self.norm1 = nn.GroupNorm(groups, mid)
+        self.conv2 = _msra_conv(mid, mid, 3)
+        self.norm2 = nn.GroupNorm(groups, mid)
+        self.conv3 = _msra_conv(mid, out_channels, 1)
+        self.norm3 = nn.GroupNorm(groups, out_channels)
+        if in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                _msra_conv(in_channels, out_channels, 1), nn.GroupNorm(groups, out_channels)
+            )
+        else:
+            self.shortcut = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.norm1(self.conv1(x)))
+        y = F.relu(self.norm2(self.conv2(y)))
+        y = self.norm3(self.conv3(y))
+        return F.relu(y + self.shortcut(x))
+
+
+class AggregationNetwork(nn.Module):
+    """Diffusion-Hyperfeatures aggregation (method.md §4.1).
+
+    One :class:`Bottleneck` per tap, shared across timesteps, plus one per ``extra`` entry (an
+    input consumed once, not per timestep). One mixing logit per (timestep, tap) and per extra
+    entry, all initialised to 1; a single softmax over all of them weights the bottleneck outputs,
+    which are summed. Logit ``t * n_taps + l`` belongs to timestep ``t`` (in the order the caller
+    passes them) and tap ``l``; the extra entries' logits come last.
+    """
+
+    def __init__(
+        self,
+        tap_channels: Sequence[int],
+        n_timesteps: int,
+        projection_dim: int,
+        groups: int,
+        extra_channels: Sequence[int] = (),
+    ):
+        super().__init__()
+        self.tap_channels = tuple(int(c) for c in tap_channels)
+        self.extra_channels = tuple(int(c) for c in extra_channels)
+        self.n_timesteps = int(n_timesteps)
+        self.projection_dim = int(projection_dim)
+        self.tap_blocks = nn.ModuleList(Bottleneck(c, projection_dim, groups) for c in self.tap_channels)
+        self.extra_blocks = nn.ModuleList(Bottleneck(c, projection_dim, groups) for c in self.extra_channels)
+        self.mixing_logits = nn.Parameter(
+            torch.ones(self.n_timesteps * len(self.tap_channels) + len(self.extra_channels))
+        )
+
+    @property
+    def n_mixing_weights(self) -> int:
+        return self.mixing_logits.numel()
+
+    def mixing_weights(self) -> torch.Tensor:
+        return torch.softmax(self.mixing_logits, dim=0)
+
+    def forward(
+        self, per_timestep: Sequence[Sequence[torch.Tensor]], extra: Sequence[torch.Tensor] = ()
+    ) -> torch.Tensor:
+        """``per_timestep[t][l]``: [B, C_l, h, w] (all the same h, w); ``extra[e]``: [B, C_e, h, w]."""
+        n_t, n_l = self.n_timesteps, len(self.tap_channels)
+        if (
+            len(per_timestep) != n_t
+            or any(len(x) != n_l for x in per_timestep)
+            or len(extra) != len(self.extra_blocks)
+        ):
+            raise InvalidInputError(
+                f"aggregation expects {n_t} timesteps x {n_l} taps and {len(self.extra_blocks)} extra inputs"
+            )
+        weights = self.mixing_weights()
+        tap_weights = weights[: n_t * n_l].view(n_t, n_l)
+        out = None
+        for tap, block in enumerate(self.tap_blocks):
+            batch = per_timestep[0][tap].shape[0]
+            # All timesteps of one tap share the block, so run them as one batch (GroupNorm is per
+            # sample, so this equals one call per timestep).
+            y = block(torch.cat([per_timestep[t][tap] for t in range(n_t)], dim=0))
+            y = y.unflatten(0, (n_t, batch))
+            term = (tap_weights[:, tap].view(n_t, 1, 1, 1, 1).to(y.dtype) * y).sum(0)
+            out = term if out is None else out + term
+        for e, block in enumerate(self.extra_blocks):
+            out = out + weights[n_t * n_l + e].to(extra[e].dtype) * block(extra[e])
+        return out
+
+
+class ConvBlock(nn.Sequential):
+    """3x3 conv (no bias) -> GroupNorm -> GELU (the released ``Conv_block``)."""
+
+    def __init__(self, cin: int, cout: int, groups: int):
+        super().__init__(
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.GroupNorm(groups, cout), nn.GELU()
+        )
+
+
+class FusionStage(nn.Sequential):
+    """Nearest x2 upsample -> 3x3 conv (no bias) -> GroupNorm -> GELU (the released ``Fusion``)."""
+
+    def __init__(self, cin: int, cout: int, groups: int):
+        super().__init__(
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+            nn.GroupNorm(groups, cout),
+            nn.GELU(),
+        )
+
+
+class VaeReduction(nn.Sequential):
+    """1x1 conv (with bias) to a few channels, then a :class:`ConvBlock`."""
+
+    def __init__(self, cin: int, cout: int, groups: int):
+        super().__init__(nn.Conv2d(cin, cout, 1), ConvBlock(cout, cout, groups))
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# the generator
+# ---------------------------------------------------------------------------------------------
+UnetFeatures = Mapping[int, Sequence[torch.Tensor]] | Sequence[Sequence[torch.Tensor]]
+
+
+class SketchGenerator(nn.Module):
+    """Features of one sample -> a one-channel sketch ``[1, 1, H, W]`` (unbounded; white ~ 1)."""
+
+    def __init__(self, spec: FeatureSpec, config: GeneratorConfig):
+        super().__init__()
+        config.validate(spec)
+        self.spec = spec
+        self.config = config
+        self.meta: dict = {}  # filled by load_generator with the file's meta
+        c = config
+        self.lower = AggregationNetwork(
+            [spec.unet[i].channels for i in c.lower_taps], c.n_timesteps, c.lower_dim, c.lower_groups
+        )
+        self.higher = AggregationNetwork(
+            [spec.unet[i].channels for i in c.higher_taps],
+            c.n_timesteps,
+            c.higher_dim,
+            c.higher_groups,
+            extra_channels=[c.lower_dim],
+        )
+        n_stages = len(c.fusion_channels)
+        width = 2 * c.higher_dim  # uncond + cond
+        if c.use_vae:
+            self.vae_reductions = nn.ModuleList(
+                VaeReduction(tap.channels, r, c.vae_block_groups)
+                for tap, r in zip(spec.vae, c.vae_reduce_channels, strict=True)
+            )
+        else:
+            self.vae_reductions = nn.ModuleList()
+        self.fusion_stages = nn.ModuleList()
+        for k in range(n_stages):
+            cin = width + self._vae_width_at(k)
+            self.fusion_stages.append(FusionStage(cin, c.fusion_channels[k], c.fusion_groups))
+            width = c.fusion_channels[k]
+        final_in = width + self._vae_width_at(n_stages) + (spec.rgb.channels if c.use_vae else 0)
+        self.final = nn.Sequential(ConvBlock(final_in, width, c.final_groups), nn.Conv2d(width, 1, 1))
+
+    def _vae_taps_at(self, scale: int) -> list[int]:
+        if not self.config.use_vae:
+            return []
+        return [i for i, t in enumerate(self.spec.vae) if t.log2_scale == scale]
+
+    def _vae_width_at(self, scale: int) -> int:
+        return sum(self.config.vae_reduce_channels[i] for i in self._vae_taps_at(scale))
+
+    @property
+    def n_timesteps(self) -> int:
+        return self.config.n_timesteps
+
+    # -- input checks --------------------------------------------------------------------------
+    def _ordered_timesteps(self, unet: UnetFeatures) -> list[Sequence[torch.Tensor]]:
+        """Timesteps in the fixed order the mixing logits index: ascending (least noisy first)."""
+        if isinstance(unet, Mapping):
+            ordered = [unet[t] for t in sorted(unet)]
+            names = f"timesteps {sorted(int(t) for t in unet)}"
+        else:
+            ordered = list(unet)
+            names = f"{len(ordered)} timesteps"
+        if len(ordered) != self.config.n_timesteps:
+            raise InvalidInputError(
+                f"this generator was built for {self.config.n_timesteps} timesteps but the features have {names}. "
+                "Capture features at the same number of timesteps the generator was trained with."
+            )
+        n_taps = len(self.spec.unet)
+        for t, feats in enumerate(ordered):
+            if len(feats) != n_taps:
+                raise InvalidInputError(
+                    f"timestep #{t} has {len(feats)} UNet features; the spec has {n_taps} UNet taps."
+                )
+            for i, (x, tap) in enumerate(zip(feats, self.spec.unet, strict=True)):
+                if x.dim() != 4 or x.shape[0] != 2 or x.shape[1] != tap.channels:
+                    raise InvalidInputError(
+                        f"UNet feature {i} ({tap.name}) at timestep #{t} has shape {tuple(x.shape)}; expected "
+                        f"[2, {tap.channels}, h, w] (uncond and cond branches of one sample)."
+                    )
+        return ordered
+
+    def _check_vae(self, vae: Sequence[torch.Tensor], rgb: torch.Tensor | None) -> None:
+        if not self.config.use_vae:
+            return
+        if len(vae) != len(self.spec.vae):
+            raise InvalidInputError(
+                f"got {len(vae)} VAE features; the spec has {len(self.spec.vae)} VAE taps."
+            )
+        for i, (x, tap) in enumerate(zip(vae, self.spec.vae, strict=True)):
+            if x.dim() != 4 or x.shape[0] != 1 or x.shape[1] != tap.channels:
+                raise InvalidInputError(
+                    f"VAE feature {i} ({tap.name}) has shape {tuple(x.shape)}; expected [1, {tap.channels}, H, W]."
+                )
+        if rgb is None or rgb.dim() != 4 or rgb.shape[0] != 1 or rgb.shape[1] != self.spec.rgb.channels:
+            shape = None if rgb is None else tuple(rgb.shape)
+            raise InvalidInputError(f"rgb has shape {shape}; expected [1, {self.spec.rgb.channels}, H, W].")
+
+    # -- forward -------------------------------------------------------------------------------
+    def forward(
+        self, unet: UnetFeatures, vae: Sequence[torch.Tensor] = (), rgb: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``unet``: ``{timestep: [tensor[2, C, h, w] per tap]}`` (or a list in ascending-timestep
+        order), index 0 uncond and 1 cond; ``vae``: one [1, C, H, W] per VAE tap; ``rgb``: the VAE's
+        [1, 3, H, W] raw output. Returns [1, 1, H, W] at the size of ``rgb``."""
+        ordered = self._ordered_timesteps(unet)
+        self._check_vae(vae, rgb)
+        cast = self._cast
+        c = self.config
+
+        # Lower level: resize every lower tap to the largest lower-tap size.
+        lower_size = max((tuple(ordered[0][i].shape[-2:]) for i in c.lower_taps), key=lambda s: s[0] * s[1])
+        lower_in = [[_resize(cast(feats[i]), lower_size) for i in c.lower_taps] for feats in ordered]
+        low = self.lower(lower_in)
+
+        # Higher level: its taps, plus the lower result upsampled to their size as an extra entry.
+        higher_size = max((tuple(ordered[0][i].shape[-2:]) for i in c.higher_taps), key=lambda s: s[0] * s[1])
+        higher_in = [[_resize(cast(feats[i]), higher_size) for i in c.higher_taps] for feats in ordered]
+        high = self.higher(higher_in, extra=[_resize(low, higher_size)])
+        x = torch.cat([high[0:1], high[1:2]], dim=1)  # [1, 2*P]: uncond channels, then cond
+
+        # Feature-fusion decoder: stage k fuses the VAE taps at scale k (x2**k the latent size).
+        # Sizes come from the tensors themselves, so odd image sizes line up too.
+        for k, stage in enumerate(self.fusion_stages):
+            x = stage(torch.cat(self._with_vae(x, vae, k, None), dim=1))
+        parts = self._with_vae(x, vae, len(self.fusion_stages), cast(rgb) if c.use_vae else None)
+        return self.final(torch.cat(parts, dim=1))
+
+    def _cast(self, x: torch.Tensor) -> torch.Tensor:
+        """Features are stored fp16 on the CPU; run them at the generator's device and dtype."""
+        p = self.lower.mixing_logits
+        return x.to(device=p.device, dtype=p.dtype)
+
+    def _with_vae(self, x, vae, scale: int, rgb) -> list[torch.Tensor]:
+        """``x`` and the reduced VAE taps of ``scale`` (and ``rgb`` at the last stage), one size."""
+        taps = self._vae_taps_at(scale)
+        if rgb is not None:
+            size = tuple(rgb.shape[-2:])
+        elif taps:
+            size = tuple(vae[taps[0]].shape[-2:])
+        else:
+            size = tuple(x.shape[-2:])
+        parts = [_resize(x, size)]
+        for i in taps:
+            reduced = self.vae_reductions[i](self._cast(vae[i]))
+            parts.append(_resize(reduced, size))
+        if rgb is not None:
+            parts.append(rgb)
+        return parts
+
+    def forward_sample(self, sample) -> torch.Tensor:
+        """Run on a :class:`~diffsketch.features.CapturedSample`."""
+        if not self.spec.is_compatible(sample.spec):
+            raise InvalidInputError(
+                f"the sample was captured from a model with layout {sample.spec.fingerprint()}, but this generator "
+                f"was built for {self.spec.fingerprint()}. Capture with the base model the generator was trained on."
+            )
+        return self(sample.unet, sample.vae, sample.rgb)
+
+    # -- introspection -------------------------------------------------------------------------
+    def parameter_groups(self) -> dict[str, int]:
+        return {
+            "lower_aggregation": parameter_count(self.lower),
+            "higher_aggregation": parameter_count(self.higher),
+            "vae_reductions": parameter_count(self.vae_reductions),
+            "fusion_decoder": parameter_count(self.fusion_stages) + parameter_count(self.final),
+            "total": parameter_count(self),
+        }
+
+
+def parameter_count(module: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def parameter_report(
+    spec: FeatureSpec, n_timesteps: int, config: GeneratorConfig | None = None
+) -> dict[str, int]:
+    """Parameter counts per part of the generator for ``spec``, built on the meta device (no memory)."""
+    config = config or GeneratorConfig.from_spec(spec, n_timesteps)
+    with torch.device("meta"):
+        generator = SketchGenerator(spec, config)
+    return generator.parameter_groups()
+
+
+# ---------------------------------------------------------------------------------------------
+# files
+# ---------------------------------------------------------------------------------------------
+def save_generator(path: str | Path, generator: SketchGenerator, meta: Mapping | None = None) -> Path:
+    """Write ``generator`` as a DiffSketch ``generator`` file (v1).
+
+    ``meta`` is the caller's JSON-serialisable record (training settings, steps done, base-model
+    fingerprint, ...); it comes back as ``load_generator(...).meta``.
+    """
+    meta = dict(meta or {})
+    try:
+        json.dumps(meta)
+    except TypeError as e:
+        raise InvalidInputError(f"generator meta must be JSON-serialisable: {e}") from e
+    header = {
+        "spec": generator.spec.to_json(),
+        "spec_fingerprint": generator.spec.fingerprint(),
+        "config": generator.config.to_dict(),
+        "parameters": parameter_count(generator),
+        "meta": meta,
+    }
+    return fileio.save_tensors(path, generator.state_dict(), GENERATOR_KIND, GENERATOR_VERSION, header)
+
+
+def read_generator_header(path: str | Path) -> dict:
+    """The header of a generator file (spec JSON, config, meta) without loading the weights."""
+    return fileio.read_header(path, GENERATOR_KIND, (GENERATOR_VERSION,))
+
+
+def _spec_difference(saved: FeatureSpec, expected: FeatureSpec) -> str:
+    a, b = saved.signature(), expected.signature()
+    diffs = [k for k in a if a[k] != b.get(k)]
+    return ", ".join(diffs) or "layout"
+
+
+def load_generator(
+    path: str | Path,
+    device: torch.device | str = "cpu",
+    expected_spec: FeatureSpec | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> SketchGenerator:
+    """Load a generator file; its meta is attached as ``generator.meta``.
+
+    With ``expected_spec`` (the spec of the model in use), a generator trained for another layout
+    raises FileFormatError instead of failing later on shapes.
+    """
+    path = Path(path)
+    tensors, header = fileio.load_tensors(path, GENERATOR_KIND, (GENERATOR_VERSION,), "cpu")
+    try:
+        spec = FeatureSpec.from_json(header["spec"])
+        config = GeneratorConfig.from_dict(header["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise FileFormatError(f"{path.name}: the generator header is incomplete or invalid ({e}).") from e
+    if expected_spec is not None and not spec.is_compatible(expected_spec):
+        raise FileFormatError(
+            f"{path.name} was trained for a different model layout (spec {spec.fingerprint()}) than the model in "
+            f"use (spec {expected_spec.fingerprint()}; differs in {_spec_difference(spec, expected_spec)}). "
+            "Use the base model it was trained with, or train a generator for this model."
+        )
+    try:
+        generator = SketchGenerator(spec, config)
+    except InvalidInputError as e:
+        raise FileFormatError(f"{path.name}: the stored generator config does not fit its spec ({e}).") from e
+    try:
+        generator.load_state_dict(tensors, strict=True)
+    except RuntimeError as e:
+        raise FileFormatError(
+            f"{path.name}: the weights do not match the generator its header describes ({e}). The file is damaged "
+            "or was written by an incompatible version."
+        ) from e
+    generator.meta = dict(header.get("meta", {}))
+    return generator.to(device=device, dtype=dtype)
+
+
+__all__ = [
+    "GENERATOR_KIND",
+    "GENERATOR_VERSION",
+    "AggregationNetwork",
+    "Bottleneck",
+    "GeneratorConfig",
+    "SketchGenerator",
+    "load_generator",
+    "parameter_count",
+    "parameter_report",
+    "read_generator_header",
+    "save_generator",
+    "vae_reduce_width",
+]
