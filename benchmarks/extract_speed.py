@@ -1,0 +1,230 @@
+"""Sketch-extraction speed: the DiffSketch student vs. the networks users would otherwise run.
+
+Measures images/s at SIZE x SIZE for, side by side in the same run (timings interleaved, so a
+busy machine slows all of them alike):
+
+- the DiffSketch student (:class:`diffsketch.extractor.SketchExtractor`), network alone and
+  end to end through :func:`diffsketch.extractor.extract` (conversion, padding, output);
+- Pix2PixHD's global generator (the paper's distilled model: ngf 64, 4 downsamplings, 9 blocks);
+- the Informative-Drawings generator (ComfyUI's "Realistic Lineart");
+- HED (VGG16).
+
+All with random weights (speed does not depend on the values). Then, on CPU, it extracts one
+BIG x BIG image in a fresh subprocess and prints that process's peak resident memory.
+
+    python benchmarks/extract_speed.py                              # CPU, fp32, 512x512
+    python benchmarks/extract_speed.py --device cuda --dtype bf16   # GPU, batch 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from diffsketch.baselines import HED, InformativeDrawingsGenerator, Pix2PixHDGlobalGenerator  # noqa: E402
+from diffsketch.extractor import SketchExtractor, extract, load_extractor  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _build_student(args) -> SketchExtractor:
+    return load_extractor(args.extractor) if args.extractor else SketchExtractor()
+
+
+def _params(model: torch.nn.Module) -> float:
+    return sum(p.numel() for p in model.parameters()) / 1e6
+
+
+def measure_speed(args, device: torch.device) -> dict[str, float]:
+    dtype = DTYPES[args.dtype]
+    channels_last = args.channels_last
+    student = _build_student(args)
+    models = {
+        "DiffSketch student": student,
+        "Pix2PixHD global": Pix2PixHDGlobalGenerator(),
+        "Informative-Drawings": InformativeDrawingsGenerator(),
+        "HED (VGG16)": HED(),
+    }
+    if args.skip:
+        models = {k: v for k, v in models.items() if not any(s.lower() in k.lower() for s in args.skip)}
+    x = torch.rand(args.batch, 3, args.size, args.size, device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    calls = {}
+    for name, model in models.items():
+        model = model.eval().to(device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+
+        def call(model=model):
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                return model(x)
+
+        calls[name] = (call, _params(model))
+    # End to end: ComfyUI-layout float images in, (sketch, mask) on the CPU out.
+    images = torch.rand(args.batch, args.size, args.size, 3)
+    calls["DiffSketch student, extract()"] = (
+        lambda: extract(student, images, dtype=dtype, channels_last=channels_last, batch_size=args.batch),
+        _params(student),
+    )
+
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    with torch.inference_mode():
+        for _ in range(args.warmup):
+            for call, _ in calls.values():
+                call()
+            _sync(device)
+        for _ in range(args.repeats):  # interleaved: each repeat times every model once
+            for name, (call, _) in calls.items():
+                _sync(device)
+                start = time.perf_counter()
+                call()
+                _sync(device)
+                times[name].append(time.perf_counter() - start)
+
+    print(f"\n{'network':32s} {'params':>9s} {'s/call':>9s} {'images/s':>10s}")
+    rates = {}
+    for name, (_, params) in calls.items():
+        seconds = statistics.median(times[name])
+        rates[name] = args.batch / seconds
+        print(f"{name:32s} {params:8.2f}M {seconds:9.4f} {rates[name]:10.2f}")
+    student_rate = rates.get("DiffSketch student")
+    if student_rate:
+        print()
+        for other, target in (
+            ("Pix2PixHD global", 5.0),
+            ("Informative-Drawings", 1.0),
+            ("HED (VGG16)", None),
+        ):
+            if other in rates:
+                ratio = student_rate / rates[other]
+                verdict = (
+                    ""
+                    if target is None
+                    else f"  (target >= {target:g}x: {'met' if ratio >= target else 'MISSED'})"
+                )
+                print(f"student / {other:22s} {ratio:7.2f}x{verdict}")
+    return rates
+
+
+def _peak_rss_kib() -> int:
+    """This process's peak resident memory in KiB.
+
+    /proc's VmHWM belongs to the process's own address space, so it starts afresh at exec;
+    ru_maxrss does not (Linux carries the parent's peak at fork through exec), hence the fallback
+    only where /proc is missing."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def memory_child(size: int, tile: int, threads: int) -> None:
+    """Runs in a fresh process: extract one size x size image on the CPU, print peak RSS as JSON."""
+    torch.set_num_threads(threads)
+    student = SketchExtractor().eval()
+    before = _peak_rss_kib()
+    image = torch.rand(1, size, size, 3)  # a ComfyUI IMAGE: float32, channels last
+    start = time.perf_counter()
+    sketch, mask = extract(student, image, tile=tile)
+    seconds = time.perf_counter() - start
+    peak_kib = _peak_rss_kib()
+    assert sketch.shape == (1, size, size, 3) and mask.shape == (1, size, size)
+    print(json.dumps({"peak_kib": peak_kib, "before_kib": before, "seconds": seconds}))
+
+
+def measure_memory(args) -> None:
+    command = [sys.executable, __file__, "--_memory-child", str(args.big), "--tile", str(args.tile)]
+    command += ["--threads", str(args.threads)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        print(f"\n{args.big}x{args.big} extraction failed:\n{result.stderr}")
+        return
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    peak_gib = report["peak_kib"] / 2**20
+    print(
+        f"\none {args.big}x{args.big} image on CPU (tile {args.tile}, fresh process): "
+        f"{report['seconds']:.1f} s, peak RSS {peak_gib:.2f} GiB "
+        f"(process after imports and model: {report['before_kib'] / 2**20:.2f} GiB; "
+        f"target < 4 GB: {'met' if report['peak_kib'] * 1024 < 4e9 else 'MISSED'})"
+    )
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--dtype", choices=sorted(DTYPES), default=None, help="default: fp32 on CPU, bf16 on CUDA"
+    )
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument(
+        "--batch", type=int, default=None, help="images per call (default 1 on CPU, 32 on CUDA)"
+    )
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=_cores(), help="CPU threads (default: all cores)")
+    parser.add_argument(
+        "--no-channels-last",
+        dest="channels_last",
+        action="store_false",
+        help="run every network NCHW (default: channels_last for all, as extract() does)",
+    )
+    parser.add_argument(
+        "--extractor", default=None, help="a saved extractor .safetensors (default: random weights)"
+    )
+    parser.add_argument("--skip", nargs="*", default=[], help="skip networks whose name contains these words")
+    parser.add_argument("--big", type=int, default=4096, help="side of the memory test image (0: skip)")
+    parser.add_argument("--tile", type=int, default=1024)
+    parser.add_argument(
+        "--_memory-child", dest="memory_child", type=int, default=None, help=argparse.SUPPRESS
+    )
+    args = parser.parse_args(argv)
+
+    if args.memory_child is not None:
+        memory_child(args.memory_child, args.tile, args.threads)
+        return
+    device = torch.device(args.device)
+    args.dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
+    args.batch = args.batch or (32 if device.type == "cuda" else 1)
+    torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        where = f"GPU {torch.cuda.get_device_name(device)}"
+    else:
+        where = f"CPU, {args.threads} threads"
+    print(
+        f"torch {torch.__version__}; {where}; {args.size}x{args.size}, batch {args.batch}, {args.dtype}, "
+        f"{'channels_last' if args.channels_last else 'NCHW'}, "
+        f"{args.warmup} warm-up + {args.repeats} timed calls each (median)"
+    )
+    if args.big:  # first, while this process is still small (the child is forked from it)
+        measure_memory(args)
+    measure_speed(args, device)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,346 @@
+"""SketchExtractor, extract() and the extractor file format, on tiny random-weight networks."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from diffsketch.baselines import HED, InformativeDrawingsGenerator, Pix2PixHDGlobalGenerator, build_baseline
+from diffsketch.errors import FileFormatError, InvalidInputError
+from diffsketch.extractor import (
+    ExtractorConfig,
+    SketchExtractor,
+    extract,
+    load_extractor,
+    save_extractor,
+    to_rgb_batch,
+)
+from diffsketch.fileio import save_tensors
+
+TINY = ExtractorConfig(channels=(4, 8), encoder_blocks=(1, 1), decoder_blocks=(1,))
+
+
+def randomised(config: ExtractorConfig = TINY, seed: int = 0) -> SketchExtractor:
+    """A network whose every weight is non-zero (fresh residual blocks start as identities)."""
+    torch.manual_seed(seed)
+    model = SketchExtractor(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            fan_in = p[0].numel() if p.ndim > 1 else 1
+            p.normal_(0.0, 1.0 / fan_in**0.5)
+    return model
+
+
+class RedChannel(nn.Module):
+    """Stub network: the sketch grey level is the input's red channel, pixel for pixel. It lets the
+    tests state exactly what extract() must return (an identity has no receptive field)."""
+
+    def __init__(self, multiple: int = 8):
+        super().__init__()
+        self.multiple = multiple
+        self.anchor = nn.Parameter(torch.zeros(()))  # gives extract() a device to find
+
+    def forward(self, x):
+        assert x.shape[-2] % self.multiple == 0 and x.shape[-1] % self.multiple == 0
+        return x[:, :1] + self.anchor
+
+
+def images(b=1, h=40, w=52, c=3, seed=0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, h, w, c, generator=g)
+
+
+# ---------------------------------------------------------------------------------- network
+
+
+def test_network_shape_range_and_multiple():
+    model = randomised()
+    assert model.multiple == 4
+    with torch.no_grad():
+        y = model(torch.rand(2, 3, 16, 24))
+    assert y.shape == (2, 1, 16, 24)
+    assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0
+    with pytest.raises(InvalidInputError, match="multiples of 4"):
+        model(torch.rand(1, 3, 18, 24))
+
+
+def test_fresh_network_starts_near_white_and_default_size_is_reasonable():
+    model = SketchExtractor()
+    assert model.multiple == 16
+    with torch.no_grad():
+        y = model(torch.rand(1, 3, 32, 32))
+    assert torch.allclose(y, torch.full_like(y, 0.9), atol=0.02)
+    params = sum(p.numel() for p in model.parameters())
+    assert 300_000 <= params <= 2_000_000
+
+
+def test_config_json_round_trip_and_validation():
+    config = ExtractorConfig(channels=(8, 16, 32), encoder_blocks=(0, 1, 2), decoder_blocks=(1, 0))
+    again = ExtractorConfig.from_json(config.to_json())
+    assert again == config and again.multiple == 8
+    with pytest.raises(InvalidInputError, match="decoder_blocks"):
+        ExtractorConfig(channels=(8, 16), encoder_blocks=(1, 1), decoder_blocks=(1, 1))
+    with pytest.raises(InvalidInputError, match="unknown extractor config keys"):
+        ExtractorConfig.from_dict({**config.to_dict(), "kernel": 5})
+
+
+# ---------------------------------------------------------------------------------- extract()
+
+
+def test_odd_size_shapes_and_value_conventions():
+    sketch, mask = extract(randomised(), images(2, 70, 131))
+    assert sketch.shape == (2, 70, 131, 3) and mask.shape == (2, 70, 131)
+    assert sketch.dtype == torch.float32 and mask.dtype == torch.float32
+    assert torch.equal(sketch[..., 0], sketch[..., 2])
+    assert torch.allclose(sketch[..., 0], 1 - mask)  # dark lines on white
+    assert float(mask.min()) >= 0.0 and float(mask.max()) <= 1.0
+
+
+def test_padding_and_cropping_put_every_pixel_back_in_place():
+    x = images(2, 70, 131)
+    sketch, mask = extract(RedChannel(multiple=16), x)
+    assert torch.allclose(sketch[..., 0], x[..., 0], atol=1e-6)
+    assert torch.allclose(mask, 1 - x[..., 0], atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (10, 7), (63, 200)])
+def test_images_under_64_px_are_padded_up_and_cropped_back(size):
+    h, w = size
+    seen = []
+
+    class Spy(RedChannel):
+        def forward(self, x):
+            seen.append(tuple(x.shape[-2:]))
+            return super().forward(x)
+
+    x = images(1, h, w)
+    sketch, _ = extract(Spy(), x)
+    assert sketch.shape == (1, h, w, 3)
+    assert torch.allclose(sketch[..., 0], x[..., 0], atol=1e-6)
+    assert min(seen[0]) >= 64
+
+
+def test_grey_rgba_uint8_uint16_and_numpy_inputs_are_converted():
+    model = randomised()
+    rgb = images(1, 33, 45)
+    reference, _ = extract(model, rgb)
+
+    grey = rgb[..., :1]
+    from_grey, _ = extract(model, grey)
+    assert torch.allclose(from_grey, extract(model, grey.expand(-1, -1, -1, 3))[0])
+    assert torch.allclose(extract(model, grey[0, :, :, 0])[0], from_grey)  # a bare [H,W] image
+
+    opaque = torch.cat([rgb, torch.ones_like(rgb[..., :1])], dim=-1)
+    assert torch.allclose(extract(model, opaque)[0], reference)
+    transparent = torch.cat([rgb, torch.zeros_like(rgb[..., :1])], dim=-1)
+    assert torch.allclose(extract(model, transparent)[0], extract(model, torch.ones_like(rgb))[0])
+
+    words16 = (rgb.numpy() * 65535).round().astype(np.uint16)
+    assert torch.allclose(extract(model, words16)[0], reference, atol=1e-4)
+    if hasattr(torch, "uint16"):
+        assert torch.allclose(extract(model, torch.from_numpy(words16.astype(np.int32)).to(torch.uint16))[0],
+                              reference, atol=1e-4)  # fmt: skip
+    bytes8 = (rgb * 255).round().to(torch.uint8)
+    assert torch.allclose(extract(model, bytes8)[0], extract(model, bytes8.float() / 255)[0])
+    assert torch.allclose(extract(model, rgb[0].numpy())[0], reference)  # [H,W,C] numpy
+
+
+def test_bad_inputs_give_clear_errors():
+    model = randomised()
+    with pytest.raises(InvalidInputError, match="empty"):
+        extract(model, torch.zeros(0, 64, 64, 3))
+    with pytest.raises(InvalidInputError, match="empty"):
+        extract(model, np.zeros((1, 64, 0, 3), dtype=np.uint8))
+    with pytest.raises(InvalidInputError, match="channels-first"):
+        extract(model, torch.rand(1, 3, 64, 64))
+    with pytest.raises(InvalidInputError, match="NaN"):
+        extract(model, torch.full((1, 8, 8, 3), float("nan")))
+    with pytest.raises(InvalidInputError, match="int32"):
+        to_rgb_batch(np.zeros((8, 8, 3), dtype=np.int32))
+    with pytest.raises(InvalidInputError, match="overlap"):
+        extract(model, images(), tile=64, overlap=48)
+    with pytest.raises(InvalidInputError, match="contrast"):
+        extract(model, images(), contrast=0.0)
+    with pytest.raises(InvalidInputError, match="float16"):
+        extract(model, images(), dtype=torch.float16)
+
+
+def test_invert_and_contrast_semantics():
+    # Red channel 0..1 in steps: line strength is exactly 1 - red.
+    ramp = torch.linspace(0, 1, 65)
+    x = ramp.repeat(64, 1)[None, :, :, None].expand(-1, -1, -1, 3)
+    strength = 1 - ramp.repeat(64, 1)[None]
+    model = RedChannel()
+
+    sketch, mask = extract(model, x)
+    assert torch.allclose(mask, strength, atol=1e-6)
+    inverted, inverted_mask = extract(model, x, invert=True)
+    assert torch.allclose(inverted[..., 0], mask, atol=1e-6)  # white lines on black
+    assert torch.allclose(inverted_mask, mask)  # the mask is line strength either way
+
+    bold, bold_mask = extract(model, x, contrast=2.0)
+    assert torch.allclose(bold_mask, strength.sqrt(), atol=1e-5)
+    faint, faint_mask = extract(model, x, contrast=0.5)
+    assert torch.allclose(faint_mask, strength**2, atol=1e-5)
+    assert bool((bold_mask >= mask - 1e-6).all()) and bool((faint_mask <= mask + 1e-6).all())
+    assert torch.allclose(bold[..., 0], 1 - bold_mask)
+    for m in (bold_mask, faint_mask):  # paper and full ink stay put
+        assert torch.allclose(m[strength == 0], torch.zeros(()), atol=1e-6)
+        assert torch.allclose(m[strength == 1], torch.ones(()), atol=1e-6)
+
+
+def receptive_radius(model: SketchExtractor, size: int = 64) -> int:
+    """Largest distance from the centre output pixel to an input pixel that influences it."""
+    radius = 0
+    for seed in range(3):
+        x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(seed), requires_grad=True)
+        model(x)[0, 0, size // 2, size // 2].backward()
+        ys, xs = torch.nonzero(x.grad.abs().sum(1)[0], as_tuple=True)
+        radius = max(radius, int((ys - size // 2).abs().max()), int((xs - size // 2).abs().max()))
+    return radius
+
+
+def test_tiled_matches_untiled_when_the_overlap_covers_the_receptive_field():
+    model = randomised()
+    radius = receptive_radius(model)
+    assert 4 < radius < 32  # the network does look around, and the probe image is big enough
+    # Tiles discard overlap // 4 px at each cut edge, so that margin must cover the radius.
+    overlap = -(-4 * radius // model.multiple) * model.multiple
+    tile = 2 * overlap
+    x = images(2, tile + 20, tile + 9, seed=3)
+    calls = []
+    tiled, tiled_mask = extract(model, x, tile=tile, overlap=overlap, batch_size=3,
+                                progress=lambda done, total: calls.append((done, total)))  # fmt: skip
+    untiled, untiled_mask = extract(model, x, tile=4 * tile)
+    assert calls[-1][0] == calls[-1][1] == 2 * 4  # really tiled: 2 images x 2x2 tiles
+    assert torch.allclose(tiled, untiled, atol=1e-5)
+    assert torch.allclose(tiled_mask, untiled_mask, atol=1e-5)
+
+
+def test_tile_blending_reproduces_the_image_exactly():
+    # An identity network isolates the placement and normalisation of tiles and windows.
+    x = images(1, 301, 517, seed=4)
+    sketch, _ = extract(RedChannel(), x, tile=128, overlap=40, batch_size=5)
+    assert torch.allclose(sketch[..., 0], x[..., 0], atol=1e-6)
+
+
+def test_batches_are_independent_of_batch_size():
+    model = randomised()
+    x = images(5, 40, 40)
+    one, _ = extract(model, x, batch_size=1)
+    many, _ = extract(model, x, batch_size=4)
+    assert torch.allclose(one, many, atol=1e-6)
+    alone, _ = extract(model, x[3:4])
+    assert torch.allclose(alone, one[3:4], atol=1e-6)
+
+
+def test_bfloat16_autocast_on_cpu_stays_close_to_float32():
+    model = randomised()
+    x = images(1, 64, 64)
+    full, _ = extract(model, x, dtype=torch.float32, channels_last=False)
+    half, _ = extract(model, x, dtype="bf16", channels_last=True)
+    assert (half - full).abs().max() < 0.05
+
+
+# ---------------------------------------------------------------------------------- files
+
+
+def test_save_load_round_trip(tmp_path):
+    model = randomised()
+    path = save_extractor(tmp_path / "style.safetensors", model, {"style": "xdog", "steps": 12})
+    loaded = load_extractor(path)
+    assert loaded.config == model.config
+    assert loaded.meta == {"style": "xdog", "steps": 12}
+    x = images(1, 37, 50)
+    assert torch.equal(extract(loaded, x)[0], extract(model, x)[0])
+    with pytest.raises(InvalidInputError, match="reserved"):
+        save_extractor(tmp_path / "bad.safetensors", model, {"config": {}})
+
+
+def _header_length(data: bytes) -> int:
+    return 8 + struct.unpack("<Q", data[:8])[0]
+
+
+def test_truncated_file_is_rejected(tmp_path):
+    path = save_extractor(tmp_path / "a.safetensors", randomised())
+    data = path.read_bytes()
+    for cut in (len(data) - 7, _header_length(data) - 5, 4):
+        path.write_bytes(data[:cut])
+        with pytest.raises(FileFormatError):
+            load_extractor(path)
+
+
+def test_flipped_bytes_are_rejected(tmp_path):
+    path = save_extractor(tmp_path / "a.safetensors", randomised())
+    data = bytearray(path.read_bytes())
+    weights = bytearray(data)
+    weights[len(data) - 10] ^= 0x40  # inside the last tensor: only the checksum can see this
+    path.write_bytes(bytes(weights))
+    with pytest.raises(FileFormatError, match="checksum"):
+        load_extractor(path)
+    header = bytearray(data)
+    header[20] ^= 0xFF  # inside the JSON header
+    path.write_bytes(bytes(header))
+    with pytest.raises(FileFormatError):
+        load_extractor(path)
+
+
+def test_other_kind_version_or_shape_is_rejected(tmp_path):
+    model = randomised()
+    tensors = model.state_dict()
+    meta = {"config": model.config.to_dict()}
+    other_kind = save_tensors(tmp_path / "k.safetensors", tensors, kind="generator", version=1, meta=meta)
+    with pytest.raises(FileFormatError, match="not a 'extractor'|'generator'"):
+        load_extractor(other_kind)
+    other_version = save_tensors(tmp_path / "v.safetensors", tensors, kind="extractor", version=2, meta=meta)
+    with pytest.raises(FileFormatError, match="version"):
+        load_extractor(other_version)
+    # A header that promises another network than the weights hold.
+    good = save_extractor(tmp_path / "g.safetensors", model)
+    from diffsketch.fileio import read_header
+
+    header = read_header(good)
+    wrong = {
+        **header,
+        "config": ExtractorConfig(channels=(4, 16), encoder_blocks=(1, 1), decoder_blocks=(1,)).to_dict(),
+    }
+    for key in ("format", "kind", "version"):
+        wrong.pop(key)
+    mismatch = save_tensors(tmp_path / "m.safetensors", tensors, kind="extractor", version=1, meta=wrong)
+    with pytest.raises(FileFormatError, match="do not fit"):
+        load_extractor(mismatch)
+    not_json = tmp_path / "n.safetensors"
+    not_json.write_bytes(json.dumps({"hello": 1}).encode())
+    with pytest.raises(FileFormatError):
+        load_extractor(not_json)
+
+
+# ---------------------------------------------------------------------------------- baselines
+
+
+def test_baselines_build_and_run_with_the_published_shapes():
+    with torch.device("meta"):  # the 182M-parameter default: check its structure without allocating
+        p2p = Pix2PixHDGlobalGenerator()
+    assert sum(isinstance(m, nn.ConvTranspose2d) for m in p2p.modules()) == 4
+    assert sum(isinstance(m, nn.ReflectionPad2d) for m in p2p.modules()) == 2 + 2 * 9
+    assert max(m.out_channels for m in p2p.modules() if isinstance(m, nn.Conv2d)) == 1024
+    assert sum(p.numel() for p in p2p.parameters()) > 150e6
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        y = Pix2PixHDGlobalGenerator(ngf=4)(x * 2 - 1)
+        assert y.shape == (1, 1, 32, 32) and float(y.abs().max()) <= 1
+        informative = InformativeDrawingsGenerator()
+        assert sum(isinstance(m, nn.InstanceNorm2d) for m in informative.modules()) == 3 + 2 * 3 + 2
+        y = informative(x)
+        assert y.shape == (1, 1, 32, 32) and 0 <= float(y.min()) and float(y.max()) <= 1
+        hed = build_baseline("hed")
+        assert isinstance(hed, HED) and sum(isinstance(m, nn.Conv2d) for m in hed.stages.modules()) == 13
+        y = hed(x)
+        assert y.shape == (1, 1, 32, 32) and 0 <= float(y.min()) and float(y.max()) <= 1
+    with pytest.raises(InvalidInputError, match="unknown baseline"):
+        build_baseline("unet")
