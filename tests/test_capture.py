@@ -133,7 +133,11 @@ def test_fast_schedule_reduces_evaluations(tiny_backend):
 
 def test_reduce_hook_stores_vectors(tiny_backend):
     s = tiny_backend.sample(
-        "a dog", seed=2, steps=10, timesteps=ddim_grid(10), decode=False,
+        "a dog",
+        seed=2,
+        steps=10,
+        timesteps=ddim_grid(10),
+        decode=False,
         unet_reduce=lambda layer, x: x.mean(dim=(2, 3)),
     )
     assert len(s.unet) == 10 and s.vae == []

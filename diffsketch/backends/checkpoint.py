@@ -165,8 +165,13 @@ def load_sd1_single_file(path):
     _load_strict(vae, convert_ldm_vae_checkpoint(sd, vae_cfg), "VAE", path)
     te = CLIPTextModel(clip_text_config(sd))
     clip_sd = convert_ldm_clip_checkpoint(sd)
-    clip_sd.pop("text_model.embeddings.position_ids", None)
-    _load_strict(te, clip_sd, "text encoder", path, allow_missing=("text_model.embeddings.position_ids",))
+    if not any(k.startswith("text_model.") for k in te.state_dict()):
+        # transformers >= 5 names CLIPTextModel's keys without the "text_model." prefix
+        clip_sd = {k.removeprefix("text_model."): v for k, v in clip_sd.items()}
+    # position ids are a buffer, text_projection is unused by SD 1.x (only the hidden states are)
+    clip_sd = {k: v for k, v in clip_sd.items() if not k.endswith("position_ids") and "text_projection" not in k}
+    _load_strict(te, clip_sd, "text encoder", path,
+                 allow_missing=("text_model.embeddings.position_ids", "embeddings.position_ids"))
     return unet.float(), vae.float(), te.float()
 
 
