@@ -75,7 +75,9 @@ class UNetRecorder:
         try:
             for layer, tap in enumerate(self.spec.unet):
                 module = _resolve(unet, tap)
-                handles.append(module.register_forward_hook(self._make_hook(timestep, layer, tuple(branches))))
+                handles.append(
+                    module.register_forward_hook(self._make_hook(timestep, layer, tuple(branches)))
+                )
             self.calls += 1
             yield
         finally:
@@ -90,7 +92,9 @@ class UNetRecorder:
                 if branch in (UNCOND, COND) and key not in self._data:
                     chunk = output[k * n : (k + 1) * n].detach()
                     if self.reduce is not None:
-                        self._data[key] = self.reduce(layer, chunk.float()).to(self.store_device, torch.float32)
+                        self._data[key] = self.reduce(layer, chunk.float()).to(
+                            self.store_device, torch.float32
+                        )
                     else:
                         self._data[key] = chunk.to(self.store_device, self.store_dtype, copy=True)
             return None  # returning anything else would replace the module's output

@@ -84,7 +84,11 @@ class CapturedSample:
             tensors[f"vae.{i}"] = x
         meta = {
             "spec": self.spec.to_json(),
-            "plan": {"steps": self.plan.steps, "requested": list(self.plan.requested), "used": list(self.plan.used)},
+            "plan": {
+                "steps": self.plan.steps,
+                "requested": list(self.plan.requested),
+                "used": list(self.plan.used),
+            },
             "meta": self.meta,
         }
         fileio.save_tensors(path, tensors, FEATURES_KIND, FEATURES_VERSION, meta)
@@ -99,4 +103,6 @@ class CapturedSample:
         plan = plan_timesteps(p["steps"], p["requested"])
         unet = {t: [tensors[f"unet.{t}.{i}"] for i in range(len(spec.unet))] for t in p["used"]}
         vae = [tensors[f"vae.{i}"] for i in range(len(spec.vae))]
-        return cls(spec, plan, tensors["image"], tensors["latent"], unet, vae, tensors["rgb"], header.get("meta", {}))
+        return cls(
+            spec, plan, tensors["image"], tensors["latent"], unet, vae, tensors["rgb"], header.get("meta", {})
+        )

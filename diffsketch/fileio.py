@@ -54,7 +54,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
-def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], kind: str, version: int, meta: dict) -> Path:
+def save_tensors(
+    path: str | os.PathLike, tensors: dict[str, torch.Tensor], kind: str, version: int, meta: dict
+) -> Path:
     """Atomically write ``tensors`` with a DiffSketch JSON header (``meta`` must be JSON-serialisable)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,9 +87,13 @@ def read_header(path: str | os.PathLike, kind: str | None = None, versions=None)
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
     except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
-        raise FileFormatError(f"{path.name} is corrupt or truncated ({e}); re-create or re-download it.") from e
+        raise FileFormatError(
+            f"{path.name} is corrupt or truncated ({e}); re-create or re-download it."
+        ) from e
     if _HEADER_KEY not in meta:
-        raise FileFormatError(f"{path.name} is a safetensors file but not a DiffSketch file (no DiffSketch header).")
+        raise FileFormatError(
+            f"{path.name} is a safetensors file but not a DiffSketch file (no DiffSketch header)."
+        )
     try:
         header = json.loads(meta[_HEADER_KEY])
     except json.JSONDecodeError as e:
@@ -106,7 +112,9 @@ def read_header(path: str | os.PathLike, kind: str | None = None, versions=None)
     return header
 
 
-def load_tensors(path: str | os.PathLike, kind: str, versions, device="cpu") -> tuple[dict[str, torch.Tensor], dict]:
+def load_tensors(
+    path: str | os.PathLike, kind: str, versions, device="cpu"
+) -> tuple[dict[str, torch.Tensor], dict]:
     header = read_header(path, kind, versions)
     try:
         out = {}

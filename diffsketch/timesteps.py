@@ -43,7 +43,9 @@ class TimestepPlan:
     def describe(self) -> str:
         if self.exact:
             return f"timesteps {list(self.used)} on the {self.steps}-step DDIM grid"
-        pairs = ", ".join(f"{r}->{u}" for r, u in zip(self.requested, map_to_grid(self.requested, self.grid)) if r != u)
+        pairs = ", ".join(
+            f"{r}->{u}" for r, u in zip(self.requested, map_to_grid(self.requested, self.grid)) if r != u
+        )
         return f"timesteps {list(self.used)} on the {self.steps}-step DDIM grid (mapped to the nearest grid step: {pairs})"
 
 
@@ -60,7 +62,9 @@ def plan_timesteps(steps: int, timesteps=None) -> TimestepPlan:
     """
     requested = tuple(int(t) for t in (PAPER_TIMESTEPS if timesteps is None else timesteps))
     if not requested:
-        raise InvalidInputError("timesteps: give at least one timestep (or leave it empty for the paper's 13)")
+        raise InvalidInputError(
+            "timesteps: give at least one timestep (or leave it empty for the paper's 13)"
+        )
     bad = [t for t in requested if not 0 <= t < NUM_TRAIN_TIMESTEPS]
     if bad:
         raise InvalidInputError(f"timesteps must lie in 0..{NUM_TRAIN_TIMESTEPS - 1}; got {bad}")
@@ -69,8 +73,11 @@ def plan_timesteps(steps: int, timesteps=None) -> TimestepPlan:
     used = tuple(sorted(set(mapped)))
     if len(used) < len(set(requested)):
         need = next(
-            (s for s in range(steps + 1, NUM_TRAIN_TIMESTEPS + 1)
-             if len(set(map_to_grid(requested, ddim_grid(s)))) == len(set(requested))),
+            (
+                s
+                for s in range(steps + 1, NUM_TRAIN_TIMESTEPS + 1)
+                if len(set(map_to_grid(requested, ddim_grid(s)))) == len(set(requested))
+            ),
             NUM_TRAIN_TIMESTEPS,
         )
         raise InvalidInputError(

@@ -138,7 +138,9 @@ class SamplingBackend:
             elif schedule == "fast":
                 sched = fast_schedule(plan)
             else:
-                raise InvalidInputError(f"schedule must be 'full', 'fast' or a list of timesteps, got {schedule!r}")
+                raise InvalidInputError(
+                    f"schedule must be 'full', 'fast' or a list of timesteps, got {schedule!r}"
+                )
         else:
             sched = [int(t) for t in schedule]
             if sched != sorted(set(sched), reverse=True):
@@ -156,7 +158,9 @@ class SamplingBackend:
         lh, lw = self.spec.latent_size(width, height)
         noise = make_noise(seed, (1, self.spec.latent_channels, lh, lw))
         recorder = (
-            UNetRecorder(self.spec, plan.used, store_dtype, store_device, reduce=unet_reduce) if capture else None
+            UNetRecorder(self.spec, plan.used, store_dtype, store_device, reduce=unet_reduce)
+            if capture
+            else None
         )
         latent = self._denoise(noise, cond, uncond, float(cfg), sched, recorder, progress)
         unet = recorder.result() if recorder is not None else {}
@@ -165,8 +169,15 @@ class SamplingBackend:
         else:
             image = rgb = torch.zeros(1, 3, 0, 0)
             vae = []
-        meta = {"seed": seed, "steps": steps, "cfg": float(cfg), "width": width, "height": height,
-                "schedule": sched, "unet_evaluations": len(sched)}
+        meta = {
+            "seed": seed,
+            "steps": steps,
+            "cfg": float(cfg),
+            "width": width,
+            "height": height,
+            "schedule": sched,
+            "unet_evaluations": len(sched),
+        }
         if prompt is not None:
             meta["prompt"] = prompt
         return CapturedSample(self.spec, plan, image, latent.float().cpu(), unet, vae, rgb, meta)

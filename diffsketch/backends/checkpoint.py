@@ -41,12 +41,18 @@ def ldm_unet_params(sd: dict[str, torch.Tensor]) -> dict:
     """The ldm ``unet_config.params`` of an SD 1.x-shaped UNet, read from tensor shapes."""
     p = UNET_PREFIX
     if f"{p}input_blocks.0.0.weight" not in sd:
-        raise UnsupportedModelError("no ldm UNet weights (model.diffusion_model.input_blocks...) in this checkpoint")
+        raise UnsupportedModelError(
+            "no ldm UNet weights (model.diffusion_model.input_blocks...) in this checkpoint"
+        )
     if f"{p}label_emb.0.0.weight" in sd:
-        raise UnsupportedModelError("this checkpoint has a label/ADM embedding (SDXL-style); DiffSketch needs SD 1.x")
+        raise UnsupportedModelError(
+            "this checkpoint has a label/ADM embedding (SDXL-style); DiffSketch needs SD 1.x"
+        )
     mc, in_ch = sd[f"{p}input_blocks.0.0.weight"].shape[:2]
     out_ch = sd[f"{p}out.2.weight"].shape[0]
-    n_input = 1 + max(int(m.group(1)) for k in sd if (m := re.match(rf"{re.escape(p)}input_blocks\.(\d+)\.", k)))
+    n_input = 1 + max(
+        int(m.group(1)) for k in sd if (m := re.match(rf"{re.escape(p)}input_blocks\.(\d+)\.", k))
+    )
     mults, res_blocks, attn_levels, depths = [], [], [], []
     level_blocks = 0
     context_dim = None
@@ -65,17 +71,29 @@ def ldm_unet_params(sd: dict[str, torch.Tensor]) -> dict:
             if level not in attn_levels:
                 attn_levels.append(level)
                 depths.append(
-                    1 + max(int(m.group(1)) for k in sd
-                            if (m := re.match(rf"{re.escape(p)}input_blocks\.{i}\.1\.transformer_blocks\.(\d+)\.", k)))
+                    1
+                    + max(
+                        int(m.group(1))
+                        for k in sd
+                        if (
+                            m := re.match(
+                                rf"{re.escape(p)}input_blocks\.{i}\.1\.transformer_blocks\.(\d+)\.", k
+                            )
+                        )
+                    )
                 )
             if context_dim is None:
                 context_dim = sd[f"{p}input_blocks.{i}.1.transformer_blocks.0.attn2.to_k.weight"].shape[1]
                 linear = sd[f"{p}input_blocks.{i}.1.proj_in.weight"].ndim == 2
     res_blocks.append(level_blocks)
     if context_dim is None:
-        raise UnsupportedModelError("the UNet has no cross-attention in its input blocks; not an SD 1.x text-to-image UNet")
+        raise UnsupportedModelError(
+            "the UNet has no cross-attention in its input blocks; not an SD 1.x text-to-image UNet"
+        )
     if len(set(res_blocks)) != 1:
-        raise UnsupportedModelError(f"uneven ResBlocks per level {res_blocks}: not expressible as a diffusers UNet")
+        raise UnsupportedModelError(
+            f"uneven ResBlocks per level {res_blocks}: not expressible as a diffusers UNet"
+        )
     if len(set(depths)) != 1:
         raise UnsupportedModelError(f"uneven transformer depths {depths}: not expressible by this loader")
     return {
@@ -97,9 +115,13 @@ def ldm_vae_ddconfig(sd: dict[str, torch.Tensor]) -> dict:
     if f"{p}decoder.conv_in.weight" not in sd:
         raise UnsupportedModelError("no VAE weights (first_stage_model.decoder...) in this checkpoint")
     ch = sd[f"{p}encoder.conv_in.weight"].shape[0]
-    levels = 1 + max(int(m.group(1)) for k in sd if (m := re.match(rf"{re.escape(p)}encoder\.down\.(\d+)\.", k)))
+    levels = 1 + max(
+        int(m.group(1)) for k in sd if (m := re.match(rf"{re.escape(p)}encoder\.down\.(\d+)\.", k))
+    )
     mults = [sd[f"{p}encoder.down.{lvl}.block.0.conv2.weight"].shape[0] // ch for lvl in range(levels)]
-    nrb = 1 + max(int(m.group(1)) for k in sd if (m := re.match(rf"{re.escape(p)}encoder\.down\.0\.block\.(\d+)\.", k)))
+    nrb = 1 + max(
+        int(m.group(1)) for k in sd if (m := re.match(rf"{re.escape(p)}encoder\.down\.0\.block\.(\d+)\.", k))
+    )
     return {
         "double_z": True,
         "z_channels": int(sd[f"{p}decoder.conv_in.weight"].shape[1]),
@@ -119,14 +141,24 @@ def clip_text_config(sd: dict[str, torch.Tensor]):
 
     p = CLIP_PREFIX + "text_model."
     if f"{p}embeddings.token_embedding.weight" not in sd:
-        raise UnsupportedModelError("no CLIP text encoder weights (cond_stage_model.transformer...) in this checkpoint")
+        raise UnsupportedModelError(
+            "no CLIP text encoder weights (cond_stage_model.transformer...) in this checkpoint"
+        )
     vocab, hidden = sd[f"{p}embeddings.token_embedding.weight"].shape
-    layers = 1 + max(int(m.group(1)) for k in sd if (m := re.match(rf"{re.escape(p)}encoder\.layers\.(\d+)\.", k)))
+    layers = 1 + max(
+        int(m.group(1)) for k in sd if (m := re.match(rf"{re.escape(p)}encoder\.layers\.(\d+)\.", k))
+    )
     inter = sd[f"{p}encoder.layers.0.mlp.fc1.weight"].shape[0]
     return CLIPTextConfig(
-        vocab_size=int(vocab), hidden_size=int(hidden), intermediate_size=int(inter), num_hidden_layers=int(layers),
-        num_attention_heads=max(1, int(hidden) // 64), max_position_embeddings=int(sd[f"{p}embeddings.position_embedding.weight"].shape[0]),
-        hidden_act="quick_gelu", layer_norm_eps=1e-5, projection_dim=768,
+        vocab_size=int(vocab),
+        hidden_size=int(hidden),
+        intermediate_size=int(inter),
+        num_hidden_layers=int(layers),
+        num_attention_heads=max(1, int(hidden) // 64),
+        max_position_embeddings=int(sd[f"{p}embeddings.position_embedding.weight"].shape[0]),
+        hidden_act="quick_gelu",
+        layer_norm_eps=1e-5,
+        projection_dim=768,
     )
 
 
@@ -169,9 +201,16 @@ def load_sd1_single_file(path):
         # transformers >= 5 names CLIPTextModel's keys without the "text_model." prefix
         clip_sd = {k.removeprefix("text_model."): v for k, v in clip_sd.items()}
     # position ids are a buffer, text_projection is unused by SD 1.x (only the hidden states are)
-    clip_sd = {k: v for k, v in clip_sd.items() if not k.endswith("position_ids") and "text_projection" not in k}
-    _load_strict(te, clip_sd, "text encoder", path,
-                 allow_missing=("text_model.embeddings.position_ids", "embeddings.position_ids"))
+    clip_sd = {
+        k: v for k, v in clip_sd.items() if not k.endswith("position_ids") and "text_projection" not in k
+    }
+    _load_strict(
+        te,
+        clip_sd,
+        "text encoder",
+        path,
+        allow_missing=("text_model.embeddings.position_ids", "embeddings.position_ids"),
+    )
     return unet.float(), vae.float(), te.float()
 
 

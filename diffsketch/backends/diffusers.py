@@ -20,8 +20,16 @@ from .base import ProgressFn, SamplingBackend, scaled_linear_alphas_cumprod
 
 
 class DiffusersBackend(SamplingBackend):
-    def __init__(self, unet, vae, text_encoder, tokenizer=None, device="cpu", dtype=torch.float32,
-                 alphas_cumprod: torch.Tensor | None = None):
+    def __init__(
+        self,
+        unet,
+        vae,
+        text_encoder,
+        tokenizer=None,
+        device="cpu",
+        dtype=torch.float32,
+        alphas_cumprod: torch.Tensor | None = None,
+    ):
         reject_compiled(unet, "UNet")
         reject_compiled(vae, "VAE")
         self.device = torch.device(device)
@@ -32,7 +40,9 @@ class DiffusersBackend(SamplingBackend):
         self.tokenizer = tokenizer if tokenizer is not None else ClipBPETokenizer()
         self.spec = feature_spec_from_diffusers(self.unet, self.vae)
         self.latent_scaling_factor = float(getattr(self.vae.config, "scaling_factor", 0.18215))
-        self.alphas_cumprod = (alphas_cumprod if alphas_cumprod is not None else scaled_linear_alphas_cumprod()).double()
+        self.alphas_cumprod = (
+            alphas_cumprod if alphas_cumprod is not None else scaled_linear_alphas_cumprod()
+        ).double()
         self._uncond_cache: torch.Tensor | None = None
 
     # -- loading -------------------------------------------------------------------------------
@@ -63,9 +73,12 @@ class DiffusersBackend(SamplingBackend):
 
             c = json.loads(sched_cfg.read_text())
             if c.get("beta_schedule", "scaled_linear") != "scaled_linear":
-                raise InvalidInputError(f"{sched_cfg}: beta_schedule {c.get('beta_schedule')} is not SD 1.x's scaled_linear")
-            acp = scaled_linear_alphas_cumprod(c.get("beta_start", 0.00085), c.get("beta_end", 0.012),
-                                               c.get("num_train_timesteps", 1000))
+                raise InvalidInputError(
+                    f"{sched_cfg}: beta_schedule {c.get('beta_schedule')} is not SD 1.x's scaled_linear"
+                )
+            acp = scaled_linear_alphas_cumprod(
+                c.get("beta_start", 0.00085), c.get("beta_end", 0.012), c.get("num_train_timesteps", 1000)
+            )
         return cls(unet, vae, te, tok, device=device, dtype=dtype, alphas_cumprod=acp)
 
     @classmethod
@@ -82,7 +95,9 @@ class DiffusersBackend(SamplingBackend):
         if p.is_dir():
             return cls.from_pretrained(p, device, dtype)
         if not p.exists():
-            raise WeightsNotFoundError(f"model not found: {p} (give a diffusers folder or an SD 1.x .safetensors file)")
+            raise WeightsNotFoundError(
+                f"model not found: {p} (give a diffusers folder or an SD 1.x .safetensors file)"
+            )
         return cls.from_single_file(p, device, dtype)
 
     # -- primitives ----------------------------------------------------------------------------
@@ -97,8 +112,9 @@ class DiffusersBackend(SamplingBackend):
         return out
 
     @torch.no_grad()
-    def _denoise(self, noise, cond, uncond, cfg, schedule, recorder: UNetRecorder | None,
-                 progress: ProgressFn | None) -> torch.Tensor:
+    def _denoise(
+        self, noise, cond, uncond, cfg, schedule, recorder: UNetRecorder | None, progress: ProgressFn | None
+    ) -> torch.Tensor:
         acp = self.alphas_cumprod
         x = noise.to(self.device, torch.float32)
         ctx = torch.cat([uncond, cond]).to(self.device, self.dtype)

@@ -1,0 +1,23 @@
+"""The DiffSketch node pack (V3 nodes). ComfyUI-only code lives here; the library is ``diffsketch``."""
+
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from .common import register_model_folders
+from .sample import DiffSketchSample
+from .timesteps import DiffSketchTimesteps, DiffSketchTimestepsPreset
+
+
+def node_list() -> list[type[io.ComfyNode]]:
+    return [DiffSketchSample, DiffSketchTimestepsPreset, DiffSketchTimesteps]
+
+
+class DiffSketchExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return node_list()
+
+
+async def comfy_entrypoint() -> DiffSketchExtension:
+    register_model_folders()
+    return DiffSketchExtension()

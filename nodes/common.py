@@ -1,0 +1,31 @@
+"""Small helpers shared by the node modules: errors for the UI, folders, tensor layout."""
+
+from __future__ import annotations
+
+import os
+
+import folder_paths
+
+MODEL_FOLDERS = {
+    "diffsketch_generators": "generators",
+    "diffsketch_extractors": "extractors",
+    "diffsketch_conditions": "conditions",
+    "diffsketch_clip": "clip",
+}
+
+
+def register_model_folders() -> None:
+    """Register ``models/diffsketch/<sub>`` with folder_paths (extra_model_paths.yaml keys win)."""
+    for key, sub in MODEL_FOLDERS.items():
+        default = os.path.join(folder_paths.models_dir, "diffsketch", sub)
+        if key in folder_paths.folder_names_and_paths:
+            paths, exts = folder_paths.folder_names_and_paths[key]
+            if default not in paths:
+                paths.append(default)
+            exts.update({".safetensors"})
+        else:
+            folder_paths.folder_names_and_paths[key] = ([default], {".safetensors"})
+
+
+def default_save_dir(key: str) -> str:
+    return folder_paths.get_folder_paths(key)[0]

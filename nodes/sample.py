@@ -1,0 +1,113 @@
+"""DiffSketchSample: sample an image with the loaded SD 1.x checkpoint and capture its features."""
+
+from __future__ import annotations
+
+from comfy_api.latest import io, ui
+
+from diffsketch.timesteps import PAPER_TIMESTEPS
+
+from .types import CATEGORY, Features, Timesteps
+
+
+class DiffSketchSample(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DiffSketchSample",
+            display_name="DiffSketch Sample & Capture",
+            category=CATEGORY,
+            description=(
+                "Generates an image with your SD 1.x checkpoint (DDIM, eta 0, classifier-free guidance with an empty "
+                "negative) and captures the UNet decoder and VAE decoder features DiffSketch learns from. Use its "
+                "image as the picture to draw your example sketch over."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="An SD 1.x MODEL from Load Checkpoint."),
+                io.Clip.Input("clip", tooltip="The CLIP (text encoder) of the same checkpoint."),
+                io.Vae.Input("vae", tooltip="The VAE of the same checkpoint."),
+                io.String.Input(
+                    "prompt",
+                    multiline=True,
+                    default="a photo of a horse in mud",
+                    tooltip="What to draw. Parentheses are read as ComfyUI prompt weights.",
+                ),
+                io.Int.Input(
+                    "seed",
+                    default=50,
+                    min=0,
+                    max=0xFFFFFFFFFFFFFFFF,
+                    control_after_generate=True,
+                    tooltip="Noise seed; the same seed and prompt give the same image and features.",
+                ),
+                io.Int.Input(
+                    "steps",
+                    default=50,
+                    min=1,
+                    max=1000,
+                    tooltip="DDIM steps (the paper uses 50). Capture timesteps map to the nearest steps of "
+                    "this grid; too few steps for the timesteps asked is an error.",
+                ),
+                io.Float.Input(
+                    "cfg",
+                    default=5.0,
+                    min=0.0,
+                    max=30.0,
+                    step=0.1,
+                    round=0.01,
+                    tooltip="Classifier-free guidance scale (the paper uses 5.0).",
+                ),
+                io.Int.Input(
+                    "width",
+                    default=512,
+                    min=64,
+                    max=4096,
+                    step=64,
+                    tooltip="Image width in pixels, a multiple of 64 (512 for SD 1.x).",
+                ),
+                io.Int.Input(
+                    "height",
+                    default=512,
+                    min=64,
+                    max=4096,
+                    step=64,
+                    tooltip="Image height in pixels, a multiple of 64 (512 for SD 1.x).",
+                ),
+                Timesteps.Input(
+                    "timesteps",
+                    optional=True,
+                    tooltip="Which UNet timesteps to capture (from DiffSketch Timesteps); default: the "
+                    "paper's 13 representative timesteps.",
+                ),
+            ],
+            outputs=[
+                io.Image.Output(display_name="image", tooltip="The generated image."),
+                io.Latent.Output(display_name="latent", tooltip="Its final latent."),
+                Features.Output(
+                    display_name="features",
+                    tooltip="The captured features (UNet decoder at the chosen timesteps, cond and uncond; "
+                    "VAE decoder), for DiffSketch Train.",
+                ),
+            ],
+        )
+
+    @classmethod
+    def execute(
+        cls, model, clip, vae, prompt, seed, steps, cfg, width, height, timesteps=None
+    ) -> io.NodeOutput:
+        from .comfy_backend import ComfyBackend, image_to_comfy, latent_to_comfy
+
+        backend = ComfyBackend(model, clip, vae)
+        sample = backend.sample(
+            prompt,
+            seed=int(seed),
+            steps=int(steps),
+            cfg=float(cfg),
+            width=int(width),
+            height=int(height),
+            timesteps=tuple(timesteps) if timesteps else PAPER_TIMESTEPS,
+        )
+        print(f"[DiffSketch] captured {sample.summary()}")
+        image = image_to_comfy(sample.image)
+        return io.NodeOutput(
+            image, latent_to_comfy(sample.latent), sample, ui=ui.PreviewImage(image, cls=cls)
+        )

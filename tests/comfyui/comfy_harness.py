@@ -1,0 +1,129 @@
+"""Helpers for the real-ComfyUI tier: paths, a server process driven over HTTP, graph results."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+COMFYUI_PATH = os.environ.get("COMFYUI_PATH", "")
+PACK_NAME = "comfyui-diffsketch"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ComfyServer:
+    def __init__(self, base: Path, tiny_checkpoint: Path, artifacts: Path):
+        self.base = base
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = artifacts / "comfyui-server.log"
+        (base / "custom_nodes").mkdir(parents=True, exist_ok=True)
+        link = base / "custom_nodes" / PACK_NAME
+        if not link.exists():
+            link.symlink_to(REPO, target_is_directory=True)
+        ckpts = base / "models" / "checkpoints"
+        ckpts.mkdir(parents=True, exist_ok=True)
+        if not (ckpts / "tiny_sd15.safetensors").exists():
+            (ckpts / "tiny_sd15.safetensors").symlink_to(tiny_checkpoint)
+        self.proc = None
+
+    def start(self):
+        self.log = open(self.log_path, "w")
+        cmd = [
+            sys.executable,
+            "main.py",
+            "--cpu",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--base-directory",
+            str(self.base),
+            "--disable-api-nodes",
+            "--database-url",
+            "sqlite:///:memory:",
+            "--log-stdout",
+        ]
+        self.proc = subprocess.Popen(cmd, cwd=COMFYUI_PATH, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"ComfyUI exited at start; log: {self.log_path}\n{self.log_path.read_text()[-3000:]}"
+                )
+            try:
+                self.get("/system_stats")
+                return self
+            except (urllib.error.URLError, ConnectionError, OSError):
+                time.sleep(0.5)
+        raise RuntimeError(f"ComfyUI did not answer within 180 s; log: {self.log_path}")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        if getattr(self, "log", None):
+            self.log.close()
+
+    def restart(self):
+        self.stop()
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        return self.start()
+
+    # -- HTTP -------------------------------------------------------------------------------------
+    def get(self, path: str):
+        with urllib.request.urlopen(self.url + path, timeout=30) as r:
+            return json.loads(r.read())
+
+    def post(self, path: str, payload: dict):
+        req = urllib.request.Request(
+            self.url + path, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                body = r.read()
+                return json.loads(body) if body else {}
+        except urllib.error.HTTPError as e:
+            raise AssertionError(f"POST {path} -> {e.code}: {e.read().decode()[:3000]}") from e
+
+    def run(self, graph: dict, timeout: float = 900) -> dict:
+        """Queue an API-format graph and wait for its history entry."""
+        pid = self.post("/prompt", {"prompt": graph, "client_id": "diffsketch-tests"})["prompt_id"]
+        return self.wait(pid, timeout)
+
+    def wait(self, prompt_id: str, timeout: float = 900) -> dict:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            hist = self.get(f"/history/{prompt_id}")
+            if prompt_id in hist and hist[prompt_id].get("status", {}).get("completed") is not None:
+                entry = hist[prompt_id]
+                if entry["status"].get("status_str") in ("success", "error"):
+                    return entry
+            time.sleep(0.5)
+        raise AssertionError(f"prompt {prompt_id} did not finish within {timeout} s; log: {self.log_path}")
+
+    def log_text(self) -> str:
+        return self.log_path.read_text()
+
+
+def error_message(entry: dict) -> str:
+    for kind, data in entry.get("status", {}).get("messages", []):
+        if kind == "execution_error":
+            return f"{data.get('exception_type')}: {data.get('exception_message')}"
+    return ""

@@ -1,0 +1,94 @@
+"""Tier 2: tests against a real ComfyUI source tree (``COMFYUI_PATH``), skipped with a reason otherwise.
+
+Fixtures write a random-weight SD1.5-format checkpoint once (cached by the recipe's hash), lay out
+a throw-away ComfyUI base directory with this pack linked into ``custom_nodes``, and start a real
+server on 127.0.0.1 (a free port) for the session.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from comfy_harness import COMFYUI_PATH, REPO, ComfyServer
+
+SKIP_REASON = (
+    "COMFYUI_PATH is not set: the real-ComfyUI tier needs a ComfyUI v0.8 source tree with its requirements "
+    "installed (see README, 'Running the tests')"
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    if COMFYUI_PATH and Path(COMFYUI_PATH, "main.py").is_file():
+        return
+    reason = SKIP_REASON if not COMFYUI_PATH else f"COMFYUI_PATH={COMFYUI_PATH} has no main.py"
+    for item in items:
+        if Path(str(item.fspath)).is_relative_to(Path(__file__).parent):
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint() -> Path:
+    """Random-weight SD1.5-format checkpoint, generated once per recipe version."""
+    recipe = Path(__file__).with_name("tiny_checkpoint.py")
+    digest = hashlib.sha256(recipe.read_bytes()).hexdigest()[:12]
+    cache = Path(os.environ.get("DIFFSKETCH_TEST_CACHE", Path.home() / ".cache" / "diffsketch-tests"))
+    path = cache / f"tiny_sd15_{digest}.safetensors"
+    if not path.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "COMFYUI_PATH": COMFYUI_PATH}
+        subprocess.run([sys.executable, str(recipe), str(path)], check=True, env=env, cwd=str(cache))
+    return path
+
+
+@pytest.fixture(scope="session")
+def comfy_inprocess():
+    """ComfyUI imported in this process (CPU), plus this pack imported under a private name."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny_checkpoint import prepare_comfy_import
+
+    prepare_comfy_import(COMFYUI_PATH)
+    import comfy.sd  # noqa: F401
+
+    name = "diffsketch_pack_under_test"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            name, REPO / "__init__.py", submodule_search_locations=[str(REPO)]
+        )
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        importlib.import_module(f"{name}.nodes.comfy_backend")  # imported lazily by the nodes
+    return sys.modules[name]
+
+
+@pytest.fixture(scope="session")
+def loaded_checkpoint(comfy_inprocess, tiny_checkpoint):
+    import comfy.sd
+
+    model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
+        str(tiny_checkpoint), output_vae=True, output_clip=True
+    )
+    return model, clip, vae
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    d = REPO / "test_artifacts"
+    d.mkdir(exist_ok=True)
+    return d
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory, tiny_checkpoint, artifacts_dir):
+    base = tmp_path_factory.mktemp("comfy_base")
+    server = ComfyServer(base, tiny_checkpoint, artifacts_dir).start()
+    yield server
+    server.stop()
+    shutil.rmtree(base / "temp", ignore_errors=True)

@@ -1,0 +1,196 @@
+"""Tier 2: the capture node in a real ComfyUI server, and capture parity ComfyUI <-> diffusers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from comfy_harness import COMFYUI_PATH, error_message
+
+FEW = dict(seed=3, steps=10, cfg=5.0, width=64, height=64, timesteps=(1, 501, 901))
+
+
+def sample_graph(steps=10, timesteps="1, 501, 901", width=64, height=64):
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}},
+        "2": {"class_type": "DiffSketchTimestepsPreset", "inputs": {"preset": "custom", "custom": timesteps}},
+        "3": {
+            "class_type": "DiffSketchSample",
+            "inputs": {
+                "model": ["1", 0],
+                "clip": ["1", 1],
+                "vae": ["1", 2],
+                "prompt": "a photo of a horse in mud",
+                "seed": 5,
+                "steps": steps,
+                "cfg": 5.0,
+                "width": width,
+                "height": height,
+                "timesteps": ["2", 0],
+            },
+        },
+        "4": {
+            "class_type": "SaveImage",
+            "inputs": {"images": ["3", 0], "filename_prefix": "diffsketch_test"},
+        },
+    }
+
+
+def test_object_info_lists_the_node(comfy_server):
+    info = comfy_server.get("/object_info/DiffSketchSample")["DiffSketchSample"]
+    assert info["display_name"] == "DiffSketch Sample & Capture"
+    req = info["input"]["required"]
+    assert {"model", "clip", "vae", "prompt", "seed", "steps", "cfg", "width", "height"} <= set(req)
+    assert req["steps"][1]["default"] == 50 and req["cfg"][1]["default"] == 5.0
+    assert "timesteps" in info["input"]["optional"]
+    assert info["output"] == ["IMAGE", "LATENT", "DIFFSKETCH_FEATURES"]
+    assert (
+        "IMPORT FAILED"
+        not in comfy_server.log_text().split("Import times for custom nodes")[-1].split("\n\n")[0]
+    )
+
+
+def test_api_graph_runs_and_returns_an_image(comfy_server):
+    entry = comfy_server.run(sample_graph())
+    assert entry["status"]["status_str"] == "success", error_message(entry)
+    images = entry["outputs"]["4"]["images"]
+    assert len(images) == 1 and images[0]["filename"].startswith("diffsketch_test")
+
+
+def test_bad_size_is_a_clear_error_in_the_ui(comfy_server):
+    entry = comfy_server.run(sample_graph(steps=5, timesteps="1, 501"))
+    assert entry["status"]["status_str"] == "success", error_message(entry)
+    # 13 paper timesteps on a 10-step grid: a clear error naming the fix
+    g = sample_graph(steps=10)
+    g["2"]["inputs"]["custom"] = ""
+    entry = comfy_server.run(g)
+    assert entry["status"]["status_str"] == "error"
+    assert "too few" in error_message(entry) and "50" in error_message(entry)
+
+
+def _rel(a, b):
+    return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12))
+
+
+def test_parity_with_diffusers_backend(comfy_inprocess, loaded_checkpoint, tiny_checkpoint):
+    from diffsketch.backends.diffusers import DiffusersBackend
+
+    ComfyBackend = comfy_inprocess.nodes.comfy_backend.ComfyBackend
+    model, clip, vae = loaded_checkpoint
+    comfy_b = ComfyBackend(model, clip, vae)
+    diff_b = DiffusersBackend.from_single_file(tiny_checkpoint)
+    assert comfy_b.spec.signature() == diff_b.spec.signature()
+    assert len(comfy_b.spec.unet) == 12 and len(comfy_b.spec.vae) == 14
+
+    prompt = "a photo of a horse in mud"
+    cond_c, cond_d = comfy_b.encode_prompt(prompt), diff_b.encode_prompt(prompt)
+    assert _rel(cond_d, cond_c) < 1e-3
+    with torch.inference_mode():  # as inside a ComfyUI prompt
+        a = comfy_b.sample(cond_c, **FEW)
+    b = diff_b.sample(cond_c, **FEW)
+    assert a.timesteps == b.timesteps == (1, 501, 901)
+    assert _rel(a.image, b.image) < 1e-3
+    assert _rel(a.latent, b.latent) < 1e-3
+    for t in a.timesteps:
+        for i, (fa, fb) in enumerate(zip(a.unet[t], b.unet[t])):
+            assert fa.shape == fb.shape
+            assert _rel(fa, fb) < 1e-3, (t, i)
+    for fa, fb in zip(a.vae, b.vae):
+        assert _rel(fa, fb) < 1e-3
+    # the uncond and cond branches are both captured and differ
+    assert not torch.equal(a.unet[501][0][0], a.unet[501][0][1])
+
+
+def test_tokenizer_matches_comfyui_tokenizer_files(comfy_inprocess):
+    import os
+
+    from transformers import CLIPTokenizer
+
+    from diffsketch.text import ClipBPETokenizer, HFTokenizerAdapter
+
+    hf = HFTokenizerAdapter(
+        CLIPTokenizer.from_pretrained(os.path.join(COMFYUI_PATH, "comfy", "sd1_tokenizer"))
+    )
+    ours = ClipBPETokenizer()
+    for text in ["a photo of a horse in mud", "", "Café, naïve résumé!! 123 " * 20]:
+        assert torch.equal(ours(text), hf(text)), text
+
+
+def _hook_count(model):
+    return sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.model.diffusion_model.modules()
+    )
+
+
+def _vae_hook_count(vae):
+    return sum(len(m._forward_hooks) for m in vae.first_stage_model.modules())
+
+
+def test_no_hooks_left_after_success_failure_and_interrupt(comfy_inprocess, loaded_checkpoint):
+    import comfy.model_management as mm
+
+    ComfyBackend = comfy_inprocess.nodes.comfy_backend.ComfyBackend
+    model, clip, vae = loaded_checkpoint
+    backend = ComfyBackend(model, clip, vae)
+    wrappers_before = {k: dict(v) for k, v in model.wrappers.items()}
+    kw = dict(seed=1, steps=5, width=64, height=64, timesteps=(1, 401))
+
+    with torch.inference_mode():
+        backend.sample("a cat", **kw)
+    assert _hook_count(model) == 0 and _vae_hook_count(vae) == 0
+
+    def fail(step, total):
+        if step == 2:
+            raise RuntimeError("boom")
+
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="boom"):
+        backend.sample("a cat", progress=fail, **kw)
+    assert _hook_count(model) == 0
+
+    def interrupt(step, total):
+        if step == 2:
+            mm.interrupt_current_processing(True)
+
+    try:
+        with torch.inference_mode(), pytest.raises(mm.InterruptProcessingException):
+            backend.sample("a cat", progress=interrupt, **kw)
+    finally:
+        mm.interrupt_current_processing(False)
+    assert _hook_count(model) == 0 and _vae_hook_count(vae) == 0
+    assert {k: dict(v) for k, v in model.wrappers.items()} == wrappers_before
+
+
+def test_non_sd1_model_rejected(comfy_inprocess, loaded_checkpoint):
+    from diffsketch.errors import UnsupportedModelError
+
+    ComfyBackend = comfy_inprocess.nodes.comfy_backend.ComfyBackend
+    model, clip, vae = loaded_checkpoint
+
+    class FakeModel:
+        class model:  # noqa: N801 - mimics ModelPatcher.model
+            class model_config:  # noqa: N801
+                unet_config = {}
+
+            diffusion_model = torch.nn.Linear(1, 1)  # a DiT-like model has no output_blocks
+
+    with pytest.raises(UnsupportedModelError, match="SD 1.x"):
+        ComfyBackend(FakeModel(), clip, vae)
+
+    try:
+        model.model.model_config.unet_config["context_dim"] = 2048
+        with pytest.raises(UnsupportedModelError, match="SDXL"):
+            ComfyBackend(model, clip, vae)
+    finally:
+        model.model.model_config.unet_config["context_dim"] = 768
+
+
+def test_compile_wrapper_rejected(comfy_inprocess, loaded_checkpoint):
+    from comfy_api.torch_helpers import torch_compile
+
+    from diffsketch.errors import UnsupportedModelError
+
+    ComfyBackend = comfy_inprocess.nodes.comfy_backend.ComfyBackend
+    model, clip, vae = loaded_checkpoint
+    compiled = model.clone()
+    torch_compile.set_torch_compile_wrapper(compiled, backend="inductor")
+    with pytest.raises(UnsupportedModelError, match="torch.compile"):
+        ComfyBackend(compiled, clip, vae)

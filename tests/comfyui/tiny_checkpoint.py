@@ -1,0 +1,108 @@
+"""Write a random-weight SD1.5-format checkpoint with ComfyUI's own module classes (comfyui.md §11).
+
+The UNet keeps SD 1.5's block pattern (2 ResBlocks per level, cross-attention on the first three
+levels, 12 output blocks) with 320 channels at every level, so ComfyUI detects it as SD15 and
+diffusers can express it too (the parity test loads the same file in both). CLIP-L and the VAE
+are full size, as ComfyUI's configs for them are fixed. Run: python tiny_checkpoint.py OUT.safetensors
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import torch
+
+UNET_KWARGS = dict(
+    image_size=32,
+    in_channels=4,
+    out_channels=4,
+    model_channels=320,
+    num_res_blocks=[2, 2, 2, 2],
+    channel_mult=[1, 1, 1, 1],
+    transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
+    # popped from the end: the last entries are output blocks 0-2 (lowest resolution, no attention)
+    transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+    transformer_depth_middle=1,
+    context_dim=768,
+    num_heads=8,
+    num_head_channels=-1,
+    use_spatial_transformer=True,
+    use_linear_in_transformer=False,
+    legacy=False,
+    adm_in_channels=None,
+)
+VAE_DDCONFIG = {
+    "double_z": True,
+    "z_channels": 4,
+    "resolution": 256,
+    "in_channels": 3,
+    "out_ch": 3,
+    "ch": 128,
+    "ch_mult": [1, 2, 4, 4],
+    "num_res_blocks": 2,
+    "attn_resolutions": [],
+    "dropout": 0.0,
+}
+
+
+def prepare_comfy_import(comfy_path: str) -> None:
+    """Make ``import comfy...`` work in-process on a CPU-only machine.
+
+    comfy.model_management probes CUDA at import and ``args`` are not parsed from argv when
+    ComfyUI is imported as a library, so force CPU first (comfyui.md §11)."""
+    if comfy_path not in sys.path:
+        sys.path.insert(0, comfy_path)
+    import comfy.cli_args
+
+    if not torch.cuda.is_available():
+        comfy.cli_args.args.cpu = True
+
+
+def build_state_dict(comfy_path: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    prepare_comfy_import(comfy_path)
+    import comfy.clip_model
+    import comfy.ops
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    ops = comfy.ops.disable_weight_init
+    unet = UNetModel(**UNET_KWARGS, device="meta", operations=ops)
+    vae = AutoencoderKL(ddconfig=VAE_DDCONFIG, embed_dim=4)
+    with open(os.path.join(comfy_path, "comfy", "sd1_clip_config.json")) as f:
+        clip_cfg = json.load(f)
+    clip = comfy.clip_model.CLIPTextModel(clip_cfg, dtype=torch.float32, device="meta", operations=ops)
+
+    g = torch.Generator().manual_seed(seed)
+    out: dict[str, torch.Tensor] = {}
+    for prefix, module in (
+        ("model.diffusion_model.", unet),
+        ("first_stage_model.", vae),
+        ("cond_stage_model.transformer.", clip),
+    ):
+        for k, v in module.state_dict().items():
+            if k.endswith("position_ids"):
+                continue
+            if v.ndim == 1 and k.endswith("weight"):
+                t = torch.ones(v.shape)  # norm scales: zeros would flatten every feature
+            elif k.endswith("bias"):
+                t = torch.zeros(v.shape)
+            else:
+                t = torch.randn(v.shape, generator=g) * 0.02
+            out[prefix + k] = t.to(torch.float16)
+    return out
+
+
+def write_checkpoint(path: str, comfy_path: str, seed: int = 0) -> str:
+    from safetensors.torch import save_file
+
+    sd = build_state_dict(comfy_path, seed)
+    tmp = path + ".tmp"
+    save_file(sd, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+if __name__ == "__main__":
+    write_checkpoint(sys.argv[1], os.environ["COMFYUI_PATH"])
