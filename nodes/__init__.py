@@ -5,12 +5,24 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from .common import register_model_folders
+from .conditions import DiffSketchFitConditions, DiffSketchLoadConditions
+from .extract import DiffSketchExtract, DiffSketchLoadExtractor
+from .losses import DiffSketchLoadClipLoss
 from .sample import DiffSketchSample
 from .timesteps import DiffSketchTimesteps, DiffSketchTimestepsPreset
 
 
 def node_list() -> list[type[io.ComfyNode]]:
-    return [DiffSketchSample, DiffSketchTimestepsPreset, DiffSketchTimesteps]
+    return [
+        DiffSketchSample,
+        DiffSketchTimestepsPreset,
+        DiffSketchTimesteps,
+        DiffSketchFitConditions,
+        DiffSketchLoadConditions,
+        DiffSketchLoadClipLoss,
+        DiffSketchLoadExtractor,
+        DiffSketchExtract,
+    ]
 
 
 class DiffSketchExtension(ComfyExtension):

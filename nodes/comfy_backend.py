@@ -168,3 +168,17 @@ def latent_to_comfy(latent: torch.Tensor) -> dict:
 def image_to_comfy(image: torch.Tensor) -> torch.Tensor:
     """[B,3,H,W] in [0,1] -> ComfyUI IMAGE [B,H,W,3]."""
     return image.float().cpu().movedim(1, -1).contiguous()
+
+
+def text_encoder_fingerprint(clip) -> str:
+    """A short hash of the CLIP text encoder's weights (token embedding and final norm), so files
+    fitted with one checkpoint's CLIP can tell when they are used with another."""
+    import hashlib
+
+    sd = clip.cond_stage_model.state_dict()
+    h = hashlib.sha256()
+    for k in sorted(sd):
+        if k.endswith(("token_embedding.weight", "final_layer_norm.weight")):
+            h.update(k.encode())
+            h.update(sd[k].float().flatten()[:4096].numpy().tobytes())
+    return h.hexdigest()[:16]

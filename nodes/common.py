@@ -11,6 +11,7 @@ MODEL_FOLDERS = {
     "diffsketch_extractors": "extractors",
     "diffsketch_conditions": "conditions",
     "diffsketch_clip": "clip",
+    "diffsketch_lpips": "lpips",
 }
 
 
@@ -29,3 +30,18 @@ def register_model_folders() -> None:
 
 def default_save_dir(key: str) -> str:
     return folder_paths.get_folder_paths(key)[0]
+
+
+def missing_option(filename: str, folder: str) -> str:
+    """The combo entry shown when no file is found: the node then fails with a message naming the file."""
+    return f"(missing: put {filename} in models/diffsketch/{folder})"
+
+
+def list_or_missing(keys: list[str], filename: str, folder: str) -> list[str]:
+    names: list[str] = []
+    for key in keys:
+        try:
+            names.extend(n for n in folder_paths.get_filename_list(key) if n not in names)
+        except KeyError:  # folder kind not registered (e.g. clip_vision in a trimmed install)
+            continue
+    return names or [missing_option(filename, folder)]

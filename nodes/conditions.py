@@ -1,0 +1,126 @@
+"""CDST condition nodes: fit the Gaussian over text embeddings with the user's CLIP, or load one."""
+
+from __future__ import annotations
+
+import os
+
+import comfy.model_management
+import comfy.utils
+import folder_paths
+from comfy_api.latest import io
+
+from diffsketch.fileio import check_save_name
+
+from .types import CATEGORY, Conditions
+
+FOLDER = "diffsketch_conditions"
+
+
+class DiffSketchFitConditions(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DiffSketchFitConditions",
+            display_name="DiffSketch Fit Conditions (CDST)",
+            category=CATEGORY,
+            description=(
+                "Fits the condition distribution DiffSketch samples training prompts from (CDST): PCA of the CLIP text "
+                "embeddings of a prompt list, with a Gaussian over the components. Encodes every prompt once; save it "
+                "and load it next time."
+            ),
+            inputs=[
+                io.Clip.Input(
+                    "clip", tooltip="The CLIP (text encoder) of the SD 1.x checkpoint you train with."
+                ),
+                io.String.Input(
+                    "prompts",
+                    default="",
+                    multiline=True,
+                    tooltip="One prompt per line; empty uses the pack's list of 2,400 varied prompts.",
+                ),
+                io.Int.Input(
+                    "components",
+                    default=512,
+                    min=1,
+                    max=4096,
+                    tooltip="PCA components kept (the paper: 512). Fewer prompts than this keeps fewer.",
+                ),
+                io.Int.Input(
+                    "seed",
+                    default=0,
+                    min=0,
+                    max=0xFFFFFFFFFFFFFFFF,
+                    tooltip="Seed for the randomized PCA used on very large prompt lists.",
+                ),
+                io.String.Input(
+                    "save_name",
+                    default="default_conditions",
+                    tooltip="File name in models/diffsketch/conditions (empty: do not save).",
+                ),
+            ],
+            outputs=[
+                Conditions.Output(display_name="conditions", tooltip="For DiffSketch Train and Distill.")
+            ],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, clip, prompts, components, seed, save_name) -> io.NodeOutput:
+        from diffsketch.conditions import ConditionSampler, load_default_prompts, parse_prompts
+
+        from .comfy_backend import text_encoder_fingerprint
+
+        name = check_save_name(save_name, "save_name") if save_name.strip() else None
+        prompt_list = parse_prompts(prompts) if prompts.strip() else load_default_prompts()
+        pbar = comfy.utils.ProgressBar(len(prompt_list))
+        fingerprint = text_encoder_fingerprint(clip)
+
+        def encode(text):
+            return clip.encode_from_tokens(clip.tokenize(text)).float().cpu()
+
+        sampler = ConditionSampler.fit_from_prompts(
+            encode,
+            prompt_list,
+            n_components=int(components),
+            seed=int(seed),
+            progress=lambda done, total: pbar.update_absolute(done, total),
+            should_stop=comfy.model_management.processing_interrupted,
+            text_encoder_fingerprint=fingerprint,
+        )
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        if sampler.notice:
+            print(f"[DiffSketch] {sampler.notice}")
+        if name:
+            path = os.path.join(folder_paths.get_folder_paths(FOLDER)[0], name + ".safetensors")
+            sampler.save(path)
+            print(f"[DiffSketch] saved conditions to {path}")
+        return io.NodeOutput(sampler)
+
+
+class DiffSketchLoadConditions(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DiffSketchLoadConditions",
+            display_name="DiffSketch Load Conditions",
+            category=CATEGORY,
+            description="Loads a condition distribution saved by DiffSketch Fit Conditions.",
+            inputs=[
+                io.Combo.Input(
+                    "conditions_name",
+                    options=folder_paths.get_filename_list(FOLDER),
+                    tooltip="A .safetensors file in models/diffsketch/conditions.",
+                ),
+            ],
+            outputs=[
+                Conditions.Output(display_name="conditions", tooltip="For DiffSketch Train and Distill.")
+            ],
+        )
+
+    @classmethod
+    def execute(cls, conditions_name) -> io.NodeOutput:
+        from diffsketch.conditions import ConditionSampler
+
+        return io.NodeOutput(
+            ConditionSampler.load(folder_paths.get_full_path_or_raise(FOLDER, conditions_name))
+        )
