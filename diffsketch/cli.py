@@ -1,0 +1,327 @@
+"""The ``diffsketch`` command: the same stages as the ComfyUI nodes, on a diffusers or single-file SD 1.x model.
+
+    diffsketch sample     --model M --prompt P --seed S --out example.safetensors [--image example.png]
+    diffsketch timesteps  --model M --samples 8 --out analysis/
+    diffsketch fit-conditions --model M --out conditions.safetensors
+    diffsketch train      --model M --example example.safetensors --sketch sketch.png --out style.safetensors ...
+    diffsketch generate   --model M --generator style.safetensors --prompt P --out pairs/
+    diffsketch distill    --model M --generator style.safetensors --out extractor.safetensors ...
+    diffsketch extract    INPUTS... --extractor extractor.safetensors --out sketches/
+
+Files are the same .safetensors files the nodes read and write. Every option has a --help text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import sys
+from pathlib import Path
+
+from .errors import DiffSketchError, InvalidInputError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+# ---------------------------------------------------------------------------------------------
+# shared helpers
+# ---------------------------------------------------------------------------------------------
+def pick_device(name: str):
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def load_backend(args):
+    import torch
+
+    from .backends.diffusers import DiffusersBackend
+
+    device = pick_device(args.device)
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    return DiffusersBackend.load(args.model, device=device, dtype=dtype)
+
+
+def progress_bar(total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="it", dynamic_ncols=True)
+
+    def update(done: int, total_now: int):
+        bar.total = total_now
+        bar.n = done
+        bar.refresh()
+
+    update.close = bar.close
+    return update
+
+
+def save_png(tensor, path: Path) -> None:
+    """Save [3,H,W] / [1,H,W] / [H,W,3] float in [0,1] as an 8-bit PNG, atomically."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from .fileio import atomic_write_bytes
+
+    t = tensor.detach().float().cpu()
+    if t.ndim == 4:
+        t = t[0]
+    if t.ndim == 3 and t.shape[0] in (1, 3):
+        t = t.movedim(0, -1)
+    arr = (t.clamp(0, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def read_image(path: Path):
+    """An image file as float32 [H,W,C] numpy in [0,1], keeping grey/RGBA/16-bit for the caller to convert."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            arr = np.asarray(im, dtype=np.float32) / 65535.0
+        else:
+            if im.mode not in ("L", "LA", "RGB", "RGBA"):
+                im = im.convert("RGBA" if "A" in im.getbands() else "RGB")
+            arr = np.asarray(im, dtype=np.float32) / 255.0
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    return arr
+
+
+def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
+    """Files, folders (their images, sorted) and globs -> image paths; unmatched entries are reported."""
+    found: list[Path] = []
+    missing: list[str] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found.extend(sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES))
+        elif p.is_file():
+            found.append(p)
+        else:
+            matches = sorted(Path(m) for m in glob.glob(item, recursive=True))
+            matches = [m for m in matches if m.is_file() and m.suffix.lower() in IMAGE_SUFFIXES]
+            if matches:
+                found.extend(matches)
+            else:
+                missing.append(item)
+    unique, seen = [], set()
+    for f in found:
+        if f.resolve() not in seen:
+            seen.add(f.resolve())
+            unique.append(f)
+    return unique, missing
+
+
+# ---------------------------------------------------------------------------------------------
+# commands
+# ---------------------------------------------------------------------------------------------
+def cmd_sample(args) -> int:
+    from .timesteps import parse_timesteps
+
+    backend = load_backend(args)
+    bar = progress_bar(args.steps, "sampling")
+    sample = backend.sample(
+        args.prompt,
+        seed=args.seed,
+        steps=args.steps,
+        cfg=args.cfg,
+        width=args.width,
+        height=args.height,
+        timesteps=parse_timesteps(args.timesteps),
+        progress=bar,
+    )
+    bar.close()
+    sample.save(args.out)
+    image = Path(args.image) if args.image else Path(args.out).with_suffix(".png")
+    save_png(sample.image, image)
+    print(f"{sample.summary()}\nfeatures: {args.out}\nimage (draw your sketch over it): {image}")
+    return 0
+
+
+def cmd_timesteps(args) -> int:
+    from .analysis import plots, run_timestep_analysis
+    from .conditions import load_default_prompts, parse_prompts
+    from .fileio import atomic_write_bytes
+
+    backend = load_backend(args)
+    prompts = parse_prompts(Path(args.prompts).read_text()) if args.prompts else load_default_prompts()
+    bar = progress_bar(args.samples, "images")
+    result = run_timestep_analysis(
+        backend,
+        prompts,
+        args.samples,
+        args.steps,
+        k=args.k or None,
+        seed=args.seed,
+        width=args.width,
+        height=args.height,
+        cfg=args.cfg,
+        progress=bar,
+    )
+    bar.close()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "timesteps.json", result.to_json().encode())
+    for name, img in plots(result).items():
+        img.save(out / f"{name}.png")
+    print(result.summary())
+    print(
+        f"chosen timesteps: {result.chosen_text()}  (pass to --timesteps)\nwritten: {out}/timesteps.json, "
+        f"pca.png, elbow.png, schedule.png"
+    )
+    return 0
+
+
+def cmd_fit_conditions(args) -> int:
+    from .conditions import ConditionSampler, load_default_prompts, parse_prompts
+
+    backend = load_backend(args)
+    prompts = parse_prompts(Path(args.prompts).read_text()) if args.prompts else load_default_prompts()
+    bar = progress_bar(len(prompts), "encoding prompts")
+    sampler = ConditionSampler.fit_from_prompts(
+        backend.encode_prompt, prompts, n_components=args.components, seed=args.seed, progress=bar
+    )
+    bar.close()
+    sampler.save(args.out)
+    print(sampler.describe())
+    if sampler.notice:
+        print(sampler.notice)
+    print(f"written: {args.out}")
+    return 0
+
+
+def cmd_extract(args) -> int:
+    from .extractor import extract, load_extractor
+
+    device = pick_device(args.device)
+    model = load_extractor(args.extractor, device=device)
+    files, missing = expand_inputs(args.inputs)
+    for m in missing:
+        print(f"warning: no image matches {m!r}", file=sys.stderr)
+    if not files:
+        raise InvalidInputError(
+            "no input images found: give image files, folders or globs (e.g. 'photos/*.jpg')"
+        )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from tqdm.auto import tqdm
+
+    skipped = []
+    for f in tqdm(files, desc="extracting", unit="img", dynamic_ncols=True):
+        try:
+            image = read_image(f)
+        except Exception as e:  # unreadable files are listed, never silently dropped
+            skipped.append(f"{f}: {e}")
+            continue
+        sketch, _ = extract(model, image[None], invert=args.invert, contrast=args.contrast, tile=args.tile)
+        save_png(sketch[0], out / (f.stem + ".png"))
+    print(f"{len(files) - len(skipped)} sketches written to {out}")
+    if skipped:
+        print(f"{len(skipped)} unreadable file(s) skipped:", file=sys.stderr)
+        for s in skipped:
+            print(f"  {s}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# argument parsing
+# ---------------------------------------------------------------------------------------------
+def _model_args(p):
+    p.add_argument(
+        "--model",
+        required=True,
+        help="SD 1.x model: a diffusers folder or a single-file .safetensors checkpoint",
+    )
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+
+
+def _sampling_args(p, steps=50):
+    p.add_argument("--steps", type=int, default=steps, help=f"DDIM steps (default {steps})")
+    p.add_argument("--cfg", type=float, default=5.0, help="classifier-free guidance scale (default 5.0)")
+    p.add_argument("--width", type=int, default=512, help="width in pixels, a multiple of 64 (default 512)")
+    p.add_argument("--height", type=int, default=512, help="height in pixels, a multiple of 64 (default 512)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    ap = argparse.ArgumentParser(
+        prog="diffsketch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--version", action="version", version=f"diffsketch {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("sample", help="sample an example image and capture its features")
+    _model_args(p)
+    _sampling_args(p)
+    p.add_argument("--prompt", required=True, help="the example's prompt")
+    p.add_argument("--seed", type=int, default=50, help="noise seed (default 50)")
+    p.add_argument(
+        "--timesteps", default=None, help="capture timesteps, e.g. '1,61,161' (default: the paper's 13)"
+    )
+    p.add_argument("--out", required=True, help="features file to write (.safetensors)")
+    p.add_argument("--image", default=None, help="PNG of the example image (default: next to --out)")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("timesteps", help="representative-timestep analysis (PCA + k-means) with plots")
+    _model_args(p)
+    _sampling_args(p)
+    p.add_argument("--samples", type=int, default=8, help="images to sample (default 8)")
+    p.add_argument("--k", type=int, default=0, help="number of timesteps; 0 = elbow method (default)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument(
+        "--prompts", default=None, help="text file, one prompt per line (default: the built-in list)"
+    )
+    p.add_argument("--out", required=True, help="output folder for timesteps.json and the plots")
+    p.set_defaults(func=cmd_timesteps)
+
+    p = sub.add_parser("fit-conditions", help="fit the CDST condition distribution with the model's CLIP")
+    _model_args(p)
+    p.add_argument(
+        "--prompts", default=None, help="text file, one prompt per line (default: the built-in list)"
+    )
+    p.add_argument("--components", type=int, default=512, help="PCA components (default 512)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--out", required=True, help="conditions file to write (.safetensors)")
+    p.set_defaults(func=cmd_fit_conditions)
+
+    p = sub.add_parser("extract", help="turn images into sketches with a distilled extractor")
+    p.add_argument("inputs", nargs="+", help="image files, folders or globs")
+    p.add_argument("--extractor", required=True, help="extractor .safetensors (from distill)")
+    p.add_argument("--out", required=True, help="output folder (one PNG per input, same stem)")
+    p.add_argument("--invert", action="store_true", help="white lines on black (ControlNet convention)")
+    p.add_argument("--contrast", type=float, default=1.0, help="line contrast (>1 darkens faint strokes)")
+    p.add_argument("--tile", type=int, default=1024, help="tile size for large images (default 1024)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    p.set_defaults(func=cmd_extract)
+
+    return ap
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except DiffSketchError as e:
+        print(f"diffsketch {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"diffsketch {args.command}: cancelled", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
