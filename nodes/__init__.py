@@ -10,6 +10,7 @@ from .extract import DiffSketchExtract, DiffSketchLoadExtractor
 from .losses import DiffSketchLoadClipLoss
 from .sample import DiffSketchSample
 from .timesteps import DiffSketchTimesteps, DiffSketchTimestepsPreset
+from .xdog import DiffSketchXDoG
 
 
 def node_list() -> list[type[io.ComfyNode]]:
@@ -22,6 +23,7 @@ def node_list() -> list[type[io.ComfyNode]]:
         DiffSketchLoadClipLoss,
         DiffSketchLoadExtractor,
         DiffSketchExtract,
+        DiffSketchXDoG,
     ]
 
 
