@@ -12,6 +12,7 @@ import json
 import os
 import re
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -38,34 +39,16 @@ def check_save_name(name: str, what: str = "save name") -> str:
     return name
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+@contextmanager
+def atomic_target(path: str | os.PathLike):
+    """Yield a temporary path beside ``path``; on success it is fsynced and renamed onto ``path``,
+    on any error (or Cancel) it is removed, so ``path`` is never left half-written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def save_tensors(
-    path: str | os.PathLike, tensors: dict[str, torch.Tensor], kind: str, version: int, meta: dict
-) -> Path:
-    """Atomically write ``tensors`` with a DiffSketch JSON header (``meta`` must be JSON-serialisable)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    header = {"format": FORMAT, "kind": kind, "version": int(version), **meta}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-        save_file(contiguous, tmp, metadata={_HEADER_KEY: json.dumps(header)})
+        yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -73,7 +56,22 @@ def save_tensors(
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_target(path) as tmp:
+        Path(tmp).write_bytes(data)
+
+
+def save_tensors(
+    path: str | os.PathLike, tensors: dict[str, torch.Tensor], kind: str, version: int, meta: dict
+) -> Path:
+    """Atomically write ``tensors`` with a DiffSketch JSON header (``meta`` must be JSON-serialisable)."""
+    header = {"format": FORMAT, "kind": kind, "version": int(version), **meta}
+    contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    with atomic_target(path) as tmp:
+        save_file(contiguous, tmp, metadata={_HEADER_KEY: json.dumps(header)})
+    return Path(path)
 
 
 def read_header(path: str | os.PathLike, kind: str | None = None, versions=None) -> dict:
