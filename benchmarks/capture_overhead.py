@@ -1,7 +1,7 @@
 """Sampling with feature capture vs without: same model, seed and steps, side by side in one run.
 
-Runs are interleaved (plain, captured, plain, captured, ...) after a warm-up, and the medians
-are compared, so machine load affects both alike. Prints the ratio captured/plain (target <= 1.10
+Runs are interleaved (plain, captured, plain, captured, ...) after a warm-up, so machine load
+affects both alike; the best-of-N and median ratios are printed. Prints the ratio captured/plain (target <= 1.10
 on CPU). Random-weight diffusers models built from configs; nothing is downloaded.
 
     python benchmarks/capture_overhead.py                     # SD 1.5 UNet/VAE architecture, 256 px
@@ -110,7 +110,9 @@ def main():
     )
     print(f"sample without capture : median {p:.2f} s  {[f'{x:.2f}' for x in plain]}")
     print(f"sample with capture    : median {c:.2f} s  {[f'{x:.2f}' for x in captured]}")
-    print(f"ratio captured/plain   : {c / p:.3f}  (target <= 1.10)")
+    # the best-of-N ratio is the least sensitive to load from other processes on a shared machine
+    print(f"ratio captured/plain   : best-of-{args.repeats} {min(captured) / min(plain):.3f}, median {c / p:.3f}"
+          "  (target <= 1.10)")
 
 
 if __name__ == "__main__":
