@@ -76,8 +76,10 @@ def check_sd1(model, vae) -> int:
 
 
 class ComfyBackend(SamplingBackend):
-    def __init__(self, model, clip, vae):
+    def __init__(self, model, clip, vae, show_progress: bool = True):
+        """``show_progress=False`` leaves the node's progress bar to the caller (training loops)."""
         context_dim = check_sd1(model, vae)
+        self.show_progress = show_progress
         if clip is None:
             raise UnsupportedModelError(
                 "no CLIP connected: the checkpoint has no text encoder; connect Load Checkpoint's CLIP."
@@ -91,7 +93,8 @@ class ComfyBackend(SamplingBackend):
         if text == "" and self._uncond is not None:
             return self._uncond
         tokens = self.clip.tokenize(text)
-        cond = self.clip.encode_from_tokens(tokens).float().cpu()
+        with torch.no_grad():
+            cond = self.clip.encode_from_tokens(tokens).float().cpu()
         if text == "":
             self._uncond = cond
         return cond
@@ -112,28 +115,30 @@ class ComfyBackend(SamplingBackend):
         if not math.isclose(s0, float(ms.sigma_max), rel_tol=1e-5):
             noise = noise * (math.sqrt(1.0 + s0 * s0) / s0)
         n = len(schedule)
-        pbar = comfy.utils.ProgressBar(n)
+        pbar = comfy.utils.ProgressBar(n) if self.show_progress else None
 
         def on_step(step, x0, x, total):
-            pbar.update_absolute(step + 1, n)
+            if pbar is not None:
+                pbar.update_absolute(step + 1, n)
             comfy.model_management.throw_exception_if_processing_interrupted()
             if progress is not None:
                 progress(step + 1, n)
 
         latent = torch.zeros_like(noise)
-        samples = comfy.sample.sample_custom(
-            patched,
-            noise,
-            cfg,
-            comfy.samplers.sampler_object("ddim"),
-            sigmas,
-            [[cond, {}]],
-            [[uncond, {}]],
-            latent,
-            callback=on_step,
-            disable_pbar=True,
-            seed=0,
-        )
+        with torch.no_grad():  # also when a training loop calls this with grad enabled
+            samples = comfy.sample.sample_custom(
+                patched,
+                noise,
+                cfg,
+                comfy.samplers.sampler_object("ddim"),
+                sigmas,
+                [[cond, {}]],
+                [[uncond, {}]],
+                latent,
+                callback=on_step,
+                disable_pbar=True,
+                seed=0,
+            )
         return samples.float().cpu()
 
     def _decode(self, latent, capture, store_dtype, store_device):
