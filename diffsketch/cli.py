@@ -7,6 +7,7 @@
     diffsketch generate   --model M --generator style.safetensors --prompt P --out pairs/
     diffsketch distill    --model M --generator style.safetensors --out extractor.safetensors ...
     diffsketch extract    INPUTS... --extractor extractor.safetensors --out sketches/
+    diffsketch eval       PHOTOS_DIR --extractor extractor.safetensors --style xdog --out report/ [--bsds-gt GT_DIR]
 
 Files are the same .safetensors files the nodes read and write. Every option has a --help text.
 """
@@ -307,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     p.set_defaults(func=cmd_extract)
 
+    from .evaluation import add_eval_parser
+
+    add_eval_parser(sub)
     return ap
 
 

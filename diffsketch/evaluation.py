@@ -1,0 +1,811 @@
+"""``diffsketch eval``: score a sketch extractor against an automatic style on a folder of photos.
+
+For every readable photo (BSDS500 test images, COCO val, any folder):
+
+1. ground truth = the chosen style (:mod:`diffsketch.styles`: XDoG, the paper's modified HED,
+   Informative Drawings) applied to the photo -- the paper's protocol for its automatic styles
+   (method.md §10);
+2. prediction = the extractor under test (a ``SketchExtractor`` file, run through
+   :func:`diffsketch.extractor.extract`, or any callable ``[B,3,H,W] -> [B,1,H,W]``);
+3. per-image SSIM and L1 (:mod:`diffsketch.metrics`), LPIPS (:func:`diffsketch.losses.build_lpips`
+   on :func:`~diffsketch.losses.perceptual_preprocess`, i.e. the paper code's 224 px ImageNet
+   preprocessing, so the numbers match the DiffSketch code rather than standard LPIPS), CLIP image
+   similarity (CLIP's own preprocessing), and FID between the sets of ground-truth and predicted
+   sketches;
+4. with BSDS500 human annotations (``.mat``), the boundary benchmark on the predicted line strength
+   (``1 - sketch``): ODS / OIS F-measure and AP (:func:`diffsketch.metrics.evaluate_boundaries`).
+
+Output (written atomically into ``out_dir``): ``results.md`` (mean ± std per metric, FID,
+boundary scores, skipped files and metrics, notes), ``results.csv`` (one row per image),
+``grid.png`` (photo | ground truth | prediction for the first 8 images) and, for BSDS500,
+``boundaries/`` (16-bit PNG line strength per photo; rewritten by each run).
+
+Metrics needing weights (LPIPS' AlexNet, FID's Inception, CLIP) read local files only. When the
+file is missing, the metric is skipped with a note naming the file -- unless it was asked for
+explicitly (listed in ``metrics=`` or its weights given), which is an error. Nothing downloads.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import DiffSketchError, FileFormatError, InvalidInputError, WeightsNotFoundError
+from .fileio import atomic_write_bytes
+
+__all__ = [
+    "ALL_METRICS",
+    "EvalReport",
+    "evaluate",
+    "add_eval_parser",
+    "cmd_eval",
+]
+
+ALL_METRICS = ("lpips", "ssim", "l1", "fid", "clip")
+PER_IMAGE_METRICS = ("ssim", "l1", "lpips", "clip")  # CSV column order
+_NEEDS_WEIGHTS = ("lpips", "fid", "clip")
+_LABELS = {"ssim": "SSIM", "l1": "L1", "lpips": "LPIPS", "clip": "CLIP similarity", "fid": "FID"}
+_HIGHER_IS_BETTER = {"ssim": True, "clip": True, "l1": False, "lpips": False, "fid": False}
+GRID_IMAGES = 8
+GRID_CELL = 256
+_SSIM_WINDOW = 11
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+# Published BSDS500 ODS F-measures the boundary scores can be read against (issue text).
+_REFERENCE_ODS = "HED about 0.79, PiDiNet 0.807 (full BSDS500 test set, 200 images)"
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+# ============================================================================================
+# Report
+# ============================================================================================
+@dataclass
+class EvalReport:
+    """Everything one evaluation measured, skipped or had to adapt. Nothing here is silent."""
+
+    out_dir: Path
+    photos_dir: Path
+    style: str
+    extractor: str
+    device: str
+    metrics: tuple[str, ...]  # metrics actually computed
+    rows: list[dict] = field(default_factory=list)  # per image: image, file, height, width, metrics
+    summary: dict[str, tuple[float, float, int]] = field(default_factory=dict)  # mean, std, n
+    fid: float | None = None
+    fid_images: int = 0
+    skipped_files: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    ignored_files: list[str] = field(default_factory=list)  # not image files
+    skipped_metrics: dict[str, str] = field(default_factory=dict)  # metric -> why
+    notes: list[str] = field(default_factory=list)
+    boundary: object | None = None  # metrics.BoundaryScores
+    pairing: object | None = None  # metrics.PairingReport
+    boundary_error: str | None = None
+    limited: bool = False  # max_images cut the photo list
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def n_images(self) -> int:
+        return len(self.rows)
+
+    @property
+    def has_problems(self) -> bool:
+        """Files were skipped or the boundary benchmark could not pair everything (exit code 1)."""
+        if self.skipped_files or self.boundary_error:
+            return True
+        p = self.pairing
+        if p is None:
+            return False
+        return bool(
+            p.missing_ground_truth
+            or p.ambiguous
+            or p.unreadable
+            or (p.missing_prediction and not self.limited)
+        )
+
+    def summary_text(self) -> str:
+        lines = [f"{self.n_images} image(s) evaluated: style '{self.style}' vs {self.extractor}"]
+        for m in PER_IMAGE_METRICS:
+            if m in self.summary:
+                mean, std, n = self.summary[m]
+                lines.append(f"  {_LABELS[m]:<16} {mean:.4f} ± {std:.4f}  (n={n})")
+        if self.fid is not None:
+            lines.append(f"  {'FID':<16} {self.fid:.3f}  ({self.fid_images} images per set)")
+        if self.boundary is not None:
+            b = self.boundary
+            lines.append(f"  BSDS boundaries  ODS {b.ods_f:.4f}  OIS {b.ois_f:.4f}  AP {b.ap:.4f}")
+        for m, why in self.skipped_metrics.items():
+            lines.append(f"  skipped {m}: {why}")
+        if self.boundary_error:
+            lines.append(f"  boundary benchmark not run: {self.boundary_error}")
+        if self.skipped_files:
+            lines.append(f"  {len(self.skipped_files)} file(s) skipped (listed in results.md)")
+        if self.files:
+            lines.append("written: " + ", ".join(str(p) for p in self.files.values()))
+        return "\n".join(lines)
+
+    def to_markdown(self) -> str:
+        md = ["# DiffSketch evaluation", ""]
+        md.append(f"- photos: `{self.photos_dir}` -- {self.n_images} evaluated")
+        md.append(f"- ground truth: style `{self.style}`")
+        md.append(f"- extractor under test: {self.extractor}")
+        md.append(f"- device: {self.device}")
+        md += ["", "## Sketch metrics (prediction vs ground-truth sketch)", ""]
+        md.append("| metric | mean ± std | images | better |")
+        md.append("|---|---|---|---|")
+        for m in PER_IMAGE_METRICS:
+            if m in self.summary:
+                mean, std, n = self.summary[m]
+                better = "higher" if _HIGHER_IS_BETTER[m] else "lower"
+                md.append(f"| {_LABELS[m]} | {mean:.4f} ± {std:.4f} | {n} | {better} |")
+        if self.fid is not None:
+            md.append(f"| FID | {self.fid:.3f} | {self.fid_images} per set | lower |")
+        md.append("")
+        explain = ["std is over images (ddof 0)."]
+        if "lpips" in self.metrics:
+            explain.append(
+                "LPIPS is AlexNet on the DiffSketch code's preprocessing (224x224, ImageNet normalisation), "
+                "so it matches the paper's code, not standard LPIPS."
+            )
+        if "clip" in self.metrics:
+            explain.append("CLIP similarity is the cosine of CLIP image embeddings (CLIP preprocessing).")
+        if self.fid is not None:
+            explain.append(
+                "FID compares the set of ground-truth sketches with the set of predictions; it is biased "
+                "upwards for small sets, so compare FIDs only at equal image counts."
+            )
+        md.append(" ".join(explain))
+        if self.boundary is not None or self.boundary_error:
+            md += ["", "## BSDS500 boundary benchmark (predicted line strength vs human annotations)", ""]
+            if self.boundary is not None:
+                b = self.boundary
+                md.append("| ODS F | ODS P | ODS R | ODS threshold | OIS F | AP | images |")
+                md.append("|---|---|---|---|---|---|---|")
+                md.append(
+                    f"| {b.ods_f:.4f} | {b.ods_p:.4f} | {b.ods_r:.4f} | {b.ods_threshold:.3f} | "
+                    f"{b.ois_f:.4f} | {b.ap:.4f} | {len(b.per_image)} |"
+                )
+                md.append("")
+                md.append(f"Published ODS for comparison: {_REFERENCE_ODS}.")
+            if self.boundary_error:
+                md.append(f"Not run: {self.boundary_error}")
+            if self.pairing is not None:
+                md += ["", "Pairing of predictions with ground truth:", ""]
+                md += [f"- {line}" for line in self.pairing.summary().splitlines()]
+        if self.skipped_metrics:
+            md += ["", "## Skipped metrics", ""]
+            md += [f"- {m}: {why}" for m, why in self.skipped_metrics.items()]
+        if self.skipped_files or self.ignored_files:
+            md += ["", "## Skipped files", ""]
+            md += [f"- `{path}`: {reason}" for path, reason in self.skipped_files]
+            if self.ignored_files:
+                md.append(
+                    f"- ignored {len(self.ignored_files)} file(s) without an image extension: "
+                    + ", ".join(f"`{n}`" for n in self.ignored_files)
+                )
+        if self.notes:
+            md += ["", "## Notes", ""]
+            md += [f"- {n}" for n in self.notes]
+        return "\n".join(md) + "\n"
+
+    def to_csv(self) -> str:
+        computed = [m for m in PER_IMAGE_METRICS if m in self.metrics]
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["image", "file", "height", "width", *computed])
+        for row in self.rows:
+            writer.writerow(
+                [row["image"], row["file"], row["height"], row["width"]]
+                + [f"{row[m]:.6f}" if m in row else "" for m in computed]
+            )
+        return buf.getvalue()
+
+
+# ============================================================================================
+# Loading what the evaluation needs
+# ============================================================================================
+class _EncodeImage:
+    """Gives a CLIP image tower the ``encode_image`` method metrics.clip_image_similarity calls."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.module(pixels)
+
+
+def _parse_metrics(metrics) -> tuple[tuple[str, ...], set[str]]:
+    """(metrics to compute, those the caller named explicitly)."""
+    if metrics is None:
+        return ALL_METRICS, set()
+    if isinstance(metrics, str):
+        metrics = [m for m in metrics.replace(" ", "").split(",") if m]
+    chosen = []
+    for m in metrics:
+        m = str(m).strip().lower()
+        if m not in ALL_METRICS:
+            raise InvalidInputError(f"unknown metric {m!r}; pick from {', '.join(ALL_METRICS)}.")
+        if m not in chosen:
+            chosen.append(m)
+    if not chosen:
+        raise InvalidInputError(f"no metric chosen; pick from {', '.join(ALL_METRICS)}.")
+    return tuple(chosen), set(chosen)
+
+
+def _load_metric_model(metric: str, weights, device):
+    if metric == "lpips":
+        if isinstance(weights, nn.Module):
+            return weights.to(device).eval()
+        from .losses import build_lpips
+
+        return build_lpips(weights, device=device)
+    if metric == "fid":
+        if isinstance(weights, nn.Module):
+            return weights.to(device).eval()
+        from . import metrics as M
+
+        if weights is None:
+            # metrics keeps the full "where from / how to convert" text; reuse it so both stay in step
+            source = getattr(M, "_FID_WEIGHTS_SOURCE", "pytorch-fid's FID Inception weights")
+            raise WeightsNotFoundError(
+                f"FID needs the Inception weights file '{M.FID_WEIGHTS_FILE}' (pass fid_weights / --fid-weights: "
+                f"the file or its folder). It is {source}"
+            )
+        return M.load_fid_inception(weights, device=device)
+    if metric == "clip":
+        if weights is not None and not isinstance(weights, (str, os.PathLike)):
+            if hasattr(weights, "encode_image"):
+                return weights
+            if isinstance(weights, nn.Module):
+                return _EncodeImage(weights.to(device).eval())
+            raise InvalidInputError(
+                f"clip_weights must be a path or a CLIP model; got {type(weights).__name__}."
+            )
+        from .losses import load_clip_image_encoder
+
+        return _EncodeImage(load_clip_image_encoder(weights, device=device))
+    raise InvalidInputError(f"metric {metric!r} needs no model")
+
+
+def _load_extractor(extractor, device) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
+    """(function photo [1,3,H,W] -> sketch [1,1,H,W] on the CPU, description)."""
+    from .extractor import SketchExtractor, extract, load_extractor
+
+    if extractor is None:
+        raise InvalidInputError(
+            "no extractor to evaluate: give extractor_path (an extractor .safetensors from distill, --extractor) "
+            "or a callable."
+        )
+    if isinstance(extractor, (str, os.PathLike)):
+        path = Path(extractor)
+        if not path.is_file():
+            raise InvalidInputError(f"extractor file not found: {path}")
+        model = load_extractor(path, device=device)
+        description = f"extractor `{path.name}`"
+    elif isinstance(extractor, SketchExtractor):
+        model = extractor.to(device).eval()
+        description = "SketchExtractor (given as a module)"
+    elif callable(extractor):
+        name = getattr(extractor, "style_name", None) or getattr(
+            extractor, "__name__", type(extractor).__name__
+        )
+        description = f"callable `{name}`"
+
+        def run_callable(photo: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                out = extractor(photo.to(device))
+            if not isinstance(out, torch.Tensor):
+                raise InvalidInputError(
+                    f"the extractor returned {type(out).__name__}; it must return a tensor [B, 1, H, W]."
+                )
+            if out.dim() == 3:
+                out = out.unsqueeze(1)
+            if out.dim() != 4 or out.shape[1] != 1 or out.shape[0] != photo.shape[0]:
+                raise InvalidInputError(
+                    f"the extractor returned shape {tuple(out.shape)}; it must return sketches [B, 1, H, W] "
+                    f"(B = {photo.shape[0]}) in [0, 1]."
+                )
+            return out.detach().float().cpu().clamp(0.0, 1.0)
+
+        return run_callable, description
+    else:
+        raise InvalidInputError(
+            f"extractor must be a path, a SketchExtractor or a callable; got {type(extractor).__name__}."
+        )
+
+    def run_model(photo: torch.Tensor) -> torch.Tensor:
+        sketch, _ = extract(model, photo.permute(0, 2, 3, 1))
+        return sketch[..., 0].unsqueeze(1)
+
+    return run_model, description
+
+
+def _load_style(style, style_weights, device) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
+    from .styles import load_style
+
+    if isinstance(style, str):
+        module = load_style(style, style_weights, device=device)
+        return module, style
+    if callable(style):
+        return style, getattr(style, "style_name", None) or type(style).__name__
+    raise InvalidInputError(f"style must be a style name or a callable; got {type(style).__name__}.")
+
+
+# ============================================================================================
+# Images
+# ============================================================================================
+def _list_photos(photos_dir: Path) -> tuple[list[Path], list[str]]:
+    if not photos_dir.is_dir():
+        raise InvalidInputError(f"photos folder not found: {photos_dir}")
+    images, ignored = [], []
+    for p in sorted(photos_dir.iterdir()):
+        if not p.is_file() or p.name.startswith("."):
+            continue
+        if p.suffix.lower() in IMAGE_SUFFIXES:
+            images.append(p)
+        else:
+            ignored.append(p.name)
+    return images, ignored
+
+
+def _read_photo(path: Path) -> torch.Tensor:
+    """[1, 3, H, W] float32 RGB in [0, 1] (grey repeated, alpha composited over white, 16-bit scaled)."""
+    from .cli import read_image
+    from .extractor import to_rgb_batch
+
+    return to_rgb_batch(read_image(path)).permute(0, 3, 1, 2).contiguous()
+
+
+def _target_size(size, h: int, w: int) -> tuple[int, int]:
+    if isinstance(size, int):
+        scale = size / min(h, w)
+        return max(1, round(h * scale)), max(1, round(w * scale))
+    th, tw = size
+    return int(th), int(tw)
+
+
+def _check_size(size):
+    if size is None:
+        return None
+    if isinstance(size, bool):
+        raise InvalidInputError(f"size must be an integer or (height, width); got {size!r}.")
+    if isinstance(size, int):
+        if size < _SSIM_WINDOW:
+            raise InvalidInputError(f"size must be at least {_SSIM_WINDOW} pixels; got {size}.")
+        return size
+    if (
+        isinstance(size, Sequence)
+        and len(size) == 2
+        and all(isinstance(s, int) and not isinstance(s, bool) and s >= _SSIM_WINDOW for s in size)
+    ):
+        return (int(size[0]), int(size[1]))
+    raise InvalidInputError(
+        f"size must be an integer (shorter side) or (height, width), each >= {_SSIM_WINDOW}; got {size!r}."
+    )
+
+
+def _resize(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == tuple(hw):
+        return x
+    return F.interpolate(x, size=hw, mode="bilinear", align_corners=False, antialias=True).clamp(0.0, 1.0)
+
+
+def _fit_cell(x: torch.Tensor, cell: int) -> torch.Tensor:
+    """[1, C, H, W] -> [3, h, w] scaled to fit a cell x cell square."""
+    h, w = x.shape[-2:]
+    scale = cell / max(h, w)
+    out = _resize(x.float(), (max(1, round(h * scale)), max(1, round(w * scale))))[0]
+    return out.expand(3, -1, -1) if out.shape[0] == 1 else out
+
+
+def _png_bytes(array: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _grid_png(cells: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]], style: str) -> bytes:
+    """Rows of photo | ground truth | prediction, each centred in a white cell, with a header."""
+    from PIL import Image, ImageDraw
+
+    gap, header = 4, 18
+    width = 3 * GRID_CELL + 4 * gap
+    height = header + len(cells) * (GRID_CELL + gap) + gap
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for col, title in enumerate(("photo", f"ground truth ({style})", "prediction")):
+        draw.text((gap + col * (GRID_CELL + gap) + 2, 3), title, fill=(0, 0, 0))
+    for row, (_, *images) in enumerate(cells):
+        top = header + row * (GRID_CELL + gap)
+        for col, img in enumerate(images):
+            arr = (img.permute(1, 2, 0).clamp(0, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
+            h, w = arr.shape[:2]
+            left = gap + col * (GRID_CELL + gap) + (GRID_CELL - w) // 2
+            canvas.paste(Image.fromarray(arr), (left, top + (GRID_CELL - h) // 2))
+            # a frame, so white sketches stand apart from the white page
+            draw.rectangle(
+                (left - 1, top + (GRID_CELL - h) // 2 - 1, left + w, top + (GRID_CELL - h) // 2 + h),
+                outline=(190, 190, 190),
+            )
+    buf = io.BytesIO()
+    canvas.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# ============================================================================================
+# Evaluation
+# ============================================================================================
+def evaluate(
+    photos_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    style: str | Callable = "xdog",
+    style_weights: str | os.PathLike | None = None,
+    extractor_path: str | os.PathLike | Callable | None = None,
+    metrics: Sequence[str] | str | None = None,
+    lpips_weights=None,
+    fid_weights=None,
+    clip_weights=None,
+    bsds_gt_dir: str | os.PathLike | None = None,
+    max_images: int | None = None,
+    size: int | tuple[int, int] | None = None,
+    device: str | torch.device = "cpu",
+    progress: ProgressFn | None = None,
+) -> EvalReport:
+    """Evaluate an extractor against a style on a folder of photos; see the module docstring.
+
+    ``style``: a name in :data:`diffsketch.styles.STYLES` (``style_weights`` for learned styles) or
+    a callable ``[B,3,H,W] -> [B,1,H,W]``. ``extractor_path``: an extractor ``.safetensors`` file,
+    a ``SketchExtractor``, or a callable ``photos [B,3,H,W] in [0,1] (on device) -> sketches
+    [B,1,H,W] in [0,1]`` (1 = paper). ``metrics``: None = all of :data:`ALL_METRICS`, skipping
+    those whose weights are missing; an explicit list makes missing weights an error.
+    ``lpips_weights`` (torchvision's AlexNet file or folder; default the torch hub cache),
+    ``fid_weights`` (pytorch-fid Inception .safetensors), ``clip_weights`` (CLIP .safetensors):
+    a path, or an already built model. ``bsds_gt_dir``: BSDS500 ``groundTruth`` ``.mat`` folder
+    for the boundary benchmark. ``size``: resize photos first (int = shorter side, or (H, W));
+    None = native size. ``progress(stage, done, total)`` with stage "images" or "boundaries".
+    """
+    photos_dir, out_dir = Path(photos_dir), Path(out_dir)
+    chosen, explicit = _parse_metrics(metrics)
+    size = _check_size(size)
+    if max_images is not None and (
+        isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1
+    ):
+        raise InvalidInputError(f"max_images must be a positive integer or None; got {max_images!r}.")
+    gt_dir = Path(bsds_gt_dir) if bsds_gt_dir is not None else None
+    if gt_dir is not None:
+        if not gt_dir.is_dir():
+            raise InvalidInputError(f"BSDS500 ground-truth folder not found: {gt_dir}")
+        if not any(p.suffix.lower() == ".mat" for p in gt_dir.iterdir()):
+            raise InvalidInputError(
+                f"{gt_dir} holds no .mat files; point bsds_gt_dir at BSDS500's groundTruth/test folder."
+            )
+        try:
+            import scipy.io  # noqa: F401
+        except ImportError as e:
+            raise ImportError(
+                "the BSDS500 boundary benchmark needs the optional package 'scipy': pip install scipy"
+            ) from e
+    files, ignored = _list_photos(photos_dir)
+    if not files:
+        raise InvalidInputError(
+            f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {photos_dir}"
+            + (f"; found only {', '.join(ignored[:5])}" if ignored else "")
+        )
+    device = str(device)
+
+    # Everything that can fail for lack of a file fails before the (long) loop.
+    style_fn, style_name = _load_style(style, style_weights, device)
+    run_extractor, extractor_desc = _load_extractor(extractor_path, device)
+    given = {"lpips": lpips_weights, "fid": fid_weights, "clip": clip_weights}
+    models: dict[str, object] = {}
+    skipped_metrics: dict[str, str] = {}
+    for m in chosen:
+        if m not in _NEEDS_WEIGHTS:
+            continue
+        try:
+            models[m] = _load_metric_model(m, given[m], device)
+        except (WeightsNotFoundError, FileFormatError, ImportError) as e:
+            if m in explicit or given[m] is not None:
+                raise
+            skipped_metrics[m] = f"needs weights: {e}"
+    computed = tuple(m for m in chosen if m not in skipped_metrics)
+
+    report = EvalReport(
+        out_dir=out_dir,
+        photos_dir=photos_dir,
+        style=style_name,
+        extractor=extractor_desc,
+        device=device,
+        metrics=computed,
+        ignored_files=list(ignored),
+        skipped_metrics=skipped_metrics,
+    )
+    boundary_dir = out_dir / "boundaries"
+    if gt_dir is not None:
+        boundary_dir.mkdir(parents=True, exist_ok=True)
+        # The benchmark pairs every file in this folder: stale ones from an earlier run must go.
+        for stale in boundary_dir.glob("*.png"):
+            stale.unlink()
+
+    from . import metrics as M
+    from .losses import perceptual_preprocess
+
+    total = min(len(files), max_images) if max_images else len(files)
+    sizes: dict[tuple[int, int], int] = {}
+    resized_photos: list[str] = []
+    resized_predictions: list[str] = []
+    fid_gt: list[np.ndarray] = []
+    fid_pred: list[np.ndarray] = []
+    cells = []
+    done = 0
+    for path in files:
+        if max_images is not None and done >= max_images:
+            report.limited = True
+            break
+        try:
+            photo = _read_photo(path)
+        except Exception as e:  # unreadable files are listed, never silently dropped
+            report.skipped_files.append((str(path), f"unreadable ({type(e).__name__}: {e})"))
+            continue
+        h0, w0 = photo.shape[-2:]
+        if size is not None:
+            target = _target_size(size, h0, w0)
+            if target != (h0, w0):
+                photo = _resize(photo, target)
+                resized_photos.append(f"{path.name} {h0}x{w0} -> {target[0]}x{target[1]}")
+        h, w = photo.shape[-2:]
+        if min(h, w) < _SSIM_WINDOW:
+            report.skipped_files.append(
+                (
+                    str(path),
+                    f"too small ({h}x{w}); metrics need at least {_SSIM_WINDOW}x{_SSIM_WINDOW} pixels",
+                )
+            )
+            continue
+        sizes[(h, w)] = sizes.get((h, w), 0) + 1
+        with torch.no_grad():
+            gt = style_fn(photo.to(device))
+        gt = gt.detach().float().cpu().clamp(0.0, 1.0)
+        if gt.shape != (1, 1, h, w):
+            raise InvalidInputError(
+                f"style '{style_name}' returned shape {tuple(gt.shape)} for a {h}x{w} photo; expected (1, 1, {h}, {w})."
+            )
+        pred = run_extractor(photo)
+        if pred.shape[-2:] != gt.shape[-2:]:
+            resized_predictions.append(f"{path.name} {pred.shape[-2]}x{pred.shape[-1]} -> {h}x{w}")
+            pred = _resize(pred, (h, w))
+
+        row: dict = {"image": path.stem, "file": path.name, "height": h, "width": w}
+        with torch.no_grad():
+            if "ssim" in computed:
+                row["ssim"] = float(M.ssim(pred, gt)[0])
+            if "l1" in computed:
+                row["l1"] = float(M.l1_distance(pred, gt)[0])
+            if "lpips" in computed:
+                lp = models["lpips"]
+                dev = next(lp.parameters()).device
+                row["lpips"] = float(
+                    lp(perceptual_preprocess(pred).to(dev), perceptual_preprocess(gt).to(dev)).flatten()[0]
+                )
+            if "clip" in computed:
+                row["clip"] = float(
+                    M.clip_image_similarity(models["clip"], pred.to(device), gt.to(device))[0]
+                )
+            if "fid" in computed:
+                fid_gt.append(M.inception_features(models["fid"], gt.expand(-1, 3, -1, -1)))
+                fid_pred.append(M.inception_features(models["fid"], pred.expand(-1, 3, -1, -1)))
+        report.rows.append(row)
+        if len(cells) < GRID_IMAGES:
+            cells.append(
+                (path.stem, _fit_cell(photo, GRID_CELL), _fit_cell(gt, GRID_CELL), _fit_cell(pred, GRID_CELL))
+            )
+        if gt_dir is not None:
+            strength = ((1.0 - pred[0, 0]).clamp(0, 1).numpy() * 65535.0 + 0.5).astype(np.uint16)
+            atomic_write_bytes(boundary_dir / f"{path.stem}.png", _png_bytes(strength))
+        done += 1
+        if progress is not None:
+            progress("images", done, total)
+
+    if not report.rows:
+        listed = "; ".join(f"{p}: {why}" for p, why in report.skipped_files) or "none"
+        raise InvalidInputError(f"no photo in {photos_dir} could be evaluated (skipped: {listed}).")
+
+    # ---- summaries
+    for m in PER_IMAGE_METRICS:
+        if m in computed:
+            values = np.array([r[m] for r in report.rows], np.float64)
+            report.summary[m] = (float(values.mean()), float(values.std()), int(values.size))
+    if "fid" in computed:
+        if len(fid_gt) >= 2:
+            report.fid = M.fid_from_features(np.concatenate(fid_gt), np.concatenate(fid_pred))
+            report.fid_images = len(fid_gt)
+        else:
+            report.skipped_metrics["fid"] = (
+                "needs at least 2 images (covariances of one sample are undefined)"
+            )
+            report.metrics = tuple(m for m in report.metrics if m != "fid")
+    if report.limited:
+        report.notes.append(f"limited to the first {done} readable photo(s) of {len(files)} (max_images).")
+    if size is not None:
+        report.notes.append(
+            f"photos resized to {'shorter side ' + str(size) if isinstance(size, int) else f'{size[0]}x{size[1]}'} "
+            f"before evaluation ({len(resized_photos)} changed): "
+            + ", ".join(resized_photos[:10])
+            + (" ..." if len(resized_photos) > 10 else "")
+        )
+    if len(sizes) > 1:
+        listed = ", ".join(f"{h}x{w} ({n})" for (h, w), n in sorted(sizes.items(), key=lambda kv: -kv[1])[:6])
+        report.notes.append(
+            f"photos come in {len(sizes)} sizes (H x W: {listed}); each is evaluated at its own size, LPIPS/CLIP/FID "
+            "resize internally and the grid scales every cell to fit."
+        )
+    if resized_predictions:
+        report.notes.append(
+            f"{len(resized_predictions)} prediction(s) did not match the ground truth's size and were resized to it: "
+            + ", ".join(resized_predictions[:10])
+        )
+
+    # ---- BSDS500 boundary benchmark
+    if gt_dir is not None:
+
+        def boundary_progress(i, n, _name):
+            if progress is not None:
+                progress("boundaries", i + 1, n)
+
+        try:
+            scores, pairing = M.evaluate_boundaries(
+                boundary_dir, gt_dir, lines_are_dark=False, progress=boundary_progress
+            )
+            report.boundary, report.pairing = scores, pairing
+        except InvalidInputError as e:
+            report.boundary_error = str(e)
+            try:
+                report.pairing = M.pair_files(boundary_dir, gt_dir)[1]
+            except DiffSketchError:
+                pass
+        if report.limited and report.pairing is not None and report.pairing.missing_prediction:
+            report.notes.append(
+                "ground truths without predictions are expected with max_images: the boundary scores cover "
+                "only the evaluated photos."
+            )
+
+    # ---- files
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report.files = {
+        "markdown": out_dir / "results.md",
+        "csv": out_dir / "results.csv",
+        "grid": out_dir / "grid.png",
+    }
+    if gt_dir is not None:
+        report.files["boundaries"] = boundary_dir
+    atomic_write_bytes(report.files["grid"], _grid_png(cells, style_name))
+    atomic_write_bytes(report.files["csv"], report.to_csv().encode("utf-8"))
+    atomic_write_bytes(report.files["markdown"], report.to_markdown().encode("utf-8"))
+    return report
+
+
+# ============================================================================================
+# Command line
+# ============================================================================================
+def add_eval_parser(subparsers):
+    """Register ``diffsketch eval`` on an ``argparse`` subparsers object; returns the parser."""
+    from .styles import STYLES
+
+    p = subparsers.add_parser(
+        "eval",
+        help="score an extractor against an automatic style (LPIPS, SSIM, L1, FID, CLIP; BSDS500 ODS/OIS/AP)",
+        description=(
+            "Ground-truth sketches come from --style applied to each photo; the extractor under test is "
+            "scored against them. Writes results.md, results.csv and grid.png into --out. Metrics whose "
+            "weights are missing are skipped with a note unless named in --metrics."
+        ),
+    )
+    p.add_argument("photos", help="folder of photos (e.g. BSDS500 images/test or COCO val2017)")
+    p.add_argument(
+        "--style", default="xdog", choices=sorted(STYLES), help="ground-truth style (default xdog)"
+    )
+    p.add_argument(
+        "--style-weights",
+        default=None,
+        help="converted .safetensors weights of a learned style (hed, informative_*), or their folder",
+    )
+    p.add_argument("--extractor", required=True, help="extractor .safetensors to evaluate (from distill)")
+    p.add_argument("--out", required=True, help="output folder for results.md, results.csv, grid.png")
+    p.add_argument(
+        "--bsds-gt",
+        default=None,
+        help="BSDS500 groundTruth folder (.mat files) for the boundary benchmark (ODS/OIS/AP)",
+    )
+    p.add_argument(
+        "--lpips-weights",
+        default=None,
+        help="torchvision AlexNet weights (alexnet-owt-7be5be79.pth/.safetensors) or folder (default: torch hub cache)",
+    )
+    p.add_argument(
+        "--fid-weights", default=None, help="pytorch-fid Inception weights (.safetensors) or folder"
+    )
+    p.add_argument(
+        "--clip-weights", default=None, help="CLIP ViT-B/32 image encoder (.safetensors) or folder"
+    )
+    p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N photos")
+    p.add_argument("--size", type=int, default=None, help="resize photos so the shorter side is N px first")
+    p.add_argument(
+        "--metrics",
+        default=None,
+        help=f"comma-separated subset of {','.join(ALL_METRICS)}; named metrics are required (default: all available)",
+    )
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, ...")
+    p.set_defaults(func=cmd_eval)
+    return p
+
+
+def _tqdm_progress():
+    from tqdm.auto import tqdm
+
+    bars: dict[str, object] = {}
+
+    def update(stage: str, done: int, total: int):
+        bar = bars.get(stage)
+        if bar is None:
+            bar = bars[stage] = tqdm(total=total, desc=stage, unit="img", dynamic_ncols=True)
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    def close():
+        for bar in bars.values():
+            bar.close()
+
+    update.close = close
+    return update
+
+
+def cmd_eval(args) -> int:
+    """Run ``diffsketch eval``: 0 = done, 1 = done but files were skipped or unpaired, 2 = error."""
+    from .cli import pick_device
+
+    bar = _tqdm_progress()
+    try:
+        report = evaluate(
+            args.photos,
+            args.out,
+            style=args.style,
+            style_weights=args.style_weights,
+            extractor_path=args.extractor,
+            metrics=args.metrics,
+            lpips_weights=args.lpips_weights,
+            fid_weights=args.fid_weights,
+            clip_weights=args.clip_weights,
+            bsds_gt_dir=args.bsds_gt,
+            max_images=args.max_images,
+            size=args.size,
+            device=pick_device(args.device),
+            progress=bar,
+        )
+    except (DiffSketchError, ImportError) as e:
+        print(f"diffsketch eval: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        bar.close()
+    print(report.summary_text())
+    if report.has_problems:
+        for path, reason in report.skipped_files:
+            print(f"skipped {path}: {reason}", file=sys.stderr)
+        if report.boundary_error:
+            print(f"boundary benchmark not run: {report.boundary_error}", file=sys.stderr)
+        if report.pairing is not None and not report.pairing.clean:
+            print(report.pairing.summary(), file=sys.stderr)
+        return 1
+    return 0
