@@ -6,11 +6,13 @@ from comfy_api.latest import ComfyExtension, io
 
 from .common import register_model_folders
 from .conditions import DiffSketchFitConditions, DiffSketchLoadConditions
+from .distill import DiffSketchDistill
 from .extract import DiffSketchExtract, DiffSketchLoadExtractor
 from .losses import DiffSketchLoadClipLoss
 from .sample import DiffSketchSample
 from .timesteps import DiffSketchTimesteps, DiffSketchTimestepsPreset
-from .xdog import DiffSketchXDoG
+from .train import DiffSketchGenerate, DiffSketchLoadGenerator, DiffSketchTrain
+from .xdog import DiffSketchStyleSketch, DiffSketchXDoG
 
 
 def node_list() -> list[type[io.ComfyNode]]:
@@ -21,9 +23,14 @@ def node_list() -> list[type[io.ComfyNode]]:
         DiffSketchFitConditions,
         DiffSketchLoadConditions,
         DiffSketchLoadClipLoss,
+        DiffSketchTrain,
+        DiffSketchLoadGenerator,
+        DiffSketchGenerate,
+        DiffSketchDistill,
         DiffSketchLoadExtractor,
         DiffSketchExtract,
         DiffSketchXDoG,
+        DiffSketchStyleSketch,
     ]
 
 

@@ -102,6 +102,17 @@ class ComfyServer:
         except urllib.error.HTTPError as e:
             raise AssertionError(f"POST {path} -> {e.code}: {e.read().decode()[:3000]}") from e
 
+    def post_raw(self, path: str, payload: dict) -> dict:
+        """POST without raising on HTTP errors: ``{"status": code, "body": text}``."""
+        req = urllib.request.Request(
+            self.url + path, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return {"status": r.status, "body": r.read().decode()}
+        except urllib.error.HTTPError as e:
+            return {"status": e.code, "body": e.read().decode()}
+
     def run(self, graph: dict, timeout: float = 900) -> dict:
         """Queue an API-format graph and wait for its history entry."""
         pid = self.post("/prompt", {"prompt": graph, "client_id": "diffsketch-tests"})["prompt_id"]

@@ -64,3 +64,29 @@ def test_corrupt_extractor_file_is_a_clear_error(comfy_server):
     entry = comfy_server.run(extract_graph("broken.safetensors"))
     assert entry["status"]["status_str"] == "error"
     assert "broken.safetensors" in error_message(entry) and "corrupt" in error_message(entry)
+
+
+def style_graph(style):
+    return {
+        "2": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 48, "batch_size": 1, "color": 0x808080}},
+        "3": {"class_type": "DiffSketchStyleSketch", "inputs": {"image": ["2", 0], "style": style}},
+        "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}},
+        "5": {"class_type": "DiffSketchXDoG", "inputs": {"image": ["2", 0], "sigma": 0.5, "k": 200.0, "gamma": 0.98,
+                                                           "epsilon": 0.1, "phi": 10.0}},
+        "6": {"class_type": "PreviewImage", "inputs": {"images": ["5", 0]}},
+    }
+
+
+def test_style_sketch_nodes(comfy_server):
+    from diffsketch.styles import build_style, save_style_weights
+
+    entry = comfy_server.run(style_graph("informative_anime"))
+    assert entry["status"]["status_str"] == "error"
+    assert "informative_anime.safetensors" in error_message(entry)
+    folder = comfy_server.base / "models" / "diffsketch" / "styles"
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    save_style_weights(folder / "informative_anime.safetensors", build_style("informative_anime"))
+    entry = comfy_server.run(style_graph("informative_anime"))
+    assert entry["status"]["status_str"] == "success", error_message(entry)
+    assert entry["outputs"]["4"]["images"] and entry["outputs"]["6"]["images"]

@@ -1,0 +1,178 @@
+"""DiffSketchDistill: turn a trained generator into a small, fast image-to-sketch extractor."""
+
+from __future__ import annotations
+
+import os
+
+import comfy.model_management
+import comfy.utils
+import folder_paths
+import torch
+from comfy_api.latest import io, ui
+
+from diffsketch.fileio import check_save_name
+
+from .extract import wrap_extractor
+from .train import _preview
+from .types import CATEGORY, ClipLoss, Conditions, Extractor, Generator
+
+FOLDER = "diffsketch_extractors"
+PAIRS_FOLDER = "diffsketch_pairs"
+
+
+class DiffSketchDistill(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DiffSketchDistill",
+            display_name="DiffSketch Distill",
+            category=CATEGORY,
+            description=(
+                "Distils a trained DiffSketch generator into a small extractor: first writes (image, sketch) pairs made "
+                "with your checkpoint and the generator (resumable, into models/diffsketch/pairs/<save_name>), then "
+                "trains the extractor on them with L1 + LPIPS. Progress and previews; Cancel keeps every finished pair "
+                "and a training checkpoint, and running again resumes."
+            ),
+            inputs=[
+                Generator.Input("generator", tooltip="From DiffSketch Train or Load Generator."),
+                io.Model.Input("model", tooltip="The SD 1.x MODEL the generator was trained with."),
+                io.Clip.Input("clip", tooltip="Its CLIP."),
+                io.Vae.Input("vae", tooltip="Its VAE."),
+                Conditions.Input("conditions", tooltip="The CDST conditions (random prompts for the pairs)."),
+                ClipLoss.Input(
+                    "loss_models",
+                    optional=True,
+                    tooltip="Optional: provides the LPIPS network; without it the extractor trains on L1 "
+                    "only.",
+                ),
+                io.Int.Input(
+                    "pair_count",
+                    default=1000,
+                    min=1,
+                    max=1000000,
+                    tooltip="Pairs to generate (the paper: 30,000; each costs one 50-step sampling).",
+                ),
+                io.Int.Input(
+                    "iterations", default=3000, min=1, max=1000000, tooltip="Extractor training steps."
+                ),
+                io.Int.Input("batch_size", default=8, min=1, max=256, tooltip="Pairs per training step."),
+                io.Int.Input(
+                    "crop_size",
+                    default=256,
+                    min=64,
+                    max=2048,
+                    step=16,
+                    tooltip="Random crop size for training (a multiple of 16).",
+                ),
+                io.Float.Input(
+                    "learning_rate",
+                    default=2e-3,
+                    min=1e-6,
+                    max=1.0,
+                    step=1e-4,
+                    round=1e-6,
+                    tooltip="Adam learning rate (cosine decay after a short warm-up).",
+                ),
+                io.Int.Input(
+                    "steps", default=50, min=1, max=1000, tooltip="DDIM steps per pair (50 as in training)."
+                ),
+                io.Int.Input("width", default=512, min=64, max=4096, step=64, tooltip="Pair image width."),
+                io.Int.Input("height", default=512, min=64, max=4096, step=64, tooltip="Pair image height."),
+                io.Int.Input(
+                    "seed",
+                    default=0,
+                    min=0,
+                    max=0xFFFFFFFFFFFFFFFF,
+                    tooltip="Seeds the pairs and the training; same seed, same extractor.",
+                ),
+                io.String.Input(
+                    "save_name",
+                    default="my_style_extractor",
+                    tooltip="Extractor file name in models/diffsketch/extractors (no folders).",
+                ),
+            ],
+            outputs=[
+                Extractor.Output(
+                    display_name="extractor", tooltip="For DiffSketch Extract (also saved to disk)."
+                ),
+                io.Image.Output(display_name="preview", tooltip="Last preview: input | teacher | extractor."),
+            ],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        generator,
+        model,
+        clip,
+        vae,
+        conditions,
+        pair_count,
+        iterations,
+        batch_size,
+        crop_size,
+        learning_rate,
+        steps,
+        width,
+        height,
+        seed,
+        save_name,
+        loss_models=None,
+    ) -> io.NodeOutput:
+        from diffsketch.distill import DistillConfig, distill
+        from diffsketch.extractor import save_extractor
+
+        from .comfy_backend import ComfyBackend
+
+        name = check_save_name(save_name, "save_name")
+        backend = ComfyBackend(model, clip, vae, show_progress=False)
+        pairs_dir = os.path.join(folder_paths.models_dir, "diffsketch", "pairs", name)
+        device = comfy.model_management.get_torch_device()
+        config = DistillConfig(
+            iterations=int(iterations),
+            batch_size=int(batch_size),
+            crop_size=int(crop_size),
+            lr=float(learning_rate),
+            seed=int(seed),
+            lpips_weight=1.0 if loss_models is not None else 0.0,
+        )
+        total = int(pair_count) + int(iterations)
+        pbar = comfy.utils.ProgressBar(total)
+        last = {}
+
+        def pairs_progress(done, count):
+            pbar.update_absolute(done, total)
+
+        def on_step(step, losses, preview):
+            if preview is not None:
+                last["preview"] = preview
+            pbar.update_absolute(
+                int(pair_count) + step, total, _preview(preview) if preview is not None else None
+            )
+
+        with torch.inference_mode(False), torch.enable_grad():
+            student = distill(
+                backend,
+                generator,
+                conditions,
+                pairs_dir,
+                int(pair_count),
+                config,
+                seed=int(seed),
+                steps=int(steps),
+                width=int(width),
+                height=int(height),
+                lpips_model=loss_models["lpips"] if loss_models is not None else None,
+                progress=pairs_progress,
+                on_step=on_step,
+                should_stop=comfy.model_management.processing_interrupted,
+                device=device,
+            )
+            student = student.cpu().eval()
+        out_path = os.path.join(folder_paths.get_folder_paths(FOLDER)[0], name + ".safetensors")
+        save_extractor(out_path, student, student.meta)
+        print(f"[DiffSketch] saved extractor to {out_path}")
+        preview = last.get("preview")
+        preview = preview if preview is not None else torch.zeros(1, 64, 192, 3)
+        return io.NodeOutput(wrap_extractor(student), preview, ui=ui.PreviewImage(preview, cls=cls))

@@ -1,0 +1,386 @@
+"""Training nodes: train a DiffSketch generator from one example, load it, and generate with it."""
+
+from __future__ import annotations
+
+import os
+
+import comfy.model_management
+import comfy.utils
+import folder_paths
+import torch
+from comfy_api.latest import io, ui
+
+from diffsketch.fileio import check_save_name
+
+from .types import CATEGORY, ClipLoss, Conditions, Features, Generator
+
+FOLDER = "diffsketch_generators"
+NO_RESUME = "(start fresh)"
+
+
+def _checkpoint_path(save_name: str) -> str:
+    return os.path.join(
+        folder_paths.get_folder_paths(FOLDER)[0], "checkpoints", save_name + ".train.safetensors"
+    )
+
+
+def _resume_options() -> list[str]:
+    folder = os.path.join(folder_paths.get_folder_paths(FOLDER)[0], "checkpoints")
+    names = (
+        sorted(f for f in os.listdir(folder) if f.endswith(".train.safetensors"))
+        if os.path.isdir(folder)
+        else []
+    )
+    return [NO_RESUME, *names]
+
+
+def _preview(image: torch.Tensor):
+    """A ProgressBar preview tuple from an image tensor [1,H,W,3] or [H,W,3] in [0,1]."""
+    from PIL import Image
+
+    arr = (image.detach().float().cpu().clamp(0, 1).reshape(image.shape[-3:]).numpy() * 255).astype("uint8")
+    return ("JPEG", Image.fromarray(arr), 512)
+
+
+class DiffSketchTrain(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DiffSketchTrain",
+            display_name="DiffSketch Train",
+            category=CATEGORY,
+            description=(
+                "Trains a DiffSketch generator from ONE example: the features of the image DiffSketch Sample & Capture "
+                "made, and the sketch you drew over it. Each iteration samples a new image (CDST conditions) and learns "
+                "with L1 + LPIPS + CLIP losses on the example and directional CLIP losses on the new sample. Shows "
+                "progress and previews; Cancel saves a checkpoint you can resume from."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The SD 1.x MODEL the example was sampled with."),
+                io.Clip.Input("clip", tooltip="Its CLIP (encodes the example prompt for the CDST blend)."),
+                io.Vae.Input("vae", tooltip="Its VAE."),
+                Features.Input(
+                    "features", tooltip="The example's features from DiffSketch Sample & Capture."
+                ),
+                io.Image.Input(
+                    "sketch",
+                    tooltip="Your sketch of the example image (black lines on white; resized to "
+                    "the example's size if needed; RGB, RGBA and grey are converted).",
+                ),
+                Conditions.Input("conditions", tooltip="From DiffSketch Fit Conditions or Load Conditions."),
+                ClipLoss.Input(
+                    "loss_models", tooltip="From DiffSketch Load Loss Models (CLIP ViT-B/32 + LPIPS AlexNet)."
+                ),
+                io.Int.Input(
+                    "iterations",
+                    default=1200,
+                    min=1,
+                    max=100000,
+                    tooltip="Training iterations (the paper: 1200). Each samples one new image.",
+                ),
+                io.Float.Input(
+                    "learning_rate",
+                    default=1e-4,
+                    min=1e-7,
+                    max=1e-1,
+                    step=1e-5,
+                    round=1e-7,
+                    tooltip="Adam learning rate (the paper: 1e-4).",
+                ),
+                io.Int.Input(
+                    "h_iter",
+                    default=1000,
+                    min=0,
+                    max=100000,
+                    tooltip="CDST: over the first h_iter iterations the condition moves from the example's "
+                    "prompt to random prompts (the paper: 1000).",
+                ),
+                io.Float.Input(
+                    "lpips_weight",
+                    default=15.0,
+                    min=0.0,
+                    max=1000.0,
+                    step=0.5,
+                    tooltip="LPIPS weight on the example reconstruction (the paper: 15).",
+                ),
+                io.Float.Input(
+                    "l1_weight",
+                    default=30.0,
+                    min=0.0,
+                    max=1000.0,
+                    step=0.5,
+                    tooltip="L1 weight on the example reconstruction (the paper: 30).",
+                ),
+                io.Float.Input(
+                    "clip_weight",
+                    default=30.0,
+                    min=0.0,
+                    max=1000.0,
+                    step=0.5,
+                    tooltip="CLIP similarity weight on the example (the paper: 30).",
+                ),
+                io.Float.Input(
+                    "across_weight",
+                    default=1.0,
+                    min=0.0,
+                    max=1000.0,
+                    step=0.1,
+                    tooltip="Across-domain directional CLIP loss weight on the new sample (the paper: 1).",
+                ),
+                io.Float.Input(
+                    "within_weight",
+                    default=1.0,
+                    min=0.0,
+                    max=1000.0,
+                    step=0.1,
+                    tooltip="Within-domain directional CLIP loss weight on the new sample (the paper: 1).",
+                ),
+                io.Combo.Input(
+                    "timestep_policy",
+                    options=["fixed", "random13"],
+                    default="fixed",
+                    tooltip="'fixed': the example's representative timesteps every iteration (the paper). "
+                    "'random13': 13 random of the 50 steps per iteration (the released code).",
+                ),
+                io.Combo.Input(
+                    "schedule",
+                    options=["full", "fast"],
+                    default="full",
+                    tooltip="'full': 50-step sampling per iteration. 'fast': only the captured timesteps "
+                    "plus the last step (about 4x fewer UNet runs; coarser samples).",
+                ),
+                io.Int.Input(
+                    "seed",
+                    default=0,
+                    min=0,
+                    max=0xFFFFFFFFFFFFFFFF,
+                    tooltip="Seeds initialisation, conditions and samples; same seed, same training.",
+                ),
+                io.String.Input(
+                    "save_name",
+                    default="my_style",
+                    tooltip="Generator file name in models/diffsketch/generators (no folders).",
+                ),
+                io.Combo.Input(
+                    "resume_from",
+                    options=_resume_options(),
+                    default=NO_RESUME,
+                    tooltip="Continue a cancelled or finished run from its checkpoint.",
+                ),
+                io.Int.Input(
+                    "checkpoint_every",
+                    default=100,
+                    min=1,
+                    max=100000,
+                    tooltip="Write a resumable checkpoint every N iterations (and on Cancel).",
+                ),
+            ],
+            outputs=[
+                Generator.Output(
+                    display_name="generator", tooltip="The trained generator (also saved to disk)."
+                ),
+                io.Image.Output(
+                    display_name="previews", tooltip="Last preview: new sample, its sketch, example."
+                ),
+                io.Image.Output(display_name="loss_curve", tooltip="Training losses over the iterations."),
+            ],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        model,
+        clip,
+        vae,
+        features,
+        sketch,
+        conditions,
+        loss_models,
+        iterations,
+        learning_rate,
+        h_iter,
+        lpips_weight,
+        l1_weight,
+        clip_weight,
+        across_weight,
+        within_weight,
+        timestep_policy,
+        schedule,
+        seed,
+        save_name,
+        resume_from,
+        checkpoint_every,
+    ) -> io.NodeOutput:
+        from diffsketch.generator import save_generator
+        from diffsketch.losses import DiffSketchLoss, LossWeights
+        from diffsketch.plotting import to_image_tensor
+        from diffsketch.training import TrainConfig, Trainer, prepare_sketch
+
+        from .comfy_backend import ComfyBackend
+
+        name = check_save_name(save_name, "save_name")
+        backend = ComfyBackend(model, clip, vae, show_progress=False)
+        device = comfy.model_management.get_torch_device()
+        ckpt = _checkpoint_path(name)
+        resume = None
+        if resume_from != NO_RESUME:
+            resume = os.path.join(folder_paths.get_folder_paths(FOLDER)[0], "checkpoints", resume_from)
+        pbar = comfy.utils.ProgressBar(int(iterations))
+        last_preview = {}
+
+        def on_step(step, losses, preview):
+            if preview is not None:
+                last_preview["image"] = preview
+            pbar.update_absolute(step, int(iterations), _preview(preview) if preview is not None else None)
+
+        with torch.inference_mode(False), torch.enable_grad():
+            sketch_t, notices = prepare_sketch(sketch, features.size)
+            for n in notices:
+                print(f"[DiffSketch] {n}")
+            weights = LossWeights(
+                lpips=lpips_weight,
+                l1=l1_weight,
+                clip_sim=clip_weight,
+                across=across_weight,
+                within=within_weight,
+            )
+            loss = DiffSketchLoss(loss_models["clip"], loss_models["lpips"], weights).to(device)
+            config = TrainConfig(
+                iterations=int(iterations),
+                lr=float(learning_rate),
+                h_iter=int(h_iter),
+                loss_weights=weights,
+                seed=int(seed),
+                timestep_policy=timestep_policy,
+                schedule=schedule,
+                checkpoint_every=int(checkpoint_every),
+                device=str(device),
+                steps=int(features.plan.steps),
+                cfg=float(features.meta.get("cfg", 5.0)),
+            )
+            pivot = backend.encode_prompt(features.meta.get("prompt", ""))
+            trainer = Trainer(
+                backend,
+                features,
+                sketch_t,
+                conditions,
+                loss,
+                config,
+                pivot=pivot,
+                checkpoint_path=ckpt,
+                resume_from=resume,
+            )
+            for n in trainer.notices:
+                print(f"[DiffSketch] {n}")
+            trainer.run(on_step=on_step, should_stop=comfy.model_management.processing_interrupted)
+            generator = trainer.generator.eval()
+            out_path = os.path.join(folder_paths.get_folder_paths(FOLDER)[0], name + ".safetensors")
+            save_generator(out_path, generator, trainer.generator_meta())
+            curve = to_image_tensor(trainer.loss_curve_image())
+        print(f"[DiffSketch] saved generator to {out_path}")
+        previews = last_preview.get("image")
+        previews = previews if previews is not None else torch.zeros(1, 64, 64, 3)
+        if previews.ndim == 3:
+            previews = previews[None]
+        return io.NodeOutput(generator, previews, curve, ui=ui.PreviewImage(curve, cls=cls))
+
+
+class DiffSketchLoadGenerator(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DiffSketchLoadGenerator",
+            display_name="DiffSketch Load Generator",
+            category=CATEGORY,
+            description="Loads a trained DiffSketch generator from models/diffsketch/generators.",
+            inputs=[
+                io.Combo.Input(
+                    "generator_name",
+                    options=folder_paths.get_filename_list(FOLDER),
+                    tooltip="A generator .safetensors written by DiffSketch Train or `diffsketch train`.",
+                ),
+            ],
+            outputs=[
+                Generator.Output(display_name="generator", tooltip="For DiffSketch Generate and Distill.")
+            ],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, generator_name):
+        path = folder_paths.get_full_path(FOLDER, generator_name)
+        return os.path.getmtime(path) if path else generator_name
+
+    @classmethod
+    def execute(cls, generator_name) -> io.NodeOutput:
+        from diffsketch.generator import load_generator
+
+        return io.NodeOutput(load_generator(folder_paths.get_full_path_or_raise(FOLDER, generator_name)))
+
+
+class DiffSketchGenerate(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DiffSketchGenerate",
+            display_name="DiffSketch Generate",
+            category=CATEGORY,
+            description="Samples a new image with your checkpoint and draws its sketch with a trained generator.",
+            inputs=[
+                io.Model.Input("model", tooltip="The SD 1.x MODEL the generator was trained with."),
+                io.Clip.Input("clip", tooltip="Its CLIP."),
+                io.Vae.Input("vae", tooltip="Its VAE."),
+                Generator.Input("generator", tooltip="From DiffSketch Train or Load Generator."),
+                io.String.Input(
+                    "prompt", multiline=True, default="a photo of a cat on a sofa", tooltip="What to draw."
+                ),
+                io.Int.Input(
+                    "seed",
+                    default=0,
+                    min=0,
+                    max=0xFFFFFFFFFFFFFFFF,
+                    control_after_generate=True,
+                    tooltip="Noise seed.",
+                ),
+                io.Int.Input("steps", default=50, min=1, max=1000, tooltip="DDIM steps (50 as in training)."),
+                io.Float.Input(
+                    "cfg",
+                    default=5.0,
+                    min=0.0,
+                    max=30.0,
+                    step=0.1,
+                    round=0.01,
+                    tooltip="Classifier-free guidance scale (5.0 as in training).",
+                ),
+                io.Int.Input(
+                    "width", default=512, min=64, max=4096, step=64, tooltip="Width (multiple of 64)."
+                ),
+                io.Int.Input(
+                    "height", default=512, min=64, max=4096, step=64, tooltip="Height (multiple of 64)."
+                ),
+            ],
+            outputs=[
+                io.Image.Output(display_name="image", tooltip="The new image."),
+                io.Image.Output(display_name="sketch", tooltip="Its sketch in the trained style."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, clip, vae, generator, prompt, seed, steps, cfg, width, height) -> io.NodeOutput:
+        from diffsketch.training import generate_pair
+
+        from .comfy_backend import ComfyBackend, image_to_comfy
+
+        backend = ComfyBackend(model, clip, vae)
+        image, sketch = generate_pair(
+            backend,
+            generator,
+            prompt,
+            seed=int(seed),
+            steps=int(steps),
+            cfg=float(cfg),
+            width=int(width),
+            height=int(height),
+        )
+        sketch_img = image_to_comfy(sketch.expand(-1, 3, -1, -1))
+        return io.NodeOutput(image_to_comfy(image), sketch_img, ui=ui.PreviewImage(sketch_img, cls=cls))
