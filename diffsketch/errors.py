@@ -25,5 +25,9 @@ class FileFormatError(DiffSketchError, ValueError):
     """A DiffSketch file is corrupt, truncated, of another kind or of another format version."""
 
 
-class TrainingInterrupted(DiffSketchError):
+class Cancelled(DiffSketchError):
+    """A long-running operation was cancelled by the user (``should_stop()`` returned True)."""
+
+
+class TrainingInterrupted(Cancelled):
     """Training or distillation was cancelled; a resumable checkpoint was written first."""

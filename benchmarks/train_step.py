@@ -1,0 +1,312 @@
+"""Where one DiffSketch training iteration spends its time, and its peak memory at SD 1.5 shapes.
+
+1. Tiny random-weight SD 1.x-shaped model (tests/tiny_models.py) at 64x64, the trainer's default
+   generator for it: per-iteration time split into UNet sampling, VAE decode (with capture),
+   generator forward, losses (forward + backward to the predictions) and generator backward +
+   Adam, for the full and the fast schedule.
+2. UNet evaluations per new sample, full vs fast schedule, for the paper's 13 timesteps on the
+   50-step grid (target: >= 3.5x fewer).
+3. SD 1.5 shapes at 512x512 with random features (generator + losses only; no diffusion model):
+   the :class:`~diffsketch.training.Trainer` loop itself on a stand-in backend that hands back a
+   random 13-timestep capture, with random-weight full-size CLIP ViT-B/32 (open_clip, no
+   pretrained weights) and random-weight LPIPS AlexNet, fp32 on the CPU. Each mode runs in a
+   fresh process, whose peak resident memory (/proc/self/status VmHWM) is printed (target:
+   under 4 GB), followed by the same time split as in 1.
+
+    python benchmarks/train_step.py --quick             # a few minutes on 2 cores (SD 1.5 part shrunk)
+    python benchmarks/train_step.py --skip-sd15         # tiny model and evaluation counts only
+    python benchmarks/train_step.py --skip-tiny --sd15-modes low_memory   # the 4 GB check: one SD 1.5
+        # step at 512x512, 13 timesteps (about 15-25 min on 2 busy cores; seconds on a GPU box's CPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+from diffsketch.backends.base import fast_schedule  # noqa: E402
+from diffsketch.conditions import ConditionSampler  # noqa: E402
+from diffsketch.features import CapturedSample  # noqa: E402
+from diffsketch.generator import GeneratorConfig, SketchGenerator, parameter_count  # noqa: E402
+from diffsketch.losses import (  # noqa: E402
+    TINY_CLIP_ARCHITECTURE,
+    ClipImageEncoder,
+    DiffSketchLoss,
+    build_lpips,
+)
+from diffsketch.timesteps import PAPER_TIMESTEPS, plan_timesteps  # noqa: E402
+from diffsketch.training import TrainConfig, Trainer  # noqa: E402
+
+GB = 1e9
+
+
+def _peak_rss_bytes() -> int:
+    """Peak resident memory of this process: VmHWM starts afresh at exec (ru_maxrss may not)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def timed_step(generator, loss, optimizer, example: CapturedSample, sample: CapturedSample) -> dict:
+    """One training step (single backward, as Trainer with low_memory=False), with a time split:
+    generator forward (both predictions), losses (forward + backward to the predictions),
+    generator backward + Adam step."""
+    t0 = time.perf_counter()
+    pred_example = generator(example.unet, example.vae, example.rgb)
+    pred_sample = generator(sample.unet, sample.vae, sample.rgb)
+    t1 = time.perf_counter()
+    total, _ = loss(pred_example, pred_sample, sample.image)
+    grads = torch.autograd.grad(total, [pred_example, pred_sample])
+    t2 = time.perf_counter()
+    torch.autograd.backward([pred_example, pred_sample], grads)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    t3 = time.perf_counter()
+    return {"generator_forward": t1 - t0, "losses": t2 - t1, "generator_backward_adam": t3 - t2}
+
+
+def _median(values):
+    values = sorted(values)
+    return values[len(values) // 2]
+
+
+# ---------------------------------------------------------------------------------------------
+# 1 + 2: tiny model
+# ---------------------------------------------------------------------------------------------
+def tiny_section(args) -> None:
+    from tiny_models import tiny_backend
+
+    backend = tiny_backend(0)
+    size = 64
+    example = backend.sample(
+        "a photo of a horse in mud", seed=50, steps=50, cfg=5.0, width=size, height=size, schedule="fast"
+    )
+    torch.manual_seed(0)
+    generator = SketchGenerator(backend.spec, GeneratorConfig.from_spec(backend.spec, len(example.timesteps)))
+    loss = DiffSketchLoss(ClipImageEncoder.random(TINY_CLIP_ARCHITECTURE), build_lpips(random_weights=True))
+    loss.set_example(example.image, example.image.mean(1, keepdim=True))
+    optimizer = torch.optim.Adam(generator.parameters(), lr=1e-4)
+    print(
+        f"\n== tiny SD 1.x-shaped model, {size}x{size}, 13 timesteps, 50-step grid, trainer's default generator "
+        f"({parameter_count(generator) / 1e6:.2f} M parameters), {torch.get_num_threads()} thread(s) =="
+    )
+    evaluations = {}
+    for schedule in ("full", "fast"):
+        rows = []
+        for k in range(args.warmup + args.repeats):
+            t0 = time.perf_counter()
+            partial = backend.sample(
+                "a dog on a sofa",
+                seed=100 + k,
+                steps=50,
+                width=size,
+                height=size,
+                schedule=schedule,
+                decode=False,
+            )
+            t1 = time.perf_counter()
+            image, rgb, vae = backend.decode_with_features(partial.latent)
+            t2 = time.perf_counter()
+            sample = replace(partial, image=image, rgb=rgb, vae=vae)
+            row = {"sampling (UNet)": t1 - t0, "VAE decode": t2 - t1}
+            row.update(timed_step(generator, loss, optimizer, example, sample))
+            if k >= args.warmup:
+                rows.append(row)
+            evaluations[schedule] = partial.meta["unet_evaluations"]
+        split = {name: _median([r[name] for r in rows]) for name in rows[0]}
+        total = sum(split.values())
+        parts = ", ".join(f"{name} {1000 * v:.0f} ms ({100 * v / total:.0f}%)" for name, v in split.items())
+        print(
+            f"{schedule:4s} schedule ({evaluations[schedule]} UNet evaluations): {1000 * total:.0f} ms/iteration = {parts}"
+        )
+
+    plan = plan_timesteps(50, PAPER_TIMESTEPS)
+    full, fast = len(plan.grid), len(fast_schedule(plan))
+    assert evaluations == {"full": full, "fast": fast}, evaluations
+    ratio = full / fast
+    print(
+        f"\n== UNet evaluations per new sample, paper's 13 timesteps on the 50-step grid ==\n"
+        f"full {full}, fast {fast}: {ratio:.2f}x fewer (target >= 3.5x: {'met' if ratio >= 3.5 else 'MISSED'})"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# 3: SD 1.5 shapes, in a fresh process per mode
+# ---------------------------------------------------------------------------------------------
+class RandomFeatureBackend:
+    """Stands in for an SD 1.5 backend: hands back the same random capture for every sample."""
+
+    def __init__(self, spec, sample: CapturedSample):
+        self.spec = spec
+        self.sample_to_return = sample
+        self.calls = 0
+
+    def check_conditioning(self, cond, name):
+        return cond.detach().float()
+
+    def sample(self, cond, **kwargs) -> CapturedSample:
+        self.calls += 1
+        return self.sample_to_return
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def sd15_child(mode: str, size: int, n_timesteps: int, iterations: int, threads: int) -> None:
+    from helpers_spec import random_features, sd15_spec
+
+    torch.set_num_threads(threads)
+    spec = sd15_spec()
+    plan = plan_timesteps(50, PAPER_TIMESTEPS[:n_timesteps])
+
+    def capture(seed):
+        unet, vae, rgb = random_features(spec, size, size, plan.used, seed=seed, dtype=torch.float16)
+        g = torch.Generator().manual_seed(seed + 1)
+        return CapturedSample(
+            spec,
+            plan,
+            image=torch.rand(1, 3, size, size, generator=g),
+            latent=torch.randn(1, 4, size // 8, size // 8, generator=g),
+            unet=unet,
+            vae=vae,
+            rgb=rgb,
+        )
+
+    example, sample = capture(0), capture(1)
+    embeddings = torch.randn(8, 77, spec.context_dim, generator=torch.Generator().manual_seed(2))
+    conditions = ConditionSampler.fit(embeddings, n_components=4)
+    loss = DiffSketchLoss(ClipImageEncoder.random("ViT-B-32"), build_lpips(random_weights=True))
+    config = TrainConfig(
+        iterations=iterations, lr=1e-4, checkpoint_every=0, preview_every=0, low_memory=mode == "low_memory"
+    )
+    trainer = Trainer(
+        RandomFeatureBackend(spec, sample),
+        example,
+        example.image.mean(1, keepdim=True),
+        conditions,
+        loss,
+        config,
+        pivot=embeddings[:1],
+    )
+    features_gb = (example.nbytes() + sample.nbytes()) / GB
+    rss_before, hwm_before = _rss_bytes(), _peak_rss_bytes()
+    trainer.run()
+    peak = _peak_rss_bytes()
+    keys = ("generator_forward_s", "losses_s", "generator_backward_s")
+    split = {k[:-2]: _median([h[k] for h in trainer.history]) for k in keys}
+    report = {
+        "peak_bytes": peak,
+        "rss_before_bytes": rss_before,
+        "hwm_before_bytes": hwm_before,
+        "features_gb": features_gb,
+        "params_m": parameter_count(trainer.generator) / 1e6,
+        "split": split,
+    }
+    print(json.dumps(report))
+
+
+def sd15_section(args) -> None:
+    size, n_t = args.sd15_size, args.sd15_timesteps
+    env = dict(os.environ)
+    allocator = "glibc malloc defaults"
+    if args.malloc_mmap_threshold:
+        # A fixed threshold stops glibc raising it (up to 32 MB) after each large free, which keeps
+        # freed 1-32 MB activations in the heap and inflates the resident size.
+        env["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)
+        allocator = f"MALLOC_MMAP_THRESHOLD_={args.malloc_mmap_threshold}"
+    print(
+        f"\n== SD 1.5 shapes, {size}x{size}, {n_t} timesteps, random features (fp16 storage), CPU fp32, "
+        f"{args.threads} thread(s), {allocator}; the Trainer loop (generator + CLIP ViT-B/32 + LPIPS AlexNet, "
+        "random weights) in a fresh process per mode =="
+    )
+    if (size, n_t) != (512, 13):
+        print("   (the < 4 GB target is for 512x512 with 13 timesteps; this run is smaller)")
+    for mode in args.sd15_modes.split(","):
+        command = [sys.executable, os.path.abspath(__file__), "--_sd15-child", mode]
+        command += ["--sd15-size", str(size), "--sd15-timesteps", str(n_t)]
+        command += ["--sd15-iterations", str(args.sd15_iterations), "--threads", str(args.threads)]
+        start = time.perf_counter()
+        result = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+        wall = time.perf_counter() - start
+        name = f"{mode:10s}"
+        if result.returncode != 0:
+            print(f"{name}: failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
+            continue
+        r = json.loads(result.stdout.strip().splitlines()[-1])
+        verdict = "met" if r["peak_bytes"] < 4 * GB else "MISSED"
+        total = sum(r["split"].values())
+        split = ", ".join(f"{k} {v:.1f} s ({100 * v / total:.0f}%)" for k, v in r["split"].items())
+        print(
+            f"{name}: peak RSS {r['peak_bytes'] / GB:.2f} GB (target < 4 GB: {verdict}); resident before the first "
+            f"step {r['rss_before_bytes'] / GB:.2f} GB, of which {r['features_gb']:.2f} GB example + sample features; "
+            f"generator {r['params_m']:.1f} M parameters\n"
+            f"    {total:.1f} s/iteration (median of {args.sd15_iterations}) = {split}; process wall {wall:.0f} s"
+        )
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3, help="timed iterations per tiny-model schedule")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--skip-tiny", action="store_true")
+    parser.add_argument("--skip-sd15", action="store_true")
+    parser.add_argument("--sd15-size", type=int, default=512)
+    parser.add_argument("--sd15-timesteps", type=int, default=13, choices=range(1, 14), metavar="1..13")
+    parser.add_argument("--sd15-iterations", type=int, default=1, help="Trainer iterations per SD 1.5 mode")
+    parser.add_argument(
+        "--sd15-modes", default="low_memory,plain", help="comma-separated: low_memory (checkpointed), plain"
+    )
+    parser.add_argument(
+        "--malloc-mmap-threshold",
+        type=int,
+        default=0,
+        help="bytes; sets MALLOC_MMAP_THRESHOLD_ for the SD 1.5 runs",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="1 repeat; SD 1.5 part at 256x256 with 3 timesteps, low_memory only (a few minutes on 2 cores)",
+    )
+    parser.add_argument("--_sd15-child", dest="sd15_child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.sd15_child is not None:
+        sd15_child(args.sd15_child, args.sd15_size, args.sd15_timesteps, args.sd15_iterations, args.threads)
+        return
+    if args.quick:
+        args.repeats, args.warmup = 1, 1
+        args.sd15_size, args.sd15_timesteps, args.sd15_modes = 256, 3, "low_memory"
+    bad = set(args.sd15_modes.split(",")) - {"low_memory", "plain"}
+    if bad:
+        parser.error(f"unknown --sd15-modes {sorted(bad)}")
+    torch.set_num_threads(args.threads)
+    if not args.skip_tiny:
+        tiny_section(args)
+    if not args.skip_sd15:
+        sd15_section(args)
+
+
+if __name__ == "__main__":
+    main()

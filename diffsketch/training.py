@@ -1,0 +1,1054 @@
+"""Training a DiffSketch generator from one (image, sketch) example (method.md §5, §6, §8).
+
+Each iteration draws a CDST text condition, samples a new Stable Diffusion image while capturing
+its features, runs the :class:`~diffsketch.generator.SketchGenerator` on the cached example
+features and on the new sample, and takes one Adam step on :class:`~diffsketch.losses.DiffSketchLoss`
+(reconstruction on the example + directional CLIP terms on the new sample).
+
+Every random choice of iteration ``i`` (the CDST draw, the sampling seed, the random timesteps)
+is derived from ``(config.seed, i)`` alone, so resuming from a checkpoint after N iterations and
+training M more gives the same weights as training N + M in one go.
+
+The loop is plain Python with callbacks (``on_step``, ``should_stop``, ``on_checkpoint``), so the
+ComfyUI node, the command line and the tests drive the same code. It runs inside
+``torch.inference_mode(False)`` + ``torch.enable_grad()`` and clones inference tensors it is
+given, so a ComfyUI node (whose whole execution runs under ``torch.inference_mode()``) can call
+:meth:`Trainer.run` directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields, replace
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from . import __version__
+from .checkpointing import load_training_state, save_training_state
+from .conditions import ConditionSampler, blend_weight
+from .errors import DiffSketchError, FileFormatError, InvalidInputError, TrainingInterrupted
+from .features import CapturedSample
+from .fileio import read_header
+from .generator import GeneratorConfig, SketchGenerator, _resize, save_generator
+from .losses import DiffSketchLoss, LossWeights
+from .timesteps import PAPER_TIMESTEPS, ddim_grid, plan_timesteps
+
+CHECKPOINT_KIND = "training_checkpoint"
+CHECKPOINT_VERSION = 1
+
+TIMESTEP_POLICIES = ("fixed", "random13")
+SCHEDULES = ("full", "fast")
+
+StepCallback = Callable[[int, dict, "torch.Tensor | None"], None]
+StopCallback = Callable[[], bool]
+CheckpointCallback = Callable[[Path, int], None]
+
+
+class TrainingDiverged(DiffSketchError, FloatingPointError):
+    """A loss term or gradient became NaN or infinite; training stopped without applying it."""
+
+
+class _StopRequested(Exception):
+    """Internal: ``should_stop()`` returned True (possibly in the middle of sampling)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# configuration
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one training run (released-code defaults, method.md §8); JSON via :meth:`to_dict`.
+
+    - ``iterations``: Adam steps in all (a resumed run continues up to this count).
+    - ``lr``: Adam learning rate (default betas, no scheduler).
+    - ``h_iter``: CDST warm-up; conditions are fully random from this iteration on.
+    - ``loss_weights``: the :class:`LossWeights` the trainer gives its loss.
+    - ``seed``: every per-iteration random choice derives from ``(seed, iteration)``.
+    - ``steps``, ``cfg``: DDIM steps and guidance of each new sample.
+    - ``timestep_policy``: ``"fixed"`` samples features at the example's timesteps (the paper);
+      ``"random13"`` draws as many random timesteps of the ``steps``-step grid as the example has
+      (13 for the paper's set) at every iteration, as the released code does.
+    - ``schedule``: ``"full"`` runs the whole DDIM grid; ``"fast"`` only the captured timesteps
+      plus the final step (13 instead of 50 UNet evaluations for the paper's set), with coarser
+      images.
+    - ``checkpoint_every``: iterations between checkpoints (0: only at the end and on cancel).
+    - ``preview_every``: iterations between previews passed to ``on_step`` (0: none).
+    - ``low_memory``: gradient checkpointing (:func:`checkpointed_forward`): the generator keeps
+      almost no activations and recomputes them during the backward pass, one (tap, timestep) at
+      a time. Same result; about one more generator forward per step. An SD 1.5-sized step at
+      512x512 (13 timesteps, fp32, CPU) then peaks at 3.9 GB resident, provided glibc's malloc
+      runs with a fixed mmap threshold (``MALLOC_MMAP_THRESHOLD_=1048576``); with glibc's
+      defaults, heap fragmentation takes it to about 8 GB (benchmarks/train_step.py).
+    - ``device``: where the generator and the losses run.
+    """
+
+    iterations: int = 1200
+    lr: float = 1e-4
+    h_iter: int = 1000
+    loss_weights: LossWeights = field(default_factory=LossWeights)
+    seed: int = 0
+    steps: int = 50
+    cfg: float = 5.0
+    timestep_policy: str = "fixed"
+    schedule: str = "full"
+    checkpoint_every: int = 100
+    preview_every: int = 25
+    low_memory: bool = False
+    device: str = "cpu"
+
+    def __post_init__(self):
+        if isinstance(self.loss_weights, Mapping):
+            object.__setattr__(self, "loss_weights", LossWeights.from_dict(self.loss_weights))
+        self.validate()
+
+    def validate(self) -> None:
+        def whole(name, lo):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise InvalidInputError(f"{name} must be an integer >= {lo}, got {v!r}")
+
+        whole("iterations", 1)
+        whole("h_iter", 0)
+        whole("seed", 0)
+        whole("steps", 1)
+        whole("checkpoint_every", 0)
+        whole("preview_every", 0)
+        if not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0:
+            raise InvalidInputError(f"lr must be a finite number > 0 (the paper uses 1e-4), got {self.lr!r}")
+        if not isinstance(self.cfg, (int, float)) or not math.isfinite(self.cfg) or self.cfg < 0:
+            raise InvalidInputError(
+                f"cfg must be a finite number >= 0 (the paper uses 5.0), got {self.cfg!r}"
+            )
+        if self.timestep_policy not in TIMESTEP_POLICIES:
+            raise InvalidInputError(
+                f"timestep_policy must be one of {list(TIMESTEP_POLICIES)}, got {self.timestep_policy!r}"
+            )
+        if self.schedule not in SCHEDULES:
+            raise InvalidInputError(f"schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
+        if not isinstance(self.loss_weights, LossWeights):
+            raise InvalidInputError("loss_weights must be a LossWeights (or a dict of its fields)")
+        for name, value in self.loss_weights.to_dict().items():
+            if not math.isfinite(value) or value < 0:
+                raise InvalidInputError(f"loss weight {name} must be a finite number >= 0, got {value}")
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError) as e:
+            raise InvalidInputError(
+                f"device {self.device!r} is not a torch device (e.g. 'cpu', 'cuda:0')"
+            ) from e
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["loss_weights"] = self.loss_weights.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise InvalidInputError(f"unknown training setting(s) {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**dict(d))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainConfig:
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InvalidInputError(f"training settings are not valid JSON: {e}") from e
+        if not isinstance(d, dict):
+            raise InvalidInputError("training settings must be a JSON object")
+        return cls.from_dict(d)
+
+
+# Settings that change what a resumed run computes; the others (length, checkpoint/preview
+# cadence, device) may change freely between a checkpoint and its resumption.
+_TRAJECTORY_SETTINGS = ("lr", "h_iter", "loss_weights", "seed", "steps", "cfg", "timestep_policy", "schedule")
+
+
+def iteration_seed(seed: int, iteration: int, purpose: str) -> int:
+    """A 63-bit seed for one random choice (``purpose``) of one iteration, from ``(seed, iteration)``
+    alone: iteration i draws the same numbers however the run was split into resumed parts."""
+    digest = hashlib.sha256(f"diffsketch/{purpose}/{int(seed)}/{int(iteration)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def _cpu_generator(seed: int) -> torch.Generator:
+    return torch.Generator(device="cpu").manual_seed(seed)
+
+
+def iteration_timesteps(config: TrainConfig, iteration: int, example_timesteps: Sequence[int]) -> list[int]:
+    """The UNet timesteps the new sample of ``iteration`` is captured at (ascending)."""
+    if config.timestep_policy == "fixed":
+        return sorted(int(t) for t in example_timesteps)
+    grid = ddim_grid(config.steps)
+    n = len(example_timesteps)
+    order = torch.randperm(
+        len(grid), generator=_cpu_generator(iteration_seed(config.seed, iteration, "timesteps"))
+    )
+    return sorted(grid[int(j)] for j in order[:n])
+
+
+# ---------------------------------------------------------------------------------------------
+# inference tensors (ComfyUI)
+# ---------------------------------------------------------------------------------------------
+def _owned(t: torch.Tensor, device=None, always: bool = False) -> torch.Tensor:
+    """A tensor autograd may use: inference tensors (made under ``torch.inference_mode()``, as
+    everything ComfyUI produces) cannot be saved for backward, so they are cloned. Call inside
+    ``torch.inference_mode(False)``."""
+    t = t.detach()
+    if device is not None:
+        t = t.to(device)
+    if always or t.is_inference():
+        t = t.clone()
+    return t
+
+
+def _owned_sample(sample: CapturedSample, device=None) -> CapturedSample:
+    return replace(
+        sample,
+        unet={t: [_owned(x, device) for x in xs] for t, xs in sample.unet.items()},
+        vae=[_owned(x, device) for x in sample.vae],
+        rgb=_owned(sample.rgb, device),
+        image=_owned(sample.image, device),
+        latent=_owned(sample.latent),
+    )
+
+
+def _escape_inference_mode(module: nn.Module) -> nn.Module:
+    """Replace parameters and buffers created under ``torch.inference_mode()`` by normal copies
+    (same values), so the module can be part of a graph that is back-propagated."""
+    with torch.inference_mode(False):
+        for sub in module.modules():
+            for name, p in list(sub._parameters.items()):
+                if p is not None and p.is_inference():
+                    sub._parameters[name] = nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
+            for name, b in list(sub._buffers.items()):
+                if b is not None and b.is_inference():
+                    sub._buffers[name] = b.clone()
+    return module
+
+
+# ---------------------------------------------------------------------------------------------
+# the example sketch
+# ---------------------------------------------------------------------------------------------
+_LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, what PIL's convert("L") uses
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    """[B, H, W, C] from ComfyUI's [B, H, W, C] or torch's [B, C, H, W] (channels 1-4)."""
+    last, second = x.shape[-1], x.shape[1]
+    if last in (1, 2, 3, 4):
+        return x  # ComfyUI IMAGE layout (preferred when both readings are possible)
+    if second in (1, 2, 3, 4):
+        return x.permute(0, 2, 3, 1)
+    raise InvalidInputError(
+        f"the sketch has shape {list(x.shape)}: expected an image [B, H, W, C] (ComfyUI) or [B, C, H, W] with "
+        "1 (grey), 2 (grey + alpha), 3 (RGB) or 4 (RGBA) channels"
+    )
+
+
+def prepare_sketch(image: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, list[str]]:
+    """The example sketch as the trainer wants it: ``[1, 1, H, W]`` float32 in [0, 1] (white = 1).
+
+    ``image``: a ComfyUI IMAGE ``[1, H, W, C]``, a torch image ``[1, C, H, W]`` (or without the batch
+    dimension, or ``[H, W]``), float in [0, 1] or uint8. RGB becomes grey by luminance; alpha is
+    composited over white; ``size`` is the example's ``(width, height)``: another size is resized
+    (bilinear, antialiased), with a notice. Returns ``(sketch, notices)``.
+    """
+    if not isinstance(image, torch.Tensor):
+        raise InvalidInputError(f"the sketch must be an image tensor, got {type(image).__name__}")
+    width, height = (int(s) for s in size)
+    notices: list[str] = []
+    with torch.inference_mode(False):
+        x = image.detach().cpu()
+        if x.dim() == 2:
+            x = x[None, :, :, None]
+        elif x.dim() == 3:
+            x = x[None]
+        if x.dim() != 4:
+            raise InvalidInputError(
+                f"the sketch has shape {list(image.shape)}; expected one image [1, H, W, C] (ComfyUI) or [1, C, H, W]"
+            )
+        if x.shape[0] != 1:
+            raise InvalidInputError(
+                f"the sketch input holds a batch of {x.shape[0]} images; DiffSketch learns from ONE example: "
+                "connect a single sketch (e.g. pick one with an image-batch selector)."
+            )
+        x = _channels_last(x)
+        if x.dtype == torch.uint8:
+            x = x.float() / 255.0
+        elif x.dtype.is_floating_point:
+            x = x.float()
+        else:
+            raise InvalidInputError(f"the sketch has dtype {x.dtype}; expected float in [0, 1] or uint8")
+        if x.numel() == 0:
+            raise InvalidInputError(f"the sketch is empty (shape {list(image.shape)})")
+        if not torch.isfinite(x).all():
+            raise InvalidInputError("the sketch contains NaN or infinite values")
+        lo, hi = float(x.min()), float(x.max())
+        if lo < -1e-3 or hi > 1 + 1e-3:
+            hint = " (it looks like 0-255 values: divide by 255)" if hi > 2 else ""
+            raise InvalidInputError(f"the sketch values span [{lo:.3g}, {hi:.3g}]; expected [0, 1]{hint}")
+        x = x.clamp(0, 1)
+        channels = x.shape[-1]
+        if channels in (2, 4):
+            colour, alpha = x[..., :-1], x[..., -1:]
+            x = colour * alpha + (1 - alpha)  # over white paper
+            notices.append("the sketch's transparency was composited over white")
+        if x.shape[-1] == 3:
+            x = (x * torch.tensor(_LUMA)).sum(-1, keepdim=True)
+        x = x.permute(0, 3, 1, 2).contiguous()  # [1, 1, H, W]
+        h, w = x.shape[-2:]
+        if (w, h) != (width, height):
+            aspect = "" if w * height == h * width else " (the aspect ratio changes: the sketch is stretched)"
+            notices.append(
+                f"the sketch is {w}x{h} but the example image is {width}x{height}: resized to {width}x{height}{aspect}"
+            )
+            x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+            x = x.clamp(0, 1)
+        return x.clone(), notices
+
+
+def _check_example_sketch(sketch: torch.Tensor, example: CapturedSample) -> None:
+    width, height = example.size
+    if not isinstance(sketch, torch.Tensor) or sketch.dim() != 4 or tuple(sketch.shape[:2]) != (1, 1):
+        shape = list(sketch.shape) if isinstance(sketch, torch.Tensor) else type(sketch).__name__
+        raise InvalidInputError(
+            f"the example sketch must be [1, 1, {height}, {width}]; got {shape}. Convert it with prepare_sketch()."
+        )
+    if tuple(sketch.shape[-2:]) != (height, width):
+        raise InvalidInputError(
+            f"the example sketch is {sketch.shape[-1]}x{sketch.shape[-2]} but the example image is {width}x{height}; "
+            "convert it with prepare_sketch(), which resizes it."
+        )
+    if not torch.isfinite(sketch).all() or float(sketch.min()) < -1e-3 or float(sketch.max()) > 1 + 1e-3:
+        raise InvalidInputError("the example sketch must hold finite values in [0, 1] (white = 1)")
+
+
+def _tensor_digest(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# previews and plots
+# ---------------------------------------------------------------------------------------------
+def _rgb(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """[1, 1|3, h, w] -> [1, 3, H, W] in [0, 1] on the CPU."""
+    x = x.detach().float().cpu().clamp(0, 1)
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    if tuple(x.shape[-2:]) != tuple(size):
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    return x
+
+
+def preview_image(
+    sample_image: torch.Tensor,
+    sample_sketch: torch.Tensor,
+    example_reconstruction: torch.Tensor,
+    example_sketch: torch.Tensor,
+) -> torch.Tensor:
+    """One ``[1, H, 4W, 3]`` image in [0, 1] (ComfyUI IMAGE layout): the new sample, its predicted
+    sketch, the predicted example sketch and the example sketch it should match."""
+    size = tuple(sample_image.shape[-2:])
+    panels = [_rgb(x, size) for x in (sample_image, sample_sketch, example_reconstruction, example_sketch)]
+    return torch.cat(panels, dim=-1).permute(0, 2, 3, 1).contiguous()
+
+
+def loss_curve_image(history: Sequence[Mapping], size: tuple[int, int] = (640, 400)):
+    """A PIL image of the total loss and each weighted term against the step (log y axis)."""
+    from .plotting import line_plot
+
+    steps = [float(h["step"]) for h in history]
+    series = {"total": (steps, [float(h.get("total", float("nan"))) for h in history])}
+    names: list[str] = []
+    for h in history:
+        for key in h:
+            name = key[: -len("_weighted")]
+            if key.endswith("_weighted") and name not in names:
+                names.append(name)
+    for name in names:
+        series[name] = (steps, [float(h.get(f"{name}_weighted", float("nan"))) for h in history])
+    return line_plot(
+        series, title="DiffSketch training loss", xlabel="step", ylabel="weighted loss", size=size, logy=True
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# the trainer
+# ---------------------------------------------------------------------------------------------
+def _backend_model_hash(backend) -> str | None:
+    """A backend may identify its weights with ``model_hash`` (a string or a method returning one)."""
+    value = getattr(backend, "model_hash", None)
+    if callable(value):
+        value = value()
+    return str(value) if value else None
+
+
+class Trainer:
+    """Trains a :class:`SketchGenerator` on one example (see the module docstring).
+
+    - ``backend``: a :class:`~diffsketch.backends.base.SamplingBackend` of the base model.
+    - ``example``: the example's :class:`CapturedSample` (decoded, with VAE features).
+    - ``example_sketch``: ``[1, 1, H, W]`` in [0, 1] at the example's size (:func:`prepare_sketch`).
+    - ``conditions``: the CDST :class:`ConditionSampler`.
+    - ``loss``: a :class:`DiffSketchLoss`; its weights are set to ``config.loss_weights``.
+    - ``pivot``: the example prompt's embedding ``[1, 77, D]``; None encodes ``example.meta["prompt"]``.
+    - ``generator``: the generator to train; None builds the default one for the example's spec
+      and timestep count (or the one described by ``resume_from``'s checkpoint).
+    - ``checkpoint_path``: where resumable checkpoints go (None: none are written).
+    - ``resume_from``: a checkpoint to continue from (see :meth:`resume`).
+
+    ``notices`` collects human-readable remarks (e.g. settings changed since a checkpoint).
+    """
+
+    def __init__(
+        self,
+        backend,
+        example: CapturedSample,
+        example_sketch: torch.Tensor,
+        conditions: ConditionSampler,
+        loss: DiffSketchLoss,
+        config: TrainConfig | None = None,
+        pivot: torch.Tensor | None = None,
+        generator: SketchGenerator | None = None,
+        *,
+        checkpoint_path: str | Path | None = None,
+        resume_from: str | Path | None = None,
+    ):
+        self.config = config = config if config is not None else TrainConfig()
+        self.backend = backend
+        self.conditions = conditions
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
+        self.device = torch.device(config.device)
+        self.notices: list[str] = []
+        self.history: list[dict] = []
+        self.step = 0
+        self.last_checkpoint: Path | None = None
+        self.last_checkpoint_step: int | None = None
+
+        if not isinstance(example, CapturedSample):
+            raise InvalidInputError(f"example must be a CapturedSample, got {type(example).__name__}")
+        if not backend.spec.is_compatible(example.spec):
+            raise InvalidInputError(
+                f"the example was captured from a model with layout {example.spec.fingerprint()}, but the backend's "
+                f"model is {backend.spec.fingerprint()}; capture the example with the model you train on."
+            )
+        if example.image.numel() == 0 or not example.vae:
+            raise InvalidInputError("the example must be a decoded sample with VAE features (decode=True)")
+        _check_example_sketch(example_sketch, example)
+        self.timesteps = tuple(example.timesteps)
+        self._check_timesteps()
+
+        with torch.inference_mode(False), torch.enable_grad():
+            # ComfyUI hands out inference tensors, which autograd cannot save: those are cloned. Other
+            # feature tensors are used as they are (the SD 1.5 example is ~370 MB; it is only read).
+            self.example = _owned_sample(example, self.device)
+            for x in self.example.tensors():
+                if not torch.isfinite(x).all():
+                    raise InvalidInputError(
+                        "the example's captured features contain NaN or infinity (fp16 overflow in the base "
+                        "model?); re-capture the example, e.g. with the model in fp32 or bf16."
+                    )
+            self.example_sketch = _owned(example_sketch.float().clamp(0, 1), self.device, always=True)
+            if pivot is None:
+                prompt = example.meta.get("prompt")
+                if prompt is None:
+                    raise InvalidInputError(
+                        "pivot (the example prompt's text embedding) is required: the example carries no prompt "
+                        "to encode. Pass the conditioning the example was sampled with."
+                    )
+                pivot = backend.encode_prompt(prompt)
+            conditions.check_pivot(pivot)
+            self.pivot = _owned(backend.check_conditioning(pivot, "pivot"), "cpu", always=True)
+
+            if generator is None:
+                generator = self._new_generator(resume_from)
+            elif not generator.spec.is_compatible(example.spec) or generator.n_timesteps != len(
+                self.timesteps
+            ):
+                raise InvalidInputError(
+                    f"the generator was built for {generator.n_timesteps} timesteps of model layout "
+                    f"{generator.spec.fingerprint()}; the example has {len(self.timesteps)} timesteps of layout "
+                    f"{example.spec.fingerprint()}."
+                )
+            self.generator = _escape_inference_mode(generator).to(self.device).train()
+
+            if loss.weights != config.loss_weights:
+                if config.loss_weights.lpips and loss.lpips is None:
+                    raise InvalidInputError(
+                        "the LPIPS weight is non-zero but the loss has no LPIPS model (see build_lpips)"
+                    )
+                loss.weights = config.loss_weights
+            self.loss = _escape_inference_mode(loss).to(self.device)
+            self.loss.set_example(self.example.image, self.example_sketch)
+            self.optimizer = torch.optim.Adam(self.generator.parameters(), lr=config.lr)
+
+        # The loop runs on its own copy of torch's global RNG (the caller's is left untouched), saved
+        # in checkpoints; nothing in the loop draws from it today, so it only guards future code.
+        self._cpu_rng = _cpu_generator(iteration_seed(config.seed, 0, "global")).get_state()
+        self._cuda_rng: torch.Tensor | None = None
+        if resume_from is not None:
+            self.resume(resume_from)
+
+    # -- construction helpers --------------------------------------------------------------------
+    def _check_timesteps(self) -> None:
+        c = self.config
+        if c.timestep_policy == "fixed":
+            plan = plan_timesteps(c.steps, self.timesteps)  # raises when steps is too coarse for them
+            if len(plan.used) != len(self.timesteps):
+                raise InvalidInputError(
+                    f"the example's timesteps {list(self.timesteps)} do not map to distinct steps of a {c.steps}-step "
+                    "grid; use the example's step count."
+                )
+        elif len(ddim_grid(c.steps)) < len(self.timesteps):
+            raise InvalidInputError(
+                f"timestep_policy 'random13' draws {len(self.timesteps)} timesteps per sample but a {c.steps}-step "
+                "grid has fewer; use more steps."
+            )
+
+    def _new_generator(self, resume_from) -> SketchGenerator:
+        spec = self.example.spec
+        if resume_from is not None:
+            header = read_header(resume_from, CHECKPOINT_KIND, (CHECKPOINT_VERSION,))
+            try:
+                gconfig = GeneratorConfig.from_dict(header["meta"]["generator_config"])
+            except (KeyError, TypeError) as e:
+                raise FileFormatError(
+                    f"{Path(resume_from).name}: no generator settings in the checkpoint"
+                ) from e
+        else:
+            gconfig = GeneratorConfig.from_spec(spec, len(self.timesteps))
+        # Initial weights depend on the seed only, not on the caller's global RNG.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(iteration_seed(self.config.seed, 0, "init"))
+            return SketchGenerator(spec, gconfig)
+
+    # -- public API ------------------------------------------------------------------------------
+    @property
+    def width(self) -> int:
+        return self.example.size[0]
+
+    @property
+    def height(self) -> int:
+        return self.example.size[1]
+
+    def example_info(self) -> dict:
+        m = self.example.meta
+        return {
+            "prompt": m.get("prompt"),
+            "seed": m.get("seed"),
+            "steps": m.get("steps"),
+            "cfg": m.get("cfg"),
+            "width": self.width,
+            "height": self.height,
+            "timesteps": list(self.timesteps),
+            "sketch_sha256": _tensor_digest(self.example_sketch),
+        }
+
+    def run(
+        self,
+        on_step: StepCallback | None = None,
+        should_stop: StopCallback | None = None,
+        on_checkpoint: CheckpointCallback | None = None,
+    ) -> SketchGenerator:
+        """Train up to ``config.iterations`` steps and return the generator.
+
+        ``on_step(step, losses, preview)`` after every step (``preview``: a ``[1, H, 4W, 3]`` image
+        every ``preview_every`` steps and at the last one, else None); ``should_stop()`` before every
+        step and during sampling: when it returns True a checkpoint is written and
+        :class:`TrainingInterrupted` raised; ``on_checkpoint(path, step)`` after each checkpoint.
+        Any other exception also writes a checkpoint first (when the state is consistent);
+        :class:`TrainingDiverged` does not, so the last good checkpoint is kept.
+        """
+        with torch.inference_mode(False), torch.enable_grad(), self._own_rng():
+            self.generator.train()
+            consistent = True
+            try:
+                while self.step < self.config.iterations:
+                    if should_stop is not None and should_stop():
+                        raise _StopRequested
+                    i = self.step
+                    log, extras, preview_parts = self._forward_backward(i, should_stop)
+                    consistent = False
+                    self.optimizer.step()
+                    self.step = i + 1
+                    consistent = True
+                    entry = {"step": self.step, **log, **extras}
+                    self.history.append(entry)
+                    preview = None
+                    every = self.config.preview_every
+                    if every and (self.step % every == 0 or self.step == self.config.iterations):
+                        preview = preview_image(*preview_parts)
+                    if on_step is not None:
+                        on_step(self.step, dict(log), preview)
+                    every = self.config.checkpoint_every
+                    if every and self.step % every == 0 and self.step < self.config.iterations:
+                        self._checkpoint(on_checkpoint)
+                if self.last_checkpoint_step != self.step:
+                    self._checkpoint(on_checkpoint)
+            except _StopRequested:
+                where = self.last_checkpoint if self.last_checkpoint_step == self.step else None
+                where = where or self._checkpoint(on_checkpoint)
+                raise TrainingInterrupted(self._cancel_message(where)) from None
+            except TrainingDiverged:
+                raise
+            except BaseException as e:
+                # Foreign interruptions (ComfyUI's interrupt, Ctrl-C, out of memory): keep the progress.
+                if consistent and self.checkpoint_path is not None and self.last_checkpoint_step != self.step:
+                    try:
+                        self._checkpoint(on_checkpoint)
+                        if hasattr(e, "add_note"):
+                            e.add_note(
+                                f"DiffSketch saved a resumable checkpoint at step {self.step}: {self.last_checkpoint}"
+                            )
+                    except Exception:  # the original error matters more than a failed save
+                        pass
+                raise
+        return self.generator
+
+    def resume(self, path: str | Path) -> None:
+        """Continue from a checkpoint: generator weights, Adam state, step, RNG state and loss history.
+
+        The checkpoint must come from a generator of the same shape trained on an example of the
+        same size and timesteps. Settings that differ from the checkpoint's (learning rate, seed,
+        ...) are taken from this trainer's config and listed in ``notices``.
+        """
+        path = Path(path)
+        header = read_header(path, CHECKPOINT_KIND, (CHECKPOINT_VERSION,))
+        meta = header.get("meta", {})
+        saved_gconfig = meta.get("generator_config")
+        if saved_gconfig is not None and saved_gconfig != self.generator.config.to_dict():
+            raise FileFormatError(
+                f"{path.name} was trained with another generator architecture ({saved_gconfig}); resume it with "
+                "the generator settings it was made with (or leave the generator to the trainer)."
+            )
+        saved_example = meta.get("example", {})
+        mine = self.example_info()
+        for key in ("width", "height", "timesteps"):
+            if key in saved_example and saved_example[key] != mine[key]:
+                raise InvalidInputError(
+                    f"{path.name} was trained on an example with {key} {saved_example[key]}, this example has "
+                    f"{mine[key]}; resume with the same example."
+                )
+        for key in ("prompt", "seed", "sketch_sha256"):
+            if key in saved_example and saved_example[key] != mine[key]:
+                what = (
+                    "sketch" if key == "sketch_sha256" else f"{key} ({saved_example[key]!r} -> {mine[key]!r})"
+                )
+                self.notices.append(f"the example {what} differs from the one {path.name} was trained on")
+        with torch.inference_mode(False):
+            step, rng, meta = load_training_state(
+                path, kind=CHECKPOINT_KIND, model=self.generator, optimizer=self.optimizer, device="cpu"
+            )
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.lr
+        saved_config = meta.get("config", {})
+        mine_config = self.config.to_dict()
+        changed = [
+            f"{k} {saved_config[k]} -> {mine_config[k]}"
+            for k in _TRAJECTORY_SETTINGS
+            if k in saved_config and saved_config[k] != mine_config[k]
+        ]
+        if changed:
+            self.notices.append(
+                f"settings changed since {path.name}: {', '.join(changed)} (the run will differ from an "
+                "uninterrupted one)"
+            )
+        if step >= self.config.iterations:
+            self.notices.append(
+                f"{path.name} is already at step {step} of the {self.config.iterations} asked; raise iterations to "
+                "train further"
+            )
+        self.step = step
+        self.history = [dict(h) for h in meta.get("history", [])][:step]
+        if "torch_cpu" in rng:
+            self._cpu_rng = rng["torch_cpu"]
+        self._cuda_rng = rng.get("torch_cuda")
+        self.last_checkpoint = path
+        self.last_checkpoint_step = step
+
+    def checkpoint_meta(self) -> dict:
+        return {
+            "config": self.config.to_dict(),
+            "history": self.history,
+            "generator_config": self.generator.config.to_dict(),
+            "spec": self.generator.spec.to_json(),
+            "example": self.example_info(),
+            "library_version": __version__,
+        }
+
+    def save_checkpoint(self, path: str | Path) -> Path:
+        """Write a resumable checkpoint of the current state to ``path``."""
+        for name, p in self.generator.named_parameters():
+            if not torch.isfinite(p).all():
+                raise TrainingDiverged(
+                    f"the generator weight {name} holds NaN/inf at step {self.step}; not writing it over a checkpoint"
+                )
+        rng = {"torch_cpu": self._current_cpu_rng()}
+        cuda = self._current_cuda_rng()
+        if cuda is not None:
+            rng["torch_cuda"] = cuda
+        return save_training_state(
+            path,
+            kind=CHECKPOINT_KIND,
+            model=self.generator,
+            optimizer=self.optimizer,
+            step=self.step,
+            rng=rng,
+            meta=self.checkpoint_meta(),
+            version=CHECKPOINT_VERSION,
+        )
+
+    def generator_meta(self) -> dict:
+        """What :meth:`save_generator` records with the weights."""
+        return {
+            "training": self.config.to_dict(),
+            "steps_done": self.step,
+            "base_model": {
+                "spec_fingerprint": self.generator.spec.fingerprint(),
+                "model_hash": _backend_model_hash(self.backend),
+            },
+            "example": self.example_info(),
+            "timesteps": list(self.timesteps),
+            "final_losses": {k: v for k, v in (self.history[-1] if self.history else {}).items()},
+            "library_version": __version__,
+        }
+
+    def save_generator(self, path: str | Path) -> Path:
+        """Write the trained generator (``load_generator`` reads it back, meta included)."""
+        return save_generator(path, self.generator, self.generator_meta())
+
+    def loss_curve_image(self, size: tuple[int, int] = (640, 400)):
+        return loss_curve_image(self.history, size)
+
+    # -- one iteration ---------------------------------------------------------------------------
+    def _sample(self, i: int, should_stop: StopCallback | None) -> tuple[CapturedSample, dict]:
+        c = self.config
+        condition = self.conditions.condition_for_iteration(
+            self.pivot, i, c.h_iter, generator=_cpu_generator(iteration_seed(c.seed, i, "condition"))
+        )
+
+        def progress(done, total):
+            if should_stop is not None and should_stop():
+                raise _StopRequested
+
+        seed = iteration_seed(c.seed, i, "sample")
+        sample = self.backend.sample(
+            condition,
+            seed=seed,
+            steps=c.steps,
+            cfg=c.cfg,
+            width=self.width,
+            height=self.height,
+            timesteps=iteration_timesteps(c, i, self.timesteps),
+            schedule=c.schedule,
+            progress=progress,
+        )
+        extras = {
+            "cdst_weight": blend_weight(i, c.h_iter),
+            "sample_seed": seed,
+            "unet_evaluations": int(sample.meta.get("unet_evaluations", 0)),
+        }
+        return _owned_sample(sample, self.device), extras
+
+    def _forward_backward(self, i: int, should_stop: StopCallback | None):
+        t0 = time.perf_counter()
+        sample, extras = self._sample(i, should_stop)
+        t1 = time.perf_counter()
+        ex = self.example
+        forward = checkpointed_forward if self.config.low_memory else _plain_forward
+        example_sketch = forward(self.generator, ex.unet, ex.vae, ex.rgb)
+        sample_sketch = forward(self.generator, sample.unet, sample.vae, sample.rgb)
+        t2 = time.perf_counter()
+        total, log = self.loss(example_sketch, sample_sketch, sample.image)
+        self._check_finite(i, log)
+        # Back-propagate in two stages (through the losses to the two predictions, then through
+        # the generator): the same gradient as total.backward(), with the time of each recorded.
+        predictions = [example_sketch, sample_sketch]
+        grads = torch.autograd.grad(total, predictions)
+        t3 = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        torch.autograd.backward(predictions, grads)
+        self._check_gradients(i)
+        t4 = time.perf_counter()
+        extras.update(
+            sample_s=t1 - t0, generator_forward_s=t2 - t1, losses_s=t3 - t2, generator_backward_s=t4 - t3
+        )
+        parts = (sample.image, sample_sketch.detach(), example_sketch.detach(), self.example_sketch)
+        return log, extras, parts
+
+    def _where_good(self) -> str:
+        if self.last_checkpoint is not None:
+            return (
+                f"The last good checkpoint is {self.last_checkpoint} (step {self.last_checkpoint_step}); resume from "
+                f"it with a lower learning rate (now {self.config.lr:g})."
+            )
+        if self.checkpoint_path is None:
+            return "No checkpoint path was given, so nothing was saved; retry with a lower learning rate."
+        return (
+            f"No checkpoint had been written yet; retry with a lower learning rate (now {self.config.lr:g})."
+        )
+
+    def _check_finite(self, i: int, log: Mapping[str, float]) -> None:
+        bad = {k: v for k, v in log.items() if k != "total" and not math.isfinite(v)}
+        if not bad and math.isfinite(log.get("total", 0.0)):
+            return
+        terms = sorted({k[: -len("_weighted")] if k.endswith("_weighted") else k for k in bad}) or ["total"]
+        values = ", ".join(f"{k}={v}" for k, v in bad.items()) or f"total={log.get('total')}"
+        raise TrainingDiverged(
+            f"training stopped at step {i + 1}: the loss term(s) {', '.join(terms)} became non-finite ({values}); "
+            f"the step was not applied. {self._where_good()}"
+        )
+
+    def _check_gradients(self, i: int) -> None:
+        for name, p in self.generator.named_parameters():
+            if p.grad is not None and not torch.isfinite(p.grad).all():
+                raise TrainingDiverged(
+                    f"training stopped at step {i + 1}: the gradient of {name} became non-finite although the loss "
+                    f"is finite; the step was not applied. {self._where_good()}"
+                )
+
+    # -- checkpoints and RNG ---------------------------------------------------------------------
+    def _checkpoint(self, on_checkpoint: CheckpointCallback | None) -> Path | None:
+        if self.checkpoint_path is None:
+            return None
+        path = self.save_checkpoint(self.checkpoint_path)
+        self.last_checkpoint, self.last_checkpoint_step = path, self.step
+        if on_checkpoint is not None:
+            on_checkpoint(path, self.step)
+        return path
+
+    def _cancel_message(self, where: Path | None) -> str:
+        done = f"Training cancelled after {self.step} of {self.config.iterations} steps."
+        if where is None:
+            return (
+                f"{done} No checkpoint path was given, so nothing was saved; this Trainer still holds the state: call "
+                "run() again to continue."
+            )
+        return (
+            f"{done} A resumable checkpoint is at {where}; to continue, resume from it (Trainer(..., "
+            f"resume_from='{where}') or the Train node's resume option) with the same example."
+        )
+
+    def _cuda_index(self) -> int | None:
+        if self.device.type != "cuda":
+            return None
+        return self.device.index if self.device.index is not None else torch.cuda.current_device()
+
+    def _current_cpu_rng(self) -> torch.Tensor:
+        return torch.get_rng_state() if self._inside_rng else self._cpu_rng
+
+    def _current_cuda_rng(self) -> torch.Tensor | None:
+        index = self._cuda_index()
+        if index is None:
+            return None
+        return torch.cuda.get_rng_state(index) if self._inside_rng else self._cuda_rng
+
+    _inside_rng = False
+
+    @contextmanager
+    def _own_rng(self):
+        index = self._cuda_index()
+        with torch.random.fork_rng(devices=[] if index is None else [index]):
+            torch.set_rng_state(self._cpu_rng)
+            if index is not None:
+                if self._cuda_rng is not None:
+                    torch.cuda.set_rng_state(self._cuda_rng, index)
+                else:
+                    torch.cuda.default_generators[index].manual_seed(
+                        iteration_seed(self.config.seed, 0, "global-cuda")
+                    )
+            self._inside_rng = True
+            try:
+                yield
+            finally:
+                self._cpu_rng = torch.get_rng_state()
+                if index is not None:
+                    self._cuda_rng = torch.cuda.get_rng_state(index)
+                self._inside_rng = False
+
+
+# ---------------------------------------------------------------------------------------------
+# memory-saving generator forward
+# ---------------------------------------------------------------------------------------------
+def _plain_forward(generator: SketchGenerator, unet, vae, rgb) -> torch.Tensor:
+    return generator(unet, vae, rgb)
+
+
+def _weighted_block(block: nn.Module, size, like: torch.Tensor, x: torch.Tensor, weight: torch.Tensor):
+    # Cast and resize inside the checkpoint, so only the stored (fp16) feature is kept for backward.
+    x = _resize(x.to(device=like.device, dtype=like.dtype), size)
+    return weight.to(x.dtype) * block(x)
+
+
+def _checkpointed_aggregation(net, per_timestep, size, like: torch.Tensor, extra=()) -> torch.Tensor:
+    """:class:`AggregationNetwork` forward, one checkpointed (tap, timestep) block at a time (the
+    batched forward runs all timesteps of a tap together; GroupNorm is per sample, so it is the
+    same sum)."""
+    weights = net.mixing_weights()
+    n_t, n_l = net.n_timesteps, len(net.tap_channels)
+    out = None
+    for tap, block in enumerate(net.tap_blocks):
+        for t in range(n_t):
+            term = checkpoint(
+                partial(_weighted_block, block, size, like),
+                per_timestep[t][tap],
+                weights[t * n_l + tap],
+                use_reentrant=False,
+            )
+            out = term if out is None else out + term
+    for e, block in enumerate(net.extra_blocks):
+        term = checkpoint(
+            partial(_weighted_block, block, size, like), extra[e], weights[n_t * n_l + e], use_reentrant=False
+        )
+        out = out + term
+    return out
+
+
+def _reduce_vae(reduction: nn.Module, like: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
+    return reduction(feature.to(device=like.device, dtype=like.dtype))
+
+
+def _stage_inputs(generator: SketchGenerator, x, reduced, scale: int, rgb) -> torch.Tensor:
+    """``SketchGenerator._with_vae`` on already-reduced VAE features, concatenated."""
+    taps = generator._vae_taps_at(scale)
+    if rgb is not None:
+        size = tuple(rgb.shape[-2:])
+    elif taps:
+        size = tuple(reduced[taps[0]].shape[-2:])
+    else:
+        size = tuple(x.shape[-2:])
+    parts = [_resize(x, size)] + [_resize(reduced[i], size) for i in taps]
+    if rgb is not None:
+        parts.append(rgb)
+    return torch.cat(parts, dim=1)
+
+
+def _fusion_stage(
+    generator: SketchGenerator, k: int, x: torch.Tensor, *reduced: torch.Tensor
+) -> torch.Tensor:
+    return generator.fusion_stages[k](_stage_inputs(generator, x, reduced, k, None))
+
+
+def _final_stage(generator: SketchGenerator, x: torch.Tensor, rgb, *reduced: torch.Tensor) -> torch.Tensor:
+    n = len(generator.fusion_stages)
+    rgb = generator._cast(rgb) if generator.config.use_vae else None
+    return generator.final(_stage_inputs(generator, x, reduced, n, rgb))
+
+
+def checkpointed_forward(
+    generator: SketchGenerator, unet, vae: Sequence[torch.Tensor] = (), rgb: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``generator(unet, vae, rgb)`` with gradient checkpointing, for training with little memory.
+
+    Each aggregation block runs per (tap, timestep) inside its own checkpoint, together with the
+    cast and resize of its input; so does each VAE reduction (with its fp32 cast) and each fusion
+    stage. What stays alive for the backward pass is the stored features themselves plus small
+    block outputs; the largest recomputation is the last fusion stage. Costs about one more
+    forward pass. It follows :meth:`SketchGenerator.forward` step by step (tests compare the two).
+    """
+    ordered = generator._ordered_timesteps(unet)
+    generator._check_vae(vae, rgb)
+    c = generator.config
+    like = generator.lower.mixing_logits
+
+    def largest(taps):
+        return max((tuple(ordered[0][i].shape[-2:]) for i in taps), key=lambda s: s[0] * s[1])
+
+    lower_in = [[feats[i] for i in c.lower_taps] for feats in ordered]
+    low = _checkpointed_aggregation(generator.lower, lower_in, largest(c.lower_taps), like)
+    higher_in = [[feats[i] for i in c.higher_taps] for feats in ordered]
+    high = _checkpointed_aggregation(generator.higher, higher_in, largest(c.higher_taps), like, extra=[low])
+    x = torch.cat([high[0:1], high[1:2]], dim=1)  # uncond channels, then cond
+    reduced = []
+    if c.use_vae:
+        reduced = [
+            checkpoint(partial(_reduce_vae, reduction, like), feature, use_reentrant=False)
+            for reduction, feature in zip(generator.vae_reductions, vae, strict=True)
+        ]
+    for k in range(len(generator.fusion_stages)):
+        x = checkpoint(partial(_fusion_stage, generator, k), x, *reduced, use_reentrant=False)
+    return checkpoint(partial(_final_stage, generator), x, rgb, *reduced, use_reentrant=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# generating pairs with a trained generator
+# ---------------------------------------------------------------------------------------------
+def generator_timesteps(generator: SketchGenerator) -> tuple[int, ...]:
+    """The timesteps a generator was trained with (its meta), else the paper's 13 when it has 13."""
+    saved = generator.meta.get("timesteps") if isinstance(generator.meta, Mapping) else None
+    if saved:
+        return tuple(int(t) for t in saved)
+    if generator.n_timesteps == len(PAPER_TIMESTEPS):
+        return PAPER_TIMESTEPS
+    raise InvalidInputError(
+        f"the generator uses {generator.n_timesteps} timesteps and does not record which; pass timesteps="
+    )
+
+
+def generate_pair(
+    backend,
+    generator: SketchGenerator,
+    cond_or_prompt: torch.Tensor | str,
+    seed: int,
+    steps: int = 50,
+    cfg: float = 5.0,
+    width: int = 512,
+    height: int = 512,
+    timesteps: Sequence[int] | None = None,
+    schedule: str = "full",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample an image and its sketch: ``(image [1, 3, H, W], sketch [1, 1, H, W])``, both in [0, 1]
+    on the CPU. ``timesteps`` default to the ones the generator was trained with."""
+    if timesteps is None:
+        timesteps = generator_timesteps(generator)
+    if len(plan_timesteps(steps, timesteps).used) != generator.n_timesteps:
+        raise InvalidInputError(
+            f"the generator needs features at {generator.n_timesteps} timesteps; {list(timesteps)} gives "
+            f"{len(plan_timesteps(steps, timesteps).used)} on the {steps}-step grid"
+        )
+    sample = backend.sample(
+        cond_or_prompt,
+        seed=seed,
+        steps=steps,
+        cfg=cfg,
+        width=width,
+        height=height,
+        timesteps=timesteps,
+        schedule=schedule,
+    )
+    with torch.no_grad():
+        sketch = generator.forward_sample(sample)
+    return sample.image.float().cpu(), sketch.float().clamp(0, 1).cpu()
+
+
+__all__ = [
+    "CHECKPOINT_KIND",
+    "CHECKPOINT_VERSION",
+    "TrainConfig",
+    "Trainer",
+    "TrainingDiverged",
+    "checkpointed_forward",
+    "generate_pair",
+    "generator_timesteps",
+    "iteration_seed",
+    "iteration_timesteps",
+    "loss_curve_image",
+    "prepare_sketch",
+    "preview_image",
+]
