@@ -1,0 +1,357 @@
+"""Distillation: pair folders (generation, resume, determinism, errors) and student training
+(loss goes down, exact resume, Cancel, NaN), on tiny random-weight models."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffsketch.baselines import InformativeDrawingsGenerator
+from diffsketch.checkpointing import load_training_state
+from diffsketch.conditions import ConditionSampler
+from diffsketch.distill import (
+    DISTILL_CHECKPOINT_KIND,
+    MANIFEST_NAME,
+    DistillConfig,
+    PairSet,
+    build_student,
+    derive_seed,
+    distill,
+    generate_pairs,
+    pair_paths,
+    train_student,
+    write_pair,
+)
+from diffsketch.errors import Cancelled, FileFormatError, InvalidInputError, TrainingInterrupted
+from diffsketch.extractor import ExtractorConfig, SketchExtractor, load_extractor, save_extractor
+from diffsketch.generator import GeneratorConfig, SketchGenerator
+from diffsketch.losses import build_lpips
+
+TIMESTEPS = [1, 501]
+SIZE = 64
+SAMPLING = dict(steps=10, width=SIZE, height=SIZE, timesteps=TIMESTEPS, schedule="fast", cfg=5.0)
+SMALL_GENERATOR = dict(
+    lower_dim=32, higher_dim=16, lower_groups=4, higher_groups=4, fusion_channels=(64, 32, 16)
+)
+TINY_STUDENT = ExtractorConfig(channels=(8, 16), encoder_blocks=(1, 1), decoder_blocks=(1,))
+
+
+# ------------------------------------------------------------------------------------ fixtures
+
+
+def make_generator(spec, seed=0) -> SketchGenerator:
+    torch.manual_seed(seed)
+    generator = SketchGenerator(spec, GeneratorConfig.from_spec(spec, len(TIMESTEPS), **SMALL_GENERATOR))
+    with torch.no_grad():  # push the output into [0, 1] so the sketches are not all clamped
+        generator.final[-1].bias.fill_(0.5)
+    return generator
+
+
+@pytest.fixture(scope="module")
+def conditions():
+    g = torch.Generator().manual_seed(0)
+    return ConditionSampler.fit(torch.randn(6, 77, 32, generator=g), n_components=4)
+
+
+class CountingBackend:
+    """Delegates to the tiny backend and counts samples, to see which pairs a run generated."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        self.spec = backend.spec
+        self.calls = 0
+
+    def sample(self, *args, **kwargs):
+        self.calls += 1
+        return self.backend.sample(*args, **kwargs)
+
+
+def read_bytes(folder, index):
+    return tuple(p.read_bytes() for p in pair_paths(folder, index))
+
+
+# ------------------------------------------------------------------------------------ pairs
+
+
+def test_pairs_are_written_resumed_and_deterministic(tiny_backend, conditions, tmp_path):
+    generator = make_generator(tiny_backend.spec)
+    one_go = tmp_path / "one_go"
+    pairs = generate_pairs(tiny_backend, generator, conditions, one_go, 3, seed=4, **SAMPLING)
+    assert len(pairs) == 3 and pairs.indices == [0, 1, 2]
+    image, sketch = pairs[1]
+    assert image.shape == (3, SIZE, SIZE) and sketch.shape == (1, SIZE, SIZE)
+    assert 0 <= float(sketch.min()) and float(sketch.max()) <= 1 and float(sketch.std()) > 0
+    manifest = json.loads((one_go / MANIFEST_NAME).read_text())
+    assert manifest["done"] == [[0, 2]] and manifest["settings"]["seed"] == 4
+    assert manifest["settings"]["timesteps"] == TIMESTEPS
+
+    # Pair 1 is what the backend and generator give for the condition and noise of (seed, 1).
+    condition = conditions.sample(torch.Generator().manual_seed(derive_seed("condition", 4, 1)), 1)
+    sample = tiny_backend.sample(condition, seed=derive_seed("noise", 4, 1), **SAMPLING)
+    with torch.no_grad():
+        expected = generator.forward_sample(sample).clamp(0, 1)[0]
+    assert (sketch - expected).abs().max() <= 0.5 / 255 + 1e-6
+    assert (image - sample.image[0]).abs().max() <= 0.5 / 255 + 1e-6
+
+    # Two sittings: cancelled after one pair, then continued with a larger count.
+    counting = CountingBackend(tiny_backend)
+    split = tmp_path / "split"
+    with pytest.raises(Cancelled, match="1 of 2 pairs"):
+        generate_pairs(
+            counting,
+            generator,
+            conditions,
+            split,
+            2,
+            seed=4,
+            should_stop=lambda: counting.calls >= 1,
+            **SAMPLING,
+        )
+    assert len(PairSet(split)) == 1
+    progress = []
+    resumed = generate_pairs(
+        counting,
+        generator,
+        conditions,
+        split,
+        3,
+        seed=4,
+        progress=lambda d, t: progress.append((d, t)),
+        **SAMPLING,
+    )
+    assert counting.calls == 3 and progress[0] == (1, 3) and progress[-1] == (3, 3)
+    assert len(resumed) == 3
+    for i in range(3):
+        assert read_bytes(split, i) == read_bytes(one_go, i)
+    # A complete folder generates nothing more.
+    generate_pairs(counting, generator, conditions, split, 3, seed=4, **SAMPLING)
+    assert counting.calls == 3
+    # A pair whose files vanished is made again, identically.
+    before = read_bytes(split, 2)
+    for p in pair_paths(split, 2):
+        p.unlink()
+    with pytest.raises(FileFormatError, match="missing"):
+        PairSet(split)
+    generate_pairs(counting, generator, conditions, split, 3, seed=4, **SAMPLING)
+    assert counting.calls == 4 and read_bytes(split, 2) == before
+
+
+def test_other_settings_in_the_same_folder_are_refused(tiny_backend, conditions, tmp_path):
+    generator = make_generator(tiny_backend.spec)
+    folder = tmp_path / "pairs"
+    generate_pairs(tiny_backend, generator, conditions, folder, 1, seed=0, **SAMPLING)
+    with pytest.raises(InvalidInputError, match="cfg"):
+        generate_pairs(tiny_backend, generator, conditions, folder, 1, seed=0, **{**SAMPLING, "cfg": 2.0})
+    with pytest.raises(InvalidInputError, match="seed"):
+        generate_pairs(tiny_backend, generator, conditions, folder, 1, seed=1, **SAMPLING)
+    with pytest.raises(InvalidInputError, match="generator"):
+        generate_pairs(
+            tiny_backend, make_generator(tiny_backend.spec, seed=1), conditions, folder, 1, **SAMPLING
+        )
+    with pytest.raises(InvalidInputError, match="3 timesteps|2 timesteps"):
+        generate_pairs(
+            tiny_backend,
+            generator,
+            conditions,
+            tmp_path / "other",
+            1,
+            **{**SAMPLING, "timesteps": [1, 501, 901]},
+        )
+    with pytest.raises(InvalidInputError, match="count"):
+        generate_pairs(tiny_backend, generator, conditions, tmp_path / "other", 0, **SAMPLING)
+
+
+def test_write_pair_and_pairset_report_damage(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    image, sketch = torch.rand(1, 3, 20, 24, generator=g), torch.rand(20, 24, generator=g)
+    write_pair(tmp_path, 0, image, sketch, settings={"teacher": "xdog"})
+    write_pair(tmp_path, 1, image[0], sketch[None], settings={"teacher": "xdog"})
+    pairs = PairSet(tmp_path)
+    assert len(pairs) == 2
+    got_image, got_sketch = pairs[0]
+    assert (got_image - image[0]).abs().max() <= 0.5 / 255 + 1e-6
+    assert (got_sketch[0] - sketch).abs().max() <= 0.5 / 255 + 1e-6
+    with pytest.raises(InvalidInputError, match="teacher"):
+        write_pair(tmp_path, 2, image, sketch, settings={"teacher": "hed"})
+    with pytest.raises(InvalidInputError, match="differ in size"):
+        write_pair(tmp_path, 2, image, sketch[:10], settings={"teacher": "xdog"})
+    with pytest.raises(InvalidInputError, match="NaN"):
+        write_pair(tmp_path, 2, image * float("nan"), sketch, settings={"teacher": "xdog"})
+    pair_paths(tmp_path, 1)[1].write_bytes(b"not a png")
+    with pytest.raises(FileFormatError, match="000001.png"):
+        PairSet(tmp_path)[1]
+    (tmp_path / MANIFEST_NAME).write_text("{broken")
+    with pytest.raises(FileFormatError, match="not valid JSON"):
+        PairSet(tmp_path)
+    with pytest.raises(InvalidInputError, match="not a pair folder"):
+        PairSet(tmp_path / "nowhere")
+
+
+# ------------------------------------------------------------------------------------ config
+
+
+def test_config_json_round_trip_validation_and_schedule():
+    config = DistillConfig(
+        iterations=100, warmup_iterations=10, extractor=TINY_STUDENT, lr=1e-3, min_lr_ratio=0.1
+    )
+    assert DistillConfig.from_json(json.dumps(json.loads(config.to_json()))) == config
+    lrs = [config.lr_at(i) for i in range(100)]
+    assert lrs[0] < lrs[9] and max(lrs) <= 1e-3
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert math.isclose(lrs[-1], 1e-4, rel_tol=1e-9)
+    assert DistillConfig(lr_schedule="constant", warmup_iterations=0).lr_at(500) == 2e-3
+    for bad in ({"lr": 0}, {"batch_size": 0}, {"lr_schedule": "linear"}, {"l1_weight": 0, "lpips_weight": 0}):
+        with pytest.raises(InvalidInputError):
+            DistillConfig(**bad)
+    with pytest.raises(InvalidInputError, match="unknown"):
+        DistillConfig.from_dict({"iterationz": 3})
+
+
+# ------------------------------------------------------------------------------------ training
+
+
+def synthetic_pairs(n, size=48, seed=0):
+    """Smooth random images; the sketch is a local function of the image (dark where the grey
+    level changes fast), so a small network can learn it."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        low = torch.rand(1, 3, size // 8, size // 8, generator=g)
+        image = F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)[0]
+        grey = image.mean(0, keepdim=True)[None]
+        gx = F.pad(grey[..., :, 1:] - grey[..., :, :-1], (0, 1, 0, 0))
+        gy = F.pad(grey[..., 1:, :] - grey[..., :-1, :], (0, 0, 0, 1))
+        sketch = (1 - 12 * (gx.abs() + gy.abs())).clamp(0, 1)[0]
+        out.append((image, sketch))
+    return out
+
+
+def tiny_config(**overrides) -> DistillConfig:
+    base = dict(
+        iterations=6,
+        batch_size=2,
+        crop_size=32,
+        lr=2e-3,
+        warmup_iterations=2,
+        checkpoint_every=3,
+        preview_every=3,
+        extractor=TINY_STUDENT,
+        lpips_weight=0.0,
+    )
+    return DistillConfig(**{**base, **overrides})
+
+
+def full_l1(student, pairs) -> float:
+    with torch.no_grad():
+        return sum(float((student(i[None]) - s[None]).abs().mean()) for i, s in pairs) / len(pairs)
+
+
+def test_training_reduces_l1_on_held_out_pairs():
+    train, test = synthetic_pairs(6, seed=0), synthetic_pairs(3, seed=1)
+    config = tiny_config(iterations=80, batch_size=4, lr=3e-3, warmup_iterations=5)
+    before = full_l1(build_student(config).eval(), test)
+    seen = []
+    student = train_student(
+        train, config, on_step=lambda s, losses, preview: seen.append((s, losses, preview))
+    )
+    after = full_l1(student, test)
+    assert after < 0.6 * before, (before, after)
+    assert [s for s, _, _ in seen] == list(range(1, 81))
+    previews = {s: p for s, _, p in seen if p is not None}
+    assert sorted(previews) == list(range(3, 81, 3)) + [80]
+    assert (
+        previews[80].shape == (1, 32, 96, 3)
+        and 0 <= float(previews[80].min()) <= float(previews[80].max()) <= 1
+    )
+    assert set(seen[-1][1]) == {"loss", "l1", "lr"}
+    assert student.meta["iterations_done"] == 80 and not student.training
+
+
+def test_resume_equals_one_go_and_cancel_writes_a_checkpoint(tmp_path):
+    pairs = synthetic_pairs(4, size=72)
+    lpips_model = build_lpips(random_weights=True)
+    config = tiny_config(crop_size=64, lpips_weight=0.5)
+    one_go = train_student(pairs, config, lpips_model=lpips_model)
+
+    ckpt = tmp_path / "student.safetensors"
+    steps = []
+    with pytest.raises(TrainingInterrupted, match="step 4"):
+        train_student(
+            pairs,
+            config,
+            lpips_model=lpips_model,
+            checkpoint_path=ckpt,
+            on_step=lambda s, losses, p: steps.append(losses),
+            should_stop=lambda: len(steps) >= 4,
+        )
+    assert "lpips" in steps[0]
+    probe = build_student(config)
+    step, _, meta = load_training_state(ckpt, kind=DISTILL_CHECKPOINT_KIND, model=probe, optimizer=None)
+    assert step == 4 and meta["config"] == config.to_dict()
+    resumed = train_student(pairs, config, lpips_model=lpips_model, checkpoint_path=ckpt, resume_from=ckpt)
+    for (name, a), b in zip(one_go.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert load_training_state(ckpt, kind=DISTILL_CHECKPOINT_KIND, model=probe, optimizer=None)[0] == 6
+
+    with pytest.raises(InvalidInputError, match="lr"):
+        train_student(pairs, tiny_config(crop_size=64, lpips_weight=0.5, lr=1e-3), resume_from=ckpt)
+    # Training further: only the iteration count changed.
+    longer = train_student(pairs, tiny_config(crop_size=64, lpips_weight=0.5, iterations=8), resume_from=ckpt)
+    assert longer.meta["iterations_done"] == 8
+
+
+class NanAfter(nn.Module):
+    """A student that returns NaN from its ``n``-th forward call on."""
+
+    def __init__(self, inner: nn.Module, n: int):
+        super().__init__()
+        self.inner, self.n, self.calls, self.multiple = inner, n, 0, inner.multiple
+
+    def forward(self, x):
+        self.calls += 1
+        y = self.inner(x)
+        return y * float("nan") if self.calls >= self.n else y
+
+
+def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
+    pairs = synthetic_pairs(3)
+    config = tiny_config(iterations=10, checkpoint_every=2)
+    ckpt = tmp_path / "student.safetensors"
+    student = NanAfter(build_student(config), n=5)
+    with pytest.raises(TrainingInterrupted, match="diverged at step 5.*step 4"):
+        train_student(pairs, config, student=student, checkpoint_path=ckpt)
+    probe = NanAfter(build_student(config), n=99)
+    step, _, _ = load_training_state(ckpt, kind=DISTILL_CHECKPOINT_KIND, model=probe, optimizer=None)
+    assert step == 4 and all(torch.isfinite(p).all() for p in probe.parameters())
+
+
+def test_any_student_module_trains_and_bad_inputs_are_refused():
+    pairs = synthetic_pairs(2)
+    baseline = InformativeDrawingsGenerator(ngf=4, n_blocks=1)
+    trained = train_student(pairs, tiny_config(iterations=2), student=baseline)
+    assert trained is baseline and trained.meta["iterations_done"] == 2
+    with pytest.raises(InvalidInputError, match="multiple of 4"):
+        train_student(pairs, tiny_config(crop_size=30))
+    with pytest.raises(InvalidInputError, match="empty"):
+        train_student([], tiny_config())
+    with pytest.raises(InvalidInputError, match="pair 0"):
+        train_student([(torch.rand(3, 32, 32), torch.rand(3, 32, 32))], tiny_config())
+
+
+def test_distill_chains_generation_and_training(tiny_backend, conditions, tmp_path):
+    generator = make_generator(tiny_backend.spec)
+    config = tiny_config(iterations=2, crop_size=48)
+    student = distill(tiny_backend, generator, conditions, tmp_path / "pairs", 2, config, **SAMPLING)
+    assert isinstance(student, SketchExtractor)
+    assert (tmp_path / "pairs" / "student_checkpoint.safetensors").is_file()
+    assert student.meta["pairs"] == 2 and student.meta["generator"]
+    path = save_extractor(tmp_path / "student.safetensors", student, student.meta)
+    loaded = load_extractor(path)
+    assert loaded.meta["iterations_done"] == 2
+    x = torch.rand(1, 3, 48, 48)
+    assert torch.equal(loaded(x), student(x))
