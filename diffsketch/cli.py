@@ -236,6 +236,139 @@ def cmd_extract(args) -> int:
     return 0
 
 
+def _loss_weights(args):
+    from .losses import LossWeights
+
+    return LossWeights(
+        lpips=args.lpips_weight,
+        l1=args.l1_weight,
+        clip_sim=args.clip_weight,
+        across=args.across_weight,
+        within=args.within_weight,
+    )
+
+
+def cmd_train(args) -> int:
+    import torch
+
+    from .conditions import ConditionSampler
+    from .features import CapturedSample
+    from .losses import DiffSketchLoss, build_lpips, load_clip_image_encoder
+    from .training import TrainConfig, Trainer, prepare_sketch
+
+    backend = load_backend(args)
+    device = pick_device(args.device)
+    example = CapturedSample.load(args.example)
+    sketch_img = torch.from_numpy(read_image(Path(args.sketch)))[None]
+    sketch, notices = prepare_sketch(sketch_img, example.size)
+    for n in notices:
+        print(n)
+    weights = _loss_weights(args)
+    clip = load_clip_image_encoder(args.clip, quick_gelu=not args.laion_clip, device=device)
+    lpips_model = build_lpips(args.lpips, device=device) if weights.lpips > 0 else None
+    loss = DiffSketchLoss(clip, lpips_model, weights).to(device)
+    config = TrainConfig(
+        iterations=args.iterations,
+        lr=args.lr,
+        h_iter=args.h_iter,
+        loss_weights=weights,
+        seed=args.seed,
+        steps=example.plan.steps,
+        cfg=float(example.meta.get("cfg", 5.0)),
+        timestep_policy=args.timestep_policy,
+        schedule=args.schedule,
+        checkpoint_every=args.checkpoint_every,
+        device=device,
+    )
+    checkpoint = args.checkpoint or str(Path(args.out).with_suffix(".train.safetensors"))
+    trainer = Trainer(
+        backend,
+        example,
+        sketch,
+        ConditionSampler.load(args.conditions),
+        loss,
+        config,
+        checkpoint_path=checkpoint,
+        resume_from=args.resume,
+    )
+    bar = progress_bar(args.iterations, "training")
+    try:
+        trainer.run(on_step=lambda step, losses, preview: bar(step, args.iterations))
+    finally:
+        bar.close()
+    trainer.save_generator(args.out)
+    trainer.loss_curve_image().save(Path(args.out).with_suffix(".loss.png"))
+    print(f"generator: {args.out}\ncheckpoint (resume with --resume): {checkpoint}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from .generator import load_generator
+    from .training import generate_pair
+
+    backend = load_backend(args)
+    generator = load_generator(args.generator, device=pick_device(args.device))
+    out = Path(args.out)
+    for k in range(args.count):
+        image, sketch = generate_pair(
+            backend,
+            generator,
+            args.prompt,
+            seed=args.seed + k,
+            steps=args.steps,
+            cfg=args.cfg,
+            width=args.width,
+            height=args.height,
+        )
+        save_png(image, out / f"{args.seed + k:06d}_image.png")
+        save_png(sketch, out / f"{args.seed + k:06d}_sketch.png")
+    print(f"{args.count} image/sketch pair(s) written to {out}")
+    return 0
+
+
+def cmd_distill(args) -> int:
+    from .conditions import ConditionSampler
+    from .distill import DistillConfig, distill
+    from .extractor import save_extractor
+    from .generator import load_generator
+    from .losses import build_lpips
+
+    backend = load_backend(args)
+    device = pick_device(args.device)
+    config = DistillConfig(
+        iterations=args.iterations,
+        batch_size=args.batch_size,
+        crop_size=args.crop_size,
+        lr=args.lr,
+        seed=args.seed,
+        lpips_weight=0.0 if args.no_lpips else 1.0,
+    )
+    lpips_model = None if args.no_lpips else build_lpips(args.lpips, device=device)
+    pairs_bar = progress_bar(args.pairs, "pairs")
+    train_bar = progress_bar(args.iterations, "training")
+    student = distill(
+        backend,
+        load_generator(args.generator, device=device),
+        ConditionSampler.load(args.conditions),
+        args.pairs_dir,
+        args.pairs,
+        config,
+        seed=args.seed,
+        steps=args.steps,
+        width=args.width,
+        height=args.height,
+        lpips_model=lpips_model,
+        progress=pairs_bar,
+        on_step=lambda step, losses, preview: train_bar(step, args.iterations),
+        device=device,
+    )
+    pairs_bar.close()
+    train_bar.close()
+    save_extractor(args.out, student.cpu(), student.meta)
+    print(f"extractor: {args.out}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 # argument parsing
 # ---------------------------------------------------------------------------------------------
@@ -297,6 +430,73 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--out", required=True, help="conditions file to write (.safetensors)")
     p.set_defaults(func=cmd_fit_conditions)
+
+    p = sub.add_parser("train", help="train a DiffSketch generator from one example and its sketch")
+    _model_args(p)
+    p.add_argument("--example", required=True, help="features of the example (from 'diffsketch sample')")
+    p.add_argument(
+        "--sketch", required=True, help="your sketch of the example image (PNG; resized if needed)"
+    )
+    p.add_argument("--conditions", required=True, help="CDST conditions (from 'diffsketch fit-conditions')")
+    p.add_argument("--clip", required=True, help="CLIP ViT-B/32 .safetensors (file or folder)")
+    p.add_argument(
+        "--laion-clip", action="store_true", help="the CLIP weights are LAION/open_clip ones (GELU)"
+    )
+    p.add_argument("--lpips", default=None, help="AlexNet weights for LPIPS (default: the torch hub cache)")
+    p.add_argument("--iterations", type=int, default=1200, help="iterations (default 1200)")
+    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
+    p.add_argument("--h-iter", type=int, default=1000, help="CDST blend iterations (default 1000)")
+    for name, default in (("lpips", 15.0), ("l1", 30.0), ("clip", 30.0), ("across", 1.0), ("within", 1.0)):
+        p.add_argument(
+            f"--{name}-weight", type=float, default=default, help=f"loss weight (default {default})"
+        )
+    p.add_argument(
+        "--timestep-policy",
+        choices=["fixed", "random13"],
+        default="fixed",
+        help="fixed: the example's timesteps (the paper); random13: the released code",
+    )
+    p.add_argument(
+        "--schedule",
+        choices=["full", "fast"],
+        default="full",
+        help="fast: sample only at the captured timesteps + the last step (~4x fewer UNet runs)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--checkpoint-every", type=int, default=100, help="checkpoint interval (default 100)")
+    p.add_argument("--checkpoint", default=None, help="checkpoint file (default: next to --out)")
+    p.add_argument("--resume", default=None, help="continue from this checkpoint")
+    p.add_argument("--out", required=True, help="generator file to write (.safetensors)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("generate", help="sample new images and their sketches with a trained generator")
+    _model_args(p)
+    _sampling_args(p)
+    p.add_argument("--generator", required=True, help="generator .safetensors")
+    p.add_argument("--prompt", required=True, help="what to draw")
+    p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    p.add_argument("--count", type=int, default=1, help="number of pairs (seeds seed..seed+count-1)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("distill", help="distill a generator into a fast extractor")
+    _model_args(p)
+    _sampling_args(p)
+    p.add_argument("--generator", required=True, help="generator .safetensors")
+    p.add_argument("--conditions", required=True, help="CDST conditions .safetensors")
+    p.add_argument(
+        "--pairs", type=int, default=1000, help="pairs to generate (default 1000; the paper: 30000)"
+    )
+    p.add_argument("--pairs-dir", required=True, help="folder for the pairs (resumable)")
+    p.add_argument("--iterations", type=int, default=3000, help="training steps (default 3000)")
+    p.add_argument("--batch-size", type=int, default=8, help="batch size (default 8)")
+    p.add_argument("--crop-size", type=int, default=256, help="training crop (default 256)")
+    p.add_argument("--lr", type=float, default=2e-3, help="learning rate (default 2e-3)")
+    p.add_argument("--lpips", default=None, help="AlexNet weights for LPIPS (default: the torch hub cache)")
+    p.add_argument("--no-lpips", action="store_true", help="train on L1 only")
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--out", required=True, help="extractor file to write (.safetensors)")
+    p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("extract", help="turn images into sketches with a distilled extractor")
     p.add_argument("inputs", nargs="+", help="image files, folders or globs")

@@ -156,3 +156,155 @@ def test_extract_command_files_folders_globs(tmp_path):
     assert Image.open(out / "b.png").size == (70, 33)
     assert Image.open(out / "c.png").size == (20, 20)
     assert not (out / "broken.png").exists()
+
+
+def test_train_generate_distill_chain(tiny_model_dir, tmp_path):
+    """sample -> fit-conditions -> train -> generate -> distill -> extract with the same files as the nodes."""
+    import torchvision
+    from safetensors.torch import save_file
+
+    from diffsketch.extractor import load_extractor
+    from diffsketch.generator import load_generator
+    from diffsketch.losses import TINY_CLIP_ARCHITECTURE, ClipImageEncoder
+
+    torch.manual_seed(0)
+    clip = tmp_path / "clip_vit_b_32.safetensors"
+    tower = ClipImageEncoder.random(TINY_CLIP_ARCHITECTURE).tower
+    save_file({f"visual.{k}": v.contiguous() for k, v in tower.state_dict().items()}, str(clip))
+    alex = tmp_path / "alexnet-owt-7be5be79.safetensors"
+    save_file(
+        {k: v.contiguous() for k, v in torchvision.models.alexnet(weights=None).state_dict().items()},
+        str(alex),
+    )
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a horse\na cat\na city\na lake\na bowl of fruit\na mountain\n")
+    model = ["--model", str(tiny_model_dir), "--device", "cpu"]
+    small = ["--width", "64", "--height", "64"]
+
+    assert (
+        main(
+            [
+                "sample",
+                *model,
+                *small,
+                "--prompt",
+                "a horse",
+                "--steps",
+                "10",
+                "--timesteps",
+                "1,501,901",
+                "--out",
+                str(tmp_path / "ex.safetensors"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "fit-conditions",
+                *model,
+                "--prompts",
+                str(prompts),
+                "--components",
+                "3",
+                "--out",
+                str(tmp_path / "cond.safetensors"),
+            ]
+        )
+        == 0
+    )
+    sketch = (np.asarray(Image.open(tmp_path / "ex.png").convert("L")) > 128).astype(np.uint8) * 255
+    Image.fromarray(sketch).save(tmp_path / "sketch.png")
+    assert (
+        main(
+            [
+                "train",
+                *model,
+                "--example",
+                str(tmp_path / "ex.safetensors"),
+                "--sketch",
+                str(tmp_path / "sketch.png"),
+                "--conditions",
+                str(tmp_path / "cond.safetensors"),
+                "--clip",
+                str(clip),
+                "--lpips",
+                str(alex),
+                "--iterations",
+                "2",
+                "--schedule",
+                "fast",
+                "--out",
+                str(tmp_path / "style.safetensors"),
+            ]
+        )
+        == 0
+    )
+    load_generator(tmp_path / "style.safetensors")
+    assert (tmp_path / "style.train.safetensors").is_file() and (tmp_path / "style.loss.png").is_file()
+    assert (
+        main(
+            [
+                "generate",
+                *model,
+                *small,
+                "--steps",
+                "10",
+                "--generator",
+                str(tmp_path / "style.safetensors"),
+                "--prompt",
+                "a cat",
+                "--out",
+                str(tmp_path / "gen"),
+            ]
+        )
+        == 0
+    )
+    assert Image.open(tmp_path / "gen" / "000000_sketch.png").size == (64, 64)
+    assert (
+        main(
+            [
+                "distill",
+                *model,
+                *small,
+                "--steps",
+                "10",
+                "--generator",
+                str(tmp_path / "style.safetensors"),
+                "--conditions",
+                str(tmp_path / "cond.safetensors"),
+                "--pairs",
+                "2",
+                "--pairs-dir",
+                str(tmp_path / "pairs"),
+                "--iterations",
+                "2",
+                "--batch-size",
+                "2",
+                "--crop-size",
+                "64",
+                "--no-lpips",
+                "--out",
+                str(tmp_path / "ext.safetensors"),
+            ]
+        )
+        == 0
+    )
+    load_extractor(tmp_path / "ext.safetensors")
+    assert (
+        main(
+            [
+                "extract",
+                str(tmp_path / "ex.png"),
+                "--extractor",
+                str(tmp_path / "ext.safetensors"),
+                "--out",
+                str(tmp_path / "out"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    assert Image.open(tmp_path / "out" / "ex.png").size == (64, 64)
