@@ -36,7 +36,7 @@ def test_capture_shapes_and_counts(sample, tiny_backend):
     spec = tiny_backend.spec
     assert sample.timesteps == PAPER_TIMESTEPS
     assert len(sample.unet) == 13
-    for t, feats in sample.unet.items():
+    for feats in sample.unet.values():
         assert len(feats) == 12
         for f, (c, h, w) in zip(feats, spec.unet_shapes(W, H)):
             assert f.shape == (2, c, h, w)
