@@ -747,7 +747,7 @@ def train_student(
             resume_from,
             kind=DISTILL_CHECKPOINT_KIND,
             model=student,
-            optimizer=None,
+            optimizer=optimizer,
             device=device,
             versions=(DISTILL_CHECKPOINT_VERSION,),
         )
