@@ -1,0 +1,261 @@
+"""Distillation fidelity: how closely a distilled student reproduces its teacher on unseen photos.
+
+DiffSketch distils its generator into a fast image-to-sketch network (method.md §9). This
+benchmark runs the same distillation loop (:func:`diffsketch.distill.train_student`) with a
+teacher that needs no weights -- the paper's XDoG (method.md §7.1, :func:`diffsketch.xdog.xdog`)
+-- on real photos that scikit-image ships offline:
+
+- training photos: every usable scikit-image sample photo except the held-out ones; each is
+  turned into several variants (random rescale, brightness, contrast, gamma, colour balance)
+  BEFORE the teacher runs, and the teacher runs on the whole variant (XDoG's second blur has
+  sigma 100, so a crop's sketch depends on pixels outside the crop); training then takes random
+  crops with flips;
+- held-out photos (never seen in training, not even as variants): ``chelsea``, ``coffee``,
+  ``camera``; evaluated at full resolution through :func:`diffsketch.extractor.extract`.
+
+Two students are trained with the same pairs, steps, batch, learning rate and schedule: the
+DiffSketch :class:`~diffsketch.extractor.SketchExtractor` (default config) and the
+Informative-Drawings generator architecture (:class:`~diffsketch.baselines.InformativeDrawingsGenerator`).
+It prints SSIM (:func:`diffsketch.metrics.ssim`, 11x11 Gaussian window, "valid" region) and L1
+to the teacher per held-out photo. Target: student SSIM >= 0.85 and not below Informative-Drawings.
+
+LPIPS is added to the loss only when torchvision's AlexNet weights are on this machine
+(``--lpips auto``, the default) -- nothing is downloaded; otherwise the loss is L1 alone.
+
+scikit-image is needed for the photos (it is not a dependency of DiffSketch itself):
+``pip install scikit-image``.
+
+    python benchmarks/distill_fidelity.py                          # default: ~5-8 min on 2 CPU cores
+    python benchmarks/distill_fidelity.py --steps 2000 --crop 192 --batch 8 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from diffsketch.baselines import InformativeDrawingsGenerator  # noqa: E402
+from diffsketch.distill import DistillConfig, build_student, derive_seed, train_student  # noqa: E402
+from diffsketch.errors import WeightsNotFoundError  # noqa: E402
+from diffsketch.extractor import extract  # noqa: E402
+from diffsketch.losses import build_lpips  # noqa: E402
+from diffsketch.metrics import l1_distance, ssim  # noqa: E402
+from diffsketch.xdog import xdog  # noqa: E402
+
+TRAIN_PHOTOS = (
+    "astronaut",
+    "rocket",
+    "coins",
+    "moon",
+    "page",
+    "text",
+    "immunohistochemistry",
+    "hubble_deep_field",
+    "brick",
+    "grass",
+    "gravel",
+    "clock",
+    "cell",
+    "stereo_motorcycle",
+    "retina",
+)
+HELD_OUT_PHOTOS = ("chelsea", "coffee", "camera")
+# Longest side a photo is loaded at: keeps the largest samples (retina is 1411 px) affordable.
+MAX_SIDE = 768
+
+
+def load_photo(name: str) -> torch.Tensor:
+    """A scikit-image sample photo as float RGB [3, H, W] in [0, 1] (grey repeated, alpha dropped)."""
+    try:
+        from skimage import data
+    except ImportError:
+        sys.exit(
+            "this benchmark needs scikit-image for its sample photos (not a DiffSketch dependency): "
+            "pip install scikit-image"
+        )
+    array = getattr(data, name)()
+    if isinstance(array, tuple):  # stereo pairs: the left view
+        array = array[0]
+    array = np.asarray(array)
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8) * 255
+    if array.ndim == 2:
+        array = np.stack([array] * 3, axis=-1)
+    x = torch.from_numpy(np.ascontiguousarray(array[..., :3])).permute(2, 0, 1).float()
+    x = x / 255.0 if array.dtype == np.uint8 else x.clamp(0, 1)
+    scale = MAX_SIDE / max(x.shape[-2:])
+    if scale < 1:
+        x = F.interpolate(x[None], scale_factor=scale, mode="bilinear", antialias=True, align_corners=False)[0]
+    return x.clamp(0, 1)
+
+
+def augment(photo: torch.Tensor, g: torch.Generator, min_side: int) -> torch.Tensor:
+    """A photometric + scale variant of ``photo`` (the teacher then runs on it)."""
+
+    def uniform(lo, hi):
+        return lo + (hi - lo) * float(torch.rand((), generator=g))
+
+    h, w = photo.shape[-2:]
+    scale = uniform(max(0.45, min_side / min(h, w)), 1.0)
+    x = photo
+    if scale < 0.999:
+        x = F.interpolate(x[None], scale_factor=scale, mode="bilinear", antialias=True, align_corners=False)[0]
+    balance = torch.tensor([uniform(0.85, 1.15) for _ in range(3)]).view(3, 1, 1)
+    x = (x * balance).clamp(0, 1) ** uniform(0.7, 1.4)
+    x = (x - 0.5) * uniform(0.7, 1.3) + 0.5 + uniform(-0.1, 0.1)
+    return x.clamp(0, 1)
+
+
+class PhotoPairs:
+    """(variant, XDoG sketch) pairs kept as uint8: the dataset protocol train_student reads."""
+
+    def __init__(self, names, variants: int, seed: int, min_side: int):
+        self.items = []
+        for name in names:
+            photo = load_photo(name)
+            for v in range(variants):
+                g = torch.Generator().manual_seed(derive_seed("augment", seed, name, v))
+                image = photo if v == 0 else augment(photo, g, min_side)
+                sketch = xdog(image[None])[0]
+                self.items.append((_u8(image), _u8(sketch)))
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, k):
+        image, sketch = self.items[k]
+        return image.float() / 255.0, sketch.float() / 255.0
+
+
+def _u8(x: torch.Tensor) -> torch.Tensor:
+    return (x * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+def evaluate(model, photos: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, tuple[float, float]]:
+    out = {}
+    model.eval()
+    for name, (photo, teacher) in photos.items():
+        sketch, _ = extract(model, photo.permute(1, 2, 0)[None], tile=2048)
+        pred = sketch[..., :1].permute(0, 3, 1, 2)
+        out[name] = (float(ssim(pred, teacher[None])[0]), float(l1_distance(pred, teacher[None])[0]))
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=300, help="training steps for each network")
+    p.add_argument("--batch", type=int, default=4, help="crops per step")
+    p.add_argument("--crop", type=int, default=128, help="crop size (a multiple of 16)")
+    p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (cosine decay, warm-up)")
+    p.add_argument("--warmup", type=int, default=30, help="warm-up steps")
+    p.add_argument("--variants", type=int, default=6, help="variants per training photo (the first is the photo)")
+    p.add_argument("--lpips", default="auto", help="'auto' (use AlexNet weights if present), 'off', or their path")
+    p.add_argument("--lpips-weight", type=float, default=1.0)
+    p.add_argument("--models", default="student,informative", help="comma-separated: student, informative")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+
+    lpips_model, lpips_note = None, "off"
+    if args.lpips != "off":
+        try:
+            lpips_model = build_lpips(None if args.lpips == "auto" else args.lpips, device=device)
+            lpips_note = f"on (weight {args.lpips_weight:g})"
+        except WeightsNotFoundError as e:
+            if args.lpips != "auto":
+                raise
+            lpips_note = f"off (AlexNet weights not found: {str(e).splitlines()[0][:80]}...)"
+
+    t0 = time.perf_counter()
+    train = PhotoPairs(TRAIN_PHOTOS, args.variants, args.seed, args.crop)
+    held_out = {}
+    for name in HELD_OUT_PHOTOS:
+        photo = load_photo(name)
+        held_out[name] = (photo, xdog(photo[None])[0])
+    print(
+        f"pairs: {len(train)} training variants of {len(TRAIN_PHOTOS)} photos; held out: "
+        f"{', '.join(HELD_OUT_PHOTOS)} ({time.perf_counter() - t0:.1f} s to build)"
+    )
+    config = DistillConfig(
+        iterations=args.steps,
+        batch_size=args.batch,
+        crop_size=args.crop,
+        lr=args.lr,
+        warmup_iterations=min(args.warmup, args.steps),
+        lpips_weight=args.lpips_weight if lpips_model is not None else 0.0,
+        checkpoint_every=args.steps,
+        preview_every=args.steps,
+        seed=args.seed,
+    )
+    print(
+        f"training: {args.steps} steps, batch {args.batch}, {args.crop}px crops + flips, Adam lr {args.lr:g} "
+        f"(warm-up {config.warmup_iterations}, cosine to {config.min_lr_ratio:g}x), grad clip "
+        f"{config.grad_clip_norm:g}, L1 + LPIPS {lpips_note}; device {device}, {torch.get_num_threads()} threads"
+    )
+
+    builders = {
+        "student": ("DiffSketch student (SketchExtractor)", lambda: build_student(config)),
+        "informative": ("Informative-Drawings generator", lambda: _seeded(InformativeDrawingsGenerator, args.seed)),
+    }
+    results = {}
+    for key in [m.strip() for m in args.models.split(",") if m.strip()]:
+        label, build = builders[key]
+        model = build()
+        params = sum(q.numel() for q in model.parameters()) / 1e6
+        start = time.perf_counter()
+        last = {}
+        trained = train_student(
+            train, config, lpips_model=lpips_model, student=model, device=device,
+            on_step=lambda s, losses, _p, last=last: last.update(losses, step=s),
+        )
+        seconds = time.perf_counter() - start
+        scores = evaluate(trained, held_out)
+        results[key] = (label, params, seconds, last.get("l1", math.nan), scores)
+
+    print()
+    header = f"{'network':38s} {'params':>7s} {'train s':>8s} {'train L1':>9s}"
+    for name in HELD_OUT_PHOTOS:
+        header += f" {name + ' SSIM':>13s} {'L1':>6s}"
+    header += f" {'mean SSIM':>10s} {'mean L1':>8s}"
+    print(header)
+    for label, params, seconds, train_l1, scores in results.values():
+        row = f"{label:38s} {params:6.2f}M {seconds:8.1f} {train_l1:9.4f}"
+        for name in HELD_OUT_PHOTOS:
+            row += f" {scores[name][0]:13.4f} {scores[name][1]:6.4f}"
+        mean_ssim = sum(s for s, _ in scores.values()) / len(scores)
+        mean_l1 = sum(v for _, v in scores.values()) / len(scores)
+        row += f" {mean_ssim:10.4f} {mean_l1:8.4f}"
+        print(row)
+    if "student" in results:
+        student_ssim = np.mean([s for s, _ in results["student"][4].values()])
+        verdict = student_ssim >= 0.85
+        text = f"target: student mean held-out SSIM {student_ssim:.4f} >= 0.85"
+        if "informative" in results:
+            id_ssim = np.mean([s for s, _ in results["informative"][4].values()])
+            verdict = verdict and student_ssim >= id_ssim
+            text += f" and >= Informative-Drawings {id_ssim:.4f}"
+        print(f"{text}: {'MET' if verdict else 'MISSED'}")
+    print(f"total {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def _seeded(cls, seed: int):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed("baseline-init", seed))
+        return cls()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
