@@ -204,7 +204,7 @@ def test_config_json_round_trip_validation_and_schedule():
     assert lrs[0] < lrs[9] and max(lrs) <= 1e-3
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
     assert math.isclose(lrs[-1], 1e-4, rel_tol=1e-9)
-    assert DistillConfig(lr_schedule="constant", warmup_iterations=0).lr_at(500) == 2e-3
+    assert DistillConfig(lr=2e-3, lr_schedule="constant", warmup_iterations=0).lr_at(500) == 2e-3
     for bad in ({"lr": 0}, {"batch_size": 0}, {"lr_schedule": "linear"}, {"l1_weight": 0, "lpips_weight": 0}):
         with pytest.raises(InvalidInputError):
             DistillConfig(**bad)
