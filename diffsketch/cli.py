@@ -20,8 +20,7 @@ import sys
 from pathlib import Path
 
 from .errors import DiffSketchError, InvalidInputError
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+from .images import IMAGE_SUFFIXES, read_image, save_png
 
 
 # ---------------------------------------------------------------------------------------------
@@ -45,10 +44,10 @@ def load_backend(args):
     return DiffusersBackend.load(args.model, device=device, dtype=dtype)
 
 
-def progress_bar(total: int, desc: str):
+def progress_bar(total: int, desc: str, unit: str = "it"):
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, desc=desc, unit="it", dynamic_ncols=True)
+    bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True)
 
     def update(done: int, total_now: int):
         bar.total = total_now
@@ -57,46 +56,6 @@ def progress_bar(total: int, desc: str):
 
     update.close = bar.close
     return update
-
-
-def save_png(tensor, path: Path) -> None:
-    """Save [3,H,W] / [1,H,W] / [H,W,3] float in [0,1] as an 8-bit PNG, atomically."""
-    import io
-
-    import numpy as np
-    from PIL import Image
-
-    from .fileio import atomic_write_bytes
-
-    t = tensor.detach().float().cpu()
-    if t.ndim == 4:
-        t = t[0]
-    if t.ndim == 3 and t.shape[0] in (1, 3):
-        t = t.movedim(0, -1)
-    arr = (t.clamp(0, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def read_image(path: Path):
-    """An image file as float32 [H,W,C] numpy in [0,1], keeping grey/RGBA/16-bit for the caller to convert."""
-    import numpy as np
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im.load()
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-            arr = np.asarray(im, dtype=np.float32) / 65535.0
-        else:
-            if im.mode not in ("L", "LA", "RGB", "RGBA"):
-                im = im.convert("RGBA" if "A" in im.getbands() else "RGB")
-            arr = np.asarray(im, dtype=np.float32) / 255.0
-    if arr.ndim == 2:
-        arr = arr[..., None]
-    return arr
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:

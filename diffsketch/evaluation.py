@@ -42,6 +42,7 @@ from torch import nn
 
 from .errors import DiffSketchError, FileFormatError, InvalidInputError, WeightsNotFoundError
 from .fileio import atomic_write_bytes
+from .images import IMAGE_SUFFIXES, read_image
 
 __all__ = [
     "ALL_METRICS",
@@ -59,7 +60,6 @@ _HIGHER_IS_BETTER = {"ssim": True, "clip": True, "l1": False, "lpips": False, "f
 GRID_IMAGES = 8
 GRID_CELL = 256
 _SSIM_WINDOW = 11
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 # Published BSDS500 ODS F-measures the boundary scores can be read against (issue text).
 _REFERENCE_ODS = "HED about 0.79, PiDiNet 0.807 (full BSDS500 test set, 200 images)"
 
@@ -359,7 +359,6 @@ def _list_photos(photos_dir: Path) -> tuple[list[Path], list[str]]:
 
 def _read_photo(path: Path) -> torch.Tensor:
     """[1, 3, H, W] float32 RGB in [0, 1] (grey repeated, alpha composited over white, 16-bit scaled)."""
-    from .cli import read_image
     from .extractor import to_rgb_batch
 
     return to_rgb_batch(read_image(path)).permute(0, 3, 1, 2).contiguous()
@@ -752,17 +751,15 @@ def add_eval_parser(subparsers):
 
 
 def _tqdm_progress():
-    from tqdm.auto import tqdm
+    """One command-line progress bar per stage ("images", "boundaries")."""
+    from .cli import progress_bar
 
     bars: dict[str, object] = {}
 
     def update(stage: str, done: int, total: int):
-        bar = bars.get(stage)
-        if bar is None:
-            bar = bars[stage] = tqdm(total=total, desc=stage, unit="img", dynamic_ncols=True)
-        bar.total = total
-        bar.n = done
-        bar.refresh()
+        if stage not in bars:
+            bars[stage] = progress_bar(total, stage, unit="img")
+        bars[stage](done, total)
 
     def close():
         for bar in bars.values():

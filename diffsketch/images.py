@@ -1,0 +1,48 @@
+"""Reading and writing image files: the one place for both (the command line and the evaluation use it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+#: File suffixes read as images when a folder or glob is given.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def save_png(tensor, path: Path) -> None:
+    """Save [3,H,W] / [1,H,W] / [H,W,3] float in [0,1] as an 8-bit PNG, atomically."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from .fileio import atomic_write_bytes
+
+    t = tensor.detach().float().cpu()
+    if t.ndim == 4:
+        t = t[0]
+    if t.ndim == 3 and t.shape[0] in (1, 3):
+        t = t.movedim(0, -1)
+    arr = (t.clamp(0, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def read_image(path: Path):
+    """An image file as float32 [H,W,C] numpy in [0,1], keeping grey/RGBA/16-bit for the caller to convert."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            arr = np.asarray(im, dtype=np.float32) / 65535.0
+        else:
+            if im.mode not in ("L", "LA", "RGB", "RGBA"):
+                im = im.convert("RGBA" if "A" in im.getbands() else "RGB")
+            arr = np.asarray(im, dtype=np.float32) / 255.0
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    return arr
