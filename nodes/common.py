@@ -28,8 +28,9 @@ def register_model_folders() -> None:
             folder_paths.folder_names_and_paths[key] = ([default], {".safetensors"})
 
 
-def default_save_dir(key: str) -> str:
-    return folder_paths.get_folder_paths(key)[0]
+def save_path(key: str, *parts: str) -> str:
+    """A path in the first folder registered for ``key`` (where DiffSketch writes its files)."""
+    return os.path.join(folder_paths.get_folder_paths(key)[0], *parts)
 
 
 def missing_option(filename: str, folder: str) -> str:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import comfy.model_management
 import comfy.utils
 import folder_paths
@@ -11,6 +9,7 @@ from comfy_api.latest import io
 
 from diffsketch.fileio import check_save_name
 
+from .common import save_path
 from .types import CATEGORY, Conditions
 
 FOLDER = "diffsketch_conditions"
@@ -91,7 +90,7 @@ class DiffSketchFitConditions(io.ComfyNode):
         if sampler.notice:
             print(f"[DiffSketch] {sampler.notice}")
         if name:
-            path = os.path.join(folder_paths.get_folder_paths(FOLDER)[0], name + ".safetensors")
+            path = save_path(FOLDER, name + ".safetensors")
             sampler.save(path)
             print(f"[DiffSketch] saved conditions to {path}")
         return io.NodeOutput(sampler)

@@ -12,12 +12,12 @@ from comfy_api.latest import io, ui
 
 from diffsketch.fileio import check_save_name
 
+from .common import save_path
 from .extract import wrap_extractor
 from .train import _preview
 from .types import CATEGORY, ClipLoss, Conditions, Extractor, Generator
 
 FOLDER = "diffsketch_extractors"
-PAIRS_FOLDER = "diffsketch_pairs"
 
 
 class DiffSketchDistill(io.ComfyNode):
@@ -170,7 +170,7 @@ class DiffSketchDistill(io.ComfyNode):
                 device=device,
             )
             student = student.cpu().eval()
-        out_path = os.path.join(folder_paths.get_folder_paths(FOLDER)[0], name + ".safetensors")
+        out_path = save_path(FOLDER, name + ".safetensors")
         save_extractor(out_path, student, student.meta)
         print(f"[DiffSketch] saved extractor to {out_path}")
         preview = last.get("preview")

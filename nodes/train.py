@@ -12,6 +12,7 @@ from comfy_api.latest import io, ui
 
 from diffsketch.fileio import check_save_name
 
+from .common import save_path
 from .types import CATEGORY, ClipLoss, Conditions, Features, Generator
 
 FOLDER = "diffsketch_generators"
@@ -19,13 +20,11 @@ NO_RESUME = "(start fresh)"
 
 
 def _checkpoint_path(save_name: str) -> str:
-    return os.path.join(
-        folder_paths.get_folder_paths(FOLDER)[0], "checkpoints", save_name + ".train.safetensors"
-    )
+    return save_path(FOLDER, "checkpoints", save_name + ".train.safetensors")
 
 
 def _resume_options() -> list[str]:
-    folder = os.path.join(folder_paths.get_folder_paths(FOLDER)[0], "checkpoints")
+    folder = save_path(FOLDER, "checkpoints")
     names = (
         sorted(f for f in os.listdir(folder) if f.endswith(".train.safetensors"))
         if os.path.isdir(folder)
@@ -225,7 +224,7 @@ class DiffSketchTrain(io.ComfyNode):
         ckpt = _checkpoint_path(name)
         resume = None
         if resume_from != NO_RESUME:
-            resume = os.path.join(folder_paths.get_folder_paths(FOLDER)[0], "checkpoints", resume_from)
+            resume = save_path(FOLDER, "checkpoints", resume_from)
         pbar = comfy.utils.ProgressBar(int(iterations))
         last_preview = {}
 
@@ -275,7 +274,7 @@ class DiffSketchTrain(io.ComfyNode):
                 print(f"[DiffSketch] {n}")
             trainer.run(on_step=on_step, should_stop=comfy.model_management.processing_interrupted)
             generator = trainer.generator.eval()
-            out_path = os.path.join(folder_paths.get_folder_paths(FOLDER)[0], name + ".safetensors")
+            out_path = save_path(FOLDER, name + ".safetensors")
             save_generator(out_path, generator, trainer.generator_meta())
             curve = to_image_tensor(trainer.loss_curve_image())
         print(f"[DiffSketch] saved generator to {out_path}")
