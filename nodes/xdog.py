@@ -68,13 +68,14 @@ class DiffSketchXDoG(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, sigma, k, gamma, epsilon, phi) -> io.NodeOutput:
+        from diffsketch.extractor import to_rgb_batch
         from diffsketch.xdog import xdog
 
-        rgb = image[..., :3].movedim(-1, 1).float()
-        if rgb.shape[1] == 1:
-            rgb = rgb.expand(-1, 3, -1, -1)
+        from .comfy_backend import image_to_comfy
+
+        rgb = to_rgb_batch(image).movedim(-1, 1)
         sketch = xdog(rgb, sigma=sigma, k=k, gamma=gamma, epsilon=epsilon, phi=phi)
-        return io.NodeOutput(sketch.movedim(1, -1).expand(-1, -1, -1, 3).contiguous())
+        return io.NodeOutput(image_to_comfy(sketch.expand(-1, 3, -1, -1)))
 
 
 class DiffSketchStyleSketch(io.ComfyNode):
@@ -115,15 +116,16 @@ class DiffSketchStyleSketch(io.ComfyNode):
         import folder_paths
         import torch
 
+        from diffsketch.extractor import to_rgb_batch
         from diffsketch.styles import load_style
+
+        from .comfy_backend import image_to_comfy
 
         device = comfy.model_management.get_torch_device()
         extractor = load_style(
             style, device=device, search_dirs=[os.path.join(folder_paths.models_dir, "diffsketch", "styles")]
         )
-        rgb = image[..., :3].movedim(-1, 1).float()
-        if rgb.shape[1] == 1:
-            rgb = rgb.expand(-1, 3, -1, -1)
+        rgb = to_rgb_batch(image).movedim(-1, 1)
         with torch.no_grad():
             sketch = extractor(rgb.to(device)).float().cpu()
-        return io.NodeOutput(sketch.movedim(1, -1).expand(-1, -1, -1, 3).contiguous())
+        return io.NodeOutput(image_to_comfy(sketch.expand(-1, 3, -1, -1)))
