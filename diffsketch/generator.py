@@ -25,11 +25,13 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from . import fileio
 from .errors import FileFormatError, InvalidInputError
@@ -336,6 +338,44 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
+def _largest_size(ordered: Sequence[Sequence[torch.Tensor]], taps: Sequence[int]) -> tuple[int, int]:
+    return max((tuple(ordered[0][i].shape[-2:]) for i in taps), key=lambda s: s[0] * s[1])
+
+
+def _weighted_block(block: nn.Module, size, like: torch.Tensor, x: torch.Tensor, weight: torch.Tensor):
+    # Cast and resize inside the checkpoint, so only the stored (fp16) feature is kept for backward.
+    x = _resize(x.to(device=like.device, dtype=like.dtype), size)
+    return weight.to(x.dtype) * block(x)
+
+
+def _checkpointed_aggregation(net, per_timestep, size, like: torch.Tensor, extra=()) -> torch.Tensor:
+    """:class:`AggregationNetwork` forward, one checkpointed (tap, timestep) block at a time (the
+    batched forward runs all timesteps of a tap together; GroupNorm is per sample, so it is the
+    same sum)."""
+    weights = net.mixing_weights()
+    n_t, n_l = net.n_timesteps, len(net.tap_channels)
+    out = None
+    for tap, block in enumerate(net.tap_blocks):
+        for t in range(n_t):
+            term = checkpoint(
+                partial(_weighted_block, block, size, like),
+                per_timestep[t][tap],
+                weights[t * n_l + tap],
+                use_reentrant=False,
+            )
+            out = term if out is None else out + term
+    for e, block in enumerate(net.extra_blocks):
+        term = checkpoint(
+            partial(_weighted_block, block, size, like), extra[e], weights[n_t * n_l + e], use_reentrant=False
+        )
+        out = out + term
+    return out
+
+
+def _reduce_vae(reduction: nn.Module, like: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
+    return reduction(feature.to(device=like.device, dtype=like.dtype))
+
+
 # ---------------------------------------------------------------------------------------------
 # the generator
 # ---------------------------------------------------------------------------------------------
@@ -351,6 +391,8 @@ class SketchGenerator(nn.Module):
         self.spec = spec
         self.config = config
         self.meta: dict = {}  # filled by load_generator with the file's meta
+        #: Trade compute for memory in training (diffusers' name for the same switch).
+        self.gradient_checkpointing = False
         c = config
         self.lower = AggregationNetwork(
             [spec.unet[i].channels for i in c.lower_taps], c.n_timesteps, c.lower_dim, c.lower_groups
@@ -441,51 +483,88 @@ class SketchGenerator(nn.Module):
     ) -> torch.Tensor:
         """``unet``: ``{timestep: [tensor[2, C, h, w] per tap]}`` (or a list in ascending-timestep
         order), index 0 uncond and 1 cond; ``vae``: one [1, C, H, W] per VAE tap; ``rgb``: the VAE's
-        [1, 3, H, W] raw output. Returns [1, 1, H, W] at the size of ``rgb``."""
+        [1, 3, H, W] raw output. Returns [1, 1, H, W] at the size of ``rgb``.
+
+        With ``gradient_checkpointing`` set (and gradients enabled) the same computation runs
+        block by block inside checkpoints, see :meth:`_checkpointed_forward`."""
         ordered = self._ordered_timesteps(unet)
         self._check_vae(vae, rgb)
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return self._checkpointed_forward(ordered, vae, rgb)
         cast = self._cast
         c = self.config
 
         # Lower level: resize every lower tap to the largest lower-tap size.
-        lower_size = max((tuple(ordered[0][i].shape[-2:]) for i in c.lower_taps), key=lambda s: s[0] * s[1])
+        lower_size = _largest_size(ordered, c.lower_taps)
         lower_in = [[_resize(cast(feats[i]), lower_size) for i in c.lower_taps] for feats in ordered]
         low = self.lower(lower_in)
 
         # Higher level: its taps, plus the lower result upsampled to their size as an extra entry.
-        higher_size = max((tuple(ordered[0][i].shape[-2:]) for i in c.higher_taps), key=lambda s: s[0] * s[1])
+        higher_size = _largest_size(ordered, c.higher_taps)
         higher_in = [[_resize(cast(feats[i]), higher_size) for i in c.higher_taps] for feats in ordered]
         high = self.higher(higher_in, extra=[_resize(low, higher_size)])
         x = torch.cat([high[0:1], high[1:2]], dim=1)  # [1, 2*P]: uncond channels, then cond
 
         # Feature-fusion decoder: stage k fuses the VAE taps at scale k (x2**k the latent size).
         # Sizes come from the tensors themselves, so odd image sizes line up too.
-        for k, stage in enumerate(self.fusion_stages):
-            x = stage(torch.cat(self._with_vae(x, vae, k, None), dim=1))
-        parts = self._with_vae(x, vae, len(self.fusion_stages), cast(rgb) if c.use_vae else None)
-        return self.final(torch.cat(parts, dim=1))
+        reduced = [reduction(cast(f)) for reduction, f in zip(self.vae_reductions, vae)] if c.use_vae else []
+        for k in range(len(self.fusion_stages)):
+            x = self._fusion_stage(k, x, *reduced)
+        return self._final_stage(x, rgb, *reduced)
+
+    def _checkpointed_forward(self, ordered, vae, rgb) -> torch.Tensor:
+        """:meth:`forward` with gradient checkpointing, for training with little memory.
+
+        Each aggregation block runs per (tap, timestep) inside its own checkpoint, together with
+        the cast and resize of its input; so does each VAE reduction (with its cast) and each
+        fusion stage. What stays alive for the backward pass is the stored features themselves
+        plus small block outputs; the largest recomputation is the last fusion stage. Costs about
+        one more forward pass, and gives the same result and gradients (a test compares them).
+        """
+        c = self.config
+        like = self.lower.mixing_logits
+        lower_in = [[feats[i] for i in c.lower_taps] for feats in ordered]
+        low = _checkpointed_aggregation(self.lower, lower_in, _largest_size(ordered, c.lower_taps), like)
+        higher_in = [[feats[i] for i in c.higher_taps] for feats in ordered]
+        higher_size = _largest_size(ordered, c.higher_taps)
+        high = _checkpointed_aggregation(self.higher, higher_in, higher_size, like, extra=[low])
+        x = torch.cat([high[0:1], high[1:2]], dim=1)  # uncond channels, then cond
+        reduced = []
+        if c.use_vae:
+            reduced = [
+                checkpoint(partial(_reduce_vae, reduction, like), feature, use_reentrant=False)
+                for reduction, feature in zip(self.vae_reductions, vae, strict=True)
+            ]
+        for k in range(len(self.fusion_stages)):
+            x = checkpoint(partial(self._fusion_stage, k), x, *reduced, use_reentrant=False)
+        return checkpoint(self._final_stage, x, rgb, *reduced, use_reentrant=False)
 
     def _cast(self, x: torch.Tensor) -> torch.Tensor:
         """Features are stored fp16 on the CPU; run them at the generator's device and dtype."""
         p = self.lower.mixing_logits
         return x.to(device=p.device, dtype=p.dtype)
 
-    def _with_vae(self, x, vae, scale: int, rgb) -> list[torch.Tensor]:
-        """``x`` and the reduced VAE taps of ``scale`` (and ``rgb`` at the last stage), one size."""
+    def _fusion_stage(self, k: int, x: torch.Tensor, *reduced: torch.Tensor) -> torch.Tensor:
+        return self.fusion_stages[k](self._stage_inputs(x, reduced, k, None))
+
+    def _final_stage(self, x: torch.Tensor, rgb, *reduced: torch.Tensor) -> torch.Tensor:
+        rgb = self._cast(rgb) if self.config.use_vae else None
+        return self.final(self._stage_inputs(x, reduced, len(self.fusion_stages), rgb))
+
+    def _stage_inputs(self, x, reduced: Sequence[torch.Tensor], scale: int, rgb) -> torch.Tensor:
+        """``x``, the reduced VAE taps of ``scale`` (and ``rgb`` at the last stage), concatenated
+        at one size."""
         taps = self._vae_taps_at(scale)
         if rgb is not None:
             size = tuple(rgb.shape[-2:])
         elif taps:
-            size = tuple(vae[taps[0]].shape[-2:])
+            size = tuple(reduced[taps[0]].shape[-2:])
         else:
             size = tuple(x.shape[-2:])
-        parts = [_resize(x, size)]
-        for i in taps:
-            reduced = self.vae_reductions[i](self._cast(vae[i]))
-            parts.append(_resize(reduced, size))
+        parts = [_resize(x, size)] + [_resize(reduced[i], size) for i in taps]
         if rgb is not None:
             parts.append(rgb)
-        return parts
+        return torch.cat(parts, dim=1)
 
     def forward_sample(self, sample) -> torch.Tensor:
         """Run on a :class:`~diffsketch.features.CapturedSample`."""

@@ -25,13 +25,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
-from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from . import __version__
 from .checkpointing import load_training_state, save_training_state
@@ -39,7 +37,7 @@ from .conditions import ConditionSampler, blend_weight
 from .errors import DiffSketchError, FileFormatError, InvalidInputError, TrainingInterrupted
 from .features import CapturedSample
 from .fileio import read_header
-from .generator import GeneratorConfig, SketchGenerator, _resize, save_generator
+from .generator import GeneratorConfig, SketchGenerator, save_generator
 from .losses import DiffSketchLoss, LossWeights
 from .timesteps import PAPER_TIMESTEPS, ddim_grid, plan_timesteps
 
@@ -83,7 +81,7 @@ class TrainConfig:
       images.
     - ``checkpoint_every``: iterations between checkpoints (0: only at the end and on cancel).
     - ``preview_every``: iterations between previews passed to ``on_step`` (0: none).
-    - ``low_memory``: gradient checkpointing (:func:`checkpointed_forward`): the generator keeps
+    - ``low_memory``: gradient checkpointing (``SketchGenerator.gradient_checkpointing``): the generator keeps
       almost no activations and recomputes them during the backward pass, one (tap, timestep) at
       a time. Same result; about one more generator forward per step. An SD 1.5-sized step at
       512x512 (13 timesteps, fp32, CPU) then peaks at 3.9 GB resident, provided glibc's malloc
@@ -771,9 +769,9 @@ class Trainer:
         sample, extras = self._sample(i, should_stop)
         t1 = time.perf_counter()
         ex = self.example
-        forward = checkpointed_forward if self.config.low_memory else _plain_forward
-        example_sketch = forward(self.generator, ex.unet, ex.vae, ex.rgb)
-        sample_sketch = forward(self.generator, sample.unet, sample.vae, sample.rgb)
+        self.generator.gradient_checkpointing = self.config.low_memory
+        example_sketch = self.generator(ex.unet, ex.vae, ex.rgb)
+        sample_sketch = self.generator(sample.unet, sample.vae, sample.rgb)
         t2 = time.perf_counter()
         total, log = self.loss(example_sketch, sample_sketch, sample.image)
         self._check_finite(i, log)
@@ -884,109 +882,6 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------------------------------
-# memory-saving generator forward
-# ---------------------------------------------------------------------------------------------
-def _plain_forward(generator: SketchGenerator, unet, vae, rgb) -> torch.Tensor:
-    return generator(unet, vae, rgb)
-
-
-def _weighted_block(block: nn.Module, size, like: torch.Tensor, x: torch.Tensor, weight: torch.Tensor):
-    # Cast and resize inside the checkpoint, so only the stored (fp16) feature is kept for backward.
-    x = _resize(x.to(device=like.device, dtype=like.dtype), size)
-    return weight.to(x.dtype) * block(x)
-
-
-def _checkpointed_aggregation(net, per_timestep, size, like: torch.Tensor, extra=()) -> torch.Tensor:
-    """:class:`AggregationNetwork` forward, one checkpointed (tap, timestep) block at a time (the
-    batched forward runs all timesteps of a tap together; GroupNorm is per sample, so it is the
-    same sum)."""
-    weights = net.mixing_weights()
-    n_t, n_l = net.n_timesteps, len(net.tap_channels)
-    out = None
-    for tap, block in enumerate(net.tap_blocks):
-        for t in range(n_t):
-            term = checkpoint(
-                partial(_weighted_block, block, size, like),
-                per_timestep[t][tap],
-                weights[t * n_l + tap],
-                use_reentrant=False,
-            )
-            out = term if out is None else out + term
-    for e, block in enumerate(net.extra_blocks):
-        term = checkpoint(
-            partial(_weighted_block, block, size, like), extra[e], weights[n_t * n_l + e], use_reentrant=False
-        )
-        out = out + term
-    return out
-
-
-def _reduce_vae(reduction: nn.Module, like: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
-    return reduction(feature.to(device=like.device, dtype=like.dtype))
-
-
-def _stage_inputs(generator: SketchGenerator, x, reduced, scale: int, rgb) -> torch.Tensor:
-    """``SketchGenerator._with_vae`` on already-reduced VAE features, concatenated."""
-    taps = generator._vae_taps_at(scale)
-    if rgb is not None:
-        size = tuple(rgb.shape[-2:])
-    elif taps:
-        size = tuple(reduced[taps[0]].shape[-2:])
-    else:
-        size = tuple(x.shape[-2:])
-    parts = [_resize(x, size)] + [_resize(reduced[i], size) for i in taps]
-    if rgb is not None:
-        parts.append(rgb)
-    return torch.cat(parts, dim=1)
-
-
-def _fusion_stage(
-    generator: SketchGenerator, k: int, x: torch.Tensor, *reduced: torch.Tensor
-) -> torch.Tensor:
-    return generator.fusion_stages[k](_stage_inputs(generator, x, reduced, k, None))
-
-
-def _final_stage(generator: SketchGenerator, x: torch.Tensor, rgb, *reduced: torch.Tensor) -> torch.Tensor:
-    n = len(generator.fusion_stages)
-    rgb = generator._cast(rgb) if generator.config.use_vae else None
-    return generator.final(_stage_inputs(generator, x, reduced, n, rgb))
-
-
-def checkpointed_forward(
-    generator: SketchGenerator, unet, vae: Sequence[torch.Tensor] = (), rgb: torch.Tensor | None = None
-) -> torch.Tensor:
-    """``generator(unet, vae, rgb)`` with gradient checkpointing, for training with little memory.
-
-    Each aggregation block runs per (tap, timestep) inside its own checkpoint, together with the
-    cast and resize of its input; so does each VAE reduction (with its fp32 cast) and each fusion
-    stage. What stays alive for the backward pass is the stored features themselves plus small
-    block outputs; the largest recomputation is the last fusion stage. Costs about one more
-    forward pass. It follows :meth:`SketchGenerator.forward` step by step (tests compare the two).
-    """
-    ordered = generator._ordered_timesteps(unet)
-    generator._check_vae(vae, rgb)
-    c = generator.config
-    like = generator.lower.mixing_logits
-
-    def largest(taps):
-        return max((tuple(ordered[0][i].shape[-2:]) for i in taps), key=lambda s: s[0] * s[1])
-
-    lower_in = [[feats[i] for i in c.lower_taps] for feats in ordered]
-    low = _checkpointed_aggregation(generator.lower, lower_in, largest(c.lower_taps), like)
-    higher_in = [[feats[i] for i in c.higher_taps] for feats in ordered]
-    high = _checkpointed_aggregation(generator.higher, higher_in, largest(c.higher_taps), like, extra=[low])
-    x = torch.cat([high[0:1], high[1:2]], dim=1)  # uncond channels, then cond
-    reduced = []
-    if c.use_vae:
-        reduced = [
-            checkpoint(partial(_reduce_vae, reduction, like), feature, use_reentrant=False)
-            for reduction, feature in zip(generator.vae_reductions, vae, strict=True)
-        ]
-    for k in range(len(generator.fusion_stages)):
-        x = checkpoint(partial(_fusion_stage, generator, k), x, *reduced, use_reentrant=False)
-    return checkpoint(partial(_final_stage, generator), x, rgb, *reduced, use_reentrant=False)
-
-
-# ---------------------------------------------------------------------------------------------
 # generating pairs with a trained generator
 # ---------------------------------------------------------------------------------------------
 def generator_timesteps(generator: SketchGenerator) -> tuple[int, ...]:
@@ -1043,7 +938,6 @@ __all__ = [
     "TrainConfig",
     "Trainer",
     "TrainingDiverged",
-    "checkpointed_forward",
     "generate_pair",
     "generator_timesteps",
     "iteration_seed",

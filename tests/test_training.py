@@ -28,7 +28,6 @@ from diffsketch.training import (
     TrainConfig,
     Trainer,
     TrainingDiverged,
-    checkpointed_forward,
     generate_pair,
     iteration_timesteps,
     prepare_sketch,
@@ -233,9 +232,10 @@ def test_low_memory_forward_matches_the_generator():
         unet, vae, rgb = random_features(spec, 64, 64, TIMESTEPS, dtype=torch.float64)
         rgb = rgb.double()
         results = []
-        for forward in (SketchGenerator.__call__, checkpointed_forward):
+        for checkpointing in (False, True):
             gen.zero_grad()
-            out = forward(gen, unet, vae, rgb)
+            gen.gradient_checkpointing = checkpointing
+            out = gen(unet, vae, rgb)
             (out * torch.linspace(0, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
             results.append((out.detach(), {n: p.grad.clone() for n, p in gen.named_parameters()}))
         (out_a, grads_a), (out_b, grads_b) = results
@@ -452,6 +452,7 @@ def test_saved_generator_and_generate_pair(env, reference, tmp_path):
     assert meta["steps_done"] == 4 and meta["timesteps"] == list(TIMESTEPS)
     assert meta["example"]["prompt"] == PROMPT and meta["example"]["seed"] == 50
     assert meta["base_model"]["spec_fingerprint"] == env.backend.spec.fingerprint()
+    assert meta["base_model"]["model_hash"] == env.backend.model_hash()
     assert meta["training"] == config().to_dict()
     assert_same_weights(weights(generator), reference.weights, atol=0)
 

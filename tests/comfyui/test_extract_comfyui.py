@@ -68,11 +68,23 @@ def test_corrupt_extractor_file_is_a_clear_error(comfy_server):
 
 def style_graph(style):
     return {
-        "2": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 48, "batch_size": 1, "color": 0x808080}},
+        "2": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": 64, "height": 48, "batch_size": 1, "color": 0x808080},
+        },
         "3": {"class_type": "DiffSketchStyleSketch", "inputs": {"image": ["2", 0], "style": style}},
         "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}},
-        "5": {"class_type": "DiffSketchXDoG", "inputs": {"image": ["2", 0], "sigma": 0.5, "k": 200.0, "gamma": 0.98,
-                                                           "epsilon": 0.1, "phi": 10.0}},
+        "5": {
+            "class_type": "DiffSketchXDoG",
+            "inputs": {
+                "image": ["2", 0],
+                "sigma": 0.5,
+                "k": 200.0,
+                "gamma": 0.98,
+                "epsilon": 0.1,
+                "phi": 10.0,
+            },
+        },
         "6": {"class_type": "PreviewImage", "inputs": {"images": ["5", 0]}},
     }
 
