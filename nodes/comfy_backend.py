@@ -9,6 +9,7 @@ the unconditional branch is always evaluated, and run the VAE decoder ourselves 
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import comfy.model_management
@@ -18,7 +19,7 @@ import comfy.samplers
 import comfy.utils
 import torch
 
-from diffsketch.backends.base import SamplingBackend
+from diffsketch.backends.base import SamplingBackend, weights_fingerprint
 from diffsketch.capture import COND, UNCOND, UNetRecorder, record_vae_decoder, reject_compiled
 from diffsketch.errors import UnsupportedModelError
 from diffsketch.spec import feature_spec_from_ldm
@@ -88,6 +89,20 @@ class ComfyBackend(SamplingBackend):
         self.spec = feature_spec_from_ldm(model.model.diffusion_model, vae.first_stage_model, context_dim)
         self.latent_scaling_factor = float(model.model.latent_format.scale_factor)
         self._uncond = None
+        self._model_hash = None
+
+    def model_hash(self) -> str:
+        """The UNet's :func:`weights_fingerprint` (equal to the diffusers backend's for the same
+        checkpoint), plus a digest of the MODEL's weight patches (LoRAs) when it has any."""
+        if self._model_hash is None:
+            value = weights_fingerprint(self.model.model.diffusion_model.parameters())
+            patches = getattr(self.model, "patches", None) or {}
+            if patches:
+                # Which keys are patched and how strongly; the patch tensors themselves are not read.
+                described = sorted((k, [(float(p[0]), float(p[2])) for p in v]) for k, v in patches.items())
+                value += "+patches:" + hashlib.sha256(repr(described).encode()).hexdigest()[:8]
+            self._model_hash = value
+        return self._model_hash
 
     def encode_prompt(self, text: str) -> torch.Tensor:
         if text == "" and self._uncond is not None:
@@ -178,8 +193,6 @@ def image_to_comfy(image: torch.Tensor) -> torch.Tensor:
 def text_encoder_fingerprint(clip) -> str:
     """A short hash of the CLIP text encoder's weights (token embedding and final norm), so files
     fitted with one checkpoint's CLIP can tell when they are used with another."""
-    import hashlib
-
     sd = clip.cond_stage_model.state_dict()
     h = hashlib.sha256()
     for k in sorted(sd):

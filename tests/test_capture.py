@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from diffsketch.backends.base import fast_schedule
+from diffsketch.backends.base import fast_schedule, weights_fingerprint
 from diffsketch.capture import UNetRecorder
 from diffsketch.errors import CaptureError, InvalidInputError, UnsupportedModelError
 from diffsketch.features import CapturedSample
@@ -194,3 +194,15 @@ def test_features_file_round_trip(sample, tmp_path):
     torch.testing.assert_close(back.unet[61][5], sample.unet[61][5])
     torch.testing.assert_close(back.vae[13], sample.vae[13])
     assert back.meta["prompt"] == "a photo of a horse in mud"
+
+
+def test_weights_fingerprint_ignores_names_order_and_precision_but_not_values():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(8, 4, 1))
+    ref = weights_fingerprint(net.parameters())
+    assert len(ref) == 16
+    # another layout's names and order, loaded in fp16: the same weights, the same hash
+    assert weights_fingerprint(reversed([p.half() for p in net.parameters()])) == ref
+    with torch.no_grad():
+        net[1].weight[0, 0] += 0.5
+    assert weights_fingerprint(net.parameters()) != ref

@@ -16,7 +16,7 @@ from ..capture import COND, UNCOND, UNetRecorder, record_vae_decoder, reject_com
 from ..errors import InvalidInputError, WeightsNotFoundError
 from ..spec import feature_spec_from_diffusers
 from ..text import ClipBPETokenizer, HFTokenizerAdapter
-from .base import ProgressFn, SamplingBackend, scaled_linear_alphas_cumprod
+from .base import ProgressFn, SamplingBackend, scaled_linear_alphas_cumprod, weights_fingerprint
 
 
 class DiffusersBackend(SamplingBackend):
@@ -44,6 +44,13 @@ class DiffusersBackend(SamplingBackend):
             alphas_cumprod if alphas_cumprod is not None else scaled_linear_alphas_cumprod()
         ).double()
         self._uncond_cache: torch.Tensor | None = None
+        self._model_hash: str | None = None
+
+    def model_hash(self) -> str:
+        """:func:`~diffsketch.backends.base.weights_fingerprint` of the UNet (recorded in trained files)."""
+        if self._model_hash is None:
+            self._model_hash = weights_fingerprint(self.unet.parameters())
+        return self._model_hash
 
     # -- loading -------------------------------------------------------------------------------
     @classmethod

@@ -80,6 +80,8 @@ def test_parity_with_diffusers_backend(comfy_inprocess, loaded_checkpoint, tiny_
     diff_b = DiffusersBackend.from_single_file(tiny_checkpoint)
     assert comfy_b.spec.signature() == diff_b.spec.signature()
     assert len(comfy_b.spec.unet) == 12 and len(comfy_b.spec.vae) == 14
+    # Same checkpoint, two loaders (ldm names in fp16 vs diffusers names in fp32): one model hash.
+    assert comfy_b.model_hash() == diff_b.model_hash()
 
     prompt = "a photo of a horse in mud"
     cond_c, cond_d = comfy_b.encode_prompt(prompt), diff_b.encode_prompt(prompt)
