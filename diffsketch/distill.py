@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpointing import load_training_state, save_training_state
-from .errors import Cancelled, FileFormatError, InvalidInputError, TrainingInterrupted
+from .errors import Cancelled, FileFormatError, InvalidInputError, TrainingDiverged, TrainingInterrupted
 from .extractor import ExtractorConfig, SketchExtractor
 from .fileio import atomic_write_bytes
 from .losses import perceptual_preprocess
@@ -716,7 +716,7 @@ def train_student(
     ``[1, H, 3W, 3]`` (input | teacher | student). ``should_stop()`` before every step: True
     writes a checkpoint (with ``checkpoint_path``) and raises
     :class:`~diffsketch.errors.TrainingInterrupted`. A non-finite loss, gradient or weight stops
-    training without overwriting the last good checkpoint and raises ``TrainingInterrupted``
+    training without overwriting the last good checkpoint and raises ``TrainingDiverged``
     saying so.
 
     Returns the student in eval mode with ``student.meta`` (JSON) describing the run, ready for
@@ -787,13 +787,13 @@ def train_student(
         )
         last_saved = step
 
-    def diverged(step: int, what: str) -> TrainingInterrupted:
+    def diverged(step: int, what: str) -> TrainingDiverged:
         kept = (
             f"the last good checkpoint ({Path(checkpoint_path).name}, step {last_saved}) was kept"
             if checkpoint_path is not None and last_saved is not None
             else "no checkpoint was written"
         )
-        return TrainingInterrupted(
+        return TrainingDiverged(
             f"distillation diverged at step {step} ({what}); {kept}. Lower lr (now {config.lr:g}) or raise "
             "warmup_iterations, then resume from the checkpoint or start again."
         )

@@ -31,3 +31,8 @@ class Cancelled(DiffSketchError):
 
 class TrainingInterrupted(Cancelled):
     """Training or distillation was cancelled; a resumable checkpoint was written first."""
+
+
+class TrainingDiverged(DiffSketchError, FloatingPointError):
+    """A loss term, gradient or weight became NaN or infinite (training or distillation); the
+    step was not applied and the last good checkpoint was kept."""

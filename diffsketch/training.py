@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from . import __version__
 from .checkpointing import load_training_state, save_training_state
 from .conditions import ConditionSampler, blend_weight
-from .errors import DiffSketchError, FileFormatError, InvalidInputError, TrainingInterrupted
+from .errors import FileFormatError, InvalidInputError, TrainingDiverged, TrainingInterrupted
 from .features import CapturedSample
 from .fileio import read_header
 from .generator import GeneratorConfig, SketchGenerator, save_generator
@@ -50,10 +50,6 @@ SCHEDULES = ("full", "fast")
 StepCallback = Callable[[int, dict, "torch.Tensor | None"], None]
 StopCallback = Callable[[], bool]
 CheckpointCallback = Callable[[Path, int], None]
-
-
-class TrainingDiverged(DiffSketchError, FloatingPointError):
-    """A loss term or gradient became NaN or infinite; training stopped without applying it."""
 
 
 class _StopRequested(Exception):

@@ -27,7 +27,13 @@ from diffsketch.distill import (
     train_student,
     write_pair,
 )
-from diffsketch.errors import Cancelled, FileFormatError, InvalidInputError, TrainingInterrupted
+from diffsketch.errors import (
+    Cancelled,
+    FileFormatError,
+    InvalidInputError,
+    TrainingDiverged,
+    TrainingInterrupted,
+)
 from diffsketch.extractor import ExtractorConfig, SketchExtractor, load_extractor, save_extractor
 from diffsketch.generator import GeneratorConfig, SketchGenerator
 from diffsketch.losses import build_lpips
@@ -323,7 +329,7 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
     config = tiny_config(iterations=10, checkpoint_every=2)
     ckpt = tmp_path / "student.safetensors"
     student = NanAfter(build_student(config), n=5)
-    with pytest.raises(TrainingInterrupted, match="diverged at step 5.*step 4"):
+    with pytest.raises(TrainingDiverged, match="diverged at step 5.*step 4"):
         train_student(pairs, config, student=student, checkpoint_path=ckpt)
     probe = NanAfter(build_student(config), n=99)
     step, _, _ = load_training_state(ckpt, kind=DISTILL_CHECKPOINT_KIND, model=probe, optimizer=None)
