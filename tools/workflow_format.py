@@ -29,10 +29,14 @@ def is_widget(spec: list) -> bool:
     return isinstance(kind, list) or kind in WIDGET_TYPES
 
 
-def has_control_widget(spec: list) -> bool:
-    """INT inputs with control_after_generate carry an extra widget value ('fixed', 'randomize', ...)."""
+def has_control_widget(name: str, spec: list) -> bool:
+    """Inputs followed by a control_after_generate widget, whose value ('fixed', 'randomize', ...) takes
+    a slot in widgets_values: those that ask for one, and, as the frontend does unless told otherwise,
+    every INT input named seed or noise_seed."""
     opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-    return bool(opts.get("control_after_generate"))
+    if "control_after_generate" in opts:
+        return bool(opts["control_after_generate"])
+    return spec[0] == "INT" and name in ("seed", "noise_seed")
 
 
 def build_ui(graph: dict, object_info: dict) -> dict:
@@ -66,7 +70,7 @@ def build_ui(graph: dict, object_info: dict) -> dict:
                 else:
                     value = node["widgets"][name]
                 widgets.append(value)
-                if has_control_widget(spec):
+                if has_control_widget(name, spec):
                     widgets.append("fixed")
             elif not name.startswith("_") and name not in node.get("inputs", {}):
                 # unconnected socket: shown as an empty input slot
@@ -147,7 +151,7 @@ def ui_to_api(ui: dict, object_info: dict) -> dict:
         for name, spec in _input_specs(info):
             if is_widget(spec):
                 value = values[pos] if pos < len(values) else None
-                pos += 1 + int(has_control_widget(spec))
+                pos += 1 + int(has_control_widget(name, spec))
                 if name in linked:
                     src, slot = link_src[linked[name]]
                     inputs[name] = [src, slot]

@@ -28,7 +28,8 @@ class ComfyServer:
         self.base = base
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = artifacts / "comfyui-server.log"
+        # One log per pytest process: two test runs on one machine must not overwrite each other's.
+        self.log_path = artifacts / f"comfyui-server-{os.getpid()}.log"
         (base / "custom_nodes").mkdir(parents=True, exist_ok=True)
         link = base / "custom_nodes" / PACK_NAME
         if not link.exists():
