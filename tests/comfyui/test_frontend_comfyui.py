@@ -1,0 +1,399 @@
+"""Tier 2: every UI workflow opened in the real ComfyUI web frontend (the ``comfyui_frontend_package``
+the server serves) in headless Chromium.
+
+For each ``workflows/*.json`` the frontend's own ``app.loadGraphData`` loads the file, then the page
+is checked for what a user would see go wrong: node types the frontend does not know (its
+missing-nodes report and dialog), widget values the widgets do not accept (a combo value not among
+the options, a number outside min/max, a value count that does not match the node's widgets, which
+shifts every later value), dropped or mistyped links, validation toasts, console and page errors.
+The prompt the frontend would queue (``app.graphToPrompt``) must equal the API twin in
+``workflows/api``. A screenshot of each fitted graph goes to ``test_artifacts/frontend/<stem>.png``.
+
+Needs the ``playwright`` Python package and a Chromium binary (``DIFFSKETCH_CHROMIUM`` or
+``chromium`` / ``chromium-browser`` / ``google-chrome`` on PATH); skipped with a reason otherwise.
+Playwright's own browser download is not used.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from comfy_harness import PACK_NAME, REPO
+
+sys.path.insert(0, str(REPO / "tools"))
+from workflow_format import api_equal  # noqa: E402
+
+WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+STEMS = [p.stem for p in WORKFLOWS]
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
+VIEWPORT = {"width": 1920, "height": 1080}
+
+# Files the workflows name in their combos. The frontend only lists names (from /object_info), so
+# placeholders are enough: the checkpoint is the tiny test checkpoint, the images tiny PNGs (the
+# LoadImage preview fetches them), the DiffSketch model files empty.
+PLACEHOLDER_MODELS = (
+    "models/diffsketch/clip/clip_vit_b_32.safetensors",
+    "models/diffsketch/generators/my_style.safetensors",
+    "models/diffsketch/conditions/default_conditions.safetensors",
+    "models/diffsketch/extractors/my_style_extractor.safetensors",
+)
+PLACEHOLDER_IMAGES = ("input/example.png", "input/diffsketch_sketch.png")
+CHECKPOINT = "models/checkpoints/v1-5-pruned-emaonly-fp16.safetensors"
+
+# Console output that is not about the workflow, each with why it is ignored. Anything else the
+# console logs as an error, and every uncaught page error, fails the test it happens in.
+IGNORED_ERRORS = (
+    (
+        re.compile(r"violates the following Content Security Policy directive: \"connect-src 'self'\""),
+        "the frontend looks node packs up on api.comfy.org; ComfyUI's CSP blocks outside hosts "
+        "(and the tests run offline)",
+    ),
+)
+# Server resources a fresh ComfyUI user directory does not have (404 at start-up, by design).
+OPTIONAL_RESOURCES = {
+    "/user.css": "optional user stylesheet",
+    "/api/userdata/user.css": "optional user stylesheet",
+    "/favicon.ico": "ComfyUI serves no favicon",
+    "/api/userdata/comfy.templates.json": "no saved node templates yet",
+    "/api/userdata": "no saved workflows/subgraphs folder yet (?dir=workflows, ?dir=subgraphs)",
+}
+
+# Runs in the page: loads the workflow with the frontend's own loader and reports every problem
+# as a sentence. Returns {problems, prompt}; the prompt is what "Run" would send to /prompt.
+CHECK_JS = """
+async ([wf, name]) => {
+  const app = window.app, LiteGraph = window.LiteGraph;
+  const problems = [];
+  const label = (n) => `node ${n.id} (${n.type})`;
+  for (const n of wf.nodes) {
+    if (!(n.type in LiteGraph.registered_node_types))
+      problems.push(`${label(n)}: node type is not registered in the frontend (missing node)`);
+  }
+  if (!window.__diffsketchProbe) {
+    // the frontend passes its list of missing node types to this extension hook after loading
+    app.registerExtension({
+      name: 'diffsketch.tests.probe',
+      afterConfigureGraph(missing) {
+        window.__diffsketchMissing = missing.map((m) => (typeof m === 'string' ? m : m.type));
+      },
+    });
+    window.__diffsketchProbe = true;
+  }
+  window.__diffsketchMissing = null;
+  app.extensionManager.toast.removeAll();
+  // as opening the file in the UI does (the tab is named after it); keep the view to fit it below
+  await app.loadGraphData(wf, true, false, name);
+  if (window.__diffsketchMissing === null)
+    problems.push('loadGraphData did not finish configuring the graph (load error)');
+  else
+    for (const t of window.__diffsketchMissing)
+      problems.push(`the frontend reports missing node type ${t}`);
+
+  const graph = app.rootGraph;
+  if (graph.nodes.length !== wf.nodes.length)
+    problems.push(`${graph.nodes.length} nodes loaded, the workflow has ${wf.nodes.length}`);
+  const fileNodes = new Map(wf.nodes.map((n) => [n.id, n]));
+  for (const node of graph.nodes) {
+    const where = label(node);
+    if (node.has_errors) problems.push(`${where}: marked has_errors by the frontend`);
+    const widgets = node.widgets ?? [];
+    const valued = widgets.filter((w) => w.serialize !== false);
+    let required = valued.length;  // trailing buttons (LoadImage's upload) may be left out
+    while (required > 0 && valued[required - 1].type === 'button') required--;
+    const given = fileNodes.get(node.id)?.widgets_values;
+    if (Array.isArray(given) && (given.length < required || given.length > valued.length))
+      problems.push(
+        `${where}: the workflow gives ${given.length} widget values but the node's widgets are ` +
+          `[${valued.map((w) => w.name).join(', ')}], so values land on the wrong widgets`
+      );
+    for (const w of widgets) {
+      const opts = w.options ?? {};
+      const what = `${where} widget ${w.name} = ${JSON.stringify(w.value)}`;
+      if (w.type === 'combo') {
+        const values = typeof opts.values === 'function' ? opts.values(w, node) : opts.values;
+        if (!Array.isArray(values) || !values.includes(w.value))
+          problems.push(`${what}: not among the options ${JSON.stringify(values)}`);
+      } else if (w.type === 'number') {
+        if (typeof w.value !== 'number' || !Number.isFinite(w.value))
+          problems.push(`${what}: not a number`);
+        else if ((opts.min != null && w.value < opts.min) || (opts.max != null && w.value > opts.max))
+          problems.push(`${what}: outside [${opts.min}, ${opts.max}]`);
+        else if (opts.precision === 0 && !Number.isInteger(w.value))
+          problems.push(`${what}: not an integer`);
+      } else if (w.type === 'toggle') {
+        if (typeof w.value !== 'boolean') problems.push(`${what}: not a boolean`);
+      } else if (w.type === 'text' || w.type === 'customtext') {
+        if (typeof w.value !== 'string') problems.push(`${what}: not a string`);
+      }
+    }
+  }
+
+  const links = graph.links instanceof Map ? [...graph.links.values()] : Object.values(graph.links);
+  if (links.length !== wf.links.length)
+    problems.push(`${links.length} links loaded, the workflow has ${wf.links.length}`);
+  for (const l of links) {
+    const out = graph.getNodeById(l.origin_id)?.outputs?.[l.origin_slot];
+    const inp = graph.getNodeById(l.target_id)?.inputs?.[l.target_slot];
+    if (!out || !inp) problems.push(`link ${l.id}: an end slot does not exist`);
+    else if (!LiteGraph.isValidConnection(out.type, inp.type))
+      problems.push(`link ${l.id}: ${out.name} (${out.type}) cannot feed ${inp.name} (${inp.type})`);
+  }
+
+  const prompt = (await app.graphToPrompt()).output;
+  return { problems, prompt };
+}
+"""
+
+# Fits the whole graph into the view for the screenshot. Run after the page settles: nodes grow when
+# their image previews arrive. Bounds come from pos/size (boundingRect is filled in only by drawing).
+FIT_JS = """
+async () => {
+  const app = window.app, title = window.LiteGraph.NODE_TITLE_HEIGHT;
+  const rects = app.rootGraph.nodes.map((n) => [n.pos[0], n.pos[1] - title, n.size[0], n.size[1] + title]);
+  if (!rects.length) return;
+  const x0 = Math.min(...rects.map((r) => r[0])), y0 = Math.min(...rects.map((r) => r[1]));
+  const x1 = Math.max(...rects.map((r) => r[0] + r[2])), y1 = Math.max(...rects.map((r) => r[1] + r[3]));
+  // padded at the top, where the workflow name and the Run bar float over the canvas
+  app.canvas.ds.fitToBounds([x0 - 20, y0 - 90, x1 - x0 + 40, y1 - y0 + 110], { zoom: 0.92 });
+  app.canvas.min_font_size_for_lod = 0;  // draw text even when zoomed out (this page only)
+  app.canvas.setDirty(true, true);
+  await new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)));
+}
+"""
+
+# Visible dialogs and warning/error toasts, as text.
+OVERLAYS_JS = """
+() => ({
+  dialogs: [...document.querySelectorAll('.p-dialog')]
+    .filter((d) => d.offsetParent !== null || d.getClientRects().length)
+    .map((d) => d.innerText.trim().replace(/\\s+/g, ' ')),
+  toasts: [...document.querySelectorAll('.p-toast-message-warn, .p-toast-message-error')]
+    .map((t) => t.innerText.trim().replace(/\\s+/g, ' ')),
+})
+"""
+
+
+def find_chromium() -> str | None:
+    explicit = os.environ.get("DIFFSKETCH_CHROMIUM")
+    if explicit:
+        return explicit if Path(explicit).is_file() else None
+    for name in CHROMIUM_NAMES:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def _is_ignored(event: dict, origin: str) -> bool:
+    if any(pattern.search(event["text"]) for pattern, _ in IGNORED_ERRORS):
+        return True
+    url = event.get("url") or ""
+    if event["text"].startswith("Failed to load resource"):
+        if url and not url.startswith(origin):
+            return True  # outside hosts are unreachable here by design (see IGNORED_ERRORS)
+        return urlsplit(url).path in OPTIONAL_RESOURCES
+    return False
+
+
+class Frontend:
+    """One page of the ComfyUI frontend; console and page errors are collected as events."""
+
+    def __init__(self, page, server_url: str):
+        self.page = page
+        self.origin = server_url
+        self.events: list[dict] = []
+        page.on("console", self._on_console)
+        page.on("pageerror", lambda err: self.events.append({"kind": "pageerror", "text": str(err)}))
+        page.goto(server_url)
+        page.wait_for_function(
+            # window.app is set once the app is set up; an active workflow once the start-up
+            # graph is loaded (a load of ours must not race it)
+            "window.app && window.app.graph && window.app.canvas && window.LiteGraph "
+            "&& window.app.extensionManager?.workflow?.activeWorkflow",
+            timeout=120_000,
+        )
+        page.wait_for_timeout(1000)  # let start-up requests (settings, templates, ...) finish
+        self.startup_events = self.take_events()
+
+    def _on_console(self, msg):
+        if msg.type == "error":
+            self.events.append({"kind": "console", "text": msg.text, "url": msg.location.get("url", "")})
+
+    def take_events(self) -> list[dict]:
+        events, self.events = self.events, []
+        return events
+
+    def errors(self, events: list[dict]) -> list[str]:
+        return [
+            f"{e['kind']} error: {e['text']}" + (f" ({e['url']})" if e.get("url") else "")
+            for e in events
+            if not _is_ignored(e, self.origin)
+        ]
+
+    def close_overlays(self):
+        for _ in range(3):
+            if not self.page.evaluate(OVERLAYS_JS)["dialogs"]:
+                return
+            self.page.keyboard.press("Escape")
+            self.page.wait_for_timeout(200)
+
+    def check(self, name: str, workflow: dict, api_twin: dict | None = None, screenshot: Path | None = None):
+        """Load ``workflow`` as file ``name``; return (problems, visible dialog texts)."""
+        self.close_overlays()
+        self.take_events()
+        result = self.page.evaluate(CHECK_JS, [workflow, name])
+        # images (LoadImage previews) load and toasts render after the loader returns
+        self.page.wait_for_timeout(800)
+        overlays = self.page.evaluate(OVERLAYS_JS)
+        problems = list(result["problems"])
+        problems += [f"dialog shown: {text[:400]}" for text in overlays["dialogs"]]
+        problems += [f"toast shown: {text[:400]}" for text in overlays["toasts"]]
+        problems += self.errors(self.take_events())
+        if api_twin is not None:
+            problems += [f"frontend prompt vs API twin: {d}" for d in api_equal(result["prompt"], api_twin)]
+        if screenshot is not None:
+            self.page.evaluate(FIT_JS)
+            screenshot.parent.mkdir(parents=True, exist_ok=True)
+            self.page.screenshot(path=str(screenshot), full_page=True)
+        return problems, overlays["dialogs"]
+
+
+def _missing_tool() -> str | None:
+    """Why this module cannot run here (checked before any fixture starts a server), or None."""
+    if importlib.util.find_spec("playwright") is None:
+        return "playwright is not installed (pip install playwright); the frontend test needs it"
+    if find_chromium() is None:
+        return (
+            "no Chromium binary: set DIFFSKETCH_CHROMIUM or put chromium / chromium-browser / "
+            "google-chrome on PATH (e.g. apt-get install chromium)"
+        )
+    return None
+
+
+pytestmark = pytest.mark.skipif(_missing_tool() is not None, reason=_missing_tool() or "")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=find_chromium(), headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def frontend_files(comfy_server, tiny_checkpoint):
+    """Create the files the workflows' combos name (only those missing); the files are removed
+    again afterwards so modules sharing the server find its base directory as they left it. Folders
+    stay: ComfyUI's file-list cache fails (FileNotFoundError) on a listed folder that disappears."""
+    from PIL import Image
+
+    base = comfy_server.base
+    created: list[Path] = []
+    for rel in (CHECKPOINT, *PLACEHOLDER_MODELS, *PLACEHOLDER_IMAGES):
+        path = base / rel
+        if path.exists() or path.is_symlink():
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if rel == CHECKPOINT:
+            path.symlink_to(tiny_checkpoint)
+        elif rel in PLACEHOLDER_IMAGES:
+            Image.new("RGB", (64, 48), (250, 250, 250)).save(path)
+        else:
+            path.write_bytes(b"")
+        created.append(path)
+    yield base
+    for path in created:
+        path.unlink()
+
+
+@pytest.fixture(scope="module")
+def frontend(browser, comfy_server, frontend_files):
+    # a fresh user directory counts as a new user, whose first page opens the template browser
+    # over the canvas; mark the onboarding done as a returning user would have it
+    comfy_server.post("/settings/Comfy.TutorialCompleted", True)
+    page = browser.new_page(viewport=VIEWPORT)
+    yield Frontend(page, comfy_server.url)
+    page.close()
+
+
+def test_frontend_starts_and_knows_every_pack_node(frontend, comfy_server):
+    assert frontend.errors(frontend.startup_events) == []
+    object_info = comfy_server.get("/object_info")
+    ours = sorted(k for k, v in object_info.items() if v.get("python_module") == f"custom_nodes.{PACK_NAME}")
+    assert ours, "the pack registered no nodes with the server"
+    registered = set(frontend.page.evaluate("Object.keys(window.LiteGraph.registered_node_types)"))
+    assert [t for t in ours if t not in registered] == []
+
+
+@pytest.mark.parametrize("stem", STEMS)
+def test_workflow_loads_cleanly_in_frontend(frontend, artifacts_dir, stem):
+    workflow = json.loads((REPO / "workflows" / f"{stem}.json").read_text())
+    api_twin = json.loads((REPO / "workflows" / "api" / f"{stem}.json").read_text())
+    problems, _ = frontend.check(
+        stem, workflow, api_twin, screenshot=artifacts_dir / "frontend" / f"{stem}.png"
+    )
+    assert problems == [], f"{stem} in the ComfyUI frontend:\n" + "\n".join(problems)
+
+
+def _node(workflow: dict, node_type: str) -> dict:
+    return next(n for n in workflow["nodes"] if n["type"] == node_type)
+
+
+def _rename_node(wf):
+    _node(wf, "DiffSketchExtract")["type"] = "DiffSketchExtractRenamed"
+
+
+def _bad_combo(wf):
+    _node(wf, "DiffSketchLoadExtractor")["widgets_values"][0] = "no_such_extractor.safetensors"
+
+
+def _out_of_range(wf):
+    _node(wf, "DiffSketchExtract")["widgets_values"][2] = 100_000  # tile, max 8192
+
+
+def _dropped_value(wf):
+    del _node(wf, "DiffSketchExtract")["widgets_values"][0]  # every later value shifts
+
+
+def _dangling_link(wf):
+    wf["links"].append([99, 1, 0, 42, 0, "DIFFSKETCH_EXTRACTOR"])  # to a node that does not exist
+
+
+def _changed_value(wf):
+    _node(wf, "SaveImage")["widgets_values"][0] = "elsewhere/extracted"  # valid, but not the twin's
+
+
+MUTATIONS = {
+    "renamed_node_type": (_rename_node, "missing node type DiffSketchExtractRenamed"),
+    "invalid_combo_value": (_bad_combo, '"no_such_extractor.safetensors": not among the options'),
+    "number_out_of_range": (_out_of_range, "widget tile = 100000: outside [128, 8192]"),
+    "missing_widget_value": (_dropped_value, "the workflow gives 2 widget values"),
+    "dangling_link": (_dangling_link, "toast shown: Workflow Validation"),
+    "value_differs_from_api_twin": (_changed_value, "input filename_prefix: 'elsewhere/extracted'"),
+}
+
+
+@pytest.mark.parametrize("mutation", list(MUTATIONS))
+def test_checker_reports_a_broken_workflow(frontend, mutation):
+    """The check above can fail: a workflow broken on purpose is reported, naming the problem."""
+    mutate, expected = MUTATIONS[mutation]
+    stem = "diffsketch_4_extract"
+    workflow = json.loads((REPO / "workflows" / f"{stem}.json").read_text())
+    api_twin = json.loads((REPO / "workflows" / "api" / f"{stem}.json").read_text())
+    mutate(workflow)
+    problems, dialogs = frontend.check(f"mutated_{mutation}", workflow, api_twin)
+    assert any(expected in p for p in problems), "\n".join(problems)
+    if mutation == "renamed_node_type":  # the user-facing missing-nodes dialog names it too
+        assert any("DiffSketchExtractRenamed" in d for d in dialogs), dialogs
+    frontend.close_overlays()
