@@ -447,10 +447,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--pairs", type=int, default=1000, help="pairs to generate (default 1000; the paper: 30000)"
     )
     p.add_argument("--pairs-dir", required=True, help="folder for the pairs (resumable)")
-    p.add_argument("--iterations", type=int, default=3000, help="training steps (default 3000)")
-    p.add_argument("--batch-size", type=int, default=8, help="batch size (default 8)")
-    p.add_argument("--crop-size", type=int, default=256, help="training crop (default 256)")
-    p.add_argument("--lr", type=float, default=2e-3, help="learning rate (default 2e-3)")
+    from .distill import DistillConfig
+
+    defaults = DistillConfig()
+    p.add_argument(
+        "--iterations",
+        type=int,
+        default=defaults.iterations,
+        help=f"training steps (default {defaults.iterations})",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=defaults.batch_size,
+        help=f"batch size (default {defaults.batch_size})",
+    )
+    p.add_argument(
+        "--crop-size",
+        type=int,
+        default=defaults.crop_size,
+        help=f"training crop (default {defaults.crop_size})",
+    )
+    p.add_argument("--lr", type=float, default=defaults.lr, help=f"learning rate (default {defaults.lr:g})")
     p.add_argument("--lpips", default=None, help="AlexNet weights for LPIPS (default: the torch hub cache)")
     p.add_argument("--no-lpips", action="store_true", help="train on L1 only")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")

@@ -361,6 +361,57 @@ def _read_png(path: Path, mode: str) -> torch.Tensor:
     return t.permute(2, 0, 1).contiguous() if t.dim() == 3 else t[None]
 
 
+def pair_settings(
+    backend,
+    generator: nn.Module,
+    conditions,
+    *,
+    seed: int = 0,
+    steps: int = 50,
+    cfg: float = 5.0,
+    width: int = 512,
+    height: int = 512,
+    timesteps: Sequence[int] | None = None,
+    schedule: str | Sequence[int] = "full",
+) -> dict:
+    """Everything that decides which pairs :func:`generate_pairs` writes (the generator's and the
+    conditions' fingerprints included), checked: what a pair folder's manifest records."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise InvalidInputError(f"seed must be a non-negative integer, got {seed!r}.")
+    meta = getattr(generator, "meta", None)
+    if timesteps is None and isinstance(meta, dict) and meta.get("timesteps"):
+        timesteps = meta["timesteps"]
+    plan = plan_timesteps(steps, timesteps)
+    n_needed = getattr(generator, "n_timesteps", len(plan.used))
+    if len(plan.used) != n_needed:
+        raise InvalidInputError(
+            f"the generator was trained on {n_needed} timesteps but {len(plan.used)} were asked for "
+            f"({list(plan.used)}); give the timesteps it was trained with."
+        )
+    if not isinstance(schedule, str):
+        schedule = [int(t) for t in schedule]
+    settings = {
+        "teacher": "diffsketch",
+        "seed": seed,
+        "steps": int(steps),
+        "cfg": float(cfg),
+        "width": int(width),
+        "height": int(height),
+        "timesteps": list(plan.used),
+        "schedule": schedule,
+        "model_layout": backend.spec.fingerprint(),
+        "generator": generator_fingerprint(generator),
+        "conditions": conditions_fingerprint(conditions),
+    }
+    return settings
+
+
+def pair_settings_digest(settings: dict) -> str:
+    """A short hash of :func:`pair_settings`: a folder name per teacher and settings, so a new
+    generator saved under an old name gets new pairs instead of a clash."""
+    return hashlib.sha256(json.dumps(_json_settings(settings), sort_keys=True).encode()).hexdigest()[:12]
+
+
 def generate_pairs(
     backend,
     generator: nn.Module,
@@ -394,33 +445,19 @@ def generate_pairs(
     """
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_PAIRS:
         raise InvalidInputError(f"pair count must be an integer in 1..{MAX_PAIRS}, got {count!r}.")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise InvalidInputError(f"seed must be a non-negative integer, got {seed!r}.")
-    meta = getattr(generator, "meta", None)
-    if timesteps is None and isinstance(meta, dict) and meta.get("timesteps"):
-        timesteps = meta["timesteps"]
-    plan = plan_timesteps(steps, timesteps)
-    n_needed = getattr(generator, "n_timesteps", len(plan.used))
-    if len(plan.used) != n_needed:
-        raise InvalidInputError(
-            f"the generator was trained on {n_needed} timesteps but {len(plan.used)} were asked for "
-            f"({list(plan.used)}); give the timesteps it was trained with."
-        )
-    if not isinstance(schedule, str):
-        schedule = [int(t) for t in schedule]
-    settings = {
-        "teacher": "diffsketch",
-        "seed": seed,
-        "steps": int(steps),
-        "cfg": float(cfg),
-        "width": int(width),
-        "height": int(height),
-        "timesteps": list(plan.used),
-        "schedule": schedule,
-        "model_layout": backend.spec.fingerprint(),
-        "generator": generator_fingerprint(generator),
-        "conditions": conditions_fingerprint(conditions),
-    }
+    settings = pair_settings(
+        backend,
+        generator,
+        conditions,
+        seed=seed,
+        steps=steps,
+        cfg=cfg,
+        width=width,
+        height=height,
+        timesteps=timesteps,
+        schedule=schedule,
+    )
+    plan = plan_timesteps(settings["steps"], settings["timesteps"])
     writer = _PairWriter(out_dir, settings, requested=count)
     todo = [i for i in range(count) if not writer.has(i)]
     done = count - len(todo)
@@ -944,6 +981,8 @@ __all__ = [
     "generate_pairs",
     "make_batch",
     "pair_paths",
+    "pair_settings",
+    "pair_settings_digest",
     "train_student",
     "write_pair",
 ]

@@ -10,6 +10,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io, ui
 
+from diffsketch.distill import DistillConfig
 from diffsketch.fileio import check_save_name
 
 from .common import save_path
@@ -18,6 +19,8 @@ from .train import _preview
 from .types import CATEGORY, ClipLoss, Conditions, Extractor, Generator
 
 FOLDER = "diffsketch_extractors"
+# The library's defaults, so the node, the command line and the Python API train the same way.
+DEFAULTS = DistillConfig()
 
 
 class DiffSketchDistill(io.ComfyNode):
@@ -29,8 +32,8 @@ class DiffSketchDistill(io.ComfyNode):
             category=CATEGORY,
             description=(
                 "Distils a trained DiffSketch generator into a small extractor: first writes (image, sketch) pairs made "
-                "with your checkpoint and the generator (resumable, into models/diffsketch/pairs/<save_name>), then "
-                "trains the extractor on them with L1 + LPIPS. Progress and previews; Cancel keeps every finished pair "
+                "with your checkpoint and the generator (resumable, into "
+                "models/diffsketch/pairs/<save_name>/<hash of the generator and pair settings>), then trains the extractor on them with L1 + LPIPS. Progress and previews; Cancel keeps every finished pair "
                 "and a training checkpoint, and running again resumes."
             ),
             inputs=[
@@ -53,12 +56,22 @@ class DiffSketchDistill(io.ComfyNode):
                     tooltip="Pairs to generate (the paper: 30,000; each costs one 50-step sampling).",
                 ),
                 io.Int.Input(
-                    "iterations", default=3000, min=1, max=1000000, tooltip="Extractor training steps."
+                    "iterations",
+                    default=DEFAULTS.iterations,
+                    min=1,
+                    max=1000000,
+                    tooltip="Extractor training steps.",
                 ),
-                io.Int.Input("batch_size", default=8, min=1, max=256, tooltip="Pairs per training step."),
+                io.Int.Input(
+                    "batch_size",
+                    default=DEFAULTS.batch_size,
+                    min=1,
+                    max=256,
+                    tooltip="Pairs per training step.",
+                ),
                 io.Int.Input(
                     "crop_size",
-                    default=256,
+                    default=DEFAULTS.crop_size,
                     min=64,
                     max=2048,
                     step=16,
@@ -66,7 +79,7 @@ class DiffSketchDistill(io.ComfyNode):
                 ),
                 io.Float.Input(
                     "learning_rate",
-                    default=2e-3,
+                    default=DEFAULTS.lr,
                     min=1e-6,
                     max=1.0,
                     step=1e-4,
@@ -120,14 +133,28 @@ class DiffSketchDistill(io.ComfyNode):
         save_name,
         loss_models=None,
     ) -> io.NodeOutput:
-        from diffsketch.distill import DistillConfig, distill
+        from diffsketch.distill import DistillConfig, distill, pair_settings, pair_settings_digest
         from diffsketch.extractor import save_extractor
 
         from .comfy_backend import ComfyBackend
 
         name = check_save_name(save_name, "save_name")
         backend = ComfyBackend(model, clip, vae, show_progress=False)
-        pairs_dir = os.path.join(folder_paths.models_dir, "diffsketch", "pairs", name)
+        # One pair folder per (save name, teacher and pair settings): running again with the same
+        # inputs resumes it; a re-trained generator under the same name starts a folder of its own
+        # instead of clashing with pairs made by the old one.
+        settings = pair_settings(
+            backend,
+            generator,
+            conditions,
+            seed=int(seed),
+            steps=int(steps),
+            width=int(width),
+            height=int(height),
+        )
+        pairs_dir = os.path.join(
+            folder_paths.models_dir, "diffsketch", "pairs", name, pair_settings_digest(settings)
+        )
         device = comfy.model_management.get_torch_device()
         config = DistillConfig(
             iterations=int(iterations),

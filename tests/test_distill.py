@@ -24,6 +24,8 @@ from diffsketch.distill import (
     distill,
     generate_pairs,
     pair_paths,
+    pair_settings,
+    pair_settings_digest,
     train_student,
     write_pair,
 )
@@ -170,6 +172,15 @@ def test_other_settings_in_the_same_folder_are_refused(tiny_backend, conditions,
         )
     with pytest.raises(InvalidInputError, match="count"):
         generate_pairs(tiny_backend, generator, conditions, tmp_path / "other", 0, **SAMPLING)
+    # the nodes name pair folders by this digest: same inputs, same folder; a new teacher or
+    # other settings, another folder (instead of the clash above)
+    digest = pair_settings_digest(pair_settings(tiny_backend, generator, conditions, **SAMPLING))
+    assert digest == pair_settings_digest(pair_settings(tiny_backend, generator, conditions, **SAMPLING))
+    retrained = make_generator(tiny_backend.spec, seed=1)
+    assert digest != pair_settings_digest(pair_settings(tiny_backend, retrained, conditions, **SAMPLING))
+    assert digest != pair_settings_digest(
+        pair_settings(tiny_backend, generator, conditions, **{**SAMPLING, "cfg": 2.0})
+    )
 
 
 def test_write_pair_and_pairset_report_damage(tmp_path):
