@@ -40,7 +40,7 @@ def _loss_models():
     return {"type": "DiffSketchLoadClipLoss", "widgets": {"clip_name": "clip_vit_b_32.safetensors"}}
 
 
-def _train(sketch_src):
+def _train(sketch_src, save_name="my_style"):
     return {
         "type": "DiffSketchTrain",
         "inputs": {
@@ -52,11 +52,11 @@ def _train(sketch_src):
             "conditions": [4, 0],
             "loss_models": [5, 0],
         },
-        "widgets": {"save_name": "my_style"},
+        "widgets": {"save_name": save_name},
     }
 
 
-def _distill(generator_src, conditions_src, loss_src):
+def _distill(generator_src, conditions_src, loss_src, save_name="my_style_extractor"):
     return {
         "type": "DiffSketchDistill",
         "inputs": {
@@ -67,7 +67,7 @@ def _distill(generator_src, conditions_src, loss_src):
             "conditions": conditions_src,
             "loss_models": loss_src,
         },
-        "widgets": {"save_name": "my_style_extractor"},
+        "widgets": {"save_name": save_name},
     }
 
 
@@ -185,8 +185,9 @@ def workflows() -> dict[str, dict]:
                 "widgets": {"save_name": "default_conditions"},
             },
             "5": _loss_models(),
-            "6": _train([3, 0]),
-            "7": _distill([6, 0], [4, 0], [5, 0]),
+            # Names of its own, so the quick start never overwrites the style of workflows 2-4.
+            "6": _train([3, 0], save_name="quick_style"),
+            "7": _distill([6, 0], [4, 0], [5, 0], save_name="quick_style_extractor"),
             "8": {"type": "DiffSketchExtract", "inputs": {"extractor": [7, 0], "image": [2, 0]}},
             "9": {
                 "type": "SaveImage",

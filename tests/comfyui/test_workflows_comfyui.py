@@ -144,6 +144,8 @@ def test_workflows_run_end_to_end(comfy_server, workflow_env):
     assert (models / "conditions" / "default_conditions.safetensors").is_file()
     load_generator(models / "generators" / "my_style.safetensors")
     load_extractor(models / "extractors" / "my_style_extractor.safetensors")
+    load_generator(models / "generators" / "quick_style.safetensors")
+    load_extractor(models / "extractors" / "quick_style_extractor.safetensors")
     assert runs["diffsketch_4_extract"]["outputs"]["4"]["images"]
     assert runs["diffsketch_5_quick_start"]["outputs"]["9"]["images"]
 
