@@ -509,14 +509,10 @@ class DistillConfig:
 
     Optimiser: Adam (betas 0.9, 0.999) at ``lr``, with a linear warm-up over
     ``warmup_iterations`` and then, with ``lr_schedule="cosine"``, a cosine decay to
-    ``lr * min_lr_ratio`` at ``iterations``. Why lr 3e-4 and a warm-up: the default
-    SketchExtractor has no normalisation layer and zero-initialised residual branches, and Adam
-    moves every weight of those branches by about ``lr`` per step in the same direction, so the
-    coarsest level's activations grew from ~0.2 to 10^2..10^6 within ~10 steps at lr 1e-3 and
-    2e-3 on 128-px crops (measured); at 1e-3 one run never recovered (the sigmoid output stuck
-    at 0, zero gradient). At 3e-4 with warm-up the transient mostly stays bounded and training
-    recovers, but one run (384-px crops, batch 1) still collapsed that way: the lasting fix
-    belongs in the network (a bounded residual gain), not in the learning rate. Each step draws ``batch_size`` pairs at random (with replacement), a random
+    ``lr * min_lr_ratio`` at ``iterations``. The first SketchExtractor (format 1) had no
+    normalisation layer and blew up at lr 1e-3 (activations x10^2..10^6 within ten steps, the
+    sigmoid stuck at 0); the GroupNorm residual blocks of format 2 train stably at 1e-3 with the
+    warm-up (the distill_fidelity benchmark's runs). Each step draws ``batch_size`` pairs at random (with replacement), a random
     ``crop_size`` crop of each (pairs smaller than that are reflection-padded) and, with
     ``flip``, a random horizontal flip. Loss = ``l1_weight * L1 + lpips_weight * LPIPS``;
     gradients are clipped to ``grad_clip_norm`` (0 = off).
@@ -525,7 +521,7 @@ class DistillConfig:
     iterations: int = 3000
     batch_size: int = 8
     crop_size: int = 256
-    lr: float = 3e-4
+    lr: float = 1e-3
     lr_schedule: str = "cosine"
     warmup_iterations: int = 200
     min_lr_ratio: float = 0.02
