@@ -235,13 +235,15 @@ def test_train_generate_distill_chain(tiny_model_dir, tmp_path):
                 "2",
                 "--schedule",
                 "fast",
+                "--low-memory",
                 "--out",
                 str(tmp_path / "style.safetensors"),
             ]
         )
         == 0
     )
-    load_generator(tmp_path / "style.safetensors")
+    trained = load_generator(tmp_path / "style.safetensors")
+    assert trained.meta["training"]["low_memory"] is True
     assert (tmp_path / "style.train.safetensors").is_file() and (tmp_path / "style.loss.png").is_file()
     assert (
         main(
