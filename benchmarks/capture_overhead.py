@@ -111,8 +111,10 @@ def main():
     print(f"sample without capture : median {p:.2f} s  {[f'{x:.2f}' for x in plain]}")
     print(f"sample with capture    : median {c:.2f} s  {[f'{x:.2f}' for x in captured]}")
     # the best-of-N ratio is the least sensitive to load from other processes on a shared machine
-    print(f"ratio captured/plain   : best-of-{args.repeats} {min(captured) / min(plain):.3f}, median {c / p:.3f}"
-          "  (target <= 1.10)")
+    print(
+        f"ratio captured/plain   : best-of-{args.repeats} {min(captured) / min(plain):.3f}, median {c / p:.3f}"
+        "  (target <= 1.10)"
+    )
 
 
 if __name__ == "__main__":
