@@ -293,6 +293,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--photos", default=",".join(PHOTOS), help="comma-separated scikit-image sample names"
     )
+    parser.add_argument(
+        "--extractor-caption",
+        default=None,
+        help="caption of extractor_examples.png (say what the extractor was trained on)",
+    )
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.photos.split(",") if n.strip()]
     model = None
@@ -330,8 +335,9 @@ def main(argv: list[str] | None = None) -> int:
                 args.out / "extractor_examples.png",
                 photos,
                 sketches,
-                f"A distilled DiffSketch extractor ({args.extractor.name}) through diffsketch.extractor.extract, "
-                "as DiffSketch Extract runs it",
+                args.extractor_caption
+                or f"The extractor {args.extractor.name} through diffsketch.extractor.extract, as DiffSketch "
+                "Extract runs it",
             ),
         )
     return 0
