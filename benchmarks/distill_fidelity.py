@@ -33,7 +33,7 @@ LPIPS is added to the loss only when torchvision's AlexNet weights are on this m
 scikit-image is needed for the photos (it is not a dependency of DiffSketch itself):
 ``pip install scikit-image``.
 
-    python benchmarks/distill_fidelity.py          # ~4 min on 2 idle CPU cores, 10+ when they are busy
+    python benchmarks/distill_fidelity.py          # student ~6 min on 2 idle CPU cores; Informative-Drawings 30+ min
     python benchmarks/distill_fidelity.py --steps 3000 --crop 256 --batch 8 --device cuda
 """
 
