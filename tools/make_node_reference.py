@@ -17,7 +17,6 @@ import argparse
 import contextlib
 import difflib
 import importlib
-import importlib.util
 import os
 import sys
 import tempfile
@@ -44,18 +43,10 @@ def import_pack(comfy_path: str) -> ModuleType:
     """ComfyUI imported in this process (CPU), then this pack under a private module name."""
     sys.path.insert(0, str(REPO / "tests" / "comfyui"))
     try:
-        from tiny_checkpoint import prepare_comfy_import
+        from tiny_checkpoint import import_pack as import_pack_as
     finally:
         sys.path.remove(str(REPO / "tests" / "comfyui"))
-    prepare_comfy_import(comfy_path)
-    if PACK_MODULE not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            PACK_MODULE, REPO / "__init__.py", submodule_search_locations=[str(REPO)]
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[PACK_MODULE] = module
-        spec.loader.exec_module(module)
-    return sys.modules[PACK_MODULE]
+    return import_pack_as(comfy_path, PACK_MODULE)
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ server on 127.0.0.1 (a free port) for the session.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
+import importlib
 import os
 import shutil
 import subprocess
@@ -51,21 +51,13 @@ def tiny_checkpoint() -> Path:
 def comfy_inprocess():
     """ComfyUI imported in this process (CPU), plus this pack imported under a private name."""
     sys.path.insert(0, str(Path(__file__).parent))
-    from tiny_checkpoint import prepare_comfy_import
+    from tiny_checkpoint import import_pack
 
-    prepare_comfy_import(COMFYUI_PATH)
+    pack = import_pack(COMFYUI_PATH, "diffsketch_pack_under_test")
     import comfy.sd  # noqa: F401
 
-    name = "diffsketch_pack_under_test"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, REPO / "__init__.py", submodule_search_locations=[str(REPO)]
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        importlib.import_module(f"{name}.nodes.comfy_backend")  # imported lazily by the nodes
-    return sys.modules[name]
+    importlib.import_module(f"{pack.__name__}.nodes.comfy_backend")  # imported lazily by the nodes
+    return pack
 
 
 @pytest.fixture(scope="session")

@@ -60,6 +60,24 @@ def prepare_comfy_import(comfy_path: str) -> None:
         comfy.cli_args.args.cpu = True
 
 
+def import_pack(comfy_path: str, module_name: str):
+    """ComfyUI importable in this process (:func:`prepare_comfy_import`), then this pack imported
+    under ``module_name`` (a private name, so it never clashes with a pack ComfyUI loaded itself)."""
+    import importlib.util
+    from pathlib import Path
+
+    prepare_comfy_import(comfy_path)
+    if module_name not in sys.modules:
+        repo = Path(__file__).resolve().parents[2]
+        spec = importlib.util.spec_from_file_location(
+            module_name, repo / "__init__.py", submodule_search_locations=[str(repo)]
+        )
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[module_name]
+
+
 def build_state_dict(comfy_path: str, seed: int = 0) -> dict[str, torch.Tensor]:
     prepare_comfy_import(comfy_path)
     import comfy.clip_model
