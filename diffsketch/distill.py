@@ -511,8 +511,8 @@ class DistillConfig:
     ``warmup_iterations`` and then, with ``lr_schedule="cosine"``, a cosine decay to
     ``lr * min_lr_ratio`` at ``iterations``. The first SketchExtractor (format 1) had no
     normalisation layer and blew up at lr 1e-3 (activations x10^2..10^6 within ten steps, the
-    sigmoid stuck at 0); the GroupNorm residual blocks of format 2 train stably at 1e-3 with the
-    warm-up (the distill_fidelity benchmark's runs). Each step draws ``batch_size`` pairs at random (with replacement), a random
+    sigmoid stuck at 0); the GroupNorm residual blocks of formats 2 and 3 train stably at 1e-3
+    and 2e-3 with the warm-up (the distill_fidelity benchmark's runs). Each step draws ``batch_size`` pairs at random (with replacement), a random
     ``crop_size`` crop of each (pairs smaller than that are reflection-padded) and, with
     ``flip``, a random horizontal flip. Loss = ``l1_weight * L1 + lpips_weight * LPIPS``;
     gradients are clipped to ``grad_clip_norm`` (0 = off).

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from .errors import FileFormatError, InvalidInputError, WeightsNotFoundError
 
 __all__ = [
+    "gaussian_kernel_1d",
     "ssim",
     "l1_distance",
     "CLIP_MEAN",
@@ -89,7 +90,8 @@ def _check_pair(x: torch.Tensor, y: torch.Tensor, what: str) -> None:
 
 
 # ============================================================================ SSIM and L1
-def _gaussian_1d(size: int, sigma: float, dtype, device) -> torch.Tensor:
+def gaussian_kernel_1d(size: int, sigma: float, dtype, device) -> torch.Tensor:
+    """Normalised 1-D Gaussian of ``size`` taps centred on the middle one."""
     d = torch.arange(size, dtype=dtype, device=device) - (size - 1) / 2
     g = torch.exp(-(d**2) / (2 * sigma * sigma))
     return g / g.sum()
@@ -119,7 +121,7 @@ def ssim(
     b, c, h, w = x.shape
     xd = x.detach().to(torch.float64).reshape(b * c, 1, h, w)
     yd = y.detach().to(torch.float64).reshape(b * c, 1, h, w)
-    g = _gaussian_1d(window_size, sigma, torch.float64, x.device)
+    g = gaussian_kernel_1d(window_size, sigma, torch.float64, x.device)
 
     def blur(t):
         t = F.conv2d(t, g.view(1, 1, 1, -1))

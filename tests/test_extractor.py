@@ -109,6 +109,44 @@ def test_config_json_round_trip_and_validation():
         ExtractorConfig.from_dict({**config.to_dict(), "kernel": 5})
     with pytest.raises(InvalidInputError, match="context_pool"):
         ExtractorConfig(context_pool=0)
+    with pytest.raises(InvalidInputError, match="lowpass_sigmas"):
+        ExtractorConfig(lowpass_sigmas=(1.0, 0.0))
+    with pytest.raises(InvalidInputError, match="head_gain"):
+        ExtractorConfig(head_gain=0)
+    with pytest.raises(InvalidInputError, match="head_channels"):
+        ExtractorConfig(head_channels=-1)
+    # JSON gives lists; the config keeps tuples so it stays hashable and equal to the original.
+    assert ExtractorConfig.from_dict({"lowpass_sigmas": [1, 2]}).lowpass_sigmas == (1.0, 2.0)
+
+
+def test_lowpass_maps_are_local_means_without_a_dark_frame():
+    """The low-pass blurs renormalise at borders: a flat image stays flat up to the edge (zero
+    padding alone would darken a frame as wide as the kernel), and a step stays a step's mean."""
+    lowpass = SketchExtractor(ExtractorConfig(lowpass_sigmas=(1.0, 4.0))).lowpass
+    flat = torch.full((1, 3, 64, 96), 0.3)
+    maps = lowpass(flat, (2, 3))
+    assert maps.shape == (1, 9, 2, 3)
+    assert torch.allclose(maps, torch.full_like(maps, 0.3), atol=1e-6)
+    step = torch.zeros(1, 3, 32, 256)
+    step[..., 128:] = 1.0
+    row = lowpass(step, (1, 8))[0, 3, 0]  # sigma 1 cell
+    assert torch.all(row[1:] >= row[:-1]) and float(row[0]) < 0.05 and float(row[-1]) > 0.95
+    assert torch.allclose(row, 1 - row.flip(0), atol=1e-6)
+
+
+def test_lowpass_branch_can_be_switched_off_and_changes_the_parameters():
+    with_branch = SketchExtractor(
+        ExtractorConfig(channels=(4, 8), encoder_blocks=(1, 1), decoder_blocks=(1,))
+    )
+    without = SketchExtractor(
+        ExtractorConfig(channels=(4, 8), encoder_blocks=(1, 1), decoder_blocks=(1,), lowpass_sigmas=())
+    )
+    assert without.lowpass is None and "lowpass_to_bottom.weight" not in without.state_dict()
+    assert (
+        with_branch.state_dict()["head.weight"].shape[1] == without.state_dict()["head.weight"].shape[1] + 12
+    )
+    with torch.no_grad():
+        assert without(torch.rand(1, 3, 16, 16)).shape == (1, 1, 16, 16)
 
 
 # ---------------------------------------------------------------------------------- extract()
@@ -256,9 +294,11 @@ def test_batches_are_independent_of_batch_size():
     x = images(5, 40, 40)
     one, _ = extract(model, x, batch_size=1)
     many, _ = extract(model, x, batch_size=4)
-    assert torch.allclose(one, many, atol=1e-6)
+    # CPU convolutions pick different kernels per batch size: float32 rounding differs by ~1e-5
+    # (the head gain scales it up). Any mixing between images would differ by far more.
+    assert torch.allclose(one, many, atol=1e-4)
     alone, _ = extract(model, x[3:4])
-    assert torch.allclose(alone, one[3:4], atol=1e-6)
+    assert torch.allclose(alone, one[3:4], atol=1e-4)
 
 
 def test_bfloat16_autocast_on_cpu_stays_close_to_float32():
