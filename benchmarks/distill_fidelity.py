@@ -34,7 +34,7 @@ LPIPS is added to the loss only when torchvision's AlexNet weights are on this m
 scikit-image is needed for the photos (it is not a dependency of DiffSketch itself):
 ``pip install scikit-image``.
 
-    python benchmarks/distill_fidelity.py          # 2 idle CPU cores: student ~6 min; Informative-Drawings ~95 min (3.8 s/step)
+    python benchmarks/distill_fidelity.py          # 2 idle CPU cores: student ~6 min; Informative-Drawings ~90 min (3.5 s/step)
     python benchmarks/distill_fidelity.py --models student
     python benchmarks/distill_fidelity.py --steps 3000 --crop 256 --batch 8 --device cuda
 """
