@@ -36,6 +36,7 @@ scikit-image is needed for the photos (it is not a dependency of DiffSketch itse
 
     python benchmarks/distill_fidelity.py          # 2 idle CPU cores: student ~6 min; Informative-Drawings ~90 min (3.5 s/step)
     python benchmarks/distill_fidelity.py --models student
+    python benchmarks/distill_fidelity.py --checkpoint-dir fidelity_state   # resumable; "train s" = this sitting
     python benchmarks/distill_fidelity.py --steps 3000 --crop 256 --batch 8 --device cuda
 """
 
@@ -198,6 +199,15 @@ def main(argv=None) -> int:
         default=200.0,
         help="XDoG's second-blur factor (sigma 0.5*k); 200 is the paper's, smaller is a more local teacher",
     )
+    p.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        default=None,
+        help="keep each network's training state here (<network>.safetensors, every --checkpoint-every "
+        "steps) and resume from it when run again with the same settings: the Informative-Drawings half "
+        "takes ~90 min on 2 CPU cores, so it can run in several sittings",
+    )
+    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2, help="CPU threads")
     p.add_argument("--seed", type=int, default=0)
@@ -232,7 +242,7 @@ def main(argv=None) -> int:
         lr=args.lr,
         warmup_iterations=min(args.warmup, args.steps),
         lpips_weight=args.lpips_weight if lpips_model is not None else 0.0,
-        checkpoint_every=args.steps,
+        checkpoint_every=args.checkpoint_every if args.checkpoint_dir else args.steps,
         preview_every=args.steps,
         seed=args.seed,
     )
@@ -254,6 +264,12 @@ def main(argv=None) -> int:
         label, build = builders[key]
         model = build()
         params = sum(q.numel() for q in model.parameters()) / 1e6
+        checkpoint = resume = None
+        if args.checkpoint_dir is not None:
+            args.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            checkpoint = args.checkpoint_dir / f"{key}.safetensors"
+            resume = checkpoint if checkpoint.is_file() else None
+            print(f"{label}: {'resuming from' if resume else 'checkpoints to'} {checkpoint}", flush=True)
         start = time.perf_counter()
         last = {}
         trained = train_student(
@@ -263,6 +279,8 @@ def main(argv=None) -> int:
             student=model,
             device=device,
             on_step=lambda s, losses, _p, last=last: last.update(losses, step=s),
+            checkpoint_path=checkpoint,
+            resume_from=resume,
         )
         seconds = time.perf_counter() - start
         scores = evaluate(trained, held_out)
