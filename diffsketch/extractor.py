@@ -115,14 +115,15 @@ class ExtractorConfig:
             )
         if not all(isinstance(n, int) and 0 <= n <= 16 for n in self.encoder_blocks + self.decoder_blocks):
             raise InvalidInputError("ExtractorConfig block counts must be integers in 0..16.")
-        if (
-            isinstance(self.context_pool, bool)
-            or not isinstance(self.context_pool, int)
-            or not 1 <= self.context_pool <= 64
-        ):
-            raise InvalidInputError(
-                f"ExtractorConfig.context_pool must be an integer in 1..64, got {self.context_pool!r}."
-            )
+
+        def integer_in(name: str, low: int, high: int, note: str = "") -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise InvalidInputError(
+                    f"ExtractorConfig.{name} must be an integer in {low}..{high}{note}, got {value!r}."
+                )
+
+        integer_in("context_pool", 1, 64)
         if len(self.lowpass_sigmas) > 8 or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and 0.25 <= v <= 16
             for v in self.lowpass_sigmas
@@ -136,15 +137,7 @@ class ExtractorConfig:
         if isinstance(gain, bool) or not isinstance(gain, (int, float)) or not 0.0 < gain <= 64.0:
             raise InvalidInputError(f"ExtractorConfig.head_gain must be a number in (0, 64], got {gain!r}.")
         object.__setattr__(self, "head_gain", float(gain))
-        if (
-            isinstance(self.head_channels, bool)
-            or not isinstance(self.head_channels, int)
-            or not 0 <= self.head_channels <= 1024
-        ):
-            raise InvalidInputError(
-                f"ExtractorConfig.head_channels must be an integer in 0..1024 (0 = level 0's width), "
-                f"got {self.head_channels!r}."
-            )
+        integer_in("head_channels", 0, 1024, " (0 = level 0's width)")
         if not 0.0 < float(self.initial_output) < 1.0:
             raise InvalidInputError(
                 f"ExtractorConfig.initial_output must be in (0, 1), got {self.initial_output}."
@@ -299,8 +292,9 @@ class SketchExtractor(nn.Module):
         )
         self.context = _Context(channels[-1], config.context_pool) if config.context_pool > 1 else None
         self.lowpass = _LowPass(config.lowpass_sigmas) if config.lowpass_sigmas else None
-        lowpass_channels = self.lowpass.channels if self.lowpass is not None else 0
+        lowpass_channels = 0
         if self.lowpass is not None:
+            lowpass_channels = self.lowpass.channels
             # Starts at zero: the low-pass maps join the bottom features as training finds them useful.
             self.lowpass_to_bottom = nn.Conv2d(lowpass_channels, channels[-1], 1)
             nn.init.zeros_(self.lowpass_to_bottom.weight)
@@ -347,8 +341,8 @@ class SketchExtractor(nn.Module):
             h = self.decoder[level](up + skips[level])
         head_input = [h, self.config.head_gain * folded]
         if lowpass is not None:
-            up = F.interpolate(lowpass, size=folded.shape[-2:], mode="bilinear", align_corners=False)
-            head_input.append(self.config.head_gain * up)
+            lowpass_up = F.interpolate(lowpass, size=folded.shape[-2:], mode="bilinear", align_corners=False)
+            head_input.append(self.config.head_gain * lowpass_up)
         h = F.relu(self.head(torch.cat(head_input, dim=1)))
         return torch.sigmoid(F.pixel_shuffle(self.to_subpixels(h), 2))
 
