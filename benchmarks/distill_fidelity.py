@@ -2,7 +2,7 @@
 
 DiffSketch distils its generator into a fast image-to-sketch network (method.md §9). This
 benchmark runs the same distillation loop (:func:`diffsketch.distill.train_student`) with a
-teacher that needs no weights -- the paper's XDoG (method.md §7.1, :func:`diffsketch.xdog.xdog`)
+teacher that needs no weights -- the paper's XDoG (method.md §7.1, :func:`diffsketch.styles.xdog.xdog`)
 -- on real photos that scikit-image ships offline:
 
 - training photos: every usable scikit-image sample photo except the held-out ones; each is
@@ -11,12 +11,12 @@ teacher that needs no weights -- the paper's XDoG (method.md §7.1, :func:`diffs
   sigma 100, so a crop's sketch depends on pixels outside the crop); training then takes random
   crops with flips;
 - held-out photos (never seen in training, not even as variants): ``chelsea``, ``coffee``,
-  ``camera``; evaluated at full resolution through :func:`diffsketch.extractor.extract`.
+  ``camera``; evaluated at full resolution through :func:`diffsketch.distill.extract.extract`.
 
 Two students are trained with the same pairs, steps, batch, learning rate and schedule: the
-DiffSketch :class:`~diffsketch.extractor.SketchExtractor` (default config) and the
-Informative-Drawings generator architecture (:class:`~diffsketch.baselines.InformativeDrawingsGenerator`).
-It prints SSIM (:func:`diffsketch.metrics.ssim`, 11x11 Gaussian window, "valid" region) and L1
+DiffSketch :class:`~diffsketch.distill.extractor.SketchExtractor` (default config) and the
+Informative-Drawings generator architecture (:class:`~diffsketch.eval.baselines.InformativeDrawingsGenerator`).
+It prints SSIM (:func:`diffsketch.eval.metrics.ssim.ssim`, 11x11 Gaussian window, "valid" region) and L1
 to the teacher per held-out photo. Target: student SSIM >= 0.85 and not below Informative-Drawings.
 
 Why this teacher is hard for a convolutional student: XDoG's second blur has sigma 100 px
@@ -54,13 +54,15 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffsketch.baselines import InformativeDrawingsGenerator  # noqa: E402
-from diffsketch.distill import DistillConfig, build_student, derive_seed, train_student  # noqa: E402
+from diffsketch.distill import DistillConfig, build_student, train_student
+from diffsketch.distill.extract import extract
+from diffsketch.distill.extractor import save_extractor  # noqa: E402
 from diffsketch.errors import WeightsNotFoundError  # noqa: E402
-from diffsketch.extractor import extract, save_extractor  # noqa: E402
-from diffsketch.losses import build_lpips  # noqa: E402
-from diffsketch.metrics import l1_distance, ssim  # noqa: E402
-from diffsketch.xdog import xdog  # noqa: E402
+from diffsketch.eval.baselines import InformativeDrawingsGenerator  # noqa: E402
+from diffsketch.eval.metrics.ssim import l1_distance, ssim  # noqa: E402
+from diffsketch.seeds import derive_seed  # noqa: E402
+from diffsketch.styles.xdog import xdog  # noqa: E402
+from diffsketch.train.losses import build_lpips  # noqa: E402
 
 TRAIN_PHOTOS = (
     "astronaut",

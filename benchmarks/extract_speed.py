@@ -3,8 +3,8 @@
 Measures images/s at SIZE x SIZE for, side by side in the same run (timings interleaved, so a
 busy machine slows all of them alike):
 
-- the DiffSketch student (:class:`diffsketch.extractor.SketchExtractor`), network alone and
-  end to end through :func:`diffsketch.extractor.extract` (conversion, padding, output);
+- the DiffSketch student (:class:`diffsketch.distill.extractor.SketchExtractor`), network alone and
+  end to end through :func:`diffsketch.distill.extract.extract` (conversion, padding, output);
 - Pix2PixHD's global generator (the paper's distilled model: ngf 64, 4 downsamplings, 9 blocks);
 - the Informative-Drawings generator (ComfyUI's "Realistic Lineart");
 - HED (VGG16).
@@ -32,8 +32,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffsketch.baselines import HED, InformativeDrawingsGenerator, Pix2PixHDGlobalGenerator  # noqa: E402
-from diffsketch.extractor import SketchExtractor, extract, load_extractor  # noqa: E402
+from diffsketch.distill.extract import extract  # noqa: E402
+from diffsketch.distill.extractor import SketchExtractor, load_extractor
+from diffsketch.eval.baselines import HED, InformativeDrawingsGenerator, Pix2PixHDGlobalGenerator  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from diffsketch.generator import GeneratorConfig, SketchGenerator, parameter_report  # noqa: E402
-from diffsketch.spec import LAYOUT_LDM, FeatureSpec, Tap  # noqa: E402
+from diffsketch.capture.spec import LAYOUT_LDM, FeatureSpec, Tap  # noqa: E402
+from diffsketch.train.generator import GeneratorConfig, SketchGenerator, parameter_report  # noqa: E402
 
 RELEASED = {"registered": 21_573_597, "trained": 3_271_080}
 

@@ -4,9 +4,9 @@ Target (issue): 32 images x 50 DDIM steps must fit in 8 GB of host memory.
 
 No model is run. For every (image, step) this makes random tensors with the exact shapes of the
 12 SD 1.5 UNet decoder taps at the chosen size (batch 2: uncond + cond), passes each through
-:class:`diffsketch.analysis.FeatureReducer` the way the capture hook does, keeps only the reduced
+:class:`diffsketch.capture.analysis.FeatureReducer` the way the capture hook does, keeps only the reduced
 ``[2, dim]`` vectors (the structure a backend returns), builds the [N, T, D] matrix exactly as
-``run_timestep_analysis`` does, and runs :func:`diffsketch.analysis.analyse` and the plots.
+``run_timestep_analysis`` does, and runs :func:`diffsketch.capture.analysis.analyse` and the plots.
 The features get a smooth timestep-dependent component so the PCA and k-means see a trajectory
 rather than pure noise.
 
@@ -29,9 +29,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffsketch.analysis import FeatureReducer, analyse, plots  # noqa: E402
-from diffsketch.capture import COND  # noqa: E402
-from diffsketch.timesteps import ddim_grid  # noqa: E402
+from diffsketch.capture.analysis import FeatureReducer, analyse, plots  # noqa: E402
+from diffsketch.capture.hooks import COND  # noqa: E402
+from diffsketch.capture.timesteps import ddim_grid  # noqa: E402
 
 #: SD 1.5 UNet output_blocks[0..11] ResBlock channels and their size relative to the latent
 #: (method.md §3.1): 1280 @ latent/8 x3, 1280 @ latent/4 x3, 640 @ latent/2 x3, 320 @ latent x3.

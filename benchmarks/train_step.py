@@ -7,7 +7,7 @@
 2. UNet evaluations per new sample, full vs fast schedule, for the paper's 13 timesteps on the
    50-step grid (target: >= 3.5x fewer).
 3. SD 1.5 shapes at 512x512 with random features (generator + losses only; no diffusion model):
-   the :class:`~diffsketch.training.Trainer` loop itself on a stand-in backend that hands back a
+   the :class:`~diffsketch.train.trainer.Trainer` loop itself on a stand-in backend that hands back a
    random 13-timestep capture, with random-weight full-size CLIP ViT-B/32 (open_clip, no
    pretrained weights) and random-weight LPIPS AlexNet, fp32 on the CPU. Each mode runs in a
    fresh process, whose peak resident memory (/proc/self/status VmHWM) is printed (target:
@@ -37,17 +37,12 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from diffsketch.backends.base import fast_schedule  # noqa: E402
-from diffsketch.conditions import ConditionSampler  # noqa: E402
-from diffsketch.features import CapturedSample  # noqa: E402
-from diffsketch.generator import GeneratorConfig, SketchGenerator, parameter_count  # noqa: E402
-from diffsketch.losses import (  # noqa: E402
-    TINY_CLIP_ARCHITECTURE,
-    ClipImageEncoder,
-    DiffSketchLoss,
-    build_lpips,
-)
-from diffsketch.timesteps import PAPER_TIMESTEPS, plan_timesteps  # noqa: E402
-from diffsketch.training import TrainConfig, Trainer  # noqa: E402
+from diffsketch.capture.sample import CapturedSample  # noqa: E402
+from diffsketch.capture.timesteps import PAPER_TIMESTEPS, plan_timesteps  # noqa: E402
+from diffsketch.train.conditions import ConditionSampler  # noqa: E402
+from diffsketch.train.generator import GeneratorConfig, SketchGenerator, parameter_count  # noqa: E402
+from diffsketch.train.losses import TINY_CLIP_ARCHITECTURE, ClipImageEncoder, DiffSketchLoss, build_lpips  # noqa: E402
+from diffsketch.train.trainer import TrainConfig, Trainer  # noqa: E402
 
 GB = 1e9
 

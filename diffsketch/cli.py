@@ -21,19 +21,12 @@ from pathlib import Path
 
 from .errors import DiffSketchError, InvalidInputError
 from .images import IMAGE_SUFFIXES, read_image, save_png
+from .terminal import pick_device, progress_bar
 
 
 # ---------------------------------------------------------------------------------------------
 # shared helpers
 # ---------------------------------------------------------------------------------------------
-def pick_device(name: str):
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 def load_backend(args):
     import torch
 
@@ -42,20 +35,6 @@ def load_backend(args):
     device = pick_device(args.device)
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     return DiffusersBackend.load(args.model, device=device, dtype=dtype)
-
-
-def progress_bar(total: int, desc: str, unit: str = "it"):
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True)
-
-    def update(done: int, total_now: int):
-        bar.total = total_now
-        bar.n = done
-        bar.refresh()
-
-    update.close = bar.close
-    return update
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
@@ -87,7 +66,7 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
 # commands
 # ---------------------------------------------------------------------------------------------
 def cmd_sample(args) -> int:
-    from .timesteps import parse_timesteps
+    from .capture.timesteps import parse_timesteps
 
     backend = load_backend(args)
     bar = progress_bar(args.steps, "sampling")
@@ -110,9 +89,9 @@ def cmd_sample(args) -> int:
 
 
 def cmd_timesteps(args) -> int:
-    from .analysis import plots, run_timestep_analysis
-    from .conditions import load_default_prompts, parse_prompts
+    from .capture.analysis import plots, run_timestep_analysis
     from .fileio import atomic_write_bytes
+    from .train.conditions import load_default_prompts, parse_prompts
 
     backend = load_backend(args)
     prompts = parse_prompts(Path(args.prompts).read_text()) if args.prompts else load_default_prompts()
@@ -144,7 +123,7 @@ def cmd_timesteps(args) -> int:
 
 
 def cmd_fit_conditions(args) -> int:
-    from .conditions import ConditionSampler, load_default_prompts, parse_prompts
+    from .train.conditions import ConditionSampler, load_default_prompts, parse_prompts
 
     backend = load_backend(args)
     prompts = parse_prompts(Path(args.prompts).read_text()) if args.prompts else load_default_prompts()
@@ -162,7 +141,8 @@ def cmd_fit_conditions(args) -> int:
 
 
 def cmd_extract(args) -> int:
-    from .extractor import extract, load_extractor
+    from .distill.extract import extract
+    from .distill.extractor import load_extractor
 
     device = pick_device(args.device)
     model = load_extractor(args.extractor, device=device)
@@ -196,7 +176,7 @@ def cmd_extract(args) -> int:
 
 
 def _loss_weights(args):
-    from .losses import LossWeights
+    from .train.losses import LossWeights
 
     return LossWeights(
         lpips=args.lpips_weight,
@@ -229,10 +209,10 @@ def _return_freed_memory_to_the_os() -> None:
 def cmd_train(args) -> int:
     import torch
 
-    from .conditions import ConditionSampler
-    from .features import CapturedSample
-    from .losses import DiffSketchLoss, build_lpips, load_clip_image_encoder
-    from .training import TrainConfig, Trainer, prepare_sketch
+    from .capture.sample import CapturedSample
+    from .train.conditions import ConditionSampler
+    from .train.losses import DiffSketchLoss, build_lpips, load_clip_image_encoder
+    from .train.trainer import TrainConfig, Trainer, prepare_sketch
 
     backend = load_backend(args)
     device = pick_device(args.device)
@@ -284,8 +264,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from .generator import load_generator
-    from .training import generate_pair
+    from .train.generator import load_generator
+    from .train.inference import generate_pair
 
     backend = load_backend(args)
     generator = load_generator(args.generator, device=pick_device(args.device))
@@ -308,11 +288,11 @@ def cmd_generate(args) -> int:
 
 
 def cmd_distill(args) -> int:
-    from .conditions import ConditionSampler
     from .distill import DistillConfig, distill
-    from .extractor import save_extractor
-    from .generator import load_generator
-    from .losses import build_lpips
+    from .distill.extractor import save_extractor
+    from .train.conditions import ConditionSampler
+    from .train.generator import load_generator
+    from .train.losses import build_lpips
 
     backend = load_backend(args)
     device = pick_device(args.device)
@@ -512,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     p.set_defaults(func=cmd_extract)
 
-    from .evaluation import add_eval_parser
+    from .eval.cli import add_eval_parser
 
     add_eval_parser(sub)
     return ap

@@ -1,8 +1,11 @@
-"""Reading and writing image files: the one place for both (the command line and the evaluation use it)."""
+"""Images: reading and writing image files (the command line and the evaluation use it) and the
+Gaussian kernel shared by the extractor's low-pass maps and SSIM."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import torch
 
 #: File suffixes read as images when a folder or glob is given.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -46,3 +49,10 @@ def read_image(path: Path):
     if arr.ndim == 2:
         arr = arr[..., None]
     return arr
+
+
+def gaussian_kernel_1d(size: int, sigma: float, dtype, device) -> torch.Tensor:
+    """Normalised 1-D Gaussian of ``size`` taps centred on the middle one."""
+    d = torch.arange(size, dtype=dtype, device=device) - (size - 1) / 2
+    g = torch.exp(-(d**2) / (2 * sigma * sigma))
+    return g / g.sum()

@@ -20,9 +20,9 @@ import comfy.utils
 import torch
 
 from diffsketch.backends.base import SamplingBackend, weights_fingerprint
-from diffsketch.capture import COND, UNCOND, UNetRecorder, record_vae_decoder, reject_compiled
+from diffsketch.capture.hooks import COND, UNCOND, UNetRecorder, record_vae_decoder, reject_compiled
+from diffsketch.capture.spec import feature_spec_from_ldm
 from diffsketch.errors import UnsupportedModelError
-from diffsketch.spec import feature_spec_from_ldm
 
 WRAPPER_KEY = "diffsketch_capture"
 # ComfyUI's cond_or_uncond uses 0 for the positive and 1 for the negative prompt.

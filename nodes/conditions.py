@@ -65,7 +65,7 @@ class DiffSketchFitConditions(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip, prompts, components, seed, save_name) -> io.NodeOutput:
-        from diffsketch.conditions import ConditionSampler, load_default_prompts, parse_prompts
+        from diffsketch.train.conditions import ConditionSampler, load_default_prompts, parse_prompts
 
         from .comfy_backend import text_encoder_fingerprint
 
@@ -118,7 +118,7 @@ class DiffSketchLoadConditions(io.ComfyNode):
 
     @classmethod
     def execute(cls, conditions_name) -> io.NodeOutput:
-        from diffsketch.conditions import ConditionSampler
+        from diffsketch.train.conditions import ConditionSampler
 
         return io.NodeOutput(
             ConditionSampler.load(folder_paths.get_full_path_or_raise(FOLDER, conditions_name))

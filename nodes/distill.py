@@ -134,7 +134,7 @@ class DiffSketchDistill(io.ComfyNode):
         loss_models=None,
     ) -> io.NodeOutput:
         from diffsketch.distill import DistillConfig, distill, pair_settings, pair_settings_digest
-        from diffsketch.extractor import save_extractor
+        from diffsketch.distill.extractor import save_extractor
 
         from .comfy_backend import ComfyBackend
 

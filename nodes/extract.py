@@ -44,7 +44,7 @@ class DiffSketchLoadExtractor(io.ComfyNode):
 
     @classmethod
     def execute(cls, extractor_name) -> io.NodeOutput:
-        from diffsketch.extractor import load_extractor
+        from diffsketch.distill.extractor import load_extractor
 
         path = folder_paths.get_full_path_or_raise(FOLDER, extractor_name)
         return io.NodeOutput(wrap_extractor(load_extractor(path, device="cpu")))
@@ -110,7 +110,7 @@ class DiffSketchExtract(io.ComfyNode):
 
     @classmethod
     def execute(cls, extractor, image, invert, contrast, tile) -> io.NodeOutput:
-        from diffsketch.extractor import extract
+        from diffsketch.distill.extract import extract
 
         comfy.model_management.load_model_gpu(extractor)
         pbar = comfy.utils.ProgressBar(1)

@@ -15,7 +15,7 @@ HUB_CACHE = "torch hub cache (alexnet-owt-7be5be79.pth)"
 class DiffSketchLoadClipLoss(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        from diffsketch.losses import ALEXNET_FILENAME, CLIP_FILENAMES
+        from diffsketch.train.losses import ALEXNET_FILENAME, CLIP_FILENAMES
 
         lpips_files = [HUB_CACHE] + [
             n
@@ -56,7 +56,7 @@ class DiffSketchLoadClipLoss(io.ComfyNode):
     @classmethod
     def execute(cls, clip_name, lpips_weights, quick_gelu) -> io.NodeOutput:
         from diffsketch.errors import WeightsNotFoundError
-        from diffsketch.losses import CLIP_HOW_TO_GET, build_lpips, load_clip_image_encoder
+        from diffsketch.train.losses import CLIP_HOW_TO_GET, build_lpips, load_clip_image_encoder
 
         if clip_name.startswith("(missing"):
             raise WeightsNotFoundError(f"no CLIP ViT-B/32 weights found. {CLIP_HOW_TO_GET}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io, ui
 
-from diffsketch.timesteps import PAPER_TIMESTEPS
+from diffsketch.capture.timesteps import PAPER_TIMESTEPS
 
 from .types import CATEGORY, Features, Timesteps
 

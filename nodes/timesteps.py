@@ -6,7 +6,7 @@ import comfy.model_management
 import comfy.utils
 from comfy_api.latest import io, ui
 
-from diffsketch.timesteps import PAPER_TIMESTEPS, parse_timesteps
+from diffsketch.capture.timesteps import PAPER_TIMESTEPS, parse_timesteps
 
 from .types import CATEGORY, Timesteps
 
@@ -131,9 +131,9 @@ class DiffSketchTimesteps(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, vae, samples, steps, k, seed, width, height, prompts="") -> io.NodeOutput:
-        from diffsketch.analysis import plots, run_timestep_analysis
-        from diffsketch.conditions import load_default_prompts, parse_prompts
+        from diffsketch.capture.analysis import plots, run_timestep_analysis
         from diffsketch.plotting import to_image_tensor
+        from diffsketch.train.conditions import load_default_prompts, parse_prompts
 
         from .comfy_backend import ComfyBackend
 

@@ -219,10 +219,10 @@ class DiffSketchTrain(io.ComfyNode):
         resume_from,
         checkpoint_every,
     ) -> io.NodeOutput:
-        from diffsketch.generator import save_generator
-        from diffsketch.losses import DiffSketchLoss, LossWeights
         from diffsketch.plotting import to_image_tensor
-        from diffsketch.training import TrainConfig, Trainer, prepare_sketch
+        from diffsketch.train.generator import save_generator
+        from diffsketch.train.losses import DiffSketchLoss, LossWeights
+        from diffsketch.train.trainer import TrainConfig, Trainer, prepare_sketch
 
         from .comfy_backend import ComfyBackend
 
@@ -321,7 +321,7 @@ class DiffSketchLoadGenerator(io.ComfyNode):
 
     @classmethod
     def execute(cls, generator_name) -> io.NodeOutput:
-        from diffsketch.generator import load_generator
+        from diffsketch.train.generator import load_generator
 
         return io.NodeOutput(load_generator(folder_paths.get_full_path_or_raise(FOLDER, generator_name)))
 
@@ -375,7 +375,7 @@ class DiffSketchGenerate(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, vae, generator, prompt, seed, steps, cfg, width, height) -> io.NodeOutput:
-        from diffsketch.training import generate_pair
+        from diffsketch.train.inference import generate_pair
 
         from .comfy_backend import ComfyBackend, image_to_comfy
 

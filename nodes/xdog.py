@@ -68,8 +68,8 @@ class DiffSketchXDoG(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, sigma, k, gamma, epsilon, phi) -> io.NodeOutput:
-        from diffsketch.extractor import to_rgb_batch
-        from diffsketch.xdog import xdog
+        from diffsketch.distill.extract import to_rgb_batch
+        from diffsketch.styles.xdog import xdog
 
         from .comfy_backend import image_to_comfy
 
@@ -116,7 +116,7 @@ class DiffSketchStyleSketch(io.ComfyNode):
         import folder_paths
         import torch
 
-        from diffsketch.extractor import to_rgb_batch
+        from diffsketch.distill.extract import to_rgb_batch
         from diffsketch.styles import load_style
 
         from .comfy_backend import image_to_comfy

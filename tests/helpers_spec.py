@@ -1,6 +1,6 @@
 """FeatureSpecs and random feature sets for tests that do not need a real diffusion model.
 
-``sd15_spec()`` mirrors what :func:`diffsketch.spec.feature_spec_from_ldm` reads from an SD 1.x
+``sd15_spec()`` mirrors what :func:`diffsketch.capture.spec.feature_spec_from_ldm` reads from an SD 1.x
 checkpoint (method.md §3); ``tiny_spec()`` has the same structure with small channel counts.
 """
 
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from diffsketch.features import CapturedSample
-from diffsketch.spec import LAYOUT_LDM, FeatureSpec, Tap
-from diffsketch.timesteps import ddim_grid, plan_timesteps
+from diffsketch.capture.sample import CapturedSample
+from diffsketch.capture.spec import LAYOUT_LDM, FeatureSpec, Tap
+from diffsketch.capture.timesteps import ddim_grid, plan_timesteps
 
 
 def _ldm_spec(unet_levels, vae_levels, mid_channels, context_dim) -> FeatureSpec:

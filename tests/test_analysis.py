@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffsketch.analysis import (
+from diffsketch.capture.analysis import (
     FeatureReducer,
     TimestepAnalysis,
     analyse,
@@ -18,8 +18,8 @@ from diffsketch.analysis import (
     plots,
     run_timestep_analysis,
 )
+from diffsketch.capture.timesteps import ddim_grid
 from diffsketch.errors import CaptureError, FileFormatError, InvalidInputError, TrainingInterrupted
-from diffsketch.timesteps import ddim_grid
 
 
 def blobs(sizes, n_images=5, dim=24, separation=12.0, noise=0.5, seed=0):

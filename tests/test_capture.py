@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from diffsketch.backends.base import fast_schedule, weights_fingerprint
-from diffsketch.capture import UNetRecorder
+from diffsketch.capture.hooks import UNetRecorder
+from diffsketch.capture.sample import CapturedSample
+from diffsketch.capture.spec import FeatureSpec, Tap, feature_spec_from_diffusers
+from diffsketch.capture.timesteps import PAPER_TIMESTEPS, ddim_grid, plan_timesteps
 from diffsketch.errors import CaptureError, InvalidInputError, UnsupportedModelError
-from diffsketch.features import CapturedSample
-from diffsketch.spec import FeatureSpec, Tap, feature_spec_from_diffusers
-from diffsketch.timesteps import PAPER_TIMESTEPS, ddim_grid, plan_timesteps
 
 W = H = 64
 

@@ -22,7 +22,7 @@ def tiny_model_dir(tmp_path_factory, tiny_backend):
 
 
 def test_sample_writes_features_and_image(tiny_model_dir, tmp_path, tiny_backend):
-    from diffsketch.features import CapturedSample
+    from diffsketch.capture.sample import CapturedSample
 
     out = tmp_path / "example.safetensors"
     rc = main(
@@ -121,7 +121,7 @@ def test_timesteps_command(tiny_model_dir, tmp_path):
 
 
 def test_extract_command_files_folders_globs(tmp_path):
-    from diffsketch.extractor import SketchExtractor, save_extractor
+    from diffsketch.distill.extractor import SketchExtractor, save_extractor
 
     torch.manual_seed(0)
     ext = save_extractor(tmp_path / "style.safetensors", SketchExtractor())
@@ -163,9 +163,9 @@ def test_train_generate_distill_chain(tiny_model_dir, tmp_path):
     import torchvision
     from safetensors.torch import save_file
 
-    from diffsketch.extractor import load_extractor
-    from diffsketch.generator import load_generator
-    from diffsketch.losses import TINY_CLIP_ARCHITECTURE, ClipImageEncoder
+    from diffsketch.distill.extractor import load_extractor
+    from diffsketch.train.generator import load_generator
+    from diffsketch.train.losses import TINY_CLIP_ARCHITECTURE, ClipImageEncoder
 
     torch.manual_seed(0)
     clip = tmp_path / "clip_vit_b_32.safetensors"

@@ -12,15 +12,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffsketch import conditions, fileio
-from diffsketch.conditions import (
+from diffsketch import fileio
+from diffsketch.errors import FileFormatError, InvalidInputError, TrainingInterrupted
+from diffsketch.train import conditions
+from diffsketch.train.conditions import (
     ConditionSampler,
     blend,
     blend_weight,
     load_default_prompts,
     parse_prompts,
 )
-from diffsketch.errors import FileFormatError, InvalidInputError, TrainingInterrupted
 
 REPO = Path(__file__).resolve().parents[1]
 TOKENS, DIM = 77, 16  # the real token count, a tiny width

@@ -11,16 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffsketch.baselines import InformativeDrawingsGenerator
-from diffsketch.checkpointing import load_training_state
-from diffsketch.conditions import ConditionSampler
 from diffsketch.distill import (
     DISTILL_CHECKPOINT_KIND,
-    MANIFEST_NAME,
     DistillConfig,
     PairSet,
     build_student,
-    derive_seed,
     distill,
     generate_pairs,
     pair_paths,
@@ -29,6 +24,8 @@ from diffsketch.distill import (
     train_student,
     write_pair,
 )
+from diffsketch.distill.extractor import ExtractorConfig, SketchExtractor, load_extractor, save_extractor
+from diffsketch.distill.pairs import MANIFEST_NAME
 from diffsketch.errors import (
     Cancelled,
     FileFormatError,
@@ -36,9 +33,12 @@ from diffsketch.errors import (
     TrainingDiverged,
     TrainingInterrupted,
 )
-from diffsketch.extractor import ExtractorConfig, SketchExtractor, load_extractor, save_extractor
-from diffsketch.generator import GeneratorConfig, SketchGenerator
-from diffsketch.losses import build_lpips
+from diffsketch.eval.baselines import InformativeDrawingsGenerator
+from diffsketch.seeds import derive_seed
+from diffsketch.train.conditions import ConditionSampler
+from diffsketch.train.generator import GeneratorConfig, SketchGenerator
+from diffsketch.train.losses import build_lpips
+from diffsketch.train.state import load_training_state
 
 TIMESTEPS = [1, 501]
 SIZE = 64

@@ -11,11 +11,13 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from diffsketch.distill.extract import extract
+from diffsketch.distill.extractor import SketchExtractor, save_extractor
 from diffsketch.errors import InvalidInputError, WeightsNotFoundError
-from diffsketch.evaluation import add_eval_parser, evaluate
-from diffsketch.extractor import SketchExtractor, extract, save_extractor
-from diffsketch.metrics import l1_distance, ssim
-from diffsketch.xdog import xdog
+from diffsketch.eval.cli import add_eval_parser
+from diffsketch.eval.metrics.ssim import l1_distance, ssim
+from diffsketch.eval.run import evaluate
+from diffsketch.styles.xdog import xdog
 
 
 def synthetic_photo(h, w, seed):
@@ -98,7 +100,7 @@ def test_evaluate_writes_results_and_lists_problems(photos_dir, extractor_file, 
     assert set(rows[0]) == {"image", "file", "height", "width", "ssim", "l1"}
     assert (rows[2]["height"], rows[2]["width"]) == ("64", "80")
     # the CSV holds what the metrics give on the GT and the extractor's sketch, recomputed here
-    from diffsketch.extractor import load_extractor
+    from diffsketch.distill.extractor import load_extractor
 
     model = load_extractor(extractor_file)
     photo = load_photo(photos_dir / "b.png")
@@ -132,7 +134,7 @@ def test_identity_extractor_scores_perfectly(photos_dir, tmp_path, no_default_we
 
 def tiny_metric_weights(tmp_path):
     """Random-weight stand-ins for the three weight files, written like the real ones."""
-    from diffsketch.losses import TINY_CLIP_ARCHITECTURE, ClipImageEncoder
+    from diffsketch.train.losses import TINY_CLIP_ARCHITECTURE, ClipImageEncoder
 
     torch.manual_seed(0)
     # torchvision AlexNet's convolution layers (the classifier, which LPIPS ignores, is left out)

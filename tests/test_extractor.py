@@ -10,16 +10,20 @@ import pytest
 import torch
 from torch import nn
 
-from diffsketch.baselines import HED, InformativeDrawingsGenerator, Pix2PixHDGlobalGenerator, build_baseline
-from diffsketch.errors import FileFormatError, InvalidInputError
-from diffsketch.extractor import (
+from diffsketch.distill.extract import extract, to_rgb_batch
+from diffsketch.distill.extractor import (
     EXTRACTOR_VERSION,
     ExtractorConfig,
     SketchExtractor,
-    extract,
     load_extractor,
     save_extractor,
-    to_rgb_batch,
+)
+from diffsketch.errors import FileFormatError, InvalidInputError
+from diffsketch.eval.baselines import (
+    HED,
+    InformativeDrawingsGenerator,
+    Pix2PixHDGlobalGenerator,
+    build_baseline,
 )
 from diffsketch.fileio import save_tensors
 

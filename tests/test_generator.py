@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from helpers_spec import random_features, random_sample, sd15_spec, tiny_spec
 
 from diffsketch import fileio
+from diffsketch.capture.spec import LAYOUT_DIFFUSERS, FeatureSpec, Tap
 from diffsketch.errors import FileFormatError, InvalidInputError
-from diffsketch.generator import (
+from diffsketch.train.generator import (
     GENERATOR_KIND,
     GeneratorConfig,
     SketchGenerator,
@@ -21,7 +22,6 @@ from diffsketch.generator import (
     read_generator_header,
     save_generator,
 )
-from diffsketch.spec import LAYOUT_DIFFUSERS, FeatureSpec, Tap
 
 TIMESTEPS = (1, 501, 941)
 SMALL = dict(lower_dim=32, higher_dim=16, lower_groups=4, higher_groups=4, fusion_channels=(64, 32, 16))

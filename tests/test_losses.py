@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from diffsketch.errors import InvalidInputError, WeightsNotFoundError
-from diffsketch.losses import (
+from diffsketch.train.losses import (
     ALEXNET_FILENAME,
     CLIP_FILENAMES,
     IMAGENET_MEAN,

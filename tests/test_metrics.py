@@ -10,25 +10,23 @@ import torch.nn.functional as F
 from PIL import Image
 
 from diffsketch.errors import FileFormatError, InvalidInputError, WeightsNotFoundError
-from diffsketch.metrics import (
-    FID_WEIGHTS_FILE,
-    FIDInceptionV3,
+from diffsketch.eval.bsds import evaluate_boundaries, load_pair, pair_files, read_bsds_ground_truth
+from diffsketch.eval.metrics.boundaries import (
     boundary_scores,
     boundary_thresholds,
-    clip_image_similarity,
-    evaluate_boundaries,
     evaluate_boundary_image,
-    fid_from_features,
-    frechet_distance,
-    l1_distance,
-    load_fid_inception,
-    load_pair,
     match_boundaries,
-    pair_files,
-    read_bsds_ground_truth,
-    ssim,
     thin_boundaries,
 )
+from diffsketch.eval.metrics.fid import (
+    FID_WEIGHTS_FILE,
+    FIDInceptionV3,
+    fid_from_features,
+    frechet_distance,
+    load_fid_inception,
+)
+from diffsketch.eval.metrics.perceptual import clip_image_similarity
+from diffsketch.eval.metrics.ssim import l1_distance, ssim
 
 C1, C2 = 0.01**2, 0.03**2
 

@@ -18,7 +18,7 @@ from diffsketch.styles import (
     load_style,
     save_style_weights,
 )
-from diffsketch.xdog import xdog
+from diffsketch.styles.xdog import xdog
 
 
 @pytest.fixture(scope="module")

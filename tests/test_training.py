@@ -10,25 +10,30 @@ import pytest
 import torch
 from helpers_spec import random_features, tiny_spec
 
-from diffsketch.checkpointing import load_training_state, save_training_state
-from diffsketch.conditions import ConditionSampler
-from diffsketch.errors import Cancelled, FileFormatError, InvalidInputError, TrainingInterrupted
+from diffsketch.capture.timesteps import PAPER_TIMESTEPS, ddim_grid
+from diffsketch.errors import (
+    Cancelled,
+    FileFormatError,
+    InvalidInputError,
+    TrainingDiverged,
+    TrainingInterrupted,
+)
 from diffsketch.fileio import read_header
-from diffsketch.generator import GeneratorConfig, SketchGenerator, load_generator
-from diffsketch.losses import (
+from diffsketch.train.conditions import ConditionSampler
+from diffsketch.train.generator import GeneratorConfig, SketchGenerator, load_generator
+from diffsketch.train.inference import generate_pair
+from diffsketch.train.losses import (
     TINY_CLIP_ARCHITECTURE,
     ClipImageEncoder,
     DiffSketchLoss,
     LossWeights,
     build_lpips,
 )
-from diffsketch.timesteps import PAPER_TIMESTEPS, ddim_grid
-from diffsketch.training import (
+from diffsketch.train.state import load_training_state, save_training_state
+from diffsketch.train.trainer import (
     CHECKPOINT_KIND,
     TrainConfig,
     Trainer,
-    TrainingDiverged,
-    generate_pair,
     iteration_timesteps,
     prepare_sketch,
 )

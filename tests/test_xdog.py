@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from diffsketch.errors import InvalidInputError
-from diffsketch.xdog import (
+from diffsketch.styles.xdog import (
     XDoG,
     gaussian_blur_u8,
     grey_u8,

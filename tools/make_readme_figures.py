@@ -6,10 +6,10 @@
 Writes PNGs (about 1000 px wide) into docs/images/:
 
 - ``pipeline.png``: the DiffSketch pipeline as boxes and arrows, with the nodes of each stage;
-- ``xdog_examples.png``: scikit-image's sample photos and their XDoG sketches (``diffsketch.xdog``
+- ``xdog_examples.png``: scikit-image's sample photos and their XDoG sketches (``diffsketch.styles.xdog``
   with the paper's settings, as the DiffSketch XDoG Sketch node computes them);
 - ``extractor_examples.png``, with ``--extractor``: the same photos through a distilled extractor
-  (``diffsketch.extractor.extract``, as DiffSketch Extract runs it).
+  (``diffsketch.distill.extract.extract``, as DiffSketch Extract runs it).
 
 Needs matplotlib and scikit-image, which the node pack itself does not: ``pip install matplotlib
 scikit-image``. Nothing is downloaded: the photos ship with scikit-image.
@@ -30,9 +30,10 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the bundled library, without installing the pack
 
+from diffsketch.distill.extract import extract  # noqa: E402
+from diffsketch.distill.extractor import load_extractor  # noqa: E402
 from diffsketch.errors import DiffSketchError  # noqa: E402
-from diffsketch.extractor import extract, load_extractor  # noqa: E402
-from diffsketch.xdog import xdog  # noqa: E402
+from diffsketch.styles.xdog import xdog  # noqa: E402
 
 OUT_DIR = REPO / "docs" / "images"
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
@@ -320,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
             args.out / "xdog_examples.png",
             photos,
             sketches,
-            "XDoG with the paper's settings (diffsketch.xdog, the DiffSketch XDoG Sketch node): "
+            "XDoG with the paper's settings (diffsketch.styles.xdog, the DiffSketch XDoG Sketch node): "
             "an example sketch to train from without drawing",
         ),
     )
@@ -336,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
                 photos,
                 sketches,
                 args.extractor_caption
-                or f"The extractor {args.extractor.name} through diffsketch.extractor.extract, as DiffSketch "
+                or f"The extractor {args.extractor.name} through diffsketch.distill.extract.extract, as DiffSketch "
                 "Extract runs it",
             ),
         )

@@ -2,7 +2,7 @@
 
 A backend supplies three primitives (``encode_prompt``, ``_denoise``, ``_decode``); the shared
 :meth:`SamplingBackend.sample` does validation, timestep planning, noise, capture bookkeeping
-and assembles a :class:`~diffsketch.features.CapturedSample`. The diffusers backend and the
+and assembles a :class:`~diffsketch.capture.sample.CapturedSample`. The diffusers backend and the
 ComfyUI backend (``nodes/comfy_backend.py``) differ only in the primitives, so both tap the same
 points under the same conventions.
 """
@@ -15,11 +15,11 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
-from ..capture import UNetRecorder
+from ..capture.hooks import UNetRecorder
+from ..capture.sample import CapturedSample
+from ..capture.spec import FeatureSpec
+from ..capture.timesteps import TimestepPlan, ddim_grid, plan_timesteps
 from ..errors import InvalidInputError
-from ..features import CapturedSample
-from ..spec import FeatureSpec
-from ..timesteps import TimestepPlan, ddim_grid, plan_timesteps
 
 SIZE_MULTIPLE = 64
 MAX_SIZE = 4096

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
-from ..capture import COND, UNCOND, UNetRecorder, record_vae_decoder, reject_compiled
+from ..capture.hooks import COND, UNCOND, UNetRecorder, record_vae_decoder, reject_compiled
+from ..capture.spec import feature_spec_from_diffusers
 from ..errors import InvalidInputError, WeightsNotFoundError
-from ..spec import feature_spec_from_diffusers
-from ..text import ClipBPETokenizer, HFTokenizerAdapter
 from .base import ProgressFn, SamplingBackend, scaled_linear_alphas_cumprod, weights_fingerprint
+from .text import ClipBPETokenizer, HFTokenizerAdapter
 
 
 class DiffusersBackend(SamplingBackend):

@@ -107,7 +107,7 @@ def test_tokenizer_matches_comfyui_tokenizer_files(comfy_inprocess):
 
     from transformers import CLIPTokenizer
 
-    from diffsketch.text import ClipBPETokenizer, HFTokenizerAdapter
+    from diffsketch.backends.text import ClipBPETokenizer, HFTokenizerAdapter
 
     hf = HFTokenizerAdapter(
         CLIPTokenizer.from_pretrained(os.path.join(COMFYUI_PATH, "comfy", "sd1_tokenizer"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from comfy_harness import error_message
 
-from diffsketch.extractor import SketchExtractor, save_extractor
+from diffsketch.distill.extractor import SketchExtractor, save_extractor
 
 
 def _messages(entry, kind):

@@ -51,7 +51,7 @@ def load_api(stem: str, small: bool = True) -> dict:
 
 @pytest.fixture(scope="module")
 def workflow_env(comfy_server, tiny_checkpoint):
-    from diffsketch.losses import TINY_CLIP_ARCHITECTURE, ClipImageEncoder
+    from diffsketch.train.losses import TINY_CLIP_ARCHITECTURE, ClipImageEncoder
 
     base = comfy_server.base
     ckpt = base / "models" / "checkpoints" / "v1-5-pruned-emaonly-fp16.safetensors"
@@ -108,8 +108,8 @@ def test_train_before_example_exists_names_the_missing_input(comfy_server, workf
 
 
 def test_workflows_run_end_to_end(comfy_server, workflow_env):
-    from diffsketch.extractor import load_extractor
-    from diffsketch.generator import load_generator
+    from diffsketch.distill.extractor import load_extractor
+    from diffsketch.train.generator import load_generator
 
     base = workflow_env
     runs = {}
@@ -123,7 +123,7 @@ def test_workflows_run_end_to_end(comfy_server, workflow_env):
         / entry["outputs"]["3"]["images"][0]["filename"]
     )
     # "draw" over the example: here its XDoG sketch stands in for the user's drawing
-    from diffsketch.xdog import xdog
+    from diffsketch.styles.xdog import xdog
 
     img = torch.from_numpy(np.asarray(Image.open(example).convert("RGB"), dtype=np.float32) / 255).permute(
         2, 0, 1

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from . import fileio
+from .. import fileio
 from .spec import FeatureSpec
 from .timesteps import TimestepPlan
 

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .capture import COND, UNCOND
-from .errors import CaptureError, FileFormatError, InvalidInputError, TrainingInterrupted
+from ..errors import CaptureError, FileFormatError, InvalidInputError, TrainingInterrupted
+from .hooks import COND, UNCOND
 from .timesteps import ddim_grid
 
 ANALYSIS_KIND = "timestep_analysis"
@@ -474,7 +474,7 @@ def plots(result: TimestepAnalysis, size: tuple[int, int] = (640, 400)) -> dict:
     """Diagnostic figures as PIL images: ``pca`` (components 1 and 2 of every (image, timestep)
     point, coloured by timestep), ``elbow`` (inertia against k, chosen k marked) and
     ``schedule`` (the grid with the chosen timesteps)."""
-    from .plotting import line_plot, scatter_plot, timeline_plot
+    from ..plotting import line_plot, scatter_plot, timeline_plot
 
     coords = result.coords
     n, t, c = coords.shape

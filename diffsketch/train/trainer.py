@@ -1,8 +1,8 @@
 """Training a DiffSketch generator from one (image, sketch) example (method.md §5, §6, §8).
 
 Each iteration draws a CDST text condition, samples a new Stable Diffusion image while capturing
-its features, runs the :class:`~diffsketch.generator.SketchGenerator` on the cached example
-features and on the new sample, and takes one Adam step on :class:`~diffsketch.losses.DiffSketchLoss`
+its features, runs the :class:`~diffsketch.train.generator.SketchGenerator` on the cached example
+features and on the new sample, and takes one Adam step on :class:`~diffsketch.train.losses.DiffSketchLoss`
 (reconstruction on the example + directional CLIP terms on the new sample).
 
 Every random choice of iteration ``i`` (the CDST draw, the sampling seed, the random timesteps)
@@ -31,15 +31,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import __version__
-from .checkpointing import load_training_state, save_training_state
+from .. import __version__
+from ..capture.sample import CapturedSample
+from ..capture.timesteps import ddim_grid, plan_timesteps
+from ..errors import FileFormatError, InvalidInputError, TrainingDiverged, TrainingInterrupted
+from ..fileio import read_header
 from .conditions import ConditionSampler, blend_weight
-from .errors import FileFormatError, InvalidInputError, TrainingDiverged, TrainingInterrupted
-from .features import CapturedSample
-from .fileio import read_header
 from .generator import GeneratorConfig, SketchGenerator, save_generator
 from .losses import DiffSketchLoss, LossWeights
-from .timesteps import PAPER_TIMESTEPS, ddim_grid, plan_timesteps
+from .state import load_training_state, save_training_state
 
 CHECKPOINT_KIND = "training_checkpoint"
 CHECKPOINT_VERSION = 1
@@ -365,7 +365,7 @@ def preview_image(
 
 def loss_curve_image(history: Sequence[Mapping], size: tuple[int, int] = (640, 400)):
     """A PIL image of the total loss and each weighted term against the step (log y axis)."""
-    from .plotting import line_plot
+    from ..plotting import line_plot
 
     steps = [float(h["step"]) for h in history]
     series = {"total": (steps, [float(h.get("total", float("nan"))) for h in history])}
@@ -877,65 +877,11 @@ class Trainer:
                 self._inside_rng = False
 
 
-# ---------------------------------------------------------------------------------------------
-# generating pairs with a trained generator
-# ---------------------------------------------------------------------------------------------
-def generator_timesteps(generator: SketchGenerator) -> tuple[int, ...]:
-    """The timesteps a generator was trained with (its meta), else the paper's 13 when it has 13."""
-    saved = generator.meta.get("timesteps") if isinstance(generator.meta, Mapping) else None
-    if saved:
-        return tuple(int(t) for t in saved)
-    if generator.n_timesteps == len(PAPER_TIMESTEPS):
-        return PAPER_TIMESTEPS
-    raise InvalidInputError(
-        f"the generator uses {generator.n_timesteps} timesteps and does not record which; pass timesteps="
-    )
-
-
-def generate_pair(
-    backend,
-    generator: SketchGenerator,
-    cond_or_prompt: torch.Tensor | str,
-    seed: int,
-    steps: int = 50,
-    cfg: float = 5.0,
-    width: int = 512,
-    height: int = 512,
-    timesteps: Sequence[int] | None = None,
-    schedule: str = "full",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample an image and its sketch: ``(image [1, 3, H, W], sketch [1, 1, H, W])``, both in [0, 1]
-    on the CPU. ``timesteps`` default to the ones the generator was trained with."""
-    if timesteps is None:
-        timesteps = generator_timesteps(generator)
-    if len(plan_timesteps(steps, timesteps).used) != generator.n_timesteps:
-        raise InvalidInputError(
-            f"the generator needs features at {generator.n_timesteps} timesteps; {list(timesteps)} gives "
-            f"{len(plan_timesteps(steps, timesteps).used)} on the {steps}-step grid"
-        )
-    sample = backend.sample(
-        cond_or_prompt,
-        seed=seed,
-        steps=steps,
-        cfg=cfg,
-        width=width,
-        height=height,
-        timesteps=timesteps,
-        schedule=schedule,
-    )
-    with torch.no_grad():
-        sketch = generator.forward_sample(sample)
-    return sample.image.float().cpu(), sketch.float().clamp(0, 1).cpu()
-
-
 __all__ = [
     "CHECKPOINT_KIND",
     "CHECKPOINT_VERSION",
     "TrainConfig",
     "Trainer",
-    "TrainingDiverged",
-    "generate_pair",
-    "generator_timesteps",
     "iteration_seed",
     "iteration_timesteps",
     "loss_curve_image",

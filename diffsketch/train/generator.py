@@ -1,6 +1,6 @@
 """The DiffSketch sketch generator: two-level feature aggregation plus a feature-fusion decoder.
 
-Architecture (method.md §4), built entirely from a :class:`~diffsketch.spec.FeatureSpec`:
+Architecture (method.md §4), built entirely from a :class:`~diffsketch.capture.spec.FeatureSpec`:
 
 1. **Lower aggregation.** The UNet taps below the highest UNet resolution (SD 1.x: output blocks
    0-8 at 8/16/32 px of a 64 px latent) are resized to the largest of their sizes and mixed by an
@@ -33,9 +33,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from . import fileio
-from .errors import FileFormatError, InvalidInputError
-from .spec import FeatureSpec
+from .. import fileio
+from ..capture.spec import FeatureSpec
+from ..errors import FileFormatError, InvalidInputError
 
 GENERATOR_KIND = "generator"
 GENERATOR_VERSION = 1
@@ -567,7 +567,7 @@ class SketchGenerator(nn.Module):
         return torch.cat(parts, dim=1)
 
     def forward_sample(self, sample) -> torch.Tensor:
-        """Run on a :class:`~diffsketch.features.CapturedSample`."""
+        """Run on a :class:`~diffsketch.capture.sample.CapturedSample`."""
         if not self.spec.is_compatible(sample.spec):
             raise InvalidInputError(
                 f"the sample was captured from a model with layout {sample.spec.fingerprint()}, but this generator "

@@ -1,4 +1,4 @@
-"""Forward hooks that record the features a :class:`~diffsketch.spec.FeatureSpec` names.
+"""Forward hooks that record the features a :class:`~diffsketch.capture.spec.FeatureSpec` names.
 
 Both backends use these: the diffusers backend around its own DDIM loop, the ComfyUI backend
 inside a DIFFUSION_MODEL wrapper for one UNet call at a time. Hooks are registered for the
@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn as nn
 
-from .errors import CaptureError, UnsupportedModelError
+from ..errors import CaptureError, UnsupportedModelError
 from .spec import FeatureSpec, Tap
 
 #: Branch indices used everywhere in the library: ldm's [uncond, cond] batch order.

@@ -1,74 +1,35 @@
-"""Example-sketch styles: the automatic extractors that make DiffSketch's example sketch and the
-ground truth of its evaluation (method.md §7, §10).
+"""The example-sketch styles by name: what each is, where its weights come from, building and
+loading them.
 
 Every style is an ``nn.Module`` mapping photos ``[B, 3, H, W]`` RGB in [0, 1] to sketches
 ``[B, 1, H, W]`` in [0, 1] (1 = paper, black lines on white):
 
-- ``"xdog"`` -- :func:`diffsketch.xdog.xdog` with the paper's parameters; needs no weights.
-- ``"hed"`` -- the paper code's *modified* HED (kwanyun/diffsketch ``models/hed.py``) on
-  sniklaus/pytorch-hed's "bsds500" weights. Three departures from HED, all reproduced on purpose
-  because they define the style the paper trained and evaluated on:
-
-  1. the fusion layer is fed the side outputs ``[s1, s2, s3, s2, s1]`` instead of
-     ``[s1, s2, s3, s4, s5]`` ("modification for the style": finer lines; the two deepest, coarsest
-     side outputs are computed but never used);
-  2. the output is ``1 - sigmoid(...)``: black lines on white;
-  3. the photo goes in as **RGB**, although the Caffe weights expect BGR: the network's own
-     ``x * 255 - (104.00698793, 116.66876762, 122.67891434)`` (the BGR means) is applied to the
-     R, G, B channels in that order, so red gets the blue mean and blue the red mean. (sniklaus'
-     ``run.py`` flips the PIL image to BGR before calling the network; DiffSketch passes the SD
-     image straight in.) ``ModifiedHED(input_mode="caffe_bgr")`` gives the correctly ordered input.
-
-- ``"informative_anime"`` / ``"informative_contour"`` -- the Informative-Drawings generator
-  (Chan et al. 2022; carolineec/informative-drawings ``Generator(3, 1, 3)``): 3 residual blocks,
-  instance norm, sigmoid; the photo goes in as RGB in [0, 1] and the drawing comes out in [0, 1]
-  (white paper), used as is.
+- ``"xdog"`` -- :class:`~diffsketch.styles.xdog.XDoGStyle` with the paper's parameters; needs no weights.
+- ``"hed"`` -- :class:`~diffsketch.styles.hed.ModifiedHED`, the paper code's modified HED.
+- ``"informative_anime"`` / ``"informative_contour"`` --
+  :class:`~diffsketch.styles.informative.InformativeDrawings` with the two released checkpoints.
 
 Weights are never shipped or downloaded and never unpickled: the user converts the released
 pickles once to ``.safetensors`` with the one-line command in :data:`STYLES` (printed by every
 "not found" error) and puts them in ``models/diffsketch/styles`` (ComfyUI) or passes the path.
-
-Why not :class:`diffsketch.baselines.HED` / :class:`~diffsketch.baselines.InformativeDrawingsGenerator`?
-Both have the right architecture but their own parameter names (``stages.0.0.weight``,
-``side_outputs.0``, ``fuse``; ``net.1.weight``, ``net.10.body.1``): the released files use
-``netVggOne.0.weight`` ... ``netScoreOne`` ... ``netCombine.0`` (sniklaus; the file itself says
-``module`` for ``net``) and ``model0.1.weight``, ``model2.0.conv_block.1`` ... ``model4.1``
-(Informative Drawings). The modules here keep the released names so a converted file loads with
-``strict=True`` and every missing or extra tensor is reported.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from .errors import FileFormatError, InvalidInputError, WeightsNotFoundError
-from .fileio import save_tensors
-from .xdog import XDoG
-
-__all__ = [
-    "STYLES",
-    "STYLE_WEIGHTS_KIND",
-    "StyleInfo",
-    "StyleExtractor",
-    "XDoGStyle",
-    "ModifiedHED",
-    "InformativeDrawings",
-    "build_style",
-    "load_style",
-    "save_style_weights",
-    "resolve_style_weights",
-    "HED_BGR_MEAN",
-    "DIFFSKETCH_HED_SIDES",
-    "STANDARD_HED_SIDES",
-]
+from ..errors import FileFormatError, InvalidInputError, WeightsNotFoundError
+from ..fileio import save_tensors
+from .base import StyleExtractor
+from .hed import ModifiedHED
+from .informative import InformativeDrawings
+from .xdog import XDoG, XDoGStyle
 
 STYLE_WEIGHTS_KIND = "style_weights"
 STYLE_WEIGHTS_VERSION = 1
@@ -161,189 +122,6 @@ def _style_info(name: str) -> StyleInfo:
     if name not in STYLES:
         raise InvalidInputError(f"unknown style {name!r}; pick one of {sorted(STYLES)}.")
     return STYLES[name]
-
-
-# ============================================================================================
-# Modules
-# ============================================================================================
-class StyleExtractor(nn.Module):
-    """Base class: checks the photos, runs :meth:`sketch`, returns ``[B, 1, H, W]`` in [0, 1]."""
-
-    style_name = "custom"
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
-            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-            raise InvalidInputError(
-                f"style '{self.style_name}' expects RGB photos [B, 3, H, W] in [0, 1]; got {shape}."
-            )
-        if not images.is_floating_point():
-            raise InvalidInputError(
-                f"style '{self.style_name}' expects float photos in [0, 1]; got {images.dtype} "
-                "(divide uint8 images by 255)."
-            )
-        if images.shape[-1] < 1 or images.shape[-2] < 1 or images.shape[0] < 1:
-            raise InvalidInputError(f"style '{self.style_name}' got an empty batch {tuple(images.shape)}.")
-        out = self.sketch(images.clamp(0.0, 1.0))
-        return out.clamp(0.0, 1.0)
-
-    def sketch(self, images: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-
-class XDoGStyle(StyleExtractor):
-    """:func:`diffsketch.xdog.xdog` as a module (no parameters; float32 output on the input's device)."""
-
-    style_name = "xdog"
-
-    def __init__(self, settings: XDoG | None = None):
-        super().__init__()
-        self.settings = settings or XDoG()
-
-    def sketch(self, images: torch.Tensor) -> torch.Tensor:
-        return self.settings(images.float()).to(images.device)
-
-
-#: Caffe HED's BGR pixel means (sniklaus ``run.py``), subtracted after scaling to [0, 255].
-HED_BGR_MEAN = (104.00698793, 116.66876762, 122.67891434)
-#: Which side output feeds each of the fusion layer's 5 inputs (0-based): DiffSketch's and HED's.
-DIFFSKETCH_HED_SIDES = (0, 1, 2, 1, 0)
-STANDARD_HED_SIDES = (0, 1, 2, 3, 4)
-_HED_STAGES = ("One", "Two", "Thr", "Fou", "Fiv")
-_VGG16_WIDTHS = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
-
-
-class ModifiedHED(StyleExtractor):
-    """HED on VGG16 with sniklaus/pytorch-hed's parameter names, wired as DiffSketch wires it.
-
-    ``side_order``: the side outputs fed to the 5-input fusion layer, 0-based; DiffSketch's
-    ``(0, 1, 2, 1, 0)`` by default, ``(0, 1, 2, 3, 4)`` for plain HED.
-    ``input_mode``: ``"diffsketch_rgb"`` (default) reproduces DiffSketch: RGB in, BGR means
-    subtracted channel by channel; ``"caffe_bgr"`` flips RGB to BGR first, as the weights expect.
-    Output: ``1 - sigmoid(fuse(...))`` -- the sketch (1 = paper), any input size.
-    """
-
-    style_name = "hed"
-
-    def __init__(
-        self,
-        side_order: Sequence[int] = DIFFSKETCH_HED_SIDES,
-        input_mode: str = "diffsketch_rgb",
-    ):
-        super().__init__()
-        side_order = tuple(int(i) for i in side_order)
-        if len(side_order) != 5 or not all(0 <= i < 5 for i in side_order):
-            raise InvalidInputError(
-                f"side_order must list 5 side-output indices in 0..4 (e.g. {DIFFSKETCH_HED_SIDES}); got {side_order}."
-            )
-        if input_mode not in ("diffsketch_rgb", "caffe_bgr"):
-            raise InvalidInputError(f"input_mode {input_mode!r} is not one of 'diffsketch_rgb', 'caffe_bgr'.")
-        self.side_order = side_order
-        self.input_mode = input_mode
-        c_in = 3
-        for stage, (n_convs, width) in zip(_HED_STAGES, _VGG16_WIDTHS, strict=True):
-            # Stages 2..5 start with the max-pool, as in the released network (it shifts the indices
-            # of the convolutions inside each Sequential, hence of the parameter names).
-            layers: list[nn.Module] = [] if stage == "One" else [nn.MaxPool2d(kernel_size=2, stride=2)]
-            for _ in range(n_convs):
-                layers += [nn.Conv2d(c_in, width, 3, padding=1), nn.ReLU(inplace=False)]
-                c_in = width
-            setattr(self, f"netVgg{stage}", nn.Sequential(*layers))
-            setattr(self, f"netScore{stage}", nn.Conv2d(width, 1, 1))
-        self.netCombine = nn.Sequential(nn.Conv2d(5, 1, 1), nn.Sigmoid())
-        self.register_buffer("bgr_mean", torch.tensor(HED_BGR_MEAN).view(1, 3, 1, 1), persistent=False)
-
-    def network_input(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.flip(1) if self.input_mode == "caffe_bgr" else images
-        return x * 255.0 - self.bgr_mean.to(x.dtype)
-
-    def side_outputs(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """The 5 side outputs (pre-sigmoid), upsampled to the input size."""
-        x = self.network_input(images)
-        size = x.shape[-2:]
-        sides = []
-        for stage in _HED_STAGES:
-            x = getattr(self, f"netVgg{stage}")(x)
-            s = getattr(self, f"netScore{stage}")(x)
-            sides.append(F.interpolate(s, size=size, mode="bilinear", align_corners=False))
-        return sides
-
-    def edge_probability(self, images: torch.Tensor) -> torch.Tensor:
-        sides = self.side_outputs(images)
-        return self.netCombine(torch.cat([sides[i] for i in self.side_order], dim=1))
-
-    def sketch(self, images: torch.Tensor) -> torch.Tensor:
-        return 1.0 - self.edge_probability(images)
-
-
-class _InformativeResidualBlock(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        # Parameter names conv_block.1 / conv_block.5 as in the released checkpoints.
-        self.conv_block = nn.Sequential(
-            nn.ReflectionPad2d(1),
-            nn.Conv2d(channels, channels, 3),
-            nn.InstanceNorm2d(channels),
-            nn.ReLU(inplace=True),
-            nn.ReflectionPad2d(1),
-            nn.Conv2d(channels, channels, 3),
-            nn.InstanceNorm2d(channels),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv_block(x)
-
-
-class InformativeDrawings(StyleExtractor):
-    """Informative-Drawings generator with the released checkpoints' parameter names
-    (``model0`` stem, ``model1`` 2 downsamplings, ``model2`` residual blocks, ``model3`` 2
-    upsamplings, ``model4`` head + sigmoid). Reflection padding and affine-free instance norm, as in
-    the repository's first (mainline) ``model.py`` and DiffSketch's ``models/informative.py``.
-
-    Sizes that are not multiples of 4 are reflection-padded at the bottom/right and cropped back
-    (the bare network would return a larger image); instance-norm statistics then include the few
-    padded pixels.
-    """
-
-    style_name = "informative"
-    multiple = 4
-
-    def __init__(self, n_blocks: int = 3, ngf: int = 64, style_name: str = "informative"):
-        super().__init__()
-        self.style_name = style_name
-        self.model0 = nn.Sequential(
-            nn.ReflectionPad2d(3), nn.Conv2d(3, ngf, 7), nn.InstanceNorm2d(ngf), nn.ReLU(inplace=True)
-        )
-        self.model1 = nn.Sequential(
-            nn.Conv2d(ngf, ngf * 2, 3, stride=2, padding=1),
-            nn.InstanceNorm2d(ngf * 2),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(ngf * 2, ngf * 4, 3, stride=2, padding=1),
-            nn.InstanceNorm2d(ngf * 4),
-            nn.ReLU(inplace=True),
-        )
-        self.model2 = nn.Sequential(*[_InformativeResidualBlock(ngf * 4) for _ in range(n_blocks)])
-        self.model3 = nn.Sequential(
-            nn.ConvTranspose2d(ngf * 4, ngf * 2, 3, stride=2, padding=1, output_padding=1),
-            nn.InstanceNorm2d(ngf * 2),
-            nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(ngf * 2, ngf, 3, stride=2, padding=1, output_padding=1),
-            nn.InstanceNorm2d(ngf),
-            nn.ReLU(inplace=True),
-        )
-        self.model4 = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(ngf, 1, 7), nn.Sigmoid())
-
-    def sketch(self, images: torch.Tensor) -> torch.Tensor:
-        h, w = images.shape[-2:]
-        ph, pw = -h % self.multiple, -w % self.multiple
-        x = images
-        if ph or pw:
-            # reflection needs pad < size; tiny images fall back to edge replication
-            mode = "reflect" if ph < h and pw < w else "replicate"
-            x = F.pad(x, (0, pw, 0, ph), mode=mode)
-        for block in (self.model0, self.model1, self.model2, self.model3, self.model4):
-            x = block(x)
-        return x[..., :h, :w]
 
 
 # ============================================================================================

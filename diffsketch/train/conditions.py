@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from . import fileio
-from .errors import FileFormatError, InvalidInputError, TrainingInterrupted
+from .. import fileio
+from ..errors import FileFormatError, InvalidInputError, TrainingInterrupted
 
 CONDITIONS_KIND = "conditions"
 CONDITIONS_VERSION = 1

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import InvalidInputError
+from ..errors import InvalidInputError
 
 
 def _norm_layer(kind: str, channels: int) -> nn.Module:

@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from . import fileio
-from .errors import FileFormatError, InvalidInputError
+from .. import fileio
+from ..errors import FileFormatError, InvalidInputError
 
 MODEL_PREFIX = "model."
 OPTIM_PREFIX = "optim."

@@ -19,10 +19,12 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .errors import InvalidInputError
+from ..errors import InvalidInputError
+from .base import StyleExtractor
 
 __all__ = [
     "XDoG",
+    "XDoGStyle",
     "xdog",
     "grey_u8",
     "gaussian_blur_u8",
@@ -250,3 +252,16 @@ class XDoG:
 
     def __call__(self, images: torch.Tensor, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return xdog(images, out_dtype=out_dtype, **asdict(self))
+
+
+class XDoGStyle(StyleExtractor):
+    """:func:`xdog` as a module (no parameters; float32 output on the input's device)."""
+
+    style_name = "xdog"
+
+    def __init__(self, settings: XDoG | None = None):
+        super().__init__()
+        self.settings = settings or XDoG()
+
+    def sketch(self, images: torch.Tensor) -> torch.Tensor:
+        return self.settings(images.float()).to(images.device)

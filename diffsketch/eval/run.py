@@ -6,14 +6,14 @@ For every readable photo (BSDS500 test images, COCO val, any folder):
    Informative Drawings) applied to the photo -- the paper's protocol for its automatic styles
    (method.md §10);
 2. prediction = the extractor under test (a ``SketchExtractor`` file, run through
-   :func:`diffsketch.extractor.extract`, or any callable ``[B,3,H,W] -> [B,1,H,W]``);
-3. per-image SSIM and L1 (:mod:`diffsketch.metrics`), LPIPS (:func:`diffsketch.losses.build_lpips`
-   on :func:`~diffsketch.losses.perceptual_preprocess`, i.e. the paper code's 224 px ImageNet
+   :func:`diffsketch.distill.extract.extract`, or any callable ``[B,3,H,W] -> [B,1,H,W]``);
+3. per-image SSIM and L1 (:mod:`diffsketch.eval.metrics`), LPIPS (:func:`diffsketch.train.losses.build_lpips`
+   on :func:`~diffsketch.train.losses.perceptual_preprocess`, i.e. the paper code's 224 px ImageNet
    preprocessing, so the numbers match the DiffSketch code rather than standard LPIPS), CLIP image
    similarity (CLIP's own preprocessing), and FID between the sets of ground-truth and predicted
    sketches;
 4. with BSDS500 human annotations (``.mat``), the boundary benchmark on the predicted line strength
-   (``1 - sketch``): ODS / OIS F-measure and AP (:func:`diffsketch.metrics.evaluate_boundaries`).
+   (``1 - sketch``): ODS / OIS F-measure and AP (:func:`diffsketch.eval.bsds.evaluate_boundaries`).
 
 Output (written atomically into ``out_dir``): ``results.md`` (mean ± std per metric, FID,
 boundary scores, skipped files and metrics, notes), ``results.csv`` (one row per image),
@@ -30,7 +30,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,17 +39,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import DiffSketchError, FileFormatError, InvalidInputError, WeightsNotFoundError
-from .fileio import atomic_write_bytes
-from .images import IMAGE_SUFFIXES, read_image
+from ..errors import DiffSketchError, FileFormatError, InvalidInputError, WeightsNotFoundError
+from ..fileio import atomic_write_bytes
+from ..images import IMAGE_SUFFIXES, read_image
 
-__all__ = [
-    "ALL_METRICS",
-    "EvalReport",
-    "evaluate",
-    "add_eval_parser",
-    "cmd_eval",
-]
+__all__ = ["ALL_METRICS", "EvalReport", "evaluate"]
 
 ALL_METRICS = ("lpips", "ssim", "l1", "fid", "clip")
 PER_IMAGE_METRICS = ("ssim", "l1", "lpips", "clip")  # CSV column order
@@ -87,8 +80,8 @@ class EvalReport:
     ignored_files: list[str] = field(default_factory=list)  # not image files
     skipped_metrics: dict[str, str] = field(default_factory=dict)  # metric -> why
     notes: list[str] = field(default_factory=list)
-    boundary: object | None = None  # metrics.BoundaryScores
-    pairing: object | None = None  # metrics.PairingReport
+    boundary: object | None = None  # metrics.boundaries.BoundaryScores
+    pairing: object | None = None  # bsds.PairingReport
     boundary_error: str | None = None
     limited: bool = False  # max_images cut the photo list
     files: dict[str, Path] = field(default_factory=dict)
@@ -245,22 +238,21 @@ def _load_metric_model(metric: str, weights, device):
     if metric == "lpips":
         if isinstance(weights, nn.Module):
             return weights.to(device).eval()
-        from .losses import build_lpips
+        from ..train.losses import build_lpips
 
         return build_lpips(weights, device=device)
     if metric == "fid":
         if isinstance(weights, nn.Module):
             return weights.to(device).eval()
-        from . import metrics as M
+        from .metrics import fid
 
         if weights is None:
-            # metrics keeps the full "where from / how to convert" text; reuse it so both stay in step
-            source = getattr(M, "_FID_WEIGHTS_SOURCE", "pytorch-fid's FID Inception weights")
+            # fid keeps the full "where from / how to convert" text; reuse it so both stay in step
             raise WeightsNotFoundError(
-                f"FID needs the Inception weights file '{M.FID_WEIGHTS_FILE}' (pass fid_weights / --fid-weights: "
-                f"the file or its folder). It is {source}"
+                f"FID needs the Inception weights file '{fid.FID_WEIGHTS_FILE}' (pass fid_weights / --fid-weights: "
+                f"the file or its folder). It is {fid.FID_WEIGHTS_SOURCE}"
             )
-        return M.load_fid_inception(weights, device=device)
+        return fid.load_fid_inception(weights, device=device)
     if metric == "clip":
         if weights is not None and not isinstance(weights, (str, os.PathLike)):
             if hasattr(weights, "encode_image"):
@@ -270,7 +262,7 @@ def _load_metric_model(metric: str, weights, device):
             raise InvalidInputError(
                 f"clip_weights must be a path or a CLIP model; got {type(weights).__name__}."
             )
-        from .losses import load_clip_image_encoder
+        from ..train.losses import load_clip_image_encoder
 
         return _EncodeImage(load_clip_image_encoder(weights, device=device))
     raise InvalidInputError(f"metric {metric!r} needs no model")
@@ -278,7 +270,8 @@ def _load_metric_model(metric: str, weights, device):
 
 def _load_extractor(extractor, device) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
     """(function photo [1,3,H,W] -> sketch [1,1,H,W] on the CPU, description)."""
-    from .extractor import SketchExtractor, extract, load_extractor
+    from ..distill.extract import extract
+    from ..distill.extractor import SketchExtractor, load_extractor
 
     if extractor is None:
         raise InvalidInputError(
@@ -330,7 +323,7 @@ def _load_extractor(extractor, device) -> tuple[Callable[[torch.Tensor], torch.T
 
 
 def _load_style(style, style_weights, device) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
-    from .styles import load_style
+    from ..styles import load_style
 
     if isinstance(style, str):
         module = load_style(style, style_weights, device=device)
@@ -359,7 +352,7 @@ def _list_photos(photos_dir: Path) -> tuple[list[Path], list[str]]:
 
 def _read_photo(path: Path) -> torch.Tensor:
     """[1, 3, H, W] float32 RGB in [0, 1] (grey repeated, alpha composited over white, 16-bit scaled)."""
-    from .extractor import to_rgb_batch
+    from ..distill.extract import to_rgb_batch
 
     return to_rgb_batch(read_image(path)).permute(0, 3, 1, 2).contiguous()
 
@@ -538,8 +531,10 @@ def evaluate(
         for stale in boundary_dir.glob("*.png"):
             stale.unlink()
 
-    from . import metrics as M
-    from .losses import perceptual_preprocess
+    from ..train.losses import perceptual_preprocess
+    from . import bsds
+    from .metrics import fid, perceptual
+    from .metrics.ssim import l1_distance, ssim
 
     total = min(len(files), max_images) if max_images else len(files)
     sizes: dict[tuple[int, int], int] = {}
@@ -589,9 +584,9 @@ def evaluate(
         row: dict = {"image": path.stem, "file": path.name, "height": h, "width": w}
         with torch.no_grad():
             if "ssim" in computed:
-                row["ssim"] = float(M.ssim(pred, gt)[0])
+                row["ssim"] = float(ssim(pred, gt)[0])
             if "l1" in computed:
-                row["l1"] = float(M.l1_distance(pred, gt)[0])
+                row["l1"] = float(l1_distance(pred, gt)[0])
             if "lpips" in computed:
                 lp = models["lpips"]
                 dev = next(lp.parameters()).device
@@ -600,11 +595,11 @@ def evaluate(
                 )
             if "clip" in computed:
                 row["clip"] = float(
-                    M.clip_image_similarity(models["clip"], pred.to(device), gt.to(device))[0]
+                    perceptual.clip_image_similarity(models["clip"], pred.to(device), gt.to(device))[0]
                 )
             if "fid" in computed:
-                fid_gt.append(M.inception_features(models["fid"], gt.expand(-1, 3, -1, -1)))
-                fid_pred.append(M.inception_features(models["fid"], pred.expand(-1, 3, -1, -1)))
+                fid_gt.append(fid.inception_features(models["fid"], gt.expand(-1, 3, -1, -1)))
+                fid_pred.append(fid.inception_features(models["fid"], pred.expand(-1, 3, -1, -1)))
         report.rows.append(row)
         if len(cells) < GRID_IMAGES:
             cells.append(
@@ -628,7 +623,7 @@ def evaluate(
             report.summary[m] = (float(values.mean()), float(values.std()), int(values.size))
     if "fid" in computed:
         if len(fid_gt) >= 2:
-            report.fid = M.fid_from_features(np.concatenate(fid_gt), np.concatenate(fid_pred))
+            report.fid = fid.fid_from_features(np.concatenate(fid_gt), np.concatenate(fid_pred))
             report.fid_images = len(fid_gt)
         else:
             report.skipped_metrics["fid"] = (
@@ -664,14 +659,14 @@ def evaluate(
                 progress("boundaries", i + 1, n)
 
         try:
-            scores, pairing = M.evaluate_boundaries(
+            scores, pairing = bsds.evaluate_boundaries(
                 boundary_dir, gt_dir, lines_are_dark=False, progress=boundary_progress
             )
             report.boundary, report.pairing = scores, pairing
         except InvalidInputError as e:
             report.boundary_error = str(e)
             try:
-                report.pairing = M.pair_files(boundary_dir, gt_dir)[1]
+                report.pairing = bsds.pair_files(boundary_dir, gt_dir)[1]
             except DiffSketchError:
                 pass
         if report.limited and report.pairing is not None and report.pairing.missing_prediction:
@@ -693,116 +688,3 @@ def evaluate(
     atomic_write_bytes(report.files["csv"], report.to_csv().encode("utf-8"))
     atomic_write_bytes(report.files["markdown"], report.to_markdown().encode("utf-8"))
     return report
-
-
-# ============================================================================================
-# Command line
-# ============================================================================================
-def add_eval_parser(subparsers):
-    """Register ``diffsketch eval`` on an ``argparse`` subparsers object; returns the parser."""
-    from .styles import STYLES
-
-    p = subparsers.add_parser(
-        "eval",
-        help="score an extractor against an automatic style (LPIPS, SSIM, L1, FID, CLIP; BSDS500 ODS/OIS/AP)",
-        description=(
-            "Ground-truth sketches come from --style applied to each photo; the extractor under test is "
-            "scored against them. Writes results.md, results.csv and grid.png into --out. Metrics whose "
-            "weights are missing are skipped with a note unless named in --metrics."
-        ),
-    )
-    p.add_argument("photos", help="folder of photos (e.g. BSDS500 images/test or COCO val2017)")
-    p.add_argument(
-        "--style", default="xdog", choices=sorted(STYLES), help="ground-truth style (default xdog)"
-    )
-    p.add_argument(
-        "--style-weights",
-        default=None,
-        help="converted .safetensors weights of a learned style (hed, informative_*), or their folder",
-    )
-    p.add_argument("--extractor", required=True, help="extractor .safetensors to evaluate (from distill)")
-    p.add_argument("--out", required=True, help="output folder for results.md, results.csv, grid.png")
-    p.add_argument(
-        "--bsds-gt",
-        default=None,
-        help="BSDS500 groundTruth folder (.mat files) for the boundary benchmark (ODS/OIS/AP)",
-    )
-    p.add_argument(
-        "--lpips-weights",
-        default=None,
-        help="torchvision AlexNet weights (alexnet-owt-7be5be79.pth/.safetensors) or folder (default: torch hub cache)",
-    )
-    p.add_argument(
-        "--fid-weights", default=None, help="pytorch-fid Inception weights (.safetensors) or folder"
-    )
-    p.add_argument(
-        "--clip-weights", default=None, help="CLIP ViT-B/32 image encoder (.safetensors) or folder"
-    )
-    p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N photos")
-    p.add_argument("--size", type=int, default=None, help="resize photos so the shorter side is N px first")
-    p.add_argument(
-        "--metrics",
-        default=None,
-        help=f"comma-separated subset of {','.join(ALL_METRICS)}; named metrics are required (default: all available)",
-    )
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, ...")
-    p.set_defaults(func=cmd_eval)
-    return p
-
-
-def _tqdm_progress():
-    """One command-line progress bar per stage ("images", "boundaries")."""
-    from .cli import progress_bar
-
-    bars: dict[str, object] = {}
-
-    def update(stage: str, done: int, total: int):
-        if stage not in bars:
-            bars[stage] = progress_bar(total, stage, unit="img")
-        bars[stage](done, total)
-
-    def close():
-        for bar in bars.values():
-            bar.close()
-
-    update.close = close
-    return update
-
-
-def cmd_eval(args) -> int:
-    """Run ``diffsketch eval``: 0 = done, 1 = done but files were skipped or unpaired, 2 = error."""
-    from .cli import pick_device
-
-    bar = _tqdm_progress()
-    try:
-        report = evaluate(
-            args.photos,
-            args.out,
-            style=args.style,
-            style_weights=args.style_weights,
-            extractor_path=args.extractor,
-            metrics=args.metrics,
-            lpips_weights=args.lpips_weights,
-            fid_weights=args.fid_weights,
-            clip_weights=args.clip_weights,
-            bsds_gt_dir=args.bsds_gt,
-            max_images=args.max_images,
-            size=args.size,
-            device=pick_device(args.device),
-            progress=bar,
-        )
-    except (DiffSketchError, ImportError) as e:
-        print(f"diffsketch eval: error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        bar.close()
-    print(report.summary_text())
-    if report.has_problems:
-        for path, reason in report.skipped_files:
-            print(f"skipped {path}: {reason}", file=sys.stderr)
-        if report.boundary_error:
-            print(f"boundary benchmark not run: {report.boundary_error}", file=sys.stderr)
-        if report.pairing is not None and not report.pairing.clean:
-            print(report.pairing.summary(), file=sys.stderr)
-        return 1
-    return 0

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch.nn as nn
 
-from .errors import UnsupportedModelError
+from ..errors import UnsupportedModelError
 
 LAYOUT_LDM = "ldm"
 LAYOUT_DIFFUSERS = "diffusers"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import InvalidInputError
+from ..errors import InvalidInputError
 
 NUM_TRAIN_TIMESTEPS = 1000
 

@@ -1,0 +1,435 @@
+"""Student training: fit a fast image-to-sketch network to a folder of (image, sketch) pairs.
+
+:func:`train_student` fits a student network (a :class:`~diffsketch.distill.extractor.SketchExtractor`
+by default, or any ``[B,3,H,W] -> [B,1,H,W]`` module) to the pairs with L1 + LPIPS on random
+crops with horizontal flips. Batch ``k`` is drawn from an RNG seeded by ``(seed, k)``, so a
+run resumed from a checkpoint after N steps ends bit-for-bit where an uninterrupted run ends.
+
+Not implemented: the optional adversarial term (Pix2PixHD's GAN + feature matching).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import FileFormatError, InvalidInputError, TrainingDiverged, TrainingInterrupted
+from ..seeds import cpu_generator, derive_seed
+from ..train.losses import perceptual_preprocess
+from ..train.state import load_training_state, save_training_state
+from .extractor import ExtractorConfig, SketchExtractor
+
+DISTILL_CHECKPOINT_KIND = "distill_checkpoint"
+DISTILL_CHECKPOINT_VERSION = 1
+
+StopFn = Callable[[], bool]
+StepFn = Callable[[int, dict, "torch.Tensor | None"], None]
+
+
+_SCHEDULES = ("cosine", "constant")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Settings of :func:`train_student`; stored as JSON in checkpoints and the student's meta.
+
+    Optimiser: Adam (betas 0.9, 0.999) at ``lr``, with a linear warm-up over
+    ``warmup_iterations`` and then, with ``lr_schedule="cosine"``, a cosine decay to
+    ``lr * min_lr_ratio`` at ``iterations``. The first SketchExtractor (format 1) had no
+    normalisation layer and blew up at lr 1e-3 (activations x10^2..10^6 within ten steps, the
+    sigmoid stuck at 0); the GroupNorm residual blocks of formats 2 and 3 train stably at 1e-3
+    and 2e-3 with the warm-up (the distill_fidelity benchmark's runs). Each step draws ``batch_size`` pairs at random (with replacement), a random
+    ``crop_size`` crop of each (pairs smaller than that are reflection-padded) and, with
+    ``flip``, a random horizontal flip. Loss = ``l1_weight * L1 + lpips_weight * LPIPS``;
+    gradients are clipped to ``grad_clip_norm`` (0 = off).
+    """
+
+    iterations: int = 3000
+    batch_size: int = 8
+    crop_size: int = 256
+    lr: float = 1e-3
+    lr_schedule: str = "cosine"
+    warmup_iterations: int = 200
+    min_lr_ratio: float = 0.02
+    l1_weight: float = 1.0
+    lpips_weight: float = 1.0
+    flip: bool = True
+    grad_clip_norm: float = 1.0
+    checkpoint_every: int = 500
+    preview_every: int = 100
+    seed: int = 0
+    extractor: ExtractorConfig = field(default_factory=ExtractorConfig)
+
+    def __post_init__(self):
+        if isinstance(self.extractor, dict):
+            object.__setattr__(self, "extractor", ExtractorConfig.from_dict(self.extractor))
+        if not isinstance(self.extractor, ExtractorConfig):
+            raise InvalidInputError("DistillConfig.extractor must be an ExtractorConfig or its dict.")
+
+        def positive_int(name, low=1):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise InvalidInputError(f"DistillConfig.{name} must be an integer >= {low}, got {v!r}.")
+
+        def number(name, low, high, low_open=False):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise InvalidInputError(f"DistillConfig.{name} must be a finite number, got {v!r}.")
+            if v < low or v > high or (low_open and v == low):
+                bound = f"({low}, {high}]" if low_open else f"[{low}, {high}]"
+                raise InvalidInputError(f"DistillConfig.{name} must be in {bound}, got {v!r}.")
+            object.__setattr__(self, name, float(v))
+
+        for name in ("iterations", "batch_size", "crop_size", "checkpoint_every", "preview_every"):
+            positive_int(name)
+        positive_int("warmup_iterations", 0)
+        positive_int("seed", 0)
+        number("lr", 0.0, 1.0, low_open=True)
+        number("min_lr_ratio", 0.0, 1.0)
+        number("l1_weight", 0.0, 1e6)
+        number("lpips_weight", 0.0, 1e6)
+        number("grad_clip_norm", 0.0, 1e6)
+        if self.l1_weight == 0 and self.lpips_weight == 0:
+            raise InvalidInputError("DistillConfig: l1_weight and lpips_weight cannot both be 0.")
+        if self.lr_schedule not in _SCHEDULES:
+            raise InvalidInputError(
+                f"DistillConfig.lr_schedule must be one of {_SCHEDULES}, got {self.lr_schedule!r}."
+            )
+        if not isinstance(self.flip, bool):
+            raise InvalidInputError(f"DistillConfig.flip must be true or false, got {self.flip!r}.")
+
+    def lr_at(self, iteration: int) -> float:
+        """Learning rate of step ``iteration`` (0-based): warm-up, then constant or cosine decay."""
+        scale = 1.0
+        if self.warmup_iterations and iteration < self.warmup_iterations:
+            scale = (iteration + 1) / self.warmup_iterations
+        if self.lr_schedule == "cosine":
+            progress = min(iteration / max(self.iterations - 1, 1), 1.0)
+            floor = self.min_lr_ratio
+            scale *= floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return self.lr * scale
+
+    def to_dict(self) -> dict:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["extractor"] = self.extractor.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DistillConfig:
+        if not isinstance(data, dict):
+            raise InvalidInputError(f"a distill config must be a JSON object, got {type(data).__name__}.")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InvalidInputError(f"unknown distill config keys {unknown}; known keys are {sorted(known)}.")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, text: str) -> DistillConfig:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InvalidInputError(f"distill config is not valid JSON: {e}") from e
+        return cls.from_dict(data)
+
+
+# Settings that may change when a run is resumed; every other one must match the checkpoint's,
+# or the resumed run would not be the run that was started.
+_RESUMABLE_CHANGES = ("iterations", "checkpoint_every", "preview_every")
+
+
+def build_student(config: DistillConfig) -> SketchExtractor:
+    """The default student, initialised from ``config.seed`` without touching the global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed("student-init", config.seed))
+        return SketchExtractor(config.extractor)
+
+
+def _pad_to(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Pad [C,H,W] at the bottom/right to at least (height, width): reflection, or edge replication
+    where the image is too small to reflect."""
+    ph, pw = max(height - x.shape[-2], 0), max(width - x.shape[-1], 0)
+    x = x[None]
+    if pw:
+        x = F.pad(x, (0, pw, 0, 0), mode="reflect" if pw < x.shape[-1] else "replicate")
+    if ph:
+        x = F.pad(x, (0, 0, 0, ph), mode="reflect" if ph < x.shape[-2] else "replicate")
+    return x[0]
+
+
+def _load_pair(pairs, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    item = pairs[k]
+    if not isinstance(item, (tuple, list)) or len(item) != 2:
+        raise InvalidInputError(f"pair {k} is not an (image, sketch) pair but {type(item).__name__}.")
+    image, sketch = item
+    ok = (
+        isinstance(image, torch.Tensor)
+        and isinstance(sketch, torch.Tensor)
+        and image.dim() == 3
+        and image.shape[0] == 3
+        and sketch.dim() == 3
+        and sketch.shape[0] == 1
+        and image.shape[-2:] == sketch.shape[-2:]
+    )
+    if not ok:
+        shapes = [
+            tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__ for t in (image, sketch)
+        ]
+        raise InvalidInputError(
+            f"pair {k} must be (image [3,H,W], sketch [1,H,W]) of one size; got {shapes[0]} and {shapes[1]}."
+        )
+    if not (torch.isfinite(image).all() and torch.isfinite(sketch).all()):
+        raise InvalidInputError(f"pair {k} contains NaN or infinite values; fix or remove it.")
+    return image.float(), sketch.float()
+
+
+def make_batch(pairs, config: DistillConfig, iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training batch of step ``iteration``: a pure function of (config.seed, iteration)."""
+    g = cpu_generator("batch", config.seed, iteration)
+    crop = config.crop_size
+    n = len(pairs)
+    choices = torch.randint(n, (config.batch_size,), generator=g).tolist()
+    images, sketches = [], []
+    for k in choices:
+        image, sketch = _load_pair(pairs, k)
+        image, sketch = _pad_to(image, crop, crop), _pad_to(sketch, crop, crop)
+        h, w = image.shape[-2:]
+        top = int(torch.randint(h - crop + 1, (1,), generator=g))
+        left = int(torch.randint(w - crop + 1, (1,), generator=g))
+        flip = bool(torch.rand((), generator=g) < 0.5)
+        image = image[:, top : top + crop, left : left + crop]
+        sketch = sketch[:, top : top + crop, left : left + crop]
+        if config.flip and flip:
+            image, sketch = image.flip(-1), sketch.flip(-1)
+        images.append(image.clamp(0.0, 1.0))
+        sketches.append(sketch.clamp(0.0, 1.0))
+    return torch.stack(images), torch.stack(sketches)
+
+
+def _preview(images: torch.Tensor, sketches: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    """input | teacher | student of the batch's first crop, as a ComfyUI IMAGE [1, H, 3W, 3]."""
+    parts = [
+        images[0],
+        sketches[0].expand(3, -1, -1),
+        output[0].detach().float().clamp(0, 1).expand(3, -1, -1),
+    ]
+    return torch.cat([p.cpu() for p in parts], dim=-1).permute(1, 2, 0)[None].contiguous()
+
+
+def _parameters_finite(module: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in module.parameters())
+
+
+def _check_resume(meta: dict, config: DistillConfig, student: nn.Module, path) -> None:
+    saved = meta.get("config")
+    if not isinstance(saved, dict):
+        raise FileFormatError(
+            f"{Path(path).name}: the checkpoint has no distill config; it cannot be resumed."
+        )
+    wanted = config.to_dict()
+    diffs = [
+        f"{k}: checkpoint {saved.get(k)!r}, now {wanted.get(k)!r}"
+        for k in sorted(set(saved) | set(wanted))
+        if k not in _RESUMABLE_CHANGES and saved.get(k) != wanted.get(k)
+    ]
+    if diffs:
+        raise InvalidInputError(
+            f"{Path(path).name} was made with other distill settings ({'; '.join(diffs)}). Resume with the "
+            f"checkpoint's settings (only {', '.join(_RESUMABLE_CHANGES)} may change) or start a new run."
+        )
+    if meta.get("student") not in (None, type(student).__name__):
+        raise InvalidInputError(
+            f"{Path(path).name} trained a {meta.get('student')}, not a {type(student).__name__}; resume with the "
+            "same student network."
+        )
+
+
+def train_student(
+    pairs,
+    config: DistillConfig | None = None,
+    *,
+    lpips_model: nn.Module | None = None,
+    student: nn.Module | None = None,
+    checkpoint_path: str | os.PathLike | None = None,
+    resume_from: str | os.PathLike | None = None,
+    on_step: StepFn | None = None,
+    should_stop: StopFn | None = None,
+    device: str | torch.device = "cpu",
+) -> nn.Module:
+    """Train ``student`` (default: a new :class:`SketchExtractor` of ``config.extractor``) on ``pairs``.
+
+    ``pairs``: a :class:`PairSet` or anything with ``len()`` and ``[k] -> (image [3,H,W], sketch
+    [1,H,W])`` in [0, 1]. ``student``: any module mapping ``[B,3,H,W]`` in [0, 1] to ``[B,1,H,W]``
+    in [0, 1] (1 = paper); ``config.crop_size`` must be a multiple of its ``multiple``.
+    ``lpips_model``: from :func:`~diffsketch.train.losses.build_lpips`; None (or ``lpips_weight=0``)
+    trains on L1 alone.
+
+    ``checkpoint_path``: written every ``checkpoint_every`` steps, at the end, and on Cancel.
+    ``resume_from``: a checkpoint of this run (same settings but ``iterations`` and the
+    checkpoint/preview frequencies): training continues from its step and ends exactly where an
+    uninterrupted run would. ``on_step(step, losses, preview)`` after every step; ``preview`` is
+    None except every ``preview_every`` steps and at the last one, when it is a ComfyUI IMAGE
+    ``[1, H, 3W, 3]`` (input | teacher | student). ``should_stop()`` before every step: True
+    writes a checkpoint (with ``checkpoint_path``) and raises
+    :class:`~diffsketch.errors.TrainingInterrupted`. A non-finite loss, gradient or weight stops
+    training without overwriting the last good checkpoint and raises ``TrainingDiverged``
+    saying so.
+
+    Returns the student in eval mode with ``student.meta`` (JSON) describing the run, ready for
+    ``save_extractor(path, student, student.meta)``.
+    """
+    config = config or DistillConfig()
+    if not isinstance(config, DistillConfig):
+        raise InvalidInputError(f"config must be a DistillConfig, got {type(config).__name__}.")
+    n_pairs = len(pairs)
+    if n_pairs < 1:
+        raise InvalidInputError("the pair set is empty; generate some pairs first.")
+    device = torch.device(device)
+    if student is None:
+        student = build_student(config)
+    multiple = int(getattr(student, "multiple", 1))
+    if config.crop_size % multiple:
+        raise InvalidInputError(
+            f"crop_size {config.crop_size} must be a multiple of {multiple} for a {type(student).__name__}; "
+            f"use {max(multiple, config.crop_size // multiple * multiple)}."
+        )
+    use_lpips = lpips_model is not None and config.lpips_weight > 0
+    if use_lpips:
+        lpips_model = lpips_model.to(device).eval().requires_grad_(False)
+    student = student.to(device).train()
+    params = [p for p in student.parameters() if p.requires_grad]
+    if not params:
+        raise InvalidInputError(f"the student {type(student).__name__} has no trainable parameters.")
+    optimizer = torch.optim.Adam(params, lr=config.lr, betas=(0.9, 0.999))
+
+    start = 0
+    if resume_from is not None:
+        start, _, meta = load_training_state(
+            resume_from,
+            kind=DISTILL_CHECKPOINT_KIND,
+            model=student,
+            optimizer=optimizer,
+            device=device,
+            versions=(DISTILL_CHECKPOINT_VERSION,),
+        )
+        _check_resume(meta, config, student, resume_from)
+
+    last_saved: int | None = start if resume_from is not None else None
+    losses: dict = {}
+
+    def checkpoint_meta() -> dict:
+        meta = {
+            "config": config.to_dict(),
+            "student": type(student).__name__,
+            "pairs": n_pairs,
+            "losses": losses,
+        }
+        if isinstance(student, SketchExtractor):
+            meta["student_config"] = student.config.to_dict()
+        return meta
+
+    def save(step: int) -> None:
+        nonlocal last_saved
+        if checkpoint_path is None:
+            return
+        save_training_state(
+            checkpoint_path,
+            kind=DISTILL_CHECKPOINT_KIND,
+            model=student,
+            optimizer=optimizer,
+            step=step,
+            meta=checkpoint_meta(),
+            version=DISTILL_CHECKPOINT_VERSION,
+        )
+        last_saved = step
+
+    def diverged(step: int, what: str) -> TrainingDiverged:
+        kept = (
+            f"the last good checkpoint ({Path(checkpoint_path).name}, step {last_saved}) was kept"
+            if checkpoint_path is not None and last_saved is not None
+            else "no checkpoint was written"
+        )
+        return TrainingDiverged(
+            f"distillation diverged at step {step} ({what}); {kept}. Lower lr (now {config.lr:g}) or raise "
+            "warmup_iterations, then resume from the checkpoint or start again."
+        )
+
+    for iteration in range(start, config.iterations):
+        if should_stop is not None and should_stop():
+            save(iteration)
+            where = (
+                f"a checkpoint at step {iteration} was written to {checkpoint_path}; resume from it"
+                if checkpoint_path is not None
+                else "no checkpoint path was given, so nothing was saved"
+            )
+            raise TrainingInterrupted(f"distillation was cancelled at step {iteration}; {where}.")
+        images, sketches = make_batch(pairs, config, iteration)
+        images, sketches = images.to(device), sketches.to(device)
+        lr = config.lr_at(iteration)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        output = student(images)
+        if output.shape != sketches.shape:
+            raise InvalidInputError(
+                f"the student {type(student).__name__} returned {tuple(output.shape)} for input "
+                f"{tuple(images.shape)}; it must return [B,1,H,W]."
+            )
+        output = output.float()
+        l1 = (output - sketches).abs().mean()
+        loss = config.l1_weight * l1
+        step_losses = {"l1": float(l1.detach())}
+        if use_lpips:
+            size = config.crop_size  # no resampling: thin lines stay as they are
+            lp = lpips_model(
+                perceptual_preprocess(output, size), perceptual_preprocess(sketches, size)
+            ).mean()
+            loss = loss + config.lpips_weight * lp
+            step_losses["lpips"] = float(lp.detach())
+        if not torch.isfinite(loss):
+            raise diverged(iteration + 1, "the loss is not finite")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip_norm > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip_norm)
+        else:
+            norm = torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(p.grad) for p in params if p.grad is not None])
+            )
+        if not torch.isfinite(norm):
+            raise diverged(iteration + 1, "the gradients are not finite")
+        optimizer.step()
+        step = iteration + 1
+        last = step == config.iterations
+        if (step % config.checkpoint_every == 0 or last) and not _parameters_finite(student):
+            raise diverged(step, "the weights are not finite")
+        losses = {"loss": float(loss.detach()), **step_losses, "lr": lr}
+        if on_step is not None:
+            preview = _preview(images, sketches, output) if step % config.preview_every == 0 or last else None
+            on_step(step, losses, preview)
+        if step % config.checkpoint_every == 0 or last:
+            save(step)
+
+    student.eval()
+    steps_done = max(start, config.iterations)
+    student.meta = {
+        "distill": config.to_dict(),
+        "iterations_done": steps_done,
+        "pairs": n_pairs,
+        "pair_settings": getattr(pairs, "settings", None),
+        "final_losses": losses,
+        "lpips": bool(use_lpips),
+    }
+    return student
