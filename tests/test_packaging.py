@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -55,13 +57,34 @@ def test_requirements_in_sync_with_pyproject():
     assert reqs == expected
 
 
-def test_entry_point_imports_nothing_heavy_outside_comfyui():
-    import importlib.util
+# Runs in a fresh interpreter: in this pytest process ComfyUI may already be importable (the
+# real-ComfyUI tier puts it on sys.path and imports comfy_api), which is "inside ComfyUI".
+_ENTRY_POINT_PROBE = """
+import importlib.util, json, sys
+assert importlib.util.find_spec("comfy_api") is None, "comfy_api is importable: not outside ComfyUI"
+before = set(sys.modules)
+spec = importlib.util.spec_from_file_location("pack_root_probe", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+print(json.dumps({"has_entrypoint": hasattr(module, "comfy_entrypoint"),
+                  "imported": sorted(set(sys.modules) - before)}))
+"""
+HEAVY_MODULES = ("torch", "numpy", "diffusers", "transformers", "open_clip", "lpips", "safetensors", "PIL")
 
-    spec = importlib.util.spec_from_file_location("pack_root_probe", ROOT / "__init__.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert not hasattr(module, "comfy_entrypoint")  # no ComfyUI here: nothing to register
+
+def test_entry_point_imports_nothing_heavy_outside_comfyui(tmp_path):
+    # -I: no PYTHONPATH, no user site, no script folder on sys.path; run from an empty folder
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", _ENTRY_POINT_PROBE, str(ROOT / "__init__.py")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert not result["has_entrypoint"]  # no ComfyUI here: nothing to register
+    heavy = sorted({m.split(".")[0] for m in result["imported"]} & set(HEAVY_MODULES))
+    assert heavy == [], f"importing the pack outside ComfyUI imported {heavy}"
 
 
 def test_every_node_has_category_description_and_tooltips():
