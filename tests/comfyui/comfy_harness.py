@@ -27,12 +27,18 @@ def _free_port() -> int:
 
 
 class ComfyServer:
-    def __init__(self, base: Path, tiny_checkpoint: Path, artifacts: Path):
+    def __init__(
+        self, base: Path, tiny_checkpoint: Path, artifacts: Path, front_end_root: str | Path | None = None
+    ):
+        """``front_end_root``: a frontend's ``static`` folder to serve instead of the installed
+        ``comfyui_frontend_package`` (ComfyUI's ``--front-end-root``)."""
         self.base = base
+        self.front_end_root = front_end_root
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        # One log per pytest process: two test runs on one machine must not overwrite each other's.
-        self.log_path = artifacts / f"comfyui-server-{os.getpid()}.log"
+        # One log per server and pytest process: two test runs on one machine must not overwrite
+        # each other's, nor two servers of one run.
+        self.log_path = artifacts / f"comfyui-server-{base.name}-{os.getpid()}.log"
         (base / "custom_nodes").mkdir(parents=True, exist_ok=True)
         link = base / "custom_nodes" / PACK_NAME
         if not link.exists():
@@ -60,6 +66,8 @@ class ComfyServer:
             "sqlite:///:memory:",
             "--log-stdout",
         ]
+        if self.front_end_root is not None:
+            cmd += ["--front-end-root", str(self.front_end_root)]
         self.proc = subprocess.Popen(cmd, cwd=COMFYUI_PATH, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 180
         while time.time() < deadline:

@@ -1,13 +1,18 @@
-"""Tier 2: every UI workflow opened in the real ComfyUI web frontend (the ``comfyui_frontend_package``
-the server serves) in headless Chromium.
+"""Tier 2: every UI workflow opened in the real ComfyUI web frontend in headless Chromium, once per
+frontend: the ``comfyui_frontend_package`` ComfyUI v0.8 pins (1.35.9, what the server serves), and
+the one users have today (1.58.1, served with ``--front-end-root`` from the folder
+``DIFFSKETCH_CURRENT_FRONTEND_ROOT`` names; skipped with that reason when it is unset).
 
 For each ``workflows/*.json`` the frontend's own ``app.loadGraphData`` loads the file, then the page
 is checked for what a user would see go wrong: node types the frontend does not know (its
-missing-nodes report and dialog), widget values the widgets do not accept (a combo value not among
-the options, a number outside min/max, a value count that does not match the node's widgets, which
-shifts every later value), dropped or mistyped links, validation toasts, console and page errors.
-The prompt the frontend would queue (``app.graphToPrompt``) must equal the API twin in
-``workflows/api``. A screenshot of each fitted graph goes to ``test_artifacts/frontend/<stem>.png``.
+missing-nodes report and dialog or error overlay), widget values the widgets do not accept (a combo
+value not among the options, a number outside min/max, a value count that does not match the
+node's widgets, which shifts every later value), dropped or mistyped links, validation toasts,
+console and page errors. The prompt the frontend would queue (``app.graphToPrompt``) must equal the
+API twin in ``workflows/api``. A screenshot of each fitted graph goes to
+``test_artifacts/frontend/<frontend version>/<stem>.png``. Where the two frontends differ (how
+toasts are cleared and shown, how missing nodes are reported, node ids), the page-side code reads
+both ways and checks the same thing.
 
 Needs the ``playwright`` Python package and a Chromium binary (``DIFFSKETCH_CHROMIUM`` or
 ``chromium`` / ``chromium-browser`` / ``google-chrome`` on PATH); skipped with a reason otherwise.
@@ -26,7 +31,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from comfy_harness import PACK_NAME, REPO
+from comfy_harness import COMFYUI_PATH, PACK_NAME, REPO, ComfyServer
 
 sys.path.insert(0, str(REPO / "tools"))
 from workflow_format import api_equal  # noqa: E402
@@ -35,6 +40,25 @@ WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 STEMS = [p.stem for p in WORKFLOWS]
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 VIEWPORT = {"width": 1920, "height": 1080}
+
+# Each test runs once per frontend: "pinned", the comfyui-frontend-package ComfyUI's
+# requirements.txt pins (1.35.9 for v0.8.0; installed with those requirements, the server serves
+# it), and "current", the one users have today, served with --front-end-root from the static
+# folder CURRENT_FRONTEND_ENV names.
+FRONTENDS = ("pinned", "current")
+CURRENT_FRONTEND_VERSION = "1.58.1"
+CURRENT_FRONTEND_ENV = "DIFFSKETCH_CURRENT_FRONTEND_ROOT"
+
+
+def expected_frontend_version(name: str) -> str:
+    if name == "current":
+        return CURRENT_FRONTEND_VERSION
+    pins = re.findall(
+        r"^comfyui-frontend-package==(\S+)", Path(COMFYUI_PATH, "requirements.txt").read_text(), re.M
+    )
+    assert len(pins) == 1, f"{COMFYUI_PATH}/requirements.txt pins no single comfyui-frontend-package"
+    return pins[0]
+
 
 # Files the workflows name in their combos. The frontend only lists names (from /object_info), so
 # placeholders are enough: the checkpoint is the tiny test checkpoint, the images tiny PNGs (the
@@ -50,20 +74,37 @@ CHECKPOINT = "models/checkpoints/v1-5-pruned-emaonly-fp16.safetensors"
 
 # Console output that is not about the workflow, each with why it is ignored. Anything else the
 # console logs as an error, and every uncaught page error, fails the test it happens in.
+_OUTSIDE_HOSTS = (
+    "the frontend looks node packs up on api.comfy.org and the start-up template's models up on "
+    "huggingface.co; ComfyUI's CSP blocks outside hosts (and the tests run offline)"
+)
+_JOBS_STATUS = (
+    "frontend 1.58 asks ComfyUI's /api/jobs for status 'cancelled', which ComfyUI v0.8.0 does not "
+    "know (400): the queue panel's job history, not the pack"
+)
 IGNORED_ERRORS = (
     (
         re.compile(r"violates the following Content Security Policy directive: \"connect-src 'self'\""),
-        "the frontend looks node packs up on api.comfy.org; ComfyUI's CSP blocks outside hosts "
-        "(and the tests run offline)",
+        _OUTSIDE_HOSTS,
+    ),
+    (
+        re.compile(r"^Fetch API cannot load https?://(?!127\.0\.0\.1[:/]).* Content Security Policy"),
+        _OUTSIDE_HOSTS,
+    ),
+    (
+        re.compile(r"^\[Jobs API\] Error fetching jobs: JobsApiError: Failed to fetch jobs: 400\b"),
+        _JOBS_STATUS,
     ),
 )
-# Server resources a fresh ComfyUI user directory does not have (404 at start-up, by design).
-OPTIONAL_RESOURCES = {
-    "/user.css": "optional user stylesheet",
-    "/api/userdata/user.css": "optional user stylesheet",
-    "/favicon.ico": "ComfyUI serves no favicon",
-    "/api/userdata/comfy.templates.json": "no saved node templates yet",
-    "/api/userdata": "no saved workflows/subgraphs folder yet (?dir=workflows, ?dir=subgraphs)",
+# Server resources that answer with an error by design: (path, HTTP status) -> why.
+IGNORED_RESOURCES = {
+    # a fresh ComfyUI user directory does not have these (404 at start-up)
+    ("/user.css", 404): "optional user stylesheet",
+    ("/api/userdata/user.css", 404): "optional user stylesheet",
+    ("/favicon.ico", 404): "ComfyUI serves no favicon",
+    ("/api/userdata/comfy.templates.json", 404): "no saved node templates yet",
+    ("/api/userdata", 404): "no saved workflows/subgraphs folder yet (?dir=workflows, ?dir=subgraphs)",
+    ("/api/jobs", 400): _JOBS_STATUS,
 }
 
 # Runs in the page: loads the workflow with the frontend's own loader and reports every problem
@@ -88,7 +129,8 @@ async ([wf, name]) => {
     window.__diffsketchProbe = true;
   }
   window.__diffsketchMissing = null;
-  app.extensionManager.toast.removeAll();
+  const toast = app.extensionManager.toast;
+  (toast.removeAll ?? toast.dismissAll).call(toast);  // 1.35: removeAll; 1.58: dismissAll
   // as opening the file in the UI does (the tab is named after it); keep the view to fit it below
   await app.loadGraphData(wf, true, false, name);
   if (window.__diffsketchMissing === null)
@@ -100,15 +142,17 @@ async ([wf, name]) => {
   const graph = app.rootGraph;
   if (graph.nodes.length !== wf.nodes.length)
     problems.push(`${graph.nodes.length} nodes loaded, the workflow has ${wf.nodes.length}`);
-  const fileNodes = new Map(wf.nodes.map((n) => [n.id, n]));
+  // ids as strings: the file has numbers, frontend 1.58 keeps loaded node ids as strings
+  const fileNodes = new Map(wf.nodes.map((n) => [String(n.id), n]));
   for (const node of graph.nodes) {
     const where = label(node);
+    if (!fileNodes.has(String(node.id))) problems.push(`${where}: loaded, but the workflow has no node ${node.id}`);
     if (node.has_errors) problems.push(`${where}: marked has_errors by the frontend`);
     const widgets = node.widgets ?? [];
     const valued = widgets.filter((w) => w.serialize !== false);
     let required = valued.length;  // trailing buttons (LoadImage's upload) may be left out
     while (required > 0 && valued[required - 1].type === 'button') required--;
-    const given = fileNodes.get(node.id)?.widgets_values;
+    const given = fileNodes.get(String(node.id))?.widgets_values;
     if (Array.isArray(given) && (given.length < required || given.length > valued.length))
       problems.push(
         `${where}: the workflow gives ${given.length} widget values but the node's widgets are ` +
@@ -169,13 +213,21 @@ async () => {
 }
 """
 
-# Visible dialogs and warning/error toasts, as text.
+# Visible dialogs, error overlays and warning/error toasts, as text.
 OVERLAYS_JS = """
 () => ({
-  dialogs: [...document.querySelectorAll('.p-dialog')]
+  // 1.35: PrimeVue dialogs (the missing-nodes report is one); 1.58: reka-ui dialogs, and the error
+  // overlay on the canvas that reports missing nodes
+  dialogs: [...document.querySelectorAll(
+      '.p-dialog, [data-reka-dialog-content][data-state="open"], [data-testid="error-overlay"]'
+    )]
     .filter((d) => d.offsetParent !== null || d.getClientRects().length)
     .map((d) => d.innerText.trim().replace(/\\s+/g, ' ')),
-  toasts: [...document.querySelectorAll('.p-toast-message-warn, .p-toast-message-error')]
+  // 1.35: PrimeVue toasts; 1.58: reka-ui toasts marked with their kind
+  toasts: [...document.querySelectorAll(
+      '.p-toast-message-warn, .p-toast-message-error, ' +
+        '[data-testid="toast"][data-toast-kind="warning"], [data-testid="toast"][data-toast-kind="error"]'
+    )]
     .map((t) => t.innerText.trim().replace(/\\s+/g, ' ')),
 })
 """
@@ -196,19 +248,21 @@ def _is_ignored(event: dict, origin: str) -> bool:
     if any(pattern.search(event["text"]) for pattern, _ in IGNORED_ERRORS):
         return True
     url = event.get("url") or ""
+    failed = re.match(r"Failed to load resource: the server responded with a status of (\d+)", event["text"])
     if event["text"].startswith("Failed to load resource"):
         if url and not url.startswith(origin):
             return True  # outside hosts are unreachable here by design (see IGNORED_ERRORS)
-        return urlsplit(url).path in OPTIONAL_RESOURCES
+        return failed is not None and (urlsplit(url).path, int(failed.group(1))) in IGNORED_RESOURCES
     return False
 
 
 class Frontend:
     """One page of the ComfyUI frontend; console and page errors are collected as events."""
 
-    def __init__(self, page, server_url: str):
+    def __init__(self, page, server_url: str, name: str):
         self.page = page
         self.origin = server_url
+        self.name = name  # a key of FRONTENDS
         self.events: list[dict] = []
         page.on("console", self._on_console)
         page.on("pageerror", lambda err: self.events.append({"kind": "pageerror", "text": str(err)}))
@@ -222,6 +276,7 @@ class Frontend:
         )
         page.wait_for_timeout(1000)  # let start-up requests (settings, templates, ...) finish
         self.startup_events = self.take_events()
+        self.version = page.evaluate("window.__COMFYUI_FRONTEND_VERSION__")
 
     def _on_console(self, msg):
         if msg.type == "error":
@@ -291,14 +346,43 @@ def browser():
         browser.close()
 
 
+@pytest.fixture(scope="module", params=FRONTENDS)
+def frontend_name(request) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def frontend_files(comfy_server, tiny_checkpoint):
+def frontend_server(frontend_name, comfy_server, tiny_checkpoint, artifacts_dir, tmp_path_factory):
+    """The server whose frontend the module's tests load: the session's server with the pinned
+    frontend, or a second server started with ``--front-end-root`` for the current one."""
+    if frontend_name == "pinned":
+        yield comfy_server
+        return
+    root = os.environ.get(CURRENT_FRONTEND_ENV)
+    if not root:
+        pytest.skip(
+            f"{CURRENT_FRONTEND_ENV} is not set: the frontend test also runs against the frontend users "
+            f"have today when it names that frontend's static folder, e.g. "
+            f"pip install --target DIR comfyui-frontend-package=={CURRENT_FRONTEND_VERSION}; "
+            f"{CURRENT_FRONTEND_ENV}=DIR/comfyui_frontend_package/static (.ci/run does this)"
+        )
+    if not Path(root, "index.html").is_file():
+        pytest.fail(f"{CURRENT_FRONTEND_ENV}={root} is not a frontend's static folder (no index.html)")
+    base = tmp_path_factory.mktemp("comfy_base_current_frontend")
+    server = ComfyServer(base, tiny_checkpoint, artifacts_dir, front_end_root=root).start()
+    yield server
+    server.stop()
+    shutil.rmtree(base / "temp", ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def frontend_files(frontend_server, tiny_checkpoint):
     """Create the files the workflows' combos name (only those missing); the files are removed
     again afterwards so modules sharing the server find its base directory as they left it. Folders
     stay: ComfyUI's file-list cache fails (FileNotFoundError) on a listed folder that disappears."""
     from PIL import Image
 
-    base = comfy_server.base
+    base = frontend_server.base
     created: list[Path] = []
     for rel in (CHECKPOINT, *PLACEHOLDER_MODELS, *PLACEHOLDER_IMAGES):
         path = base / rel
@@ -318,18 +402,22 @@ def frontend_files(comfy_server, tiny_checkpoint):
 
 
 @pytest.fixture(scope="module")
-def frontend(browser, comfy_server, frontend_files):
+def frontend(browser, frontend_name, frontend_server, frontend_files):
     # a fresh user directory counts as a new user, whose first page opens the template browser
     # over the canvas; mark the onboarding done as a returning user would have it
-    comfy_server.post("/settings/Comfy.TutorialCompleted", True)
+    frontend_server.post("/settings/Comfy.TutorialCompleted", True)
     page = browser.new_page(viewport=VIEWPORT)
-    yield Frontend(page, comfy_server.url)
+    yield Frontend(page, frontend_server.url, frontend_name)
     page.close()
 
 
-def test_frontend_starts_and_knows_every_pack_node(frontend, comfy_server):
+def test_frontend_starts_and_knows_every_pack_node(frontend, frontend_server):
+    assert frontend.version == expected_frontend_version(frontend.name), (
+        f"the {frontend.name} frontend should be {expected_frontend_version(frontend.name)}, "
+        f"the server serves {frontend.version}"
+    )
     assert frontend.errors(frontend.startup_events) == []
-    object_info = comfy_server.get("/object_info")
+    object_info = frontend_server.get("/object_info")
     ours = sorted(k for k, v in object_info.items() if v.get("python_module") == f"custom_nodes.{PACK_NAME}")
     assert ours, "the pack registered no nodes with the server"
     registered = set(frontend.page.evaluate("Object.keys(window.LiteGraph.registered_node_types)"))
@@ -341,7 +429,7 @@ def test_workflow_loads_cleanly_in_frontend(frontend, artifacts_dir, stem):
     workflow = json.loads((REPO / "workflows" / f"{stem}.json").read_text())
     api_twin = json.loads((REPO / "workflows" / "api" / f"{stem}.json").read_text())
     problems, _ = frontend.check(
-        stem, workflow, api_twin, screenshot=artifacts_dir / "frontend" / f"{stem}.png"
+        stem, workflow, api_twin, screenshot=artifacts_dir / "frontend" / frontend.version / f"{stem}.png"
     )
     assert problems == [], f"{stem} in the ComfyUI frontend:\n" + "\n".join(problems)
 
@@ -374,12 +462,18 @@ def _changed_value(wf):
     _node(wf, "SaveImage")["widgets_values"][0] = "elsewhere/extracted"  # valid, but not the twin's
 
 
+# mutation -> (how to break the workflow, what the report must say: one text, or one per frontend)
 MUTATIONS = {
     "renamed_node_type": (_rename_node, "missing node type DiffSketchExtractRenamed"),
     "invalid_combo_value": (_bad_combo, '"no_such_extractor.safetensors": not among the options'),
     "number_out_of_range": (_out_of_range, "widget tile = 100000: outside [128, 8192]"),
     "missing_widget_value": (_dropped_value, "the workflow gives 2 widget values"),
-    "dangling_link": (_dangling_link, "toast shown: Workflow Validation"),
+    # 1.35 validates workflows on load (removes the link, warns in a toast); 1.58 does not by
+    # default (Comfy.Validation.Workflows), so the link stays and the link check names it
+    "dangling_link": (
+        _dangling_link,
+        {"pinned": "toast shown: Workflow Validation", "current": "link 99: an end slot does not exist"},
+    ),
     "value_differs_from_api_twin": (_changed_value, "input filename_prefix: 'elsewhere/extracted'"),
 }
 
@@ -388,6 +482,8 @@ MUTATIONS = {
 def test_checker_reports_a_broken_workflow(frontend, mutation):
     """The check above can fail: a workflow broken on purpose is reported, naming the problem."""
     mutate, expected = MUTATIONS[mutation]
+    if isinstance(expected, dict):
+        expected = expected[frontend.name]
     stem = "diffsketch_4_extract"
     workflow = json.loads((REPO / "workflows" / f"{stem}.json").read_text())
     api_twin = json.loads((REPO / "workflows" / "api" / f"{stem}.json").read_text())
