@@ -1,5 +1,8 @@
+import json
 import os
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,3 +20,42 @@ def tiny_backend():
     from tiny_models import tiny_backend as make
 
     return make(0)
+
+
+# -- time per tier ------------------------------------------------------------------------------------
+# Summed over every test's setup, call and teardown (session fixtures such as the ComfyUI server
+# count where they start); shown at the end of the run, and written as JSON to the file
+# DIFFSKETCH_TIER_TIMES_JSON names (.ci/run prints it with its own set-up times).
+_COMFYUI_TESTS = Path(__file__).resolve().parent / "comfyui"
+_FRONTEND_TEST = _COMFYUI_TESTS / "test_frontend_comfyui.py"
+TIER_1 = "tier 1 (tests/)"
+TIER_2 = "tier 2 (tests/comfyui/, without the frontend test)"
+TIER_2_FRONTEND = "tier 2 frontend test (tests/comfyui/test_frontend_comfyui.py)"
+_tier_seconds = dict.fromkeys((TIER_1, TIER_2, TIER_2_FRONTEND), 0.0)
+_session_start = time.perf_counter()
+
+
+def _tier_of(path: Path) -> str:
+    if path == _FRONTEND_TEST:
+        return TIER_2_FRONTEND
+    return TIER_2 if _COMFYUI_TESTS in path.parents else TIER_1
+
+
+def pytest_sessionstart(session):
+    global _session_start
+    _session_start = time.perf_counter()
+
+
+def pytest_runtest_logreport(report):
+    _tier_seconds[_tier_of(Path(str(report.fspath)).resolve())] += report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    total = time.perf_counter() - _session_start
+    rows = {**_tier_seconds, "collection and the rest": max(0.0, total - sum(_tier_seconds.values()))}
+    terminalreporter.write_sep("-", "time per tier")
+    for name, seconds in rows.items():
+        terminalreporter.write_line(f"{seconds:8.1f} s  {name}")
+    out = os.environ.get("DIFFSKETCH_TIER_TIMES_JSON")
+    if out:
+        Path(out).write_text(json.dumps(rows, indent=1))
