@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -143,6 +145,20 @@ class ComfyServer:
 
     def log_text(self) -> str:
         return self.log_path.read_text()
+
+
+@contextlib.contextmanager
+def running_server(
+    base: Path, tiny_checkpoint: Path, artifacts: Path, front_end_root: str | Path | None = None
+):
+    """A started :class:`ComfyServer`, stopped on every exit path (a failed start included), its
+    temp folder removed."""
+    server = ComfyServer(base, tiny_checkpoint, artifacts, front_end_root)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        shutil.rmtree(base / "temp", ignore_errors=True)
 
 
 def error_message(entry: dict) -> str:

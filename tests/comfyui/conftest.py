@@ -10,13 +10,12 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from comfy_harness import COMFYUI_PATH, REPO, ComfyServer
+from comfy_harness import COMFYUI_PATH, REPO, running_server
 
 SKIP_REASON = (
     "COMFYUI_PATH is not set: the real-ComfyUI tier needs a ComfyUI v0.8 source tree with its requirements "
@@ -79,8 +78,5 @@ def artifacts_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def comfy_server(tmp_path_factory, tiny_checkpoint, artifacts_dir):
-    base = tmp_path_factory.mktemp("comfy_base")
-    server = ComfyServer(base, tiny_checkpoint, artifacts_dir).start()
-    yield server
-    server.stop()
-    shutil.rmtree(base / "temp", ignore_errors=True)
+    with running_server(tmp_path_factory.mktemp("comfy_base"), tiny_checkpoint, artifacts_dir) as server:
+        yield server

@@ -31,7 +31,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from comfy_harness import COMFYUI_PATH, PACK_NAME, REPO, ComfyServer
+from comfy_harness import COMFYUI_PATH, PACK_NAME, REPO, running_server
 
 sys.path.insert(0, str(REPO / "tools"))
 from workflow_format import api_equal  # noqa: E402
@@ -248,11 +248,13 @@ def _is_ignored(event: dict, origin: str) -> bool:
     if any(pattern.search(event["text"]) for pattern, _ in IGNORED_ERRORS):
         return True
     url = event.get("url") or ""
-    failed = re.match(r"Failed to load resource: the server responded with a status of (\d+)", event["text"])
     if event["text"].startswith("Failed to load resource"):
         if url and not url.startswith(origin):
             return True  # outside hosts are unreachable here by design (see IGNORED_ERRORS)
-        return failed is not None and (urlsplit(url).path, int(failed.group(1))) in IGNORED_RESOURCES
+        status = re.match(
+            r"Failed to load resource: the server responded with a status of (\d+)", event["text"]
+        )
+        return status is not None and (urlsplit(url).path, int(status.group(1))) in IGNORED_RESOURCES
     return False
 
 
@@ -352,11 +354,11 @@ def frontend_name(request) -> str:
 
 
 @pytest.fixture(scope="module")
-def frontend_server(frontend_name, comfy_server, tiny_checkpoint, artifacts_dir, tmp_path_factory):
+def frontend_server(request, frontend_name, tiny_checkpoint, artifacts_dir, tmp_path_factory):
     """The server whose frontend the module's tests load: the session's server with the pinned
     frontend, or a second server started with ``--front-end-root`` for the current one."""
     if frontend_name == "pinned":
-        yield comfy_server
+        yield request.getfixturevalue("comfy_server")
         return
     root = os.environ.get(CURRENT_FRONTEND_ENV)
     if not root:
@@ -369,10 +371,8 @@ def frontend_server(frontend_name, comfy_server, tiny_checkpoint, artifacts_dir,
     if not Path(root, "index.html").is_file():
         pytest.fail(f"{CURRENT_FRONTEND_ENV}={root} is not a frontend's static folder (no index.html)")
     base = tmp_path_factory.mktemp("comfy_base_current_frontend")
-    server = ComfyServer(base, tiny_checkpoint, artifacts_dir, front_end_root=root).start()
-    yield server
-    server.stop()
-    shutil.rmtree(base / "temp", ignore_errors=True)
+    with running_server(base, tiny_checkpoint, artifacts_dir, front_end_root=root) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
