@@ -325,6 +325,8 @@ class Frontend:
 
 def _missing_tool() -> str | None:
     """Why this module cannot run here (checked before any fixture starts a server), or None."""
+    if not COMFYUI_PATH:
+        return None  # the whole tier is skipped, and the tier's reason (conftest.py) is the one to show
     if importlib.util.find_spec("playwright") is None:
         return "playwright is not installed (pip install playwright); the frontend test needs it"
     if find_chromium() is None:
