@@ -141,6 +141,9 @@ class ComfyServer:
                 if entry["status"].get("status_str") in ("success", "error"):
                     return entry
             time.sleep(0.5)
+        # stop it, so it does not go on using the CPU the tests after this one need
+        self.post_raw("/queue", {"clear": True})
+        self.post_raw("/interrupt", {})
         raise AssertionError(f"prompt {prompt_id} did not finish within {timeout} s; log: {self.log_path}")
 
     def log_text(self) -> str:
