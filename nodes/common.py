@@ -1,10 +1,13 @@
-"""Small helpers shared by the node modules: errors for the UI, folders, tensor layout."""
+"""Small helpers shared by the node modules: model folders, file combos, schema fields."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 
 import folder_paths
+
+from diffsketch.errors import WeightsNotFoundError
 
 MODEL_FOLDERS = {
     "diffsketch_generators": "generators",
@@ -13,19 +16,28 @@ MODEL_FOLDERS = {
     "diffsketch_clip": "clip",
     "diffsketch_lpips": "lpips",
 }
+# torchvision publishes the AlexNet weights LPIPS needs only as a .pth (read with weights_only=True);
+# every other DiffSketch folder holds .safetensors only.
+FOLDER_EXTENSIONS = {"diffsketch_lpips": {".safetensors", ".pth"}}
+# Where each folder kind a loader reads lives in a default install (what the UI tells users).
+FOLDER_LABELS = {key: f"models/diffsketch/{sub}" for key, sub in MODEL_FOLDERS.items()} | {
+    "clip_vision": "models/clip_vision"
+}
+MISSING_PREFIX = "(missing) "
 
 
 def register_model_folders() -> None:
     """Register ``models/diffsketch/<sub>`` with folder_paths (extra_model_paths.yaml keys win)."""
     for key, sub in MODEL_FOLDERS.items():
         default = os.path.join(folder_paths.models_dir, "diffsketch", sub)
+        exts = FOLDER_EXTENSIONS.get(key, {".safetensors"})
         if key in folder_paths.folder_names_and_paths:
-            paths, exts = folder_paths.folder_names_and_paths[key]
+            paths, known = folder_paths.folder_names_and_paths[key]
             if default not in paths:
                 paths.append(default)
-            exts.update({".safetensors"})
+            known.update(exts)
         else:
-            folder_paths.folder_names_and_paths[key] = ([default], {".safetensors"})
+            folder_paths.folder_names_and_paths[key] = ([default], set(exts))
 
 
 def save_path(key: str, *parts: str) -> str:
@@ -33,16 +45,46 @@ def save_path(key: str, *parts: str) -> str:
     return os.path.join(folder_paths.get_folder_paths(key)[0], *parts)
 
 
-def missing_option(filename: str, folder: str) -> str:
-    """The combo entry shown when no file is found: the node then fails with a message naming the file."""
-    return f"(missing: put {filename} in models/diffsketch/{folder})"
+def missing_entry(what: str, keys: Sequence[str]) -> str:
+    """The one combo entry a loader shows when none of its folders has a file: what to put where.
+    Running with it raises :class:`WeightsNotFoundError` with this same text."""
+    return MISSING_PREFIX + f"put {what} in " + " or ".join(FOLDER_LABELS.get(k, k) for k in keys)
 
 
-def list_or_missing(keys: list[str], filename: str, folder: str) -> list[str]:
+def file_options(keys: Sequence[str], what: str, extra: Iterable[str] = ()) -> list[str]:
+    """The files of the folder kinds ``keys`` (first folder first), then ``extra`` names; the
+    :func:`missing_entry` alone when there are none."""
     names: list[str] = []
     for key in keys:
         try:
-            names.extend(n for n in folder_paths.get_filename_list(key) if n not in names)
+            listed = folder_paths.get_filename_list(key)
         except KeyError:  # folder kind not registered (e.g. clip_vision in a trimmed install)
             continue
-    return names or [missing_option(filename, folder)]
+        names.extend(n for n in listed if n not in names)
+    names.extend(n for n in extra if n not in names)
+    return names or [missing_entry(what, keys)]
+
+
+def file_path(keys: Sequence[str], name: str) -> str | None:
+    """The full path of combo value ``name`` in the folder kinds ``keys``; None when it is in none
+    of them (the missing entry is in none)."""
+    for key in keys:
+        try:
+            path = folder_paths.get_full_path(key, name)
+        except KeyError:
+            continue
+        if path:
+            return path
+    return None
+
+
+def file_path_or_raise(keys: Sequence[str], name: str, what: str) -> str:
+    """:func:`file_path`, or :class:`WeightsNotFoundError`: the missing entry's own text when
+    ``name`` is that entry, else a message saying the file has gone since the list was made."""
+    if name.startswith(MISSING_PREFIX):
+        raise WeightsNotFoundError(missing_entry(what, keys))
+    path = file_path(keys, name)
+    if path is None:
+        where = " or ".join(FOLDER_LABELS.get(k, k) for k in keys)
+        raise WeightsNotFoundError(f"{name} is not in {where} (any more): put {what} there")
+    return path

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import comfy.model_management
 import comfy.utils
-import folder_paths
 from comfy_api.latest import io
 
 from diffsketch.fileio import check_save_name
 
-from .common import save_path
+from .common import file_options, file_path_or_raise, save_path
 from .types import CATEGORY, Conditions
 
 FOLDER = "diffsketch_conditions"
+WHAT = "a conditions .safetensors (made by DiffSketch Fit Conditions)"
 
 
 class DiffSketchFitConditions(io.ComfyNode):
@@ -107,7 +107,7 @@ class DiffSketchLoadConditions(io.ComfyNode):
             inputs=[
                 io.Combo.Input(
                     "conditions_name",
-                    options=folder_paths.get_filename_list(FOLDER),
+                    options=file_options([FOLDER], WHAT),
                     tooltip="A .safetensors file in models/diffsketch/conditions.",
                 ),
             ],
@@ -120,6 +120,4 @@ class DiffSketchLoadConditions(io.ComfyNode):
     def execute(cls, conditions_name) -> io.NodeOutput:
         from diffsketch.train.conditions import ConditionSampler
 
-        return io.NodeOutput(
-            ConditionSampler.load(folder_paths.get_full_path_or_raise(FOLDER, conditions_name))
-        )
+        return io.NodeOutput(ConditionSampler.load(file_path_or_raise([FOLDER], conditions_name, WHAT)))

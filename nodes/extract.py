@@ -7,12 +7,13 @@ import os
 import comfy.model_management
 import comfy.model_patcher
 import comfy.utils
-import folder_paths
 from comfy_api.latest import io
 
+from .common import file_options, file_path, file_path_or_raise
 from .types import CATEGORY, Extractor
 
 FOLDER = "diffsketch_extractors"
+WHAT = "an extractor .safetensors (made by DiffSketch Distill)"
 
 
 class DiffSketchLoadExtractor(io.ComfyNode):
@@ -29,7 +30,7 @@ class DiffSketchLoadExtractor(io.ComfyNode):
             inputs=[
                 io.Combo.Input(
                     "extractor_name",
-                    options=folder_paths.get_filename_list(FOLDER),
+                    options=file_options([FOLDER], WHAT),
                     tooltip="A .safetensors extractor in models/diffsketch/extractors (made by DiffSketch "
                     "Distill).",
                 ),
@@ -39,14 +40,14 @@ class DiffSketchLoadExtractor(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, extractor_name):
-        path = folder_paths.get_full_path(FOLDER, extractor_name)
+        path = file_path([FOLDER], extractor_name)
         return os.path.getmtime(path) if path else extractor_name  # reload when the file changes
 
     @classmethod
     def execute(cls, extractor_name) -> io.NodeOutput:
         from diffsketch.distill.extractor import load_extractor
 
-        path = folder_paths.get_full_path_or_raise(FOLDER, extractor_name)
+        path = file_path_or_raise([FOLDER], extractor_name, WHAT)
         return io.NodeOutput(wrap_extractor(load_extractor(path, device="cpu")))
 
 

@@ -2,26 +2,43 @@
 
 from __future__ import annotations
 
-import folder_paths
+import os
+
 from comfy_api.latest import io
 
-from .common import list_or_missing
+from diffsketch.train.losses import ALEXNET_FILENAME, CLIP_FILENAMES, default_alexnet_dir
+
+from .common import file_options, file_path, file_path_or_raise, missing_entry
 from .types import CATEGORY, ClipLoss
 
 CLIP_KEYS = ["diffsketch_clip", "clip_vision"]
-HUB_CACHE = "torch hub cache (alexnet-owt-7be5be79.pth)"
+CLIP_WHAT = f"{CLIP_FILENAMES[0]} (OpenAI CLIP ViT-B/32)"
+LPIPS_KEYS = ["diffsketch_lpips"]
+LPIPS_WHAT = f"{ALEXNET_FILENAME} (torchvision's AlexNet)"
+
+
+def _hub_alexnet() -> str | None:
+    """torchvision's own copy of the AlexNet weights (its torch hub cache), if it has one."""
+    path = os.path.join(default_alexnet_dir(), ALEXNET_FILENAME)
+    return path if os.path.isfile(path) else None
+
+
+def lpips_options() -> list[str]:
+    """AlexNet files in models/diffsketch/lpips (.safetensors copies, and torchvision's .pth by its
+    published name only: the one pickle torch.load reads, with weights_only), then torchvision's
+    hub copy under the same name."""
+
+    def readable(name: str) -> bool:
+        return not name.endswith(".pth") or os.path.basename(name) == ALEXNET_FILENAME
+
+    extra = [ALEXNET_FILENAME] if _hub_alexnet() else []
+    names = [n for n in file_options(LPIPS_KEYS, LPIPS_WHAT, extra) if readable(n)]
+    return names or [missing_entry(LPIPS_WHAT, LPIPS_KEYS)]
 
 
 class DiffSketchLoadClipLoss(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        from diffsketch.train.losses import ALEXNET_FILENAME, CLIP_FILENAMES
-
-        lpips_files = [HUB_CACHE] + [
-            n
-            for n in list_or_missing(["diffsketch_lpips"], ALEXNET_FILENAME, "lpips")
-            if not n.startswith("(missing")
-        ]
         return io.Schema(
             node_id="DiffSketchLoadClipLoss",
             display_name="DiffSketch Load Loss Models",
@@ -33,15 +50,15 @@ class DiffSketchLoadClipLoss(io.ComfyNode):
             inputs=[
                 io.Combo.Input(
                     "clip_name",
-                    options=list_or_missing(CLIP_KEYS, CLIP_FILENAMES[0], "clip"),
+                    options=file_options(CLIP_KEYS, CLIP_WHAT),
                     tooltip="CLIP ViT-B/32 .safetensors (OpenAI weights, e.g. openai/clip-vit-base-patch32 "
                     "model.safetensors) from models/diffsketch/clip or models/clip_vision.",
                 ),
                 io.Combo.Input(
                     "lpips_weights",
-                    options=lpips_files,
-                    tooltip="torchvision's ImageNet AlexNet (alexnet-owt-7be5be79.pth) from the torch hub "
-                    "cache, or a copy in models/diffsketch/lpips.",
+                    options=lpips_options(),
+                    tooltip=f"torchvision's ImageNet AlexNet ({ALEXNET_FILENAME}, or a .safetensors copy) "
+                    "from models/diffsketch/lpips, or torchvision's own copy in the torch hub cache.",
                 ),
                 io.Boolean.Input(
                     "quick_gelu",
@@ -55,28 +72,13 @@ class DiffSketchLoadClipLoss(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip_name, lpips_weights, quick_gelu) -> io.NodeOutput:
-        from diffsketch.errors import WeightsNotFoundError
-        from diffsketch.train.losses import CLIP_HOW_TO_GET, build_lpips, load_clip_image_encoder
+        from diffsketch.train.losses import build_lpips, load_clip_image_encoder
 
-        if clip_name.startswith("(missing"):
-            raise WeightsNotFoundError(f"no CLIP ViT-B/32 weights found. {CLIP_HOW_TO_GET}")
-        clip_path = None
-        for key in CLIP_KEYS:
-            try:
-                clip_path = folder_paths.get_full_path(key, clip_name)
-            except KeyError:
-                continue
-            if clip_path:
-                break
-        if clip_path is None:
-            raise WeightsNotFoundError(
-                f"{clip_name} is no longer in models/diffsketch/clip or models/clip_vision. {CLIP_HOW_TO_GET}"
-            )
-        encoder = load_clip_image_encoder(clip_path, quick_gelu=bool(quick_gelu))
-        alex = (
-            None
-            if lpips_weights == HUB_CACHE
-            else folder_paths.get_full_path_or_raise("diffsketch_lpips", lpips_weights)
+        encoder = load_clip_image_encoder(
+            file_path_or_raise(CLIP_KEYS, clip_name, CLIP_WHAT), quick_gelu=bool(quick_gelu)
         )
-        lpips_model = build_lpips(alex)
+        alex = file_path(LPIPS_KEYS, lpips_weights)
+        if alex is None and lpips_weights == ALEXNET_FILENAME:
+            alex = _hub_alexnet()
+        lpips_model = build_lpips(alex or file_path_or_raise(LPIPS_KEYS, lpips_weights, LPIPS_WHAT))
         return io.NodeOutput({"clip": encoder, "lpips": lpips_model, "description": encoder.description})

@@ -6,16 +6,16 @@ import os
 
 import comfy.model_management
 import comfy.utils
-import folder_paths
 import torch
 from comfy_api.latest import io, ui
 
 from diffsketch.fileio import check_save_name
 
-from .common import save_path
+from .common import file_options, file_path, file_path_or_raise, save_path
 from .types import CATEGORY, ClipLoss, Conditions, Features, Generator
 
 FOLDER = "diffsketch_generators"
+WHAT = "a generator .safetensors (made by DiffSketch Train)"
 NO_RESUME = "(start fresh)"
 
 
@@ -305,7 +305,7 @@ class DiffSketchLoadGenerator(io.ComfyNode):
             inputs=[
                 io.Combo.Input(
                     "generator_name",
-                    options=folder_paths.get_filename_list(FOLDER),
+                    options=file_options([FOLDER], WHAT),
                     tooltip="A generator .safetensors written by DiffSketch Train or `diffsketch train`.",
                 ),
             ],
@@ -316,14 +316,14 @@ class DiffSketchLoadGenerator(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, generator_name):
-        path = folder_paths.get_full_path(FOLDER, generator_name)
+        path = file_path([FOLDER], generator_name)
         return os.path.getmtime(path) if path else generator_name
 
     @classmethod
     def execute(cls, generator_name) -> io.NodeOutput:
         from diffsketch.train.generator import load_generator
 
-        return io.NodeOutput(load_generator(folder_paths.get_full_path_or_raise(FOLDER, generator_name)))
+        return io.NodeOutput(load_generator(file_path_or_raise([FOLDER], generator_name, WHAT)))
 
 
 class DiffSketchGenerate(io.ComfyNode):

@@ -50,11 +50,26 @@ def import_pack(comfy_path: str) -> ModuleType:
 
 
 @contextlib.contextmanager
+def _environ(**values: str):
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextlib.contextmanager
 def fresh_install_view():
     """Make folder_paths answer as in a fresh install while the schemas are built.
 
-    File combos get one ``FileListing`` per folder kind instead of this machine's files, and the
-    folders the pack writes to (checkpoints to resume from, ...) look empty. Restored afterwards,
+    File combos get one ``FileListing`` per folder kind instead of this machine's files, the
+    folders the pack writes to (checkpoints to resume from, ...) and the torch hub cache (where
+    torchvision keeps AlexNet) look empty. Restored afterwards,
     because ComfyUI's folder_paths is shared by everything else in the process."""
     import folder_paths
 
@@ -74,7 +89,7 @@ def fresh_install_view():
                     rel.append(Path(os.path.relpath(path, base)).as_posix())
         return rel
 
-    with tempfile.TemporaryDirectory() as empty_base:
+    with tempfile.TemporaryDirectory() as empty_base, _environ(TORCH_HOME=empty_base):
 
         def filename_list(folder_name: str) -> list[str]:
             return [FileListing(relative_folders(folder_name))]
