@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable, Sequence
 
 import folder_paths
+from comfy_api.latest import io
 
 from diffsketch.errors import WeightsNotFoundError
 
@@ -43,6 +45,17 @@ def register_model_folders() -> None:
 def save_path(key: str, *parts: str) -> str:
     """A path in the first folder registered for ``key`` (where DiffSketch writes its files)."""
     return os.path.join(folder_paths.get_folder_paths(key)[0], *parts)
+
+
+# What people type when they look for a line-art extractor (node search matches these too).
+LINE_ART_ALIASES = ("lineart", "line art", "sketch", "edge")
+
+
+def search_aliases(*aliases: str) -> dict:
+    """The ``io.Schema`` keyword with the words users search for, where ComfyUI's Schema has the
+    field (it arrived after v0.8, whose Schema rejects unknown keywords); empty otherwise."""
+    has_field = any(f.name == "search_aliases" for f in dataclasses.fields(io.Schema))
+    return {"search_aliases": list(aliases)} if has_field else {}
 
 
 def missing_entry(what: str, keys: Sequence[str]) -> str:

@@ -13,7 +13,7 @@ from comfy_api.latest import io, ui
 from diffsketch.distill import DistillConfig
 from diffsketch.fileio import check_save_name
 
-from .common import save_path
+from .common import LINE_ART_ALIASES, save_path, search_aliases
 from .extract import wrap_extractor
 from .train import _preview
 from .types import CATEGORY, ClipLoss, Conditions, Extractor, Generator
@@ -28,6 +28,7 @@ class DiffSketchDistill(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="DiffSketchDistill",
+            **search_aliases(*LINE_ART_ALIASES, "sketch extractor"),
             display_name="DiffSketch Distill",
             category=CATEGORY,
             description=(

@@ -9,7 +9,7 @@ import comfy.model_patcher
 import comfy.utils
 from comfy_api.latest import io
 
-from .common import file_options, file_path, file_path_or_raise
+from .common import LINE_ART_ALIASES, file_options, file_path, file_path_or_raise, search_aliases
 from .types import CATEGORY, Extractor
 
 FOLDER = "diffsketch_extractors"
@@ -21,6 +21,7 @@ class DiffSketchLoadExtractor(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="DiffSketchLoadExtractor",
+            **search_aliases(*LINE_ART_ALIASES, "sketch extractor"),
             display_name="DiffSketch Load Extractor",
             category=CATEGORY,
             description=(
@@ -65,6 +66,7 @@ class DiffSketchExtract(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="DiffSketchExtract",
+            **search_aliases(*LINE_ART_ALIASES, "edge detection", "outline", "contour"),
             display_name="DiffSketch Extract",
             category=CATEGORY,
             description=(

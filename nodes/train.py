@@ -11,7 +11,7 @@ from comfy_api.latest import io, ui
 
 from diffsketch.fileio import check_save_name
 
-from .common import file_options, file_path, file_path_or_raise, save_path
+from .common import LINE_ART_ALIASES, file_options, file_path, file_path_or_raise, save_path, search_aliases
 from .types import CATEGORY, ClipLoss, Conditions, Features, Generator
 
 FOLDER = "diffsketch_generators"
@@ -46,6 +46,7 @@ class DiffSketchTrain(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="DiffSketchTrain",
+            **search_aliases(*LINE_ART_ALIASES, "sketch style", "train style"),
             display_name="DiffSketch Train",
             category=CATEGORY,
             description=(
@@ -331,6 +332,7 @@ class DiffSketchGenerate(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="DiffSketchGenerate",
+            **search_aliases(*LINE_ART_ALIASES),
             display_name="DiffSketch Generate",
             category=CATEGORY,
             description="Samples a new image with your checkpoint and draws its sketch with a trained generator.",

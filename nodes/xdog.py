@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from .common import LINE_ART_ALIASES, search_aliases
 from .types import CATEGORY
 
 
@@ -12,6 +13,7 @@ class DiffSketchXDoG(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="DiffSketchXDoG",
+            **search_aliases(*LINE_ART_ALIASES, "xdog", "difference of gaussians", "edge detection"),
             display_name="DiffSketch XDoG Sketch",
             category=CATEGORY,
             description=(
@@ -86,6 +88,7 @@ class DiffSketchStyleSketch(io.ComfyNode):
         learned = [name for name, info in STYLES.items() if info.needs_weights]
         return io.Schema(
             node_id="DiffSketchStyleSketch",
+            **search_aliases(*LINE_ART_ALIASES, "hed", "informative drawings", "edge detection"),
             display_name="DiffSketch Style Sketch (HED / Informative Drawings)",
             category=CATEGORY,
             description=(

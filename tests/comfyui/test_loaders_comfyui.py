@@ -15,7 +15,10 @@ LOADERS = {
     "DiffSketchLoadExtractor": ("extractor_name", {}),
     "DiffSketchLoadGenerator": ("generator_name", {}),
     "DiffSketchLoadConditions": ("conditions_name", {}),
-    "DiffSketchLoadClipLoss": ("clip_name", {"lpips_weights": "alexnet-owt-7be5be79.pth", "quick_gelu": True}),
+    "DiffSketchLoadClipLoss": (
+        "clip_name",
+        {"lpips_weights": "alexnet-owt-7be5be79.pth", "quick_gelu": True},
+    ),
 }
 
 
@@ -61,7 +64,9 @@ def test_empty_loaders_show_one_entry_and_fail_with_it(empty_folders):
         assert str(caught.value) == entry
     # the loss loader's second folder: AlexNet, same form
     lpips = _options(_node(nodes, "DiffSketchLoadClipLoss"), "lpips_weights")
-    assert lpips == ["(missing) put alexnet-owt-7be5be79.pth (torchvision's AlexNet) in models/diffsketch/lpips"]
+    assert lpips == [
+        "(missing) put alexnet-owt-7be5be79.pth (torchvision's AlexNet) in models/diffsketch/lpips"
+    ]
     assert entries["DiffSketchLoadClipLoss"] == (
         "(missing) put clip_vit_b_32.safetensors (OpenAI CLIP ViT-B/32) in models/diffsketch/clip or "
         "models/clip_vision"
@@ -72,7 +77,8 @@ def test_a_file_replaces_the_entry(empty_folders):
     nodes, base = empty_folders
     (base / "diffsketch_extractors" / "mine.safetensors").write_bytes(b"")
     (base / "diffsketch_lpips" / "alexnet-owt-7be5be79.pth").write_bytes(b"")
-    (base / "diffsketch_lpips" / "some_other_pickle.pth").write_bytes(b"")  # never listed: not the documented file
+    # never listed: torch.load reads only the documented file
+    (base / "diffsketch_lpips" / "some_other_pickle.pth").write_bytes(b"")
     assert _options(_node(nodes, "DiffSketchLoadExtractor"), "extractor_name") == ["mine.safetensors"]
     assert _options(_node(nodes, "DiffSketchLoadClipLoss"), "lpips_weights") == ["alexnet-owt-7be5be79.pth"]
 
@@ -83,3 +89,29 @@ def test_torchvision_hub_copy_of_alexnet_is_offered(empty_folders):
     hub.mkdir(parents=True)
     (hub / "alexnet-owt-7be5be79.pth").write_bytes(b"")
     assert _options(_node(nodes, "DiffSketchLoadClipLoss"), "lpips_weights") == ["alexnet-owt-7be5be79.pth"]
+
+
+SEARCHED_FOR = ("DiffSketchExtract", "DiffSketchLoadExtractor", "DiffSketchXDoG", "DiffSketchTrain")
+
+
+def test_search_aliases_where_the_schema_has_them(comfy_inprocess, monkeypatch):
+    """ComfyUI v0.8's Schema has no search_aliases field (the nodes load without it); a Schema that
+    has it (later ComfyUI) gets the line-art words people search for."""
+    import dataclasses
+
+    from comfy_api.latest import io
+
+    nodes = importlib.import_module(f"{comfy_inprocess.__name__}.nodes")
+    plain = {f.name for f in dataclasses.fields(io.Schema)}
+    if "search_aliases" not in plain:  # as in v0.8: every node still defines its schema
+        assert all(n.define_schema().node_id for n in nodes.node_list())
+
+    @dataclasses.dataclass
+    class SchemaWithAliases(io.Schema):
+        search_aliases: list[str] = dataclasses.field(default_factory=list)
+
+    monkeypatch.setattr(io, "Schema", SchemaWithAliases)
+    aliases = {n.define_schema().node_id: n.define_schema().search_aliases for n in nodes.node_list()}
+    for node_id in SEARCHED_FOR:
+        assert {"lineart", "line art", "sketch", "edge"} <= set(aliases[node_id]), node_id
+    assert aliases["DiffSketchLoadConditions"] == []  # not a node anyone looks for by these words
