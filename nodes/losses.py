@@ -51,8 +51,8 @@ class DiffSketchLoadClipLoss(io.ComfyNode):
                 io.Combo.Input(
                     "clip_name",
                     options=file_options(CLIP_KEYS, CLIP_WHAT),
-                    tooltip="CLIP ViT-B/32 .safetensors (OpenAI weights, e.g. openai/clip-vit-base-patch32 "
-                    "model.safetensors) from models/diffsketch/clip or models/clip_vision.",
+                    tooltip="CLIP ViT-B/32 .safetensors (OpenAI's weights, e.g. open_clip_model.safetensors of "
+                    "timm/vit_base_patch32_clip_224.openai) from models/diffsketch/clip or models/clip_vision.",
                 ),
                 io.Combo.Input(
                     "lpips_weights",

@@ -189,11 +189,15 @@ CLIP_FILENAMES = (
     "CLIP-ViT-B-32.safetensors",
     "clip-vit-base-patch32.safetensors",
 )
+#: OpenAI's CLIP ViT-B/32 weights as one .safetensors (open_clip layout), on the main branch of the
+#: timm organisation's copy (openai/clip-vit-base-patch32 itself has no .safetensors on main).
+CLIP_URL = (
+    "https://huggingface.co/timm/vit_base_patch32_clip_224.openai/resolve/main/open_clip_model.safetensors"
+)
 CLIP_HOW_TO_GET = (
     "DiffSketch's CLIP losses use OpenAI CLIP ViT-B/32 as a .safetensors file: download "
-    "open_clip_model.safetensors from https://huggingface.co/timm/vit_base_patch32_clip_224.openai "
-    "or model.safetensors from https://huggingface.co/openai/clip-vit-base-patch32 (in ComfyUI put it in "
-    "models/diffsketch/clip or models/clip_vision)."
+    f"{CLIP_URL} (open_clip layout; the transformers layout of openai/clip-vit-base-patch32 works too) "
+    f"and save it as {CLIP_FILENAMES[0]} (in ComfyUI in models/diffsketch/clip or models/clip_vision)."
 )
 
 #: A one-layer ViT with the ViT-B/32 input format (224 px, patch 32): for tests and smoke runs.
