@@ -1,12 +1,15 @@
-"""Write docs/nodes.md, the node reference, from the nodes' own schemas so it cannot drift from the code.
+"""Write the node reference from the nodes' own schemas so it cannot drift from the code: docs/nodes.md
+(all nodes) and one help page per node, web/docs/<NodeId>.md, which the ComfyUI frontend shows in its
+node help panel (it asks for /extensions/<pack folder>/docs/<NodeId>.md; ComfyUI serves the pack's
+WEB_DIRECTORY, web/, there).
 
 Each node class's ``define_schema()`` is called (with ComfyUI imported in-process on the CPU) and its
 id, display name, category, description, inputs and outputs are written out in the order the pack
 registers the nodes. Combos listing model files show the folder they list, as in a fresh install,
 instead of whatever files this machine happens to have, so the output is the same everywhere.
 
-    COMFYUI_PATH=/path/to/ComfyUI python tools/make_node_reference.py           # (re)write docs/nodes.md
-    COMFYUI_PATH=/path/to/ComfyUI python tools/make_node_reference.py --check   # exit 1 if it is stale
+    COMFYUI_PATH=/path/to/ComfyUI python tools/make_node_reference.py           # (re)write all pages
+    COMFYUI_PATH=/path/to/ComfyUI python tools/make_node_reference.py --check   # exit 1 if any is stale
 
 tests/comfyui/test_node_reference_comfyui.py runs the check in the real-ComfyUI test tier.
 """
@@ -25,6 +28,7 @@ from types import ModuleType
 
 REPO = Path(__file__).resolve().parents[1]
 OUTPUT = REPO / "docs" / "nodes.md"
+HELP_DIR = REPO / "web" / "docs"
 PACK_MODULE = "diffsketch_pack_reference"
 REGENERATE = "COMFYUI_PATH=/path/to/ComfyUI python tools/make_node_reference.py"
 
@@ -177,8 +181,11 @@ def _output_name(out) -> str:
     return f"`{out.display_name or out.id}`"
 
 
-def render_node(schema) -> list[str]:
-    lines = [f'<a id="{schema.node_id}"></a>', "", f"## {schema.display_name or schema.node_id}", ""]
+def render_node(schema, heading: str = "##", anchor: bool = True, picture: tuple[str, str] | None = None):
+    """The reference section of one node: heading, facts, description, optional ``(path, caption)``
+    picture, inputs and outputs."""
+    lines = [f'<a id="{schema.node_id}"></a>', ""] if anchor else []
+    lines += [f"{heading} {schema.display_name or schema.node_id}", ""]
     facts = [f"id `{schema.node_id}`", f"category `{schema.category}`"]
     if schema.is_output_node:
         facts.append("output node (runs even when nothing uses its outputs)")
@@ -189,6 +196,8 @@ def render_node(schema) -> list[str]:
     lines += ["; ".join(facts), ""]
     if schema.description:
         lines += [_text(schema.description), ""]
+    if picture:
+        lines += [f"![{_text(picture[1])}]({picture[0]})", ""]
 
     lines += ["**Inputs**", ""]
     if schema.inputs:
@@ -221,6 +230,78 @@ def render_node(schema) -> list[str]:
     return lines
 
 
+PIPELINE = (
+    "images/pipeline.png",
+    "The DiffSketch pipeline: timesteps, sample & capture, fit conditions, train, distill, extract, with the "
+    "nodes of each stage",
+)
+EXTRACTOR = ("images/extractor_examples.png", "Photos through an extractor trained to imitate XDoG")
+# Pictures (in web/docs/images, drawn by tools/make_readme_figures.py) where one helps to see what a node does.
+HELP_PICTURES = {
+    "DiffSketchSample": PIPELINE,
+    "DiffSketchFitConditions": PIPELINE,
+    "DiffSketchTrain": PIPELINE,
+    "DiffSketchDistill": EXTRACTOR,
+    "DiffSketchLoadExtractor": EXTRACTOR,
+    "DiffSketchExtract": EXTRACTOR,
+    "DiffSketchXDoG": (
+        "images/xdog_examples.png",
+        "Sample photos and their XDoG sketches with the paper's settings",
+    ),
+}
+
+
+def help_extras(node_id: str) -> list[str]:
+    """Text a node's help page has beyond its schema: where to get the files a loader needs."""
+    if node_id != "DiffSketchLoadClipLoss":
+        return []
+    from diffsketch.train.losses import ALEXNET_FILENAME, ALEXNET_URL, CLIP_FILENAMES, CLIP_URL
+
+    return [
+        "**Files.** Both are downloaded once, by you; the node never downloads anything.",
+        "",
+        f"- CLIP ViT-B/32 (OpenAI's weights): [open_clip_model.safetensors]({CLIP_URL}), saved as "
+        f"`models/diffsketch/clip/{CLIP_FILENAMES[0]}` (or anywhere in `models/clip_vision`).",
+        f"- AlexNet for LPIPS (torchvision's ImageNet weights): [{ALEXNET_FILENAME}]({ALEXNET_URL}), saved in "
+        "`models/diffsketch/lpips`. If torchvision already keeps a copy in the torch hub cache, it is listed "
+        "under the same name.",
+        "",
+        "With a folder empty the combo shows one `(missing) put ... in ...` entry; running with it stops with "
+        "the same words.",
+        "",
+    ]
+
+
+def render_help_page(schema) -> str:
+    """web/docs/<NodeId>.md: one node's reference with a picture and notes, for the node help panel."""
+    picture = HELP_PICTURES.get(schema.node_id)
+    if picture and not (HELP_DIR / picture[0]).is_file():
+        raise FileNotFoundError(f"{schema.node_id}: help picture web/docs/{picture[0]} does not exist")
+    lines = render_node(schema, heading="#", anchor=False, picture=picture)
+    extras = help_extras(schema.node_id)
+    if extras:
+        at = lines.index("**Inputs**")
+        lines[at:at] = extras
+    lines += [
+        "---",
+        "",
+        "DiffSketch for ComfyUI. The DiffSketch templates (Workflow → Browse Templates) show every node in "
+        "a working graph, starting with the quick start.",
+    ]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def render_help_pages(pack: ModuleType) -> dict[str, str]:
+    """Every help page, by file name under web/docs."""
+    return {f"{schema.node_id}.md": render_help_page(schema) for schema in node_schemas(pack)}
+
+
+def render_all(pack: ModuleType) -> dict[Path, str]:
+    """Every file this tool writes, by path."""
+    pages = {HELP_DIR / name: text for name, text in render_help_pages(pack).items()}
+    return {OUTPUT: render_reference(pack), **pages}
+
+
 def render_reference(pack: ModuleType) -> str:
     """The whole of docs/nodes.md for the pack's current node schemas."""
     schemas = node_schemas(pack)
@@ -245,7 +326,7 @@ def render_reference(pack: ModuleType) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--check", action="store_true", help="do not write; exit 1 if docs/nodes.md differs from the schemas"
+        "--check", action="store_true", help="do not write; exit 1 if a page differs from the schemas"
     )
     args = parser.parse_args(argv)
     comfy_path = os.environ.get("COMFYUI_PATH", "")
@@ -256,26 +337,48 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    text = render_reference(import_pack(comfy_path))
+    files = render_all(import_pack(comfy_path))
+    # help pages of nodes that no longer exist
+    stale = sorted(p for p in HELP_DIR.glob("*.md") if p not in files)
     if args.check:
-        current = OUTPUT.read_text(encoding="utf-8") if OUTPUT.is_file() else ""
-        if current == text:
-            print(f"{OUTPUT.relative_to(REPO)} is up to date")
-            return 0
-        diff = list(
-            difflib.unified_diff(
-                current.splitlines(), text.splitlines(), "docs/nodes.md", "from the schemas", lineterm="", n=1
+        changed = [path for path, text in files.items() if _read(path) != text]
+        for path in changed:
+            diff = list(
+                difflib.unified_diff(
+                    _read(path).splitlines(),
+                    files[path].splitlines(),
+                    str(path.relative_to(REPO)),
+                    "from the schemas",
+                    lineterm="",
+                    n=1,
+                )
             )
-        )
-        print("\n".join(diff[:60] + ([f"... ({len(diff) - 60} more diff lines)"] if len(diff) > 60 else [])))
-        print(f"\ndocs/nodes.md is stale: run {REGENERATE}", file=sys.stderr)
+            print(
+                "\n".join(diff[:60] + ([f"... ({len(diff) - 60} more diff lines)"] if len(diff) > 60 else []))
+            )
+        for path in stale:
+            print(f"{path.relative_to(REPO)}: no such node any more")
+        if not changed and not stale:
+            print(f"docs/nodes.md and {len(files) - 1} help pages are up to date")
+            return 0
+        print(f"\nthe node reference is stale: run {REGENERATE}", file=sys.stderr)
         return 1
-    OUTPUT.parent.mkdir(parents=True, exist_ok=True)
-    tmp = OUTPUT.with_suffix(".md.tmp")
-    tmp.write_text(text, encoding="utf-8", newline="\n")
-    os.replace(tmp, OUTPUT)
-    print(f"wrote {OUTPUT.relative_to(REPO)} ({len(text.splitlines())} lines)")
+    for path, text in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".md.tmp")
+        tmp.write_text(text, encoding="utf-8", newline="\n")
+        os.replace(tmp, path)
+    for path in stale:
+        path.unlink()
+    print(
+        f"wrote docs/nodes.md and {len(files) - 1} help pages in web/docs"
+        + (f"; removed {len(stale)}" if stale else "")
+    )
     return 0
+
+
+def _read(path: Path) -> str:
+    return path.read_text(encoding="utf-8") if path.is_file() else ""
 
 
 if __name__ == "__main__":

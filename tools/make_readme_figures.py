@@ -3,7 +3,8 @@
     python tools/make_readme_figures.py                          # pipeline.png, xdog_examples.png
     python tools/make_readme_figures.py --extractor my.safetensors   # + extractor_examples.png
 
-Writes PNGs (about 1000 px wide) into docs/images/:
+Writes PNGs (about 1000 px wide) into web/docs/images/ (the README and the nodes' help pages in the
+ComfyUI frontend show them):
 
 - ``pipeline.png``: the DiffSketch pipeline as boxes and arrows, with the nodes of each stage;
 - ``xdog_examples.png``: scikit-image's sample photos and their XDoG sketches (``diffsketch.styles.xdog``
@@ -35,7 +36,7 @@ from diffsketch.distill.extractor import load_extractor  # noqa: E402
 from diffsketch.errors import DiffSketchError  # noqa: E402
 from diffsketch.styles.xdog import xdog  # noqa: E402
 
-OUT_DIR = REPO / "docs" / "images"
+OUT_DIR = REPO / "web" / "docs" / "images"
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 WIDTH_PX = 1000
 DPI = 100
@@ -287,7 +288,9 @@ def photo_height_for(names: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=OUT_DIR, help="folder for the PNGs (default docs/images)")
+    parser.add_argument(
+        "--out", type=Path, default=OUT_DIR, help="folder for the PNGs (default web/docs/images)"
+    )
     parser.add_argument(
         "--extractor", type=Path, help="a distilled extractor .safetensors: also draw extractor_examples.png"
     )

@@ -1,11 +1,15 @@
-"""docs/nodes.md is generated from the node schemas (tools/make_node_reference.py); it must match them."""
+"""docs/nodes.md and the help pages in web/docs are generated from the node schemas
+(tools/make_node_reference.py); they must match them, and the server must serve the help pages."""
 
 from __future__ import annotations
 
 import importlib.util
+import re
+import urllib.parse
+import urllib.request
 
 import pytest
-from comfy_harness import REPO
+from comfy_harness import PACK_NAME, REPO
 
 pytestmark = pytest.mark.comfyui
 
@@ -60,3 +64,34 @@ def test_reference_does_not_depend_on_local_model_files(comfy_inprocess, referen
         assert "someone_elses_style.safetensors" in folder_paths.get_filename_list("diffsketch_extractors")
     finally:
         paths.remove(str(folder))
+
+
+def test_help_pages_match_the_schemas(comfy_inprocess, reference_tool):
+    expected = reference_tool.render_help_pages(comfy_inprocess)
+    node_ids = [cls.define_schema().node_id for cls in comfy_inprocess.nodes.node_list()]
+    assert sorted(expected) == sorted(f"{n}.md" for n in node_ids)
+    on_disk = {p.name: p.read_text(encoding="utf-8") for p in (REPO / "web" / "docs").glob("*.md")}
+    assert on_disk == expected, f"web/docs help pages are stale or missing: run {REGENERATE}"
+    for text in expected.values():  # every picture a page shows exists
+        for target in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
+            assert (REPO / "web" / "docs" / target).is_file(), target
+
+
+def test_server_serves_the_help_pages_where_the_frontend_asks(comfy_server):
+    """The frontend fetches /extensions/<pack folder>/docs/<NodeId>.md (the folder from the node's
+    python_module) and refuses HTML answers (the SPA fallback)."""
+    object_info = comfy_server.get("/object_info")
+    ours = {k: v for k, v in object_info.items() if v.get("python_module", "").endswith(PACK_NAME)}
+    assert ours
+    for node_id, info in ours.items():
+        folder = info["python_module"].split(".")[1].split("@")[0]
+        url = f"{comfy_server.url}/extensions/{urllib.parse.quote(folder)}/docs/{node_id}.md"
+        with urllib.request.urlopen(url, timeout=30) as r:
+            assert r.status == 200 and "text/html" not in r.headers.get("Content-Type", ""), url
+            assert r.read().decode().startswith(f"# {info['display_name']}\n")
+    # the pictures the pages show come from the same place
+    with urllib.request.urlopen(f"{comfy_server.url}/extensions/{PACK_NAME}/docs/images/pipeline.png") as r:
+        assert r.headers["Content-Type"] == "image/png"
+    # and the web folder holds no script the frontend would load as an extension
+    extensions = comfy_server.get("/extensions")
+    assert not [e for e in extensions if f"/extensions/{PACK_NAME}/" in e]
