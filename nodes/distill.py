@@ -90,6 +90,14 @@ class DiffSketchDistill(io.ComfyNode):
                 io.Int.Input(
                     "steps", default=50, min=1, max=1000, tooltip="DDIM steps per pair (50 as in training)."
                 ),
+                io.Combo.Input(
+                    "schedule",
+                    options=["full", "fast"],
+                    default="full",
+                    tooltip="'full': every DDIM step for each pair. 'fast': only the generator's timesteps "
+                    "plus the last step (about 4x fewer UNet runs per pair; coarser images), as in "
+                    "DiffSketch Train.",
+                ),
                 io.Int.Input("width", default=512, min=64, max=4096, step=64, tooltip="Pair image width."),
                 io.Int.Input("height", default=512, min=64, max=4096, step=64, tooltip="Pair image height."),
                 io.Int.Input(
@@ -128,6 +136,7 @@ class DiffSketchDistill(io.ComfyNode):
         crop_size,
         learning_rate,
         steps,
+        schedule,
         width,
         height,
         seed,
@@ -152,6 +161,7 @@ class DiffSketchDistill(io.ComfyNode):
             steps=int(steps),
             width=int(width),
             height=int(height),
+            schedule=schedule,
         )
         pairs_dir = os.path.join(
             folder_paths.models_dir, "diffsketch", "pairs", name, pair_settings_digest(settings)
@@ -191,6 +201,7 @@ class DiffSketchDistill(io.ComfyNode):
                 steps=int(steps),
                 width=int(width),
                 height=int(height),
+                schedule=schedule,
                 lpips_model=loss_models["lpips"] if loss_models is not None else None,
                 progress=pairs_progress,
                 on_step=on_step,
