@@ -1,5 +1,16 @@
-"""Write the example workflows: UI format in workflows/ (the template browser lists them), their
-API-format twins in workflows/api/ (used by the tests), and a thumbnail per workflow.
+"""Write the example workflows: the templates in workflows/ (UI format, what ComfyUI's template browser
+lists), their API-format twins in workflows/api/ (used by the tests), and a thumbnail per template.
+
+The template browser of the ComfyUI frontend (1.35 and 1.58 alike) shows a custom-node template by its
+file name and in the order the server lists the files; it reads no index or title metadata for
+custom-node templates. So each file is named after its title, numbered in tutorial order
+("DiffSketch 1 - Quick start, no drawing needed"): :data:`TEMPLATES` is that order, and a new template
+(an SDXL quick start, say) is one more entry there. Tests find a template by its ``key``.
+
+Each template carries, for a first run: a note on the canvas with the steps in plain words; a group
+per stage; ``properties.models`` on the loaders, so the frontend's missing-models dialog offers the
+files with their download links; a layout that the frontend's fit-to-view shows at a readable zoom
+on a 1920x1080 window (tests/comfyui/test_frontend_comfyui.py checks it and takes screenshots).
 
 The node schemas come from a real ComfyUI's ``/object_info`` so widget order and socket types match
 what the frontend expects:
@@ -13,19 +24,74 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from workflow_format import api_equal, build_ui, graph_to_api, ui_to_api
+from workflow_format import (
+    TITLE_HEIGHT,
+    UI_ONLY_TYPES,
+    api_equal,
+    build_ui,
+    graph_to_api,
+    node_size,
+    ui_to_api,
+)
 
 REPO = Path(__file__).resolve().parents[1]
-CHECKPOINT = "v1-5-pruned-emaonly-fp16.safetensors"
+sys.path.insert(0, str(REPO))
+
+from diffsketch.train.losses import ALEXNET_FILENAME, ALEXNET_URL, CLIP_FILENAMES, CLIP_URL  # noqa: E402
+
 PROMPT = "a photo of a horse in mud"
 SEED = 50
+SKETCH_FILE = "diffsketch_sketch.png"  # what template 2 asks you to save, template 3 loads
 
 
-def _ckpt():
-    return {"type": "CheckpointLoaderSimple", "widgets": {"ckpt_name": CHECKPOINT}}
+# ---------------------------------------------------------------------------------------------
+# Files the templates need and where the missing-models dialog offers them
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelFile:
+    """One entry of a node's ``properties.models``: the frontend lists it when ``name`` is not in
+    the server's folder ``directory`` (a folder_paths key) and offers ``url``. Its download button
+    accepts https://huggingface.co/ and https://civitai.com/ URLs only (1.35 also wants a
+    .safetensors name); other URLs are listed with the link but no button."""
+
+    name: str
+    url: str
+    directory: str
+    what: str
+
+    def entry(self) -> dict:
+        return {"name": self.name, "url": self.url, "directory": self.directory}
+
+    @property
+    def folder(self) -> str:
+        """Where the folder kind lives in a default install (DiffSketch's kinds: models/diffsketch/<x>)."""
+        sub = self.directory.removeprefix("diffsketch_")
+        return f"models/diffsketch/{sub}" if sub != self.directory else f"models/{self.directory}"
+
+
+SD15 = ModelFile(
+    "v1-5-pruned-emaonly-fp16.safetensors",
+    "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/v1-5-pruned-emaonly-fp16.safetensors",
+    "checkpoints",
+    "Stable Diffusion 1.5",
+)
+CLIP = ModelFile(CLIP_FILENAMES[0], CLIP_URL, "diffsketch_clip", "OpenAI CLIP ViT-B/32")
+# torchvision publishes AlexNet at download.pytorch.org only: the dialog shows this link without a
+# download button, and the note says where to put the file.
+ALEXNET = ModelFile(ALEXNET_FILENAME, ALEXNET_URL, "diffsketch_lpips", "torchvision's AlexNet")
+
+
+# ---------------------------------------------------------------------------------------------
+# Nodes
+# ---------------------------------------------------------------------------------------------
+def _ckpt(model: ModelFile = SD15):
+    return {"type": "CheckpointLoaderSimple", "widgets": {"ckpt_name": model.name}, "models": [model.entry()]}
 
 
 def _sample():
@@ -37,10 +103,56 @@ def _sample():
 
 
 def _loss_models():
-    return {"type": "DiffSketchLoadClipLoss", "widgets": {"clip_name": "clip_vit_b_32.safetensors"}}
+    return {
+        "type": "DiffSketchLoadClipLoss",
+        "widgets": {"clip_name": CLIP.name, "lpips_weights": ALEXNET.name},
+        "models": [CLIP.entry(), ALEXNET.entry()],
+    }
 
 
-def _train(sketch_src, save_name="my_style"):
+def _fit_conditions():
+    return {
+        "type": "DiffSketchFitConditions",
+        "inputs": {"clip": [1, 1]},
+        "widgets": {"save_name": "default_conditions"},
+    }
+
+
+@dataclass(frozen=True)
+class Speed:
+    """How long a template trains: fewer iterations than the paper, on the fast schedule (only the
+    captured timesteps are sampled), so a first run ends in reasonable time on a consumer GPU."""
+
+    train_iterations: int
+    h_iter: int
+    pair_count: int
+    distill_iterations: int
+
+
+QUICK = Speed(train_iterations=300, h_iter=250, pair_count=200, distill_iterations=1000)
+STYLE = Speed(train_iterations=600, h_iter=500, pair_count=500, distill_iterations=1500)
+# Seconds per unit of work measured by benchmarks/template_times.py (--json writes this file): the
+# notes say "about N min on <device>" per stage when it is there, and the work alone otherwise.
+STAGE_TIMES = REPO / "tools" / "template_stage_times.json"
+
+
+def stage_minutes(seconds: dict, speed: Speed) -> dict[str, float]:
+    """Minutes per stage for ``speed`` from benchmarks/template_times.py's seconds per unit."""
+    return {
+        "sample": seconds["sample"] / 60,
+        "fit_conditions": seconds["fit_conditions"] / 60,
+        "train": speed.train_iterations * seconds["train_iteration"] / 60,
+        "distill": (speed.pair_count * seconds["pair"] + speed.distill_iterations * seconds["student_step"])
+        / 60,
+        "extract": seconds["extract"] / 60,
+    }
+
+
+def load_stage_times(path: Path = STAGE_TIMES) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _train(sketch_src, speed: Speed, save_name="my_style"):
     return {
         "type": "DiffSketchTrain",
         "inputs": {
@@ -52,11 +164,16 @@ def _train(sketch_src, save_name="my_style"):
             "conditions": [4, 0],
             "loss_models": [5, 0],
         },
-        "widgets": {"save_name": save_name},
+        "widgets": {
+            "iterations": speed.train_iterations,
+            "h_iter": speed.h_iter,
+            "schedule": "fast",
+            "save_name": save_name,
+        },
     }
 
 
-def _distill(generator_src, conditions_src, loss_src, save_name="my_style_extractor"):
+def _distill(generator_src, conditions_src, loss_src, speed: Speed, save_name="my_style_extractor"):
     return {
         "type": "DiffSketchDistill",
         "inputs": {
@@ -67,185 +184,541 @@ def _distill(generator_src, conditions_src, loss_src, save_name="my_style_extrac
             "conditions": conditions_src,
             "loss_models": loss_src,
         },
-        "widgets": {"save_name": save_name},
+        "widgets": {
+            "pair_count": speed.pair_count,
+            "iterations": speed.distill_iterations,
+            "schedule": "fast",
+            "save_name": save_name,
+        },
     }
 
 
-def _grid(graph: dict) -> dict:
-    """Lay nodes out left to right in dependency order, several per column."""
+# ---------------------------------------------------------------------------------------------
+# Notes: Markdown on the canvas. Headings are what stays legible at fit-to-view (22/16/12 px);
+# body text (10 px) is the detail for a closer look.
+# ---------------------------------------------------------------------------------------------
+def files_section(models: list[ModelFile]) -> str:
+    """The first step of a note: each file, its link and the folder (and name) to save it as."""
+    lines = [
+        "## 1. Get the model files",
+        "ComfyUI lists the missing ones when the template opens. Save each into its folder, then press "
+        "**r** to refresh the lists:",
+    ]
+    for m in models:
+        published = m.url.rsplit("/", 1)[-1]
+        target = f"`{m.folder}`" if published == m.name else f"`{m.folder}`, named `{m.name}`"
+        lines.append(f"- {m.what}: [{published}]({m.url}) → {target}")
+        if m is ALEXNET:
+            lines[-1] += " (ComfyUI shows this link but cannot download it for you)"
+    return "\n".join(lines)
+
+
+def _duration(minutes: float) -> str:
+    if minutes < 1:
+        return "under a minute"
+    if minutes < 90:
+        return f"about {round(minutes)} min"
+    return f"about {minutes / 60:.1f} h"
+
+
+def stages_section(number: int, stages: list[Stage], speed: Speed, heading: str = "Press Run") -> str:
+    """A numbered step: run, then one line per group on the canvas, with its time where
+    benchmarks/template_times.py has measured it (tools/template_stage_times.json)."""
+    measured = load_stage_times()
+    minutes = stage_minutes(measured["seconds"], speed) if measured else {}
+    lines = [f"## {number}. {heading}"]
+    for s in stages:
+        took = sum(minutes[k] for k in s.timed) if minutes and s.timed else None
+        when = f" ({_duration(took)})" if took is not None else ""
+        lines.append(f"### {s.title}{when}: {s.text}")
+    if minutes:
+        lines.append(f"Times measured on {measured['device']} by benchmarks/template_times.py.")
+    return "\n".join(lines)
+
+
+def note(title: str, intro: str, *sections: str) -> str:
+    return "\n\n".join([f"# {title}", intro, *sections])
+
+
+# ---------------------------------------------------------------------------------------------
+# Layout: one group per stage; groups in rows, rows stacked in bands, bands left to right
+# ---------------------------------------------------------------------------------------------
+NODE_WIDTH = 270
+IMAGE_NODE_SIZE = (270, 340)  # image loaders and previews: room for the picture without growing
+GROUP_HEADER = 50  # group title bar (font 24) and a margin above the first node's title
+GROUP_PAD = 20
+COLUMN_GAP = 40
+GROUP_GAP = 50
+NODE_GAP = 40  # between a node and the title bar of the next one below it
+NOTE = "note"  # the note's place in an arrangement
+COLORS = {"models": "#3f789e", "example": "#8A8", "train": "#a1309b", "distill": "#b06634", "use": "#b58b2a"}
+# Nodes that show an image once they have run grow downwards by the image (about 224 px): keep them
+# at the bottom of their columns so they grow into free space.
+# The MarkdownNote's text: 10 px body, headings 22/16/12 px (frontend 1.35 and 1.58 styles). Line
+# heights include the block margins; measured against the rendered notes, they leave 10-40 px spare.
+NOTE_CHAR_WIDTH = 5.3
+NOTE_LINE = {"#": 44, "##": 36, "###": 28, "": 16}
+
+
+@dataclass
+class Stage:
+    key: str
+    title: str
+    color: str
+    columns: list[list[int]]
+    text: str  # what this stage does, for the note
+    timed: tuple[str, ...] = ()  # its parts in stage_minutes, for the note's time
+
+
+@dataclass
+class Template:
+    key: str  # stable id (API twin file name; what tests use)
+    title: str  # shown by the template browser after "DiffSketch <n> - "
+    build: Callable[[], dict]
+
+
+def note_height(text: str, width: int) -> int:
+    """About how tall the frontend draws ``text`` (Markdown) in a note ``width`` wide: wrapped lines
+    of each block at its font size."""
+    height = 0
+    for raw in text.split("\n"):
+        line = re.sub(r"\]\([^)]*\)", "]", raw.strip()).replace("**", "").replace("`", "")
+        if not line:
+            height += 6
+            continue
+        level = line.split(" ", 1)[0] if line.startswith("#") else ""
+        indent = 30 if line.startswith("- ") else 0
+        scale = NOTE_LINE[level] / NOTE_LINE[""]
+        chars = max(10, int((width - 20 - indent) / (NOTE_CHAR_WIDTH * scale)))
+        height += NOTE_LINE[level] * -(-len(line) // chars)
+    return int(height)
+
+
+def layout(graph: dict, stages: list[Stage], arrangement: list[list[list[str]]], object_info: dict) -> dict:
+    """Place every node: each stage is a group of node columns; ``arrangement`` lists bands left to
+    right, each a list of rows top to bottom, each a list of stage keys (or :data:`NOTE`) left to
+    right. The note takes its row's width."""
     nodes = graph["nodes"]
-    depth = {}
+    for node in nodes.values():
+        if node["type"] in UI_ONLY_TYPES:
+            continue
+        width, height = node_size(node, object_info)
+        if node["type"] in ("LoadImage", "PreviewImage", "SaveImage"):
+            width, height = max(width, IMAGE_NODE_SIZE[0]), max(height, IMAGE_NODE_SIZE[1])
+        node["size"] = [max(width, NODE_WIDTH), height]
+    by_key = {s.key: s for s in stages}
+    note_id = next((nid for nid, n in nodes.items() if n["type"] in UI_ONLY_TYPES), None)
 
-    def d(nid):
-        if nid not in depth:
-            srcs = [str(src) for src, _ in nodes[nid].get("inputs", {}).values()]
-            depth[nid] = 1 + max((d(s) for s in srcs), default=-1)
-        return depth[nid]
+    def stage_size(stage: Stage) -> tuple[int, int]:
+        widths = [max(nodes[str(n)]["size"][0] for n in col) for col in stage.columns]
+        heights = [
+            sum(TITLE_HEIGHT + nodes[str(n)]["size"][1] for n in col) + NODE_GAP * (len(col) - 1)
+            for col in stage.columns
+        ]
+        return (
+            sum(widths) + COLUMN_GAP * (len(widths) - 1) + 2 * GROUP_PAD,
+            GROUP_HEADER + max(heights) + GROUP_PAD,
+        )
 
-    rows: dict[int, int] = {}
-    for nid in nodes:
-        col = d(nid)
-        row = rows.get(col, 0)
-        rows[col] = row + 1
-        nodes[nid].setdefault("pos", [40 + 400 * col, 60 + 420 * row])
+    def place_stage(stage: Stage, x0: int, y0: int) -> dict:
+        x = x0 + GROUP_PAD
+        for column in stage.columns:
+            width = max(nodes[str(n)]["size"][0] for n in column)
+            y = y0 + GROUP_HEADER
+            for nid in column:
+                node = nodes[str(nid)]
+                node["size"][0] = width
+                node["pos"] = [x, y + TITLE_HEIGHT]
+                y += TITLE_HEIGHT + node["size"][1] + NODE_GAP
+            x += width + COLUMN_GAP
+        w, h = stage_size(stage)
+        return {"title": stage.title, "color": stage.color, "bounding": [x0, y0, w, h]}
+
+    groups, x = [], 0
+    for band in arrangement:
+        rows = [[k for k in row if k != NOTE] for row in band]
+        row_widths = [sum(stage_size(by_key[k])[0] for k in row) + GROUP_GAP * (len(row) - 1) for row in rows]
+        band_width = max(w for w in row_widths if w) if any(row_widths) else 0
+        y = 0
+        for row in band:
+            if row == [NOTE]:
+                note = nodes[note_id]
+                width = band_width or note["size"][0]
+                note["size"] = [width, note_height(note["text"], width)]
+                note["pos"] = [x, y + TITLE_HEIGHT]
+                y += TITLE_HEIGHT + note["size"][1] + GROUP_GAP
+                continue
+            rx, row_height = x, 0
+            for key in row:
+                groups.append(place_stage(by_key[key], rx, y))
+                w, h = stage_size(by_key[key])
+                rx, row_height = rx + w + GROUP_GAP, max(row_height, h)
+            y += row_height + GROUP_GAP
+        x += band_width + GROUP_GAP
+    unplaced = [nid for nid, n in nodes.items() if "pos" not in n]
+    if unplaced:
+        raise ValueError(f"nodes {unplaced} are in no stage of the arrangement")
+    graph["groups"] = groups
     return graph
 
 
-def workflows() -> dict[str, dict]:
-    """The five example graphs, keyed by file stem."""
-    g = {}
-    g["diffsketch_1_make_example"] = {
-        "title": "1. Make the example image",
-        "nodes": {
-            "1": _ckpt(),
-            "2": _sample(),
-            "3": {
-                "type": "SaveImage",
-                "inputs": {"images": [2, 0]},
-                "widgets": {"filename_prefix": "diffsketch/example"},
-            },
+def note_node(text: str, width: int = 440) -> dict:
+    return {"type": "MarkdownNote", "text": text, "size": [width, 0]}
+
+
+# ---------------------------------------------------------------------------------------------
+# The templates
+# ---------------------------------------------------------------------------------------------
+def _models_stage(columns=((1, 5, 4),)):
+    return Stage(
+        "models",
+        "Models",
+        COLORS["models"],
+        [list(c) for c in columns],
+        "SD 1.5, loss networks, prompt conditions",
+        ("fit_conditions",),
+    )
+
+
+def quick_start() -> dict:
+    stages = [
+        _models_stage(),
+        Stage(
+            "example",
+            "Example",
+            COLORS["example"],
+            [[3, 2]],
+            "an image of a horse and its XDoG sketch",
+            ("sample",),
+        ),
+        Stage(
+            "train",
+            "Train",
+            COLORS["train"],
+            [[6]],
+            f"learns the sketch style ({QUICK.train_iterations} fast iterations) → generator `quick_style`",
+            ("train",),
+        ),
+        Stage(
+            "distill",
+            "Distill",
+            COLORS["distill"],
+            [[7]],
+            f"{QUICK.pair_count} image/sketch pairs, then a small extractor → `quick_style_extractor`",
+            ("distill",),
+        ),
+        Stage(
+            "extract",
+            "Extract",
+            COLORS["use"],
+            [[8, 9]],
+            "sketches the example → `output/diffsketch`",
+            ("extract",),
+        ),
+    ]
+    text = note(
+        "DiffSketch quick start",
+        "From nothing to a sketch extractor of your own in one run, no drawing needed: an XDoG sketch of a "
+        "generated image stands in for a drawing. Templates 2 to 5 do the same with a sketch you draw.",
+        files_section([SD15, CLIP, ALEXNET]),
+        stages_section(2, stages, QUICK),
+        "Long stages show progress and previews on their node. Cancel keeps what is done; Run again continues.",
+    )
+    nodes = {
+        1: _ckpt(),
+        2: _sample(),
+        3: {"type": "DiffSketchXDoG", "inputs": {"image": [2, 0]}},
+        4: _fit_conditions(),
+        5: _loss_models(),
+        # Names of its own, so the quick start never overwrites the style of templates 2-5.
+        6: _train([3, 0], QUICK, save_name="quick_style"),
+        7: _distill([6, 0], [4, 0], [5, 0], QUICK, save_name="quick_style_extractor"),
+        8: {"type": "DiffSketchExtract", "inputs": {"extractor": [7, 0], "image": [2, 0]}},
+        9: {
+            "type": "SaveImage",
+            "inputs": {"images": [8, 0]},
+            "widgets": {"filename_prefix": "diffsketch/quick"},
         },
+        20: note_node(text),
     }
-    g["diffsketch_2_train_style"] = {
-        "title": "2. Train a style from your sketch",
-        "nodes": {
-            "1": _ckpt(),
-            "2": _sample(),
-            "3": {
-                "type": "LoadImage",
-                "widgets": {"image": "diffsketch_sketch.png"},
-                "title": "Your sketch of the example",
-            },
-            "4": {
-                "type": "DiffSketchFitConditions",
-                "inputs": {"clip": [1, 1]},
-                "widgets": {"save_name": "default_conditions"},
-            },
-            "5": _loss_models(),
-            "6": _train([3, 0]),
-            "7": {"type": "PreviewImage", "inputs": {"images": [6, 1]}},
-            "8": {
-                "type": "SaveImage",
-                "inputs": {"images": [6, 2]},
-                "widgets": {"filename_prefix": "diffsketch/loss"},
-            },
-            "9": {
-                "type": "DiffSketchGenerate",
-                "inputs": {"model": [1, 0], "clip": [1, 1], "vae": [1, 2], "generator": [6, 0]},
-                "widgets": {"prompt": "a photo of a cat on a sofa", "seed": 1, "width": 512, "height": 512},
-            },
-            "10": {
-                "type": "SaveImage",
-                "inputs": {"images": [9, 1]},
-                "widgets": {"filename_prefix": "diffsketch/sketch"},
-            },
+    return {"nodes": nodes, "stages": stages, "arrangement": [[[NOTE], [s.key for s in stages]]]}
+
+
+def make_example() -> dict:
+    stages = [
+        Stage("models", "Model", COLORS["models"], [[1]], "SD 1.5"),
+        Stage(
+            "example",
+            "Example image",
+            COLORS["example"],
+            [[2], [3]],
+            "samples it (keeping the features DiffSketch learns from) → `output/diffsketch/example_00001_.png`",
+            ("sample",),
+        ),
+    ]
+    text = note(
+        "Make the image to draw over",
+        "DiffSketch learns a line style from ONE drawing over an image your checkpoint made. This template "
+        "makes that image; change the prompt or the seed for another one.",
+        files_section([SD15]),
+        stages_section(2, stages, STYLE),
+        "## 3. Draw over it\n"
+        "Open the saved image in any paint program, draw your lines over it (black on white, same size) "
+        f"and save the lines alone as `ComfyUI/input/{SKETCH_FILE}`. Then open template 3.",
+    )
+    nodes = {
+        1: _ckpt(),
+        2: _sample(),
+        3: {
+            "type": "SaveImage",
+            "inputs": {"images": [2, 0]},
+            "widgets": {"filename_prefix": "diffsketch/example"},
         },
+        20: note_node(text, 520),
     }
-    g["diffsketch_3_distill"] = {
-        "title": "3. Distill the style into an extractor",
-        "nodes": {
-            "1": _ckpt(),
-            "2": {"type": "DiffSketchLoadGenerator", "widgets": {"generator_name": "my_style.safetensors"}},
-            "4": {
-                "type": "DiffSketchLoadConditions",
-                "widgets": {"conditions_name": "default_conditions.safetensors"},
-            },
-            "5": _loss_models(),
-            "6": _distill([2, 0], [4, 0], [5, 0]),
-            "7": {"type": "PreviewImage", "inputs": {"images": [6, 1]}},
+    return {"nodes": nodes, "stages": stages, "arrangement": [[[NOTE], [s.key for s in stages]]]}
+
+
+def train_style() -> dict:
+    stages = [
+        _models_stage(),
+        Stage(
+            "example",
+            "Your example",
+            COLORS["example"],
+            [[3, 2]],
+            f"your sketch `input/{SKETCH_FILE}` and template 2's image (same prompt and seed)",
+            ("sample",),
+        ),
+        Stage(
+            "train",
+            "Train",
+            COLORS["train"],
+            [[6], [7]],
+            f"learns your style ({STYLE.train_iterations} fast iterations) → generator `my_style`",
+            ("train",),
+        ),
+        # a 50-step sample and one pass of the generator: as long as the example's sample
+        Stage("try", "Try it", COLORS["use"], [[9], [10]], "sketches a new image in your style", ("sample",)),
+    ]
+    text = note(
+        "Train a style from your sketch",
+        f"Needs your drawing over template 2's image saved as `ComfyUI/input/{SKETCH_FILE}` (black lines on "
+        "white, the same size as the image).",
+        files_section([SD15, CLIP, ALEXNET]),
+        stages_section(2, stages, STYLE),
+        "For the paper's quality: 1,200 `iterations` on the `full` schedule. Cancel writes a checkpoint; pick "
+        "it in `resume_from` to continue.",
+    )
+    nodes = {
+        1: _ckpt(),
+        2: _sample(),
+        3: {"type": "LoadImage", "widgets": {"image": SKETCH_FILE}, "title": "Your sketch of the example"},
+        4: _fit_conditions(),
+        5: _loss_models(),
+        6: _train([3, 0], STYLE),
+        7: {"type": "PreviewImage", "inputs": {"images": [6, 1]}, "title": "Training previews"},
+        9: {
+            "type": "DiffSketchGenerate",
+            "inputs": {"model": [1, 0], "clip": [1, 1], "vae": [1, 2], "generator": [6, 0]},
+            "widgets": {"prompt": "a photo of a cat on a sofa", "seed": 1, "width": 512, "height": 512},
         },
-    }
-    g["diffsketch_4_extract"] = {
-        "title": "4. Extract sketches from images",
-        "nodes": {
-            "1": {
-                "type": "DiffSketchLoadExtractor",
-                "widgets": {"extractor_name": "my_style_extractor.safetensors"},
-            },
-            "2": {"type": "LoadImage", "widgets": {"image": "example.png"}},
-            "3": {"type": "DiffSketchExtract", "inputs": {"extractor": [1, 0], "image": [2, 0]}},
-            "4": {
-                "type": "SaveImage",
-                "inputs": {"images": [3, 0]},
-                "widgets": {"filename_prefix": "diffsketch/extracted"},
-            },
-            "5": {"type": "MaskToImage", "inputs": {"mask": [3, 1]}},
-            "6": {"type": "PreviewImage", "inputs": {"images": [5, 0]}},
+        10: {
+            "type": "SaveImage",
+            "inputs": {"images": [9, 1]},
+            "widgets": {"filename_prefix": "diffsketch/sketch"},
         },
+        20: note_node(text),
     }
-    g["diffsketch_5_quick_start"] = {
-        "title": "5. Quick start: XDoG example -> train -> distill -> extract",
-        "nodes": {
-            "1": _ckpt(),
-            "2": _sample(),
-            "3": {"type": "DiffSketchXDoG", "inputs": {"image": [2, 0]}},
-            "4": {
-                "type": "DiffSketchFitConditions",
-                "inputs": {"clip": [1, 1]},
-                "widgets": {"save_name": "default_conditions"},
-            },
-            "5": _loss_models(),
-            # Names of its own, so the quick start never overwrites the style of workflows 2-4.
-            "6": _train([3, 0], save_name="quick_style"),
-            "7": _distill([6, 0], [4, 0], [5, 0], save_name="quick_style_extractor"),
-            "8": {"type": "DiffSketchExtract", "inputs": {"extractor": [7, 0], "image": [2, 0]}},
-            "9": {
-                "type": "SaveImage",
-                "inputs": {"images": [8, 0]},
-                "widgets": {"filename_prefix": "diffsketch/quick"},
-            },
-            "10": {"type": "PreviewImage", "inputs": {"images": [6, 2]}},
+    return {"nodes": nodes, "stages": stages, "arrangement": [[[NOTE], [s.key for s in stages]]]}
+
+
+def distill() -> dict:
+    stages = [
+        Stage(
+            "models",
+            "Load",
+            COLORS["models"],
+            [[1, 2], [4, 5]],
+            "SD 1.5, your generator `my_style`, the saved conditions, loss networks",
+        ),
+        Stage(
+            "distill",
+            "Distill",
+            COLORS["distill"],
+            [[6], [7]],
+            f"{STYLE.pair_count} image/sketch pairs in your style, then a small extractor → `my_style_extractor`",
+            ("distill",),
+        ),
+    ]
+    text = note(
+        "Distill the style into an extractor",
+        "Turns the style template 3 trained into a small, fast network that sketches any image.",
+        files_section([SD15, CLIP, ALEXNET]),
+        stages_section(2, stages, STYLE),
+        "The paper draws 30,000 pairs: more pairs and steps make a better extractor. Cancel keeps every "
+        "finished pair; Run again continues.",
+    )
+    nodes = {
+        1: _ckpt(),
+        2: {"type": "DiffSketchLoadGenerator", "widgets": {"generator_name": "my_style.safetensors"}},
+        4: {
+            "type": "DiffSketchLoadConditions",
+            "widgets": {"conditions_name": "default_conditions.safetensors"},
         },
+        5: _loss_models(),
+        6: _distill([2, 0], [4, 0], [5, 0], STYLE),
+        7: {"type": "PreviewImage", "inputs": {"images": [6, 1]}, "title": "Input | teacher | extractor"},
+        20: note_node(text, 520),
     }
-    for graph in g.values():
+    return {"nodes": nodes, "stages": stages, "arrangement": [[[NOTE], [s.key for s in stages]]]}
+
+
+def extract() -> dict:
+    stages = [
+        Stage(
+            "models", "Load", COLORS["models"], [[1, 2]], "your extractor `my_style_extractor` and any image"
+        ),
+        Stage(
+            "extract", "Extract", COLORS["use"], [[3]], "sketches it in your style, at any size", ("extract",)
+        ),
+        Stage(
+            "results",
+            "Results",
+            COLORS["example"],
+            [[4], [5, 6]],
+            "the sketch → `output/diffsketch`; line strength",
+        ),
+    ]
+    text = note(
+        "Extract sketches from any image",
+        "Runs the extractor template 4 made: fast, and no diffusion model needed any more. Load any picture, "
+        "photo or render; connect a batch or video frames to sketch them all.",
+        stages_section(1, stages, STYLE),
+        "`invert` gives white lines on black (as ControlNet line-art models expect); `contrast` darkens faint "
+        "strokes.",
+    )
+    nodes = {
+        1: {
+            "type": "DiffSketchLoadExtractor",
+            "widgets": {"extractor_name": "my_style_extractor.safetensors"},
+        },
+        2: {"type": "LoadImage", "widgets": {"image": "example.png"}},
+        3: {"type": "DiffSketchExtract", "inputs": {"extractor": [1, 0], "image": [2, 0]}},
+        4: {
+            "type": "SaveImage",
+            "inputs": {"images": [3, 0]},
+            "widgets": {"filename_prefix": "diffsketch/extracted"},
+        },
+        5: {"type": "MaskToImage", "inputs": {"mask": [3, 1]}},
+        6: {"type": "PreviewImage", "inputs": {"images": [5, 0]}, "title": "Line strength"},
+        20: note_node(text, 520),
+    }
+    return {"nodes": nodes, "stages": stages, "arrangement": [[[NOTE], [s.key for s in stages]]]}
+
+
+#: The templates in tutorial order: the browser lists them by file name, "DiffSketch <n> - <title>"
+#: (cards show about 36 characters of it, then the full name again as the description).
+TEMPLATES = [
+    Template("quick_start", "Quick start", quick_start),
+    Template("make_example", "Image to draw over", make_example),
+    Template("train_style", "Train your style", train_style),
+    Template("distill", "Distill an extractor", distill),
+    Template("extract", "Extract sketches", extract),
+]
+
+
+def template_files() -> dict[str, str]:
+    """Template key -> file stem in workflows/ (the title the template browser shows)."""
+    if len(TEMPLATES) > 9:
+        raise ValueError("more than 9 templates: number them 01, 02, ... so they still sort in order")
+    return {t.key: f"DiffSketch {n} - {t.title}" for n, t in enumerate(TEMPLATES, 1)}
+
+
+def workflows(object_info: dict) -> dict[str, dict]:
+    """Every template's graph description with its layout, keyed by template key."""
+    out = {}
+    for template in TEMPLATES:
+        graph = template.build()
         graph["nodes"] = {str(k): v for k, v in graph["nodes"].items()}
         for node in graph["nodes"].values():
             node["inputs"] = {k: [str(s), o] for k, (s, o) in node.get("inputs", {}).items()}
-        _grid(graph)
-    return g
+        out[template.key] = layout(graph, graph.pop("stages"), graph.pop("arrangement"), object_info)
+    return out
 
 
+# ---------------------------------------------------------------------------------------------
+# Thumbnails
+# ---------------------------------------------------------------------------------------------
 def thumbnail(title: str, ui: dict, object_info: dict, path: Path) -> None:
-    """A small diagram of the graph (nodes as boxes, links as lines) for the template browser."""
+    """The layout drawn small for the template browser: the note's headings, the groups, the nodes
+    (DiffSketch's dark), the links."""
     from PIL import Image, ImageDraw, ImageFont
 
-    nodes = ui["nodes"]
-    cols = {n["id"]: round((n["pos"][0] - 40) / 400) for n in nodes}
-    rows = {n["id"]: round((n["pos"][1] - 60) / 420) for n in nodes}
-    w, h = 640, 400
-    ncol, nrow = max(cols.values()) + 1, max(rows.values()) + 1
-    cell_w, cell_h = (w - 20) / ncol, min(90, (h - 50) / nrow)
-    img = Image.new("RGB", (w, h), (250, 248, 242))
+    w, h, margin = 640, 400, 10
+    rects = [
+        (n["pos"][0], n["pos"][1] - TITLE_HEIGHT, n["size"][0], n["size"][1] + TITLE_HEIGHT)
+        for n in ui["nodes"]
+    ]
+    rects += [tuple(g["bounding"]) for g in ui["groups"]]
+    x0, y0 = min(r[0] for r in rects), min(r[1] for r in rects)
+    x1, y1 = max(r[0] + r[2] for r in rects), max(r[1] + r[3] for r in rects)
+    scale = min((w - 2 * margin) / (x1 - x0), (h - 2 * margin) / (y1 - y0))
+    ox, oy = (w - (x1 - x0) * scale) / 2, (h - (y1 - y0) * scale) / 2
+
+    def box(x, y, bw, bh):
+        return (
+            ox + (x - x0) * scale,
+            oy + (y - y0) * scale,
+            ox + (x - x0 + bw) * scale,
+            oy + (y - y0 + bh) * scale,
+        )
+
+    def rgb(color: str) -> tuple[int, int, int]:
+        c = color.lstrip("#")
+        c = "".join(ch * 2 for ch in c) if len(c) == 3 else c
+        return tuple(int(c[i : i + 2], 16) for i in (0, 2, 4))
+
+    img = Image.new("RGB", (w, h), (32, 32, 32))
     draw = ImageDraw.Draw(img)
-    font = ImageFont.load_default()
-    draw.text((12, 12), title, fill=(20, 20, 20), font=font)
-    boxes = {}
-    for n in nodes:
-        bx, by = 10 + cols[n["id"]] * cell_w, 50 + rows[n["id"]] * cell_h
-        boxes[n["id"]] = (bx + 4, by + 4, bx + cell_w - 8, by + cell_h - 14)
+    small, big = ImageFont.load_default(size=11), ImageFont.load_default(size=15)
+    for g in ui["groups"]:
+        gx, color = box(*g["bounding"]), rgb(g["color"])
+        draw.rounded_rectangle(
+            gx, radius=5, fill=tuple(int(0.45 * c + 0.55 * 40) for c in color), outline=color
+        )
+        draw.text((gx[0] + 5, gx[1] + 3), g["title"], fill=(240, 240, 240), font=small)
+    by_id = {n["id"]: n for n in ui["nodes"]}
     for link in ui["links"]:
-        a, b = boxes[link[1]], boxes[link[3]]
-        draw.line([(a[2], (a[1] + a[3]) / 2), (b[0], (b[1] + b[3]) / 2)], fill=(120, 120, 120), width=2)
-    chars = max(4, int((cell_w - 16) / 6))
-    for n in nodes:
-        box = boxes[n["id"]]
+        a, b = by_id[link[1]], by_id[link[3]]
+        ba, bb = box(a["pos"][0], a["pos"][1], *a["size"]), box(b["pos"][0], b["pos"][1], *b["size"])
+        draw.line([(ba[2], (ba[1] + ba[3]) / 2), (bb[0], (bb[1] + bb[3]) / 2)], fill=(150, 150, 150), width=1)
+    for n in ui["nodes"]:
+        bx = box(n["pos"][0], n["pos"][1] - TITLE_HEIGHT, n["size"][0], n["size"][1] + TITLE_HEIGHT)
+        if n["type"] in UI_ONLY_TYPES:  # the note: its headings
+            draw.rounded_rectangle(bx, radius=5, fill=(102, 86, 52), outline=(160, 140, 90))
+            y = bx[1] + 6
+            for line in n["widgets_values"][0].splitlines():
+                if line.startswith("#") and y < bx[3] - 16:
+                    font = big if line.startswith("# ") else small
+                    draw.text(
+                        (bx[0] + 8, y),
+                        re.sub(r"[`*]", "", line.lstrip("# ")).replace("→", "->")[:90],
+                        fill=(250, 245, 230),
+                        font=font,
+                    )
+                    y += 19 if font is big else 14
+            continue
         ours = n["type"].startswith("DiffSketch")
         draw.rounded_rectangle(
-            box, radius=6, fill=(40, 40, 40) if ours else (200, 200, 200), outline=(0, 0, 0)
+            bx, radius=4, fill=(58, 58, 58) if ours else (80, 80, 80), outline=(20, 20, 20)
         )
-        label = object_info[n["type"]].get("display_name", n["type"]).replace("DiffSketch ", "")
-        words, lines = label.split(), [""]
-        for word in words:  # wrap into the box
-            if len(lines[-1]) + len(word) + 1 > chars and lines[-1]:
-                lines.append("")
-            lines[-1] = (lines[-1] + " " + word).strip()
-        for k, line in enumerate(lines[:3]):
-            draw.text(
-                (box[0] + 5, box[1] + 6 + 12 * k),
-                line[:chars],
-                fill=(255, 255, 255) if ours else (0, 0, 0),
-                font=font,
-            )
+        label = (n.get("title") or object_info[n["type"]].get("display_name", n["type"])).replace(
+            "DiffSketch ", ""
+        )
+        while label and small.getlength(label) > bx[2] - bx[0] - 8:  # cut to the box
+            label = label[:-1]
+        draw.text((bx[0] + 4, bx[1] + 3), label, fill=(235, 235, 235), font=small)
     img.save(path, quality=90)
 
 
@@ -280,17 +753,25 @@ def main():
         sys.exit("give --object-info FILE or set COMFYUI_PATH")
     out = Path(args.out)
     (out / "api").mkdir(parents=True, exist_ok=True)
-    for stem, graph in workflows().items():
+    files = template_files()
+    written = set()
+    for key, graph in workflows(object_info).items():
+        stem = files[key]
         ui = build_ui(graph, object_info)
-        ui["extra"]["diffsketch_title"] = graph["title"]
         api = graph_to_api(graph, object_info)
         diffs = api_equal(ui_to_api(ui, object_info), api)
         if diffs:
             sys.exit(f"{stem}: the UI layout does not convert back to its graph: {diffs}")
-        (out / f"{stem}.json").write_text(json.dumps(ui, indent=2) + "\n")
-        (out / "api" / f"{stem}.json").write_text(json.dumps(api, indent=2) + "\n")
-        thumbnail(graph["title"], ui, object_info, out / f"{stem}.jpg")
-        print(f"wrote {stem}: {len(ui['nodes'])} nodes")
+        for path, data in ((out / f"{stem}.json", ui), (out / "api" / f"{key}.json", api)):
+            path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            written.add(path)
+        thumbnail(stem, ui, object_info, out / f"{stem}.jpg")
+        written.add(out / f"{stem}.jpg")
+        print(f"wrote {stem}: {len(ui['nodes'])} nodes, {len(ui['groups'])} groups")
+    for old in [*out.glob("*.json"), *out.glob("*.jpg"), *(out / "api").glob("*.json")]:
+        if old not in written:  # a template renamed or removed
+            old.unlink()
+            print(f"removed {old.relative_to(out)}")
 
 
 if __name__ == "__main__":

@@ -15,10 +15,10 @@ from comfy_harness import REPO, error_message
 from PIL import Image
 
 sys.path.insert(0, str(REPO / "tools"))
+from make_workflows import template_files  # noqa: E402
 from workflow_format import api_equal, ui_to_api  # noqa: E402
 
-WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
-STEMS = [p.stem for p in WORKFLOWS]
+TEMPLATES = template_files()  # key -> file stem in workflows/
 
 SMALL = {
     "DiffSketchSample": {"width": 64, "height": 64},
@@ -40,8 +40,8 @@ SMALL = {
 }
 
 
-def load_api(stem: str, small: bool = True) -> dict:
-    api = json.loads((REPO / "workflows" / "api" / f"{stem}.json").read_text())
+def load_api(key: str, small: bool = True) -> dict:
+    api = json.loads((REPO / "workflows" / "api" / f"{key}.json").read_text(encoding="utf-8"))
     if small:
         api = copy.deepcopy(api)
         for node in api.values():
@@ -80,29 +80,30 @@ def workflow_env(comfy_server, tiny_checkpoint):
     return base
 
 
-def test_every_workflow_has_twin_and_thumbnail():
-    assert len(WORKFLOWS) == 5
-    for p in WORKFLOWS:
-        assert (REPO / "workflows" / "api" / p.name).is_file(), p.name
-        assert p.with_suffix(".jpg").is_file(), p.name
+def test_every_template_has_twin_and_thumbnail_and_nothing_else_is_listed():
+    folder = REPO / "workflows"
+    assert sorted(p.stem for p in folder.glob("*.json")) == sorted(TEMPLATES.values())
+    assert sorted(p.stem for p in (folder / "api").glob("*.json")) == sorted(TEMPLATES)
+    for stem in TEMPLATES.values():
+        assert (folder / f"{stem}.jpg").is_file(), stem
 
 
-@pytest.mark.parametrize("stem", STEMS)
-def test_api_twin_matches_ui_file(comfy_server, stem):
+@pytest.mark.parametrize("key", list(TEMPLATES))
+def test_api_twin_matches_ui_file(comfy_server, key):
     object_info = comfy_server.get("/object_info")
-    ui = json.loads((REPO / "workflows" / f"{stem}.json").read_text())
-    assert api_equal(ui_to_api(ui, object_info), load_api(stem, small=False)) == []
+    ui = json.loads((REPO / "workflows" / f"{TEMPLATES[key]}.json").read_text(encoding="utf-8"))
+    assert api_equal(ui_to_api(ui, object_info), load_api(key, small=False)) == []
 
 
 def test_train_before_example_exists_names_the_missing_input(comfy_server, workflow_env):
-    result = comfy_server.post_raw("/prompt", {"prompt": load_api("diffsketch_2_train_style")})
+    result = comfy_server.post_raw("/prompt", {"prompt": load_api("train_style")})
     body = json.loads(result["body"])
     # The sketch loader fails validation with the file name; the training branch is not run (the
     # conditions node, an output node of its own, may still run: ComfyUI runs the valid outputs).
     errors = body["node_errors"]
     assert errors["3"]["class_type"] == "LoadImage"
     assert "diffsketch_sketch.png" in json.dumps(errors["3"]["errors"])
-    assert {"6", "7", "8", "10"} <= set(errors["3"]["dependent_outputs"])
+    assert {"6", "7", "10"} <= set(errors["3"]["dependent_outputs"])
     if result["status"] == 200:
         comfy_server.wait(body["prompt_id"])
 
@@ -113,7 +114,7 @@ def test_workflows_run_end_to_end(comfy_server, workflow_env):
 
     base = workflow_env
     runs = {}
-    entry = comfy_server.run(load_api("diffsketch_1_make_example"))
+    entry = comfy_server.run(load_api("make_example"))
     assert entry["status"]["status_str"] == "success", error_message(entry)
     runs["1"] = entry
     example = (
@@ -131,27 +132,22 @@ def test_workflows_run_end_to_end(comfy_server, workflow_env):
     sketch = (xdog(img[None])[0, 0].numpy() * 255).astype(np.uint8)
     Image.fromarray(sketch).save(base / "input" / "diffsketch_sketch.png")
 
-    for stem in (
-        "diffsketch_2_train_style",
-        "diffsketch_3_distill",
-        "diffsketch_4_extract",
-        "diffsketch_5_quick_start",
-    ):
-        entry = comfy_server.run(load_api(stem))
-        assert entry["status"]["status_str"] == "success", f"{stem}: {error_message(entry)}"
-        runs[stem] = entry
+    for key in ("train_style", "distill", "extract", "quick_start"):
+        entry = comfy_server.run(load_api(key))
+        assert entry["status"]["status_str"] == "success", f"{key}: {error_message(entry)}"
+        runs[key] = entry
     models = base / "models" / "diffsketch"
     assert (models / "conditions" / "default_conditions.safetensors").is_file()
     load_generator(models / "generators" / "my_style.safetensors")
     load_extractor(models / "extractors" / "my_style_extractor.safetensors")
     load_generator(models / "generators" / "quick_style.safetensors")
     load_extractor(models / "extractors" / "quick_style_extractor.safetensors")
-    assert runs["diffsketch_4_extract"]["outputs"]["4"]["images"]
-    assert runs["diffsketch_5_quick_start"]["outputs"]["9"]["images"]
+    assert runs["extract"]["outputs"]["4"]["images"]
+    assert runs["quick_start"]["outputs"]["9"]["images"]
 
     # the files load again in a fresh server
     comfy_server.restart()
-    entry = comfy_server.run(load_api("diffsketch_4_extract"))
+    entry = comfy_server.run(load_api("extract"))
     assert entry["status"]["status_str"] == "success", error_message(entry)
     gens = comfy_server.get("/object_info/DiffSketchLoadGenerator")["DiffSketchLoadGenerator"]
     assert "my_style.safetensors" in gens["input"]["required"]["generator_name"][1]["options"]
