@@ -181,9 +181,15 @@ def _output_name(out) -> str:
     return f"`{out.display_name or out.id}`"
 
 
-def render_node(schema, heading: str = "##", anchor: bool = True, picture: tuple[str, str] | None = None):
+def render_node(
+    schema,
+    heading: str = "##",
+    anchor: bool = True,
+    picture: tuple[str, str] | None = None,
+    tables: bool = True,
+) -> list[str]:
     """The reference section of one node: heading, facts, description, optional ``(path, caption)``
-    picture, inputs and outputs."""
+    picture, inputs and outputs (as tables, or as lists for a narrow help panel)."""
     lines = [f'<a id="{schema.node_id}"></a>', ""] if anchor else []
     lines += [f"{heading} {schema.display_name or schema.node_id}", ""]
     facts = [f"id `{schema.node_id}`", f"category `{schema.category}`"]
@@ -198,8 +204,12 @@ def render_node(schema, heading: str = "##", anchor: bool = True, picture: tuple
         lines += [_text(schema.description), ""]
     if picture:
         lines += [f"![{_text(picture[1])}]({picture[0]})", ""]
+    render = _io_tables if tables else _io_lists
+    return lines + render(schema)
 
-    lines += ["**Inputs**", ""]
+
+def _io_tables(schema) -> list[str]:
+    lines = ["**Inputs**", ""]
     if schema.inputs:
         lines += [
             "| Name | Type | Default | Range / options | Required | Description |",
@@ -227,6 +237,27 @@ def render_node(schema, heading: str = "##", anchor: bool = True, picture: tuple
     else:
         lines.append("None.")
     lines.append("")
+    return lines
+
+
+def _io_lists(schema) -> list[str]:
+    """Inputs and outputs as one bullet each: what the frontend's narrow help panel shows well."""
+    lines = ["**Inputs**", ""]
+    for inp in schema.inputs:
+        facts = [f"`{inp.get_io_type()}`"]
+        default = _value(getattr(inp, "default", None))
+        if default:
+            facts.append(f"default {default}")
+        if _limits(inp):
+            facts.append(_limits(inp))
+        if inp.optional:
+            facts.append("optional")
+        lines.append(f"- {_input_name(inp)} ({'; '.join(facts)}): {_text(inp.tooltip or '')}")
+    lines += (["None."] if not schema.inputs else []) + ["", "**Outputs**", ""]
+    for out in schema.outputs:
+        listed = ", a list" if out.is_output_list else ""
+        lines.append(f"- {_output_name(out)} (`{out.get_io_type()}`{listed}): {_text(out.tooltip or '')}")
+    lines += (["None."] if not schema.outputs else []) + [""]
     return lines
 
 
@@ -277,7 +308,7 @@ def render_help_page(schema) -> str:
     picture = HELP_PICTURES.get(schema.node_id)
     if picture and not (HELP_DIR / picture[0]).is_file():
         raise FileNotFoundError(f"{schema.node_id}: help picture web/docs/{picture[0]} does not exist")
-    lines = render_node(schema, heading="#", anchor=False, picture=picture)
+    lines = render_node(schema, heading="#", anchor=False, picture=picture, tables=False)
     extras = help_extras(schema.node_id)
     if extras:
         at = lines.index("**Inputs**")
@@ -292,8 +323,15 @@ def render_help_page(schema) -> str:
 
 
 def render_help_pages(pack: ModuleType) -> dict[str, str]:
-    """Every help page, by file name under web/docs."""
-    return {f"{schema.node_id}.md": render_help_page(schema) for schema in node_schemas(pack)}
+    """Every help page, by file name under web/docs. The frontend asks for <NodeId>/<locale>.md
+    first, then <NodeId>.md: English pages are both (no failed request for English users), and
+    <NodeId>.md is every other locale's fallback."""
+    pages = {}
+    for schema in node_schemas(pack):
+        page = render_help_page(schema)
+        pages[f"{schema.node_id}.md"] = page
+        pages[f"{schema.node_id}/en.md"] = page
+    return pages
 
 
 def render_all(pack: ModuleType) -> dict[Path, str]:
@@ -339,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     files = render_all(import_pack(comfy_path))
     # help pages of nodes that no longer exist
-    stale = sorted(p for p in HELP_DIR.glob("*.md") if p not in files)
+    stale = sorted(p for p in [*HELP_DIR.glob("*.md"), *HELP_DIR.glob("*/*.md")] if p not in files)
     if args.check:
         changed = [path for path, text in files.items() if _read(path) != text]
         for path in changed:

@@ -69,12 +69,13 @@ def test_reference_does_not_depend_on_local_model_files(comfy_inprocess, referen
 def test_help_pages_match_the_schemas(comfy_inprocess, reference_tool):
     expected = reference_tool.render_help_pages(comfy_inprocess)
     node_ids = [cls.define_schema().node_id for cls in comfy_inprocess.nodes.node_list()]
-    assert sorted(expected) == sorted(f"{n}.md" for n in node_ids)
-    on_disk = {p.name: p.read_text(encoding="utf-8") for p in (REPO / "web" / "docs").glob("*.md")}
+    assert sorted(expected) == sorted([f"{n}.md" for n in node_ids] + [f"{n}/en.md" for n in node_ids])
+    folder = REPO / "web" / "docs"
+    on_disk = {p.relative_to(folder).as_posix(): p.read_text(encoding="utf-8") for p in folder.rglob("*.md")}
     assert on_disk == expected, f"web/docs help pages are stale or missing: run {REGENERATE}"
     for text in expected.values():  # every picture a page shows exists
         for target in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
-            assert (REPO / "web" / "docs" / target).is_file(), target
+            assert (folder / target).is_file(), target
 
 
 def test_server_serves_the_help_pages_where_the_frontend_asks(comfy_server):
@@ -85,10 +86,12 @@ def test_server_serves_the_help_pages_where_the_frontend_asks(comfy_server):
     assert ours
     for node_id, info in ours.items():
         folder = info["python_module"].split(".")[1].split("@")[0]
-        url = f"{comfy_server.url}/extensions/{urllib.parse.quote(folder)}/docs/{node_id}.md"
-        with urllib.request.urlopen(url, timeout=30) as r:
-            assert r.status == 200 and "text/html" not in r.headers.get("Content-Type", ""), url
-            assert r.read().decode().startswith(f"# {info['display_name']}\n")
+        docs = f"{comfy_server.url}/extensions/{urllib.parse.quote(folder)}/docs"
+        # first the page for the user's locale (English here), then the one for every locale
+        for url in (f"{docs}/{node_id}/en.md", f"{docs}/{node_id}.md"):
+            with urllib.request.urlopen(url, timeout=30) as r:
+                assert r.status == 200 and "text/html" not in r.headers.get("Content-Type", ""), url
+                assert r.read().decode().startswith(f"# {info['display_name']}\n")
     # the pictures the pages show come from the same place
     with urllib.request.urlopen(f"{comfy_server.url}/extensions/{PACK_NAME}/docs/images/pipeline.png") as r:
         assert r.headers["Content-Type"] == "image/png"
