@@ -60,7 +60,7 @@ from diffsketch.distill.extractor import save_extractor  # noqa: E402
 from diffsketch.errors import WeightsNotFoundError  # noqa: E402
 from diffsketch.eval.baselines import InformativeDrawingsGenerator  # noqa: E402
 from diffsketch.eval.metrics.ssim import l1_distance, ssim  # noqa: E402
-from diffsketch.seeds import derive_seed  # noqa: E402
+from diffsketch.seeds import derive_seed, seeded  # noqa: E402
 from diffsketch.styles.xdog import xdog  # noqa: E402
 from diffsketch.train.losses import build_lpips  # noqa: E402
 
@@ -319,9 +319,7 @@ def main(argv=None) -> int:
 
 
 def _seeded(cls, seed: int):
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed("baseline-init", seed))
-        return cls()
+    return seeded(derive_seed("baseline-init", seed), cls)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ Everything is deterministic for a seed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -33,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import CaptureError, FileFormatError, InvalidInputError, TrainingInterrupted
+from ..seeds import cpu_generator, seed_from_key
 from .hooks import COND, UNCOND
 from .timesteps import ddim_grid
 
@@ -82,9 +82,7 @@ class FeatureReducer:
         return {"dim": self.dim, "pool": self.pool, "seed": self.seed, "area_weight": self.area_weight}
 
     def _generator_seed(self, layer: int, channels: int) -> int:
-        # A hash rather than seed+layer arithmetic, so (seed, layer) pairs never collide.
-        digest = hashlib.sha256(f"diffsketch-reducer:{self.seed}:{layer}:{channels}".encode()).digest()
-        return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+        return seed_from_key(f"diffsketch-reducer:{self.seed}:{layer}:{channels}")
 
     def projection(self, layer: int, channels: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """The ``[channels*pool*pool, dim]`` projection of ``layer`` (generated on the CPU, so
@@ -94,7 +92,7 @@ class FeatureReducer:
         if key not in self._projections:
             cpu_key = (int(layer), int(channels), "cpu")
             if cpu_key not in self._projections:
-                g = torch.Generator().manual_seed(self._generator_seed(layer, channels))
+                g = cpu_generator(self._generator_seed(layer, channels))
                 n_in = channels * self.pool * self.pool
                 self._projections[cpu_key] = torch.randn(n_in, self.dim, generator=g) / math.sqrt(self.dim)
             self._projections[key] = self._projections[cpu_key].to(device)

@@ -441,7 +441,7 @@ def generate_pairs(
                     f"pair generation was cancelled with {done} of {count} pairs in {writer.root}; run it again with "
                     "the same settings to continue."
                 )
-            condition = conditions.sample(cpu_generator("condition", seed, i), 1)
+            condition = conditions.sample(cpu_generator(derive_seed("condition", seed, i)), 1)
             sample = backend.sample(
                 condition,
                 seed=derive_seed("noise", seed, i),

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import FileFormatError, InvalidInputError, TrainingDiverged, TrainingInterrupted
-from ..seeds import cpu_generator, derive_seed
+from ..seeds import cpu_generator, derive_seed, seeded
 from ..train.losses import perceptual_preprocess
 from ..train.state import load_training_state, save_training_state
 from .extractor import ExtractorConfig, SketchExtractor
@@ -152,9 +152,7 @@ _RESUMABLE_CHANGES = ("iterations", "checkpoint_every", "preview_every")
 
 def build_student(config: DistillConfig) -> SketchExtractor:
     """The default student, initialised from ``config.seed`` without touching the global RNG."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed("student-init", config.seed))
-        return SketchExtractor(config.extractor)
+    return seeded(derive_seed("student-init", config.seed), lambda: SketchExtractor(config.extractor))
 
 
 def _pad_to(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -197,7 +195,7 @@ def _load_pair(pairs, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def make_batch(pairs, config: DistillConfig, iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The training batch of step ``iteration``: a pure function of (config.seed, iteration)."""
-    g = cpu_generator("batch", config.seed, iteration)
+    g = cpu_generator(derive_seed("batch", config.seed, iteration))
     crop = config.crop_size
     n = len(pairs)
     choices = torch.randint(n, (config.batch_size,), generator=g).tolist()

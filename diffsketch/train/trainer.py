@@ -36,6 +36,7 @@ from ..capture.sample import CapturedSample
 from ..capture.timesteps import ddim_grid, plan_timesteps
 from ..errors import FileFormatError, InvalidInputError, TrainingDiverged, TrainingInterrupted
 from ..fileio import read_header
+from ..seeds import cpu_generator, iteration_seed, seeded
 from .conditions import ConditionSampler, blend_weight
 from .generator import GeneratorConfig, SketchGenerator, save_generator
 from .losses import DiffSketchLoss, LossWeights
@@ -173,17 +174,6 @@ class TrainConfig:
 _TRAJECTORY_SETTINGS = ("lr", "h_iter", "loss_weights", "seed", "steps", "cfg", "timestep_policy", "schedule")
 
 
-def iteration_seed(seed: int, iteration: int, purpose: str) -> int:
-    """A 63-bit seed for one random choice (``purpose``) of one iteration, from ``(seed, iteration)``
-    alone: iteration i draws the same numbers however the run was split into resumed parts."""
-    digest = hashlib.sha256(f"diffsketch/{purpose}/{int(seed)}/{int(iteration)}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
-def _cpu_generator(seed: int) -> torch.Generator:
-    return torch.Generator(device="cpu").manual_seed(seed)
-
-
 def iteration_timesteps(config: TrainConfig, iteration: int, example_timesteps: Sequence[int]) -> list[int]:
     """The UNet timesteps the new sample of ``iteration`` is captured at (ascending)."""
     if config.timestep_policy == "fixed":
@@ -191,7 +181,7 @@ def iteration_timesteps(config: TrainConfig, iteration: int, example_timesteps: 
     grid = ddim_grid(config.steps)
     n = len(example_timesteps)
     order = torch.randperm(
-        len(grid), generator=_cpu_generator(iteration_seed(config.seed, iteration, "timesteps"))
+        len(grid), generator=cpu_generator(iteration_seed(config.seed, iteration, "timesteps"))
     )
     return sorted(grid[int(j)] for j in order[:n])
 
@@ -494,7 +484,7 @@ class Trainer:
 
         # The loop runs on its own copy of torch's global RNG (the caller's is left untouched), saved
         # in checkpoints; nothing in the loop draws from it today, so it only guards future code.
-        self._cpu_rng = _cpu_generator(iteration_seed(config.seed, 0, "global")).get_state()
+        self._cpu_rng = cpu_generator(iteration_seed(config.seed, 0, "global")).get_state()
         self._cuda_rng: torch.Tensor | None = None
         if resume_from is not None:
             self.resume(resume_from)
@@ -528,9 +518,7 @@ class Trainer:
         else:
             gconfig = GeneratorConfig.from_spec(spec, len(self.timesteps))
         # Initial weights depend on the seed only, not on the caller's global RNG.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(iteration_seed(self.config.seed, 0, "init"))
-            return SketchGenerator(spec, gconfig)
+        return seeded(iteration_seed(self.config.seed, 0, "init"), lambda: SketchGenerator(spec, gconfig))
 
     # -- public API ------------------------------------------------------------------------------
     @property
@@ -734,7 +722,7 @@ class Trainer:
     def _sample(self, i: int, should_stop: StopCallback | None) -> tuple[CapturedSample, dict]:
         c = self.config
         condition = self.conditions.condition_for_iteration(
-            self.pivot, i, c.h_iter, generator=_cpu_generator(iteration_seed(c.seed, i, "condition"))
+            self.pivot, i, c.h_iter, generator=cpu_generator(iteration_seed(c.seed, i, "condition"))
         )
 
         def progress(done, total):
@@ -882,7 +870,6 @@ __all__ = [
     "CHECKPOINT_VERSION",
     "TrainConfig",
     "Trainer",
-    "iteration_seed",
     "iteration_timesteps",
     "loss_curve_image",
     "prepare_sketch",
