@@ -37,7 +37,6 @@ Weights are saved with :func:`save_extractor` / read with :func:`load_extractor`
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -50,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import FileFormatError, InvalidInputError
-from ..fileio import load_tensors, save_tensors
+from ..fileio import CHECKSUM_KEY, load_model_file, load_state_strict, save_model_file
 from ..images import gaussian_kernel_1d
 
 EXTRACTOR_KIND = "extractor"
@@ -348,17 +347,6 @@ class SketchExtractor(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
-def _tensors_checksum(tensors: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over names, dtypes, shapes and raw bytes: safetensors has no checksum of its own,
-    so without this a flipped byte inside the weights would load silently as a broken network."""
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().contiguous().cpu()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
 def save_extractor(path: str | os.PathLike, model: SketchExtractor, meta: dict | None = None) -> Path:
     """Atomically write ``model`` as a ``kind="extractor"`` DiffSketch safetensors file (format ``EXTRACTOR_VERSION``).
 
@@ -368,43 +356,31 @@ def save_extractor(path: str | os.PathLike, model: SketchExtractor, meta: dict |
     if not isinstance(model, SketchExtractor):
         raise InvalidInputError(f"save_extractor needs a SketchExtractor, got {type(model).__name__}.")
     meta = dict(meta or {})
-    reserved = {"format", "kind", "version", "config", "checksum"} & set(meta)
-    if reserved:
-        raise InvalidInputError(f"extractor meta may not set the reserved keys {sorted(reserved)}.")
-    try:
-        json.dumps(meta)
-    except (TypeError, ValueError) as e:
-        raise InvalidInputError(f"extractor meta must be JSON-serialisable: {e}") from e
+    if "config" in meta:
+        raise InvalidInputError("extractor meta may not set the reserved keys ['config'].")
     tensors = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
-    header = {"config": model.config.to_dict(), "checksum": _tensors_checksum(tensors), **meta}
-    return save_tensors(path, tensors, kind=EXTRACTOR_KIND, version=EXTRACTOR_VERSION, meta=header)
+    header = {"config": model.config.to_dict(), **meta}
+    return save_model_file(path, tensors, EXTRACTOR_KIND, EXTRACTOR_VERSION, header)
 
 
 def load_extractor(path: str | os.PathLike, device: str | torch.device = "cpu") -> SketchExtractor:
     """Read a file written by :func:`save_extractor`; returns an eval-mode model on ``device``.
 
     The header's extra fields are available as ``model.meta``. A corrupt, truncated, other-kind
-    or other-version file raises :class:`FileFormatError` and nothing is loaded.
+    or other-version file, or one with NaN or infinite weights, raises :class:`FileFormatError`
+    and nothing is loaded.
     """
     path = Path(path)
-    tensors, header = load_tensors(path, kind=EXTRACTOR_KIND, versions=(EXTRACTOR_VERSION,), device="cpu")
-    if header.get("checksum") != _tensors_checksum(tensors):
-        raise FileFormatError(
-            f"{path.name}: the weights do not match their checksum (the file is corrupt); re-create or "
-            "re-download it."
-        )
+    tensors, header = load_model_file(path, EXTRACTOR_KIND, (EXTRACTOR_VERSION,))
     try:
         config = ExtractorConfig.from_dict(header.get("config"))
     except InvalidInputError as e:
         raise FileFormatError(f"{path.name}: the extractor config in the header is invalid ({e}).") from e
     model = SketchExtractor(config)
-    try:
-        model.load_state_dict(tensors, strict=True)
-    except RuntimeError as e:
-        raise FileFormatError(
-            f"{path.name}: the weights do not fit the extractor config in its header ({e})."
-        ) from e
+    load_state_strict(
+        model, tensors, path.name, "The extractor config in its header describes another network."
+    )
     model.meta = {
-        k: v for k, v in header.items() if k not in ("format", "kind", "version", "config", "checksum")
+        k: v for k, v in header.items() if k not in ("format", "kind", "version", "config", CHECKSUM_KEY)
     }
     return model.to(device).eval()

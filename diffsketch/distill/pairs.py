@@ -23,7 +23,7 @@ from torch import nn
 
 from ..capture.timesteps import plan_timesteps
 from ..errors import Cancelled, FileFormatError, InvalidInputError
-from ..fileio import atomic_write_bytes
+from ..fileio import atomic_write_bytes, tensors_checksum
 from ..seeds import cpu_generator, derive_seed
 
 PAIRS_FORMAT = "diffsketch-pairs"
@@ -43,15 +43,10 @@ StopFn = Callable[[], bool]
 # --------------------------------------------------------------------------------------------
 
 
-def tensors_fingerprint(tensors: dict[str, torch.Tensor], extra: str = "") -> str:
-    """Short SHA-256 over names, dtypes, shapes and bytes (plus ``extra``): tells two sets of
+def _fingerprint(tensors: dict[str, torch.Tensor], extra: str = "") -> str:
+    """The first 16 hex digits of :func:`~diffsketch.fileio.tensors_checksum`: tells two sets of
     weights apart so a pair folder cannot silently mix two teachers."""
-    digest = hashlib.sha256(extra.encode())
-    for name in sorted(tensors):
-        t = tensors[name].detach().contiguous().cpu()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
+    return tensors_checksum(tensors, extra)[:16]
 
 
 def generator_fingerprint(generator: nn.Module) -> str:
@@ -60,7 +55,7 @@ def generator_fingerprint(generator: nn.Module) -> str:
     spec = getattr(generator, "spec", None)
     if spec is not None and hasattr(spec, "fingerprint"):
         extra += spec.fingerprint()
-    return tensors_fingerprint(generator.state_dict(), extra)
+    return _fingerprint(generator.state_dict(), extra)
 
 
 def conditions_fingerprint(conditions) -> str:
@@ -70,7 +65,7 @@ def conditions_fingerprint(conditions) -> str:
         "score_mean": conditions.score_mean,
         "variance": conditions.variance,
     }
-    return tensors_fingerprint(tensors)
+    return _fingerprint(tensors)
 
 
 # --------------------------------------------------------------------------------------------

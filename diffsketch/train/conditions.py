@@ -419,11 +419,11 @@ class ConditionSampler:
             "score_mean": self.score_mean,
             "variance": self.variance,
         }
-        return fileio.save_tensors(path, tensors, CONDITIONS_KIND, CONDITIONS_VERSION, header)
+        return fileio.save_model_file(path, tensors, CONDITIONS_KIND, CONDITIONS_VERSION, header)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device="cpu") -> ConditionSampler:
-        tensors, header = fileio.load_tensors(path, CONDITIONS_KIND, (CONDITIONS_VERSION,), device=device)
+        tensors, header = fileio.load_model_file(path, CONDITIONS_KIND, (CONDITIONS_VERSION,), device=device)
         name = os.path.basename(os.fspath(path))
         missing = [key for key in ("mean", "components", "score_mean", "variance") if key not in tensors]
         if missing:
