@@ -33,8 +33,9 @@ from diffsketch.errors import (
     TrainingDiverged,
     TrainingInterrupted,
 )
-from diffsketch.eval.baselines import InformativeDrawingsGenerator
+from diffsketch.fileio import read_header
 from diffsketch.seeds import derive_seed
+from diffsketch.styles.informative import InformativeDrawings
 from diffsketch.train.conditions import ConditionSampler
 from diffsketch.train.generator import GeneratorConfig, SketchGenerator
 from diffsketch.train.losses import build_lpips
@@ -349,7 +350,7 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
 
 def test_any_student_module_trains_and_bad_inputs_are_refused():
     pairs = synthetic_pairs(2)
-    baseline = InformativeDrawingsGenerator(ngf=4, n_blocks=1)
+    baseline = InformativeDrawings(n_blocks=1, ngf=4)
     trained = train_student(pairs, tiny_config(iterations=2), student=baseline)
     assert trained is baseline and trained.meta["iterations_done"] == 2
     with pytest.raises(InvalidInputError, match="multiple of 4"):
@@ -372,3 +373,61 @@ def test_distill_chains_generation_and_training(tiny_backend, conditions, tmp_pa
     assert loaded.meta["iterations_done"] == 2
     x = torch.rand(1, 3, 48, 48)
     assert torch.equal(loaded(x), student(x))
+
+
+class HostInterrupt(Exception):
+    """Stands for ComfyUI's InterruptProcessingException, which Cancel raises from the progress
+    callback (``on_step``), not through ``should_stop``."""
+
+
+def test_a_host_interrupt_in_training_keeps_a_checkpoint_and_the_rerun_resumes(
+    tiny_backend, conditions, tmp_path
+):
+    generator = make_generator(tiny_backend.spec)
+    # no periodic checkpoint before the interrupt: only the interrupt's own can keep the progress
+    config = tiny_config(iterations=6, crop_size=48, checkpoint_every=100)
+    one_go = distill(tiny_backend, generator, conditions, tmp_path / "one_go", 2, config, **SAMPLING)
+
+    def interrupt_at_4(step, losses, preview):
+        if step == 4:
+            raise HostInterrupt("processing interrupted")
+
+    folder = tmp_path / "pairs"
+    with pytest.raises(HostInterrupt) as info:
+        distill(tiny_backend, generator, conditions, folder, 2, config, on_step=interrupt_at_4, **SAMPLING)
+    checkpoint = folder / "student_checkpoint.safetensors"
+    assert read_header(checkpoint)["step"] == 4
+    assert any(str(checkpoint) in note for note in getattr(info.value, "__notes__", [str(checkpoint)]))
+
+    steps = []
+    resumed = distill(
+        tiny_backend,
+        generator,
+        conditions,
+        folder,
+        2,
+        config,
+        on_step=lambda s, *_: steps.append(s),
+        **SAMPLING,
+    )
+    assert steps == [5, 6]  # continued from the checkpoint, not from step 1
+    for (name, a), b in zip(one_go.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_a_crash_in_the_student_loop_keeps_a_resumable_checkpoint(tmp_path):
+    pairs = synthetic_pairs(3)
+    config = tiny_config(iterations=5, checkpoint_every=100)
+    one_go = train_student(pairs, config)
+    ckpt = tmp_path / "student.safetensors"
+
+    def boom(step, losses, preview):
+        if step == 2:
+            raise MemoryError("out of memory")
+
+    with pytest.raises(MemoryError):
+        train_student(pairs, config, checkpoint_path=ckpt, on_step=boom)
+    assert read_header(ckpt)["step"] == 2
+    resumed = train_student(pairs, config, checkpoint_path=ckpt, resume_from=ckpt)
+    for a, b in zip(one_go.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)

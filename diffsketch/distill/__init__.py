@@ -1,4 +1,4 @@
-"""Distillation: turn a trained DiffSketch generator into a fast image-to-sketch network (method.md §9).
+"""Distillation: turn a trained DiffSketch generator into a fast image-to-sketch network (docs/method.md §9).
 
 The paper distils DiffSketch into a feed-forward network trained on 30k (image, sketch) pairs
 that DiffSketch itself generated from purely random CDST conditions. This package does both halves:
@@ -29,13 +29,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..train.loop import StepCallback, StopCallback
 from .extractor import SketchExtractor
 from .pairs import PairSet, generate_pairs, pair_paths, pair_settings, pair_settings_digest, write_pair
 from .student import (
     DISTILL_CHECKPOINT_KIND,
     DistillConfig,
-    StepFn,
-    StopFn,
     build_student,
     make_batch,
     train_student,
@@ -63,8 +62,8 @@ def distill(
     checkpoint_path: str | os.PathLike | None = None,
     resume: bool = True,
     progress: ProgressFn | None = None,
-    on_step: StepFn | None = None,
-    should_stop: StopFn | None = None,
+    on_step: StepCallback | None = None,
+    should_stop: StopCallback | None = None,
     device: str | torch.device = "cpu",
 ) -> SketchExtractor:
     """Generate ``pair_count`` pairs into ``out_dir`` (resuming any already there), then train a

@@ -25,6 +25,7 @@ from ..capture.timesteps import plan_timesteps
 from ..errors import Cancelled, FileFormatError, InvalidInputError
 from ..fileio import atomic_write_bytes, tensors_checksum
 from ..seeds import cpu_generator, derive_seed
+from ..train.loop import StopCallback
 
 PAIRS_FORMAT = "diffsketch-pairs"
 PAIRS_VERSION = 1
@@ -35,7 +36,6 @@ SKETCHES_DIR = "sketches"
 MAX_PAIRS = 1_000_000
 
 ProgressFn = Callable[[int, int], None]
-StopFn = Callable[[], bool]
 
 
 # --------------------------------------------------------------------------------------------
@@ -390,7 +390,7 @@ def generate_pairs(
     timesteps: Sequence[int] | None = None,
     schedule: str | Sequence[int] = "full",
     progress: ProgressFn | None = None,
-    should_stop: StopFn | None = None,
+    should_stop: StopCallback | None = None,
 ) -> PairSet:
     """Write pairs ``0 .. count-1`` of DiffSketch (image, sketch) into ``out_dir``; returns the set.
 

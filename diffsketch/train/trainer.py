@@ -1,4 +1,4 @@
-"""Training a DiffSketch generator from one (image, sketch) example (method.md §5, §6, §8).
+"""Training a DiffSketch generator from one (image, sketch) example (docs/method.md §5, §6, §8).
 
 Each iteration draws a CDST text condition, samples a new Stable Diffusion image while capturing
 its features, runs the :class:`~diffsketch.train.generator.SketchGenerator` on the cached example
@@ -9,8 +9,9 @@ Every random choice of iteration ``i`` (the CDST draw, the sampling seed, the ra
 is derived from ``(config.seed, i)`` alone, so resuming from a checkpoint after N iterations and
 training M more gives the same weights as training N + M in one go.
 
-The loop is plain Python with callbacks (``on_step``, ``should_stop``, ``on_checkpoint``), so the
-ComfyUI node, the command line and the tests drive the same code. It runs inside
+The loop is :class:`~diffsketch.train.loop.TrainingLoop` (checkpoint cadence, Cancel, NaN/inf,
+crashes), driven by callbacks (``on_step``, ``should_stop``, ``on_checkpoint``), so the ComfyUI
+node, the command line and the tests run the same code. It runs inside
 ``torch.inference_mode(False)`` + ``torch.enable_grad()`` and clones inference tensors it is
 given, so a ComfyUI node (whose whole execution runs under ``torch.inference_mode()``) can call
 :meth:`Trainer.run` directly.
@@ -20,9 +21,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -34,13 +36,16 @@ import torch.nn.functional as F
 from .. import __version__
 from ..capture.sample import CapturedSample
 from ..capture.timesteps import ddim_grid, plan_timesteps
-from ..errors import FileFormatError, InvalidInputError, TrainingDiverged, TrainingInterrupted
+from ..errors import FileFormatError, InvalidInputError
 from ..fileio import read_header
 from ..seeds import cpu_generator, iteration_seed, seeded
 from .conditions import ConditionSampler, blend_weight
 from .generator import GeneratorConfig, SketchGenerator, save_generator
+from .loop import CheckpointCallback, StepCallback, StopCallback, StopRequested, TrainingLoop
 from .losses import DiffSketchLoss, LossWeights
 from .state import load_training_state, save_training_state
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_KIND = "training_checkpoint"
 CHECKPOINT_VERSION = 1
@@ -48,21 +53,13 @@ CHECKPOINT_VERSION = 1
 TIMESTEP_POLICIES = ("fixed", "random13")
 SCHEDULES = ("full", "fast")
 
-StepCallback = Callable[[int, dict, "torch.Tensor | None"], None]
-StopCallback = Callable[[], bool]
-CheckpointCallback = Callable[[Path, int], None]
-
-
-class _StopRequested(Exception):
-    """Internal: ``should_stop()`` returned True (possibly in the middle of sampling)."""
-
 
 # ---------------------------------------------------------------------------------------------
 # configuration
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TrainConfig:
-    """Settings of one training run (released-code defaults, method.md §8); JSON via :meth:`to_dict`.
+    """Settings of one training run (released-code defaults, docs/method.md §8); JSON via :meth:`to_dict`.
 
     - ``iterations``: Adam steps in all (a resumed run continues up to this count).
     - ``lr``: Adam learning rate (default betas, no scheduler).
@@ -421,9 +418,6 @@ class Trainer:
         self.device = torch.device(config.device)
         self.notices: list[str] = []
         self.history: list[dict] = []
-        self.step = 0
-        self.last_checkpoint: Path | None = None
-        self.last_checkpoint_step: int | None = None
 
         if not isinstance(example, CapturedSample):
             raise InvalidInputError(f"example must be a CapturedSample, got {type(example).__name__}")
@@ -486,8 +480,36 @@ class Trainer:
         # in checkpoints; nothing in the loop draws from it today, so it only guards future code.
         self._cpu_rng = cpu_generator(iteration_seed(config.seed, 0, "global")).get_state()
         self._cuda_rng: torch.Tensor | None = None
+        self.loop = TrainingLoop(
+            what="training",
+            model=self.generator,
+            iterations=config.iterations,
+            save=(lambda: self.save_checkpoint(self.checkpoint_path))
+            if self.checkpoint_path is not None
+            else None,
+            checkpoint_every=config.checkpoint_every,
+            resume_hint=(
+                "to continue, resume from it (Trainer(..., resume_from='{path}') or the Train node's resume "
+                "option) with the same example"
+            ),
+            unsaved_hint="this Trainer still holds the state: call run() again to continue",
+            divergence_advice=f"Resume from the last good checkpoint with a lower learning rate (now {config.lr:g}).",
+        )
         if resume_from is not None:
             self.resume(resume_from)
+
+    # The step count and the last checkpoint are the loop's.
+    @property
+    def step(self) -> int:
+        return self.loop.step
+
+    @property
+    def last_checkpoint(self) -> Path | None:
+        return self.loop.last_checkpoint
+
+    @property
+    def last_checkpoint_step(self) -> int | None:
+        return self.loop.last_checkpoint_step
 
     # -- construction helpers --------------------------------------------------------------------
     def _check_timesteps(self) -> None:
@@ -557,50 +579,27 @@ class Trainer:
         Any other exception also writes a checkpoint first (when the state is consistent);
         :class:`TrainingDiverged` does not, so the last good checkpoint is kept.
         """
+        every = self.config.preview_every
+        iterations = self.config.iterations
+
+        def report(step: int, result) -> None:
+            log, extras, preview_parts = result
+            self.history.append({"step": step, **log, **extras})
+            preview = None
+            if every and (step % every == 0 or step == iterations):
+                preview = preview_image(*preview_parts)
+            if on_step is not None:
+                on_step(step, dict(log), preview)
+
+        self.loop.on_checkpoint = on_checkpoint
         with torch.inference_mode(False), torch.enable_grad(), self._own_rng():
             self.generator.train()
-            consistent = True
-            try:
-                while self.step < self.config.iterations:
-                    if should_stop is not None and should_stop():
-                        raise _StopRequested
-                    i = self.step
-                    log, extras, preview_parts = self._forward_backward(i, should_stop)
-                    consistent = False
-                    self.optimizer.step()
-                    self.step = i + 1
-                    consistent = True
-                    entry = {"step": self.step, **log, **extras}
-                    self.history.append(entry)
-                    preview = None
-                    every = self.config.preview_every
-                    if every and (self.step % every == 0 or self.step == self.config.iterations):
-                        preview = preview_image(*preview_parts)
-                    if on_step is not None:
-                        on_step(self.step, dict(log), preview)
-                    every = self.config.checkpoint_every
-                    if every and self.step % every == 0 and self.step < self.config.iterations:
-                        self._checkpoint(on_checkpoint)
-                if self.last_checkpoint_step != self.step:
-                    self._checkpoint(on_checkpoint)
-            except _StopRequested:
-                where = self.last_checkpoint if self.last_checkpoint_step == self.step else None
-                where = where or self._checkpoint(on_checkpoint)
-                raise TrainingInterrupted(self._cancel_message(where)) from None
-            except TrainingDiverged:
-                raise
-            except BaseException as e:
-                # Foreign interruptions (ComfyUI's interrupt, Ctrl-C, out of memory): keep the progress.
-                if consistent and self.checkpoint_path is not None and self.last_checkpoint_step != self.step:
-                    try:
-                        self._checkpoint(on_checkpoint)
-                        if hasattr(e, "add_note"):
-                            e.add_note(
-                                f"DiffSketch saved a resumable checkpoint at step {self.step}: {self.last_checkpoint}"
-                            )
-                    except Exception:  # the original error matters more than a failed save
-                        pass
-                raise
+            self.loop.run(
+                compute=lambda i: self._forward_backward(i, should_stop),
+                apply=lambda i, result: self.optimizer.step(),
+                report=report,
+                should_stop=should_stop,
+            )
         return self.generator
 
     def resume(self, path: str | Path) -> None:
@@ -656,13 +655,13 @@ class Trainer:
                 f"{path.name} is already at step {step} of the {self.config.iterations} asked; raise iterations to "
                 "train further"
             )
-        self.step = step
+        self.loop.step = step
         self.history = [dict(h) for h in meta.get("history", [])][:step]
         if "torch_cpu" in rng:
             self._cpu_rng = rng["torch_cpu"]
         self._cuda_rng = rng.get("torch_cuda")
-        self.last_checkpoint = path
-        self.last_checkpoint_step = step
+        self.loop.mark_saved(path, step)
+        logger.info("DiffSketch: resuming training from %s at step %d", path, step)
 
     def checkpoint_meta(self) -> dict:
         return {
@@ -675,12 +674,8 @@ class Trainer:
         }
 
     def save_checkpoint(self, path: str | Path) -> Path:
-        """Write a resumable checkpoint of the current state to ``path``."""
-        for name, p in self.generator.named_parameters():
-            if not torch.isfinite(p).all():
-                raise TrainingDiverged(
-                    f"the generator weight {name} holds NaN/inf at step {self.step}; not writing it over a checkpoint"
-                )
+        """Write a resumable checkpoint of the current state to ``path`` (NaN or infinite weights are
+        refused, so a diverged state never overwrites a good checkpoint)."""
         rng = {"torch_cpu": self._current_cpu_rng()}
         cuda = self._current_cuda_rng()
         if cuda is not None:
@@ -727,7 +722,7 @@ class Trainer:
 
         def progress(done, total):
             if should_stop is not None and should_stop():
-                raise _StopRequested
+                raise StopRequested
 
         seed = iteration_seed(c.seed, i, "sample")
         sample = self.backend.sample(
@@ -774,59 +769,26 @@ class Trainer:
         parts = (sample.image, sample_sketch.detach(), example_sketch.detach(), self.example_sketch)
         return log, extras, parts
 
-    def _where_good(self) -> str:
-        if self.last_checkpoint is not None:
-            return (
-                f"The last good checkpoint is {self.last_checkpoint} (step {self.last_checkpoint_step}); resume from "
-                f"it with a lower learning rate (now {self.config.lr:g})."
-            )
-        if self.checkpoint_path is None:
-            return "No checkpoint path was given, so nothing was saved; retry with a lower learning rate."
-        return (
-            f"No checkpoint had been written yet; retry with a lower learning rate (now {self.config.lr:g})."
-        )
-
     def _check_finite(self, i: int, log: Mapping[str, float]) -> None:
         bad = {k: v for k, v in log.items() if k != "total" and not math.isfinite(v)}
         if not bad and math.isfinite(log.get("total", 0.0)):
             return
         terms = sorted({k[: -len("_weighted")] if k.endswith("_weighted") else k for k in bad}) or ["total"]
         values = ", ".join(f"{k}={v}" for k, v in bad.items()) or f"total={log.get('total')}"
-        raise TrainingDiverged(
-            f"training stopped at step {i + 1}: the loss term(s) {', '.join(terms)} became non-finite ({values}); "
-            f"the step was not applied. {self._where_good()}"
+        raise self.loop.diverged(
+            i + 1,
+            f"the loss term(s) {', '.join(terms)} became non-finite ({values}); the step was not applied",
         )
 
     def _check_gradients(self, i: int) -> None:
         for name, p in self.generator.named_parameters():
             if p.grad is not None and not torch.isfinite(p.grad).all():
-                raise TrainingDiverged(
-                    f"training stopped at step {i + 1}: the gradient of {name} became non-finite although the loss "
-                    f"is finite; the step was not applied. {self._where_good()}"
+                raise self.loop.diverged(
+                    i + 1,
+                    f"the gradient of {name} became non-finite although the loss is finite; the step was not applied",
                 )
 
-    # -- checkpoints and RNG ---------------------------------------------------------------------
-    def _checkpoint(self, on_checkpoint: CheckpointCallback | None) -> Path | None:
-        if self.checkpoint_path is None:
-            return None
-        path = self.save_checkpoint(self.checkpoint_path)
-        self.last_checkpoint, self.last_checkpoint_step = path, self.step
-        if on_checkpoint is not None:
-            on_checkpoint(path, self.step)
-        return path
-
-    def _cancel_message(self, where: Path | None) -> str:
-        done = f"Training cancelled after {self.step} of {self.config.iterations} steps."
-        if where is None:
-            return (
-                f"{done} No checkpoint path was given, so nothing was saved; this Trainer still holds the state: call "
-                "run() again to continue."
-            )
-        return (
-            f"{done} A resumable checkpoint is at {where}; to continue, resume from it (Trainer(..., "
-            f"resume_from='{where}') or the Train node's resume option) with the same example."
-        )
-
+    # -- RNG ---------------------------------------------------------------------------------------
     def _cuda_index(self) -> int | None:
         if self.device.type != "cuda":
             return None
