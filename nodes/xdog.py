@@ -1,4 +1,4 @@
-"""DiffSketchXDoG: an example sketch without drawing, with the paper's XDoG (method.md §7.1)."""
+"""DiffSketchXDoG: an example sketch without drawing, with the paper's XDoG (docs/method.md §7)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """Which denoising timesteps carry distinct features: the representative-timestep analysis.
 
 DiffSketch feeds its generator the UNet decoder features of a few *representative* timesteps
-(13 of the 50 DDIM steps in the paper, method.md §2). The paper picks them by PCA and k-means
+(13 of the 50 DDIM steps in the paper, docs/method.md §2). The paper picks them by PCA and k-means
 over features sampled at every step; the exact procedure is not published and the released code
-has no k-means (method.md §2.1-2.2). This module implements the procedure the project settled on:
+has no k-means (docs/method.md §2). This module implements this procedure:
 
 1. Sample N images and, at every timestep of the DDIM grid, reduce each captured decoder tap to
    a small fixed-size vector *inside the capture hook* (:class:`FeatureReducer`), so host memory

@@ -1,7 +1,7 @@
 """The fast image-to-sketch network (DiffSketch_distilled): architecture, configuration and files.
 
 DiffSketch's own generator needs a diffusion model and seconds per image; the paper distils it
-into a feed-forward image-to-image network (method.md §9). :class:`SketchExtractor` is that
+into a feed-forward image-to-image network (docs/method.md §9). :class:`SketchExtractor` is that
 network, designed for speed on CPU and GPU rather than copied from Pix2PixHD:
 
 - the input is folded 2x2 into channels (pixel-unshuffle), so no convolution runs at full
@@ -10,20 +10,19 @@ network, designed for speed on CPU and GPU rather than copied from Pix2PixHD:
   1/32), stride-2 downsampling, additive skips (cheaper than concatenation) and bilinear
   upsampling (nearest upsampling leaves 32-px steps in anything computed at the bottom);
 - residual blocks with GroupNorm, the second norm starting at zero so every block starts as the
-  identity. Without normalisation the network was unstable to train (activations grew by 10^2..
-  10^6 within ten steps at lr 1e-3 and the sigmoid saturated for good);
+  identity: the norms keep activations bounded, which is what lets it train at distillation's
+  learning rates (1e-3 and more) without the sigmoid saturating;
 - large-scale context: a fixed (weight-free) low-pass pyramid of the image -- averaged down to
   the bottom resolution (1/32) and blurred there with Gaussians of 1, 2 and 4 cells (32, 64 and
   128 px) -- is added to the bottom features and handed to the head, and the bottom features are
   pooled 4x further (1/128) and convolved. Decisions such as "darker than its surroundings" then
   compare a pixel with the mean of a neighbourhood of hundreds of pixels directly (XDoG's second
-  blur has sigma 100 px; a drawn style's tone decisions are as wide). Learned convolutions alone
-  reached that mean too imprecisely: held-out SSIM to an XDoG teacher rose from 0.72 to 0.80 with
-  the low-pass maps (benchmarks/distill_fidelity.py). The price: a tile's output depends on the
-  tile's content, which the overlapping, blended tiles of :func:`extract` keep invisible;
+  blur has sigma 100 px; a drawn style's tone decisions are as wide), which learned convolutions
+  alone approximate poorly. The price: a tile's output depends on the tile's content, which the
+  overlapping, blended tiles of :func:`~diffsketch.distill.extract.extract` keep small;
 - the head sees the folded input and the low-pass maps scaled up (``head_gain``): a steep tone
   curve (a pixel just above or below its surroundings' mean turning paper or ink) then needs 4x
-  smaller weights, which Adam reaches in far fewer steps (SSIM 0.825 -> 0.837 at equal steps);
+  smaller weights, which Adam reaches in fewer steps;
 - the head predicts 4 sub-pixels per folded pixel and unfolds them (pixel-shuffle) into a
   1-channel sketch in [0, 1] through a sigmoid.
 
@@ -53,8 +52,8 @@ from ..fileio import CHECKSUM_KEY, load_model_file, load_state_strict, save_mode
 from ..images import gaussian_kernel_1d
 
 EXTRACTOR_KIND = "extractor"
-# 2: GroupNorm residual blocks, bottom context and bilinear upsampling (version 1 had none).
-# 3: the low-pass pyramid of the image at the bottom and in the head, and the head's input gain.
+# Raised whenever the network's structure or parameter names change: files of another version are
+# refused with a message instead of loading into the wrong network.
 EXTRACTOR_VERSION = 3
 
 
@@ -82,8 +81,8 @@ class ExtractorConfig:
     lowpass_sigmas: tuple[float, ...] = (1.0, 2.0, 4.0)
     # Scale of the folded input and low-pass maps where the head sees them (see the module docs).
     head_gain: float = 4.0
-    # Width of the head's hidden layer (0 = the width of level 0). 32 rather than 16: held-out
-    # SSIM to XDoG 0.848 -> 0.871 at equal steps, for ~1.6k more multiply-adds per pixel.
+    # Width of the head's hidden layer (0 = the width of level 0): twice level 0's, for finer tone
+    # decisions at ~1.6k more multiply-adds per pixel.
     head_channels: int = 32
     # Sketches are mostly paper: start the sigmoid near white so training begins from "blank page".
     initial_output: float = 0.9

@@ -213,7 +213,7 @@ def xdog(
 ) -> torch.Tensor:
     """XDoG sketch of ``images`` ``[B, 3, H, W]`` in [0, 1] -> ``[B, 1, H, W]`` in (0, 1] (white = 1).
 
-    Steps (method.md §7.1): grey = uint8(mean(255*img)); G1, G2 = OpenCV 8-bit Gaussian blurs with
+    Steps (docs/method.md §7): grey = uint8(mean(255*img)); G1, G2 = OpenCV 8-bit Gaussian blurs with
     sigma and sigma*k; D = (G1 - gamma*G2)/255; out = 1 where D >= epsilon else 1 + tanh(phi*(D - epsilon)).
     Defaults are the paper's (0.5, 200, 0.98, 0.1, 10). The tone mapping is done in float64, as numpy
     does in the paper's code, and the result is cast to ``out_dtype`` (the paper trains in float32).

@@ -1,6 +1,6 @@
 """The DiffSketch sketch generator: two-level feature aggregation plus a feature-fusion decoder.
 
-Architecture (method.md §4), built entirely from a :class:`~diffsketch.capture.spec.FeatureSpec`:
+Architecture (docs/method.md §4), built entirely from a :class:`~diffsketch.capture.spec.FeatureSpec`:
 
 1. **Lower aggregation.** The UNet taps below the highest UNet resolution (SD 1.x: output blocks
    0-8 at 8/16/32 px of a 64 px latent) are resized to the largest of their sizes and mixed by an
@@ -15,7 +15,7 @@ Architecture (method.md §4), built entirely from a :class:`~diffsketch.capture.
    VAE-decoder features of the same scale, then upsamples (nearest) -> 3x3 conv -> GroupNorm ->
    GELU. The last stage adds the VAE's RGB output and ends in a 1-channel 1x1 conv, unbounded.
 
-Two defects of the released code are fixed here (method.md §4.4): the lower aggregation reaches
+Two defects of the released code are fixed here (docs/method.md §4): the lower aggregation reaches
 the output (it fed nothing in the release), and the VAE channel reductions are registered,
 trainable modules (they were plain Python lists, i.e. fixed random projections).
 """
@@ -46,7 +46,7 @@ VAE_REDUCE_NARROW = 8
 
 
 def vae_reduce_width(channels: int) -> int:
-    """Width a VAE tap is reduced to before fusion (16 for >=512 channels, else 8; method.md §4.3)."""
+    """Width a VAE tap is reduced to before fusion (16 for >=512 channels, else 8; docs/method.md §4)."""
     return VAE_REDUCE_WIDE if channels >= VAE_WIDE_CHANNELS else VAE_REDUCE_NARROW
 
 
@@ -239,7 +239,7 @@ class Bottleneck(nn.Module):
 
 
 class AggregationNetwork(nn.Module):
-    """Diffusion-Hyperfeatures aggregation (method.md §4.1).
+    """Diffusion-Hyperfeatures aggregation (docs/method.md §4).
 
     One :class:`Bottleneck` per tap, shared across timesteps, plus one per ``extra`` entry (an
     input consumed once, not per timestep). One mixing logit per (timestep, tap) and per extra
