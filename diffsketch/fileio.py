@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import tempfile
@@ -29,6 +30,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .errors import FileFormatError, InvalidInputError
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "diffsketch"
 _HEADER_KEY = "diffsketch"
@@ -99,6 +102,7 @@ def remove_stale_temp_files(
             try:
                 path.unlink()
                 removed.append(path)
+                logger.info("DiffSketch: removed %s, a temporary file left by an interrupted save", path)
             except OSError:
                 pass
     return removed

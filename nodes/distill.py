@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import comfy.model_management
@@ -17,6 +18,8 @@ from .common import save_path
 from .extract import wrap_extractor
 from .train import _preview
 from .types import CATEGORY, ClipLoss, Conditions, Extractor, Generator
+
+logger = logging.getLogger("diffsketch.nodes")
 
 FOLDER = "diffsketch_extractors"
 # The library's defaults, so the node, the command line and the Python API train the same way.
@@ -199,7 +202,7 @@ class DiffSketchDistill(io.ComfyNode):
             student = student.cpu().eval()
         out_path = save_path(FOLDER, name + ".safetensors")
         save_extractor(out_path, student, student.meta)
-        print(f"[DiffSketch] saved extractor to {out_path}")
+        logger.info("[DiffSketch] saved extractor to %s", out_path)
         preview = last.get("preview")
         preview = preview if preview is not None else torch.zeros(1, 64, 192, 3)
         return io.NodeOutput(wrap_extractor(student), preview, ui=ui.PreviewImage(preview, cls=cls))

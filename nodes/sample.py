@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 from comfy_api.latest import io, ui
 
 from diffsketch.capture.timesteps import PAPER_TIMESTEPS
 
 from .types import CATEGORY, Features, Timesteps
+
+logger = logging.getLogger("diffsketch.nodes")
 
 
 class DiffSketchSample(io.ComfyNode):
@@ -106,7 +110,7 @@ class DiffSketchSample(io.ComfyNode):
             height=int(height),
             timesteps=tuple(timesteps) if timesteps else PAPER_TIMESTEPS,
         )
-        print(f"[DiffSketch] captured {sample.summary()}")
+        logger.info("[DiffSketch] captured %s", sample.summary())
         image = image_to_comfy(sample.image)
         return io.NodeOutput(
             image, latent_to_comfy(sample.latent), sample, ui=ui.PreviewImage(image, cls=cls)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import comfy.model_management
@@ -14,6 +15,8 @@ from diffsketch.fileio import check_save_name
 
 from .common import save_path
 from .types import CATEGORY, ClipLoss, Conditions, Features, Generator
+
+logger = logging.getLogger("diffsketch.nodes")
 
 FOLDER = "diffsketch_generators"
 NO_RESUME = "(start fresh)"
@@ -244,7 +247,7 @@ class DiffSketchTrain(io.ComfyNode):
         with torch.inference_mode(False), torch.enable_grad():
             sketch_t, notices = prepare_sketch(sketch, features.size)
             for n in notices:
-                print(f"[DiffSketch] {n}")
+                logger.warning("[DiffSketch] %s", n)
             weights = LossWeights(
                 lpips=lpips_weight,
                 l1=l1_weight,
@@ -280,13 +283,13 @@ class DiffSketchTrain(io.ComfyNode):
                 resume_from=resume,
             )
             for n in trainer.notices:
-                print(f"[DiffSketch] {n}")
+                logger.warning("[DiffSketch] %s", n)
             trainer.run(on_step=on_step, should_stop=comfy.model_management.processing_interrupted)
             generator = trainer.generator.eval()
             out_path = save_path(FOLDER, name + ".safetensors")
             save_generator(out_path, generator, trainer.generator_meta())
             curve = to_image_tensor(trainer.loss_curve_image())
-        print(f"[DiffSketch] saved generator to {out_path}")
+        logger.info("[DiffSketch] saved generator to %s", out_path)
         previews = last_preview.get("image")
         previews = previews if previews is not None else torch.zeros(1, 64, 64, 3)
         if previews.ndim == 3:
