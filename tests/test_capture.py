@@ -163,6 +163,28 @@ def test_no_hooks_left_after_success_and_failure(tiny_backend):
     assert hook_count() == before
 
 
+def test_no_vae_hooks_left_when_decoding_raises(tiny_backend):
+    vae = tiny_backend.vae
+
+    def hook_count():
+        return sum(len(m._forward_hooks) for m in vae.modules())
+
+    before = hook_count()
+
+    def fail(module, inputs, output):
+        raise RuntimeError("out of memory in the VAE")
+
+    failing = vae.decoder.up_blocks[1].register_forward_hook(fail)
+    try:
+        with pytest.raises(RuntimeError, match="VAE"):
+            tiny_backend.sample("a", seed=0, steps=10, timesteps=[1, 501], width=W, height=H)
+    finally:
+        failing.remove()
+    assert hook_count() == before
+    # and the next decode captures normally
+    assert len(tiny_backend.sample("a", seed=0, steps=10, timesteps=[1, 501], width=W, height=H).vae) > 0
+
+
 def test_incomplete_capture_is_an_error(tiny_backend):
     rec = UNetRecorder(tiny_backend.spec, [1, 21])
     with pytest.raises(CaptureError, match="did not fire"):
