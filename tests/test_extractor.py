@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffsketch.distill.extract import extract, to_rgb_batch
+from diffsketch.distill.extract import extract
 from diffsketch.distill.extractor import (
     EXTRACTOR_VERSION,
     ExtractorConfig,
@@ -222,7 +222,7 @@ def test_bad_inputs_give_clear_errors():
     with pytest.raises(InvalidInputError, match="NaN"):
         extract(model, torch.full((1, 8, 8, 3), float("nan")))
     with pytest.raises(InvalidInputError, match="int32"):
-        to_rgb_batch(np.zeros((8, 8, 3), dtype=np.int32))
+        extract(model, np.zeros((8, 8, 3), dtype=np.int32))
     with pytest.raises(InvalidInputError, match="overlap"):
         extract(model, images(), tile=64, overlap=48)
     with pytest.raises(InvalidInputError, match="contrast"):

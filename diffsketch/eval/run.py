@@ -41,7 +41,7 @@ from torch import nn
 
 from ..errors import DiffSketchError, FileFormatError, InvalidInputError, WeightsNotFoundError
 from ..fileio import atomic_write_bytes
-from ..images import IMAGE_SUFFIXES, read_image
+from ..images import IMAGE_SUFFIXES, read_image, rgb_batch
 from .metrics.common import require_optional
 
 __all__ = ["ALL_METRICS", "EvalReport", "evaluate"]
@@ -359,9 +359,7 @@ def _list_photos(photos_dir: Path) -> tuple[list[Path], list[str]]:
 
 def _read_photo(path: Path) -> torch.Tensor:
     """[1, 3, H, W] float32 RGB in [0, 1] (grey repeated, alpha composited over white, 16-bit scaled)."""
-    from ..distill.extract import to_rgb_batch
-
-    return to_rgb_batch(read_image(path)).permute(0, 3, 1, 2).contiguous()
+    return rgb_batch(read_image(path), path.name).permute(0, 3, 1, 2).contiguous()
 
 
 def _target_size(size, h: int, w: int) -> tuple[int, int]:

@@ -38,6 +38,7 @@ from ..capture.sample import CapturedSample
 from ..capture.timesteps import ddim_grid, plan_timesteps
 from ..errors import FileFormatError, InvalidInputError
 from ..fileio import read_header
+from ..images import as_grey, image_batch
 from ..seeds import cpu_generator, iteration_seed, seeded
 from .conditions import ConditionSampler, blend_weight
 from .generator import GeneratorConfig, SketchGenerator, save_generator
@@ -226,73 +227,27 @@ def _escape_inference_mode(module: nn.Module) -> nn.Module:
 # ---------------------------------------------------------------------------------------------
 # the example sketch
 # ---------------------------------------------------------------------------------------------
-_LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, what PIL's convert("L") uses
-
-
-def _channels_last(x: torch.Tensor) -> torch.Tensor:
-    """[B, H, W, C] from ComfyUI's [B, H, W, C] or torch's [B, C, H, W] (channels 1-4)."""
-    last, second = x.shape[-1], x.shape[1]
-    if last in (1, 2, 3, 4):
-        return x  # ComfyUI IMAGE layout (preferred when both readings are possible)
-    if second in (1, 2, 3, 4):
-        return x.permute(0, 2, 3, 1)
-    raise InvalidInputError(
-        f"the sketch has shape {list(x.shape)}: expected an image [B, H, W, C] (ComfyUI) or [B, C, H, W] with "
-        "1 (grey), 2 (grey + alpha), 3 (RGB) or 4 (RGBA) channels"
-    )
-
-
-def prepare_sketch(image: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, list[str]]:
+def prepare_sketch(image, size: tuple[int, int]) -> tuple[torch.Tensor, list[str]]:
     """The example sketch as the trainer wants it: ``[1, 1, H, W]`` float32 in [0, 1] (white = 1).
 
-    ``image``: a ComfyUI IMAGE ``[1, H, W, C]``, a torch image ``[1, C, H, W]`` (or without the batch
-    dimension, or ``[H, W]``), float in [0, 1] or uint8. RGB becomes grey by luminance; alpha is
-    composited over white; ``size`` is the example's ``(width, height)``: another size is resized
-    (bilinear, antialiased), with a notice. Returns ``(sketch, notices)``.
+    ``image``: one image as :func:`~diffsketch.images.image_batch` reads it (a ComfyUI IMAGE
+    ``[1, H, W, C]``, a torch image ``[1, C, H, W]``, ``[H, W, C]``, ``[H, W]``; float in [0, 1],
+    uint8, uint16). RGB becomes grey by luminance; alpha is composited over white; ``size`` is
+    the example's ``(width, height)``: another size is resized (bilinear, antialiased), with a
+    notice. Returns ``(sketch, notices)``.
     """
-    if not isinstance(image, torch.Tensor):
-        raise InvalidInputError(f"the sketch must be an image tensor, got {type(image).__name__}")
     width, height = (int(s) for s in size)
     notices: list[str] = []
     with torch.inference_mode(False):
-        x = image.detach().cpu()
-        if x.dim() == 2:
-            x = x[None, :, :, None]
-        elif x.dim() == 3:
-            x = x[None]
-        if x.dim() != 4:
-            raise InvalidInputError(
-                f"the sketch has shape {list(image.shape)}; expected one image [1, H, W, C] (ComfyUI) or [1, C, H, W]"
-            )
+        x = image_batch(image, "the sketch", channels_first=True)
         if x.shape[0] != 1:
             raise InvalidInputError(
                 f"the sketch input holds a batch of {x.shape[0]} images; DiffSketch learns from ONE example: "
                 "connect a single sketch (e.g. pick one with an image-batch selector)."
             )
-        x = _channels_last(x)
-        if x.dtype == torch.uint8:
-            x = x.float() / 255.0
-        elif x.dtype.is_floating_point:
-            x = x.float()
-        else:
-            raise InvalidInputError(f"the sketch has dtype {x.dtype}; expected float in [0, 1] or uint8")
-        if x.numel() == 0:
-            raise InvalidInputError(f"the sketch is empty (shape {list(image.shape)})")
-        if not torch.isfinite(x).all():
-            raise InvalidInputError("the sketch contains NaN or infinite values")
-        lo, hi = float(x.min()), float(x.max())
-        if lo < -1e-3 or hi > 1 + 1e-3:
-            hint = " (it looks like 0-255 values: divide by 255)" if hi > 2 else ""
-            raise InvalidInputError(f"the sketch values span [{lo:.3g}, {hi:.3g}]; expected [0, 1]{hint}")
-        x = x.clamp(0, 1)
-        channels = x.shape[-1]
-        if channels in (2, 4):
-            colour, alpha = x[..., :-1], x[..., -1:]
-            x = colour * alpha + (1 - alpha)  # over white paper
+        if x.shape[-1] in (2, 4):
             notices.append("the sketch's transparency was composited over white")
-        if x.shape[-1] == 3:
-            x = (x * torch.tensor(_LUMA)).sum(-1, keepdim=True)
-        x = x.permute(0, 3, 1, 2).contiguous()  # [1, 1, H, W]
+        x = as_grey(x).permute(0, 3, 1, 2).contiguous()  # [1, 1, H, W]
         h, w = x.shape[-2:]
         if (w, h) != (width, height):
             aspect = "" if w * height == h * width else " (the aspect ratio changes: the sketch is stretched)"
