@@ -136,6 +136,7 @@ class DiffSketchDistill(io.ComfyNode):
         save_name,
         loss_models=None,
     ) -> io.NodeOutput:
+        from diffsketch.capture.sampling import SamplingSettings
         from diffsketch.distill import DistillConfig, distill, pair_settings, pair_settings_digest
         from diffsketch.distill.extractor import save_extractor
 
@@ -146,15 +147,8 @@ class DiffSketchDistill(io.ComfyNode):
         # One pair folder per (save name, teacher and pair settings): running again with the same
         # inputs resumes it; a re-trained generator under the same name starts a folder of its own
         # instead of clashing with pairs made by the old one.
-        settings = pair_settings(
-            backend,
-            generator,
-            conditions,
-            seed=int(seed),
-            steps=int(steps),
-            width=int(width),
-            height=int(height),
-        )
+        sampling = SamplingSettings(seed=int(seed), steps=int(steps), width=int(width), height=int(height))
+        settings = pair_settings(backend, generator, conditions, sampling)
         pairs_dir = os.path.join(
             folder_paths.models_dir, "diffsketch", "pairs", name, pair_settings_digest(settings)
         )
@@ -189,10 +183,7 @@ class DiffSketchDistill(io.ComfyNode):
                 pairs_dir,
                 int(pair_count),
                 config,
-                seed=int(seed),
-                steps=int(steps),
-                width=int(width),
-                height=int(height),
+                sampling,
                 lpips_model=loss_models["lpips"] if loss_models is not None else None,
                 progress=pairs_progress,
                 on_step=on_step,

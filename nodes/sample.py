@@ -98,11 +98,11 @@ class DiffSketchSample(io.ComfyNode):
     def execute(
         cls, model, clip, vae, prompt, seed, steps, cfg, width, height, timesteps=None
     ) -> io.NodeOutput:
+        from diffsketch.capture.sampling import SamplingSettings
+
         from .comfy_backend import ComfyBackend, image_to_comfy, latent_to_comfy
 
-        backend = ComfyBackend(model, clip, vae)
-        sample = backend.sample(
-            prompt,
+        sampling = SamplingSettings(
             seed=int(seed),
             steps=int(steps),
             cfg=float(cfg),
@@ -110,6 +110,8 @@ class DiffSketchSample(io.ComfyNode):
             height=int(height),
             timesteps=tuple(timesteps) if timesteps else PAPER_TIMESTEPS,
         )
+        backend = ComfyBackend(model, clip, vae)
+        sample = backend.sample(prompt, sampling)
         logger.info("[DiffSketch] captured %s", sample.summary())
         image = image_to_comfy(sample.image)
         return io.NodeOutput(

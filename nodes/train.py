@@ -378,20 +378,15 @@ class DiffSketchGenerate(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, vae, generator, prompt, seed, steps, cfg, width, height) -> io.NodeOutput:
+        from diffsketch.capture.sampling import SamplingSettings
         from diffsketch.train.inference import generate_pair
 
         from .comfy_backend import ComfyBackend, image_to_comfy
 
-        backend = ComfyBackend(model, clip, vae)
-        image, sketch = generate_pair(
-            backend,
-            generator,
-            prompt,
-            seed=int(seed),
-            steps=int(steps),
-            cfg=float(cfg),
-            width=int(width),
-            height=int(height),
+        sampling = SamplingSettings(
+            seed=int(seed), steps=int(steps), cfg=float(cfg), width=int(width), height=int(height)
         )
+        backend = ComfyBackend(model, clip, vae)
+        image, sketch = generate_pair(backend, generator, prompt, sampling)
         sketch_img = image_to_comfy(sketch.expand(-1, 3, -1, -1))
         return io.NodeOutput(image_to_comfy(image), sketch_img, ui=ui.PreviewImage(sketch_img, cls=cls))

@@ -248,3 +248,51 @@ def test_reserved_header_keys_and_meta_must_be_plain(tmp_path):
         )
     assert json.loads(json.dumps(fileio.read_header(fileio.save_model_file(
         tmp_path / "y.safetensors", {"w": torch.zeros(1)}, "generator", 1, {"m": 1}))))["m"] == 1  # fmt: skip
+
+
+def test_pair_folder_settings_are_recorded_as_before(tiny_backend):
+    """A pair folder continues only if the settings it recorded compare equal: the dict (keys, value
+    types, fingerprints) must stay what earlier versions wrote."""
+    from diffsketch.capture.sampling import SamplingSettings
+    from diffsketch.distill.pairs import pair_settings
+
+    torch.manual_seed(0)
+    spec = tiny_backend.spec
+    generator = SketchGenerator(spec, GeneratorConfig.from_spec(spec, 2, **SMALL))
+    sampler = ConditionSampler.fit(
+        torch.randn(6, 77, spec.context_dim, generator=torch.Generator().manual_seed(0)), n_components=3
+    )
+
+    def old_fingerprint(tensors, extra=""):
+        digest = hashlib.sha256(extra.encode())
+        for name in sorted(tensors):
+            t = tensors[name].detach().contiguous().cpu()
+            digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    settings = pair_settings(
+        tiny_backend,
+        generator,
+        sampler,
+        SamplingSettings(seed=4, steps=10, width=64, height=64, timesteps=(1, 501), schedule="fast"),
+    )
+    assert settings == {
+        "teacher": "diffsketch",
+        "seed": 4,
+        "steps": 10,
+        "cfg": 5.0,
+        "width": 64,
+        "height": 64,
+        "timesteps": [1, 501],
+        "schedule": "fast",
+        "model_layout": spec.fingerprint(),
+        "generator": old_fingerprint(
+            generator.state_dict(),
+            json.dumps(generator.config.to_dict(), sort_keys=True) + spec.fingerprint(),
+        ),
+        "conditions": old_fingerprint(
+            {k: getattr(sampler, k) for k in ("mean", "components", "score_mean", "variance")}
+        ),
+    }
+    assert [type(v) for v in settings.values()] == [str, int, int, float, int, int, list, str, str, str, str]

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from ..errors import CaptureError, FileFormatError, InvalidInputError, TrainingInterrupted
 from ..seeds import cpu_generator, seed_from_key
 from .hooks import COND, UNCOND
+from .sampling import SamplingSettings
 from .timesteps import ddim_grid
 
 ANALYSIS_KIND = "timestep_analysis"
@@ -580,17 +581,10 @@ def run_timestep_analysis(
         prompt = prompts[i % len(prompts)]
         if prompt not in conds:
             conds[prompt] = backend.encode_prompt(prompt)
-        out = backend.sample(
-            conds[prompt],
-            seed=int(seed) + i,
-            steps=int(steps),
-            cfg=cfg,
-            width=width,
-            height=height,
-            timesteps=grid,
-            unet_reduce=reducer,
-            decode=False,
+        sampling = SamplingSettings(
+            seed=int(seed) + i, steps=int(steps), cfg=cfg, width=width, height=height, timesteps=tuple(grid)
         )
+        out = backend.sample(conds[prompt], sampling, unet_reduce=reducer, decode=False)
         missing = [ts for ts in grid if ts not in out.unet]
         if missing:
             raise CaptureError(

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from .. import __version__
 from ..capture.sample import CapturedSample
+from ..capture.sampling import SamplingSettings
 from ..capture.timesteps import ddim_grid, plan_timesteps
 from ..errors import FileFormatError, InvalidInputError
 from ..fileio import read_header
@@ -680,8 +681,7 @@ class Trainer:
                 raise StopRequested
 
         seed = iteration_seed(c.seed, i, "sample")
-        sample = self.backend.sample(
-            condition,
+        sampling = SamplingSettings(
             seed=seed,
             steps=c.steps,
             cfg=c.cfg,
@@ -689,8 +689,8 @@ class Trainer:
             height=self.height,
             timesteps=iteration_timesteps(c, i, self.timesteps),
             schedule=c.schedule,
-            progress=progress,
         )
+        sample = self.backend.sample(condition, sampling, progress=progress)
         extras = {
             "cdst_weight": blend_weight(i, c.h_iter),
             "sample_seed": seed,
