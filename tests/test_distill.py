@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -193,6 +194,49 @@ def test_other_settings_in_the_same_folder_are_refused(tiny_backend, conditions,
     assert digest != pair_settings_digest(
         pair_settings(tiny_backend, generator, conditions, SAMPLING.replace(cfg=2.0))
     )
+
+
+def test_pair_folders_written_before_keep_their_settings_and_folder_name():
+    """A pair folder is found by ``pair_settings_digest`` and resumed when its manifest's settings
+    compare equal. The values below are what the library wrote before SamplingSettings and the
+    shared tensors_checksum existed: a change here orphans every existing pair folder."""
+    teacher = nn.Linear(3, 2)
+    with torch.no_grad():
+        teacher.weight.copy_(torch.arange(6.0).reshape(2, 3) / 7)
+        teacher.bias.copy_(torch.tensor([0.5, -0.25]))
+    conditions = SimpleNamespace(
+        mean=torch.arange(4.0),
+        components=torch.eye(2, 4),
+        score_mean=torch.tensor([0.5, 1.5]),
+        variance=torch.tensor([2.0, 3.0]),
+    )
+    backend = SimpleNamespace(spec=SimpleNamespace(fingerprint=lambda: "layout-0123456789"))
+    fingerprints = {"conditions": "1920e0ac3df493f8", "generator": "0f3d71a1b597a184"}
+    common = {"teacher": "diffsketch", "timesteps": [1, 501], "model_layout": "layout-0123456789"}
+
+    fast = SamplingSettings(
+        seed=7, steps=10, cfg=5, width=64, height=128, timesteps=[1, 501], schedule="fast"
+    )
+    settings = pair_settings(backend, teacher, conditions, fast)
+    assert json.dumps(settings, sort_keys=True) == json.dumps(
+        {
+            **common,
+            **fingerprints,
+            "seed": 7,
+            "steps": 10,
+            "cfg": 5.0,
+            "width": 64,
+            "height": 128,
+            "schedule": "fast",
+        },
+        sort_keys=True,
+    )
+    assert pair_settings_digest(settings) == "1ec7dc059609"
+
+    explicit = SamplingSettings(steps=20, cfg=7.5, timesteps=(1, 501), schedule=(951, 501, 1))
+    settings = pair_settings(backend, teacher, conditions, explicit)
+    assert settings["schedule"] == [951, 501, 1] and settings["width"] == settings["height"] == 512
+    assert pair_settings_digest(settings) == "4d0bd57f65eb"
 
 
 def test_write_pair_and_pairset_report_damage(tmp_path):
