@@ -79,7 +79,7 @@ class CountingBackend:
 
     def sample(self, *args, **kwargs):
         self.calls += 1
-        return self.backend.sample(*args, SamplingSettings(**kwargs))
+        return self.backend.sample(*args, **kwargs)
 
 
 def read_bytes(folder, index):
