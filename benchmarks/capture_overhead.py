@@ -20,6 +20,8 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from diffsketch.capture.sampling import SamplingSettings  # noqa: E402
+
 
 def build(arch: str):
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -83,7 +85,7 @@ def main():
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        s = backend.sample(cond, capture=capture, **kw)
+        s = backend.sample(cond, SamplingSettings(**kw), capture=capture)
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         run.last = s

@@ -1,8 +1,8 @@
 """Distillation fidelity: how closely a distilled student reproduces its teacher on unseen photos.
 
-DiffSketch distils its generator into a fast image-to-sketch network (method.md §9). This
+DiffSketch distils its generator into a fast image-to-sketch network (docs/method.md §9). This
 benchmark runs the same distillation loop (:func:`diffsketch.distill.train_student`) with a
-teacher that needs no weights -- the paper's XDoG (method.md §7.1, :func:`diffsketch.styles.xdog.xdog`)
+teacher that needs no weights -- the paper's XDoG (docs/method.md §7, :func:`diffsketch.styles.xdog.xdog`)
 -- on real photos that scikit-image ships offline:
 
 - training photos: every usable scikit-image sample photo except the held-out ones; each is
@@ -15,7 +15,7 @@ teacher that needs no weights -- the paper's XDoG (method.md §7.1, :func:`diffs
 
 Two students are trained with the same pairs, steps, batch, learning rate and schedule: the
 DiffSketch :class:`~diffsketch.distill.extractor.SketchExtractor` (default config) and the
-Informative-Drawings generator architecture (:class:`~diffsketch.eval.baselines.InformativeDrawingsGenerator`).
+Informative-Drawings generator architecture (:class:`~diffsketch.styles.informative.InformativeDrawings`).
 It prints SSIM (:func:`diffsketch.eval.metrics.ssim.ssim`, 11x11 Gaussian window, "valid" region) and L1
 to the teacher per held-out photo. Target: student SSIM >= 0.85 and not below Informative-Drawings.
 
@@ -58,9 +58,9 @@ from diffsketch.distill import DistillConfig, build_student, train_student
 from diffsketch.distill.extract import extract
 from diffsketch.distill.extractor import save_extractor  # noqa: E402
 from diffsketch.errors import WeightsNotFoundError  # noqa: E402
-from diffsketch.eval.baselines import InformativeDrawingsGenerator  # noqa: E402
 from diffsketch.eval.metrics.ssim import l1_distance, ssim  # noqa: E402
-from diffsketch.seeds import derive_seed  # noqa: E402
+from diffsketch.seeds import derive_seed, seeded  # noqa: E402
+from diffsketch.styles.informative import InformativeDrawings  # noqa: E402
 from diffsketch.styles.xdog import xdog  # noqa: E402
 from diffsketch.train.losses import build_lpips  # noqa: E402
 
@@ -258,7 +258,7 @@ def main(argv=None) -> int:
         "student": ("DiffSketch student (SketchExtractor)", lambda: build_student(config)),
         "informative": (
             "Informative-Drawings generator",
-            lambda: _seeded(InformativeDrawingsGenerator, args.seed),
+            lambda: _seeded(InformativeDrawings, args.seed),
         ),
     }
     results = {}
@@ -319,9 +319,7 @@ def main(argv=None) -> int:
 
 
 def _seeded(cls, seed: int):
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed("baseline-init", seed))
-        return cls()
+    return seeded(derive_seed("baseline-init", seed), cls)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffsketch.distill.extract import extract  # noqa: E402
 from diffsketch.distill.extractor import SketchExtractor, load_extractor
-from diffsketch.eval.baselines import HED, InformativeDrawingsGenerator, Pix2PixHDGlobalGenerator  # noqa: E402
+from diffsketch.eval.baselines import Pix2PixHDGlobalGenerator, build_baseline  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -63,8 +63,8 @@ def measure_speed(args, device: torch.device) -> dict[str, float]:
     models = {
         "DiffSketch student": student,
         "Pix2PixHD global": Pix2PixHDGlobalGenerator(),
-        "Informative-Drawings": InformativeDrawingsGenerator(),
-        "HED (VGG16)": HED(),
+        "Informative-Drawings": build_baseline("informative_drawings"),
+        "HED (VGG16)": build_baseline("hed"),
     }
     if args.skip:
         models = {k: v for k, v in models.items() if not any(s.lower() in k.lower() for s in args.skip)}

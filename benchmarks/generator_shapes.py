@@ -1,7 +1,7 @@
 """SketchGenerator at SD 1.5 shapes: parameter counts, and optionally one training step's time/memory.
 
 The parameter counts come from a generator built on the meta device (no memory). They are set
-beside the released code's counts (method.md §4.4): there, 21.57 M parameters were registered
+beside the released code's counts (docs/method.md §4): there, 21.57 M parameters were registered
 but only 3.27 M were trained (the lower aggregation never reached the output and the VAE
 reductions were not registered).
 

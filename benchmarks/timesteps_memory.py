@@ -34,7 +34,7 @@ from diffsketch.capture.hooks import COND  # noqa: E402
 from diffsketch.capture.timesteps import ddim_grid  # noqa: E402
 
 #: SD 1.5 UNet output_blocks[0..11] ResBlock channels and their size relative to the latent
-#: (method.md §3.1): 1280 @ latent/8 x3, 1280 @ latent/4 x3, 640 @ latent/2 x3, 320 @ latent x3.
+#: (docs/method.md §3): 1280 @ latent/8 x3, 1280 @ latent/4 x3, 640 @ latent/2 x3, 320 @ latent x3.
 SD15_DECODER_TAPS = [(1280, 8)] * 3 + [(1280, 4)] * 3 + [(640, 2)] * 3 + [(320, 1)] * 3
 
 TARGET_GIB = 8.0

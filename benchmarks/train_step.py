@@ -36,8 +36,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from diffsketch.backends.base import fast_schedule  # noqa: E402
 from diffsketch.capture.sample import CapturedSample  # noqa: E402
+from diffsketch.capture.sampling import SamplingSettings, fast_schedule  # noqa: E402
 from diffsketch.capture.timesteps import PAPER_TIMESTEPS, plan_timesteps  # noqa: E402
 from diffsketch.train.conditions import ConditionSampler  # noqa: E402
 from diffsketch.train.generator import GeneratorConfig, SketchGenerator, parameter_count  # noqa: E402
@@ -91,7 +91,8 @@ def tiny_section(args) -> None:
     backend = tiny_backend(0)
     size = 64
     example = backend.sample(
-        "a photo of a horse in mud", seed=50, steps=50, cfg=5.0, width=size, height=size, schedule="fast"
+        "a photo of a horse in mud",
+        SamplingSettings(seed=50, steps=50, cfg=5.0, width=size, height=size, schedule="fast"),
     )
     torch.manual_seed(0)
     generator = SketchGenerator(backend.spec, GeneratorConfig.from_spec(backend.spec, len(example.timesteps)))
@@ -109,11 +110,7 @@ def tiny_section(args) -> None:
             t0 = time.perf_counter()
             partial = backend.sample(
                 "a dog on a sofa",
-                seed=100 + k,
-                steps=50,
-                width=size,
-                height=size,
-                schedule=schedule,
+                SamplingSettings(seed=100 + k, steps=50, width=size, height=size, schedule=schedule),
                 decode=False,
             )
             t1 = time.perf_counter()
@@ -156,7 +153,7 @@ class RandomFeatureBackend:
     def check_conditioning(self, cond, name):
         return cond.detach().float()
 
-    def sample(self, cond, **kwargs) -> CapturedSample:
+    def sample(self, cond, settings, **kwargs) -> CapturedSample:
         self.calls += 1
         return self.sample_to_return
 

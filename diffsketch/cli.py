@@ -66,20 +66,20 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
 # commands
 # ---------------------------------------------------------------------------------------------
 def cmd_sample(args) -> int:
+    from .capture.sampling import SamplingSettings
     from .capture.timesteps import parse_timesteps
 
-    backend = load_backend(args)
-    bar = progress_bar(args.steps, "sampling")
-    sample = backend.sample(
-        args.prompt,
+    sampling = SamplingSettings(
         seed=args.seed,
         steps=args.steps,
         cfg=args.cfg,
         width=args.width,
         height=args.height,
         timesteps=parse_timesteps(args.timesteps),
-        progress=bar,
     )
+    backend = load_backend(args)
+    bar = progress_bar(args.steps, "sampling")
+    sample = backend.sample(args.prompt, sampling, progress=bar)
     bar.close()
     sample.save(args.out)
     image = Path(args.image) if args.image else Path(args.out).with_suffix(".png")
@@ -264,23 +264,16 @@ def cmd_train(args) -> int:
 
 
 def cmd_generate(args) -> int:
+    from .capture.sampling import SamplingSettings
     from .train.generator import load_generator
     from .train.inference import generate_pair
 
+    sampling = SamplingSettings(steps=args.steps, cfg=args.cfg, width=args.width, height=args.height)
     backend = load_backend(args)
     generator = load_generator(args.generator, device=pick_device(args.device))
     out = Path(args.out)
     for k in range(args.count):
-        image, sketch = generate_pair(
-            backend,
-            generator,
-            args.prompt,
-            seed=args.seed + k,
-            steps=args.steps,
-            cfg=args.cfg,
-            width=args.width,
-            height=args.height,
-        )
+        image, sketch = generate_pair(backend, generator, args.prompt, sampling.replace(seed=args.seed + k))
         save_png(image, out / f"{args.seed + k:06d}_image.png")
         save_png(sketch, out / f"{args.seed + k:06d}_sketch.png")
     print(f"{args.count} image/sketch pair(s) written to {out}")
@@ -288,6 +281,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_distill(args) -> int:
+    from .capture.sampling import SamplingSettings
     from .distill import DistillConfig, distill
     from .distill.extractor import save_extractor
     from .train.conditions import ConditionSampler
@@ -314,10 +308,8 @@ def cmd_distill(args) -> int:
         args.pairs_dir,
         args.pairs,
         config,
-        seed=args.seed,
-        steps=args.steps,
-        width=args.width,
-        height=args.height,
+        # --cfg is not passed on here (the pairs use the default 5.0), as before SamplingSettings
+        SamplingSettings(seed=args.seed, steps=args.steps, width=args.width, height=args.height),
         lpips_model=lpips_model,
         progress=pairs_bar,
         on_step=lambda step, losses, preview: train_bar(step, args.iterations),

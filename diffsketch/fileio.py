@@ -4,26 +4,48 @@ Everything the project saves is a ``.safetensors`` file whose metadata carries a
 ``{"format": "diffsketch", "kind": ..., "version": ..., ...}``. Writes are atomic (temporary file
 in the same folder, fsync, rename), so a crash or Cancel never leaves a half-written file. Reads
 validate kind and version before any tensor is touched; nothing is ever unpickled.
+
+Model files -- generators, extractors, condition distributions and training states -- go through
+:func:`save_model_file` / :func:`load_model_file`, which add what a plain tensor file lacks: a
+checksum of the weights (safetensors has none of its own, so a flipped byte would otherwise load
+as a silently broken network) and a refusal of NaN or infinite weights, in both directions.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import re
 import tempfile
+import time
+from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from torch import nn
 
 from .errors import FileFormatError, InvalidInputError
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "diffsketch"
 _HEADER_KEY = "diffsketch"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._+-]{0,120}$")
+#: Header key of the weights' checksum in model files.
+CHECKSUM_KEY = "checksum"
+
+# Temporary files of atomic writes: ".<target name>.<8 random characters>.tmp" beside the target
+# (tempfile.mkstemp's names). A temporary file is stale -- left by a crash or kill -9, never to
+# be renamed -- once nobody has written to it for STALE_TEMP_SECONDS: a writer that is alive
+# keeps touching its file until it renames it, and no write of ours pauses for minutes.
+_TEMP_SUFFIX = ".tmp"
+_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
+STALE_TEMP_SECONDS = 15 * 60
 
 
 def check_save_name(name: str, what: str = "save name") -> str:
@@ -39,13 +61,62 @@ def check_save_name(name: str, what: str = "save name") -> str:
     return name
 
 
+# ---------------------------------------------------------------------------------------------
+# atomic writes and their temporary files
+# ---------------------------------------------------------------------------------------------
+def stale_temp_files(
+    folder: str | os.PathLike, target: str | None = None, now: float | None = None
+) -> list[Path]:
+    """Temporary files of our atomic writes in ``folder`` (of ``target``'s name only, when given)
+    that nobody has written to for :data:`STALE_TEMP_SECONDS`."""
+    folder = Path(folder)
+    now = time.time() if now is None else now
+    found = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    for entry in entries:
+        match = _TEMP_NAME.match(entry.name)
+        if match is None or (target is not None and match["target"] != target):
+            continue
+        try:
+            if entry.is_file(follow_symlinks=False) and now - entry.stat().st_mtime >= STALE_TEMP_SECONDS:
+                found.append(Path(entry.path))
+        except OSError:  # removed meanwhile
+            continue
+    return sorted(found)
+
+
+def remove_stale_temp_files(
+    folder: str | os.PathLike, target: str | None = None, recursive: bool = False
+) -> list[Path]:
+    """Delete what :func:`stale_temp_files` finds (in every subfolder too with ``recursive``);
+    returns the files removed. Files that vanish or cannot be removed are left to the next try."""
+    folders = [Path(folder)]
+    if recursive:
+        folders += [Path(root) / d for root, dirs, _ in os.walk(folder) for d in dirs]
+    removed = []
+    for f in folders:
+        for path in stale_temp_files(f, target):
+            try:
+                path.unlink()
+                removed.append(path)
+                logger.info("DiffSketch: removed %s, a temporary file left by an interrupted save", path)
+            except OSError:
+                pass
+    return removed
+
+
 @contextmanager
 def atomic_target(path: str | os.PathLike):
     """Yield a temporary path beside ``path``; on success it is fsynced and renamed onto ``path``,
-    on any error (or Cancel) it is removed, so ``path`` is never left half-written."""
+    on any error (or Cancel) it is removed, so ``path`` is never left half-written. Stale
+    temporary files of earlier writes of ``path`` (a crash, kill -9) are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temp_files(path.parent, path.name)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         yield tmp
@@ -63,6 +134,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         Path(tmp).write_bytes(data)
 
 
+# ---------------------------------------------------------------------------------------------
+# DiffSketch tensor files
+# ---------------------------------------------------------------------------------------------
 def save_tensors(
     path: str | os.PathLike, tensors: dict[str, torch.Tensor], kind: str, version: int, meta: dict
 ) -> Path:
@@ -124,3 +198,104 @@ def load_tensors(
     except Exception as e:
         raise FileFormatError(f"{Path(path).name} is corrupt or truncated ({e}).") from e
     return out, header
+
+
+# ---------------------------------------------------------------------------------------------
+# model files: checksum, finite weights, strict loading
+# ---------------------------------------------------------------------------------------------
+def tensors_checksum(tensors: Mapping[str, torch.Tensor], extra: str = "") -> str:
+    """SHA-256 (hex) over ``extra`` and, by name, every tensor's name, dtype, shape and raw bytes.
+
+    The one fingerprint of a set of tensors: model files store it to detect corruption, and pair
+    folders record a prefix of it to tell two teachers apart."""
+    digest = hashlib.sha256(extra.encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def non_finite_tensors(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding NaN or infinity."""
+    return sorted(
+        name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())
+    )
+
+
+def save_model_file(
+    path: str | os.PathLike, tensors: dict[str, torch.Tensor], kind: str, version: int, header: dict
+) -> Path:
+    """Atomically write a model file: the tensors, ``header`` and the tensors' checksum.
+
+    Refuses NaN or infinite weights (InvalidInputError), so a diverged model never overwrites a
+    good file. ``header`` must be JSON-serialisable and must not set the reserved keys."""
+    reserved = {"format", "kind", "version", CHECKSUM_KEY} & set(header)
+    if reserved:
+        raise InvalidInputError(f"{kind} header may not set the reserved keys {sorted(reserved)}.")
+    try:
+        json.dumps(header)
+    except (TypeError, ValueError) as e:
+        raise InvalidInputError(f"{kind} metadata must be JSON-serialisable: {e}") from e
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    bad = non_finite_tensors(tensors)
+    if bad:
+        raise InvalidInputError(
+            f"not writing {Path(path).name}: the {kind} holds NaN or infinite values in {bad[:3]}"
+            f"{' and more' if len(bad) > 3 else ''}."
+        )
+    return save_tensors(path, tensors, kind, version, {**header, CHECKSUM_KEY: tensors_checksum(tensors)})
+
+
+def load_model_file(
+    path: str | os.PathLike, kind: str, versions, device="cpu"
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read a model file written by :func:`save_model_file` (or by an earlier version that stored no
+    checksum): ``(tensors on device, header)``.
+
+    A checksum that does not match, or NaN or infinite weights, raise FileFormatError."""
+    name = Path(path).name
+    tensors, header = load_tensors(path, kind, versions, "cpu")
+    stored = header.get(CHECKSUM_KEY)
+    if stored is not None and stored != tensors_checksum(tensors):
+        raise FileFormatError(
+            f"{name}: the weights do not match their checksum (the file is corrupt); re-create or re-download it."
+        )
+    bad = non_finite_tensors(tensors)
+    if bad:
+        raise FileFormatError(
+            f"{name}: the {kind} holds NaN or infinite values in {bad[:3]}{' and more' if len(bad) > 3 else ''}; "
+            "it was saved from a diverged run. Use an earlier file or train again."
+        )
+    if str(device) != "cpu":
+        tensors = {k: v.to(device) for k, v in tensors.items()}
+    return tensors, header
+
+
+def load_state_strict(module: nn.Module, state: Mapping[str, torch.Tensor], name: str, fix: str) -> None:
+    """``module.load_state_dict(state, strict=True)``, or FileFormatError listing the missing,
+    unexpected and misshapen tensors, then ``fix`` (what the user should do)."""
+    expected = module.state_dict()
+    missing = sorted(k for k in expected if k not in state)
+    unexpected = sorted(k for k in state if k not in expected)
+    wrong = sorted(k for k in state if k in expected and tuple(state[k].shape) != tuple(expected[k].shape))
+    details = []
+    if missing:
+        details.append(f"missing {len(missing)} tensors, e.g. {missing[:3]}")
+    if unexpected:
+        details.append(f"unexpected {len(unexpected)} tensors, e.g. {unexpected[:3]}")
+    if wrong:
+        details.append(
+            "wrong shapes: "
+            + ", ".join(f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}" for k in wrong[:3])
+        )
+    if details:
+        raise FileFormatError(
+            f"{name}: the weights do not fit this {type(module).__name__} ({'; '.join(details)}). {fix}"
+        )
+    try:
+        module.load_state_dict(dict(state), strict=True)
+    except RuntimeError as e:  # e.g. a dtype that cannot be copied
+        raise FileFormatError(
+            f"{name}: the weights do not fit this {type(module).__name__} ({e}). {fix}"
+        ) from e

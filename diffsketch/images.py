@@ -1,21 +1,143 @@
-"""Images: reading and writing image files (the command line and the evaluation use it) and the
-Gaussian kernel shared by the extractor's low-pass maps and SSIM."""
+"""Images: the one check every image input goes through, image files, and a Gaussian kernel.
+
+:func:`image_batch` is where an IMAGE enters the library -- the example sketch of training, the
+photos of extraction, XDoG and the styles, the evaluation's photos -- so every entry accepts the
+same inputs and refuses the same mistakes with the same message (a float image in 0..255 is
+refused with a hint instead of being clamped to white).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
+
+from .errors import InvalidInputError
 
 #: File suffixes read as images when a folder or glob is given.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+#: ITU-R 601 luma weights, what PIL's convert("L") uses.
+LUMA = (0.299, 0.587, 0.114)
+# Float images may stray this far outside [0, 1] (resampling overshoot) before they are refused.
+_RANGE_TOLERANCE = 1e-3
 
 
+def _as_float_tensor(images, what: str) -> torch.Tensor:
+    if isinstance(images, np.ndarray):
+        array = images
+        if array.dtype == np.uint8:
+            return torch.from_numpy(array.astype(np.float32)) / 255.0
+        if array.dtype == np.uint16:
+            return torch.from_numpy(array.astype(np.float32)) / 65535.0
+        if array.dtype == np.bool_ or np.issubdtype(array.dtype, np.floating):
+            return torch.from_numpy(array.astype(np.float32))
+        raise InvalidInputError(
+            f"{what}: numpy dtype {array.dtype} is not supported; give float in [0, 1], uint8 or uint16."
+        )
+    if isinstance(images, torch.Tensor):
+        x = images.detach()
+        if x.dtype == torch.uint8:
+            return x.cpu().float() / 255.0
+        if x.dtype == getattr(torch, "uint16", None):
+            return x.cpu().to(torch.int32).float() / 65535.0
+        if x.dtype == torch.bool or x.is_floating_point():
+            return x.cpu().float()
+        raise InvalidInputError(
+            f"{what}: torch dtype {x.dtype} is not supported; give float in [0, 1], uint8 or uint16."
+        )
+    raise InvalidInputError(f"{what}: expected an image tensor or numpy array, got {type(images).__name__}.")
+
+
+def image_batch(images, what: str = "images", *, channels_first: bool = False) -> torch.Tensor:
+    """Any supported image input -> float32 CPU tensor ``[B, H, W, C]`` in [0, 1], C = 1..4 as given.
+
+    Layouts: ``[B,H,W,C]`` (ComfyUI's IMAGE), ``[H,W,C]`` or ``[H,W]``; with ``channels_first``
+    also torch's ``[B,C,H,W]`` (read as ComfyUI's layout whenever both readings are possible).
+    Types: float in [0, 1], uint8 (/255), uint16 (/65535), bool; torch tensors (inference tensors
+    too; the result is a normal tensor) or numpy arrays. Refused, with a message naming ``what``:
+    other types, empty images, other channel counts, NaN or infinity, and float values outside
+    [0, 1] (with a hint when they look like 0..255; clamping them would turn the image white).
+    """
+    with torch.inference_mode(False):
+        x = _as_float_tensor(images, what)
+        if x.ndim == 2:
+            x = x[None, :, :, None]
+        elif x.ndim == 3:
+            if x.shape[-1] > 4:
+                raise InvalidInputError(
+                    f"{what}: a 3-D image must be [H,W,C] with C in 1..4, got shape {tuple(x.shape)} "
+                    "(a batch of masks? give images as [B,H,W,C])."
+                )
+            x = x[None]
+        elif x.ndim != 4:
+            raise InvalidInputError(
+                f"{what}: expected [B,H,W,C], [H,W,C] or [H,W]; got shape {tuple(x.shape)}."
+            )
+        if channels_first and not 1 <= x.shape[-1] <= 4 and 1 <= x.shape[1] <= 4:
+            x = x.permute(0, 2, 3, 1)
+        if 0 in x.shape[:3]:
+            raise InvalidInputError(
+                f"{what}: the image batch is empty (shape {tuple(x.shape)}); give at least one image."
+            )
+        if not 1 <= x.shape[-1] <= 4:
+            hint = " (channels-first? ComfyUI images are [B,H,W,C])" if 1 <= x.shape[1] <= 4 else ""
+            raise InvalidInputError(
+                f"{what}: expected 1 (grey), 2 (grey + alpha), 3 (RGB) or 4 (RGBA) channels in the last dimension, "
+                f"got shape {tuple(x.shape)}{hint}."
+            )
+        check_unit_range(x, what)
+        return x.clamp(0.0, 1.0).contiguous()
+
+
+def check_unit_range(x: torch.Tensor, what: str) -> None:
+    """Refuse NaN, infinity and float values outside [0, 1] (with a hint when they look like 0..255),
+    on any device. Values within a rounding error of the range are let through (and clamped by
+    the callers)."""
+    if not bool(torch.isfinite(x).all()):
+        raise InvalidInputError(f"{what}: NaN or infinite values; check the image that was passed in.")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < -_RANGE_TOLERANCE or hi > 1 + _RANGE_TOLERANCE:
+        hint = " (it looks like 0-255 values: divide by 255)" if hi > 2 else ""
+        raise InvalidInputError(f"{what}: values span [{lo:.3g}, {hi:.3g}]; expected [0, 1]{hint}.")
+
+
+def over_white(x: torch.Tensor) -> torch.Tensor:
+    """``[..., C]`` with C in 1..4 -> without alpha: grey + alpha and RGBA are composited over white
+    paper (transparent areas of a picture read as blank paper)."""
+    c = x.shape[-1]
+    if c in (2, 4):
+        colour, alpha = x[..., : c - 1], x[..., c - 1 :]
+        return colour * alpha + (1.0 - alpha)
+    return x
+
+
+def as_rgb(x: torch.Tensor) -> torch.Tensor:
+    """A batch from :func:`image_batch` as RGB ``[B, H, W, 3]`` (alpha over white, grey repeated)."""
+    x = over_white(x)
+    return (x.expand(-1, -1, -1, 3) if x.shape[-1] == 1 else x).contiguous()
+
+
+def as_grey(x: torch.Tensor) -> torch.Tensor:
+    """A batch from :func:`image_batch` as grey ``[B, H, W, 1]`` (alpha over white, RGB by ITU-R 601 luma)."""
+    x = over_white(x)
+    if x.shape[-1] == 3:
+        x = (x * torch.tensor(LUMA, dtype=x.dtype)).sum(-1, keepdim=True)
+    return x.contiguous()
+
+
+def rgb_batch(images, what: str = "images") -> torch.Tensor:
+    """Any supported image input (see :func:`image_batch`) as float32 CPU RGB ``[B, H, W, 3]``."""
+    return as_rgb(image_batch(images, what))
+
+
+# ---------------------------------------------------------------------------------------------
+# files
+# ---------------------------------------------------------------------------------------------
 def save_png(tensor, path: Path) -> None:
     """Save [3,H,W] / [1,H,W] / [H,W,3] float in [0,1] as an 8-bit PNG, atomically."""
     import io
 
-    import numpy as np
     from PIL import Image
 
     from .fileio import atomic_write_bytes
@@ -35,7 +157,6 @@ def save_png(tensor, path: Path) -> None:
 
 def read_image(path: Path):
     """An image file as float32 [H,W,C] numpy in [0,1], keeping grey/RGBA/16-bit for the caller to convert."""
-    import numpy as np
     from PIL import Image
 
     with Image.open(path) as im:

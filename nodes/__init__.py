@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from .common import register_model_folders
+from .common import register_model_folders, remove_stale_temp_files_of_ours
 from .conditions import DiffSketchFitConditions, DiffSketchLoadConditions
 from .distill import DiffSketchDistill
 from .extract import DiffSketchExtract, DiffSketchLoadExtractor
@@ -41,4 +41,5 @@ class DiffSketchExtension(ComfyExtension):
 
 async def comfy_entrypoint() -> DiffSketchExtension:
     register_model_folders()
+    remove_stale_temp_files_of_ours()
     return DiffSketchExtension()

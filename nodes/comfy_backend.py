@@ -1,6 +1,6 @@
 """ComfyUI backend: the library's sampling protocol on ComfyUI's loaded MODEL / CLIP / VAE.
 
-Recipe (comfyui.md §0-§5): clone the MODEL, add a DIFFUSION_MODEL wrapper that registers the
+How: clone the MODEL, add a DIFFUSION_MODEL wrapper that registers the
 capture hooks for one UNet call and removes them in ``finally``, sample with ComfyUI's "ddim"
 sampler (Euler on the ddim_uniform sigma grid == DDIM eta=0) with the cfg=1 shortcut disabled so
 the unconditional branch is always evaluated, and run the VAE decoder ourselves (not

@@ -10,6 +10,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from diffsketch.errors import WeightsNotFoundError
+from diffsketch.fileio import remove_stale_temp_files
 
 MODEL_FOLDERS = {
     "diffsketch_generators": "generators",
@@ -40,6 +41,14 @@ def register_model_folders() -> None:
             known.update(exts)
         else:
             folder_paths.folder_names_and_paths[key] = ([default], set(exts))
+
+
+def remove_stale_temp_files_of_ours() -> None:
+    """Remove temporary files a crash or kill -9 left in models/diffsketch (see
+    :func:`diffsketch.fileio.stale_temp_files` for what counts as ours and as stale)."""
+    root = os.path.join(folder_paths.models_dir, "diffsketch")
+    if os.path.isdir(root):
+        remove_stale_temp_files(root, recursive=True)  # each removal is logged by the library
 
 
 def save_path(key: str, *parts: str) -> str:

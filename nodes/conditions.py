@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import comfy.model_management
 import comfy.utils
 from comfy_api.latest import io
@@ -10,6 +12,8 @@ from diffsketch.fileio import check_save_name
 
 from .common import file_options, file_path_or_raise, save_path
 from .types import CATEGORY, Conditions
+
+logger = logging.getLogger("diffsketch.nodes")
 
 FOLDER = "diffsketch_conditions"
 WHAT = "a conditions .safetensors (made by DiffSketch Fit Conditions)"
@@ -88,11 +92,11 @@ class DiffSketchFitConditions(io.ComfyNode):
         )
         comfy.model_management.throw_exception_if_processing_interrupted()
         if sampler.notice:
-            print(f"[DiffSketch] {sampler.notice}")
+            logger.warning("[DiffSketch] %s", sampler.notice)
         if name:
             path = save_path(FOLDER, name + ".safetensors")
             sampler.save(path)
-            print(f"[DiffSketch] saved conditions to {path}")
+            logger.info("[DiffSketch] saved conditions to %s", path)
         return io.NodeOutput(sampler)
 
 

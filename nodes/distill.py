@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import comfy.model_management
@@ -17,6 +18,8 @@ from .common import LINE_ART_ALIASES, save_path, search_aliases
 from .extract import wrap_extractor
 from .train import _preview
 from .types import CATEGORY, ClipLoss, Conditions, Extractor, Generator
+
+logger = logging.getLogger("diffsketch.nodes")
 
 FOLDER = "diffsketch_extractors"
 # The library's defaults, so the node, the command line and the Python API train the same way.
@@ -143,6 +146,7 @@ class DiffSketchDistill(io.ComfyNode):
         save_name,
         loss_models=None,
     ) -> io.NodeOutput:
+        from diffsketch.capture.sampling import SamplingSettings
         from diffsketch.distill import DistillConfig, distill, pair_settings, pair_settings_digest
         from diffsketch.distill.extractor import save_extractor
 
@@ -153,16 +157,10 @@ class DiffSketchDistill(io.ComfyNode):
         # One pair folder per (save name, teacher and pair settings): running again with the same
         # inputs resumes it; a re-trained generator under the same name starts a folder of its own
         # instead of clashing with pairs made by the old one.
-        settings = pair_settings(
-            backend,
-            generator,
-            conditions,
-            seed=int(seed),
-            steps=int(steps),
-            width=int(width),
-            height=int(height),
-            schedule=schedule,
+        sampling = SamplingSettings(
+            seed=int(seed), steps=int(steps), width=int(width), height=int(height), schedule=schedule
         )
+        settings = pair_settings(backend, generator, conditions, sampling)
         pairs_dir = os.path.join(
             folder_paths.models_dir, "diffsketch", "pairs", name, pair_settings_digest(settings)
         )
@@ -197,11 +195,7 @@ class DiffSketchDistill(io.ComfyNode):
                 pairs_dir,
                 int(pair_count),
                 config,
-                seed=int(seed),
-                steps=int(steps),
-                width=int(width),
-                height=int(height),
-                schedule=schedule,
+                sampling,
                 lpips_model=loss_models["lpips"] if loss_models is not None else None,
                 progress=pairs_progress,
                 on_step=on_step,
@@ -211,7 +205,7 @@ class DiffSketchDistill(io.ComfyNode):
             student = student.cpu().eval()
         out_path = save_path(FOLDER, name + ".safetensors")
         save_extractor(out_path, student, student.meta)
-        print(f"[DiffSketch] saved extractor to {out_path}")
+        logger.info("[DiffSketch] saved extractor to %s", out_path)
         preview = last.get("preview")
         preview = preview if preview is not None else torch.zeros(1, 64, 192, 3)
         return io.NodeOutput(wrap_extractor(student), preview, ui=ui.PreviewImage(preview, cls=cls))

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 from comfy_api.latest import io, ui
 
 from diffsketch.capture.timesteps import PAPER_TIMESTEPS
 
 from .types import CATEGORY, Features, Timesteps
+
+logger = logging.getLogger("diffsketch.nodes")
 
 
 class DiffSketchSample(io.ComfyNode):
@@ -94,11 +98,11 @@ class DiffSketchSample(io.ComfyNode):
     def execute(
         cls, model, clip, vae, prompt, seed, steps, cfg, width, height, timesteps=None
     ) -> io.NodeOutput:
+        from diffsketch.capture.sampling import SamplingSettings
+
         from .comfy_backend import ComfyBackend, image_to_comfy, latent_to_comfy
 
-        backend = ComfyBackend(model, clip, vae)
-        sample = backend.sample(
-            prompt,
+        sampling = SamplingSettings(
             seed=int(seed),
             steps=int(steps),
             cfg=float(cfg),
@@ -106,7 +110,9 @@ class DiffSketchSample(io.ComfyNode):
             height=int(height),
             timesteps=tuple(timesteps) if timesteps else PAPER_TIMESTEPS,
         )
-        print(f"[DiffSketch] captured {sample.summary()}")
+        backend = ComfyBackend(model, clip, vae)
+        sample = backend.sample(prompt, sampling)
+        logger.info("[DiffSketch] captured %s", sample.summary())
         image = image_to_comfy(sample.image)
         return io.NodeOutput(
             image, latent_to_comfy(sample.latent), sample, ui=ui.PreviewImage(image, cls=cls)

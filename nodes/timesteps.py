@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import comfy.model_management
 import comfy.utils
 from comfy_api.latest import io, ui
@@ -9,6 +11,8 @@ from comfy_api.latest import io, ui
 from diffsketch.capture.timesteps import PAPER_TIMESTEPS, parse_timesteps
 
 from .types import CATEGORY, Timesteps
+
+logger = logging.getLogger("diffsketch.nodes")
 
 PRESETS = {"paper (13)": PAPER_TIMESTEPS, "custom": None}
 
@@ -155,7 +159,7 @@ class DiffSketchTimesteps(io.ComfyNode):
         comfy.model_management.throw_exception_if_processing_interrupted()
         images = {name: to_image_tensor(img) for name, img in plots(result).items()}
         text = result.summary()
-        print(f"[DiffSketch] {text}")
+        logger.info("[DiffSketch] %s", text)
         return io.NodeOutput(
             tuple(result.chosen), images["pca"], images["elbow"], images["schedule"], ui=ui.PreviewText(text)
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import comfy.model_management
@@ -13,6 +14,8 @@ from diffsketch.fileio import check_save_name
 
 from .common import LINE_ART_ALIASES, file_options, file_path, file_path_or_raise, save_path, search_aliases
 from .types import CATEGORY, ClipLoss, Conditions, Features, Generator
+
+logger = logging.getLogger("diffsketch.nodes")
 
 FOLDER = "diffsketch_generators"
 WHAT = "a generator .safetensors (made by DiffSketch Train)"
@@ -245,7 +248,7 @@ class DiffSketchTrain(io.ComfyNode):
         with torch.inference_mode(False), torch.enable_grad():
             sketch_t, notices = prepare_sketch(sketch, features.size)
             for n in notices:
-                print(f"[DiffSketch] {n}")
+                logger.warning("[DiffSketch] %s", n)
             weights = LossWeights(
                 lpips=lpips_weight,
                 l1=l1_weight,
@@ -281,13 +284,13 @@ class DiffSketchTrain(io.ComfyNode):
                 resume_from=resume,
             )
             for n in trainer.notices:
-                print(f"[DiffSketch] {n}")
+                logger.warning("[DiffSketch] %s", n)
             trainer.run(on_step=on_step, should_stop=comfy.model_management.processing_interrupted)
             generator = trainer.generator.eval()
             out_path = save_path(FOLDER, name + ".safetensors")
             save_generator(out_path, generator, trainer.generator_meta())
             curve = to_image_tensor(trainer.loss_curve_image())
-        print(f"[DiffSketch] saved generator to {out_path}")
+        logger.info("[DiffSketch] saved generator to %s", out_path)
         previews = last_preview.get("image")
         previews = previews if previews is not None else torch.zeros(1, 64, 64, 3)
         if previews.ndim == 3:
@@ -377,20 +380,15 @@ class DiffSketchGenerate(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, vae, generator, prompt, seed, steps, cfg, width, height) -> io.NodeOutput:
+        from diffsketch.capture.sampling import SamplingSettings
         from diffsketch.train.inference import generate_pair
 
         from .comfy_backend import ComfyBackend, image_to_comfy
 
-        backend = ComfyBackend(model, clip, vae)
-        image, sketch = generate_pair(
-            backend,
-            generator,
-            prompt,
-            seed=int(seed),
-            steps=int(steps),
-            cfg=float(cfg),
-            width=int(width),
-            height=int(height),
+        sampling = SamplingSettings(
+            seed=int(seed), steps=int(steps), cfg=float(cfg), width=int(width), height=int(height)
         )
+        backend = ComfyBackend(model, clip, vae)
+        image, sketch = generate_pair(backend, generator, prompt, sampling)
         sketch_img = image_to_comfy(sketch.expand(-1, 3, -1, -1))
         return io.NodeOutput(image_to_comfy(image), sketch_img, ui=ui.PreviewImage(sketch_img, cls=cls))

@@ -1,4 +1,4 @@
-"""DiffSketchXDoG: an example sketch without drawing, with the paper's XDoG (method.md §7.1)."""
+"""DiffSketchXDoG: an example sketch without drawing, with the paper's XDoG (docs/method.md §7)."""
 
 from __future__ import annotations
 
@@ -70,12 +70,12 @@ class DiffSketchXDoG(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, sigma, k, gamma, epsilon, phi) -> io.NodeOutput:
-        from diffsketch.distill.extract import to_rgb_batch
+        from diffsketch.images import rgb_batch
         from diffsketch.styles.xdog import xdog
 
         from .comfy_backend import image_to_comfy
 
-        rgb = to_rgb_batch(image).movedim(-1, 1)
+        rgb = rgb_batch(image, "image").movedim(-1, 1)
         sketch = xdog(rgb, sigma=sigma, k=k, gamma=gamma, epsilon=epsilon, phi=phi)
         return io.NodeOutput(image_to_comfy(sketch.expand(-1, 3, -1, -1)))
 
@@ -119,7 +119,7 @@ class DiffSketchStyleSketch(io.ComfyNode):
         import folder_paths
         import torch
 
-        from diffsketch.distill.extract import to_rgb_batch
+        from diffsketch.images import rgb_batch
         from diffsketch.styles import load_style
 
         from .comfy_backend import image_to_comfy
@@ -128,7 +128,7 @@ class DiffSketchStyleSketch(io.ComfyNode):
         extractor = load_style(
             style, device=device, search_dirs=[os.path.join(folder_paths.models_dir, "diffsketch", "styles")]
         )
-        rgb = to_rgb_batch(image).movedim(-1, 1)
+        rgb = rgb_batch(image, "image").movedim(-1, 1)
         with torch.no_grad():
             sketch = extractor(rgb.to(device)).float().cpu()
         return io.NodeOutput(image_to_comfy(sketch.expand(-1, 3, -1, -1)))

@@ -1,7 +1,7 @@
 """FeatureSpecs and random feature sets for tests that do not need a real diffusion model.
 
 ``sd15_spec()`` mirrors what :func:`diffsketch.capture.spec.feature_spec_from_ldm` reads from an SD 1.x
-checkpoint (method.md §3); ``tiny_spec()`` has the same structure with small channel counts.
+checkpoint (docs/method.md §3); ``tiny_spec()`` has the same structure with small channel counts.
 """
 
 from __future__ import annotations

@@ -256,7 +256,9 @@ class FakeBackend:
         g = torch.Generator().manual_seed(1000 * salt + phase)
         return 10.0 * torch.randn(channels, 1, 1, generator=g).expand(channels, h, w)
 
-    def sample(self, cond, *, seed, steps, cfg, width, height, timesteps, unet_reduce, decode):
+    def sample(self, cond, settings, *, unet_reduce, decode):
+        seed, steps, timesteps = settings.seed, settings.steps, settings.timesteps
+        width, height = settings.width, settings.height
         self.calls.append({"seed": seed, "steps": steps, "timesteps": list(timesteps), "decode": decode})
         g = torch.Generator().manual_seed(seed)
         unet = {}
@@ -307,7 +309,7 @@ def test_driver_samples_reduces_and_analyses():
 def test_driver_uses_the_cond_branch():
     # Cond with 4 phases, uncond with 2: cond-only analysis must find 4.
     result = run_timestep_analysis(
-        FakeBackend(cond_phases=4), [""], n_samples=2, steps=20, width=32, height=32
+        FakeBackend(cond_phases=4), [""], n_samples=2, steps=20, width=64, height=64
     )
     assert result.k == 4
 
@@ -316,7 +318,7 @@ def test_driver_stops_early_and_rejects_bad_settings():
     backend = FakeBackend()
     stops = iter([False, False, True])
     result = run_timestep_analysis(
-        backend, ["x"], n_samples=5, steps=10, k=2, should_stop=lambda: next(stops), width=32, height=32
+        backend, ["x"], n_samples=5, steps=10, k=2, should_stop=lambda: next(stops), width=64, height=64
     )
     assert len(backend.calls) == 2
     assert result.meta["stopped_early"] and result.meta["n_samples"] == 2 and result.n_images == 2
@@ -339,10 +341,10 @@ def test_driver_stops_early_and_rejects_bad_settings():
 
 def test_driver_reports_missing_timesteps():
     class Skipping(FakeBackend):
-        def sample(self, cond, **kw):
-            out = super().sample(cond, **kw)
-            out.unet.pop(kw["timesteps"][3])
+        def sample(self, cond, settings, **kw):
+            out = super().sample(cond, settings, **kw)
+            out.unet.pop(settings.timesteps[3])
             return out
 
     with pytest.raises(CaptureError, match="no features for timesteps"):
-        run_timestep_analysis(Skipping(), ["x"], n_samples=1, steps=10, k=2, width=32, height=32)
+        run_timestep_analysis(Skipping(), ["x"], n_samples=1, steps=10, k=2, width=64, height=64)

@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from diffsketch.backends.base import fast_schedule, weights_fingerprint
+from diffsketch.backends.base import weights_fingerprint
 from diffsketch.capture.hooks import UNetRecorder
 from diffsketch.capture.sample import CapturedSample
+from diffsketch.capture.sampling import SamplingSettings, fast_schedule
 from diffsketch.capture.spec import FeatureSpec, Tap, feature_spec_from_diffusers
 from diffsketch.capture.timesteps import PAPER_TIMESTEPS, ddim_grid, plan_timesteps
 from diffsketch.errors import CaptureError, InvalidInputError, UnsupportedModelError
@@ -15,7 +16,9 @@ W = H = 64
 
 @pytest.fixture(scope="module")
 def sample(tiny_backend):
-    return tiny_backend.sample("a photo of a horse in mud", seed=7, steps=50, cfg=5.0, width=W, height=H)
+    return tiny_backend.sample(
+        "a photo of a horse in mud", SamplingSettings(seed=7, steps=50, cfg=5.0, width=W, height=H)
+    )
 
 
 def test_spec_read_from_model(tiny_backend):
@@ -56,7 +59,7 @@ def test_branches_kept_apart(sample):
 
 def test_uncond_branch_matches_empty_prompt_run(tiny_backend):
     """With cond == uncond both branches see the same input, so they must be identical."""
-    s = tiny_backend.sample("", seed=1, steps=10, timesteps=[1, 501], width=W, height=H)
+    s = tiny_backend.sample("", SamplingSettings(seed=1, steps=10, timesteps=[1, 501], width=W, height=H))
     for feats in s.unet.values():
         for f in feats:
             torch.testing.assert_close(f[0], f[1])
@@ -86,10 +89,14 @@ def test_sd15_sample_budget():
 
 
 def test_determinism_for_seed(tiny_backend, sample):
-    again = tiny_backend.sample("a photo of a horse in mud", seed=7, steps=50, width=W, height=H)
+    again = tiny_backend.sample(
+        "a photo of a horse in mud", SamplingSettings(seed=7, steps=50, width=W, height=H)
+    )
     torch.testing.assert_close(again.image, sample.image, rtol=0, atol=0)
     torch.testing.assert_close(again.unet[941][0], sample.unet[941][0], rtol=0, atol=0)
-    other = tiny_backend.sample("a photo of a horse in mud", seed=8, steps=50, width=W, height=H)
+    other = tiny_backend.sample(
+        "a photo of a horse in mud", SamplingSettings(seed=8, steps=50, width=W, height=H)
+    )
     assert not torch.equal(other.image, sample.image)
 
 
@@ -109,7 +116,7 @@ def test_too_few_steps_is_a_clear_error():
 
 
 def test_other_step_count_capture(tiny_backend):
-    s = tiny_backend.sample("a cat", seed=3, steps=20, width=W, height=64 * 2)
+    s = tiny_backend.sample("a cat", SamplingSettings(seed=3, steps=20, width=W, height=64 * 2))
     assert s.plan.steps == 20 and len(s.unet) == 13
     assert set(s.timesteps) <= set(ddim_grid(20))
     assert s.image.shape == (1, 3, 128, 64)
@@ -118,7 +125,7 @@ def test_other_step_count_capture(tiny_backend):
 @pytest.mark.parametrize("w,h", [(100, 64), (64, 32), (0, 64)])
 def test_bad_sizes(tiny_backend, w, h):
     with pytest.raises(InvalidInputError, match="multiple of 64"):
-        tiny_backend.sample("x", seed=0, width=w, height=h)
+        tiny_backend.sample("x", SamplingSettings(seed=0, width=w, height=h))
 
 
 def test_fast_schedule_reduces_evaluations(tiny_backend):
@@ -126,7 +133,7 @@ def test_fast_schedule_reduces_evaluations(tiny_backend):
     sched = fast_schedule(plan)
     assert sched[0] == 941 and sched[-1] == 1 and len(sched) == 13
     assert 50 / len(sched) >= 3.5
-    s = tiny_backend.sample("a dog", seed=2, schedule="fast", width=W, height=H)
+    s = tiny_backend.sample("a dog", SamplingSettings(seed=2, schedule="fast", width=W, height=H))
     assert s.meta["unet_evaluations"] == len(sched)
     assert s.timesteps == PAPER_TIMESTEPS
 
@@ -134,9 +141,7 @@ def test_fast_schedule_reduces_evaluations(tiny_backend):
 def test_reduce_hook_stores_vectors(tiny_backend):
     s = tiny_backend.sample(
         "a dog",
-        seed=2,
-        steps=10,
-        timesteps=ddim_grid(10),
+        SamplingSettings(seed=2, steps=10, timesteps=ddim_grid(10)),
         decode=False,
         unet_reduce=lambda layer, x: x.mean(dim=(2, 3)),
     )
@@ -151,7 +156,7 @@ def test_no_hooks_left_after_success_and_failure(tiny_backend):
         return sum(len(m._forward_hooks) for m in unet.modules())
 
     before = hook_count()
-    tiny_backend.sample("a", seed=0, steps=10, timesteps=[1, 501], width=W, height=H)
+    tiny_backend.sample("a", SamplingSettings(seed=0, steps=10, timesteps=[1, 501], width=W, height=H))
     assert hook_count() == before
 
     def boom(step, total):
@@ -159,8 +164,41 @@ def test_no_hooks_left_after_success_and_failure(tiny_backend):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        tiny_backend.sample("a", seed=0, steps=10, timesteps=[1, 501], width=W, height=H, progress=boom)
+        tiny_backend.sample(
+            "a", SamplingSettings(seed=0, steps=10, timesteps=[1, 501], width=W, height=H), progress=boom
+        )
     assert hook_count() == before
+
+
+def test_no_vae_hooks_left_when_decoding_raises(tiny_backend):
+    vae = tiny_backend.vae
+
+    def hook_count():
+        return sum(len(m._forward_hooks) for m in vae.modules())
+
+    before = hook_count()
+
+    def fail(module, inputs, output):
+        raise RuntimeError("out of memory in the VAE")
+
+    failing = vae.decoder.up_blocks[1].register_forward_hook(fail)
+    try:
+        with pytest.raises(RuntimeError, match="VAE"):
+            tiny_backend.sample(
+                "a", SamplingSettings(seed=0, steps=10, timesteps=[1, 501], width=W, height=H)
+            )
+    finally:
+        failing.remove()
+    assert hook_count() == before
+    # and the next decode captures normally
+    assert (
+        len(
+            tiny_backend.sample(
+                "a", SamplingSettings(seed=0, steps=10, timesteps=[1, 501], width=W, height=H)
+            ).vae
+        )
+        > 0
+    )
 
 
 def test_incomplete_capture_is_an_error(tiny_backend):

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from diffsketch.capture.sampling import SamplingSettings
 from diffsketch.cli import expand_inputs, main
 
 
@@ -51,7 +52,7 @@ def test_sample_writes_features_and_image(tiny_model_dir, tmp_path, tiny_backend
     assert len(s.unet) == 13 and s.meta["prompt"] == "a horse"
     assert Image.open(out.with_suffix(".png")).size == (64, 64)
     # the saved folder reproduces the in-memory backend exactly
-    direct = tiny_backend.sample("a horse", seed=3, steps=50, width=64, height=64)
+    direct = tiny_backend.sample("a horse", SamplingSettings(seed=3, steps=50, width=64, height=64))
     torch.testing.assert_close(s.image, direct.image)
 
 

@@ -241,7 +241,7 @@ def test_blend_weight_follows_the_sqrt_schedule():
     assert blend_weight(500, 1000) == pytest.approx(0.5, abs=1e-12)
     assert blend_weight(1000, 1000) == 1.0
     assert blend_weight(1500, 1000) == 1.0
-    # method.md §6.2: "0.09 at i = 10"
+    # docs/method.md §6: "0.09 at i = 10"
     assert blend_weight(10, 1000) == pytest.approx(0.1 / (0.1 + math.sqrt(0.99)))
     assert 0.09 < blend_weight(10, 1000) < 0.095
     weights = [blend_weight(i, 1000) for i in range(0, 1001, 50)]

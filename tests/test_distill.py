@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffsketch.capture.sampling import SamplingSettings
 from diffsketch.distill import (
     DISTILL_CHECKPOINT_KIND,
     DistillConfig,
@@ -33,8 +35,9 @@ from diffsketch.errors import (
     TrainingDiverged,
     TrainingInterrupted,
 )
-from diffsketch.eval.baselines import InformativeDrawingsGenerator
+from diffsketch.fileio import read_header
 from diffsketch.seeds import derive_seed
+from diffsketch.styles.informative import InformativeDrawings
 from diffsketch.train.conditions import ConditionSampler
 from diffsketch.train.generator import GeneratorConfig, SketchGenerator
 from diffsketch.train.losses import build_lpips
@@ -42,7 +45,7 @@ from diffsketch.train.state import load_training_state
 
 TIMESTEPS = [1, 501]
 SIZE = 64
-SAMPLING = dict(steps=10, width=SIZE, height=SIZE, timesteps=TIMESTEPS, schedule="fast", cfg=5.0)
+SAMPLING = SamplingSettings(steps=10, width=SIZE, height=SIZE, timesteps=TIMESTEPS, schedule="fast", cfg=5.0)
 SMALL_GENERATOR = dict(
     lower_dim=32, higher_dim=16, lower_groups=4, higher_groups=4, fusion_channels=(64, 32, 16)
 )
@@ -89,7 +92,7 @@ def read_bytes(folder, index):
 def test_pairs_are_written_resumed_and_deterministic(tiny_backend, conditions, tmp_path):
     generator = make_generator(tiny_backend.spec)
     one_go = tmp_path / "one_go"
-    pairs = generate_pairs(tiny_backend, generator, conditions, one_go, 3, seed=4, **SAMPLING)
+    pairs = generate_pairs(tiny_backend, generator, conditions, one_go, 3, SAMPLING.replace(seed=4))
     assert len(pairs) == 3 and pairs.indices == [0, 1, 2]
     image, sketch = pairs[1]
     assert image.shape == (3, SIZE, SIZE) and sketch.shape == (1, SIZE, SIZE)
@@ -100,7 +103,7 @@ def test_pairs_are_written_resumed_and_deterministic(tiny_backend, conditions, t
 
     # Pair 1 is what the backend and generator give for the condition and noise of (seed, 1).
     condition = conditions.sample(torch.Generator().manual_seed(derive_seed("condition", 4, 1)), 1)
-    sample = tiny_backend.sample(condition, seed=derive_seed("noise", 4, 1), **SAMPLING)
+    sample = tiny_backend.sample(condition, SAMPLING.replace(seed=derive_seed("noise", 4, 1)))
     with torch.no_grad():
         expected = generator.forward_sample(sample).clamp(0, 1)[0]
     assert (sketch - expected).abs().max() <= 0.5 / 255 + 1e-6
@@ -116,9 +119,8 @@ def test_pairs_are_written_resumed_and_deterministic(tiny_backend, conditions, t
             conditions,
             split,
             2,
-            seed=4,
+            SAMPLING.replace(seed=4),
             should_stop=lambda: counting.calls >= 1,
-            **SAMPLING,
         )
     assert len(PairSet(split)) == 1
     progress = []
@@ -128,16 +130,15 @@ def test_pairs_are_written_resumed_and_deterministic(tiny_backend, conditions, t
         conditions,
         split,
         3,
-        seed=4,
+        SAMPLING.replace(seed=4),
         progress=lambda d, t: progress.append((d, t)),
-        **SAMPLING,
     )
     assert counting.calls == 3 and progress[0] == (1, 3) and progress[-1] == (3, 3)
     assert len(resumed) == 3
     for i in range(3):
         assert read_bytes(split, i) == read_bytes(one_go, i)
     # A complete folder generates nothing more.
-    generate_pairs(counting, generator, conditions, split, 3, seed=4, **SAMPLING)
+    generate_pairs(counting, generator, conditions, split, 3, SAMPLING.replace(seed=4))
     assert counting.calls == 3
     # A pair whose files vanished is made again, identically.
     before = read_bytes(split, 2)
@@ -145,21 +146,33 @@ def test_pairs_are_written_resumed_and_deterministic(tiny_backend, conditions, t
         p.unlink()
     with pytest.raises(FileFormatError, match="missing"):
         PairSet(split)
-    generate_pairs(counting, generator, conditions, split, 3, seed=4, **SAMPLING)
+    generate_pairs(counting, generator, conditions, split, 3, SAMPLING.replace(seed=4))
     assert counting.calls == 4 and read_bytes(split, 2) == before
 
 
 def test_other_settings_in_the_same_folder_are_refused(tiny_backend, conditions, tmp_path):
     generator = make_generator(tiny_backend.spec)
     folder = tmp_path / "pairs"
-    generate_pairs(tiny_backend, generator, conditions, folder, 1, seed=0, **SAMPLING)
+    generate_pairs(tiny_backend, generator, conditions, folder, 1, SAMPLING.replace(seed=0))
     with pytest.raises(InvalidInputError, match="cfg"):
-        generate_pairs(tiny_backend, generator, conditions, folder, 1, seed=0, **{**SAMPLING, "cfg": 2.0})
+        generate_pairs(
+            tiny_backend,
+            generator,
+            conditions,
+            folder,
+            1,
+            SAMPLING.replace(cfg=2.0),
+        )
     with pytest.raises(InvalidInputError, match="seed"):
-        generate_pairs(tiny_backend, generator, conditions, folder, 1, seed=1, **SAMPLING)
+        generate_pairs(tiny_backend, generator, conditions, folder, 1, SAMPLING.replace(seed=1))
     with pytest.raises(InvalidInputError, match="generator"):
         generate_pairs(
-            tiny_backend, make_generator(tiny_backend.spec, seed=1), conditions, folder, 1, **SAMPLING
+            tiny_backend,
+            make_generator(tiny_backend.spec, seed=1),
+            conditions,
+            folder,
+            1,
+            SAMPLING,
         )
     with pytest.raises(InvalidInputError, match="3 timesteps|2 timesteps"):
         generate_pairs(
@@ -168,19 +181,62 @@ def test_other_settings_in_the_same_folder_are_refused(tiny_backend, conditions,
             conditions,
             tmp_path / "other",
             1,
-            **{**SAMPLING, "timesteps": [1, 501, 901]},
+            SAMPLING.replace(timesteps=(1, 501, 901)),
         )
     with pytest.raises(InvalidInputError, match="count"):
-        generate_pairs(tiny_backend, generator, conditions, tmp_path / "other", 0, **SAMPLING)
+        generate_pairs(tiny_backend, generator, conditions, tmp_path / "other", 0, SAMPLING)
     # the nodes name pair folders by this digest: same inputs, same folder; a new teacher or
     # other settings, another folder (instead of the clash above)
-    digest = pair_settings_digest(pair_settings(tiny_backend, generator, conditions, **SAMPLING))
-    assert digest == pair_settings_digest(pair_settings(tiny_backend, generator, conditions, **SAMPLING))
+    digest = pair_settings_digest(pair_settings(tiny_backend, generator, conditions, SAMPLING))
+    assert digest == pair_settings_digest(pair_settings(tiny_backend, generator, conditions, SAMPLING))
     retrained = make_generator(tiny_backend.spec, seed=1)
-    assert digest != pair_settings_digest(pair_settings(tiny_backend, retrained, conditions, **SAMPLING))
+    assert digest != pair_settings_digest(pair_settings(tiny_backend, retrained, conditions, SAMPLING))
     assert digest != pair_settings_digest(
-        pair_settings(tiny_backend, generator, conditions, **{**SAMPLING, "cfg": 2.0})
+        pair_settings(tiny_backend, generator, conditions, SAMPLING.replace(cfg=2.0))
     )
+
+
+def test_pair_folders_written_before_keep_their_settings_and_folder_name():
+    """A pair folder is found by ``pair_settings_digest`` and resumed when its manifest's settings
+    compare equal. The values below are what the library wrote before SamplingSettings and the
+    shared tensors_checksum existed: a change here orphans every existing pair folder."""
+    teacher = nn.Linear(3, 2)
+    with torch.no_grad():
+        teacher.weight.copy_(torch.arange(6.0).reshape(2, 3) / 7)
+        teacher.bias.copy_(torch.tensor([0.5, -0.25]))
+    conditions = SimpleNamespace(
+        mean=torch.arange(4.0),
+        components=torch.eye(2, 4),
+        score_mean=torch.tensor([0.5, 1.5]),
+        variance=torch.tensor([2.0, 3.0]),
+    )
+    backend = SimpleNamespace(spec=SimpleNamespace(fingerprint=lambda: "layout-0123456789"))
+    fingerprints = {"conditions": "1920e0ac3df493f8", "generator": "0f3d71a1b597a184"}
+    common = {"teacher": "diffsketch", "timesteps": [1, 501], "model_layout": "layout-0123456789"}
+
+    fast = SamplingSettings(
+        seed=7, steps=10, cfg=5, width=64, height=128, timesteps=[1, 501], schedule="fast"
+    )
+    settings = pair_settings(backend, teacher, conditions, fast)
+    assert json.dumps(settings, sort_keys=True) == json.dumps(
+        {
+            **common,
+            **fingerprints,
+            "seed": 7,
+            "steps": 10,
+            "cfg": 5.0,
+            "width": 64,
+            "height": 128,
+            "schedule": "fast",
+        },
+        sort_keys=True,
+    )
+    assert pair_settings_digest(settings) == "1ec7dc059609"
+
+    explicit = SamplingSettings(steps=20, cfg=7.5, timesteps=(1, 501), schedule=(951, 501, 1))
+    settings = pair_settings(backend, teacher, conditions, explicit)
+    assert settings["schedule"] == [951, 501, 1] and settings["width"] == settings["height"] == 512
+    assert pair_settings_digest(settings) == "4d0bd57f65eb"
 
 
 def test_write_pair_and_pairset_report_damage(tmp_path):
@@ -349,7 +405,7 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
 
 def test_any_student_module_trains_and_bad_inputs_are_refused():
     pairs = synthetic_pairs(2)
-    baseline = InformativeDrawingsGenerator(ngf=4, n_blocks=1)
+    baseline = InformativeDrawings(n_blocks=1, ngf=4)
     trained = train_student(pairs, tiny_config(iterations=2), student=baseline)
     assert trained is baseline and trained.meta["iterations_done"] == 2
     with pytest.raises(InvalidInputError, match="multiple of 4"):
@@ -363,7 +419,7 @@ def test_any_student_module_trains_and_bad_inputs_are_refused():
 def test_distill_chains_generation_and_training(tiny_backend, conditions, tmp_path):
     generator = make_generator(tiny_backend.spec)
     config = tiny_config(iterations=2, crop_size=48)
-    student = distill(tiny_backend, generator, conditions, tmp_path / "pairs", 2, config, **SAMPLING)
+    student = distill(tiny_backend, generator, conditions, tmp_path / "pairs", 2, config, SAMPLING)
     assert isinstance(student, SketchExtractor)
     assert (tmp_path / "pairs" / "student_checkpoint.safetensors").is_file()
     assert student.meta["pairs"] == 2 and student.meta["generator"]
@@ -372,3 +428,56 @@ def test_distill_chains_generation_and_training(tiny_backend, conditions, tmp_pa
     assert loaded.meta["iterations_done"] == 2
     x = torch.rand(1, 3, 48, 48)
     assert torch.equal(loaded(x), student(x))
+
+
+class HostInterrupt(Exception):
+    """Stands for ComfyUI's InterruptProcessingException, which Cancel raises from the progress
+    callback (``on_step``), not through ``should_stop``."""
+
+
+def test_a_host_interrupt_in_training_keeps_a_checkpoint_and_the_rerun_resumes(
+    tiny_backend, conditions, tmp_path
+):
+    generator = make_generator(tiny_backend.spec)
+    # no periodic checkpoint before the interrupt: only the interrupt's own can keep the progress
+    config = tiny_config(iterations=6, crop_size=48, checkpoint_every=100)
+    one_go = distill(tiny_backend, generator, conditions, tmp_path / "one_go", 2, config, SAMPLING)
+
+    def interrupt_at_4(step, losses, preview):
+        if step == 4:
+            raise HostInterrupt("processing interrupted")
+
+    folder = tmp_path / "pairs"
+
+    def run(on_step):
+        return distill(tiny_backend, generator, conditions, folder, 2, config, SAMPLING, on_step=on_step)
+
+    with pytest.raises(HostInterrupt) as info:
+        run(interrupt_at_4)
+    checkpoint = folder / "student_checkpoint.safetensors"
+    assert read_header(checkpoint)["step"] == 4
+    assert any(str(checkpoint) in note for note in getattr(info.value, "__notes__", [str(checkpoint)]))
+
+    steps = []
+    resumed = run(lambda s, *_: steps.append(s))
+    assert steps == [5, 6]  # continued from the checkpoint, not from step 1
+    for (name, a), b in zip(one_go.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_a_crash_in_the_student_loop_keeps_a_resumable_checkpoint(tmp_path):
+    pairs = synthetic_pairs(3)
+    config = tiny_config(iterations=5, checkpoint_every=100)
+    one_go = train_student(pairs, config)
+    ckpt = tmp_path / "student.safetensors"
+
+    def boom(step, losses, preview):
+        if step == 2:
+            raise MemoryError("out of memory")
+
+    with pytest.raises(MemoryError):
+        train_student(pairs, config, checkpoint_path=ckpt, on_step=boom)
+    assert read_header(ckpt)["step"] == 2
+    resumed = train_student(pairs, config, checkpoint_path=ckpt, resume_from=ckpt)
+    for a, b in zip(one_go.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from helpers_spec import random_features, tiny_spec
 
+from diffsketch.capture.sampling import SamplingSettings
 from diffsketch.capture.timesteps import PAPER_TIMESTEPS, ddim_grid
 from diffsketch.errors import (
     Cancelled,
@@ -71,7 +72,8 @@ def config(**overrides) -> TrainConfig:
 @pytest.fixture(scope="module")
 def env(tiny_backend):
     example = tiny_backend.sample(
-        PROMPT, seed=50, steps=STEPS, width=W, height=H, timesteps=TIMESTEPS, schedule="fast"
+        PROMPT,
+        SamplingSettings(seed=50, steps=STEPS, width=W, height=H, timesteps=TIMESTEPS, schedule="fast"),
     )
     torch.manual_seed(0)
     loss_models = (ClipImageEncoder.random(TINY_CLIP_ARCHITECTURE), build_lpips(random_weights=True))
@@ -308,7 +310,9 @@ def test_random_timesteps_policy(env):
 
 def test_fast_schedule_needs_far_fewer_unet_evaluations(env):
     # The paper's 13 timesteps on the 50-step grid: fast visits them (and the final step) only.
-    example = env.backend.sample(PROMPT, seed=50, steps=50, width=W, height=H, schedule="fast")
+    example = env.backend.sample(
+        PROMPT, SamplingSettings(seed=50, steps=50, width=W, height=H, schedule="fast")
+    )
     assert example.timesteps == PAPER_TIMESTEPS
     cfg = config(iterations=1, steps=50, checkpoint_every=0, preview_every=0)
     loss = DiffSketchLoss(*env.loss_models)
@@ -462,19 +466,26 @@ def test_saved_generator_and_generate_pair(env, reference, tmp_path):
     assert_same_weights(weights(generator), reference.weights, atol=0)
 
     image, sketch = generate_pair(
-        env.backend, generator, "a cat", seed=3, steps=STEPS, width=W, height=H, schedule="fast"
+        env.backend,
+        generator,
+        "a cat",
+        SamplingSettings(seed=3, steps=STEPS, width=W, height=H, schedule="fast"),
     )
     assert image.shape == (1, 3, H, W) and sketch.shape == (1, 1, H, W)
     assert 0 <= float(sketch.min()) and float(sketch.max()) <= 1
     # the same sample through the generator directly gives the same (clamped) sketch
     sample = env.backend.sample(
-        "a cat", seed=3, steps=STEPS, width=W, height=H, timesteps=TIMESTEPS, schedule="fast"
+        "a cat",
+        SamplingSettings(seed=3, steps=STEPS, width=W, height=H, timesteps=TIMESTEPS, schedule="fast"),
     )
     with torch.no_grad():
         torch.testing.assert_close(sketch, generator.forward_sample(sample).clamp(0, 1))
     with pytest.raises(InvalidInputError, match="timesteps"):
         generate_pair(
-            env.backend, generator, "a cat", seed=3, steps=STEPS, width=W, height=H, timesteps=[1, 501]
+            env.backend,
+            generator,
+            "a cat",
+            SamplingSettings(seed=3, steps=STEPS, width=W, height=H, timesteps=[1, 501]),
         )
 
 

@@ -1,6 +1,6 @@
 """Regenerate ``diffsketch/data/prompts.txt``, the default prompt list for CDST.
 
-CDST (method.md §6) fits a PCA Gaussian over the text embeddings of a varied prompt set. The
+CDST (docs/method.md §6) fits a PCA Gaussian over the text embeddings of a varied prompt set. The
 authors never said which corpus they used, so this project writes its own: hand-written word
 lists (subjects grouped so that each group gets settings that make sense for it, media, art
 styles, lighting and camera terms) combined by a few templates.

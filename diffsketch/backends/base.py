@@ -10,31 +10,18 @@ points under the same conventions.
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
 from ..capture.hooks import UNetRecorder
 from ..capture.sample import CapturedSample
+from ..capture.sampling import SamplingSettings
 from ..capture.spec import FeatureSpec
-from ..capture.timesteps import TimestepPlan, ddim_grid, plan_timesteps
+from ..capture.timesteps import ddim_grid
 from ..errors import InvalidInputError
 
-SIZE_MULTIPLE = 64
-MAX_SIZE = 4096
-
 ProgressFn = Callable[[int, int], None]
-
-
-def check_size(width: int, height: int) -> None:
-    for name, v in (("width", width), ("height", height)):
-        if not isinstance(v, int) or v < SIZE_MULTIPLE or v > MAX_SIZE or v % SIZE_MULTIPLE:
-            lo = max(SIZE_MULTIPLE, (int(v) // SIZE_MULTIPLE) * SIZE_MULTIPLE) if isinstance(v, int) else 512
-            raise InvalidInputError(
-                f"{name}={v} is not supported: it must be a multiple of {SIZE_MULTIPLE} between {SIZE_MULTIPLE} and "
-                f"{MAX_SIZE} (the UNet halves the latent three times), e.g. {lo} or {lo + SIZE_MULTIPLE}."
-            )
 
 
 def make_noise(seed: int, shape: Sequence[int]) -> torch.Tensor:
@@ -43,16 +30,6 @@ def make_noise(seed: int, shape: Sequence[int]) -> torch.Tensor:
         raise InvalidInputError(f"seed must be a non-negative integer, got {seed!r}")
     g = torch.Generator(device="cpu").manual_seed(seed)
     return torch.randn(tuple(shape), generator=g, dtype=torch.float32)
-
-
-def fast_schedule(plan: TimestepPlan) -> list[int]:
-    """Descending timesteps visiting only the captured ones plus the final step t=1.
-
-    DDIM (eta=0) is valid on any decreasing subsequence of the training timesteps, so sampling
-    only where features are captured cuts UNet evaluations from len(grid) to len(plan.used)+1 at
-    most, at the cost of a coarser ODE solve (images differ from the full-schedule ones).
-    """
-    return sorted(set(plan.used) | {plan.grid[0]}, reverse=True)
 
 
 def weights_fingerprint(tensors: Iterable[torch.Tensor], sample_elements: int = 1024) -> str:
@@ -119,15 +96,9 @@ class SamplingBackend:
     def sample(
         self,
         cond: torch.Tensor | str,
+        settings: SamplingSettings,
         *,
-        seed: int,
-        steps: int = 50,
-        cfg: float = 5.0,
-        width: int = 512,
-        height: int = 512,
-        timesteps: Sequence[int] | None = None,
         uncond: torch.Tensor | None = None,
-        schedule: str | Sequence[int] = "full",
         capture: bool = True,
         unet_reduce=None,
         decode: bool = True,
@@ -137,29 +108,15 @@ class SamplingBackend:
     ) -> CapturedSample:
         """Sample one image with classifier-free guidance ("" as the negative) and capture features.
 
-        ``timesteps``: which UNet timesteps to capture (default: the paper's 13), mapped to the
-        nearest steps of the ``steps``-step DDIM grid (the result's ``plan`` says which).
-        ``schedule``: "full" (the whole grid), "fast" (captured timesteps + final step only) or
-        an explicit descending list of timesteps. ``unet_reduce(layer, tensor) -> vector`` stores
-        reduced vectors instead of full tensors. ``decode=False`` skips the VAE.
+        ``cond``: a prompt or its conditioning ``[1, 77*k, D]``. ``settings``: seed, steps, cfg,
+        size, the timesteps to capture (mapped to the nearest steps of the DDIM grid; the result's
+        ``plan`` says which) and the denoising schedule. ``unet_reduce(layer, tensor) -> vector``
+        stores reduced vectors instead of full tensors. ``decode=False`` skips the VAE.
         """
-        check_size(width, height)
-        if not math.isfinite(cfg) or cfg < 0:
-            raise InvalidInputError(f"cfg must be a finite number >= 0, got {cfg}")
-        plan = plan_timesteps(steps, timesteps)
-        if isinstance(schedule, str):
-            if schedule == "full":
-                sched = sorted(plan.grid, reverse=True)
-            elif schedule == "fast":
-                sched = fast_schedule(plan)
-            else:
-                raise InvalidInputError(
-                    f"schedule must be 'full', 'fast' or a list of timesteps, got {schedule!r}"
-                )
-        else:
-            sched = [int(t) for t in schedule]
-            if sched != sorted(set(sched), reverse=True):
-                raise InvalidInputError("an explicit schedule must be strictly decreasing timesteps")
+        if not isinstance(settings, SamplingSettings):
+            raise InvalidInputError(f"settings must be a SamplingSettings, got {type(settings).__name__}")
+        plan = settings.plan()
+        sched = settings.denoising_schedule(plan)
         if capture and not set(plan.used) <= set(sched):
             raise InvalidInputError(
                 f"the schedule {sched} does not visit the capture timesteps {sorted(set(plan.used) - set(sched))}"
@@ -170,14 +127,14 @@ class SamplingBackend:
         cond = self.check_conditioning(cond, "positive")
         uncond = self.encode_prompt("") if uncond is None else uncond
         uncond = self.check_conditioning(uncond, "negative")
-        lh, lw = self.spec.latent_size(width, height)
-        noise = make_noise(seed, (1, self.spec.latent_channels, lh, lw))
+        lh, lw = self.spec.latent_size(settings.width, settings.height)
+        noise = make_noise(settings.seed, (1, self.spec.latent_channels, lh, lw))
         recorder = (
             UNetRecorder(self.spec, plan.used, store_dtype, store_device, reduce=unet_reduce)
             if capture
             else None
         )
-        latent = self._denoise(noise, cond, uncond, float(cfg), sched, recorder, progress)
+        latent = self._denoise(noise, cond, uncond, settings.cfg, sched, recorder, progress)
         unet = recorder.result() if recorder is not None else {}
         if decode:
             image, rgb, vae = self._decode(latent, capture, store_dtype, store_device)
@@ -185,11 +142,11 @@ class SamplingBackend:
             image = rgb = torch.zeros(1, 3, 0, 0)
             vae = []
         meta = {
-            "seed": seed,
-            "steps": steps,
-            "cfg": float(cfg),
-            "width": width,
-            "height": height,
+            "seed": settings.seed,
+            "steps": settings.steps,
+            "cfg": settings.cfg,
+            "width": settings.width,
+            "height": settings.height,
             "schedule": sched,
             "unet_evaluations": len(sched),
         }

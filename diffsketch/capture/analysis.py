@@ -1,9 +1,9 @@
 """Which denoising timesteps carry distinct features: the representative-timestep analysis.
 
 DiffSketch feeds its generator the UNet decoder features of a few *representative* timesteps
-(13 of the 50 DDIM steps in the paper, method.md §2). The paper picks them by PCA and k-means
+(13 of the 50 DDIM steps in the paper, docs/method.md §2). The paper picks them by PCA and k-means
 over features sampled at every step; the exact procedure is not published and the released code
-has no k-means (method.md §2.1-2.2). This module implements the procedure the project settled on:
+has no k-means (docs/method.md §2). This module implements this procedure:
 
 1. Sample N images and, at every timestep of the DDIM grid, reduce each captured decoder tap to
    a small fixed-size vector *inside the capture hook* (:class:`FeatureReducer`), so host memory
@@ -22,7 +22,6 @@ Everything is deterministic for a seed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -33,7 +32,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import CaptureError, FileFormatError, InvalidInputError, TrainingInterrupted
+from ..seeds import cpu_generator, seed_from_key
 from .hooks import COND, UNCOND
+from .sampling import SamplingSettings
 from .timesteps import ddim_grid
 
 ANALYSIS_KIND = "timestep_analysis"
@@ -82,9 +83,7 @@ class FeatureReducer:
         return {"dim": self.dim, "pool": self.pool, "seed": self.seed, "area_weight": self.area_weight}
 
     def _generator_seed(self, layer: int, channels: int) -> int:
-        # A hash rather than seed+layer arithmetic, so (seed, layer) pairs never collide.
-        digest = hashlib.sha256(f"diffsketch-reducer:{self.seed}:{layer}:{channels}".encode()).digest()
-        return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+        return seed_from_key(f"diffsketch-reducer:{self.seed}:{layer}:{channels}")
 
     def projection(self, layer: int, channels: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """The ``[channels*pool*pool, dim]`` projection of ``layer`` (generated on the CPU, so
@@ -94,7 +93,7 @@ class FeatureReducer:
         if key not in self._projections:
             cpu_key = (int(layer), int(channels), "cpu")
             if cpu_key not in self._projections:
-                g = torch.Generator().manual_seed(self._generator_seed(layer, channels))
+                g = cpu_generator(self._generator_seed(layer, channels))
                 n_in = channels * self.pool * self.pool
                 self._projections[cpu_key] = torch.randn(n_in, self.dim, generator=g) / math.sqrt(self.dim)
             self._projections[key] = self._projections[cpu_key].to(device)
@@ -582,17 +581,10 @@ def run_timestep_analysis(
         prompt = prompts[i % len(prompts)]
         if prompt not in conds:
             conds[prompt] = backend.encode_prompt(prompt)
-        out = backend.sample(
-            conds[prompt],
-            seed=int(seed) + i,
-            steps=int(steps),
-            cfg=cfg,
-            width=width,
-            height=height,
-            timesteps=grid,
-            unet_reduce=reducer,
-            decode=False,
+        sampling = SamplingSettings(
+            seed=int(seed) + i, steps=int(steps), cfg=cfg, width=width, height=height, timesteps=tuple(grid)
         )
+        out = backend.sample(conds[prompt], sampling, unet_reduce=reducer, decode=False)
         missing = [ts for ts in grid if ts not in out.unet]
         if missing:
             raise CaptureError(

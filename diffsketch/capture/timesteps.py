@@ -8,7 +8,7 @@ from ..errors import InvalidInputError
 
 NUM_TRAIN_TIMESTEPS = 1000
 
-#: The 13 representative timesteps of the paper (method.md §2.2), on the 50-step DDIM grid.
+#: The 13 representative timesteps of the paper (docs/method.md §2), on the 50-step DDIM grid.
 PAPER_TIMESTEPS: tuple[int, ...] = (1, 61, 161, 241, 321, 421, 501, 561, 641, 701, 781, 861, 941)
 
 

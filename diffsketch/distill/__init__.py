@@ -1,4 +1,4 @@
-"""Distillation: turn a trained DiffSketch generator into a fast image-to-sketch network (method.md §9).
+"""Distillation: turn a trained DiffSketch generator into a fast image-to-sketch network (docs/method.md §9).
 
 The paper distils DiffSketch into a feed-forward network trained on 30k (image, sketch) pairs
 that DiffSketch itself generated from purely random CDST conditions. This package does both halves:
@@ -23,19 +23,19 @@ The network is :mod:`.extractor`; running it on images of any size is :mod:`.ext
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..capture.sampling import SamplingSettings
+from ..train.loop import StepCallback, StopCallback
 from .extractor import SketchExtractor
 from .pairs import PairSet, generate_pairs, pair_paths, pair_settings, pair_settings_digest, write_pair
 from .student import (
     DISTILL_CHECKPOINT_KIND,
     DistillConfig,
-    StepFn,
-    StopFn,
     build_student,
     make_batch,
     train_student,
@@ -51,24 +51,18 @@ def distill(
     out_dir: str | os.PathLike,
     pair_count: int,
     config: DistillConfig | None = None,
+    sampling: SamplingSettings | None = None,
     *,
-    seed: int = 0,
-    steps: int = 50,
-    cfg: float = 5.0,
-    width: int = 512,
-    height: int = 512,
-    timesteps: Sequence[int] | None = None,
-    schedule: str | Sequence[int] = "full",
     lpips_model: nn.Module | None = None,
     checkpoint_path: str | os.PathLike | None = None,
     resume: bool = True,
     progress: ProgressFn | None = None,
-    on_step: StepFn | None = None,
-    should_stop: StopFn | None = None,
+    on_step: StepCallback | None = None,
+    should_stop: StopCallback | None = None,
     device: str | torch.device = "cpu",
 ) -> SketchExtractor:
-    """Generate ``pair_count`` pairs into ``out_dir`` (resuming any already there), then train a
-    student on them (see :func:`generate_pairs` and :func:`train_student`).
+    """Generate ``pair_count`` pairs into ``out_dir`` with ``sampling`` (resuming any already there),
+    then train a student on them (see :func:`generate_pairs` and :func:`train_student`).
 
     The training checkpoint defaults to ``out_dir/student_checkpoint.safetensors``; with
     ``resume`` an existing one is continued. ``progress(done, total)`` reports pair generation,
@@ -81,13 +75,7 @@ def distill(
         conditions,
         out_dir,
         pair_count,
-        seed=seed,
-        steps=steps,
-        cfg=cfg,
-        width=width,
-        height=height,
-        timesteps=timesteps,
-        schedule=schedule,
+        sampling,
         progress=progress,
         should_stop=should_stop,
     )

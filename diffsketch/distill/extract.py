@@ -11,87 +11,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidInputError
+from ..images import rgb_batch
 
 # Smallest side the network is run at: below it the bottleneck would be a pixel or two wide.
 MIN_SIZE = 64
-
-
-# --------------------------------------------------------------------------------------------
-# Input conversion
-# --------------------------------------------------------------------------------------------
-
-
-def to_rgb_batch(images) -> torch.Tensor:
-    """Any supported image batch -> float32 CPU tensor [B,H,W,3] in [0, 1].
-
-    Accepts torch tensors or numpy arrays laid out [B,H,W,C], [H,W,C] or [H,W] (ComfyUI's IMAGE
-    layout, channels last). Types: float (clamped to [0, 1]), uint8 (/255), uint16 (16-bit,
-    /65535), bool. Channels: 1 (grey, repeated), 2 (grey + alpha), 3 (RGB), 4 (RGBA); alpha is
-    composited over white, because transparent areas of a picture read as blank paper.
-    """
-    if isinstance(images, np.ndarray):
-        array = images
-        if array.dtype == np.uint8:
-            x = torch.from_numpy(array.astype(np.float32)) / 255.0
-        elif array.dtype == np.uint16:
-            x = torch.from_numpy(array.astype(np.float32)) / 65535.0
-        elif array.dtype == np.bool_ or np.issubdtype(array.dtype, np.floating):
-            x = torch.from_numpy(array.astype(np.float32))
-        else:
-            raise InvalidInputError(
-                f"images of numpy dtype {array.dtype} are not supported: give float in [0, 1], uint8 or uint16."
-            )
-    elif isinstance(images, torch.Tensor):
-        x = images.detach()
-        if x.dtype == torch.uint8:
-            x = x.cpu().float() / 255.0
-        elif x.dtype == getattr(torch, "uint16", None):
-            x = x.cpu().to(torch.int32).float() / 65535.0
-        elif x.dtype == torch.bool or x.is_floating_point():
-            x = x.cpu().float()
-        else:
-            raise InvalidInputError(
-                f"images of torch dtype {x.dtype} are not supported: give float in [0, 1], uint8 or uint16."
-            )
-    else:
-        raise InvalidInputError(f"images must be a torch tensor or numpy array, got {type(images).__name__}.")
-
-    if x.ndim == 2:
-        x = x[None, :, :, None]
-    elif x.ndim == 3:
-        if x.shape[-1] > 4:
-            raise InvalidInputError(
-                f"a 3-D image must be [H,W,C] with C in 1..4, got shape {tuple(x.shape)} "
-                "(a batch of masks? give images as [B,H,W,C])."
-            )
-        x = x[None]
-    elif x.ndim != 4:
-        raise InvalidInputError(f"images must be [B,H,W,C], [H,W,C] or [H,W]; got shape {tuple(x.shape)}.")
-    b, h, w, c = x.shape
-    if b == 0 or h == 0 or w == 0:
-        raise InvalidInputError(
-            f"the image batch is empty (shape {tuple(x.shape)}); give at least one image."
-        )
-    if not 1 <= c <= 4:
-        hint = " (channels-first? ComfyUI images are [B,H,W,C])" if x.shape[1] in (1, 3, 4) else ""
-        raise InvalidInputError(
-            f"images need 1 to 4 channels in the last dimension, got shape {tuple(x.shape)}{hint}."
-        )
-    if not torch.isfinite(x).all():
-        raise InvalidInputError("images contain NaN or infinite values.")
-    x = x.clamp(0.0, 1.0)
-    if c in (2, 4):
-        colour, alpha = x[..., : c - 1], x[..., c - 1 :]
-        x = colour * alpha + (1.0 - alpha)
-    if x.shape[-1] == 1:
-        x = x.expand(-1, -1, -1, 3)
-    return x.contiguous()
 
 
 # --------------------------------------------------------------------------------------------
@@ -232,8 +160,8 @@ def extract(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Extract sketches from ``images`` with ``model`` (a :class:`SketchExtractor`, any device).
 
-    ``images``: see :func:`to_rgb_batch` (ComfyUI IMAGE [B,H,W,C] float, numpy, uint8, uint16,
-    grey, RGBA, ...). Any size works: each image is reflection-padded at the bottom/right to the
+    ``images``: see :func:`~diffsketch.images.image_batch` (ComfyUI IMAGE [B,H,W,C] float in [0, 1],
+    numpy, uint8, uint16, grey, RGBA, ...). Any size works: each image is reflection-padded at the bottom/right to the
     network's multiple -- and up to 64 px if smaller (edge-replicated where it is too small to
     reflect) -- and the result is cropped back to H x W.
 
@@ -257,7 +185,7 @@ def extract(
     (images, or tiles for tiled images).
     """
     multiple, tile, overlap = _check_options(model, tile, overlap, contrast, batch_size)
-    rgb = to_rgb_batch(images)
+    rgb = rgb_batch(images, "images")
     batch, height, width, _ = rgb.shape
     run = _Runner(model, dtype, channels_last)
 

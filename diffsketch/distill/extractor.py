@@ -1,7 +1,7 @@
 """The fast image-to-sketch network (DiffSketch_distilled): architecture, configuration and files.
 
 DiffSketch's own generator needs a diffusion model and seconds per image; the paper distils it
-into a feed-forward image-to-image network (method.md §9). :class:`SketchExtractor` is that
+into a feed-forward image-to-image network (docs/method.md §9). :class:`SketchExtractor` is that
 network, designed for speed on CPU and GPU rather than copied from Pix2PixHD:
 
 - the input is folded 2x2 into channels (pixel-unshuffle), so no convolution runs at full
@@ -10,20 +10,19 @@ network, designed for speed on CPU and GPU rather than copied from Pix2PixHD:
   1/32), stride-2 downsampling, additive skips (cheaper than concatenation) and bilinear
   upsampling (nearest upsampling leaves 32-px steps in anything computed at the bottom);
 - residual blocks with GroupNorm, the second norm starting at zero so every block starts as the
-  identity. Without normalisation the network was unstable to train (activations grew by 10^2..
-  10^6 within ten steps at lr 1e-3 and the sigmoid saturated for good);
+  identity: the norms keep activations bounded, which is what lets it train at distillation's
+  learning rates (1e-3 and more) without the sigmoid saturating;
 - large-scale context: a fixed (weight-free) low-pass pyramid of the image -- averaged down to
   the bottom resolution (1/32) and blurred there with Gaussians of 1, 2 and 4 cells (32, 64 and
   128 px) -- is added to the bottom features and handed to the head, and the bottom features are
   pooled 4x further (1/128) and convolved. Decisions such as "darker than its surroundings" then
   compare a pixel with the mean of a neighbourhood of hundreds of pixels directly (XDoG's second
-  blur has sigma 100 px; a drawn style's tone decisions are as wide). Learned convolutions alone
-  reached that mean too imprecisely: held-out SSIM to an XDoG teacher rose from 0.72 to 0.80 with
-  the low-pass maps (benchmarks/distill_fidelity.py). The price: a tile's output depends on the
-  tile's content, which the overlapping, blended tiles of :func:`extract` keep invisible;
+  blur has sigma 100 px; a drawn style's tone decisions are as wide), which learned convolutions
+  alone approximate poorly. The price: a tile's output depends on the tile's content, which the
+  overlapping, blended tiles of :func:`~diffsketch.distill.extract.extract` keep small;
 - the head sees the folded input and the low-pass maps scaled up (``head_gain``): a steep tone
   curve (a pixel just above or below its surroundings' mean turning paper or ink) then needs 4x
-  smaller weights, which Adam reaches in far fewer steps (SSIM 0.825 -> 0.837 at equal steps);
+  smaller weights, which Adam reaches in fewer steps;
 - the head predicts 4 sub-pixels per folded pixel and unfolds them (pixel-shuffle) into a
   1-channel sketch in [0, 1] through a sigmoid.
 
@@ -37,7 +36,6 @@ Weights are saved with :func:`save_extractor` / read with :func:`load_extractor`
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -50,12 +48,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import FileFormatError, InvalidInputError
-from ..fileio import load_tensors, save_tensors
+from ..fileio import CHECKSUM_KEY, load_model_file, load_state_strict, save_model_file
 from ..images import gaussian_kernel_1d
 
 EXTRACTOR_KIND = "extractor"
-# 2: GroupNorm residual blocks, bottom context and bilinear upsampling (version 1 had none).
-# 3: the low-pass pyramid of the image at the bottom and in the head, and the head's input gain.
+# Raised whenever the network's structure or parameter names change: files of another version are
+# refused with a message instead of loading into the wrong network.
 EXTRACTOR_VERSION = 3
 
 
@@ -83,8 +81,8 @@ class ExtractorConfig:
     lowpass_sigmas: tuple[float, ...] = (1.0, 2.0, 4.0)
     # Scale of the folded input and low-pass maps where the head sees them (see the module docs).
     head_gain: float = 4.0
-    # Width of the head's hidden layer (0 = the width of level 0). 32 rather than 16: held-out
-    # SSIM to XDoG 0.848 -> 0.871 at equal steps, for ~1.6k more multiply-adds per pixel.
+    # Width of the head's hidden layer (0 = the width of level 0): twice level 0's, for finer tone
+    # decisions at ~1.6k more multiply-adds per pixel.
     head_channels: int = 32
     # Sketches are mostly paper: start the sigmoid near white so training begins from "blank page".
     initial_output: float = 0.9
@@ -348,17 +346,6 @@ class SketchExtractor(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
-def _tensors_checksum(tensors: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over names, dtypes, shapes and raw bytes: safetensors has no checksum of its own,
-    so without this a flipped byte inside the weights would load silently as a broken network."""
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().contiguous().cpu()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
 def save_extractor(path: str | os.PathLike, model: SketchExtractor, meta: dict | None = None) -> Path:
     """Atomically write ``model`` as a ``kind="extractor"`` DiffSketch safetensors file (format ``EXTRACTOR_VERSION``).
 
@@ -368,43 +355,31 @@ def save_extractor(path: str | os.PathLike, model: SketchExtractor, meta: dict |
     if not isinstance(model, SketchExtractor):
         raise InvalidInputError(f"save_extractor needs a SketchExtractor, got {type(model).__name__}.")
     meta = dict(meta or {})
-    reserved = {"format", "kind", "version", "config", "checksum"} & set(meta)
-    if reserved:
-        raise InvalidInputError(f"extractor meta may not set the reserved keys {sorted(reserved)}.")
-    try:
-        json.dumps(meta)
-    except (TypeError, ValueError) as e:
-        raise InvalidInputError(f"extractor meta must be JSON-serialisable: {e}") from e
+    if "config" in meta:
+        raise InvalidInputError("extractor meta may not set the reserved keys ['config'].")
     tensors = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
-    header = {"config": model.config.to_dict(), "checksum": _tensors_checksum(tensors), **meta}
-    return save_tensors(path, tensors, kind=EXTRACTOR_KIND, version=EXTRACTOR_VERSION, meta=header)
+    header = {"config": model.config.to_dict(), **meta}
+    return save_model_file(path, tensors, EXTRACTOR_KIND, EXTRACTOR_VERSION, header)
 
 
 def load_extractor(path: str | os.PathLike, device: str | torch.device = "cpu") -> SketchExtractor:
     """Read a file written by :func:`save_extractor`; returns an eval-mode model on ``device``.
 
     The header's extra fields are available as ``model.meta``. A corrupt, truncated, other-kind
-    or other-version file raises :class:`FileFormatError` and nothing is loaded.
+    or other-version file, or one with NaN or infinite weights, raises :class:`FileFormatError`
+    and nothing is loaded.
     """
     path = Path(path)
-    tensors, header = load_tensors(path, kind=EXTRACTOR_KIND, versions=(EXTRACTOR_VERSION,), device="cpu")
-    if header.get("checksum") != _tensors_checksum(tensors):
-        raise FileFormatError(
-            f"{path.name}: the weights do not match their checksum (the file is corrupt); re-create or "
-            "re-download it."
-        )
+    tensors, header = load_model_file(path, EXTRACTOR_KIND, (EXTRACTOR_VERSION,))
     try:
         config = ExtractorConfig.from_dict(header.get("config"))
     except InvalidInputError as e:
         raise FileFormatError(f"{path.name}: the extractor config in the header is invalid ({e}).") from e
     model = SketchExtractor(config)
-    try:
-        model.load_state_dict(tensors, strict=True)
-    except RuntimeError as e:
-        raise FileFormatError(
-            f"{path.name}: the weights do not fit the extractor config in its header ({e})."
-        ) from e
+    load_state_strict(
+        model, tensors, path.name, "The extractor config in its header describes another network."
+    )
     model.meta = {
-        k: v for k, v in header.items() if k not in ("format", "kind", "version", "config", "checksum")
+        k: v for k, v in header.items() if k not in ("format", "kind", "version", "config", CHECKSUM_KEY)
     }
     return model.to(device).eval()

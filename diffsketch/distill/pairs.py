@@ -21,10 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..capture.timesteps import plan_timesteps
+from ..capture.sampling import SamplingSettings
 from ..errors import Cancelled, FileFormatError, InvalidInputError
-from ..fileio import atomic_write_bytes
+from ..fileio import atomic_write_bytes, tensors_checksum
 from ..seeds import cpu_generator, derive_seed
+from ..train.loop import StopCallback
 
 PAIRS_FORMAT = "diffsketch-pairs"
 PAIRS_VERSION = 1
@@ -35,7 +36,6 @@ SKETCHES_DIR = "sketches"
 MAX_PAIRS = 1_000_000
 
 ProgressFn = Callable[[int, int], None]
-StopFn = Callable[[], bool]
 
 
 # --------------------------------------------------------------------------------------------
@@ -43,15 +43,10 @@ StopFn = Callable[[], bool]
 # --------------------------------------------------------------------------------------------
 
 
-def tensors_fingerprint(tensors: dict[str, torch.Tensor], extra: str = "") -> str:
-    """Short SHA-256 over names, dtypes, shapes and bytes (plus ``extra``): tells two sets of
+def _fingerprint(tensors: dict[str, torch.Tensor], extra: str = "") -> str:
+    """The first 16 hex digits of :func:`~diffsketch.fileio.tensors_checksum`: tells two sets of
     weights apart so a pair folder cannot silently mix two teachers."""
-    digest = hashlib.sha256(extra.encode())
-    for name in sorted(tensors):
-        t = tensors[name].detach().contiguous().cpu()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
+    return tensors_checksum(tensors, extra)[:16]
 
 
 def generator_fingerprint(generator: nn.Module) -> str:
@@ -60,7 +55,7 @@ def generator_fingerprint(generator: nn.Module) -> str:
     spec = getattr(generator, "spec", None)
     if spec is not None and hasattr(spec, "fingerprint"):
         extra += spec.fingerprint()
-    return tensors_fingerprint(generator.state_dict(), extra)
+    return _fingerprint(generator.state_dict(), extra)
 
 
 def conditions_fingerprint(conditions) -> str:
@@ -70,7 +65,7 @@ def conditions_fingerprint(conditions) -> str:
         "score_mean": conditions.score_mean,
         "variance": conditions.variance,
     }
-    return tensors_fingerprint(tensors)
+    return _fingerprint(tensors)
 
 
 # --------------------------------------------------------------------------------------------
@@ -329,49 +324,44 @@ def _read_png(path: Path, mode: str) -> torch.Tensor:
     return t.permute(2, 0, 1).contiguous() if t.dim() == 3 else t[None]
 
 
-def pair_settings(
-    backend,
-    generator: nn.Module,
-    conditions,
-    *,
-    seed: int = 0,
-    steps: int = 50,
-    cfg: float = 5.0,
-    width: int = 512,
-    height: int = 512,
-    timesteps: Sequence[int] | None = None,
-    schedule: str | Sequence[int] = "full",
-) -> dict:
-    """Everything that decides which pairs :func:`generate_pairs` writes (the generator's and the
-    conditions' fingerprints included), checked: what a pair folder's manifest records."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise InvalidInputError(f"seed must be a non-negative integer, got {seed!r}.")
+def _with_generator_timesteps(generator: nn.Module, sampling: SamplingSettings) -> SamplingSettings:
+    """``sampling`` with the generator's own timesteps (its ``meta["timesteps"]``) when it names none."""
     meta = getattr(generator, "meta", None)
-    if timesteps is None and isinstance(meta, dict) and meta.get("timesteps"):
-        timesteps = meta["timesteps"]
-    plan = plan_timesteps(steps, timesteps)
+    if sampling.timesteps is None and isinstance(meta, dict) and meta.get("timesteps"):
+        return sampling.replace(timesteps=tuple(meta["timesteps"]))
+    return sampling
+
+
+def pair_settings(backend, generator: nn.Module, conditions, sampling: SamplingSettings) -> dict:
+    """Everything that decides which pairs :func:`generate_pairs` writes (the generator's and the
+    conditions' fingerprints included), checked: what a pair folder's manifest records.
+    ``sampling.seed`` is the seed pair ``i``'s condition and noise are derived from."""
+    if not isinstance(sampling, SamplingSettings):
+        raise InvalidInputError(f"sampling must be a SamplingSettings, got {type(sampling).__name__}.")
+    sampling = _with_generator_timesteps(generator, sampling)
+    plan = sampling.plan()
     n_needed = getattr(generator, "n_timesteps", len(plan.used))
     if len(plan.used) != n_needed:
         raise InvalidInputError(
             f"the generator was trained on {n_needed} timesteps but {len(plan.used)} were asked for "
             f"({list(plan.used)}); give the timesteps it was trained with."
         )
-    if not isinstance(schedule, str):
-        schedule = [int(t) for t in schedule]
-    settings = {
+    schedule = sampling.schedule if isinstance(sampling.schedule, str) else list(sampling.schedule)
+    # The keys and value types are those of every manifest written so far: an existing folder must
+    # compare equal to the settings that made it.
+    return {
         "teacher": "diffsketch",
-        "seed": seed,
-        "steps": int(steps),
-        "cfg": float(cfg),
-        "width": int(width),
-        "height": int(height),
+        "seed": sampling.seed,
+        "steps": sampling.steps,
+        "cfg": sampling.cfg,
+        "width": sampling.width,
+        "height": sampling.height,
         "timesteps": list(plan.used),
         "schedule": schedule,
         "model_layout": backend.spec.fingerprint(),
         "generator": generator_fingerprint(generator),
         "conditions": conditions_fingerprint(conditions),
     }
-    return settings
 
 
 def pair_settings_digest(settings: dict) -> str:
@@ -386,24 +376,19 @@ def generate_pairs(
     conditions,
     out_dir: str | os.PathLike,
     count: int,
+    sampling: SamplingSettings | None = None,
     *,
-    seed: int = 0,
-    steps: int = 50,
-    cfg: float = 5.0,
-    width: int = 512,
-    height: int = 512,
-    timesteps: Sequence[int] | None = None,
-    schedule: str | Sequence[int] = "full",
     progress: ProgressFn | None = None,
-    should_stop: StopFn | None = None,
+    should_stop: StopCallback | None = None,
 ) -> PairSet:
     """Write pairs ``0 .. count-1`` of DiffSketch (image, sketch) into ``out_dir``; returns the set.
 
     Pair ``i``: a pure random CDST condition ``conditions.sample(g)`` with ``g`` seeded from
-    ``(seed, i)``, an image sampled with that condition and noise seed ``derive_seed(seed, i)``
-    with features captured, and ``generator.forward_sample(sample)`` clamped to [0, 1] as its
-    sketch. ``timesteps=None`` takes the generator's (``generator.meta["timesteps"]``) if it
-    records them, else the paper's 13.
+    ``(sampling.seed, i)``, an image sampled with that condition, ``sampling`` and the noise seed
+    ``derive_seed("noise", sampling.seed, i)`` with features captured, and
+    ``generator.forward_sample(sample)`` clamped to [0, 1] as its sketch. ``sampling.timesteps``
+    None takes the generator's (``generator.meta["timesteps"]``) if it records them, else the
+    paper's 13. ``sampling`` None: :class:`~diffsketch.backends.base.SamplingSettings` defaults.
 
     Resumable: pairs already in the folder are skipped, so re-running (after a Cancel, a crash,
     or with a larger ``count``) only adds the missing ones. The folder remembers the settings,
@@ -413,19 +398,9 @@ def generate_pairs(
     """
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_PAIRS:
         raise InvalidInputError(f"pair count must be an integer in 1..{MAX_PAIRS}, got {count!r}.")
-    settings = pair_settings(
-        backend,
-        generator,
-        conditions,
-        seed=seed,
-        steps=steps,
-        cfg=cfg,
-        width=width,
-        height=height,
-        timesteps=timesteps,
-        schedule=schedule,
-    )
-    plan = plan_timesteps(settings["steps"], settings["timesteps"])
+    sampling = _with_generator_timesteps(generator, sampling or SamplingSettings())
+    settings = pair_settings(backend, generator, conditions, sampling)
+    sampling = sampling.replace(timesteps=tuple(settings["timesteps"]))
     writer = _PairWriter(out_dir, settings, requested=count)
     todo = [i for i in range(count) if not writer.has(i)]
     done = count - len(todo)
@@ -441,18 +416,9 @@ def generate_pairs(
                     f"pair generation was cancelled with {done} of {count} pairs in {writer.root}; run it again with "
                     "the same settings to continue."
                 )
-            condition = conditions.sample(cpu_generator("condition", seed, i), 1)
-            sample = backend.sample(
-                condition,
-                seed=derive_seed("noise", seed, i),
-                steps=steps,
-                cfg=cfg,
-                width=width,
-                height=height,
-                timesteps=list(plan.used),
-                schedule=schedule,
-                capture=True,
-            )
+            condition = conditions.sample(cpu_generator(derive_seed("condition", sampling.seed, i)), 1)
+            noise_seed = derive_seed("noise", sampling.seed, i)
+            sample = backend.sample(condition, sampling.replace(seed=noise_seed), capture=True)
             with torch.no_grad():
                 sketch = generator.forward_sample(sample).float().clamp(0.0, 1.0).cpu()
             writer.write(i, sample.image[0], sketch[0])

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,17 +22,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import FileFormatError, InvalidInputError, TrainingDiverged, TrainingInterrupted
-from ..seeds import cpu_generator, derive_seed
+from ..errors import FileFormatError, InvalidInputError
+from ..seeds import cpu_generator, derive_seed, seeded
+from ..train.loop import StepCallback, StopCallback, TrainingLoop
 from ..train.losses import perceptual_preprocess
 from ..train.state import load_training_state, save_training_state
 from .extractor import ExtractorConfig, SketchExtractor
 
+logger = logging.getLogger(__name__)
+
 DISTILL_CHECKPOINT_KIND = "distill_checkpoint"
 DISTILL_CHECKPOINT_VERSION = 1
-
-StopFn = Callable[[], bool]
-StepFn = Callable[[int, dict, "torch.Tensor | None"], None]
 
 
 _SCHEDULES = ("cosine", "constant")
@@ -44,10 +44,8 @@ class DistillConfig:
 
     Optimiser: Adam (betas 0.9, 0.999) at ``lr``, with a linear warm-up over
     ``warmup_iterations`` and then, with ``lr_schedule="cosine"``, a cosine decay to
-    ``lr * min_lr_ratio`` at ``iterations``. The first SketchExtractor (format 1) had no
-    normalisation layer and blew up at lr 1e-3 (activations x10^2..10^6 within ten steps, the
-    sigmoid stuck at 0); the GroupNorm residual blocks of formats 2 and 3 train stably at 1e-3
-    and 2e-3 with the warm-up (the distill_fidelity benchmark's runs). Each step draws ``batch_size`` pairs at random (with replacement), a random
+    ``lr * min_lr_ratio`` at ``iterations`` (the warm-up keeps a fresh network's first steps
+    small). Each step draws ``batch_size`` pairs at random (with replacement), a random
     ``crop_size`` crop of each (pairs smaller than that are reflection-padded) and, with
     ``flip``, a random horizontal flip. Loss = ``l1_weight * L1 + lpips_weight * LPIPS``;
     gradients are clipped to ``grad_clip_norm`` (0 = off).
@@ -152,9 +150,7 @@ _RESUMABLE_CHANGES = ("iterations", "checkpoint_every", "preview_every")
 
 def build_student(config: DistillConfig) -> SketchExtractor:
     """The default student, initialised from ``config.seed`` without touching the global RNG."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed("student-init", config.seed))
-        return SketchExtractor(config.extractor)
+    return seeded(derive_seed("student-init", config.seed), lambda: SketchExtractor(config.extractor))
 
 
 def _pad_to(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -197,7 +193,7 @@ def _load_pair(pairs, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def make_batch(pairs, config: DistillConfig, iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The training batch of step ``iteration``: a pure function of (config.seed, iteration)."""
-    g = cpu_generator("batch", config.seed, iteration)
+    g = cpu_generator(derive_seed("batch", config.seed, iteration))
     crop = config.crop_size
     n = len(pairs)
     choices = torch.randint(n, (config.batch_size,), generator=g).tolist()
@@ -226,10 +222,6 @@ def _preview(images: torch.Tensor, sketches: torch.Tensor, output: torch.Tensor)
         output[0].detach().float().clamp(0, 1).expand(3, -1, -1),
     ]
     return torch.cat([p.cpu() for p in parts], dim=-1).permute(1, 2, 0)[None].contiguous()
-
-
-def _parameters_finite(module: nn.Module) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in module.parameters())
 
 
 def _check_resume(meta: dict, config: DistillConfig, student: nn.Module, path) -> None:
@@ -264,8 +256,8 @@ def train_student(
     student: nn.Module | None = None,
     checkpoint_path: str | os.PathLike | None = None,
     resume_from: str | os.PathLike | None = None,
-    on_step: StepFn | None = None,
-    should_stop: StopFn | None = None,
+    on_step: StepCallback | None = None,
+    should_stop: StopCallback | None = None,
     device: str | torch.device = "cpu",
 ) -> nn.Module:
     """Train ``student`` (default: a new :class:`SketchExtractor` of ``config.extractor``) on ``pairs``.
@@ -283,9 +275,11 @@ def train_student(
     None except every ``preview_every`` steps and at the last one, when it is a ComfyUI IMAGE
     ``[1, H, 3W, 3]`` (input | teacher | student). ``should_stop()`` before every step: True
     writes a checkpoint (with ``checkpoint_path``) and raises
-    :class:`~diffsketch.errors.TrainingInterrupted`. A non-finite loss, gradient or weight stops
-    training without overwriting the last good checkpoint and raises ``TrainingDiverged``
-    saying so.
+    :class:`~diffsketch.errors.TrainingInterrupted`; any other exception (the host's interrupt
+    raised from ``on_step``, Ctrl-C, out of memory) also writes one and is re-raised, so the run
+    resumes. A non-finite loss, gradient or weight stops training without overwriting the last
+    good checkpoint and raises ``TrainingDiverged`` saying so. The loop is
+    :class:`~diffsketch.train.loop.TrainingLoop`, the generator trainer's.
 
     Returns the student in eval mode with ``student.meta`` (JSON) describing the run, ready for
     ``save_extractor(path, student, student.meta)``.
@@ -325,8 +319,8 @@ def train_student(
             versions=(DISTILL_CHECKPOINT_VERSION,),
         )
         _check_resume(meta, config, student, resume_from)
+        logger.info("DiffSketch: resuming the student from %s at step %d", resume_from, start)
 
-    last_saved: int | None = start if resume_from is not None else None
     losses: dict = {}
 
     def checkpoint_meta() -> dict:
@@ -340,47 +334,39 @@ def train_student(
             meta["student_config"] = student.config.to_dict()
         return meta
 
-    def save(step: int) -> None:
-        nonlocal last_saved
-        if checkpoint_path is None:
-            return
-        save_training_state(
+    def save() -> Path:
+        return save_training_state(
             checkpoint_path,
             kind=DISTILL_CHECKPOINT_KIND,
             model=student,
             optimizer=optimizer,
-            step=step,
+            step=loop.step,
             meta=checkpoint_meta(),
             version=DISTILL_CHECKPOINT_VERSION,
         )
-        last_saved = step
 
-    def diverged(step: int, what: str) -> TrainingDiverged:
-        kept = (
-            f"the last good checkpoint ({Path(checkpoint_path).name}, step {last_saved}) was kept"
-            if checkpoint_path is not None and last_saved is not None
-            else "no checkpoint was written"
-        )
-        return TrainingDiverged(
-            f"distillation diverged at step {step} ({what}); {kept}. Lower lr (now {config.lr:g}) or raise "
-            "warmup_iterations, then resume from the checkpoint or start again."
-        )
+    loop = TrainingLoop(
+        what="distillation",
+        model=student,
+        iterations=config.iterations,
+        save=save if checkpoint_path is not None else None,
+        checkpoint_every=config.checkpoint_every,
+        step=start,
+        resume_hint="run distill again with the same settings (or pass it as resume_from) to continue",
+        divergence_advice=(
+            f"Lower lr (now {config.lr:g}) or raise warmup_iterations, then resume from the checkpoint or "
+            "start again."
+        ),
+    )
+    if resume_from is not None:
+        loop.mark_saved(Path(resume_from), start)
 
-    for iteration in range(start, config.iterations):
-        if should_stop is not None and should_stop():
-            save(iteration)
-            where = (
-                f"a checkpoint at step {iteration} was written to {checkpoint_path}; resume from it"
-                if checkpoint_path is not None
-                else "no checkpoint path was given, so nothing was saved"
-            )
-            raise TrainingInterrupted(f"distillation was cancelled at step {iteration}; {where}.")
+    def compute(iteration: int):
         images, sketches = make_batch(pairs, config, iteration)
         images, sketches = images.to(device), sketches.to(device)
         lr = config.lr_at(iteration)
         for group in optimizer.param_groups:
             group["lr"] = lr
-
         output = student(images)
         if output.shape != sketches.shape:
             raise InvalidInputError(
@@ -399,7 +385,7 @@ def train_student(
             loss = loss + config.lpips_weight * lp
             step_losses["lpips"] = float(lp.detach())
         if not torch.isfinite(loss):
-            raise diverged(iteration + 1, "the loss is not finite")
+            raise loop.diverged(iteration + 1, "the loss is not finite; the step was not applied")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip_norm > 0:
@@ -409,18 +395,18 @@ def train_student(
                 torch.stack([torch.linalg.vector_norm(p.grad) for p in params if p.grad is not None])
             )
         if not torch.isfinite(norm):
-            raise diverged(iteration + 1, "the gradients are not finite")
-        optimizer.step()
-        step = iteration + 1
-        last = step == config.iterations
-        if (step % config.checkpoint_every == 0 or last) and not _parameters_finite(student):
-            raise diverged(step, "the weights are not finite")
-        losses = {"loss": float(loss.detach()), **step_losses, "lr": lr}
+            raise loop.diverged(iteration + 1, "the gradients are not finite; the step was not applied")
+        return images, sketches, output, {"loss": float(loss.detach()), **step_losses, "lr": lr}
+
+    def report(step: int, result) -> None:
+        nonlocal losses
+        images, sketches, output, losses = result
         if on_step is not None:
+            last = step == config.iterations
             preview = _preview(images, sketches, output) if step % config.preview_every == 0 or last else None
             on_step(step, losses, preview)
-        if step % config.checkpoint_every == 0 or last:
-            save(step)
+
+    loop.run(compute, lambda i, result: optimizer.step(), report, should_stop)
 
     student.eval()
     steps_done = max(start, config.iterations)

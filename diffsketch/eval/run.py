@@ -4,7 +4,7 @@ For every readable photo (BSDS500 test images, COCO val, any folder):
 
 1. ground truth = the chosen style (:mod:`diffsketch.styles`: XDoG, the paper's modified HED,
    Informative Drawings) applied to the photo -- the paper's protocol for its automatic styles
-   (method.md §10);
+   (docs/method.md §10);
 2. prediction = the extractor under test (a ``SketchExtractor`` file, run through
    :func:`diffsketch.distill.extract.extract`, or any callable ``[B,3,H,W] -> [B,1,H,W]``);
 3. per-image SSIM and L1 (:mod:`diffsketch.eval.metrics`), LPIPS (:func:`diffsketch.train.losses.build_lpips`
@@ -41,7 +41,8 @@ from torch import nn
 
 from ..errors import DiffSketchError, FileFormatError, InvalidInputError, WeightsNotFoundError
 from ..fileio import atomic_write_bytes
-from ..images import IMAGE_SUFFIXES, read_image
+from ..images import IMAGE_SUFFIXES, read_image, rgb_batch
+from .metrics.common import require_optional
 
 __all__ = ["ALL_METRICS", "EvalReport", "evaluate"]
 
@@ -53,7 +54,8 @@ _HIGHER_IS_BETTER = {"ssim": True, "clip": True, "l1": False, "lpips": False, "f
 GRID_IMAGES = 8
 GRID_CELL = 256
 _SSIM_WINDOW = 11
-# Published BSDS500 ODS F-measures the boundary scores can be read against (issue text).
+# Published BSDS500 ODS F-measures the boundary scores can be read against (Xie & Tu 2015, HED;
+# Su et al. 2021, PiDiNet).
 _REFERENCE_ODS = "HED about 0.79, PiDiNet 0.807 (full BSDS500 test set, 200 images)"
 
 ProgressFn = Callable[[str, int, int], None]
@@ -337,6 +339,7 @@ def _load_style(style, style_weights, device) -> tuple[Callable[[torch.Tensor], 
 # Images
 # ============================================================================================
 def _list_photos(photos_dir: Path) -> tuple[list[Path], list[str]]:
+    """(image files, names of the other files) of a folder that must hold at least one image."""
     if not photos_dir.is_dir():
         raise InvalidInputError(f"photos folder not found: {photos_dir}")
     images, ignored = [], []
@@ -347,14 +350,17 @@ def _list_photos(photos_dir: Path) -> tuple[list[Path], list[str]]:
             images.append(p)
         else:
             ignored.append(p.name)
+    if not images:
+        raise InvalidInputError(
+            f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {photos_dir}"
+            + (f"; found only {', '.join(ignored[:5])}" if ignored else "")
+        )
     return images, ignored
 
 
 def _read_photo(path: Path) -> torch.Tensor:
     """[1, 3, H, W] float32 RGB in [0, 1] (grey repeated, alpha composited over white, 16-bit scaled)."""
-    from ..distill.extract import to_rgb_batch
-
-    return to_rgb_batch(read_image(path)).permute(0, 3, 1, 2).contiguous()
+    return rgb_batch(read_image(path), path.name).permute(0, 3, 1, 2).contiguous()
 
 
 def _target_size(size, h: int, w: int) -> tuple[int, int]:
@@ -471,38 +477,103 @@ def evaluate(
     photos_dir, out_dir = Path(photos_dir), Path(out_dir)
     chosen, explicit = _parse_metrics(metrics)
     size = _check_size(size)
-    if max_images is not None and (
-        isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1
-    ):
-        raise InvalidInputError(f"max_images must be a positive integer or None; got {max_images!r}.")
-    gt_dir = Path(bsds_gt_dir) if bsds_gt_dir is not None else None
-    if gt_dir is not None:
-        if not gt_dir.is_dir():
-            raise InvalidInputError(f"BSDS500 ground-truth folder not found: {gt_dir}")
-        if not any(p.suffix.lower() == ".mat" for p in gt_dir.iterdir()):
-            raise InvalidInputError(
-                f"{gt_dir} holds no .mat files; point bsds_gt_dir at BSDS500's groundTruth/test folder."
-            )
-        try:
-            import scipy.io  # noqa: F401
-        except ImportError as e:
-            raise ImportError(
-                "the BSDS500 boundary benchmark needs the optional package 'scipy': pip install scipy"
-            ) from e
+    _check_max_images(max_images)
+    gt_dir = _check_bsds_dir(bsds_gt_dir)
     files, ignored = _list_photos(photos_dir)
-    if not files:
-        raise InvalidInputError(
-            f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {photos_dir}"
-            + (f"; found only {', '.join(ignored[:5])}" if ignored else "")
-        )
     device = str(device)
 
     # Everything that can fail for lack of a file fails before the (long) loop.
     style_fn, style_name = _load_style(style, style_weights, device)
     run_extractor, extractor_desc = _load_extractor(extractor_path, device)
     given = {"lpips": lpips_weights, "fid": fid_weights, "clip": clip_weights}
+    models, skipped_metrics = _load_metric_models(chosen, explicit, given, device)
+    report = EvalReport(
+        out_dir=out_dir,
+        photos_dir=photos_dir,
+        style=style_name,
+        extractor=extractor_desc,
+        device=device,
+        metrics=tuple(m for m in chosen if m not in skipped_metrics),
+        ignored_files=list(ignored),
+        skipped_metrics=skipped_metrics,
+    )
+    boundary_dir = _fresh_boundary_dir(out_dir) if gt_dir is not None else None
+
+    run = _Accumulated()
+    total = min(len(files), max_images) if max_images else len(files)
+    for path in files:
+        if max_images is not None and len(report.rows) >= max_images:
+            report.limited = True
+            break
+        photo = _photo_to_evaluate(path, size, report, run)
+        if photo is None:
+            continue
+        gt = _ground_truth(style_fn, style_name, photo, device)
+        pred = run_extractor(photo)
+        if pred.shape[-2:] != gt.shape[-2:]:
+            h, w = gt.shape[-2:]
+            run.resized_predictions.append(f"{path.name} {pred.shape[-2]}x{pred.shape[-1]} -> {h}x{w}")
+            pred = _resize(pred, (h, w))
+        report.rows.append(_score_image(path, pred, gt, report.metrics, models, device, run))
+        if len(run.cells) < GRID_IMAGES:
+            run.cells.append(
+                (path.stem, _fit_cell(photo, GRID_CELL), _fit_cell(gt, GRID_CELL), _fit_cell(pred, GRID_CELL))
+            )
+        if boundary_dir is not None:
+            strength = ((1.0 - pred[0, 0]).clamp(0, 1).numpy() * 65535.0 + 0.5).astype(np.uint16)
+            atomic_write_bytes(boundary_dir / f"{path.stem}.png", _png_bytes(strength))
+        if progress is not None:
+            progress("images", len(report.rows), total)
+
+    if not report.rows:
+        listed = "; ".join(f"{p}: {why}" for p, why in report.skipped_files) or "none"
+        raise InvalidInputError(f"no photo in {photos_dir} could be evaluated (skipped: {listed}).")
+    _summarise(report, run)
+    _add_notes(report, run, size, len(files))
+    if gt_dir is not None:
+        _boundary_benchmark(report, boundary_dir, gt_dir, progress)
+    _write_results(report, out_dir, run.cells, boundary_dir)
+    return report
+
+
+@dataclass
+class _Accumulated:
+    """What the image loop collects besides the report's rows."""
+
+    sizes: dict[tuple[int, int], int] = field(default_factory=dict)
+    resized_photos: list[str] = field(default_factory=list)
+    resized_predictions: list[str] = field(default_factory=list)
+    fid_gt: list[np.ndarray] = field(default_factory=list)
+    fid_pred: list[np.ndarray] = field(default_factory=list)
+    cells: list = field(default_factory=list)
+
+
+def _check_max_images(max_images) -> None:
+    if max_images is not None and (
+        isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1
+    ):
+        raise InvalidInputError(f"max_images must be a positive integer or None; got {max_images!r}.")
+
+
+def _check_bsds_dir(bsds_gt_dir) -> Path | None:
+    if bsds_gt_dir is None:
+        return None
+    gt_dir = Path(bsds_gt_dir)
+    if not gt_dir.is_dir():
+        raise InvalidInputError(f"BSDS500 ground-truth folder not found: {gt_dir}")
+    if not any(p.suffix.lower() == ".mat" for p in gt_dir.iterdir()):
+        raise InvalidInputError(
+            f"{gt_dir} holds no .mat files; point bsds_gt_dir at BSDS500's groundTruth/test folder."
+        )
+    require_optional("scipy.io", "The BSDS500 boundary benchmark")
+    return gt_dir
+
+
+def _load_metric_models(chosen, explicit, given: dict, device) -> tuple[dict[str, object], dict[str, str]]:
+    """(models of the metrics that need weights, skipped metric -> why). A metric named explicitly,
+    or whose weights were given, fails loudly instead of being skipped."""
     models: dict[str, object] = {}
-    skipped_metrics: dict[str, str] = {}
+    skipped: dict[str, str] = {}
     for m in chosen:
         if m not in _NEEDS_WEIGHTS:
             continue
@@ -511,180 +582,160 @@ def evaluate(
         except (WeightsNotFoundError, FileFormatError, ImportError) as e:
             if m in explicit or given[m] is not None:
                 raise
-            skipped_metrics[m] = f"needs weights: {e}"
-    computed = tuple(m for m in chosen if m not in skipped_metrics)
+            skipped[m] = f"needs weights: {e}"
+    return models, skipped
 
-    report = EvalReport(
-        out_dir=out_dir,
-        photos_dir=photos_dir,
-        style=style_name,
-        extractor=extractor_desc,
-        device=device,
-        metrics=computed,
-        ignored_files=list(ignored),
-        skipped_metrics=skipped_metrics,
-    )
+
+def _fresh_boundary_dir(out_dir: Path) -> Path:
     boundary_dir = out_dir / "boundaries"
-    if gt_dir is not None:
-        boundary_dir.mkdir(parents=True, exist_ok=True)
-        # The benchmark pairs every file in this folder: stale ones from an earlier run must go.
-        for stale in boundary_dir.glob("*.png"):
-            stale.unlink()
+    boundary_dir.mkdir(parents=True, exist_ok=True)
+    # The benchmark pairs every file in this folder: stale ones from an earlier run must go.
+    for stale in boundary_dir.glob("*.png"):
+        stale.unlink()
+    return boundary_dir
 
+
+def _photo_to_evaluate(path: Path, size, report: EvalReport, run: _Accumulated) -> torch.Tensor | None:
+    """The photo at the evaluation size, or None (listed in ``report.skipped_files``)."""
+    try:
+        photo = _read_photo(path)
+    except Exception as e:  # unreadable files are listed, never silently dropped
+        report.skipped_files.append((str(path), f"unreadable ({type(e).__name__}: {e})"))
+        return None
+    h0, w0 = photo.shape[-2:]
+    if size is not None:
+        target = _target_size(size, h0, w0)
+        if target != (h0, w0):
+            photo = _resize(photo, target)
+            run.resized_photos.append(f"{path.name} {h0}x{w0} -> {target[0]}x{target[1]}")
+    h, w = photo.shape[-2:]
+    if min(h, w) < _SSIM_WINDOW:
+        why = f"too small ({h}x{w}); metrics need at least {_SSIM_WINDOW}x{_SSIM_WINDOW} pixels"
+        report.skipped_files.append((str(path), why))
+        return None
+    run.sizes[(h, w)] = run.sizes.get((h, w), 0) + 1
+    return photo
+
+
+def _ground_truth(style_fn, style_name: str, photo: torch.Tensor, device) -> torch.Tensor:
+    h, w = photo.shape[-2:]
+    with torch.no_grad():
+        gt = style_fn(photo.to(device))
+    gt = gt.detach().float().cpu().clamp(0.0, 1.0)
+    if gt.shape != (1, 1, h, w):
+        raise InvalidInputError(
+            f"style '{style_name}' returned shape {tuple(gt.shape)} for a {h}x{w} photo; expected (1, 1, {h}, {w})."
+        )
+    return gt
+
+
+def _score_image(path: Path, pred, gt, computed, models, device, run: _Accumulated) -> dict:
+    """One CSV row: the per-image metrics; FID's features are collected in ``run``."""
     from ..train.losses import perceptual_preprocess
-    from . import bsds
     from .metrics import fid, perceptual
     from .metrics.ssim import l1_distance, ssim
 
-    total = min(len(files), max_images) if max_images else len(files)
-    sizes: dict[tuple[int, int], int] = {}
-    resized_photos: list[str] = []
-    resized_predictions: list[str] = []
-    fid_gt: list[np.ndarray] = []
-    fid_pred: list[np.ndarray] = []
-    cells = []
-    done = 0
-    for path in files:
-        if max_images is not None and done >= max_images:
-            report.limited = True
-            break
-        try:
-            photo = _read_photo(path)
-        except Exception as e:  # unreadable files are listed, never silently dropped
-            report.skipped_files.append((str(path), f"unreadable ({type(e).__name__}: {e})"))
-            continue
-        h0, w0 = photo.shape[-2:]
-        if size is not None:
-            target = _target_size(size, h0, w0)
-            if target != (h0, w0):
-                photo = _resize(photo, target)
-                resized_photos.append(f"{path.name} {h0}x{w0} -> {target[0]}x{target[1]}")
-        h, w = photo.shape[-2:]
-        if min(h, w) < _SSIM_WINDOW:
-            report.skipped_files.append(
-                (
-                    str(path),
-                    f"too small ({h}x{w}); metrics need at least {_SSIM_WINDOW}x{_SSIM_WINDOW} pixels",
-                )
+    h, w = gt.shape[-2:]
+    row: dict = {"image": path.stem, "file": path.name, "height": h, "width": w}
+    with torch.no_grad():
+        if "ssim" in computed:
+            row["ssim"] = float(ssim(pred, gt)[0])
+        if "l1" in computed:
+            row["l1"] = float(l1_distance(pred, gt)[0])
+        if "lpips" in computed:
+            lp = models["lpips"]
+            dev = next(lp.parameters()).device
+            row["lpips"] = float(
+                lp(perceptual_preprocess(pred).to(dev), perceptual_preprocess(gt).to(dev)).flatten()[0]
             )
-            continue
-        sizes[(h, w)] = sizes.get((h, w), 0) + 1
-        with torch.no_grad():
-            gt = style_fn(photo.to(device))
-        gt = gt.detach().float().cpu().clamp(0.0, 1.0)
-        if gt.shape != (1, 1, h, w):
-            raise InvalidInputError(
-                f"style '{style_name}' returned shape {tuple(gt.shape)} for a {h}x{w} photo; expected (1, 1, {h}, {w})."
+        if "clip" in computed:
+            row["clip"] = float(
+                perceptual.clip_image_similarity(models["clip"], pred.to(device), gt.to(device))[0]
             )
-        pred = run_extractor(photo)
-        if pred.shape[-2:] != gt.shape[-2:]:
-            resized_predictions.append(f"{path.name} {pred.shape[-2]}x{pred.shape[-1]} -> {h}x{w}")
-            pred = _resize(pred, (h, w))
+        if "fid" in computed:
+            run.fid_gt.append(fid.inception_features(models["fid"], gt.expand(-1, 3, -1, -1)))
+            run.fid_pred.append(fid.inception_features(models["fid"], pred.expand(-1, 3, -1, -1)))
+    return row
 
-        row: dict = {"image": path.stem, "file": path.name, "height": h, "width": w}
-        with torch.no_grad():
-            if "ssim" in computed:
-                row["ssim"] = float(ssim(pred, gt)[0])
-            if "l1" in computed:
-                row["l1"] = float(l1_distance(pred, gt)[0])
-            if "lpips" in computed:
-                lp = models["lpips"]
-                dev = next(lp.parameters()).device
-                row["lpips"] = float(
-                    lp(perceptual_preprocess(pred).to(dev), perceptual_preprocess(gt).to(dev)).flatten()[0]
-                )
-            if "clip" in computed:
-                row["clip"] = float(
-                    perceptual.clip_image_similarity(models["clip"], pred.to(device), gt.to(device))[0]
-                )
-            if "fid" in computed:
-                fid_gt.append(fid.inception_features(models["fid"], gt.expand(-1, 3, -1, -1)))
-                fid_pred.append(fid.inception_features(models["fid"], pred.expand(-1, 3, -1, -1)))
-        report.rows.append(row)
-        if len(cells) < GRID_IMAGES:
-            cells.append(
-                (path.stem, _fit_cell(photo, GRID_CELL), _fit_cell(gt, GRID_CELL), _fit_cell(pred, GRID_CELL))
-            )
-        if gt_dir is not None:
-            strength = ((1.0 - pred[0, 0]).clamp(0, 1).numpy() * 65535.0 + 0.5).astype(np.uint16)
-            atomic_write_bytes(boundary_dir / f"{path.stem}.png", _png_bytes(strength))
-        done += 1
-        if progress is not None:
-            progress("images", done, total)
 
-    if not report.rows:
-        listed = "; ".join(f"{p}: {why}" for p, why in report.skipped_files) or "none"
-        raise InvalidInputError(f"no photo in {photos_dir} could be evaluated (skipped: {listed}).")
+def _summarise(report: EvalReport, run: _Accumulated) -> None:
+    from .metrics import fid
 
-    # ---- summaries
     for m in PER_IMAGE_METRICS:
-        if m in computed:
+        if m in report.metrics:
             values = np.array([r[m] for r in report.rows], np.float64)
             report.summary[m] = (float(values.mean()), float(values.std()), int(values.size))
-    if "fid" in computed:
-        if len(fid_gt) >= 2:
-            report.fid = fid.fid_from_features(np.concatenate(fid_gt), np.concatenate(fid_pred))
-            report.fid_images = len(fid_gt)
+    if "fid" in report.metrics:
+        if len(run.fid_gt) >= 2:
+            report.fid = fid.fid_from_features(np.concatenate(run.fid_gt), np.concatenate(run.fid_pred))
+            report.fid_images = len(run.fid_gt)
         else:
             report.skipped_metrics["fid"] = (
                 "needs at least 2 images (covariances of one sample are undefined)"
             )
             report.metrics = tuple(m for m in report.metrics if m != "fid")
+
+
+def _add_notes(report: EvalReport, run: _Accumulated, size, n_files: int) -> None:
     if report.limited:
-        report.notes.append(f"limited to the first {done} readable photo(s) of {len(files)} (max_images).")
+        report.notes.append(
+            f"limited to the first {len(report.rows)} readable photo(s) of {n_files} (max_images)."
+        )
     if size is not None:
         report.notes.append(
             f"photos resized to {'shorter side ' + str(size) if isinstance(size, int) else f'{size[0]}x{size[1]}'} "
-            f"before evaluation ({len(resized_photos)} changed): "
-            + ", ".join(resized_photos[:10])
-            + (" ..." if len(resized_photos) > 10 else "")
+            f"before evaluation ({len(run.resized_photos)} changed): "
+            + ", ".join(run.resized_photos[:10])
+            + (" ..." if len(run.resized_photos) > 10 else "")
         )
-    if len(sizes) > 1:
-        listed = ", ".join(f"{h}x{w} ({n})" for (h, w), n in sorted(sizes.items(), key=lambda kv: -kv[1])[:6])
+    if len(run.sizes) > 1:
+        listed = ", ".join(
+            f"{h}x{w} ({n})" for (h, w), n in sorted(run.sizes.items(), key=lambda kv: -kv[1])[:6]
+        )
         report.notes.append(
-            f"photos come in {len(sizes)} sizes (H x W: {listed}); each is evaluated at its own size, LPIPS/CLIP/FID "
-            "resize internally and the grid scales every cell to fit."
+            f"photos come in {len(run.sizes)} sizes (H x W: {listed}); each is evaluated at its own size, "
+            "LPIPS/CLIP/FID resize internally and the grid scales every cell to fit."
         )
-    if resized_predictions:
+    if run.resized_predictions:
         report.notes.append(
-            f"{len(resized_predictions)} prediction(s) did not match the ground truth's size and were resized to it: "
-            + ", ".join(resized_predictions[:10])
+            f"{len(run.resized_predictions)} prediction(s) did not match the ground truth's size and were resized "
+            "to it: " + ", ".join(run.resized_predictions[:10])
         )
 
-    # ---- BSDS500 boundary benchmark
-    if gt_dir is not None:
 
-        def boundary_progress(i, n, _name):
-            if progress is not None:
-                progress("boundaries", i + 1, n)
+def _boundary_benchmark(report: EvalReport, boundary_dir: Path, gt_dir: Path, progress) -> None:
+    from . import bsds
 
+    def boundary_progress(i, n, _name):
+        if progress is not None:
+            progress("boundaries", i + 1, n)
+
+    try:
+        report.boundary, report.pairing = bsds.evaluate_boundaries(
+            boundary_dir, gt_dir, lines_are_dark=False, progress=boundary_progress
+        )
+    except InvalidInputError as e:
+        report.boundary_error = str(e)
         try:
-            scores, pairing = bsds.evaluate_boundaries(
-                boundary_dir, gt_dir, lines_are_dark=False, progress=boundary_progress
-            )
-            report.boundary, report.pairing = scores, pairing
-        except InvalidInputError as e:
-            report.boundary_error = str(e)
-            try:
-                report.pairing = bsds.pair_files(boundary_dir, gt_dir)[1]
-            except DiffSketchError:
-                pass
-        if report.limited and report.pairing is not None and report.pairing.missing_prediction:
-            report.notes.append(
-                "ground truths without predictions are expected with max_images: the boundary scores cover "
-                "only the evaluated photos."
-            )
+            report.pairing = bsds.pair_files(boundary_dir, gt_dir)[1]
+        except DiffSketchError:
+            pass
+    if report.limited and report.pairing is not None and report.pairing.missing_prediction:
+        report.notes.append(
+            "ground truths without predictions are expected with max_images: the boundary scores cover "
+            "only the evaluated photos."
+        )
 
-    # ---- files
+
+def _write_results(report: EvalReport, out_dir: Path, cells, boundary_dir: Path | None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     report.files = {
         "markdown": out_dir / "results.md",
         "csv": out_dir / "results.csv",
         "grid": out_dir / "grid.png",
     }
-    if gt_dir is not None:
+    if boundary_dir is not None:
         report.files["boundaries"] = boundary_dir
-    atomic_write_bytes(report.files["grid"], _grid_png(cells, style_name))
+    atomic_write_bytes(report.files["grid"], _grid_png(cells, report.style))
     atomic_write_bytes(report.files["csv"], report.to_csv().encode("utf-8"))
     atomic_write_bytes(report.files["markdown"], report.to_markdown().encode("utf-8"))
-    return report

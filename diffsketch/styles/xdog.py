@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..errors import InvalidInputError
+from ..images import check_unit_range
 from .base import StyleExtractor
 
 __all__ = [
@@ -171,7 +172,8 @@ def grey_u8(images: torch.Tensor) -> torch.Tensor:
     ``images``: ``[B, C, H, W]`` in [0, 1] with C = 3 (RGB) or 1. Returns uint8 ``[B, H, W]``.
     The arithmetic follows numpy on the float32 tensor the paper feeds in (``x*255`` per channel,
     summed left to right, divided by C, in float32; float64 input stays float64), so truncation
-    boundaries match. Values outside [0, 1] are clamped (numpy's uint8 cast would wrap them).
+    boundaries match. Values outside [0, 1] are refused; those within a rounding error of it are
+    clamped (numpy's uint8 cast would wrap them).
     """
     _check_images(images)
     dtype = torch.float64 if images.dtype == torch.float64 else torch.float32
@@ -198,8 +200,7 @@ def _check_images(images) -> None:
         )
     if images.numel() == 0:
         raise InvalidInputError(f"XDoG got an empty image batch of shape {tuple(images.shape)}.")
-    if torch.isnan(images).any():
-        raise InvalidInputError("XDoG input contains NaN values; check the image that was passed in.")
+    check_unit_range(images, "XDoG input")
 
 
 def xdog(
@@ -213,7 +214,7 @@ def xdog(
 ) -> torch.Tensor:
     """XDoG sketch of ``images`` ``[B, 3, H, W]`` in [0, 1] -> ``[B, 1, H, W]`` in (0, 1] (white = 1).
 
-    Steps (method.md §7.1): grey = uint8(mean(255*img)); G1, G2 = OpenCV 8-bit Gaussian blurs with
+    Steps (docs/method.md §7): grey = uint8(mean(255*img)); G1, G2 = OpenCV 8-bit Gaussian blurs with
     sigma and sigma*k; D = (G1 - gamma*G2)/255; out = 1 where D >= epsilon else 1 + tanh(phi*(D - epsilon)).
     Defaults are the paper's (0.5, 200, 0.98, 0.1, 10). The tone mapping is done in float64, as numpy
     does in the paper's code, and the result is cast to ``out_dtype`` (the paper trains in float32).

@@ -1,10 +1,10 @@
-"""Condition Diffusion Sampling for Training (CDST), method.md §6.
+"""Condition Diffusion Sampling for Training (CDST), docs/method.md §6.
 
 DiffSketch trains on one new Stable Diffusion sample per iteration. The text condition of that
 sample starts at the example's own prompt embedding (the "pivot") and drifts towards random
 conditions drawn from a Gaussian fitted to the text embeddings of many prompts:
 
-- Distribution (method.md §6.2): PCA of the flattened ``[77, D]`` embeddings of a prompt list,
+- Distribution (docs/method.md §6): PCA of the flattened ``[77, D]`` embeddings of a prompt list,
   keeping 512 components; a condition is drawn as ``z ~ N(score_mean, diag(explained_variance))``
   in PCA space and mapped back with the inverse transform ``mean + z @ components``. (The
   authors' ``cov_pca.npy`` is diagonal with the explained variances on its diagonal, so a
@@ -34,7 +34,7 @@ from ..errors import FileFormatError, InvalidInputError, TrainingInterrupted
 CONDITIONS_KIND = "conditions"
 CONDITIONS_VERSION = 1
 
-#: Number of PCA components the released code keeps (method.md §6.2).
+#: Number of PCA components the released code keeps (docs/method.md §6).
 DEFAULT_N_COMPONENTS = 512
 #: Iteration at which the condition becomes fully random (``--hiter`` in the released code).
 DEFAULT_H_ITER = 1000
@@ -419,11 +419,11 @@ class ConditionSampler:
             "score_mean": self.score_mean,
             "variance": self.variance,
         }
-        return fileio.save_tensors(path, tensors, CONDITIONS_KIND, CONDITIONS_VERSION, header)
+        return fileio.save_model_file(path, tensors, CONDITIONS_KIND, CONDITIONS_VERSION, header)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device="cpu") -> ConditionSampler:
-        tensors, header = fileio.load_tensors(path, CONDITIONS_KIND, (CONDITIONS_VERSION,), device=device)
+        tensors, header = fileio.load_model_file(path, CONDITIONS_KIND, (CONDITIONS_VERSION,), device=device)
         name = os.path.basename(os.fspath(path))
         missing = [key for key in ("mean", "components", "score_mean", "variance") if key not in tensors]
         if missing:

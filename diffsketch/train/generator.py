@@ -1,6 +1,6 @@
 """The DiffSketch sketch generator: two-level feature aggregation plus a feature-fusion decoder.
 
-Architecture (method.md §4), built entirely from a :class:`~diffsketch.capture.spec.FeatureSpec`:
+Architecture (docs/method.md §4), built entirely from a :class:`~diffsketch.capture.spec.FeatureSpec`:
 
 1. **Lower aggregation.** The UNet taps below the highest UNet resolution (SD 1.x: output blocks
    0-8 at 8/16/32 px of a 64 px latent) are resized to the largest of their sizes and mixed by an
@@ -15,14 +15,13 @@ Architecture (method.md §4), built entirely from a :class:`~diffsketch.capture.
    VAE-decoder features of the same scale, then upsamples (nearest) -> 3x3 conv -> GroupNorm ->
    GELU. The last stage adds the VAE's RGB output and ends in a 1-channel 1x1 conv, unbounded.
 
-Two defects of the released code are fixed here (method.md §4.4): the lower aggregation reaches
+Two defects of the released code are fixed here (docs/method.md §4): the lower aggregation reaches
 the output (it fed nothing in the release), and the VAE channel reductions are registered,
 trainable modules (they were plain Python lists, i.e. fixed random projections).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from functools import partial
@@ -47,7 +46,7 @@ VAE_REDUCE_NARROW = 8
 
 
 def vae_reduce_width(channels: int) -> int:
-    """Width a VAE tap is reduced to before fusion (16 for >=512 channels, else 8; method.md §4.3)."""
+    """Width a VAE tap is reduced to before fusion (16 for >=512 channels, else 8; docs/method.md §4)."""
     return VAE_REDUCE_WIDE if channels >= VAE_WIDE_CHANNELS else VAE_REDUCE_NARROW
 
 
@@ -240,7 +239,7 @@ class Bottleneck(nn.Module):
 
 
 class AggregationNetwork(nn.Module):
-    """Diffusion-Hyperfeatures aggregation (method.md §4.1).
+    """Diffusion-Hyperfeatures aggregation (docs/method.md §4).
 
     One :class:`Bottleneck` per tap, shared across timesteps, plus one per ``extra`` entry (an
     input consumed once, not per timestep). One mixing logit per (timestep, tap) and per extra
@@ -604,24 +603,20 @@ def parameter_report(
 # files
 # ---------------------------------------------------------------------------------------------
 def save_generator(path: str | Path, generator: SketchGenerator, meta: Mapping | None = None) -> Path:
-    """Write ``generator`` as a DiffSketch ``generator`` file (v1).
+    """Write ``generator`` as a DiffSketch ``generator`` model file (v1; see
+    :func:`~diffsketch.fileio.save_model_file`: checksum, no NaN or infinite weights).
 
     ``meta`` is the caller's JSON-serialisable record (training settings, steps done, base-model
     fingerprint, ...); it comes back as ``load_generator(...).meta``.
     """
-    meta = dict(meta or {})
-    try:
-        json.dumps(meta)
-    except TypeError as e:
-        raise InvalidInputError(f"generator meta must be JSON-serialisable: {e}") from e
     header = {
         "spec": generator.spec.to_json(),
         "spec_fingerprint": generator.spec.fingerprint(),
         "config": generator.config.to_dict(),
         "parameters": parameter_count(generator),
-        "meta": meta,
+        "meta": dict(meta or {}),
     }
-    return fileio.save_tensors(path, generator.state_dict(), GENERATOR_KIND, GENERATOR_VERSION, header)
+    return fileio.save_model_file(path, generator.state_dict(), GENERATOR_KIND, GENERATOR_VERSION, header)
 
 
 def read_generator_header(path: str | Path) -> dict:
@@ -647,7 +642,7 @@ def load_generator(
     raises FileFormatError instead of failing later on shapes.
     """
     path = Path(path)
-    tensors, header = fileio.load_tensors(path, GENERATOR_KIND, (GENERATOR_VERSION,), "cpu")
+    tensors, header = fileio.load_model_file(path, GENERATOR_KIND, (GENERATOR_VERSION,))
     try:
         spec = FeatureSpec.from_json(header["spec"])
         config = GeneratorConfig.from_dict(header["config"])
@@ -663,13 +658,12 @@ def load_generator(
         generator = SketchGenerator(spec, config)
     except InvalidInputError as e:
         raise FileFormatError(f"{path.name}: the stored generator config does not fit its spec ({e}).") from e
-    try:
-        generator.load_state_dict(tensors, strict=True)
-    except RuntimeError as e:
-        raise FileFormatError(
-            f"{path.name}: the weights do not match the generator its header describes ({e}). The file is damaged "
-            "or was written by an incompatible version."
-        ) from e
+    fileio.load_state_strict(
+        generator,
+        tensors,
+        path.name,
+        "The file is damaged or was written by an incompatible version; its header describes another generator.",
+    )
     generator.meta = dict(header.get("meta", {}))
     return generator.to(device=device, dtype=dtype)
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import torch
 
-from ..capture.timesteps import PAPER_TIMESTEPS, plan_timesteps
+from ..capture.sampling import SamplingSettings
+from ..capture.timesteps import PAPER_TIMESTEPS
 from ..errors import InvalidInputError
 from .generator import SketchGenerator
 
@@ -24,36 +25,19 @@ def generator_timesteps(generator: SketchGenerator) -> tuple[int, ...]:
 
 
 def generate_pair(
-    backend,
-    generator: SketchGenerator,
-    cond_or_prompt: torch.Tensor | str,
-    seed: int,
-    steps: int = 50,
-    cfg: float = 5.0,
-    width: int = 512,
-    height: int = 512,
-    timesteps: Sequence[int] | None = None,
-    schedule: str = "full",
+    backend, generator: SketchGenerator, cond_or_prompt: torch.Tensor | str, sampling: SamplingSettings
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample an image and its sketch: ``(image [1, 3, H, W], sketch [1, 1, H, W])``, both in [0, 1]
-    on the CPU. ``timesteps`` default to the ones the generator was trained with."""
-    if timesteps is None:
-        timesteps = generator_timesteps(generator)
-    if len(plan_timesteps(steps, timesteps).used) != generator.n_timesteps:
+    on the CPU. ``sampling.timesteps`` None means the ones the generator was trained with."""
+    if sampling.timesteps is None:
+        sampling = sampling.replace(timesteps=generator_timesteps(generator))
+    used = sampling.plan().used
+    if len(used) != generator.n_timesteps:
         raise InvalidInputError(
-            f"the generator needs features at {generator.n_timesteps} timesteps; {list(timesteps)} gives "
-            f"{len(plan_timesteps(steps, timesteps).used)} on the {steps}-step grid"
+            f"the generator needs features at {generator.n_timesteps} timesteps; {list(sampling.timesteps)} gives "
+            f"{len(used)} on the {sampling.steps}-step grid"
         )
-    sample = backend.sample(
-        cond_or_prompt,
-        seed=seed,
-        steps=steps,
-        cfg=cfg,
-        width=width,
-        height=height,
-        timesteps=timesteps,
-        schedule=schedule,
-    )
+    sample = backend.sample(cond_or_prompt, sampling)
     with torch.no_grad():
         sketch = generator.forward_sample(sample)
     return sample.image.float().cpu(), sketch.float().clamp(0, 1).cpu()

@@ -1,8 +1,8 @@
-"""DiffSketch's training losses (method.md §5) and the frozen networks they use.
+"""DiffSketch's training losses (docs/method.md §5) and the frozen networks they use.
 
 - :func:`perceptual_preprocess`: the released code's preprocessing for BOTH LPIPS and CLIP:
   bilinear resize to 224x224, one-channel sketches repeated to RGB, ImageNet mean/std (not CLIP's
-  and not LPIPS' [-1, 1]; method.md §5.3). Differentiable.
+  and not LPIPS' [-1, 1]; docs/method.md §5). Differentiable.
 - :func:`build_lpips`: LPIPS-AlexNet from the ``lpips`` package. Its linear layers ship inside the
   package; the AlexNet trunk is torchvision's ImageNet file, read from a local path (the torch hub
   cache by default), never downloaded.
@@ -446,7 +446,7 @@ def directional_losses(
     example_sketch: torch.Tensor,
     example_image: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mind-the-Gap directional terms on CLIP embeddings (method.md §5.2):
+    """Mind-the-Gap directional terms on CLIP embeddings (docs/method.md §5):
 
     - across = 1 - cos(E(S_i) - E(I_i), E(S_ex) - E(I_ex)): the sample's image->sketch direction
       matches the example's;

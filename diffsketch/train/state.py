@@ -101,7 +101,7 @@ def save_training_state(
         },
         "meta": meta,
     }
-    return fileio.save_tensors(path, tensors, kind, version, header)
+    return fileio.save_model_file(path, tensors, kind, version, header)
 
 
 def _restore_tuples(loaded_groups: list[dict], current_groups: Iterable[dict]) -> list[dict]:
@@ -149,18 +149,18 @@ def load_training_state(
     and ``optimizer``, raises :class:`FileFormatError` (``model`` may then be partly loaded).
     """
     name = Path(path).name
-    tensors, header = fileio.load_tensors(path, kind, versions, device)
+    tensors, header = fileio.load_model_file(path, kind, versions, device)
     step = header.get("step")
     if not isinstance(step, int) or step < 0 or not isinstance(header.get("meta", {}), dict):
         raise FileFormatError(f"{name}: the checkpoint header is incomplete (no valid step); re-create it.")
     model_state = {k[len(MODEL_PREFIX) :]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
-    try:
-        model.load_state_dict(model_state, strict=True)
-    except RuntimeError as e:
-        raise FileFormatError(
-            f"{name}: the saved weights do not fit this {type(model).__name__} ({e}). The checkpoint was made "
-            "for a model of another shape; resume with the same model settings or start a new run."
-        ) from e
+    fileio.load_state_strict(
+        model,
+        model_state,
+        name,
+        "The checkpoint was made for a model of another shape; resume with the same model settings or start "
+        "a new run.",
+    )
     if optimizer is not None:
         saved = header.get("optimizer")
         if not isinstance(saved, dict) or not isinstance(saved.get("param_groups"), list):

@@ -1,4 +1,4 @@
-"""Training a DiffSketch generator from one (image, sketch) example (method.md §5, §6, §8).
+"""Training a DiffSketch generator from one (image, sketch) example (docs/method.md §5, §6, §8).
 
 Each iteration draws a CDST text condition, samples a new Stable Diffusion image while capturing
 its features, runs the :class:`~diffsketch.train.generator.SketchGenerator` on the cached example
@@ -9,8 +9,9 @@ Every random choice of iteration ``i`` (the CDST draw, the sampling seed, the ra
 is derived from ``(config.seed, i)`` alone, so resuming from a checkpoint after N iterations and
 training M more gives the same weights as training N + M in one go.
 
-The loop is plain Python with callbacks (``on_step``, ``should_stop``, ``on_checkpoint``), so the
-ComfyUI node, the command line and the tests drive the same code. It runs inside
+The loop is :class:`~diffsketch.train.loop.TrainingLoop` (checkpoint cadence, Cancel, NaN/inf,
+crashes), driven by callbacks (``on_step``, ``should_stop``, ``on_checkpoint``), so the ComfyUI
+node, the command line and the tests run the same code. It runs inside
 ``torch.inference_mode(False)`` + ``torch.enable_grad()`` and clones inference tensors it is
 given, so a ComfyUI node (whose whole execution runs under ``torch.inference_mode()``) can call
 :meth:`Trainer.run` directly.
@@ -20,9 +21,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -33,13 +35,19 @@ import torch.nn.functional as F
 
 from .. import __version__
 from ..capture.sample import CapturedSample
+from ..capture.sampling import SamplingSettings
 from ..capture.timesteps import ddim_grid, plan_timesteps
-from ..errors import FileFormatError, InvalidInputError, TrainingDiverged, TrainingInterrupted
+from ..errors import FileFormatError, InvalidInputError
 from ..fileio import read_header
+from ..images import as_grey, image_batch
+from ..seeds import cpu_generator, iteration_seed, seeded
 from .conditions import ConditionSampler, blend_weight
 from .generator import GeneratorConfig, SketchGenerator, save_generator
+from .loop import CheckpointCallback, StepCallback, StopCallback, StopRequested, TrainingLoop
 from .losses import DiffSketchLoss, LossWeights
 from .state import load_training_state, save_training_state
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_KIND = "training_checkpoint"
 CHECKPOINT_VERSION = 1
@@ -47,21 +55,13 @@ CHECKPOINT_VERSION = 1
 TIMESTEP_POLICIES = ("fixed", "random13")
 SCHEDULES = ("full", "fast")
 
-StepCallback = Callable[[int, dict, "torch.Tensor | None"], None]
-StopCallback = Callable[[], bool]
-CheckpointCallback = Callable[[Path, int], None]
-
-
-class _StopRequested(Exception):
-    """Internal: ``should_stop()`` returned True (possibly in the middle of sampling)."""
-
 
 # ---------------------------------------------------------------------------------------------
 # configuration
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TrainConfig:
-    """Settings of one training run (released-code defaults, method.md §8); JSON via :meth:`to_dict`.
+    """Settings of one training run (released-code defaults, docs/method.md §8); JSON via :meth:`to_dict`.
 
     - ``iterations``: Adam steps in all (a resumed run continues up to this count).
     - ``lr``: Adam learning rate (default betas, no scheduler).
@@ -173,17 +173,6 @@ class TrainConfig:
 _TRAJECTORY_SETTINGS = ("lr", "h_iter", "loss_weights", "seed", "steps", "cfg", "timestep_policy", "schedule")
 
 
-def iteration_seed(seed: int, iteration: int, purpose: str) -> int:
-    """A 63-bit seed for one random choice (``purpose``) of one iteration, from ``(seed, iteration)``
-    alone: iteration i draws the same numbers however the run was split into resumed parts."""
-    digest = hashlib.sha256(f"diffsketch/{purpose}/{int(seed)}/{int(iteration)}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
-def _cpu_generator(seed: int) -> torch.Generator:
-    return torch.Generator(device="cpu").manual_seed(seed)
-
-
 def iteration_timesteps(config: TrainConfig, iteration: int, example_timesteps: Sequence[int]) -> list[int]:
     """The UNet timesteps the new sample of ``iteration`` is captured at (ascending)."""
     if config.timestep_policy == "fixed":
@@ -191,7 +180,7 @@ def iteration_timesteps(config: TrainConfig, iteration: int, example_timesteps: 
     grid = ddim_grid(config.steps)
     n = len(example_timesteps)
     order = torch.randperm(
-        len(grid), generator=_cpu_generator(iteration_seed(config.seed, iteration, "timesteps"))
+        len(grid), generator=cpu_generator(iteration_seed(config.seed, iteration, "timesteps"))
     )
     return sorted(grid[int(j)] for j in order[:n])
 
@@ -239,73 +228,27 @@ def _escape_inference_mode(module: nn.Module) -> nn.Module:
 # ---------------------------------------------------------------------------------------------
 # the example sketch
 # ---------------------------------------------------------------------------------------------
-_LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, what PIL's convert("L") uses
-
-
-def _channels_last(x: torch.Tensor) -> torch.Tensor:
-    """[B, H, W, C] from ComfyUI's [B, H, W, C] or torch's [B, C, H, W] (channels 1-4)."""
-    last, second = x.shape[-1], x.shape[1]
-    if last in (1, 2, 3, 4):
-        return x  # ComfyUI IMAGE layout (preferred when both readings are possible)
-    if second in (1, 2, 3, 4):
-        return x.permute(0, 2, 3, 1)
-    raise InvalidInputError(
-        f"the sketch has shape {list(x.shape)}: expected an image [B, H, W, C] (ComfyUI) or [B, C, H, W] with "
-        "1 (grey), 2 (grey + alpha), 3 (RGB) or 4 (RGBA) channels"
-    )
-
-
-def prepare_sketch(image: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, list[str]]:
+def prepare_sketch(image, size: tuple[int, int]) -> tuple[torch.Tensor, list[str]]:
     """The example sketch as the trainer wants it: ``[1, 1, H, W]`` float32 in [0, 1] (white = 1).
 
-    ``image``: a ComfyUI IMAGE ``[1, H, W, C]``, a torch image ``[1, C, H, W]`` (or without the batch
-    dimension, or ``[H, W]``), float in [0, 1] or uint8. RGB becomes grey by luminance; alpha is
-    composited over white; ``size`` is the example's ``(width, height)``: another size is resized
-    (bilinear, antialiased), with a notice. Returns ``(sketch, notices)``.
+    ``image``: one image as :func:`~diffsketch.images.image_batch` reads it (a ComfyUI IMAGE
+    ``[1, H, W, C]``, a torch image ``[1, C, H, W]``, ``[H, W, C]``, ``[H, W]``; float in [0, 1],
+    uint8, uint16). RGB becomes grey by luminance; alpha is composited over white; ``size`` is
+    the example's ``(width, height)``: another size is resized (bilinear, antialiased), with a
+    notice. Returns ``(sketch, notices)``.
     """
-    if not isinstance(image, torch.Tensor):
-        raise InvalidInputError(f"the sketch must be an image tensor, got {type(image).__name__}")
     width, height = (int(s) for s in size)
     notices: list[str] = []
     with torch.inference_mode(False):
-        x = image.detach().cpu()
-        if x.dim() == 2:
-            x = x[None, :, :, None]
-        elif x.dim() == 3:
-            x = x[None]
-        if x.dim() != 4:
-            raise InvalidInputError(
-                f"the sketch has shape {list(image.shape)}; expected one image [1, H, W, C] (ComfyUI) or [1, C, H, W]"
-            )
+        x = image_batch(image, "the sketch", channels_first=True)
         if x.shape[0] != 1:
             raise InvalidInputError(
                 f"the sketch input holds a batch of {x.shape[0]} images; DiffSketch learns from ONE example: "
                 "connect a single sketch (e.g. pick one with an image-batch selector)."
             )
-        x = _channels_last(x)
-        if x.dtype == torch.uint8:
-            x = x.float() / 255.0
-        elif x.dtype.is_floating_point:
-            x = x.float()
-        else:
-            raise InvalidInputError(f"the sketch has dtype {x.dtype}; expected float in [0, 1] or uint8")
-        if x.numel() == 0:
-            raise InvalidInputError(f"the sketch is empty (shape {list(image.shape)})")
-        if not torch.isfinite(x).all():
-            raise InvalidInputError("the sketch contains NaN or infinite values")
-        lo, hi = float(x.min()), float(x.max())
-        if lo < -1e-3 or hi > 1 + 1e-3:
-            hint = " (it looks like 0-255 values: divide by 255)" if hi > 2 else ""
-            raise InvalidInputError(f"the sketch values span [{lo:.3g}, {hi:.3g}]; expected [0, 1]{hint}")
-        x = x.clamp(0, 1)
-        channels = x.shape[-1]
-        if channels in (2, 4):
-            colour, alpha = x[..., :-1], x[..., -1:]
-            x = colour * alpha + (1 - alpha)  # over white paper
+        if x.shape[-1] in (2, 4):
             notices.append("the sketch's transparency was composited over white")
-        if x.shape[-1] == 3:
-            x = (x * torch.tensor(_LUMA)).sum(-1, keepdim=True)
-        x = x.permute(0, 3, 1, 2).contiguous()  # [1, 1, H, W]
+        x = as_grey(x).permute(0, 3, 1, 2).contiguous()  # [1, 1, H, W]
         h, w = x.shape[-2:]
         if (w, h) != (width, height):
             aspect = "" if w * height == h * width else " (the aspect ratio changes: the sketch is stretched)"
@@ -431,9 +374,6 @@ class Trainer:
         self.device = torch.device(config.device)
         self.notices: list[str] = []
         self.history: list[dict] = []
-        self.step = 0
-        self.last_checkpoint: Path | None = None
-        self.last_checkpoint_step: int | None = None
 
         if not isinstance(example, CapturedSample):
             raise InvalidInputError(f"example must be a CapturedSample, got {type(example).__name__}")
@@ -494,10 +434,38 @@ class Trainer:
 
         # The loop runs on its own copy of torch's global RNG (the caller's is left untouched), saved
         # in checkpoints; nothing in the loop draws from it today, so it only guards future code.
-        self._cpu_rng = _cpu_generator(iteration_seed(config.seed, 0, "global")).get_state()
+        self._cpu_rng = cpu_generator(iteration_seed(config.seed, 0, "global")).get_state()
         self._cuda_rng: torch.Tensor | None = None
+        self.loop = TrainingLoop(
+            what="training",
+            model=self.generator,
+            iterations=config.iterations,
+            save=(lambda: self.save_checkpoint(self.checkpoint_path))
+            if self.checkpoint_path is not None
+            else None,
+            checkpoint_every=config.checkpoint_every,
+            resume_hint=(
+                "to continue, resume from it (Trainer(..., resume_from='{path}') or the Train node's resume "
+                "option) with the same example"
+            ),
+            unsaved_hint="this Trainer still holds the state: call run() again to continue",
+            divergence_advice=f"Resume from the last good checkpoint with a lower learning rate (now {config.lr:g}).",
+        )
         if resume_from is not None:
             self.resume(resume_from)
+
+    # The step count and the last checkpoint are the loop's.
+    @property
+    def step(self) -> int:
+        return self.loop.step
+
+    @property
+    def last_checkpoint(self) -> Path | None:
+        return self.loop.last_checkpoint
+
+    @property
+    def last_checkpoint_step(self) -> int | None:
+        return self.loop.last_checkpoint_step
 
     # -- construction helpers --------------------------------------------------------------------
     def _check_timesteps(self) -> None:
@@ -528,9 +496,7 @@ class Trainer:
         else:
             gconfig = GeneratorConfig.from_spec(spec, len(self.timesteps))
         # Initial weights depend on the seed only, not on the caller's global RNG.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(iteration_seed(self.config.seed, 0, "init"))
-            return SketchGenerator(spec, gconfig)
+        return seeded(iteration_seed(self.config.seed, 0, "init"), lambda: SketchGenerator(spec, gconfig))
 
     # -- public API ------------------------------------------------------------------------------
     @property
@@ -569,50 +535,27 @@ class Trainer:
         Any other exception also writes a checkpoint first (when the state is consistent);
         :class:`TrainingDiverged` does not, so the last good checkpoint is kept.
         """
+        every = self.config.preview_every
+        iterations = self.config.iterations
+
+        def report(step: int, result) -> None:
+            log, extras, preview_parts = result
+            self.history.append({"step": step, **log, **extras})
+            preview = None
+            if every and (step % every == 0 or step == iterations):
+                preview = preview_image(*preview_parts)
+            if on_step is not None:
+                on_step(step, dict(log), preview)
+
+        self.loop.on_checkpoint = on_checkpoint
         with torch.inference_mode(False), torch.enable_grad(), self._own_rng():
             self.generator.train()
-            consistent = True
-            try:
-                while self.step < self.config.iterations:
-                    if should_stop is not None and should_stop():
-                        raise _StopRequested
-                    i = self.step
-                    log, extras, preview_parts = self._forward_backward(i, should_stop)
-                    consistent = False
-                    self.optimizer.step()
-                    self.step = i + 1
-                    consistent = True
-                    entry = {"step": self.step, **log, **extras}
-                    self.history.append(entry)
-                    preview = None
-                    every = self.config.preview_every
-                    if every and (self.step % every == 0 or self.step == self.config.iterations):
-                        preview = preview_image(*preview_parts)
-                    if on_step is not None:
-                        on_step(self.step, dict(log), preview)
-                    every = self.config.checkpoint_every
-                    if every and self.step % every == 0 and self.step < self.config.iterations:
-                        self._checkpoint(on_checkpoint)
-                if self.last_checkpoint_step != self.step:
-                    self._checkpoint(on_checkpoint)
-            except _StopRequested:
-                where = self.last_checkpoint if self.last_checkpoint_step == self.step else None
-                where = where or self._checkpoint(on_checkpoint)
-                raise TrainingInterrupted(self._cancel_message(where)) from None
-            except TrainingDiverged:
-                raise
-            except BaseException as e:
-                # Foreign interruptions (ComfyUI's interrupt, Ctrl-C, out of memory): keep the progress.
-                if consistent and self.checkpoint_path is not None and self.last_checkpoint_step != self.step:
-                    try:
-                        self._checkpoint(on_checkpoint)
-                        if hasattr(e, "add_note"):
-                            e.add_note(
-                                f"DiffSketch saved a resumable checkpoint at step {self.step}: {self.last_checkpoint}"
-                            )
-                    except Exception:  # the original error matters more than a failed save
-                        pass
-                raise
+            self.loop.run(
+                compute=lambda i: self._forward_backward(i, should_stop),
+                apply=lambda i, result: self.optimizer.step(),
+                report=report,
+                should_stop=should_stop,
+            )
         return self.generator
 
     def resume(self, path: str | Path) -> None:
@@ -668,13 +611,13 @@ class Trainer:
                 f"{path.name} is already at step {step} of the {self.config.iterations} asked; raise iterations to "
                 "train further"
             )
-        self.step = step
+        self.loop.step = step
         self.history = [dict(h) for h in meta.get("history", [])][:step]
         if "torch_cpu" in rng:
             self._cpu_rng = rng["torch_cpu"]
         self._cuda_rng = rng.get("torch_cuda")
-        self.last_checkpoint = path
-        self.last_checkpoint_step = step
+        self.loop.mark_saved(path, step)
+        logger.info("DiffSketch: resuming training from %s at step %d", path, step)
 
     def checkpoint_meta(self) -> dict:
         return {
@@ -687,12 +630,8 @@ class Trainer:
         }
 
     def save_checkpoint(self, path: str | Path) -> Path:
-        """Write a resumable checkpoint of the current state to ``path``."""
-        for name, p in self.generator.named_parameters():
-            if not torch.isfinite(p).all():
-                raise TrainingDiverged(
-                    f"the generator weight {name} holds NaN/inf at step {self.step}; not writing it over a checkpoint"
-                )
+        """Write a resumable checkpoint of the current state to ``path`` (NaN or infinite weights are
+        refused, so a diverged state never overwrites a good checkpoint)."""
         rng = {"torch_cpu": self._current_cpu_rng()}
         cuda = self._current_cuda_rng()
         if cuda is not None:
@@ -734,16 +673,15 @@ class Trainer:
     def _sample(self, i: int, should_stop: StopCallback | None) -> tuple[CapturedSample, dict]:
         c = self.config
         condition = self.conditions.condition_for_iteration(
-            self.pivot, i, c.h_iter, generator=_cpu_generator(iteration_seed(c.seed, i, "condition"))
+            self.pivot, i, c.h_iter, generator=cpu_generator(iteration_seed(c.seed, i, "condition"))
         )
 
         def progress(done, total):
             if should_stop is not None and should_stop():
-                raise _StopRequested
+                raise StopRequested
 
         seed = iteration_seed(c.seed, i, "sample")
-        sample = self.backend.sample(
-            condition,
+        sampling = SamplingSettings(
             seed=seed,
             steps=c.steps,
             cfg=c.cfg,
@@ -751,8 +689,8 @@ class Trainer:
             height=self.height,
             timesteps=iteration_timesteps(c, i, self.timesteps),
             schedule=c.schedule,
-            progress=progress,
         )
+        sample = self.backend.sample(condition, sampling, progress=progress)
         extras = {
             "cdst_weight": blend_weight(i, c.h_iter),
             "sample_seed": seed,
@@ -786,59 +724,26 @@ class Trainer:
         parts = (sample.image, sample_sketch.detach(), example_sketch.detach(), self.example_sketch)
         return log, extras, parts
 
-    def _where_good(self) -> str:
-        if self.last_checkpoint is not None:
-            return (
-                f"The last good checkpoint is {self.last_checkpoint} (step {self.last_checkpoint_step}); resume from "
-                f"it with a lower learning rate (now {self.config.lr:g})."
-            )
-        if self.checkpoint_path is None:
-            return "No checkpoint path was given, so nothing was saved; retry with a lower learning rate."
-        return (
-            f"No checkpoint had been written yet; retry with a lower learning rate (now {self.config.lr:g})."
-        )
-
     def _check_finite(self, i: int, log: Mapping[str, float]) -> None:
         bad = {k: v for k, v in log.items() if k != "total" and not math.isfinite(v)}
         if not bad and math.isfinite(log.get("total", 0.0)):
             return
         terms = sorted({k[: -len("_weighted")] if k.endswith("_weighted") else k for k in bad}) or ["total"]
         values = ", ".join(f"{k}={v}" for k, v in bad.items()) or f"total={log.get('total')}"
-        raise TrainingDiverged(
-            f"training stopped at step {i + 1}: the loss term(s) {', '.join(terms)} became non-finite ({values}); "
-            f"the step was not applied. {self._where_good()}"
+        raise self.loop.diverged(
+            i + 1,
+            f"the loss term(s) {', '.join(terms)} became non-finite ({values}); the step was not applied",
         )
 
     def _check_gradients(self, i: int) -> None:
         for name, p in self.generator.named_parameters():
             if p.grad is not None and not torch.isfinite(p.grad).all():
-                raise TrainingDiverged(
-                    f"training stopped at step {i + 1}: the gradient of {name} became non-finite although the loss "
-                    f"is finite; the step was not applied. {self._where_good()}"
+                raise self.loop.diverged(
+                    i + 1,
+                    f"the gradient of {name} became non-finite although the loss is finite; the step was not applied",
                 )
 
-    # -- checkpoints and RNG ---------------------------------------------------------------------
-    def _checkpoint(self, on_checkpoint: CheckpointCallback | None) -> Path | None:
-        if self.checkpoint_path is None:
-            return None
-        path = self.save_checkpoint(self.checkpoint_path)
-        self.last_checkpoint, self.last_checkpoint_step = path, self.step
-        if on_checkpoint is not None:
-            on_checkpoint(path, self.step)
-        return path
-
-    def _cancel_message(self, where: Path | None) -> str:
-        done = f"Training cancelled after {self.step} of {self.config.iterations} steps."
-        if where is None:
-            return (
-                f"{done} No checkpoint path was given, so nothing was saved; this Trainer still holds the state: call "
-                "run() again to continue."
-            )
-        return (
-            f"{done} A resumable checkpoint is at {where}; to continue, resume from it (Trainer(..., "
-            f"resume_from='{where}') or the Train node's resume option) with the same example."
-        )
-
+    # -- RNG ---------------------------------------------------------------------------------------
     def _cuda_index(self) -> int | None:
         if self.device.type != "cuda":
             return None
@@ -882,7 +787,6 @@ __all__ = [
     "CHECKPOINT_VERSION",
     "TrainConfig",
     "Trainer",
-    "iteration_seed",
     "iteration_timesteps",
     "loss_curve_image",
     "prepare_sketch",

@@ -6,6 +6,8 @@ import pytest
 import torch
 from comfy_harness import COMFYUI_PATH, error_message
 
+from diffsketch.capture.sampling import SamplingSettings
+
 FEW = dict(seed=3, steps=10, cfg=5.0, width=64, height=64, timesteps=(1, 501, 901))
 
 
@@ -87,8 +89,8 @@ def test_parity_with_diffusers_backend(comfy_inprocess, loaded_checkpoint, tiny_
     cond_c, cond_d = comfy_b.encode_prompt(prompt), diff_b.encode_prompt(prompt)
     assert _rel(cond_d, cond_c) < 1e-3
     with torch.inference_mode():  # as inside a ComfyUI prompt
-        a = comfy_b.sample(cond_c, **FEW)
-    b = diff_b.sample(cond_c, **FEW)
+        a = comfy_b.sample(cond_c, SamplingSettings(**FEW))
+    b = diff_b.sample(cond_c, SamplingSettings(**FEW))
     assert a.timesteps == b.timesteps == (1, 501, 901)
     assert _rel(a.image, b.image) < 1e-3
     assert _rel(a.latent, b.latent) < 1e-3
@@ -137,7 +139,7 @@ def test_no_hooks_left_after_success_failure_and_interrupt(comfy_inprocess, load
     kw = dict(seed=1, steps=5, width=64, height=64, timesteps=(1, 401))
 
     with torch.inference_mode():
-        backend.sample("a cat", **kw)
+        backend.sample("a cat", SamplingSettings(**kw))
     assert _hook_count(model) == 0 and _vae_hook_count(vae) == 0
 
     def fail(step, total):
@@ -145,7 +147,7 @@ def test_no_hooks_left_after_success_failure_and_interrupt(comfy_inprocess, load
             raise RuntimeError("boom")
 
     with torch.inference_mode(), pytest.raises(RuntimeError, match="boom"):
-        backend.sample("a cat", progress=fail, **kw)
+        backend.sample("a cat", SamplingSettings(**kw), progress=fail)
     assert _hook_count(model) == 0
 
     def interrupt(step, total):
@@ -154,7 +156,7 @@ def test_no_hooks_left_after_success_failure_and_interrupt(comfy_inprocess, load
 
     try:
         with torch.inference_mode(), pytest.raises(mm.InterruptProcessingException):
-            backend.sample("a cat", progress=interrupt, **kw)
+            backend.sample("a cat", SamplingSettings(**kw), progress=interrupt)
     finally:
         mm.interrupt_current_processing(False)
     assert _hook_count(model) == 0 and _vae_hook_count(vae) == 0

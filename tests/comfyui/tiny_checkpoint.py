@@ -1,4 +1,4 @@
-"""Write a random-weight SD1.5-format checkpoint with ComfyUI's own module classes (comfyui.md §11).
+"""Write a random-weight SD1.5-format checkpoint with ComfyUI's own module classes.
 
 The UNet keeps SD 1.5's block pattern (2 ResBlocks per level, cross-attention on the first three
 levels, 12 output blocks) with 320 channels at every level, so ComfyUI detects it as SD15 and
@@ -51,7 +51,7 @@ def prepare_comfy_import(comfy_path: str) -> None:
     """Make ``import comfy...`` work in-process on a CPU-only machine.
 
     comfy.model_management probes CUDA at import and ``args`` are not parsed from argv when
-    ComfyUI is imported as a library, so force CPU first (comfyui.md §11)."""
+    ComfyUI is imported as a library, so force CPU first."""
     if comfy_path not in sys.path:
         sys.path.insert(0, comfy_path)
     import comfy.cli_args

@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...errors import FileFormatError, InvalidInputError, WeightsNotFoundError
+from ...fileio import load_state_strict
 
 
 def activation_statistics(features) -> tuple[np.ndarray, np.ndarray]:
@@ -85,73 +86,34 @@ FID_WEIGHTS_SOURCE = (
 )
 
 
-def _tv_inception():
-    from torchvision.models import inception as tv_inception
-
-    return tv_inception
-
-
 def _fid_blocks():
-    """FID's Inception blocks: the TF graph pools differently from torchvision in three places."""
-    tv = _tv_inception()
-
-    def avg_pool_no_pad(x):
-        # TF's 'SAME' average pooling divides by the number of real pixels at the border.
-        return F.avg_pool2d(x, kernel_size=3, stride=1, padding=1, count_include_pad=False)
-
-    class FIDInceptionA(tv.InceptionA):
-        def _forward(self, x):
-            b1 = self.branch1x1(x)
-            b5 = self.branch5x5_2(self.branch5x5_1(x))
-            b3 = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
-            bp = self.branch_pool(avg_pool_no_pad(x))
-            return [b1, b5, b3, bp]
-
-    class FIDInceptionC(tv.InceptionC):
-        def _forward(self, x):
-            b1 = self.branch1x1(x)
-            b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
-            bd = self.branch7x7dbl_1(x)
-            for conv in (self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4, self.branch7x7dbl_5):
-                bd = conv(bd)
-            bp = self.branch_pool(avg_pool_no_pad(x))
-            return [b1, b7, bd, bp]
-
-    class FIDInceptionE(tv.InceptionE):
-        def __init__(self, in_channels: int, max_pool: bool):
-            super().__init__(in_channels)
-            self.use_max_pool = max_pool
-
-        def _forward(self, x):
-            b1 = self.branch1x1(x)
-            b3 = self.branch3x3_1(x)
-            b3 = torch.cat([self.branch3x3_2a(b3), self.branch3x3_2b(b3)], 1)
-            bd = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
-            bd = torch.cat([self.branch3x3dbl_3a(bd), self.branch3x3dbl_3b(bd)], 1)
-            # The last block of the TF graph max-pools here (a known quirk of the FID network).
-            pooled = (
-                F.max_pool2d(x, kernel_size=3, stride=1, padding=1)
-                if self.use_max_pool
-                else avg_pool_no_pad(x)
-            )
-            bp = self.branch_pool(pooled)
-            return [b1, b3, bd, bp]
-
-    return tv, FIDInceptionA, FIDInceptionC, FIDInceptionE
+    """pytorch-fid's Inception blocks: the TF graph FID was defined on pools differently from
+    torchvision's Inception in three places, which those blocks reproduce."""
+    try:
+        from pytorch_fid import inception
+    except ImportError as e:
+        raise ImportError(
+            "FID needs the optional package 'pytorch-fid' (its Inception blocks; the weights stay a local "
+            'file): pip install pytorch-fid, or the eval extra: pip install "diffsketch[eval]"'
+        ) from e
+    return inception
 
 
 class FIDInceptionV3(nn.Module):
-    """The Inception-v3 variant FID uses (pool3 features, 2048-D), with parameter names matching
-    pytorch-fid's weights (torchvision layout; ``fc.*`` in the file is ignored).
+    """The Inception-v3 variant FID uses (pool3 features, 2048-D): torchvision's stem and grid
+    reductions with pytorch-fid's blocks, so the parameter names match pytorch-fid's weights file
+    (its ``fc.*`` is not used). pytorch-fid's own model class is not used because building it
+    downloads the weights; here they are read from the user's file by :func:`load_fid_inception`.
 
     ``forward(images)``: ``[B, 3, H, W]`` RGB in [0, 1] -> ``[B, 2048]``. Images are resized to 299x299
-    (bilinear) and scaled to [-1, 1], as pytorch-fid does. Build it empty, then load weights with
-    :func:`load_fid_inception`; with random weights it is only good for tests.
+    (bilinear) and scaled to [-1, 1], as pytorch-fid does. With random weights it is only good for tests.
     """
 
     def __init__(self, resize_to: int | None = 299):
         super().__init__()
-        tv, block_a, block_c, block_e = _fid_blocks()
+        from torchvision.models import inception as tv
+
+        fid = _fid_blocks()
         conv = tv.BasicConv2d
         self.resize_to = resize_to
         self.Conv2d_1a_3x3 = conv(3, 32, kernel_size=3, stride=2)
@@ -159,17 +121,17 @@ class FIDInceptionV3(nn.Module):
         self.Conv2d_2b_3x3 = conv(32, 64, kernel_size=3, padding=1)
         self.Conv2d_3b_1x1 = conv(64, 80, kernel_size=1)
         self.Conv2d_4a_3x3 = conv(80, 192, kernel_size=3)
-        self.Mixed_5b = block_a(192, pool_features=32)
-        self.Mixed_5c = block_a(256, pool_features=64)
-        self.Mixed_5d = block_a(288, pool_features=64)
+        self.Mixed_5b = fid.FIDInceptionA(192, pool_features=32)
+        self.Mixed_5c = fid.FIDInceptionA(256, pool_features=64)
+        self.Mixed_5d = fid.FIDInceptionA(288, pool_features=64)
         self.Mixed_6a = tv.InceptionB(288)
-        self.Mixed_6b = block_c(768, channels_7x7=128)
-        self.Mixed_6c = block_c(768, channels_7x7=160)
-        self.Mixed_6d = block_c(768, channels_7x7=160)
-        self.Mixed_6e = block_c(768, channels_7x7=192)
+        self.Mixed_6b = fid.FIDInceptionC(768, channels_7x7=128)
+        self.Mixed_6c = fid.FIDInceptionC(768, channels_7x7=160)
+        self.Mixed_6d = fid.FIDInceptionC(768, channels_7x7=160)
+        self.Mixed_6e = fid.FIDInceptionC(768, channels_7x7=192)
         self.Mixed_7a = tv.InceptionD(768)
-        self.Mixed_7b = block_e(1280, max_pool=False)
-        self.Mixed_7c = block_e(2048, max_pool=True)
+        self.Mixed_7b = fid.FIDInceptionE_1(1280)
+        self.Mixed_7c = fid.FIDInceptionE_2(2048)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.dim() != 4 or images.shape[1] != 3:
@@ -217,19 +179,13 @@ def load_fid_inception(path: str | os.PathLike, device="cpu") -> FIDInceptionV3:
         ) from e
     state = {k: v for k, v in state.items() if not k.startswith(("fc.", "AuxLogits."))}
     model = FIDInceptionV3()
-    expected = model.state_dict()
     # Files written by old torch versions lack BatchNorm's num_batches_tracked counters; they are unused.
-    missing = sorted(k for k in expected if k not in state and not k.endswith("num_batches_tracked"))
-    unexpected = sorted(k for k in state if k not in expected)
-    wrong_shape = sorted(
-        k for k in state if k in expected and tuple(state[k].shape) != tuple(expected[k].shape)
+    for key, value in model.state_dict().items():
+        if key.endswith("num_batches_tracked"):
+            state.setdefault(key, value)
+    load_state_strict(
+        model, state, p.name, f"These are not the FID Inception weights; use {FID_WEIGHTS_SOURCE}."
     )
-    if missing or unexpected or wrong_shape:
-        raise FileFormatError(
-            f"{p.name} does not hold the FID Inception weights (missing {missing[:3]}, unexpected {unexpected[:3]}, "
-            f"wrong shapes {wrong_shape[:3]}). Use {FID_WEIGHTS_SOURCE}."
-        )
-    model.load_state_dict(state, strict=False)
     return model.eval().to(device)
 
 

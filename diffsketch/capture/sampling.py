@@ -1,0 +1,103 @@
+"""How one image is sampled and what is captured: :class:`SamplingSettings`.
+
+One value for the settings that travel together -- seed, DDIM steps, guidance, size, capture
+timesteps and the denoising schedule -- instead of seven arguments threaded through every function
+that samples (the backends, training, pair generation, inference, the timestep analysis).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from ..errors import InvalidInputError
+from .timesteps import TimestepPlan, plan_timesteps
+
+SIZE_MULTIPLE = 64
+MAX_SIZE = 4096
+
+
+def check_size(width: int, height: int) -> None:
+    for name, v in (("width", width), ("height", height)):
+        if not isinstance(v, int) or v < SIZE_MULTIPLE or v > MAX_SIZE or v % SIZE_MULTIPLE:
+            lo = max(SIZE_MULTIPLE, (int(v) // SIZE_MULTIPLE) * SIZE_MULTIPLE) if isinstance(v, int) else 512
+            raise InvalidInputError(
+                f"{name}={v} is not supported: it must be a multiple of {SIZE_MULTIPLE} between {SIZE_MULTIPLE} and "
+                f"{MAX_SIZE} (the UNet halves the latent three times), e.g. {lo} or {lo + SIZE_MULTIPLE}."
+            )
+
+
+def fast_schedule(plan: TimestepPlan) -> list[int]:
+    """Descending timesteps visiting only the captured ones plus the final step t=1.
+
+    DDIM (eta=0) is valid on any decreasing subsequence of the training timesteps, so sampling
+    only where features are captured cuts UNet evaluations from len(grid) to len(plan.used)+1 at
+    most, at the cost of a coarser ODE solve (images differ from the full-schedule ones).
+    """
+    return sorted(set(plan.used) | {plan.grid[0]}, reverse=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingSettings:
+    """How one image is sampled: everything that, with the condition, decides the image.
+
+    - ``seed``: the initial noise (CPU generator, as ComfyUI's ``prepare_noise``).
+    - ``steps``, ``cfg``: DDIM steps (eta 0) and classifier-free guidance ("" as the negative).
+    - ``width``, ``height``: pixels, multiples of 64.
+    - ``timesteps``: the UNet timesteps to capture (None: the paper's 13), mapped to the nearest
+      steps of the ``steps``-step grid.
+    - ``schedule``: "full" (the whole grid), "fast" (the captured timesteps and the final step) or
+      an explicit strictly decreasing tuple of timesteps.
+
+    Checked when built, so a bad value fails where it was given.
+    """
+
+    seed: int = 0
+    steps: int = 50
+    cfg: float = 5.0
+    width: int = 512
+    height: int = 512
+    timesteps: tuple[int, ...] | None = None
+    schedule: str | tuple[int, ...] = "full"
+
+    def __post_init__(self):
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise InvalidInputError(f"seed must be a non-negative integer, got {self.seed!r}.")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise InvalidInputError(f"steps must be an integer >= 1, got {self.steps!r}.")
+        if (
+            isinstance(self.cfg, bool)
+            or not isinstance(self.cfg, (int, float))
+            or not math.isfinite(self.cfg)
+            or self.cfg < 0
+        ):
+            raise InvalidInputError(f"cfg must be a finite number >= 0, got {self.cfg!r}")
+        object.__setattr__(self, "cfg", float(self.cfg))
+        check_size(self.width, self.height)
+        if self.timesteps is not None:
+            object.__setattr__(self, "timesteps", tuple(int(t) for t in self.timesteps))
+        if isinstance(self.schedule, str):
+            if self.schedule not in ("full", "fast"):
+                raise InvalidInputError(
+                    f"schedule must be 'full', 'fast' or a list of timesteps, got {self.schedule!r}"
+                )
+        else:
+            sched = tuple(int(t) for t in self.schedule)
+            if list(sched) != sorted(set(sched), reverse=True):
+                raise InvalidInputError("an explicit schedule must be strictly decreasing timesteps")
+            object.__setattr__(self, "schedule", sched)
+
+    def replace(self, **changes) -> SamplingSettings:
+        return dataclasses.replace(self, **changes)
+
+    def plan(self) -> TimestepPlan:
+        """The capture timesteps on this grid (raises when ``steps`` cannot keep them apart)."""
+        return plan_timesteps(self.steps, self.timesteps)
+
+    def denoising_schedule(self, plan: TimestepPlan) -> list[int]:
+        """The descending timesteps the sampler visits."""
+        if self.schedule == "full":
+            return sorted(plan.grid, reverse=True)
+        if self.schedule == "fast":
+            return fast_schedule(plan)
+        return list(self.schedule)
