@@ -18,7 +18,8 @@ import json
 import logging
 import os
 import re
-import tempfile
+import secrets
+import stat
 import time
 import unicodedata
 from collections.abc import Mapping
@@ -40,7 +41,7 @@ _HEADER_KEY = "diffsketch"
 CHECKSUM_KEY = "checksum"
 
 # Temporary files of atomic writes: ".<target name>.<8 random characters>.tmp" beside the target
-# (tempfile.mkstemp's names). A temporary file is stale -- left by a crash or kill -9, never to
+# (made by _new_temp_file). A temporary file is stale -- left by a crash or kill -9, never to
 # be renamed -- once nobody has written to it for STALE_TEMP_SECONDS: a writer that is alive
 # keeps touching its file until it renames it, and no write of ours pauses for minutes.
 _TEMP_SUFFIX = ".tmp"
@@ -152,6 +153,28 @@ def remove_stale_temp_files(
     return removed
 
 
+_TEMP_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"
+
+
+def _new_temp_file(path: Path) -> str:
+    """Create an empty ".<name>.<8 random characters>.tmp" beside ``path`` and return its path.
+
+    Unlike ``tempfile.mkstemp`` (always mode 0600), the file is created with mode 0666 less the
+    process umask, as ``open()`` creates files, so what DiffSketch saves is as readable as any
+    other file the user makes. The kernel applies the umask, so it is never read or changed (a
+    read-and-restore of the umask would briefly change it for every thread of the process)."""
+    for _ in range(100):
+        suffix = "".join(secrets.choice(_TEMP_CHARS) for _ in range(8))
+        tmp = path.parent / f".{path.name}.{suffix}{_TEMP_SUFFIX}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return str(tmp)
+    raise FileExistsError(f"could not create a temporary file beside {path}")
+
+
 @contextmanager
 def atomic_target(path: str | os.PathLike):
     """Yield a temporary path beside ``path``; on success it is fsynced and renamed onto ``path``,
@@ -160,10 +183,13 @@ def atomic_target(path: str | os.PathLike):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(path.parent, path.name)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TEMP_SUFFIX, dir=path.parent)
-    os.close(fd)
+    tmp = _new_temp_file(path)
     try:
+        mode = stat.S_IMODE(os.stat(tmp).st_mode)
         yield tmp
+        # A writer that re-creates the file (safetensors' save_file makes it 0600) loses the mode.
+        if stat.S_IMODE(os.stat(tmp).st_mode) != mode:
+            os.chmod(tmp, mode)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

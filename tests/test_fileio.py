@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import stat
+import sys
 import unicodedata
 
 import pytest
+import torch
 
 from diffsketch.errors import InvalidInputError
-from diffsketch.fileio import check_save_name
+from diffsketch.fileio import atomic_write_bytes, check_save_name, save_tensors
 
 
 @pytest.mark.parametrize(
@@ -90,3 +94,30 @@ def test_unsafe_names_are_refused_with_the_reason(name, why):
     with pytest.raises(InvalidInputError, match="save_name") as info:
         check_save_name(name, "save_name")
     assert why in str(info.value)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX file modes")
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_writes_honour_the_umask(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        atomic_write_bytes(tmp_path / "a.json", b"{}")
+        save_tensors(tmp_path / "b.safetensors", {"w": torch.zeros(2)}, "test", 1, {})
+    finally:
+        os.umask(old)
+    for name in ("a.json", "b.safetensors"):
+        mode = stat.S_IMODE((tmp_path / name).stat().st_mode)
+        assert mode == 0o666 & ~umask, (name, oct(mode))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.safetensors"]  # no temporary left
+
+
+def test_a_failed_atomic_write_leaves_neither_target_nor_temporary(tmp_path):
+    class Boom(Exception):
+        pass
+
+    from diffsketch.fileio import atomic_target
+
+    with pytest.raises(Boom), atomic_target(tmp_path / "x.bin") as tmp:
+        assert os.path.basename(tmp).startswith(".x.bin.") and tmp.endswith(".tmp")
+        raise Boom
+    assert list(tmp_path.iterdir()) == []
