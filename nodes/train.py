@@ -223,7 +223,6 @@ class DiffSketchTrain(io.ComfyNode):
         checkpoint_every,
     ) -> io.NodeOutput:
         from diffsketch.plotting import to_image_tensor
-        from diffsketch.train.generator import save_generator
         from diffsketch.train.losses import DiffSketchLoss, LossWeights
         from diffsketch.train.trainer import TrainConfig, Trainer, prepare_sketch
 
@@ -287,7 +286,7 @@ class DiffSketchTrain(io.ComfyNode):
             trainer.run(on_step=on_step, should_stop=comfy.model_management.processing_interrupted)
             generator = trainer.generator.eval()
             out_path = save_path(FOLDER, name + ".safetensors")
-            save_generator(out_path, generator, trainer.generator_meta())
+            trainer.save_generator(out_path)  # the generator output carries the same record as the file
             curve = to_image_tensor(trainer.loss_curve_image())
         logger.info("[DiffSketch] saved generator to %s", out_path)
         previews = last_preview.get("image")

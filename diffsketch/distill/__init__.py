@@ -61,8 +61,9 @@ def distill(
     should_stop: StopCallback | None = None,
     device: str | torch.device = "cpu",
 ) -> SketchExtractor:
-    """Generate ``pair_count`` pairs into ``out_dir`` with ``sampling`` (resuming any already there),
-    then train a student on them (see :func:`generate_pairs` and :func:`train_student`).
+    """Generate ``pair_count`` pairs into ``out_dir`` with ``sampling`` (resuming any already there;
+    its timesteps and schedule, where None, are the generator's), then train a student on them
+    (see :func:`generate_pairs` and :func:`train_student`).
 
     The training checkpoint defaults to ``out_dir/student_checkpoint.safetensors``; with
     ``resume`` an existing one is continued. ``progress(done, total)`` reports pair generation,
