@@ -270,9 +270,12 @@ class PairSet:
     ``(image [3,H,W], sketch [1,H,W])`` float32 tensors in [0, 1]. ``pairs.indices`` maps k to the
     file index, ``pairs.settings`` is the manifest's settings. Every listed file is checked to
     exist when the set is opened, so a damaged folder fails at once rather than mid-training.
+
+    ``count`` takes pairs ``0 .. count-1`` only (all must be complete), so a folder that holds
+    more pairs than a run asked for gives that run exactly the pairs it asked for.
     """
 
-    def __init__(self, out_dir: str | os.PathLike):
+    def __init__(self, out_dir: str | os.PathLike, count: int | None = None):
         self.root = Path(out_dir)
         manifest = _read_manifest(self.root) if self.root.is_dir() else None
         if manifest is None:
@@ -282,6 +285,13 @@ class PairSet:
         self.settings: dict = manifest["settings"]
         self.requested: int | None = manifest.get("requested")
         self.indices: list[int] = manifest["done"]
+        if count is not None:
+            absent = sorted(set(range(count)) - set(self.indices))
+            if absent:
+                raise InvalidInputError(
+                    f"{self.root} lacks {len(absent)} of pairs 0..{count - 1} (e.g. {absent[:3]}); generate them first."
+                )
+            self.indices = list(range(count))
         missing = [str(p) for i in self.indices for p in pair_paths(self.root, i) if not p.is_file()]
         if missing:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
@@ -292,6 +302,12 @@ class PairSet:
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def fingerprint(self) -> str:
+        """A short hash of which pairs these are: the folder's settings (teacher included) and the
+        pair indices. Two sets with one fingerprint hold the same pairs."""
+        blob = json.dumps({"settings": self.settings, "indices": _to_ranges(self.indices)}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not -len(self) <= k < len(self):
@@ -422,4 +438,4 @@ def generate_pairs(
                 progress(done, count)
     finally:
         generator.train(was_training)
-    return PairSet(writer.root)
+    return PairSet(writer.root, count=count)
