@@ -20,16 +20,24 @@ logger = logging.getLogger("diffsketch.nodes")
 
 FOLDER = "diffsketch_generators"
 NO_RESUME = "(start fresh)"
+# Training checkpoints (Train's, in generators/checkpoints, and the command line's, beside the
+# generator) end so; they live in the generators folder but are not generators.
+CHECKPOINT_SUFFIX = ".train.safetensors"
 
 
 def _checkpoint_path(save_name: str) -> str:
-    return save_path(FOLDER, "checkpoints", save_name + ".train.safetensors")
+    return save_path(FOLDER, "checkpoints", save_name + CHECKPOINT_SUFFIX)
+
+
+def generator_names() -> list[str]:
+    """The generator files of the generators folder(s), without the training checkpoints."""
+    return [n for n in folder_paths.get_filename_list(FOLDER) if not n.endswith(CHECKPOINT_SUFFIX)]
 
 
 def _resume_options() -> list[str]:
     folder = save_path(FOLDER, "checkpoints")
     names = (
-        sorted(f for f in os.listdir(folder) if f.endswith(".train.safetensors"))
+        sorted(f for f in os.listdir(folder) if f.endswith(CHECKPOINT_SUFFIX))
         if os.path.isdir(folder)
         else []
     )
@@ -307,7 +315,7 @@ class DiffSketchLoadGenerator(io.ComfyNode):
             inputs=[
                 io.Combo.Input(
                     "generator_name",
-                    options=folder_paths.get_filename_list(FOLDER),
+                    options=generator_names(),
                     tooltip="A generator .safetensors written by DiffSketch Train or `diffsketch train`.",
                 ),
             ],
