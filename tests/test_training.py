@@ -21,7 +21,7 @@ from diffsketch.errors import (
 )
 from diffsketch.fileio import read_header
 from diffsketch.train.conditions import ConditionSampler
-from diffsketch.train.generator import GeneratorConfig, SketchGenerator, load_generator
+from diffsketch.train.generator import GeneratorConfig, SketchGenerator, load_generator, save_generator
 from diffsketch.train.inference import generate_pair
 from diffsketch.train.losses import (
     TINY_CLIP_ARCHITECTURE,
@@ -635,6 +635,9 @@ def test_generator_files_without_the_new_header_fields_still_load(env, tmp_path)
     assert trained.family == "sd1" and trained.timesteps == TIMESTEPS and trained.schedule == "fast"
     bare = load_generator(old_file("bare.safetensors", {}))
     assert bare.family == "sd1" and bare.timesteps is None and bare.schedule == "full"
+    # A generator saved without timesteps of its own takes those its caller's meta records.
+    recorded = save_generator(tmp_path / "recorded.safetensors", generator, {"timesteps": list(TIMESTEPS)})
+    assert load_generator(recorded).timesteps == TIMESTEPS
 
 
 def test_a_generator_meets_only_a_model_of_its_backbone_family(env, tmp_path, monkeypatch):

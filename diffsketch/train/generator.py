@@ -719,8 +719,8 @@ def load_generator(
     meta = header.get("meta", {})
     meta = meta if isinstance(meta, dict) else {}
     # Files written before these header fields existed kept the timesteps in the trainer's meta
-    # and the schedule in its training settings (none at all: the full schedule).
-    timesteps = header.get("timesteps", meta.get("timesteps"))
+    # (so may a caller's own meta) and the schedule in its training settings (none: the full one).
+    timesteps = header.get("timesteps") or meta.get("timesteps")
     training = meta.get("training") if isinstance(meta.get("training"), dict) else {}
     schedule = header.get("schedule", training.get("schedule", "full"))
     try:

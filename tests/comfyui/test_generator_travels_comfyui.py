@@ -47,6 +47,13 @@ def _checkpoint():
     return {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}}
 
 
+def _fit_conditions(save_name, prompts="a horse\na cat\na city at night\na bowl of fruit\na mountain lake"):
+    return {
+        "class_type": "DiffSketchFitConditions",
+        "inputs": {"clip": ["1", 1], "prompts": prompts, "components": 4, "seed": 0, "save_name": save_name},
+    }
+
+
 def _generate_and_distill(graph, prefix, generator, conditions, save_name, pair_count=2, batch_size=2):
     graph[f"{prefix}1"] = {
         "class_type": "DiffSketchGenerate",
@@ -85,16 +92,7 @@ def _extractor_weights(comfy_server, name) -> dict:
 def test_a_trained_generator_samples_alike_straight_from_train_and_from_its_file(comfy_server, loss_files):
     graph = {
         "1": _checkpoint(),
-        "2": {
-            "class_type": "DiffSketchFitConditions",
-            "inputs": {
-                "clip": ["1", 1],
-                "prompts": "a horse\na cat\na city at night\na bowl of fruit\na mountain lake",
-                "components": 4,
-                "seed": 0,
-                "save_name": CONDITIONS,
-            },
-        },
+        "2": _fit_conditions(CONDITIONS),
         "3": {
             "class_type": "DiffSketchLoadClipLoss",
             "inputs": {
@@ -196,16 +194,7 @@ def test_a_trained_generator_samples_alike_straight_from_train_and_from_its_file
 def test_save_names_refuse_windows_device_names(comfy_server):
     graph = {
         "1": _checkpoint(),
-        "2": {
-            "class_type": "DiffSketchFitConditions",
-            "inputs": {
-                "clip": ["1", 1],
-                "prompts": "a horse\na cat",
-                "components": 1,
-                "seed": 0,
-                "save_name": "con",
-            },
-        },
+        "2": _fit_conditions("con"),
     }
     entry = comfy_server.run(graph)
     assert entry["status"]["status_str"] == "error"
