@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import argparse
 import glob
+import shlex
 import sys
 from pathlib import Path
 
-from .errors import DiffSketchError, InvalidInputError
+from .errors import Cancelled, DiffSketchError, InvalidInputError, TrainingInterrupted
 from .images import IMAGE_SUFFIXES, read_image, save_png
-from .terminal import pick_device, progress_bar
+from .terminal import check_input_file, check_output_file, check_output_folder, pick_device, progress_bar
 
 
 # ---------------------------------------------------------------------------------------------
@@ -34,7 +35,35 @@ def load_backend(args):
 
     device = pick_device(args.device)
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    _quiet_model_loading()
     return DiffusersBackend.load(args.model, device=device, dtype=dtype)
+
+
+def _quiet_model_loading() -> None:
+    """diffusers and transformers report every model they load (progress bars, dtype advice that
+    does not apply here); the command shows its own progress, so only their errors are let
+    through. Only this command's process is changed, never the library's users."""
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    for library in (diffusers_logging, transformers_logging):
+        library.set_verbosity_error()
+        library.disable_progress_bar()
+
+
+def check_model(args) -> None:
+    """``--model`` and ``--device``: checked before anything is loaded."""
+    check_input_file(args.model, "--model", folder_ok=True)
+    pick_device(args.device)
+
+
+def check_file_kind(path, option: str, kind: str) -> Path:
+    """``path`` exists and is a DiffSketch file of ``kind`` (its header only is read)."""
+    from .fileio import read_header
+
+    path = check_input_file(path, option)
+    read_header(path, kind)
+    return path
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
@@ -62,6 +91,51 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
     return unique, missing
 
 
+def output_names(files: list[Path]) -> list[str]:
+    """One distinct output file name per input: ``<stem>.png``; inputs that share a stem
+    (``a/horse.png``, ``b/horse.jpg``) keep their extension (``horse_png.png``, ``horse_jpg.png``),
+    then as many parent folders as it takes (``a_horse_png.png``), so no sketch overwrites another."""
+
+    def name(path: Path, level: int) -> str:
+        if level == 0:
+            return path.stem
+        parts = [*path.resolve().parent.parts[1:], path.stem, path.suffix.lstrip(".") or "noext"]
+        return "_".join(parts[-(level + 1) :]) if level > 1 else f"{path.stem}_{parts[-1]}"
+
+    levels = [0] * len(files)
+    depth = max((len(f.resolve().parts) for f in files), default=0) + 1
+    for _ in range(depth):
+        names = [name(f, lv).lower() for f, lv in zip(files, levels, strict=True)]
+        clashes = {n for n in names if names.count(n) > 1}
+        if not clashes:
+            break
+        levels = [lv + 1 if n in clashes else lv for n, lv in zip(names, levels, strict=True)]
+    names = [name(f, lv) for f, lv in zip(files, levels, strict=True)]
+    seen: dict[str, int] = {}
+    unique = []
+    for n in names:  # the same path words for two files (rare): number them
+        count = seen[n.lower()] = seen.get(n.lower(), 0) + 1
+        unique.append(n if count == 1 else f"{n}_{count}")
+    return [f"{n}.png" for n in unique]
+
+
+def _resume_command(args) -> str:
+    """The command line that was run, with ``--resume`` instead of any --resume/--restart."""
+    kept, skip = [], False
+    for item in args.argv:
+        if skip:
+            skip = False
+            if not item.startswith("-"):
+                continue
+        if item == "--restart" or item.startswith("--resume="):
+            continue
+        if item == "--resume":
+            skip = True
+            continue
+        kept.append(item)
+    return "diffsketch " + shlex.join([*kept, "--resume"])
+
+
 # ---------------------------------------------------------------------------------------------
 # commands
 # ---------------------------------------------------------------------------------------------
@@ -69,6 +143,10 @@ def cmd_sample(args) -> int:
     from .capture.sampling import SamplingSettings
     from .capture.timesteps import parse_timesteps
 
+    check_model(args)
+    check_output_file(args.out, "--out")
+    if args.image:
+        check_output_file(args.image, "--image")
     sampling = SamplingSettings(
         seed=args.seed,
         steps=args.steps,
@@ -93,6 +171,10 @@ def cmd_timesteps(args) -> int:
     from .fileio import atomic_write_bytes
     from .train.conditions import load_default_prompts, parse_prompts
 
+    check_model(args)
+    if args.prompts:
+        check_input_file(args.prompts, "--prompts")
+    check_output_folder(args.out, "--out")
     backend = load_backend(args)
     prompts = parse_prompts(Path(args.prompts).read_text()) if args.prompts else load_default_prompts()
     bar = progress_bar(args.samples, "images")
@@ -125,6 +207,10 @@ def cmd_timesteps(args) -> int:
 def cmd_fit_conditions(args) -> int:
     from .train.conditions import ConditionSampler, load_default_prompts, parse_prompts
 
+    check_model(args)
+    if args.prompts:
+        check_input_file(args.prompts, "--prompts")
+    check_output_file(args.out, "--out")
     backend = load_backend(args)
     prompts = parse_prompts(Path(args.prompts).read_text()) if args.prompts else load_default_prompts()
     bar = progress_bar(len(prompts), "encoding prompts")
@@ -142,10 +228,11 @@ def cmd_fit_conditions(args) -> int:
 
 def cmd_extract(args) -> int:
     from .distill.extract import extract
-    from .distill.extractor import load_extractor
+    from .distill.extractor import EXTRACTOR_KIND, load_extractor
 
+    check_file_kind(args.extractor, "--extractor", EXTRACTOR_KIND)
+    out = check_output_folder(args.out, "--out")
     device = pick_device(args.device)
-    model = load_extractor(args.extractor, device=device)
     files, missing = expand_inputs(args.inputs)
     for m in missing:
         print(f"warning: no image matches {m!r}", file=sys.stderr)
@@ -153,19 +240,23 @@ def cmd_extract(args) -> int:
         raise InvalidInputError(
             "no input images found: give image files, folders or globs (e.g. 'photos/*.jpg')"
         )
-    out = Path(args.out)
+    model = load_extractor(args.extractor, device=device)
+    names = output_names(files)
+    for f, name in zip(files, names, strict=True):
+        if name != f"{f.stem}.png":
+            print(f"{f} -> {name} (another input is also named {f.stem!r})")
     out.mkdir(parents=True, exist_ok=True)
     from tqdm.auto import tqdm
 
     skipped = []
-    for f in tqdm(files, desc="extracting", unit="img", dynamic_ncols=True):
+    for f, name in zip(tqdm(files, desc="extracting", unit="img", dynamic_ncols=True), names, strict=True):
         try:
             image = read_image(f)
         except Exception as e:  # unreadable files are listed, never silently dropped
             skipped.append(f"{f}: {e}")
             continue
         sketch, _ = extract(model, image[None], invert=args.invert, contrast=args.contrast, tile=args.tile)
-        save_png(sketch[0], out / (f.stem + ".png"))
+        save_png(sketch[0], out / name)
     print(f"{len(files) - len(skipped)} sketches written to {out}")
     if skipped:
         print(f"{len(skipped)} unreadable file(s) skipped:", file=sys.stderr)
@@ -209,18 +300,46 @@ def _return_freed_memory_to_the_os() -> None:
 def cmd_train(args) -> int:
     import torch
 
-    from .capture.sample import CapturedSample
-    from .train.conditions import ConditionSampler
+    from .capture.sample import FEATURES_KIND, CapturedSample
+    from .fileio import read_header
+    from .train.conditions import CONDITIONS_KIND, ConditionSampler
     from .train.losses import DiffSketchLoss, build_lpips, load_clip_image_encoder
-    from .train.trainer import TrainConfig, Trainer, prepare_sketch
+    from .train.trainer import CHECKPOINT_KIND, TrainConfig, Trainer, prepare_sketch
 
-    backend = load_backend(args)
+    # every path first, then the small models, the SD model last: a mistake costs no waiting
+    check_model(args)
+    check_file_kind(args.example, "--example", FEATURES_KIND)
+    check_input_file(args.sketch, "--sketch")
+    check_file_kind(args.conditions, "--conditions", CONDITIONS_KIND)
+    check_input_file(args.clip, "--clip", folder_ok=True)
+    if args.lpips is not None:
+        check_input_file(args.lpips, "--lpips", folder_ok=True)
+    out = check_output_file(args.out, "--out")
+    checkpoint = check_output_file(args.checkpoint or out.with_suffix(".train.safetensors"), "--checkpoint")
+    if args.resume is not None and args.restart:
+        raise InvalidInputError(
+            "--resume and --restart exclude each other: continue the run, or start it over."
+        )
+    resume_from = None
+    if args.resume is not None:
+        resume_from = check_file_kind(args.resume or checkpoint, "--resume", CHECKPOINT_KIND)
+    elif checkpoint.exists() and not args.restart:
+        step = read_header(checkpoint, CHECKPOINT_KIND).get("step")
+        raise InvalidInputError(
+            f"{checkpoint} holds a training run (step {step}): continue it with --resume, or start over with "
+            "--restart (which overwrites it)."
+        )
+
     device = pick_device(args.device)
     example = CapturedSample.load(args.example)
-    sketch_img = torch.from_numpy(read_image(Path(args.sketch)))[None]
+    try:
+        sketch_img = torch.from_numpy(read_image(Path(args.sketch)))[None]
+    except OSError as e:
+        raise InvalidInputError(f"--sketch {args.sketch} cannot be read as an image ({e}).") from e
     sketch, notices = prepare_sketch(sketch_img, example.size)
     for n in notices:
         print(n)
+    conditions = ConditionSampler.load(args.conditions)
     weights = _loss_weights(args)
     clip = load_clip_image_encoder(args.clip, quick_gelu=not args.laion_clip, device=device)
     lpips_model = build_lpips(args.lpips, device=device) if weights.lpips > 0 else None
@@ -239,43 +358,75 @@ def cmd_train(args) -> int:
         checkpoint_every=args.checkpoint_every,
         device=device,
     )
+    backend = load_backend(args)
     if str(device) == "cpu":
         _return_freed_memory_to_the_os()
-    checkpoint = args.checkpoint or str(Path(args.out).with_suffix(".train.safetensors"))
     trainer = Trainer(
         backend,
         example,
         sketch,
-        ConditionSampler.load(args.conditions),
+        conditions,
         loss,
         config,
         checkpoint_path=checkpoint,
-        resume_from=args.resume,
+        resume_from=resume_from,
     )
+    for n in trainer.notices:
+        print(n)
+    if resume_from is not None:
+        print(f"resumed at step {trainer.step} of {args.iterations} from {resume_from}")
     bar = progress_bar(args.iterations, "training")
+    bar(trainer.step, args.iterations)
     try:
         trainer.run(on_step=lambda step, losses, preview: bar(step, args.iterations))
+    except (KeyboardInterrupt, TrainingInterrupted):
+        bar.close()
+        saved = trainer.last_checkpoint
+        print(f"diffsketch train: cancelled at step {trainer.step} of {args.iterations}", file=sys.stderr)
+        if saved is None:
+            print("no checkpoint was written before the cancel", file=sys.stderr)
+        else:
+            print(
+                f"checkpoint (step {trainer.last_checkpoint_step}): {saved}\nto continue: {_resume_command(args)}",
+                file=sys.stderr,
+            )
+        return 130
     finally:
         bar.close()
-    trainer.save_generator(args.out)
-    trainer.loss_curve_image().save(Path(args.out).with_suffix(".loss.png"))
-    print(f"generator: {args.out}\ncheckpoint (resume with --resume): {checkpoint}")
+    trainer.save_generator(out)
+    plot = out.with_suffix(".loss.png")
+    trainer.loss_curve_image().save(plot)
+    print(f"generator: {out}\nloss plot: {plot}\ncheckpoint (continue with --resume): {checkpoint}")
     return 0
 
 
 def cmd_generate(args) -> int:
     from .capture.sampling import SamplingSettings
-    from .train.generator import load_generator
+    from .train.generator import GENERATOR_KIND, load_generator
     from .train.inference import generate_pair
 
-    sampling = SamplingSettings(steps=args.steps, cfg=args.cfg, width=args.width, height=args.height)
-    backend = load_backend(args)
+    check_model(args)
+    check_file_kind(args.generator, "--generator", GENERATOR_KIND)
+    out = check_output_folder(args.out, "--out")
+    sampling = SamplingSettings(
+        steps=args.steps, cfg=args.cfg, width=args.width, height=args.height, schedule=args.schedule
+    )
     generator = load_generator(args.generator, device=pick_device(args.device))
-    out = Path(args.out)
-    for k in range(args.count):
-        image, sketch = generate_pair(backend, generator, args.prompt, sampling.replace(seed=args.seed + k))
-        save_png(image, out / f"{args.seed + k:06d}_image.png")
-        save_png(sketch, out / f"{args.seed + k:06d}_sketch.png")
+    backend = load_backend(args)
+    bar = progress_bar(args.count, "generating", unit="pair")
+    try:
+        for k in range(args.count):
+            image, sketch = generate_pair(
+                backend,
+                generator,
+                args.prompt,
+                sampling.replace(seed=args.seed + k),
+                progress=lambda done, total, k=k: bar(k * total + done, args.count * total),
+            )
+            save_png(image, out / f"{args.seed + k:06d}_image.png")
+            save_png(sketch, out / f"{args.seed + k:06d}_sketch.png")
+    finally:
+        bar.close()
     print(f"{args.count} image/sketch pair(s) written to {out}")
     return 0
 
@@ -284,11 +435,17 @@ def cmd_distill(args) -> int:
     from .capture.sampling import SamplingSettings
     from .distill import DistillConfig, distill
     from .distill.extractor import save_extractor
-    from .train.conditions import ConditionSampler
-    from .train.generator import load_generator
+    from .train.conditions import CONDITIONS_KIND, ConditionSampler
+    from .train.generator import GENERATOR_KIND, load_generator
     from .train.losses import build_lpips
 
-    backend = load_backend(args)
+    check_model(args)
+    check_file_kind(args.generator, "--generator", GENERATOR_KIND)
+    check_file_kind(args.conditions, "--conditions", CONDITIONS_KIND)
+    if args.lpips is not None and not args.no_lpips:
+        check_input_file(args.lpips, "--lpips", folder_ok=True)
+    check_output_folder(args.pairs_dir, "--pairs-dir")
+    out = check_output_file(args.out, "--out")
     device = pick_device(args.device)
     config = DistillConfig(
         iterations=args.iterations,
@@ -299,26 +456,54 @@ def cmd_distill(args) -> int:
         lpips_weight=0.0 if args.no_lpips else 1.0,
     )
     lpips_model = None if args.no_lpips else build_lpips(args.lpips, device=device)
-    pairs_bar = progress_bar(args.pairs, "pairs")
-    train_bar = progress_bar(args.iterations, "training")
-    student = distill(
-        backend,
-        load_generator(args.generator, device=device),
-        ConditionSampler.load(args.conditions),
-        args.pairs_dir,
-        args.pairs,
-        config,
-        # --cfg is not passed on here (the pairs use the default 5.0), as before SamplingSettings
-        SamplingSettings(seed=args.seed, steps=args.steps, width=args.width, height=args.height),
-        lpips_model=lpips_model,
-        progress=pairs_bar,
-        on_step=lambda step, losses, preview: train_bar(step, args.iterations),
-        device=device,
-    )
-    pairs_bar.close()
-    train_bar.close()
-    save_extractor(args.out, student.cpu(), student.meta)
-    print(f"extractor: {args.out}")
+    generator = load_generator(args.generator, device=device)
+    conditions = ConditionSampler.load(args.conditions)
+    backend = load_backend(args)
+    # one bar at a time: the pairs' until the student's training starts
+    bars = {"pairs": progress_bar(args.pairs, "pairs", unit="pair")}
+
+    def start_training(text: str) -> None:
+        bars.pop("pairs").close()
+        print(text)
+        bars["training"] = progress_bar(args.iterations, "training")
+
+    try:
+        student = distill(
+            backend,
+            generator,
+            conditions,
+            args.pairs_dir,
+            args.pairs,
+            config,
+            SamplingSettings(
+                seed=args.seed,
+                steps=args.steps,
+                cfg=args.cfg,
+                width=args.width,
+                height=args.height,
+                schedule=args.schedule,
+            ),
+            lpips_model=lpips_model,
+            progress=lambda done, total: bars["pairs"](done, total),
+            on_step=lambda step, losses, preview: bars["training"](step, args.iterations),
+            notice=start_training,
+            device=device,
+        )
+    except (KeyboardInterrupt, TrainingInterrupted, Cancelled):
+        for bar in bars.values():
+            bar.close()
+        print(
+            f"diffsketch distill: cancelled; the pairs made so far and the student's checkpoint are kept in "
+            f"{args.pairs_dir}: run the same command again to continue.",
+            file=sys.stderr,
+        )
+        return 130
+    if "training" in bars:  # a finished run that was only loaded reports no steps
+        bars["training"](student.meta["iterations_done"], args.iterations)
+    for bar in bars.values():
+        bar.close()
+    save_extractor(out, student.cpu(), student.meta)
+    print(f"extractor: {out}")
     return 0
 
 
@@ -339,6 +524,15 @@ def _sampling_args(p, steps=50):
     p.add_argument("--cfg", type=float, default=5.0, help="classifier-free guidance scale (default 5.0)")
     p.add_argument("--width", type=int, default=512, help="width in pixels, a multiple of 64 (default 512)")
     p.add_argument("--height", type=int, default=512, help="height in pixels, a multiple of 64 (default 512)")
+
+
+def _schedule_arg(p):
+    p.add_argument(
+        "--schedule",
+        choices=["full", "fast"],
+        default=None,
+        help="sampling schedule (default: the one the generator was trained with)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -422,9 +616,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--checkpoint-every", type=int, default=100, help="checkpoint interval (default 100)")
-    p.add_argument("--checkpoint", default=None, help="checkpoint file (default: next to --out)")
-    p.add_argument("--resume", default=None, help="continue from this checkpoint")
-    p.add_argument("--out", required=True, help="generator file to write (.safetensors)")
+    p.add_argument(
+        "--checkpoint", default=None, help="checkpoint file (default: next to --out, <out>.train.safetensors)"
+    )
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="CHECKPOINT",
+        help="continue the run in the checkpoint (default: --checkpoint's file); --iterations may be raised",
+    )
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="start from step 0 although the checkpoint file holds a run (it is overwritten)",
+    )
+    p.add_argument(
+        "--out", required=True, help="generator file to write (.safetensors); the loss plot goes beside it"
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("generate", help="sample new images and their sketches with a trained generator")
@@ -434,6 +644,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", required=True, help="what to draw")
     p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
     p.add_argument("--count", type=int, default=1, help="number of pairs (seeds seed..seed+count-1)")
+    _schedule_arg(p)
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=cmd_generate)
 
@@ -471,6 +682,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lpips", default=None, help="AlexNet weights for LPIPS (default: the torch hub cache)")
     p.add_argument("--no-lpips", action="store_true", help="train on L1 only")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    _schedule_arg(p)
     p.add_argument("--out", required=True, help="extractor file to write (.safetensors)")
     p.set_defaults(func=cmd_distill)
 
@@ -491,15 +703,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = argv
     try:
         return int(args.func(args) or 0)
     except DiffSketchError as e:
         print(f"diffsketch {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print(f"diffsketch {args.command}: cancelled", file=sys.stderr)
+        for note in getattr(e, "__notes__", []):
+            print(note, file=sys.stderr)
         return 130
 
 

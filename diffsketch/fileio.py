@@ -18,8 +18,10 @@ import json
 import logging
 import os
 import re
-import tempfile
+import secrets
+import stat
 import time
+import unicodedata
 from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,28 +37,71 @@ logger = logging.getLogger(__name__)
 
 FORMAT = "diffsketch"
 _HEADER_KEY = "diffsketch"
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._+-]{0,120}$")
 #: Header key of the weights' checksum in model files.
 CHECKSUM_KEY = "checksum"
 
 # Temporary files of atomic writes: ".<target name>.<8 random characters>.tmp" beside the target
-# (tempfile.mkstemp's names). A temporary file is stale -- left by a crash or kill -9, never to
+# (made by _new_temp_file). A temporary file is stale -- left by a crash or kill -9, never to
 # be renamed -- once nobody has written to it for STALE_TEMP_SECONDS: a writer that is alive
 # keeps touching its file until it renames it, and no write of ours pauses for minutes.
 _TEMP_SUFFIX = ".tmp"
 _TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
 STALE_TEMP_SECONDS = 15 * 60
 
+# Punctuation a save name may hold besides letters and digits of any script.
+_NAME_PUNCTUATION = " ._+-"
+_MAX_NAME_CHARS = 120
+# Room left for the suffixes DiffSketch adds (".train.safetensors", an atomic write's temporary
+# ".<name>.<8 chars>.tmp") within the 255-byte file-name limit of common file systems.
+_MAX_NAME_BYTES = 200
+# Device names Windows reserves in every folder, with or without an extension ("con.txt" too).
+_WINDOWS_DEVICES = frozenset(
+    ["CON", "PRN", "AUX", "NUL"]
+    + [f"{port}{n}" for port in ("COM", "LPT") for n in [*"0123456789", "\u00b9", "\u00b2", "\u00b3"]]
+)
+
+
+def _name_problem(name: str) -> str | None:
+    """Why ``name`` (NFC, without surrounding spaces or ".safetensors") is not a safe file name."""
+    if not name:
+        return "is empty"
+    if "/" in name or "\\" in name or ".." in name:
+        return "is a path (no folders, no '..')"
+    for ch in name:
+        kind = unicodedata.category(ch)[0]
+        if kind not in "LNM" and ch not in _NAME_PUNCTUATION:
+            return f"contains {ch!r}"
+    if unicodedata.category(name[0])[0] not in "LN":
+        return "must start with a letter or digit"
+    if name[-1] in ". ":
+        return "ends with a dot or a space (Windows drops those, so the file would get another name)"
+    if name.split(".")[0].rstrip(" ").upper() in _WINDOWS_DEVICES:
+        return (
+            "is a Windows device name (CON, PRN, AUX, NUL, COM0-9, LPT0-9), which no Windows folder can hold"
+        )
+    if len(name) > _MAX_NAME_CHARS or len(name.encode("utf-8")) > _MAX_NAME_BYTES:
+        return f"is too long (at most {_MAX_NAME_CHARS} characters and {_MAX_NAME_BYTES} bytes in UTF-8)"
+    return None
+
 
 def check_save_name(name: str, what: str = "save name") -> str:
-    """A plain file name: no folders, no '..', no absolute paths."""
-    name = str(name).strip()
+    """A plain file name for a file DiffSketch writes, or InvalidInputError naming ``what``.
+
+    Surrounding spaces and a ".safetensors" ending are dropped and the name is NFC-normalised
+    (so "é" typed either way names one file). Letters and digits of any script, spaces and
+    ``. _ + -`` are allowed; the name starts with a letter or digit and does not end with a dot
+    or a space. Refused: folders and '..' (nothing is written outside the target folder), and the
+    device names Windows reserves (CON, PRN, AUX, NUL, COM0-9, LPT0-9, any case, with or without
+    an extension), so a workflow made anywhere saves on Windows too. Returns the cleaned name.
+    """
+    name = unicodedata.normalize("NFC", str(name).strip())
     if name.endswith(".safetensors"):
         name = name[: -len(".safetensors")]
-    if not name or "/" in name or "\\" in name or ".." in name or not _SAFE_NAME.match(name):
+    problem = _name_problem(name)
+    if problem is not None:
         raise InvalidInputError(
-            f"{what} {name!r} is not a plain file name: use letters, digits, spaces, '.', '_', '+' or '-' "
-            "(no folders, no '..'), e.g. 'my_style'."
+            f"{what} {name!r} {problem}. Use a plain file name: letters and digits (any script), spaces, '.', "
+            "'_', '+' or '-', starting with a letter or digit, e.g. 'my_style'."
         )
     return name
 
@@ -108,6 +153,28 @@ def remove_stale_temp_files(
     return removed
 
 
+_TEMP_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"
+
+
+def _new_temp_file(path: Path) -> str:
+    """Create an empty ".<name>.<8 random characters>.tmp" beside ``path`` and return its path.
+
+    Unlike ``tempfile.mkstemp`` (always mode 0600), the file is created with mode 0666 less the
+    process umask, as ``open()`` creates files, so what DiffSketch saves is as readable as any
+    other file the user makes. The kernel applies the umask, so it is never read or changed (a
+    read-and-restore of the umask would briefly change it for every thread of the process)."""
+    for _ in range(100):
+        suffix = "".join(secrets.choice(_TEMP_CHARS) for _ in range(8))
+        tmp = path.parent / f".{path.name}.{suffix}{_TEMP_SUFFIX}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return str(tmp)
+    raise FileExistsError(f"could not create a temporary file beside {path}")
+
+
 @contextmanager
 def atomic_target(path: str | os.PathLike):
     """Yield a temporary path beside ``path``; on success it is fsynced and renamed onto ``path``,
@@ -116,10 +183,13 @@ def atomic_target(path: str | os.PathLike):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(path.parent, path.name)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TEMP_SUFFIX, dir=path.parent)
-    os.close(fd)
+    tmp = _new_temp_file(path)
     try:
+        mode = stat.S_IMODE(os.stat(tmp).st_mode)
         yield tmp
+        # A writer that re-creates the file (safetensors' save_file makes it 0600) loses the mode.
+        if stat.S_IMODE(os.stat(tmp).st_mode) != mode:
+            os.chmod(tmp, mode)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

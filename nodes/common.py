@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import folder_paths
 from comfy_api.latest import io
@@ -73,16 +73,18 @@ def missing_entry(what: str, keys: Sequence[str]) -> str:
     return MISSING_PREFIX + f"put {what} in " + " or ".join(FOLDER_LABELS.get(k, k) for k in keys)
 
 
-def file_options(keys: Sequence[str], what: str, extra: Iterable[str] = ()) -> list[str]:
-    """The files of the folder kinds ``keys`` (first folder first), then ``extra`` names; the
-    :func:`missing_entry` alone when there are none."""
+def file_options(
+    keys: Sequence[str], what: str, extra: Iterable[str] = (), keep: Callable[[str], bool] | None = None
+) -> list[str]:
+    """The files of the folder kinds ``keys`` (first folder first) that ``keep`` accepts, then
+    ``extra`` names; the :func:`missing_entry` alone when there are none."""
     names: list[str] = []
     for key in keys:
         try:
             listed = folder_paths.get_filename_list(key)
         except KeyError:  # folder kind not registered (e.g. clip_vision in a trimmed install)
             continue
-        names.extend(n for n in listed if n not in names)
+        names.extend(n for n in listed if n not in names and (keep is None or keep(n)))
     names.extend(n for n in extra if n not in names)
     return names or [missing_entry(what, keys)]
 

@@ -38,7 +38,9 @@ class DiffSketchDistill(io.ComfyNode):
                 "Distils a trained DiffSketch generator into a small extractor: first writes (image, sketch) pairs made "
                 "with your checkpoint and the generator (resumable, into "
                 "models/diffsketch/pairs/<save_name>/<hash of the generator and pair settings>), then trains the extractor on them with L1 + LPIPS. Progress and previews; Cancel keeps every finished pair "
-                "and a training checkpoint, and running again resumes."
+                "and a training checkpoint, and running again resumes. More pairs or other training settings train "
+                "a new extractor on exactly those pairs (the console says which); going back to earlier settings "
+                "resumes their run."
             ),
             inputs=[
                 Generator.Input("generator", tooltip="From DiffSketch Train or Load Generator."),
@@ -200,6 +202,7 @@ class DiffSketchDistill(io.ComfyNode):
                 progress=pairs_progress,
                 on_step=on_step,
                 should_stop=comfy.model_management.processing_interrupted,
+                notice=lambda text: logger.info("[DiffSketch] %s", text),
                 device=device,
             )
             student = student.cpu().eval()

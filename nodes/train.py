@@ -20,16 +20,24 @@ logger = logging.getLogger("diffsketch.nodes")
 FOLDER = "diffsketch_generators"
 WHAT = "a generator .safetensors (made by DiffSketch Train)"
 NO_RESUME = "(start fresh)"
+# Training checkpoints (Train's, in generators/checkpoints, and the command line's, beside the
+# generator) end so; they live in the generators folder but are not generators.
+CHECKPOINT_SUFFIX = ".train.safetensors"
 
 
 def _checkpoint_path(save_name: str) -> str:
-    return save_path(FOLDER, "checkpoints", save_name + ".train.safetensors")
+    return save_path(FOLDER, "checkpoints", save_name + CHECKPOINT_SUFFIX)
+
+
+def generator_names() -> list[str]:
+    """The generator files of the generators folder(s), without the training checkpoints."""
+    return file_options([FOLDER], WHAT, keep=lambda name: not name.endswith(CHECKPOINT_SUFFIX))
 
 
 def _resume_options() -> list[str]:
     folder = save_path(FOLDER, "checkpoints")
     names = (
-        sorted(f for f in os.listdir(folder) if f.endswith(".train.safetensors"))
+        sorted(f for f in os.listdir(folder) if f.endswith(CHECKPOINT_SUFFIX))
         if os.path.isdir(folder)
         else []
     )
@@ -224,7 +232,6 @@ class DiffSketchTrain(io.ComfyNode):
         checkpoint_every,
     ) -> io.NodeOutput:
         from diffsketch.plotting import to_image_tensor
-        from diffsketch.train.generator import save_generator
         from diffsketch.train.losses import DiffSketchLoss, LossWeights
         from diffsketch.train.trainer import TrainConfig, Trainer, prepare_sketch
 
@@ -288,7 +295,7 @@ class DiffSketchTrain(io.ComfyNode):
             trainer.run(on_step=on_step, should_stop=comfy.model_management.processing_interrupted)
             generator = trainer.generator.eval()
             out_path = save_path(FOLDER, name + ".safetensors")
-            save_generator(out_path, generator, trainer.generator_meta())
+            trainer.save_generator(out_path)  # the generator output carries the same record as the file
             curve = to_image_tensor(trainer.loss_curve_image())
         logger.info("[DiffSketch] saved generator to %s", out_path)
         previews = last_preview.get("image")
@@ -309,7 +316,7 @@ class DiffSketchLoadGenerator(io.ComfyNode):
             inputs=[
                 io.Combo.Input(
                     "generator_name",
-                    options=file_options([FOLDER], WHAT),
+                    options=generator_names(),
                     tooltip="A generator .safetensors written by DiffSketch Train or `diffsketch train`.",
                 ),
             ],

@@ -244,3 +244,26 @@ def test_weights_fingerprint_ignores_names_order_and_precision_but_not_values():
     with torch.no_grad():
         net[1].weight[0, 0] += 0.5
     assert weights_fingerprint(net.parameters()) != ref
+
+
+def test_backbone_family_is_read_from_the_spec_and_old_specs_are_sd1(tiny_backend, sample):
+    import json
+    from dataclasses import replace
+
+    from helpers_spec import sd15_spec
+
+    from diffsketch.capture.spec import backbone_family
+
+    spec = tiny_backend.spec
+    assert spec.family == "sd1"
+    assert backbone_family(spec) == backbone_family(tiny_backend) == backbone_family(sample) == "sd1"
+    # specs recorded before the family existed read as SD 1.x, with the same fingerprint as then
+    old = json.loads(spec.to_json())
+    del old["family"]
+    assert FeatureSpec.from_dict(old) == spec and FeatureSpec.from_dict(old).family == "sd1"
+    assert sd15_spec().fingerprint() == "cd58ed36db59c97f"  # the value files made earlier record
+    # another family is another layout, and an unknown one is refused by name
+    other = replace(spec, family="sd9")
+    assert not other.is_compatible(spec) and other.fingerprint() != spec.fingerprint()
+    with pytest.raises(UnsupportedModelError, match="'sd9'"):
+        backbone_family(other)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -159,155 +161,260 @@ def test_extract_command_files_folders_globs(tmp_path):
     assert not (out / "broken.png").exists()
 
 
-def test_train_generate_distill_chain(tiny_model_dir, tmp_path):
-    """sample -> fit-conditions -> train -> generate -> distill -> extract with the same files as the nodes."""
+@pytest.fixture(scope="module")
+def train_inputs(tiny_model_dir, tmp_path_factory):
+    """An example, conditions, a sketch and tiny CLIP / AlexNet files, made with the command line."""
     import torchvision
     from safetensors.torch import save_file
 
-    from diffsketch.distill.extractor import load_extractor
-    from diffsketch.train.generator import load_generator
     from diffsketch.train.losses import TINY_CLIP_ARCHITECTURE, ClipImageEncoder
 
+    root = tmp_path_factory.mktemp("train_inputs")
     torch.manual_seed(0)
-    clip = tmp_path / "clip_vit_b_32.safetensors"
+    clip = root / "clip_vit_b_32.safetensors"
     tower = ClipImageEncoder.random(TINY_CLIP_ARCHITECTURE).tower
     save_file({f"visual.{k}": v.contiguous() for k, v in tower.state_dict().items()}, str(clip))
-    alex = tmp_path / "alexnet-owt-7be5be79.safetensors"
+    alex = root / "alexnet-owt-7be5be79.safetensors"
     save_file(
         {k: v.contiguous() for k, v in torchvision.models.alexnet(weights=None).state_dict().items()},
         str(alex),
     )
-    prompts = tmp_path / "prompts.txt"
+    prompts = root / "prompts.txt"
     prompts.write_text("a horse\na cat\na city\na lake\na bowl of fruit\na mountain\n")
     model = ["--model", str(tiny_model_dir), "--device", "cpu"]
     small = ["--width", "64", "--height", "64"]
+    example = ["--prompt", "a horse", "--steps", "10", "--timesteps", "1,501,901"]
+    assert main(["sample", *model, *small, *example, "--out", str(root / "ex.safetensors")]) == 0
+    fit = ["--prompts", str(prompts), "--components", "3", "--out", str(root / "cond.safetensors")]
+    assert main(["fit-conditions", *model, *fit]) == 0
+    sketch = (np.asarray(Image.open(root / "ex.png").convert("L")) > 128).astype(np.uint8) * 255
+    Image.fromarray(sketch).save(root / "sketch.png")
+    return SimpleNamespace(
+        model=model,
+        small=small,
+        clip=clip,
+        alex=alex,
+        example=root / "ex.safetensors",
+        conditions=root / "cond.safetensors",
+        sketch=root / "sketch.png",
+        root=root,
+    )
 
-    assert (
-        main(
-            [
-                "sample",
-                *model,
-                *small,
-                "--prompt",
-                "a horse",
-                "--steps",
-                "10",
-                "--timesteps",
-                "1,501,901",
-                "--out",
-                str(tmp_path / "ex.safetensors"),
-            ]
-        )
-        == 0
-    )
-    assert (
-        main(
-            [
-                "fit-conditions",
-                *model,
-                "--prompts",
-                str(prompts),
-                "--components",
-                "3",
-                "--out",
-                str(tmp_path / "cond.safetensors"),
-            ]
-        )
-        == 0
-    )
-    sketch = (np.asarray(Image.open(tmp_path / "ex.png").convert("L")) > 128).astype(np.uint8) * 255
-    Image.fromarray(sketch).save(tmp_path / "sketch.png")
-    assert (
-        main(
-            [
-                "train",
-                *model,
-                "--example",
-                str(tmp_path / "ex.safetensors"),
-                "--sketch",
-                str(tmp_path / "sketch.png"),
-                "--conditions",
-                str(tmp_path / "cond.safetensors"),
-                "--clip",
-                str(clip),
-                "--lpips",
-                str(alex),
-                "--iterations",
-                "2",
-                "--schedule",
-                "fast",
-                "--low-memory",
-                "--out",
-                str(tmp_path / "style.safetensors"),
-            ]
-        )
-        == 0
-    )
-    trained = load_generator(tmp_path / "style.safetensors")
-    assert trained.meta["training"]["low_memory"] is True
+
+def train_args(inputs, out, *extra):
+    return [
+        "train",
+        *inputs.model,
+        "--example",
+        str(inputs.example),
+        "--sketch",
+        str(inputs.sketch),
+        "--conditions",
+        str(inputs.conditions),
+        "--clip",
+        str(inputs.clip),
+        "--lpips",
+        str(inputs.alex),
+        "--schedule",
+        "fast",
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+def test_train_generate_distill_chain(train_inputs, tmp_path, capfd):
+    """train -> generate -> distill -> extract with the same files as the nodes; what each prints."""
+    from diffsketch.distill.extractor import load_extractor
+    from diffsketch.train.generator import load_generator
+
+    inputs = train_inputs
+    style = tmp_path / "style.safetensors"
+    capfd.readouterr()
+    assert main(train_args(inputs, style, "--iterations", "2", "--low-memory")) == 0
+    out, err = capfd.readouterr()
+    trained = load_generator(style)
+    assert trained.meta["training"]["low_memory"] is True and trained.timesteps == (1, 501, 901)
     assert (tmp_path / "style.train.safetensors").is_file() and (tmp_path / "style.loss.png").is_file()
-    assert (
-        main(
-            [
-                "generate",
-                *model,
-                *small,
-                "--steps",
-                "10",
-                "--generator",
-                str(tmp_path / "style.safetensors"),
-                "--prompt",
-                "a cat",
-                "--out",
-                str(tmp_path / "gen"),
-            ]
-        )
-        == 0
-    )
+    assert f"loss plot: {tmp_path / 'style.loss.png'}" in out
+    # diffusers' and transformers' loading reports are silenced; the command's own bar is there
+    assert "Loading weights" not in err and "kept in float32" not in err and "training" in err
+
+    gen = ["generate", *inputs.model, *inputs.small, "--steps", "10", "--generator", str(style)]
+    assert main([*gen, "--prompt", "a cat", "--out", str(tmp_path / "gen")]) == 0
+    out, err = capfd.readouterr()
     assert Image.open(tmp_path / "gen" / "000000_sketch.png").size == (64, 64)
-    assert (
-        main(
-            [
-                "distill",
-                *model,
-                *small,
-                "--steps",
-                "10",
-                "--generator",
-                str(tmp_path / "style.safetensors"),
-                "--conditions",
-                str(tmp_path / "cond.safetensors"),
-                "--pairs",
-                "2",
-                "--pairs-dir",
-                str(tmp_path / "pairs"),
-                "--iterations",
-                "2",
-                "--batch-size",
-                "2",
-                "--crop-size",
-                "64",
-                "--no-lpips",
-                "--out",
-                str(tmp_path / "ext.safetensors"),
-            ]
-        )
-        == 0
-    )
+    assert "generating" in err and "1 image/sketch pair(s)" in out
+
+    distill_args = [
+        "distill",
+        *inputs.model,
+        *inputs.small,
+        "--steps",
+        "10",
+        "--generator",
+        str(style),
+        "--conditions",
+        str(inputs.conditions),
+        "--pairs",
+        "2",
+        "--pairs-dir",
+        str(tmp_path / "pairs"),
+        "--iterations",
+        "2",
+        "--batch-size",
+        "2",
+        "--crop-size",
+        "64",
+        "--no-lpips",
+        "--out",
+        str(tmp_path / "ext.safetensors"),
+    ]
+    assert main(distill_args) == 0
+    out, err = capfd.readouterr()
+    # the two bars follow each other: the training bar starts once the pairs are done
+    assert "pairs" in err and err.index("training") > err.rindex("pairs")
+    assert "training a new student from step 0 on 2 pairs" in out
     load_extractor(tmp_path / "ext.safetensors")
-    assert (
-        main(
-            [
-                "extract",
-                str(tmp_path / "ex.png"),
-                "--extractor",
-                str(tmp_path / "ext.safetensors"),
-                "--out",
-                str(tmp_path / "out"),
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    extract = ["extract", str(inputs.root / "ex.png"), "--extractor", str(tmp_path / "ext.safetensors")]
+    assert main([*extract, "--out", str(tmp_path / "out"), "--device", "cpu"]) == 0
     assert Image.open(tmp_path / "out" / "ex.png").size == (64, 64)
+
+
+class CtrlCAt:
+    """A progress bar that raises KeyboardInterrupt (Ctrl-C) when it is moved to step ``n``."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __call__(self, total, desc, unit="it"):
+        def update(done, total_now):
+            if desc == "training" and done == self.n:
+                raise KeyboardInterrupt
+
+        update.close = lambda: None
+        return update
+
+
+def test_ctrl_c_in_train_says_where_the_checkpoint_is_and_how_to_continue(
+    train_inputs, tmp_path, capsys, monkeypatch
+):
+    import shlex
+
+    import diffsketch.cli as cli
+    from diffsketch.train.generator import load_generator
+
+    style = tmp_path / "style.safetensors"
+    args = train_args(train_inputs, style, "--iterations", "3", "--checkpoint-every", "100")
+    with monkeypatch.context() as patch:
+        patch.setattr(cli, "progress_bar", CtrlCAt(2))
+        assert main(args) == 130
+    err = capsys.readouterr().err
+    checkpoint = tmp_path / "style.train.safetensors"
+    assert "cancelled at step 2 of 3" in err and f"checkpoint (step 2): {checkpoint}" in err
+    command = err.split("to continue: ")[1].strip()
+    assert command.startswith("diffsketch train ") and command.endswith(" --resume")
+
+    # a rerun without --resume would overwrite that checkpoint: refused, saying how to go on
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "holds a training run (step 2)" in err and "--resume" in err and "--restart" in err
+    assert main([*args, "--resume", "--restart"]) == 2
+
+    # the printed command continues the run
+    assert main(shlex.split(command)[1:]) == 0
+    assert "resumed at step 2 of 3" in capsys.readouterr().out
+    assert load_generator(style).meta["steps_done"] == 3
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """Fails the test if anything loads the SD model: the checks must come first."""
+    from diffsketch.backends.diffusers import DiffusersBackend
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the SD model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(DiffusersBackend, "load", refuse)
+
+
+def _one_error_line(capsys, command) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"diffsketch {command}: error: "), err
+    return err[0]
+
+
+@pytest.mark.parametrize("option", ["--example", "--sketch", "--conditions", "--clip"])
+def test_train_checks_every_path_before_loading_anything(
+    train_inputs, tmp_path, capsys, no_model_loading, option
+):
+    args = train_args(train_inputs, tmp_path / "style.safetensors", "--iterations", "1")
+    args[args.index(option) + 1] = str(tmp_path / "missing.file")
+    assert main(args) == 2
+    line = _one_error_line(capsys, "train")
+    assert option in line and "missing.file" in line
+
+
+def test_commands_refuse_bad_paths_and_devices_in_one_line(
+    train_inputs, tiny_backend, tmp_path, capsys, no_model_loading
+):
+    import torch
+
+    model = train_inputs.model
+    a_file = tmp_path / "a_file.txt"
+    a_file.write_text("x")
+    generator = tmp_path / "missing_style.safetensors"
+    gen = ["generate", *model, "--generator", str(train_inputs.conditions), "--prompt", "x"]
+    cases = [
+        (["generate", *model, "--generator", str(generator), "--prompt", "x", "--out", str(tmp_path)], "--generator"),
+        ([*gen, "--out", str(tmp_path / "o")], "conditions"),  # a file of another kind
+        (["distill", *model, "--generator", str(generator), "--conditions", str(train_inputs.conditions),
+          "--pairs-dir", str(tmp_path / "p"), "--out", str(tmp_path / "e.safetensors")], "--generator"),
+        (["extract", str(a_file), "--extractor", str(tmp_path / "none.safetensors"), "--out", str(tmp_path)],
+         "--extractor"),
+        (["timesteps", *model, "--out", str(a_file)], "--out"),
+        (["sample", *model, "--prompt", "x", "--out", str(tmp_path)], "--out"),
+        (["sample", *model, "--prompt", "x", "--out", str(tmp_path / "con.safetensors")], "Windows"),
+        (["sample", "--model", str(train_inputs.root), "--device", "gpu", "--prompt", "x", "--out",
+          str(tmp_path / "x.safetensors")], "--device"),
+        (["eval", str(tmp_path), "--extractor", str(tmp_path / "none.safetensors"), "--out", str(tmp_path / "r")],
+         "--extractor"),
+    ]  # fmt: skip
+    if not torch.cuda.is_available():
+        cases.append(
+            (["sample", "--model", str(train_inputs.root), "--device", "cuda", "--prompt", "x", "--out",
+              str(tmp_path / "x.safetensors")], "no CUDA GPU"),
+        )  # fmt: skip
+    for args, expected in cases:
+        assert main(args) == 2, args
+        assert expected in _one_error_line(capsys, args[0]), args
+    # a good generator, but an existing file as the output folder
+    from diffsketch.train.generator import GeneratorConfig, SketchGenerator, save_generator
+
+    spec = tiny_backend.spec
+    good = save_generator(
+        tmp_path / "good.safetensors", SketchGenerator(spec, GeneratorConfig.from_spec(spec, 3))
+    )
+    assert main(["generate", *model, "--generator", str(good), "--prompt", "x", "--out", str(a_file)]) == 2
+    assert "is a file" in _one_error_line(capsys, "generate")
+
+
+def test_extract_keeps_every_output_when_inputs_share_a_name(tmp_path, capsys):
+    from diffsketch.cli import output_names
+    from diffsketch.distill.extractor import SketchExtractor, save_extractor
+
+    torch.manual_seed(0)
+    ext = save_extractor(tmp_path / "style.safetensors", SketchExtractor())
+    rng = np.random.default_rng(0)
+    for folder, name in (("a", "horse.png"), ("b", "horse.jpg"), ("b", "cat.png")):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(tmp_path / folder / name)
+    out = tmp_path / "sketches"
+    args = [str(tmp_path / "a"), str(tmp_path / "b"), "--extractor", str(ext), "--out", str(out)]
+    assert main(["extract", *args, "--device", "cpu"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["cat.png", "horse_jpg.png", "horse_png.png"]
+    assert "3 sketches written" in capsys.readouterr().out
+
+    same = [Path("x/a/horse.png"), Path("x/b/horse.png"), Path("y/horse_png.png"), Path("horse.jpg")]
+    names = output_names(same)
+    assert len(set(names)) == 4 and names[:2] == ["a_horse_png.png", "b_horse_png.png"]

@@ -23,6 +23,7 @@ from diffsketch.distill import (
     pair_paths,
     pair_settings,
     pair_settings_digest,
+    student_checkpoint_path,
     train_student,
     write_pair,
 )
@@ -421,7 +422,8 @@ def test_distill_chains_generation_and_training(tiny_backend, conditions, tmp_pa
     config = tiny_config(iterations=2, crop_size=48)
     student = distill(tiny_backend, generator, conditions, tmp_path / "pairs", 2, config, SAMPLING)
     assert isinstance(student, SketchExtractor)
-    assert (tmp_path / "pairs" / "student_checkpoint.safetensors").is_file()
+    pairs = PairSet(tmp_path / "pairs", count=2)
+    assert student_checkpoint_path(tmp_path / "pairs", pairs, config).is_file()
     assert student.meta["pairs"] == 2 and student.meta["generator"]
     path = save_extractor(tmp_path / "student.safetensors", student, student.meta)
     loaded = load_extractor(path)
@@ -454,7 +456,7 @@ def test_a_host_interrupt_in_training_keeps_a_checkpoint_and_the_rerun_resumes(
 
     with pytest.raises(HostInterrupt) as info:
         run(interrupt_at_4)
-    checkpoint = folder / "student_checkpoint.safetensors"
+    checkpoint = student_checkpoint_path(folder, PairSet(folder, count=2), config)
     assert read_header(checkpoint)["step"] == 4
     assert any(str(checkpoint) in note for note in getattr(info.value, "__notes__", [str(checkpoint)]))
 
@@ -481,3 +483,98 @@ def test_a_crash_in_the_student_loop_keeps_a_resumable_checkpoint(tmp_path):
     resumed = train_student(pairs, config, checkpoint_path=ckpt, resume_from=ckpt)
     for a, b in zip(one_go.state_dict().values(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+# ------------------------------------------------------------- a changed pair set or setting
+
+
+def same_weights(a: nn.Module, b: nn.Module) -> bool:
+    return all(
+        torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )
+
+
+def run_distill(backend, generator, conditions, folder, count, config, **kwargs):
+    """distill() with the notices and training steps it reported."""
+    notices, steps = [], []
+    student = distill(
+        backend, generator, conditions, folder, count, config, SAMPLING,
+        notice=notices.append, on_step=lambda step, *_: steps.append(step), **kwargs,
+    )  # fmt: skip
+    return student, notices, steps
+
+
+def test_more_pairs_train_a_new_student_on_them(tiny_backend, conditions, tmp_path):
+    """Raising pair_count on a finished run used to 'resume' the finished student and return it
+    unchanged: the new pairs were written and never trained on."""
+    generator = make_generator(tiny_backend.spec)
+    config = tiny_config(iterations=3, crop_size=48)
+    folder = tmp_path / "pairs"
+    first, notices, steps = run_distill(tiny_backend, generator, conditions, folder, 2, config)
+    assert steps == [1, 2, 3] and notices == ["training a new student from step 0 on 2 pairs"]
+
+    more, notices, steps = run_distill(tiny_backend, generator, conditions, folder, 3, config)
+    assert steps == [1, 2, 3] and more.meta["pairs"] == 3 and more.meta["started_at_step"] == 0
+    assert "new student" in notices[0] and "pairs: 2 -> 3" in notices[0]
+    assert not same_weights(first, more)
+    # exactly what a fresh run on those three pairs gives
+    assert same_weights(more, train_student(PairSet(folder, count=3), config))
+
+    # fewer pairs than the folder holds: trained on exactly the pairs asked for, which is the first run
+    again, notices, steps = run_distill(tiny_backend, generator, conditions, folder, 2, config)
+    assert steps == [] and again.meta["pairs"] == 2 and "already finished step 3 of 3" in notices[0]
+    assert same_weights(again, first)
+
+
+def test_changed_settings_start_a_new_student_and_the_old_run_resumes(tiny_backend, conditions, tmp_path):
+    """A changed batch size under one folder used to be a dead end ('... or start a new run')."""
+    generator = make_generator(tiny_backend.spec)
+    config = tiny_config(iterations=4, crop_size=48, checkpoint_every=2)
+    folder = tmp_path / "pairs"
+    done = []
+    with pytest.raises(TrainingInterrupted):
+        distill(
+            tiny_backend, generator, conditions, folder, 2, config, SAMPLING,
+            on_step=lambda step, *_: done.append(step), should_stop=lambda: len(done) == 2,
+        )  # fmt: skip
+
+    other = tiny_config(iterations=4, crop_size=48, checkpoint_every=2, batch_size=3)
+    changed, notices, steps = run_distill(tiny_backend, generator, conditions, folder, 2, other)
+    assert steps == [1, 2, 3, 4] and "new student" in notices[0] and "batch_size: 2 -> 3" in notices[0]
+    assert same_weights(changed, train_student(PairSet(folder, count=2), other))
+
+    # the first settings again: their run continues where it was cancelled
+    resumed, notices, steps = run_distill(tiny_backend, generator, conditions, folder, 2, config)
+    assert notices == [f"resuming the student at step 2 of 4 on 2 pairs ({notices[0].split('(')[1]}"]
+    assert steps == [3, 4] and resumed.meta["started_at_step"] == 2
+    assert same_weights(resumed, train_student(PairSet(folder, count=2), config))
+
+    # more iterations continue the same run
+    longer, notices, steps = run_distill(tiny_backend, generator, conditions, folder, 2, tiny_config(
+        iterations=5, crop_size=48, checkpoint_every=2
+    ))  # fmt: skip
+    assert steps == [5] and notices[0].startswith("resuming the student at step 4 of 5")
+    # and resume=False starts over
+    _, notices, steps = run_distill(tiny_backend, generator, conditions, folder, 2, config, resume=False)
+    assert steps == [1, 2, 3, 4] and "not resuming" in notices[0]
+
+
+def test_a_student_checkpoint_of_the_earlier_single_name_is_resumed(tiny_backend, conditions, tmp_path):
+    generator = make_generator(tiny_backend.spec)
+    config = tiny_config(iterations=3, crop_size=48)
+    folder = tmp_path / "pairs"
+    pairs = generate_pairs(tiny_backend, generator, conditions, folder, 2, SAMPLING)
+    legacy = folder / "student_checkpoint.safetensors"  # what distill() wrote before runs had names
+    with pytest.raises(TrainingInterrupted):
+        train_student(pairs, config, checkpoint_path=legacy, should_stop=iter([False, True]).__next__)
+    student, notices, steps = run_distill(tiny_backend, generator, conditions, folder, 2, config)
+    assert notices == ["resuming the student at step 1 of 3 on 2 pairs (student_checkpoint.safetensors)"]
+    assert steps == [2, 3] and same_weights(student, train_student(pairs, config))
+
+
+def test_resuming_a_checkpoint_of_other_pairs_names_the_difference(tmp_path):
+    config = tiny_config(iterations=2)
+    ckpt = tmp_path / "student.safetensors"
+    train_student(synthetic_pairs(2), config, checkpoint_path=ckpt)
+    with pytest.raises(InvalidInputError, match="pairs: 2 -> 3"):
+        train_student(synthetic_pairs(3), config, resume_from=ckpt)

@@ -233,6 +233,41 @@ def test_clip_loads_transformers_layout(tmp_path):
         )
 
 
+@pytest.mark.parametrize("hidden_act", ["quick_gelu", "gelu"])
+def test_clip_loads_a_hugging_face_folder(tmp_path, hidden_act):
+    """What CLIP_HOW_TO_GET says to download: a transformers folder (config.json + model.safetensors).
+    Its config gives what the weights do not: the head count (2 here, where the width alone would
+    say 1) and the activation (LAION's gelu or OpenAI's quick_gelu)."""
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(4)
+    cfg = TINY_CLIP_ARCHITECTURE["vision_cfg"]
+    vision = dict(
+        hidden_size=cfg["width"],
+        intermediate_size=4 * cfg["width"],
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=cfg["image_size"],
+        patch_size=cfg["patch_size"],
+        hidden_act=hidden_act,
+    )
+    text = dict(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=64
+    )
+    reference = CLIPModel(CLIPConfig(vision_config=vision, text_config=text, projection_dim=24)).eval()
+    for p in reference.parameters():
+        p.data.add_(0.02 * torch.randn_like(p))
+    folder = tmp_path / "clip-vit-base-patch32"
+    reference.save_pretrained(folder)
+    assert (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
+    encoder = load_clip_image_encoder(folder)  # quick_gelu left at its default: the config decides
+    pixels = perceptual_preprocess(torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1)))
+    with torch.no_grad():
+        expected = reference.get_image_features(pixel_values=pixels)
+        expected = getattr(expected, "pooler_output", expected)
+        torch.testing.assert_close(encoder(pixels), expected, atol=1e-5, rtol=1e-4)
+
+
 def test_vit_b_32_builds_with_random_weights():
     encoder = ClipImageEncoder.random("ViT-B-32")
     with torch.no_grad():

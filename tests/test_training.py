@@ -21,7 +21,7 @@ from diffsketch.errors import (
 )
 from diffsketch.fileio import read_header
 from diffsketch.train.conditions import ConditionSampler
-from diffsketch.train.generator import GeneratorConfig, SketchGenerator, load_generator
+from diffsketch.train.generator import GeneratorConfig, SketchGenerator, load_generator, save_generator
 from diffsketch.train.inference import generate_pair
 from diffsketch.train.losses import (
     TINY_CLIP_ARCHITECTURE,
@@ -550,3 +550,131 @@ def test_checkpoint_rejects_other_kinds_versions_and_models(tmp_path):
             step=0,
             rng={"x": torch.zeros(3)},
         )
+
+
+# --------------------------------------------------------------------------------------------
+# a trained generator carries its timesteps, schedule and backbone family (issue 18.1)
+# --------------------------------------------------------------------------------------------
+CUSTOM_13 = (21, 81, 181, 261, 341, 441, 521, 581, 661, 721, 801, 881, 961)  # not the paper's
+
+
+def _trained(env, tmp_path, timesteps, steps, schedule="fast"):
+    """(the Trainer's generator in memory, the same generator saved and loaded back)."""
+    example = env.backend.sample(
+        PROMPT,
+        SamplingSettings(seed=50, steps=steps, width=W, height=H, timesteps=timesteps, schedule=schedule),
+    )
+    cfg = config(iterations=1, steps=steps, schedule=schedule, checkpoint_every=0, preview_every=0)
+    loss = DiffSketchLoss(*env.loss_models)
+    generator = small_generator(env.backend.spec, len(timesteps))
+    trainer = Trainer(env.backend, example, env.sketch, env.conditions, loss, cfg, env.pivot, generator)
+    trainer.run()
+    path = trainer.save_generator(tmp_path / "style.safetensors")
+    return trainer.generator.eval(), load_generator(path)
+
+
+def _sketch(env, generator, steps, **kwargs):
+    sampling = SamplingSettings(seed=3, steps=steps, width=W, height=H, **kwargs)
+    return generate_pair(env.backend, generator, "a cat", sampling)[1]
+
+
+def test_the_trained_generator_in_memory_carries_its_timesteps_and_schedule(env, tmp_path):
+    in_memory, loaded = _trained(env, tmp_path, TIMESTEPS, STEPS)
+    for generator in (in_memory, loaded):
+        assert generator.timesteps == TIMESTEPS and generator.schedule == "fast" and generator.family == "sd1"
+    assert in_memory.meta == loaded.meta and in_memory.meta["timesteps"] == list(TIMESTEPS)
+    # straight from training (no file) Generate needs nothing more, and draws what the file draws
+    torch.testing.assert_close(_sketch(env, in_memory, STEPS), _sketch(env, loaded, STEPS), rtol=0, atol=0)
+    # ... with the training schedule: "fast" unless asked otherwise
+    torch.testing.assert_close(
+        _sketch(env, in_memory, STEPS), _sketch(env, in_memory, STEPS, schedule="fast"), rtol=0, atol=0
+    )
+    assert not torch.equal(_sketch(env, in_memory, STEPS), _sketch(env, in_memory, STEPS, schedule="full"))
+
+
+def test_thirteen_custom_timesteps_are_not_taken_for_the_papers(env, tmp_path):
+    in_memory, loaded = _trained(env, tmp_path, CUSTOM_13, 50)
+    assert in_memory.timesteps == loaded.timesteps == CUSTOM_13
+    from_memory = _sketch(env, in_memory, 50)
+    torch.testing.assert_close(from_memory, _sketch(env, loaded, 50), rtol=0, atol=0)
+    assert not torch.equal(from_memory, _sketch(env, in_memory, 50, timesteps=PAPER_TIMESTEPS))
+
+
+def test_distill_pair_settings_take_the_generators_timesteps_and_schedule(env, tmp_path):
+    from diffsketch.distill import pair_settings
+
+    in_memory, loaded = _trained(env, tmp_path, TIMESTEPS, STEPS)
+    sampling = SamplingSettings(steps=STEPS, width=W, height=H)
+    settings = pair_settings(env.backend, in_memory, env.conditions, sampling)
+    assert settings["timesteps"] == list(TIMESTEPS) and settings["schedule"] == "fast"
+    assert settings == pair_settings(env.backend, loaded, env.conditions, sampling)
+
+
+def test_generator_files_without_the_new_header_fields_still_load(env, tmp_path):
+    """Files written before the family, timesteps and schedule had header fields of their own."""
+    from diffsketch.fileio import save_tensors
+    from diffsketch.train.generator import GENERATOR_KIND, GENERATOR_VERSION, parameter_count
+
+    generator = small_generator(env.backend.spec)
+
+    def old_file(name, meta):
+        header = {
+            "spec": generator.spec.to_json(),
+            "spec_fingerprint": generator.spec.fingerprint(),
+            "config": generator.config.to_dict(),
+            "parameters": parameter_count(generator),
+            "meta": meta,
+        }
+        path = tmp_path / name
+        save_tensors(path, generator.state_dict(), GENERATOR_KIND, GENERATOR_VERSION, header)
+        return path
+
+    trained = load_generator(
+        old_file("trained.safetensors", {"timesteps": list(TIMESTEPS), "training": {"schedule": "fast"}})
+    )
+    assert trained.family == "sd1" and trained.timesteps == TIMESTEPS and trained.schedule == "fast"
+    bare = load_generator(old_file("bare.safetensors", {}))
+    assert bare.family == "sd1" and bare.timesteps is None and bare.schedule == "full"
+    # A generator saved without timesteps of its own takes those its caller's meta records.
+    recorded = save_generator(tmp_path / "recorded.safetensors", generator, {"timesteps": list(TIMESTEPS)})
+    assert load_generator(recorded).timesteps == TIMESTEPS
+
+
+def test_a_generator_meets_only_a_model_of_its_backbone_family(env, tmp_path, monkeypatch):
+    from dataclasses import replace as replace_spec
+
+    from diffsketch.capture import spec as spec_module
+    from diffsketch.errors import UnsupportedModelError
+    from diffsketch.fileio import read_header, save_tensors
+    from diffsketch.train.generator import save_generator
+
+    generator = small_generator(env.backend.spec)
+    generator.timesteps = TIMESTEPS
+    path = save_generator(tmp_path / "style.safetensors", generator)
+    header = read_header(path)
+    assert (
+        header["family"] == "sd1" and header["timesteps"] == list(TIMESTEPS) and header["schedule"] == "full"
+    )
+    # a family this version does not know is refused by name when the file is loaded
+    tensors = {k: v for k, v in generator.state_dict().items()}
+    header.update(family="sd9")
+    del header["format"], header["kind"], header["version"]
+    save_tensors(tmp_path / "future.safetensors", tensors, "generator", 1, header)
+    with pytest.raises(FileFormatError, match="'sd9'"):
+        load_generator(tmp_path / "future.safetensors")
+
+    # two known families: the mismatch is found before anything is sampled
+    monkeypatch.setitem(spec_module.BACKBONE_FAMILIES, "sd2", "SD 2.x")
+    other = SketchGenerator(
+        replace_spec(env.backend.spec, family="sd2"), generator.config, timesteps=TIMESTEPS
+    )
+    assert other.family == "sd2" and not other.spec.is_compatible(env.backend.spec)
+    sampled = []
+    backend = SimpleNamespace(spec=env.backend.spec, sample=lambda *a, **k: sampled.append(1))
+    with pytest.raises(UnsupportedModelError, match="SD 2.x"):
+        generate_pair(backend, other, "a cat", SamplingSettings(steps=STEPS, width=W, height=H))
+    from diffsketch.distill import pair_settings
+
+    with pytest.raises(UnsupportedModelError, match="sd2"):
+        pair_settings(backend, other, env.conditions, SamplingSettings(steps=STEPS, width=W, height=H))
+    assert sampled == []

@@ -15,6 +15,9 @@ from .timesteps import TimestepPlan, plan_timesteps
 
 SIZE_MULTIPLE = 64
 MAX_SIZE = 4096
+#: Named denoising schedules: "full" runs the whole DDIM grid, "fast" only the captured timesteps
+#: and the final step (:func:`fast_schedule`).
+SCHEDULES = ("full", "fast")
 
 
 def check_size(width: int, height: int) -> None:
@@ -47,7 +50,11 @@ class SamplingSettings:
     - ``timesteps``: the UNet timesteps to capture (None: the paper's 13), mapped to the nearest
       steps of the ``steps``-step grid.
     - ``schedule``: "full" (the whole grid), "fast" (the captured timesteps and the final step) or
-      an explicit strictly decreasing tuple of timesteps.
+      an explicit strictly decreasing tuple of timesteps; None: "full".
+
+    Where a trained generator samples (Generate, pair generation), ``timesteps`` and ``schedule``
+    left None are the ones it was trained with
+    (:func:`~diffsketch.train.inference.generator_sampling`).
 
     Checked when built, so a bad value fails where it was given.
     """
@@ -58,7 +65,7 @@ class SamplingSettings:
     width: int = 512
     height: int = 512
     timesteps: tuple[int, ...] | None = None
-    schedule: str | tuple[int, ...] = "full"
+    schedule: str | tuple[int, ...] | None = None
 
     def __post_init__(self):
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
@@ -77,11 +84,11 @@ class SamplingSettings:
         if self.timesteps is not None:
             object.__setattr__(self, "timesteps", tuple(int(t) for t in self.timesteps))
         if isinstance(self.schedule, str):
-            if self.schedule not in ("full", "fast"):
+            if self.schedule not in SCHEDULES:
                 raise InvalidInputError(
                     f"schedule must be 'full', 'fast' or a list of timesteps, got {self.schedule!r}"
                 )
-        else:
+        elif self.schedule is not None:
             sched = tuple(int(t) for t in self.schedule)
             if list(sched) != sorted(set(sched), reverse=True):
                 raise InvalidInputError("an explicit schedule must be strictly decreasing timesteps")
@@ -96,7 +103,7 @@ class SamplingSettings:
 
     def denoising_schedule(self, plan: TimestepPlan) -> list[int]:
         """The descending timesteps the sampler visits."""
-        if self.schedule == "full":
+        if self.schedule in (None, "full"):
             return sorted(plan.grid, reverse=True)
         if self.schedule == "fast":
             return fast_schedule(plan)

@@ -19,6 +19,31 @@ from ..errors import UnsupportedModelError
 LAYOUT_LDM = "ldm"
 LAYOUT_DIFFUSERS = "diffusers"
 
+#: Backbone families DiffSketch can tap, by the short name files record, with their display name.
+#: Features, generators and extractors made with one family only work with that family.
+SD1 = "sd1"
+BACKBONE_FAMILIES = {SD1: "SD 1.x"}
+
+
+def check_backbone_family(family, where: str = "the model") -> str:
+    """``family`` if it is one of :data:`BACKBONE_FAMILIES`, else UnsupportedModelError."""
+    if family not in BACKBONE_FAMILIES:
+        known = ", ".join(f"'{k}' ({v})" for k, v in BACKBONE_FAMILIES.items())
+        raise UnsupportedModelError(
+            f"{where} is for the backbone family {family!r}, which this version of DiffSketch does not know "
+            f"(it knows {known}). Update DiffSketch, or use a model of a known family."
+        )
+    return family
+
+
+def backbone_family(item) -> str:
+    """The backbone family (e.g. ``"sd1"``) of a :class:`FeatureSpec`, or of anything carrying one
+    as ``.spec``: a backend, a captured sample, a generator. The one place it is read."""
+    spec = item if isinstance(item, FeatureSpec) else getattr(item, "spec", None)
+    if not isinstance(spec, FeatureSpec):
+        raise TypeError(f"{type(item).__name__} has no FeatureSpec to read a backbone family from")
+    return check_backbone_family(spec.family, "this spec")
+
 
 @dataclass(frozen=True)
 class Tap:
@@ -48,7 +73,8 @@ class FeatureSpec:
     ``unet`` are the decoder ResBlocks' residual branches (before the skip add), in execution
     order; ``vae`` are the VAE decoder's mid and up ResNet blocks in execution order; ``rgb`` is
     the decoder's output conv. ``context_dim`` and ``latent_channels`` are what the text
-    conditioning and latents must look like.
+    conditioning and latents must look like. ``family`` is the backbone family the model belongs
+    to (:data:`BACKBONE_FAMILIES`), set by whoever reads the spec from a model.
     """
 
     layout: str
@@ -58,6 +84,7 @@ class FeatureSpec:
     context_dim: int
     latent_channels: int = 4
     vae_scale_factor: int = 8
+    family: str = SD1
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     # -- shapes --------------------------------------------------------------------------------
@@ -82,8 +109,10 @@ class FeatureSpec:
 
     # -- identity ------------------------------------------------------------------------------
     def signature(self) -> dict:
-        """The layout as the generator sees it: channels and scales, not module names."""
-        return {
+        """The layout as the generator sees it: channels, scales and backbone family, not module
+        names. The family is listed only when it is not SD 1.x, so the fingerprints of SD 1.x
+        specs (recorded in every file made before families existed) stay what they were."""
+        signature = {
             "unet": [[t.channels, t.log2_scale] for t in self.unet],
             "vae": [[t.channels, t.log2_scale] for t in self.vae],
             "rgb": self.rgb.channels,
@@ -91,6 +120,9 @@ class FeatureSpec:
             "latent_channels": self.latent_channels,
             "vae_scale_factor": self.vae_scale_factor,
         }
+        if self.family != SD1:
+            signature["family"] = self.family
+        return signature
 
     def fingerprint(self) -> str:
         blob = json.dumps(self.signature(), sort_keys=True).encode()
@@ -113,6 +145,7 @@ class FeatureSpec:
             context_dim=int(d["context_dim"]),
             latent_channels=int(d.get("latent_channels", 4)),
             vae_scale_factor=int(d.get("vae_scale_factor", 8)),
+            family=str(d.get("family", SD1)),  # written before families existed: SD 1.x
             extra=dict(d.get("extra", {})),
         )
 
@@ -183,7 +216,10 @@ def ldm_vae_taps(vae: nn.Module) -> tuple[tuple[Tap, ...], Tap]:
     return tuple(taps), rgb
 
 
-def feature_spec_from_ldm(unet: nn.Module, vae: nn.Module, context_dim: int) -> FeatureSpec:
+def feature_spec_from_ldm(
+    unet: nn.Module, vae: nn.Module, context_dim: int, family: str = SD1
+) -> FeatureSpec:
+    """The spec of an ldm (ComfyUI) UNet and VAE of backbone ``family`` (the caller checked it)."""
     vae_taps, rgb = ldm_vae_taps(vae)
     return FeatureSpec(
         layout=LAYOUT_LDM,
@@ -193,6 +229,7 @@ def feature_spec_from_ldm(unet: nn.Module, vae: nn.Module, context_dim: int) -> 
         context_dim=int(context_dim),
         latent_channels=int(getattr(unet, "in_channels", 4)),
         vae_scale_factor=1 << rgb.log2_scale,
+        family=check_backbone_family(family),
     )
 
 
@@ -234,7 +271,8 @@ def diffusers_vae_taps(vae: nn.Module) -> tuple[tuple[Tap, ...], Tap]:
     return tuple(taps), rgb
 
 
-def feature_spec_from_diffusers(unet: nn.Module, vae: nn.Module) -> FeatureSpec:
+def feature_spec_from_diffusers(unet: nn.Module, vae: nn.Module, family: str = SD1) -> FeatureSpec:
+    """The spec of a diffusers UNet2DConditionModel and AutoencoderKL of backbone ``family``."""
     unet_taps = diffusers_unet_taps(unet)
     cfg = unet.config
     if cfg.get("addition_embed_type") is not None:
@@ -253,4 +291,5 @@ def feature_spec_from_diffusers(unet: nn.Module, vae: nn.Module) -> FeatureSpec:
         context_dim=int(context_dim),
         latent_channels=int(cfg.get("in_channels", 4)),
         vae_scale_factor=1 << rgb.log2_scale,
+        family=check_backbone_family(family),
     )

@@ -25,6 +25,7 @@ from ..capture.sampling import SamplingSettings
 from ..errors import Cancelled, FileFormatError, InvalidInputError
 from ..fileio import atomic_write_bytes, tensors_checksum
 from ..seeds import cpu_generator, derive_seed
+from ..train.inference import check_generator_fits, generator_sampling
 from ..train.loop import StopCallback
 
 PAIRS_FORMAT = "diffsketch-pairs"
@@ -269,9 +270,12 @@ class PairSet:
     ``(image [3,H,W], sketch [1,H,W])`` float32 tensors in [0, 1]. ``pairs.indices`` maps k to the
     file index, ``pairs.settings`` is the manifest's settings. Every listed file is checked to
     exist when the set is opened, so a damaged folder fails at once rather than mid-training.
+
+    ``count`` takes pairs ``0 .. count-1`` only (all must be complete), so a folder that holds
+    more pairs than a run asked for gives that run exactly the pairs it asked for.
     """
 
-    def __init__(self, out_dir: str | os.PathLike):
+    def __init__(self, out_dir: str | os.PathLike, count: int | None = None):
         self.root = Path(out_dir)
         manifest = _read_manifest(self.root) if self.root.is_dir() else None
         if manifest is None:
@@ -281,6 +285,13 @@ class PairSet:
         self.settings: dict = manifest["settings"]
         self.requested: int | None = manifest.get("requested")
         self.indices: list[int] = manifest["done"]
+        if count is not None:
+            absent = sorted(set(range(count)) - set(self.indices))
+            if absent:
+                raise InvalidInputError(
+                    f"{self.root} lacks {len(absent)} of pairs 0..{count - 1} (e.g. {absent[:3]}); generate them first."
+                )
+            self.indices = list(range(count))
         missing = [str(p) for i in self.indices for p in pair_paths(self.root, i) if not p.is_file()]
         if missing:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
@@ -291,6 +302,12 @@ class PairSet:
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def fingerprint(self) -> str:
+        """A short hash of which pairs these are: the folder's settings (teacher included) and the
+        pair indices. Two sets with one fingerprint hold the same pairs."""
+        blob = json.dumps({"settings": self.settings, "indices": _to_ranges(self.indices)}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not -len(self) <= k < len(self):
@@ -324,21 +341,13 @@ def _read_png(path: Path, mode: str) -> torch.Tensor:
     return t.permute(2, 0, 1).contiguous() if t.dim() == 3 else t[None]
 
 
-def _with_generator_timesteps(generator: nn.Module, sampling: SamplingSettings) -> SamplingSettings:
-    """``sampling`` with the generator's own timesteps (its ``meta["timesteps"]``) when it names none."""
-    meta = getattr(generator, "meta", None)
-    if sampling.timesteps is None and isinstance(meta, dict) and meta.get("timesteps"):
-        return sampling.replace(timesteps=tuple(meta["timesteps"]))
-    return sampling
-
-
 def pair_settings(backend, generator: nn.Module, conditions, sampling: SamplingSettings) -> dict:
     """Everything that decides which pairs :func:`generate_pairs` writes (the generator's and the
     conditions' fingerprints included), checked: what a pair folder's manifest records.
-    ``sampling.seed`` is the seed pair ``i``'s condition and noise are derived from."""
-    if not isinstance(sampling, SamplingSettings):
-        raise InvalidInputError(f"sampling must be a SamplingSettings, got {type(sampling).__name__}.")
-    sampling = _with_generator_timesteps(generator, sampling)
+    ``sampling.seed`` is the seed pair ``i``'s condition and noise are derived from; its
+    timesteps and schedule, where None, are the ones the generator was trained with."""
+    check_generator_fits(backend, generator)
+    sampling = generator_sampling(generator, sampling)
     plan = sampling.plan()
     n_needed = getattr(generator, "n_timesteps", len(plan.used))
     if len(plan.used) != n_needed:
@@ -381,14 +390,16 @@ def generate_pairs(
     progress: ProgressFn | None = None,
     should_stop: StopCallback | None = None,
 ) -> PairSet:
-    """Write pairs ``0 .. count-1`` of DiffSketch (image, sketch) into ``out_dir``; returns the set.
+    """Write pairs ``0 .. count-1`` of DiffSketch (image, sketch) into ``out_dir``; returns them
+    (``PairSet(out_dir, count)``: pairs made earlier beyond ``count`` are kept but not included).
 
     Pair ``i``: a pure random CDST condition ``conditions.sample(g)`` with ``g`` seeded from
     ``(sampling.seed, i)``, an image sampled with that condition, ``sampling`` and the noise seed
     ``derive_seed("noise", sampling.seed, i)`` with features captured, and
-    ``generator.forward_sample(sample)`` clamped to [0, 1] as its sketch. ``sampling.timesteps``
-    None takes the generator's (``generator.meta["timesteps"]``) if it records them, else the
-    paper's 13. ``sampling`` None: :class:`~diffsketch.backends.base.SamplingSettings` defaults.
+    ``generator.forward_sample(sample)`` clamped to [0, 1] as its sketch. ``sampling``'s
+    timesteps and schedule, where None, are the generator's (see
+    :func:`~diffsketch.train.inference.generator_sampling`); ``sampling`` None:
+    :class:`~diffsketch.capture.sampling.SamplingSettings` defaults.
 
     Resumable: pairs already in the folder are skipped, so re-running (after a Cancel, a crash,
     or with a larger ``count``) only adds the missing ones. The folder remembers the settings,
@@ -398,7 +409,7 @@ def generate_pairs(
     """
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_PAIRS:
         raise InvalidInputError(f"pair count must be an integer in 1..{MAX_PAIRS}, got {count!r}.")
-    sampling = _with_generator_timesteps(generator, sampling or SamplingSettings())
+    sampling = generator_sampling(generator, sampling or SamplingSettings())
     settings = pair_settings(backend, generator, conditions, sampling)
     sampling = sampling.replace(timesteps=tuple(settings["timesteps"]))
     writer = _PairWriter(out_dir, settings, requested=count)
@@ -427,4 +438,4 @@ def generate_pairs(
                 progress(done, count)
     finally:
         generator.train(was_training)
-    return PairSet(writer.root)
+    return PairSet(writer.root, count=count)

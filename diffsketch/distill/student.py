@@ -11,6 +11,7 @@ Not implemented: the optional adversarial term (Pix2PixHD's GAN + feature matchi
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -148,6 +149,40 @@ class DistillConfig:
 _RESUMABLE_CHANGES = ("iterations", "checkpoint_every", "preview_every")
 
 
+def pair_set_identity(pairs) -> dict:
+    """Which pairs a student trains on, as a checkpoint records it: the count, and for a
+    :class:`~diffsketch.distill.pairs.PairSet` its fingerprint (settings, teacher and indices)."""
+    fingerprint = getattr(pairs, "fingerprint", None)
+    return {"pairs": len(pairs), "pair_set": fingerprint() if callable(fingerprint) else None}
+
+
+def student_run_key(pairs, config: DistillConfig) -> str:
+    """A short hash of what decides a student's training run: its pairs and every setting that
+    must not change on resume (not ``iterations`` nor the checkpoint/preview cadence). Two runs
+    with one key are one run, the second continuing the first."""
+    settings = {k: v for k, v in config.to_dict().items() if k not in _RESUMABLE_CHANGES}
+    blob = json.dumps({"pairs": pair_set_identity(pairs), "config": settings}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def run_differences(meta: dict, pairs, config: DistillConfig) -> list[str]:
+    """What differs between a checkpoint's run (its ``meta``) and a run on ``pairs`` with
+    ``config``, as "name: was -> now" (empty: the same run; ``iterations`` may differ)."""
+    saved = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    wanted = config.to_dict()
+    diffs = [
+        f"{k}: {saved.get(k)!r} -> {wanted.get(k)!r}"
+        for k in sorted(set(saved) | set(wanted))
+        if k not in _RESUMABLE_CHANGES and saved.get(k) != wanted.get(k)
+    ]
+    mine = pair_set_identity(pairs)
+    if meta.get("pairs") is not None and meta.get("pairs") != mine["pairs"]:
+        diffs.insert(0, f"pairs: {meta.get('pairs')} -> {mine['pairs']}")
+    elif meta.get("pair_set") not in (None, mine["pair_set"]) and mine["pair_set"] is not None:
+        diffs.insert(0, "pairs: other pairs of the same count (another teacher or other pair settings)")
+    return diffs
+
+
 def build_student(config: DistillConfig) -> SketchExtractor:
     """The default student, initialised from ``config.seed`` without touching the global RNG."""
     return seeded(derive_seed("student-init", config.seed), lambda: SketchExtractor(config.extractor))
@@ -224,22 +259,17 @@ def _preview(images: torch.Tensor, sketches: torch.Tensor, output: torch.Tensor)
     return torch.cat([p.cpu() for p in parts], dim=-1).permute(1, 2, 0)[None].contiguous()
 
 
-def _check_resume(meta: dict, config: DistillConfig, student: nn.Module, path) -> None:
-    saved = meta.get("config")
-    if not isinstance(saved, dict):
+def _check_resume(meta: dict, config: DistillConfig, student: nn.Module, path, pairs) -> None:
+    if not isinstance(meta.get("config"), dict):
         raise FileFormatError(
             f"{Path(path).name}: the checkpoint has no distill config; it cannot be resumed."
         )
-    wanted = config.to_dict()
-    diffs = [
-        f"{k}: checkpoint {saved.get(k)!r}, now {wanted.get(k)!r}"
-        for k in sorted(set(saved) | set(wanted))
-        if k not in _RESUMABLE_CHANGES and saved.get(k) != wanted.get(k)
-    ]
+    diffs = run_differences(meta, pairs, config)
     if diffs:
         raise InvalidInputError(
-            f"{Path(path).name} was made with other distill settings ({'; '.join(diffs)}). Resume with the "
-            f"checkpoint's settings (only {', '.join(_RESUMABLE_CHANGES)} may change) or start a new run."
+            f"{Path(path).name} was trained on other pairs or with other distill settings (checkpoint -> now: "
+            f"{'; '.join(diffs)}). Resume with its pairs and settings (only {', '.join(_RESUMABLE_CHANGES)} may "
+            "change), or train a new student: no resume_from, and another checkpoint_path."
         )
     if meta.get("student") not in (None, type(student).__name__):
         raise InvalidInputError(
@@ -269,9 +299,9 @@ def train_student(
     trains on L1 alone.
 
     ``checkpoint_path``: written every ``checkpoint_every`` steps, at the end, and on Cancel.
-    ``resume_from``: a checkpoint of this run (same settings but ``iterations`` and the
-    checkpoint/preview frequencies): training continues from its step and ends exactly where an
-    uninterrupted run would. ``on_step(step, losses, preview)`` after every step; ``preview`` is
+    ``resume_from``: a checkpoint of this run (the same pairs, the same settings but
+    ``iterations`` and the checkpoint/preview frequencies; anything else is refused, naming what
+    differs): training continues from its step and ends exactly where an uninterrupted run would. ``on_step(step, losses, preview)`` after every step; ``preview`` is
     None except every ``preview_every`` steps and at the last one, when it is a ComfyUI IMAGE
     ``[1, H, 3W, 3]`` (input | teacher | student). ``should_stop()`` before every step: True
     writes a checkpoint (with ``checkpoint_path``) and raises
@@ -318,7 +348,7 @@ def train_student(
             device=device,
             versions=(DISTILL_CHECKPOINT_VERSION,),
         )
-        _check_resume(meta, config, student, resume_from)
+        _check_resume(meta, config, student, resume_from, pairs)
         logger.info("DiffSketch: resuming the student from %s at step %d", resume_from, start)
 
     losses: dict = {}
@@ -327,7 +357,7 @@ def train_student(
         meta = {
             "config": config.to_dict(),
             "student": type(student).__name__,
-            "pairs": n_pairs,
+            **pair_set_identity(pairs),
             "losses": losses,
         }
         if isinstance(student, SketchExtractor):
@@ -413,6 +443,7 @@ def train_student(
     student.meta = {
         "distill": config.to_dict(),
         "iterations_done": steps_done,
+        "started_at_step": start,
         "pairs": n_pairs,
         "pair_settings": getattr(pairs, "settings", None),
         "final_losses": losses,

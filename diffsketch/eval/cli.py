@@ -6,7 +6,7 @@ import sys
 
 from ..errors import DiffSketchError
 from ..styles import STYLES
-from ..terminal import pick_device, progress_bar
+from ..terminal import check_input_file, check_output_folder, pick_device, progress_bar
 from .run import ALL_METRICS, evaluate
 
 
@@ -82,6 +82,9 @@ def cmd_eval(args) -> int:
     """Run ``diffsketch eval``: 0 = done, 1 = done but files were skipped or unpaired, 2 = error."""
     bar = _tqdm_progress()
     try:
+        check_input_file(args.photos, "photos folder", folder_ok=True)
+        check_input_file(args.extractor, "--extractor")
+        check_output_folder(args.out, "--out")
         report = evaluate(
             args.photos,
             args.out,

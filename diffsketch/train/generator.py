@@ -33,8 +33,10 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .. import fileio
-from ..capture.spec import FeatureSpec
-from ..errors import FileFormatError, InvalidInputError
+from ..capture.sampling import SCHEDULES
+from ..capture.spec import SD1, FeatureSpec, backbone_family, check_backbone_family
+from ..capture.timesteps import NUM_TRAIN_TIMESTEPS
+from ..errors import FileFormatError, InvalidInputError, UnsupportedModelError
 
 GENERATOR_KIND = "generator"
 GENERATOR_VERSION = 1
@@ -382,14 +384,30 @@ UnetFeatures = Mapping[int, Sequence[torch.Tensor]] | Sequence[Sequence[torch.Te
 
 
 class SketchGenerator(nn.Module):
-    """Features of one sample -> a one-channel sketch ``[1, 1, H, W]`` (unbounded; white ~ 1)."""
+    """Features of one sample -> a one-channel sketch ``[1, 1, H, W]`` (unbounded; white ~ 1).
 
-    def __init__(self, spec: FeatureSpec, config: GeneratorConfig):
+    Besides its weights, a generator carries how its features must be sampled, in memory and in
+    its file, so whoever runs it (Generate, Distill, the command line) samples the way it was
+    trained: :attr:`timesteps` (the UNet timesteps its features come from, ascending; None until
+    set by the trainer or read from a file), :attr:`schedule` (``"full"`` or ``"fast"``) and its
+    backbone :attr:`family` (from its spec).
+    """
+
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        config: GeneratorConfig,
+        *,
+        timesteps: Sequence[int] | None = None,
+        schedule: str = "full",
+    ):
         super().__init__()
         config.validate(spec)
         self.spec = spec
         self.config = config
-        self.meta: dict = {}  # filled by load_generator with the file's meta
+        self.meta: dict = {}  # the file's meta (load_generator) or the trainer's record
+        self.timesteps = timesteps
+        self.schedule = schedule
         #: Trade compute for memory in training (diffusers' name for the same switch).
         self.gradient_checkpointing = False
         c = config
@@ -431,6 +449,31 @@ class SketchGenerator(nn.Module):
     @property
     def n_timesteps(self) -> int:
         return self.config.n_timesteps
+
+    @property
+    def family(self) -> str:
+        """The backbone family of the model it was trained on (e.g. ``"sd1"``), from its spec."""
+        return backbone_family(self.spec)
+
+    @property
+    def timesteps(self) -> tuple[int, ...] | None:
+        """The UNet timesteps (ascending) the generator was trained on, or None when unknown."""
+        return self._timesteps
+
+    @timesteps.setter
+    def timesteps(self, value: Sequence[int] | None) -> None:
+        self._timesteps = None if value is None else _checked_timesteps(value, self.config.n_timesteps)
+
+    @property
+    def schedule(self) -> str:
+        """The sampling schedule of the samples it was trained on: ``"full"`` or ``"fast"``."""
+        return self._schedule
+
+    @schedule.setter
+    def schedule(self, value: str) -> None:
+        if value not in SCHEDULES:
+            raise InvalidInputError(f"a generator's schedule must be one of {list(SCHEDULES)}, got {value!r}")
+        self._schedule = value
 
     # -- input checks --------------------------------------------------------------------------
     def _ordered_timesteps(self, unet: UnetFeatures) -> list[Sequence[torch.Tensor]]:
@@ -585,6 +628,19 @@ class SketchGenerator(nn.Module):
         }
 
 
+def _checked_timesteps(value: Sequence[int], n_timesteps: int) -> tuple[int, ...]:
+    try:
+        timesteps = tuple(sorted(int(t) for t in value))
+    except (TypeError, ValueError) as e:
+        raise InvalidInputError(f"a generator's timesteps must be integers, got {value!r}") from e
+    if len(set(timesteps)) != n_timesteps or not all(0 <= t < NUM_TRAIN_TIMESTEPS for t in timesteps):
+        raise InvalidInputError(
+            f"this generator takes features at {n_timesteps} distinct timesteps in 0..{NUM_TRAIN_TIMESTEPS - 1}; "
+            f"got {list(value)}"
+        )
+    return timesteps
+
+
 def parameter_count(module: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
@@ -606,14 +662,19 @@ def save_generator(path: str | Path, generator: SketchGenerator, meta: Mapping |
     """Write ``generator`` as a DiffSketch ``generator`` model file (v1; see
     :func:`~diffsketch.fileio.save_model_file`: checksum, no NaN or infinite weights).
 
-    ``meta`` is the caller's JSON-serialisable record (training settings, steps done, base-model
-    fingerprint, ...); it comes back as ``load_generator(...).meta``.
+    The header records the spec, the config, the backbone family, the timesteps and the
+    schedule the generator samples with. ``meta`` is the caller's JSON-serialisable record
+    (training settings, steps done, base-model fingerprint, ...); it comes back as
+    ``load_generator(...).meta``.
     """
     header = {
         "spec": generator.spec.to_json(),
         "spec_fingerprint": generator.spec.fingerprint(),
         "config": generator.config.to_dict(),
         "parameters": parameter_count(generator),
+        "family": generator.family,
+        "timesteps": None if generator.timesteps is None else list(generator.timesteps),
+        "schedule": generator.schedule,
         "meta": dict(meta or {}),
     }
     return fileio.save_model_file(path, generator.state_dict(), GENERATOR_KIND, GENERATOR_VERSION, header)
@@ -648,24 +709,49 @@ def load_generator(
         config = GeneratorConfig.from_dict(header["config"])
     except (KeyError, TypeError, ValueError) as e:
         raise FileFormatError(f"{path.name}: the generator header is incomplete or invalid ({e}).") from e
+    _check_file_family(header, spec, path)
     if expected_spec is not None and not spec.is_compatible(expected_spec):
         raise FileFormatError(
             f"{path.name} was trained for a different model layout (spec {spec.fingerprint()}) than the model in "
             f"use (spec {expected_spec.fingerprint()}; differs in {_spec_difference(spec, expected_spec)}). "
             "Use the base model it was trained with, or train a generator for this model."
         )
+    meta = header.get("meta", {})
+    meta = meta if isinstance(meta, dict) else {}
+    # Files written before these header fields existed kept the timesteps in the trainer's meta
+    # (so may a caller's own meta) and the schedule in its training settings (none: the full one).
+    timesteps = header.get("timesteps") or meta.get("timesteps")
+    training = meta.get("training") if isinstance(meta.get("training"), dict) else {}
+    schedule = header.get("schedule", training.get("schedule", "full"))
     try:
-        generator = SketchGenerator(spec, config)
+        generator = SketchGenerator(spec, config, timesteps=timesteps or None, schedule=schedule)
     except InvalidInputError as e:
-        raise FileFormatError(f"{path.name}: the stored generator config does not fit its spec ({e}).") from e
+        raise FileFormatError(
+            f"{path.name}: the stored generator config, timesteps or schedule do not fit ({e})."
+        ) from e
     fileio.load_state_strict(
         generator,
         tensors,
         path.name,
         "The file is damaged or was written by an incompatible version; its header describes another generator.",
     )
-    generator.meta = dict(header.get("meta", {}))
+    generator.meta = dict(meta)
     return generator.to(device=device, dtype=dtype)
+
+
+def _check_file_family(header: Mapping, spec: FeatureSpec, path: Path) -> None:
+    """The header's backbone family (SD 1.x in files written before it was recorded) must be a
+    known one and agree with the family of the stored spec."""
+    family = header.get("family", SD1)
+    try:
+        check_backbone_family(family, path.name)
+    except UnsupportedModelError as e:
+        raise FileFormatError(str(e)) from e
+    if family != spec.family:
+        raise FileFormatError(
+            f"{path.name}: the header says backbone family {family!r} but the stored spec is {spec.family!r}; "
+            "the file is damaged."
+        )
 
 
 __all__ = [

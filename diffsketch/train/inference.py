@@ -1,20 +1,31 @@
-"""Running a trained generator: sample an image with a backend and draw its sketch."""
+"""Running a trained generator: sample an image with a backend and draw its sketch.
+
+A generator samples the way it was trained: at its timesteps, with its schedule, on a model of
+its backbone family (:class:`~diffsketch.train.generator.SketchGenerator` carries all three).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
 from ..capture.sampling import SamplingSettings
+from ..capture.spec import BACKBONE_FAMILIES, backbone_family
 from ..capture.timesteps import PAPER_TIMESTEPS
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, UnsupportedModelError
 from .generator import SketchGenerator
 
 
 def generator_timesteps(generator: SketchGenerator) -> tuple[int, ...]:
-    """The timesteps a generator was trained with (its meta), else the paper's 13 when it has 13."""
-    saved = generator.meta.get("timesteps") if isinstance(generator.meta, Mapping) else None
+    """The timesteps a generator was trained on: its own record (set by the trainer, read from
+    its file), else a ``meta["timesteps"]`` list; a generator that records none and takes 13
+    timesteps is taken to use the paper's 13, the default of every capture."""
+    recorded = getattr(generator, "timesteps", None)
+    if recorded:
+        return tuple(int(t) for t in recorded)
+    meta = getattr(generator, "meta", None)
+    saved = meta.get("timesteps") if isinstance(meta, Mapping) else None
     if saved:
         return tuple(int(t) for t in saved)
     if generator.n_timesteps == len(PAPER_TIMESTEPS):
@@ -24,23 +35,72 @@ def generator_timesteps(generator: SketchGenerator) -> tuple[int, ...]:
     )
 
 
+def generator_schedule(generator: SketchGenerator) -> str:
+    """The sampling schedule (``"full"`` or ``"fast"``) of the samples a generator was trained on."""
+    return getattr(generator, "schedule", None) or "full"
+
+
+def check_generator_fits(backend, generator: SketchGenerator) -> None:
+    """Raise before any sampling when ``generator`` cannot run on ``backend``'s model: another
+    backbone family, or another layout of the same family."""
+    spec = getattr(generator, "spec", None)
+    if spec is None:
+        return  # a teacher module of another kind; its forward_sample does its own checks
+    mine, theirs = backbone_family(generator), backbone_family(backend)
+    if mine != theirs:
+        raise UnsupportedModelError(
+            f"the generator was trained on an {BACKBONE_FAMILIES[mine]} model ({mine!r}) but the model connected "
+            f"is {BACKBONE_FAMILIES[theirs]} ({theirs!r}); use a model of the family it was trained on."
+        )
+    if not spec.is_compatible(backend.spec):
+        raise InvalidInputError(
+            f"the generator was trained for model layout {spec.fingerprint()} but the model connected has layout "
+            f"{backend.spec.fingerprint()}; use the base model it was trained with."
+        )
+
+
+def generator_sampling(generator, sampling: SamplingSettings) -> SamplingSettings:
+    """``sampling`` completed with what ``generator`` was trained on: its timesteps where
+    ``sampling.timesteps`` is None, its schedule where ``sampling.schedule`` is None. A teacher
+    module without a timestep count keeps ``sampling``'s own (None: the paper's 13)."""
+    if not isinstance(sampling, SamplingSettings):
+        raise InvalidInputError(f"sampling must be a SamplingSettings, got {type(sampling).__name__}.")
+    changes = {}
+    if sampling.timesteps is None and hasattr(generator, "n_timesteps"):
+        changes["timesteps"] = generator_timesteps(generator)
+    if sampling.schedule is None:
+        changes["schedule"] = generator_schedule(generator)
+    return sampling.replace(**changes) if changes else sampling
+
+
 def generate_pair(
-    backend, generator: SketchGenerator, cond_or_prompt: torch.Tensor | str, sampling: SamplingSettings
+    backend,
+    generator: SketchGenerator,
+    cond_or_prompt: torch.Tensor | str,
+    sampling: SamplingSettings,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample an image and its sketch: ``(image [1, 3, H, W], sketch [1, 1, H, W])``, both in [0, 1]
-    on the CPU. ``sampling.timesteps`` None means the ones the generator was trained with."""
-    if sampling.timesteps is None:
-        sampling = sampling.replace(timesteps=generator_timesteps(generator))
+    on the CPU. ``sampling``'s timesteps and schedule, where None, are the ones the generator was
+    trained with; ``progress(step, total)`` after each sampling step."""
+    check_generator_fits(backend, generator)
+    sampling = generator_sampling(generator, sampling)
     used = sampling.plan().used
     if len(used) != generator.n_timesteps:
         raise InvalidInputError(
             f"the generator needs features at {generator.n_timesteps} timesteps; {list(sampling.timesteps)} gives "
             f"{len(used)} on the {sampling.steps}-step grid"
         )
-    sample = backend.sample(cond_or_prompt, sampling)
+    sample = backend.sample(cond_or_prompt, sampling, progress=progress)
     with torch.no_grad():
         sketch = generator.forward_sample(sample)
     return sample.image.float().cpu(), sketch.float().clamp(0, 1).cpu()
 
 
-__all__ = ["generate_pair", "generator_timesteps"]
+__all__ = [
+    "check_generator_fits",
+    "generate_pair",
+    "generator_sampling",
+    "generator_schedule",
+    "generator_timesteps",
+]

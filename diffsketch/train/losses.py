@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import warnings
@@ -281,7 +282,35 @@ def _vision_state(state: Mapping[str, torch.Tensor], path: Path) -> tuple[dict[s
     )
 
 
-def _architecture_from_state(vision: Mapping[str, torch.Tensor], path: Path) -> dict:
+# The weights file of a Hugging Face CLIP folder (transformers' save_pretrained, e.g. a download of
+# openai/clip-vit-base-patch32) and of an open_clip / timm hub folder.
+HF_CLIP_FILENAMES = ("model.safetensors", "open_clip_model.safetensors")
+
+
+def _hugging_face_folder(folder: Path) -> tuple[Path, dict] | None:
+    """``(weights file, vision settings)`` of a Hugging Face CLIP folder, or None when ``folder``
+    is not one. The settings are the ``vision_config`` of its config.json (a CLIPModel's) or the
+    whole file (a CLIPVisionModel's): they give the head count and activation, which the weights
+    do not."""
+    weights = next((folder / n for n in HF_CLIP_FILENAMES if (folder / n).is_file()), None)
+    if weights is None:
+        return None
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        return weights, {}
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WeightsNotFoundError(f"{config_path} is not valid JSON ({e}). {CLIP_HOW_TO_GET}") from e
+    vision = config.get("vision_config", config) if isinstance(config, dict) else None
+    if not isinstance(vision, dict):
+        raise WeightsNotFoundError(f"{config_path} has no vision settings. {CLIP_HOW_TO_GET}")
+    return weights, vision
+
+
+def _architecture_from_state(vision: Mapping[str, torch.Tensor], path: Path, settings: Mapping) -> dict:
+    """open_clip's vision settings, read from the weight shapes (and ``settings`` of a config.json
+    for the head count, which the shapes do not give)."""
     try:
         width = vision["class_embedding"].shape[-1]
         patch = vision["conv1.weight"].shape[-1]
@@ -300,7 +329,9 @@ def _architecture_from_state(vision: Mapping[str, torch.Tensor], path: Path) -> 
         raise WeightsNotFoundError(
             f"{path.name}: the positional embedding ({n_pos}) is not a square ViT grid."
         )
-    heads = _HEADS_BY_WIDTH.get(width, max(1, width // 64))
+    heads = int(settings.get("num_attention_heads", 0)) or _HEADS_BY_WIDTH.get(width, max(1, width // 64))
+    if width % heads:
+        raise WeightsNotFoundError(f"{path.name}: width {width} does not split into {heads} attention heads.")
     return {
         "embed_dim": int(embed_dim),
         "vision_cfg": {
@@ -365,16 +396,33 @@ def load_clip_image_encoder(
 ) -> ClipImageEncoder:
     """Load a frozen CLIP image tower from a local ``.safetensors`` file.
 
-    ``weights`` is the file or a folder holding one of :data:`CLIP_FILENAMES`; with None, those
-    names are looked up in ``search_dirs``. Both the open_clip layout (``visual.*``, as in
+    ``weights`` is the file, a folder holding one of :data:`CLIP_FILENAMES`, or a downloaded
+    Hugging Face folder (``model.safetensors`` or ``open_clip_model.safetensors``, with the
+    ``config.json`` transformers writes); with None, the names are looked up in
+    ``search_dirs``. Both the open_clip layout (``visual.*``, as in
     ``open_clip_model.safetensors``) and the transformers layout (``vision_model.*`` +
     ``visual_projection``, as in ``openai/clip-vit-base-patch32`` or a ComfyUI ``clip_vision``
     file) are read; the architecture is read from the weight shapes. ``quick_gelu`` must be True
-    for OpenAI's weights (the paper's) and False for LAION/open_clip-trained ones.
+    for OpenAI's weights (the paper's) and False for LAION/open_clip-trained ones; a folder's
+    config.json says which (its ``hidden_act``), and then it is taken from there.
     """
-    path = _resolve_weights(
-        weights, CLIP_FILENAMES, search_dirs, "CLIP ViT-B/32 image encoder", CLIP_HOW_TO_GET
-    )
+    settings: dict = {}
+    hugging_face = None
+    if weights is not None and Path(weights).is_dir():
+        if not any((Path(weights) / n).is_file() for n in CLIP_FILENAMES):
+            hugging_face = _hugging_face_folder(Path(weights))
+    if hugging_face is not None:
+        path, settings = hugging_face
+        act = settings.get("hidden_act", "quick_gelu")  # transformers' CLIPVisionConfig default
+        if act not in ("quick_gelu", "gelu"):
+            raise WeightsNotFoundError(
+                f"{path.parent / 'config.json'}: hidden_act {act!r} is neither quick_gelu (OpenAI CLIP) nor gelu."
+            )
+        quick_gelu = act == "quick_gelu"
+    else:
+        path = _resolve_weights(
+            weights, CLIP_FILENAMES, search_dirs, "CLIP ViT-B/32 image encoder", CLIP_HOW_TO_GET
+        )
     if path.suffix != ".safetensors":
         raise WeightsNotFoundError(
             f"{path.name} is not a .safetensors file; DiffSketch never loads pickled weights. {CLIP_HOW_TO_GET}"
@@ -395,7 +443,7 @@ def load_clip_image_encoder(
             f"{path.name} could not be read as safetensors ({e}). {CLIP_HOW_TO_GET}"
         ) from e
     vision, layout = _vision_state(state, path)
-    arch = _architecture_from_state(vision, path)
+    arch = _architecture_from_state(vision, path, settings)
     tower = _open_clip_vision_tower(arch["embed_dim"], arch["vision_cfg"], quick_gelu)
     try:
         tower.load_state_dict({k: v.float() for k, v in vision.items()}, strict=True)

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from .. import __version__
 from ..capture.sample import CapturedSample
-from ..capture.sampling import SamplingSettings
+from ..capture.sampling import SCHEDULES, SamplingSettings
 from ..capture.timesteps import ddim_grid, plan_timesteps
 from ..errors import FileFormatError, InvalidInputError
 from ..fileio import read_header
@@ -53,7 +53,6 @@ CHECKPOINT_KIND = "training_checkpoint"
 CHECKPOINT_VERSION = 1
 
 TIMESTEP_POLICIES = ("fixed", "random13")
-SCHEDULES = ("full", "fast")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -421,6 +420,9 @@ class Trainer:
                     f"{example.spec.fingerprint()}."
                 )
             self.generator = _escape_inference_mode(generator).to(self.device).train()
+            # What the generator is trained on travels with it, so whoever runs it samples alike.
+            self.generator.timesteps = self.timesteps
+            self.generator.schedule = config.schedule
 
             if loss.weights != config.loss_weights:
                 if config.loss_weights.lpips and loss.lpips is None:
@@ -663,8 +665,10 @@ class Trainer:
         }
 
     def save_generator(self, path: str | Path) -> Path:
-        """Write the trained generator (``load_generator`` reads it back, meta included)."""
-        return save_generator(path, self.generator, self.generator_meta())
+        """Write the trained generator (``load_generator`` reads it back, meta included); the
+        generator in memory gets the same meta."""
+        self.generator.meta = self.generator_meta()
+        return save_generator(path, self.generator, self.generator.meta)
 
     def loss_curve_image(self, size: tuple[int, int] = (640, 400)):
         return loss_curve_image(self.history, size)

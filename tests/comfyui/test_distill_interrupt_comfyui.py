@@ -96,6 +96,7 @@ def _manifest_complete(folder) -> bool:
 
 
 def test_interrupt_during_student_training_resumes_to_the_same_extractor(comfy_server, distill_env):
+    from diffsketch.distill import STUDENT_CHECKPOINT_PREFIX
     from diffsketch.distill.extractor import load_extractor
     from diffsketch.distill.student import DISTILL_CHECKPOINT_KIND
     from diffsketch.fileio import read_header
@@ -113,14 +114,17 @@ def test_interrupt_during_student_training_resumes_to_the_same_extractor(comfy_s
     entry = comfy_server.wait(pid)
     assert entry["status"]["status_str"] == "error"
     assert any(kind == "execution_interrupted" for kind, _ in entry["status"]["messages"])
-    [checkpoint] = pairs.glob("*/student_checkpoint.safetensors")
+    # one checkpoint per student run, named by its pairs and settings
+    [checkpoint] = pairs.glob(f"*/{STUDENT_CHECKPOINT_PREFIX}*.safetensors")
     header = read_header(checkpoint, DISTILL_CHECKPOINT_KIND)
     cancelled_at = header["step"]
     assert 0 < cancelled_at < ITERATIONS, cancelled_at
 
     entry = comfy_server.run(distill_graph("interrupted"))
     assert entry["status"]["status_str"] == "success", error_message(entry)
-    assert f"resuming the student from {checkpoint} at step {cancelled_at}" in comfy_server.log_text()
+    log = comfy_server.log_text()
+    assert f"resuming the student at step {cancelled_at} of {ITERATIONS} on" in log  # the node's notice
+    assert f"resuming the student from {checkpoint} at step {cancelled_at}" in log
     assert read_header(checkpoint, DISTILL_CHECKPOINT_KIND)["step"] == ITERATIONS
 
     entry = comfy_server.run(distill_graph("uninterrupted"))

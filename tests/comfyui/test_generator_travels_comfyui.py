@@ -1,0 +1,201 @@
+"""Tier 2 (issue 18): what a trained generator carries reaches every node that uses it, a rerun of
+Distill on other pairs or settings trains on them, Load Generator lists generators only, and save
+names accept any script but refuse Windows device names."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from comfy_harness import error_message
+from PIL import Image
+
+pytestmark = pytest.mark.comfyui
+
+PRESETS = {
+    "three": "1, 501, 941",
+    "thirteen": "21, 81, 181, 261, 341, 441, 521, 581, 661, 721, 801, 881, 961",  # not the paper's 13
+}
+CONDITIONS = "travel_stilé"  # a save name outside ASCII
+SIZE = {"width": 64, "height": 64}
+
+
+@pytest.fixture(scope="module")
+def loss_files(comfy_server):
+    """Tiny CLIP and AlexNet weight files in the server's model folders (random weights)."""
+    import torchvision
+    from safetensors.torch import save_file
+
+    from diffsketch.train.losses import TINY_CLIP_ARCHITECTURE, ClipImageEncoder
+
+    models = comfy_server.base / "models" / "diffsketch"
+    clip = models / "clip" / "clip_vit_b_32.safetensors"
+    lpips = models / "lpips" / "alexnet-owt-7be5be79.safetensors"
+    if not clip.exists():
+        clip.parent.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(0)
+        tower = ClipImageEncoder.random(TINY_CLIP_ARCHITECTURE).tower
+        save_file({f"visual.{k}": v.contiguous() for k, v in tower.state_dict().items()}, str(clip))
+    if not lpips.exists():
+        lpips.parent.mkdir(parents=True, exist_ok=True)
+        alex = torchvision.models.alexnet(weights=None).state_dict()
+        save_file({k: v.contiguous() for k, v in alex.items()}, str(lpips))
+    return models
+
+
+def _checkpoint():
+    return {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}}
+
+
+def _fit_conditions(save_name, prompts="a horse\na cat\na city at night\na bowl of fruit\na mountain lake"):
+    return {
+        "class_type": "DiffSketchFitConditions",
+        "inputs": {"clip": ["1", 1], "prompts": prompts, "components": 4, "seed": 0, "save_name": save_name},
+    }
+
+
+def _generate_and_distill(graph, prefix, generator, conditions, save_name, pair_count=2, batch_size=2):
+    graph[f"{prefix}1"] = {
+        "class_type": "DiffSketchGenerate",
+        "inputs": {
+            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "generator": generator,
+            "prompt": "a cat on a sofa", "seed": 3, "steps": 50, "cfg": 5.0, **SIZE,
+        },
+    }  # fmt: skip
+    graph[f"{prefix}2"] = {
+        "class_type": "SaveImage",
+        "inputs": {"images": [f"{prefix}1", 1], "filename_prefix": save_name},
+    }
+    graph[f"{prefix}3"] = {
+        "class_type": "DiffSketchDistill",
+        "inputs": {
+            "generator": generator, "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2],
+            "conditions": conditions, "pair_count": pair_count, "iterations": 2, "batch_size": batch_size,
+            "crop_size": 64, "learning_rate": 1e-3, "steps": 50, **SIZE, "seed": 0, "save_name": save_name,
+        },
+    }  # fmt: skip
+
+
+def _saved_pixels(comfy_server, entry, node) -> np.ndarray:
+    image = entry["outputs"][node]["images"][0]
+    path = comfy_server.base / "output" / image["subfolder"] / image["filename"]
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def _extractor_weights(comfy_server, name) -> dict:
+    from diffsketch.distill.extractor import load_extractor
+
+    path = comfy_server.base / "models" / "diffsketch" / "extractors" / f"{name}.safetensors"
+    return load_extractor(path).state_dict()
+
+
+def test_a_trained_generator_samples_alike_straight_from_train_and_from_its_file(comfy_server, loss_files):
+    graph = {
+        "1": _checkpoint(),
+        "2": _fit_conditions(CONDITIONS),
+        "3": {
+            "class_type": "DiffSketchLoadClipLoss",
+            "inputs": {
+                "clip_name": "clip_vit_b_32.safetensors",
+                "lpips_weights": "alexnet-owt-7be5be79.safetensors",
+                "quick_gelu": True,
+            },
+        },
+    }
+    for k, (name, custom) in enumerate(PRESETS.items()):
+        p = f"{k + 1}0"
+        graph[f"{p}1"] = {
+            "class_type": "DiffSketchTimestepsPreset",
+            "inputs": {"preset": "custom", "custom": custom},
+        }
+        graph[f"{p}2"] = {
+            "class_type": "DiffSketchSample",
+            "inputs": {
+                "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "prompt": "a horse", "seed": 1,
+                "steps": 50, "cfg": 5.0, **SIZE, "timesteps": [f"{p}1", 0],
+            },
+        }  # fmt: skip
+        graph[f"{p}3"] = {
+            "class_type": "DiffSketchTrain",
+            "inputs": {
+                "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "features": [f"{p}2", 2],
+                "sketch": [f"{p}2", 0], "conditions": ["2", 0], "loss_models": ["3", 0], "iterations": 2,
+                "learning_rate": 1e-4, "h_iter": 2, "lpips_weight": 15.0, "l1_weight": 30.0, "clip_weight": 30.0,
+                "across_weight": 1.0, "within_weight": 1.0, "timestep_policy": "fixed", "schedule": "fast",
+                "low_memory": False, "seed": 0, "save_name": f"travel_{name}", "resume_from": "(start fresh)",
+                "checkpoint_every": 1,
+            },
+        }  # fmt: skip
+        _generate_and_distill(graph, f"{p}4", [f"{p}3", 0], ["2", 0], f"travel_{name}_memory")
+    entry = comfy_server.run(graph)
+    assert entry["status"]["status_str"] == "success", error_message(entry)
+    from_memory = {name: _saved_pixels(comfy_server, entry, f"{k + 1}042") for k, name in enumerate(PRESETS)}
+
+    from diffsketch.train.generator import read_generator_header
+
+    generators = comfy_server.base / "models" / "diffsketch" / "generators"
+    header = read_generator_header(generators / "travel_thirteen.safetensors")
+    assert header["timesteps"] == [int(t) for t in PRESETS["thirteen"].split(",")]
+    assert header["schedule"] == "fast" and header["family"] == "sd1"
+    assert (generators / "checkpoints" / "travel_three.train.safetensors").is_file()
+
+    comfy_server.restart()
+    options = comfy_server.get("/object_info/DiffSketchLoadGenerator")["DiffSketchLoadGenerator"]
+    listed = options["input"]["required"]["generator_name"][1]["options"]
+    assert {"travel_three.safetensors", "travel_thirteen.safetensors"} <= set(listed)
+    assert not [n for n in listed if n.endswith(".train.safetensors")], listed
+
+    graph = {
+        "1": _checkpoint(),
+        "2": {
+            "class_type": "DiffSketchLoadConditions",
+            "inputs": {"conditions_name": f"{CONDITIONS}.safetensors"},
+        },
+    }
+    for k, name in enumerate(PRESETS):
+        p = f"{k + 1}0"
+        graph[f"{p}1"] = {
+            "class_type": "DiffSketchLoadGenerator",
+            "inputs": {"generator_name": f"travel_{name}.safetensors"},
+        }
+        _generate_and_distill(graph, f"{p}4", [f"{p}1", 0], ["2", 0], f"travel_{name}_file")
+    entry = comfy_server.run(graph)
+    assert entry["status"]["status_str"] == "success", error_message(entry)
+    for k, name in enumerate(PRESETS):
+        assert np.array_equal(_saved_pixels(comfy_server, entry, f"{k + 1}042"), from_memory[name]), name
+        memory, file = (
+            _extractor_weights(comfy_server, f"travel_{name}_memory"),
+            _extractor_weights(comfy_server, f"travel_{name}_file"),
+        )
+        assert memory.keys() == file.keys() and all(torch.equal(memory[t], file[t]) for t in memory), name
+
+    # More pairs on the finished Distill: the new pairs are trained on (a new extractor); then
+    # another batch size: a new extractor again, where it used to be a dead end.
+    before = _extractor_weights(comfy_server, "travel_three_file")
+    for pair_count, batch_size, expected in ((3, 2, "pairs: 2 -> 3"), (3, 1, "batch_size: 2 -> 1")):
+        graph = {"1": _checkpoint(), "2": graph["2"], "101": graph["101"]}
+        _generate_and_distill(
+            graph,
+            "104",
+            ["101", 0],
+            ["2", 0],
+            "travel_three_file",
+            pair_count=pair_count,
+            batch_size=batch_size,
+        )
+        entry = comfy_server.run(graph)
+        assert entry["status"]["status_str"] == "success", error_message(entry)
+        assert f"training a new student from step 0 on 3 pairs: {expected}" in comfy_server.log_text()
+        after = _extractor_weights(comfy_server, "travel_three_file")
+        assert not all(torch.equal(before[t], after[t]) for t in before), (pair_count, batch_size)
+        before = after
+
+
+def test_save_names_refuse_windows_device_names(comfy_server):
+    graph = {
+        "1": _checkpoint(),
+        "2": _fit_conditions("con"),
+    }
+    entry = comfy_server.run(graph)
+    assert entry["status"]["status_str"] == "error"
+    assert "save_name" in error_message(entry) and "Windows device name" in error_message(entry)
