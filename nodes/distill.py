@@ -24,6 +24,8 @@ logger = logging.getLogger("diffsketch.nodes")
 FOLDER = "diffsketch_extractors"
 # The library's defaults, so the node, the command line and the Python API train the same way.
 DEFAULTS = DistillConfig()
+# The schedule choice that samples pairs the way the generator was trained (the schedule its file records).
+AS_TRAINED = "as trained"
 
 
 class DiffSketchDistill(io.ComfyNode):
@@ -97,11 +99,13 @@ class DiffSketchDistill(io.ComfyNode):
                 ),
                 io.Combo.Input(
                     "schedule",
-                    options=["full", "fast"],
-                    default="full",
-                    tooltip="'full': every DDIM step for each pair. 'fast': only the generator's timesteps "
-                    "plus the last step (about 4x fewer UNet runs per pair; coarser images), as in "
-                    "DiffSketch Train.",
+                    options=[AS_TRAINED, "full", "fast"],
+                    default=AS_TRAINED,
+                    optional=True,
+                    tooltip=f"'{AS_TRAINED}': the schedule the generator was trained with, so the pairs look "
+                    "like the images it learned from. 'full': every DDIM step for each pair. 'fast': only "
+                    "the generator's timesteps plus the last step (about 4x fewer UNet runs per pair; "
+                    "coarser images), as in DiffSketch Train.",
                 ),
                 io.Int.Input("width", default=512, min=64, max=4096, step=64, tooltip="Pair image width."),
                 io.Int.Input("height", default=512, min=64, max=4096, step=64, tooltip="Pair image height."),
@@ -141,11 +145,11 @@ class DiffSketchDistill(io.ComfyNode):
         crop_size,
         learning_rate,
         steps,
-        schedule,
         width,
         height,
         seed,
         save_name,
+        schedule=AS_TRAINED,
         loss_models=None,
     ) -> io.NodeOutput:
         from diffsketch.capture.sampling import SamplingSettings
@@ -160,7 +164,11 @@ class DiffSketchDistill(io.ComfyNode):
         # inputs resumes it; a re-trained generator under the same name starts a folder of its own
         # instead of clashing with pairs made by the old one.
         sampling = SamplingSettings(
-            seed=int(seed), steps=int(steps), width=int(width), height=int(height), schedule=schedule
+            seed=int(seed),
+            steps=int(steps),
+            width=int(width),
+            height=int(height),
+            schedule=None if schedule == AS_TRAINED else schedule,
         )
         settings = pair_settings(backend, generator, conditions, sampling)
         pairs_dir = os.path.join(
