@@ -6,7 +6,7 @@
     diffsketch train      --model M --example example.safetensors --sketch sketch.png --out style.safetensors ...
     diffsketch generate   --model M --generator style.safetensors --prompt P --out pairs/
     diffsketch distill    --model M --generator style.safetensors --out extractor.safetensors ...
-    diffsketch extract    INPUTS... --extractor extractor.safetensors --out sketches/
+    diffsketch extract    INPUTS... --extractor extractor.safetensors --out sketches/ [--ray [ADDRESS]]
     diffsketch eval       PHOTOS_DIR --extractor extractor.safetensors --style xdog --out report/ [--bsds-gt GT_DIR]
 
 Files are the same .safetensors files the nodes read and write. Every option has a --help text.
@@ -15,12 +15,11 @@ Files are the same .safetensors files the nodes read and write. Every option has
 from __future__ import annotations
 
 import argparse
-import glob
 import sys
 from pathlib import Path
 
 from .errors import DiffSketchError, InvalidInputError
-from .images import IMAGE_SUFFIXES, read_image, save_png
+from .images import read_image, save_png
 from .terminal import pick_device, progress_bar
 
 
@@ -35,31 +34,6 @@ def load_backend(args):
     device = pick_device(args.device)
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     return DiffusersBackend.load(args.model, device=device, dtype=dtype)
-
-
-def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
-    """Files, folders (their images, sorted) and globs -> image paths; unmatched entries are reported."""
-    found: list[Path] = []
-    missing: list[str] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            found.extend(sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES))
-        elif p.is_file():
-            found.append(p)
-        else:
-            matches = sorted(Path(m) for m in glob.glob(item, recursive=True))
-            matches = [m for m in matches if m.is_file() and m.suffix.lower() in IMAGE_SUFFIXES]
-            if matches:
-                found.extend(matches)
-            else:
-                missing.append(item)
-    unique, seen = [], set()
-    for f in found:
-        if f.resolve() not in seen:
-            seen.add(f.resolve())
-            unique.append(f)
-    return unique, missing
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,36 +115,52 @@ def cmd_fit_conditions(args) -> int:
 
 
 def cmd_extract(args) -> int:
-    from .distill.extract import extract
-    from .distill.extractor import load_extractor
+    from .distill.extract_files import SketchOptions, extract_files, list_inputs
 
-    device = pick_device(args.device)
-    model = load_extractor(args.extractor, device=device)
-    files, missing = expand_inputs(args.inputs)
+    items, missing = list_inputs(args.inputs, exclude=args.out)
     for m in missing:
         print(f"warning: no image matches {m!r}", file=sys.stderr)
-    if not files:
+    if not items:
         raise InvalidInputError(
-            "no input images found: give image files, folders or globs (e.g. 'photos/*.jpg')"
+            "no input images found: give image files, folders, globs (e.g. 'photos/*.jpg') or a .txt list"
         )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    from tqdm.auto import tqdm
+    options = SketchOptions(
+        invert=args.invert,
+        contrast=args.contrast,
+        tile=args.tile,
+        batch_size=args.batch_size,
+    )
+    bar = progress_bar(len(items), "extracting", unit="img")
+    try:
+        if args.ray is not None:
+            from .distill.extract_ray import extract_files_ray
 
-    skipped = []
-    for f in tqdm(files, desc="extracting", unit="img", dynamic_ncols=True):
-        try:
-            image = read_image(f)
-        except Exception as e:  # unreadable files are listed, never silently dropped
-            skipped.append(f"{f}: {e}")
-            continue
-        sketch, _ = extract(model, image[None], invert=args.invert, contrast=args.contrast, tile=args.tile)
-        save_png(sketch[0], out / (f.stem + ".png"))
-    print(f"{len(files) - len(skipped)} sketches written to {out}")
-    if skipped:
-        print(f"{len(skipped)} unreadable file(s) skipped:", file=sys.stderr)
-        for s in skipped:
-            print(f"  {s}", file=sys.stderr)
+            report = extract_files_ray(
+                args.extractor,
+                items,
+                args.out,
+                options,
+                address=None if args.ray == "auto-or-local" else args.ray,
+                actors=args.ray_actors,
+                progress=bar,
+            )
+        else:
+            from .distill.extractor import load_extractor
+
+            model = load_extractor(args.extractor, device=pick_device(args.device))
+            report = extract_files(model, items, args.out, options, workers=args.workers, progress=bar)
+    finally:
+        bar.close()
+    print(
+        f"{report.written} sketches written to {report.out}"
+        + (f" ({report.already_done} already there)" if report.already_done else "")
+    )
+    if report.failed:
+        print(f"{len(report.failed)} unreadable file(s) skipped (listed in the manifest):", file=sys.stderr)
+        for path, reason in report.failed[:20]:
+            print(f"  {path}: {reason}", file=sys.stderr)
+        if len(report.failed) > 20:
+            print(f"  ... and {len(report.failed) - 20} more", file=sys.stderr)
         return 1
     return 0
 
@@ -482,14 +472,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="extractor file to write (.safetensors)")
     p.set_defaults(func=cmd_distill)
 
-    p = sub.add_parser("extract", help="turn images into sketches with a distilled extractor")
-    p.add_argument("inputs", nargs="+", help="image files, folders or globs")
+    p = sub.add_parser(
+        "extract",
+        help="turn images into sketches with a distilled extractor (resumable; --ray for a cluster)",
+    )
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        help="image files, folders (recursive), globs, or .txt/.lst files listing one image path per line",
+    )
     p.add_argument("--extractor", required=True, help="extractor .safetensors (from distill)")
-    p.add_argument("--out", required=True, help="output folder (one PNG per input, same stem)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output folder: <key>.png per input (subfolders mirrored) and manifest.jsonl; a rerun skips "
+        "what is done",
+    )
     p.add_argument("--invert", action="store_true", help="white lines on black (ControlNet convention)")
     p.add_argument("--contrast", type=float, default=1.0, help="line contrast (>1 darkens faint strokes)")
     p.add_argument("--tile", type=int, default=1024, help="tile size for large images (default 1024)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    p.add_argument(
+        "--batch-size", type=int, default=4, help="images (of one size) per network call (default 4)"
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="decoding processes (default: one per core but one, at most 8; 0 = none)",
+    )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="auto-or-local",
+        default=None,
+        metavar="ADDRESS",
+        help="run on a Ray cluster (pip install 'diffsketch[scale]'): at ADDRESS, else RAY_ADDRESS's or a "
+        "new local one. Put it after the inputs or write --ray=ADDRESS",
+    )
+    p.add_argument(
+        "--ray-actors",
+        type=int,
+        default=None,
+        help="extraction actors on the cluster (default: one per GPU, else one per two CPUs)",
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (without --ray)")
     p.set_defaults(func=cmd_extract)
 
     from .eval.cli import add_eval_parser

@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from diffsketch.cli import expand_inputs, main
+from diffsketch.cli import main
+from diffsketch.distill.extract_files import list_inputs
 
 
 @pytest.fixture(scope="module")
@@ -132,8 +133,8 @@ def test_extract_command_files_folders_globs(tmp_path):
     Image.fromarray(rng.integers(0, 255, (33, 70), dtype=np.uint8)).save(photos / "b.png")  # grey
     Image.fromarray(rng.integers(0, 255, (20, 20, 4), dtype=np.uint8)).save(tmp_path / "c.png")  # RGBA
     (photos / "broken.png").write_bytes(b"not an image")
-    files, missing = expand_inputs([str(photos), str(tmp_path / "*.png"), "nothing/*.jpg"])
-    assert {f.name for f in files} == {"a.png", "b.png", "c.png", "broken.png"} and missing == [
+    files, missing = list_inputs([str(photos), str(tmp_path / "*.png"), "nothing/*.jpg"])
+    assert {f.path.name for f in files} == {"a.png", "b.png", "c.png", "broken.png"} and missing == [
         "nothing/*.jpg"
     ]
 
