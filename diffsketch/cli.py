@@ -26,12 +26,12 @@ from .terminal import pick_device, progress_bar
 # ---------------------------------------------------------------------------------------------
 # shared helpers
 # ---------------------------------------------------------------------------------------------
-def load_backend(args):
+def load_backend(args, device: str | None = None):
     import torch
 
     from .backends.diffusers import DiffusersBackend
 
-    device = pick_device(args.device)
+    device = device or pick_device(args.device)
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     return DiffusersBackend.load(args.model, device=device, dtype=dtype)
 
@@ -278,14 +278,28 @@ def cmd_generate(args) -> int:
 
 
 def cmd_distill(args) -> int:
+    from .distributed import Group, launch_device, launch_from_environment
+
+    # under torchrun / accelerate launch every process runs this command; they share the pairs
+    # and train one student with DistributedDataParallel
+    launch = launch_from_environment()
+    device = launch_device(launch, args.device)
+    group = Group(launch, device) if launch is not None else None
+    try:
+        return _distill(args, device, group)
+    finally:
+        if group is not None:
+            group.close()
+
+
+def _distill(args, device, group) -> int:
     from .distill import DistillConfig, distill
     from .distill.extractor import save_extractor
     from .train.conditions import ConditionSampler
     from .train.generator import load_generator
     from .train.losses import build_lpips
 
-    backend = load_backend(args)
-    device = pick_device(args.device)
+    backend = load_backend(args, device)
     config = DistillConfig(
         iterations=args.iterations,
         batch_size=args.batch_size,
@@ -295,28 +309,36 @@ def cmd_distill(args) -> int:
         lpips_weight=0.0 if args.no_lpips else 1.0,
     )
     lpips_model = None if args.no_lpips else build_lpips(args.lpips, device=device)
-    pairs_bar = progress_bar(args.pairs, "pairs")
-    train_bar = progress_bar(args.iterations, "training")
-    student = distill(
-        backend,
-        load_generator(args.generator, device=device),
-        ConditionSampler.load(args.conditions),
-        args.pairs_dir,
-        args.pairs,
-        config,
-        seed=args.seed,
-        steps=args.steps,
-        width=args.width,
-        height=args.height,
-        lpips_model=lpips_model,
-        progress=pairs_bar,
-        on_step=lambda step, losses, preview: train_bar(step, args.iterations),
-        device=device,
-    )
-    pairs_bar.close()
-    train_bar.close()
-    save_extractor(args.out, student.cpu(), student.meta)
-    print(f"extractor: {args.out}")
+    main = group is None or group.is_main
+    label = "" if group is None else f" (rank 0 of {group.world_size})"
+    pairs_bar = progress_bar(args.pairs, "pairs" + label) if main else None
+    train_bar = progress_bar(args.iterations, "training") if main else None
+    try:
+        student = distill(
+            backend,
+            load_generator(args.generator, device=device),
+            ConditionSampler.load(args.conditions),
+            args.pairs_dir,
+            args.pairs,
+            config,
+            seed=args.seed,
+            steps=args.steps,
+            cfg=args.cfg,
+            width=args.width,
+            height=args.height,
+            lpips_model=lpips_model,
+            progress=pairs_bar,
+            on_step=(lambda step, losses, preview: train_bar(step, args.iterations)) if main else None,
+            device=device,
+            group=group,
+        )
+    finally:
+        for bar in (pairs_bar, train_bar):
+            if bar is not None:
+                bar.close()
+    if main:
+        save_extractor(args.out, student.cpu(), student.meta)
+        print(f"extractor: {args.out}")
     return 0
 
 
@@ -435,7 +457,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("distill", help="distill a generator into a fast extractor")
+    p = sub.add_parser(
+        "distill",
+        help="distill a generator into a fast extractor (torchrun/accelerate launch: on several GPUs/nodes)",
+    )
     _model_args(p)
     _sampling_args(p)
     p.add_argument("--generator", required=True, help="generator .safetensors")

@@ -58,6 +58,21 @@ def atomic_target(path: str | os.PathLike):
         raise
 
 
+def remove_stale_temp_files(folder: str | os.PathLike) -> int:
+    """Delete the temporary files :func:`atomic_target` leaves behind when its process is killed
+    mid-write (no ``finally`` runs then). Only for a folder no other process is writing to.
+    Returns how many were removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for path in folder.glob(".*.tmp"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_target(path) as tmp:
         Path(tmp).write_bytes(data)

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..distributed import Group
 from .extractor import SketchExtractor
 from .pairs import PairSet, generate_pairs, pair_paths, pair_settings, pair_settings_digest, write_pair
 from .student import (
@@ -66,6 +67,7 @@ def distill(
     on_step: StepFn | None = None,
     should_stop: StopFn | None = None,
     device: str | torch.device = "cpu",
+    group: Group | None = None,
 ) -> SketchExtractor:
     """Generate ``pair_count`` pairs into ``out_dir`` (resuming any already there), then train a
     student on them (see :func:`generate_pairs` and :func:`train_student`).
@@ -73,6 +75,8 @@ def distill(
     The training checkpoint defaults to ``out_dir/student_checkpoint.safetensors``; with
     ``resume`` an existing one is continued. ``progress(done, total)`` reports pair generation,
     ``on_step`` training. Save the result with ``save_extractor(path, student, student.meta)``.
+    ``group``: a torchrun / accelerate launch (:class:`~diffsketch.distributed.Group`): the
+    processes share the pairs, then train the student with DistributedDataParallel.
     """
     config = config or DistillConfig()
     pairs = generate_pairs(
@@ -90,6 +94,7 @@ def distill(
         schedule=schedule,
         progress=progress,
         should_stop=should_stop,
+        group=group,
     )
     checkpoint = (
         Path(checkpoint_path)
@@ -106,6 +111,7 @@ def distill(
         on_step=on_step,
         should_stop=should_stop,
         device=device,
+        group=group,
     )
     student.meta["generator"] = pairs.settings.get("generator")
     return student

@@ -22,13 +22,17 @@ import torch
 from torch import nn
 
 from ..capture.timesteps import plan_timesteps
-from ..errors import Cancelled, FileFormatError, InvalidInputError
-from ..fileio import atomic_write_bytes
+from ..distributed import Group, shard
+from ..errors import Cancelled, DiffSketchError, FileFormatError, InvalidInputError
+from ..fileio import atomic_write_bytes, remove_stale_temp_files
 from ..seeds import cpu_generator, derive_seed
 
 PAIRS_FORMAT = "diffsketch-pairs"
 PAIRS_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+#: Progress logs of the processes of a launch (see ``_PairWriter``).
+PART_LOG = "manifest.part-{rank}.log"
+PART_LOG_GLOB = "manifest.part-*.log"
 IMAGES_DIR = "images"
 SKETCHES_DIR = "sketches"
 #: Upper bound on pair indices: six-digit file names.
@@ -158,10 +162,38 @@ def _json_settings(settings: dict) -> dict:
         raise InvalidInputError(f"pair settings must be JSON-serialisable: {e}") from e
 
 
-class _PairWriter:
-    """Keeps a folder's manifest in memory and rewrites it atomically after every pair."""
+def _part_logs(root: Path) -> list[Path]:
+    return sorted(root.glob(PART_LOG_GLOB))
 
-    def __init__(self, out_dir: str | os.PathLike, settings: dict, requested: int | None = None):
+
+def _read_part_log(path: Path) -> list[int]:
+    """The indices a process of a launch finished; a line cut off by a crash is ignored."""
+    done = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        line = line.strip()
+        if line.isdigit() and int(line) < MAX_PAIRS:
+            done.append(int(line))
+    return done
+
+
+class _PairWriter:
+    """Keeps a folder's manifest in memory and records each finished pair.
+
+    A single process rewrites ``manifest.json`` atomically after every pair. In a launch of
+    several processes each one appends its finished indices to its own log
+    (``manifest.part-<rank>.log``, one line each, fsynced) and only rank 0 writes the manifest:
+    at the start (settings) and at the end, when it folds every log in and deletes them. Logs
+    left by a launch that died are folded in by whatever runs on the folder next.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike,
+        settings: dict,
+        requested: int | None = None,
+        *,
+        part: int | None = None,
+    ):
         self.root = Path(out_dir)
         if self.root.exists() and not self.root.is_dir():
             raise InvalidInputError(
@@ -184,8 +216,12 @@ class _PairWriter:
                 )
             self.manifest = manifest
         self.done = set(self.manifest["done"])
+        self._folded = _part_logs(self.root)
+        for log in self._folded:
+            self.done.update(_read_part_log(log))
         if requested is not None:
             self.manifest["requested"] = max(int(self.manifest.get("requested", 0)), int(requested))
+        self._log = None if part is None else self.root / PART_LOG.format(rank=part)
 
     def has(self, index: int) -> bool:
         image_path, sketch_path = pair_paths(self.root, index)
@@ -194,16 +230,26 @@ class _PairWriter:
     def write(self, index: int, image: torch.Tensor, sketch: torch.Tensor) -> None:
         image_png, sketch_png = _encode_pair(image, sketch)
         image_path, sketch_path = pair_paths(self.root, index)
-        # The manifest is written last: an index is listed only once both files are complete.
+        # The index is recorded last: it is listed only once both files are complete.
         atomic_write_bytes(image_path, image_png)
         atomic_write_bytes(sketch_path, sketch_png)
         self.done.add(index)
-        self.save()
+        if self._log is None:
+            self.save()
+        else:
+            with open(self._log, "a", encoding="utf-8") as f:
+                f.write(f"{index}\n")
+                f.flush()
+                os.fsync(f.fileno())
 
     def save(self) -> None:
+        """Write the manifest with every finished pair, then drop the logs it now contains."""
         self.manifest["done"] = _to_ranges(sorted(self.done))
         text = json.dumps(self.manifest, indent=1, sort_keys=True)
         atomic_write_bytes(self.root / MANIFEST_NAME, text.encode("utf-8"))
+        for log in self._folded:
+            log.unlink(missing_ok=True)
+        self._folded = []
 
 
 def _as_chw(x, channels: tuple[int, ...], what: str) -> torch.Tensor:
@@ -396,6 +442,7 @@ def generate_pairs(
     schedule: str | Sequence[int] = "full",
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
+    group: Group | None = None,
 ) -> PairSet:
     """Write pairs ``0 .. count-1`` of DiffSketch (image, sketch) into ``out_dir``; returns the set.
 
@@ -410,6 +457,12 @@ def generate_pairs(
     the generator's and the conditions' fingerprints; other settings raise InvalidInputError.
     ``progress(done, count)`` after each pair; ``should_stop()`` before each pair -- True
     raises :class:`~diffsketch.errors.Cancelled` with every finished pair kept.
+
+    ``group``: the processes of a torchrun / accelerate launch
+    (:class:`~diffsketch.distributed.Group`); each makes every ``world_size``-th of the missing
+    pairs into the one folder, ``progress`` counts its own share, and the folder ends up byte
+    for byte what one process writes. A launch that dies is continued by running it again,
+    with any number of processes. One run (launch) per folder at a time.
     """
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_PAIRS:
         raise InvalidInputError(f"pair count must be an integer in 1..{MAX_PAIRS}, got {count!r}.")
@@ -426,21 +479,31 @@ def generate_pairs(
         schedule=schedule,
     )
     plan = plan_timesteps(settings["steps"], settings["timesteps"])
-    writer = _PairWriter(out_dir, settings, requested=count)
+    writer = _open_writer(out_dir, settings, count, group)
+    # the same list on every process: all read the folder before any of them writes to it
     todo = [i for i in range(count) if not writer.has(i)]
-    done = count - len(todo)
+    mine = shard(todo, group)
+    rounds = len(mine) if group is None else -(-len(todo) // group.world_size)
+    done, total = (count - len(todo), count) if group is None else (0, len(mine))
     if progress is not None:
-        progress(done, count)
+        progress(done, total)
     was_training = generator.training
     generator.eval()
     try:
-        for i in todo:
-            if should_stop is not None and should_stop():
-                writer.save()
+        for r in range(rounds):
+            stop = should_stop is not None and should_stop()
+            if group is not None:
+                stop = group.any(stop)  # every process takes the same number of steps
+            if stop:
+                _close_writer(writer, settings, group)
+                where = f"{done} of {total} pairs" if group is None else f"this process's {done} of {total}"
                 raise Cancelled(
-                    f"pair generation was cancelled with {done} of {count} pairs in {writer.root}; run it again with "
+                    f"pair generation was cancelled with {where} in {writer.root}; run it again with "
                     "the same settings to continue."
                 )
+            if r >= len(mine):
+                continue
+            i = mine[r]
             condition = conditions.sample(cpu_generator("condition", seed, i), 1)
             sample = backend.sample(
                 condition,
@@ -458,7 +521,50 @@ def generate_pairs(
             writer.write(i, sample.image[0], sketch[0])
             done += 1
             if progress is not None:
-                progress(done, count)
+                progress(done, total)
     finally:
         generator.train(was_training)
+    _close_writer(writer, settings, group)
     return PairSet(writer.root)
+
+
+def _clean_folder(root: Path) -> None:
+    """Temporary files of writes cut short by a killed process: nothing else writes here now."""
+    for folder in (root, root / IMAGES_DIR, root / SKETCHES_DIR):
+        remove_stale_temp_files(folder)
+
+
+def _open_writer(out_dir, settings: dict, count: int, group: Group | None) -> _PairWriter:
+    if group is None:
+        writer = _PairWriter(out_dir, settings, requested=count)
+        _clean_folder(writer.root)
+        return writer
+    failure = None
+    if group.is_main:
+        # rank 0 checks the folder and records the settings before any process writes a pair
+        try:
+            main = _PairWriter(out_dir, settings, requested=count)
+            _clean_folder(main.root)
+            main.save()
+        except DiffSketchError as e:
+            failure = e
+    shared = group.share(None if failure is None else (type(failure).__name__, str(failure)))
+    if failure is not None:
+        raise failure
+    if shared is not None:
+        kind, message = shared
+        raise {"FileFormatError": FileFormatError}.get(kind, InvalidInputError)(message)
+    return _PairWriter(out_dir, settings, part=group.rank)
+
+
+def _close_writer(writer: _PairWriter, settings: dict, group: Group | None) -> None:
+    """Bring the manifest up to date: in a launch, rank 0 folds in every process's log once all
+    have finished."""
+    if group is None:
+        if writer._folded:
+            writer.save()
+        return
+    group.barrier()
+    if group.is_main:
+        _PairWriter(writer.root, settings).save()
+    group.barrier()

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..distributed import Group
 from ..errors import FileFormatError, InvalidInputError, TrainingDiverged, TrainingInterrupted
 from ..seeds import cpu_generator, derive_seed
 from ..train.losses import perceptual_preprocess
@@ -267,6 +268,7 @@ def train_student(
     on_step: StepFn | None = None,
     should_stop: StopFn | None = None,
     device: str | torch.device = "cpu",
+    group: Group | None = None,
 ) -> nn.Module:
     """Train ``student`` (default: a new :class:`SketchExtractor` of ``config.extractor``) on ``pairs``.
 
@@ -287,6 +289,12 @@ def train_student(
     training without overwriting the last good checkpoint and raises ``TrainingDiverged``
     saying so.
 
+    ``group``: the processes of a torchrun / accelerate launch
+    (:class:`~diffsketch.distributed.Group`): the student is wrapped in DistributedDataParallel
+    and each process takes its slice of the same batch (``batch_size`` must divide by the number
+    of processes), so the run is the one-process run up to float rounding; losses are averaged
+    over the processes and only rank 0 writes checkpoints.
+
     Returns the student in eval mode with ``student.meta`` (JSON) describing the run, ready for
     ``save_extractor(path, student, student.meta)``.
     """
@@ -297,6 +305,11 @@ def train_student(
     if n_pairs < 1:
         raise InvalidInputError("the pair set is empty; generate some pairs first.")
     device = torch.device(device)
+    if group is not None and config.batch_size % group.world_size:
+        raise InvalidInputError(
+            f"batch_size {config.batch_size} does not split evenly over {group.world_size} processes; use a "
+            f"multiple of {group.world_size}."
+        )
     if student is None:
         student = build_student(config)
     multiple = int(getattr(student, "multiple", 1))
@@ -313,6 +326,14 @@ def train_student(
     if not params:
         raise InvalidInputError(f"the student {type(student).__name__} has no trainable parameters.")
     optimizer = torch.optim.Adam(params, lr=config.lr, betas=(0.9, 0.999))
+    model = student
+    if group is not None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # gradients are averaged over the processes' equal slices: the gradient of the whole batch
+        model = DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
+        per_process = config.batch_size // group.world_size
+        batch_slice = slice(group.rank * per_process, (group.rank + 1) * per_process)
 
     start = 0
     if resume_from is not None:
@@ -344,6 +365,9 @@ def train_student(
         nonlocal last_saved
         if checkpoint_path is None:
             return
+        if group is not None and not group.is_main:
+            last_saved = step
+            return
         save_training_state(
             checkpoint_path,
             kind=DISTILL_CHECKPOINT_KIND,
@@ -367,7 +391,10 @@ def train_student(
         )
 
     for iteration in range(start, config.iterations):
-        if should_stop is not None and should_stop():
+        stop = should_stop is not None and should_stop()
+        if group is not None:
+            stop = group.any(stop)  # every process stops at the same step
+        if stop:
             save(iteration)
             where = (
                 f"a checkpoint at step {iteration} was written to {checkpoint_path}; resume from it"
@@ -376,12 +403,14 @@ def train_student(
             )
             raise TrainingInterrupted(f"distillation was cancelled at step {iteration}; {where}.")
         images, sketches = make_batch(pairs, config, iteration)
+        if group is not None:
+            images, sketches = images[batch_slice], sketches[batch_slice]
         images, sketches = images.to(device), sketches.to(device)
         lr = config.lr_at(iteration)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        for param_group in optimizer.param_groups:
+            param_group["lr"] = lr
 
-        output = student(images)
+        output = model(images)
         if output.shape != sketches.shape:
             raise InvalidInputError(
                 f"the student {type(student).__name__} returned {tuple(output.shape)} for input "
@@ -398,7 +427,14 @@ def train_student(
             ).mean()
             loss = loss + config.lpips_weight * lp
             step_losses["lpips"] = float(lp.detach())
-        if not torch.isfinite(loss):
+        if group is not None:
+            # the mean over the processes is the whole batch's loss; a NaN anywhere reaches all
+            names = sorted(step_losses)
+            averaged = group.mean([float(loss.detach())] + [step_losses[k] for k in names])
+            loss_value, step_losses = averaged[0], dict(zip(names, averaged[1:]))
+        else:
+            loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
             raise diverged(iteration + 1, "the loss is not finite")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -415,7 +451,7 @@ def train_student(
         last = step == config.iterations
         if (step % config.checkpoint_every == 0 or last) and not _parameters_finite(student):
             raise diverged(step, "the weights are not finite")
-        losses = {"loss": float(loss.detach()), **step_losses, "lr": lr}
+        losses = {"loss": loss_value, **step_losses, "lr": lr}
         if on_step is not None:
             preview = _preview(images, sketches, output) if step % config.preview_every == 0 or last else None
             on_step(step, losses, preview)
