@@ -331,6 +331,7 @@ def _distill(args, device, group) -> int:
             on_step=(lambda step, losses, preview: train_bar(step, args.iterations)) if main else None,
             device=device,
             group=group,
+            pairs_batch=args.pairs_batch,
         )
     finally:
         for bar in (pairs_bar, train_bar):
@@ -469,6 +470,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--pairs", type=int, default=1000, help="pairs to generate (default 1000; the paper: 30000)"
     )
     p.add_argument("--pairs-dir", required=True, help="folder for the pairs (resumable)")
+    p.add_argument(
+        "--pairs-batch",
+        type=int,
+        default=None,
+        help="images sampled per call while making pairs (default: what fits; 1 on the CPU)",
+    )
     from .distill import DistillConfig
 
     defaults = DistillConfig()

@@ -1,7 +1,7 @@
 """A pair-generation job on tiny random-weight models, run by tests/test_distributed.py in one
 process or under torchrun (which sets RANK / WORLD_SIZE / MASTER_ADDR for each process).
 
-    python distributed_pairs.py FOLDER COUNT [--die-at-sketch N MARKER]
+    python distributed_pairs.py FOLDER COUNT BATCH [--die-at-sketch N MARKER]
 
 ``--die-at-sketch N MARKER``: the process of rank 1 SIGKILLs itself half-way through writing
 the sketch PNG of its N-th pair, once (it claims MARKER first), as a crash or the OOM killer
@@ -74,14 +74,16 @@ def die_while_writing_sketch(n: int, marker: str) -> None:
 
 
 def main(argv):
-    folder, count = argv[0], int(argv[1])
+    folder, count, batch = argv[0], int(argv[1]), int(argv[2])
     launch = launch_from_environment()
     group = Group(launch) if launch is not None else None
-    if len(argv) > 2 and argv[2] == "--die-at-sketch" and group is not None and group.rank == 1:
-        die_while_writing_sketch(int(argv[3]), argv[4])
+    if len(argv) > 3 and argv[3] == "--die-at-sketch" and group is not None and group.rank == 1:
+        die_while_writing_sketch(int(argv[4]), argv[5])
     backend, generator, conditions = build()
     try:
-        generate_pairs(backend, generator, conditions, folder, count, seed=3, group=group, **SAMPLING)
+        generate_pairs(
+            backend, generator, conditions, folder, count, seed=3, group=group, batch_size=batch, **SAMPLING
+        )
     finally:
         if group is not None:
             group.close()

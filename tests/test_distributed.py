@@ -161,20 +161,21 @@ def test_accelerate_launch_distill_equals_one_process(job, one_process):
 
 def test_a_rank_killed_mid_write_is_completed_by_a_relaunch(tmp_path):
     worker = str(TESTS / "distributed_pairs.py")
-    reference = alone(worker, str(tmp_path / "one"), "6")
+    # batches of 2: rank 0 makes pairs 0-1 and 4-5, rank 1 pairs 2-3 and dies writing sketch 3
+    reference = alone(worker, str(tmp_path / "one"), "6", "2")
     assert reference.returncode == 0, reference.stderr[-3000:]
 
     folder = tmp_path / "two"
     marker = tmp_path / "die-once"
     marker.write_text("")
-    killed = torchrun(worker, str(folder), "6", "--die-at-sketch", "2", str(marker))
+    killed = torchrun(worker, str(folder), "6", "2", "--die-at-sketch", "2", str(marker))
     assert killed.returncode != 0 and not marker.exists()
     # what the kill left: a half-written temporary file, an image without its sketch, logs
     assert list((folder / "sketches").glob(".*.tmp"))
     assert (folder / "images" / "000003.png").is_file() and not (folder / "sketches" / "000003.png").exists()
     assert list(folder.glob("manifest.part-*.log"))
 
-    relaunched = torchrun(worker, str(folder), "6", "--die-at-sketch", "2", str(marker))
+    relaunched = torchrun(worker, str(folder), "6", "2", "--die-at-sketch", "2", str(marker))
     assert relaunched.returncode == 0, relaunched.stderr[-3000:]
     assert files(folder) == files(tmp_path / "one")  # nothing missing, doubled or left over
     assert json.loads((folder / MANIFEST_NAME).read_text())["done"] == [[0, 5]]

@@ -143,9 +143,54 @@ class SamplingBackend:
         an explicit descending list of timesteps. ``unet_reduce(layer, tensor) -> vector`` stores
         reduced vectors instead of full tensors. ``decode=False`` skips the VAE.
         """
+        return self.sample_batch(
+            [cond],
+            seeds=[seed],
+            steps=steps,
+            cfg=cfg,
+            width=width,
+            height=height,
+            timesteps=timesteps,
+            uncond=uncond,
+            schedule=schedule,
+            capture=capture,
+            unet_reduce=unet_reduce,
+            decode=decode,
+            store_dtype=store_dtype,
+            store_device=store_device,
+            progress=progress,
+        )
+
+    def sample_batch(
+        self,
+        conds: Sequence[torch.Tensor | str],
+        *,
+        seeds: Sequence[int],
+        steps: int = 50,
+        cfg: float = 5.0,
+        width: int = 512,
+        height: int = 512,
+        timesteps: Sequence[int] | None = None,
+        uncond: torch.Tensor | None = None,
+        schedule: str | Sequence[int] = "full",
+        capture: bool = True,
+        unet_reduce=None,
+        decode: bool = True,
+        store_dtype: torch.dtype = torch.float16,
+        store_device: torch.device | str = "cpu",
+        progress: ProgressFn | None = None,
+    ) -> CapturedSample:
+        """:meth:`sample` for B conditions at once: image ``k`` is sampled with ``conds[k]`` from
+        the noise of ``seeds[k]``, every UNet and VAE call running on the whole batch. Returns one
+        :class:`CapturedSample` of batch B (``.split()`` gives the B samples); item ``k`` is the
+        sample of ``(conds[k], seeds[k])`` up to float rounding, which can differ with B."""
         check_size(width, height)
         if not math.isfinite(cfg) or cfg < 0:
             raise InvalidInputError(f"cfg must be a finite number >= 0, got {cfg}")
+        if len(conds) < 1 or len(conds) != len(seeds):
+            raise InvalidInputError(
+                f"sample_batch needs one seed per condition, got {len(conds)} conditions and {len(seeds)} seeds"
+            )
         plan = plan_timesteps(steps, timesteps)
         if isinstance(schedule, str):
             if schedule == "full":
@@ -164,14 +209,19 @@ class SamplingBackend:
             raise InvalidInputError(
                 f"the schedule {sched} does not visit the capture timesteps {sorted(set(plan.used) - set(sched))}"
             )
-        prompt = None
-        if isinstance(cond, str):
-            prompt, cond = cond, self.encode_prompt(cond)
-        cond = self.check_conditioning(cond, "positive")
+        prompts = [c if isinstance(c, str) else None for c in conds]
+        cond = torch.cat(
+            [
+                self.check_conditioning(self.encode_prompt(c) if isinstance(c, str) else c, "positive")
+                for c in conds
+            ]
+        )
+        if len({c.shape[1] for c in cond.split(1)}) != 1:
+            raise InvalidInputError("the conditions of one batch must have the same number of tokens")
         uncond = self.encode_prompt("") if uncond is None else uncond
-        uncond = self.check_conditioning(uncond, "negative")
+        uncond = self.check_conditioning(uncond, "negative").expand(len(conds), -1, -1)
         lh, lw = self.spec.latent_size(width, height)
-        noise = make_noise(seed, (1, self.spec.latent_channels, lh, lw))
+        noise = torch.cat([make_noise(seed, (1, self.spec.latent_channels, lh, lw)) for seed in seeds])
         recorder = (
             UNetRecorder(self.spec, plan.used, store_dtype, store_device, reduce=unet_reduce)
             if capture
@@ -182,10 +232,10 @@ class SamplingBackend:
         if decode:
             image, rgb, vae = self._decode(latent, capture, store_dtype, store_device)
         else:
-            image = rgb = torch.zeros(1, 3, 0, 0)
+            image = rgb = torch.zeros(len(conds), 3, 0, 0)
             vae = []
         meta = {
-            "seed": seed,
+            "seed": seeds[0] if len(seeds) == 1 else list(seeds),
             "steps": steps,
             "cfg": float(cfg),
             "width": width,
@@ -193,9 +243,14 @@ class SamplingBackend:
             "schedule": sched,
             "unet_evaluations": len(sched),
         }
-        if prompt is not None:
-            meta["prompt"] = prompt
+        if any(p is not None for p in prompts):
+            meta["prompt"] = prompts[0] if len(prompts) == 1 else prompts
         return CapturedSample(self.spec, plan, image, latent.float().cpu(), unet, vae, rgb, meta)
+
+    def suggested_batch(self, width: int, height: int) -> int:
+        """Images per :meth:`sample_batch` call for bulk sampling (pair generation): 1 unless a
+        backend knows better."""
+        return 1
 
     def grid(self, steps: int) -> list[int]:
         return ddim_grid(steps)

@@ -68,6 +68,7 @@ def distill(
     should_stop: StopFn | None = None,
     device: str | torch.device = "cpu",
     group: Group | None = None,
+    pairs_batch: int | None = None,
 ) -> SketchExtractor:
     """Generate ``pair_count`` pairs into ``out_dir`` (resuming any already there), then train a
     student on them (see :func:`generate_pairs` and :func:`train_student`).
@@ -77,6 +78,7 @@ def distill(
     ``on_step`` training. Save the result with ``save_extractor(path, student, student.meta)``.
     ``group``: a torchrun / accelerate launch (:class:`~diffsketch.distributed.Group`): the
     processes share the pairs, then train the student with DistributedDataParallel.
+    ``pairs_batch``: images sampled per call while generating pairs (None: what fits).
     """
     config = config or DistillConfig()
     pairs = generate_pairs(
@@ -95,6 +97,7 @@ def distill(
         progress=progress,
         should_stop=should_stop,
         group=group,
+        batch_size=pairs_batch,
     )
     checkpoint = (
         Path(checkpoint_path)

@@ -443,6 +443,7 @@ def generate_pairs(
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
     group: Group | None = None,
+    batch_size: int | None = None,
 ) -> PairSet:
     """Write pairs ``0 .. count-1`` of DiffSketch (image, sketch) into ``out_dir``; returns the set.
 
@@ -455,8 +456,15 @@ def generate_pairs(
     Resumable: pairs already in the folder are skipped, so re-running (after a Cancel, a crash,
     or with a larger ``count``) only adds the missing ones. The folder remembers the settings,
     the generator's and the conditions' fingerprints; other settings raise InvalidInputError.
-    ``progress(done, count)`` after each pair; ``should_stop()`` before each pair -- True
+    ``progress(done, count)`` after each batch; ``should_stop()`` before each batch -- True
     raises :class:`~diffsketch.errors.Cancelled` with every finished pair kept.
+
+    ``batch_size``: images sampled (and sketched) per call, B; None picks what fits
+    (``backend.suggested_batch``: 1 on the CPU). Pairs are made in blocks of B consecutive
+    indices, whole even past ``count``, so the folder's bytes depend on B but not on how the
+    work is shared, stopped or resumed. Pair ``i`` has the same condition and noise whatever B
+    is; batched float arithmetic is not bitwise batch-invariant, so a few pixels of its PNGs may
+    differ by one 8-bit step from B=1 (a test bounds this).
 
     ``group``: the processes of a torchrun / accelerate launch
     (:class:`~diffsketch.distributed.Group`); each makes every ``world_size``-th of the missing
@@ -479,12 +487,26 @@ def generate_pairs(
         schedule=schedule,
     )
     plan = plan_timesteps(settings["steps"], settings["timesteps"])
+    if batch_size is None:
+        batch_size = backend.suggested_batch(width, height) if hasattr(backend, "suggested_batch") else 1
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    batch = batch_size
     writer = _open_writer(out_dir, settings, count, group)
     # the same list on every process: all read the folder before any of them writes to it
-    todo = [i for i in range(count) if not writer.has(i)]
-    mine = shard(todo, group)
-    rounds = len(mine) if group is None else -(-len(todo) // group.world_size)
-    done, total = (count - len(todo), count) if group is None else (0, len(mine))
+    todo = {i for i in range(count) if not writer.has(i)}
+    # Pairs are made in fixed blocks of `batch` indices (block k: k*batch ... k*batch+batch-1),
+    # always whole, so pair i is computed in the same batch however the blocks are shared out,
+    # resumed or cut by `count`; only the block's missing pairs below `count` are written.
+    blocks = sorted({i // batch for i in todo})
+    mine = shard(blocks, group)
+    rounds = len(mine) if group is None else -(-len(blocks) // group.world_size)
+    done = count - len(todo) if group is None else 0
+    total = (
+        count
+        if group is None
+        else sum(1 for k in mine for i in range(k * batch, k * batch + batch) if i in todo)
+    )
     if progress is not None:
         progress(done, total)
     was_training = generator.training
@@ -503,11 +525,10 @@ def generate_pairs(
                 )
             if r >= len(mine):
                 continue
-            i = mine[r]
-            condition = conditions.sample(cpu_generator("condition", seed, i), 1)
-            sample = backend.sample(
-                condition,
-                seed=derive_seed("noise", seed, i),
+            indices = range(mine[r] * batch, mine[r] * batch + batch)
+            sample = backend.sample_batch(
+                [conditions.sample(cpu_generator("condition", seed, i), 1) for i in indices],
+                seeds=[derive_seed("noise", seed, i) for i in indices],
                 steps=steps,
                 cfg=cfg,
                 width=width,
@@ -517,9 +538,11 @@ def generate_pairs(
                 capture=True,
             )
             with torch.no_grad():
-                sketch = generator.forward_sample(sample).float().clamp(0.0, 1.0).cpu()
-            writer.write(i, sample.image[0], sketch[0])
-            done += 1
+                sketches = generator.forward_sample(sample).float().clamp(0.0, 1.0).cpu()
+            for k, i in enumerate(indices):
+                if i in todo:
+                    writer.write(i, sample.image[k], sketches[k])
+                    done += 1
             if progress is not None:
                 progress(done, total)
     finally:
