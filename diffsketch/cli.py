@@ -326,6 +326,7 @@ def _distill(args, device, group) -> int:
             cfg=args.cfg,
             width=args.width,
             height=args.height,
+            schedule=args.schedule,
             lpips_model=lpips_model,
             progress=pairs_bar,
             on_step=(lambda step, losses, preview: train_bar(step, args.iterations)) if main else None,
@@ -475,6 +476,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="images sampled per call while making pairs (default: what fits; 1 on the CPU)",
+    )
+    p.add_argument(
+        "--schedule",
+        choices=["full", "fast"],
+        default="full",
+        help="pair sampling: full grid, or fast (only the captured timesteps + the last step)",
     )
     from .distill import DistillConfig
 

@@ -32,7 +32,7 @@ from ..errors import FileFormatError, InvalidInputError
 from ..fileio import atomic_write_bytes
 from ..images import IMAGE_SUFFIXES, read_image_pixels
 from .extract import extract
-from .pairs import tensors_fingerprint
+from .pairs import settings_difference, tensors_fingerprint
 
 SKETCHES_FORMAT = "diffsketch-sketches"
 SKETCHES_VERSION = 1
@@ -289,12 +289,7 @@ class SketchFolder:
                 f"version {SKETCHES_VERSION}. Use a new output folder."
             )
         if header.get("settings") != self.settings:
-            saved = header.get("settings") or {}
-            diffs = "; ".join(
-                f"{k}: folder has {saved.get(k)!r}, asked {self.settings.get(k)!r}"
-                for k in sorted(set(saved) | set(self.settings))
-                if saved.get(k) != self.settings.get(k)
-            )
+            diffs = settings_difference(header.get("settings") or {}, self.settings)
             raise InvalidInputError(
                 f"{self.root} already holds sketches made with other settings ({diffs}). Use another output "
                 "folder, or the folder's settings to continue it."

@@ -145,7 +145,8 @@ def _read_manifest(out_dir: Path) -> dict | None:
     return data
 
 
-def _settings_difference(saved: dict, wanted: dict) -> str:
+def settings_difference(saved: dict, wanted: dict) -> str:
+    """``key: folder has X, asked Y`` for every setting that differs (for error messages)."""
     keys = sorted(set(saved) | set(wanted))
     diffs = [
         f"{k}: folder has {saved.get(k)!r}, asked {wanted.get(k)!r}"
@@ -211,7 +212,7 @@ class _PairWriter:
         else:
             if manifest["settings"] != settings:
                 raise InvalidInputError(
-                    f"{self.root} already holds pairs made with other settings ({_settings_difference(manifest['settings'], settings)}). "
+                    f"{self.root} already holds pairs made with other settings ({settings_difference(manifest['settings'], settings)}). "
                     "Use a new folder, or the folder's settings to continue it."
                 )
             self.manifest = manifest
