@@ -281,6 +281,10 @@ def test_train_generate_distill_chain(tiny_model_dir, tmp_path):
                 "2",
                 "--pairs-dir",
                 str(tmp_path / "pairs"),
+                "--pairs-batch",
+                "2",
+                "--schedule",
+                "fast",
                 "--iterations",
                 "2",
                 "--batch-size",
@@ -295,6 +299,8 @@ def test_train_generate_distill_chain(tiny_model_dir, tmp_path):
         == 0
     )
     load_extractor(tmp_path / "ext.safetensors")
+    pairs_manifest = json.loads((tmp_path / "pairs" / "manifest.json").read_text())
+    assert pairs_manifest["settings"]["schedule"] == "fast" and pairs_manifest["done"] == [[0, 1]]
     assert (
         main(
             [
