@@ -4,6 +4,7 @@ skipping what is done, and the errors a user can run into."""
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -131,3 +132,13 @@ def test_a_manifest_cut_by_a_crash_is_repaired_and_damage_is_reported(tmp_path):
         SketchFolder(out, {})
     with pytest.raises(InvalidInputError, match="workers"):
         extract_files(model, items, tmp_path / "other", workers=-1)
+
+
+def test_ray_missing_is_a_clear_error(monkeypatch):
+    """Without the ``scale`` extra, --ray names the install that brings it (plain extract needs no Ray)."""
+    from diffsketch.distill.extract_ray import require_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # what an environment without Ray imports
+    monkeypatch.setitem(sys.modules, "ray.data", None)
+    with pytest.raises(InvalidInputError, match=r"diffsketch\[scale\]"):
+        require_ray()

@@ -37,6 +37,13 @@ def test_registry_fields():
     assert "pytest" in " ".join(project["optional-dependencies"]["test"])
 
 
+def test_test_extra_brings_ray_for_the_ray_test():
+    """CI installs `.[test]`; the Ray Data test (tests/test_extract_ray.py) skips without Ray."""
+    extras = _pyproject()["project"]["optional-dependencies"]
+    assert any(_name(e) == "ray" for e in extras["scale"])
+    assert "diffsketch[scale]" in [e.replace(" ", "") for e in extras["test"]]
+
+
 def test_torch_unpinned():
     deps = _pyproject()["project"]["dependencies"]
     torch = [d for d in deps if _name(d) == "torch"]
