@@ -19,7 +19,8 @@ from .base import ProgressFn, SamplingBackend, scaled_linear_alphas_cumprod, wei
 from .text import ClipBPETokenizer, HFTokenizerAdapter
 
 #: Working memory of one 512x512 image in a sampling batch (UNet at CFG batch 2, VAE decode) on
-#: a GPU in fp16, with room to spare: benchmarks/style_cost.py --device cuda prints the peak per B.
+#: a GPU in fp16: an estimate with room to spare, not yet measured on a GPU;
+#: benchmarks/style_cost.py --device cuda prints the peak per B to check it against.
 GPU_BYTES_PER_IMAGE = 2 * 2**30
 MAX_GPU_BATCH = 16
 
@@ -113,9 +114,10 @@ class DiffusersBackend(SamplingBackend):
         return cls.from_single_file(p, device, dtype)
 
     def suggested_batch(self, width: int, height: int) -> int:
-        """1 on the CPU (batches there run no faster per image: benchmarks/style_cost.py); on a GPU,
-        what its free memory holds at ``GPU_BYTES_PER_IMAGE`` per 512x512 image (scaled by area),
-        at most ``MAX_GPU_BATCH``."""
+        """1 on the CPU, where an SD-sized UNet keeps the cores busy at any batch and host memory
+        grows with B (``benchmarks/style_cost.py --arch sd15`` measures B there before one raises
+        ``--pairs-batch``); on a GPU, what its free memory holds at ``GPU_BYTES_PER_IMAGE`` per
+        512x512 image (scaled by area), at most ``MAX_GPU_BATCH``."""
         if self.device.type != "cuda":
             return 1
         free, _ = torch.cuda.mem_get_info(self.device)
