@@ -6,7 +6,7 @@
     diffsketch train      --model M --example example.safetensors --sketch sketch.png --out style.safetensors ...
     diffsketch generate   --model M --generator style.safetensors --prompt P --out pairs/
     diffsketch distill    --model M --generator style.safetensors --out extractor.safetensors ...
-    diffsketch extract    INPUTS... --extractor extractor.safetensors --out sketches/
+    diffsketch extract    INPUTS... --extractor extractor.safetensors --out sketches/ [--ray [ADDRESS]]
     diffsketch eval       PHOTOS_DIR --extractor extractor.safetensors --style xdog --out report/ [--bsds-gt GT_DIR]
 
 Files are the same .safetensors files the nodes read and write. Every option has a --help text.
@@ -15,25 +15,24 @@ Files are the same .safetensors files the nodes read and write. Every option has
 from __future__ import annotations
 
 import argparse
-import glob
 import shlex
 import sys
 from pathlib import Path
 
 from .errors import Cancelled, DiffSketchError, InvalidInputError, TrainingInterrupted
-from .images import IMAGE_SUFFIXES, read_image, save_png
+from .images import read_image, save_png
 from .terminal import check_input_file, check_output_file, check_output_folder, pick_device, progress_bar
 
 
 # ---------------------------------------------------------------------------------------------
 # shared helpers
 # ---------------------------------------------------------------------------------------------
-def load_backend(args):
+def load_backend(args, device: str | None = None):
     import torch
 
     from .backends.diffusers import DiffusersBackend
 
-    device = pick_device(args.device)
+    device = device or pick_device(args.device)
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     _quiet_model_loading()
     return DiffusersBackend.load(args.model, device=device, dtype=dtype)
@@ -64,59 +63,6 @@ def check_file_kind(path, option: str, kind: str) -> Path:
     path = check_input_file(path, option)
     read_header(path, kind)
     return path
-
-
-def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
-    """Files, folders (their images, sorted) and globs -> image paths; unmatched entries are reported."""
-    found: list[Path] = []
-    missing: list[str] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            found.extend(sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES))
-        elif p.is_file():
-            found.append(p)
-        else:
-            matches = sorted(Path(m) for m in glob.glob(item, recursive=True))
-            matches = [m for m in matches if m.is_file() and m.suffix.lower() in IMAGE_SUFFIXES]
-            if matches:
-                found.extend(matches)
-            else:
-                missing.append(item)
-    unique, seen = [], set()
-    for f in found:
-        if f.resolve() not in seen:
-            seen.add(f.resolve())
-            unique.append(f)
-    return unique, missing
-
-
-def output_names(files: list[Path]) -> list[str]:
-    """One distinct output file name per input: ``<stem>.png``; inputs that share a stem
-    (``a/horse.png``, ``b/horse.jpg``) keep their extension (``horse_png.png``, ``horse_jpg.png``),
-    then as many parent folders as it takes (``a_horse_png.png``), so no sketch overwrites another."""
-
-    def name(path: Path, level: int) -> str:
-        if level == 0:
-            return path.stem
-        parts = [*path.resolve().parent.parts[1:], path.stem, path.suffix.lstrip(".") or "noext"]
-        return "_".join(parts[-(level + 1) :]) if level > 1 else f"{path.stem}_{parts[-1]}"
-
-    levels = [0] * len(files)
-    depth = max((len(f.resolve().parts) for f in files), default=0) + 1
-    for _ in range(depth):
-        names = [name(f, lv).lower() for f, lv in zip(files, levels, strict=True)]
-        clashes = {n for n in names if names.count(n) > 1}
-        if not clashes:
-            break
-        levels = [lv + 1 if n in clashes else lv for n, lv in zip(names, levels, strict=True)]
-    names = [name(f, lv) for f, lv in zip(files, levels, strict=True)]
-    seen: dict[str, int] = {}
-    unique = []
-    for n in names:  # the same path words for two files (rare): number them
-        count = seen[n.lower()] = seen.get(n.lower(), 0) + 1
-        unique.append(n if count == 1 else f"{n}_{count}")
-    return [f"{n}.png" for n in unique]
 
 
 def _resume_command(args) -> str:
@@ -227,41 +173,59 @@ def cmd_fit_conditions(args) -> int:
 
 
 def cmd_extract(args) -> int:
-    from .distill.extract import extract
-    from .distill.extractor import EXTRACTOR_KIND, load_extractor
+    from .distill.extract_files import SketchOptions, extract_files, list_inputs
+    from .distill.extractor import EXTRACTOR_KIND
 
     check_file_kind(args.extractor, "--extractor", EXTRACTOR_KIND)
     out = check_output_folder(args.out, "--out")
-    device = pick_device(args.device)
-    files, missing = expand_inputs(args.inputs)
+    device = pick_device(args.device) if args.ray is None else None
+    items, missing = list_inputs(args.inputs, exclude=out)
     for m in missing:
         print(f"warning: no image matches {m!r}", file=sys.stderr)
-    if not files:
+    if not items:
         raise InvalidInputError(
-            "no input images found: give image files, folders or globs (e.g. 'photos/*.jpg')"
+            "no input images found: give image files, folders, globs (e.g. 'photos/*.jpg') or a .txt list"
         )
-    model = load_extractor(args.extractor, device=device)
-    names = output_names(files)
-    for f, name in zip(files, names, strict=True):
-        if name != f"{f.stem}.png":
-            print(f"{f} -> {name} (another input is also named {f.stem!r})")
-    out.mkdir(parents=True, exist_ok=True)
-    from tqdm.auto import tqdm
+    for item in items:
+        if item.key.rpartition("/")[2] != item.path.stem:
+            print(f"{item.path} -> {item.key}.png (another input is also named {item.path.stem!r})")
+    options = SketchOptions(
+        invert=args.invert,
+        contrast=args.contrast,
+        tile=args.tile,
+        batch_size=args.batch_size,
+    )
+    bar = progress_bar(len(items), "extracting", unit="img")
+    try:
+        if args.ray is not None:
+            from .distill.extract_ray import extract_files_ray
 
-    skipped = []
-    for f, name in zip(tqdm(files, desc="extracting", unit="img", dynamic_ncols=True), names, strict=True):
-        try:
-            image = read_image(f)
-        except Exception as e:  # unreadable files are listed, never silently dropped
-            skipped.append(f"{f}: {e}")
-            continue
-        sketch, _ = extract(model, image[None], invert=args.invert, contrast=args.contrast, tile=args.tile)
-        save_png(sketch[0], out / name)
-    print(f"{len(files) - len(skipped)} sketches written to {out}")
-    if skipped:
-        print(f"{len(skipped)} unreadable file(s) skipped:", file=sys.stderr)
-        for s in skipped:
-            print(f"  {s}", file=sys.stderr)
+            report = extract_files_ray(
+                args.extractor,
+                items,
+                out,
+                options,
+                address=None if args.ray == "auto-or-local" else args.ray,
+                actors=args.ray_actors,
+                progress=bar,
+            )
+        else:
+            from .distill.extractor import load_extractor
+
+            model = load_extractor(args.extractor, device=device)
+            report = extract_files(model, items, out, options, workers=args.workers, progress=bar)
+    finally:
+        bar.close()
+    print(
+        f"{report.written} sketches written to {report.out}"
+        + (f" ({report.already_done} already there)" if report.already_done else "")
+    )
+    if report.failed:
+        print(f"{len(report.failed)} unreadable file(s) skipped (listed in the manifest):", file=sys.stderr)
+        for path, reason in report.failed[:20]:
+            print(f"  {path}: {reason}", file=sys.stderr)
+        if len(report.failed) > 20:
+            print(f"  ... and {len(report.failed) - 20} more", file=sys.stderr)
         return 1
     return 0
 
@@ -432,12 +396,8 @@ def cmd_generate(args) -> int:
 
 
 def cmd_distill(args) -> int:
-    from .capture.sampling import SamplingSettings
-    from .distill import DistillConfig, distill
-    from .distill.extractor import save_extractor
-    from .train.conditions import CONDITIONS_KIND, ConditionSampler
-    from .train.generator import GENERATOR_KIND, load_generator
-    from .train.losses import build_lpips
+    from .train.conditions import CONDITIONS_KIND
+    from .train.generator import GENERATOR_KIND
 
     check_model(args)
     check_file_kind(args.generator, "--generator", GENERATOR_KIND)
@@ -446,7 +406,29 @@ def cmd_distill(args) -> int:
         check_input_file(args.lpips, "--lpips", folder_ok=True)
     check_output_folder(args.pairs_dir, "--pairs-dir")
     out = check_output_file(args.out, "--out")
-    device = pick_device(args.device)
+
+    from .distributed import Group, launch_device, launch_from_environment
+
+    # under torchrun / accelerate launch every process runs this command; they share the pairs
+    # and train one student with DistributedDataParallel
+    launch = launch_from_environment()
+    device = launch_device(launch, pick_device(args.device))
+    group = Group(launch, device) if launch is not None else None
+    try:
+        return _distill(args, out, device, group)
+    finally:
+        if group is not None:
+            group.close()
+
+
+def _distill(args, out: Path, device: str, group) -> int:
+    from .capture.sampling import SamplingSettings
+    from .distill import DistillConfig, distill
+    from .distill.extractor import save_extractor
+    from .train.conditions import ConditionSampler
+    from .train.generator import load_generator
+    from .train.losses import build_lpips
+
     config = DistillConfig(
         iterations=args.iterations,
         batch_size=args.batch_size,
@@ -458,11 +440,16 @@ def cmd_distill(args) -> int:
     lpips_model = None if args.no_lpips else build_lpips(args.lpips, device=device)
     generator = load_generator(args.generator, device=device)
     conditions = ConditionSampler.load(args.conditions)
-    backend = load_backend(args)
-    # one bar at a time: the pairs' until the student's training starts
-    bars = {"pairs": progress_bar(args.pairs, "pairs", unit="pair")}
+    backend = load_backend(args, device)
+    # one bar at a time: the pairs' until the student's training starts; in a launch, rank 0's
+    # (its pairs bar counts its own share)
+    main = group is None or group.is_main
+    label = "" if group is None else f" (rank 0 of {group.world_size})"
+    bars = {"pairs": progress_bar(args.pairs, "pairs" + label, unit="pair")} if main else {}
 
     def start_training(text: str) -> None:
+        if not main:
+            return
         bars.pop("pairs").close()
         print(text)
         bars["training"] = progress_bar(args.iterations, "training")
@@ -484,14 +471,18 @@ def cmd_distill(args) -> int:
                 schedule=args.schedule,
             ),
             lpips_model=lpips_model,
-            progress=lambda done, total: bars["pairs"](done, total),
-            on_step=lambda step, losses, preview: bars["training"](step, args.iterations),
+            progress=(lambda done, total: bars["pairs"](done, total)) if main else None,
+            on_step=(lambda step, losses, preview: bars["training"](step, args.iterations)) if main else None,
             notice=start_training,
             device=device,
+            group=group,
+            pairs_batch=args.pairs_batch,
         )
     except (KeyboardInterrupt, TrainingInterrupted, Cancelled):
         for bar in bars.values():
             bar.close()
+        if not main:
+            return 130
         print(
             f"diffsketch distill: cancelled; the pairs made so far and the student's checkpoint are kept in "
             f"{args.pairs_dir}: run the same command again to continue.",
@@ -502,8 +493,9 @@ def cmd_distill(args) -> int:
         bars["training"](student.meta["iterations_done"], args.iterations)
     for bar in bars.values():
         bar.close()
-    save_extractor(out, student.cpu(), student.meta)
-    print(f"extractor: {out}")
+    if main:
+        save_extractor(out, student.cpu(), student.meta)
+        print(f"extractor: {out}")
     return 0
 
 
@@ -648,7 +640,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("distill", help="distill a generator into a fast extractor")
+    p = sub.add_parser(
+        "distill",
+        help="distill a generator into a fast extractor (torchrun/accelerate launch: on several GPUs/nodes)",
+    )
     _model_args(p)
     _sampling_args(p)
     p.add_argument("--generator", required=True, help="generator .safetensors")
@@ -657,6 +652,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--pairs", type=int, default=1000, help="pairs to generate (default 1000; the paper: 30000)"
     )
     p.add_argument("--pairs-dir", required=True, help="folder for the pairs (resumable)")
+    p.add_argument(
+        "--pairs-batch",
+        type=int,
+        default=None,
+        help="images sampled per call while making pairs (default: what fits; 1 on the CPU)",
+    )
     from .distill import DistillConfig
 
     defaults = DistillConfig()
@@ -686,14 +687,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="extractor file to write (.safetensors)")
     p.set_defaults(func=cmd_distill)
 
-    p = sub.add_parser("extract", help="turn images into sketches with a distilled extractor")
-    p.add_argument("inputs", nargs="+", help="image files, folders or globs")
+    p = sub.add_parser(
+        "extract",
+        help="turn images into sketches with a distilled extractor (resumable; --ray for a cluster)",
+    )
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        help="image files, folders (recursive), globs, or .txt/.lst files listing one image path per line",
+    )
     p.add_argument("--extractor", required=True, help="extractor .safetensors (from distill)")
-    p.add_argument("--out", required=True, help="output folder (one PNG per input, same stem)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output folder: <key>.png per input (subfolders mirrored) and manifest.jsonl; a rerun skips "
+        "what is done",
+    )
     p.add_argument("--invert", action="store_true", help="white lines on black (ControlNet convention)")
     p.add_argument("--contrast", type=float, default=1.0, help="line contrast (>1 darkens faint strokes)")
     p.add_argument("--tile", type=int, default=1024, help="tile size for large images (default 1024)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    p.add_argument(
+        "--batch-size", type=int, default=4, help="images (of one size) per network call (default 4)"
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="decoding processes (default: one per core but one, at most 8; 0 = none)",
+    )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="auto-or-local",
+        default=None,
+        metavar="ADDRESS",
+        help="run on a Ray cluster (pip install 'diffsketch[scale]'): at ADDRESS, else RAY_ADDRESS's or a "
+        "new local one. Put it after the inputs or write --ray=ADDRESS",
+    )
+    p.add_argument(
+        "--ray-actors",
+        type=int,
+        default=None,
+        help="extraction actors on the cluster (default: one per GPU, else one per two CPUs)",
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (without --ray)")
     p.set_defaults(func=cmd_extract)
 
     from .eval.cli import add_eval_parser

@@ -110,10 +110,13 @@ def check_save_name(name: str, what: str = "save name") -> str:
 # atomic writes and their temporary files
 # ---------------------------------------------------------------------------------------------
 def stale_temp_files(
-    folder: str | os.PathLike, target: str | None = None, now: float | None = None
+    folder: str | os.PathLike,
+    target: str | None = None,
+    now: float | None = None,
+    min_age: float = STALE_TEMP_SECONDS,
 ) -> list[Path]:
     """Temporary files of our atomic writes in ``folder`` (of ``target``'s name only, when given)
-    that nobody has written to for :data:`STALE_TEMP_SECONDS`."""
+    that nobody has written to for ``min_age`` seconds (:data:`STALE_TEMP_SECONDS`)."""
     folder = Path(folder)
     now = time.time() if now is None else now
     found = []
@@ -126,7 +129,7 @@ def stale_temp_files(
         if match is None or (target is not None and match["target"] != target):
             continue
         try:
-            if entry.is_file(follow_symlinks=False) and now - entry.stat().st_mtime >= STALE_TEMP_SECONDS:
+            if entry.is_file(follow_symlinks=False) and now - entry.stat().st_mtime >= min_age:
                 found.append(Path(entry.path))
         except OSError:  # removed meanwhile
             continue
@@ -134,16 +137,21 @@ def stale_temp_files(
 
 
 def remove_stale_temp_files(
-    folder: str | os.PathLike, target: str | None = None, recursive: bool = False
+    folder: str | os.PathLike,
+    target: str | None = None,
+    recursive: bool = False,
+    min_age: float = STALE_TEMP_SECONDS,
 ) -> list[Path]:
     """Delete what :func:`stale_temp_files` finds (in every subfolder too with ``recursive``);
-    returns the files removed. Files that vanish or cannot be removed are left to the next try."""
+    returns the files removed. Files that vanish or cannot be removed are left to the next try.
+    ``min_age=0`` removes every one at once: only for a folder no other process is writing to
+    (a killed process leaves them behind, as no ``finally`` runs)."""
     folders = [Path(folder)]
     if recursive:
         folders += [Path(root) / d for root, dirs, _ in os.walk(folder) for d in dirs]
     removed = []
     for f in folders:
-        for path in stale_temp_files(f, target):
+        for path in stale_temp_files(f, target, min_age=min_age):
             try:
                 path.unlink()
                 removed.append(path)

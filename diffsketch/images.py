@@ -155,21 +155,29 @@ def save_png(tensor, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def read_image(path: Path):
-    """An image file as float32 [H,W,C] numpy in [0,1], keeping grey/RGBA/16-bit for the caller to convert."""
+def read_image_pixels(path: Path):
+    """An image file's pixels as numpy [H,W,C]: uint8, or uint16 for 16-bit files; C is 1 (grey),
+    2 (grey + alpha), 3 or 4. Decoding workers hand these on: a quarter of the float32 bytes."""
     from PIL import Image
 
     with Image.open(path) as im:
         im.load()
         if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-            arr = np.asarray(im, dtype=np.float32) / 65535.0
+            arr = np.clip(np.asarray(im), 0, 65535).astype(np.uint16)
         else:
             if im.mode not in ("L", "LA", "RGB", "RGBA"):
                 im = im.convert("RGBA" if "A" in im.getbands() else "RGB")
-            arr = np.asarray(im, dtype=np.float32) / 255.0
+            arr = np.asarray(im, dtype=np.uint8)
     if arr.ndim == 2:
         arr = arr[..., None]
     return arr
+
+
+def read_image(path: Path):
+    """An image file as float32 [H,W,C] numpy in [0,1], keeping grey/RGBA/16-bit for the caller to convert."""
+    arr = read_image_pixels(path)
+    scale = 65535.0 if arr.dtype == np.uint16 else 255.0
+    return arr.astype(np.float32) / scale
 
 
 def gaussian_kernel_1d(size: int, sigma: float, dtype, device) -> torch.Tensor:

@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from diffsketch.capture.sampling import SamplingSettings
-from diffsketch.cli import expand_inputs, main
+from diffsketch.cli import main
+from diffsketch.distill.extract_files import list_inputs
 
 
 @pytest.fixture(scope="module")
@@ -136,8 +137,8 @@ def test_extract_command_files_folders_globs(tmp_path):
     Image.fromarray(rng.integers(0, 255, (33, 70), dtype=np.uint8)).save(photos / "b.png")  # grey
     Image.fromarray(rng.integers(0, 255, (20, 20, 4), dtype=np.uint8)).save(tmp_path / "c.png")  # RGBA
     (photos / "broken.png").write_bytes(b"not an image")
-    files, missing = expand_inputs([str(photos), str(tmp_path / "*.png"), "nothing/*.jpg"])
-    assert {f.name for f in files} == {"a.png", "b.png", "c.png", "broken.png"} and missing == [
+    files, missing = list_inputs([str(photos), str(tmp_path / "*.png"), "nothing/*.jpg"])
+    assert {f.path.name for f in files} == {"a.png", "b.png", "c.png", "broken.png"} and missing == [
         "nothing/*.jpg"
     ]
 
@@ -261,6 +262,10 @@ def test_train_generate_distill_chain(train_inputs, tmp_path, capfd):
         "2",
         "--pairs-dir",
         str(tmp_path / "pairs"),
+        "--pairs-batch",
+        "2",
+        "--schedule",
+        "fast",
         "--iterations",
         "2",
         "--batch-size",
@@ -277,6 +282,8 @@ def test_train_generate_distill_chain(train_inputs, tmp_path, capfd):
     assert "pairs" in err and err.index("training") > err.rindex("pairs")
     assert "training a new student from step 0 on 2 pairs" in out
     load_extractor(tmp_path / "ext.safetensors")
+    pairs_manifest = json.loads((tmp_path / "pairs" / "manifest.json").read_text())
+    assert pairs_manifest["settings"]["schedule"] == "fast" and pairs_manifest["done"] == [[0, 1]]
     extract = ["extract", str(inputs.root / "ex.png"), "--extractor", str(tmp_path / "ext.safetensors")]
     assert main([*extract, "--out", str(tmp_path / "out"), "--device", "cpu"]) == 0
     assert Image.open(tmp_path / "out" / "ex.png").size == (64, 64)
@@ -401,7 +408,7 @@ def test_commands_refuse_bad_paths_and_devices_in_one_line(
 
 
 def test_extract_keeps_every_output_when_inputs_share_a_name(tmp_path, capsys):
-    from diffsketch.cli import output_names
+    from diffsketch.distill.extract_files import output_names
     from diffsketch.distill.extractor import SketchExtractor, save_extractor
 
     torch.manual_seed(0)
@@ -413,7 +420,7 @@ def test_extract_keeps_every_output_when_inputs_share_a_name(tmp_path, capsys):
     out = tmp_path / "sketches"
     args = [str(tmp_path / "a"), str(tmp_path / "b"), "--extractor", str(ext), "--out", str(out)]
     assert main(["extract", *args, "--device", "cpu"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["cat.png", "horse_jpg.png", "horse_png.png"]
+    assert sorted(p.name for p in out.glob("*.png")) == ["cat.png", "horse_jpg.png", "horse_png.png"]
     assert "3 sketches written" in capsys.readouterr().out
 
     same = [Path("x/a/horse.png"), Path("x/b/horse.png"), Path("y/horse_png.png"), Path("horse.jpg")]

@@ -39,6 +39,15 @@ def test_registry_fields():
     assert "pytest" in " ".join(project["optional-dependencies"]["test"])
 
 
+def test_test_extra_brings_ray_and_accelerate_for_their_tests():
+    """CI installs `.[test]`; the Ray Data test (tests/test_extract_ray.py) skips without Ray and
+    the `accelerate launch` test (tests/test_distributed.py) without accelerate."""
+    extras = _pyproject()["project"]["optional-dependencies"]
+    assert any(_name(e) == "ray" for e in extras["scale"])
+    assert "diffsketch[scale]" in [e.replace(" ", "") for e in extras["test"]]
+    assert any(_name(e) == "accelerate" for e in extras["test"])
+
+
 def test_torch_unpinned():
     deps = _pyproject()["project"]["dependencies"]
     torch = [d for d in deps if _name(d) == "torch"]

@@ -113,22 +113,66 @@ class SamplingBackend:
         ``plan`` says which) and the denoising schedule. ``unet_reduce(layer, tensor) -> vector``
         stores reduced vectors instead of full tensors. ``decode=False`` skips the VAE.
         """
+        return self.sample_batch(
+            [cond],
+            settings,
+            uncond=uncond,
+            capture=capture,
+            unet_reduce=unet_reduce,
+            decode=decode,
+            store_dtype=store_dtype,
+            store_device=store_device,
+            progress=progress,
+        )
+
+    def sample_batch(
+        self,
+        conds: Sequence[torch.Tensor | str],
+        settings: SamplingSettings,
+        *,
+        seeds: Sequence[int] | None = None,
+        uncond: torch.Tensor | None = None,
+        capture: bool = True,
+        unet_reduce=None,
+        decode: bool = True,
+        store_dtype: torch.dtype = torch.float16,
+        store_device: torch.device | str = "cpu",
+        progress: ProgressFn | None = None,
+    ) -> CapturedSample:
+        """:meth:`sample` for B conditions at once: image ``k`` is sampled with ``conds[k]``,
+        ``settings`` and the noise of ``seeds[k]`` (None: ``settings.seed`` for a single
+        condition), every UNet and VAE call running on the whole batch. Returns one
+        :class:`CapturedSample` of batch B (``.split()`` gives the B samples); item ``k`` is the
+        sample of ``(conds[k], settings.replace(seed=seeds[k]))`` up to float rounding, which can
+        differ with B."""
         if not isinstance(settings, SamplingSettings):
             raise InvalidInputError(f"settings must be a SamplingSettings, got {type(settings).__name__}")
+        if seeds is None and len(conds) == 1:
+            seeds = [settings.seed]
+        if seeds is None or len(conds) < 1 or len(conds) != len(seeds):
+            raise InvalidInputError(
+                f"sample_batch needs one seed per condition, got {len(conds)} conditions and "
+                f"{None if seeds is None else len(seeds)} seeds"
+            )
         plan = settings.plan()
         sched = settings.denoising_schedule(plan)
         if capture and not set(plan.used) <= set(sched):
             raise InvalidInputError(
                 f"the schedule {sched} does not visit the capture timesteps {sorted(set(plan.used) - set(sched))}"
             )
-        prompt = None
-        if isinstance(cond, str):
-            prompt, cond = cond, self.encode_prompt(cond)
-        cond = self.check_conditioning(cond, "positive")
+        prompts = [c if isinstance(c, str) else None for c in conds]
+        cond = torch.cat(
+            [
+                self.check_conditioning(self.encode_prompt(c) if isinstance(c, str) else c, "positive")
+                for c in conds
+            ]
+        )
+        if len({c.shape[1] for c in cond.split(1)}) != 1:
+            raise InvalidInputError("the conditions of one batch must have the same number of tokens")
         uncond = self.encode_prompt("") if uncond is None else uncond
-        uncond = self.check_conditioning(uncond, "negative")
+        uncond = self.check_conditioning(uncond, "negative").expand(len(conds), -1, -1)
         lh, lw = self.spec.latent_size(settings.width, settings.height)
-        noise = make_noise(settings.seed, (1, self.spec.latent_channels, lh, lw))
+        noise = torch.cat([make_noise(seed, (1, self.spec.latent_channels, lh, lw)) for seed in seeds])
         recorder = (
             UNetRecorder(self.spec, plan.used, store_dtype, store_device, reduce=unet_reduce)
             if capture
@@ -139,10 +183,10 @@ class SamplingBackend:
         if decode:
             image, rgb, vae = self._decode(latent, capture, store_dtype, store_device)
         else:
-            image = rgb = torch.zeros(1, 3, 0, 0)
+            image = rgb = torch.zeros(len(conds), 3, 0, 0)
             vae = []
         meta = {
-            "seed": settings.seed,
+            "seed": seeds[0] if len(seeds) == 1 else list(seeds),
             "steps": settings.steps,
             "cfg": settings.cfg,
             "width": settings.width,
@@ -150,9 +194,14 @@ class SamplingBackend:
             "schedule": sched,
             "unet_evaluations": len(sched),
         }
-        if prompt is not None:
-            meta["prompt"] = prompt
+        if any(p is not None for p in prompts):
+            meta["prompt"] = prompts[0] if len(prompts) == 1 else prompts
         return CapturedSample(self.spec, plan, image, latent.float().cpu(), unet, vae, rgb, meta)
+
+    def suggested_batch(self, width: int, height: int) -> int:
+        """Images per :meth:`sample_batch` call for bulk sampling (pair generation): 1 unless a
+        backend knows better."""
+        return 1
 
     def grid(self, steps: int) -> list[int]:
         return ddim_grid(steps)

@@ -18,6 +18,12 @@ from ..errors import InvalidInputError, WeightsNotFoundError
 from .base import ProgressFn, SamplingBackend, scaled_linear_alphas_cumprod, weights_fingerprint
 from .text import ClipBPETokenizer, HFTokenizerAdapter
 
+#: Working memory of one 512x512 image in a sampling batch (UNet at CFG batch 2, VAE decode) on
+#: a GPU in fp16: an estimate with room to spare, not yet measured on a GPU;
+#: benchmarks/style_cost.py --device cuda prints the peak per B to check it against.
+GPU_BYTES_PER_IMAGE = 2 * 2**30
+MAX_GPU_BATCH = 16
+
 
 class DiffusersBackend(SamplingBackend):
     def __init__(
@@ -107,6 +113,17 @@ class DiffusersBackend(SamplingBackend):
             )
         return cls.from_single_file(p, device, dtype)
 
+    def suggested_batch(self, width: int, height: int) -> int:
+        """1 on the CPU, where an SD-sized UNet keeps the cores busy at any batch and host memory
+        grows with B (``benchmarks/style_cost.py --arch sd15`` measures B there before one raises
+        ``--pairs-batch``); on a GPU, what its free memory holds at ``GPU_BYTES_PER_IMAGE`` per
+        512x512 image (scaled by area), at most ``MAX_GPU_BATCH``."""
+        if self.device.type != "cuda":
+            return 1
+        free, _ = torch.cuda.mem_get_info(self.device)
+        per_image = GPU_BYTES_PER_IMAGE * (width * height) / (512 * 512)
+        return max(1, min(MAX_GPU_BATCH, int(0.8 * free // per_image)))
+
     # -- primitives ----------------------------------------------------------------------------
     @torch.no_grad()
     def encode_prompt(self, text: str) -> torch.Tensor:
@@ -130,7 +147,7 @@ class DiffusersBackend(SamplingBackend):
             a_t = float(acp[t])
             a_prev = float(acp[schedule[i + 1]]) if i + 1 < n else 1.0  # last step -> predicted x0
             x_in = torch.cat([x, x]).to(self.dtype)
-            t_in = torch.full((2,), t, device=self.device, dtype=torch.long)
+            t_in = torch.full((x_in.shape[0],), t, device=self.device, dtype=torch.long)
             if recorder is not None:
                 with recorder.tap(self.unet, t, (UNCOND, COND)):
                     eps = self.unet(x_in, t_in, encoder_hidden_states=ctx).sample

@@ -16,13 +16,14 @@ FEATURES_VERSION = 1
 
 @dataclass
 class CapturedSample:
-    """A sample and its captured features (batch of one).
+    """A sample and its captured features: a batch of one, or of B from ``sample_batch``.
 
-    - ``image``: [1, 3, H, W] float32 in [0, 1].
-    - ``latent``: [1, C, h, w] final latent in raw VAE space (ComfyUI's LATENT convention).
-    - ``unet``: ``{timestep: [tensor[2, C_l, h_l, w_l] per tap]}``, index 0 uncond, 1 cond.
-    - ``vae``: one [1, C_k, H_k, W_k] tensor per VAE tap of ``spec.vae``.
-    - ``rgb``: [1, 3, H, W] float32 raw decoder output (about [-1, 1], not clamped).
+    - ``image``: [B, 3, H, W] float32 in [0, 1].
+    - ``latent``: [B, C, h, w] final latent in raw VAE space (ComfyUI's LATENT convention).
+    - ``unet``: ``{timestep: [tensor[2B, C_l, h_l, w_l] per tap]}``, the B uncond branches
+      first, then the B cond ones (for one sample: index 0 uncond, 1 cond).
+    - ``vae``: one [B, C_k, H_k, W_k] tensor per VAE tap of ``spec.vae``.
+    - ``rgb``: [B, 3, H, W] float32 raw decoder output (about [-1, 1], not clamped).
     """
 
     spec: FeatureSpec
@@ -42,6 +43,34 @@ class CapturedSample:
     def size(self) -> tuple[int, int]:
         """(width, height) in pixels."""
         return int(self.image.shape[-1]), int(self.image.shape[-2])
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.latent.shape[0])
+
+    def split(self) -> list[CapturedSample]:
+        """The samples of a batch, each a batch of one."""
+        b = self.batch_size
+        if b == 1:
+            return [self]
+        out = []
+        for k in range(b):
+            meta = dict(self.meta)
+            for key in ("seed", "prompt"):
+                if isinstance(meta.get(key), list):
+                    meta[key] = meta[key][k]
+            out.append(
+                replace(
+                    self,
+                    image=self.image[k : k + 1],
+                    latent=self.latent[k : k + 1],
+                    unet={t: [torch.stack([x[k], x[b + k]]) for x in xs] for t, xs in self.unet.items()},
+                    vae=[x[k : k + 1] for x in self.vae],
+                    rgb=self.rgb[k : k + 1],
+                    meta=meta,
+                )
+            )
+        return out
 
     def tensors(self):
         for t in self.timesteps:

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..capture.sampling import SamplingSettings
+from ..distributed import Group
 from ..errors import FileFormatError
 from ..fileio import read_header
 from ..train.loop import StepCallback, StopCallback
@@ -126,6 +127,8 @@ def distill(
     should_stop: StopCallback | None = None,
     notice: Callable[[str], None] | None = None,
     device: str | torch.device = "cpu",
+    group: Group | None = None,
+    pairs_batch: int | None = None,
 ) -> SketchExtractor:
     """Generate pairs ``0 .. pair_count-1`` into ``out_dir`` with ``sampling`` (resuming any
     already there; its timesteps and schedule, where None, are the generator's), then train a
@@ -144,6 +147,10 @@ def distill(
 
     ``progress(done, total)`` reports pair generation, ``on_step`` training. Save the result with
     ``save_extractor(path, student, student.meta)``.
+
+    ``group``: a torchrun / accelerate launch (:class:`~diffsketch.distributed.Group`): the
+    processes share the pairs, then train the student with DistributedDataParallel.
+    ``pairs_batch``: images sampled per call while generating pairs (None: what fits).
     """
     config = config or DistillConfig()
     pairs = generate_pairs(
@@ -155,6 +162,8 @@ def distill(
         sampling,
         progress=progress,
         should_stop=should_stop,
+        group=group,
+        batch_size=pairs_batch,
     )
     out_dir = Path(out_dir)
     if checkpoint_path is not None:
@@ -179,6 +188,7 @@ def distill(
         on_step=on_step,
         should_stop=should_stop,
         device=device,
+        group=group,
     )
     student.meta["generator"] = pairs.settings.get("generator")
     return student

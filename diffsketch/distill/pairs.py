@@ -22,8 +22,9 @@ import torch
 from torch import nn
 
 from ..capture.sampling import SamplingSettings
-from ..errors import Cancelled, FileFormatError, InvalidInputError
-from ..fileio import atomic_write_bytes, tensors_checksum
+from ..distributed import Group, shard
+from ..errors import Cancelled, DiffSketchError, FileFormatError, InvalidInputError
+from ..fileio import atomic_write_bytes, remove_stale_temp_files, tensors_checksum
 from ..seeds import cpu_generator, derive_seed
 from ..train.inference import check_generator_fits, generator_sampling
 from ..train.loop import StopCallback
@@ -31,6 +32,9 @@ from ..train.loop import StopCallback
 PAIRS_FORMAT = "diffsketch-pairs"
 PAIRS_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+#: Progress logs of the processes of a launch (see ``_PairWriter``).
+PART_LOG = "manifest.part-{rank}.log"
+PART_LOG_GLOB = "manifest.part-*.log"
 IMAGES_DIR = "images"
 SKETCHES_DIR = "sketches"
 #: Upper bound on pair indices: six-digit file names.
@@ -44,7 +48,7 @@ ProgressFn = Callable[[int, int], None]
 # --------------------------------------------------------------------------------------------
 
 
-def _fingerprint(tensors: dict[str, torch.Tensor], extra: str = "") -> str:
+def tensors_fingerprint(tensors: dict[str, torch.Tensor], extra: str = "") -> str:
     """The first 16 hex digits of :func:`~diffsketch.fileio.tensors_checksum`: tells two sets of
     weights apart so a pair folder cannot silently mix two teachers."""
     return tensors_checksum(tensors, extra)[:16]
@@ -56,7 +60,7 @@ def generator_fingerprint(generator: nn.Module) -> str:
     spec = getattr(generator, "spec", None)
     if spec is not None and hasattr(spec, "fingerprint"):
         extra += spec.fingerprint()
-    return _fingerprint(generator.state_dict(), extra)
+    return tensors_fingerprint(generator.state_dict(), extra)
 
 
 def conditions_fingerprint(conditions) -> str:
@@ -66,7 +70,7 @@ def conditions_fingerprint(conditions) -> str:
         "score_mean": conditions.score_mean,
         "variance": conditions.variance,
     }
-    return _fingerprint(tensors)
+    return tensors_fingerprint(tensors)
 
 
 # --------------------------------------------------------------------------------------------
@@ -137,7 +141,8 @@ def _read_manifest(out_dir: Path) -> dict | None:
     return data
 
 
-def _settings_difference(saved: dict, wanted: dict) -> str:
+def settings_difference(saved: dict, wanted: dict) -> str:
+    """``key: folder has X, asked Y`` for every setting that differs (for error messages)."""
     keys = sorted(set(saved) | set(wanted))
     diffs = [
         f"{k}: folder has {saved.get(k)!r}, asked {wanted.get(k)!r}"
@@ -154,10 +159,38 @@ def _json_settings(settings: dict) -> dict:
         raise InvalidInputError(f"pair settings must be JSON-serialisable: {e}") from e
 
 
-class _PairWriter:
-    """Keeps a folder's manifest in memory and rewrites it atomically after every pair."""
+def _part_logs(root: Path) -> list[Path]:
+    return sorted(root.glob(PART_LOG_GLOB))
 
-    def __init__(self, out_dir: str | os.PathLike, settings: dict, requested: int | None = None):
+
+def _read_part_log(path: Path) -> list[int]:
+    """The indices a process of a launch finished; a line cut off by a crash is ignored."""
+    done = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        line = line.strip()
+        if line.isdigit() and int(line) < MAX_PAIRS:
+            done.append(int(line))
+    return done
+
+
+class _PairWriter:
+    """Keeps a folder's manifest in memory and records each finished pair.
+
+    A single process rewrites ``manifest.json`` atomically after every pair. In a launch of
+    several processes each one appends its finished indices to its own log
+    (``manifest.part-<rank>.log``, one line each, fsynced) and only rank 0 writes the manifest:
+    at the start (settings) and at the end, when it folds every log in and deletes them. Logs
+    left by a launch that died are folded in by whatever runs on the folder next.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike,
+        settings: dict,
+        requested: int | None = None,
+        *,
+        part: int | None = None,
+    ):
         self.root = Path(out_dir)
         if self.root.exists() and not self.root.is_dir():
             raise InvalidInputError(
@@ -175,13 +208,17 @@ class _PairWriter:
         else:
             if manifest["settings"] != settings:
                 raise InvalidInputError(
-                    f"{self.root} already holds pairs made with other settings ({_settings_difference(manifest['settings'], settings)}). "
+                    f"{self.root} already holds pairs made with other settings ({settings_difference(manifest['settings'], settings)}). "
                     "Use a new folder, or the folder's settings to continue it."
                 )
             self.manifest = manifest
         self.done = set(self.manifest["done"])
+        self._folded = _part_logs(self.root)
+        for log in self._folded:
+            self.done.update(_read_part_log(log))
         if requested is not None:
             self.manifest["requested"] = max(int(self.manifest.get("requested", 0)), int(requested))
+        self._log = None if part is None else self.root / PART_LOG.format(rank=part)
 
     def has(self, index: int) -> bool:
         image_path, sketch_path = pair_paths(self.root, index)
@@ -190,16 +227,26 @@ class _PairWriter:
     def write(self, index: int, image: torch.Tensor, sketch: torch.Tensor) -> None:
         image_png, sketch_png = _encode_pair(image, sketch)
         image_path, sketch_path = pair_paths(self.root, index)
-        # The manifest is written last: an index is listed only once both files are complete.
+        # The index is recorded last: it is listed only once both files are complete.
         atomic_write_bytes(image_path, image_png)
         atomic_write_bytes(sketch_path, sketch_png)
         self.done.add(index)
-        self.save()
+        if self._log is None:
+            self.save()
+        else:
+            with open(self._log, "a", encoding="utf-8") as f:
+                f.write(f"{index}\n")
+                f.flush()
+                os.fsync(f.fileno())
 
     def save(self) -> None:
+        """Write the manifest with every finished pair, then drop the logs it now contains."""
         self.manifest["done"] = _to_ranges(sorted(self.done))
         text = json.dumps(self.manifest, indent=1, sort_keys=True)
         atomic_write_bytes(self.root / MANIFEST_NAME, text.encode("utf-8"))
+        for log in self._folded:
+            log.unlink(missing_ok=True)
+        self._folded = []
 
 
 def _as_chw(x, channels: tuple[int, ...], what: str) -> torch.Tensor:
@@ -389,6 +436,8 @@ def generate_pairs(
     *,
     progress: ProgressFn | None = None,
     should_stop: StopCallback | None = None,
+    group: Group | None = None,
+    batch_size: int | None = None,
 ) -> PairSet:
     """Write pairs ``0 .. count-1`` of DiffSketch (image, sketch) into ``out_dir``; returns them
     (``PairSet(out_dir, count)``: pairs made earlier beyond ``count`` are kept but not included).
@@ -404,38 +453,124 @@ def generate_pairs(
     Resumable: pairs already in the folder are skipped, so re-running (after a Cancel, a crash,
     or with a larger ``count``) only adds the missing ones. The folder remembers the settings,
     the generator's and the conditions' fingerprints; other settings raise InvalidInputError.
-    ``progress(done, count)`` after each pair; ``should_stop()`` before each pair -- True
+    ``progress(done, count)`` after each batch; ``should_stop()`` before each batch -- True
     raises :class:`~diffsketch.errors.Cancelled` with every finished pair kept.
+
+    ``batch_size``: images sampled (and sketched) per call, B; None picks what fits
+    (``backend.suggested_batch``: 1 on the CPU). Pairs are made in blocks of B consecutive
+    indices, whole even past ``count``, so the folder's bytes depend on B but not on how the
+    work is shared, stopped or resumed. Pair ``i`` has the same condition and noise whatever B
+    is; batched float arithmetic is not bitwise batch-invariant, so a few pixels of its PNGs may
+    differ by one 8-bit step from B=1 (a test bounds this).
+
+    ``group``: the processes of a torchrun / accelerate launch
+    (:class:`~diffsketch.distributed.Group`); each makes every ``world_size``-th of the missing
+    pairs into the one folder, ``progress`` counts its own share, and the folder ends up byte
+    for byte what one process writes. A launch that dies is continued by running it again,
+    with any number of processes. One run (launch) per folder at a time.
     """
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_PAIRS:
         raise InvalidInputError(f"pair count must be an integer in 1..{MAX_PAIRS}, got {count!r}.")
     sampling = generator_sampling(generator, sampling or SamplingSettings())
     settings = pair_settings(backend, generator, conditions, sampling)
     sampling = sampling.replace(timesteps=tuple(settings["timesteps"]))
-    writer = _PairWriter(out_dir, settings, requested=count)
-    todo = [i for i in range(count) if not writer.has(i)]
-    done = count - len(todo)
+    if batch_size is None:
+        suggest = getattr(backend, "suggested_batch", None)
+        batch_size = suggest(sampling.width, sampling.height) if suggest is not None else 1
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    batch = batch_size
+    writer = _open_writer(out_dir, settings, count, group)
+    # the same list on every process: all read the folder before any of them writes to it
+    todo = {i for i in range(count) if not writer.has(i)}
+    # Pairs are made in fixed blocks of `batch` indices (block k: k*batch ... k*batch+batch-1),
+    # always whole, so pair i is computed in the same batch however the blocks are shared out,
+    # resumed or cut by `count`; only the block's missing pairs below `count` are written.
+    blocks = sorted({i // batch for i in todo})
+    mine = shard(blocks, group)
+    rounds = len(mine) if group is None else -(-len(blocks) // group.world_size)
+    done = count - len(todo) if group is None else 0
+    total = (
+        count
+        if group is None
+        else sum(1 for k in mine for i in range(k * batch, k * batch + batch) if i in todo)
+    )
     if progress is not None:
-        progress(done, count)
+        progress(done, total)
     was_training = generator.training
     generator.eval()
     try:
-        for i in todo:
-            if should_stop is not None and should_stop():
-                writer.save()
+        for r in range(rounds):
+            stop = should_stop is not None and should_stop()
+            if group is not None:
+                stop = group.any(stop)  # every process takes the same number of steps
+            if stop:
+                _close_writer(writer, settings, group)
+                where = f"{done} of {total} pairs" if group is None else f"this process's {done} of {total}"
                 raise Cancelled(
-                    f"pair generation was cancelled with {done} of {count} pairs in {writer.root}; run it again with "
+                    f"pair generation was cancelled with {where} in {writer.root}; run it again with "
                     "the same settings to continue."
                 )
-            condition = conditions.sample(cpu_generator(derive_seed("condition", sampling.seed, i)), 1)
-            noise_seed = derive_seed("noise", sampling.seed, i)
-            sample = backend.sample(condition, sampling.replace(seed=noise_seed), capture=True)
+            if r >= len(mine):
+                continue
+            indices = range(mine[r] * batch, mine[r] * batch + batch)
+            conds = [
+                conditions.sample(cpu_generator(derive_seed("condition", sampling.seed, i)), 1)
+                for i in indices
+            ]
+            seeds = [derive_seed("noise", sampling.seed, i) for i in indices]
+            sample = backend.sample_batch(conds, sampling, seeds=seeds, capture=True)
             with torch.no_grad():
-                sketch = generator.forward_sample(sample).float().clamp(0.0, 1.0).cpu()
-            writer.write(i, sample.image[0], sketch[0])
-            done += 1
+                sketches = generator.forward_sample(sample).float().clamp(0.0, 1.0).cpu()
+            for k, i in enumerate(indices):
+                if i in todo:
+                    writer.write(i, sample.image[k], sketches[k])
+                    done += 1
             if progress is not None:
-                progress(done, count)
+                progress(done, total)
     finally:
         generator.train(was_training)
+    _close_writer(writer, settings, group)
     return PairSet(writer.root, count=count)
+
+
+def _clean_folder(root: Path) -> None:
+    """Temporary files of writes cut short by a killed process: nothing else writes here now."""
+    for folder in (root, root / IMAGES_DIR, root / SKETCHES_DIR):
+        remove_stale_temp_files(folder, min_age=0)
+
+
+def _open_writer(out_dir, settings: dict, count: int, group: Group | None) -> _PairWriter:
+    if group is None:
+        writer = _PairWriter(out_dir, settings, requested=count)
+        _clean_folder(writer.root)
+        return writer
+    failure = None
+    if group.is_main:
+        # rank 0 checks the folder and records the settings before any process writes a pair
+        try:
+            main = _PairWriter(out_dir, settings, requested=count)
+            _clean_folder(main.root)
+            main.save()
+        except DiffSketchError as e:
+            failure = e
+    shared = group.share(None if failure is None else (type(failure).__name__, str(failure)))
+    if failure is not None:
+        raise failure
+    if shared is not None:
+        kind, message = shared
+        raise {"FileFormatError": FileFormatError}.get(kind, InvalidInputError)(message)
+    return _PairWriter(out_dir, settings, part=group.rank)
+
+
+def _close_writer(writer: _PairWriter, settings: dict, group: Group | None) -> None:
+    """Bring the manifest up to date: in a launch, rank 0 folds in every process's log once all
+    have finished."""
+    if group is None:
+        if writer._folded:
+            writer.save()
+        return
+    group.barrier()
+    if group.is_main:
+        _PairWriter(writer.root, settings).save()
+    group.barrier()

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..distributed import Group
 from ..errors import FileFormatError, InvalidInputError
 from ..seeds import cpu_generator, derive_seed, seeded
 from ..train.loop import StepCallback, StopCallback, TrainingLoop
@@ -289,6 +290,7 @@ def train_student(
     on_step: StepCallback | None = None,
     should_stop: StopCallback | None = None,
     device: str | torch.device = "cpu",
+    group: Group | None = None,
 ) -> nn.Module:
     """Train ``student`` (default: a new :class:`SketchExtractor` of ``config.extractor``) on ``pairs``.
 
@@ -311,6 +313,12 @@ def train_student(
     good checkpoint and raises ``TrainingDiverged`` saying so. The loop is
     :class:`~diffsketch.train.loop.TrainingLoop`, the generator trainer's.
 
+    ``group``: the processes of a torchrun / accelerate launch
+    (:class:`~diffsketch.distributed.Group`): the student is wrapped in DistributedDataParallel
+    and each process takes its slice of the same batch (``batch_size`` must divide by the number
+    of processes), so the run is the one-process run up to float rounding; losses are averaged
+    over the processes and only rank 0 writes checkpoints.
+
     Returns the student in eval mode with ``student.meta`` (JSON) describing the run, ready for
     ``save_extractor(path, student, student.meta)``.
     """
@@ -321,6 +329,11 @@ def train_student(
     if n_pairs < 1:
         raise InvalidInputError("the pair set is empty; generate some pairs first.")
     device = torch.device(device)
+    if group is not None and config.batch_size % group.world_size:
+        raise InvalidInputError(
+            f"batch_size {config.batch_size} does not split evenly over {group.world_size} processes; use a "
+            f"multiple of {group.world_size}."
+        )
     if student is None:
         student = build_student(config)
     multiple = int(getattr(student, "multiple", 1))
@@ -337,6 +350,14 @@ def train_student(
     if not params:
         raise InvalidInputError(f"the student {type(student).__name__} has no trainable parameters.")
     optimizer = torch.optim.Adam(params, lr=config.lr, betas=(0.9, 0.999))
+    model = student
+    if group is not None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # gradients are averaged over the processes' equal slices: the gradient of the whole batch
+        model = DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
+        per_process = config.batch_size // group.world_size
+        batch_slice = slice(group.rank * per_process, (group.rank + 1) * per_process)
 
     start = 0
     if resume_from is not None:
@@ -382,6 +403,7 @@ def train_student(
         save=save if checkpoint_path is not None else None,
         checkpoint_every=config.checkpoint_every,
         step=start,
+        group=group,
         resume_hint="run distill again with the same settings (or pass it as resume_from) to continue",
         divergence_advice=(
             f"Lower lr (now {config.lr:g}) or raise warmup_iterations, then resume from the checkpoint or "
@@ -393,11 +415,13 @@ def train_student(
 
     def compute(iteration: int):
         images, sketches = make_batch(pairs, config, iteration)
+        if group is not None:
+            images, sketches = images[batch_slice], sketches[batch_slice]
         images, sketches = images.to(device), sketches.to(device)
         lr = config.lr_at(iteration)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        output = student(images)
+        for param_group in optimizer.param_groups:
+            param_group["lr"] = lr
+        output = model(images)
         if output.shape != sketches.shape:
             raise InvalidInputError(
                 f"the student {type(student).__name__} returned {tuple(output.shape)} for input "
@@ -414,7 +438,14 @@ def train_student(
             ).mean()
             loss = loss + config.lpips_weight * lp
             step_losses["lpips"] = float(lp.detach())
-        if not torch.isfinite(loss):
+        if group is not None:
+            # the mean over the processes is the whole batch's loss; a NaN anywhere reaches all
+            names = sorted(step_losses)
+            averaged = group.mean([float(loss.detach())] + [step_losses[k] for k in names])
+            loss_value, step_losses = averaged[0], dict(zip(names, averaged[1:]))
+        else:
+            loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
             raise loop.diverged(iteration + 1, "the loss is not finite; the step was not applied")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -426,7 +457,7 @@ def train_student(
             )
         if not torch.isfinite(norm):
             raise loop.diverged(iteration + 1, "the gradients are not finite; the step was not applied")
-        return images, sketches, output, {"loss": float(loss.detach()), **step_losses, "lr": lr}
+        return images, sketches, output, {"loss": loss_value, **step_losses, "lr": lr}
 
     def report(step: int, result) -> None:
         nonlocal losses

@@ -490,20 +490,24 @@ class SketchGenerator(nn.Module):
                 "Capture features at the same number of timesteps the generator was trained with."
             )
         n_taps = len(self.spec.unet)
+        first = ordered[0][0] if ordered and len(ordered[0]) else None
+        pairs = int(first.shape[0]) if isinstance(first, torch.Tensor) and first.dim() == 4 else 2
+        pairs = pairs if pairs >= 2 and pairs % 2 == 0 else 2
         for t, feats in enumerate(ordered):
             if len(feats) != n_taps:
                 raise InvalidInputError(
                     f"timestep #{t} has {len(feats)} UNet features; the spec has {n_taps} UNet taps."
                 )
             for i, (x, tap) in enumerate(zip(feats, self.spec.unet, strict=True)):
-                if x.dim() != 4 or x.shape[0] != 2 or x.shape[1] != tap.channels:
+                if x.dim() != 4 or x.shape[0] != pairs or x.shape[1] != tap.channels:
                     raise InvalidInputError(
                         f"UNet feature {i} ({tap.name}) at timestep #{t} has shape {tuple(x.shape)}; expected "
-                        f"[2, {tap.channels}, h, w] (uncond and cond branches of one sample)."
+                        f"[{pairs}, {tap.channels}, h, w] (uncond and cond branches of {pairs // 2} sample(s): "
+                        "the uncond ones first)."
                     )
         return ordered
 
-    def _check_vae(self, vae: Sequence[torch.Tensor], rgb: torch.Tensor | None) -> None:
+    def _check_vae(self, vae: Sequence[torch.Tensor], rgb: torch.Tensor | None, batch: int) -> None:
         if not self.config.use_vae:
             return
         if len(vae) != len(self.spec.vae):
@@ -511,26 +515,29 @@ class SketchGenerator(nn.Module):
                 f"got {len(vae)} VAE features; the spec has {len(self.spec.vae)} VAE taps."
             )
         for i, (x, tap) in enumerate(zip(vae, self.spec.vae, strict=True)):
-            if x.dim() != 4 or x.shape[0] != 1 or x.shape[1] != tap.channels:
+            if x.dim() != 4 or x.shape[0] != batch or x.shape[1] != tap.channels:
                 raise InvalidInputError(
-                    f"VAE feature {i} ({tap.name}) has shape {tuple(x.shape)}; expected [1, {tap.channels}, H, W]."
+                    f"VAE feature {i} ({tap.name}) has shape {tuple(x.shape)}; expected [{batch}, {tap.channels}, H, W]."
                 )
-        if rgb is None or rgb.dim() != 4 or rgb.shape[0] != 1 or rgb.shape[1] != self.spec.rgb.channels:
+        if rgb is None or rgb.dim() != 4 or rgb.shape[0] != batch or rgb.shape[1] != self.spec.rgb.channels:
             shape = None if rgb is None else tuple(rgb.shape)
-            raise InvalidInputError(f"rgb has shape {shape}; expected [1, {self.spec.rgb.channels}, H, W].")
+            raise InvalidInputError(
+                f"rgb has shape {shape}; expected [{batch}, {self.spec.rgb.channels}, H, W]."
+            )
 
     # -- forward -------------------------------------------------------------------------------
     def forward(
         self, unet: UnetFeatures, vae: Sequence[torch.Tensor] = (), rgb: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """``unet``: ``{timestep: [tensor[2, C, h, w] per tap]}`` (or a list in ascending-timestep
-        order), index 0 uncond and 1 cond; ``vae``: one [1, C, H, W] per VAE tap; ``rgb``: the VAE's
-        [1, 3, H, W] raw output. Returns [1, 1, H, W] at the size of ``rgb``.
+        """``unet``: ``{timestep: [tensor[2B, C, h, w] per tap]}`` (or a list in ascending-timestep
+        order), the B uncond branches first, then the B cond ones; ``vae``: one [B, C, H, W] per
+        VAE tap; ``rgb``: the VAE's [B, 3, H, W] raw output. Returns [B, 1, H, W] at the size of
+        ``rgb``. B is 1 but for a batch from ``sample_batch``.
 
         With ``gradient_checkpointing`` set (and gradients enabled) the same computation runs
         block by block inside checkpoints, see :meth:`_checkpointed_forward`."""
         ordered = self._ordered_timesteps(unet)
-        self._check_vae(vae, rgb)
+        self._check_vae(vae, rgb, int(ordered[0][0].shape[0]) // 2)
         if self.gradient_checkpointing and torch.is_grad_enabled():
             return self._checkpointed_forward(ordered, vae, rgb)
         cast = self._cast
@@ -545,7 +552,8 @@ class SketchGenerator(nn.Module):
         higher_size = _largest_size(ordered, c.higher_taps)
         higher_in = [[_resize(cast(feats[i]), higher_size) for i in c.higher_taps] for feats in ordered]
         high = self.higher(higher_in, extra=[_resize(low, higher_size)])
-        x = torch.cat([high[0:1], high[1:2]], dim=1)  # [1, 2*P]: uncond channels, then cond
+        batch = high.shape[0] // 2
+        x = torch.cat([high[:batch], high[batch:]], dim=1)  # [B, 2*P]: uncond channels, then cond
 
         # Feature-fusion decoder: stage k fuses the VAE taps at scale k (x2**k the latent size).
         # Sizes come from the tensors themselves, so odd image sizes line up too.
@@ -570,7 +578,8 @@ class SketchGenerator(nn.Module):
         higher_in = [[feats[i] for i in c.higher_taps] for feats in ordered]
         higher_size = _largest_size(ordered, c.higher_taps)
         high = _checkpointed_aggregation(self.higher, higher_in, higher_size, like, extra=[low])
-        x = torch.cat([high[0:1], high[1:2]], dim=1)  # uncond channels, then cond
+        batch = high.shape[0] // 2
+        x = torch.cat([high[:batch], high[batch:]], dim=1)  # uncond channels, then cond
         reduced = []
         if c.use_vae:
             reduced = [

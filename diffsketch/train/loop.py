@@ -11,7 +11,9 @@ What it guarantees, whoever trains what:
   callback (ComfyUI's Cancel arrives that way) -- also writes a checkpoint first, when the model is
   in a consistent state, and is then re-raised unchanged (with a note naming the checkpoint);
 - divergence (a NaN or infinite loss, gradient or weight) raises
-  :class:`~diffsketch.errors.TrainingDiverged` *without* writing, so the last good checkpoint stays.
+  :class:`~diffsketch.errors.TrainingDiverged` *without* writing, so the last good checkpoint stays;
+- in a launch of several processes (``group``), all stop at the same step when any one is asked
+  to, and only rank 0 writes the checkpoints.
 
 A step is split in three so the loop knows when the model is consistent: ``compute(i)`` (forward,
 backward, checks; the model is unchanged), ``apply(i, result)`` (the optimiser step: the only
@@ -23,12 +25,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from ..errors import TrainingDiverged, TrainingInterrupted
+
+if TYPE_CHECKING:
+    from ..distributed import Group
 
 StepCallback = Callable[[int, dict, "torch.Tensor | None"], None]
 StopCallback = Callable[[], bool]
@@ -59,6 +64,11 @@ class TrainingLoop:
       replaced by the checkpoint's path).
     - ``unsaved_hint``: what to do when Cancel found no checkpoint path.
     - ``divergence_advice``: ends the divergence message (e.g. "lower the learning rate").
+    - ``group``: the processes of a torchrun / accelerate launch
+      (:class:`~diffsketch.distributed.Group`), which run the same steps in lockstep:
+      ``should_stop`` is asked on each and any True stops them all at the same step; rank 0
+      writes the checkpoints, the others only count them (their model is the same after every
+      step). Each process's ``compute`` does its own share of the step.
     """
 
     def __init__(
@@ -74,6 +84,7 @@ class TrainingLoop:
         unsaved_hint: str = "nothing was saved",
         divergence_advice: str = "",
         on_checkpoint: CheckpointCallback | None = None,
+        group: Group | None = None,
     ):
         self.what = what
         self.model = model
@@ -85,6 +96,7 @@ class TrainingLoop:
         self.unsaved_hint = unsaved_hint
         self.divergence_advice = divergence_advice
         self.on_checkpoint = on_checkpoint
+        self.group = group
         self.last_checkpoint: Path | None = None
         self.last_checkpoint_step: int | None = None
 
@@ -100,6 +112,10 @@ class TrainingLoop:
             raise self.diverged(self.step, f"the weight {bad} holds NaN or infinity; it was not saved")
         if self.save is None:
             return None
+        if self.group is not None and not self.group.is_main:
+            # rank 0 writes the launch's checkpoint; this process only keeps count of its step
+            self.last_checkpoint, self.last_checkpoint_step = None, self.step
+            return None
         path = Path(self.save())
         self.mark_saved(path, self.step)
         if self.on_checkpoint is not None:
@@ -107,6 +123,8 @@ class TrainingLoop:
         return path
 
     def _kept(self) -> str:
+        if self.last_checkpoint is None and self.last_checkpoint_step is not None:
+            return f"Rank 0 of the launch kept the last good checkpoint (step {self.last_checkpoint_step})."
         if self.last_checkpoint is not None:
             return f"The last good checkpoint is {self.last_checkpoint} (step {self.last_checkpoint_step})."
         if self.save is None:
@@ -130,7 +148,10 @@ class TrainingLoop:
         consistent = True
         try:
             while self.step < self.iterations:
-                if should_stop is not None and should_stop():
+                stop = should_stop is not None and should_stop()
+                if self.group is not None:
+                    stop = self.group.any(stop)  # every process stops at the same step
+                if stop:
                     raise StopRequested
                 i = self.step
                 result = compute(i)
@@ -155,7 +176,7 @@ class TrainingLoop:
             if consistent and self.save is not None and self.last_checkpoint_step != self.step:
                 try:
                     path = self.checkpoint()
-                    if hasattr(e, "add_note"):
+                    if path is not None and hasattr(e, "add_note"):
                         e.add_note(f"DiffSketch saved a resumable checkpoint at step {self.step}: {path}")
                 except Exception:  # the original error matters more than a failed save
                     pass
@@ -165,5 +186,8 @@ class TrainingLoop:
         done = f"{self.what.capitalize()} was cancelled at step {self.step} of {self.iterations}."
         if self.save is None:
             return f"{done} No checkpoint path was given, so {self.unsaved_hint}."
+        if self.group is not None and not self.group.is_main:
+            hint = self.resume_hint.replace("{path}", "rank 0's checkpoint")
+            return f"{done} Rank 0 of the launch wrote a resumable checkpoint; {hint}."
         hint = self.resume_hint.replace("{path}", str(self.last_checkpoint))
         return f"{done} A resumable checkpoint is at {self.last_checkpoint}; {hint}."
