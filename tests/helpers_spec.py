@@ -1,7 +1,8 @@
 """FeatureSpecs and random feature sets for tests that do not need a real diffusion model.
 
-``sd15_spec()`` mirrors what :func:`diffsketch.capture.spec.feature_spec_from_ldm` reads from an SD 1.x
-checkpoint (docs/method.md §3); ``tiny_spec()`` has the same structure with small channel counts.
+``sd15_spec()``, ``sd2_spec()`` and ``sdxl_spec()`` mirror what
+:func:`diffsketch.capture.spec.feature_spec_from_ldm` reads from SD 1.x, SD 2.x and SDXL checkpoints;
+``tiny_spec()`` and ``tiny_sdxl_spec()`` have the same structures with small channel counts.
 """
 
 from __future__ import annotations
@@ -9,11 +10,13 @@ from __future__ import annotations
 import torch
 
 from diffsketch.capture.sample import CapturedSample
-from diffsketch.capture.spec import LAYOUT_LDM, FeatureSpec, Tap
+from diffsketch.capture.spec import SD1, SD2, SDXL, LAYOUT_LDM, FeatureSpec, Tap
 from diffsketch.capture.timesteps import ddim_grid, plan_timesteps
 
 
-def _ldm_spec(unet_levels, vae_levels, mid_channels, context_dim) -> FeatureSpec:
+def _ldm_spec(
+    unet_levels, vae_levels, mid_channels, context_dim, family=SD1, pooled_dim=0
+) -> FeatureSpec:
     """``unet_levels``: [(channels, log2_scale, n_blocks)] in decoder order;
     ``vae_levels``: [(channels, n_blocks)] from the latent scale up."""
     shapes = [(channels, scale) for channels, scale, n in unet_levels for _ in range(n)]
@@ -32,6 +35,8 @@ def _ldm_spec(unet_levels, vae_levels, mid_channels, context_dim) -> FeatureSpec
         context_dim=context_dim,
         latent_channels=4,
         vae_scale_factor=1 << scale_factor_log2,
+        family=family,
+        pooled_dim=pooled_dim,
     )
 
 
@@ -43,6 +48,42 @@ def sd15_spec() -> FeatureSpec:
         vae_levels=[(512, 3), (512, 3), (256, 3), (128, 3)],
         mid_channels=512,
         context_dim=768,
+    )
+
+
+def sd2_spec() -> FeatureSpec:
+    """SD 2.x: SD 1.x's taps with OpenCLIP-H's 1024-dim context."""
+    return _ldm_spec(
+        unet_levels=[(1280, -3, 3), (1280, -2, 3), (640, -1, 3), (320, 0, 3)],
+        vae_levels=[(512, 3), (512, 3), (256, 3), (128, 3)],
+        mid_channels=512,
+        context_dim=1024,
+        family=SD2,
+    )
+
+
+def sdxl_spec() -> FeatureSpec:
+    """SDXL: 9 decoder ResBlocks (1280@/4, 640@/2, 320@/1 in groups of 3; no latent/8 level), SD's
+    VAE taps, a 2048-dim context and bigG's 1280-dim pooled embedding."""
+    return _ldm_spec(
+        unet_levels=[(1280, -2, 3), (640, -1, 3), (320, 0, 3)],
+        vae_levels=[(512, 3), (512, 3), (256, 3), (128, 3)],
+        mid_channels=512,
+        context_dim=2048,
+        family=SDXL,
+        pooled_dim=1280,
+    )
+
+
+def tiny_sdxl_spec() -> FeatureSpec:
+    """The SDXL structure (three UNet levels, none at latent/8) with small widths."""
+    return _ldm_spec(
+        unet_levels=[(32, -2, 3), (16, -1, 3), (8, 0, 3)],
+        vae_levels=[(16, 2), (16, 2), (8, 2), (8, 2)],
+        mid_channels=16,
+        context_dim=48,
+        family=SDXL,
+        pooled_dim=24,
     )
 
 

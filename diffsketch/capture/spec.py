@@ -4,12 +4,24 @@ A :class:`FeatureSpec` lists the UNet decoder ResBlocks and VAE decoder blocks w
 DiffSketch uses, with their channel counts and spatial scales. It is discovered from the model
 (ldm/ComfyUI layout or diffusers layout), never hard-coded to SD 1.5 numbers, so the generator
 can be built for any layout that follows the same pattern.
+
+Three backbone families follow that pattern (an ldm UNet with ResBlock decoder levels and the
+KL-f8 VAE); the spec records which one it was read from:
+
+- ``sd1``: SD 1.x. 12 decoder ResBlocks (1280 ch at latent/8 and /4, 640 at /2, 320 at /1),
+  768-dim CLIP-L context.
+- ``sd2``: SD 2.x (512-base, epsilon; 768-v, v-prediction). The same 12 taps, 1024-dim
+  OpenCLIP-H context.
+- ``sdxl``: SDXL base and its fine-tunes. 9 decoder ResBlocks, three per level at 1280/640/320
+  channels (latent/4, /2, /1: there is no latent/8 level), 2048-dim context (CLIP-L and OpenCLIP
+  bigG hidden states side by side) plus bigG's 1280-dim pooled embedding.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 import torch.nn as nn
@@ -19,10 +31,24 @@ from ..errors import UnsupportedModelError
 LAYOUT_LDM = "ldm"
 LAYOUT_DIFFUSERS = "diffusers"
 
-#: Backbone families DiffSketch can tap, by the short name files record, with their display name.
-#: Features, generators and extractors made with one family only work with that family.
 SD1 = "sd1"
-BACKBONE_FAMILIES = {SD1: "SD 1.x"}
+SD2 = "sd2"
+SDXL = "sdxl"
+#: Backbone families, by the id files record, and their names in messages.
+BACKBONE_FAMILIES = {SD1: "SD 1.x", SD2: "SD 2.x", SDXL: "SDXL"}
+#: What every "not supported" message says is supported.
+SUPPORTED_MODELS = (
+    "SD 1.x, SD 2.x (512-base and 768-v) and SDXL-family checkpoints (SDXL base and its fine-tunes, "
+    "e.g. Illustrious, NoobAI, Pony, Juggernaut)"
+)
+#: SDXL's size/crop conditioning: six numbers (original h/w, crop top/left, target h/w), each
+#: embedded with 256 sinusoidal features next to the pooled text embedding.
+SDXL_TIME_IDS = 6
+SDXL_TIME_EMBED_DIM = 256
+
+
+def family_name(family: str) -> str:
+    return BACKBONE_FAMILIES.get(family, repr(family))
 
 
 def check_backbone_family(family, where: str = "the model") -> str:
@@ -43,6 +69,56 @@ def backbone_family(item) -> str:
     if not isinstance(spec, FeatureSpec):
         raise TypeError(f"{type(item).__name__} has no FeatureSpec to read a backbone family from")
     return check_backbone_family(spec.family, "this spec")
+
+
+def unsupported_model(what: str) -> UnsupportedModelError:
+    """The one wording for a model DiffSketch cannot use: what it is, and what is supported."""
+    return UnsupportedModelError(f"{what}. DiffSketch works with {SUPPORTED_MODELS}; load one of those.")
+
+
+def check_family(found: str, expected: str, found_what: str, expected_what: str, fix: str = "") -> None:
+    """Raise a clear error when two things from different backbone families meet (a generator
+    trained on SDXL and an SD 1.x model, a MODEL and a CLIP of two checkpoints, ...): it names
+    both families, and ``fix`` (default: use the first with a model of its family)."""
+    if found != expected:
+        fix = fix or f"Use {found_what} with an {family_name(found)} model"
+        raise UnsupportedModelError(
+            f"{found_what} is {family_name(found)} but {expected_what} is {family_name(expected)}: they must come "
+            f"from the same backbone family. {fix}."
+        )
+
+
+def family_from_ldm_config(unet_config: Mapping, what: str = "the model") -> str:
+    """The backbone family of an ldm UNet config (ComfyUI's ``unet_config``, or one read from a
+    checkpoint's tensor shapes), or :class:`UnsupportedModelError` naming what it is instead."""
+    context = unet_config.get("context_dim")
+    if isinstance(context, (list, tuple)):
+        context = context[0] if context else None
+    adm = unet_config.get("adm_in_channels") or 0
+    in_channels = unet_config.get("in_channels", 4)
+    if unet_config.get("use_temporal_attention") or unet_config.get("use_temporal_resblock"):
+        raise unsupported_model(f"{what} is a video model")
+    if in_channels != 4:
+        raise unsupported_model(
+            f"{what} takes {in_channels}-channel input (an inpainting or instruct-pix2pix model), not plain latents"
+        )
+    if context == 768 and not adm:
+        return SD1
+    if context == 1024 and not adm:
+        return SD2
+    if context == 2048 and adm == 1280 + SDXL_TIME_IDS * SDXL_TIME_EMBED_DIM:
+        return SDXL
+    if context == 1280 and adm:
+        raise unsupported_model(
+            f"{what} is an SDXL refiner: it has no CLIP-L text encoder and only learned the last denoising steps. "
+            "Load an SDXL base model or a fine-tune of it"
+        )
+    if context == 1024 and adm:
+        raise unsupported_model(f"{what} is an SD 2.1 unCLIP (image-variation) model")
+    raise unsupported_model(
+        f"{what} has a {context}-dim text context and {adm} extra conditioning channels, which matches none of "
+        "the supported backbones"
+    )
 
 
 @dataclass(frozen=True)
@@ -72,9 +148,9 @@ class FeatureSpec:
 
     ``unet`` are the decoder ResBlocks' residual branches (before the skip add), in execution
     order; ``vae`` are the VAE decoder's mid and up ResNet blocks in execution order; ``rgb`` is
-    the decoder's output conv. ``context_dim`` and ``latent_channels`` are what the text
-    conditioning and latents must look like. ``family`` is the backbone family the model belongs
-    to (:data:`BACKBONE_FAMILIES`), set by whoever reads the spec from a model.
+    the decoder's output conv. ``context_dim``, ``pooled_dim`` (0: none) and ``latent_channels``
+    are what the text conditioning and latents must look like; ``family`` is the backbone family
+    (``sd1``, ``sd2``, ``sdxl``; files written before it was recorded are SD 1.x).
     """
 
     layout: str
@@ -84,8 +160,9 @@ class FeatureSpec:
     context_dim: int
     latent_channels: int = 4
     vae_scale_factor: int = 8
-    family: str = SD1
     extra: dict = field(default_factory=dict, compare=False, hash=False)
+    family: str = SD1
+    pooled_dim: int = 0
 
     # -- shapes --------------------------------------------------------------------------------
     def latent_size(self, width: int, height: int) -> tuple[int, int]:
@@ -109,9 +186,10 @@ class FeatureSpec:
 
     # -- identity ------------------------------------------------------------------------------
     def signature(self) -> dict:
-        """The layout as the generator sees it: channels, scales and backbone family, not module
-        names. The family is listed only when it is not SD 1.x, so the fingerprints of SD 1.x
-        specs (recorded in every file made before families existed) stay what they were."""
+        """The layout as the generator sees it: channels and scales, not module names.
+
+        The family and the pooled width appear only where they differ from SD 1.x's (``sd1``, no
+        pooled embedding), so the fingerprints recorded in SD 1.x files stay what they were."""
         signature = {
             "unet": [[t.channels, t.log2_scale] for t in self.unet],
             "vae": [[t.channels, t.log2_scale] for t in self.vae],
@@ -122,6 +200,8 @@ class FeatureSpec:
         }
         if self.family != SD1:
             signature["family"] = self.family
+        if self.pooled_dim:
+            signature["pooled_dim"] = self.pooled_dim
         return signature
 
     def fingerprint(self) -> str:
@@ -145,8 +225,9 @@ class FeatureSpec:
             context_dim=int(d["context_dim"]),
             latent_channels=int(d.get("latent_channels", 4)),
             vae_scale_factor=int(d.get("vae_scale_factor", 8)),
-            family=str(d.get("family", SD1)),  # written before families existed: SD 1.x
             extra=dict(d.get("extra", {})),
+            family=str(d.get("family", SD1)),  # written before families existed: SD 1.x
+            pooled_dim=int(d.get("pooled_dim", 0)),
         )
 
     @classmethod
@@ -172,9 +253,9 @@ def ldm_unet_taps(unet: nn.Module) -> tuple[Tap, ...]:
     """Taps of an ldm ``UNetModel``: ``output_blocks[i][0].out_layers`` for each decoder block."""
     blocks = getattr(unet, "output_blocks", None)
     if blocks is None or len(blocks) == 0:
-        raise UnsupportedModelError(
-            f"{type(unet).__name__} has no ldm 'output_blocks': DiffSketch needs an SD 1.x-style UNet "
-            "(Flux, SD3, video and other DiT models are not supported). Load an SD 1.x checkpoint."
+        raise unsupported_model(
+            f"{type(unet).__name__} has no ldm UNet decoder ('output_blocks'): it is not a Stable Diffusion UNet "
+            "(Flux, SD3 and other DiT models have none)"
         )
     ups_after = [0] * (len(blocks) + 1)
     for i in range(len(blocks) - 1, -1, -1):
@@ -184,9 +265,9 @@ def ldm_unet_taps(unet: nn.Module) -> tuple[Tap, ...]:
         res = block[0]
         out_layers = getattr(res, "out_layers", None)
         if out_layers is None:
-            raise UnsupportedModelError(
-                f"output_blocks[{i}][0] is {type(res).__name__}, not a ResBlock with 'out_layers'; "
-                "this UNet does not follow the SD 1.x layout DiffSketch taps."
+            raise unsupported_model(
+                f"output_blocks[{i}][0] is {type(res).__name__}, not a ResBlock with 'out_layers': this UNet does not "
+                "have the decoder layout DiffSketch taps"
             )
         taps.append(Tap(f"output_blocks.{i}.0.out_layers", _conv_out_channels(out_layers), -ups_after[i]))
     return tuple(taps)
@@ -196,9 +277,9 @@ def ldm_vae_taps(vae: nn.Module) -> tuple[tuple[Tap, ...], Tap]:
     """Taps of an ldm ``AutoencoderKL``: decoder mid block_1/2, every up-level ResNet block, conv_out."""
     dec = getattr(vae, "decoder", None)
     if dec is None or not hasattr(dec, "mid") or not hasattr(dec, "up"):
-        raise UnsupportedModelError(
-            f"{type(vae).__name__} has no ldm decoder (decoder.mid / decoder.up): DiffSketch needs the "
-            "SD 1.x KL-f8 VAE. Connect the VAE of an SD 1.x checkpoint."
+        raise unsupported_model(
+            f"{type(vae).__name__} has no ldm decoder (decoder.mid / decoder.up): DiffSketch needs the KL-f8 VAE "
+            "of SD 1.x, SD 2.x and SDXL. Connect the VAE of the same checkpoint"
         )
     taps = [
         Tap("decoder.mid.block_1", _conv_out_channels(dec.mid.block_1), 0),
@@ -217,9 +298,8 @@ def ldm_vae_taps(vae: nn.Module) -> tuple[tuple[Tap, ...], Tap]:
 
 
 def feature_spec_from_ldm(
-    unet: nn.Module, vae: nn.Module, context_dim: int, family: str = SD1
+    unet: nn.Module, vae: nn.Module, context_dim: int, family: str = SD1, pooled_dim: int = 0
 ) -> FeatureSpec:
-    """The spec of an ldm (ComfyUI) UNet and VAE of backbone ``family`` (the caller checked it)."""
     vae_taps, rgb = ldm_vae_taps(vae)
     return FeatureSpec(
         layout=LAYOUT_LDM,
@@ -230,6 +310,7 @@ def feature_spec_from_ldm(
         latent_channels=int(getattr(unet, "in_channels", 4)),
         vae_scale_factor=1 << rgb.log2_scale,
         family=check_backbone_family(family),
+        pooled_dim=int(pooled_dim),
     )
 
 
@@ -240,8 +321,8 @@ def diffusers_unet_taps(unet: nn.Module) -> tuple[Tap, ...]:
     """Taps of a diffusers ``UNet2DConditionModel``: ``up_blocks[b].resnets[j].conv2``."""
     blocks = getattr(unet, "up_blocks", None)
     if blocks is None or len(blocks) == 0:
-        raise UnsupportedModelError(
-            f"{type(unet).__name__} has no 'up_blocks': DiffSketch needs a UNet2DConditionModel."
+        raise unsupported_model(
+            f"{type(unet).__name__} has no 'up_blocks': it is not a diffusers UNet2DConditionModel"
         )
     ups_after = [0] * (len(blocks) + 1)
     for b in range(len(blocks) - 1, -1, -1):
@@ -271,14 +352,13 @@ def diffusers_vae_taps(vae: nn.Module) -> tuple[tuple[Tap, ...], Tap]:
     return tuple(taps), rgb
 
 
-def feature_spec_from_diffusers(unet: nn.Module, vae: nn.Module, family: str = SD1) -> FeatureSpec:
-    """The spec of a diffusers UNet2DConditionModel and AutoencoderKL of backbone ``family``."""
+def feature_spec_from_diffusers(
+    unet: nn.Module, vae: nn.Module, family: str = SD1, pooled_dim: int = 0
+) -> FeatureSpec:
+    """The spec of a diffusers UNet and VAE; ``family`` and ``pooled_dim`` come from the caller,
+    which knows the text encoders (:func:`diffsketch.backends.diffusers.diffusers_family`)."""
     unet_taps = diffusers_unet_taps(unet)
     cfg = unet.config
-    if cfg.get("addition_embed_type") is not None:
-        raise UnsupportedModelError(
-            "this UNet has added text/time embeddings (SDXL-style); DiffSketch supports SD 1.x checkpoints."
-        )
     context_dim = cfg.get("cross_attention_dim")
     if isinstance(context_dim, (list, tuple)):
         context_dim = context_dim[0]
@@ -292,4 +372,5 @@ def feature_spec_from_diffusers(unet: nn.Module, vae: nn.Module, family: str = S
         latent_channels=int(cfg.get("in_channels", 4)),
         vae_scale_factor=1 << rgb.log2_scale,
         family=check_backbone_family(family),
+        pooled_dim=int(pooled_dim),
     )
