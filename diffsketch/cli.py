@@ -1,4 +1,5 @@
-"""The ``diffsketch`` command: the same stages as the ComfyUI nodes, on a diffusers or single-file SD 1.x model.
+"""The ``diffsketch`` command: the same stages as the ComfyUI nodes, on a diffusers folder or a
+single-file checkpoint of SD 1.x, SD 2.x or SDXL.
 
     diffsketch sample     --model M --prompt P --seed S --out example.safetensors [--image example.png]
     diffsketch timesteps  --model M --samples 8 --out analysis/
@@ -34,8 +35,9 @@ def load_backend(args, device: str | None = None):
 
     device = device or pick_device(args.device)
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    prediction = None if args.prediction_type == "auto" else args.prediction_type
     _quiet_model_loading()
-    return DiffusersBackend.load(args.model, device=device, dtype=dtype)
+    return DiffusersBackend.load(args.model, device=device, dtype=dtype, prediction_type=prediction)
 
 
 def _quiet_model_loading() -> None:
@@ -161,7 +163,12 @@ def cmd_fit_conditions(args) -> int:
     prompts = parse_prompts(Path(args.prompts).read_text()) if args.prompts else load_default_prompts()
     bar = progress_bar(len(prompts), "encoding prompts")
     sampler = ConditionSampler.fit_from_prompts(
-        backend.encode_prompt, prompts, n_components=args.components, seed=args.seed, progress=bar
+        backend.encode_prompt,
+        prompts,
+        n_components=args.components,
+        seed=args.seed,
+        progress=bar,
+        family=backend.spec.family,
     )
     bar.close()
     sampler.save(args.out)
@@ -506,16 +513,33 @@ def _model_args(p):
     p.add_argument(
         "--model",
         required=True,
-        help="SD 1.x model: a diffusers folder or a single-file .safetensors checkpoint",
+        help="SD 1.x, SD 2.x or SDXL model: a diffusers folder or a single-file .safetensors checkpoint",
     )
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    p.add_argument(
+        "--prediction-type",
+        choices=["auto", "epsilon", "v_prediction"],
+        default="auto",
+        help="what the UNet predicts; auto reads it from the scheduler config or the checkpoint, as ComfyUI "
+        "does (SD 2.x 768-v and v-pred SDXL fine-tunes are v_prediction)",
+    )
 
 
 def _sampling_args(p, steps=50):
     p.add_argument("--steps", type=int, default=steps, help=f"DDIM steps (default {steps})")
     p.add_argument("--cfg", type=float, default=5.0, help="classifier-free guidance scale (default 5.0)")
-    p.add_argument("--width", type=int, default=512, help="width in pixels, a multiple of 64 (default 512)")
-    p.add_argument("--height", type=int, default=512, help="height in pixels, a multiple of 64 (default 512)")
+    p.add_argument(
+        "--width",
+        type=int,
+        default=512,
+        help="width in pixels, a multiple of 64 (default 512; SDXL: use 1024)",
+    )
+    p.add_argument(
+        "--height",
+        type=int,
+        default=512,
+        help="height in pixels, a multiple of 64 (default 512; SDXL: use 1024)",
+    )
 
 
 def _schedule_arg(p):

@@ -6,7 +6,7 @@ class DiffSketchError(Exception):
 
 
 class UnsupportedModelError(DiffSketchError, ValueError):
-    """The model is not an SD 1.x-shaped diffusion model, or cannot be tapped."""
+    """The model is not an SD 1.x, SD 2.x or SDXL-shaped diffusion model, or cannot be tapped."""
 
 
 class CaptureError(DiffSketchError, RuntimeError):

@@ -1,4 +1,5 @@
-"""ComfyUI backend: the library's sampling protocol on ComfyUI's loaded MODEL / CLIP / VAE.
+"""ComfyUI backend: the library's sampling protocol on ComfyUI's loaded MODEL / CLIP / VAE
+(SD 1.x, SD 2.x and SDXL-family checkpoints).
 
 How: clone the MODEL, add a DIFFUSION_MODEL wrapper that registers the
 capture hooks for one UNet call and removes them in ``finally``, sample with ComfyUI's "ddim"
@@ -13,20 +14,35 @@ import hashlib
 import math
 
 import comfy.model_management
+import comfy.model_sampling
 import comfy.patcher_extension
 import comfy.sample
 import comfy.samplers
+import comfy.sd1_clip
+import comfy.sdxl_clip
 import comfy.utils
 import torch
 
 from diffsketch.backends.base import SamplingBackend, weights_fingerprint
+from diffsketch.backends.conditioning import Conditioning
 from diffsketch.capture.hooks import COND, UNCOND, UNetRecorder, record_vae_decoder, reject_compiled
-from diffsketch.capture.spec import feature_spec_from_ldm
+from diffsketch.capture.spec import (
+    SD1,
+    SD2,
+    SDXL,
+    SDXL_TIME_EMBED_DIM,
+    SDXL_TIME_IDS,
+    check_family,
+    family_from_ldm_config,
+    feature_spec_from_ldm,
+    unsupported_model,
+)
 from diffsketch.errors import UnsupportedModelError
 
 WRAPPER_KEY = "diffsketch_capture"
 # ComfyUI's cond_or_uncond uses 0 for the positive and 1 for the negative prompt.
 _COMFY_TO_BRANCH = {0: COND, 1: UNCOND}
+NUM_TRAIN_TIMESTEPS = 1000
 
 
 def describe_model(model) -> str:
@@ -34,31 +50,75 @@ def describe_model(model) -> str:
     return type(cfg).__name__ if cfg is not None else type(getattr(model, "model", model)).__name__
 
 
-def check_sd1(model, vae) -> int:
-    """Raise a clear error unless MODEL and VAE are SD 1.x-shaped; returns the context dim."""
+def model_family(model) -> tuple[str, str]:
+    """``(family, prediction_type)`` of a connected MODEL, or a clear error naming what it is.
+
+    The family comes from the UNet config ComfyUI detected (:func:`family_from_ldm_config`); the
+    prediction type from the MODEL's sampling object, so a ModelSamplingDiscrete node's
+    v-prediction / zero-terminal-SNR setting is honoured. Continuous (EDM), flow and distilled
+    (LCM) schedules are refused: DiffSketch samples on the 1000-step DDIM grid."""
     base = getattr(model, "model", None)
     unet = getattr(base, "diffusion_model", None)
     kind = describe_model(model)
     if unet is None or not hasattr(unet, "output_blocks"):
-        raise UnsupportedModelError(
-            f"the connected MODEL is {kind}, which has no SD 1.x UNet decoder (output_blocks). DiffSketch works "
-            "with SD 1.x checkpoints (SD 1.4/1.5 and their fine-tunes/merges): load one with Load Checkpoint."
+        raise unsupported_model(
+            f"the connected MODEL is {kind}, which has no Stable Diffusion UNet decoder (output_blocks): Flux, SD3 "
+            "and other DiT models have none"
         )
     unet_config = getattr(base.model_config, "unet_config", {}) or {}
-    context_dim = unet_config.get("context_dim")
+    family = family_from_ldm_config(unet_config, f"the connected MODEL ({kind})")
     latent_channels = getattr(getattr(base, "latent_format", None), "latent_channels", 4)
+    if latent_channels != 4:
+        raise unsupported_model(f"the connected MODEL ({kind}) works on {latent_channels}-channel latents")
+    sampling = model.get_model_object("model_sampling")
+    ms = comfy.model_sampling
     if (
-        context_dim != 768
-        or unet_config.get("adm_in_channels")
-        or latent_channels != 4
-        or unet_config.get("use_temporal_attention")
-        or unet_config.get("in_channels", 4) != 4
+        not isinstance(sampling, ms.ModelSamplingDiscrete)
+        or isinstance(sampling, (ms.EDM, ms.CONST, ms.X0))
+        or not isinstance(sampling, ms.EPS)
+        or len(sampling.sigmas) != NUM_TRAIN_TIMESTEPS
     ):
-        raise UnsupportedModelError(
-            f"the connected MODEL is {kind} (context dim {context_dim}, {latent_channels}-channel latents); DiffSketch "
-            "needs an SD 1.x text-to-image model (768-dim CLIP-L text, 4-channel latents). SDXL, SD 2.x, inpainting "
-            "and video models are not supported yet: load an SD 1.x checkpoint."
+        raise unsupported_model(
+            f"the connected MODEL ({kind}) samples with {type(sampling).__name__}, not the discrete 1000-step epsilon or "
+            "v-prediction schedule DiffSketch's DDIM sampler and timesteps are defined on (EDM, flow and LCM "
+            "schedules are not). Connect the MODEL without the model-sampling patch"
         )
+    return family, "v_prediction" if isinstance(sampling, ms.V_PREDICTION) else "epsilon"
+
+
+def clip_family(clip) -> str:
+    """The backbone family a connected CLIP encodes for, or a clear error naming what it is."""
+    if clip is None:
+        raise UnsupportedModelError(
+            "no CLIP connected: the checkpoint has no text encoder; connect Load Checkpoint's CLIP."
+        )
+    encoder = getattr(clip, "cond_stage_model", None)
+    kind = type(encoder).__name__
+    if isinstance(encoder, comfy.sdxl_clip.SDXLRefinerClipModel):
+        raise unsupported_model(
+            "the connected CLIP is an SDXL refiner's (OpenCLIP bigG alone, no CLIP-L), and the refiner only learned "
+            "the last denoising steps. Load an SDXL base model or a fine-tune of it"
+        )
+    if isinstance(encoder, comfy.sdxl_clip.SDXLClipModel):
+        return SDXL
+    if isinstance(encoder, comfy.sd1_clip.SD1ClipModel):
+        if getattr(encoder, "clip", None) == "clip_l":
+            return SD1
+        if getattr(encoder, "clip", None) == "clip_h" and hasattr(encoder, "clip_h"):
+            return SD2
+    raise unsupported_model(
+        f"the connected CLIP is {kind}, the text encoder of another kind of model (SD 1.x uses CLIP-L, SD 2.x "
+        "OpenCLIP-H, SDXL CLIP-L with OpenCLIP bigG)"
+    )
+
+
+def check_model(model, vae) -> tuple[str, int, int, str]:
+    """Raise a clear error unless MODEL and VAE are a supported Stable Diffusion model's; returns
+    ``(family, context_dim, pooled_dim, prediction_type)``."""
+    family, prediction = model_family(model)
+    unet_config = model.model.model_config.unet_config
+    context_dim = int(unet_config["context_dim"])
+    pooled_dim = int(unet_config.get("adm_in_channels") or 0) - SDXL_TIME_IDS * SDXL_TIME_EMBED_DIM
     if vae is None or not hasattr(getattr(vae, "first_stage_model", None), "decoder"):
         raise UnsupportedModelError(
             "the connected VAE has no decoder; connect the VAE output of Load Checkpoint."
@@ -72,21 +132,36 @@ def check_sd1(model, vae) -> int:
             "the MODEL goes through torch.compile (e.g. the TorchCompileModel node), so DiffSketch's feature "
             "hooks would not fire. Connect the MODEL before the compile node."
         )
-    reject_compiled(unet, "UNet")
-    return int(context_dim)
+    reject_compiled(model.model.diffusion_model, "UNet")
+    return family, context_dim, pooled_dim if family == SDXL else 0, prediction
+
+
+def encode_text(clip, text: str, with_pooled: bool) -> Conditioning:
+    """A prompt through ComfyUI's CLIP (its weights syntax, its CLIP-skip setting), as the
+    CLIPTextEncode node encodes it; ``with_pooled`` keeps the pooled embedding (SDXL)."""
+    tokens = clip.tokenize(text)
+    with torch.no_grad():
+        cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
+    return Conditioning(cond.float().cpu(), pooled.float().cpu() if with_pooled else None)
 
 
 class ComfyBackend(SamplingBackend):
     def __init__(self, model, clip, vae, show_progress: bool = True):
         """``show_progress=False`` leaves the node's progress bar to the caller (training loops)."""
-        context_dim = check_sd1(model, vae)
+        family, context_dim, pooled_dim, prediction = check_model(model, vae)
+        check_family(
+            clip_family(clip),
+            family,
+            "the connected CLIP",
+            "the connected MODEL",
+            "Connect the CLIP and the MODEL of the same checkpoint",
+        )
         self.show_progress = show_progress
-        if clip is None:
-            raise UnsupportedModelError(
-                "no CLIP connected: the checkpoint has no text encoder; connect Load Checkpoint's CLIP."
-            )
         self.model, self.clip, self.vae = model, clip, vae
-        self.spec = feature_spec_from_ldm(model.model.diffusion_model, vae.first_stage_model, context_dim)
+        self.prediction_type = prediction
+        self.spec = feature_spec_from_ldm(
+            model.model.diffusion_model, vae.first_stage_model, context_dim, family, pooled_dim
+        )
         self.latent_scaling_factor = float(model.model.latent_format.scale_factor)
         self._uncond = None
         self._model_hash = None
@@ -104,12 +179,10 @@ class ComfyBackend(SamplingBackend):
             self._model_hash = value
         return self._model_hash
 
-    def encode_prompt(self, text: str) -> torch.Tensor:
+    def encode_prompt(self, text: str) -> Conditioning:
         if text == "" and self._uncond is not None:
             return self._uncond
-        tokens = self.clip.tokenize(text)
-        with torch.no_grad():
-            cond = self.clip.encode_from_tokens(tokens).float().cpu()
+        cond = encode_text(self.clip, text, with_pooled=bool(self.spec.pooled_dim))
         if text == "":
             self._uncond = cond
         return cond
@@ -147,8 +220,8 @@ class ComfyBackend(SamplingBackend):
                 cfg,
                 comfy.samplers.sampler_object("ddim"),
                 sigmas,
-                [[cond, {}]],
-                [[uncond, {}]],
+                [_comfy_conditioning(cond)],
+                [_comfy_conditioning(uncond)],
                 latent,
                 callback=on_step,
                 disable_pbar=True,
@@ -169,6 +242,13 @@ class ComfyBackend(SamplingBackend):
                 rgb, feats = fsm.decode(z).float().cpu(), []
         image = ((rgb.float() + 1) / 2).clamp(0, 1).cpu()
         return image, rgb.float().cpu(), feats
+
+
+def _comfy_conditioning(cond: Conditioning) -> list:
+    """One CONDITIONING entry. SDXL's size conditioning is left to ComfyUI, which takes the image
+    size from the latent for width/height and target size, with no crop (SDXL.encode_adm)."""
+    extra = {} if cond.pooled is None else {"pooled_output": cond.pooled}
+    return [cond.context, extra]
 
 
 def _capture_wrapper(recorder: UNetRecorder):

@@ -33,7 +33,9 @@ class DiffSketchFitConditions(io.ComfyNode):
             ),
             inputs=[
                 io.Clip.Input(
-                    "clip", tooltip="The CLIP (text encoder) of the SD 1.x checkpoint you train with."
+                    "clip",
+                    tooltip="The CLIP (text encoder) of the checkpoint you train with (SD 1.x, SD 2.x or SDXL; "
+                    "for SDXL the pooled embedding is fitted together with the token embeddings).",
                 ),
                 io.String.Input(
                     "prompts",
@@ -69,17 +71,19 @@ class DiffSketchFitConditions(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip, prompts, components, seed, save_name) -> io.NodeOutput:
+        from diffsketch.capture.spec import SDXL
         from diffsketch.train.conditions import ConditionSampler, load_default_prompts, parse_prompts
 
-        from .comfy_backend import text_encoder_fingerprint
+        from .comfy_backend import clip_family, encode_text, text_encoder_fingerprint
 
         name = check_save_name(save_name, "save_name") if save_name.strip() else None
+        family = clip_family(clip)
         prompt_list = parse_prompts(prompts) if prompts.strip() else load_default_prompts()
         pbar = comfy.utils.ProgressBar(len(prompt_list))
         fingerprint = text_encoder_fingerprint(clip)
 
         def encode(text):
-            return clip.encode_from_tokens(clip.tokenize(text)).float().cpu()
+            return encode_text(clip, text, with_pooled=family == SDXL)
 
         sampler = ConditionSampler.fit_from_prompts(
             encode,
@@ -89,6 +93,7 @@ class DiffSketchFitConditions(io.ComfyNode):
             progress=lambda done, total: pbar.update_absolute(done, total),
             should_stop=comfy.model_management.processing_interrupted,
             text_encoder_fingerprint=fingerprint,
+            family=family,
         )
         comfy.model_management.throw_exception_if_processing_interrupted()
         if sampler.notice:

@@ -46,7 +46,10 @@ class DiffSketchDistill(io.ComfyNode):
             ),
             inputs=[
                 Generator.Input("generator", tooltip="From DiffSketch Train or Load Generator."),
-                io.Model.Input("model", tooltip="The SD 1.x MODEL the generator was trained with."),
+                io.Model.Input(
+                    "model",
+                    tooltip="The MODEL the generator was trained with (same backbone: SD 1.x, SD 2.x or SDXL).",
+                ),
                 io.Clip.Input("clip", tooltip="Its CLIP."),
                 io.Vae.Input("vae", tooltip="Its VAE."),
                 Conditions.Input("conditions", tooltip="The CDST conditions (random prompts for the pairs)."),
@@ -107,8 +110,22 @@ class DiffSketchDistill(io.ComfyNode):
                     "the generator's timesteps plus the last step (about 4x fewer UNet runs per pair; "
                     "coarser images), as in DiffSketch Train.",
                 ),
-                io.Int.Input("width", default=512, min=64, max=4096, step=64, tooltip="Pair image width."),
-                io.Int.Input("height", default=512, min=64, max=4096, step=64, tooltip="Pair image height."),
+                io.Int.Input(
+                    "width",
+                    default=512,
+                    min=64,
+                    max=4096,
+                    step=64,
+                    tooltip="Pair image width (1024 for SDXL).",
+                ),
+                io.Int.Input(
+                    "height",
+                    default=512,
+                    min=64,
+                    max=4096,
+                    step=64,
+                    tooltip="Pair image height (1024 for SDXL).",
+                ),
                 io.Int.Input(
                     "seed",
                     default=0,

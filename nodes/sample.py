@@ -1,4 +1,4 @@
-"""DiffSketchSample: sample an image with the loaded SD 1.x checkpoint and capture its features."""
+"""DiffSketchSample: sample an image with the loaded checkpoint and capture its features."""
 
 from __future__ import annotations
 
@@ -21,12 +21,14 @@ class DiffSketchSample(io.ComfyNode):
             display_name="DiffSketch Sample & Capture",
             category=CATEGORY,
             description=(
-                "Generates an image with your SD 1.x checkpoint (DDIM, eta 0, classifier-free guidance with an empty "
+                "Generates an image with your SD 1.x, SD 2.x or SDXL checkpoint (DDIM, eta 0, classifier-free guidance with an empty "
                 "negative) and captures the UNet decoder and VAE decoder features DiffSketch learns from. Use its "
                 "image as the picture to draw your example sketch over."
             ),
             inputs=[
-                io.Model.Input("model", tooltip="An SD 1.x MODEL from Load Checkpoint."),
+                io.Model.Input(
+                    "model", tooltip="An SD 1.x, SD 2.x or SDXL-family MODEL from Load Checkpoint."
+                ),
                 io.Clip.Input("clip", tooltip="The CLIP (text encoder) of the same checkpoint."),
                 io.Vae.Input("vae", tooltip="The VAE of the same checkpoint."),
                 io.String.Input(
@@ -66,7 +68,8 @@ class DiffSketchSample(io.ComfyNode):
                     min=64,
                     max=4096,
                     step=64,
-                    tooltip="Image width in pixels, a multiple of 64 (512 for SD 1.x).",
+                    tooltip="Image width in pixels, a multiple of 64 (512 for SD 1.x and SD 2.x base, 768 for SD 2.x "
+                    "768-v, 1024 for SDXL).",
                 ),
                 io.Int.Input(
                     "height",
@@ -74,7 +77,8 @@ class DiffSketchSample(io.ComfyNode):
                     min=64,
                     max=4096,
                     step=64,
-                    tooltip="Image height in pixels, a multiple of 64 (512 for SD 1.x).",
+                    tooltip="Image height in pixels, a multiple of 64 (512 for SD 1.x and SD 2.x base, 768 for SD 2.x "
+                    "768-v, 1024 for SDXL).",
                 ),
                 Timesteps.Input(
                     "timesteps",

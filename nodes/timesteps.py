@@ -69,7 +69,7 @@ class DiffSketchTimesteps(io.ComfyNode):
                 "method unless given) and picks the timestep nearest each cluster centre. Shows why with three plots."
             ),
             inputs=[
-                io.Model.Input("model", tooltip="An SD 1.x MODEL."),
+                io.Model.Input("model", tooltip="An SD 1.x, SD 2.x or SDXL MODEL."),
                 io.Clip.Input("clip", tooltip="The CLIP of the same checkpoint."),
                 io.Vae.Input(
                     "vae", tooltip="The VAE of the same checkpoint (not used for decoding; checks the model)."

@@ -67,7 +67,9 @@ class DiffSketchTrain(io.ComfyNode):
                 "progress and previews; Cancel saves a checkpoint you can resume from."
             ),
             inputs=[
-                io.Model.Input("model", tooltip="The SD 1.x MODEL the example was sampled with."),
+                io.Model.Input(
+                    "model", tooltip="The MODEL the example was sampled with (SD 1.x, SD 2.x or SDXL)."
+                ),
                 io.Clip.Input("clip", tooltip="Its CLIP (encodes the example prompt for the CDST blend)."),
                 io.Vae.Input("vae", tooltip="Its VAE."),
                 Features.Input(
@@ -347,7 +349,10 @@ class DiffSketchGenerate(io.ComfyNode):
             category=CATEGORY,
             description="Samples a new image with your checkpoint and draws its sketch with a trained generator.",
             inputs=[
-                io.Model.Input("model", tooltip="The SD 1.x MODEL the generator was trained with."),
+                io.Model.Input(
+                    "model",
+                    tooltip="The MODEL the generator was trained with (same backbone: SD 1.x, SD 2.x or SDXL).",
+                ),
                 io.Clip.Input("clip", tooltip="Its CLIP."),
                 io.Vae.Input("vae", tooltip="Its VAE."),
                 Generator.Input("generator", tooltip="From DiffSketch Train or Load Generator."),
@@ -373,10 +378,20 @@ class DiffSketchGenerate(io.ComfyNode):
                     tooltip="Classifier-free guidance scale (5.0 as in training).",
                 ),
                 io.Int.Input(
-                    "width", default=512, min=64, max=4096, step=64, tooltip="Width (multiple of 64)."
+                    "width",
+                    default=512,
+                    min=64,
+                    max=4096,
+                    step=64,
+                    tooltip="Width (multiple of 64; 1024 for SDXL).",
                 ),
                 io.Int.Input(
-                    "height", default=512, min=64, max=4096, step=64, tooltip="Height (multiple of 64)."
+                    "height",
+                    default=512,
+                    min=64,
+                    max=4096,
+                    step=64,
+                    tooltip="Height (multiple of 64; 1024 for SDXL).",
                 ),
             ],
             outputs=[

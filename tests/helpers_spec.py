@@ -10,13 +10,11 @@ from __future__ import annotations
 import torch
 
 from diffsketch.capture.sample import CapturedSample
-from diffsketch.capture.spec import SD1, SD2, SDXL, LAYOUT_LDM, FeatureSpec, Tap
+from diffsketch.capture.spec import LAYOUT_LDM, SD1, SD2, SDXL, FeatureSpec, Tap
 from diffsketch.capture.timesteps import ddim_grid, plan_timesteps
 
 
-def _ldm_spec(
-    unet_levels, vae_levels, mid_channels, context_dim, family=SD1, pooled_dim=0
-) -> FeatureSpec:
+def _ldm_spec(unet_levels, vae_levels, mid_channels, context_dim, family=SD1, pooled_dim=0) -> FeatureSpec:
     """``unet_levels``: [(channels, log2_scale, n_blocks)] in decoder order;
     ``vae_levels``: [(channels, n_blocks)] from the latent scale up."""
     shapes = [(channels, scale) for channels, scale, n in unet_levels for _ in range(n)]

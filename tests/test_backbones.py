@@ -3,6 +3,8 @@ device, no memory), which checkpoints are refused, and the family a spec records
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from helpers_spec import sd2_spec, sd15_spec, sdxl_spec
@@ -139,3 +141,71 @@ def test_family_mismatch_names_both():
     check_family(SDXL, SDXL, "a", "b")
     with pytest.raises(UnsupportedModelError, match="the generator is SDXL but the model is SD 1.x"):
         check_family(SDXL, SD1, "the generator", "the model")
+
+
+# --- the generator on SDXL's layout (9 taps, 2 lower levels) --------------------------------------
+SMALL_DIMS = dict(lower_dim=32, higher_dim=16, lower_groups=4, higher_groups=4, fusion_channels=(64, 32, 16))
+
+
+def test_generator_for_sdxl_keeps_the_two_level_split():
+    from diffsketch.train.generator import GeneratorConfig, parameter_report
+
+    config = GeneratorConfig.from_spec(sdxl_spec(), 13)
+    # lower = the two low-resolution levels (1280 ch at latent/4, 640 at /2), higher = the 320-ch taps
+    assert config.lower_taps == (0, 1, 2, 3, 4, 5) and config.higher_taps == (6, 7, 8)
+    assert config.fusion_channels == (256, 128, 64)
+    sd1 = GeneratorConfig.from_spec(sd15_spec(), 13)
+    assert sd1.lower_taps == tuple(range(9)) and sd1.higher_taps == (9, 10, 11)
+    report = parameter_report(sdxl_spec(), 13)
+    assert report["total"] < parameter_report(sd15_spec(), 13)["total"]  # three fewer lower taps
+
+
+def test_sdxl_generator_forward_backward_and_low_memory():
+    from helpers_spec import random_features, tiny_sdxl_spec
+
+    from diffsketch.train.generator import GeneratorConfig, SketchGenerator
+
+    spec = tiny_sdxl_spec()
+    torch.manual_seed(0)
+    gen = SketchGenerator(spec, GeneratorConfig.from_spec(spec, 3, **SMALL_DIMS))
+    unet, vae, rgb = random_features(spec, 64, 96, (1, 501, 941), seed=1)
+    assert [tuple(x.shape[-2:]) for x in unet[1]][::3] == [(2, 3), (4, 6), (8, 12)]
+    out = gen(unet, vae, rgb)
+    assert out.shape == (1, 1, 64, 96) and torch.isfinite(out).all()
+    out.mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in gen.lower.parameters())
+    grads = {n: p.grad.clone() for n, p in gen.named_parameters()}
+    gen.zero_grad()
+    gen.gradient_checkpointing = True
+    torch.testing.assert_close(gen(unet, vae, rgb), out.detach())
+    gen(unet, vae, rgb).mean().backward()
+    for n, p in gen.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n], msg=n)
+
+
+def test_a_generator_refuses_another_family(tmp_path):
+    from helpers_spec import random_sample, tiny_sdxl_spec, tiny_spec
+
+    from diffsketch.train.generator import (
+        GeneratorConfig,
+        SketchGenerator,
+        load_generator,
+        read_generator_header,
+        save_generator,
+    )
+
+    spec = tiny_sdxl_spec()
+    gen = SketchGenerator(spec, GeneratorConfig.from_spec(spec, 3, **SMALL_DIMS))
+    path = save_generator(tmp_path / "sdxl_style.safetensors", gen)
+    assert json.loads(read_generator_header(path)["spec"])["family"] == SDXL
+    loaded = load_generator(path, expected_spec=tiny_sdxl_spec())
+    assert loaded.family == SDXL
+    with pytest.raises(
+        UnsupportedModelError, match="sdxl_style.safetensors is SDXL but the model in use is SD 1.x"
+    ):
+        load_generator(path, expected_spec=tiny_spec())
+    with pytest.raises(UnsupportedModelError, match="generator is SDXL but the model the sample"):
+        loaded.forward_sample(random_sample(tiny_spec()))
+    sd2_like = FeatureSpec.from_dict({**json.loads(tiny_sdxl_spec().to_json()), "family": SD2})
+    with pytest.raises(UnsupportedModelError, match="SDXL but the model in use is SD 2.x"):
+        loaded.check_model(sd2_like)

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from diffsketch import fileio
-from diffsketch.errors import FileFormatError, InvalidInputError, TrainingInterrupted
+from diffsketch.backends.conditioning import Conditioning
+from diffsketch.errors import FileFormatError, InvalidInputError, TrainingInterrupted, UnsupportedModelError
 from diffsketch.train import conditions
 from diffsketch.train.conditions import (
     ConditionSampler,
@@ -209,6 +210,8 @@ def test_samples_follow_the_fitted_gaussian_in_pca_space():
     sampler = ConditionSampler.fit(embeddings, n_components=6)
     n = 4000
     draws = sampler.sample(torch.Generator().manual_seed(7), n=n)
+    assert draws.pooled is None
+    draws = draws.context
     assert draws.shape == (n, TOKENS, DIM) and draws.dtype == torch.float32
     centred = draws.reshape(n, -1).double() - sampler.mean.double()
     scores = centred @ sampler.components.double().T
@@ -227,9 +230,9 @@ def test_samples_follow_the_fitted_gaussian_in_pca_space():
 
 def test_sampling_is_deterministic_for_a_seed():
     sampler = ConditionSampler.fit(random_embeddings(30), n_components=8)
-    first = sampler.sample(torch.Generator().manual_seed(11), n=3)
-    second = sampler.sample(torch.Generator().manual_seed(11), n=3)
-    other = sampler.sample(torch.Generator().manual_seed(12), n=3)
+    first = sampler.sample(torch.Generator().manual_seed(11), n=3).context
+    second = sampler.sample(torch.Generator().manual_seed(11), n=3).context
+    other = sampler.sample(torch.Generator().manual_seed(12), n=3).context
     assert torch.equal(first, second)
     assert not torch.allclose(first, other)
     with pytest.raises(InvalidInputError):
@@ -257,11 +260,11 @@ def test_blend_moves_from_pivot_to_random():
     g = torch.Generator().manual_seed(0)
     pivot = torch.randn(1, TOKENS, DIM, generator=g)
     c_rand = torch.randn(1, TOKENS, DIM, generator=g)
-    assert torch.equal(blend(pivot, c_rand, 0, 1000), pivot)
-    torch.testing.assert_close(blend(pivot, c_rand, 500, 1000), 0.5 * (pivot + c_rand))
-    assert torch.equal(blend(pivot, c_rand, 1000, 1000), c_rand)
+    assert torch.equal(blend(pivot, c_rand, 0, 1000).context, pivot)
+    torch.testing.assert_close(blend(pivot, c_rand, 500, 1000).context, 0.5 * (pivot + c_rand))
+    assert torch.equal(blend(pivot, c_rand, 1000, 1000).context, c_rand)
     w = blend_weight(10, 1000)
-    torch.testing.assert_close(blend(pivot, c_rand, 10, 1000), (1 - w) * pivot + w * c_rand)
+    torch.testing.assert_close(blend(pivot, c_rand, 10, 1000).context, (1 - w) * pivot + w * c_rand)
     with pytest.raises(InvalidInputError, match="text encoder"):
         blend(pivot, torch.randn(1, TOKENS, DIM + 1), 10, 1000)
 
@@ -270,15 +273,75 @@ def test_condition_for_iteration_draws_then_blends():
     sampler = ConditionSampler.fit(random_embeddings(30), n_components=8)
     pivot = torch.randn(1, TOKENS, DIM, generator=torch.Generator().manual_seed(1))
     at_start = sampler.condition_for_iteration(pivot, 0, 1000, torch.Generator().manual_seed(4))
-    assert torch.equal(at_start, pivot)
+    assert torch.equal(at_start.context, pivot)
     late = sampler.condition_for_iteration(pivot, 1000, 1000, torch.Generator().manual_seed(4))
-    assert torch.equal(late, sampler.sample(torch.Generator().manual_seed(4)))
+    assert torch.equal(late.context, sampler.sample(torch.Generator().manual_seed(4)).context)
     middle = sampler.condition_for_iteration(pivot, 250, 1000, torch.Generator().manual_seed(4))
     w = blend_weight(250, 1000)
-    expected = (1 - w) * pivot + w * sampler.sample(torch.Generator().manual_seed(4))
-    torch.testing.assert_close(middle, expected)
+    expected = (1 - w) * pivot + w * sampler.sample(torch.Generator().manual_seed(4)).context
+    torch.testing.assert_close(middle.context, expected)
     with pytest.raises(InvalidInputError, match="refit"):
         sampler.condition_for_iteration(torch.zeros(1, 77, 32), 5, 1000, None)
+
+
+def pooled_embeddings(n: int, pooled_dim: int = 5, seed: int = 0) -> Conditioning:
+    """SDXL-like conditionings: contexts plus pooled vectors that depend on them (correlated)."""
+    g = torch.Generator().manual_seed(seed)
+    context = torch.randn(n, TOKENS, DIM, generator=g)
+    mix = torch.randn(TOKENS * DIM, pooled_dim, generator=g) / (TOKENS * DIM) ** 0.5
+    pooled = context.reshape(n, -1) @ mix + 0.01 * torch.randn(n, pooled_dim, generator=g)
+    return Conditioning(context, pooled)
+
+
+def test_the_fit_covers_the_pooled_embedding_too():
+    """SDXL: one Gaussian over context and pooled values together, draws split back into both, and
+    the blend moves both parts with the same weight."""
+    data = pooled_embeddings(40)
+    sampler = ConditionSampler.fit(data, n_components=12, family="sdxl")
+    assert sampler.pooled_dim == 5 and sampler.mean.shape == (TOKENS * DIM + 5,)
+    torch.testing.assert_close(sampler.mean[-5:], data.pooled.mean(0))
+    draw = sampler.sample(torch.Generator().manual_seed(3), n=2)
+    assert draw.context.shape == (2, TOKENS, DIM) and draw.pooled.shape == (2, 5)
+    # the pooled part of a draw follows its context as in the data (fitted jointly, not apart)
+    many = sampler.sample(torch.Generator().manual_seed(4), n=2000)
+    mix_fit = torch.linalg.lstsq(data.context.reshape(40, -1), data.pooled).solution
+    predicted = many.context.reshape(2000, -1) @ mix_fit
+    assert rel(predicted, many.pooled) < 0.5
+    pivot = Conditioning(data.context[:1], data.pooled[:1])
+    w = blend_weight(300, 1000)
+    mid = sampler.condition_for_iteration(pivot, 300, 1000, torch.Generator().manual_seed(5))
+    rand = sampler.sample(torch.Generator().manual_seed(5), 1)
+    torch.testing.assert_close(mid.pooled, (1 - w) * pivot.pooled + w * rand.pooled)
+    torch.testing.assert_close(mid.context, (1 - w) * pivot.context + w * rand.context)
+    with pytest.raises(InvalidInputError, match="pooled"):
+        sampler.check_pivot(data.context[:1])
+    with pytest.raises(InvalidInputError, match="text encoder"):
+        blend(pivot, Conditioning(data.context[:1]), 10, 1000)
+
+
+def test_fit_from_prompts_keeps_the_pooled_part_and_the_family(tmp_path):
+    data = pooled_embeddings(6)
+    prompts = [f"p{i}" for i in range(6)]
+    table = {p: Conditioning(data.context[i : i + 1], data.pooled[i : i + 1]) for i, p in enumerate(prompts)}
+    sampler = ConditionSampler.fit_from_prompts(table.__getitem__, prompts, n_components=3, family="sdxl")
+    direct = ConditionSampler.fit(data, n_components=3, family="sdxl")
+    torch.testing.assert_close(sampler.components, direct.components)
+    loaded = ConditionSampler.load(sampler.save(tmp_path / "sdxl.safetensors"))
+    assert loaded.family == "sdxl" and loaded.pooled_dim == 5 and "SDXL" in loaded.describe()
+    loaded.check_family("sdxl")
+    with pytest.raises(UnsupportedModelError, match="CDST.*SDXL.*SD 1.x"):
+        loaded.check_family("sd1")
+
+    def mixed(prompt):
+        c = table[prompt]
+        return c if prompt != "p3" else c.context
+
+    with pytest.raises(InvalidInputError, match="'p3'"):
+        ConditionSampler.fit_from_prompts(mixed, prompts, n_components=3)
+
+
+def rel(a, b):
+    return float((a - b).norm() / b.norm())
 
 
 # --- files ---------------------------------------------------------------------------------------
@@ -299,7 +362,8 @@ def test_save_load_round_trip(tmp_path):
     assert loaded.n_components_requested == 64
     assert loaded.text_encoder_fingerprint == "clip-b"
     g1, g2 = torch.Generator().manual_seed(2), torch.Generator().manual_seed(2)
-    assert torch.equal(loaded.sample(g1, 2), sampler.sample(g2, 2))
+    assert torch.equal(loaded.sample(g1, 2).context, sampler.sample(g2, 2).context)
+    assert loaded.family == "sd1" and loaded.pooled_dim == 0
     loaded.check_text_encoder("clip-b")
     with pytest.raises(InvalidInputError, match="clip-b"):
         loaded.check_text_encoder("clip-c")

@@ -283,7 +283,7 @@ def test_comfyui_inference_tensors(env):
             env.conditions,
             loss,
             config(iterations=2),
-            env.pivot.clone(),
+            env.pivot.map(torch.clone),
             generator,
         )
         before = weights(trainer.generator)

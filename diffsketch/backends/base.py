@@ -1,4 +1,4 @@
-"""The backend protocol: sample an image with an SD 1.x model while capturing DiffSketch features.
+"""The backend protocol: sample an image with a Stable Diffusion model while capturing DiffSketch features.
 
 A backend supplies three primitives (``encode_prompt``, ``_denoise``, ``_decode``); the shared
 :meth:`SamplingBackend.sample` does validation, timestep planning, noise, capture bookkeeping
@@ -10,6 +10,7 @@ points under the same conventions.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
@@ -17,9 +18,10 @@ import torch
 from ..capture.hooks import UNetRecorder
 from ..capture.sample import CapturedSample
 from ..capture.sampling import SamplingSettings
-from ..capture.spec import FeatureSpec
+from ..capture.spec import FeatureSpec, family_name
 from ..capture.timesteps import ddim_grid
 from ..errors import InvalidInputError
+from .conditioning import Conditioning
 
 ProgressFn = Callable[[int, int], None]
 
@@ -54,29 +56,68 @@ def scaled_linear_alphas_cumprod(
     return torch.cumprod(1.0 - betas, dim=0)
 
 
+#: ComfyUI keeps the last alpha_cumprod of a zero-terminal-SNR schedule at this value, not 0.
+ZERO_SNR_LAST_ALPHA_CUMPROD = 4.8973451890853435e-08
+
+
+def rescale_zero_terminal_snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """The schedule rescaled to zero terminal SNR (Lin et al. 2023), as v-prediction "ztsnr"
+    checkpoints (e.g. NoobAI-XL v-pred) were trained: sqrt(alpha_cumprod) shifted so the last
+    step is pure noise and scaled so the first is unchanged. Same values as ComfyUI's ``zsnr``."""
+    root = alphas_cumprod.double().sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    root = (root - last) * (first / (first - last))
+    out = root**2
+    out[-1] = ZERO_SNR_LAST_ALPHA_CUMPROD
+    return out
+
+
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+def model_output_to_x0_eps(
+    output: torch.Tensor, x: torch.Tensor, alpha_cumprod: float, prediction_type: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(predicted x0, predicted noise) from a UNet output at a timestep with ``alpha_cumprod``:
+    epsilon models predict the noise, v-prediction models (SD 2.x 768-v, v-pred SDXL fine-tunes)
+    predict ``v = sqrt(a) * noise - sqrt(1 - a) * x0``."""
+    a, s = math.sqrt(alpha_cumprod), math.sqrt(1.0 - alpha_cumprod)
+    if prediction_type == "epsilon":
+        return (x - s * output) / a, output
+    if prediction_type == "v_prediction":
+        return a * x - s * output, s * x + a * output
+    raise InvalidInputError(
+        f"prediction_type must be one of {list(PREDICTION_TYPES)}, got {prediction_type!r}"
+    )
+
+
 class SamplingBackend:
     """Shared sampling driver. Subclasses set ``spec`` and implement the primitives."""
 
     spec: FeatureSpec
     #: raw VAE latent = model latent / scaling_factor
     latent_scaling_factor: float = 0.18215
+    #: what the UNet predicts: "epsilon" or "v_prediction"
+    prediction_type: str = "epsilon"
 
     # -- primitives ----------------------------------------------------------------------------
-    def encode_prompt(self, text: str) -> torch.Tensor:  # pragma: no cover - interface
+    def encode_prompt(self, text: str) -> Conditioning:  # pragma: no cover - interface
         raise NotImplementedError
 
     def _denoise(
         self,
         noise: torch.Tensor,
-        cond: torch.Tensor,
-        uncond: torch.Tensor,
+        cond: Conditioning,
+        uncond: Conditioning,
         cfg: float,
         schedule: list[int],
         recorder: UNetRecorder | None,
         progress: ProgressFn | None,
     ) -> torch.Tensor:  # pragma: no cover - interface
         """Deterministic DDIM (eta=0) from ``noise`` (x_T in DDPM space) over ``schedule``
-        (descending timesteps), ending on the last step's predicted x0. Returns the raw VAE latent."""
+        (descending timesteps), ending on the last step's predicted x0. Returns the raw VAE latent.
+        SDXL backends add the pooled embeddings and the size conditioning of the image the noise
+        decodes to (original = target = that size, no crop)."""
         raise NotImplementedError
 
     def _decode(self, latent: torch.Tensor, capture: bool, store_dtype, store_device):  # pragma: no cover
@@ -84,21 +125,38 @@ class SamplingBackend:
         raise NotImplementedError
 
     # -- shared --------------------------------------------------------------------------------
-    def check_conditioning(self, cond: torch.Tensor, name: str) -> torch.Tensor:
-        d = self.spec.context_dim
-        if cond.ndim != 3 or cond.shape[0] != 1 or cond.shape[-1] != d or cond.shape[1] % 77:
+    def check_conditioning(self, cond: Conditioning | torch.Tensor, name: str) -> Conditioning:
+        """``cond`` as this model takes it (detached float32), or a clear error: the context must be
+        ``[1, 77*k, context_dim]``, with a ``[1, pooled_dim]`` pooled embedding where the backbone
+        takes one (SDXL) and none where it does not."""
+        cond = Conditioning.of(cond)
+        d, p = self.spec.context_dim, self.spec.pooled_dim
+        family = family_name(self.spec.family)
+        context = cond.context
+        if context.shape[0] != 1 or context.shape[-1] != d or context.shape[1] % 77 or context.shape[1] == 0:
             raise InvalidInputError(
-                f"{name} conditioning has shape {list(cond.shape)}; this model expects [1, 77*k, {d}] "
-                "(one prompt's text embedding from this checkpoint's CLIP)."
+                f"{name} conditioning has shape {list(context.shape)}; this {family} model expects [1, 77*k, {d}] "
+                "(one prompt's text embedding from this checkpoint's text encoder)."
             )
-        return cond.detach().float()
+        if p and (cond.pooled is None or tuple(cond.pooled.shape) != (1, p)):
+            got = "none" if cond.pooled is None else str(list(cond.pooled.shape))
+            raise InvalidInputError(
+                f"{name} conditioning has pooled embedding {got}; this {family} model also needs the pooled text "
+                f"embedding [1, {p}] (encode the prompt with this checkpoint's CLIP, which returns both)."
+            )
+        if not p and cond.pooled is not None:
+            raise InvalidInputError(
+                f"{name} conditioning carries a pooled embedding {list(cond.pooled.shape)}, which this {family} model "
+                "does not take: it was made for another backbone (SDXL). Encode the prompt with this checkpoint's CLIP."
+            )
+        return cond.map(lambda t: t.detach().float())
 
     def sample(
         self,
-        cond: torch.Tensor | str,
+        cond: Conditioning | torch.Tensor | str,
         settings: SamplingSettings,
         *,
-        uncond: torch.Tensor | None = None,
+        uncond: Conditioning | torch.Tensor | None = None,
         capture: bool = True,
         unet_reduce=None,
         decode: bool = True,
@@ -108,7 +166,8 @@ class SamplingBackend:
     ) -> CapturedSample:
         """Sample one image with classifier-free guidance ("" as the negative) and capture features.
 
-        ``cond``: a prompt or its conditioning ``[1, 77*k, D]``. ``settings``: seed, steps, cfg,
+        ``cond``: a prompt or its :class:`Conditioning` (a ``[1, 77*k, D]`` context tensor alone
+        for SD 1.x/2.x). ``settings``: seed, steps, cfg,
         size, the timesteps to capture (mapped to the nearest steps of the DDIM grid; the result's
         ``plan`` says which) and the denoising schedule. ``unet_reduce(layer, tensor) -> vector``
         stores reduced vectors instead of full tensors. ``decode=False`` skips the VAE.
@@ -127,11 +186,11 @@ class SamplingBackend:
 
     def sample_batch(
         self,
-        conds: Sequence[torch.Tensor | str],
+        conds: Sequence[Conditioning | torch.Tensor | str],
         settings: SamplingSettings,
         *,
         seeds: Sequence[int] | None = None,
-        uncond: torch.Tensor | None = None,
+        uncond: Conditioning | torch.Tensor | None = None,
         capture: bool = True,
         unet_reduce=None,
         decode: bool = True,
@@ -161,16 +220,15 @@ class SamplingBackend:
                 f"the schedule {sched} does not visit the capture timesteps {sorted(set(plan.used) - set(sched))}"
             )
         prompts = [c if isinstance(c, str) else None for c in conds]
-        cond = torch.cat(
-            [
-                self.check_conditioning(self.encode_prompt(c) if isinstance(c, str) else c, "positive")
-                for c in conds
-            ]
-        )
-        if len({c.shape[1] for c in cond.split(1)}) != 1:
+        checked = [
+            self.check_conditioning(self.encode_prompt(c) if isinstance(c, str) else c, "positive")
+            for c in conds
+        ]
+        if len({c.context.shape[1] for c in checked}) != 1:
             raise InvalidInputError("the conditions of one batch must have the same number of tokens")
+        cond = Conditioning.cat(checked)
         uncond = self.encode_prompt("") if uncond is None else uncond
-        uncond = self.check_conditioning(uncond, "negative").expand(len(conds), -1, -1)
+        uncond = self.check_conditioning(uncond, "negative").map(lambda t: t.expand(len(conds), *t.shape[1:]))
         lh, lw = self.spec.latent_size(settings.width, settings.height)
         noise = torch.cat([make_noise(seed, (1, self.spec.latent_channels, lh, lw)) for seed in seeds])
         recorder = (
@@ -193,6 +251,8 @@ class SamplingBackend:
             "height": settings.height,
             "schedule": sched,
             "unet_evaluations": len(sched),
+            "family": self.spec.family,
+            "prediction_type": self.prediction_type,
         }
         if any(p is not None for p in prompts):
             meta["prompt"] = prompts[0] if len(prompts) == 1 else prompts

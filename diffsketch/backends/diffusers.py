@@ -1,21 +1,54 @@
-"""Diffusers backend: UNet2DConditionModel + AutoencoderKL + CLIPTextModel, DDIM eta=0 with CFG.
+"""Diffusers backend: UNet2DConditionModel + AutoencoderKL + CLIP text encoder(s), DDIM eta=0 with CFG.
 
 The DDIM loop is written out here (not DDIMScheduler) because DiffSketch needs the exact ldm
 conventions that ComfyUI also follows: the uniform grid ``t = 1 + k*(1000//steps)``, x_T = noise,
 CFG with the batch ordered [uncond, cond], and the final step returning the predicted x0.
+
+Text conditioning is built as ComfyUI builds it, so both backends agree:
+
+- SD 1.x: CLIP-L's last hidden state (end-token padding).
+- SD 2.x: OpenCLIP-H's penultimate layer with the final layer norm, zero padding. Diffusers
+  folders store this text encoder with its last layer removed (23 of 24 layers), so its last
+  hidden state is that; the single-file loader removes the layer the same way.
+- SDXL: CLIP-L's and OpenCLIP bigG's penultimate hidden states (no final norm) side by side
+  (768 + 1280 = 2048), bigG's projected pooled embedding, and the size conditioning
+  ``(height, width, 0, 0, height, width)`` of the image being sampled, as ComfyUI's SDXL
+  ``encode_adm`` and diffusers' ``_get_add_time_ids`` both make it by default.
+
+The negative prompt is always ``""`` encoded by the text encoders. That is ComfyUI's behaviour;
+diffusers' SDXL pipeline instead uses zeros when no negative prompt is given
+(``force_zeros_for_empty_prompt``), and matches this backend when it is given ``negative_prompt=""``.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import torch
 
 from ..capture.hooks import COND, UNCOND, UNetRecorder, record_vae_decoder, reject_compiled
-from ..capture.spec import feature_spec_from_diffusers
+from ..capture.spec import (
+    SD1,
+    SD2,
+    SDXL,
+    SDXL_TIME_IDS,
+    family_name,
+    feature_spec_from_diffusers,
+    unsupported_model,
+)
 from ..errors import InvalidInputError, WeightsNotFoundError
-from .base import ProgressFn, SamplingBackend, scaled_linear_alphas_cumprod, weights_fingerprint
+from .base import (
+    PREDICTION_TYPES,
+    ProgressFn,
+    SamplingBackend,
+    model_output_to_x0_eps,
+    rescale_zero_terminal_snr,
+    scaled_linear_alphas_cumprod,
+    weights_fingerprint,
+)
+from .conditioning import Conditioning
 from .text import ClipBPETokenizer, HFTokenizerAdapter
 
 #: Working memory of one 512x512 image in a sampling batch (UNet at CFG batch 2, VAE decode) on
@@ -24,8 +57,89 @@ from .text import ClipBPETokenizer, HFTokenizerAdapter
 GPU_BYTES_PER_IMAGE = 2 * 2**30
 MAX_GPU_BATCH = 16
 
+#: OpenCLIP's tokenizers (SD 2.x's ViT-H, SDXL's bigG) pad with token 0, OpenAI CLIP-L's with the end token.
+OPEN_CLIP_PAD_TOKEN = 0
+
+
+def diffusers_family(
+    unet, text_encoder=None, text_encoder_2=None, family: str | None = None
+) -> tuple[str, int]:
+    """``(family, pooled_dim)`` of a diffusers UNet and its text encoders, or a clear error.
+
+    SDXL is recognised by its added text/time embedding, which must be sized for six size numbers
+    and the second text encoder's pooled projection (the refiner's holds five: it also takes an
+    aesthetic score, and it has no CLIP-L). Otherwise the text encoder tells SD 2.x (OpenCLIP
+    ViT-H, 1024 wide, GELU) from SD 1.x (OpenAI CLIP-L, 768 wide, quick-GELU); ``family``
+    ("sd1" or "sd2") overrides that.
+    """
+    cfg = unet.config
+    in_channels = cfg.get("in_channels", 4)
+    if in_channels != 4:
+        raise unsupported_model(
+            f"the UNet takes {in_channels}-channel input (an inpainting or instruct-pix2pix model), not plain latents"
+        )
+    addition = cfg.get("addition_embed_type")
+    if cfg.get("class_embed_type") is not None or addition not in (None, "text_time"):
+        raise unsupported_model(
+            f"the UNet has a {cfg.get('class_embed_type') or addition} embedding (an unCLIP or other image-conditioned "
+            "variant)"
+        )
+    if addition == "text_time":
+        if text_encoder is None:
+            raise unsupported_model(
+                "this is an SDXL refiner (it has no CLIP-L text encoder, and only learned the last denoising steps)"
+            )
+        if text_encoder_2 is None:
+            raise unsupported_model(
+                "this SDXL-style UNet comes without its second (OpenCLIP bigG) text encoder"
+            )
+        pooled = int(text_encoder_2.config.projection_dim)
+        time_dim = int(cfg.get("addition_time_embed_dim") or 0)
+        adm = int(cfg.get("projection_class_embeddings_input_dim") or 0)
+        if adm != pooled + SDXL_TIME_IDS * time_dim:
+            raise unsupported_model(
+                f"the UNet's added embedding takes {adm} values, not the pooled text ({pooled}) and six size numbers "
+                f"({SDXL_TIME_IDS} x {time_dim}) of SDXL; an SDXL refiner (aesthetic score) or another variant"
+            )
+        context = int(text_encoder.config.hidden_size) + int(text_encoder_2.config.hidden_size)
+        if context != _context_dim(unet):
+            raise unsupported_model(
+                f"the text encoders give {context}-dim embeddings but the UNet attends to {_context_dim(unet)}"
+            )
+        if family not in (None, SDXL):
+            raise InvalidInputError(f"family={family!r} was given, but the UNet is SDXL-shaped")
+        return SDXL, pooled
+    if family == SDXL:
+        raise InvalidInputError("family='sdxl' was given, but the UNet has no SDXL text/time embedding")
+    if family is not None and family not in (SD1, SD2):
+        raise InvalidInputError(f"family must be 'sd1', 'sd2' or 'sdxl', got {family!r}")
+    if family is not None:
+        return family, 0
+    activation = getattr(getattr(text_encoder, "config", None), "hidden_act", None)
+    return (SD2 if _context_dim(unet) == 1024 or activation == "gelu" else SD1), 0
+
+
+def _context_dim(unet) -> int:
+    dim = unet.config.get("cross_attention_dim")
+    return int(dim[0] if isinstance(dim, (list, tuple)) else dim)
+
+
+def _bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu"
+
 
 class DiffusersBackend(SamplingBackend):
+    """Sampling with diffusers modules.
+
+    ``text_encoder`` is CLIP-L (SD 1.x, SDXL) or OpenCLIP-H (SD 2.x), ``text_encoder_2`` SDXL's
+    OpenCLIP bigG (a ``CLIPTextModelWithProjection``). ``prediction_type`` is "epsilon" or
+    "v_prediction"; ``alphas_cumprod`` the training schedule (default: SD's scaled-linear one).
+    ``vae_dtype`` defaults to ``dtype``, except that SDXL's VAE, which overflows in float16, runs
+    in bfloat16 (float32 where bfloat16 is not supported), as ComfyUI runs it.
+    """
+
     def __init__(
         self,
         unet,
@@ -35,21 +149,49 @@ class DiffusersBackend(SamplingBackend):
         device="cpu",
         dtype=torch.float32,
         alphas_cumprod: torch.Tensor | None = None,
+        *,
+        text_encoder_2=None,
+        tokenizer_2=None,
+        prediction_type: str = "epsilon",
+        family: str | None = None,
+        vae_dtype: torch.dtype | None = None,
     ):
         reject_compiled(unet, "UNet")
         reject_compiled(vae, "VAE")
+        if prediction_type not in PREDICTION_TYPES:
+            raise InvalidInputError(
+                f"prediction_type must be one of {list(PREDICTION_TYPES)}, got {prediction_type!r}"
+            )
+        family, pooled_dim = diffusers_family(unet, text_encoder, text_encoder_2, family)
         self.device = torch.device(device)
         self.dtype = dtype
+        if vae_dtype is None:
+            vae_dtype = dtype
+            if family == SDXL and dtype == torch.float16:
+                vae_dtype = torch.bfloat16 if _bf16_supported(self.device) else torch.float32
+        self.vae_dtype = vae_dtype
+        self.prediction_type = prediction_type
         self.unet = unet.to(self.device, dtype).eval().requires_grad_(False)
-        self.vae = vae.to(self.device, dtype).eval().requires_grad_(False)
+        self.vae = vae.to(self.device, vae_dtype).eval().requires_grad_(False)
         self.text_encoder = text_encoder.to(self.device).eval().requires_grad_(False)
-        self.tokenizer = tokenizer if tokenizer is not None else ClipBPETokenizer()
-        self.spec = feature_spec_from_diffusers(self.unet, self.vae)
+        self.text_encoder_2 = (
+            text_encoder_2.to(self.device).eval().requires_grad_(False)
+            if text_encoder_2 is not None
+            else None
+        )
+        open_clip_pad = OPEN_CLIP_PAD_TOKEN if family == SD2 else None
+        self.tokenizer = tokenizer if tokenizer is not None else ClipBPETokenizer(pad_token=open_clip_pad)
+        self.tokenizer_2 = None
+        if family == SDXL:
+            self.tokenizer_2 = (
+                tokenizer_2 if tokenizer_2 is not None else ClipBPETokenizer(pad_token=OPEN_CLIP_PAD_TOKEN)
+            )
+        self.spec = feature_spec_from_diffusers(self.unet, self.vae, family, pooled_dim)
         self.latent_scaling_factor = float(getattr(self.vae.config, "scaling_factor", 0.18215))
         self.alphas_cumprod = (
             alphas_cumprod if alphas_cumprod is not None else scaled_linear_alphas_cumprod()
         ).double()
-        self._uncond_cache: torch.Tensor | None = None
+        self._uncond_cache: Conditioning | None = None
         self._model_hash: str | None = None
 
     def model_hash(self) -> str:
@@ -60,58 +202,89 @@ class DiffusersBackend(SamplingBackend):
 
     # -- loading -------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path, device="cpu", dtype=torch.float32) -> DiffusersBackend:
-        """A local diffusers folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/)."""
+    def from_pretrained(
+        cls, path, device="cpu", dtype=torch.float32, prediction_type: str | None = None
+    ) -> DiffusersBackend:
+        """A local diffusers folder (unet/, vae/, text_encoder/ [, text_encoder_2/ for SDXL],
+        tokenizer(s), scheduler/). ``prediction_type`` overrides the scheduler config's."""
         from diffusers import AutoencoderKL, UNet2DConditionModel
-        from transformers import CLIPTextModel, CLIPTokenizer
+        from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
         root = Path(path)
+        if not (root / "text_encoder").is_dir() and (root / "text_encoder_2").is_dir():
+            raise unsupported_model(
+                f"{root} is an SDXL refiner (text_encoder_2/ without text_encoder/: it has no CLIP-L, and only learned "
+                "the last denoising steps)"
+            )
         for sub in ("unet", "vae", "text_encoder"):
             if not (root / sub).is_dir():
                 raise WeightsNotFoundError(
-                    f"{root} is not a diffusers Stable Diffusion folder: '{sub}/' is missing. Point to a folder "
-                    "saved with StableDiffusionPipeline.save_pretrained, or to a single .safetensors checkpoint."
+                    f"{root} is not a diffusers Stable Diffusion folder: '{sub}/' is missing. Point to a folder saved "
+                    "with a Stable Diffusion (XL) pipeline's save_pretrained, or to a single .safetensors checkpoint."
                 )
         kw = {"local_files_only": True}
         unet = UNet2DConditionModel.from_pretrained(root / "unet", **kw)
         vae = AutoencoderKL.from_pretrained(root / "vae", **kw)
         te = CLIPTextModel.from_pretrained(root / "text_encoder", **kw)
-        tok = None
+        te2 = tok2 = tok = None
+        if (root / "text_encoder_2").is_dir():
+            te2 = CLIPTextModelWithProjection.from_pretrained(root / "text_encoder_2", **kw)
         if (root / "tokenizer").is_dir():
             tok = HFTokenizerAdapter(CLIPTokenizer.from_pretrained(root / "tokenizer", **kw))
-        acp = None
+        if te2 is not None and (root / "tokenizer_2").is_dir():
+            tok2 = HFTokenizerAdapter(CLIPTokenizer.from_pretrained(root / "tokenizer_2", **kw))
+        acp, scheduled_prediction = None, "epsilon"
         sched_cfg = root / "scheduler" / "scheduler_config.json"
         if sched_cfg.is_file():
-            import json
-
-            c = json.loads(sched_cfg.read_text())
-            if c.get("beta_schedule", "scaled_linear") != "scaled_linear":
-                raise InvalidInputError(
-                    f"{sched_cfg}: beta_schedule {c.get('beta_schedule')} is not SD 1.x's scaled_linear"
-                )
-            acp = scaled_linear_alphas_cumprod(
-                c.get("beta_start", 0.00085), c.get("beta_end", 0.012), c.get("num_train_timesteps", 1000)
-            )
-        return cls(unet, vae, te, tok, device=device, dtype=dtype, alphas_cumprod=acp)
-
-    @classmethod
-    def from_single_file(cls, path, device="cpu", dtype=torch.float32) -> DiffusersBackend:
-        """An SD 1.x single-file checkpoint (.safetensors), converted in memory, nothing downloaded."""
-        from .checkpoint import load_sd1_single_file
-
-        unet, vae, te = load_sd1_single_file(path)
-        return cls(unet, vae, te, None, device=device, dtype=dtype)
+            acp, scheduled_prediction = schedule_from_config(json.loads(sched_cfg.read_text()), sched_cfg)
+        return cls(
+            unet,
+            vae,
+            te,
+            tok,
+            device=device,
+            dtype=dtype,
+            alphas_cumprod=acp,
+            text_encoder_2=te2,
+            tokenizer_2=tok2,
+            prediction_type=prediction_type or scheduled_prediction,
+        )
 
     @classmethod
-    def load(cls, path, device="cpu", dtype=torch.float32) -> DiffusersBackend:
+    def from_single_file(
+        cls, path, device="cpu", dtype=torch.float32, prediction_type: str | None = None
+    ) -> DiffusersBackend:
+        """An SD 1.x, SD 2.x or SDXL single-file checkpoint (.safetensors), converted in memory,
+        nothing downloaded. ``prediction_type`` overrides what the checkpoint says or suggests."""
+        from .checkpoint import load_single_file
+
+        loaded = load_single_file(path)
+        return cls(
+            loaded.unet,
+            loaded.vae,
+            loaded.text_encoder,
+            None,
+            device=device,
+            dtype=dtype,
+            alphas_cumprod=loaded.alphas_cumprod,
+            text_encoder_2=loaded.text_encoder_2,
+            prediction_type=prediction_type or loaded.prediction_type,
+            family=loaded.family,
+        )
+
+    @classmethod
+    def load(
+        cls, path, device="cpu", dtype=torch.float32, prediction_type: str | None = None
+    ) -> DiffusersBackend:
         p = Path(path)
         if p.is_dir():
-            return cls.from_pretrained(p, device, dtype)
+            return cls.from_pretrained(p, device, dtype, prediction_type)
         if not p.exists():
             raise WeightsNotFoundError(
-                f"model not found: {p} (give a diffusers folder or an SD 1.x .safetensors file)"
+                f"model not found: {p} (give a diffusers folder or a single .safetensors checkpoint of SD 1.x, SD 2.x "
+                "or SDXL)"
             )
-        return cls.from_single_file(p, device, dtype)
+        return cls.from_single_file(p, device, dtype, prediction_type)
 
     def suggested_batch(self, width: int, height: int) -> int:
         """1 on the CPU, where an SD-sized UNet keeps the cores busy at any batch and host memory
@@ -126,14 +299,27 @@ class DiffusersBackend(SamplingBackend):
 
     # -- primitives ----------------------------------------------------------------------------
     @torch.no_grad()
-    def encode_prompt(self, text: str) -> torch.Tensor:
+    def encode_prompt(self, text: str) -> Conditioning:
         if text == "" and self._uncond_cache is not None:
             return self._uncond_cache
         ids = self.tokenizer(text).to(self.device)
-        out = self.text_encoder(input_ids=ids).last_hidden_state.float().cpu()
+        if self.spec.family == SDXL:
+            clip_l = self.text_encoder(input_ids=ids, output_hidden_states=True)
+            ids_2 = self.tokenizer_2(text).to(self.device)
+            clip_g = self.text_encoder_2(input_ids=ids_2, output_hidden_states=True)
+            context = torch.cat([clip_l.hidden_states[-2].float(), clip_g.hidden_states[-2].float()], dim=-1)
+            out = Conditioning(context.cpu(), clip_g.text_embeds.float().cpu())
+        else:
+            out = Conditioning(self.text_encoder(input_ids=ids).last_hidden_state.float().cpu())
         if text == "":
             self._uncond_cache = out
         return out
+
+    def size_conditioning(self, latent_hw: tuple[int, int]) -> torch.Tensor:
+        """SDXL's six size numbers for an image decoding from a latent of ``latent_hw``: original
+        size = target size = the image's ``(height, width)``, crop ``(0, 0)``."""
+        h, w = (int(s) * self.spec.vae_scale_factor for s in latent_hw)
+        return torch.tensor([[h, w, 0, 0, h, w]], dtype=torch.float32)
 
     @torch.no_grad()
     def _denoise(
@@ -141,7 +327,14 @@ class DiffusersBackend(SamplingBackend):
     ) -> torch.Tensor:
         acp = self.alphas_cumprod
         x = noise.to(self.device, torch.float32)
-        ctx = torch.cat([uncond, cond]).to(self.device, self.dtype)
+        both = Conditioning.cat([uncond, cond]).to(self.device, self.dtype)
+        kwargs = {"encoder_hidden_states": both.context}
+        if self.spec.family == SDXL:
+            time_ids = self.size_conditioning(tuple(noise.shape[-2:])).repeat(2 * noise.shape[0], 1)
+            kwargs["added_cond_kwargs"] = {
+                "text_embeds": both.pooled,
+                "time_ids": time_ids.to(self.device, self.dtype),
+            }
         n = len(schedule)
         for i, t in enumerate(schedule):
             a_t = float(acp[t])
@@ -150,12 +343,12 @@ class DiffusersBackend(SamplingBackend):
             t_in = torch.full((x_in.shape[0],), t, device=self.device, dtype=torch.long)
             if recorder is not None:
                 with recorder.tap(self.unet, t, (UNCOND, COND)):
-                    eps = self.unet(x_in, t_in, encoder_hidden_states=ctx).sample
+                    out = self.unet(x_in, t_in, **kwargs).sample
             else:
-                eps = self.unet(x_in, t_in, encoder_hidden_states=ctx).sample
-            eps_u, eps_c = eps.float().chunk(2)
-            eps = eps_u + cfg * (eps_c - eps_u)
-            x0 = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+                out = self.unet(x_in, t_in, **kwargs).sample
+            out_u, out_c = out.float().chunk(2)
+            guided = out_u + cfg * (out_c - out_u)
+            x0, eps = model_output_to_x0_eps(guided, x, a_t, self.prediction_type)
             x = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev) * eps
             if progress is not None:
                 progress(i + 1, n)
@@ -163,7 +356,7 @@ class DiffusersBackend(SamplingBackend):
 
     @torch.no_grad()
     def _decode(self, latent, capture, store_dtype, store_device):
-        z = latent.to(self.device, self.dtype)
+        z = latent.to(self.device, self.vae_dtype)
         if capture:
             with record_vae_decoder(self.vae, self.spec, store_dtype, store_device) as rec:
                 self.vae.decode(z)
@@ -175,3 +368,33 @@ class DiffusersBackend(SamplingBackend):
 
     def decode_with_features(self, latent, store_dtype=torch.float16, store_device="cpu"):
         return self._decode(latent, True, store_dtype, store_device)
+
+    def describe(self) -> str:
+        return (
+            f"{family_name(self.spec.family)} ({self.prediction_type}), {len(self.spec.unet)} UNet taps, "
+            f"{self.dtype} on {self.device}"
+        )
+
+
+def schedule_from_config(config: dict, where) -> tuple[torch.Tensor, str]:
+    """``(alphas_cumprod, prediction_type)`` from a diffusers scheduler config: SD's scaled-linear
+    betas, optionally rescaled to zero terminal SNR; anything else is refused by name."""
+    schedule = config.get("beta_schedule", "scaled_linear")
+    if schedule != "scaled_linear":
+        raise InvalidInputError(
+            f"{where}: beta_schedule {schedule!r} is not Stable Diffusion's scaled_linear; DiffSketch samples on that "
+            "1000-step schedule."
+        )
+    prediction = config.get("prediction_type", "epsilon")
+    if prediction not in PREDICTION_TYPES:
+        raise unsupported_model(
+            f"{where}: prediction_type {prediction!r} is neither epsilon nor v_prediction"
+        )
+    acp = scaled_linear_alphas_cumprod(
+        config.get("beta_start", 0.00085),
+        config.get("beta_end", 0.012),
+        config.get("num_train_timesteps", 1000),
+    )
+    if config.get("rescale_betas_zero_snr"):
+        acp = rescale_zero_terminal_snr(acp)
+    return acp, prediction

@@ -394,6 +394,8 @@ def pair_settings(backend, generator: nn.Module, conditions, sampling: SamplingS
     ``sampling.seed`` is the seed pair ``i``'s condition and noise are derived from; its
     timesteps and schedule, where None, are the ones the generator was trained with."""
     check_generator_fits(backend, generator)
+    if hasattr(conditions, "check_family"):
+        conditions.check_family(backend.spec.family)
     sampling = generator_sampling(generator, sampling)
     plan = sampling.plan()
     n_needed = getattr(generator, "n_timesteps", len(plan.used))

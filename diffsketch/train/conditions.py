@@ -4,18 +4,21 @@ DiffSketch trains on one new Stable Diffusion sample per iteration. The text con
 sample starts at the example's own prompt embedding (the "pivot") and drifts towards random
 conditions drawn from a Gaussian fitted to the text embeddings of many prompts:
 
-- Distribution (docs/method.md §6): PCA of the flattened ``[77, D]`` embeddings of a prompt list,
-  keeping 512 components; a condition is drawn as ``z ~ N(score_mean, diag(explained_variance))``
+- Distribution (docs/method.md §6): PCA of the flattened conditionings of a prompt list (the
+  ``[77, D]`` token embeddings, and for SDXL the pooled embedding after them, so both parts are
+  drawn together with their correlations), keeping 512 components; a condition is drawn as ``z ~ N(score_mean, diag(explained_variance))``
   in PCA space and mapped back with the inverse transform ``mean + z @ components``. (The
   authors' ``cov_pca.npy`` is diagonal with the explained variances on its diagonal, so a
   diagonal Gaussian is the same distribution.)
 - Schedule: for iteration ``i < h_iter`` the condition is
   ``(a / (a + b)) * pivot + (b / (a + b)) * c_rand`` with ``a = sqrt(1 - i/h_iter)`` and
-  ``b = sqrt(i/h_iter)``; from ``h_iter`` on it is ``c_rand`` alone. :func:`blend_weight` is the
-  single place that formula lives.
+  ``b = sqrt(i/h_iter)``; from ``h_iter`` on it is ``c_rand`` alone, for every part of the
+  conditioning (SDXL's pooled embedding with the same weights as the tokens).
+  :func:`blend_weight` is the single place that formula lives.
 
-The text encoder is passed in as a function ``prompt -> Tensor[1, 77, D]``; that is how both the
-ComfyUI CLIP object and a diffusers ``CLIPTextModel`` plug in without this module knowing either.
+The text encoder is passed in as a function ``prompt -> Conditioning`` (or ``Tensor[1, 77, D]``
+where there is no pooled part); that is how both the ComfyUI CLIP object and diffusers' text
+encoders plug in without this module knowing either.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from pathlib import Path
 import torch
 
 from .. import fileio
+from ..backends.conditioning import Conditioning
+from ..capture.spec import SD1, check_family, family_name
 from ..errors import FileFormatError, InvalidInputError, TrainingInterrupted
 
 CONDITIONS_KIND = "conditions"
@@ -110,29 +115,38 @@ def blend_weight(iteration: int, h_iter: int = DEFAULT_H_ITER) -> float:
 
 
 def blend(
-    pivot: torch.Tensor, c_rand: torch.Tensor, iteration: int, h_iter: int = DEFAULT_H_ITER
-) -> torch.Tensor:
+    pivot: Conditioning | torch.Tensor,
+    c_rand: Conditioning | torch.Tensor,
+    iteration: int,
+    h_iter: int = DEFAULT_H_ITER,
+) -> Conditioning:
     """The CDST condition for ``iteration``: ``(1 - w) * pivot + w * c_rand`` with
-    ``w = blend_weight(iteration, h_iter)``; pure ``c_rand`` from ``h_iter`` on.
+    ``w = blend_weight(iteration, h_iter)`` for every part; pure ``c_rand`` from ``h_iter`` on.
 
-    ``pivot`` is ``[1, T, D]`` (the example's prompt embedding), ``c_rand`` is ``[n, T, D]``. The
-    result has ``c_rand``'s batch size and ``pivot``'s dtype and device.
+    ``pivot`` is one conditioning (the example's prompt, context ``[1, T, D]``), ``c_rand`` a
+    batch of ``n`` of the same shape. The result has ``c_rand``'s batch size and ``pivot``'s
+    dtype and device. Tensors stand for conditionings without a pooled part.
     """
-    if pivot.dim() != 3 or pivot.shape[0] != 1:
+    pivot, c_rand = Conditioning.of(pivot), Conditioning.of(c_rand)
+    if pivot.batch_size != 1:
         raise InvalidInputError(
-            f"CDST pivot must be one prompt embedding [1, T, D], got shape {list(pivot.shape)}"
+            f"CDST pivot must be one prompt's conditioning [1, T, D], got {pivot.describe()}"
         )
-    if c_rand.dim() != 3 or tuple(c_rand.shape[1:]) != tuple(pivot.shape[1:]):
+    if (
+        tuple(c_rand.context.shape[1:]) != tuple(pivot.context.shape[1:])
+        or c_rand.pooled_dim != pivot.pooled_dim
+    ):
         raise InvalidInputError(
-            f"random condition shape {list(c_rand.shape)} does not match the pivot's {list(pivot.shape)}: "
-            "the condition distribution was fitted with a different text encoder; refit it with the "
-            "text encoder of the checkpoint you train on."
+            f"random condition ({c_rand.describe()}) does not match the pivot ({pivot.describe()}): the condition "
+            "distribution was fitted with a different text encoder; refit it with the text encoder of the "
+            "checkpoint you train on."
         )
     weight = blend_weight(iteration, h_iter)
-    c_rand = c_rand.to(device=pivot.device, dtype=pivot.dtype)
+    like = pivot.context
+    c_rand = c_rand.to(device=like.device, dtype=like.dtype)
     if weight >= 1.0:
-        return c_rand.clone()
-    return (1.0 - weight) * pivot + weight * c_rand
+        return c_rand.map(torch.clone)
+    return pivot.lerp(c_rand, weight)
 
 
 # --- the distribution ----------------------------------------------------------------------------
@@ -144,7 +158,8 @@ class ConditionSampler:
     Fitted with :meth:`fit` (embeddings) or :meth:`fit_from_prompts` (an encode function), saved
     and loaded as a ``conditions`` safetensors file. All tensors are float32:
 
-    - ``mean``: ``[F]`` mean flattened embedding, ``F = T * D`` (T = 77 tokens for SD 1.x).
+    - ``mean``: ``[F]`` mean flattened conditioning, ``F = T * D + P`` (T = 77 tokens, D the
+      context width, P the pooled width: 0, or 1280 for SDXL).
     - ``components``: ``[k, F]`` orthonormal principal directions, largest variance first.
     - ``score_mean``: ``[k]`` mean of the prompts' PCA scores (zero up to rounding, kept because
       the released code draws around a stored mean).
@@ -162,11 +177,15 @@ class ConditionSampler:
         n_components_requested: int | None = None,
         text_encoder_fingerprint: str = "",
         notice: str = "",
+        pooled_dim: int = 0,
+        family: str = SD1,
     ) -> None:
         embedding_shape = tuple(int(s) for s in embedding_shape)
         if len(embedding_shape) != 2 or min(embedding_shape) < 1:
             raise InvalidInputError(f"embedding_shape must be (tokens, dim), got {embedding_shape}")
-        features = embedding_shape[0] * embedding_shape[1]
+        if int(pooled_dim) < 0:
+            raise InvalidInputError(f"pooled_dim must be 0 or more, got {pooled_dim}")
+        features = embedding_shape[0] * embedding_shape[1] + int(pooled_dim)
         k = components.shape[0] if components.dim() == 2 else -1
         if (
             mean.shape != (features,)
@@ -178,7 +197,8 @@ class ConditionSampler:
             raise InvalidInputError(
                 f"inconsistent condition distribution: mean {list(mean.shape)}, components {list(components.shape)}, "
                 f"score_mean {list(score_mean.shape)}, variance {list(variance.shape)} for embeddings "
-                f"{list(embedding_shape)} (expected mean [{features}], components [k, {features}], k >= 1)"
+                f"{list(embedding_shape)} + pooled {pooled_dim} (expected mean [{features}], components [k, {features}], "
+                "k >= 1)"
             )
         if not torch.isfinite(variance).all() or (variance < 0).any():
             raise InvalidInputError("condition distribution variances must be finite and non-negative")
@@ -191,6 +211,9 @@ class ConditionSampler:
         self.n_components_requested = int(n_components_requested if n_components_requested is not None else k)
         self.text_encoder_fingerprint = str(text_encoder_fingerprint)
         self.notice = str(notice)
+        self.pooled_dim = int(pooled_dim)
+        #: The backbone family whose text encoder(s) the distribution was fitted with.
+        self.family = str(family)
 
     # --- properties -------------------------------------------------------------------------------
 
@@ -214,12 +237,16 @@ class ConditionSampler:
             self.n_components_requested,
             self.text_encoder_fingerprint,
             self.notice,
+            self.pooled_dim,
+            self.family,
         )
 
     def describe(self) -> str:
+        pooled = f" + pooled [{self.pooled_dim}]" if self.pooled_dim else ""
         text = (
-            f"CDST distribution: {self.n_components} PCA components of {self.n_prompts} prompt embeddings "
-            f"{list(self.embedding_shape)}, {float(self.variance.sum()):.4g} total variance kept"
+            f"CDST distribution ({family_name(self.family)}): {self.n_components} PCA components of {self.n_prompts} "
+            f"prompt embeddings {list(self.embedding_shape)}{pooled}, {float(self.variance.sum()):.4g} total "
+            "variance kept"
         )
         return f"{text} ({self.notice})" if self.notice else text
 
@@ -228,13 +255,15 @@ class ConditionSampler:
     @classmethod
     def fit(
         cls,
-        embeddings: torch.Tensor,
+        embeddings: Conditioning | torch.Tensor,
         n_components: int = DEFAULT_N_COMPONENTS,
         seed: int = 0,
         text_encoder_fingerprint: str = "",
+        family: str = SD1,
     ) -> ConditionSampler:
-        """PCA of ``embeddings`` ``[N, T, D]`` (one row per prompt), keeping
-        ``min(n_components, N - 1, T * D)`` components.
+        """PCA of ``embeddings`` (a batch of N conditionings, or a ``[N, T, D]`` tensor of contexts;
+        one row per prompt), keeping ``min(n_components, N - 1, F)`` components of the
+        ``F = T * D + P`` flattened values.
 
         Fewer components than asked (a short prompt list, or prompts whose embeddings only span a
         few directions) is allowed; ``.notice`` then says so.
@@ -244,16 +273,46 @@ class ConditionSampler:
         the centred rows, accumulated in float64 over column chunks, then forms the components
         chunk by chunk; the peak beyond the input is about k x F float32 (121 MB for 512 x
         59,136) plus one N x 4096 float64 chunk (about 0.3 GB in all for the default list; the fit
-        took 1.5 to 2.5 minutes on 2 busy CPU cores). The result is an exact SVD and does not
-        depend on ``seed``. Only above EXACT_FIT_MAX_ROWS prompts (with F larger still) does it
-        use a randomized SVD, seeded with ``seed``.
+        took 1.5 to 2.5 minutes on 2 busy CPU cores). SDXL's F = 77 * 2048 + 1280 = 158,976 makes
+        that k x F part 0.65 GB (float64 while the components are formed) and its input 1.5 GB.
+        The result is an exact SVD and does not depend on ``seed``. Only above EXACT_FIT_MAX_ROWS
+        prompts (with F larger still) does it use a randomized SVD, seeded with ``seed``.
         """
-        if not isinstance(embeddings, torch.Tensor) or embeddings.dim() != 3:
+        if not isinstance(embeddings, (torch.Tensor, Conditioning)) or (
+            isinstance(embeddings, torch.Tensor) and embeddings.dim() != 3
+        ):
             shape = (
                 list(embeddings.shape) if isinstance(embeddings, torch.Tensor) else type(embeddings).__name__
             )
-            raise InvalidInputError(f"prompt embeddings must be a tensor [N, tokens, dim], got {shape}")
-        n_prompts, tokens, dim = (int(s) for s in embeddings.shape)
+            raise InvalidInputError(
+                f"prompt embeddings must be a Conditioning or a tensor [N, tokens, dim], got {shape}"
+            )
+        embeddings = Conditioning.of(embeddings)
+        _, tokens, dim = (int(s) for s in embeddings.context.shape)
+        return cls._fit_rows(
+            embeddings.flatten().detach(),
+            (tokens, dim),
+            embeddings.pooled_dim,
+            n_components,
+            seed,
+            text_encoder_fingerprint,
+            family,
+        )
+
+    @classmethod
+    def _fit_rows(
+        cls,
+        rows: torch.Tensor,
+        embedding_shape: tuple[int, int],
+        pooled_dim: int,
+        n_components: int,
+        seed: int,
+        text_encoder_fingerprint: str,
+        family: str,
+    ) -> ConditionSampler:
+        """:meth:`fit` on the flattened conditionings ``rows`` ``[N, T * D + P]``."""
+        n_prompts = int(rows.shape[0])
+        tokens, dim = embedding_shape
         if n_prompts < 2:
             raise InvalidInputError(
                 f"the prompt list gave {n_prompts} prompt embedding(s); fitting the CDST condition distribution "
@@ -262,9 +321,8 @@ class ConditionSampler:
         if n_components < 1:
             raise InvalidInputError(f"n_components must be at least 1, got {n_components}")
         if tokens < 1 or dim < 1:
-            raise InvalidInputError(f"prompt embeddings have an empty shape {list(embeddings.shape)}")
+            raise InvalidInputError(f"prompt embeddings have an empty shape {[n_prompts, tokens, dim]}")
         with torch.no_grad():
-            rows = embeddings.detach().reshape(n_prompts, tokens * dim)
             if rows.device.type != "cpu":
                 rows = rows.cpu()
             if rows.dtype != torch.float64:
@@ -297,21 +355,24 @@ class ConditionSampler:
             n_components_requested=n_components,
             text_encoder_fingerprint=text_encoder_fingerprint,
             notice=notice,
+            pooled_dim=pooled_dim,
+            family=family,
         )
 
     @classmethod
     def fit_from_prompts(
         cls,
-        encode: Callable[[str], torch.Tensor],
+        encode: Callable[[str], Conditioning | torch.Tensor],
         prompts: Sequence[str],
         n_components: int = DEFAULT_N_COMPONENTS,
         seed: int = 0,
         progress: Callable[[int, int], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
         text_encoder_fingerprint: str = "",
+        family: str = SD1,
     ) -> ConditionSampler:
-        """Encode each prompt with ``encode`` (``str -> Tensor[1, T, D]``, any device/dtype) and
-        :meth:`fit` the embeddings.
+        """Encode each prompt with ``encode`` (``str -> Conditioning``, or ``Tensor[1, T, D]``
+        without a pooled part; any device/dtype) and :meth:`fit` the embeddings.
 
         ``progress(done, total)`` is called after each prompt. ``should_stop()`` is polled before
         each prompt; when it returns True the fit stops with :class:`TrainingInterrupted` (nothing
@@ -324,37 +385,39 @@ class ConditionSampler:
                 "condition distribution, e.g. the default list from load_default_prompts()."
             )
         total = len(prompts)
-        embeddings: torch.Tensor | None = None
+        rows: torch.Tensor | None = None
+        shape: tuple[tuple[int, ...], int] | None = None
         for index, prompt in enumerate(prompts):
             if should_stop is not None and should_stop():
                 raise TrainingInterrupted(
                     f"fitting the CDST condition distribution was cancelled after {index} of {total} prompts"
                 )
             embedding = _as_single_embedding(encode(prompt), prompt)
-            if embeddings is None:
+            this = (tuple(embedding.context.shape[1:]), embedding.pooled_dim)
+            if rows is None:
+                shape = this
                 # Filled in place: stacking a list at the end would briefly hold two copies.
-                embeddings = torch.empty((total, *embedding.shape[1:]), dtype=torch.float32)
-            elif tuple(embedding.shape[1:]) != tuple(embeddings.shape[1:]):
+                rows = torch.empty((total, embedding.flatten().shape[1]), dtype=torch.float32)
+            elif this != shape:
                 raise InvalidInputError(
-                    f"prompt {index + 1} {prompt!r} encodes to shape {list(embedding.shape)}, but earlier prompts gave "
-                    f"[1, {', '.join(map(str, embeddings.shape[1:]))}]; shorten it (prompts over 75 tokens make "
-                    "longer embeddings) or remove it from the list."
+                    f"prompt {index + 1} {prompt!r} encodes to {embedding.describe()}, but earlier prompts gave "
+                    f"context [1, {', '.join(map(str, shape[0]))}]{f' + pooled [1, {shape[1]}]' if shape[1] else ''}; "
+                    "shorten it (prompts over 75 tokens make longer embeddings) or remove it from the list."
                 )
-            embeddings[index] = embedding[0].detach().to(device="cpu", dtype=torch.float32)
+            rows[index] = embedding.flatten()[0].detach().to(device="cpu", dtype=torch.float32)
             if progress is not None:
                 progress(index + 1, total)
-        return cls.fit(
-            embeddings,
-            n_components=n_components,
-            seed=seed,
-            text_encoder_fingerprint=text_encoder_fingerprint,
+        context_shape, pooled_dim = shape
+        return cls._fit_rows(
+            rows, context_shape, pooled_dim, n_components, seed, text_encoder_fingerprint, family
         )
 
     # --- sampling ---------------------------------------------------------------------------------
 
-    def sample(self, generator: torch.Generator | None = None, n: int = 1) -> torch.Tensor:
-        """``n`` random conditions ``[n, T, D]`` (float32, on :attr:`device`):
-        ``z ~ N(score_mean, diag(variance))``, ``c = mean + z @ components``."""
+    def sample(self, generator: torch.Generator | None = None, n: int = 1) -> Conditioning:
+        """``n`` random conditionings (float32, on :attr:`device`): ``z ~ N(score_mean,
+        diag(variance))``, ``c = mean + z @ components``, split into context ``[n, T, D]`` and,
+        where fitted with one, the pooled part ``[n, P]``."""
         if n < 1:
             raise InvalidInputError(f"number of conditions to draw must be at least 1, got {n}")
         noise_device = generator.device if generator is not None else self.device
@@ -363,16 +426,16 @@ class ConditionSampler:
         )
         scores = self.score_mean + noise.to(self.device) * self.variance.sqrt()
         flat = torch.addmm(self.mean.unsqueeze(0), scores, self.components)
-        return flat.reshape(n, *self.embedding_shape)
+        return Conditioning.unflatten(flat, *self.embedding_shape, self.pooled_dim)
 
     def condition_for_iteration(
         self,
-        pivot: torch.Tensor,
+        pivot: Conditioning | torch.Tensor,
         iteration: int,
         h_iter: int = DEFAULT_H_ITER,
         generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """The CDST condition ``[1, T, D]`` for training iteration ``iteration``.
+    ) -> Conditioning:
+        """The CDST condition (batch of one) for training iteration ``iteration``.
 
         A random condition is drawn at every iteration, even at i = 0 where its weight is zero,
         so that the random stream (and hence every later condition) does not depend on h_iter.
@@ -380,13 +443,25 @@ class ConditionSampler:
         self.check_pivot(pivot)
         return blend(pivot, self.sample(generator, 1), iteration, h_iter)
 
-    def check_pivot(self, pivot: torch.Tensor) -> None:
-        if tuple(pivot.shape[1:]) != self.embedding_shape or pivot.dim() != 3:
+    def check_pivot(self, pivot: Conditioning | torch.Tensor) -> None:
+        pivot = Conditioning.of(pivot)
+        if tuple(pivot.context.shape[1:]) != self.embedding_shape or pivot.pooled_dim != self.pooled_dim:
+            pooled = f" + pooled [1, {self.pooled_dim}]" if self.pooled_dim else ""
             raise InvalidInputError(
-                f"the example's prompt embedding has shape {list(pivot.shape)} but the condition distribution was "
-                f"fitted on embeddings [1, {', '.join(map(str, self.embedding_shape))}]: refit it with the text "
-                "encoder of the checkpoint you train on."
+                f"the example's prompt embedding is {pivot.describe()} but the condition distribution was fitted on "
+                f"[1, {', '.join(map(str, self.embedding_shape))}]{pooled} ({family_name(self.family)}): refit it "
+                "with the text encoder of the checkpoint you train on."
             )
+
+    def check_family(self, family: str, model_what: str = "the model") -> None:
+        """Raise, naming both, when the distribution was fitted for another backbone family."""
+        check_family(
+            self.family,
+            family,
+            "the condition distribution (CDST)",
+            model_what,
+            f"Fit the conditions again with the {family_name(family)} model's CLIP",
+        )
 
     def check_text_encoder(self, fingerprint: str) -> None:
         """Raise if this distribution was fitted with another text encoder (when both are known)."""
@@ -404,6 +479,8 @@ class ConditionSampler:
             "n_components": self.n_components,
             "n_components_requested": self.n_components_requested,
             "embedding_shape": list(self.embedding_shape),
+            "pooled_dim": self.pooled_dim,
+            "family": self.family,
             "text_encoder_fingerprint": self.text_encoder_fingerprint,
             "notice": self.notice,
         }
@@ -439,6 +516,9 @@ class ConditionSampler:
                 n_components_requested=header.get("n_components_requested"),
                 text_encoder_fingerprint=header.get("text_encoder_fingerprint", ""),
                 notice=header.get("notice", ""),
+                # files written before these were recorded are SD 1.x, without a pooled part
+                pooled_dim=header.get("pooled_dim", 0),
+                family=header.get("family", SD1),
             )
         except (InvalidInputError, KeyError, TypeError, ValueError) as e:
             raise FileFormatError(f"{name} is not a valid conditions file ({e}); re-create it.") from e
@@ -453,16 +533,21 @@ class ConditionSampler:
 # --- helpers -------------------------------------------------------------------------------------
 
 
-def _as_single_embedding(embedding, prompt: str) -> torch.Tensor:
-    if not isinstance(embedding, torch.Tensor):
-        raise InvalidInputError(
-            f"the text encoder returned {type(embedding).__name__} for prompt {prompt!r}, not a tensor"
-        )
-    if embedding.dim() == 2:
+def _as_single_embedding(embedding, prompt: str) -> Conditioning:
+    if isinstance(embedding, torch.Tensor) and embedding.dim() == 2:
         embedding = embedding.unsqueeze(0)
-    if embedding.dim() != 3 or embedding.shape[0] != 1:
+    if not isinstance(embedding, (torch.Tensor, Conditioning)):
+        raise InvalidInputError(
+            f"the text encoder returned {type(embedding).__name__} for prompt {prompt!r}, not a conditioning"
+        )
+    if isinstance(embedding, torch.Tensor) and embedding.dim() != 3:
         raise InvalidInputError(
             f"the text encoder returned shape {list(embedding.shape)} for prompt {prompt!r}; expected [1, tokens, dim]"
+        )
+    embedding = Conditioning.of(embedding)
+    if embedding.batch_size != 1:
+        raise InvalidInputError(
+            f"the text encoder returned {embedding.describe()} for prompt {prompt!r}; expected one conditioning"
         )
     return embedding
 

@@ -2,13 +2,16 @@
 
 Architecture (docs/method.md §4), built entirely from a :class:`~diffsketch.capture.spec.FeatureSpec`:
 
-1. **Lower aggregation.** The UNet taps below the highest UNet resolution (SD 1.x: output blocks
-   0-8 at 8/16/32 px of a 64 px latent) are resized to the largest of their sizes and mixed by an
-   :class:`AggregationNetwork` (one bottleneck per tap shared across timesteps, one mixing logit
-   per (timestep, tap)).
-2. **Higher aggregation.** The taps at the highest UNet resolution (SD 1.x: blocks 9-11) are mixed
-   the same way, together with the lower result upsampled to that resolution as one extra entry
-   with its own bottleneck and logit.
+1. **Lower aggregation.** The UNet taps below the highest UNet resolution are resized to the
+   largest of their sizes and mixed by an :class:`AggregationNetwork` (one bottleneck per tap
+   shared across timesteps, one mixing logit per (timestep, tap)). "Lower" means every tap that
+   is not at the latent's own resolution, however many levels that is: SD 1.x / 2.x have three
+   such levels (output blocks 0-8 at latent/8, /4, /2, e.g. 8/16/32 px of a 64 px latent), mixed
+   at latent/2; SDXL, whose UNet has no latent/8 level, has two (output blocks 0-5 at latent/4
+   and /2, 32/64 px of its 128 px latent at 1024x1024), also mixed at latent/2.
+2. **Higher aggregation.** The taps at the highest UNet resolution (SD 1.x: blocks 9-11; SDXL:
+   blocks 6-8, all at the latent's resolution) are mixed the same way, together with the lower
+   result upsampled to that resolution as one extra entry with its own bottleneck and logit.
 3. The unconditional and conditional CFG branches go through both levels with shared weights and
    are concatenated channel-wise.
 4. **Feature-fusion decoder.** Each x2 stage concatenates the running features with channel-reduced
@@ -34,7 +37,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .. import fileio
 from ..capture.sampling import SCHEDULES
-from ..capture.spec import SD1, FeatureSpec, backbone_family, check_backbone_family
+from ..capture.spec import SD1, FeatureSpec, backbone_family, check_backbone_family, check_family, family_name
 from ..capture.timesteps import NUM_TRAIN_TIMESTEPS
 from ..errors import FileFormatError, InvalidInputError, UnsupportedModelError
 
@@ -617,13 +620,26 @@ class SketchGenerator(nn.Module):
             parts.append(rgb)
         return torch.cat(parts, dim=1)
 
+    def check_model(self, spec: FeatureSpec, model_what: str = "the model in use") -> None:
+        """Raise a clear error unless this generator can run on features of a model with ``spec``:
+        the backbone families must match (the message names both), then the layouts."""
+        check_family(
+            self.family,
+            spec.family,
+            "the generator",
+            model_what,
+            f"A generator only works with the backbone it was trained on: use an {family_name(self.family)} "
+            f"checkpoint, or train a generator on this {family_name(spec.family)} model",
+        )
+        if not self.spec.is_compatible(spec):
+            raise InvalidInputError(
+                f"{model_what} has layout {spec.fingerprint()}, but this generator was built for "
+                f"{self.spec.fingerprint()}. Capture with the base model the generator was trained on."
+            )
+
     def forward_sample(self, sample) -> torch.Tensor:
         """Run on a :class:`~diffsketch.capture.sample.CapturedSample`."""
-        if not self.spec.is_compatible(sample.spec):
-            raise InvalidInputError(
-                f"the sample was captured from a model with layout {sample.spec.fingerprint()}, but this generator "
-                f"was built for {self.spec.fingerprint()}. Capture with the base model the generator was trained on."
-            )
+        self.check_model(sample.spec, "the model the sample was captured with")
         return self(sample.unet, sample.vae, sample.rgb)
 
     # -- introspection -------------------------------------------------------------------------
@@ -708,8 +724,9 @@ def load_generator(
 ) -> SketchGenerator:
     """Load a generator file; its meta is attached as ``generator.meta``.
 
-    With ``expected_spec`` (the spec of the model in use), a generator trained for another layout
-    raises FileFormatError instead of failing later on shapes.
+    With ``expected_spec`` (the spec of the model in use), a generator trained on another
+    backbone family raises UnsupportedModelError naming both families, and one trained for
+    another layout of the same family FileFormatError, instead of failing later on shapes.
     """
     path = Path(path)
     tensors, header = fileio.load_model_file(path, GENERATOR_KIND, (GENERATOR_VERSION,))
@@ -719,6 +736,15 @@ def load_generator(
     except (KeyError, TypeError, ValueError) as e:
         raise FileFormatError(f"{path.name}: the generator header is incomplete or invalid ({e}).") from e
     _check_file_family(header, spec, path)
+    if expected_spec is not None:
+        check_family(
+            spec.family,
+            expected_spec.family,
+            f"the generator {path.name}",
+            "the model in use",
+            f"A generator only works with the backbone it was trained on: load an {family_name(spec.family)} "
+            f"checkpoint, or train a generator on this {family_name(expected_spec.family)} model",
+        )
     if expected_spec is not None and not spec.is_compatible(expected_spec):
         raise FileFormatError(
             f"{path.name} was trained for a different model layout (spec {spec.fingerprint()}) than the model in "

@@ -10,10 +10,10 @@ from collections.abc import Callable, Mapping
 
 import torch
 
+from ..backends.conditioning import Conditioning
 from ..capture.sampling import SamplingSettings
-from ..capture.spec import BACKBONE_FAMILIES, backbone_family
 from ..capture.timesteps import PAPER_TIMESTEPS
-from ..errors import InvalidInputError, UnsupportedModelError
+from ..errors import InvalidInputError
 from .generator import SketchGenerator
 
 
@@ -46,17 +46,7 @@ def check_generator_fits(backend, generator: SketchGenerator) -> None:
     spec = getattr(generator, "spec", None)
     if spec is None:
         return  # a teacher module of another kind; its forward_sample does its own checks
-    mine, theirs = backbone_family(generator), backbone_family(backend)
-    if mine != theirs:
-        raise UnsupportedModelError(
-            f"the generator was trained on an {BACKBONE_FAMILIES[mine]} model ({mine!r}) but the model connected "
-            f"is {BACKBONE_FAMILIES[theirs]} ({theirs!r}); use a model of the family it was trained on."
-        )
-    if not spec.is_compatible(backend.spec):
-        raise InvalidInputError(
-            f"the generator was trained for model layout {spec.fingerprint()} but the model connected has layout "
-            f"{backend.spec.fingerprint()}; use the base model it was trained with."
-        )
+    generator.check_model(backend.spec, "the model connected")
 
 
 def generator_sampling(generator, sampling: SamplingSettings) -> SamplingSettings:
@@ -76,7 +66,7 @@ def generator_sampling(generator, sampling: SamplingSettings) -> SamplingSetting
 def generate_pair(
     backend,
     generator: SketchGenerator,
-    cond_or_prompt: torch.Tensor | str,
+    cond_or_prompt: Conditioning | torch.Tensor | str,
     sampling: SamplingSettings,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -34,8 +34,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import __version__
+from ..backends.conditioning import Conditioning
 from ..capture.sample import CapturedSample
 from ..capture.sampling import SCHEDULES, SamplingSettings
+from ..capture.spec import check_family, family_name
 from ..capture.timesteps import ddim_grid, plan_timesteps
 from ..errors import FileFormatError, InvalidInputError
 from ..fileio import read_header
@@ -343,7 +345,8 @@ class Trainer:
     - ``example_sketch``: ``[1, 1, H, W]`` in [0, 1] at the example's size (:func:`prepare_sketch`).
     - ``conditions``: the CDST :class:`ConditionSampler`.
     - ``loss``: a :class:`DiffSketchLoss`; its weights are set to ``config.loss_weights``.
-    - ``pivot``: the example prompt's embedding ``[1, 77, D]``; None encodes ``example.meta["prompt"]``.
+    - ``pivot``: the example prompt's :class:`~diffsketch.backends.conditioning.Conditioning` (a
+      ``[1, 77, D]`` tensor where there is no pooled part); None encodes ``example.meta["prompt"]``.
     - ``generator``: the generator to train; None builds the default one for the example's spec
       and timestep count (or the one described by ``resume_from``'s checkpoint).
     - ``checkpoint_path``: where resumable checkpoints go (None: none are written).
@@ -360,7 +363,7 @@ class Trainer:
         conditions: ConditionSampler,
         loss: DiffSketchLoss,
         config: TrainConfig | None = None,
-        pivot: torch.Tensor | None = None,
+        pivot: Conditioning | torch.Tensor | None = None,
         generator: SketchGenerator | None = None,
         *,
         checkpoint_path: str | Path | None = None,
@@ -376,6 +379,15 @@ class Trainer:
 
         if not isinstance(example, CapturedSample):
             raise InvalidInputError(f"example must be a CapturedSample, got {type(example).__name__}")
+        family = backend.spec.family
+        check_family(
+            example.spec.family,
+            family,
+            "the example's features",
+            "the model you train on",
+            f"Capture the example with the {family_name(family)} model you train on",
+        )
+        conditions.check_family(family, "the model you train on")
         if not backend.spec.is_compatible(example.spec):
             raise InvalidInputError(
                 f"the example was captured from a model with layout {example.spec.fingerprint()}, but the backend's "
@@ -407,7 +419,9 @@ class Trainer:
                     )
                 pivot = backend.encode_prompt(prompt)
             conditions.check_pivot(pivot)
-            self.pivot = _owned(backend.check_conditioning(pivot, "pivot"), "cpu", always=True)
+            self.pivot = backend.check_conditioning(pivot, "pivot").map(
+                lambda t: _owned(t, "cpu", always=True)
+            )
 
             if generator is None:
                 generator = self._new_generator(resume_from)
@@ -655,6 +669,7 @@ class Trainer:
             "training": self.config.to_dict(),
             "steps_done": self.step,
             "base_model": {
+                "family": self.generator.spec.family,
                 "spec_fingerprint": self.generator.spec.fingerprint(),
                 "model_hash": _backend_model_hash(self.backend),
             },

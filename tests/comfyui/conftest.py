@@ -32,18 +32,30 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason=reason))
 
 
-@pytest.fixture(scope="session")
-def tiny_checkpoint() -> Path:
-    """Random-weight SD1.5-format checkpoint, generated once per recipe version."""
-    recipe = Path(__file__).with_name("tiny_checkpoint.py")
+def cached_checkpoint(recipe_name: str, stem: str) -> Path:
+    """A random-weight checkpoint written by the recipe script ``recipe_name`` (in a child process,
+    so its memory is returned), cached under DIFFSKETCH_TEST_CACHE by the recipe's hash."""
+    recipe = Path(__file__).with_name(recipe_name)
     digest = hashlib.sha256(recipe.read_bytes()).hexdigest()[:12]
     cache = Path(os.environ.get("DIFFSKETCH_TEST_CACHE", Path.home() / ".cache" / "diffsketch-tests"))
-    path = cache / f"tiny_sd15_{digest}.safetensors"
+    path = cache / f"{stem}_{digest}.safetensors"
     if not path.is_file():
         cache.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "COMFYUI_PATH": COMFYUI_PATH}
         subprocess.run([sys.executable, str(recipe), str(path)], check=True, env=env, cwd=str(cache))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint() -> Path:
+    """Random-weight SD1.5-format checkpoint, generated once per recipe version."""
+    return cached_checkpoint("tiny_checkpoint.py", "tiny_sd15")
+
+
+@pytest.fixture(scope="session")
+def sdxl_checkpoint() -> Path:
+    """Random-weight SDXL checkpoint ComfyUI detects as SDXL (2.3 GB, see sdxl_checkpoint.py)."""
+    return cached_checkpoint("sdxl_checkpoint.py", "tiny_sdxl")
 
 
 @pytest.fixture(scope="session")
