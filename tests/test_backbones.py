@@ -168,7 +168,7 @@ def test_sdxl_generator_forward_backward_and_low_memory():
     spec = tiny_sdxl_spec()
     torch.manual_seed(0)
     gen = SketchGenerator(spec, GeneratorConfig.from_spec(spec, 3, **SMALL_DIMS))
-    unet, vae, rgb = random_features(spec, 64, 96, (1, 501, 941), seed=1)
+    unet, vae, rgb = random_features(spec, width=96, height=64, timesteps=(1, 501, 941), seed=1)
     assert [tuple(x.shape[-2:]) for x in unet[1]][::3] == [(2, 3), (4, 6), (8, 12)]
     out = gen(unet, vae, rgb)
     assert out.shape == (1, 1, 64, 96) and torch.isfinite(out).all()

@@ -19,10 +19,11 @@ from tiny_models import (
 from diffsketch.backends.base import make_noise, rescale_zero_terminal_snr, scaled_linear_alphas_cumprod
 from diffsketch.backends.conditioning import Conditioning
 from diffsketch.backends.diffusers import DiffusersBackend, diffusers_family
+from diffsketch.capture.sampling import SamplingSettings
 from diffsketch.capture.spec import SD1, SD2, SDXL
 from diffsketch.errors import InvalidInputError, UnsupportedModelError
 
-SMALL = dict(steps=10, cfg=5.0, width=64, height=64, timesteps=(1, 501, 901))
+SMALL = SamplingSettings(steps=10, cfg=5.0, width=64, height=64, timesteps=(1, 501, 901))
 
 
 def rel(a, b):
@@ -84,7 +85,7 @@ def test_sdxl_sampling_matches_the_diffusers_sdxl_pipeline(prediction_type):
 
     backend = tiny_sdxl_backend(0, prediction_type=prediction_type)
     cond, uncond = backend.encode_prompt("a horse"), backend.encode_prompt("")
-    ours = backend.sample(cond, seed=4, capture=False, decode=False, **SMALL)
+    ours = backend.sample(cond, SMALL.replace(seed=4), capture=False, decode=False)
     pipe = StableDiffusionXLPipeline(
         vae=backend.vae,
         text_encoder=backend.text_encoder,
@@ -117,7 +118,7 @@ def test_sd2_v_prediction_matches_the_diffusers_sd_pipeline(sd2):
     assert sd2.spec.family == SD2 and sd2.prediction_type == "v_prediction" and len(sd2.spec.unet) == 12
     cond, uncond = sd2.encode_prompt("a horse"), sd2.encode_prompt("")
     assert sd2.tokenizer("a")[0, -1] == 0  # OpenCLIP padding
-    ours = sd2.sample(cond, seed=4, capture=False, decode=False, **SMALL)
+    ours = sd2.sample(cond, SMALL.replace(seed=4), capture=False, decode=False)
     pipe = StableDiffusionPipeline(
         vae=sd2.vae,
         text_encoder=sd2.text_encoder,
@@ -141,13 +142,13 @@ def test_sd2_v_prediction_matches_the_diffusers_sd_pipeline(sd2):
     assert rel(ours.latent * sd2.latent_scaling_factor, theirs) < 1e-4
     # read as epsilon, the same model gives another image: the prediction type is used
     eps = tiny_sd2_backend(0, prediction_type="epsilon").sample(
-        cond, seed=4, capture=False, decode=False, **SMALL
+        cond, SMALL.replace(seed=4), capture=False, decode=False
     )
     assert rel(eps.latent, ours.latent) > 1e-2
 
 
 def test_sdxl_capture_has_nine_taps_both_branches(sdxl):
-    s = sdxl.sample("a horse", seed=1, **SMALL)
+    s = sdxl.sample("a horse", SMALL.replace(seed=1))
     assert s.timesteps == (1, 501, 901) and s.meta["family"] == SDXL
     shapes = [tuple(x.shape) for x in s.unet[501]]
     assert shapes == [(2, 32, 2, 2)] * 3 + [(2, 32, 4, 4)] * 3 + [(2, 16, 8, 8)] * 3
@@ -170,7 +171,7 @@ def test_conditioning_must_fit_the_family(sdxl):
     tiny = tiny_backend(0)
     sdxl_cond = sdxl.encode_prompt("x")
     with pytest.raises(InvalidInputError, match="pooled text embedding"):
-        sdxl.sample(Conditioning(sdxl_cond.context), seed=0, **SMALL)
+        sdxl.sample(Conditioning(sdxl_cond.context), SMALL.replace(seed=0))
     with pytest.raises(InvalidInputError, match="does not take"):
         tiny.check_conditioning(Conditioning(tiny.encode_prompt("x").context, torch.zeros(1, 8)), "positive")
     with pytest.raises(InvalidInputError, match="SDXL model expects"):
