@@ -5,6 +5,8 @@ affects both alike; the best-of-N and median ratios are printed. Prints the rati
 on CPU). Random-weight diffusers models built from configs; nothing is downloaded.
 
     python benchmarks/capture_overhead.py                     # SD 1.5 UNet/VAE architecture, 256 px
+    python benchmarks/capture_overhead.py --arch sdxl --size 512 --steps 4  # SDXL base's UNet (10 GB fp32)
+    python benchmarks/capture_overhead.py --arch sd21                        # SD 2.1 768-v (v-prediction)
     python benchmarks/capture_overhead.py --arch tiny --size 64
 """
 
@@ -22,62 +24,78 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from diffsketch.capture.sampling import SamplingSettings  # noqa: E402
 
+TESTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests")
+ARCHS = ["sd15", "sd15-320", "sd21", "sdxl", "tiny"]
 
-def build(arch: str):
+
+def _text_encoder(width: int, layers: int, act: str, projection: int = 0):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(
+        hidden_size=width,
+        intermediate_size=4 * width,
+        num_hidden_layers=layers,
+        num_attention_heads=width // 64,
+        max_position_embeddings=77,
+        vocab_size=49408,
+        hidden_act=act,
+        projection_dim=projection or 512,
+    )
+    return CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
+
+
+def build(arch: str, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    """A random-weight backend of ``arch``'s UNet and VAE (the published configs). SD 1.5's text
+    encoder is full size; SD 2.1's and SDXL's have their real widths but 2 layers, which changes
+    one prompt encoding per run and keeps host memory to the UNet's (SDXL: 10 GB in fp32)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     from diffsketch.backends.diffusers import DiffusersBackend
 
     torch.manual_seed(0)
+    sys.path.insert(0, TESTS)
     if arch == "tiny":
-        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
         from tiny_models import tiny_backend
 
-        return tiny_backend(0)
-    widths = {"sd15": (320, 640, 1280, 1280), "sd15-320": (320, 320, 320, 320)}[arch]
-    unet = UNet2DConditionModel(
-        block_out_channels=widths,
-        layers_per_block=2,
-        cross_attention_dim=768,
-        attention_head_dim=8,
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-    )
-    vae = AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512),
-        layers_per_block=2,
-        latent_channels=4,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-    )
-    te = CLIPTextModel(
-        CLIPTextConfig(
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            max_position_embeddings=77,
-            vocab_size=49408,
+        tiny = tiny_backend(0)
+        return DiffusersBackend(tiny.unet, tiny.vae, tiny.text_encoder, device=device, dtype=dtype)
+    from backbone_configs import SD15_UNET, SD21_UNET, SD_VAE, SDXL_UNET
+
+    vae = AutoencoderKL(**SD_VAE)
+    on = dict(device=device, dtype=dtype)
+    if arch == "sdxl":
+        unet = UNet2DConditionModel(**SDXL_UNET)
+        return DiffusersBackend(
+            unet,
+            vae,
+            _text_encoder(768, 2, "quick_gelu"),
+            text_encoder_2=_text_encoder(1280, 2, "gelu", projection=1280),
+            **on,
         )
-    )
-    return DiffusersBackend(unet, vae, te)
+    if arch == "sd21":
+        return DiffusersBackend(
+            UNet2DConditionModel(**SD21_UNET),
+            vae,
+            _text_encoder(1024, 2, "gelu"),
+            prediction_type="v_prediction",
+            **on,
+        )
+    config = dict(SD15_UNET)
+    if arch == "sd15-320":
+        config["block_out_channels"] = (320, 320, 320, 320)
+    return DiffusersBackend(UNet2DConditionModel(**config), vae, _text_encoder(768, 12, "quick_gelu"), **on)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--arch", default="sd15", choices=["sd15", "sd15-320", "tiny"])
+    ap.add_argument("--arch", default="sd15", choices=ARCHS)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
 
-    backend = build(args.arch)
-    if args.device != "cpu":
-        backend = type(backend)(
-            backend.unet, backend.vae, backend.text_encoder, device=args.device, dtype=torch.float16
-        )
+    backend = build(args.arch, args.device, torch.float32 if args.device == "cpu" else torch.float16)
     cond = backend.encode_prompt("a photo of a horse in mud")
     kw = dict(seed=0, steps=args.steps, cfg=5.0, width=args.size, height=args.size)
 

@@ -46,7 +46,6 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from capture_overhead import build  # noqa: E402
 
-from diffsketch.backends.diffusers import DiffusersBackend  # noqa: E402
 from diffsketch.capture.sampling import SamplingSettings, fast_schedule  # noqa: E402
 from diffsketch.capture.timesteps import PAPER_TIMESTEPS, plan_timesteps  # noqa: E402
 from diffsketch.distill import DistillConfig, build_student, generate_pairs, pair_paths  # noqa: E402
@@ -295,9 +294,7 @@ def main(argv=None) -> int:
     )
     print_counts()
 
-    base = build(arch)
-    dtype = torch.float16 if gpu else torch.float32
-    backend = DiffusersBackend(base.unet, base.vae, base.text_encoder, device=device, dtype=dtype)
+    backend = build(arch, device, torch.float16 if gpu else torch.float32)
     plan = plan_timesteps(steps, PAPER_TIMESTEPS)
     sampling = SamplingSettings(
         seed=0, steps=steps, width=size, height=size, timesteps=tuple(plan.used), schedule="full", cfg=5.0

@@ -9,6 +9,7 @@ extractor steps (Distill), one 512x512 extraction (Extract). Iterations, pairs a
 so the per-unit medians times the templates' counts give each stage's time; the table prints both.
 
     python benchmarks/template_times.py --device cuda --dtype fp16 --json tools/template_stage_times.json
+    python benchmarks/template_times.py --arch sdxl --device cuda --dtype fp16 --json tools/template_stage_times_sdxl.json
     python benchmarks/template_times.py --tiny          # a CPU smoke run of the script (tiny model)
 
 With --json the per-unit times go to a file; saved as tools/template_stage_times.json, they give the
@@ -34,16 +35,18 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-from capture_overhead import build  # noqa: E402  (the SD 1.5-architecture random-weight backend)
+from capture_overhead import build  # noqa: E402  (random-weight backends of the published configs)
 from make_workflows import QUICK, STYLE, stage_minutes  # noqa: E402
 
-from diffsketch.backends.diffusers import DiffusersBackend  # noqa: E402
+from diffsketch.capture.sampling import SamplingSettings  # noqa: E402
 from diffsketch.distill import DistillConfig, generate_pairs, train_student  # noqa: E402
 from diffsketch.distill.extract import extract  # noqa: E402
 from diffsketch.train.conditions import ConditionSampler, load_default_prompts  # noqa: E402
 from diffsketch.train.losses import TINY_CLIP_ARCHITECTURE, ClipImageEncoder, DiffSketchLoss, build_lpips  # noqa: E402
 from diffsketch.train.trainer import TrainConfig, Trainer  # noqa: E402
 
+#: The image size of each backbone's templates (the SD 1.x ones at 512, the SDXL quick start at 1024).
+TEMPLATE_SIZE = {"sd15": 512, "sdxl": 1024}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -61,16 +64,17 @@ def _intervals(stamps: list[float]) -> list[float]:
 def measure(args) -> dict:
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
-    size = 64 if args.tiny else 512
-    models = build("tiny" if args.tiny else "sd15")
-    backend = DiffusersBackend(models.unet, models.vae, models.text_encoder, device=device, dtype=dtype)
+    size = 64 if args.tiny else TEMPLATE_SIZE[args.arch]
+    backend = build("tiny" if args.tiny else args.arch, str(device), dtype)
     seconds = {}
 
     # Sample & Capture: one image, 50 steps, the paper's 13 timesteps captured (run twice: warm-up)
     for _ in range(2):
         _sync(device)
         t0 = time.perf_counter()
-        example = backend.sample("a photo of a horse in mud", seed=50, steps=50, width=size, height=size)
+        example = backend.sample(
+            "a photo of a horse in mud", SamplingSettings(seed=50, steps=50, width=size, height=size)
+        )
         _sync(device)
         seconds["sample"] = time.perf_counter() - t0
 
@@ -78,7 +82,7 @@ def measure(args) -> dict:
     prompts = load_default_prompts()[: args.prompts] if args.prompts else load_default_prompts()
     t0 = time.perf_counter()
     conditions = ConditionSampler.fit_from_prompts(
-        backend.encode_prompt, prompts, n_components=min(512, len(prompts) - 1)
+        backend.encode_prompt, prompts, n_components=min(512, len(prompts) - 1), family=backend.spec.family
     )
     _sync(device)
     seconds["fit_conditions"] = (time.perf_counter() - t0) * len(load_default_prompts()) / len(prompts)
@@ -109,9 +113,7 @@ def measure(args) -> dict:
             conditions,
             pairs_dir,
             args.pairs,
-            width=size,
-            height=size,
-            schedule="fast",
+            SamplingSettings(width=size, height=size, schedule="fast"),
             progress=lambda done, total: (_sync(device), stamps.append(time.perf_counter())),
         )
         seconds["pair"] = statistics.median(_intervals(stamps))
@@ -138,13 +140,15 @@ def measure(args) -> dict:
         seconds["extract"] = time.perf_counter() - t0
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
-    return {"device": name, "dtype": args.dtype, "size": size, "seconds": seconds}
+    arch = "tiny" if args.tiny else args.arch
+    return {"device": name, "dtype": args.dtype, "arch": arch, "size": size, "seconds": seconds}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
+    ap.add_argument("--arch", default="sd15", choices=sorted(TEMPLATE_SIZE), help="the templates' backbone")
     ap.add_argument("--tiny", action="store_true", help="tiny random model at 64 px: checks the script runs")
     ap.add_argument("--train-iterations", type=int, default=6, help="training iterations measured")
     ap.add_argument("--pairs", type=int, default=4, help="distillation pairs measured")

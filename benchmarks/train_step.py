@@ -1,4 +1,4 @@
-"""Where one DiffSketch training iteration spends its time, and its peak memory at SD 1.5 shapes.
+"""Where one DiffSketch training iteration spends its time, and its peak memory at real model shapes.
 
 1. Tiny random-weight SD 1.x-shaped model (tests/tiny_models.py) at 64x64, the trainer's default
    generator for it: per-iteration time split into UNet sampling, VAE decode (with capture),
@@ -6,17 +6,20 @@
    Adam, for the full and the fast schedule.
 2. UNet evaluations per new sample, full vs fast schedule, for the paper's 13 timesteps on the
    50-step grid (target: >= 3.5x fewer).
-3. SD 1.5 shapes at 512x512 with random features (generator + losses only; no diffusion model):
+3. Real shapes (``--arch``: SD 1.5 or SD 2.1 at 512x512, SDXL at 1024x1024; 9 SDXL taps, 12 for
+   SD 1.x/2.x) with random features (generator + losses only; no diffusion model):
    the :class:`~diffsketch.train.trainer.Trainer` loop itself on a stand-in backend that hands back a
    random 13-timestep capture, with random-weight full-size CLIP ViT-B/32 (open_clip, no
    pretrained weights) and random-weight LPIPS AlexNet, fp32 on the CPU. Each mode runs in a
-   fresh process, whose peak resident memory (/proc/self/status VmHWM) is printed (target:
-   under 4 GB), followed by the same time split as in 1.
+   fresh process, whose peak resident memory (/proc/self/status VmHWM) is printed (targets, with
+   ``low_memory``: under 4 GB at SD 1.5's 512x512, under 10 GB at SDXL's 1024x1024), followed by
+   the same time split as in 1.
 
     python benchmarks/train_step.py --quick             # a few minutes on 2 cores (SD 1.5 part shrunk)
     python benchmarks/train_step.py --skip-sd15         # tiny model and evaluation counts only
     python benchmarks/train_step.py --skip-tiny --sd15-modes low_memory   # the 4 GB check: one SD 1.5
         # step at 512x512, 13 timesteps (about 15-25 min on 2 busy cores; seconds on a GPU box's CPU)
+    python benchmarks/train_step.py --skip-tiny --arch sdxl --sd15-modes low_memory   # the 10 GB check
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
+from diffsketch.backends.conditioning import Conditioning  # noqa: E402
 from diffsketch.capture.sample import CapturedSample  # noqa: E402
 from diffsketch.capture.sampling import SamplingSettings, fast_schedule  # noqa: E402
 from diffsketch.capture.timesteps import PAPER_TIMESTEPS, plan_timesteps  # noqa: E402
@@ -45,6 +49,11 @@ from diffsketch.train.losses import TINY_CLIP_ARCHITECTURE, ClipImageEncoder, Di
 from diffsketch.train.trainer import TrainConfig, Trainer  # noqa: E402
 
 GB = 1e9
+# Part 3: the spec (tests/helpers_spec.py), the image size the backbone is used at, the peak target.
+ARCH_SPECS = {"sd15": "sd15_spec", "sd21": "sd2_spec", "sdxl": "sdxl_spec"}
+ARCH_NAMES = {"sd15": "SD 1.5", "sd21": "SD 2.1", "sdxl": "SDXL"}
+ARCH_SIZES = {"sd15": 512, "sd21": 512, "sdxl": 1024}
+ARCH_TARGETS_GB = {"sd15": 4.0, "sd21": 4.0, "sdxl": 10.0}
 
 
 def _peak_rss_bytes() -> int:
@@ -143,7 +152,7 @@ def tiny_section(args) -> None:
 # 3: SD 1.5 shapes, in a fresh process per mode
 # ---------------------------------------------------------------------------------------------
 class RandomFeatureBackend:
-    """Stands in for an SD 1.5 backend: hands back the same random capture for every sample."""
+    """Stands in for a backend of ``spec``: hands back the same random capture for every sample."""
 
     def __init__(self, spec, sample: CapturedSample):
         self.spec = spec
@@ -151,7 +160,7 @@ class RandomFeatureBackend:
         self.calls = 0
 
     def check_conditioning(self, cond, name):
-        return cond.detach().float()
+        return Conditioning.of(cond).map(lambda t: t.detach().float())
 
     def sample(self, cond, settings, **kwargs) -> CapturedSample:
         self.calls += 1
@@ -166,11 +175,12 @@ def _rss_bytes() -> int:
     return 0
 
 
-def sd15_child(mode: str, size: int, n_timesteps: int, iterations: int, threads: int) -> None:
-    from helpers_spec import random_features, sd15_spec
+def sd15_child(mode: str, size: int, n_timesteps: int, iterations: int, threads: int, arch: str) -> None:
+    import helpers_spec
+    from helpers_spec import random_features
 
     torch.set_num_threads(threads)
-    spec = sd15_spec()
+    spec = getattr(helpers_spec, ARCH_SPECS[arch])()
     plan = plan_timesteps(50, PAPER_TIMESTEPS[:n_timesteps])
 
     def capture(seed):
@@ -187,8 +197,12 @@ def sd15_child(mode: str, size: int, n_timesteps: int, iterations: int, threads:
         )
 
     example, sample = capture(0), capture(1)
-    embeddings = torch.randn(8, 77, spec.context_dim, generator=torch.Generator().manual_seed(2))
-    conditions = ConditionSampler.fit(embeddings, n_components=4)
+    g = torch.Generator().manual_seed(2)
+    embeddings = Conditioning(
+        torch.randn(8, 77, spec.context_dim, generator=g),
+        torch.randn(8, spec.pooled_dim, generator=g) if spec.pooled_dim else None,
+    )
+    conditions = ConditionSampler.fit(embeddings, n_components=4, family=spec.family)
     loss = DiffSketchLoss(ClipImageEncoder.random("ViT-B-32"), build_lpips(random_weights=True))
     config = TrainConfig(
         iterations=iterations, lr=1e-4, checkpoint_every=0, preview_every=0, low_memory=mode == "low_memory"
@@ -200,7 +214,7 @@ def sd15_child(mode: str, size: int, n_timesteps: int, iterations: int, threads:
         conditions,
         loss,
         config,
-        pivot=embeddings[:1],
+        pivot=embeddings.map(lambda t: t[:1]),
     )
     features_gb = (example.nbytes() + sample.nbytes()) / GB
     rss_before, hwm_before = _rss_bytes(), _peak_rss_bytes()
@@ -220,7 +234,8 @@ def sd15_child(mode: str, size: int, n_timesteps: int, iterations: int, threads:
 
 
 def sd15_section(args) -> None:
-    size, n_t = args.sd15_size, args.sd15_timesteps
+    size, n_t = args.sd15_size or ARCH_SIZES[args.arch], args.sd15_timesteps
+    target_gb, full_size = ARCH_TARGETS_GB[args.arch], ARCH_SIZES[args.arch]
     env = dict(os.environ)
     allocator = "glibc malloc defaults"
     if args.malloc_mmap_threshold:
@@ -229,16 +244,19 @@ def sd15_section(args) -> None:
         env["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)
         allocator = f"MALLOC_MMAP_THRESHOLD_={args.malloc_mmap_threshold}"
     print(
-        f"\n== SD 1.5 shapes, {size}x{size}, {n_t} timesteps, random features (fp16 storage), CPU fp32, "
+        f"\n== {ARCH_NAMES[args.arch]} shapes, {size}x{size}, {n_t} timesteps, random features (fp16 storage), CPU fp32, "
         f"{args.threads} thread(s), {allocator}; the Trainer loop (generator + CLIP ViT-B/32 + LPIPS AlexNet, "
         "random weights) in a fresh process per mode =="
     )
-    if (size, n_t) != (512, 13):
-        print("   (the < 4 GB target is for 512x512 with 13 timesteps; this run is smaller)")
+    if (size, n_t) != (full_size, 13):
+        print(
+            f"   (the < {target_gb:g} GB target is for {full_size}x{full_size} with 13 timesteps; this run is smaller)"
+        )
     for mode in args.sd15_modes.split(","):
         command = [sys.executable, os.path.abspath(__file__), "--_sd15-child", mode]
         command += ["--sd15-size", str(size), "--sd15-timesteps", str(n_t)]
         command += ["--sd15-iterations", str(args.sd15_iterations), "--threads", str(args.threads)]
+        command += ["--arch", args.arch]
         start = time.perf_counter()
         result = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
         wall = time.perf_counter() - start
@@ -247,11 +265,11 @@ def sd15_section(args) -> None:
             print(f"{name}: failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
             continue
         r = json.loads(result.stdout.strip().splitlines()[-1])
-        verdict = "met" if r["peak_bytes"] < 4 * GB else "MISSED"
+        verdict = "met" if r["peak_bytes"] < target_gb * GB else "MISSED"
         total = sum(r["split"].values())
         split = ", ".join(f"{k} {v:.1f} s ({100 * v / total:.0f}%)" for k, v in r["split"].items())
         print(
-            f"{name}: peak RSS {r['peak_bytes'] / GB:.2f} GB (target < 4 GB: {verdict}); resident before the first "
+            f"{name}: peak RSS {r['peak_bytes'] / GB:.2f} GB (target < {target_gb:g} GB: {verdict}); resident before the first "
             f"step {r['rss_before_bytes'] / GB:.2f} GB, of which {r['features_gb']:.2f} GB example + sample features; "
             f"generator {r['params_m']:.1f} M parameters\n"
             f"    {total:.1f} s/iteration (median of {args.sd15_iterations}) = {split}; process wall {wall:.0f} s"
@@ -265,7 +283,8 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--skip-tiny", action="store_true")
     parser.add_argument("--skip-sd15", action="store_true")
-    parser.add_argument("--sd15-size", type=int, default=512)
+    parser.add_argument("--arch", default="sd15", choices=sorted(ARCH_SPECS), help="shapes of part 3")
+    parser.add_argument("--sd15-size", type=int, default=0, help="part 3's image size (default: the arch's)")
     parser.add_argument("--sd15-timesteps", type=int, default=13, choices=range(1, 14), metavar="1..13")
     parser.add_argument("--sd15-iterations", type=int, default=1, help="Trainer iterations per SD 1.5 mode")
     parser.add_argument(
@@ -285,11 +304,12 @@ def main(argv=None) -> None:
     parser.add_argument("--_sd15-child", dest="sd15_child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.sd15_child is not None:
-        sd15_child(args.sd15_child, args.sd15_size, args.sd15_timesteps, args.sd15_iterations, args.threads)
+        size = args.sd15_size or ARCH_SIZES[args.arch]
+        sd15_child(args.sd15_child, size, args.sd15_timesteps, args.sd15_iterations, args.threads, args.arch)
         return
     if args.quick:
         args.repeats, args.warmup = 1, 1
-        args.sd15_size, args.sd15_timesteps, args.sd15_modes = 256, 3, "low_memory"
+        args.sd15_size, args.sd15_timesteps, args.sd15_modes = ARCH_SIZES[args.arch] // 2, 3, "low_memory"
     bad = set(args.sd15_modes.split(",")) - {"low_memory", "plain"}
     if bad:
         parser.error(f"unknown --sd15-modes {sorted(bad)}")
