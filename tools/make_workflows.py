@@ -81,6 +81,12 @@ SD15 = ModelFile(
     "checkpoints",
     "Stable Diffusion 1.5",
 )
+SDXL = ModelFile(
+    "sd_xl_base_1.0.safetensors",
+    "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/sd_xl_base_1.0.safetensors",
+    "checkpoints",
+    "Stable Diffusion XL base 1.0 (or any SDXL fine-tune: pick it in Load Checkpoint)",
+)
 CLIP = ModelFile(CLIP_FILENAMES[0], CLIP_URL, "diffsketch_clip", "OpenAI CLIP ViT-B/32")
 # torchvision publishes AlexNet at download.pytorch.org only: the dialog shows this link without a
 # download button, and the note says where to put the file.
@@ -94,11 +100,11 @@ def _ckpt(model: ModelFile = SD15):
     return {"type": "CheckpointLoaderSimple", "widgets": {"ckpt_name": model.name}, "models": [model.entry()]}
 
 
-def _sample():
+def _sample(size: int = 512):
     return {
         "type": "DiffSketchSample",
         "inputs": {"model": [1, 0], "clip": [1, 1], "vae": [1, 2]},
-        "widgets": {"prompt": PROMPT, "seed": SEED, "steps": 50, "cfg": 5.0, "width": 512, "height": 512},
+        "widgets": {"prompt": PROMPT, "seed": SEED, "steps": 50, "cfg": 5.0, "width": size, "height": size},
     }
 
 
@@ -131,9 +137,13 @@ class Speed:
 
 QUICK = Speed(train_iterations=300, h_iter=250, pair_count=200, distill_iterations=1000)
 STYLE = Speed(train_iterations=600, h_iter=500, pair_count=500, distill_iterations=1500)
-# Seconds per unit of work measured by benchmarks/template_times.py (--json writes this file): the
-# notes say "about N min on <device>" per stage when it is there, and the work alone otherwise.
-STAGE_TIMES = REPO / "tools" / "template_stage_times.json"
+# Seconds per unit of work measured by benchmarks/template_times.py (--json writes these files, one
+# per backbone the templates use): the notes say "about N min on <device>" per stage when the file
+# is there, and the work alone otherwise.
+STAGE_TIMES = {
+    "sd15": REPO / "tools" / "template_stage_times.json",
+    "sdxl": REPO / "tools" / "template_stage_times_sdxl.json",
+}
 
 
 def stage_minutes(seconds: dict, speed: Speed) -> dict[str, float]:
@@ -148,7 +158,8 @@ def stage_minutes(seconds: dict, speed: Speed) -> dict[str, float]:
     }
 
 
-def load_stage_times(path: Path = STAGE_TIMES) -> dict | None:
+def load_stage_times(arch: str = "sd15") -> dict | None:
+    path = STAGE_TIMES[arch]
     return json.loads(path.read_text()) if path.is_file() else None
 
 
@@ -173,7 +184,9 @@ def _train(sketch_src, speed: Speed, save_name="my_style"):
     }
 
 
-def _distill(generator_src, conditions_src, loss_src, speed: Speed, save_name="my_style_extractor"):
+def _distill(
+    generator_src, conditions_src, loss_src, speed: Speed, save_name="my_style_extractor", size: int = 512
+):
     return {
         "type": "DiffSketchDistill",
         "inputs": {
@@ -188,6 +201,8 @@ def _distill(generator_src, conditions_src, loss_src, speed: Speed, save_name="m
             "pair_count": speed.pair_count,
             "iterations": speed.distill_iterations,
             "schedule": "fast",
+            "width": size,
+            "height": size,
             "save_name": save_name,
         },
     }
@@ -221,10 +236,12 @@ def _duration(minutes: float) -> str:
     return f"about {minutes / 60:.1f} h"
 
 
-def stages_section(number: int, stages: list[Stage], speed: Speed, heading: str = "Press Run") -> str:
+def stages_section(
+    number: int, stages: list[Stage], speed: Speed, heading: str = "Press Run", arch: str = "sd15"
+) -> str:
     """A numbered step: run, then one line per group on the canvas, with its time where
-    benchmarks/template_times.py has measured it (tools/template_stage_times.json)."""
-    measured = load_stage_times()
+    benchmarks/template_times.py has measured it for ``arch`` (:data:`STAGE_TIMES`)."""
+    measured = load_stage_times(arch)
     minutes = stage_minutes(measured["seconds"], speed) if measured else {}
     lines = [f"## {number}. {heading}"]
     for s in stages:
@@ -369,26 +386,28 @@ def note_node(text: str, width: int = 440) -> dict:
 # ---------------------------------------------------------------------------------------------
 # The templates
 # ---------------------------------------------------------------------------------------------
-def _models_stage(columns=((1, 5, 4),)):
+def _models_stage(columns=((1, 5, 4),), checkpoint: str = "SD 1.5"):
     return Stage(
         "models",
         "Models",
         COLORS["models"],
         [list(c) for c in columns],
-        "SD 1.5, loss networks, prompt conditions",
+        f"{checkpoint}, loss networks, prompt conditions",
         ("fit_conditions",),
     )
 
 
-def quick_start() -> dict:
+def _quick_start(checkpoint: ModelFile, size: int, arch: str, title: str, intro: str, prefix: str) -> dict:
+    """From a checkpoint to an extractor in one run: Sample & Capture, XDoG as the drawing, Train,
+    Distill, Extract, at ``size`` px on the fast schedule."""
     stages = [
-        _models_stage(),
+        _models_stage(checkpoint="SDXL" if arch == "sdxl" else "SD 1.5"),
         Stage(
             "example",
             "Example",
             COLORS["example"],
             [[3, 2]],
-            "an image of a horse and its XDoG sketch",
+            f"a {size}x{size} image of a horse and its XDoG sketch",
             ("sample",),
         ),
         Stage(
@@ -396,7 +415,7 @@ def quick_start() -> dict:
             "Train",
             COLORS["train"],
             [[6]],
-            f"learns the sketch style ({QUICK.train_iterations} fast iterations) → generator `quick_style`",
+            f"learns the sketch style ({QUICK.train_iterations} fast iterations) → generator `{prefix}style`",
             ("train",),
         ),
         Stage(
@@ -404,7 +423,7 @@ def quick_start() -> dict:
             "Distill",
             COLORS["distill"],
             [[7]],
-            f"{QUICK.pair_count} image/sketch pairs, then a small extractor → `quick_style_extractor`",
+            f"{QUICK.pair_count} image/sketch pairs, then a small extractor → `{prefix}style_extractor`",
             ("distill",),
         ),
         Stage(
@@ -417,31 +436,57 @@ def quick_start() -> dict:
         ),
     ]
     text = note(
-        "DiffSketch quick start",
-        "From nothing to a sketch extractor of your own in one run, no drawing needed: an XDoG sketch of a "
-        "generated image stands in for a drawing. Templates 2 to 5 do the same with a sketch you draw.",
-        files_section([SD15, CLIP, ALEXNET]),
-        stages_section(2, stages, QUICK),
+        title,
+        intro,
+        files_section([checkpoint, CLIP, ALEXNET]),
+        stages_section(2, stages, QUICK, arch=arch),
         "Long stages show progress and previews on their node. Cancel keeps what is done; Run again continues.",
     )
     nodes = {
-        1: _ckpt(),
-        2: _sample(),
+        1: _ckpt(checkpoint),
+        2: _sample(size),
         3: {"type": "DiffSketchXDoG", "inputs": {"image": [2, 0]}},
         4: _fit_conditions(),
         5: _loss_models(),
-        # Names of its own, so the quick start never overwrites the style of templates 2-5.
-        6: _train([3, 0], QUICK, save_name="quick_style"),
-        7: _distill([6, 0], [4, 0], [5, 0], QUICK, save_name="quick_style_extractor"),
+        # Names of its own, so a quick start never overwrites the style of templates 2-5.
+        6: _train([3, 0], QUICK, save_name=f"{prefix}style"),
+        7: _distill([6, 0], [4, 0], [5, 0], QUICK, save_name=f"{prefix}style_extractor", size=size),
         8: {"type": "DiffSketchExtract", "inputs": {"extractor": [7, 0], "image": [2, 0]}},
         9: {
             "type": "SaveImage",
             "inputs": {"images": [8, 0]},
-            "widgets": {"filename_prefix": "diffsketch/quick"},
+            "widgets": {"filename_prefix": f"diffsketch/{prefix.rstrip('_')}"},
         },
         20: note_node(text),
     }
     return {"nodes": nodes, "stages": stages, "arrangement": [[[NOTE], [s.key for s in stages]]]}
+
+
+def quick_start() -> dict:
+    return _quick_start(
+        SD15,
+        512,
+        "sd15",
+        "DiffSketch quick start",
+        "From nothing to a sketch extractor of your own in one run, no drawing needed: an XDoG sketch of a "
+        "generated image stands in for a drawing. Templates 2 to 5 do the same with a sketch you draw; "
+        "template 6 is this quick start on SDXL.",
+        "quick_",
+    )
+
+
+def quick_start_sdxl() -> dict:
+    return _quick_start(
+        SDXL,
+        1024,
+        "sdxl",
+        "DiffSketch quick start on SDXL",
+        "Template 1 on an SDXL checkpoint (SDXL base or a fine-tune such as Illustrious, NoobAI, Pony or "
+        "Juggernaut) at 1024x1024. DiffSketch works with SD 1.x, SD 2.x and SDXL; the generator and "
+        "extractor it makes belong to the checkpoint family they were trained on. Templates 2 to 5 work "
+        "with an SDXL checkpoint too: pick it in Load Checkpoint and set the sizes to 1024.",
+        "quick_sdxl_",
+    )
 
 
 def make_example() -> dict:
@@ -625,6 +670,7 @@ TEMPLATES = [
     Template("train_style", "Train your style", train_style),
     Template("distill", "Distill an extractor", distill),
     Template("extract", "Extract sketches", extract),
+    Template("quick_start_sdxl", "Quick start on SDXL", quick_start_sdxl),
 ]
 
 

@@ -32,11 +32,15 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason=reason))
 
 
-def cached_checkpoint(recipe_name: str, stem: str) -> Path:
+def cached_checkpoint(recipe_name: str, stem: str, uses: tuple[str, ...] = ()) -> Path:
     """A random-weight checkpoint written by the recipe script ``recipe_name`` (in a child process,
-    so its memory is returned), cached under DIFFSKETCH_TEST_CACHE by the recipe's hash."""
+    so its memory is returned), cached under DIFFSKETCH_TEST_CACHE by the hash of the recipe and
+    of the recipes it ``uses``."""
     recipe = Path(__file__).with_name(recipe_name)
-    digest = hashlib.sha256(recipe.read_bytes()).hexdigest()[:12]
+    digest = hashlib.sha256(recipe.read_bytes())
+    for name in uses:
+        digest.update(Path(__file__).with_name(name).read_bytes())
+    digest = digest.hexdigest()[:12]
     cache = Path(os.environ.get("DIFFSKETCH_TEST_CACHE", Path.home() / ".cache" / "diffsketch-tests"))
     path = cache / f"{stem}_{digest}.safetensors"
     if not path.is_file():
@@ -56,6 +60,15 @@ def tiny_checkpoint() -> Path:
 def sdxl_checkpoint() -> Path:
     """Random-weight SDXL checkpoint ComfyUI detects as SDXL (2.3 GB, see sdxl_checkpoint.py)."""
     return cached_checkpoint("sdxl_checkpoint.py", "tiny_sdxl")
+
+
+@pytest.fixture(scope="session")
+def sd2_checkpoint() -> Path:
+    """Random-weight SD 2.x 768-v checkpoint ComfyUI detects as SD 2.x v-prediction (1.0 GB, see
+    sd2_checkpoint.py)."""
+    return cached_checkpoint(
+        "sd2_checkpoint.py", "tiny_sd2v", uses=("sdxl_checkpoint.py", "tiny_checkpoint.py")
+    )
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,9 @@ import pytest
 import torch
 from comfy_harness import COMFYUI_PATH
 
-FEW = dict(seed=3, steps=10, cfg=5.0, width=64, height=64, timesteps=(1, 501, 901))
+from diffsketch.capture.sampling import SamplingSettings
+
+FEW = SamplingSettings(seed=3, steps=10, cfg=5.0, width=64, height=64, timesteps=(1, 501, 901))
 PROMPT = "a photo of a horse in mud"
 
 
@@ -29,8 +31,12 @@ def _tokenizers():
     from transformers import CLIPTokenizer
 
     path = os.path.join(COMFYUI_PATH, "comfy", "sd1_tokenizer")
-    # OpenAI CLIP-L pads with its end token; SDXL's bigG tokenizer pads with "!" (id 0)
-    return CLIPTokenizer.from_pretrained(path), CLIPTokenizer.from_pretrained(path, pad_token="!")
+    # OpenAI CLIP-L pads with its end token; SDXL's bigG tokenizer pads with "!" (id 0). ComfyUI's
+    # copy says 8192 tokens (it chunks long prompts itself); the pipeline pads to this length.
+    return (
+        CLIPTokenizer.from_pretrained(path, model_max_length=77),
+        CLIPTokenizer.from_pretrained(path, pad_token="!", model_max_length=77),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +51,7 @@ def diffusers_side(sdxl_checkpoint):
     backend = DiffusersBackend.from_single_file(sdxl_checkpoint)
     out = {"spec": backend.spec, "hash": backend.model_hash(), "prediction": backend.prediction_type}
     out["cond"], out["uncond"] = backend.encode_prompt(PROMPT), backend.encode_prompt("")
-    out["sample"] = backend.sample(out["cond"], **FEW)
+    out["sample"] = backend.sample(out["cond"], FEW)
     tokenizer, tokenizer_2 = _tokenizers()
     pipe = StableDiffusionXLPipeline(
         vae=backend.vae,
@@ -66,7 +72,7 @@ def diffusers_side(sdxl_checkpoint):
     # ModelSamplingDiscrete node with v_prediction and zsnr)
     backend.prediction_type = "v_prediction"
     backend.alphas_cumprod = rescale_zero_terminal_snr(backend.alphas_cumprod)
-    out["vpred"] = backend.sample(out["cond"], **FEW)
+    out["vpred"] = backend.sample(out["cond"], FEW)
     del pipe, backend
     gc.collect()
     return out
@@ -139,7 +145,7 @@ def test_same_image_and_features_as_the_diffusers_backend(comfy_inprocess, comfy
     wrappers = {k: dict(v) for k, v in model.wrappers.items()}
     backend = _backend(comfy_inprocess, model, clip, vae)
     with torch.inference_mode():
-        ours = backend.sample(diffusers_side["cond"], **FEW)
+        ours = backend.sample(diffusers_side["cond"], FEW)
     _compare(ours, diffusers_side["sample"])
     assert not torch.equal(ours.unet[501][0][0], ours.unet[501][0][1])  # both branches
     assert _hooks(model, vae) == 0 and {k: dict(v) for k, v in model.wrappers.items()} == wrappers
@@ -153,7 +159,7 @@ def test_v_prediction_on_a_zero_snr_schedule_agrees(comfy_inprocess, comfy_sdxl,
     backend = _backend(comfy_inprocess, patched, clip, vae)
     assert backend.prediction_type == "v_prediction"
     with torch.inference_mode():
-        ours = backend.sample(diffusers_side["cond"], **FEW)
+        ours = backend.sample(diffusers_side["cond"], FEW)
     _compare(ours, diffusers_side["vpred"])
     assert _rel(ours.latent, diffusers_side["sample"].latent) > 1e-2  # v-prediction was used
 

@@ -50,13 +50,16 @@ def load_api(key: str, small: bool = True) -> dict:
 
 
 @pytest.fixture(scope="module")
-def workflow_env(comfy_server, tiny_checkpoint):
+def workflow_env(comfy_server, tiny_checkpoint, sdxl_checkpoint):
     from diffsketch.train.losses import TINY_CLIP_ARCHITECTURE, ClipImageEncoder
 
     base = comfy_server.base
     ckpt = base / "models" / "checkpoints" / "v1-5-pruned-emaonly-fp16.safetensors"
     if not ckpt.exists():
         ckpt.symlink_to(tiny_checkpoint)
+    sdxl = base / "models" / "checkpoints" / "sd_xl_base_1.0.safetensors"
+    if not sdxl.exists():
+        sdxl.symlink_to(sdxl_checkpoint)
     from safetensors.torch import save_file
 
     torch.manual_seed(0)
@@ -151,3 +154,20 @@ def test_workflows_run_end_to_end(comfy_server, workflow_env):
     assert entry["status"]["status_str"] == "success", error_message(entry)
     gens = comfy_server.get("/object_info/DiffSketchLoadGenerator")["DiffSketchLoadGenerator"]
     assert "my_style.safetensors" in gens["input"]["required"]["generator_name"][1]["options"]
+
+
+def test_the_sdxl_quick_start_runs_end_to_end(comfy_server, workflow_env):
+    """Sample & Capture -> XDoG -> Train -> Distill -> Extract on an SDXL checkpoint ComfyUI detects
+    as SDXL (sdxl_checkpoint.py), at 64x64: the files it writes record the SDXL family."""
+    from diffsketch.distill.extractor import load_extractor
+    from diffsketch.train.generator import load_generator
+
+    api = load_api("quick_start_sdxl")
+    assert {n["inputs"].get("ckpt_name") for n in api.values()} >= {"sd_xl_base_1.0.safetensors"}
+    entry = comfy_server.run(api)
+    assert entry["status"]["status_str"] == "success", error_message(entry)
+    models = workflow_env / "models" / "diffsketch"
+    generator = load_generator(models / "generators" / "quick_sdxl_style.safetensors")
+    assert generator.family == "sdxl" and len(generator.spec.unet) == 9 and generator.spec.pooled_dim == 1280
+    load_extractor(models / "extractors" / "quick_sdxl_style_extractor.safetensors")
+    assert entry["outputs"]["9"]["images"]

@@ -1,0 +1,92 @@
+"""Tier 2, in-process: an SD 2.x 768-v checkpoint in ComfyUI's own format (sd2_checkpoint.py) through
+the ComfyUI backend and the diffusers backend (which reads the single file itself): both take it
+for SD 2.x with v-prediction, encode prompts alike (OpenCLIP-H's penultimate layer) and give the
+same image and features, with no hook left on ComfyUI's UNet."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+
+from diffsketch.capture.sampling import SamplingSettings
+
+FEW = SamplingSettings(seed=3, steps=10, cfg=5.0, width=64, height=64, timesteps=(1, 501, 901))
+PROMPT = "a photo of a horse in mud"
+
+
+def _rel(a, b):
+    return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12))
+
+
+@pytest.fixture(scope="module")
+def diffusers_side(sd2_checkpoint):
+    from diffsketch.backends.diffusers import DiffusersBackend
+
+    backend = DiffusersBackend.from_single_file(sd2_checkpoint)
+    out = {"spec": backend.spec, "hash": backend.model_hash(), "prediction": backend.prediction_type}
+    out["cond"], out["uncond"] = backend.encode_prompt(PROMPT), backend.encode_prompt("")
+    out["sample"] = backend.sample(out["cond"], FEW)
+    epsilon = DiffusersBackend.from_single_file(sd2_checkpoint, prediction_type="epsilon")
+    out["epsilon"] = epsilon.sample(out["cond"], FEW, capture=False, decode=False)
+    del backend, epsilon
+    gc.collect()
+    return out
+
+
+@pytest.fixture(scope="module")
+def comfy_sd2(comfy_inprocess, sd2_checkpoint, diffusers_side):
+    import comfy.model_management
+    import comfy.sd
+
+    model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
+        str(sd2_checkpoint), output_vae=True, output_clip=True
+    )
+    yield model, clip, vae
+    del model, clip, vae
+    comfy.model_management.unload_all_models()
+    gc.collect()
+
+
+def _hooks(model, vae):
+    unet = sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.model.diffusion_model.modules()
+    )
+    return unet + sum(len(m._forward_hooks) for m in vae.first_stage_model.modules())
+
+
+def test_both_backends_read_sd2_v_prediction(comfy_inprocess, comfy_sd2, diffusers_side):
+    model, clip, vae = comfy_sd2
+    assert type(model.model.model_config).__name__ == "SD20"
+    backend = comfy_inprocess.nodes.comfy_backend.ComfyBackend(model, clip, vae)
+    assert backend.spec.family == diffusers_side["spec"].family == "sd2"
+    assert backend.prediction_type == diffusers_side["prediction"] == "v_prediction"
+    assert len(backend.spec.unet) == 12 and backend.spec.context_dim == 1024 and backend.spec.pooled_dim == 0
+    assert backend.spec.signature() == diffusers_side["spec"].signature()
+    assert backend.model_hash() == diffusers_side["hash"]
+    for mine, theirs in (
+        (backend.encode_prompt(PROMPT), diffusers_side["cond"]),
+        (backend.encode_prompt(""), diffusers_side["uncond"]),
+    ):
+        assert mine.pooled is None and mine.context.shape == theirs.context.shape == (1, 77, 1024)
+        assert _rel(mine.context, theirs.context) < 1e-3
+
+
+def test_same_image_and_features_as_the_diffusers_backend(comfy_inprocess, comfy_sd2, diffusers_side):
+    model, clip, vae = comfy_sd2
+    wrappers = {k: dict(v) for k, v in model.wrappers.items()}
+    backend = comfy_inprocess.nodes.comfy_backend.ComfyBackend(model, clip, vae)
+    with torch.inference_mode():
+        ours = backend.sample(diffusers_side["cond"], FEW)
+    theirs = diffusers_side["sample"]
+    assert ours.timesteps == theirs.timesteps
+    assert _rel(ours.image, theirs.image) < 1e-3 and _rel(ours.latent, theirs.latent) < 1e-3
+    for t in ours.timesteps:
+        for i, (a, b) in enumerate(zip(ours.unet[t], theirs.unet[t], strict=True)):
+            assert _rel(a, b) < 1e-3, (t, i)
+    for a, b in zip(ours.vae, theirs.vae, strict=True):
+        assert _rel(a, b) < 1e-3
+    # v-prediction made a difference: the file read as epsilon samples another latent
+    assert _rel(ours.latent, diffusers_side["epsilon"].latent) > 1e-2
+    assert _hooks(model, vae) == 0 and {k: dict(v) for k, v in model.wrappers.items()} == wrappers
