@@ -426,3 +426,50 @@ def test_extract_keeps_every_output_when_inputs_share_a_name(tmp_path, capsys):
     same = [Path("x/a/horse.png"), Path("x/b/horse.png"), Path("y/horse_png.png"), Path("horse.jpg")]
     names = output_names(same)
     assert len(set(names)) == 4 and names[:2] == ["a_horse_png.png", "b_horse_png.png"]
+
+
+def _save_folder(root: Path, backend, scheduler: dict | None = None) -> Path:
+    backend.unet.save_pretrained(root / "unet")
+    backend.vae.save_pretrained(root / "vae")
+    backend.text_encoder.save_pretrained(root / "text_encoder")
+    if getattr(backend, "text_encoder_2", None) is not None:
+        backend.text_encoder_2.save_pretrained(root / "text_encoder_2")
+    if scheduler is not None:
+        (root / "scheduler").mkdir()
+        (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler))
+    return root
+
+
+@pytest.mark.parametrize("family", ["sdxl", "sd2"])
+def test_sample_reads_sdxl_and_sd2_diffusers_folders(family, tmp_path):
+    from tiny_models import tiny_sd2_backend, tiny_sdxl_backend
+
+    from diffsketch.capture.sample import CapturedSample
+
+    backend = tiny_sdxl_backend(0) if family == "sdxl" else tiny_sd2_backend(0)
+    # SD 2.x 768-v's scheduler says v_prediction; the SDXL base's says nothing (epsilon)
+    scheduler = {"prediction_type": "v_prediction"} if family == "sd2" else {}
+    folder = _save_folder(tmp_path / family, backend, scheduler)
+    out = tmp_path / "example.safetensors"
+    args = ["sample", "--model", str(folder), "--prompt", "a horse", "--seed", "3", "--steps", "20"]
+    rc = main([*args, "--width", "64", "--height", "64", "--device", "cpu", "--out", str(out)])
+    assert rc == 0
+    sample = CapturedSample.load(out)
+    assert sample.spec.family == family and len(sample.spec.unet) == (9 if family == "sdxl" else 12)
+    assert sample.meta["prediction_type"] == ("v_prediction" if family == "sd2" else "epsilon")
+    direct = backend.sample("a horse", SamplingSettings(seed=3, steps=20, width=64, height=64))
+    torch.testing.assert_close(sample.image, direct.image)
+
+
+def test_an_sdxl_refiner_folder_is_refused_with_the_reason(tmp_path, capsys):
+    from tiny_models import tiny_sdxl_backend
+
+    folder = _save_folder(tmp_path / "refiner", tiny_sdxl_backend(0))
+    for sub in (folder / "text_encoder").iterdir():
+        sub.unlink()
+    (folder / "text_encoder").rmdir()
+    rc = main(
+        ["sample", "--model", str(folder), "--prompt", "x", "--device", "cpu", "--out", str(tmp_path / "x")]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and "SDXL refiner" in err and "SD 1.x, SD 2.x" in err and "Traceback" not in err

@@ -163,7 +163,7 @@ def test_no_hooks_left_after_success_failure_and_interrupt(comfy_inprocess, load
     assert {k: dict(v) for k, v in model.wrappers.items()} == wrappers_before
 
 
-def test_non_sd1_model_rejected(comfy_inprocess, loaded_checkpoint):
+def test_other_kinds_of_model_are_refused_naming_what_is_supported(comfy_inprocess, loaded_checkpoint):
     from diffsketch.errors import UnsupportedModelError
 
     ComfyBackend = comfy_inprocess.nodes.comfy_backend.ComfyBackend
@@ -174,17 +174,27 @@ def test_non_sd1_model_rejected(comfy_inprocess, loaded_checkpoint):
             class model_config:  # noqa: N801
                 unet_config = {}
 
-            diffusion_model = torch.nn.Linear(1, 1)  # a DiT-like model has no output_blocks
+            diffusion_model = torch.nn.Linear(1, 1)  # a DiT (Flux, SD3, ...) has no output_blocks
 
-    with pytest.raises(UnsupportedModelError, match="SD 1.x"):
+    with pytest.raises(UnsupportedModelError, match="Flux, SD3") as e:
         ComfyBackend(FakeModel(), clip, vae)
+    assert "works with SD 1.x, SD 2.x" in str(e.value) and "SDXL" in str(e.value)
 
-    try:
-        model.model.model_config.unet_config["context_dim"] = 2048
-        with pytest.raises(UnsupportedModelError, match="SDXL"):
-            ComfyBackend(model, clip, vae)
-    finally:
-        model.model.model_config.unet_config["context_dim"] = 768
+    config = model.model.model_config.unet_config
+    saved = dict(config)
+    for change, words in (
+        ({"use_temporal_attention": True}, "video model"),
+        ({"in_channels": 9}, "inpainting"),
+        ({"context_dim": 2048}, "matches none of the supported backbones"),
+    ):
+        try:
+            config.update(change)
+            with pytest.raises(UnsupportedModelError, match=words) as e:
+                ComfyBackend(model, clip, vae)
+            assert "works with SD 1.x, SD 2.x" in str(e.value)
+        finally:
+            config.clear()
+            config.update(saved)
 
 
 def test_compile_wrapper_rejected(comfy_inprocess, loaded_checkpoint):
