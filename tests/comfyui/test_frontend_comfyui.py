@@ -71,6 +71,7 @@ def expected_frontend_version(name: str) -> str:
 # placeholders are enough: the checkpoint is the tiny test checkpoint, the images tiny PNGs (the
 # LoadImage preview fetches them), the DiffSketch model files empty.
 PLACEHOLDER_MODELS = (
+    "models/checkpoints/sd_xl_base_1.0.safetensors",
     "models/diffsketch/clip/clip_vit_b_32.safetensors",
     "models/diffsketch/lpips/alexnet-owt-7be5be79.pth",
     "models/diffsketch/generators/my_style.safetensors",
