@@ -13,7 +13,7 @@ from diffsketch.capture.spec import SD2, SDXL
 from diffsketch.distill import DistillConfig, distill
 from diffsketch.distill.extract import extract
 from diffsketch.distill.extractor import ExtractorConfig, load_extractor, save_extractor
-from diffsketch.errors import UnsupportedModelError
+from diffsketch.errors import InvalidInputError, UnsupportedModelError
 from diffsketch.train.conditions import ConditionSampler
 from diffsketch.train.generator import GeneratorConfig, SketchGenerator, load_generator
 from diffsketch.train.inference import generate_pair
@@ -106,3 +106,77 @@ def test_sample_train_generate_distill_extract(backbone, tmp_path):
     extractor = load_extractor(save_extractor(tmp_path / "extractor.safetensors", student, student.meta))
     sketches, _ = extract(extractor, image.movedim(1, -1))
     assert sketches.shape[:3] == (1, SIZE, SIZE) and torch.isfinite(sketches).all()
+
+
+def test_captured_sample_crop_cuts_every_tap_at_the_window(tmp_path):
+    backend = tiny_sdxl_backend(0)
+    sample = backend.sample("a horse", SAMPLING.replace(seed=1, width=128, height=64))
+    assert sample.crop_multiple() == 32  # SDXL's coarsest taps are latent/4
+    whole = sample.crop(0, 0, 128, 64)
+    for a, b in zip(whole.tensors(), sample.tensors(), strict=True):
+        assert torch.equal(a, b)
+    window = sample.crop(32, 32, 64, 32)
+    assert window.size == (64, 32) and window.latent.shape[-2:] == (4, 8)
+    for t in sample.timesteps:
+        for tap, full, cut in zip(sample.spec.unet, sample.unet[t], window.unet[t], strict=True):
+            per_px = 2.0**tap.log2_scale / sample.spec.vae_scale_factor  # elements per pixel
+            top, left = int(32 * per_px), int(32 * per_px)
+            assert torch.equal(cut, full[..., top : top + int(32 * per_px), left : left + int(64 * per_px)])
+    assert torch.equal(window.image, sample.image[..., 32:64, 32:96])
+    for bad in ((16, 0, 32, 32), (0, 0, 160, 32), (64, 32, 64, 64)):
+        with pytest.raises(ValueError):
+            sample.crop(*bad)
+
+
+def test_training_on_sample_crops_is_seeded_and_checked():
+    backend = tiny_sdxl_backend(0)
+    example = backend.sample("a photo of a horse in mud", SAMPLING.replace(seed=5))
+    conditions = ConditionSampler.fit_from_prompts(
+        backend.encode_prompt, PROMPTS, n_components=3, family=backend.spec.family
+    )
+    loss_models = (ClipImageEncoder.random(TINY_CLIP_ARCHITECTURE), build_lpips(random_weights=True))
+
+    def run(sample_crop):
+        torch.manual_seed(0)
+        generator = SketchGenerator(
+            backend.spec, GeneratorConfig.from_spec(backend.spec, 3, **SMALL_GENERATOR)
+        )
+        config = TrainConfig(
+            iterations=2,
+            h_iter=2,
+            steps=SAMPLING.steps,
+            schedule="fast",
+            preview_every=1,
+            sample_crop=sample_crop,
+        )
+        trainer = Trainer(
+            backend,
+            example,
+            example.image.mean(1, keepdim=True),
+            conditions,
+            DiffSketchLoss(*loss_models),
+            config,
+            None,
+            generator,
+        )
+        windows, crop = [], trainer._crop
+
+        def recording(sample, i):
+            out = crop(sample, i)
+            windows.append(out.size)
+            return out
+
+        trainer._crop = recording
+        previews = []
+        trainer.run(on_step=lambda step, losses, preview: previews.append(preview))
+        return windows, {k: v.clone() for k, v in trainer.generator.state_dict().items()}, previews
+
+    windows, weights, previews = run(32)
+    assert windows == [(32, 32), (32, 32)]
+    assert all(p.shape == (1, SIZE, 4 * SIZE, 3) for p in previews)  # panels at the example's size
+    again_windows, again, _ = run(32)
+    assert again_windows == windows and all(torch.equal(weights[k], again[k]) for k in weights)
+    whole_windows, whole, _ = run(0)
+    assert whole_windows == [] and any(not torch.equal(weights[k], whole[k]) for k in weights)
+    with pytest.raises(InvalidInputError, match="multiple of 32"):
+        run(48)

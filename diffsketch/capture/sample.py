@@ -72,6 +72,45 @@ class CapturedSample:
             )
         return out
 
+    def crop_multiple(self) -> int:
+        """Pixels per element of the coarsest tap: crop windows are multiples of this, so every
+        tap is cut at whole elements (SD 1.x/2.x: 64, SDXL: 32)."""
+        coarsest = min(t.log2_scale for t in (*self.spec.unet, *self.spec.vae))
+        return self.spec.vae_scale_factor << max(0, -coarsest)
+
+    def crop(self, left: int, top: int, width: int, height: int) -> CapturedSample:
+        """The sample seen through the pixel window ``(left, top, width, height)``: every tap, the
+        latent, the image and the RGB output cut to that window, as copies (so the full sample's
+        memory can be freed). All four must be multiples of :meth:`crop_multiple` and the window
+        inside the image."""
+        m = self.crop_multiple()
+        w, h = self.size
+        if any(v % m for v in (left, top, width, height)) or min(width, height) < m:
+            raise ValueError(f"crop window {(left, top, width, height)} is not made of {m}-px blocks")
+        if left < 0 or top < 0 or left + width > w or top + height > h:
+            raise ValueError(f"crop window {(left, top, width, height)} is outside the {w}x{h} image")
+        pixels_per_latent = self.spec.vae_scale_factor
+
+        def cut(x: torch.Tensor, log2_scale: int) -> torch.Tensor:
+            # elements of this tensor per latent element: 2**log2_scale
+            def at(v):
+                latent = v // pixels_per_latent
+                return latent << log2_scale if log2_scale >= 0 else latent >> -log2_scale
+
+            return x[..., at(top) : at(top + height), at(left) : at(left + width)].clone()
+
+        return replace(
+            self,
+            image=self.image[..., top : top + height, left : left + width].clone(),
+            rgb=self.rgb[..., top : top + height, left : left + width].clone(),
+            latent=cut(self.latent, 0),
+            unet={
+                t: [cut(x, tap.log2_scale) for x, tap in zip(xs, self.spec.unet)]
+                for t, xs in self.unet.items()
+            },
+            vae=[cut(x, tap.log2_scale) for x, tap in zip(self.vae, self.spec.vae)],
+        )
+
     def tensors(self):
         for t in self.timesteps:
             yield from self.unet[t]

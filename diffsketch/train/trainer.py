@@ -84,6 +84,12 @@ class TrainConfig:
       512x512 (13 timesteps, fp32, CPU) then peaks at 3.9 GB resident, provided glibc's malloc
       runs with a fixed mmap threshold (``MALLOC_MMAP_THRESHOLD_=1048576``); with glibc's
       defaults, heap fragmentation takes it to about 8 GB (benchmarks/train_step.py).
+    - ``sample_crop``: 0 trains on each new sample whole; N > 0 on a random N x N pixel window of
+      it (every tap cut to the window; a multiple of 64, or of 32 for SDXL), drawn anew each
+      iteration. The example is always whole, so the L1, LPIPS and CLIP terms against the drawing
+      are unchanged; only the directional CLIP terms see the window. This bounds the step's memory
+      at large sizes: SDXL at 1024x1024 with ``sample_crop=512`` and ``low_memory``
+      (benchmarks/train_step.py --arch sdxl).
     - ``device``: where the generator and the losses run.
     """
 
@@ -100,6 +106,7 @@ class TrainConfig:
     preview_every: int = 25
     low_memory: bool = False
     device: str = "cpu"
+    sample_crop: int = 0
 
     def __post_init__(self):
         if isinstance(self.loss_weights, Mapping):
@@ -118,6 +125,7 @@ class TrainConfig:
         whole("steps", 1)
         whole("checkpoint_every", 0)
         whole("preview_every", 0)
+        whole("sample_crop", 0)
         if not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0:
             raise InvalidInputError(f"lr must be a finite number > 0 (the paper uses 1e-4), got {self.lr!r}")
         if not isinstance(self.cfg, (int, float)) or not math.isfinite(self.cfg) or self.cfg < 0:
@@ -171,7 +179,17 @@ class TrainConfig:
 
 # Settings that change what a resumed run computes; the others (length, checkpoint/preview
 # cadence, device) may change freely between a checkpoint and its resumption.
-_TRAJECTORY_SETTINGS = ("lr", "h_iter", "loss_weights", "seed", "steps", "cfg", "timestep_policy", "schedule")
+_TRAJECTORY_SETTINGS = (
+    "lr",
+    "h_iter",
+    "loss_weights",
+    "seed",
+    "steps",
+    "cfg",
+    "timestep_policy",
+    "schedule",
+    "sample_crop",
+)
 
 
 def iteration_timesteps(config: TrainConfig, iteration: int, example_timesteps: Sequence[int]) -> list[int]:
@@ -301,8 +319,9 @@ def preview_image(
     example_sketch: torch.Tensor,
 ) -> torch.Tensor:
     """One ``[1, H, 4W, 3]`` image in [0, 1] (ComfyUI IMAGE layout): the new sample, its predicted
-    sketch, the predicted example sketch and the example sketch it should match."""
-    size = tuple(sample_image.shape[-2:])
+    sketch, the predicted example sketch and the example sketch it should match, each at the
+    example's size (a cropped sample is scaled to it)."""
+    size = tuple(example_sketch.shape[-2:])
     panels = [_rgb(x, size) for x in (sample_image, sample_sketch, example_reconstruction, example_sketch)]
     return torch.cat(panels, dim=-1).permute(0, 2, 3, 1).contiguous()
 
@@ -398,6 +417,13 @@ class Trainer:
         _check_example_sketch(example_sketch, example)
         self.timesteps = tuple(example.timesteps)
         self._check_timesteps()
+        multiple = example.crop_multiple()
+        if config.sample_crop % multiple:
+            raise InvalidInputError(
+                f"sample_crop={config.sample_crop} is not a multiple of {multiple} px (this model's coarsest feature "
+                f"is 1/{multiple} of the image); use {max(multiple, config.sample_crop // multiple * multiple)}, or 0 for "
+                "whole samples."
+            )
 
         with torch.inference_mode(False), torch.enable_grad():
             # ComfyUI hands out inference tensors, which autograd cannot save: those are cloned. Other
@@ -710,12 +736,24 @@ class Trainer:
             schedule=c.schedule,
         )
         sample = self.backend.sample(condition, sampling, progress=progress)
+        if c.sample_crop and c.sample_crop < max(sample.size):
+            sample = self._crop(sample, i)
         extras = {
             "cdst_weight": blend_weight(i, c.h_iter),
             "sample_seed": seed,
             "unet_evaluations": int(sample.meta.get("unet_evaluations", 0)),
         }
         return _owned_sample(sample, self.device), extras
+
+    def _crop(self, sample: CapturedSample, i: int) -> CapturedSample:
+        """Iteration ``i``'s random window of ``sample`` (:attr:`TrainConfig.sample_crop`)."""
+        w, h = sample.size
+        cw, ch = min(self.config.sample_crop, w), min(self.config.sample_crop, h)
+        m = sample.crop_multiple()
+        g = cpu_generator(iteration_seed(self.config.seed, i, "crop"))
+        left = m * int(torch.randint(0, (w - cw) // m + 1, (1,), generator=g))
+        top = m * int(torch.randint(0, (h - ch) // m + 1, (1,), generator=g))
+        return sample.crop(left, top, cw, ch)
 
     def _forward_backward(self, i: int, should_stop: StopCallback | None):
         t0 = time.perf_counter()
