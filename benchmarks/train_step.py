@@ -19,7 +19,8 @@
     python benchmarks/train_step.py --skip-sd15         # tiny model and evaluation counts only
     python benchmarks/train_step.py --skip-tiny --sd15-modes low_memory   # the 4 GB check: one SD 1.5
         # step at 512x512, 13 timesteps (about 15-25 min on 2 busy cores; seconds on a GPU box's CPU)
-    python benchmarks/train_step.py --skip-tiny --arch sdxl --sd15-modes low_memory   # the 10 GB check
+    python benchmarks/train_step.py --skip-tiny --arch sdxl --sd15-modes low_memory --sample-crop 512
+        # the 10 GB check: SDXL at 1024x1024, each new sample trained through a 512x512 window
 """
 
 from __future__ import annotations
@@ -152,11 +153,12 @@ def tiny_section(args) -> None:
 # 3: SD 1.5 shapes, in a fresh process per mode
 # ---------------------------------------------------------------------------------------------
 class RandomFeatureBackend:
-    """Stands in for a backend of ``spec``: hands back the same random capture for every sample."""
+    """Stands in for a backend of ``spec``: hands back a random capture made by ``make(call)``, a
+    new one per sample (as a real backend does, so a cropped sample's full features are freed)."""
 
-    def __init__(self, spec, sample: CapturedSample):
+    def __init__(self, spec, make):
         self.spec = spec
-        self.sample_to_return = sample
+        self.make = make
         self.calls = 0
 
     def check_conditioning(self, cond, name):
@@ -164,7 +166,7 @@ class RandomFeatureBackend:
 
     def sample(self, cond, settings, **kwargs) -> CapturedSample:
         self.calls += 1
-        return self.sample_to_return
+        return self.make(self.calls)
 
 
 def _rss_bytes() -> int:
@@ -175,7 +177,9 @@ def _rss_bytes() -> int:
     return 0
 
 
-def sd15_child(mode: str, size: int, n_timesteps: int, iterations: int, threads: int, arch: str) -> None:
+def sd15_child(
+    mode: str, size: int, n_timesteps: int, iterations: int, threads: int, arch: str, sample_crop: int
+) -> None:
     import helpers_spec
     from helpers_spec import random_features
 
@@ -196,7 +200,7 @@ def sd15_child(mode: str, size: int, n_timesteps: int, iterations: int, threads:
             rgb=rgb,
         )
 
-    example, sample = capture(0), capture(1)
+    example = capture(0)
     g = torch.Generator().manual_seed(2)
     embeddings = Conditioning(
         torch.randn(8, 77, spec.context_dim, generator=g),
@@ -205,10 +209,15 @@ def sd15_child(mode: str, size: int, n_timesteps: int, iterations: int, threads:
     conditions = ConditionSampler.fit(embeddings, n_components=4, family=spec.family)
     loss = DiffSketchLoss(ClipImageEncoder.random("ViT-B-32"), build_lpips(random_weights=True))
     config = TrainConfig(
-        iterations=iterations, lr=1e-4, checkpoint_every=0, preview_every=0, low_memory=mode == "low_memory"
+        iterations=iterations,
+        lr=1e-4,
+        checkpoint_every=0,
+        preview_every=0,
+        low_memory=mode == "low_memory",
+        sample_crop=sample_crop,
     )
     trainer = Trainer(
-        RandomFeatureBackend(spec, sample),
+        RandomFeatureBackend(spec, capture),
         example,
         example.image.mean(1, keepdim=True),
         conditions,
@@ -216,7 +225,7 @@ def sd15_child(mode: str, size: int, n_timesteps: int, iterations: int, threads:
         config,
         pivot=embeddings.map(lambda t: t[:1]),
     )
-    features_gb = (example.nbytes() + sample.nbytes()) / GB
+    example_gb = sample_gb = example.nbytes() / GB  # every capture has the example's shapes
     rss_before, hwm_before = _rss_bytes(), _peak_rss_bytes()
     trainer.run()
     peak = _peak_rss_bytes()
@@ -226,7 +235,8 @@ def sd15_child(mode: str, size: int, n_timesteps: int, iterations: int, threads:
         "peak_bytes": peak,
         "rss_before_bytes": rss_before,
         "hwm_before_bytes": hwm_before,
-        "features_gb": features_gb,
+        "example_gb": example_gb,
+        "sample_gb": sample_gb,
         "params_m": parameter_count(trainer.generator) / 1e6,
         "split": split,
     }
@@ -256,6 +266,7 @@ def sd15_section(args) -> None:
         command = [sys.executable, os.path.abspath(__file__), "--_sd15-child", mode]
         command += ["--sd15-size", str(size), "--sd15-timesteps", str(n_t)]
         command += ["--sd15-iterations", str(args.sd15_iterations), "--threads", str(args.threads)]
+        command += ["--sample-crop", str(args.sample_crop)]
         command += ["--arch", args.arch]
         start = time.perf_counter()
         result = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
@@ -266,11 +277,13 @@ def sd15_section(args) -> None:
             continue
         r = json.loads(result.stdout.strip().splitlines()[-1])
         verdict = "met" if r["peak_bytes"] < target_gb * GB else "MISSED"
+        crop = f", trained through a {args.sample_crop}x{args.sample_crop} window" if args.sample_crop else ""
         total = sum(r["split"].values())
         split = ", ".join(f"{k} {v:.1f} s ({100 * v / total:.0f}%)" for k, v in r["split"].items())
         print(
             f"{name}: peak RSS {r['peak_bytes'] / GB:.2f} GB (target < {target_gb:g} GB: {verdict}); resident before the first "
-            f"step {r['rss_before_bytes'] / GB:.2f} GB, of which {r['features_gb']:.2f} GB example + sample features; "
+            f"step {r['rss_before_bytes'] / GB:.2f} GB, of which {r['example_gb']:.2f} GB example features; each new "
+            f"sample {r['sample_gb']:.2f} GB{crop}; "
             f"generator {r['params_m']:.1f} M parameters\n"
             f"    {total:.1f} s/iteration (median of {args.sd15_iterations}) = {split}; process wall {wall:.0f} s"
         )
@@ -287,6 +300,9 @@ def main(argv=None) -> None:
     parser.add_argument("--sd15-size", type=int, default=0, help="part 3's image size (default: the arch's)")
     parser.add_argument("--sd15-timesteps", type=int, default=13, choices=range(1, 14), metavar="1..13")
     parser.add_argument("--sd15-iterations", type=int, default=1, help="Trainer iterations per SD 1.5 mode")
+    parser.add_argument(
+        "--sample-crop", type=int, default=0, help="TrainConfig.sample_crop for part 3 (0: whole samples)"
+    )
     parser.add_argument(
         "--sd15-modes", default="low_memory,plain", help="comma-separated: low_memory (checkpointed), plain"
     )
@@ -305,7 +321,15 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.sd15_child is not None:
         size = args.sd15_size or ARCH_SIZES[args.arch]
-        sd15_child(args.sd15_child, size, args.sd15_timesteps, args.sd15_iterations, args.threads, args.arch)
+        sd15_child(
+            args.sd15_child,
+            size,
+            args.sd15_timesteps,
+            args.sd15_iterations,
+            args.threads,
+            args.arch,
+            args.sample_crop,
+        )
         return
     if args.quick:
         args.repeats, args.warmup = 1, 1
