@@ -326,6 +326,7 @@ def cmd_train(args) -> int:
         timestep_policy=args.timestep_policy,
         schedule=args.schedule,
         low_memory=args.low_memory,
+        sample_crop=args.sample_crop,
         checkpoint_every=args.checkpoint_every,
         device=device,
     )
@@ -629,6 +630,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--low-memory",
         action="store_true",
         help="gradient checkpointing in the generator: far less memory for ~1 more forward pass per step",
+    )
+    p.add_argument(
+        "--sample-crop",
+        type=int,
+        default=0,
+        help="train on a random N x N window of each new sample (0: whole; SDXL at 1024 on a small GPU: 512)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--checkpoint-every", type=int, default=100, help="checkpoint interval (default 100)")

@@ -194,6 +194,17 @@ class DiffSketchTrain(io.ComfyNode):
                     max=100000,
                     tooltip="Write a resumable checkpoint every N iterations (and on Cancel).",
                 ),
+                io.Int.Input(
+                    "sample_crop",
+                    default=0,
+                    min=0,
+                    max=4096,
+                    step=32,
+                    optional=True,
+                    tooltip="0: learn from each new sample whole. N: from a random N x N window of it (a multiple "
+                    "of 64; of 32 for SDXL), for large sizes on a small GPU: SDXL at 1024 with 512 and low_memory. "
+                    "The example is always used whole.",
+                ),
             ],
             outputs=[
                 Generator.Output(
@@ -232,6 +243,7 @@ class DiffSketchTrain(io.ComfyNode):
         save_name,
         resume_from,
         checkpoint_every,
+        sample_crop=0,
     ) -> io.NodeOutput:
         from diffsketch.plotting import to_image_tensor
         from diffsketch.train.losses import DiffSketchLoss, LossWeights
@@ -275,6 +287,7 @@ class DiffSketchTrain(io.ComfyNode):
                 timestep_policy=timestep_policy,
                 schedule=schedule,
                 low_memory=bool(low_memory),
+                sample_crop=int(sample_crop),
                 checkpoint_every=int(checkpoint_every),
                 device=str(device),
                 steps=int(features.plan.steps),

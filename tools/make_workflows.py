@@ -163,7 +163,7 @@ def load_stage_times(arch: str = "sd15") -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _train(sketch_src, speed: Speed, save_name="my_style"):
+def _train(sketch_src, speed: Speed, save_name="my_style", **widgets):
     return {
         "type": "DiffSketchTrain",
         "inputs": {
@@ -180,8 +180,14 @@ def _train(sketch_src, speed: Speed, save_name="my_style"):
             "h_iter": speed.h_iter,
             "schedule": "fast",
             "save_name": save_name,
+            **widgets,
         },
     }
+
+
+#: Train settings that keep SDXL's 1024x1024 generator step within a 12 GB GPU: gradient
+#: checkpointing and each new sample seen through a 512x512 window (benchmarks/train_step.py --arch sdxl).
+SDXL_TRAIN = {"low_memory": True, "sample_crop": 512}
 
 
 def _distill(
@@ -415,7 +421,9 @@ def _quick_start(checkpoint: ModelFile, size: int, arch: str, title: str, intro:
             "Train",
             COLORS["train"],
             [[6]],
-            f"learns the sketch style ({QUICK.train_iterations} fast iterations) → generator `{prefix}style`",
+            f"learns the sketch style ({QUICK.train_iterations} fast iterations"
+            + (", low memory, 512-px windows of each new sample" if arch == "sdxl" else "")
+            + f") → generator `{prefix}style`",
             ("train",),
         ),
         Stage(
@@ -449,7 +457,7 @@ def _quick_start(checkpoint: ModelFile, size: int, arch: str, title: str, intro:
         4: _fit_conditions(),
         5: _loss_models(),
         # Names of its own, so a quick start never overwrites the style of templates 2-5.
-        6: _train([3, 0], QUICK, save_name=f"{prefix}style"),
+        6: _train([3, 0], QUICK, save_name=f"{prefix}style", **(SDXL_TRAIN if arch == "sdxl" else {})),
         7: _distill([6, 0], [4, 0], [5, 0], QUICK, save_name=f"{prefix}style_extractor", size=size),
         8: {"type": "DiffSketchExtract", "inputs": {"extractor": [7, 0], "image": [2, 0]}},
         9: {
