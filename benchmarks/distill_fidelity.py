@@ -65,26 +65,18 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from photo_pairs import HELD_OUT_PHOTOS, TRAIN_PHOTOS, PhotoPairs, load_photo  # noqa: E402
+from photo_pairs import HELD_OUT_PHOTOS, TRAIN_PHOTOS, PhotoPairs, hed_teachers, load_photo, predict, score  # noqa: E402
 
 from diffsketch.distill import DistillConfig, build_student, train_student  # noqa: E402
-from diffsketch.distill.extract import extract  # noqa: E402
 from diffsketch.distill.extractor import SketchExtractor, save_extractor  # noqa: E402
 from diffsketch.errors import WeightsNotFoundError  # noqa: E402
 from diffsketch.eval.baselines import Pix2PixHDGlobalGenerator  # noqa: E402
-from diffsketch.eval.metrics.boundaries import (  # noqa: E402
-    boundary_scores,
-    evaluate_boundary_image,
-    thin_boundaries,
-)
-from diffsketch.eval.metrics.ssim import l1_distance, ssim  # noqa: E402
 from diffsketch.images import save_png  # noqa: E402
 from diffsketch.seeds import derive_seed, seeded  # noqa: E402
 from diffsketch.styles.informative import InformativeDrawings  # noqa: E402
@@ -116,27 +108,6 @@ class Pix2PixHDSketcher(nn.Module):
 
 def _seeded(build, seed: int, name: str) -> nn.Module:
     return seeded(derive_seed("baseline-init", seed, name), build)
-
-
-# ---------------------------------------------------------------------------------- teachers
-def hed_teachers(weights: Path, device) -> dict[str, tuple[nn.Module, str]]:
-    """{"hed-modified": ..., "hed-plain": ...}: the network and a cache id naming the weights."""
-    from diffsketch.styles import STANDARD_HED_SIDES, load_style
-    from diffsketch.styles.hed import ModifiedHED, is_keras_weights_file, read_keras_hed
-
-    digest = f"{weights.stat().st_size}-{int(weights.stat().st_mtime)}"
-    wirings = {"hed-modified": {}, "hed-plain": {"side_order": STANDARD_HED_SIDES, "input_mode": "caffe_bgr"}}
-    teachers = {}
-    state = read_keras_hed(weights) if is_keras_weights_file(weights) else None
-    for name, options in wirings.items():
-        if state is not None:  # a Keras file: Keras pools in ceil mode
-            net = ModifiedHED(ceil_pooling=True, **options)
-            net.load_state_dict(state, strict=True)
-            net = net.to(device).eval().requires_grad_(False)
-        else:
-            net = load_style("hed", weights, device=device, **options)
-        teachers[name] = (net, f"{name}:{weights.name}:{digest}:ceil={net.ceil_pooling}")
-    return teachers
 
 
 # ---------------------------------------------------------------------------------- training
@@ -180,30 +151,6 @@ def build_network(model: str, config: DistillConfig, seed: int) -> nn.Module:
     if model == "pix2pixhd":
         return _seeded(Pix2PixHDSketcher, seed, model)
     return _seeded(InformativeDrawings, seed, model)
-
-
-def predict(model: nn.Module, photo: torch.Tensor) -> torch.Tensor:
-    """[3, H, W] -> [1, 1, H, W] sketch, full resolution, float32 on the model's device."""
-    sketch, _ = extract(model, photo.permute(1, 2, 0)[None], tile=2048, dtype=torch.float32)
-    return sketch[..., :1].permute(0, 3, 1, 2)
-
-
-def score(predictions: dict, held_out: dict, thresholds: int) -> dict:
-    per_photo, counts = {}, []
-    for name, (_, teacher) in held_out.items():
-        pred = predictions[name]
-        per_photo[name] = {
-            "ssim": float(ssim(pred, teacher[None])[0]),
-            "l1": float(l1_distance(pred, teacher[None])[0]),
-        }
-        lines = thin_boundaries((1.0 - teacher[0]).numpy() >= 0.5)
-        counts.append(evaluate_boundary_image((1.0 - pred[0, 0]).numpy(), [lines], thresholds, name=name))
-    return {
-        "photos": per_photo,
-        "ssim": float(np.mean([v["ssim"] for v in per_photo.values()])),
-        "l1": float(np.mean([v["l1"] for v in per_photo.values()])),
-        "boundary_f": float(boundary_scores(counts).ods_f),
-    }
 
 
 def fidelity_part(args, results: dict, out: Path, device: torch.device) -> None:

@@ -1,5 +1,6 @@
-"""Real photos and (photo, teacher sketch) pairs for the distillation benchmark and the default
-extractor's training (``benchmarks/distill_fidelity.py``, ``tools/train_default_extractor.py``).
+"""Real photos, (photo, teacher sketch) pairs, the HED teachers and held-out scoring, shared by the
+distillation benchmark and the default extractor's training (``benchmarks/distill_fidelity.py``,
+``tools/train_default_extractor.py``).
 
 The photos are the ones scikit-image ships in its wheel (no download; CC0 or public domain, the
 coins "no known copyright restrictions", the motorcycle from the Middlebury 2014 stereo set), so
@@ -17,6 +18,9 @@ scikit-learn for two photos.
 
 A teacher's maps of a given pool are a pure function of (teacher, photos, variants, seed, size),
 so :class:`PhotoPairs` can keep them in a ``.safetensors`` cache and reuse them next time.
+:func:`score` measures a student's held-out sketches against the teacher's: SSIM, L1 and the
+boundary F-measure at the best common threshold (ODS-style; the teacher's lines, ``1 - sketch
+>= 0.5`` thinned to one pixel, are the ground truth).
 """
 
 from __future__ import annotations
@@ -30,9 +34,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from diffsketch.distill.extract import extract  # noqa: E402
+from diffsketch.eval.metrics.boundaries import boundary_scores, evaluate_boundary_image, thin_boundaries  # noqa: E402
+from diffsketch.eval.metrics.ssim import l1_distance, ssim  # noqa: E402
 from diffsketch.fileio import load_tensors, save_tensors  # noqa: E402
 from diffsketch.seeds import derive_seed  # noqa: E402
 
@@ -167,3 +175,47 @@ class PhotoPairs:
     def __getitem__(self, k):
         image, sketch = self.items[k]
         return image.float() / 255.0, sketch.float() / 255.0
+
+
+def hed_teachers(weights: Path, device) -> dict[str, tuple[nn.Module, str]]:
+    """{"hed-modified": ..., "hed-plain": ...}: the network and a cache id naming the weights."""
+    from diffsketch.styles import STANDARD_HED_SIDES, load_style
+    from diffsketch.styles.hed import ModifiedHED, is_keras_weights_file, read_keras_hed
+
+    digest = f"{weights.stat().st_size}-{int(weights.stat().st_mtime)}"
+    wirings = {"hed-modified": {}, "hed-plain": {"side_order": STANDARD_HED_SIDES, "input_mode": "caffe_bgr"}}
+    teachers = {}
+    state = read_keras_hed(weights) if is_keras_weights_file(weights) else None
+    for name, options in wirings.items():
+        if state is not None:  # a Keras file: Keras pools in ceil mode
+            net = ModifiedHED(ceil_pooling=True, **options)
+            net.load_state_dict(state, strict=True)
+            net = net.to(device).eval().requires_grad_(False)
+        else:
+            net = load_style("hed", weights, device=device, **options)
+        teachers[name] = (net, f"{name}:{weights.name}:{digest}:ceil={net.ceil_pooling}")
+    return teachers
+
+
+def predict(model: nn.Module, photo: torch.Tensor) -> torch.Tensor:
+    """[3, H, W] -> [1, 1, H, W] sketch, full resolution, float32 on the model's device."""
+    sketch, _ = extract(model, photo.permute(1, 2, 0)[None], tile=2048, dtype=torch.float32)
+    return sketch[..., :1].permute(0, 3, 1, 2)
+
+
+def score(predictions: dict, held_out: dict, thresholds: int) -> dict:
+    per_photo, counts = {}, []
+    for name, (_, teacher) in held_out.items():
+        pred = predictions[name]
+        per_photo[name] = {
+            "ssim": float(ssim(pred, teacher[None])[0]),
+            "l1": float(l1_distance(pred, teacher[None])[0]),
+        }
+        lines = thin_boundaries((1.0 - teacher[0]).numpy() >= 0.5)
+        counts.append(evaluate_boundary_image((1.0 - pred[0, 0]).numpy(), [lines], thresholds, name=name))
+    return {
+        "photos": per_photo,
+        "ssim": float(np.mean([v["ssim"] for v in per_photo.values()])),
+        "l1": float(np.mean([v["l1"] for v in per_photo.values()])),
+        "boundary_f": float(boundary_scores(counts).ods_f),
+    }
