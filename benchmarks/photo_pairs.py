@@ -204,10 +204,8 @@ def predict(model: nn.Module, photo: torch.Tensor) -> torch.Tensor:
 
 
 def score(predictions: dict, held_out: dict, thresholds: int) -> dict:
-    """SSIM and L1 per held-out photo and on average; with ``thresholds`` > 0 also the boundary
-    F-measure (ODS-style, ``thresholds`` levels from 0.1 to 0.9: below 0.1 a student's paper grey
-    would count as line). 0 leaves it out (None): on dense maps the library's one-to-one matching
-    can take minutes per photo, so a GPU run may skip it and ``boundary_f`` fill it in later."""
+    """SSIM and L1 per held-out photo and on average, and the boundary F-measure (ODS-style,
+    ``thresholds`` levels from 0.1 to 0.9: below 0.1 a student's paper grey would count as line)."""
     per_photo = {}
     for name, (_, teacher) in held_out.items():
         pred = predictions[name]
@@ -219,7 +217,7 @@ def score(predictions: dict, held_out: dict, thresholds: int) -> dict:
         "photos": per_photo,
         "ssim": float(np.mean([v["ssim"] for v in per_photo.values()])),
         "l1": float(np.mean([v["l1"] for v in per_photo.values()])),
-        "boundary_f": boundary_f(predictions, held_out, thresholds) if thresholds > 0 else None,
+        "boundary_f": boundary_f(predictions, held_out, thresholds),
     }
 
 
