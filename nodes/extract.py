@@ -9,7 +9,14 @@ import comfy.model_patcher
 import comfy.utils
 from comfy_api.latest import io
 
-from .common import LINE_ART_ALIASES, file_options, file_path, file_path_or_raise, search_aliases
+from .common import (
+    LINE_ART_ALIASES,
+    MISSING_PREFIX,
+    file_options,
+    file_path,
+    file_path_or_raise,
+    search_aliases,
+)
 from .types import CATEGORY, Extractor
 
 FOLDER = "diffsketch_extractors"
@@ -22,7 +29,7 @@ def extractor_names() -> list[str]:
     """The built-in extractor, then the files in the extractors folder (no "missing" entry: the
     built-in one is always there)."""
     files = file_options([FOLDER], WHAT, keep=lambda name: name != BUILT_IN)
-    return [BUILT_IN] + [name for name in files if file_path([FOLDER], name)]
+    return [BUILT_IN] + [name for name in files if not name.startswith(MISSING_PREFIX)]
 
 
 class DiffSketchLoadExtractor(io.ComfyNode):
