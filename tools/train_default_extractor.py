@@ -72,6 +72,30 @@ def _git_commit() -> str:
         return "unknown"
 
 
+# Options that only say where files are kept on the machine that trained: left out of the record
+WHERE_OPTIONS = ("--cache-dir", "--checkpoint", "--out")
+
+
+def recorded_command(argv: list[str]) -> str:
+    """The command as the file's header records it: the machine's own folders left out (the
+    HED weights by file name), so the record names what decides the weights and nothing local."""
+    kept, skip = ["python", "tools/train_default_extractor.py"], False
+    for item in argv:
+        if skip:
+            skip = False
+            continue
+        name = item.split("=", 1)[0]
+        if name in WHERE_OPTIONS:
+            skip = "=" not in item
+            continue
+        if name == "--hed-weights" and "=" in item:
+            item = f"--hed-weights={Path(item.split('=', 1)[1]).name}"
+        elif kept[-1] == "--hed-weights":
+            item = Path(item).name
+        kept.append(item)
+    return " ".join(kept)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
@@ -162,9 +186,7 @@ def main(argv=None) -> int:
             "DiffSketch's modified HED. HED's line style, not a DiffSketch style."
         ),
         "made_by": f"tools/train_default_extractor.py (commit {_git_commit()})",
-        "command": " ".join(
-            ["python", "tools/train_default_extractor.py", *(argv if argv is not None else sys.argv[1:])]
-        ),
+        "command": recorded_command(argv if argv is not None else sys.argv[1:]),
         "teacher": teacher_id,
         "teacher_file": teacher_file,
         "photos": {"train": list(TRAIN_PHOTOS), "variants": args.variants, "held_out": list(HELD_OUT_PHOTOS)},
