@@ -49,7 +49,7 @@ def test_the_default_extractor_draws_hed_lines_on_a_held_out_photo():
     finally:
         sys.path.remove(str(REPO / "benchmarks"))
     tensors, reference = load_tensors(FIXTURE, kind="default_extractor_reference", versions=(1,))
-    teacher = np.asarray(Image.open(io.BytesIO(tensors["teacher_sketch_png"].numpy().tobytes())))
+    teacher = np.array(Image.open(io.BytesIO(tensors["teacher_sketch_png"].numpy().tobytes())))
     teacher = torch.from_numpy(teacher).float()[None, None] / 255.0
     model = load_default_extractor()
     assert (
