@@ -282,9 +282,10 @@ def _save_palette_png(fig, path: Path) -> Path:
     return path
 
 
-def draw_distill_grid(results: Path, path: Path, teacher: str, caption: str) -> Path:
+def draw_distill_grid(results: Path, path: Path, teacher: str, caption: str, extra=None) -> Path:
     """Held-out photos in columns; the photo, the teacher's map and each network's under it, from
-    the PNGs ``benchmarks/distill_fidelity.py`` saved in ``results/predictions``."""
+    the PNGs ``benchmarks/distill_fidelity.py`` saved in ``results/predictions``; ``extra``
+    ``(label, extractor)`` adds a last row: that extractor run on the same photos."""
     from diffsketch.images import read_image
 
     plt = _pyplot()
@@ -307,6 +308,13 @@ def draw_distill_grid(results: Path, path: Path, teacher: str, caption: str) -> 
         return x[..., :3] if x.shape[-1] >= 3 else x[..., :1].expand(-1, -1, 3)
 
     images = {(label, n): rgb(where / f"{n}.png") for label, where in rows for n in names}
+    if extra is not None:
+        label, model = extra
+        rows.append((label, None))
+        with torch.no_grad():
+            for n in names:
+                sketch = extractor_sketch(model, images[(rows[0][0], n)].permute(2, 0, 1))
+                images[(label, n)] = sketch[..., None].expand(-1, -1, 3)
     label_w, gap, bottom = 120, 6, 26
     aspect = sum(images[(rows[0][0], n)].shape[1] / images[(rows[0][0], n)].shape[0] for n in names)
     height = int((WIDTH_PX - label_w - gap * len(names)) / aspect)
@@ -372,19 +380,12 @@ def main(argv: list[str] | None = None) -> int:
         help="caption of distill_hed_examples.png (say what budget the students had)",
     )
     parser.add_argument("--only-distill", action="store_true", help="draw distill_hed_examples.png alone")
+    parser.add_argument(
+        "--extractor-label",
+        default="--extractor",
+        help="row label of --extractor in distill_hed_examples.png",
+    )
     args = parser.parse_args(argv)
-    if args.distill_results is not None:
-        print(
-            "wrote",
-            draw_distill_grid(
-                args.distill_results,
-                args.out / "distill_hed_examples.png",
-                args.distill_teacher,
-                args.distill_caption,
-            ),
-        )
-        if args.only_distill:
-            return 0
     names = [n.strip() for n in args.photos.split(",") if n.strip()]
     model = None
     if args.extractor is not None:
@@ -394,6 +395,19 @@ def main(argv: list[str] | None = None) -> int:
             model = load_extractor(args.extractor)
         except DiffSketchError as e:  # the message names the file and what is wrong with it
             sys.exit(f"--extractor: {e}")
+    if args.distill_results is not None:
+        print(
+            "wrote",
+            draw_distill_grid(
+                args.distill_results,
+                args.out / "distill_hed_examples.png",
+                args.distill_teacher,
+                args.distill_caption,
+                extra=None if model is None else (args.extractor_label, model),
+            ),
+        )
+        if args.only_distill:
+            return 0
     height = photo_height_for(names)
 
     print("wrote", draw_pipeline(args.out / "pipeline.png"))
