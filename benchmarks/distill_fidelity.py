@@ -328,13 +328,22 @@ def report(results: dict) -> None:
         for name in HELD_OUT_PHOTOS:
             header += f" {name[:8] + ' SSIM':>13s}"
         header += f" {'SSIM':>7s} {'L1':>7s} {'F(ODS)':>7s} {'train s':>8s}"
+        reference = rows.get("pix2pixhd")
+        if reference is not None:  # the ratios to the paper's distilled network
+            header += f" {'SSIM-P2P':>9s} {'L1/P2P':>7s} {'F/P2P':>7s} {'speed/P2P':>10s}"
         print(header)
+        reference_ips = speed.get("pix2pixhd", {}).get("images_per_s", math.nan)
         for model, e in rows.items():
             ips = speed.get(model, {}).get("images_per_s", math.nan)
             row = f"{LABELS[model]:34s} {e['params_m']:7.2f}M {ips:7.2f}"
             for name in HELD_OUT_PHOTOS:
                 row += f" {e['photos'][name]['ssim']:13.4f}"
             row += f" {e['ssim']:7.4f} {e['l1']:7.4f} {_f(e['boundary_f']):>7s} {e['train_s']:8.0f}"
+            if reference is not None:
+                row += (
+                    f" {e['ssim'] - reference['ssim']:+9.4f} {e['l1'] / reference['l1']:7.2f}"
+                    f" {e['boundary_f'] / reference['boundary_f']:7.2f} {ips / reference_ips:9.1f}x"
+                )
             print(row)
         ours = [m for m in OURS if m in rows]
         if ours and "pix2pixhd" in rows:
