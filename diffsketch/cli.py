@@ -7,7 +7,7 @@ single-file checkpoint of SD 1.x, SD 2.x or SDXL.
     diffsketch train      --model M --example example.safetensors --sketch sketch.png --out style.safetensors ...
     diffsketch generate   --model M --generator style.safetensors --prompt P --out pairs/
     diffsketch distill    --model M --generator style.safetensors --out extractor.safetensors ...
-    diffsketch extract    INPUTS... --extractor extractor.safetensors --out sketches/ [--ray [ADDRESS]]
+    diffsketch extract    INPUTS... [--extractor extractor.safetensors] --out sketches/ [--ray [ADDRESS]]
     diffsketch eval       PHOTOS_DIR --extractor extractor.safetensors --style xdog --out report/ [--bsds-gt GT_DIR]
 
 Files are the same .safetensors files the nodes read and write. Every option has a --help text.
@@ -181,9 +181,17 @@ def cmd_fit_conditions(args) -> int:
 
 def cmd_extract(args) -> int:
     from .distill.extract_files import SketchOptions, extract_files, list_inputs
-    from .distill.extractor import EXTRACTOR_KIND
+    from .distill.extractor import EXTRACTOR_KIND, default_extractor_path
 
-    check_file_kind(args.extractor, "--extractor", EXTRACTOR_KIND)
+    if args.extractor is None:
+        extractor_file = default_extractor_path()
+        print(
+            f"using the built-in extractor ({extractor_file.name}): HED's line style, distilled from "
+            "real HED -- not a DiffSketch style; pass --extractor for one you trained",
+            file=sys.stderr,
+        )
+    else:
+        extractor_file = check_file_kind(args.extractor, "--extractor", EXTRACTOR_KIND)
     out = check_output_folder(args.out, "--out")
     device = pick_device(args.device) if args.ray is None else None
     items, missing = list_inputs(args.inputs, exclude=out)
@@ -208,7 +216,7 @@ def cmd_extract(args) -> int:
             from .distill.extract_ray import extract_files_ray
 
             report = extract_files_ray(
-                args.extractor,
+                extractor_file,
                 items,
                 out,
                 options,
@@ -219,7 +227,7 @@ def cmd_extract(args) -> int:
         else:
             from .distill.extractor import load_extractor
 
-            model = load_extractor(args.extractor, device=device)
+            model = load_extractor(extractor_file, device=device)
             report = extract_files(model, items, out, options, workers=args.workers, progress=bar)
     finally:
         bar.close()
@@ -727,7 +735,12 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         help="image files, folders (recursive), globs, or .txt/.lst files listing one image path per line",
     )
-    p.add_argument("--extractor", required=True, help="extractor .safetensors (from distill)")
+    p.add_argument(
+        "--extractor",
+        default=None,
+        help="extractor .safetensors (from distill); default: the built-in one, distilled from real HED "
+        "(HED's line style, not a DiffSketch style)",
+    )
     p.add_argument(
         "--out",
         required=True,

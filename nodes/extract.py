@@ -9,11 +9,27 @@ import comfy.model_patcher
 import comfy.utils
 from comfy_api.latest import io
 
-from .common import LINE_ART_ALIASES, file_options, file_path, file_path_or_raise, search_aliases
+from .common import (
+    LINE_ART_ALIASES,
+    MISSING_PREFIX,
+    file_options,
+    file_path,
+    file_path_or_raise,
+    search_aliases,
+)
 from .types import CATEGORY, Extractor
 
 FOLDER = "diffsketch_extractors"
 WHAT = "an extractor .safetensors (made by DiffSketch Distill)"
+#: The combo entry of the extractor shipped with the pack (listed first).
+BUILT_IN = "built-in: HED sketch (default_extractor.safetensors)"
+
+
+def extractor_names() -> list[str]:
+    """The built-in extractor, then the files in the extractors folder (no "missing" entry: the
+    built-in one is always there)."""
+    files = file_options([FOLDER], WHAT, keep=lambda name: name != BUILT_IN)
+    return [BUILT_IN] + [name for name in files if not name.startswith(MISSING_PREFIX)]
 
 
 class DiffSketchLoadExtractor(io.ComfyNode):
@@ -31,9 +47,10 @@ class DiffSketchLoadExtractor(io.ComfyNode):
             inputs=[
                 io.Combo.Input(
                     "extractor_name",
-                    options=file_options([FOLDER], WHAT),
+                    options=extractor_names(),
                     tooltip="A .safetensors extractor in models/diffsketch/extractors (made by DiffSketch "
-                    "Distill).",
+                    "Distill), or the built-in one: distilled from real HED, so it draws HED's lines, not a "
+                    "style you trained.",
                 ),
             ],
             outputs=[Extractor.Output(display_name="extractor", tooltip="For DiffSketch Extract.")],
@@ -41,13 +58,17 @@ class DiffSketchLoadExtractor(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, extractor_name):
+        if extractor_name == BUILT_IN:
+            return extractor_name
         path = file_path([FOLDER], extractor_name)
         return os.path.getmtime(path) if path else extractor_name  # reload when the file changes
 
     @classmethod
     def execute(cls, extractor_name) -> io.NodeOutput:
-        from diffsketch.distill.extractor import load_extractor
+        from diffsketch.distill.extractor import load_default_extractor, load_extractor
 
+        if extractor_name == BUILT_IN:
+            return io.NodeOutput(wrap_extractor(load_default_extractor(device="cpu")))
         path = file_path_or_raise([FOLDER], extractor_name, WHAT)
         return io.NodeOutput(wrap_extractor(load_extractor(path, device="cpu")))
 

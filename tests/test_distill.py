@@ -650,3 +650,91 @@ def test_resuming_a_checkpoint_of_other_pairs_names_the_difference(tmp_path):
     train_student(synthetic_pairs(2), config, checkpoint_path=ckpt)
     with pytest.raises(InvalidInputError, match="pairs: 2 -> 3"):
         train_student(synthetic_pairs(3), config, resume_from=ckpt)
+
+
+# ------------------------------------------------------------------ adversarial terms (Pix2PixHD)
+
+
+def test_adversarial_terms_train_a_discriminator_and_resume_exactly(tmp_path):
+    pairs = synthetic_pairs(4, size=48)
+    config = tiny_config(adversarial_weight=0.1, feature_matching_weight=1.0)
+    seen = []
+    one_go = train_student(pairs, config, on_step=lambda s, losses, p: seen.append(losses))
+    assert {"discriminator", "adversarial", "feature_matching"} <= set(seen[-1])
+    assert all(math.isfinite(v) for v in seen[-1].values())
+    assert one_go.meta["distill"]["adversarial_weight"] == 0.1
+    plain = train_student(pairs, tiny_config())
+    assert not same_weights(one_go, plain)  # the terms reach the student
+
+    ckpt = tmp_path / "gan.safetensors"
+    steps = []
+    with pytest.raises(TrainingInterrupted, match="step 4"):
+        train_student(
+            pairs,
+            config,
+            checkpoint_path=ckpt,
+            on_step=lambda s, losses, p: steps.append(s),
+            should_stop=lambda: len(steps) >= 4,
+        )
+    from safetensors import safe_open
+
+    with safe_open(str(ckpt), framework="pt") as f:
+        keys = list(f.keys())
+    assert any(".adversarial.discriminator." in k for k in keys)  # the discriminator is kept
+    resumed = train_student(pairs, config, checkpoint_path=ckpt, resume_from=ckpt)
+    assert same_weights(one_go, resumed)
+    with pytest.raises(InvalidInputError, match="adversarial_weight: 0.1 -> 0.2"):
+        train_student(
+            pairs, tiny_config(adversarial_weight=0.2, feature_matching_weight=1.0), resume_from=ckpt
+        )
+    with pytest.raises(InvalidInputError, match="adversarial_weight: 0.1 -> 0.0"):
+        train_student(pairs, tiny_config(), resume_from=ckpt)
+
+
+def test_gan_only_recipe_and_pix2pixhd_schedule():
+    config = tiny_config(l1_weight=0.0, adversarial_weight=1.0, feature_matching_weight=10.0)
+    assert config.adversarial
+    with pytest.raises(InvalidInputError, match="cannot all be 0"):
+        tiny_config(l1_weight=0.0)
+    with pytest.raises(InvalidInputError, match="discriminator_lr_ratio"):
+        tiny_config(discriminator_lr_ratio=0.0)
+    schedule = DistillConfig(iterations=100, lr=2e-4, lr_schedule="constant_then_linear", warmup_iterations=0)
+    lrs = [schedule.lr_at(i) for i in range(100)]
+    assert lrs[0] == lrs[50] == 2e-4 and math.isclose(lrs[75], 1e-4) and lrs[99] < 1e-5
+    trained = train_student(synthetic_pairs(2), config)
+    losses = trained.meta["final_losses"]
+    assert {"l1", "adversarial", "feature_matching"} <= set(losses) and all(
+        map(math.isfinite, losses.values())
+    )
+
+
+def test_runs_from_before_the_adversarial_settings_keep_their_name_and_resume(tmp_path):
+    from diffsketch.distill import run_differences, student_run_key
+
+    config = tiny_config()
+    added = ("adversarial_weight", "feature_matching_weight", "discriminator_scales")
+    old = {
+        k: v for k, v in config.to_dict().items() if k not in added + ("discriminator_lr_ratio", "adam_beta1")
+    }
+    pairs = synthetic_pairs(2)
+    assert run_differences({"config": old, "pairs": 2}, pairs, config) == []
+    assert run_differences({"config": old, "pairs": 2}, pairs, tiny_config(adversarial_weight=1.0)) == [
+        "adversarial_weight: 0.0 -> 1.0"
+    ]
+    # the key hashes only what the run had before the settings existed
+    import hashlib
+
+    from diffsketch.distill.student import pair_set_identity
+
+    settings = {k: v for k, v in old.items() if k not in ("iterations", "checkpoint_every", "preview_every")}
+    blob = json.dumps({"pairs": pair_set_identity(pairs), "config": settings}, sort_keys=True)
+    assert student_run_key(pairs, config) == hashlib.sha256(blob.encode()).hexdigest()[:12]
+    assert student_run_key(pairs, tiny_config(adversarial_weight=1.0)) != student_run_key(pairs, config)
+
+
+def test_adversarial_terms_are_refused_in_a_launch_of_several_processes():
+    class TwoProcesses:
+        world_size, rank, is_main = 2, 0, True
+
+    with pytest.raises(InvalidInputError, match="not supported in a launch of several processes"):
+        train_student(synthetic_pairs(2), tiny_config(adversarial_weight=0.1), group=TwoProcesses())

@@ -438,3 +438,31 @@ def test_tiling_seams_of_the_real_extractor_stay_small(seed):
     error = (tiled - whole)[0, ..., 0].abs()
     assert float(whole.std()) > 0.1  # a picture with lines, not a blank page
     assert float(error.max()) <= 0.12 and float(error.mean()) <= 0.02
+
+
+def test_half_precision_files_are_half_the_size_and_load_as_float32(tmp_path):
+    from diffsketch.distill.extractor import SketchExtractor, load_extractor, save_extractor
+
+    torch.manual_seed(0)
+    model = SketchExtractor().eval()
+    full = save_extractor(tmp_path / "full.safetensors", model)
+    half = save_extractor(tmp_path / "half.safetensors", model, {"note": "fp16"}, dtype=torch.float16)
+    assert half.stat().st_size < 0.55 * full.stat().st_size
+    loaded = load_extractor(half)
+    assert all(p.dtype == torch.float32 for p in loaded.parameters()) and loaded.meta == {"note": "fp16"}
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert (loaded(x) - model(x)).abs().max() < 1e-2
+    with pytest.raises(InvalidInputError, match="float16"):
+        save_extractor(tmp_path / "x.safetensors", model, dtype=torch.int8)
+
+
+def test_a_missing_built_in_extractor_is_reported(tmp_path, monkeypatch):
+    from diffsketch.distill import extractor as module
+    from diffsketch.errors import WeightsNotFoundError
+
+    monkeypatch.setattr(module, "DEFAULT_EXTRACTOR_FILE", tmp_path / "default_extractor.safetensors")
+    with pytest.raises(
+        WeightsNotFoundError, match="built-in extractor default_extractor.safetensors is missing"
+    ):
+        module.load_default_extractor()

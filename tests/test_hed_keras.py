@@ -172,6 +172,27 @@ def test_any_photo_size_gives_a_map_of_its_size(ceil_pooling, hw):
             torch.testing.assert_close(out, net(padded)[..., :7, :5])
 
 
+def test_grey_and_rgba_photos_reach_hed_as_rgb():
+    """What the Style Sketch node and ``diffsketch eval --style hed`` feed HED (``rgb_batch``): grey
+    repeated over R, G and B, RGBA composited over white -- never a 1- or 4-channel input."""
+    from diffsketch.images import rgb_batch
+
+    torch.manual_seed(0)
+    net = ModifiedHED(ceil_pooling=True).eval()
+    grey = torch.rand(1, 20, 24, 1)
+    rgba = torch.rand(1, 20, 24, 4)
+    with torch.no_grad():
+        for image, rgb in (
+            (grey, grey.expand(-1, -1, -1, 3)),
+            (rgba, rgba[..., :3] * rgba[..., 3:] + (1 - rgba[..., 3:])),
+        ):
+            out = net(rgb_batch(image).movedim(-1, 1))
+            torch.testing.assert_close(out, net(rgb.movedim(-1, 1)))
+            assert out.shape == (1, 1, 20, 24)
+    with pytest.raises(InvalidInputError, match="channels"):
+        rgb_batch(torch.rand(1, 20, 24, 5))
+
+
 def test_ceil_pooling_keeps_the_last_row_and_column():
     """Keras' padding='same' pools the odd last row into its own cell: the deepest side output of a
     17x17 photo is 2x2 with ceil mode and 1x1 (the last pixel ignored) with floor mode."""

@@ -337,6 +337,66 @@ def test_match_boundaries_tolerance():
     assert mp.sum() == mg.sum() == 16
 
 
+def dense_matching_size(pred, gt, max_dist_px: float) -> int:
+    """The largest one-to-one matching within ``max_dist_px``, from scipy's dense assignment solver:
+    allowed pairs cost 0 and the others 1, so the cheapest assignment uses as many allowed pairs
+    as a matching can."""
+    optimize = pytest.importorskip("scipy.optimize")
+    p, g = np.argwhere(pred), np.argwhere(gt)
+    if not len(p) or not len(g):
+        return 0
+    distance = np.sqrt(((p[:, None, :] - g[None, :, :]) ** 2).sum(-1))
+    allowed = distance <= max_dist_px
+    rows, cols = optimize.linear_sum_assignment(np.where(allowed, 0.0, 1.0))
+    return int(allowed[rows, cols].sum())
+
+
+def check_matching(pred, gt, max_dist_px):
+    mp, mg = match_boundaries(pred, gt, max_dist_px)
+    assert mp.sum() == mg.sum() == dense_matching_size(pred, gt, max_dist_px)
+    assert not (mp & ~pred).any() and not (mg & ~gt).any()
+    # every matched predicted pixel has a matched ground-truth pixel within reach, and back
+    for a, b in ((mp, mg), (mg, mp)):
+        for y, x in np.argwhere(a):
+            near = np.argwhere(b)
+            assert (((near - (y, x)) ** 2).sum(-1) <= max_dist_px**2).any()
+
+
+def test_matching_equals_the_dense_assignment_on_hand_made_and_random_maps():
+    pytest.importorskip("scipy", reason="scipy not installed; BSDS matching needs it")
+    gt = line_map((20, 20), 10, (2, 18))
+    cross = gt | gt.T  # two lines crossing: pixels near the crossing compete for partners
+    comb = np.zeros((20, 20), bool)
+    comb[4:16, 3:17:2] = True  # vertical teeth 2 px apart: every tooth can reach its neighbours
+    check_matching(cross, gt, 1.5)
+    check_matching(gt, cross, 1.5)
+    check_matching(comb, cross, 2.0)
+    check_matching(np.zeros_like(gt), gt, 1.5)
+    rng = np.random.default_rng(0)
+    for density, radius in ((0.1, 1.5), (0.3, 2.0), (0.5, 3.0)):
+        pred, truth = rng.random((18, 22)) < density, rng.random((18, 22)) < density / 2
+        check_matching(pred, truth, radius)
+
+
+def test_matching_agrees_with_scipys_hopcroft_karp_on_dense_maps():
+    """On maps too large for the dense solver: the matching's size equals that of scipy's
+    ``maximum_bipartite_matching`` (an independent algorithm; fast on these maps, not on all)."""
+    pytest.importorskip("scipy", reason="scipy not installed; BSDS matching needs it")
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import maximum_bipartite_matching
+
+    rng = np.random.default_rng(1)
+    for n, radius in ((48, 1.5), (64, 2.5)):
+        field = F.interpolate(torch.rand(1, 1, n // 4, n // 4), size=(n, n), mode="bilinear").numpy()[0, 0]
+        noise = rng.random((n, n))
+        pred, truth = thin_boundaries(noise * field > 0.15), thin_boundaries(noise > 0.5)
+        mp, mg = match_boundaries(pred, truth, radius)
+        p, g = np.argwhere(pred), np.argwhere(truth)
+        near = ((p[:, None, :] - g[None, :, :]) ** 2).sum(-1) <= radius**2
+        reference = maximum_bipartite_matching(csr_matrix(near.astype(np.int8)), perm_type="column")
+        assert mp.sum() == mg.sum() == (reference >= 0).sum() > 0.5 * truth.sum()
+
+
 # ============================================================================ BSDS: scores with known answers
 SHAPE = (120, 160)  # diagonal 200 -> tolerance 0.0075 * 200 = 1.5 px
 

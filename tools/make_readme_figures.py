@@ -2,6 +2,7 @@
 
     python tools/make_readme_figures.py                          # pipeline.png, xdog_examples.png
     python tools/make_readme_figures.py --extractor my.safetensors   # + extractor_examples.png
+    python tools/make_readme_figures.py --distill-results hed_fidelity  # + distill_hed_examples.png
 
 Writes PNGs (about 1000 px wide) into web/docs/images/ (the README and the nodes' help pages in the
 ComfyUI frontend show them):
@@ -10,7 +11,10 @@ ComfyUI frontend show them):
 - ``xdog_examples.png``: scikit-image's sample photos and their XDoG sketches (``diffsketch.styles.xdog``
   with the paper's settings, as the DiffSketch XDoG Sketch node computes them);
 - ``extractor_examples.png``, with ``--extractor``: the same photos through a distilled extractor
-  (``diffsketch.distill.extract.extract``, as DiffSketch Extract runs it).
+  (``diffsketch.distill.extract.extract``, as DiffSketch Extract runs it);
+- ``distill_hed_examples.png``, with ``--distill-results OUT``: the held-out photos of
+  ``benchmarks/distill_fidelity.py --teacher hed --out OUT``, the HED teacher's maps and each
+  student's, from the PNGs that run saved (one row per network).
 
 Needs matplotlib and scikit-image, which the node pack itself does not: ``pip install matplotlib
 scikit-image``. Nothing is downloaded: the photos ship with scikit-image.
@@ -240,7 +244,6 @@ def extractor_sketch(model, photo: torch.Tensor) -> torch.Tensor:
 def draw_examples(path: Path, photos: dict[str, torch.Tensor], sketches: dict[str, torch.Tensor], label: str):
     """Photos in the top row, their sketches under them, one column per photo, pixel for pixel."""
     plt = _pyplot()
-    from PIL import Image
 
     names = list(photos)
     height = photos[names[0]].shape[-2]
@@ -259,6 +262,14 @@ def draw_examples(path: Path, photos: dict[str, torch.Tensor], sketches: dict[st
         fig.text((x + w / 2) / fig_w, 1 - (top / 2) / fig_h, name, ha="center", va="center", fontsize=11)
         x += w + gap
     fig.text(0.5, (bottom / 2) / fig_h, label, ha="center", va="center", fontsize=9.5, color="#333333")
+    return _save_palette_png(fig, path)
+
+
+def _save_palette_png(fig, path: Path) -> Path:
+    """``fig`` as a 256-colour PNG at ``path`` (see PALETTE_COLOURS); closes the figure."""
+    plt = _pyplot()
+    from PIL import Image
+
     buffer = io.BytesIO()
     fig.savefig(buffer, dpi=DPI, format="png")
     plt.close(fig)
@@ -269,6 +280,61 @@ def draw_examples(path: Path, photos: dict[str, torch.Tensor], sketches: dict[st
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, optimize=True)
     return path
+
+
+def draw_distill_grid(results: Path, path: Path, teacher: str, caption: str, extra=None) -> Path:
+    """Held-out photos in columns; the photo, the teacher's map and each network's under it, from
+    the PNGs ``benchmarks/distill_fidelity.py`` saved in ``results/predictions``; ``extra``
+    ``(label, extractor)`` adds a last row: that extractor run on the same photos."""
+    from diffsketch.images import read_image
+
+    plt = _pyplot()
+    folder = results / "predictions"
+    rows = [("photo", folder / "photos"), (f"teacher\n{teacher}", folder / teacher / "teacher")]
+    labels = {"student": "ours (L1)", "student_gan": "ours\n+ GAN/FM", "pix2pixhd": "Pix2PixHD-\nglobal"}
+    rows += [
+        (label, folder / teacher / model)
+        for model, label in labels.items()
+        if (folder / teacher / model).is_dir()
+    ]
+    names = sorted(p.stem for p in (folder / "photos").glob("*.png"))
+    if not names or not (folder / teacher).is_dir():
+        sys.exit(
+            f"--distill-results {results}: no predictions/photos or predictions/{teacher} (run the benchmark)"
+        )
+
+    def rgb(file: Path) -> torch.Tensor:
+        x = torch.from_numpy(read_image(file).copy())
+        return x[..., :3] if x.shape[-1] >= 3 else x[..., :1].expand(-1, -1, 3)
+
+    images = {(label, n): rgb(where / f"{n}.png") for label, where in rows for n in names}
+    if extra is not None:
+        label, model = extra
+        rows.append((label, None))
+        with torch.no_grad():
+            for n in names:
+                sketch = extractor_sketch(model, images[(rows[0][0], n)].permute(2, 0, 1))
+                images[(label, n)] = sketch[..., None].expand(-1, -1, 3)
+    label_w, gap, bottom = 120, 6, 26
+    aspect = sum(images[(rows[0][0], n)].shape[1] / images[(rows[0][0], n)].shape[0] for n in names)
+    height = int((WIDTH_PX - label_w - gap * len(names)) / aspect)
+    widths = [
+        round(images[(rows[0][0], n)].shape[1] * height / images[(rows[0][0], n)].shape[0]) for n in names
+    ]
+    fig_w, fig_h = label_w + sum(widths) + gap * len(names), len(rows) * (height + gap) + bottom
+    fig = plt.figure(figsize=(fig_w / DPI, fig_h / DPI), dpi=DPI)
+    for r, (label, _) in enumerate(rows):
+        y = fig_h - (r + 1) * (height + gap)
+        fig.text(8 / fig_w, (y + height / 2) / fig_h, label, ha="left", va="center", fontsize=9.5)
+        x = label_w
+        for n, w in zip(names, widths):
+            image = images[(label, n)].permute(2, 0, 1)
+            ax = fig.add_axes((x / fig_w, y / fig_h, w / fig_w, height / fig_h))
+            ax.imshow(resize(image, height).permute(1, 2, 0).numpy(), interpolation="nearest")
+            ax.set_axis_off()
+            x += w + gap
+    fig.text(0.5, (bottom / 2) / fig_h, caption, ha="center", va="center", fontsize=9, color="#333333")
+    return _save_palette_png(fig, path)
 
 
 def photo_height_for(names: list[str]) -> int:
@@ -302,6 +368,23 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="caption of extractor_examples.png (say what the extractor was trained on)",
     )
+    parser.add_argument(
+        "--distill-results",
+        type=Path,
+        help="the --out folder of benchmarks/distill_fidelity.py --teacher hed: also draw distill_hed_examples.png",
+    )
+    parser.add_argument("--distill-teacher", default="hed-modified", help="which teacher's row to draw")
+    parser.add_argument(
+        "--distill-caption",
+        default="Held-out photos, the HED teacher and the students of benchmarks/distill_fidelity.py --teacher hed",
+        help="caption of distill_hed_examples.png (say what budget the students had)",
+    )
+    parser.add_argument("--only-distill", action="store_true", help="draw distill_hed_examples.png alone")
+    parser.add_argument(
+        "--extractor-label",
+        default="--extractor",
+        help="row label of --extractor in distill_hed_examples.png",
+    )
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.photos.split(",") if n.strip()]
     model = None
@@ -312,6 +395,19 @@ def main(argv: list[str] | None = None) -> int:
             model = load_extractor(args.extractor)
         except DiffSketchError as e:  # the message names the file and what is wrong with it
             sys.exit(f"--extractor: {e}")
+    if args.distill_results is not None:
+        print(
+            "wrote",
+            draw_distill_grid(
+                args.distill_results,
+                args.out / "distill_hed_examples.png",
+                args.distill_teacher,
+                args.distill_caption,
+                extra=None if model is None else (args.extractor_label, model),
+            ),
+        )
+        if args.only_distill:
+            return 0
     height = photo_height_for(names)
 
     print("wrote", draw_pipeline(args.out / "pipeline.png"))

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import FileFormatError, InvalidInputError
+from ..errors import FileFormatError, InvalidInputError, WeightsNotFoundError
 from ..fileio import CHECKSUM_KEY, load_model_file, load_state_strict, save_model_file
 from ..images import gaussian_kernel_1d
 
@@ -346,18 +346,26 @@ class SketchExtractor(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
-def save_extractor(path: str | os.PathLike, model: SketchExtractor, meta: dict | None = None) -> Path:
+def save_extractor(
+    path: str | os.PathLike,
+    model: SketchExtractor,
+    meta: dict | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
     """Atomically write ``model`` as a ``kind="extractor"`` DiffSketch safetensors file (format ``EXTRACTOR_VERSION``).
 
     ``meta`` (JSON-serialisable: training settings, source style, steps, ...) is stored in the
-    header next to the network config and a checksum of the weights.
+    header next to the network config and a checksum of the weights. ``dtype``: float32, or
+    float16 / bfloat16 for a file half the size (:func:`load_extractor` computes in float32).
     """
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise InvalidInputError(f"extractor weights are stored as float32, float16 or bfloat16, not {dtype}.")
     if not isinstance(model, SketchExtractor):
         raise InvalidInputError(f"save_extractor needs a SketchExtractor, got {type(model).__name__}.")
     meta = dict(meta or {})
     if "config" in meta:
         raise InvalidInputError("extractor meta may not set the reserved keys ['config'].")
-    tensors = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    tensors = {k: v.detach().to(dtype).cpu() for k, v in model.state_dict().items()}
     header = {"config": model.config.to_dict(), **meta}
     return save_model_file(path, tensors, EXTRACTOR_KIND, EXTRACTOR_VERSION, header)
 
@@ -383,3 +391,27 @@ def load_extractor(path: str | os.PathLike, device: str | torch.device = "cpu") 
         k: v for k, v in header.items() if k not in ("format", "kind", "version", "config", CHECKSUM_KEY)
     }
     return model.to(device).eval()
+
+
+# --------------------------------------------------------------------------------------------
+# The extractor shipped with the pack
+# --------------------------------------------------------------------------------------------
+
+#: The default extractor installed with the package: a student distilled from real HED
+#: (``tools/train_default_extractor.py``). HED's style, not a DiffSketch style.
+DEFAULT_EXTRACTOR_FILE = Path(__file__).resolve().parents[1] / "data" / "default_extractor.safetensors"
+
+
+def default_extractor_path() -> Path:
+    """:data:`DEFAULT_EXTRACTOR_FILE`, or WeightsNotFoundError saying how to get it back."""
+    if not DEFAULT_EXTRACTOR_FILE.is_file():
+        raise WeightsNotFoundError(
+            f"the built-in extractor {DEFAULT_EXTRACTOR_FILE.name} is missing from this installation "
+            f"({DEFAULT_EXTRACTOR_FILE.parent}); reinstall DiffSketch, or pass an extractor file of your own."
+        )
+    return DEFAULT_EXTRACTOR_FILE
+
+
+def load_default_extractor(device: str | torch.device = "cpu") -> SketchExtractor:
+    """The extractor shipped with the pack (see :data:`DEFAULT_EXTRACTOR_FILE`)."""
+    return load_extractor(default_extractor_path(), device=device)

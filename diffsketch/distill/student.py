@@ -5,7 +5,9 @@ by default, or any ``[B,3,H,W] -> [B,1,H,W]`` module) to the pairs with L1 + LPI
 crops with horizontal flips. Batch ``k`` is drawn from an RNG seeded by ``(seed, k)``, so a
 run resumed from a checkpoint after N steps ends bit-for-bit where an uninterrupted run ends.
 
-Not implemented: the optional adversarial term (Pix2PixHD's GAN + feature matching).
+With ``adversarial_weight`` / ``feature_matching_weight`` above 0 it adds Pix2PixHD's
+adversarial terms (:mod:`.adversarial`): a multi-scale PatchGAN discriminator trained alongside
+the student, LSGAN and discriminator feature matching.
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ from torch import nn
 
 from ..distributed import Group
 from ..errors import FileFormatError, InvalidInputError
+from ..fileio import read_header
 from ..seeds import cpu_generator, derive_seed, seeded
 from ..train.loop import StepCallback, StopCallback, TrainingLoop
 from ..train.losses import perceptual_preprocess
 from ..train.state import load_training_state, save_training_state
+from .adversarial import AdversarialTerms
 from .extractor import ExtractorConfig, SketchExtractor
 
 logger = logging.getLogger(__name__)
@@ -37,20 +41,30 @@ DISTILL_CHECKPOINT_KIND = "distill_checkpoint"
 DISTILL_CHECKPOINT_VERSION = 1
 
 
-_SCHEDULES = ("cosine", "constant")
+_SCHEDULES = ("cosine", "constant", "constant_then_linear")
+#: Adam's beta1 for the discriminator, as Pix2PixHD (and most GANs) train it.
+DISCRIMINATOR_BETA1 = 0.5
 
 
 @dataclass(frozen=True)
 class DistillConfig:
     """Settings of :func:`train_student`; stored as JSON in checkpoints and the student's meta.
 
-    Optimiser: Adam (betas 0.9, 0.999) at ``lr``, with a linear warm-up over
+    Optimiser: Adam (betas ``adam_beta1``, 0.999) at ``lr``, with a linear warm-up over
     ``warmup_iterations`` and then, with ``lr_schedule="cosine"``, a cosine decay to
     ``lr * min_lr_ratio`` at ``iterations`` (the warm-up keeps a fresh network's first steps
-    small). Each step draws ``batch_size`` pairs at random (with replacement), a random
-    ``crop_size`` crop of each (pairs smaller than that are reflection-padded) and, with
-    ``flip``, a random horizontal flip. Loss = ``l1_weight * L1 + lpips_weight * LPIPS``;
-    gradients are clipped to ``grad_clip_norm`` (0 = off).
+    small; ``"constant_then_linear"`` is Pix2PixHD's schedule: constant for the first half, then
+    linearly down to 0). Each step draws ``batch_size`` pairs at random (with replacement), a
+    random ``crop_size`` crop of each (pairs smaller than that are reflection-padded) and, with
+    ``flip``, a random horizontal flip. Loss = ``l1_weight * L1 + lpips_weight * LPIPS
+    + adversarial_weight * LSGAN + feature_matching_weight * FM``; the student's gradients are
+    clipped to ``grad_clip_norm`` (0 = off).
+
+    With either adversarial weight above 0, a ``discriminator_scales``-scale PatchGAN
+    (:mod:`.adversarial`) is trained alongside, as Pix2PixHD does it: each step computes the
+    student's and the discriminator's losses against the same discriminator, and both take
+    their Adam step together (the discriminator's at ``lr * discriminator_lr_ratio`` with beta1
+    0.5, unclipped).
     """
 
     iterations: int = 3000
@@ -67,6 +81,11 @@ class DistillConfig:
     checkpoint_every: int = 500
     preview_every: int = 100
     seed: int = 0
+    adversarial_weight: float = 0.0
+    feature_matching_weight: float = 0.0
+    discriminator_scales: int = 2
+    discriminator_lr_ratio: float = 0.1
+    adam_beta1: float = 0.9
     extractor: ExtractorConfig = field(default_factory=ExtractorConfig)
 
     def __post_init__(self):
@@ -91,6 +110,7 @@ class DistillConfig:
 
         for name in ("iterations", "batch_size", "crop_size", "checkpoint_every", "preview_every"):
             positive_int(name)
+        positive_int("discriminator_scales")
         positive_int("warmup_iterations", 0)
         positive_int("seed", 0)
         number("lr", 0.0, 1.0, low_open=True)
@@ -98,8 +118,15 @@ class DistillConfig:
         number("l1_weight", 0.0, 1e6)
         number("lpips_weight", 0.0, 1e6)
         number("grad_clip_norm", 0.0, 1e6)
-        if self.l1_weight == 0 and self.lpips_weight == 0:
-            raise InvalidInputError("DistillConfig: l1_weight and lpips_weight cannot both be 0.")
+        number("adversarial_weight", 0.0, 1e6)
+        number("feature_matching_weight", 0.0, 1e6)
+        number("discriminator_lr_ratio", 0.0, 1e3, low_open=True)
+        number("adam_beta1", 0.0, 0.999)
+        if self.l1_weight == 0 and self.lpips_weight == 0 and not self.adversarial:
+            raise InvalidInputError(
+                "DistillConfig: l1_weight, lpips_weight, adversarial_weight and feature_matching_weight "
+                "cannot all be 0."
+            )
         if self.lr_schedule not in _SCHEDULES:
             raise InvalidInputError(
                 f"DistillConfig.lr_schedule must be one of {_SCHEDULES}, got {self.lr_schedule!r}."
@@ -107,8 +134,14 @@ class DistillConfig:
         if not isinstance(self.flip, bool):
             raise InvalidInputError(f"DistillConfig.flip must be true or false, got {self.flip!r}.")
 
+    @property
+    def adversarial(self) -> bool:
+        """Whether a discriminator is trained (either adversarial term is on)."""
+        return self.adversarial_weight > 0 or self.feature_matching_weight > 0
+
     def lr_at(self, iteration: int) -> float:
-        """Learning rate of step ``iteration`` (0-based): warm-up, then constant or cosine decay."""
+        """Learning rate of step ``iteration`` (0-based): warm-up, then constant, cosine decay, or
+        constant for the first half and linear decay to 0 over the second."""
         scale = 1.0
         if self.warmup_iterations and iteration < self.warmup_iterations:
             scale = (iteration + 1) / self.warmup_iterations
@@ -116,6 +149,8 @@ class DistillConfig:
             progress = min(iteration / max(self.iterations - 1, 1), 1.0)
             floor = self.min_lr_ratio
             scale *= floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        elif self.lr_schedule == "constant_then_linear":
+            scale *= min(1.0, 2.0 * (1.0 - iteration / self.iterations))
         return self.lr * scale
 
     def to_dict(self) -> dict:
@@ -148,6 +183,28 @@ class DistillConfig:
 # Settings that may change when a run is resumed; every other one must match the checkpoint's,
 # or the resumed run would not be the run that was started.
 _RESUMABLE_CHANGES = ("iterations", "checkpoint_every", "preview_every")
+# Settings added after runs were first named and checkpointed; a run that leaves them at their
+# defaults keeps the name and the checkpoints it had before they existed.
+_ADDED_SETTINGS = (
+    "adversarial_weight",
+    "feature_matching_weight",
+    "discriminator_scales",
+    "discriminator_lr_ratio",
+    "adam_beta1",
+)
+
+
+_ADDED_DEFAULTS = {k: getattr(DistillConfig, k) for k in _ADDED_SETTINGS}
+
+
+def _run_settings(config: dict) -> dict:
+    """The settings that decide a run (see ``_RESUMABLE_CHANGES``), later ones at their defaults
+    left out."""
+    return {
+        k: v
+        for k, v in config.items()
+        if k not in _RESUMABLE_CHANGES and not (k in _ADDED_DEFAULTS and v == _ADDED_DEFAULTS[k])
+    }
 
 
 def pair_set_identity(pairs) -> dict:
@@ -161,7 +218,7 @@ def student_run_key(pairs, config: DistillConfig) -> str:
     """A short hash of what decides a student's training run: its pairs and every setting that
     must not change on resume (not ``iterations`` nor the checkpoint/preview cadence). Two runs
     with one key are one run, the second continuing the first."""
-    settings = {k: v for k, v in config.to_dict().items() if k not in _RESUMABLE_CHANGES}
+    settings = _run_settings(config.to_dict())
     blob = json.dumps({"pairs": pair_set_identity(pairs), "config": settings}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -169,12 +226,12 @@ def student_run_key(pairs, config: DistillConfig) -> str:
 def run_differences(meta: dict, pairs, config: DistillConfig) -> list[str]:
     """What differs between a checkpoint's run (its ``meta``) and a run on ``pairs`` with
     ``config``, as "name: was -> now" (empty: the same run; ``iterations`` may differ)."""
-    saved = meta.get("config") if isinstance(meta.get("config"), dict) else {}
-    wanted = config.to_dict()
+    saved = _run_settings(meta.get("config") if isinstance(meta.get("config"), dict) else {})
+    wanted = _run_settings(config.to_dict())
     diffs = [
-        f"{k}: {saved.get(k)!r} -> {wanted.get(k)!r}"
+        f"{k}: {saved.get(k, _ADDED_DEFAULTS.get(k))!r} -> {wanted.get(k, _ADDED_DEFAULTS.get(k))!r}"
         for k in sorted(set(saved) | set(wanted))
-        if k not in _RESUMABLE_CHANGES and saved.get(k) != wanted.get(k)
+        if saved.get(k) != wanted.get(k)
     ]
     mine = pair_set_identity(pairs)
     if meta.get("pairs") is not None and meta.get("pairs") != mine["pairs"]:
@@ -329,6 +386,12 @@ def train_student(
     if n_pairs < 1:
         raise InvalidInputError("the pair set is empty; generate some pairs first.")
     device = torch.device(device)
+    if group is not None and config.adversarial:
+        raise InvalidInputError(
+            "the adversarial terms (adversarial_weight, feature_matching_weight) are not supported in a "
+            f"launch of several processes yet ({group.world_size} here): train the discriminator in one "
+            "process (no torchrun / accelerate), or set both weights to 0."
+        )
     if group is not None and config.batch_size % group.world_size:
         raise InvalidInputError(
             f"batch_size {config.batch_size} does not split evenly over {group.world_size} processes; use a "
@@ -349,7 +412,26 @@ def train_student(
     params = [p for p in student.parameters() if p.requires_grad]
     if not params:
         raise InvalidInputError(f"the student {type(student).__name__} has no trainable parameters.")
-    optimizer = torch.optim.Adam(params, lr=config.lr, betas=(0.9, 0.999))
+    groups = [{"params": params}]
+    adversarial = None
+    trained: nn.Module = student  # what the checkpoints hold
+    if config.adversarial:
+        adversarial = seeded(
+            derive_seed("discriminator-init", config.seed),
+            lambda: AdversarialTerms(config.discriminator_scales),
+        ).to(device)
+        adversarial.train()
+        groups.append(
+            {
+                "params": list(adversarial.parameters()),
+                "lr_scale": config.discriminator_lr_ratio,
+                "betas": (DISCRIMINATOR_BETA1, 0.999),
+            }
+        )
+        trained = nn.ModuleDict({"student": student, "adversarial": adversarial})
+    # one optimiser, a parameter group per network: one checkpoint format with or without a
+    # discriminator, and one step that moves both
+    optimizer = torch.optim.Adam(groups, lr=config.lr, betas=(config.adam_beta1, 0.999))
     model = student
     if group is not None:
         from torch.nn.parallel import DistributedDataParallel
@@ -361,15 +443,18 @@ def train_student(
 
     start = 0
     if resume_from is not None:
-        start, _, meta = load_training_state(
+        # the settings first: another run's weights (e.g. with a discriminator) would not load
+        header = read_header(resume_from, DISTILL_CHECKPOINT_KIND, (DISTILL_CHECKPOINT_VERSION,))
+        saved_meta = header.get("meta") if isinstance(header.get("meta"), dict) else {}
+        _check_resume(saved_meta, config, student, resume_from, pairs)
+        start, _, _ = load_training_state(
             resume_from,
             kind=DISTILL_CHECKPOINT_KIND,
-            model=student,
+            model=trained,
             optimizer=optimizer,
             device=device,
             versions=(DISTILL_CHECKPOINT_VERSION,),
         )
-        _check_resume(meta, config, student, resume_from, pairs)
         logger.info("DiffSketch: resuming the student from %s at step %d", resume_from, start)
 
     losses: dict = {}
@@ -389,7 +474,7 @@ def train_student(
         return save_training_state(
             checkpoint_path,
             kind=DISTILL_CHECKPOINT_KIND,
-            model=student,
+            model=trained,
             optimizer=optimizer,
             step=loop.step,
             meta=checkpoint_meta(),
@@ -398,7 +483,7 @@ def train_student(
 
     loop = TrainingLoop(
         what="distillation",
-        model=student,
+        model=trained,
         iterations=config.iterations,
         save=save if checkpoint_path is not None else None,
         checkpoint_every=config.checkpoint_every,
@@ -420,7 +505,7 @@ def train_student(
         images, sketches = images.to(device), sketches.to(device)
         lr = config.lr_at(iteration)
         for param_group in optimizer.param_groups:
-            param_group["lr"] = lr
+            param_group["lr"] = lr * param_group.get("lr_scale", 1.0)
         output = model(images)
         if output.shape != sketches.shape:
             raise InvalidInputError(
@@ -438,6 +523,21 @@ def train_student(
             ).mean()
             loss = loss + config.lpips_weight * lp
             step_losses["lpips"] = float(lp.detach())
+        discriminator_loss = None
+        if adversarial is not None:
+            # Pix2PixHD's order: both losses against the discriminator as it is before this step
+            discriminator_loss = adversarial.discriminator_loss(images, output, sketches)
+            gan, matching = adversarial.student_losses(images, output, sketches)
+            loss = loss + config.adversarial_weight * gan + config.feature_matching_weight * matching
+            step_losses.update(
+                discriminator=float(discriminator_loss.detach()),
+                adversarial=float(gan.detach()),
+                feature_matching=float(matching.detach()),
+            )
+            if not math.isfinite(step_losses["discriminator"]):
+                raise loop.diverged(
+                    iteration + 1, "the discriminator's loss is not finite; the step was not applied"
+                )
         if group is not None:
             # the mean over the processes is the whole batch's loss; a NaN anywhere reaches all
             names = sorted(step_losses)
@@ -448,7 +548,9 @@ def train_student(
         if not math.isfinite(loss_value):
             raise loop.diverged(iteration + 1, "the loss is not finite; the step was not applied")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # the student's gradients (the discriminator is frozen in student_losses)
+        if discriminator_loss is not None:
+            discriminator_loss.backward()  # the discriminator's (the student's output is detached there)
         if config.grad_clip_norm > 0:
             norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip_norm)
         else:
@@ -457,6 +559,12 @@ def train_student(
             )
         if not torch.isfinite(norm):
             raise loop.diverged(iteration + 1, "the gradients are not finite; the step was not applied")
+        if adversarial is not None and not all(
+            bool(torch.isfinite(p.grad).all()) for p in adversarial.parameters() if p.grad is not None
+        ):
+            raise loop.diverged(
+                iteration + 1, "the discriminator's gradients are not finite; the step was not applied"
+            )
         return images, sketches, output, {"loss": loss_value, **step_losses, "lr": lr}
 
     def report(step: int, result) -> None:

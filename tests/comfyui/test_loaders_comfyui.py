@@ -1,6 +1,6 @@
 """Tier 2: loaders whose folders are empty show one entry saying what to put where, and running
-with that entry fails with the same words (ComfyUI imported in-process, folders pointed at empty
-temporary directories)."""
+with that entry fails with the same words -- except Load Extractor, whose first entry is the
+built-in extractor (ComfyUI imported in-process, folders pointed at empty temporary directories)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from diffsketch.errors import WeightsNotFoundError
 
 # node id -> (its file combo, the other inputs execute() needs)
 LOADERS = {
-    "DiffSketchLoadExtractor": ("extractor_name", {}),
     "DiffSketchLoadGenerator": ("generator_name", {}),
     "DiffSketchLoadConditions": ("conditions_name", {}),
     "DiffSketchLoadClipLoss": (
@@ -73,13 +72,31 @@ def test_empty_loaders_show_one_entry_and_fail_with_it(empty_folders):
     )
 
 
+def test_load_extractor_offers_the_built_in_extractor_first_and_loads_it(empty_folders):
+    from diffsketch.distill.extractor import DEFAULT_EXTRACTOR_FILE, SketchExtractor
+
+    nodes, base = empty_folders
+    node_class = _node(nodes, "DiffSketchLoadExtractor")
+    built_in = nodes.extract.BUILT_IN
+    assert _options(node_class, "extractor_name") == [built_in]  # no "missing" entry: it is always there
+    (base / "diffsketch_extractors" / "mine.safetensors").write_bytes(b"")
+    import folder_paths
+
+    folder_paths.filename_list_cache.clear()  # ComfyUI caches listings; a new file would wait for it
+    assert _options(node_class, "extractor_name") == [built_in, "mine.safetensors"]
+    if not DEFAULT_EXTRACTOR_FILE.is_file():
+        pytest.skip(
+            f"{DEFAULT_EXTRACTOR_FILE.name} is not in this checkout (tools/train_default_extractor.py)"
+        )
+    patcher = node_class.execute(extractor_name=built_in).result[0]
+    assert isinstance(patcher.model, SketchExtractor) and "HED" in patcher.model.meta["description"]
+
+
 def test_a_file_replaces_the_entry(empty_folders):
     nodes, base = empty_folders
-    (base / "diffsketch_extractors" / "mine.safetensors").write_bytes(b"")
     (base / "diffsketch_lpips" / "alexnet-owt-7be5be79.pth").write_bytes(b"")
     # never listed: torch.load reads only the documented file
     (base / "diffsketch_lpips" / "some_other_pickle.pth").write_bytes(b"")
-    assert _options(_node(nodes, "DiffSketchLoadExtractor"), "extractor_name") == ["mine.safetensors"]
     assert _options(_node(nodes, "DiffSketchLoadClipLoss"), "lpips_weights") == ["alexnet-owt-7be5be79.pth"]
 
 
