@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
 
 import folder_paths
 from comfy_api.latest import io
 
-from diffsketch.errors import WeightsNotFoundError
+from diffsketch.errors import Cancelled, WeightsNotFoundError
 from diffsketch.fileio import remove_stale_temp_files
 
 MODEL_FOLDERS = {
@@ -27,6 +28,20 @@ FOLDER_LABELS = {key: f"models/diffsketch/{sub}" for key, sub in MODEL_FOLDERS.i
     "clip_vision": "models/clip_vision"
 }
 MISSING_PREFIX = "(missing) "
+
+
+@contextmanager
+def cancel_as_interrupt():
+    """Around a library call that polls ``should_stop``: ComfyUI shows a run as interrupted (not
+    failed) only for its own InterruptProcessingException, so the library's :class:`Cancelled`
+    (raised when ``should_stop`` noticed the Cancel before a progress callback did) becomes one. The
+    library has written its checkpoint by then."""
+    import comfy.model_management
+
+    try:
+        yield
+    except Cancelled as e:
+        raise comfy.model_management.InterruptProcessingException() from e
 
 
 def register_model_folders() -> None:

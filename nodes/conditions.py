@@ -10,7 +10,7 @@ from comfy_api.latest import io
 
 from diffsketch.fileio import check_save_name
 
-from .common import file_options, file_path_or_raise, save_path
+from .common import cancel_as_interrupt, file_options, file_path_or_raise, save_path
 from .types import CATEGORY, Conditions
 
 logger = logging.getLogger("diffsketch.nodes")
@@ -85,16 +85,17 @@ class DiffSketchFitConditions(io.ComfyNode):
         def encode(text):
             return encode_text(clip, text, with_pooled=family == SDXL)
 
-        sampler = ConditionSampler.fit_from_prompts(
-            encode,
-            prompt_list,
-            n_components=int(components),
-            seed=int(seed),
-            progress=lambda done, total: pbar.update_absolute(done, total),
-            should_stop=comfy.model_management.processing_interrupted,
-            text_encoder_fingerprint=fingerprint,
-            family=family,
-        )
+        with cancel_as_interrupt():
+            sampler = ConditionSampler.fit_from_prompts(
+                encode,
+                prompt_list,
+                n_components=int(components),
+                seed=int(seed),
+                progress=lambda done, total: pbar.update_absolute(done, total),
+                should_stop=comfy.model_management.processing_interrupted,
+                text_encoder_fingerprint=fingerprint,
+                family=family,
+            )
         comfy.model_management.throw_exception_if_processing_interrupted()
         if sampler.notice:
             logger.warning("[DiffSketch] %s", sampler.notice)

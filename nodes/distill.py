@@ -14,7 +14,7 @@ from comfy_api.latest import io, ui
 from diffsketch.distill import DistillConfig
 from diffsketch.fileio import check_save_name
 
-from .common import LINE_ART_ALIASES, save_path, search_aliases
+from .common import LINE_ART_ALIASES, cancel_as_interrupt, save_path, search_aliases
 from .extract import wrap_extractor
 from .train import _preview
 from .types import CATEGORY, ClipLoss, Conditions, Extractor, Generator
@@ -215,21 +215,22 @@ class DiffSketchDistill(io.ComfyNode):
             )
 
         with torch.inference_mode(False), torch.enable_grad():
-            student = distill(
-                backend,
-                generator,
-                conditions,
-                pairs_dir,
-                int(pair_count),
-                config,
-                sampling,
-                lpips_model=loss_models["lpips"] if loss_models is not None else None,
-                progress=pairs_progress,
-                on_step=on_step,
-                should_stop=comfy.model_management.processing_interrupted,
-                notice=lambda text: logger.info("[DiffSketch] %s", text),
-                device=device,
-            )
+            with cancel_as_interrupt():
+                student = distill(
+                    backend,
+                    generator,
+                    conditions,
+                    pairs_dir,
+                    int(pair_count),
+                    config,
+                    sampling,
+                    lpips_model=loss_models["lpips"] if loss_models is not None else None,
+                    progress=pairs_progress,
+                    on_step=on_step,
+                    should_stop=comfy.model_management.processing_interrupted,
+                    notice=lambda text: logger.info("[DiffSketch] %s", text),
+                    device=device,
+                )
             student = student.cpu().eval()
         out_path = save_path(FOLDER, name + ".safetensors")
         save_extractor(out_path, student, student.meta)

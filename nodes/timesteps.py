@@ -10,6 +10,7 @@ from comfy_api.latest import io, ui
 
 from diffsketch.capture.timesteps import PAPER_TIMESTEPS, parse_timesteps
 
+from .common import cancel_as_interrupt
 from .types import CATEGORY, Timesteps
 
 logger = logging.getLogger("diffsketch.nodes")
@@ -144,18 +145,19 @@ class DiffSketchTimesteps(io.ComfyNode):
         backend = ComfyBackend(model, clip, vae)
         prompt_list = parse_prompts(prompts) if prompts and prompts.strip() else load_default_prompts()
         pbar = comfy.utils.ProgressBar(int(samples))
-        result = run_timestep_analysis(
-            backend,
-            prompt_list,
-            int(samples),
-            int(steps),
-            k=int(k) or None,
-            seed=int(seed),
-            width=int(width),
-            height=int(height),
-            progress=lambda done, total: pbar.update_absolute(done, total),
-            should_stop=lambda: comfy.model_management.processing_interrupted(),
-        )
+        with cancel_as_interrupt():
+            result = run_timestep_analysis(
+                backend,
+                prompt_list,
+                int(samples),
+                int(steps),
+                k=int(k) or None,
+                seed=int(seed),
+                width=int(width),
+                height=int(height),
+                progress=lambda done, total: pbar.update_absolute(done, total),
+                should_stop=lambda: comfy.model_management.processing_interrupted(),
+            )
         comfy.model_management.throw_exception_if_processing_interrupted()
         images = {name: to_image_tensor(img) for name, img in plots(result).items()}
         text = result.summary()

@@ -12,7 +12,15 @@ from comfy_api.latest import io, ui
 
 from diffsketch.fileio import check_save_name
 
-from .common import LINE_ART_ALIASES, file_options, file_path, file_path_or_raise, save_path, search_aliases
+from .common import (
+    LINE_ART_ALIASES,
+    cancel_as_interrupt,
+    file_options,
+    file_path,
+    file_path_or_raise,
+    save_path,
+    search_aliases,
+)
 from .types import CATEGORY, ClipLoss, Conditions, Features, Generator
 
 logger = logging.getLogger("diffsketch.nodes")
@@ -307,7 +315,8 @@ class DiffSketchTrain(io.ComfyNode):
             )
             for n in trainer.notices:
                 logger.warning("[DiffSketch] %s", n)
-            trainer.run(on_step=on_step, should_stop=comfy.model_management.processing_interrupted)
+            with cancel_as_interrupt():
+                trainer.run(on_step=on_step, should_stop=comfy.model_management.processing_interrupted)
             generator = trainer.generator.eval()
             out_path = save_path(FOLDER, name + ".safetensors")
             trainer.save_generator(out_path)  # the generator output carries the same record as the file

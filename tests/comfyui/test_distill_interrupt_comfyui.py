@@ -113,7 +113,9 @@ def test_interrupt_during_student_training_resumes_to_the_same_extractor(comfy_s
     comfy_server.post("/interrupt", {})
     entry = comfy_server.wait(pid)
     assert entry["status"]["status_str"] == "error"
-    assert any(kind == "execution_interrupted" for kind, _ in entry["status"]["messages"])
+    assert any(kind == "execution_interrupted" for kind, _ in entry["status"]["messages"]), error_message(
+        entry
+    )
     # one checkpoint per student run, named by its pairs and settings
     [checkpoint] = pairs.glob(f"*/{STUDENT_CHECKPOINT_PREFIX}*.safetensors")
     header = read_header(checkpoint, DISTILL_CHECKPOINT_KIND)
@@ -133,3 +135,20 @@ def test_interrupt_during_student_training_resumes_to_the_same_extractor(comfy_s
     one_go = load_extractor(distill_env / "extractors" / "uninterrupted.safetensors")
     for (name, a), b in zip(one_go.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_a_cancel_the_library_noticed_first_is_reported_as_interrupted(comfy_inprocess):
+    """Train, Distill, Fit Conditions and Timesteps poll ``should_stop``; when that notices the Cancel
+    before a progress callback does, the library raises TrainingInterrupted, which must reach ComfyUI
+    as its InterruptProcessingException (shown as interrupted, not as a failed run)."""
+    import comfy.model_management
+
+    from diffsketch.errors import TrainingInterrupted
+
+    cancel_as_interrupt = comfy_inprocess.nodes.common.cancel_as_interrupt
+    with pytest.raises(comfy.model_management.InterruptProcessingException):
+        with cancel_as_interrupt():
+            raise TrainingInterrupted("cancelled at step 3; checkpoint written")
+    with pytest.raises(ValueError):  # anything else passes through unchanged
+        with cancel_as_interrupt():
+            raise ValueError("not a cancel")
