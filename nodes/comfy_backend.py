@@ -37,12 +37,12 @@ from diffsketch.capture.spec import (
     feature_spec_from_ldm,
     unsupported_model,
 )
+from diffsketch.capture.timesteps import NUM_TRAIN_TIMESTEPS
 from diffsketch.errors import UnsupportedModelError
 
 WRAPPER_KEY = "diffsketch_capture"
 # ComfyUI's cond_or_uncond uses 0 for the positive and 1 for the negative prompt.
 _COMFY_TO_BRANCH = {0: COND, 1: UNCOND}
-NUM_TRAIN_TIMESTEPS = 1000
 
 
 def describe_model(model) -> str:
