@@ -58,6 +58,19 @@ def check_model(args) -> None:
     pick_device(args.device)
 
 
+#: The size the sampling options are checked at before the model is loaded (the default size, the
+#: model's native one, is known only then).
+SIZE_STAND_IN = 512
+
+
+def with_model_size(args, sampling, backend):
+    """``sampling`` at --width/--height; where one was not given, at the model's native side
+    (``backend.native_size``: 1024 for SDXL)."""
+    return sampling.replace(
+        width=args.width or backend.native_size, height=args.height or backend.native_size
+    )
+
+
 def check_file_kind(path, option: str, kind: str) -> Path:
     """``path`` exists and is a DiffSketch file of ``kind`` (its header only is read)."""
     from .fileio import read_header
@@ -99,11 +112,12 @@ def cmd_sample(args) -> int:
         seed=args.seed,
         steps=args.steps,
         cfg=args.cfg,
-        width=args.width,
-        height=args.height,
+        width=args.width or SIZE_STAND_IN,
+        height=args.height or SIZE_STAND_IN,
         timesteps=parse_timesteps(args.timesteps),
     )
     backend = load_backend(args)
+    sampling = with_model_size(args, sampling, backend)
     bar = progress_bar(args.steps, "sampling")
     sample = backend.sample(args.prompt, sampling, progress=bar)
     bar.close()
@@ -133,8 +147,8 @@ def cmd_timesteps(args) -> int:
         args.steps,
         k=args.k or None,
         seed=args.seed,
-        width=args.width,
-        height=args.height,
+        width=args.width or backend.native_size,
+        height=args.height or backend.native_size,
         cfg=args.cfg,
         progress=bar,
     )
@@ -389,10 +403,15 @@ def cmd_generate(args) -> int:
     check_file_kind(args.generator, "--generator", GENERATOR_KIND)
     out = check_output_folder(args.out, "--out")
     sampling = SamplingSettings(
-        steps=args.steps, cfg=args.cfg, width=args.width, height=args.height, schedule=args.schedule
+        steps=args.steps,
+        cfg=args.cfg,
+        width=args.width or SIZE_STAND_IN,
+        height=args.height or SIZE_STAND_IN,
+        schedule=args.schedule,
     )
     generator = load_generator(args.generator, device=pick_device(args.device))
     backend = load_backend(args)
+    sampling = with_model_size(args, sampling, backend)
     bar = progress_bar(args.count, "generating", unit="pair")
     try:
         for k in range(args.count):
@@ -482,8 +501,8 @@ def _distill(args, out: Path, device: str, group) -> int:
                 seed=args.seed,
                 steps=args.steps,
                 cfg=args.cfg,
-                width=args.width,
-                height=args.height,
+                width=args.width or backend.native_size,
+                height=args.height or backend.native_size,
                 schedule=args.schedule,
             ),
             lpips_model=lpips_model,
@@ -537,18 +556,14 @@ def _model_args(p):
 def _sampling_args(p, steps=50):
     p.add_argument("--steps", type=int, default=steps, help=f"DDIM steps (default {steps})")
     p.add_argument("--cfg", type=float, default=5.0, help="classifier-free guidance scale (default 5.0)")
-    p.add_argument(
-        "--width",
-        type=int,
-        default=512,
-        help="width in pixels, a multiple of 64 (default 512; SDXL: use 1024)",
-    )
-    p.add_argument(
-        "--height",
-        type=int,
-        default=512,
-        help="height in pixels, a multiple of 64 (default 512; SDXL: use 1024)",
-    )
+    for side in ("width", "height"):
+        p.add_argument(
+            f"--{side}",
+            type=int,
+            default=None,
+            help=f"{side} in pixels, a multiple of 64 (default: the model's native size: 512 for SD 1.x and SD 2.x-base, "
+            "768 for SD 2.x 768-v, 1024 for SDXL)",
+        )
 
 
 def _schedule_arg(p):

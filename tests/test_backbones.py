@@ -61,6 +61,13 @@ def test_sd2_taps_from_the_real_config():
     assert spec.fingerprint() != sd1.fingerprint()
 
 
+def test_native_size_of_the_published_configs():
+    from diffsketch.backends.diffusers import native_image_size
+
+    sizes = [native_image_size(unet, SD_VAE) for unet in (SD15_UNET, SD21_UNET, SDXL_UNET)]
+    assert sizes == [512, 768, 1024]
+
+
 def test_sd1_fingerprint_is_unchanged_by_the_family_fields():
     """Files written before families existed recorded this fingerprint for SD 1.5's layout."""
     spec = sd15_spec()

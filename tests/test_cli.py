@@ -452,9 +452,12 @@ def test_sample_reads_sdxl_and_sd2_diffusers_folders(family, tmp_path):
     folder = _save_folder(tmp_path / family, backend, scheduler)
     out = tmp_path / "example.safetensors"
     args = ["sample", "--model", str(folder), "--prompt", "a horse", "--seed", "3", "--steps", "20"]
-    rc = main([*args, "--width", "64", "--height", "64", "--device", "cpu", "--out", str(out)])
+    # no --width/--height: the model's native size, here the tiny UNet's 8-px latent x the VAE's 8
+    assert backend.native_size == 64
+    rc = main([*args, "--device", "cpu", "--out", str(out)])
     assert rc == 0
     sample = CapturedSample.load(out)
+    assert tuple(sample.image.shape[-2:]) == (64, 64)
     assert sample.spec.family == family and len(sample.spec.unet) == (9 if family == "sdxl" else 12)
     assert sample.meta["prediction_type"] == ("v_prediction" if family == "sd2" else "epsilon")
     direct = backend.sample("a horse", SamplingSettings(seed=3, steps=20, width=64, height=64))

@@ -14,6 +14,7 @@ import torch
 
 from diffsketch import fileio
 from diffsketch.backends.conditioning import Conditioning
+from diffsketch.capture.spec import SD1
 from diffsketch.errors import FileFormatError, InvalidInputError, TrainingInterrupted, UnsupportedModelError
 from diffsketch.train import conditions
 from diffsketch.train.conditions import (
@@ -172,6 +173,7 @@ def test_fit_from_prompts_encodes_every_prompt_and_reports_progress():
         n_components=8,
         progress=lambda done, total: seen.append((done, total)),
         text_encoder_fingerprint="fake",
+        family=SD1,
     )
     assert calls == prompts
     assert seen == [(i, 25) for i in range(1, 26)]
@@ -185,7 +187,7 @@ def test_fit_from_prompts_stops_when_asked():
     encode, calls = fake_encoder()
     with pytest.raises(TrainingInterrupted, match="3 of 10"):
         ConditionSampler.fit_from_prompts(
-            encode, [f"p{i}" for i in range(10)], should_stop=lambda: len(calls) >= 3
+            encode, [f"p{i}" for i in range(10)], should_stop=lambda: len(calls) >= 3, family=SD1
         )
     assert len(calls) == 3
 
@@ -193,13 +195,13 @@ def test_fit_from_prompts_stops_when_asked():
 def test_fit_from_prompts_rejects_bad_input():
     encode, _ = fake_encoder()
     with pytest.raises(InvalidInputError, match="prompt list is empty"):
-        ConditionSampler.fit_from_prompts(encode, [])
+        ConditionSampler.fit_from_prompts(encode, [], family=SD1)
 
     def uneven(prompt):
         return torch.zeros(1, 154 if "long" in prompt else 77, DIM)
 
     with pytest.raises(InvalidInputError, match="'a long prompt'"):
-        ConditionSampler.fit_from_prompts(uneven, ["short", "a long prompt"])
+        ConditionSampler.fit_from_prompts(uneven, ["short", "a long prompt"], family=SD1)
 
 
 # --- sampling and the schedule -------------------------------------------------------------------
@@ -337,7 +339,7 @@ def test_fit_from_prompts_keeps_the_pooled_part_and_the_family(tmp_path):
         return c if prompt != "p3" else c.context
 
     with pytest.raises(InvalidInputError, match="'p3'"):
-        ConditionSampler.fit_from_prompts(mixed, prompts, n_components=3)
+        ConditionSampler.fit_from_prompts(mixed, prompts, n_components=3, family="sdxl")
 
 
 def rel(a, b):

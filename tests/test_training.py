@@ -82,7 +82,9 @@ def env(tiny_backend):
         example=example,
         # a target the generator can learn quickly: the example image in grey
         sketch=example.image.mean(1, keepdim=True),
-        conditions=ConditionSampler.fit_from_prompts(tiny_backend.encode_prompt, PROMPTS, n_components=4),
+        conditions=ConditionSampler.fit_from_prompts(
+            tiny_backend.encode_prompt, PROMPTS, n_components=4, family=tiny_backend.spec.family
+        ),
         pivot=tiny_backend.encode_prompt(PROMPT),
         loss_models=loss_models,
     )

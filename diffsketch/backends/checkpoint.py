@@ -46,7 +46,9 @@ OPEN_CLIP_PREFIXES = (
 
 #: The VAE latent scale of each family (ComfyUI's latent formats): SDXL's VAE was retrained.
 LATENT_SCALE = {SD1: 0.18215, SD2: 0.18215, SDXL: 0.13025}
-IMAGE_SIZE = {SD1: 512, SD2: 768, SDXL: 1024}
+#: The image side each family's checkpoints were trained at; SD 2.x's v-prediction models are the 768-v ones.
+IMAGE_SIZE = {SD1: 512, SD2: 512, SDXL: 1024}
+SD2_V_PREDICTION_IMAGE_SIZE = 768
 #: ComfyUI's test for SD 2.x 768-v: this norm bias varies more in v-prediction models.
 SD2_V_PREDICTION_KEY = UNET_PREFIX + "output_blocks.11.1.transformer_blocks.0.norm1.bias"
 SD2_V_PREDICTION_STD = 0.09
@@ -281,7 +283,12 @@ def load_single_file(path) -> SingleFileModel:
     family = params["family"]
     text_encoder, text_encoder_2 = _text_encoders(sd, family, path)
     cfg = original_config(sd, params)
-    size = IMAGE_SIZE[family]
+    prediction_type, alphas_cumprod = sampling_of(sd, family, name)
+    size = (
+        SD2_V_PREDICTION_IMAGE_SIZE
+        if family == SD2 and prediction_type == "v_prediction"
+        else IMAGE_SIZE[family]
+    )
     unet_cfg = create_unet_diffusers_config_from_ldm(cfg, sd, image_size=size)
     if family != SD1:
         # 64-channel heads (diffusers calls the head count "attention_head_dim")
@@ -291,7 +298,6 @@ def load_single_file(path) -> SingleFileModel:
     _load_strict(unet, convert_ldm_unet_checkpoint(sd, unet_cfg), "UNet", path, family)
     vae = AutoencoderKL(**vae_cfg)
     _load_strict(vae, convert_ldm_vae_checkpoint(sd, vae_cfg), "VAE", path, family)
-    prediction_type, alphas_cumprod = sampling_of(sd, family, name)
     return SingleFileModel(
         family=family,
         unet=unet.float(),

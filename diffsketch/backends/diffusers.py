@@ -124,6 +124,14 @@ def _context_dim(unet) -> int:
     return int(dim[0] if isinstance(dim, (list, tuple)) else dim)
 
 
+def native_image_size(unet_config, vae_config) -> int:
+    """The image side a checkpoint was trained at, as diffusers' pipelines default to it: the UNet's
+    latent ``sample_size`` times the VAE's downscale (SD 1.x and SD 2.x-base 512, SD 2.x 768-v 768,
+    SDXL 1024)."""
+    downscale = 2 ** (len(vae_config["block_out_channels"]) - 1)
+    return int(unet_config["sample_size"]) * downscale
+
+
 def _bf16_supported(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
@@ -199,6 +207,11 @@ class DiffusersBackend(SamplingBackend):
         if self._model_hash is None:
             self._model_hash = weights_fingerprint(self.unet.parameters())
         return self._model_hash
+
+    @property
+    def native_size(self) -> int:
+        """The image side the checkpoint was trained at (:func:`native_image_size`)."""
+        return native_image_size(self.unet.config, self.vae.config)
 
     # -- loading -------------------------------------------------------------------------------
     @classmethod

@@ -369,10 +369,13 @@ class ConditionSampler:
         progress: Callable[[int, int], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
         text_encoder_fingerprint: str = "",
-        family: str = SD1,
+        *,
+        family: str,
     ) -> ConditionSampler:
         """Encode each prompt with ``encode`` (``str -> Conditioning``, or ``Tensor[1, T, D]``
-        without a pooled part; any device/dtype) and :meth:`fit` the embeddings.
+        without a pooled part; any device/dtype) and :meth:`fit` the embeddings. ``family`` is the
+        backbone family of ``encode``'s text encoder(s) (``backend.spec.family``), which the file
+        records so that a sampler fitted on one family's CLIP is refused by another's model.
 
         ``progress(done, total)`` is called after each prompt. ``should_stop()`` is polled before
         each prompt; when it returns True the fit stops with :class:`TrainingInterrupted` (nothing

@@ -25,7 +25,12 @@ def diffusers_side(sd2_checkpoint):
     from diffsketch.backends.diffusers import DiffusersBackend
 
     backend = DiffusersBackend.from_single_file(sd2_checkpoint)
-    out = {"spec": backend.spec, "hash": backend.model_hash(), "prediction": backend.prediction_type}
+    out = {
+        "spec": backend.spec,
+        "hash": backend.model_hash(),
+        "prediction": backend.prediction_type,
+        "native_size": backend.native_size,
+    }
     out["cond"], out["uncond"] = backend.encode_prompt(PROMPT), backend.encode_prompt("")
     out["sample"] = backend.sample(out["cond"], FEW)
     epsilon = DiffusersBackend.from_single_file(sd2_checkpoint, prediction_type="epsilon")
@@ -62,6 +67,8 @@ def test_both_backends_read_sd2_v_prediction(comfy_inprocess, comfy_sd2, diffuse
     backend = comfy_inprocess.nodes.comfy_backend.ComfyBackend(model, clip, vae)
     assert backend.spec.family == diffusers_side["spec"].family == "sd2"
     assert backend.prediction_type == diffusers_side["prediction"] == "v_prediction"
+    # the CLI's default size: the single-file reader sizes the UNet as the checkpoint was trained
+    assert diffusers_side["native_size"] == 768
     assert len(backend.spec.unet) == 12 and backend.spec.context_dim == 1024 and backend.spec.pooled_dim == 0
     assert backend.spec.signature() == diffusers_side["spec"].signature()
     assert backend.model_hash() == diffusers_side["hash"]

@@ -49,7 +49,12 @@ def diffusers_side(sdxl_checkpoint):
     from diffsketch.backends.diffusers import DiffusersBackend
 
     backend = DiffusersBackend.from_single_file(sdxl_checkpoint)
-    out = {"spec": backend.spec, "hash": backend.model_hash(), "prediction": backend.prediction_type}
+    out = {
+        "spec": backend.spec,
+        "hash": backend.model_hash(),
+        "prediction": backend.prediction_type,
+        "native_size": backend.native_size,
+    }
     out["cond"], out["uncond"] = backend.encode_prompt(PROMPT), backend.encode_prompt("")
     out["sample"] = backend.sample(out["cond"], FEW)
     tokenizer, tokenizer_2 = _tokenizers()
@@ -106,6 +111,8 @@ def test_comfyui_detects_sdxl_and_reads_the_same_taps(comfy_inprocess, comfy_sdx
     assert spec.signature() == diffusers_side["spec"].signature()
     assert backend.model_hash() == diffusers_side["hash"]
     assert backend.prediction_type == diffusers_side["prediction"] == "epsilon"
+    # the CLI's default size: the single-file reader sizes the UNet as the checkpoint was trained
+    assert diffusers_side["native_size"] == 1024
 
 
 def test_both_backends_and_the_sdxl_pipeline_build_the_same_conditioning(
