@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from compare import relative_error
 from tiny_models import (
     TINY_SDXL_POOLED_DIM,
     tiny_backend,
@@ -24,10 +25,6 @@ from diffsketch.capture.spec import SD1, SD2, SDXL
 from diffsketch.errors import InvalidInputError, UnsupportedModelError
 
 SMALL = SamplingSettings(steps=10, cfg=5.0, width=64, height=64, timesteps=(1, 501, 901))
-
-
-def rel(a, b):
-    return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12))
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +106,7 @@ def test_sdxl_sampling_matches_the_diffusers_sdxl_pipeline(prediction_type):
         latents=noise.clone(),
         output_type="latent",
     ).images
-    assert rel(ours.latent * backend.latent_scaling_factor, theirs) < 1e-4
+    assert relative_error(ours.latent * backend.latent_scaling_factor, theirs) < 1e-4
 
 
 def test_sd2_v_prediction_matches_the_diffusers_sd_pipeline(sd2):
@@ -139,12 +136,12 @@ def test_sd2_v_prediction_matches_the_diffusers_sd_pipeline(sd2):
         latents=make_noise(4, (1, 4, 8, 8)),
         output_type="latent",
     ).images
-    assert rel(ours.latent * sd2.latent_scaling_factor, theirs) < 1e-4
+    assert relative_error(ours.latent * sd2.latent_scaling_factor, theirs) < 1e-4
     # read as epsilon, the same model gives another image: the prediction type is used
     eps = tiny_sd2_backend(0, prediction_type="epsilon").sample(
         cond, SMALL.replace(seed=4), capture=False, decode=False
     )
-    assert rel(eps.latent, ours.latent) > 1e-2
+    assert relative_error(eps.latent, ours.latent) > 1e-2
 
 
 def test_sdxl_capture_has_nine_taps_both_branches(sdxl):

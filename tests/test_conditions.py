@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from compare import relative_error
 
 from diffsketch import fileio
 from diffsketch.backends.conditioning import Conditioning
@@ -308,7 +309,7 @@ def test_the_fit_covers_the_pooled_embedding_too():
     many = sampler.sample(torch.Generator().manual_seed(4), n=2000)
     mix_fit = torch.linalg.lstsq(data.context.reshape(40, -1), data.pooled).solution
     predicted = many.context.reshape(2000, -1) @ mix_fit
-    assert rel(predicted, many.pooled) < 0.5
+    assert relative_error(predicted, many.pooled) < 0.5
     pivot = Conditioning(data.context[:1], data.pooled[:1])
     w = blend_weight(300, 1000)
     mid = sampler.condition_for_iteration(pivot, 300, 1000, torch.Generator().manual_seed(5))
@@ -340,10 +341,6 @@ def test_fit_from_prompts_keeps_the_pooled_part_and_the_family(tmp_path):
 
     with pytest.raises(InvalidInputError, match="'p3'"):
         ConditionSampler.fit_from_prompts(mixed, prompts, n_components=3, family="sdxl")
-
-
-def rel(a, b):
-    return float((a - b).norm() / b.norm())
 
 
 # --- files ---------------------------------------------------------------------------------------

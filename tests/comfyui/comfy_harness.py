@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import shutil
@@ -169,3 +170,30 @@ def error_message(entry: dict) -> str:
         if kind == "execution_error":
             return f"{data.get('exception_type')}: {data.get('exception_message')}"
     return ""
+
+
+def hook_count(model, vae=None) -> int:
+    """Forward (pre-)hooks on ComfyUI's UNet, plus forward hooks on its VAE when given: 0 once
+    a capture has removed what it added."""
+    unet = sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.model.diffusion_model.modules()
+    )
+    if vae is None:
+        return unet
+    return unet + sum(len(m._forward_hooks) for m in vae.first_stage_model.modules())
+
+
+@contextlib.contextmanager
+def loaded_checkpoint(path):
+    """``(model, clip, vae)`` of a checkpoint loaded as ComfyUI's Load Checkpoint does, unloaded
+    from ComfyUI's model management on exit."""
+    import comfy.model_management
+    import comfy.sd
+
+    model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(path), output_vae=True, output_clip=True)
+    try:
+        yield model, clip, vae
+    finally:
+        del model, clip, vae
+        comfy.model_management.unload_all_models()
+        gc.collect()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from comfy_harness import COMFYUI_PATH, error_message
+from comfy_harness import COMFYUI_PATH, error_message, hook_count
+from compare import relative_error
 
 from diffsketch.capture.sampling import SamplingSettings
 
@@ -69,10 +70,6 @@ def test_bad_size_is_a_clear_error_in_the_ui(comfy_server):
     assert "too few" in error_message(entry) and "50" in error_message(entry)
 
 
-def _rel(a, b):
-    return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12))
-
-
 def test_parity_with_diffusers_backend(comfy_inprocess, loaded_checkpoint, tiny_checkpoint):
     from diffsketch.backends.diffusers import DiffusersBackend
 
@@ -88,19 +85,19 @@ def test_parity_with_diffusers_backend(comfy_inprocess, loaded_checkpoint, tiny_
     prompt = "a photo of a horse in mud"
     cond_c, cond_d = comfy_b.encode_prompt(prompt), diff_b.encode_prompt(prompt)
     assert cond_c.pooled is None and cond_d.pooled is None
-    assert _rel(cond_d.context, cond_c.context) < 1e-3
+    assert relative_error(cond_d.context, cond_c.context) < 1e-3
     with torch.inference_mode():  # as inside a ComfyUI prompt
         a = comfy_b.sample(cond_c, SamplingSettings(**FEW))
     b = diff_b.sample(cond_c, SamplingSettings(**FEW))
     assert a.timesteps == b.timesteps == (1, 501, 901)
-    assert _rel(a.image, b.image) < 1e-3
-    assert _rel(a.latent, b.latent) < 1e-3
+    assert relative_error(a.image, b.image) < 1e-3
+    assert relative_error(a.latent, b.latent) < 1e-3
     for t in a.timesteps:
         for i, (fa, fb) in enumerate(zip(a.unet[t], b.unet[t])):
             assert fa.shape == fb.shape
-            assert _rel(fa, fb) < 1e-3, (t, i)
+            assert relative_error(fa, fb) < 1e-3, (t, i)
     for fa, fb in zip(a.vae, b.vae):
-        assert _rel(fa, fb) < 1e-3
+        assert relative_error(fa, fb) < 1e-3
     # the uncond and cond branches are both captured and differ
     assert not torch.equal(a.unet[501][0][0], a.unet[501][0][1])
 
@@ -120,16 +117,6 @@ def test_tokenizer_matches_comfyui_tokenizer_files(comfy_inprocess):
         assert torch.equal(ours(text), hf(text)), text
 
 
-def _hook_count(model):
-    return sum(
-        len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.model.diffusion_model.modules()
-    )
-
-
-def _vae_hook_count(vae):
-    return sum(len(m._forward_hooks) for m in vae.first_stage_model.modules())
-
-
 def test_no_hooks_left_after_success_failure_and_interrupt(comfy_inprocess, loaded_checkpoint):
     import comfy.model_management as mm
 
@@ -141,7 +128,7 @@ def test_no_hooks_left_after_success_failure_and_interrupt(comfy_inprocess, load
 
     with torch.inference_mode():
         backend.sample("a cat", SamplingSettings(**kw))
-    assert _hook_count(model) == 0 and _vae_hook_count(vae) == 0
+    assert hook_count(model, vae) == 0
 
     def fail(step, total):
         if step == 2:
@@ -149,7 +136,7 @@ def test_no_hooks_left_after_success_failure_and_interrupt(comfy_inprocess, load
 
     with torch.inference_mode(), pytest.raises(RuntimeError, match="boom"):
         backend.sample("a cat", SamplingSettings(**kw), progress=fail)
-    assert _hook_count(model) == 0
+    assert hook_count(model) == 0
 
     def interrupt(step, total):
         if step == 2:
@@ -160,7 +147,7 @@ def test_no_hooks_left_after_success_failure_and_interrupt(comfy_inprocess, load
             backend.sample("a cat", SamplingSettings(**kw), progress=interrupt)
     finally:
         mm.interrupt_current_processing(False)
-    assert _hook_count(model) == 0 and _vae_hook_count(vae) == 0
+    assert hook_count(model, vae) == 0
     assert {k: dict(v) for k, v in model.wrappers.items()} == wrappers_before
 
 

@@ -9,15 +9,13 @@ import gc
 
 import pytest
 import torch
+from comfy_harness import hook_count, loaded_checkpoint
+from compare import relative_error
 
 from diffsketch.capture.sampling import SamplingSettings
 
 FEW = SamplingSettings(seed=3, steps=10, cfg=5.0, width=64, height=64, timesteps=(1, 501, 901))
 PROMPT = "a photo of a horse in mud"
-
-
-def _rel(a, b):
-    return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12))
 
 
 @pytest.fixture(scope="module")
@@ -42,23 +40,8 @@ def diffusers_side(sd2_checkpoint):
 
 @pytest.fixture(scope="module")
 def comfy_sd2(comfy_inprocess, sd2_checkpoint, diffusers_side):
-    import comfy.model_management
-    import comfy.sd
-
-    model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
-        str(sd2_checkpoint), output_vae=True, output_clip=True
-    )
-    yield model, clip, vae
-    del model, clip, vae
-    comfy.model_management.unload_all_models()
-    gc.collect()
-
-
-def _hooks(model, vae):
-    unet = sum(
-        len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.model.diffusion_model.modules()
-    )
-    return unet + sum(len(m._forward_hooks) for m in vae.first_stage_model.modules())
+    with loaded_checkpoint(sd2_checkpoint) as loaded:
+        yield loaded
 
 
 def test_both_backends_read_sd2_v_prediction(comfy_inprocess, comfy_sd2, diffusers_side):
@@ -77,7 +60,7 @@ def test_both_backends_read_sd2_v_prediction(comfy_inprocess, comfy_sd2, diffuse
         (backend.encode_prompt(""), diffusers_side["uncond"]),
     ):
         assert mine.pooled is None and mine.context.shape == theirs.context.shape == (1, 77, 1024)
-        assert _rel(mine.context, theirs.context) < 1e-3
+        assert relative_error(mine.context, theirs.context) < 1e-3
 
 
 def test_same_image_and_features_as_the_diffusers_backend(comfy_inprocess, comfy_sd2, diffusers_side):
@@ -88,12 +71,14 @@ def test_same_image_and_features_as_the_diffusers_backend(comfy_inprocess, comfy
         ours = backend.sample(diffusers_side["cond"], FEW)
     theirs = diffusers_side["sample"]
     assert ours.timesteps == theirs.timesteps
-    assert _rel(ours.image, theirs.image) < 1e-3 and _rel(ours.latent, theirs.latent) < 1e-3
+    assert (
+        relative_error(ours.image, theirs.image) < 1e-3 and relative_error(ours.latent, theirs.latent) < 1e-3
+    )
     for t in ours.timesteps:
         for i, (a, b) in enumerate(zip(ours.unet[t], theirs.unet[t], strict=True)):
-            assert _rel(a, b) < 1e-3, (t, i)
+            assert relative_error(a, b) < 1e-3, (t, i)
     for a, b in zip(ours.vae, theirs.vae, strict=True):
-        assert _rel(a, b) < 1e-3
+        assert relative_error(a, b) < 1e-3
     # v-prediction made a difference: the file read as epsilon samples another latent
-    assert _rel(ours.latent, diffusers_side["epsilon"].latent) > 1e-2
-    assert _hooks(model, vae) == 0 and {k: dict(v) for k, v in model.wrappers.items()} == wrappers
+    assert relative_error(ours.latent, diffusers_side["epsilon"].latent) > 1e-2
+    assert hook_count(model, vae) == 0 and {k: dict(v) for k, v in model.wrappers.items()} == wrappers

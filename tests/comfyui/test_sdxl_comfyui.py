@@ -13,16 +13,13 @@ import gc
 
 import pytest
 import torch
-from comfy_harness import COMFYUI_PATH
+from comfy_harness import COMFYUI_PATH, hook_count, loaded_checkpoint
+from compare import relative_error
 
 from diffsketch.capture.sampling import SamplingSettings
 
 FEW = SamplingSettings(seed=3, steps=10, cfg=5.0, width=64, height=64, timesteps=(1, 501, 901))
 PROMPT = "a photo of a horse in mud"
-
-
-def _rel(a, b):
-    return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12))
 
 
 def _tokenizers():
@@ -85,16 +82,8 @@ def diffusers_side(sdxl_checkpoint):
 
 @pytest.fixture(scope="module")
 def comfy_sdxl(comfy_inprocess, sdxl_checkpoint, diffusers_side):
-    import comfy.model_management
-    import comfy.sd
-
-    model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
-        str(sdxl_checkpoint), output_vae=True, output_clip=True
-    )
-    yield model, clip, vae
-    del model, clip, vae
-    comfy.model_management.unload_all_models()
-    gc.collect()
+    with loaded_checkpoint(sdxl_checkpoint) as loaded:
+        yield loaded
 
 
 def _backend(comfy_inprocess, model, clip, vae):
@@ -124,27 +113,26 @@ def test_both_backends_and_the_sdxl_pipeline_build_the_same_conditioning(
         (backend.encode_prompt(""), diffusers_side["uncond"], diffusers_side["pipeline"][1]),
     ):
         assert mine.context.shape == (1, 77, 2048) and mine.pooled.shape == (1, 1280)
-        assert _rel(theirs.context, mine.context) < 1e-3 and _rel(theirs.pooled, mine.pooled) < 1e-3
-        assert _rel(pipeline.context, theirs.context) < 1e-5 and _rel(pipeline.pooled, theirs.pooled) < 1e-5
+        assert (
+            relative_error(theirs.context, mine.context) < 1e-3
+            and relative_error(theirs.pooled, mine.pooled) < 1e-3
+        )
+        assert (
+            relative_error(pipeline.context, theirs.context) < 1e-5
+            and relative_error(pipeline.pooled, theirs.pooled) < 1e-5
+        )
 
 
 def _compare(a, b):
     assert a.timesteps == b.timesteps == (1, 501, 901)
-    assert _rel(a.image, b.image) < 1e-3
-    assert _rel(a.latent, b.latent) < 1e-3
+    assert relative_error(a.image, b.image) < 1e-3
+    assert relative_error(a.latent, b.latent) < 1e-3
     for t in a.timesteps:
         for i, (fa, fb) in enumerate(zip(a.unet[t], b.unet[t], strict=True)):
             assert fa.shape == fb.shape
-            assert _rel(fa, fb) < 1e-3, (t, i)
+            assert relative_error(fa, fb) < 1e-3, (t, i)
     for fa, fb in zip(a.vae, b.vae, strict=True):
-        assert _rel(fa, fb) < 1e-3
-
-
-def _hooks(model, vae):
-    unet = sum(
-        len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.model.diffusion_model.modules()
-    )
-    return unet + sum(len(m._forward_hooks) for m in vae.first_stage_model.modules())
+        assert relative_error(fa, fb) < 1e-3
 
 
 def test_same_image_and_features_as_the_diffusers_backend(comfy_inprocess, comfy_sdxl, diffusers_side):
@@ -155,7 +143,7 @@ def test_same_image_and_features_as_the_diffusers_backend(comfy_inprocess, comfy
         ours = backend.sample(diffusers_side["cond"], FEW)
     _compare(ours, diffusers_side["sample"])
     assert not torch.equal(ours.unet[501][0][0], ours.unet[501][0][1])  # both branches
-    assert _hooks(model, vae) == 0 and {k: dict(v) for k, v in model.wrappers.items()} == wrappers
+    assert hook_count(model, vae) == 0 and {k: dict(v) for k, v in model.wrappers.items()} == wrappers
 
 
 def test_v_prediction_on_a_zero_snr_schedule_agrees(comfy_inprocess, comfy_sdxl, diffusers_side):
@@ -168,7 +156,7 @@ def test_v_prediction_on_a_zero_snr_schedule_agrees(comfy_inprocess, comfy_sdxl,
     with torch.inference_mode():
         ours = backend.sample(diffusers_side["cond"], FEW)
     _compare(ours, diffusers_side["vpred"])
-    assert _rel(ours.latent, diffusers_side["sample"].latent) > 1e-2  # v-prediction was used
+    assert relative_error(ours.latent, diffusers_side["sample"].latent) > 1e-2  # v-prediction was used
 
 
 def test_mismatched_families_and_the_refiner_are_refused(comfy_inprocess, comfy_sdxl, loaded_checkpoint):
