@@ -72,6 +72,23 @@ def save_path(key: str, *parts: str) -> str:
 
 
 # What people type when they look for a line-art extractor (node search matches these too).
+def size_inputs(what: str) -> list[io.Int.Input]:
+    """The ``width`` and ``height`` inputs of a node that samples images: ``what`` is sized (e.g.
+    "Image", "Each pair's image"), with each backbone's native size in the tooltip."""
+    return [
+        io.Int.Input(
+            side,
+            default=512,
+            min=64,
+            max=4096,
+            step=64,
+            tooltip=f"{what} {side} in pixels, a multiple of 64: the checkpoint's native size is 512 for SD 1.x and "
+            "SD 2.x-base, 768 for SD 2.x 768-v, 1024 for SDXL.",
+        )
+        for side in ("width", "height")
+    ]
+
+
 LINE_ART_ALIASES = ("lineart", "line art", "sketch", "edge")
 
 

@@ -14,7 +14,7 @@ from comfy_api.latest import io, ui
 from diffsketch.distill import DistillConfig
 from diffsketch.fileio import check_save_name
 
-from .common import LINE_ART_ALIASES, cancel_as_interrupt, save_path, search_aliases
+from .common import LINE_ART_ALIASES, cancel_as_interrupt, save_path, search_aliases, size_inputs
 from .extract import wrap_extractor
 from .train import _preview
 from .types import CATEGORY, ClipLoss, Conditions, Extractor, Generator
@@ -110,22 +110,7 @@ class DiffSketchDistill(io.ComfyNode):
                     "the generator's timesteps plus the last step (about 4x fewer UNet runs per pair; "
                     "coarser images), as in DiffSketch Train.",
                 ),
-                io.Int.Input(
-                    "width",
-                    default=512,
-                    min=64,
-                    max=4096,
-                    step=64,
-                    tooltip="Pair image width (1024 for SDXL).",
-                ),
-                io.Int.Input(
-                    "height",
-                    default=512,
-                    min=64,
-                    max=4096,
-                    step=64,
-                    tooltip="Pair image height (1024 for SDXL).",
-                ),
+                *size_inputs("Each pair's image"),
                 io.Int.Input(
                     "seed",
                     default=0,

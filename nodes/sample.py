@@ -8,6 +8,7 @@ from comfy_api.latest import io, ui
 
 from diffsketch.capture.timesteps import PAPER_TIMESTEPS
 
+from .common import size_inputs
 from .types import CATEGORY, Features, Timesteps
 
 logger = logging.getLogger("diffsketch.nodes")
@@ -62,24 +63,7 @@ class DiffSketchSample(io.ComfyNode):
                     round=0.01,
                     tooltip="Classifier-free guidance scale (the paper uses 5.0).",
                 ),
-                io.Int.Input(
-                    "width",
-                    default=512,
-                    min=64,
-                    max=4096,
-                    step=64,
-                    tooltip="Image width in pixels, a multiple of 64 (512 for SD 1.x and SD 2.x base, 768 for SD 2.x "
-                    "768-v, 1024 for SDXL).",
-                ),
-                io.Int.Input(
-                    "height",
-                    default=512,
-                    min=64,
-                    max=4096,
-                    step=64,
-                    tooltip="Image height in pixels, a multiple of 64 (512 for SD 1.x and SD 2.x base, 768 for SD 2.x "
-                    "768-v, 1024 for SDXL).",
-                ),
+                *size_inputs("Image"),
                 Timesteps.Input(
                     "timesteps",
                     optional=True,

@@ -10,7 +10,7 @@ from comfy_api.latest import io, ui
 
 from diffsketch.capture.timesteps import PAPER_TIMESTEPS, parse_timesteps
 
-from .common import cancel_as_interrupt
+from .common import cancel_as_interrupt, size_inputs
 from .types import CATEGORY, Timesteps
 
 logger = logging.getLogger("diffsketch.nodes")
@@ -100,17 +100,7 @@ class DiffSketchTimesteps(io.ComfyNode):
                     max=0xFFFFFFFFFFFFFFFF,
                     tooltip="Seeds the images, the projection and k-means; same seed, same result.",
                 ),
-                io.Int.Input(
-                    "width", default=512, min=64, max=4096, step=64, tooltip="Sample width (multiple of 64)."
-                ),
-                io.Int.Input(
-                    "height",
-                    default=512,
-                    min=64,
-                    max=4096,
-                    step=64,
-                    tooltip="Sample height (multiple of 64).",
-                ),
+                *size_inputs("Each sample"),
                 io.String.Input(
                     "prompts",
                     default="",

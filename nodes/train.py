@@ -20,6 +20,7 @@ from .common import (
     file_path_or_raise,
     save_path,
     search_aliases,
+    size_inputs,
 )
 from .types import CATEGORY, ClipLoss, Conditions, Features, Generator
 
@@ -399,22 +400,7 @@ class DiffSketchGenerate(io.ComfyNode):
                     round=0.01,
                     tooltip="Classifier-free guidance scale (5.0 as in training).",
                 ),
-                io.Int.Input(
-                    "width",
-                    default=512,
-                    min=64,
-                    max=4096,
-                    step=64,
-                    tooltip="Width (multiple of 64; 1024 for SDXL).",
-                ),
-                io.Int.Input(
-                    "height",
-                    default=512,
-                    min=64,
-                    max=4096,
-                    step=64,
-                    tooltip="Height (multiple of 64; 1024 for SDXL).",
-                ),
+                *size_inputs("Image"),
             ],
             outputs=[
                 io.Image.Output(display_name="image", tooltip="The new image."),
