@@ -59,16 +59,14 @@ def tiny_checkpoint() -> Path:
 @pytest.fixture(scope="session")
 def sdxl_checkpoint() -> Path:
     """Random-weight SDXL checkpoint ComfyUI detects as SDXL (2.3 GB, see sdxl_checkpoint.py)."""
-    return cached_checkpoint("sdxl_checkpoint.py", "tiny_sdxl")
+    return cached_checkpoint("sdxl_checkpoint.py", "tiny_sdxl", uses=("tiny_checkpoint.py",))
 
 
 @pytest.fixture(scope="session")
 def sd2_checkpoint() -> Path:
     """Random-weight SD 2.x 768-v checkpoint ComfyUI detects as SD 2.x v-prediction (1.0 GB, see
     sd2_checkpoint.py)."""
-    return cached_checkpoint(
-        "sd2_checkpoint.py", "tiny_sd2v", uses=("sdxl_checkpoint.py", "tiny_checkpoint.py")
-    )
+    return cached_checkpoint("sd2_checkpoint.py", "tiny_sd2v", uses=("tiny_checkpoint.py",))
 
 
 @pytest.fixture(scope="session")

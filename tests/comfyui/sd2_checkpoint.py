@@ -20,9 +20,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sdxl_checkpoint import _random as random_tensor  # noqa: E402
 from tiny_checkpoint import UNET_KWARGS as SD15_UNET_KWARGS  # noqa: E402
-from tiny_checkpoint import VAE_DDCONFIG, prepare_comfy_import  # noqa: E402
+from tiny_checkpoint import VAE_DDCONFIG, prepare_comfy_import, random_state, save_checkpoint  # noqa: E402
 
 UNET_KWARGS = dict(
     SD15_UNET_KWARGS,
@@ -45,39 +44,22 @@ def build_state_dict(comfy_path: str, seed: int = 0) -> dict[str, torch.Tensor]:
     ops = comfy.ops.disable_weight_init
     g = torch.Generator().manual_seed(seed)
 
-    def random_state(module, prefix=""):
-        return {
-            prefix + k: random_tensor(v.shape, k, g).to(torch.float16)
-            for k, v in module.state_dict().items()
-            if not k.endswith("position_ids")
-        }
-
     unet = UNetModel(**UNET_KWARGS, device="meta", operations=ops)
     with torch.device("meta"):
         vae = AutoencoderKL(ddconfig=VAE_DDCONFIG, embed_dim=4)
     with open(os.path.join(comfy_path, "comfy", "text_encoders", "sd2_clip_config.json")) as f:
         config = json.load(f)
     clip = comfy.clip_model.CLIPTextModel(config, dtype=torch.float32, device="meta", operations=ops)
-    unet_state = random_state(unet)
+    unet_state = random_state(unet, g)
     unet_state[V_PREDICTION_BIAS] = (
         torch.randn(unet_state[V_PREDICTION_BIAS].shape, generator=g) * 0.5
     ).half()
     model_config = comfy.supported_models.SD20(dict(UNET_KWARGS))
     out = model_config.process_unet_state_dict_for_saving(unet_state)
-    out.update(model_config.process_vae_state_dict_for_saving(random_state(vae)))
-    out.update(model_config.process_clip_state_dict_for_saving(random_state(clip, "clip_h.transformer.")))
+    out.update(model_config.process_vae_state_dict_for_saving(random_state(vae, g)))
+    out.update(model_config.process_clip_state_dict_for_saving(random_state(clip, g, "clip_h.transformer.")))
     return {k: v.to(torch.float16).contiguous() for k, v in out.items()}
 
 
-def write_checkpoint(path: str, comfy_path: str, seed: int = 0) -> str:
-    from safetensors.torch import save_file
-
-    sd = build_state_dict(comfy_path, seed)
-    tmp = path + ".tmp"
-    save_file(sd, tmp)
-    os.replace(tmp, path)
-    return path
-
-
 if __name__ == "__main__":
-    write_checkpoint(sys.argv[1], os.environ["COMFYUI_PATH"])
+    save_checkpoint(sys.argv[1], build_state_dict(os.environ["COMFYUI_PATH"]))

@@ -21,7 +21,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from tiny_checkpoint import VAE_DDCONFIG, prepare_comfy_import  # noqa: E402
+from tiny_checkpoint import VAE_DDCONFIG, prepare_comfy_import, random_state, save_checkpoint  # noqa: E402
 
 UNET_KWARGS = dict(
     image_size=32,
@@ -48,14 +48,6 @@ UNET_KWARGS = dict(
 REAL_UNET_KWARGS = dict(UNET_KWARGS, channel_mult=[1, 2, 4])
 
 
-def _random(shape, key: str, g: torch.Generator) -> torch.Tensor:
-    if len(shape) == 1 and key.endswith("weight"):
-        return torch.ones(shape)  # norm scales: zeros would flatten every feature
-    if key.endswith("bias"):
-        return torch.zeros(shape)
-    return torch.randn(shape, generator=g) * 0.02
-
-
 def build_state_dict(comfy_path: str, seed: int = 0) -> dict[str, torch.Tensor]:
     prepare_comfy_import(comfy_path)
     import comfy.clip_model
@@ -67,13 +59,6 @@ def build_state_dict(comfy_path: str, seed: int = 0) -> dict[str, torch.Tensor]:
     ops = comfy.ops.disable_weight_init
     g = torch.Generator().manual_seed(seed)
 
-    def random_state(module, prefix=""):
-        return {
-            prefix + k: _random(v.shape, k, g).to(torch.float16)
-            for k, v in module.state_dict().items()
-            if not k.endswith("position_ids")
-        }
-
     unet = UNetModel(**UNET_KWARGS, device="meta", operations=ops)
     with torch.device("meta"):
         vae = AutoencoderKL(ddconfig=VAE_DDCONFIG, embed_dim=4)
@@ -82,23 +67,13 @@ def build_state_dict(comfy_path: str, seed: int = 0) -> dict[str, torch.Tensor]:
         with open(os.path.join(comfy_path, "comfy", config_file)) as f:
             config = json.load(f)
         clip = comfy.clip_model.CLIPTextModel(config, dtype=torch.float32, device="meta", operations=ops)
-        clip_state.update(random_state(clip, f"{name}.transformer."))
+        clip_state.update(random_state(clip, g, f"{name}.transformer."))
     model_config = comfy.supported_models.SDXL(dict(UNET_KWARGS))
-    out = model_config.process_unet_state_dict_for_saving(random_state(unet))
-    out.update(model_config.process_vae_state_dict_for_saving(random_state(vae)))
+    out = model_config.process_unet_state_dict_for_saving(random_state(unet, g))
+    out.update(model_config.process_vae_state_dict_for_saving(random_state(vae, g)))
     out.update(model_config.process_clip_state_dict_for_saving(clip_state))
     return {k: v.to(torch.float16).contiguous() for k, v in out.items()}
 
 
-def write_checkpoint(path: str, comfy_path: str, seed: int = 0) -> str:
-    from safetensors.torch import save_file
-
-    sd = build_state_dict(comfy_path, seed)
-    tmp = path + ".tmp"
-    save_file(sd, tmp)
-    os.replace(tmp, path)
-    return path
-
-
 if __name__ == "__main__":
-    write_checkpoint(sys.argv[1], os.environ["COMFYUI_PATH"])
+    save_checkpoint(sys.argv[1], build_state_dict(os.environ["COMFYUI_PATH"]))

@@ -99,28 +99,39 @@ def build_state_dict(comfy_path: str, seed: int = 0) -> dict[str, torch.Tensor]:
         ("first_stage_model.", vae),
         ("cond_stage_model.transformer.", clip),
     ):
-        for k, v in module.state_dict().items():
-            if k.endswith("position_ids"):
-                continue
-            if v.ndim == 1 and k.endswith("weight"):
-                t = torch.ones(v.shape)  # norm scales: zeros would flatten every feature
-            elif k.endswith("bias"):
-                t = torch.zeros(v.shape)
-            else:
-                t = torch.randn(v.shape, generator=g) * 0.02
-            out[prefix + k] = t.to(torch.float16)
+        out.update(random_state(module, g, prefix))
     return out
 
 
-def write_checkpoint(path: str, comfy_path: str, seed: int = 0) -> str:
+def random_tensor(shape, key: str, g: torch.Generator) -> torch.Tensor:
+    """A random-weight value for the parameter ``key``: ones for norm scales (zeros would flatten
+    every feature), zeros for biases, N(0, 0.02^2) for the rest."""
+    if len(shape) == 1 and key.endswith("weight"):
+        return torch.ones(shape)
+    if key.endswith("bias"):
+        return torch.zeros(shape)
+    return torch.randn(shape, generator=g) * 0.02
+
+
+def random_state(module, g: torch.Generator, prefix: str = "") -> dict[str, torch.Tensor]:
+    """``module``'s state (a meta-device module will do) filled by :func:`random_tensor` in float16,
+    its keys prefixed; position ids, which are buffers, are left out."""
+    return {
+        prefix + k: random_tensor(v.shape, k, g).to(torch.float16)
+        for k, v in module.state_dict().items()
+        if not k.endswith("position_ids")
+    }
+
+
+def save_checkpoint(path: str, state: dict[str, torch.Tensor]) -> str:
+    """Write ``state`` to ``path`` atomically (a killed run leaves no half file in the cache)."""
     from safetensors.torch import save_file
 
-    sd = build_state_dict(comfy_path, seed)
     tmp = path + ".tmp"
-    save_file(sd, tmp)
+    save_file(state, tmp)
     os.replace(tmp, path)
     return path
 
 
 if __name__ == "__main__":
-    write_checkpoint(sys.argv[1], os.environ["COMFYUI_PATH"])
+    save_checkpoint(sys.argv[1], build_state_dict(os.environ["COMFYUI_PATH"]))
