@@ -2,7 +2,7 @@
 
     python tools/make_readme_figures.py                          # pipeline.png, xdog_examples.png
     python tools/make_readme_figures.py --extractor my.safetensors   # + extractor_examples.png
-    python tools/make_readme_figures.py --distill-results hed_fidelity  # + distill_hed_examples.png
+    python tools/make_readme_figures.py --distill-results hed_fidelity  # + distill_hed-modified_examples.png
 
 Writes PNGs (about 1000 px wide) into web/docs/images/ (the README and the nodes' help pages in the
 ComfyUI frontend show them):
@@ -12,7 +12,8 @@ ComfyUI frontend show them):
   with the paper's settings, as the DiffSketch XDoG Sketch node computes them);
 - ``extractor_examples.png``, with ``--extractor``: the same photos through a distilled extractor
   (``diffsketch.distill.extract.extract``, as DiffSketch Extract runs it);
-- ``distill_hed_examples.png``, with ``--distill-results OUT``: the held-out photos of
+- ``distill_<teacher>_examples.png``, with ``--distill-results OUT`` (``--distill-teacher``
+  hed-modified or hed-plain): the held-out photos of
   ``benchmarks/distill_fidelity.py --teacher hed --out OUT``, the HED teacher's maps and each
   student's, from the PNGs that run saved (one row per network).
 
@@ -371,19 +372,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--distill-results",
         type=Path,
-        help="the --out folder of benchmarks/distill_fidelity.py --teacher hed: also draw distill_hed_examples.png",
+        help="the --out folder of benchmarks/distill_fidelity.py --teacher hed: also draw distill_<teacher>_examples.png",
     )
     parser.add_argument("--distill-teacher", default="hed-modified", help="which teacher's row to draw")
     parser.add_argument(
         "--distill-caption",
         default="Held-out photos, the HED teacher and the students of benchmarks/distill_fidelity.py --teacher hed",
-        help="caption of distill_hed_examples.png (say what budget the students had)",
+        help="caption of distill_<teacher>_examples.png (say what budget the students had)",
     )
-    parser.add_argument("--only-distill", action="store_true", help="draw distill_hed_examples.png alone")
+    parser.add_argument(
+        "--only-distill", action="store_true", help="draw distill_<teacher>_examples.png alone"
+    )
     parser.add_argument(
         "--extractor-label",
         default="--extractor",
-        help="row label of --extractor in distill_hed_examples.png",
+        help="row label of --extractor in distill_<teacher>_examples.png",
     )
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.photos.split(",") if n.strip()]
@@ -400,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
             "wrote",
             draw_distill_grid(
                 args.distill_results,
-                args.out / "distill_hed_examples.png",
+                args.out / f"distill_{args.distill_teacher}_examples.png",
                 args.distill_teacher,
                 args.distill_caption,
                 extra=None if model is None else (args.extractor_label, model),
