@@ -303,13 +303,13 @@ def budget_fraction(settings: dict) -> float:
     return pixels(settings) / pixels(FULL_BUDGET)
 
 
-def budget_note(settings: dict) -> str:
-    """The run's training budget, and how it compares with FULL_BUDGET."""
+def budget_note(teacher_kind: str, settings: dict) -> str:
+    """The run's training budget, and for the HED comparison how it compares with FULL_BUDGET."""
     line = (
         f"budget: {settings['steps']} steps x batch {settings['batch']} x {settings['crop']}px crops per network on "
         f"{settings['device']} ({settings['threads']} threads, torch {settings['torch']})"
     )
-    if budget_fraction(settings) < 1:
+    if teacher_kind == "hed" and budget_fraction(settings) < 1:
         line += (
             f" = {100 * budget_fraction(settings):.1f}% of the full budget ({FULL_BUDGET['steps']} steps x batch "
             f"{FULL_BUDGET['batch']} x {FULL_BUDGET['crop']}px, the GPU command): no network has converged; "
@@ -321,7 +321,7 @@ def budget_note(settings: dict) -> str:
 def report(results: dict) -> None:
     speed = results.get("speed", {})
     for teacher_kind, settings in results.get("settings", {}).items():
-        print(f"\n{teacher_kind} {budget_note(settings)}")
+        print(f"\n{teacher_kind} {budget_note(teacher_kind, settings)}")
     for teacher_name, rows in results.get("fidelity", {}).items():
         print(f"\nteacher {teacher_name}")
         header = f"{'network':34s} {'params':>8s} {'img/s':>7s}"
