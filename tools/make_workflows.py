@@ -650,6 +650,8 @@ def extract() -> dict:
         stages_section(1, stages, STYLE),
         "`invert` gives white lines on black (as ControlNet line-art models expect); `contrast` darkens faint "
         "strokes.",
+        "No extractor of your own yet? Pick the first entry of Load Extractor, `built-in: HED sketch`: it ships "
+        "with the pack and draws HED's lines (not a style of yours).",
     )
     nodes = {
         1: {
