@@ -75,6 +75,15 @@ def rescale_zero_terminal_snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
+def check_prediction_type(prediction_type: str) -> str:
+    """``prediction_type`` when it is one of :data:`PREDICTION_TYPES`, else a clear error."""
+    if prediction_type not in PREDICTION_TYPES:
+        raise InvalidInputError(
+            f"prediction_type must be one of {list(PREDICTION_TYPES)}, got {prediction_type!r}"
+        )
+    return prediction_type
+
+
 def model_output_to_x0_eps(
     output: torch.Tensor, x: torch.Tensor, alpha_cumprod: float, prediction_type: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,13 +91,9 @@ def model_output_to_x0_eps(
     epsilon models predict the noise, v-prediction models (SD 2.x 768-v, v-pred SDXL fine-tunes)
     predict ``v = sqrt(a) * noise - sqrt(1 - a) * x0``."""
     a, s = math.sqrt(alpha_cumprod), math.sqrt(1.0 - alpha_cumprod)
-    if prediction_type == "epsilon":
+    if check_prediction_type(prediction_type) == "epsilon":
         return (x - s * output) / a, output
-    if prediction_type == "v_prediction":
-        return a * x - s * output, s * x + a * output
-    raise InvalidInputError(
-        f"prediction_type must be one of {list(PREDICTION_TYPES)}, got {prediction_type!r}"
-    )
+    return a * x - s * output, s * x + a * output
 
 
 class SamplingBackend:

@@ -43,6 +43,7 @@ from .base import (
     PREDICTION_TYPES,
     ProgressFn,
     SamplingBackend,
+    check_prediction_type,
     model_output_to_x0_eps,
     rescale_zero_terminal_snr,
     scaled_linear_alphas_cumprod,
@@ -166,10 +167,7 @@ class DiffusersBackend(SamplingBackend):
     ):
         reject_compiled(unet, "UNet")
         reject_compiled(vae, "VAE")
-        if prediction_type not in PREDICTION_TYPES:
-            raise InvalidInputError(
-                f"prediction_type must be one of {list(PREDICTION_TYPES)}, got {prediction_type!r}"
-            )
+        check_prediction_type(prediction_type)
         family, pooled_dim = diffusers_family(unet, text_encoder, text_encoder_2, family)
         self.device = torch.device(device)
         self.dtype = dtype
