@@ -1,4 +1,5 @@
-"""How far apart two tensors are, for the parity tests (two backends, a reference pipeline)."""
+"""Helpers of the parity tests (two backends, or a backend and diffusers' own pipeline): how far
+apart two tensors are, and diffusers' SDXL pipeline on a backend's modules."""
 
 from __future__ import annotations
 
@@ -8,3 +9,20 @@ import torch
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     """``|a - b| / |b|`` in float32 (Frobenius norms; ``b`` is the reference)."""
     return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12))
+
+
+def sdxl_pipeline(backend, scheduler, tokenizer=None, tokenizer_2=None):
+    """diffusers' ``StableDiffusionXLPipeline`` on ``backend``'s UNet, VAE and text encoders (the
+    tokenizers only where the pipeline encodes prompts itself)."""
+    from diffusers import StableDiffusionXLPipeline
+
+    return StableDiffusionXLPipeline(
+        vae=backend.vae,
+        text_encoder=backend.text_encoder,
+        text_encoder_2=backend.text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        unet=backend.unet,
+        scheduler=scheduler,
+        add_watermarker=False,
+    )

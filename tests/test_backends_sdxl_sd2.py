@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from compare import relative_error
+from compare import relative_error, sdxl_pipeline
 from tiny_models import (
     TINY_SDXL_POOLED_DIM,
     tiny_backend,
@@ -78,21 +78,10 @@ def _ddim(prediction_type):
 def test_sdxl_sampling_matches_the_diffusers_sdxl_pipeline(prediction_type):
     """Same embeddings and noise through diffusers' StableDiffusionXLPipeline (its pooled and size
     conditioning, its DDIM scheduler) and through the backend: the same final latent."""
-    from diffusers import StableDiffusionXLPipeline
-
     backend = tiny_sdxl_backend(0, prediction_type=prediction_type)
     cond, uncond = backend.encode_prompt("a horse"), backend.encode_prompt("")
     ours = backend.sample(cond, SMALL.replace(seed=4), capture=False, decode=False)
-    pipe = StableDiffusionXLPipeline(
-        vae=backend.vae,
-        text_encoder=backend.text_encoder,
-        text_encoder_2=backend.text_encoder_2,
-        tokenizer=None,
-        tokenizer_2=None,
-        unet=backend.unet,
-        scheduler=_ddim(prediction_type),
-        add_watermarker=False,
-    )
+    pipe = sdxl_pipeline(backend, _ddim(prediction_type))
     noise = make_noise(4, (1, 4, 8, 8))
     theirs = pipe(
         prompt_embeds=cond.context,

@@ -7,13 +7,13 @@ import torch
 TINY_CONTEXT_DIM = 32
 
 
-def tiny_unet(seed: int = 0):
+def tiny_unet(seed: int = 0, **overrides):
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(seed)
     # SD 1.x block pattern (3 cross-attention levels + 1 plain, 2 ResBlocks per level -> 12 decoder
     # ResBlocks), shrunk: uneven widths so channel bookkeeping is exercised.
-    return UNet2DConditionModel(
+    config = dict(
         sample_size=8,
         in_channels=4,
         out_channels=4,
@@ -29,7 +29,8 @@ def tiny_unet(seed: int = 0):
         cross_attention_dim=TINY_CONTEXT_DIM,
         attention_head_dim=8,
         norm_num_groups=8,
-    ).eval()
+    )
+    return UNet2DConditionModel(**config | overrides).eval()
 
 
 def tiny_vae(seed: int = 0):
@@ -48,11 +49,11 @@ def tiny_vae(seed: int = 0):
     ).eval()
 
 
-def tiny_text_encoder(seed: int = 0):
+def tiny_text_encoder(seed: int = 0, **overrides):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed + 2)
-    cfg = CLIPTextConfig(
+    config = dict(
         vocab_size=49408,
         hidden_size=TINY_CONTEXT_DIM,
         intermediate_size=64,
@@ -60,7 +61,7 @@ def tiny_text_encoder(seed: int = 0):
         num_attention_heads=2,
         max_position_embeddings=77,
     )
-    return CLIPTextModel(cfg).eval()
+    return CLIPTextModel(CLIPTextConfig(**config | overrides)).eval()
 
 
 def tiny_backend(seed: int = 0):
@@ -150,45 +151,12 @@ def tiny_sdxl_backend(seed: int = 0, prediction_type: str = "epsilon", **kwargs)
 
 def tiny_sd2_unet(seed: int = 0):
     """SD 2.x's pattern (SD 1.x's blocks with linear projections), shrunk."""
-    from diffusers import UNet2DConditionModel
-
-    torch.manual_seed(seed)
-    return UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 32, 64, 64),
-        layers_per_block=2,
-        down_block_types=(
-            "CrossAttnDownBlock2D",
-            "CrossAttnDownBlock2D",
-            "CrossAttnDownBlock2D",
-            "DownBlock2D",
-        ),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=TINY_CONTEXT_DIM,
-        attention_head_dim=(2, 2, 4, 4),
-        use_linear_projection=True,
-        norm_num_groups=8,
-    ).eval()
+    return tiny_unet(seed, attention_head_dim=(2, 2, 4, 4), use_linear_projection=True)
 
 
 def tiny_sd2_text_encoder(seed: int = 0):
     """An OpenCLIP-like text tower (GELU, as SD 2.x's ViT-H), small."""
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    torch.manual_seed(seed + 2)
-    return CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=TINY_CONTEXT_DIM,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            max_position_embeddings=77,
-            hidden_act="gelu",
-        )
-    ).eval()
+    return tiny_text_encoder(seed, hidden_act="gelu")
 
 
 def tiny_sd2_backend(seed: int = 0, prediction_type: str = "v_prediction", **kwargs):

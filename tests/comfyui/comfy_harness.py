@@ -197,3 +197,19 @@ def loaded_checkpoint(path):
         del model, clip, vae
         comfy.model_management.unload_all_models()
         gc.collect()
+
+
+def diffusers_reference(backend, prompt: str, sampling) -> dict:
+    """What a parity test holds ComfyUI's backend to, from the diffusers backend on the same
+    checkpoint: its spec, model hash, prediction type and native size, the conditionings of
+    ``prompt`` and of "", and one captured sample of ``prompt``."""
+    cond = backend.encode_prompt(prompt)
+    return {
+        "spec": backend.spec,
+        "hash": backend.model_hash(),
+        "prediction": backend.prediction_type,
+        "native_size": backend.native_size,
+        "cond": cond,
+        "uncond": backend.encode_prompt(""),
+        "sample": backend.sample(cond, sampling),
+    }

@@ -9,7 +9,7 @@ import gc
 
 import pytest
 import torch
-from comfy_harness import hook_count, loaded_checkpoint
+from comfy_harness import diffusers_reference, hook_count, loaded_checkpoint
 from compare import relative_error
 
 from diffsketch.capture.sampling import SamplingSettings
@@ -23,14 +23,7 @@ def diffusers_side(sd2_checkpoint):
     from diffsketch.backends.diffusers import DiffusersBackend
 
     backend = DiffusersBackend.from_single_file(sd2_checkpoint)
-    out = {
-        "spec": backend.spec,
-        "hash": backend.model_hash(),
-        "prediction": backend.prediction_type,
-        "native_size": backend.native_size,
-    }
-    out["cond"], out["uncond"] = backend.encode_prompt(PROMPT), backend.encode_prompt("")
-    out["sample"] = backend.sample(out["cond"], FEW)
+    out = diffusers_reference(backend, PROMPT, FEW)
     epsilon = DiffusersBackend.from_single_file(sd2_checkpoint, prediction_type="epsilon")
     out["epsilon"] = epsilon.sample(out["cond"], FEW, capture=False, decode=False)
     del backend, epsilon

@@ -13,8 +13,8 @@ import gc
 
 import pytest
 import torch
-from comfy_harness import COMFYUI_PATH, hook_count, loaded_checkpoint
-from compare import relative_error
+from comfy_harness import COMFYUI_PATH, diffusers_reference, hook_count, loaded_checkpoint
+from compare import relative_error, sdxl_pipeline
 
 from diffsketch.capture.sampling import SamplingSettings
 
@@ -39,32 +39,16 @@ def _tokenizers():
 @pytest.fixture(scope="module")
 def diffusers_side(sdxl_checkpoint):
     """The diffusers backend's results on the checkpoint, and diffusers' SDXL pipeline's encoding."""
-    from diffusers import DDIMScheduler, StableDiffusionXLPipeline
+    from diffusers import DDIMScheduler
 
     from diffsketch.backends.base import rescale_zero_terminal_snr
     from diffsketch.backends.conditioning import Conditioning
     from diffsketch.backends.diffusers import DiffusersBackend
 
     backend = DiffusersBackend.from_single_file(sdxl_checkpoint)
-    out = {
-        "spec": backend.spec,
-        "hash": backend.model_hash(),
-        "prediction": backend.prediction_type,
-        "native_size": backend.native_size,
-    }
-    out["cond"], out["uncond"] = backend.encode_prompt(PROMPT), backend.encode_prompt("")
-    out["sample"] = backend.sample(out["cond"], FEW)
+    out = diffusers_reference(backend, PROMPT, FEW)
     tokenizer, tokenizer_2 = _tokenizers()
-    pipe = StableDiffusionXLPipeline(
-        vae=backend.vae,
-        text_encoder=backend.text_encoder,
-        text_encoder_2=backend.text_encoder_2,
-        tokenizer=tokenizer,
-        tokenizer_2=tokenizer_2,
-        unet=backend.unet,
-        scheduler=DDIMScheduler(),
-        add_watermarker=False,
-    )
+    pipe = sdxl_pipeline(backend, DDIMScheduler(), tokenizer, tokenizer_2)
     with torch.no_grad():
         context, negative, pooled, negative_pooled = pipe.encode_prompt(
             PROMPT, device="cpu", do_classifier_free_guidance=True, negative_prompt=""
