@@ -13,7 +13,6 @@ and are full size. About 1.0 GB in float16. Run: python sd2_checkpoint.py OUT.sa
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -21,7 +20,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from tiny_checkpoint import UNET_KWARGS as SD15_UNET_KWARGS  # noqa: E402
-from tiny_checkpoint import VAE_DDCONFIG, prepare_comfy_import, random_state, save_checkpoint  # noqa: E402
+from tiny_checkpoint import meta_modules, random_state, save_checkpoint  # noqa: E402
 
 UNET_KWARGS = dict(
     SD15_UNET_KWARGS,
@@ -34,22 +33,12 @@ V_PREDICTION_BIAS = "output_blocks.11.1.transformer_blocks.0.norm1.bias"
 
 
 def build_state_dict(comfy_path: str, seed: int = 0) -> dict[str, torch.Tensor]:
-    prepare_comfy_import(comfy_path)
-    import comfy.clip_model
-    import comfy.ops
+    unet, vae, (clip,) = meta_modules(
+        comfy_path, UNET_KWARGS, [os.path.join("text_encoders", "sd2_clip_config.json")]
+    )
     import comfy.supported_models
-    from comfy.ldm.models.autoencoder import AutoencoderKL
-    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
-    ops = comfy.ops.disable_weight_init
     g = torch.Generator().manual_seed(seed)
-
-    unet = UNetModel(**UNET_KWARGS, device="meta", operations=ops)
-    with torch.device("meta"):
-        vae = AutoencoderKL(ddconfig=VAE_DDCONFIG, embed_dim=4)
-    with open(os.path.join(comfy_path, "comfy", "text_encoders", "sd2_clip_config.json")) as f:
-        config = json.load(f)
-    clip = comfy.clip_model.CLIPTextModel(config, dtype=torch.float32, device="meta", operations=ops)
     unet_state = random_state(unet, g)
     unet_state[V_PREDICTION_BIAS] = (
         torch.randn(unet_state[V_PREDICTION_BIAS].shape, generator=g) * 0.5

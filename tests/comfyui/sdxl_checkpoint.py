@@ -14,14 +14,13 @@ recipe's hash. Run: python sdxl_checkpoint.py OUT.safetensors
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from tiny_checkpoint import VAE_DDCONFIG, prepare_comfy_import, random_state, save_checkpoint  # noqa: E402
+from tiny_checkpoint import meta_modules, random_state, save_checkpoint  # noqa: E402
 
 UNET_KWARGS = dict(
     image_size=32,
@@ -49,24 +48,14 @@ REAL_UNET_KWARGS = dict(UNET_KWARGS, channel_mult=[1, 2, 4])
 
 
 def build_state_dict(comfy_path: str, seed: int = 0) -> dict[str, torch.Tensor]:
-    prepare_comfy_import(comfy_path)
-    import comfy.clip_model
-    import comfy.ops
+    unet, vae, clips = meta_modules(
+        comfy_path, UNET_KWARGS, ["sd1_clip_config.json", "clip_config_bigg.json"]
+    )
     import comfy.supported_models
-    from comfy.ldm.models.autoencoder import AutoencoderKL
-    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
-    ops = comfy.ops.disable_weight_init
     g = torch.Generator().manual_seed(seed)
-
-    unet = UNetModel(**UNET_KWARGS, device="meta", operations=ops)
-    with torch.device("meta"):
-        vae = AutoencoderKL(ddconfig=VAE_DDCONFIG, embed_dim=4)
     clip_state = {}
-    for name, config_file in (("clip_l", "sd1_clip_config.json"), ("clip_g", "clip_config_bigg.json")):
-        with open(os.path.join(comfy_path, "comfy", config_file)) as f:
-            config = json.load(f)
-        clip = comfy.clip_model.CLIPTextModel(config, dtype=torch.float32, device="meta", operations=ops)
+    for name, clip in zip(("clip_l", "clip_g"), clips):
         clip_state.update(random_state(clip, g, f"{name}.transformer."))
     model_config = comfy.supported_models.SDXL(dict(UNET_KWARGS))
     out = model_config.process_unet_state_dict_for_saving(random_state(unet, g))

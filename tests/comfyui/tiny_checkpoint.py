@@ -78,7 +78,10 @@ def import_pack(comfy_path: str, module_name: str):
     return sys.modules[module_name]
 
 
-def build_state_dict(comfy_path: str, seed: int = 0) -> dict[str, torch.Tensor]:
+def meta_modules(comfy_path: str, unet_kwargs: dict, clip_configs: list[str]):
+    """``(unet, vae, clips)``: ComfyUI's UNet built from ``unet_kwargs``, SD's VAE and one CLIP
+    text tower per config file (paths under ComfyUI's ``comfy/``), all on the meta device, as only
+    their parameter names and shapes are used."""
     prepare_comfy_import(comfy_path)
     import comfy.clip_model
     import comfy.ops
@@ -86,12 +89,21 @@ def build_state_dict(comfy_path: str, seed: int = 0) -> dict[str, torch.Tensor]:
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
     ops = comfy.ops.disable_weight_init
-    unet = UNetModel(**UNET_KWARGS, device="meta", operations=ops)
-    vae = AutoencoderKL(ddconfig=VAE_DDCONFIG, embed_dim=4)
-    with open(os.path.join(comfy_path, "comfy", "sd1_clip_config.json")) as f:
-        clip_cfg = json.load(f)
-    clip = comfy.clip_model.CLIPTextModel(clip_cfg, dtype=torch.float32, device="meta", operations=ops)
+    unet = UNetModel(**unet_kwargs, device="meta", operations=ops)
+    with torch.device("meta"):
+        vae = AutoencoderKL(ddconfig=VAE_DDCONFIG, embed_dim=4)
+    clips = []
+    for config_file in clip_configs:
+        with open(os.path.join(comfy_path, "comfy", config_file)) as f:
+            config = json.load(f)
+        clips.append(
+            comfy.clip_model.CLIPTextModel(config, dtype=torch.float32, device="meta", operations=ops)
+        )
+    return unet, vae, clips
 
+
+def build_state_dict(comfy_path: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    unet, vae, (clip,) = meta_modules(comfy_path, UNET_KWARGS, ["sd1_clip_config.json"])
     g = torch.Generator().manual_seed(seed)
     out: dict[str, torch.Tensor] = {}
     for prefix, module in (
