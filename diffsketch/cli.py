@@ -63,12 +63,10 @@ def check_model(args) -> None:
 SIZE_STAND_IN = 512
 
 
-def with_model_size(args, sampling, backend):
-    """``sampling`` at --width/--height; where one was not given, at the model's native side
+def model_size(args, backend) -> dict[str, int]:
+    """``{"width", "height"}`` from --width/--height; one not given is the model's native side
     (``backend.native_size``: 1024 for SDXL)."""
-    return sampling.replace(
-        width=args.width or backend.native_size, height=args.height or backend.native_size
-    )
+    return {"width": args.width or backend.native_size, "height": args.height or backend.native_size}
 
 
 def check_file_kind(path, option: str, kind: str) -> Path:
@@ -117,7 +115,7 @@ def cmd_sample(args) -> int:
         timesteps=parse_timesteps(args.timesteps),
     )
     backend = load_backend(args)
-    sampling = with_model_size(args, sampling, backend)
+    sampling = sampling.replace(**model_size(args, backend))
     bar = progress_bar(args.steps, "sampling")
     sample = backend.sample(args.prompt, sampling, progress=bar)
     bar.close()
@@ -147,9 +145,8 @@ def cmd_timesteps(args) -> int:
         args.steps,
         k=args.k or None,
         seed=args.seed,
-        width=args.width or backend.native_size,
-        height=args.height or backend.native_size,
         cfg=args.cfg,
+        **model_size(args, backend),
         progress=bar,
     )
     bar.close()
@@ -411,7 +408,7 @@ def cmd_generate(args) -> int:
     )
     generator = load_generator(args.generator, device=pick_device(args.device))
     backend = load_backend(args)
-    sampling = with_model_size(args, sampling, backend)
+    sampling = sampling.replace(**model_size(args, backend))
     bar = progress_bar(args.count, "generating", unit="pair")
     try:
         for k in range(args.count):
@@ -501,9 +498,8 @@ def _distill(args, out: Path, device: str, group) -> int:
                 seed=args.seed,
                 steps=args.steps,
                 cfg=args.cfg,
-                width=args.width or backend.native_size,
-                height=args.height or backend.native_size,
                 schedule=args.schedule,
+                **model_size(args, backend),
             ),
             lpips_model=lpips_model,
             progress=(lambda done, total: bars["pairs"](done, total)) if main else None,
