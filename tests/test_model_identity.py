@@ -99,7 +99,7 @@ def test_an_example_of_another_parameterisation_is_refused_naming_both(
     with pytest.raises(InvalidInputError) as error:
         trainer(backends[trained], example, conditions, loss_models)
     message = str(error.value)
-    assert "the example's features was made with" in message and "the model you train on samples" in message
+    assert "the example was made with" in message and "the model you train on samples" in message
     for name in named:
         assert name in message
     assert "ModelSamplingDiscrete" in message and "--prediction-type" in message

@@ -409,7 +409,7 @@ class Trainer:
         self.notices += check_same_model(
             example.identity(),
             self.model_identity,
-            "the example's features",
+            "the example",
             "the model you train on",
             "Capture the example with the model you train on, sampled the same way (in ComfyUI: the same "
             "ModelSamplingDiscrete node, or none, in front of both; on the command line: the same "
