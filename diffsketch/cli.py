@@ -394,7 +394,7 @@ def cmd_train(args) -> int:
 def cmd_generate(args) -> int:
     from .capture.sampling import SamplingSettings
     from .train.generator import GENERATOR_KIND, load_generator
-    from .train.inference import generate_pair
+    from .train.inference import check_generator_fits, generate_pair
 
     check_model(args)
     check_file_kind(args.generator, "--generator", GENERATOR_KIND)
@@ -409,6 +409,8 @@ def cmd_generate(args) -> int:
     generator = load_generator(args.generator, device=pick_device(args.device))
     backend = load_backend(args)
     sampling = sampling.replace(**model_size(args, backend))
+    for notice in check_generator_fits(backend, generator):
+        print(notice)
     bar = progress_bar(args.count, "generating", unit="pair")
     try:
         for k in range(args.count):
@@ -459,6 +461,7 @@ def _distill(args, out: Path, device: str, group) -> int:
     from .distill.extractor import save_extractor
     from .train.conditions import ConditionSampler
     from .train.generator import load_generator
+    from .train.inference import check_generator_fits
     from .train.losses import build_lpips
 
     config = DistillConfig(
@@ -473,6 +476,9 @@ def _distill(args, out: Path, device: str, group) -> int:
     generator = load_generator(args.generator, device=device)
     conditions = ConditionSampler.load(args.conditions)
     backend = load_backend(args, device)
+    if group is None or group.is_main:
+        for notice in check_generator_fits(backend, generator):
+            print(notice)
     # one bar at a time: the pairs' until the student's training starts; in a launch, rank 0's
     # (its pairs bar counts its own share)
     main = group is None or group.is_main

@@ -23,7 +23,7 @@ import comfy.sdxl_clip
 import comfy.utils
 import torch
 
-from diffsketch.backends.base import SamplingBackend, weights_fingerprint
+from diffsketch.backends.base import SamplingBackend, has_zero_terminal_snr, weights_fingerprint
 from diffsketch.backends.conditioning import Conditioning
 from diffsketch.capture.hooks import COND, UNCOND, UNetRecorder, record_vae_decoder, reject_compiled
 from diffsketch.capture.spec import (
@@ -84,6 +84,14 @@ def model_family(model) -> tuple[str, str]:
             "schedules are not). Connect the MODEL without the model-sampling patch"
         )
     return family, "v_prediction" if isinstance(sampling, ms.V_PREDICTION) else "epsilon"
+
+
+def sampling_has_zero_terminal_snr(model) -> bool:
+    """Whether the MODEL's schedule is zero-terminal-SNR (a ModelSamplingDiscrete node with zsnr,
+    or a checkpoint ComfyUI reads as ztsnr): read from its last sigma, so any patch that rescales
+    the schedule counts, whatever it calls itself."""
+    sigma_max = float(model.get_model_object("model_sampling").sigma_max)
+    return has_zero_terminal_snr(1.0 / (1.0 + sigma_max * sigma_max))
 
 
 def clip_family(clip) -> str:
@@ -159,6 +167,7 @@ class ComfyBackend(SamplingBackend):
         self.show_progress = show_progress
         self.model, self.clip, self.vae = model, clip, vae
         self.prediction_type = prediction
+        self.zero_terminal_snr = sampling_has_zero_terminal_snr(model)
         self.spec = feature_spec_from_ldm(
             model.model.diffusion_model, vae.first_stage_model, context_dim, family, pooled_dim
         )

@@ -157,6 +157,7 @@ class DiffSketchDistill(io.ComfyNode):
         from diffsketch.capture.sampling import SamplingSettings
         from diffsketch.distill import DistillConfig, distill, pair_settings, pair_settings_digest
         from diffsketch.distill.extractor import save_extractor
+        from diffsketch.train.inference import check_generator_fits
 
         from .comfy_backend import ComfyBackend
 
@@ -172,6 +173,8 @@ class DiffSketchDistill(io.ComfyNode):
             height=int(height),
             schedule=None if schedule == AS_TRAINED else schedule,
         )
+        for notice in check_generator_fits(backend, generator):
+            logger.warning("[DiffSketch] %s", notice)
         settings = pair_settings(backend, generator, conditions, sampling)
         pairs_dir = os.path.join(
             folder_paths.models_dir, "diffsketch", "pairs", name, pair_settings_digest(settings)

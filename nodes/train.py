@@ -411,7 +411,7 @@ class DiffSketchGenerate(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, vae, generator, prompt, seed, steps, cfg, width, height) -> io.NodeOutput:
         from diffsketch.capture.sampling import SamplingSettings
-        from diffsketch.train.inference import generate_pair
+        from diffsketch.train.inference import check_generator_fits, generate_pair
 
         from .comfy_backend import ComfyBackend, image_to_comfy
 
@@ -419,6 +419,8 @@ class DiffSketchGenerate(io.ComfyNode):
             seed=int(seed), steps=int(steps), cfg=float(cfg), width=int(width), height=int(height)
         )
         backend = ComfyBackend(model, clip, vae)
+        for notice in check_generator_fits(backend, generator):
+            logger.warning("[DiffSketch] %s", notice)
         image, sketch = generate_pair(backend, generator, prompt, sampling)
         sketch_img = image_to_comfy(sketch.expand(-1, 3, -1, -1))
         return io.NodeOutput(image_to_comfy(image), sketch_img, ui=ui.PreviewImage(sketch_img, cls=cls))

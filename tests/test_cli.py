@@ -363,6 +363,17 @@ def test_train_checks_every_path_before_loading_anything(
     assert option in line and "missing.file" in line
 
 
+def test_train_refuses_a_features_file_from_another_prediction_type(train_inputs, tmp_path, capsys):
+    """The example was sampled with the model's own (epsilon) prediction type; training with
+    --prediction-type v_prediction reads the same weights another way, so it is refused."""
+    args = train_args(train_inputs, tmp_path / "style.safetensors", "--iterations", "1")
+    assert main([*args, "--prediction-type", "v_prediction"]) == 2
+    line = _one_error_line(capsys, "train")
+    assert "the example was made with epsilon-prediction" in line
+    assert "the model you train on samples v-prediction" in line and "--prediction-type" in line
+    assert not (tmp_path / "style.safetensors").exists()
+
+
 def test_commands_refuse_bad_paths_and_devices_in_one_line(
     train_inputs, tiny_backend, tmp_path, capsys, no_model_loading
 ):

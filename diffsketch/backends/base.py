@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 
 from ..capture.hooks import UNetRecorder
+from ..capture.identity import PREDICTION_TYPES, backend_identity
 from ..capture.sample import CapturedSample
 from ..capture.sampling import SamplingSettings
 from ..capture.spec import FeatureSpec, family_name
@@ -72,7 +73,10 @@ def rescale_zero_terminal_snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
     return out
 
 
-PREDICTION_TYPES = ("epsilon", "v_prediction")
+def has_zero_terminal_snr(last_alpha_cumprod: float) -> bool:
+    """Whether a schedule ending on ``last_alpha_cumprod`` is zero-terminal-SNR: SD's own ends at
+    about 0.0047, a rescaled one at :data:`ZERO_SNR_LAST_ALPHA_CUMPROD` (4.9e-8)."""
+    return float(last_alpha_cumprod) < 1e-5
 
 
 def check_prediction_type(prediction_type: str) -> str:
@@ -104,6 +108,8 @@ class SamplingBackend:
     latent_scaling_factor: float = 0.18215
     #: what the UNet predicts: "epsilon" or "v_prediction"
     prediction_type: str = "epsilon"
+    #: whether the noise schedule is rescaled to zero terminal SNR (:func:`has_zero_terminal_snr`)
+    zero_terminal_snr: bool = False
 
     # -- primitives ----------------------------------------------------------------------------
     def encode_prompt(self, text: str) -> Conditioning:  # pragma: no cover - interface
@@ -256,8 +262,9 @@ class SamplingBackend:
             "height": settings.height,
             "schedule": sched,
             "unet_evaluations": len(sched),
-            "family": self.spec.family,
-            "prediction_type": self.prediction_type,
+            # which model made the features (family, parameterisation, weights): checked wherever
+            # they meet a model (capture.identity.check_same_model)
+            **backend_identity(self).to_dict(),
         }
         if any(p is not None for p in prompts):
             meta["prompt"] = prompts[0] if len(prompts) == 1 else prompts

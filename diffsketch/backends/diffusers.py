@@ -44,6 +44,7 @@ from .base import (
     ProgressFn,
     SamplingBackend,
     check_prediction_type,
+    has_zero_terminal_snr,
     model_output_to_x0_eps,
     rescale_zero_terminal_snr,
     scaled_linear_alphas_cumprod,
@@ -205,6 +206,11 @@ class DiffusersBackend(SamplingBackend):
         if self._model_hash is None:
             self._model_hash = weights_fingerprint(self.unet.parameters())
         return self._model_hash
+
+    @property
+    def zero_terminal_snr(self) -> bool:
+        """Read from the schedule itself, so a schedule set after loading is described truly."""
+        return has_zero_terminal_snr(self.alphas_cumprod[-1])
 
     @property
     def native_size(self) -> int:

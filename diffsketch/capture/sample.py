@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from .. import fileio
+from .identity import ModelIdentity
 from .spec import FeatureSpec
 from .timesteps import TimestepPlan
 
@@ -47,6 +48,10 @@ class CapturedSample:
     @property
     def batch_size(self) -> int:
         return int(self.latent.shape[0])
+
+    def identity(self, where: str = "the captured sample") -> ModelIdentity:
+        """The model the sample was captured with, as its meta records it (backends write it)."""
+        return ModelIdentity.from_dict(self.meta, self.spec.family, where)
 
     def split(self) -> list[CapturedSample]:
         """The samples of a batch, each a batch of one."""

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .. import fileio
+from ..capture.identity import ModelIdentity, check_same_model
 from ..capture.sampling import SCHEDULES
 from ..capture.spec import SD1, FeatureSpec, backbone_family, check_backbone_family, check_family, family_name
 from ..capture.timesteps import NUM_TRAIN_TIMESTEPS
@@ -637,9 +638,20 @@ class SketchGenerator(nn.Module):
                 f"{self.spec.fingerprint()}. Capture with the base model the generator was trained on."
             )
 
+    def identity(self) -> ModelIdentity:
+        """The model this generator was trained on, as its meta records it (``base_model``)."""
+        return ModelIdentity.from_dict(self.meta.get("base_model"), self.family, "the generator")
+
     def forward_sample(self, sample) -> torch.Tensor:
         """Run on a :class:`~diffsketch.capture.sample.CapturedSample`."""
         self.check_model(sample.spec, "the model the sample was captured with")
+        check_same_model(
+            sample.identity(),
+            self.identity(),
+            "the sample",
+            "the generator's model",
+            "Sample with the model and sampling settings the generator was trained with",
+        )
         return self(sample.unet, sample.vae, sample.rgb)
 
     # -- introspection -------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 import torch
 
 from ..backends.conditioning import Conditioning
+from ..capture.identity import backend_identity, check_same_model
 from ..capture.sampling import SamplingSettings
 from ..capture.timesteps import PAPER_TIMESTEPS
 from ..errors import InvalidInputError
@@ -40,13 +41,24 @@ def generator_schedule(generator: SketchGenerator) -> str:
     return getattr(generator, "schedule", None) or "full"
 
 
-def check_generator_fits(backend, generator: SketchGenerator) -> None:
+def check_generator_fits(backend, generator: SketchGenerator) -> list[str]:
     """Raise before any sampling when ``generator`` cannot run on ``backend``'s model: another
-    backbone family, or another layout of the same family."""
+    backbone family, another layout of the same family, or another parameterisation (prediction
+    type, zero-terminal-SNR schedule). Returns notices for the caller to show (another checkpoint
+    of the same family and parameterisation, a generator that does not record its model)."""
     spec = getattr(generator, "spec", None)
     if spec is None:
-        return  # a teacher module of another kind; its forward_sample does its own checks
+        return []  # a teacher module of another kind; its forward_sample does its own checks
     generator.check_model(backend.spec, "the model connected")
+    return check_same_model(
+        generator.identity(),
+        backend_identity(backend),
+        "the generator",
+        "the model connected",
+        "A generator's features come from the model it was trained on, sampled the same way: connect that model "
+        "(in ComfyUI with the same ModelSamplingDiscrete node, or none; on the command line with the same "
+        "--prediction-type), or train a generator on this one",
+    )
 
 
 def generator_sampling(generator, sampling: SamplingSettings) -> SamplingSettings:

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from .. import __version__
 from ..backends.conditioning import Conditioning
+from ..capture.identity import ModelIdentity, backend_identity, check_same_model
 from ..capture.sample import CapturedSample
 from ..capture.sampling import SCHEDULES, SamplingSettings
 from ..capture.spec import check_family, family_name
@@ -348,14 +349,6 @@ def loss_curve_image(history: Sequence[Mapping], size: tuple[int, int] = (640, 4
 # ---------------------------------------------------------------------------------------------
 # the trainer
 # ---------------------------------------------------------------------------------------------
-def _backend_model_hash(backend) -> str | None:
-    """A backend may identify its weights with ``model_hash`` (a string or a method returning one)."""
-    value = getattr(backend, "model_hash", None)
-    if callable(value):
-        value = value()
-    return str(value) if value else None
-
-
 class Trainer:
     """Trains a :class:`SketchGenerator` on one example (see the module docstring).
 
@@ -412,6 +405,16 @@ class Trainer:
                 f"the example was captured from a model with layout {example.spec.fingerprint()}, but the backend's "
                 f"model is {backend.spec.fingerprint()}; capture the example with the model you train on."
             )
+        self.model_identity = backend_identity(backend)
+        self.notices += check_same_model(
+            example.identity(),
+            self.model_identity,
+            "the example",
+            "the model you train on",
+            "Capture the example with the model you train on, sampled the same way (in ComfyUI: the same "
+            "ModelSamplingDiscrete node, or none, in front of both; on the command line: the same "
+            "--prediction-type), or re-capture it",
+        )
         if example.image.numel() == 0 or not example.vae:
             raise InvalidInputError("the example must be a decoded sample with VAE features (decode=True)")
         _check_example_sketch(example_sketch, example)
@@ -460,6 +463,8 @@ class Trainer:
                     f"{example.spec.fingerprint()}."
                 )
             self.generator = _escape_inference_mode(generator).to(self.device).train()
+            # identified from the start, so it is checked against models before it is saved too
+            self.generator.meta = {**self.generator.meta, "base_model": self.base_model()}
             # What the generator is trained on travels with it, so whoever runs it samples alike.
             self.generator.timesteps = self.timesteps
             self.generator.schedule = config.schedule
@@ -630,6 +635,14 @@ class Trainer:
                     "sketch" if key == "sketch_sha256" else f"{key} ({saved_example[key]!r} -> {mine[key]!r})"
                 )
                 self.notices.append(f"the example {what} differs from the one {path.name} was trained on")
+        self.notices += check_same_model(
+            ModelIdentity.from_dict(meta.get("base_model"), self.generator.family, path.name),
+            self.model_identity,
+            path.name,
+            "the model you train on",
+            "Resume with the model the run was started on, sampled the same way, or start over (--restart, or no "
+            "resume_from)",
+        )
         with torch.inference_mode(False):
             step, rng, meta = load_training_state(
                 path, kind=CHECKPOINT_KIND, model=self.generator, optimizer=self.optimizer, device="cpu"
@@ -668,6 +681,7 @@ class Trainer:
             "generator_config": self.generator.config.to_dict(),
             "spec": self.generator.spec.to_json(),
             "example": self.example_info(),
+            "base_model": self.base_model(),
             "library_version": __version__,
         }
 
@@ -689,16 +703,16 @@ class Trainer:
             version=CHECKPOINT_VERSION,
         )
 
+    def base_model(self) -> dict:
+        """The model the generator is trained on: its :class:`ModelIdentity` and layout fingerprint."""
+        return {**self.model_identity.to_dict(), "spec_fingerprint": self.generator.spec.fingerprint()}
+
     def generator_meta(self) -> dict:
         """What :meth:`save_generator` records with the weights."""
         return {
             "training": self.config.to_dict(),
             "steps_done": self.step,
-            "base_model": {
-                "family": self.generator.spec.family,
-                "spec_fingerprint": self.generator.spec.fingerprint(),
-                "model_hash": _backend_model_hash(self.backend),
-            },
+            "base_model": self.base_model(),
             "example": self.example_info(),
             "timesteps": list(self.timesteps),
             "final_losses": {k: v for k, v in (self.history[-1] if self.history else {}).items()},

@@ -20,29 +20,6 @@ CONDITIONS = "travel_stilé"  # a save name outside ASCII
 SIZE = {"width": 64, "height": 64}
 
 
-@pytest.fixture(scope="module")
-def loss_files(comfy_server):
-    """Tiny CLIP and AlexNet weight files in the server's model folders (random weights)."""
-    import torchvision
-    from safetensors.torch import save_file
-
-    from diffsketch.train.losses import TINY_CLIP_ARCHITECTURE, ClipImageEncoder
-
-    models = comfy_server.base / "models" / "diffsketch"
-    clip = models / "clip" / "clip_vit_b_32.safetensors"
-    lpips = models / "lpips" / "alexnet-owt-7be5be79.safetensors"
-    if not clip.exists():
-        clip.parent.mkdir(parents=True, exist_ok=True)
-        torch.manual_seed(0)
-        tower = ClipImageEncoder.random(TINY_CLIP_ARCHITECTURE).tower
-        save_file({f"visual.{k}": v.contiguous() for k, v in tower.state_dict().items()}, str(clip))
-    if not lpips.exists():
-        lpips.parent.mkdir(parents=True, exist_ok=True)
-        alex = torchvision.models.alexnet(weights=None).state_dict()
-        save_file({k: v.contiguous() for k, v in alex.items()}, str(lpips))
-    return models
-
-
 def _checkpoint():
     return {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}}
 
