@@ -290,7 +290,7 @@ def load_single_file(path) -> SingleFileModel:
     sd = read_state_dict(path)
     params = ldm_unet_params(sd)
     family = params["family"]
-    text_encoder, text_encoder_2 = _text_encoders(sd, family, path)
+    text_encoder, text_encoder_2 = text_encoders(sd, family, path)
     cfg = original_config(sd, params)
     prediction_type, alphas_cumprod = sampling_of(sd, family, name)
     size = (
@@ -319,7 +319,10 @@ def load_single_file(path) -> SingleFileModel:
     )
 
 
-def _text_encoders(sd, family: str, path):
+def text_encoders(sd, family: str, path):
+    """The text encoder(s) ``family`` conditions on, read from a single file's state dict ``sd``:
+    CLIP-L (SD 1.x), OpenCLIP ViT-H with every layer the file stores (SD 2.x), CLIP-L and OpenCLIP
+    bigG (SDXL)."""
     from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_open_clip_checkpoint
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
@@ -350,7 +353,10 @@ def _text_encoders(sd, family: str, path):
                 "checkpoint?"
             )
         te = CLIPTextModel(open_clip_text_config(sd, prefix))
-        state = convert_open_clip_checkpoint(te, sd, prefix=prefix)
+        # diffusers' converter skips layer 23 (and the projection) under the ldm prefix, as it
+        # builds 23-layer encoders; under a prefix of its own it converts every layer there is.
+        tower = {"open_clip." + k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+        state = convert_open_clip_checkpoint(te, tower, prefix="open_clip.")
         state = {k: v for k, v in state.items() if k != "text_projection.weight"}
         _load_strict(te, _match_prefix(state, te), "OpenCLIP ViT-H text encoder", path, family)
         return te, None
@@ -395,4 +401,4 @@ def _load_strict(module, state, what, path, family):
         )
 
 
-__all__ = ["SingleFileModel", "load_single_file", "read_state_dict"]
+__all__ = ["SingleFileModel", "load_single_file", "read_state_dict", "text_encoders"]
