@@ -268,9 +268,15 @@ class DiffusersBackend(SamplingBackend):
                     f"{root} is not a diffusers Stable Diffusion folder: '{sub}/' is missing. Point to a folder saved "
                     "with a Stable Diffusion (XL) pipeline's save_pretrained, or to a single .safetensors checkpoint."
                 )
+        # the scheduler first: a model DiffSketch cannot sample is refused before any weights load
+        acp, scheduled_prediction = None, "epsilon"
+        sched_cfg = root / "scheduler" / "scheduler_config.json"
+        if sched_cfg.is_file():
+            acp, scheduled_prediction = schedule_from_config(json.loads(sched_cfg.read_text()), sched_cfg)
         kw = {"local_files_only": True}
-        unet = UNet2DConditionModel.from_pretrained(root / "unet", **kw)
         vae = AutoencoderKL.from_pretrained(root / "vae", **kw)
+        check_vae_latents(vae, root / "vae")
+        unet = UNet2DConditionModel.from_pretrained(root / "unet", **kw)
         te = CLIPTextModel.from_pretrained(root / "text_encoder", **kw)
         te2 = tok2 = tok = None
         if (root / "text_encoder_2").is_dir():
@@ -279,10 +285,6 @@ class DiffusersBackend(SamplingBackend):
             tok = HFTokenizerAdapter(CLIPTokenizer.from_pretrained(root / "tokenizer", **kw))
         if te2 is not None and (root / "tokenizer_2").is_dir():
             tok2 = HFTokenizerAdapter(CLIPTokenizer.from_pretrained(root / "tokenizer_2", **kw))
-        acp, scheduled_prediction = None, "epsilon"
-        sched_cfg = root / "scheduler" / "scheduler_config.json"
-        if sched_cfg.is_file():
-            acp, scheduled_prediction = schedule_from_config(json.loads(sched_cfg.read_text()), sched_cfg)
         return cls(
             unet,
             vae,
@@ -439,14 +441,74 @@ class DiffusersBackend(SamplingBackend):
         )
 
 
+#: diffusers schedulers that sample the discrete 1000-step DDPM schedule their betas define (the
+#: schedule DiffSketch's DDIM sampler runs on, whichever of these a folder was saved with).
+DISCRETE_SCHEDULERS = (
+    "DDIMScheduler",
+    "DDPMScheduler",
+    "PNDMScheduler",
+    "LMSDiscreteScheduler",
+    "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "HeunDiscreteScheduler",
+    "KDPM2DiscreteScheduler",
+    "KDPM2AncestralDiscreteScheduler",
+    "DPMSolverMultistepScheduler",
+    "DPMSolverSinglestepScheduler",
+    "DPMSolverSDEScheduler",
+    "DEISMultistepScheduler",
+    "UniPCMultistepScheduler",
+    "LCMScheduler",
+    "TCDScheduler",
+)
+#: The values diffusers knows; none changes the DDIM grid DiffSketch samples on (the nodes' one).
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+_SUPPORTED_SCHEDULES = (
+    "a scheduler of the discrete 1000-step schedule (DDIM, PNDM, Euler, DPM-Solver, UniPC and the like) with "
+    "beta_schedule 'scaled_linear', predicting epsilon or v_prediction"
+)
+
+
 def schedule_from_config(config: dict, where) -> tuple[torch.Tensor, str]:
     """``(alphas_cumprod, prediction_type)`` from a diffusers scheduler config: SD's scaled-linear
-    betas, optionally rescaled to zero terminal SNR; anything else is refused by name."""
-    schedule = config.get("beta_schedule", "scaled_linear")
+    betas, optionally rescaled to zero terminal SNR; anything else is refused by name (continuous
+    EDM and flow-matching schedules, which the single-file path and ComfyUI refuse too, a missing
+    ``beta_schedule``, which diffusers would read as its ``linear`` default)."""
+    name = config.get("_class_name")
+    if name is None:
+        raise InvalidInputError(
+            f"{where} has no _class_name: it is not a diffusers scheduler config. DiffSketch needs {_SUPPORTED_SCHEDULES}."
+        )
+    if str(name).startswith("EDM"):
+        raise unsupported_model(
+            f"{where}: the scheduler {name} samples a continuous EDM noise schedule (Playground v2.5 or an EDM "
+            "v-prediction model), not the 1000-step schedule DiffSketch's DDIM sampler and timesteps are defined on"
+        )
+    if "FlowMatch" in str(name) or config.get("use_flow_sigmas"):
+        raise unsupported_model(
+            f"{where}: the scheduler {name} samples a flow-matching schedule (SD3, Flux and the like), not the "
+            "1000-step DDPM schedule of Stable Diffusion"
+        )
+    if name not in DISCRETE_SCHEDULERS:
+        raise unsupported_model(
+            f"{where}: the scheduler {name} is not one DiffSketch samples; it needs {_SUPPORTED_SCHEDULES}"
+        )
+    schedule = config.get("beta_schedule")
+    if schedule is None:
+        raise InvalidInputError(
+            f"{where}: the {name} config has no beta_schedule, so diffusers would use its 'linear' default, not Stable "
+            'Diffusion\'s \'scaled_linear\'. Add "beta_schedule": "scaled_linear" (with beta_start 0.00085 and '
+            "beta_end 0.012) if the model is an SD 1.x, SD 2.x or SDXL model."
+        )
     if schedule != "scaled_linear":
         raise InvalidInputError(
             f"{where}: beta_schedule {schedule!r} is not Stable Diffusion's scaled_linear; DiffSketch samples on that "
             "1000-step schedule."
+        )
+    spacing = config.get("timestep_spacing", "leading")
+    if spacing not in TIMESTEP_SPACINGS:
+        raise InvalidInputError(
+            f"{where}: timestep_spacing {spacing!r} is none of diffusers' {', '.join(TIMESTEP_SPACINGS)}"
         )
     prediction = config.get("prediction_type", "epsilon")
     if prediction not in PREDICTION_TYPES:
@@ -461,3 +523,14 @@ def schedule_from_config(config: dict, where) -> tuple[torch.Tensor, str]:
     if config.get("rescale_betas_zero_snr"):
         acp = rescale_zero_terminal_snr(acp)
     return acp, prediction
+
+
+def check_vae_latents(vae, where) -> None:
+    """Refuse a VAE whose latents are normalised per channel (``latents_mean``/``latents_std`` in its
+    config, as Playground v2.5's): DiffSketch scales latents by ``scaling_factor`` alone."""
+    config = getattr(vae, "config", {})
+    if config.get("latents_mean") is not None or config.get("latents_std") is not None:
+        raise unsupported_model(
+            f"{where}: the VAE normalises latents with a per-channel latents_mean/latents_std (Playground v2.5 "
+            "and other EDM models), which Stable Diffusion's VAEs do not"
+        )
