@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from compare import TAG_PROMPT
 from tiny_models import (
     tiny_backend,
     tiny_sd2_backend,
@@ -24,10 +25,6 @@ from diffsketch.backends.prompt import (
 )
 from diffsketch.capture.sampling import SamplingSettings
 from diffsketch.errors import InvalidInputError, UnsupportedModelError
-
-#: A tag-style prompt as Pony, Illustrious and NoobAI are prompted: weights, escapes, > 75 tokens.
-TAG_WORDS = ("solo", "smile", "outdoors", "sky", "tree", "flower", "hat", "dress", "river", "sunset")
-TAGS = "score_9, (masterpiece:1.2), \\(artist\\), " + ", ".join(TAG_WORDS[i % 10] for i in range(100))
 
 
 # --- parsing --------------------------------------------------------------------------------------
@@ -141,9 +138,9 @@ def hf_windows(encoder, windows, layers, norm):
 def test_a_long_weighted_prompt_is_encoded_in_windows_with_weights():
     backend = tiny_backend(0)
     encoder = backend.text_encoder
-    windows = prompt_windows(TAGS, backend.tokenizer)
+    windows = prompt_windows(TAG_PROMPT, backend.tokenizer)
     assert windows.count == 3 and windows.weighted
-    cond = backend.encode_prompt(TAGS)
+    cond = backend.encode_prompt(TAG_PROMPT)
     assert cond.context.shape == (1, 3 * 77, 32) and cond.pooled is None
     plain = encoder(input_ids=windows.ids).last_hidden_state
     empty = encoder(input_ids=backend.tokenizer("")).last_hidden_state[0]
@@ -154,11 +151,11 @@ def test_a_long_weighted_prompt_is_encoded_in_windows_with_weights():
     expected[0][heavy] = empty[heavy] + 1.2 * (plain[0][heavy] - empty[heavy])
     torch.testing.assert_close(cond.context, expected.reshape(1, 3 * 77, 32))
     # "\(artist\)" is the literal word in parentheses, unweighted, in the text after the weight
-    assert parse_weights(TAGS)[2][0].startswith(", (artist), solo")
+    assert parse_weights(TAG_PROMPT)[2][0].startswith(", (artist), solo")
     artist = backend.tokenizer.ids("artist")[0]
     at = windows.ids[0].tolist().index(artist)
     assert windows.ids[0, at - 1] == backend.tokenizer.ids("(")[0] and windows.weights[0, at] == 1.0
-    assert "3 windows" in backend.prompt_notice(TAGS) and backend.prompt_notice("a horse") is None
+    assert "3 windows" in backend.prompt_notice(TAG_PROMPT) and backend.prompt_notice("a horse") is None
 
 
 @torch.no_grad()
@@ -216,7 +213,7 @@ def test_a_long_condition_samples_beside_the_77_token_empty_prompt():
     a = backend.sample(cond, few, capture=False)
     b = backend.sample(twice, few, capture=False)
     torch.testing.assert_close(a.image, b.image, atol=1e-4, rtol=1e-4)
-    long = backend.sample(TAGS, few, capture=False)
+    long = backend.sample(TAG_PROMPT, few, capture=False)
     assert torch.isfinite(long.latent).all()
 
 

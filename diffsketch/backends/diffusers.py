@@ -206,6 +206,7 @@ class DiffusersBackend(SamplingBackend):
         layout = TEXT_LAYOUTS[family]
         if text_encoder_depth is None:
             text_encoder_depth = stored_layers(self.text_encoder) + int(family == SD2)
+        self.text_encoder_depth = text_encoder_depth
         name = "CLIP-L text encoder" if family != SD2 else "OpenCLIP ViT-H text encoder"
         self._readers = [
             TextEncoderReader(self.text_encoder, self.tokenizer, layout, text_encoder_depth, clip_skip, name)

@@ -66,4 +66,10 @@ class HFTokenizerAdapter(_Window):
         )
 
     def ids(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False).input_ids)
+        # SDXL's second tokenizer names "!" its padding token; without split_special_tokens every
+        # "!" in a prompt would become that special token (id 0) instead of the BPE text ComfyUI
+        # reads ("!!" is one token, 748).
+        out = self.tokenizer(
+            text, add_special_tokens=False, truncation=False, verbose=False, split_special_tokens=True
+        )
+        return list(out.input_ids)

@@ -199,6 +199,17 @@ def loaded_checkpoint(path):
         gc.collect()
 
 
+def comfy_clip_skip_conditions(comfy_inprocess, clip, prompt: str, with_pooled: bool, skips=(1, 2)) -> dict:
+    """``{skip: Conditioning}``: ``prompt`` through ComfyUI's CLIP after CLIPSetLastLayer ``-skip``
+    (a clone with ``clip_layer(-skip)``, as the node makes it)."""
+    out = {}
+    for skip in skips:
+        clip_at = clip.clone()
+        clip_at.clip_layer(-skip)
+        out[skip] = comfy_inprocess.nodes.comfy_backend.encode_text(clip_at, prompt, with_pooled)
+    return out
+
+
 def diffusers_reference(backend, prompt: str, sampling) -> dict:
     """What a parity test holds ComfyUI's backend to, from the diffusers backend on the same
     checkpoint: its spec, model hash, prediction type and native size, the conditionings of
