@@ -13,8 +13,14 @@ import gc
 
 import pytest
 import torch
-from comfy_harness import COMFYUI_PATH, diffusers_reference, hook_count, loaded_checkpoint
-from compare import relative_error, sdxl_pipeline
+from comfy_harness import (
+    COMFYUI_PATH,
+    comfy_clip_skip_conditions,
+    diffusers_reference,
+    hook_count,
+    loaded_checkpoint,
+)
+from compare import TAG_PROMPT, clip_skip_conditions, relative_error, sdxl_pipeline
 
 from diffsketch.capture.sampling import SamplingSettings
 
@@ -47,6 +53,7 @@ def diffusers_side(sdxl_checkpoint):
 
     backend = DiffusersBackend.from_single_file(sdxl_checkpoint)
     out = diffusers_reference(backend, PROMPT, FEW)
+    out["tags"] = clip_skip_conditions(backend, TAG_PROMPT)
     tokenizer, tokenizer_2 = _tokenizers()
     pipe = sdxl_pipeline(backend, DDIMScheduler(), tokenizer, tokenizer_2)
     with torch.no_grad():
@@ -105,6 +112,21 @@ def test_both_backends_and_the_sdxl_pipeline_build_the_same_conditioning(
             relative_error(pipeline.context, theirs.context) < 1e-5
             and relative_error(pipeline.pooled, theirs.pooled) < 1e-5
         )
+
+
+def test_tag_prompts_encode_alike_at_clip_skip_1_and_2(comfy_inprocess, comfy_sdxl, diffusers_side):
+    """Both encoders, weights, three windows (CLIP-L's and bigG's side by side), the first window's
+    pooled embedding, at CLIPSetLastLayer -1 and -2 (SDXL's own layer)."""
+    _, clip, _ = comfy_sdxl
+    theirs = comfy_clip_skip_conditions(comfy_inprocess, clip, TAG_PROMPT, with_pooled=True)
+    ours = diffusers_side["tags"]
+    for skip in (1, 2):
+        assert ours[skip].context.shape == theirs[skip].context.shape == (1, 3 * 77, 2048)
+        assert relative_error(ours[skip].context, theirs[skip].context) < 1e-4, skip
+        assert relative_error(ours[skip].pooled, theirs[skip].pooled) < 1e-4, skip
+    plain = comfy_inprocess.nodes.comfy_backend.encode_text(clip, TAG_PROMPT, True)
+    assert relative_error(ours[2].context, plain.context) < 1e-4
+    assert relative_error(ours[1].context, ours[2].context) > 0.1
 
 
 def _compare(a, b):
