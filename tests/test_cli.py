@@ -79,6 +79,31 @@ def test_sample_bad_size_is_an_error_exit(tiny_model_dir, tmp_path, capsys):
     assert "width=100" in capsys.readouterr().err
 
 
+def test_sample_encodes_a_long_weighted_prompt_at_the_clip_skip_asked_and_says_so(
+    tiny_model_dir, tmp_path, capsys, tiny_backend
+):
+    from compare import TAG_PROMPT, clip_skip_conditions
+
+    from diffsketch.capture.sample import CapturedSample
+
+    out = tmp_path / "example.safetensors"
+    few = ["--steps", "10", "--timesteps", "1,501", "--width", "64", "--height", "64", "--seed", "3"]
+    args = ["sample", "--model", str(tiny_model_dir), "--prompt", TAG_PROMPT, *few, "--device", "cpu"]
+    assert main([*args, "--clip-skip", "2", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "note: the prompt is 208 tokens" in err and "3 windows" in err and "nothing is cut off" in err
+    cond = clip_skip_conditions(tiny_backend, TAG_PROMPT, skips=(2,))[2]
+    uncond = clip_skip_conditions(tiny_backend, "", skips=(2,))[2]  # the negative is read at clip skip 2 too
+    assert cond.context.shape == (1, 3 * 77, 32)
+    few_settings = SamplingSettings(seed=3, steps=10, width=64, height=64, timesteps=(1, 501))
+    direct = tiny_backend.sample(cond, few_settings, uncond=uncond)
+    torch.testing.assert_close(CapturedSample.load(out).image, direct.image)
+    rc = main([*args, "--clip-skip", "3", "--out", str(tmp_path / "x.safetensors")])
+    assert (
+        rc == 2 and "clip skip must be a whole number from 1 (the last layer) to 2" in capsys.readouterr().err
+    )
+
+
 def test_missing_model_folder(tmp_path, capsys):
     rc = main(
         [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from comfy_harness import COMFYUI_PATH, comfy_clip_skip_conditions, error_message, hook_count
+from comfy_harness import COMFYUI_PATH, check_tag_prompt_parity, error_message, hook_count
 from compare import TAG_PROMPT, clip_skip_conditions, relative_error
 
 from diffsketch.capture.sampling import SamplingSettings
@@ -107,13 +107,8 @@ def test_tag_prompts_encode_alike_at_clip_skip_1_and_2(comfy_inprocess, loaded_c
     encoding equals the CLIPTextEncode node's."""
     from diffsketch.backends.diffusers import DiffusersBackend
 
-    _, clip, _ = loaded_checkpoint
-    theirs = comfy_clip_skip_conditions(comfy_inprocess, clip, TAG_PROMPT, with_pooled=False)
     ours = clip_skip_conditions(DiffusersBackend.from_single_file(tiny_checkpoint), TAG_PROMPT)
-    for skip in (1, 2):
-        assert ours[skip].context.shape == theirs[skip].context.shape == (1, 3 * 77, 768)
-        assert relative_error(ours[skip].context, theirs[skip].context) < 1e-4, skip
-    assert relative_error(ours[1].context, ours[2].context) > 0.1
+    check_tag_prompt_parity(comfy_inprocess, loaded_checkpoint[1], ours, 768, default_skip=1)
 
 
 #: Prompts whose weights, escapes and windows the command line must read as ComfyUI does.

@@ -11,7 +11,7 @@ import gc
 
 import pytest
 import torch
-from comfy_harness import comfy_clip_skip_conditions, diffusers_reference, hook_count, loaded_checkpoint
+from comfy_harness import check_tag_prompt_parity, diffusers_reference, hook_count, loaded_checkpoint
 from compare import TAG_PROMPT, clip_skip_conditions, relative_error
 
 from diffsketch.capture.sampling import SamplingSettings
@@ -81,16 +81,8 @@ def test_same_image_and_features_as_the_diffusers_backend(comfy_inprocess, comfy
 
 
 def test_tag_prompts_encode_alike_at_clip_skip_1_and_2(comfy_inprocess, comfy_sd2, diffusers_side):
-    _, clip, _ = comfy_sd2
-    theirs = comfy_clip_skip_conditions(comfy_inprocess, clip, TAG_PROMPT, with_pooled=False)
-    ours = diffusers_side["tags"]
-    for skip in (1, 2):
-        assert ours[skip].context.shape == theirs[skip].context.shape == (1, 3 * 77, 1024)
-        assert relative_error(ours[skip].context, theirs[skip].context) < 1e-4, skip
-    # clip skip 2 is SD 2.x's own layer
-    plain = comfy_inprocess.nodes.comfy_backend.encode_text(clip, TAG_PROMPT, False)
-    assert relative_error(ours[2].context, plain.context) < 1e-4
-    assert relative_error(ours[1].context, ours[2].context) > 0.1
+    """Weights, escapes, three windows, CLIPSetLastLayer -1 and -2 (SD 2.x's own layer)."""
+    check_tag_prompt_parity(comfy_inprocess, comfy_sd2[1], diffusers_side["tags"], 1024, default_skip=2)
 
 
 @pytest.fixture(scope="module")

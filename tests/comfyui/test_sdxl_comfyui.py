@@ -15,7 +15,7 @@ import pytest
 import torch
 from comfy_harness import (
     COMFYUI_PATH,
-    comfy_clip_skip_conditions,
+    check_tag_prompt_parity,
     diffusers_reference,
     hook_count,
     loaded_checkpoint,
@@ -117,16 +117,7 @@ def test_both_backends_and_the_sdxl_pipeline_build_the_same_conditioning(
 def test_tag_prompts_encode_alike_at_clip_skip_1_and_2(comfy_inprocess, comfy_sdxl, diffusers_side):
     """Both encoders, weights, three windows (CLIP-L's and bigG's side by side), the first window's
     pooled embedding, at CLIPSetLastLayer -1 and -2 (SDXL's own layer)."""
-    _, clip, _ = comfy_sdxl
-    theirs = comfy_clip_skip_conditions(comfy_inprocess, clip, TAG_PROMPT, with_pooled=True)
-    ours = diffusers_side["tags"]
-    for skip in (1, 2):
-        assert ours[skip].context.shape == theirs[skip].context.shape == (1, 3 * 77, 2048)
-        assert relative_error(ours[skip].context, theirs[skip].context) < 1e-4, skip
-        assert relative_error(ours[skip].pooled, theirs[skip].pooled) < 1e-4, skip
-    plain = comfy_inprocess.nodes.comfy_backend.encode_text(clip, TAG_PROMPT, True)
-    assert relative_error(ours[2].context, plain.context) < 1e-4
-    assert relative_error(ours[1].context, ours[2].context) > 0.1
+    check_tag_prompt_parity(comfy_inprocess, comfy_sdxl[1], diffusers_side["tags"], 2048, default_skip=2)
 
 
 def _compare(a, b):
