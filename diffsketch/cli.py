@@ -37,7 +37,16 @@ def load_backend(args, device: str | None = None):
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     prediction = None if args.prediction_type == "auto" else args.prediction_type
     _quiet_model_loading()
-    return DiffusersBackend.load(args.model, device=device, dtype=dtype, prediction_type=prediction)
+    return DiffusersBackend.load(
+        args.model, device=device, dtype=dtype, prediction_type=prediction, clip_skip=args.clip_skip
+    )
+
+
+def print_prompt_notice(backend, prompt: str) -> None:
+    """Say how a prompt over CLIP's 75 tokens is encoded (in windows, as ComfyUI does)."""
+    notice = backend.prompt_notice(prompt)
+    if notice:
+        print(f"note: {notice}", file=sys.stderr)
 
 
 def _quiet_model_loading() -> None:
@@ -115,6 +124,7 @@ def cmd_sample(args) -> int:
         timesteps=parse_timesteps(args.timesteps),
     )
     backend = load_backend(args)
+    print_prompt_notice(backend, args.prompt)
     sampling = sampling.replace(**model_size(args, backend))
     bar = progress_bar(args.steps, "sampling")
     sample = backend.sample(args.prompt, sampling, progress=bar)
@@ -408,6 +418,7 @@ def cmd_generate(args) -> int:
     )
     generator = load_generator(args.generator, device=pick_device(args.device))
     backend = load_backend(args)
+    print_prompt_notice(backend, args.prompt)
     sampling = sampling.replace(**model_size(args, backend))
     for notice in check_generator_fits(backend, generator):
         print(notice)
@@ -552,6 +563,14 @@ def _model_args(p):
         default="auto",
         help="what the UNet predicts; auto reads it from the scheduler config or the checkpoint, as ComfyUI "
         "does (SD 2.x 768-v and v-pred SDXL fine-tunes are v_prediction)",
+    )
+    p.add_argument(
+        "--clip-skip",
+        type=int,
+        default=None,
+        help="text encoder layer prompts are read from, as ComfyUI's CLIPSetLastLayer -N: 1 = last, 2 = the one "
+        "before (default: the model's own, 1 for SD 1.x, 2 for SD 2.x and SDXL; Pony, Illustrious and NoobAI "
+        "prompts are written for 2)",
     )
 
 

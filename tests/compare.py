@@ -1,9 +1,37 @@
 """Helpers of the parity tests (two backends, or a backend and diffusers' own pipeline): how far
-apart two tensors are, and diffusers' SDXL pipeline on a backend's modules."""
+apart two tensors are, diffusers' SDXL pipeline on a backend's modules, and a tag-style prompt
+with the diffusers backend's encodings of it at each CLIP skip."""
 
 from __future__ import annotations
 
 import torch
+
+#: A prompt as Pony, Illustrious and NoobAI are prompted: a weight, escaped parentheses and more
+#: than 75 tokens (208: three windows).
+TAG_WORDS = ("solo", "smile", "outdoors", "sky", "tree", "flower", "hat", "dress", "river", "sunset")
+TAG_PROMPT = "score_9, (masterpiece:1.2), \\(artist\\), " + ", ".join(TAG_WORDS[i % 10] for i in range(100))
+
+
+def clip_skip_conditions(backend, prompt: str, skips=(1, 2)) -> dict:
+    """``{skip: Conditioning}``: ``prompt`` through the diffusers backend's text encoders read at
+    each CLIP skip (the same modules, a backend per skip)."""
+    from diffsketch.backends.diffusers import DiffusersBackend
+
+    out = {}
+    for skip in skips:
+        reader = DiffusersBackend(
+            backend.unet,
+            backend.vae,
+            backend.text_encoder,
+            backend.tokenizer,
+            text_encoder_2=backend.text_encoder_2,
+            tokenizer_2=backend.tokenizer_2,
+            prediction_type=backend.prediction_type,
+            clip_skip=skip,
+            text_encoder_depth=backend.text_encoder_depth,
+        )
+        out[skip] = reader.encode_prompt(prompt)
+    return out
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -180,3 +180,11 @@ def test_training_on_sample_crops_is_seeded_and_checked():
     assert whole_windows == [] and any(not torch.equal(weights[k], whole[k]) for k in weights)
     with pytest.raises(InvalidInputError, match="multiple of 32"):
         run(48)
+
+
+def test_training_on_an_example_of_another_family_names_both():
+    settings = SamplingSettings(seed=1, steps=10, width=64, height=64, timesteps=(1, 501))
+    example = tiny_sd2_backend(0).sample("a horse", settings)
+    with pytest.raises(UnsupportedModelError) as raised:
+        Trainer(tiny_backend(0), example, example.image.mean(1, keepdim=True), None, None, TrainConfig())
+    assert str(raised.value).startswith("the example is SD 2.x but the model you train on is SD 1.x:")

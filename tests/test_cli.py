@@ -79,6 +79,31 @@ def test_sample_bad_size_is_an_error_exit(tiny_model_dir, tmp_path, capsys):
     assert "width=100" in capsys.readouterr().err
 
 
+def test_sample_encodes_a_long_weighted_prompt_at_the_clip_skip_asked_and_says_so(
+    tiny_model_dir, tmp_path, capsys, tiny_backend
+):
+    from compare import TAG_PROMPT, clip_skip_conditions
+
+    from diffsketch.capture.sample import CapturedSample
+
+    out = tmp_path / "example.safetensors"
+    few = ["--steps", "10", "--timesteps", "1,501", "--width", "64", "--height", "64", "--seed", "3"]
+    args = ["sample", "--model", str(tiny_model_dir), "--prompt", TAG_PROMPT, *few, "--device", "cpu"]
+    assert main([*args, "--clip-skip", "2", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "note: the prompt is 208 tokens" in err and "3 windows" in err and "nothing is cut off" in err
+    cond = clip_skip_conditions(tiny_backend, TAG_PROMPT, skips=(2,))[2]
+    uncond = clip_skip_conditions(tiny_backend, "", skips=(2,))[2]  # the negative is read at clip skip 2 too
+    assert cond.context.shape == (1, 3 * 77, 32)
+    few_settings = SamplingSettings(seed=3, steps=10, width=64, height=64, timesteps=(1, 501))
+    direct = tiny_backend.sample(cond, few_settings, uncond=uncond)
+    torch.testing.assert_close(CapturedSample.load(out).image, direct.image)
+    rc = main([*args, "--clip-skip", "3", "--out", str(tmp_path / "x.safetensors")])
+    assert (
+        rc == 2 and "clip skip must be a whole number from 1 (the last layer) to 2" in capsys.readouterr().err
+    )
+
+
 def test_missing_model_folder(tmp_path, capsys):
     rc = main(
         [
@@ -439,7 +464,21 @@ def test_extract_keeps_every_output_when_inputs_share_a_name(tmp_path, capsys):
     assert len(set(names)) == 4 and names[:2] == ["a_horse_png.png", "b_horse_png.png"]
 
 
+#: The scheduler config of SD 1.5, SD 2.x and SDXL folders (what differs: prediction_type).
+SD_SCHEDULER = {
+    "_class_name": "EulerDiscreteScheduler",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+}
+
+
 def _save_folder(root: Path, backend, scheduler: dict | None = None) -> Path:
+    """``backend``'s modules as a diffusers folder; ``scheduler``: what changes in :data:`SD_SCHEDULER`
+    (None: no scheduler/ folder)."""
     backend.unet.save_pretrained(root / "unet")
     backend.vae.save_pretrained(root / "vae")
     backend.text_encoder.save_pretrained(root / "text_encoder")
@@ -447,8 +486,122 @@ def _save_folder(root: Path, backend, scheduler: dict | None = None) -> Path:
         backend.text_encoder_2.save_pretrained(root / "text_encoder_2")
     if scheduler is not None:
         (root / "scheduler").mkdir()
-        (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler))
+        config = {k: v for k, v in (SD_SCHEDULER | scheduler).items() if v is not None}
+        (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(config))
     return root
+
+
+@pytest.fixture(scope="module")
+def sd15_folder(tmp_path_factory):
+    from tiny_models import tiny_backend
+
+    return _save_folder(tmp_path_factory.mktemp("sd15"), tiny_backend(0), {})
+
+
+def _with_scheduler(folder: Path, tmp_path: Path, **changes) -> Path:
+    """A copy of ``folder`` (its weights linked) whose scheduler config has ``changes``
+    (a value of None removes the key)."""
+    copy = tmp_path / "model"
+    for sub in ("unet", "vae", "text_encoder"):
+        (copy / sub).mkdir(parents=True)
+        for f in (folder / sub).iterdir():
+            (copy / sub / f.name).symlink_to(f)
+    (copy / "scheduler").mkdir()
+    config = {k: v for k, v in (SD_SCHEDULER | changes).items() if v is not None}
+    (copy / "scheduler" / "scheduler_config.json").write_text(json.dumps(config))
+    return copy
+
+
+PLAYGROUND_V25_SCHEDULER = {
+    "_class_name": "EDMDPMSolverMultistepScheduler",
+    "beta_schedule": None,
+    "beta_start": None,
+    "beta_end": None,
+    "sigma_data": 0.5,
+    "sigma_max": 80.0,
+    "sigma_min": 0.002,
+    "sigma_schedule": "exponential",
+    "prediction_type": "epsilon",
+}
+
+
+@pytest.mark.parametrize(
+    "changes, named",
+    [
+        (
+            PLAYGROUND_V25_SCHEDULER,
+            ["EDMDPMSolverMultistepScheduler", "EDM noise schedule", "SD 1.x, SD 2.x"],
+        ),
+        ({"beta_schedule": None}, ["no beta_schedule", "'linear' default", "scaled_linear"]),
+        ({"beta_schedule": "linear"}, ["beta_schedule 'linear'", "scaled_linear"]),
+        (
+            {"_class_name": "FlowMatchEulerDiscreteScheduler"},
+            ["FlowMatchEulerDiscreteScheduler", "flow-matching"],
+        ),
+        ({"_class_name": "MyScheduler"}, ["MyScheduler", "DDIM, PNDM, Euler"]),
+        ({"_class_name": None}, ["no _class_name", "scaled_linear"]),
+        ({"timestep_spacing": "uniform"}, ["timestep_spacing 'uniform'", "leading, trailing, linspace"]),
+    ],
+    ids=[
+        "edm-playground-v2.5",
+        "no-beta-schedule",
+        "linear-betas",
+        "flow-match",
+        "unknown-class",
+        "no-class",
+        "spacing",
+    ],
+)
+def test_schedulers_the_sampler_cannot_follow_are_refused_by_name(
+    sd15_folder, tmp_path, capsys, changes, named
+):
+    from diffsketch.backends.diffusers import DiffusersBackend
+    from diffsketch.errors import DiffSketchError
+
+    folder = _with_scheduler(sd15_folder, tmp_path, **changes)
+    with pytest.raises(DiffSketchError) as raised:
+        DiffusersBackend.load(folder)
+    message = str(raised.value)
+    assert str(folder / "scheduler" / "scheduler_config.json") in message
+    for part in named:
+        assert part in message, (part, message)
+    out = tmp_path / "x.safetensors"
+    rc = main(["sample", "--model", str(folder), "--prompt", "x", "--device", "cpu", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and named[0] in err and "Traceback" not in err and not out.exists()
+
+
+def test_sd_schedulers_of_any_spacing_and_solver_are_read(sd15_folder, tmp_path):
+    from diffsketch.backends.base import rescale_zero_terminal_snr, scaled_linear_alphas_cumprod
+    from diffsketch.backends.diffusers import DiffusersBackend
+
+    backend = DiffusersBackend.load(sd15_folder)
+    assert backend.prediction_type == "epsilon"
+    torch.testing.assert_close(backend.alphas_cumprod, scaled_linear_alphas_cumprod().double())
+    changes = dict(
+        _class_name="DPMSolverMultistepScheduler",
+        timestep_spacing="trailing",
+        prediction_type="v_prediction",
+        rescale_betas_zero_snr=True,
+    )
+    backend = DiffusersBackend.load(_with_scheduler(sd15_folder, tmp_path, **changes))
+    assert backend.prediction_type == "v_prediction"
+    torch.testing.assert_close(
+        backend.alphas_cumprod, rescale_zero_terminal_snr(scaled_linear_alphas_cumprod()).double()
+    )
+
+
+def test_a_vae_with_per_channel_latent_statistics_is_refused(sd15_folder, tmp_path, capsys):
+    from diffsketch.backends.diffusers import DiffusersBackend
+    from diffsketch.errors import UnsupportedModelError
+
+    folder = _with_scheduler(sd15_folder, tmp_path)
+    config_file = folder / "vae" / "config.json"
+    config = json.loads(config_file.read_text())
+    config_file.unlink()  # a link into the shared folder: replaced, not written through
+    config_file.write_text(json.dumps(config | {"latents_mean": [0.5] * 4, "latents_std": [0.9] * 4}))
+    with pytest.raises(UnsupportedModelError, match=r"vae: the VAE normalises latents .*latents_mean"):
+        DiffusersBackend.load(folder)
 
 
 @pytest.mark.parametrize("family", ["sdxl", "sd2"])

@@ -52,6 +52,10 @@ SD2_V_PREDICTION_IMAGE_SIZE = 768
 #: ComfyUI's test for SD 2.x 768-v: this norm bias varies more in v-prediction models.
 SD2_V_PREDICTION_KEY = UNET_PREFIX + "output_blocks.11.1.transformer_blocks.0.norm1.bias"
 SD2_V_PREDICTION_STD = 0.09
+#: OpenCLIP ViT-H's depth, which ComfyUI always builds SD 2.x's text encoder with. SD 2.x reads its
+#: penultimate layer, so files written without the last layer (diffusers' conversion script
+#: writes 23) give the same conditioning.
+SD2_TEXT_LAYERS = 24
 
 
 def read_state_dict(path) -> dict[str, torch.Tensor]:
@@ -200,25 +204,28 @@ def clip_text_config(sd: dict[str, torch.Tensor], prefix: str = CLIP_PREFIX):
     )
 
 
-def open_clip_text_config(sd: dict[str, torch.Tensor], prefix: str, drop_last_layer: bool):
+def open_clip_text_config(sd: dict[str, torch.Tensor], prefix: str):
     """An OpenCLIP text tower (ViT-H for SD 2.x, bigG for SDXL) as a transformers config, sized
-    from the weights; ``drop_last_layer`` leaves out the last block (SD 2.x uses the one before)."""
+    from the weights, with every layer the file stores."""
     from transformers import CLIPTextConfig
 
     vocab, hidden = sd[f"{prefix}token_embedding.weight"].shape
-    layers = 1 + _max_index(sd, rf"{re.escape(prefix)}transformer\.resblocks\.(\d+)\.")
     projection = sd.get(f"{prefix}text_projection")
     return CLIPTextConfig(
         vocab_size=int(vocab),
         hidden_size=int(hidden),
         intermediate_size=int(sd[f"{prefix}transformer.resblocks.0.mlp.c_fc.weight"].shape[0]),
-        num_hidden_layers=layers - int(drop_last_layer),
+        num_hidden_layers=open_clip_layers(sd, prefix),
         num_attention_heads=max(1, int(hidden) // 64),
         max_position_embeddings=int(sd[f"{prefix}positional_embedding"].shape[0]),
         hidden_act="gelu",
         layer_norm_eps=1e-5,
         projection_dim=int(projection.shape[1]) if projection is not None else int(hidden),
     )
+
+
+def open_clip_layers(sd: dict[str, torch.Tensor], prefix: str) -> int:
+    return 1 + _max_index(sd, rf"{re.escape(prefix)}transformer\.resblocks\.(\d+)\.")
 
 
 def original_config(sd: dict[str, torch.Tensor], unet_params: dict) -> dict:
@@ -246,6 +253,8 @@ class SingleFileModel:
     text_encoder_2: torch.nn.Module | None
     prediction_type: str
     alphas_cumprod: torch.Tensor
+    #: The depth CLIP skip counts ``text_encoder``'s layers on (None: the layers it has).
+    text_encoder_depth: int | None = None
 
 
 def sampling_of(sd: dict[str, torch.Tensor], family: str, name: str) -> tuple[str, torch.Tensor]:
@@ -281,7 +290,7 @@ def load_single_file(path) -> SingleFileModel:
     sd = read_state_dict(path)
     params = ldm_unet_params(sd)
     family = params["family"]
-    text_encoder, text_encoder_2 = _text_encoders(sd, family, path)
+    text_encoder, text_encoder_2 = text_encoders(sd, family, path)
     cfg = original_config(sd, params)
     prediction_type, alphas_cumprod = sampling_of(sd, family, name)
     size = (
@@ -306,10 +315,14 @@ def load_single_file(path) -> SingleFileModel:
         text_encoder_2=None if text_encoder_2 is None else text_encoder_2.float(),
         prediction_type=prediction_type,
         alphas_cumprod=alphas_cumprod,
+        text_encoder_depth=SD2_TEXT_LAYERS if family == SD2 else None,
     )
 
 
-def _text_encoders(sd, family: str, path):
+def text_encoders(sd, family: str, path):
+    """The text encoder(s) ``family`` conditions on, read from a single file's state dict ``sd``:
+    CLIP-L (SD 1.x), OpenCLIP ViT-H with every layer the file stores (SD 2.x), CLIP-L and OpenCLIP
+    bigG (SDXL)."""
     from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_open_clip_checkpoint
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
@@ -332,11 +345,19 @@ def _text_encoders(sd, family: str, path):
             raise UnsupportedModelError(
                 f"{Path(path).name}: an SD 2.x UNet without its OpenCLIP ViT-H text encoder (cond_stage_model.model...)"
             )
-        config = open_clip_text_config(sd, prefix, drop_last_layer=True)
-        te = CLIPTextModel(config)
-        state = convert_open_clip_checkpoint(te, sd, prefix=prefix)
-        last = f"text_model.encoder.layers.{config.num_hidden_layers}."
-        state = {k: v for k, v in state.items() if not k.startswith(last) and k != "text_projection.weight"}
+        layers = open_clip_layers(sd, prefix)
+        if layers not in (SD2_TEXT_LAYERS - 1, SD2_TEXT_LAYERS):
+            raise UnsupportedModelError(
+                f"{Path(path).name}: the SD 2.x text encoder has {layers} layers; OpenCLIP ViT-H has "
+                f"{SD2_TEXT_LAYERS} (files without the last one have {SD2_TEXT_LAYERS - 1}). Is this a complete SD 2.x "
+                "checkpoint?"
+            )
+        te = CLIPTextModel(open_clip_text_config(sd, prefix))
+        # diffusers' converter skips layer 23 (and the projection) under the ldm prefix, as it
+        # builds 23-layer encoders; under a prefix of its own it converts every layer there is.
+        tower = {"open_clip." + k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+        state = convert_open_clip_checkpoint(te, tower, prefix="open_clip.")
+        state = {k: v for k, v in state.items() if k != "text_projection.weight"}
         _load_strict(te, _match_prefix(state, te), "OpenCLIP ViT-H text encoder", path, family)
         return te, None
     if f"{SDXL_CLIP_L_PREFIX}text_model.embeddings.token_embedding.weight" not in sd:
@@ -348,7 +369,7 @@ def _text_encoders(sd, family: str, path):
         raise UnsupportedModelError(
             f"{Path(path).name}: an SDXL UNet without its OpenCLIP bigG text encoder (conditioner.embedders.1.model...)"
         )
-    te2 = CLIPTextModelWithProjection(open_clip_text_config(sd, SDXL_CLIP_G_PREFIX, drop_last_layer=False))
+    te2 = CLIPTextModelWithProjection(open_clip_text_config(sd, SDXL_CLIP_G_PREFIX))
     state = convert_open_clip_checkpoint(te2, sd, prefix=SDXL_CLIP_G_PREFIX)
     _load_strict(te2, _match_prefix(state, te2), "OpenCLIP bigG text encoder", path, family)
     return clip_l(SDXL_CLIP_L_PREFIX), te2
@@ -380,4 +401,4 @@ def _load_strict(module, state, what, path, family):
         )
 
 
-__all__ = ["SingleFileModel", "load_single_file", "read_state_dict"]
+__all__ = ["SingleFileModel", "load_single_file", "read_state_dict", "text_encoders"]

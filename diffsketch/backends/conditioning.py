@@ -10,6 +10,7 @@ wherever the context goes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -112,6 +113,17 @@ class Conditioning:
                 raise InvalidInputError("cannot batch conditionings with and without a pooled embedding")
             return Conditioning(context)
         return Conditioning(context, torch.cat([c.pooled for c in items]))
+
+    @staticmethod
+    def cat_for_attention(items: list[Conditioning]) -> Conditioning:
+        """:meth:`cat` for a UNet call, also of contexts of different lengths (a long prompt's
+        ``77*k`` tokens beside the empty prompt's 77): each is repeated along the token axis up to
+        their least common multiple, as ComfyUI batches them. Cross-attention over a sequence
+        repeated n times equals attention over the sequence once, so the result is unchanged."""
+        tokens = math.lcm(*(int(c.context.shape[1]) for c in items))
+        return Conditioning.cat(
+            [Conditioning(c.context.repeat(1, tokens // c.context.shape[1], 1), c.pooled) for c in items]
+        )
 
     def lerp(self, other: Conditioning, weight: float) -> Conditioning:
         """``(1 - weight) * self + weight * other``, every part with the same weight."""

@@ -4,12 +4,13 @@ The DDIM loop is written out here (not DDIMScheduler) because DiffSketch needs t
 conventions that ComfyUI also follows: the uniform grid ``t = 1 + k*(1000//steps)``, x_T = noise,
 CFG with the batch ordered [uncond, cond], and the final step returning the predicted x0.
 
-Text conditioning is built as ComfyUI builds it, so both backends agree:
+Text conditioning is built as ComfyUI builds it, so both backends agree (weights, 75-token
+windows and CLIP skip: :mod:`~diffsketch.backends.prompt`):
 
 - SD 1.x: CLIP-L's last hidden state (end-token padding).
-- SD 2.x: OpenCLIP-H's penultimate layer with the final layer norm, zero padding. Diffusers
-  folders store this text encoder with its last layer removed (23 of 24 layers), so its last
-  hidden state is that; the single-file loader removes the layer the same way.
+- SD 2.x: OpenCLIP-H's penultimate layer (of 24) with the final layer norm, zero padding.
+  Diffusers folders store this text encoder with its last layer removed (23 of 24 layers), so
+  their depth counts one layer more than they store; single files have 24 or 23 layers.
 - SDXL: CLIP-L's and OpenCLIP bigG's penultimate hidden states (no final norm) side by side
   (768 + 1280 = 2048), bigG's projected pooled embedding, and the size conditioning
   ``(height, width, 0, 0, height, width)`` of the image being sampled, as ComfyUI's SDXL
@@ -51,6 +52,7 @@ from .base import (
     weights_fingerprint,
 )
 from .conditioning import Conditioning
+from .prompt import TEXT_LAYOUTS, TextEncoderReader, prompt_windows, stored_layers, window_notice
 from .text import ClipBPETokenizer, HFTokenizerAdapter
 
 #: Working memory of one 512x512 image in a sampling batch (UNet at CFG batch 2, VAE decode) on
@@ -148,6 +150,12 @@ class DiffusersBackend(SamplingBackend):
     "v_prediction"; ``alphas_cumprod`` the training schedule (default: SD's scaled-linear one).
     ``vae_dtype`` defaults to ``dtype``, except that SDXL's VAE, which overflows in float16, runs
     in bfloat16 (float32 where bfloat16 is not supported), as ComfyUI runs it.
+
+    ``clip_skip`` picks the text encoders' layer as ComfyUI's CLIPSetLastLayer does (1 = last,
+    2 = penultimate; None: the family's own, :data:`~diffsketch.backends.prompt.TEXT_LAYOUTS`).
+    ``text_encoder_depth`` is the full depth of ``text_encoder`` the layers are counted on; by
+    default the layers it stores, one more for SD 2.x (diffusers folders leave out its last
+    layer).
     """
 
     def __init__(
@@ -165,6 +173,8 @@ class DiffusersBackend(SamplingBackend):
         prediction_type: str = "epsilon",
         family: str | None = None,
         vae_dtype: torch.dtype | None = None,
+        clip_skip: int | None = None,
+        text_encoder_depth: int | None = None,
     ):
         reject_compiled(unet, "UNet")
         reject_compiled(vae, "VAE")
@@ -194,6 +204,26 @@ class DiffusersBackend(SamplingBackend):
                 tokenizer_2 if tokenizer_2 is not None else ClipBPETokenizer(pad_token=OPEN_CLIP_PAD_TOKEN)
             )
         self.spec = feature_spec_from_diffusers(self.unet, self.vae, family, pooled_dim)
+        layout = TEXT_LAYOUTS[family]
+        if text_encoder_depth is None:
+            text_encoder_depth = stored_layers(self.text_encoder) + int(family == SD2)
+        self.text_encoder_depth = text_encoder_depth
+        name = "CLIP-L text encoder" if family != SD2 else "OpenCLIP ViT-H text encoder"
+        self._readers = [
+            TextEncoderReader(self.text_encoder, self.tokenizer, layout, text_encoder_depth, clip_skip, name)
+        ]
+        if family == SDXL:
+            self._readers.append(
+                TextEncoderReader(
+                    self.text_encoder_2,
+                    self.tokenizer_2,
+                    layout,
+                    stored_layers(self.text_encoder_2),
+                    clip_skip,
+                    "OpenCLIP bigG text encoder",
+                )
+            )
+        self.clip_skip = self._readers[0].clip_skip
         self.latent_scaling_factor = float(getattr(self.vae.config, "scaling_factor", 0.18215))
         self.alphas_cumprod = (
             alphas_cumprod if alphas_cumprod is not None else scaled_linear_alphas_cumprod()
@@ -220,10 +250,16 @@ class DiffusersBackend(SamplingBackend):
     # -- loading -------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(
-        cls, path, device="cpu", dtype=torch.float32, prediction_type: str | None = None
+        cls,
+        path,
+        device="cpu",
+        dtype=torch.float32,
+        prediction_type: str | None = None,
+        clip_skip: int | None = None,
     ) -> DiffusersBackend:
         """A local diffusers folder (unet/, vae/, text_encoder/ [, text_encoder_2/ for SDXL],
-        tokenizer(s), scheduler/). ``prediction_type`` overrides the scheduler config's."""
+        tokenizer(s), scheduler/). ``prediction_type`` overrides the scheduler config's;
+        ``clip_skip`` as in the constructor."""
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
@@ -239,9 +275,15 @@ class DiffusersBackend(SamplingBackend):
                     f"{root} is not a diffusers Stable Diffusion folder: '{sub}/' is missing. Point to a folder saved "
                     "with a Stable Diffusion (XL) pipeline's save_pretrained, or to a single .safetensors checkpoint."
                 )
+        # the scheduler first: a model DiffSketch cannot sample is refused before any weights load
+        acp, scheduled_prediction = None, "epsilon"
+        sched_cfg = root / "scheduler" / "scheduler_config.json"
+        if sched_cfg.is_file():
+            acp, scheduled_prediction = schedule_from_config(json.loads(sched_cfg.read_text()), sched_cfg)
         kw = {"local_files_only": True}
-        unet = UNet2DConditionModel.from_pretrained(root / "unet", **kw)
         vae = AutoencoderKL.from_pretrained(root / "vae", **kw)
+        check_vae_latents(vae, root / "vae")
+        unet = UNet2DConditionModel.from_pretrained(root / "unet", **kw)
         te = CLIPTextModel.from_pretrained(root / "text_encoder", **kw)
         te2 = tok2 = tok = None
         if (root / "text_encoder_2").is_dir():
@@ -250,10 +292,6 @@ class DiffusersBackend(SamplingBackend):
             tok = HFTokenizerAdapter(CLIPTokenizer.from_pretrained(root / "tokenizer", **kw))
         if te2 is not None and (root / "tokenizer_2").is_dir():
             tok2 = HFTokenizerAdapter(CLIPTokenizer.from_pretrained(root / "tokenizer_2", **kw))
-        acp, scheduled_prediction = None, "epsilon"
-        sched_cfg = root / "scheduler" / "scheduler_config.json"
-        if sched_cfg.is_file():
-            acp, scheduled_prediction = schedule_from_config(json.loads(sched_cfg.read_text()), sched_cfg)
         return cls(
             unet,
             vae,
@@ -265,14 +303,21 @@ class DiffusersBackend(SamplingBackend):
             text_encoder_2=te2,
             tokenizer_2=tok2,
             prediction_type=prediction_type or scheduled_prediction,
+            clip_skip=clip_skip,
         )
 
     @classmethod
     def from_single_file(
-        cls, path, device="cpu", dtype=torch.float32, prediction_type: str | None = None
+        cls,
+        path,
+        device="cpu",
+        dtype=torch.float32,
+        prediction_type: str | None = None,
+        clip_skip: int | None = None,
     ) -> DiffusersBackend:
         """An SD 1.x, SD 2.x or SDXL single-file checkpoint (.safetensors), converted in memory,
-        nothing downloaded. ``prediction_type`` overrides what the checkpoint says or suggests."""
+        nothing downloaded. ``prediction_type`` overrides what the checkpoint says or suggests;
+        ``clip_skip`` as in the constructor."""
         from .checkpoint import load_single_file
 
         loaded = load_single_file(path)
@@ -287,21 +332,28 @@ class DiffusersBackend(SamplingBackend):
             text_encoder_2=loaded.text_encoder_2,
             prediction_type=prediction_type or loaded.prediction_type,
             family=loaded.family,
+            clip_skip=clip_skip,
+            text_encoder_depth=loaded.text_encoder_depth,
         )
 
     @classmethod
     def load(
-        cls, path, device="cpu", dtype=torch.float32, prediction_type: str | None = None
+        cls,
+        path,
+        device="cpu",
+        dtype=torch.float32,
+        prediction_type: str | None = None,
+        clip_skip: int | None = None,
     ) -> DiffusersBackend:
         p = Path(path)
         if p.is_dir():
-            return cls.from_pretrained(p, device, dtype, prediction_type)
+            return cls.from_pretrained(p, device, dtype, prediction_type, clip_skip)
         if not p.exists():
             raise WeightsNotFoundError(
                 f"model not found: {p} (give a diffusers folder or a single .safetensors checkpoint of SD 1.x, SD 2.x "
                 "or SDXL)"
             )
-        return cls.from_single_file(p, device, dtype, prediction_type)
+        return cls.from_single_file(p, device, dtype, prediction_type, clip_skip)
 
     def suggested_batch(self, width: int, height: int) -> int:
         """1 on the CPU, where an SD-sized UNet keeps the cores busy at any batch and host memory
@@ -317,20 +369,23 @@ class DiffusersBackend(SamplingBackend):
     # -- primitives ----------------------------------------------------------------------------
     @torch.no_grad()
     def encode_prompt(self, text: str) -> Conditioning:
+        """``text`` as ComfyUI's CLIPTextEncode encodes it (:mod:`~diffsketch.backends.prompt`):
+        ``[1, 77*k, D]`` for a prompt of k windows, SDXL's two encoders side by side with bigG's
+        pooled embedding of the first window."""
         if text == "" and self._uncond_cache is not None:
             return self._uncond_cache
-        ids = self.tokenizer(text).to(self.device)
-        if self.spec.family == SDXL:
-            clip_l = self.text_encoder(input_ids=ids, output_hidden_states=True)
-            ids_2 = self.tokenizer_2(text).to(self.device)
-            clip_g = self.text_encoder_2(input_ids=ids_2, output_hidden_states=True)
-            context = torch.cat([clip_l.hidden_states[-2].float(), clip_g.hidden_states[-2].float()], dim=-1)
-            out = Conditioning(context.cpu(), clip_g.text_embeds.float().cpu())
-        else:
-            out = Conditioning(self.text_encoder(input_ids=ids).last_hidden_state.float().cpu())
+        encoded = [reader.encode(prompt_windows(text, reader.tokenizer)) for reader in self._readers]
+        tokens = min(context.shape[1] for context, _ in encoded)
+        context = torch.cat([c[:, :tokens] for c, _ in encoded], dim=-1).cpu()
+        pooled = encoded[-1][1].cpu() if self.spec.family == SDXL else None
+        out = Conditioning(context, pooled)
         if text == "":
             self._uncond_cache = out
         return out
+
+    def prompt_notice(self, text: str) -> str | None:
+        """What the user should know about how ``text`` is encoded (split into windows), or None."""
+        return window_notice(prompt_windows(text, self.tokenizer))
 
     def size_conditioning(self, latent_hw: tuple[int, int]) -> torch.Tensor:
         """SDXL's six size numbers for an image decoding from a latent of ``latent_hw``: original
@@ -344,7 +399,7 @@ class DiffusersBackend(SamplingBackend):
     ) -> torch.Tensor:
         acp = self.alphas_cumprod
         x = noise.to(self.device, torch.float32)
-        both = Conditioning.cat([uncond, cond]).to(self.device, self.dtype)
+        both = Conditioning.cat_for_attention([uncond, cond]).to(self.device, self.dtype)
         kwargs = {"encoder_hidden_states": both.context}
         if self.spec.family == SDXL:
             time_ids = self.size_conditioning(tuple(noise.shape[-2:])).repeat(2 * noise.shape[0], 1)
@@ -393,14 +448,74 @@ class DiffusersBackend(SamplingBackend):
         )
 
 
+#: diffusers schedulers that sample the discrete 1000-step DDPM schedule their betas define (the
+#: schedule DiffSketch's DDIM sampler runs on, whichever of these a folder was saved with).
+DISCRETE_SCHEDULERS = (
+    "DDIMScheduler",
+    "DDPMScheduler",
+    "PNDMScheduler",
+    "LMSDiscreteScheduler",
+    "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "HeunDiscreteScheduler",
+    "KDPM2DiscreteScheduler",
+    "KDPM2AncestralDiscreteScheduler",
+    "DPMSolverMultistepScheduler",
+    "DPMSolverSinglestepScheduler",
+    "DPMSolverSDEScheduler",
+    "DEISMultistepScheduler",
+    "UniPCMultistepScheduler",
+    "LCMScheduler",
+    "TCDScheduler",
+)
+#: The values diffusers knows; none changes the DDIM grid DiffSketch samples on (the nodes' one).
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+_SUPPORTED_SCHEDULES = (
+    "a scheduler of the discrete 1000-step schedule (DDIM, PNDM, Euler, DPM-Solver, UniPC and the like) with "
+    "beta_schedule 'scaled_linear', predicting epsilon or v_prediction"
+)
+
+
 def schedule_from_config(config: dict, where) -> tuple[torch.Tensor, str]:
     """``(alphas_cumprod, prediction_type)`` from a diffusers scheduler config: SD's scaled-linear
-    betas, optionally rescaled to zero terminal SNR; anything else is refused by name."""
-    schedule = config.get("beta_schedule", "scaled_linear")
+    betas, optionally rescaled to zero terminal SNR; anything else is refused by name (continuous
+    EDM and flow-matching schedules, which the single-file path and ComfyUI refuse too, a missing
+    ``beta_schedule``, which diffusers would read as its ``linear`` default)."""
+    name = config.get("_class_name")
+    if name is None:
+        raise InvalidInputError(
+            f"{where} has no _class_name: it is not a diffusers scheduler config. DiffSketch needs {_SUPPORTED_SCHEDULES}."
+        )
+    if str(name).startswith("EDM"):
+        raise unsupported_model(
+            f"{where}: the scheduler {name} samples a continuous EDM noise schedule (Playground v2.5 or an EDM "
+            "v-prediction model), not the 1000-step schedule DiffSketch's DDIM sampler and timesteps are defined on"
+        )
+    if "FlowMatch" in str(name) or config.get("use_flow_sigmas"):
+        raise unsupported_model(
+            f"{where}: the scheduler {name} samples a flow-matching schedule (SD3, Flux and the like), not the "
+            "1000-step DDPM schedule of Stable Diffusion"
+        )
+    if name not in DISCRETE_SCHEDULERS:
+        raise unsupported_model(
+            f"{where}: the scheduler {name} is not one DiffSketch samples; it needs {_SUPPORTED_SCHEDULES}"
+        )
+    schedule = config.get("beta_schedule")
+    if schedule is None:
+        raise InvalidInputError(
+            f"{where}: the {name} config has no beta_schedule, so diffusers would use its 'linear' default, not Stable "
+            'Diffusion\'s \'scaled_linear\'. Add "beta_schedule": "scaled_linear" (with beta_start 0.00085 and '
+            "beta_end 0.012) if the model is an SD 1.x, SD 2.x or SDXL model."
+        )
     if schedule != "scaled_linear":
         raise InvalidInputError(
             f"{where}: beta_schedule {schedule!r} is not Stable Diffusion's scaled_linear; DiffSketch samples on that "
             "1000-step schedule."
+        )
+    spacing = config.get("timestep_spacing", "leading")
+    if spacing not in TIMESTEP_SPACINGS:
+        raise InvalidInputError(
+            f"{where}: timestep_spacing {spacing!r} is none of diffusers' {', '.join(TIMESTEP_SPACINGS)}"
         )
     prediction = config.get("prediction_type", "epsilon")
     if prediction not in PREDICTION_TYPES:
@@ -415,3 +530,14 @@ def schedule_from_config(config: dict, where) -> tuple[torch.Tensor, str]:
     if config.get("rescale_betas_zero_snr"):
         acp = rescale_zero_terminal_snr(acp)
     return acp, prediction
+
+
+def check_vae_latents(vae, where) -> None:
+    """Refuse a VAE whose latents are normalised per channel (``latents_mean``/``latents_std`` in its
+    config, as Playground v2.5's): DiffSketch scales latents by ``scaling_factor`` alone."""
+    config = getattr(vae, "config", {})
+    if config.get("latents_mean") is not None or config.get("latents_std") is not None:
+        raise unsupported_model(
+            f"{where}: the VAE normalises latents with a per-channel latents_mean/latents_std (Playground v2.5 "
+            "and other EDM models), which Stable Diffusion's VAEs do not"
+        )

@@ -395,7 +395,7 @@ class Trainer:
         check_family(
             example.spec.family,
             family,
-            "the example's features",
+            "the example",
             "the model you train on",
             f"Capture the example with the {family_name(family)} model you train on",
         )

@@ -199,6 +199,28 @@ def loaded_checkpoint(path):
         gc.collect()
 
 
+def check_tag_prompt_parity(comfy_inprocess, clip, ours: dict, context_dim: int, default_skip: int) -> None:
+    """The diffusers backend's conditions of TAG_PROMPT (``ours``: ``{1: ..., 2: ...}`` from
+    compare.clip_skip_conditions) equal what ComfyUI's CLIP gives after CLIPSetLastLayer -1 and -2
+    (a clone with ``clip_layer(-skip)``, as the node makes it), pooled embedding included where
+    there is one; ``ours[default_skip]`` equals ComfyUI's CLIP without CLIPSetLastLayer."""
+    from compare import TAG_PROMPT, relative_error
+
+    encode_text = comfy_inprocess.nodes.comfy_backend.encode_text
+    with_pooled = ours[1].pooled is not None
+    for skip in (1, 2):
+        clip_at = clip.clone()
+        clip_at.clip_layer(-skip)
+        theirs = encode_text(clip_at, TAG_PROMPT, with_pooled)
+        assert ours[skip].context.shape == theirs.context.shape == (1, 3 * 77, context_dim)
+        assert relative_error(ours[skip].context, theirs.context) < 1e-4, skip
+        if with_pooled:
+            assert relative_error(ours[skip].pooled, theirs.pooled) < 1e-4, skip
+    plain = encode_text(clip, TAG_PROMPT, with_pooled)
+    assert relative_error(ours[default_skip].context, plain.context) < 1e-4
+    assert relative_error(ours[1].context, ours[2].context) > 0.1
+
+
 def diffusers_reference(backend, prompt: str, sampling) -> dict:
     """What a parity test holds ComfyUI's backend to, from the diffusers backend on the same
     checkpoint: its spec, model hash, prediction type and native size, the conditionings of

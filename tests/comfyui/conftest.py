@@ -70,6 +70,15 @@ def sd2_checkpoint() -> Path:
 
 
 @pytest.fixture(scope="session")
+def sd2_23_layer_checkpoint() -> Path:
+    """The SD 2.x checkpoint with a 23-layer text encoder, as diffusers' conversion script writes
+    them (see sd2_23_layer_checkpoint.py)."""
+    return cached_checkpoint(
+        "sd2_23_layer_checkpoint.py", "tiny_sd2v_23", uses=("sd2_checkpoint.py", "tiny_checkpoint.py")
+    )
+
+
+@pytest.fixture(scope="session")
 def comfy_inprocess():
     """ComfyUI imported in this process (CPU), plus this pack imported under a private name."""
     sys.path.insert(0, str(Path(__file__).parent))

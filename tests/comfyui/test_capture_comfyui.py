@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from comfy_harness import COMFYUI_PATH, error_message, hook_count
-from compare import relative_error
+from comfy_harness import COMFYUI_PATH, check_tag_prompt_parity, error_message, hook_count
+from compare import TAG_PROMPT, clip_skip_conditions, relative_error
 
 from diffsketch.capture.sampling import SamplingSettings
 
@@ -102,19 +102,69 @@ def test_parity_with_diffusers_backend(comfy_inprocess, loaded_checkpoint, tiny_
     assert not torch.equal(a.unet[501][0][0], a.unet[501][0][1])
 
 
-def test_tokenizer_matches_comfyui_tokenizer_files(comfy_inprocess):
+def test_tag_prompts_encode_alike_at_clip_skip_1_and_2(comfy_inprocess, loaded_checkpoint, tiny_checkpoint):
+    """Weights, escapes, three 75-token windows, CLIPSetLastLayer -1 and -2: the command line's
+    encoding equals the CLIPTextEncode node's."""
+    from diffsketch.backends.diffusers import DiffusersBackend
+
+    ours = clip_skip_conditions(DiffusersBackend.from_single_file(tiny_checkpoint), TAG_PROMPT)
+    check_tag_prompt_parity(comfy_inprocess, loaded_checkpoint[1], ours, 768, default_skip=1)
+
+
+#: Prompts whose weights, escapes and windows the command line must read as ComfyUI does.
+TRICKY_PROMPTS = [
+    TAG_PROMPT,
+    "a photo of a horse in mud",
+    "",
+    "Café, naïve résumé!! 123 " * 20,
+    "a (horse:1.3) in ((mud)), (sky:0.5) (city)",
+    "\\(a\\) (b (c:0.5)) d) (e",
+    "(12:00:1.3) (ratio:wide) (:2) ()",
+    # a short weighted span and a long one where a window ends
+    " ".join(["word"] * 72)
+    + " (one two three four five:1.2) "
+    + " ".join(["word"] * 70)
+    + " (a b c d e f g h i j:0.8)",
+]
+
+
+def test_prompt_windows_match_comfyui_tokenizers(comfy_inprocess):
+    """Token ids and weights of every window, against ComfyUI's own tokenizers: CLIP-L (end-token
+    padding) and SDXL's bigG (zero padding), through open_clip's vocabulary and through the
+    tokenizer files a diffusers folder holds."""
     import os
 
+    import comfy.sd1_clip
+    import comfy.sdxl_clip
     from transformers import CLIPTokenizer
 
+    from diffsketch.backends.prompt import prompt_windows
     from diffsketch.backends.text import ClipBPETokenizer, HFTokenizerAdapter
 
-    hf = HFTokenizerAdapter(
-        CLIPTokenizer.from_pretrained(os.path.join(COMFYUI_PATH, "comfy", "sd1_tokenizer"))
-    )
-    ours = ClipBPETokenizer()
-    for text in ["a photo of a horse in mud", "", "Café, naïve résumé!! 123 " * 20]:
-        assert torch.equal(ours(text), hf(text)), text
+    path = os.path.join(COMFYUI_PATH, "comfy", "sd1_tokenizer")
+    cases = [
+        (
+            comfy.sd1_clip.SDTokenizer(),
+            [ClipBPETokenizer(), HFTokenizerAdapter(CLIPTokenizer.from_pretrained(path))],
+        ),
+        (
+            comfy.sdxl_clip.SDXLClipGTokenizer(),
+            [
+                ClipBPETokenizer(pad_token=0),
+                HFTokenizerAdapter(CLIPTokenizer.from_pretrained(path, pad_token="!")),
+            ],
+        ),
+    ]
+    for comfy_tokenizer, ours in cases:
+        for text in TRICKY_PROMPTS:
+            theirs = comfy_tokenizer.tokenize_with_weights(text)
+            ids = torch.tensor([[t for t, _ in window] for window in theirs])
+            weights = torch.tensor([[w for _, w in window] for window in theirs], dtype=torch.float32)
+            for tokenizer in ours:
+                windows = prompt_windows(text, tokenizer)
+                assert torch.equal(windows.ids, ids), (text, type(tokenizer).__name__)
+                assert torch.equal(windows.weights, weights), text
+    assert len(comfy.sd1_clip.SDTokenizer().tokenize_with_weights(TAG_PROMPT)) == 3
 
 
 def test_no_hooks_left_after_success_failure_and_interrupt(comfy_inprocess, loaded_checkpoint):

@@ -1,7 +1,9 @@
 """Tier 2, in-process: an SD 2.x 768-v checkpoint in ComfyUI's own format (sd2_checkpoint.py) through
 the ComfyUI backend and the diffusers backend (which reads the single file itself): both take it
-for SD 2.x with v-prediction, encode prompts alike (OpenCLIP-H's penultimate layer) and give the
-same image and features, with no hook left on ComfyUI's UNet."""
+for SD 2.x with v-prediction, encode prompts alike (OpenCLIP-H's penultimate layer; weights,
+windows and CLIP skip) and give the same image and features, with no hook left on ComfyUI's UNet.
+The same file with a 23-layer text encoder (as diffusers' conversion script writes them) encodes
+as ComfyUI encodes it, and as the 24-layer file does."""
 
 from __future__ import annotations
 
@@ -9,8 +11,8 @@ import gc
 
 import pytest
 import torch
-from comfy_harness import diffusers_reference, hook_count, loaded_checkpoint
-from compare import relative_error
+from comfy_harness import check_tag_prompt_parity, diffusers_reference, hook_count, loaded_checkpoint
+from compare import TAG_PROMPT, clip_skip_conditions, relative_error
 
 from diffsketch.capture.sampling import SamplingSettings
 
@@ -24,6 +26,7 @@ def diffusers_side(sd2_checkpoint):
 
     backend = DiffusersBackend.from_single_file(sd2_checkpoint)
     out = diffusers_reference(backend, PROMPT, FEW)
+    out["tags"] = clip_skip_conditions(backend, TAG_PROMPT)
     epsilon = DiffusersBackend.from_single_file(sd2_checkpoint, prediction_type="epsilon")
     out["epsilon"] = epsilon.sample(out["cond"], FEW, capture=False, decode=False)
     del backend, epsilon
@@ -75,3 +78,43 @@ def test_same_image_and_features_as_the_diffusers_backend(comfy_inprocess, comfy
     # v-prediction made a difference: the file read as epsilon samples another latent
     assert relative_error(ours.latent, diffusers_side["epsilon"].latent) > 1e-2
     assert hook_count(model, vae) == 0 and {k: dict(v) for k, v in model.wrappers.items()} == wrappers
+
+
+def test_tag_prompts_encode_alike_at_clip_skip_1_and_2(comfy_inprocess, comfy_sd2, diffusers_side):
+    """Weights, escapes, three windows, CLIPSetLastLayer -1 and -2 (SD 2.x's own layer)."""
+    check_tag_prompt_parity(comfy_inprocess, comfy_sd2[1], diffusers_side["tags"], 1024, default_skip=2)
+
+
+@pytest.fixture(scope="module")
+def diffusers_23(sd2_23_layer_checkpoint):
+    from diffsketch.backends.diffusers import DiffusersBackend
+    from diffsketch.errors import UnsupportedModelError
+
+    backend = DiffusersBackend.from_single_file(sd2_23_layer_checkpoint)
+    out = {
+        "layers": len(backend.text_encoder.encoder.layers),
+        "cond": backend.encode_prompt(PROMPT),
+        "tags": backend.encode_prompt(TAG_PROMPT),
+    }
+    with pytest.raises(
+        UnsupportedModelError, match="layer 24 of the OpenCLIP ViT-H text encoder's 24.*only 23"
+    ):
+        DiffusersBackend.from_single_file(sd2_23_layer_checkpoint, clip_skip=1)
+    del backend
+    gc.collect()
+    return out
+
+
+def test_a_23_layer_text_encoder_encodes_as_comfyui_and_the_24_layer_file(
+    comfy_inprocess, sd2_23_layer_checkpoint, diffusers_23, diffusers_side
+):
+    assert diffusers_23["layers"] == 23
+    with loaded_checkpoint(sd2_23_layer_checkpoint) as (_, clip, _):
+        encode_text = comfy_inprocess.nodes.comfy_backend.encode_text
+        theirs = {p: encode_text(clip, p, False) for p in (PROMPT, TAG_PROMPT)}
+    for prompt, ours in ((PROMPT, diffusers_23["cond"]), (TAG_PROMPT, diffusers_23["tags"])):
+        assert ours.context.shape == theirs[prompt].context.shape
+        assert relative_error(ours.context, theirs[prompt].context) < 1e-4, prompt
+    # the layer left out is one SD 2.x never reads: the 24-layer file gives the same condition
+    assert relative_error(diffusers_23["cond"].context, diffusers_side["cond"].context) < 1e-6
+    assert relative_error(diffusers_23["tags"].context, diffusers_side["tags"][2].context) < 1e-6

@@ -13,8 +13,14 @@ import gc
 
 import pytest
 import torch
-from comfy_harness import COMFYUI_PATH, diffusers_reference, hook_count, loaded_checkpoint
-from compare import relative_error, sdxl_pipeline
+from comfy_harness import (
+    COMFYUI_PATH,
+    check_tag_prompt_parity,
+    diffusers_reference,
+    hook_count,
+    loaded_checkpoint,
+)
+from compare import TAG_PROMPT, clip_skip_conditions, relative_error, sdxl_pipeline
 
 from diffsketch.capture.sampling import SamplingSettings
 
@@ -47,6 +53,7 @@ def diffusers_side(sdxl_checkpoint):
 
     backend = DiffusersBackend.from_single_file(sdxl_checkpoint)
     out = diffusers_reference(backend, PROMPT, FEW)
+    out["tags"] = clip_skip_conditions(backend, TAG_PROMPT)
     tokenizer, tokenizer_2 = _tokenizers()
     pipe = sdxl_pipeline(backend, DDIMScheduler(), tokenizer, tokenizer_2)
     with torch.no_grad():
@@ -105,6 +112,12 @@ def test_both_backends_and_the_sdxl_pipeline_build_the_same_conditioning(
             relative_error(pipeline.context, theirs.context) < 1e-5
             and relative_error(pipeline.pooled, theirs.pooled) < 1e-5
         )
+
+
+def test_tag_prompts_encode_alike_at_clip_skip_1_and_2(comfy_inprocess, comfy_sdxl, diffusers_side):
+    """Both encoders, weights, three windows (CLIP-L's and bigG's side by side), the first window's
+    pooled embedding, at CLIPSetLastLayer -1 and -2 (SDXL's own layer)."""
+    check_tag_prompt_parity(comfy_inprocess, comfy_sdxl[1], diffusers_side["tags"], 2048, default_skip=2)
 
 
 def _compare(a, b):
