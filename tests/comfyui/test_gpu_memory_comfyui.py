@@ -1,0 +1,137 @@
+"""Tier 2 (in-process): what goes wrong only on a GPU, checked on the CPU.
+
+Tensors on an accelerator refuse numpy conversion (tests/accelerator.py); the VAE decode asks
+ComfyUI's model management for the memory ComfyUI's own estimate gives, and survives running out
+of it."""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+import torch
+from accelerator import on_accelerator
+from compare import relative_error
+
+pytestmark = pytest.mark.comfyui
+
+
+def _fake_clip(state: dict) -> types.SimpleNamespace:
+    return types.SimpleNamespace(cond_stage_model=types.SimpleNamespace(state_dict=lambda: state))
+
+
+def test_text_encoder_fingerprint_of_a_clip_on_the_gpu(comfy_inprocess, loaded_checkpoint):
+    fingerprint = comfy_inprocess.nodes.comfy_backend.text_encoder_fingerprint
+    _, clip, _ = loaded_checkpoint
+    state = clip.cond_stage_model.state_dict()
+    on_gpu = {k: on_accelerator(v) for k, v in state.items()}
+    assert fingerprint(_fake_clip(on_gpu)) == fingerprint(clip)
+
+
+def test_model_hash_of_a_unet_on_the_gpu(comfy_inprocess, loaded_checkpoint):
+    backend_module = comfy_inprocess.nodes.comfy_backend
+    model, clip, vae = loaded_checkpoint
+    expected = backend_module.ComfyBackend(model, clip, vae).model_hash()
+    unet = types.SimpleNamespace(
+        parameters=lambda: (on_accelerator(p) for p in model.model.diffusion_model.parameters())
+    )
+    fake = types.SimpleNamespace(
+        _model_hash=None,
+        model=types.SimpleNamespace(model=types.SimpleNamespace(diffusion_model=unet), patches={}),
+    )
+    assert backend_module.ComfyBackend.model_hash(fake) == expected
+
+
+def test_training_preview_of_an_image_on_the_gpu(comfy_inprocess):
+    preview = comfy_inprocess.nodes.train._preview
+    image = torch.rand(1, 16, 16, 3, generator=torch.Generator().manual_seed(0))
+    assert np.array_equal(np.asarray(preview(on_accelerator(image))[1]), np.asarray(preview(image)[1]))
+
+
+# -- the VAE decode ------------------------------------------------------------------------------
+@pytest.fixture
+def decode_env(comfy_inprocess, loaded_checkpoint, monkeypatch):
+    """(backend, latent, calls): ``calls`` records every load_models_gpu call's models and memory_required."""
+    import comfy.model_management as mm
+
+    model, clip, vae = loaded_checkpoint
+    backend = comfy_inprocess.nodes.comfy_backend.ComfyBackend(model, clip, vae)
+    latent = torch.randn(1, 4, 8, 12, generator=torch.Generator().manual_seed(1))
+    calls = []
+    real = mm.load_models_gpu
+
+    def spy(models, memory_required=0, *args, **kwargs):
+        calls.append((list(models), memory_required))
+        return real(models, memory_required, *args, **kwargs)
+
+    monkeypatch.setattr(mm, "load_models_gpu", spy)
+    return backend, latent, calls
+
+
+@pytest.mark.parametrize("capture", [True, False])
+def test_the_decode_asks_for_comfyuis_memory_estimate(decode_env, capture):
+    backend, latent, calls = decode_env
+    vae = backend.vae
+    backend._decode(latent, capture, torch.float16, "cpu")
+    expected = vae.memory_used_decode(latent.shape, vae.vae_dtype)
+    assert expected > 0
+    assert [(m, r) for m, r in calls if vae.patcher in m] == [([vae.patcher], expected)]
+
+
+def _fail_decodes(monkeypatch, vae, failures: int) -> list:
+    """Make the VAE decoder's first ``failures`` passes run out of memory; returns the pass log."""
+    import comfy.model_management as mm
+
+    decoder = vae.first_stage_model.decoder
+    real = decoder.forward
+    passes = []
+
+    def forward(*args, **kwargs):
+        passes.append(tuple(args[0].shape))
+        if len(passes) <= failures:
+            raise mm.OOM_EXCEPTION("CUDA out of memory (simulated)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(decoder, "forward", forward)
+    return passes
+
+
+def test_capture_decode_out_of_memory_unloads_everything_and_retries_once(decode_env, monkeypatch):
+    import comfy.model_management as mm
+
+    backend, latent, _ = decode_env
+    image, rgb, features = backend._decode(latent, True, torch.float16, "cpu")
+    unloads = []
+    real_unload = mm.unload_all_models
+    monkeypatch.setattr(mm, "unload_all_models", lambda: (unloads.append(1), real_unload())[1])
+    passes = _fail_decodes(monkeypatch, backend.vae, failures=1)
+
+    retried = backend._decode(latent, True, torch.float16, "cpu")
+    assert len(passes) == 2 and unloads == [1]
+    assert torch.equal(retried[0], image) and torch.equal(retried[1], rgb)
+    assert all(torch.equal(a, b) for a, b in zip(retried[2], features, strict=True))
+
+
+def test_capture_decode_out_of_memory_twice_is_a_clear_error(decode_env, monkeypatch):
+    from diffsketch.errors import CaptureError
+
+    backend, latent, _ = decode_env
+    passes = _fail_decodes(monkeypatch, backend.vae, failures=2)
+    with pytest.raises(CaptureError, match=r"96x64 image.*Lower width/height"):
+        backend._decode(latent, True, torch.float16, "cpu")
+    assert len(passes) == 2
+
+
+def test_decode_without_capture_falls_back_to_comfyuis_tiled_decode(decode_env, monkeypatch):
+    backend, _, _ = decode_env
+    # wider than ComfyUI's 64-latent tiles, so its tiler cuts it
+    latent = torch.randn(1, 4, 16, 72, generator=torch.Generator().manual_seed(2))
+    image, _, _ = backend._decode(latent, False, torch.float16, "cpu")
+    passes = _fail_decodes(monkeypatch, backend.vae, failures=1)
+    tiled, rgb, features = backend._decode(latent, False, torch.float16, "cpu")
+    assert len(passes) > 2, "the fallback decodes tiles"
+    assert any(p[-1] < 72 for p in passes[1:])
+    assert tiled.shape == image.shape == (1, 3, 128, 576) and features == []
+    assert relative_error(tiled, image) < 0.1
+    assert torch.equal(rgb, tiled * 2 - 1)
