@@ -44,6 +44,32 @@ def cancel_as_interrupt():
         raise comfy.model_management.InterruptProcessingException() from e
 
 
+@contextmanager
+def on_torch_device(*modules):
+    """Run the block with ``modules`` (None entries skipped) on ComfyUI's torch device; yields
+    ``(device, more)``, where the block appends modules it puts on the device itself.
+
+    ComfyUI's model management knows nothing of these modules (generator, loss networks, student),
+    so on every exit -- success, error, Cancel -- they all go back to the CPU and the allocator's
+    cache is released: the next node (or the UNet at the next sample) gets the memory back, which
+    is what lets a small card train SDXL at 1024. ``nn.Module.to`` moves in place, so modules that
+    are other nodes' outputs (LOSS_MODELS, a GENERATOR) stay where their owner left them: on the CPU."""
+    import comfy.model_management
+
+    device = comfy.model_management.get_torch_device()
+    more: list = []
+    try:
+        for module in modules:
+            if module is not None:
+                module.to(device)
+        yield device, more
+    finally:
+        for module in (*modules, *more):
+            if module is not None:
+                module.to("cpu")
+        comfy.model_management.soft_empty_cache()
+
+
 def register_model_folders() -> None:
     """Register ``models/diffsketch/<sub>`` with folder_paths (extra_model_paths.yaml keys win)."""
     for key, sub in MODEL_FOLDERS.items():

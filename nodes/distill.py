@@ -14,7 +14,14 @@ from comfy_api.latest import io, ui
 from diffsketch.distill import DistillConfig
 from diffsketch.fileio import check_save_name
 
-from .common import LINE_ART_ALIASES, cancel_as_interrupt, save_path, search_aliases, size_inputs
+from .common import (
+    LINE_ART_ALIASES,
+    cancel_as_interrupt,
+    on_torch_device,
+    save_path,
+    search_aliases,
+    size_inputs,
+)
 from .extract import wrap_extractor
 from .train import _preview
 from .types import CATEGORY, ClipLoss, Conditions, Extractor, Generator
@@ -176,7 +183,6 @@ class DiffSketchDistill(io.ComfyNode):
         pairs_dir = os.path.join(
             folder_paths.models_dir, "diffsketch", "pairs", name, pair_settings_digest(settings)
         )
-        device = comfy.model_management.get_torch_device()
         config = DistillConfig(
             iterations=int(iterations),
             batch_size=int(batch_size),
@@ -199,7 +205,12 @@ class DiffSketchDistill(io.ComfyNode):
                 int(pair_count) + step, total, _preview(preview) if preview is not None else None
             )
 
-        with torch.inference_mode(False), torch.enable_grad():
+        lpips_model = loss_models["lpips"] if loss_models is not None else None
+        with (
+            torch.inference_mode(False),
+            torch.enable_grad(),
+            on_torch_device(generator, lpips_model) as (device, _),
+        ):
             with cancel_as_interrupt():
                 student = distill(
                     backend,
@@ -209,7 +220,7 @@ class DiffSketchDistill(io.ComfyNode):
                     int(pair_count),
                     config,
                     sampling,
-                    lpips_model=loss_models["lpips"] if loss_models is not None else None,
+                    lpips_model=lpips_model,
                     progress=pairs_progress,
                     on_step=on_step,
                     should_stop=comfy.model_management.processing_interrupted,

@@ -135,3 +135,87 @@ def test_decode_without_capture_falls_back_to_comfyuis_tiled_decode(decode_env, 
     assert tiled.shape == image.shape == (1, 3, 128, 576) and features == []
     assert relative_error(tiled, image) < 0.1
     assert torch.equal(rgb, tiled * 2 - 1)
+
+
+# -- modules the pack puts on the GPU itself -------------------------------------------------------
+def _record_moves(module: torch.nn.Module) -> list:
+    """Record where ``module.to`` sends it (the device argument, as a string)."""
+    moves = []
+    real = module.to
+
+    def to(*args, **kwargs):
+        target = kwargs.get("device", args[0] if args else None)
+        moves.append(str(target))
+        return real(*args, **kwargs)
+
+    module.to = to
+    return moves
+
+
+@pytest.fixture
+def released(monkeypatch):
+    """Count ComfyUI's soft_empty_cache calls."""
+    import comfy.model_management as mm
+
+    calls = []
+    real = mm.soft_empty_cache
+    monkeypatch.setattr(mm, "soft_empty_cache", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    return calls
+
+
+@pytest.mark.parametrize("outcome", ["success", "error", "cancel"])
+def test_modules_go_back_to_the_cpu_on_every_exit(comfy_inprocess, released, outcome):
+    import comfy.model_management as mm
+
+    on_torch_device = comfy_inprocess.nodes.common.on_torch_device
+    given, added = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    given_moves, added_moves = _record_moves(given), _record_moves(added)
+    failure = {"error": RuntimeError("boom"), "cancel": mm.InterruptProcessingException()}.get(outcome)
+    try:
+        with on_torch_device(given, None) as (device, more):
+            more.append(added)
+            if failure is not None:
+                raise failure
+    except (RuntimeError, mm.InterruptProcessingException) as e:
+        assert e is failure
+    assert given_moves == [str(device), "cpu"] and added_moves == ["cpu"]
+    assert released == [1]
+
+
+def _tiny_generator(spec, timesteps):
+    from diffsketch.train.generator import GeneratorConfig, SketchGenerator
+
+    config = GeneratorConfig.from_spec(
+        spec,
+        len(timesteps),
+        lower_dim=32,
+        higher_dim=16,
+        lower_groups=4,
+        higher_groups=4,
+        fusion_channels=(64, 32, 16),
+    )
+    return SketchGenerator(spec, config, timesteps=timesteps)
+
+
+@pytest.mark.parametrize("cancel", [False, True])
+def test_generate_node_puts_the_generator_back_on_the_cpu(
+    comfy_inprocess, loaded_checkpoint, released, monkeypatch, cancel
+):
+    import comfy.model_management as mm
+
+    model, clip, vae = loaded_checkpoint
+    nodes = comfy_inprocess.nodes
+    generator = _tiny_generator(nodes.comfy_backend.ComfyBackend(model, clip, vae).spec, (1, 501))
+    moves = _record_moves(generator)
+    if cancel:
+
+        def interrupted(*args, **kwargs):
+            raise mm.InterruptProcessingException()
+
+        monkeypatch.setattr(nodes.comfy_backend.ComfyBackend, "sample", interrupted)
+        with pytest.raises(mm.InterruptProcessingException):
+            nodes.train.DiffSketchGenerate.execute(model, clip, vae, generator, "a cat", 1, 4, 5.0, 64, 64)
+    else:
+        out = nodes.train.DiffSketchGenerate.execute(model, clip, vae, generator, "a cat", 1, 4, 5.0, 64, 64)
+        assert out.result[1].shape == (1, 64, 64, 3)
+    assert moves == [str(mm.get_torch_device()), "cpu"] and released == [1]
