@@ -219,3 +219,17 @@ def test_generate_node_puts_the_generator_back_on_the_cpu(
         out = nodes.train.DiffSketchGenerate.execute(model, clip, vae, generator, "a cat", 1, 4, 5.0, 64, 64)
         assert out.result[1].shape == (1, 64, 64, 3)
     assert moves == [str(mm.get_torch_device()), "cpu"] and released == [1]
+
+
+def test_vae_taps_beyond_float16_range_are_stored_finite(decode_env):
+    backend, latent, _ = decode_env
+    fsm = backend.vae.first_stage_model
+    huge = fsm.get_submodule(backend.spec.vae[0].name).register_forward_hook(
+        lambda m, i, output: output * 1e6
+    )
+    try:
+        _, _, features = backend._decode(latent, True, torch.float16, "cpu")
+    finally:
+        huge.remove()
+    assert float(features[0].float().abs().max()) > 65504
+    assert all(bool(torch.isfinite(x).all()) for x in features)
