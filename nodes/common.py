@@ -100,16 +100,19 @@ def save_path(key: str, *parts: str) -> str:
 # What people type when they look for a line-art extractor (node search matches these too).
 def size_inputs(what: str) -> list[io.Int.Input]:
     """The ``width`` and ``height`` inputs of a node that samples images: ``what`` is sized (e.g.
-    "Image", "Each pair's image"), with each backbone's native size in the tooltip."""
+    "Image", "Each pair's image"). 0, the default, is the connected checkpoint's native size,
+    resolved at run time (``SamplingBackend.image_size``), so an unedited SDXL graph samples at 1024."""
+    from diffsketch.capture.spec import NATIVE_SIZES_TEXT
+
     return [
         io.Int.Input(
             side,
-            default=512,
-            min=64,
+            default=0,
+            min=0,
             max=4096,
             step=64,
-            tooltip=f"{what} {side} in pixels, a multiple of 64: the checkpoint's native size is 512 for SD 1.x and "
-            "SD 2.x-base, 768 for SD 2.x 768-v, 1024 for SDXL.",
+            tooltip=f"{what} {side} in pixels, a multiple of 64; 0 = the checkpoint's native size "
+            f"({NATIVE_SIZES_TEXT}).",
         )
         for side in ("width", "height")
     ]

@@ -169,14 +169,15 @@ class DiffSketchDistill(io.ComfyNode):
 
         name = check_save_name(save_name, "save_name")
         backend = ComfyBackend(model, clip, vae, show_progress=False)
+        width, height = backend.image_size(width, height)
         # One pair folder per (save name, teacher and pair settings): running again with the same
         # inputs resumes it; a re-trained generator under the same name starts a folder of its own
         # instead of clashing with pairs made by the old one.
         sampling = SamplingSettings(
             seed=int(seed),
             steps=int(steps),
-            width=int(width),
-            height=int(height),
+            width=width,
+            height=height,
             schedule=None if schedule == AS_TRAINED else schedule,
         )
         settings = pair_settings(backend, generator, conditions, sampling)

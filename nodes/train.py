@@ -417,10 +417,11 @@ class DiffSketchGenerate(io.ComfyNode):
 
         from .comfy_backend import ComfyBackend, image_to_comfy
 
-        sampling = SamplingSettings(
-            seed=int(seed), steps=int(steps), cfg=float(cfg), width=int(width), height=int(height)
-        )
         backend = ComfyBackend(model, clip, vae)
+        width, height = backend.image_size(width, height)
+        sampling = SamplingSettings(
+            seed=int(seed), steps=int(steps), cfg=float(cfg), width=width, height=height
+        )
         with on_torch_device(generator):
             image, sketch = generate_pair(backend, generator, prompt, sampling)
         sketch_img = image_to_comfy(sketch.expand(-1, 3, -1, -1))
