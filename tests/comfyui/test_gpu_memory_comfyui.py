@@ -13,6 +13,7 @@ import pytest
 import torch
 from accelerator import on_accelerator
 from compare import relative_error
+from tiny_models import tiny_generator
 
 pytestmark = pytest.mark.comfyui
 
@@ -182,21 +183,6 @@ def test_modules_go_back_to_the_cpu_on_every_exit(comfy_inprocess, released, out
     assert released == [1]
 
 
-def _tiny_generator(spec, timesteps):
-    from diffsketch.train.generator import GeneratorConfig, SketchGenerator
-
-    config = GeneratorConfig.from_spec(
-        spec,
-        len(timesteps),
-        lower_dim=32,
-        higher_dim=16,
-        lower_groups=4,
-        higher_groups=4,
-        fusion_channels=(64, 32, 16),
-    )
-    return SketchGenerator(spec, config, timesteps=timesteps)
-
-
 @pytest.mark.parametrize("cancel", [False, True])
 def test_generate_node_puts_the_generator_back_on_the_cpu(
     comfy_inprocess, loaded_checkpoint, released, monkeypatch, cancel
@@ -205,7 +191,7 @@ def test_generate_node_puts_the_generator_back_on_the_cpu(
 
     model, clip, vae = loaded_checkpoint
     nodes = comfy_inprocess.nodes
-    generator = _tiny_generator(nodes.comfy_backend.ComfyBackend(model, clip, vae).spec, (1, 501))
+    generator = tiny_generator(nodes.comfy_backend.ComfyBackend(model, clip, vae).spec, 2, (1, 501))
     moves = _record_moves(generator)
     if cancel:
 
