@@ -97,7 +97,6 @@ def save_path(key: str, *parts: str) -> str:
     return os.path.join(folder_paths.get_folder_paths(key)[0], *parts)
 
 
-# What people type when they look for a line-art extractor (node search matches these too).
 def size_inputs(what: str) -> list[io.Int.Input]:
     """The ``width`` and ``height`` inputs of a node that samples images: ``what`` is sized (e.g.
     "Image", "Each pair's image"). 0, the default, is the connected checkpoint's native size,
@@ -118,6 +117,7 @@ def size_inputs(what: str) -> list[io.Int.Input]:
     ]
 
 
+# What people type when they look for a line-art extractor (node search matches these too).
 LINE_ART_ALIASES = ("lineart", "line art", "sketch", "edge")
 
 

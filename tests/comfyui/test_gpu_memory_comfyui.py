@@ -139,17 +139,21 @@ def test_decode_without_capture_falls_back_to_comfyuis_tiled_decode(decode_env, 
 
 
 # -- modules the pack puts on the GPU itself -------------------------------------------------------
+def _recording_to(real, log: list):
+    """``real`` (a ``to`` method, bound or not) that first appends the device it is given to ``log``."""
+
+    def to(*args, **kwargs):
+        given = args if hasattr(real, "__self__") else args[1:]
+        log.append(str(kwargs.get("device", given[0] if given else None)))
+        return real(*args, **kwargs)
+
+    return to
+
+
 def _record_moves(module: torch.nn.Module) -> list:
     """Record where ``module.to`` sends it (the device argument, as a string)."""
     moves = []
-    real = module.to
-
-    def to(*args, **kwargs):
-        target = kwargs.get("device", args[0] if args else None)
-        moves.append(str(target))
-        return real(*args, **kwargs)
-
-    module.to = to
+    module.to = _recording_to(module.to, moves)
     return moves
 
 
@@ -219,3 +223,66 @@ def test_vae_taps_beyond_float16_range_are_stored_finite(decode_env):
         huge.remove()
     assert float(features[0].float().abs().max()) > 65504
     assert all(bool(torch.isfinite(x).all()) for x in features)
+
+
+def test_style_sketch_node_puts_the_style_network_back_on_the_cpu(comfy_inprocess, released, monkeypatch):
+    import comfy.model_management as mm
+
+    import diffsketch.styles
+
+    network = torch.nn.Conv2d(3, 1, 1)
+    moves = _record_moves(network)
+    monkeypatch.setattr(diffsketch.styles, "load_style", lambda style, **kwargs: network)
+    out = comfy_inprocess.nodes.xdog.DiffSketchStyleSketch.execute(
+        torch.rand(1, 8, 8, 3), "informative_anime"
+    )
+    assert out.result[0].shape == (1, 8, 8, 3)
+    assert moves == [str(mm.get_torch_device()), "cpu"] and released == [1]
+
+
+def test_train_node_puts_its_networks_back_on_the_cpu(
+    comfy_inprocess, loaded_checkpoint, released, monkeypatch, tmp_path
+):
+    """The generator it trains and the LOSS_MODELS networks (moved in place) leave the device when
+    the node ends: ComfyUI's model management does not know about them."""
+    import comfy.model_management as mm
+    import folder_paths
+
+    from diffsketch.train.conditions import ConditionSampler
+    from diffsketch.train.generator import SketchGenerator
+    from diffsketch.train.losses import TINY_CLIP_ARCHITECTURE, ClipImageEncoder, DiffSketchLoss, build_lpips
+
+    nodes = comfy_inprocess.nodes
+    model, clip, vae = loaded_checkpoint
+    # "cpu:0" is the CPU under another name: moves to the node's device tell apart from the way back
+    device = torch.device("cpu", 0)
+    monkeypatch.setattr(mm, "get_torch_device", lambda: device)
+    monkeypatch.setitem(
+        folder_paths.folder_names_and_paths, nodes.train.FOLDER, ([str(tmp_path)], {".safetensors"})
+    )
+    image, _, features = nodes.sample.DiffSketchSample.execute(
+        model, clip, vae, "a horse", 1, 10, 5.0, 64, 64, timesteps=(1, 501)
+    ).result
+    backend = nodes.comfy_backend.ComfyBackend(model, clip, vae)
+    conditions = ConditionSampler.fit_from_prompts(
+        backend.encode_prompt, ["a horse", "a cat", "a house"], n_components=2, family=backend.spec.family
+    )
+    torch.manual_seed(0)
+    loss_models = {
+        "clip": ClipImageEncoder.random(TINY_CLIP_ARCHITECTURE),
+        "lpips": build_lpips(random_weights=True),
+    }
+    moves = {SketchGenerator: [], DiffSketchLoss: []}  # the loss moves LOSS_MODELS' networks with it
+    for cls, log in moves.items():
+        monkeypatch.setattr(cls, "to", _recording_to(cls.to, log))
+    generator = nodes.train.DiffSketchTrain.execute(
+        model, clip, vae, features, image, conditions, loss_models, iterations=1, learning_rate=1e-4, h_iter=1,
+        lpips_weight=15.0, l1_weight=30.0, clip_weight=30.0, across_weight=1.0, within_weight=1.0,
+        timestep_policy="fixed", schedule="fast", low_memory=False, seed=0, save_name="memory",
+        resume_from=nodes.train.NO_RESUME, checkpoint_every=1,
+    ).result[0]  # fmt: skip
+    assert all(str(device) in log and log[-1] == "cpu" for log in moves.values()), moves
+    networks = (loss_models["clip"], loss_models["lpips"], generator)
+    assert all(p.device == torch.device("cpu") for net in networks for p in net.parameters())
+    assert released == [1]
+    assert (tmp_path / "memory.safetensors").is_file() and isinstance(generator, SketchGenerator)
