@@ -11,6 +11,7 @@ the unconditional branch is always evaluated, and run the VAE decoder ourselves 
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 
 import comfy.model_management
@@ -38,7 +39,7 @@ from diffsketch.capture.spec import (
     unsupported_model,
 )
 from diffsketch.capture.timesteps import NUM_TRAIN_TIMESTEPS
-from diffsketch.errors import UnsupportedModelError
+from diffsketch.errors import CaptureError, UnsupportedModelError
 
 WRAPPER_KEY = "diffsketch_capture"
 # ComfyUI's cond_or_uncond uses 0 for the positive and 1 for the negative prompt.
@@ -239,18 +240,48 @@ class ComfyBackend(SamplingBackend):
         return samples.float().cpu()
 
     def _decode(self, latent, capture, store_dtype, store_device):
-        comfy.model_management.load_models_gpu([self.vae.patcher])
-        fsm = self.vae.first_stage_model
+        """Decode with ComfyUI's memory estimate for the VAE (``VAE.memory_used_decode``), so model
+        management frees that much before the decode.
+
+        Without capture, ComfyUI's ``VAE.decode`` does it all, falling back to a tiled decode when it
+        runs out of memory; its output is clamped, so ``rgb`` is too. With capture the hooks need one
+        whole decoder pass (tiles would record tile-sized features with seams), so there is no tiled
+        fallback: out of memory, every model is unloaded and the decode retried once; a second
+        failure is a :class:`CaptureError` naming the size and what to lower."""
+        if not capture:
+            image = self.vae.decode(latent).movedim(-1, 1).float().cpu()
+            return image, image * 2 - 1, []
+        try:
+            return self._decode_with_features(latent, store_dtype, store_device)
+        except comfy.model_management.OOM_EXCEPTION:
+            pass  # retried below, once the handler has let go of the failed pass's tensors
+        logging.warning(
+            "[DiffSketch] out of memory decoding with the VAE hooks: unloading all models, retrying"
+        )
+        comfy.model_management.unload_all_models()
+        comfy.model_management.soft_empty_cache(True)
+        try:
+            return self._decode_with_features(latent, store_dtype, store_device)
+        except comfy.model_management.OOM_EXCEPTION:
+            pass
+        h, w = (side * self.spec.vae_scale_factor for side in latent.shape[-2:])
+        raise CaptureError(
+            f"out of GPU memory decoding a {w}x{h} image (batch of {latent.shape[0]}) with the VAE feature hooks, "
+            "even with every other model unloaded. Lower width/height (or the batch), close other GPU programs, or "
+            "start ComfyUI with --lowvram; training's low_memory option does not shrink this decode."
+        )
+
+    def _decode_with_features(self, latent, store_dtype, store_device):
+        memory = self.vae.memory_used_decode(latent.shape, self.vae.vae_dtype)
+        comfy.model_management.load_models_gpu(
+            [self.vae.patcher], memory_required=memory, force_full_load=self.vae.disable_offload
+        )
         z = latent.to(self.vae.vae_dtype).to(self.vae.device)
         with torch.no_grad():
-            if capture:
-                with record_vae_decoder(fsm, self.spec, store_dtype, store_device) as rec:
-                    fsm.decode(z)
-                rgb, feats = rec["rgb"], rec["features"]
-            else:
-                rgb, feats = fsm.decode(z).float().cpu(), []
-        image = ((rgb.float() + 1) / 2).clamp(0, 1).cpu()
-        return image, rgb.float().cpu(), feats
+            with record_vae_decoder(self.vae.first_stage_model, self.spec, store_dtype, store_device) as rec:
+                self.vae.first_stage_model.decode(z)
+        rgb = rec["rgb"].float().cpu()
+        return ((rgb + 1) / 2).clamp(0, 1), rgb, rec["features"]
 
 
 def _comfy_conditioning(cond: Conditioning) -> list:
@@ -287,5 +318,7 @@ def text_encoder_fingerprint(clip) -> str:
     for k in sorted(sd):
         if k.endswith(("token_embedding.weight", "final_layer_norm.weight")):
             h.update(k.encode())
-            h.update(sd[k].float().flatten()[:4096].numpy().tobytes())
+            # ComfyUI keeps CLIP on the GPU once it has encoded a prompt: copy the head to the host.
+            head = sd[k].detach().reshape(-1)[:4096].to(device="cpu", dtype=torch.float32)
+            h.update(head.numpy().tobytes())
     return h.hexdigest()[:16]

@@ -44,6 +44,32 @@ def cancel_as_interrupt():
         raise comfy.model_management.InterruptProcessingException() from e
 
 
+@contextmanager
+def on_torch_device(*modules):
+    """Run the block with ``modules`` (None entries skipped) on ComfyUI's torch device; yields
+    ``(device, more)``, where the block appends modules it puts on the device itself.
+
+    ComfyUI's model management knows nothing of these modules (generator, loss networks, student),
+    so on every exit -- success, error, Cancel -- they all go back to the CPU and the allocator's
+    cache is released: the next node (or the UNet at the next sample) gets the memory back, which
+    is what lets a small card train SDXL at 1024. ``nn.Module.to`` moves in place, so modules that
+    are other nodes' outputs (LOSS_MODELS, a GENERATOR) stay where their owner left them: on the CPU."""
+    import comfy.model_management
+
+    device = comfy.model_management.get_torch_device()
+    more: list = []
+    try:
+        for module in modules:
+            if module is not None:
+                module.to(device)
+        yield device, more
+    finally:
+        for module in (*modules, *more):
+            if module is not None:
+                module.to("cpu")
+        comfy.model_management.soft_empty_cache()
+
+
 def register_model_folders() -> None:
     """Register ``models/diffsketch/<sub>`` with folder_paths (extra_model_paths.yaml keys win)."""
     for key, sub in MODEL_FOLDERS.items():
@@ -71,24 +97,27 @@ def save_path(key: str, *parts: str) -> str:
     return os.path.join(folder_paths.get_folder_paths(key)[0], *parts)
 
 
-# What people type when they look for a line-art extractor (node search matches these too).
 def size_inputs(what: str) -> list[io.Int.Input]:
     """The ``width`` and ``height`` inputs of a node that samples images: ``what`` is sized (e.g.
-    "Image", "Each pair's image"), with each backbone's native size in the tooltip."""
+    "Image", "Each pair's image"). 0, the default, is the connected checkpoint's native size,
+    resolved at run time (``SamplingBackend.image_size``), so an unedited SDXL graph samples at 1024."""
+    from diffsketch.capture.spec import NATIVE_SIZES_TEXT
+
     return [
         io.Int.Input(
             side,
-            default=512,
-            min=64,
+            default=0,
+            min=0,
             max=4096,
             step=64,
-            tooltip=f"{what} {side} in pixels, a multiple of 64: the checkpoint's native size is 512 for SD 1.x and "
-            "SD 2.x-base, 768 for SD 2.x 768-v, 1024 for SDXL.",
+            tooltip=f"{what} {side} in pixels, a multiple of 64; 0 = the checkpoint's native size "
+            f"({NATIVE_SIZES_TEXT}).",
         )
         for side in ("width", "height")
     ]
 
 
+# What people type when they look for a line-art extractor (node search matches these too).
 LINE_ART_ALIASES = ("lineart", "line art", "sketch", "edge")
 
 

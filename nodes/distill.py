@@ -14,7 +14,14 @@ from comfy_api.latest import io, ui
 from diffsketch.distill import DistillConfig
 from diffsketch.fileio import check_save_name
 
-from .common import LINE_ART_ALIASES, cancel_as_interrupt, save_path, search_aliases, size_inputs
+from .common import (
+    LINE_ART_ALIASES,
+    cancel_as_interrupt,
+    on_torch_device,
+    save_path,
+    search_aliases,
+    size_inputs,
+)
 from .extract import wrap_extractor
 from .train import _preview
 from .types import CATEGORY, ClipLoss, Conditions, Extractor, Generator
@@ -163,14 +170,15 @@ class DiffSketchDistill(io.ComfyNode):
 
         name = check_save_name(save_name, "save_name")
         backend = ComfyBackend(model, clip, vae, show_progress=False)
+        width, height = backend.image_size(width, height)
         # One pair folder per (save name, teacher and pair settings): running again with the same
         # inputs resumes it; a re-trained generator under the same name starts a folder of its own
         # instead of clashing with pairs made by the old one.
         sampling = SamplingSettings(
             seed=int(seed),
             steps=int(steps),
-            width=int(width),
-            height=int(height),
+            width=width,
+            height=height,
             schedule=None if schedule == AS_TRAINED else schedule,
         )
         for notice in check_generator_fits(backend, generator):
@@ -179,7 +187,6 @@ class DiffSketchDistill(io.ComfyNode):
         pairs_dir = os.path.join(
             folder_paths.models_dir, "diffsketch", "pairs", name, pair_settings_digest(settings)
         )
-        device = comfy.model_management.get_torch_device()
         config = DistillConfig(
             iterations=int(iterations),
             batch_size=int(batch_size),
@@ -202,7 +209,12 @@ class DiffSketchDistill(io.ComfyNode):
                 int(pair_count) + step, total, _preview(preview) if preview is not None else None
             )
 
-        with torch.inference_mode(False), torch.enable_grad():
+        lpips_model = loss_models["lpips"] if loss_models is not None else None
+        with (
+            torch.inference_mode(False),
+            torch.enable_grad(),
+            on_torch_device(generator, lpips_model) as (device, _),
+        ):
             with cancel_as_interrupt():
                 student = distill(
                     backend,
@@ -212,7 +224,7 @@ class DiffSketchDistill(io.ComfyNode):
                     int(pair_count),
                     config,
                     sampling,
-                    lpips_model=loss_models["lpips"] if loss_models is not None else None,
+                    lpips_model=lpips_model,
                     progress=pairs_progress,
                     on_step=on_step,
                     should_stop=comfy.model_management.processing_interrupted,

@@ -90,15 +90,16 @@ class DiffSketchSample(io.ComfyNode):
 
         from .comfy_backend import ComfyBackend, image_to_comfy, latent_to_comfy
 
+        backend = ComfyBackend(model, clip, vae)
+        width, height = backend.image_size(width, height)
         sampling = SamplingSettings(
             seed=int(seed),
             steps=int(steps),
             cfg=float(cfg),
-            width=int(width),
-            height=int(height),
+            width=width,
+            height=height,
             timesteps=tuple(timesteps) if timesteps else PAPER_TIMESTEPS,
         )
-        backend = ComfyBackend(model, clip, vae)
         sample = backend.sample(prompt, sampling)
         logger.info("[DiffSketch] captured %s", sample.summary())
         image = image_to_comfy(sample.image)

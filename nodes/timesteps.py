@@ -133,6 +133,7 @@ class DiffSketchTimesteps(io.ComfyNode):
         from .comfy_backend import ComfyBackend
 
         backend = ComfyBackend(model, clip, vae)
+        width, height = backend.image_size(width, height)
         prompt_list = parse_prompts(prompts) if prompts and prompts.strip() else load_default_prompts()
         pbar = comfy.utils.ProgressBar(int(samples))
         with cancel_as_interrupt():
@@ -143,8 +144,8 @@ class DiffSketchTimesteps(io.ComfyNode):
                 int(steps),
                 k=int(k) or None,
                 seed=int(seed),
-                width=int(width),
-                height=int(height),
+                width=width,
+                height=height,
                 progress=lambda done, total: pbar.update_absolute(done, total),
                 should_stop=lambda: comfy.model_management.processing_interrupted(),
             )

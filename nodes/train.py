@@ -18,6 +18,7 @@ from .common import (
     file_options,
     file_path,
     file_path_or_raise,
+    on_torch_device,
     save_path,
     search_aliases,
     size_inputs,
@@ -262,7 +263,6 @@ class DiffSketchTrain(io.ComfyNode):
 
         name = check_save_name(save_name, "save_name")
         backend = ComfyBackend(model, clip, vae, show_progress=False)
-        device = comfy.model_management.get_torch_device()
         ckpt = _checkpoint_path(name)
         resume = None
         if resume_from != NO_RESUME:
@@ -275,7 +275,7 @@ class DiffSketchTrain(io.ComfyNode):
                 last_preview["image"] = preview
             pbar.update_absolute(step, int(iterations), _preview(preview) if preview is not None else None)
 
-        with torch.inference_mode(False), torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad(), on_torch_device() as (device, on_device):
             sketch_t, notices = prepare_sketch(sketch, features.size)
             for n in notices:
                 logger.warning("[DiffSketch] %s", n)
@@ -286,7 +286,8 @@ class DiffSketchTrain(io.ComfyNode):
                 across=across_weight,
                 within=within_weight,
             )
-            loss = DiffSketchLoss(loss_models["clip"], loss_models["lpips"], weights).to(device)
+            loss = DiffSketchLoss(loss_models["clip"], loss_models["lpips"], weights)
+            on_device.append(loss)  # moves LOSS_MODELS' networks in place: they go back to the CPU after
             config = TrainConfig(
                 iterations=int(iterations),
                 lr=float(learning_rate),
@@ -314,6 +315,7 @@ class DiffSketchTrain(io.ComfyNode):
                 checkpoint_path=ckpt,
                 resume_from=resume,
             )
+            on_device.append(trainer.generator)  # the GENERATOR output is on the CPU
             for n in trainer.notices:
                 logger.warning("[DiffSketch] %s", n)
             with cancel_as_interrupt():
@@ -415,12 +417,14 @@ class DiffSketchGenerate(io.ComfyNode):
 
         from .comfy_backend import ComfyBackend, image_to_comfy
 
-        sampling = SamplingSettings(
-            seed=int(seed), steps=int(steps), cfg=float(cfg), width=int(width), height=int(height)
-        )
         backend = ComfyBackend(model, clip, vae)
         for notice in check_generator_fits(backend, generator):
             logger.warning("[DiffSketch] %s", notice)
-        image, sketch = generate_pair(backend, generator, prompt, sampling)
+        width, height = backend.image_size(width, height)
+        sampling = SamplingSettings(
+            seed=int(seed), steps=int(steps), cfg=float(cfg), width=width, height=height
+        )
+        with on_torch_device(generator):
+            image, sketch = generate_pair(backend, generator, prompt, sampling)
         sketch_img = image_to_comfy(sketch.expand(-1, 3, -1, -1))
         return io.NodeOutput(image_to_comfy(image), sketch_img, ui=ui.PreviewImage(sketch_img, cls=cls))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from .common import LINE_ART_ALIASES, search_aliases
+from .common import LINE_ART_ALIASES, on_torch_device, search_aliases
 from .types import CATEGORY
 
 
@@ -115,7 +115,6 @@ class DiffSketchStyleSketch(io.ComfyNode):
     def execute(cls, image, style) -> io.NodeOutput:
         import os
 
-        import comfy.model_management
         import folder_paths
         import torch
 
@@ -124,11 +123,10 @@ class DiffSketchStyleSketch(io.ComfyNode):
 
         from .comfy_backend import image_to_comfy
 
-        device = comfy.model_management.get_torch_device()
         extractor = load_style(
-            style, device=device, search_dirs=[os.path.join(folder_paths.models_dir, "diffsketch", "styles")]
+            style, search_dirs=[os.path.join(folder_paths.models_dir, "diffsketch", "styles")]
         )
         rgb = rgb_batch(image, "image").movedim(-1, 1)
-        with torch.no_grad():
+        with torch.no_grad(), on_torch_device(extractor) as (device, _):
             sketch = extractor(rgb.to(device)).float().cpu()
         return io.NodeOutput(image_to_comfy(sketch.expand(-1, 3, -1, -1)))

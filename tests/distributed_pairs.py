@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tiny_models import tiny_backend  # noqa: E402
+from tiny_models import tiny_backend, tiny_generator  # noqa: E402
 
 from diffsketch.capture.sampling import SamplingSettings  # noqa: E402
 from diffsketch.distill import pairs as pairs_module  # noqa: E402
@@ -27,7 +27,6 @@ from diffsketch.distill.pairs import generate_pairs  # noqa: E402
 from diffsketch.distributed import Group, launch_from_environment  # noqa: E402
 from diffsketch.fileio import atomic_target  # noqa: E402
 from diffsketch.train.conditions import ConditionSampler  # noqa: E402
-from diffsketch.train.generator import GeneratorConfig, SketchGenerator  # noqa: E402
 
 TIMESTEPS = [1, 501]
 SAMPLING = SamplingSettings(
@@ -38,16 +37,7 @@ SAMPLING = SamplingSettings(
 def build():
     backend = tiny_backend(0)
     torch.manual_seed(0)
-    config = GeneratorConfig.from_spec(
-        backend.spec,
-        len(TIMESTEPS),
-        lower_dim=32,
-        higher_dim=16,
-        lower_groups=4,
-        higher_groups=4,
-        fusion_channels=(64, 32, 16),
-    )
-    generator = SketchGenerator(backend.spec, config)
+    generator = tiny_generator(backend.spec, len(TIMESTEPS))
     with torch.no_grad():
         generator.final[-1].bias.fill_(0.5)
     g = torch.Generator().manual_seed(0)

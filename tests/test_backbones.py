@@ -68,6 +68,26 @@ def test_native_size_of_the_published_configs():
     assert sizes == [512, 768, 1024]
 
 
+def test_family_native_side_agrees_with_the_published_configs():
+    """What a ComfyUI MODEL's family and prediction type give is what those checkpoints' configs say
+    (SD 2.1 is the 768-v one); SD 2.x-base is 512."""
+    from diffsketch.backends.diffusers import native_image_size
+    from diffsketch.capture.spec import family_native_side
+
+    published = [(SD15_UNET, SD1, "epsilon"), (SD21_UNET, SD2, "v_prediction"), (SDXL_UNET, SDXL, "epsilon")]
+    for unet, family, prediction in published:
+        assert family_native_side(family, prediction) == native_image_size(unet, SD_VAE)
+    assert family_native_side(SD2, "epsilon") == 512 and family_native_side(SDXL, "v_prediction") == 1024
+    with pytest.raises(UnsupportedModelError, match="flux"):
+        family_native_side("flux", "epsilon")
+
+
+def test_size_0_is_the_native_size(tiny_backend):
+    native = tiny_backend.native_size
+    assert tiny_backend.image_size(0, 0) == (native, native)
+    assert tiny_backend.image_size(0, 128) == (native, 128) and tiny_backend.image_size(64, 128) == (64, 128)
+
+
 def test_sd1_fingerprint_is_unchanged_by_the_family_fields():
     """Files written before families existed recorded this fingerprint for SD 1.5's layout."""
     spec = sd15_spec()

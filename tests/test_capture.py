@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from compare import relative_error
 
 from diffsketch.backends.base import weights_fingerprint
 from diffsketch.capture.hooks import UNetRecorder
@@ -267,3 +268,32 @@ def test_backbone_family_is_read_from_the_spec_and_old_specs_are_sd1(tiny_backen
     assert not other.is_compatible(spec) and other.fingerprint() != spec.fingerprint()
     with pytest.raises(UnsupportedModelError, match="'sd9'"):
         backbone_family(other)
+
+
+def test_vae_taps_beyond_float16_range_are_stored_finite(tiny_backend):
+    """The SDXL VAE's activations exceed float16's 65504 (it runs in bfloat16 for that): a tap that
+    large is stored in bfloat16, not as infinity."""
+    spec = tiny_backend.spec
+    latent = torch.randn(1, 4, H // 8, W // 8, generator=torch.Generator().manual_seed(0))
+    _, _, plain = tiny_backend.decode_with_features(latent)
+    tapped = tiny_backend.vae.get_submodule(spec.vae[0].name)
+    huge = tapped.register_forward_hook(lambda module, inputs, output: output * 1e6)
+    try:
+        _, _, features = tiny_backend.decode_with_features(latent)
+    finally:
+        huge.remove()
+    assert float(features[0].float().abs().max()) > 65504
+    assert all(bool(torch.isfinite(x).all()) for x in features)
+    assert features[0].dtype == torch.bfloat16 and all(x.dtype == torch.float16 for x in plain)
+    assert relative_error(features[0], plain[0].float() * 1e6) < 1e-2
+
+
+def test_vae_store_dtype():
+    from diffsketch.capture.hooks import vae_store_dtype
+
+    small, big = torch.ones(2), torch.full((2,), 1e5)
+    assert vae_store_dtype(small, torch.float16) == torch.float16
+    assert vae_store_dtype(big, torch.float16) == torch.bfloat16
+    assert vae_store_dtype(small.bfloat16(), torch.float16) == torch.bfloat16  # lossless, never overflows
+    assert vae_store_dtype(big.half(), torch.float16) == torch.float16  # already what the decoder made
+    assert vae_store_dtype(big, torch.float32) == torch.float32

@@ -679,3 +679,36 @@ def test_a_generator_meets_only_a_model_of_its_backbone_family(env, tmp_path):
     with pytest.raises(UnsupportedModelError, match=both):
         pair_settings(backend, other, env.conditions, SamplingSettings(steps=STEPS, width=W, height=H))
     assert sampled == []
+
+
+def test_an_example_with_overflowed_features_says_what_to_do(env):
+    vae = [x.clone() for x in env.example.vae]
+    vae[1][0, 0, 0, 0] = float("inf")
+    with pytest.raises(InvalidInputError, match=r"VAE decoder feature 1 .*--fp32-vae"):
+        Trainer(
+            env.backend,
+            replace(env.example, vae=vae),
+            env.sketch,
+            env.conditions,
+            DiffSketchLoss(*env.loss_models),
+            config(),
+            env.pivot,
+            small_generator(env.backend.spec),
+        )
+
+
+def test_a_sample_with_overflowed_features_names_the_cause(env, monkeypatch):
+    trainer = make_trainer(env, config(iterations=2))
+    real = env.backend.sample
+
+    def overflowing(*args, **kwargs):
+        sample = real(*args, **kwargs)
+        t = sample.timesteps[0]
+        unet = dict(sample.unet)
+        unet[t] = [x.clone() for x in unet[t]]
+        unet[t][0].fill_(float("inf"))
+        return replace(sample, unet=unet)
+
+    monkeypatch.setattr(env.backend, "sample", overflowing)
+    with pytest.raises(TrainingDiverged, match=r"UNet feature 0 .* at timestep .*--fp32-unet"):
+        trainer.run()

@@ -169,3 +169,19 @@ def tiny_sd2_backend(seed: int = 0, prediction_type: str = "v_prediction", **kwa
         prediction_type=prediction_type,
         **kwargs,
     )
+
+
+def tiny_generator(spec, n_timesteps: int, timesteps=None):
+    """A small :class:`SketchGenerator` for ``spec`` (weights from torch's current seed)."""
+    from diffsketch.train.generator import GeneratorConfig, SketchGenerator
+
+    config = GeneratorConfig.from_spec(
+        spec,
+        n_timesteps,
+        lower_dim=32,
+        higher_dim=16,
+        lower_groups=4,
+        higher_groups=4,
+        fusion_channels=(64, 32, 16),
+    )
+    return SketchGenerator(spec, config, timesteps=timesteps)

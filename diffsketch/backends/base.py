@@ -19,7 +19,7 @@ from ..capture.hooks import UNetRecorder
 from ..capture.identity import PREDICTION_TYPES, backend_identity
 from ..capture.sample import CapturedSample
 from ..capture.sampling import SamplingSettings
-from ..capture.spec import FeatureSpec, family_name
+from ..capture.spec import FeatureSpec, family_name, family_native_side
 from ..capture.timesteps import ddim_grid
 from ..errors import InvalidInputError
 from .conditioning import Conditioning
@@ -269,6 +269,16 @@ class SamplingBackend:
         if any(p is not None for p in prompts):
             meta["prompt"] = prompts[0] if len(prompts) == 1 else prompts
         return CapturedSample(self.spec, plan, image, latent.float().cpu(), unet, vae, rgb, meta)
+
+    @property
+    def native_size(self) -> int:
+        """The image side the checkpoint was trained at; by default the family's
+        (:func:`~diffsketch.capture.spec.family_native_side`)."""
+        return family_native_side(self.spec.family, self.prediction_type)
+
+    def image_size(self, width: int, height: int) -> tuple[int, int]:
+        """``(width, height)`` with 0 (or None) meaning :attr:`native_size`."""
+        return int(width or self.native_size), int(height or self.native_size)
 
     def suggested_batch(self, width: int, height: int) -> int:
         """Images per :meth:`sample_batch` call for bulk sampling (pair generation): 1 unless a

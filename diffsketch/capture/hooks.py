@@ -19,6 +19,22 @@ from .spec import FeatureSpec, Tap
 #: Branch indices used everywhere in the library: ldm's [uncond, cond] batch order.
 UNCOND, COND = 0, 1
 
+FLOAT16_MAX = torch.finfo(torch.float16).max
+
+
+def vae_store_dtype(output: torch.Tensor, store_dtype: torch.dtype) -> torch.dtype:
+    """The dtype a VAE decoder tap is stored in when ``store_dtype`` is asked for.
+
+    float16 holds nothing beyond 65504, and the SDXL VAE's activations exceed it: that is why
+    ComfyUI and the diffusers backend run it in bfloat16 (or float32). A float16 copy of such a tap
+    would hold infinities, so float16 storage becomes bfloat16 (float32's range) where the decoder
+    runs in bfloat16 (its own precision: nothing is lost) or where a float32 tap exceeds 65504."""
+    if store_dtype != torch.float16 or output.dtype == torch.float16 or not output.is_floating_point():
+        return store_dtype
+    if output.dtype == torch.bfloat16 or float(output.detach().abs().amax()) > FLOAT16_MAX:
+        return torch.bfloat16
+    return store_dtype
+
 
 def _resolve(root: nn.Module, tap: Tap) -> nn.Module:
     try:
@@ -133,14 +149,15 @@ class UNetRecorder:
 @contextmanager
 def record_vae_decoder(vae: nn.Module, spec: FeatureSpec, store_dtype=torch.float16, store_device="cpu"):
     """Hook the VAE decoder taps and RGB output for one decode; yields a dict filled on exit
-    with ``features`` (list of [B, C, H, W]) and ``rgb`` ([B, 3, H, W], float32, unclamped)."""
+    with ``features`` (list of [B, C, H, W], in ``store_dtype`` or :func:`vae_store_dtype`'s
+    bfloat16) and ``rgb`` ([B, 3, H, W], float32, unclamped)."""
     taps = list(spec.vae)
     store: dict[int, torch.Tensor] = {}
     handles = []
 
     def make(idx: int, dtype):
         def hook(module, inputs, output):
-            store[idx] = output.detach().to(store_device, dtype, copy=True)
+            store[idx] = output.detach().to(store_device, vae_store_dtype(output, dtype), copy=True)
             return None
 
         return hook

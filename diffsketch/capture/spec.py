@@ -47,6 +47,19 @@ SDXL_TIME_IDS = 6
 SDXL_TIME_EMBED_DIM = 256
 
 
+#: The image side each family's published checkpoints were trained at, in words (node tooltips).
+NATIVE_SIZES_TEXT = "512 for SD 1.x and SD 2.x-base, 768 for SD 2.x 768-v, 1024 for SDXL"
+
+
+def family_native_side(family: str, prediction_type: str) -> int:
+    """The side a model known only by family and prediction type (what ComfyUI's MODEL tells; its
+    checkpoint does not record it) was trained at: :data:`NATIVE_SIZES_TEXT`, SD 2.x 768-v being
+    the v-prediction SD 2.x."""
+    if family == SD2 and prediction_type == "v_prediction":
+        return 768
+    return {SD1: 512, SD2: 512, SDXL: 1024}[check_backbone_family(family)]
+
+
 def family_name(family: str) -> str:
     return BACKBONE_FAMILIES.get(family, repr(family))
 

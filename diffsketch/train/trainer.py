@@ -296,6 +296,29 @@ def _check_example_sketch(sketch: torch.Tensor, example: CapturedSample) -> None
         raise InvalidInputError("the example sketch must hold finite values in [0, 1] (white = 1)")
 
 
+#: What to do when captured features hold NaN or infinity.
+OVERFLOW_ADVICE = (
+    "the base model overflowed in float16 while sampling. Run it in higher precision: start ComfyUI with "
+    "--fp32-vae (VAE features) or --fp32-unet (UNet features); from the command line, use a GPU with bfloat16 "
+    "support or --device cpu (float32)."
+)
+
+
+def non_finite_feature(sample: CapturedSample) -> str | None:
+    """Which of ``sample``'s tensors first holds NaN or infinity, in words; None if all are finite."""
+    for t in sample.timesteps:
+        for k, x in enumerate(sample.unet[t]):
+            if not torch.isfinite(x).all():
+                return f"UNet feature {k} ({sample.spec.unet[k].name}) at timestep {t}"
+    for k, x in enumerate(sample.vae):
+        if not torch.isfinite(x).all():
+            return f"VAE decoder feature {k} ({sample.spec.vae[k].name})"
+    for name in ("rgb", "image", "latent"):
+        if not torch.isfinite(getattr(sample, name)).all():
+            return name
+    return None
+
+
 def _tensor_digest(t: torch.Tensor) -> str:
     return hashlib.sha256(t.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
 
@@ -432,12 +455,12 @@ class Trainer:
             # ComfyUI hands out inference tensors, which autograd cannot save: those are cloned. Other
             # feature tensors are used as they are (the SD 1.5 example is ~370 MB; it is only read).
             self.example = _owned_sample(example, self.device)
-            for x in self.example.tensors():
-                if not torch.isfinite(x).all():
-                    raise InvalidInputError(
-                        "the example's captured features contain NaN or infinity (fp16 overflow in the base "
-                        "model?); re-capture the example, e.g. with the model in fp32 or bf16."
-                    )
+            where = non_finite_feature(self.example)
+            if where is not None:
+                raise InvalidInputError(
+                    f"the example's {where} holds NaN or infinity: {OVERFLOW_ADVICE} Capture the example again "
+                    "that way, then train with the new features."
+                )
             self.example_sketch = _owned(example_sketch.float().clamp(0, 1), self.device, always=True)
             if pivot is None:
                 prompt = example.meta.get("prompt")
@@ -779,7 +802,7 @@ class Trainer:
         sample_sketch = self.generator(sample.unet, sample.vae, sample.rgb)
         t2 = time.perf_counter()
         total, log = self.loss(example_sketch, sample_sketch, sample.image)
-        self._check_finite(i, log)
+        self._check_finite(i, log, sample)
         # Back-propagate in two stages (through the losses to the two predictions, then through
         # the generator): the same gradient as total.backward(), with the time of each recorded.
         predictions = [example_sketch, sample_sketch]
@@ -795,12 +818,19 @@ class Trainer:
         parts = (sample.image, sample_sketch.detach(), example_sketch.detach(), self.example_sketch)
         return log, extras, parts
 
-    def _check_finite(self, i: int, log: Mapping[str, float]) -> None:
+    def _check_finite(self, i: int, log: Mapping[str, float], sample: CapturedSample) -> None:
         bad = {k: v for k, v in log.items() if k != "total" and not math.isfinite(v)}
         if not bad and math.isfinite(log.get("total", 0.0)):
             return
         terms = sorted({k[: -len("_weighted")] if k.endswith("_weighted") else k for k in bad}) or ["total"]
         values = ", ".join(f"{k}={v}" for k, v in bad.items()) or f"total={log.get('total')}"
+        where = non_finite_feature(sample)
+        if where is not None:  # not the training's fault: a cause the user can act on
+            raise self.loop.diverged(
+                i + 1,
+                f"the loss term(s) {', '.join(terms)} became non-finite because the step's sample has NaN or "
+                f"infinity in its {where}: {OVERFLOW_ADVICE[:-1]}; the step was not applied",
+            )
         raise self.loop.diverged(
             i + 1,
             f"the loss term(s) {', '.join(terms)} became non-finite ({values}); the step was not applied",
