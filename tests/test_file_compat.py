@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -232,7 +233,12 @@ fileio.save_tensors(sys.argv[1], {"w": torch.ones(1 << 20)}, "features", 1, {})
 def test_a_save_killed_mid_write_leaves_only_temporary_files_the_cleanup_removes(tmp_path):
     target = tmp_path / "model.safetensors"
     fileio.atomic_write_bytes(target, b"good")
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    root = str(Path(__file__).resolve().parents[1])
+    env = {
+        **os.environ,
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+    }
     done = subprocess.run([sys.executable, "-c", _KILLED_MID_SAVE, str(target)], env=env, capture_output=True)
     assert done.returncode == -signal.SIGXFSZ, done.stderr.decode()[-2000:]
     left = sorted(p.name for p in tmp_path.iterdir() if p != target)
