@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from .errors import Cancelled, DiffSketchError, InvalidInputError, TrainingInterrupted
@@ -824,6 +826,10 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = argv
+    # Python leaves SIGINT ignored when it starts ignored (a command run with & from a script), so
+    # `kill -INT` would not cancel: install the Ctrl-C handler, so either way checkpoints and exits.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous_sigint = signal.signal(signal.SIGINT, signal.default_int_handler) if in_main_thread else None
     try:
         return int(args.func(args) or 0)
     except DiffSketchError as e:
@@ -834,6 +840,9 @@ def main(argv=None) -> int:
         for note in getattr(e, "__notes__", []):
             print(note, file=sys.stderr)
         return 130
+    finally:
+        if previous_sigint is not None:
+            signal.signal(signal.SIGINT, previous_sigint)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ import os
 import re
 import secrets
 import stat
+import struct
+import sys
 import time
 import unicodedata
 from collections.abc import Mapping
@@ -28,7 +30,6 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from .errors import FileFormatError, InvalidInputError
@@ -195,7 +196,7 @@ def atomic_target(path: str | os.PathLike):
     try:
         mode = stat.S_IMODE(os.stat(tmp).st_mode)
         yield tmp
-        # A writer that re-creates the file (safetensors' save_file makes it 0600) loses the mode.
+        # A writer that re-creates the file (e.g. by renaming its own file onto it) loses the mode.
         if stat.S_IMODE(os.stat(tmp).st_mode) != mode:
             os.chmod(tmp, mode)
         with open(tmp, "rb+") as f:
@@ -215,14 +216,70 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 # ---------------------------------------------------------------------------------------------
 # DiffSketch tensor files
 # ---------------------------------------------------------------------------------------------
+# torch dtype -> the safetensors format's name for it
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+def write_safetensors(file, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:
+    """Write ``tensors`` (contiguous, on the CPU) and ``metadata`` in the safetensors format to the
+    open binary ``file``, one tensor at a time.
+
+    safetensors' own ``save_file`` writes through a temporary file of its own naming beside the
+    target, which a killed process leaves behind where no cleanup of ours recognises it; its
+    ``save`` builds the whole file in memory (twice the size of a feature file). Writing the format
+    ourselves into the atomic write's temporary file avoids both. The layout is the one
+    safetensors writes: an 8-byte little-endian header length, a JSON header padded with spaces to
+    a multiple of 8 bytes, then the tensors' bytes, larger element sizes first so every tensor stays
+    aligned to its element size."""
+    if sys.byteorder != "little":
+        raise InvalidInputError("saving .safetensors files needs a little-endian machine")
+    for name, t in tensors.items():
+        if t.dtype not in _SAFETENSORS_DTYPES:
+            raise InvalidInputError(f"cannot save tensor {name!r} of dtype {t.dtype} as .safetensors")
+    order = sorted(tensors, key=lambda name: (-tensors[name].element_size(), name))
+    header: dict = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    for name in order:
+        t = tensors[name]
+        size = t.numel() * t.element_size()
+        header[name] = {
+            "dtype": _SAFETENSORS_DTYPES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    file.write(struct.pack("<Q", len(text)))
+    file.write(text)
+    for name in order:
+        t = tensors[name]
+        if t.numel():
+            file.write(memoryview(t.detach().reshape(-1).view(torch.uint8).numpy()))
+
+
 def save_tensors(
     path: str | os.PathLike, tensors: dict[str, torch.Tensor], kind: str, version: int, meta: dict
 ) -> Path:
-    """Atomically write ``tensors`` with a DiffSketch JSON header (``meta`` must be JSON-serialisable)."""
+    """Atomically write ``tensors`` with a DiffSketch JSON header (``meta`` must be JSON-serialisable).
+
+    Nothing but the atomic write's own temporary file is written, so a kill -9 or power cut
+    mid-write leaves only a file :func:`remove_stale_temp_files` removes."""
     header = {"format": FORMAT, "kind": kind, "version": int(version), **meta}
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    with atomic_target(path) as tmp:
-        save_file(contiguous, tmp, metadata={_HEADER_KEY: json.dumps(header)})
+    with atomic_target(path) as tmp, open(tmp, "wb") as f:
+        write_safetensors(f, contiguous, {_HEADER_KEY: json.dumps(header)})
     return Path(path)
 
 

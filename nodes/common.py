@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
@@ -28,6 +29,7 @@ FOLDER_LABELS = {key: f"models/diffsketch/{sub}" for key, sub in MODEL_FOLDERS.i
     "clip_vision": "models/clip_vision"
 }
 MISSING_PREFIX = "(missing) "
+logger = logging.getLogger("diffsketch.nodes")
 
 
 @contextmanager
@@ -95,6 +97,37 @@ def remove_stale_temp_files_of_ours() -> None:
 def save_path(key: str, *parts: str) -> str:
     """A path in the first folder registered for ``key`` (where DiffSketch writes its files)."""
     return os.path.join(folder_paths.get_folder_paths(key)[0], *parts)
+
+
+def unused_name(name: str, taken: Callable[[str], bool]) -> str:
+    """``name``, or else the first of ``name_00001``, ``name_00002``, ... that ``taken`` says is free:
+    a save never replaces an earlier file (ComfyUI's own save nodes count up the same way)."""
+    candidate, counter = name, 0
+    while taken(candidate):
+        counter += 1
+        candidate = f"{name}_{counter:05}"
+    return candidate
+
+
+def unused_save_path(key: str, name: str) -> str:
+    """Where to save ``name``.safetensors in ``key``'s folder without replacing a file (:func:`unused_name`)."""
+    return save_path(
+        key, unused_name(name, lambda n: os.path.exists(save_path(key, n + ".safetensors"))) + ".safetensors"
+    )
+
+
+def show_on_node(text: str) -> dict:
+    """Log ``text`` (e.g. which file a node wrote) and show it on the running node, as ComfyUI's API
+    nodes show their status; returns the node's UI entry with it, for API clients."""
+    from comfy_execution.utils import get_executing_context
+    from server import PromptServer
+
+    logger.info("[DiffSketch] %s", text)
+    context = get_executing_context()
+    server = getattr(PromptServer, "instance", None)
+    if context is not None and server is not None:
+        server.send_progress_text(text, context.node_id)
+    return {"text": (text,)}
 
 
 def size_inputs(what: str) -> list[io.Int.Input]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import comfy.model_management
 import comfy.utils
@@ -10,7 +11,7 @@ from comfy_api.latest import io
 
 from diffsketch.fileio import check_save_name
 
-from .common import cancel_as_interrupt, file_options, file_path_or_raise, save_path
+from .common import cancel_as_interrupt, file_options, file_path_or_raise, show_on_node, unused_save_path
 from .types import CATEGORY, Conditions
 
 logger = logging.getLogger("diffsketch.nodes")
@@ -60,7 +61,8 @@ class DiffSketchFitConditions(io.ComfyNode):
                 io.String.Input(
                     "save_name",
                     default="default_conditions",
-                    tooltip="File name in models/diffsketch/conditions (empty: do not save).",
+                    tooltip="File name in models/diffsketch/conditions (empty: do not save). An existing file is kept: the "
+                    "new one gets a number (name_00001); the node shows the file written.",
                 ),
             ],
             outputs=[
@@ -99,11 +101,11 @@ class DiffSketchFitConditions(io.ComfyNode):
         comfy.model_management.throw_exception_if_processing_interrupted()
         if sampler.notice:
             logger.warning("[DiffSketch] %s", sampler.notice)
-        if name:
-            path = save_path(FOLDER, name + ".safetensors")
-            sampler.save(path)
-            logger.info("[DiffSketch] saved conditions to %s", path)
-        return io.NodeOutput(sampler)
+        if not name:
+            return io.NodeOutput(sampler)
+        path = unused_save_path(FOLDER, name)
+        sampler.save(path)
+        return io.NodeOutput(sampler, ui=show_on_node(f"saved conditions {os.path.basename(path)}"))
 
 
 class DiffSketchLoadConditions(io.ComfyNode):

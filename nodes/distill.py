@@ -18,9 +18,10 @@ from .common import (
     LINE_ART_ALIASES,
     cancel_as_interrupt,
     on_torch_device,
-    save_path,
     search_aliases,
+    show_on_node,
     size_inputs,
+    unused_save_path,
 )
 from .extract import wrap_extractor
 from .train import _preview
@@ -128,7 +129,8 @@ class DiffSketchDistill(io.ComfyNode):
                 io.String.Input(
                     "save_name",
                     default="my_style_extractor",
-                    tooltip="Extractor file name in models/diffsketch/extractors (no folders).",
+                    tooltip="Extractor file name in models/diffsketch/extractors (no folders). An existing file is kept: the "
+                    "new one gets a number (name_00001); the node shows the file written.",
                 ),
             ],
             outputs=[
@@ -232,9 +234,13 @@ class DiffSketchDistill(io.ComfyNode):
                     device=device,
                 )
             student = student.cpu().eval()
-        out_path = save_path(FOLDER, name + ".safetensors")
+        # The pairs and the student's checkpoint stay under the name asked for (a rerun resumes them);
+        # the extractor never replaces one saved before.
+        out_path = unused_save_path(FOLDER, name)
         save_extractor(out_path, student, student.meta)
-        logger.info("[DiffSketch] saved extractor to %s", out_path)
+        saved = show_on_node(f"saved extractor {os.path.basename(out_path)}")
         preview = last.get("preview")
         preview = preview if preview is not None else torch.zeros(1, 64, 192, 3)
-        return io.NodeOutput(wrap_extractor(student), preview, ui=ui.PreviewImage(preview, cls=cls))
+        return io.NodeOutput(
+            wrap_extractor(student), preview, ui={**ui.PreviewImage(preview, cls=cls).as_dict(), **saved}
+        )

@@ -21,7 +21,10 @@ from .common import (
     on_torch_device,
     save_path,
     search_aliases,
+    show_on_node,
     size_inputs,
+    unused_name,
+    unused_save_path,
 )
 from .types import CATEGORY, ClipLoss, Conditions, Features, Generator
 
@@ -37,6 +40,10 @@ CHECKPOINT_SUFFIX = ".train.safetensors"
 
 def _checkpoint_path(save_name: str) -> str:
     return save_path(FOLDER, "checkpoints", save_name + CHECKPOINT_SUFFIX)
+
+
+def _generator_path(save_name: str) -> str:
+    return save_path(FOLDER, save_name + ".safetensors")
 
 
 def generator_names() -> list[str]:
@@ -189,7 +196,8 @@ class DiffSketchTrain(io.ComfyNode):
                 io.String.Input(
                     "save_name",
                     default="my_style",
-                    tooltip="Generator file name in models/diffsketch/generators (no folders).",
+                    tooltip="Generator file name in models/diffsketch/generators (no folders). A new run never replaces an "
+                    "earlier run's generator or checkpoint: it gets a number (name_00001); the node shows the file written.",
                 ),
                 io.Combo.Input(
                     "resume_from",
@@ -263,10 +271,19 @@ class DiffSketchTrain(io.ComfyNode):
 
         name = check_save_name(save_name, "save_name")
         backend = ComfyBackend(model, clip, vae, show_progress=False)
-        ckpt = _checkpoint_path(name)
         resume = None
         if resume_from != NO_RESUME:
             resume = save_path(FOLDER, "checkpoints", resume_from)
+        # Only the run a checkpoint holds continues in it; any other run takes a name no earlier
+        # run's generator or checkpoint has, so nothing trained before is overwritten.
+        asked = name
+        if resume is None or os.path.abspath(resume) != os.path.abspath(_checkpoint_path(name)):
+            name = unused_name(
+                name, lambda n: os.path.exists(_checkpoint_path(n)) or os.path.exists(_generator_path(n))
+            )
+            if name != asked:
+                show_on_node(f"{asked} is taken by an earlier run: this run saves as {name}")
+        ckpt = _checkpoint_path(name)
         pbar = comfy.utils.ProgressBar(int(iterations))
         last_preview = {}
 
@@ -321,15 +338,20 @@ class DiffSketchTrain(io.ComfyNode):
             with cancel_as_interrupt():
                 trainer.run(on_step=on_step, should_stop=comfy.model_management.processing_interrupted)
             generator = trainer.generator.eval()
-            out_path = save_path(FOLDER, name + ".safetensors")
+            # a continued run whose generator was saved before keeps that file too
+            out_path = unused_save_path(FOLDER, name)
             trainer.save_generator(out_path)  # the generator output carries the same record as the file
             curve = to_image_tensor(trainer.loss_curve_image())
-        logger.info("[DiffSketch] saved generator to %s", out_path)
+        saved = show_on_node(
+            f"saved generator {os.path.basename(out_path)} (checkpoint to resume from: {os.path.basename(ckpt)})"
+        )
         previews = last_preview.get("image")
         previews = previews if previews is not None else torch.zeros(1, 64, 64, 3)
         if previews.ndim == 3:
             previews = previews[None]
-        return io.NodeOutput(generator, previews, curve, ui=ui.PreviewImage(curve, cls=cls))
+        return io.NodeOutput(
+            generator, previews, curve, ui={**ui.PreviewImage(curve, cls=cls).as_dict(), **saved}
+        )
 
 
 class DiffSketchLoadGenerator(io.ComfyNode):

@@ -180,6 +180,12 @@ def test_training_on_sample_crops_is_seeded_and_checked():
     assert whole_windows == [] and any(not torch.equal(weights[k], whole[k]) for k in weights)
     with pytest.raises(InvalidInputError, match="multiple of 32"):
         run(48)
+    # a window as large as the samples (or larger) would crop nothing and save no memory: refused
+    for too_large in (SIZE, 2 * SIZE):
+        with pytest.raises(
+            InvalidInputError, match=f"sample_crop={too_large} is not smaller than the {SIZE}x{SIZE}"
+        ):
+            run(too_large)
 
 
 def test_training_on_an_example_of_another_family_names_both():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -358,6 +359,46 @@ def test_ctrl_c_in_train_says_where_the_checkpoint_is_and_how_to_continue(
     assert main(shlex.split(command)[1:]) == 0
     assert "resumed at step 2 of 3" in capsys.readouterr().out
     assert load_generator(style).meta["steps_done"] == 3
+
+
+def test_a_scripted_cancel_checkpoints_like_ctrl_c(train_inputs, tmp_path):
+    """`diffsketch train ... &` in a script starts with SIGINT ignored; `kill -INT` must still cancel it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    style = tmp_path / "style.safetensors"
+    checkpoint = tmp_path / "style.train.safetensors"
+    args = train_args(train_inputs, style, "--iterations", "100000", "--checkpoint-every", "1")
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "diffsketch.cli", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    try:
+        for _ in range(6000):  # training has begun once the first checkpoint is there
+            if checkpoint.exists() or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        proc.send_signal(signal.SIGINT)
+        try:  # a guard against a hang, not a timing check: a cancel takes one step and a checkpoint
+            _, err = proc.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            pytest.fail("SIGINT did not stop `diffsketch train` (still running after 300 s)")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err[-3000:]
+    assert "diffsketch train: cancelled at step" in err and f"{checkpoint}" in err and "--resume" in err
+    assert not style.exists()
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -530,7 +531,8 @@ def test_a_host_interrupt_in_training_keeps_a_checkpoint_and_the_rerun_resumes(
         run(interrupt_at_4)
     checkpoint = student_checkpoint_path(folder, PairSet(folder, count=2), config)
     assert read_header(checkpoint)["step"] == 4
-    assert any(str(checkpoint) in note for note in getattr(info.value, "__notes__", [str(checkpoint)]))
+    if sys.version_info >= (3, 11):  # exceptions take notes from Python 3.11 on
+        assert any(str(checkpoint) in note for note in getattr(info.value, "__notes__", []))
 
     steps = []
     resumed = run(lambda s, *_: steps.append(s))
@@ -617,7 +619,9 @@ def test_changed_settings_start_a_new_student_and_the_old_run_resumes(tiny_backe
 
     # the first settings again: their run continues where it was cancelled
     resumed, notices, steps = run_distill(tiny_backend, generator, conditions, folder, 2, config)
-    assert notices == [f"resuming the student at step 2 of 4 on 2 pairs ({notices[0].split('(')[1]}"]
+    checkpoint = student_checkpoint_path(folder, PairSet(folder, count=2), config)
+    assert checkpoint.is_file()
+    assert notices == [f"resuming the student at step 2 of 4 on 2 pairs ({checkpoint.name})"]
     assert steps == [3, 4] and resumed.meta["started_at_step"] == 2
     assert same_weights(resumed, train_student(PairSet(folder, count=2), config))
 

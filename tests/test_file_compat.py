@@ -10,7 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -206,11 +210,44 @@ def test_a_failed_write_leaves_neither_a_partial_file_nor_a_temporary_one(tmp_pa
         raise Boom
     assert target.read_bytes() == b"good" and _temp_files(tmp_path) == []
 
-    # a write that fails inside the library: tensors safetensors cannot store (shared memory)
-    shared = torch.zeros(4)
-    with pytest.raises(Exception):  # noqa: B017 - safetensors' own error type
-        fileio.save_tensors(target, {"a": shared, "b": shared[:2]}, "features", 1, {})
+    # a write that fails inside the library: a tensor the format cannot store
+    with pytest.raises(InvalidInputError, match="complex64"):
+        fileio.save_tensors(
+            target, {"a": torch.zeros(4), "b": torch.zeros(2, dtype=torch.complex64)}, "features", 1, {}
+        )
     assert target.read_bytes() == b"good" and _temp_files(tmp_path) == []
+
+
+_KILLED_MID_SAVE = """
+import resource, signal, sys, torch
+from diffsketch import fileio
+# The kernel kills the process (SIGXFSZ, which Python ignores unless told) at the first write past
+# 1 MB: a crash in the middle of the save, where no except or finally runs, whoever does the writing.
+signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+fileio.save_tensors(sys.argv[1], {"w": torch.ones(1 << 20)}, "features", 1, {})
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs POSIX file size limits")
+def test_a_save_killed_mid_write_leaves_only_temporary_files_the_cleanup_removes(tmp_path):
+    target = tmp_path / "model.safetensors"
+    fileio.atomic_write_bytes(target, b"good")
+    root = str(Path(__file__).resolve().parents[1])
+    env = {
+        **os.environ,
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run([sys.executable, "-c", _KILLED_MID_SAVE, str(target)], env=env, capture_output=True)
+    assert done.returncode == -signal.SIGXFSZ, done.stderr.decode()[-2000:]
+    left = sorted(p.name for p in tmp_path.iterdir() if p != target)
+    assert left, "the kill left no temporary file: it did not hit the save mid-write"
+    assert target.read_bytes() == b"good"
+    # every file the kill left is one of ours, and the cleanup of a later save removes it
+    removed = fileio.remove_stale_temp_files(tmp_path, min_age=0)
+    assert sorted(p.name for p in removed) == left
+    assert list(tmp_path.iterdir()) == [target]
 
 
 def test_stale_temporary_files_of_a_crash_are_removed_on_the_next_save(tmp_path):

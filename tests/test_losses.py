@@ -163,8 +163,9 @@ def test_lpips_trunk_comes_from_the_local_alexnet_file(tmp_path):
         torch.testing.assert_close(model.net.slice1[0].weight, features["features.0.weight"])
         torch.testing.assert_close(getattr(model.net.slice5, "10").bias, features["features.10.bias"])
         assert not any(p.requires_grad for p in model.parameters())
-    # A folder works too (the default is the torch hub checkpoints folder).
-    assert build_lpips(tmp_path) is not None
+    # A folder works too (the default is the torch hub checkpoints folder): the file named there is read.
+    from_folder = build_lpips(tmp_path)
+    torch.testing.assert_close(from_folder.net.slice1[0].weight, features["features.0.weight"])
     save_file({"something.else": torch.zeros(1)}, str(tmp_path / "bad.safetensors"))
     with pytest.raises(WeightsNotFoundError, match="not torchvision's AlexNet"):
         build_lpips(tmp_path / "bad.safetensors")

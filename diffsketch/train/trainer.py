@@ -450,6 +450,13 @@ class Trainer:
                 f"is 1/{multiple} of the image); use {max(multiple, config.sample_crop // multiple * multiple)}, or 0 for "
                 "whole samples."
             )
+        if config.sample_crop and config.sample_crop >= max(example.size):
+            w, h = example.size
+            raise InvalidInputError(
+                f"sample_crop={config.sample_crop} is not smaller than the {w}x{h} samples, so it would crop nothing "
+                f"and save no memory; use a window below {max(w, h)} px (e.g. {max(w, h) // 2 // multiple * multiple or multiple}), "
+                "or 0 for whole samples."
+            )
 
         with torch.inference_mode(False), torch.enable_grad():
             # ComfyUI hands out inference tensors, which autograd cannot save: those are cloned. Other

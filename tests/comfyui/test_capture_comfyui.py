@@ -62,6 +62,10 @@ def test_api_graph_runs_and_returns_an_image(comfy_server):
 def test_bad_size_is_a_clear_error_in_the_ui(comfy_server):
     entry = comfy_server.run(sample_graph(steps=5, timesteps="1, 501"))
     assert entry["status"]["status_str"] == "success", error_message(entry)
+    # a width that is no multiple of 64: refused, naming the input and what it must be
+    entry = comfy_server.run(sample_graph(steps=5, timesteps="1, 501", width=100))
+    assert entry["status"]["status_str"] == "error"
+    assert "width=100 is not supported: it must be a multiple of 64" in error_message(entry)
     # 13 paper timesteps on a 10-step grid: a clear error naming the fix
     g = sample_graph(steps=10)
     g["2"]["inputs"]["custom"] = ""

@@ -43,12 +43,22 @@ def test_analysis_node_drives_sample(comfy_server):
         "6": {"class_type": "PreviewImage", "inputs": {"images": ["2", 2]}},
         "7": {"class_type": "PreviewImage", "inputs": {"images": ["2", 3]}},
     }
+    logged_before = len(comfy_server.log_text())
+
+    def log_of_this_run():
+        return comfy_server.log_text()[logged_before:]
+
     entry = comfy_server.run(graph)
     assert entry["status"]["status_str"] == "success", error_message(entry)
     for node in ("4", "5", "6", "7"):
         assert len(entry["outputs"][node]["images"]) == 1
     text = " ".join(entry["outputs"]["2"]["text"])
     assert "3 representative timesteps (given) from 2 images x 10 timesteps" in text
+    chosen = [int(t) for t in text.split("x 10 timesteps: ")[1].split(".")[0].split(", ")]
+    # Sample captured exactly the chosen timesteps (its log line of this run), not its default ones
+    assert len(chosen) == 3
+    assert "3 timesteps x 12 UNet taps (uncond+cond), " in log_of_this_run()
+    assert f"timesteps {chosen} on the 10-step DDIM grid" in log_of_this_run()
 
 
 def test_k_larger_than_timesteps_is_a_clear_error(comfy_server):
@@ -73,4 +83,4 @@ def test_k_larger_than_timesteps_is_a_clear_error(comfy_server):
     }
     entry = comfy_server.run(graph)
     assert entry["status"]["status_str"] == "error"
-    assert "k" in error_message(entry) and "5" in error_message(entry)
+    assert "k=9 must lie in 1..5: the 5-step grid has 5 timesteps to cluster" in error_message(entry)
