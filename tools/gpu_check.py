@@ -1,0 +1,370 @@
+"""The GPU check: every GPU figure the README and the templates' notes wait for, in one run of under
+10 minutes, written to one JSON file.
+
+On a session's device machine (repository root, no internet), with a ComfyUI tree copied under
+shared/ for the ComfyUI part (without it that part is skipped and says why), pass the device tool:
+
+    python tools/gpu_check.py --device cuda --comfyui shared/comfyui --out "$OUT/gpu_check.json"
+
+Then, on the development machine, with the JSON that comes back:
+
+    cp <files_at>/gpu_check.json benchmarks/gpu_check.json
+    python tools/gpu_figures.py            # the README's GPU table
+    python tools/make_workflows.py         # the templates' notes quote the stage times
+
+Parts, in this order, each a subprocess with its own time limit (so one slow part cannot eat the
+others' time; the whole run stops at ``--budget`` seconds):
+
+- ``extract_speed``: benchmarks/extract_speed.py, bf16, 512x512, batch 32;
+- ``pairs``: benchmarks/style_cost.py, pairs/s per batch size, SD 1.5 shapes;
+- ``template_times_sd15``: benchmarks/template_times.py, each template stage, SD 1.5;
+- ``train_memory_sdxl``: benchmarks/train_step.py, the SDXL 1024x1024 generator step with
+  ``low_memory`` and 512-px windows, its peak GPU memory;
+- ``comfyui_tests``: tests/comfyui's capture, train and extract tests, with ComfyUI on the GPU
+  (DIFFSKETCH_TEST_DEVICE=cuda);
+- ``template_times_sdxl``: benchmarks/template_times.py for the SDXL quick start.
+
+The JSON (schema: tools/gpu_figures.py) is rewritten atomically after every part, so a run killed
+half-way keeps what it measured; ``--only`` reruns some parts into the same file. ``--device cpu
+--quick`` runs every part small on the CPU (tests/test_gpu_check.py does, so the script cannot rot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tools"))
+
+from gpu_figures import PART_FIGURES, SCHEMA, figure_problems, problems  # noqa: E402
+
+BENCH = REPO / "benchmarks"
+# The tier-2 tests that exercise capture, training and extraction through a real ComfyUI.
+COMFYUI_TESTS = [
+    "tests/comfyui/test_capture_comfyui.py",
+    "tests/comfyui/test_generator_travels_comfyui.py",
+    "tests/comfyui/test_extract_comfyui.py",
+]
+# Seconds each part may take on a GPU (the run as a whole is capped by --budget).
+BUDGETS = {
+    "extract_speed": 60,
+    "pairs": 120,
+    "template_times_sd15": 100,
+    "train_memory_sdxl": 80,
+    "comfyui_tests": 150,
+    "template_times_sdxl": 150,
+}
+assert list(BUDGETS) == list(PART_FIGURES)
+# Distribution names ComfyUI's requirements.txt gives that are imported under another name are not
+# needed here: installed distributions are looked up by name (importlib.metadata).
+NOT_CHECKED = {"torch", "torchvision", "torchaudio", "torchsde"}
+
+
+def _requirement_names(lines) -> list[str]:
+    names = []
+    for line in lines:
+        line = line.split("#", 1)[0].strip()
+        if line and not line.startswith("-"):
+            names.append(re.split(r"[<>=!~;\[ @]", line, maxsplit=1)[0])
+    return names
+
+
+def project_requirements() -> list[str]:
+    text = (REPO / "pyproject.toml").read_text()
+    block = re.search(r"^dependencies = \[(.*?)\]", text, re.S | re.M).group(1)
+    return _requirement_names(re.findall(r'"([^"]+)"', block))
+
+
+def missing(names) -> list[str]:
+    out = []
+    for name in names:
+        try:
+            importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out.append(name)
+    return out
+
+
+def prerequisites(args) -> tuple[list[str], dict[str, str]]:
+    """(what stops the whole run, {part: why it is skipped}); prints both."""
+    fatal = [f"Python package {n} (pip install {n})" for n in missing(project_requirements())]
+    skip = {}
+    if not fatal:
+        import torch
+
+        if args.device.startswith("cuda") and not torch.cuda.is_available():
+            fatal.append(f"--device {args.device}: torch {torch.__version__} sees no CUDA device")
+    if args.comfyui is None:
+        skip["comfyui_tests"] = "no --comfyui given (a ComfyUI v0.8 tree)"
+    elif not (Path(args.comfyui) / "main.py").is_file():
+        skip["comfyui_tests"] = f"--comfyui {args.comfyui} has no main.py"
+    else:
+        req = Path(args.comfyui) / "requirements.txt"
+        names = _requirement_names(req.read_text().splitlines()) if req.is_file() else []
+        lacking = missing([n for n in [*names, "pytest"] if n not in NOT_CHECKED])
+        if lacking:
+            skip["comfyui_tests"] = f"missing Python packages for ComfyUI and its tests: {', '.join(lacking)}"
+    if args.quick and "template_times_sdxl" not in skip:
+        skip["template_times_sdxl"] = (
+            "--quick: the tiny model stands in for both backbones (template_times_sd15)"
+        )
+    for line in fatal:
+        print(f"MISSING: {line}")
+    for part, why in skip.items():
+        print(f"skipping {part}: {why}")
+    return fatal, skip
+
+
+def commands(args, work: Path) -> dict[str, tuple[list[str], dict[str, str]]]:
+    """Part -> (command, extra environment). Each benchmark writes its figures to work/<part>.json."""
+    py, d, q = sys.executable, args.device, args.quick
+    out = {part: ["--json", str(work / f"{part}.json")] for part in BUDGETS}
+    tiny_template = [
+        "--tiny",
+        "--prompts",
+        "8",
+        "--train-iterations",
+        "2",
+        "--pairs",
+        "2",
+        "--student-steps",
+        "2",
+    ]
+    cmds = {
+        "extract_speed": [py, str(BENCH / "extract_speed.py"), "--device", d, "--big", "0"]
+        + (["--size", "64", "--repeats", "1", "--warmup", "0", "--skip", "hed", "informative"] if q else []),
+        "pairs": [py, str(BENCH / "style_cost.py"), "--device", d] + (["--quick"] if q else []),
+        "template_times_sd15": [py, str(BENCH / "template_times.py"), "--device", d]
+        + (tiny_template if q else ["--dtype", "fp16"]),
+        "train_memory_sdxl": [py, str(BENCH / "train_step.py"), "--skip-tiny", "--sd15-modes", "low_memory"]
+        + ["--device", d]
+        + (
+            ["--arch", "sd15", "--sd15-size", "64", "--sd15-timesteps", "1"]
+            if q
+            else ["--arch", "sdxl", "--sample-crop", "512", "--threads", str(os.cpu_count() or 1)]
+        ),
+        "comfyui_tests": [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", *COMFYUI_TESTS]
+        + ["--junitxml", str(work / "comfyui_tests.xml")],
+        "template_times_sdxl": [py, str(BENCH / "template_times.py"), "--arch", "sdxl", "--device", d]
+        + ["--dtype", "fp16"],
+    }
+    env = {
+        "comfyui_tests": {
+            "COMFYUI_PATH": str(Path(args.comfyui or "").resolve()),
+            "DIFFSKETCH_TEST_DEVICE": "cuda" if d.startswith("cuda") else "cpu",
+            "DIFFSKETCH_TEST_CACHE": str(work / "test-cache"),
+        }
+    }
+    return {
+        part: (cmd if part == "comfyui_tests" else cmd + out[part], env.get(part, {}))
+        for part, cmd in cmds.items()
+    }
+
+
+def junit_figures(path: Path) -> dict:
+    """Counts and per-test outcomes from pytest's JUnit XML (written by pytest itself)."""
+    tests = {}
+    for case in ET.parse(path).getroot().iter("testcase"):
+        name = f"{case.get('classname', '')}::{case.get('name')}"
+        kinds = {child.tag for child in case}
+        tests[name] = (
+            "failed"
+            if "failure" in kinds
+            else "error"
+            if "error" in kinds
+            else "skipped"
+            if "skipped" in kinds
+            else "passed"
+        )
+    counts = {k: sum(v == k for v in tests.values()) for k in ("passed", "failed", "skipped")}
+    return {**counts, "errors": sum(v == "error" for v in tests.values()), "tests": tests}
+
+
+def run_part(part: str, command: list[str], env: dict, limit: float, work: Path) -> dict:
+    """Run one part in its own process group (killed whole at ``limit``: a benchmark's or pytest's
+    own children included) and collect its figures."""
+    log_path = work / f"{part}.log"
+    start = time.monotonic()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            command,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
+        )
+        try:
+            rc = proc.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            rc = None
+    wall = time.monotonic() - start
+    log_text = log_path.read_text(errors="replace")
+    result = {
+        "command": command,
+        "budget_s": round(limit),
+        "wall_s": round(wall, 1),
+        "log_tail": log_text[-3000:],
+    }
+    if rc is None:
+        return {**result, "status": "timeout", "reason": f"killed after its {limit:.0f} s"}
+    figures_path = work / (f"{part}.xml" if part == "comfyui_tests" else f"{part}.json")
+    if not figures_path.is_file():
+        return {**result, "status": "failed", "reason": f"exit {rc}, no figures written"}
+    figures = junit_figures(figures_path) if part == "comfyui_tests" else json.loads(figures_path.read_text())
+    found = figure_problems(part, figures)
+    if part == "comfyui_tests" and (figures["failed"] or figures["errors"]) or rc != 0:
+        return {**result, "status": "failed", "reason": f"exit {rc}", "figures": figures}
+    if found:
+        return {**result, "status": "failed", "reason": "; ".join(found), "figures": figures}
+    return {**result, "status": "ok", "figures": figures}
+
+
+def device_info(requested: str) -> dict:
+    import torch
+
+    cuda = requested.startswith("cuda") and torch.cuda.is_available()
+    info = {
+        "requested": requested,
+        "name": torch.cuda.get_device_name(requested) if cuda else platform.processor() or "CPU",
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+    }
+    if cuda:
+        info["memory_gib"] = round(torch.cuda.get_device_properties(requested).total_memory / 2**30, 1)
+    return info
+
+
+def commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def write(path: Path, data: dict) -> None:
+    from diffsketch.fileio import atomic_write_bytes
+
+    atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
+
+
+def headline(part: str, entry: dict) -> str:
+    f = entry.get("figures")
+    if entry["status"] != "ok" or not f:
+        return entry.get("reason", "")
+    if part == "extract_speed":
+        return (
+            f"student {f['images_per_s']['DiffSketch student']:,.1f} img/s ({f['dtype']}, batch {f['batch']})"
+        )
+    if part == "pairs":
+        return ", ".join(f"B={b['batch']} {b['pairs_per_s']:.2f}/s" for b in f["batches"])
+    if part.startswith("template_times_"):
+        return ", ".join(f"{k} {v:.2f}s" for k, v in f["seconds"].items())
+    if part == "train_memory_sdxl":
+        return ", ".join(
+            f"{m}: {r['seconds_per_iteration']:.2f} s/it, GPU peak "
+            + (f"{r['peak_gpu_bytes'] / 1e9:.2f} GB" if r.get("peak_gpu_bytes") else "-")
+            for m, r in f["modes"].items()
+        )
+    return f"{f['passed']} passed, {f['failed']} failed, {f['errors']} errors, {f['skipped']} skipped"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda", help="cuda, cuda:1, ... (cpu only with --quick)")
+    ap.add_argument("--comfyui", default=None, help="a ComfyUI v0.8 tree for the ComfyUI part (else skipped)")
+    ap.add_argument(
+        "--out", default="gpu_check.json", help="the JSON file to write (rewritten after each part)"
+    )
+    ap.add_argument("--budget", type=float, default=570, help="seconds for the whole run (default 570)")
+    ap.add_argument("--only", default=None, help=f"comma-separated parts to (re)run: {', '.join(BUDGETS)}")
+    ap.add_argument(
+        "--quick", action="store_true", help="every part small (tiny models): checks the script runs"
+    )
+    args = ap.parse_args(argv)
+    if not args.device.startswith("cuda") and not args.quick:
+        ap.error("GPU figures need --device cuda; --device cpu is for --quick smoke runs")
+    only = set(args.only.split(",")) if args.only else set(BUDGETS)
+    if only - set(BUDGETS):
+        ap.error(f"--only: unknown parts {sorted(only - set(BUDGETS))}; the parts are {', '.join(BUDGETS)}")
+    started = time.monotonic()
+
+    fatal, skip = prerequisites(args)
+    if fatal:
+        print("gpu_check: install what is missing above, then run again.")
+        return 2
+    sys.path.insert(0, str(REPO))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    data = {
+        "schema": SCHEMA,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "commit": commit(),
+        "device": device_info(args.device),
+        "quick": args.quick,
+        "budget_s": args.budget,
+        "parts": {part: {"status": "pending"} for part in BUDGETS},
+    }
+    if args.only and out.is_file():  # a rerun of some parts keeps the others' results
+        previous = json.loads(out.read_text())
+        if problems(previous) or previous["device"]["name"] != data["device"]["name"]:
+            sys.exit(f"{out} is not a valid gpu_check file of {data['device']['name']}: give another --out")
+        data["parts"] = previous["parts"]
+        data["quick"] = previous["quick"] or args.quick
+    print(
+        f"gpu_check on {data['device']['name']} (torch {data['device']['torch']}, CUDA {data['device']['cuda']})"
+    )
+    with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
+        work = Path(tmp)
+        for part, (command, env) in commands(args, work).items():
+            if part not in only:
+                continue
+            left = args.budget - (time.monotonic() - started)
+            if part in skip:
+                data["parts"][part] = {"status": "skipped", "reason": skip[part]}
+            elif left < 10:
+                data["parts"][part] = {"status": "skipped", "reason": f"--budget {args.budget:.0f} s used up"}
+            else:
+                # the budgets are for a GPU: a CPU smoke run's part may take what is left
+                limit = left if args.quick else min(BUDGETS[part], left)
+                data["parts"][part] = {"status": "running", "budget_s": round(limit)}
+                write(out, data)
+                print(f"-- {part} (up to {limit:.0f} s)", flush=True)
+                data["parts"][part] = run_part(part, command, env, limit, work)
+            entry = data["parts"][part]
+            print(f"   {entry['status']} {entry.get('wall_s', 0):.0f} s: {headline(part, entry)}", flush=True)
+            write(out, data)
+    data["wall_s"] = round(time.monotonic() - started, 1)
+    write(out, data)
+    print(f"\n{'part':22s} {'status':8s} {'wall':>6s} {'budget':>6s}  figures")
+    for part, entry in data["parts"].items():
+        wall = f"{entry['wall_s']:.0f}s" if "wall_s" in entry else "-"
+        budget = f"{entry['budget_s']}s" if "budget_s" in entry else "-"
+        print(f"{part:22s} {entry['status']:8s} {wall:>6s} {budget:>6s}  {headline(part, entry)}")
+    print(f"\nwrote {out} ({data['wall_s']:.0f} s)")
+    return 0 if all(e["status"] in ("ok", "skipped") for e in data["parts"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
