@@ -32,6 +32,7 @@ half-way keeps what it measured; ``--only`` reruns some parts into the same file
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -41,8 +42,10 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -130,48 +133,48 @@ def prerequisites(args) -> tuple[list[str], dict[str, str]]:
 
 def commands(args, work: Path) -> dict[str, tuple[list[str], dict[str, str]]]:
     """Part -> (command, extra environment). Each benchmark writes its figures to work/<part>.json."""
-    py, d, q = sys.executable, args.device, args.quick
-    out = {part: ["--json", str(work / f"{part}.json")] for part in BUDGETS}
-    tiny_template = [
-        "--tiny",
-        "--prompts",
-        "8",
-        "--train-iterations",
-        "2",
-        "--pairs",
-        "2",
-        "--student-steps",
-        "2",
-    ]
+    py, d = sys.executable, args.device
+    one_thread = ["--threads", "1"]
+    if args.quick:  # every part small, one CPU thread each (two parts run at a time)
+        extract = ["--size", "64", "--repeats", "1", "--warmup", "0", *one_thread]
+        extract += ["--skip", "hed", "informative", "pix2pix"]
+        pairs = ["--quick", *one_thread]
+        template = [
+            "--tiny",
+            "--prompts",
+            "8",
+            "--train-iterations",
+            "2",
+            "--pairs",
+            "2",
+            "--student-steps",
+            "2",
+        ]
+        train = ["--arch", "sd15", "--sd15-size", "64", "--sd15-timesteps", "1", *one_thread]
+    else:
+        extract, pairs, template = [], [], ["--dtype", "fp16"]
+        train = ["--arch", "sdxl", "--sample-crop", "512", "--threads", str(os.cpu_count() or 1)]
     cmds = {
-        "extract_speed": [py, str(BENCH / "extract_speed.py"), "--device", d, "--big", "0"]
-        + (["--size", "64", "--repeats", "1", "--warmup", "0", "--skip", "hed", "informative"] if q else []),
-        "pairs": [py, str(BENCH / "style_cost.py"), "--device", d] + (["--quick"] if q else []),
-        "template_times_sd15": [py, str(BENCH / "template_times.py"), "--device", d]
-        + (tiny_template if q else ["--dtype", "fp16"]),
+        "extract_speed": [py, str(BENCH / "extract_speed.py"), "--device", d, "--big", "0", *extract],
+        "pairs": [py, str(BENCH / "style_cost.py"), "--device", d, *pairs],
+        "template_times_sd15": [py, str(BENCH / "template_times.py"), "--device", d, *template],
         "train_memory_sdxl": [py, str(BENCH / "train_step.py"), "--skip-tiny", "--sd15-modes", "low_memory"]
-        + ["--device", d]
-        + (
-            ["--arch", "sd15", "--sd15-size", "64", "--sd15-timesteps", "1"]
-            if q
-            else ["--arch", "sdxl", "--sample-crop", "512", "--threads", str(os.cpu_count() or 1)]
-        ),
-        "comfyui_tests": [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", *COMFYUI_TESTS]
-        + ["--junitxml", str(work / "comfyui_tests.xml")],
+        + ["--device", d, *train],
         "template_times_sdxl": [py, str(BENCH / "template_times.py"), "--arch", "sdxl", "--device", d]
         + ["--dtype", "fp16"],
     }
-    env = {
-        "comfyui_tests": {
+    quick_env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"} if args.quick else {}
+    out = {part: (cmd + ["--json", str(work / f"{part}.json")], quick_env) for part, cmd in cmds.items()}
+    out["comfyui_tests"] = (
+        [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", *COMFYUI_TESTS]
+        + ["--junitxml", str(work / "comfyui_tests.xml")],
+        {
             "COMFYUI_PATH": str(Path(args.comfyui or "").resolve()),
             "DIFFSKETCH_TEST_DEVICE": "cuda" if d.startswith("cuda") else "cpu",
             "DIFFSKETCH_TEST_CACHE": str(work / "test-cache"),
-        }
-    }
-    return {
-        part: (cmd if part == "comfyui_tests" else cmd + out[part], env.get(part, {}))
-        for part, cmd in cmds.items()
-    }
+        },
+    )
+    return {part: out[part] for part in BUDGETS}
 
 
 def junit_figures(path: Path) -> dict:
@@ -193,6 +196,15 @@ def junit_figures(path: Path) -> dict:
     return {**counts, "errors": sum(v == "error" for v in tests.values()), "tests": tests}
 
 
+RUNNING: set[int] = set()  # process groups of the parts now running
+
+
+def stop_group(pid: int) -> None:
+    RUNNING.discard(pid)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
 def run_part(part: str, command: list[str], env: dict, limit: float, work: Path) -> dict:
     """Run one part in its own process group (killed whole at ``limit``: a benchmark's or pytest's
     own children included) and collect its figures."""
@@ -207,12 +219,14 @@ def run_part(part: str, command: list[str], env: dict, limit: float, work: Path)
             env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
             start_new_session=True,
         )
+        RUNNING.add(proc.pid)
         try:
             rc = proc.wait(timeout=limit)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
             rc = None
+        finally:  # what the part started goes with it (a benchmark's child, pytest's ComfyUI server)
+            stop_group(proc.pid)
+            proc.wait()
     wall = time.monotonic() - start
     log_text = log_path.read_text(errors="replace")
     result = {
@@ -309,6 +323,8 @@ def main(argv=None) -> int:
     if only - set(BUDGETS):
         ap.error(f"--only: unknown parts {sorted(only - set(BUDGETS))}; the parts are {', '.join(BUDGETS)}")
     started = time.monotonic()
+    # SIGTERM (a device tool's time limit) unwinds like Ctrl-C, so running parts are stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     fatal, skip = prerequisites(args)
     if fatal:
@@ -335,26 +351,42 @@ def main(argv=None) -> int:
     print(
         f"gpu_check on {data['device']['name']} (torch {data['device']['torch']}, CUDA {data['device']['cuda']})"
     )
-    with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
-        work = Path(tmp)
-        for part, (command, env) in commands(args, work).items():
-            if part not in only:
-                continue
-            left = args.budget - (time.monotonic() - started)
-            if part in skip:
-                data["parts"][part] = {"status": "skipped", "reason": skip[part]}
-            elif left < 10:
-                data["parts"][part] = {"status": "skipped", "reason": f"--budget {args.budget:.0f} s used up"}
-            else:
-                # the budgets are for a GPU: a CPU smoke run's part may take what is left
-                limit = left if args.quick else min(BUDGETS[part], left)
+    lock = threading.Lock()
+
+    def run(part: str, command: list[str], env: dict, work: Path) -> None:
+        left = args.budget - (time.monotonic() - started)
+        if part in skip:
+            entry = {"status": "skipped", "reason": skip[part]}
+        elif left < 10:
+            entry = {"status": "skipped", "reason": f"--budget {args.budget:.0f} s used up"}
+        else:
+            # the budgets are for a GPU: a CPU smoke run's part may take what is left
+            limit = left if args.quick else min(BUDGETS[part], left)
+            with lock:
                 data["parts"][part] = {"status": "running", "budget_s": round(limit)}
                 write(out, data)
                 print(f"-- {part} (up to {limit:.0f} s)", flush=True)
-                data["parts"][part] = run_part(part, command, env, limit, work)
-            entry = data["parts"][part]
-            print(f"   {entry['status']} {entry.get('wall_s', 0):.0f} s: {headline(part, entry)}", flush=True)
+            entry = run_part(part, command, env, limit, work)
+        with lock:
+            data["parts"][part] = entry
+            print(
+                f"   {part}: {entry['status']} {entry.get('wall_s', 0):.0f} s: {headline(part, entry)}",
+                flush=True,
+            )
             write(out, data)
+
+    with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
+        work = Path(tmp)
+        todo = [(part, *spec, work) for part, spec in commands(args, work).items() if part in only]
+        # On a GPU the parts run one after another (one device, peak memory per part). A CPU smoke
+        # run's parts are small and mostly single-threaded Python: two at a time, one thread each.
+        with ThreadPoolExecutor(max_workers=2 if args.quick else 1) as pool:
+            try:
+                for future in [pool.submit(run, *job) for job in todo]:
+                    future.result()
+            finally:  # stopped early (Ctrl-C, SIGTERM): the running parts are stopped too
+                for pid in list(RUNNING):
+                    stop_group(pid)
     data["wall_s"] = round(time.monotonic() - started, 1)
     write(out, data)
     print(f"\n{'part':22s} {'status':8s} {'wall':>6s} {'budget':>6s}  figures")
