@@ -1,12 +1,15 @@
 """The GPU check: every GPU figure the README and the templates' notes wait for, in one run of under
-10 minutes, written to one JSON file.
+10 minutes, written to one JSON file (and each part's full log beside it, in <out>_logs/).
 
-On a session's device machine (repository root, no internet), with a ComfyUI tree copied under
-shared/ for the ComfyUI part (without it that part is skipped and says why), pass the device tool:
+The command for a session's device machine (it runs in the repository root, with no internet; give
+it timeout_s 600: the script stops itself at --budget, 570 s, so the JSON always comes back):
 
     python tools/gpu_check.py --device cuda --comfyui shared/comfyui --out "$OUT/gpu_check.json"
 
-Then, on the development machine, with the JSON that comes back:
+The ComfyUI part needs a ComfyUI v0.8 tree inside the repository copy (e.g. the CI's tree copied to
+shared/comfyui in the checkout, or named in carry) and ComfyUI's requirements installed there;
+without them that part is skipped with the reason (the missing packages are listed) and the others
+run. Then, on the development machine, with the JSON that came back:
 
     cp <files_at>/gpu_check.json benchmarks/gpu_check.json
     python tools/gpu_figures.py            # the README's GPU table
@@ -70,10 +73,11 @@ BUDGETS = {
     "comfyui_tests": 150,
     "template_times_sdxl": 150,
 }
-assert list(BUDGETS) == list(PART_FIGURES)
-# Distribution names ComfyUI's requirements.txt gives that are imported under another name are not
-# needed here: installed distributions are looked up by name (importlib.metadata).
-NOT_CHECKED = {"torch", "torchvision", "torchaudio", "torchsde"}
+if list(BUDGETS) != list(PART_FIGURES):
+    raise RuntimeError("BUDGETS and gpu_figures.PART_FIGURES must name the same parts in the same order")
+# Of ComfyUI's requirements (installed distributions are looked up by name), the ones the check does
+# not ask for: torch comes with the project's requirements; torchaudio is for audio nodes only.
+NOT_CHECKED = {"torch", "torchvision", "torchaudio"}
 
 
 def _requirement_names(lines) -> list[str]:
@@ -197,6 +201,7 @@ def junit_figures(path: Path) -> dict:
 
 
 RUNNING: set[int] = set()  # process groups of the parts now running
+INTERRUPTED = threading.Event()  # this script is being stopped (Ctrl-C, SIGTERM)
 
 
 def stop_group(pid: int) -> None:
@@ -205,10 +210,10 @@ def stop_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-def run_part(part: str, command: list[str], env: dict, limit: float, work: Path) -> dict:
+def run_part(part: str, command: list[str], env: dict, limit: float, work: Path, logs: Path) -> dict:
     """Run one part in its own process group (killed whole at ``limit``: a benchmark's or pytest's
     own children included) and collect its figures."""
-    log_path = work / f"{part}.log"
+    log_path = logs / f"{part}.log"
     start = time.monotonic()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
@@ -235,6 +240,8 @@ def run_part(part: str, command: list[str], env: dict, limit: float, work: Path)
         "wall_s": round(wall, 1),
         "log_tail": log_text[-3000:],
     }
+    if INTERRUPTED.is_set():
+        return {**result, "status": "failed", "reason": "stopped: gpu_check itself was interrupted"}
     if rc is None:
         return {**result, "status": "timeout", "reason": f"killed after its {limit:.0f} s"}
     figures_path = work / (f"{part}.xml" if part == "comfyui_tests" else f"{part}.json")
@@ -332,7 +339,8 @@ def main(argv=None) -> int:
         return 2
     sys.path.insert(0, str(REPO))
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    logs = out.parent / f"{out.stem}_logs"
+    logs.mkdir(parents=True, exist_ok=True)
     data = {
         "schema": SCHEMA,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -366,7 +374,7 @@ def main(argv=None) -> int:
                 data["parts"][part] = {"status": "running", "budget_s": round(limit)}
                 write(out, data)
                 print(f"-- {part} (up to {limit:.0f} s)", flush=True)
-            entry = run_part(part, command, env, limit, work)
+            entry = run_part(part, command, env, limit, work, logs)
         with lock:
             data["parts"][part] = entry
             print(
@@ -384,9 +392,11 @@ def main(argv=None) -> int:
             try:
                 for future in [pool.submit(run, *job) for job in todo]:
                     future.result()
-            finally:  # stopped early (Ctrl-C, SIGTERM): the running parts are stopped too
+            except BaseException:  # stopped early (Ctrl-C, SIGTERM): the running parts are stopped too
+                INTERRUPTED.set()
                 for pid in list(RUNNING):
                     stop_group(pid)
+                raise
     data["wall_s"] = round(time.monotonic() - started, 1)
     write(out, data)
     print(f"\n{'part':22s} {'status':8s} {'wall':>6s} {'budget':>6s}  figures")
