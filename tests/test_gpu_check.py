@@ -99,7 +99,7 @@ def test_readme_table_quotes_each_measured_part_and_says_why_the_others_are_miss
     block = gpu_figures.readme_block(data)
     rows = dict(gpu_figures.rows(data))
     student = data["parts"]["extract_speed"]["figures"]["images_per_s"]["DiffSketch student"]
-    assert f"**{student:,.0f}** img/s" in rows["Extractor speed"]
+    assert f"**{student:,.1f}** img/s" in rows["Extractor speed"]
     assert "B = 2" in rows["Pairs per batch size"]
     assert rows["Template stages, SDXL"] == "not measured (timeout: killed after its 1 s)"
     assert "Test GPU" in block

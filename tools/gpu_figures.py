@@ -188,7 +188,7 @@ def rows(data: dict) -> list[tuple[str, str]]:
             r = figures["images_per_s"]
             text = (
                 f"{figures['size']}×{figures['size']}, {figures['dtype']}, batch {figures['batch']}: "
-                + ", ".join(f"{name} **{rate:,.0f}** img/s" for name, rate in r.items())
+                + ", ".join(f"{name} **{rate:,.1f}** img/s" for name, rate in r.items())
             )
         elif part == "pairs":
             text = (
@@ -233,7 +233,7 @@ def readme_block(data: dict | None) -> str:
         d = data["device"]
         lines = [
             f"Measured by `tools/gpu_check.py` on **{d['name']}** (torch {d['torch']}, CUDA {d['cuda']}), "
-            f"{data['created'][:10]}, commit {data.get('commit') or 'unknown'}; random-weight models of the "
+            f"{data['created'][:10]}, commit {(data.get('commit') or 'unknown')[:12]}; random-weight models of the "
             "real architectures.",
             "",
             "| what | figures |",
