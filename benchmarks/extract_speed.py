@@ -14,6 +14,9 @@ BIG x BIG image in a fresh subprocess and prints that process's peak resident me
 
     python benchmarks/extract_speed.py                              # CPU, fp32, 512x512
     python benchmarks/extract_speed.py --device cuda --dtype bf16   # GPU, batch 32
+
+``--json PATH`` writes the figures (images/s per network, the big image's peak) to a file
+(tools/gpu_check.py reads it).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from diffsketch.distill.extract import extract  # noqa: E402
 from diffsketch.distill.extractor import SketchExtractor, load_extractor
 from diffsketch.eval.baselines import Pix2PixHDGlobalGenerator, build_baseline  # noqa: E402
+from diffsketch.fileio import atomic_write_bytes  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -158,13 +162,13 @@ def memory_child(size: int, tile: int, threads: int) -> None:
     print(json.dumps({"peak_kib": peak_kib, "before_kib": before, "seconds": seconds}))
 
 
-def measure_memory(args) -> None:
+def measure_memory(args) -> dict | None:
     command = [sys.executable, __file__, "--_memory-child", str(args.big), "--tile", str(args.tile)]
     command += ["--threads", str(args.threads)]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         print(f"\n{args.big}x{args.big} extraction failed:\n{result.stderr}")
-        return
+        return None
     report = json.loads(result.stdout.strip().splitlines()[-1])
     peak_gib = report["peak_kib"] / 2**20
     print(
@@ -173,6 +177,7 @@ def measure_memory(args) -> None:
         f"(process after imports and model: {report['before_kib'] / 2**20:.2f} GiB; "
         f"target < 4 GB: {'met' if report['peak_kib'] * 1024 < 4e9 else 'MISSED'})"
     )
+    return {"size": args.big, "tile": args.tile, "seconds": report["seconds"], "peak_gib": peak_gib}
 
 
 def main(argv=None) -> None:
@@ -200,6 +205,7 @@ def main(argv=None) -> None:
     parser.add_argument("--skip", nargs="*", default=[], help="skip networks whose name contains these words")
     parser.add_argument("--big", type=int, default=4096, help="side of the memory test image (0: skip)")
     parser.add_argument("--tile", type=int, default=1024)
+    parser.add_argument("--json", default=None, help="write the figures to this JSON file")
     parser.add_argument(
         "--_memory-child", dest="memory_child", type=int, default=None, help=argparse.SUPPRESS
     )
@@ -222,9 +228,21 @@ def main(argv=None) -> None:
         f"{'channels_last' if args.channels_last else 'NCHW'}, "
         f"{args.warmup} warm-up + {args.repeats} timed calls each (median)"
     )
+    big = None
     if args.big:  # first, while this process is still small (the child is forked from it)
-        measure_memory(args)
-    measure_speed(args, device)
+        big = measure_memory(args)
+    rates = measure_speed(args, device)
+    if args.json:
+        figures = {
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
+            "size": args.size,
+            "batch": args.batch,
+            "dtype": args.dtype,
+            "channels_last": args.channels_last,
+            "images_per_s": rates,
+            "big_image_cpu": big,
+        }
+        atomic_write_bytes(args.json, json.dumps(figures, indent=2).encode())
 
 
 if __name__ == "__main__":

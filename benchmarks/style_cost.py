@@ -23,11 +23,14 @@ downloaded. Default batch sizes: 1, 4, 8, 16 on a GPU, 1, 2, 4 on the CPU.
     python benchmarks/style_cost.py --quick               # CPU smoke run: tiny model, 64 px, 14 steps
     python benchmarks/style_cost.py                       # this CPU: tiny model at 128 px, B = 1, 2, 4
     python benchmarks/style_cost.py --device cuda         # GPU: SD 1.5 shapes at 512 px, fp16, B = 1, 4, 8, 16
+
+``--json PATH`` writes the measured figures (2 and 3) to a file (tools/gpu_check.py reads it).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -49,6 +52,7 @@ from capture_overhead import build  # noqa: E402
 from diffsketch.capture.sampling import SamplingSettings, fast_schedule  # noqa: E402
 from diffsketch.capture.timesteps import PAPER_TIMESTEPS, plan_timesteps  # noqa: E402
 from diffsketch.distill import DistillConfig, build_student, generate_pairs, pair_paths  # noqa: E402
+from diffsketch.fileio import atomic_write_bytes  # noqa: E402
 from diffsketch.train.conditions import ConditionSampler  # noqa: E402
 from diffsketch.train.generator import GeneratorConfig, SketchGenerator  # noqa: E402
 from diffsketch.train.trainer import TrainConfig  # noqa: E402
@@ -273,6 +277,7 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="CPU threads")
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny model, 64 px, 14 steps, B = 1, 2")
+    ap.add_argument("--json", default=None, help="write the measured figures to this JSON file")
     args = ap.parse_args(argv)
 
     device = torch.device(args.device)
@@ -294,7 +299,8 @@ def main(argv=None) -> int:
     )
     print_counts()
 
-    backend = build(arch, device, torch.float16 if gpu else torch.float32)
+    dtype = torch.float16 if gpu else torch.float32
+    backend = build(arch, device, dtype)
     plan = plan_timesteps(steps, PAPER_TIMESTEPS)
     sampling = SamplingSettings(
         seed=0, steps=steps, width=size, height=size, timesteps=tuple(plan.used), schedule="full", cfg=5.0
@@ -314,6 +320,7 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="style_cost_"))
     try:
         timings: dict[int, PairTiming] = {}
+        rows = []
         print(
             f"\n2. Pair generation here ({len(plan.used)} timesteps captured, full {steps}-step schedule, PNGs written)"
         )
@@ -330,6 +337,19 @@ def main(argv=None) -> int:
             else:
                 frac, largest = pixel_differences(work / "b1", folder, range(batch))
             peak = f"{t.peak_gib:.1f} GiB" if t.peak_gib is not None else "-"
+            rows.append(
+                {
+                    "batch": batch,
+                    "pairs_per_s": t.pairs_per_s,
+                    "speedup": t.pairs_per_s / timings[1].pairs_per_s,
+                    "unet_eval_s": t.eval_s,
+                    "decode_s": t.decode_s,
+                    "rest_s": t.rest_s,
+                    "peak_gib": t.peak_gib,
+                    "pixels_differing": frac,
+                    "largest_difference": largest,
+                }
+            )
             print(
                 f"{batch:>4} {t.pairs_per_s:>9.3f} {t.pairs_per_s / timings[1].pairs_per_s:>6.2f}x {t.eval_s * 1e3:>8.1f}ms "
                 f"{t.decode_s:>12.3f}s {t.rest_s:>10.3f}s {peak:>9} {frac:>9.4%} {largest:>9}"
@@ -368,6 +388,18 @@ def main(argv=None) -> int:
             student = recipe.student_steps * student_step
             total = train + pairs + student
             print(f"{recipe.name:<18} {hms(train):>10} {hms(pairs):>10} {hms(student):>10} {hms(total):>10}")
+        if args.json:
+            figures = {
+                "device": name,
+                "arch": arch,
+                "size": size,
+                "steps": steps,
+                "dtype": str(dtype).removeprefix("torch."),
+                "batches": rows,
+                "generator_step_s": gen_step,
+                "student_step_s": student_step,
+            }
+            atomic_write_bytes(args.json, json.dumps(figures, indent=2).encode())
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -4,17 +4,18 @@ and STYLE), measured stage by stage on one machine with random-weight SD 1.5-arc
 Each stage runs the library code the nodes run, with the diffusers backend standing in for
 ComfyUI's sampling (same UNet/VAE architecture and step counts): one 512x512 sample with capture
 (Sample & Capture), the condition fit on the 2,400 default prompts (Fit Conditions), a few training
-iterations on the fast schedule (Train), a few distillation pairs on the fast schedule and a few
-extractor steps (Distill), one 512x512 extraction (Extract). Iterations, pairs and steps are uniform,
-so the per-unit medians times the templates' counts give each stage's time; the table prints both.
+iterations on the fast schedule (Train; SDXL with the SDXL template's low-memory settings), a few
+distillation pairs on the fast schedule and a few extractor steps (Distill), one extraction at the
+sample size (Extract). Iterations, pairs and steps are uniform, so the per-unit medians times the
+templates' counts give each stage's time; the table prints both.
 
-    python benchmarks/template_times.py --device cuda --dtype fp16 --json tools/template_stage_times.json
-    python benchmarks/template_times.py --arch sdxl --device cuda --dtype fp16 --json tools/template_stage_times_sdxl.json
+    python benchmarks/template_times.py --device cuda --dtype fp16 --json sd15_times.json
+    python benchmarks/template_times.py --arch sdxl --device cuda --dtype fp16 --json sdxl_times.json
     python benchmarks/template_times.py --tiny          # a CPU smoke run of the script (tiny model)
 
-With --json the per-unit times go to a file; saved as tools/template_stage_times.json, they give the
-templates' notes their "about N min on <device>" per stage (tools/make_workflows.py reads it).
-Nothing is downloaded.
+With --json the per-unit times go to a file. tools/gpu_check.py runs this script for both backbones
+and keeps the figures in its JSON, which the templates' notes quote ("about N min on <device>" per
+stage; tools/make_workflows.py reads it). Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -36,11 +37,12 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 from capture_overhead import build  # noqa: E402  (random-weight backends of the published configs)
-from make_workflows import QUICK, STYLE, stage_minutes  # noqa: E402
+from make_workflows import QUICK, SDXL_TRAIN, STYLE, stage_minutes  # noqa: E402
 
 from diffsketch.capture.sampling import SamplingSettings  # noqa: E402
 from diffsketch.distill import DistillConfig, generate_pairs, train_student  # noqa: E402
 from diffsketch.distill.extract import extract  # noqa: E402
+from diffsketch.fileio import atomic_write_bytes  # noqa: E402
 from diffsketch.train.conditions import ConditionSampler, load_default_prompts  # noqa: E402
 from diffsketch.train.losses import TINY_CLIP_ARCHITECTURE, ClipImageEncoder, DiffSketchLoss, build_lpips  # noqa: E402
 from diffsketch.train.trainer import TrainConfig, Trainer  # noqa: E402
@@ -97,6 +99,7 @@ def measure(args) -> dict:
         checkpoint_every=0,
         preview_every=0,
         device=str(device),
+        **(SDXL_TRAIN if args.arch == "sdxl" and not args.tiny else {}),
     )
     sketch = example.image.mean(1, keepdim=True)
     trainer = Trainer(backend, example, sketch, conditions, loss, config)
@@ -154,9 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pairs", type=int, default=4, help="distillation pairs measured")
     ap.add_argument("--student-steps", type=int, default=30, help="extractor steps measured")
     ap.add_argument("--prompts", type=int, default=0, help="encode only this many prompts and scale up")
-    ap.add_argument(
-        "--json", help="write the per-unit seconds here (tools/template_stage_times.json: the notes)"
-    )
+    ap.add_argument("--json", help="write the per-unit seconds to this JSON file")
     args = ap.parse_args(argv)
     result = measure(args)
     s = result["seconds"]
@@ -169,8 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     for stage in quick:
         print(f"{stage:18s} {quick[stage]:10.1f} min {style[stage]:12.1f} min")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        atomic_write_bytes(args.json, json.dumps(result, indent=2).encode())
         print(f"\nwrote {args.json}")
     return 0
 

@@ -21,6 +21,12 @@
         # step at 512x512, 13 timesteps (about 15-25 min on 2 busy cores; seconds on a GPU box's CPU)
     python benchmarks/train_step.py --skip-tiny --arch sdxl --sd15-modes low_memory --sample-crop 512
         # the 10 GB check: SDXL at 1024x1024, each new sample trained through a 512x512 window
+    python benchmarks/train_step.py --skip-tiny --arch sdxl --sd15-modes low_memory --sample-crop 512 \
+        --device cuda --json train_step.json      # the same on a GPU: its peak GPU memory too
+
+With ``--device cuda`` part 3's generator and losses run on the GPU (the random captures are made on
+the CPU, as a backend's are) and the GPU's peak allocated memory is printed with the host's.
+``--json PATH`` writes part 3's figures per mode to a file (tools/gpu_check.py reads it).
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from diffsketch.backends.conditioning import Conditioning  # noqa: E402
 from diffsketch.capture.sample import CapturedSample  # noqa: E402
 from diffsketch.capture.sampling import SamplingSettings, fast_schedule  # noqa: E402
 from diffsketch.capture.timesteps import PAPER_TIMESTEPS, plan_timesteps  # noqa: E402
+from diffsketch.fileio import atomic_write_bytes  # noqa: E402
 from diffsketch.train.conditions import ConditionSampler  # noqa: E402
 from diffsketch.train.generator import GeneratorConfig, SketchGenerator, parameter_count  # noqa: E402
 from diffsketch.train.losses import TINY_CLIP_ARCHITECTURE, ClipImageEncoder, DiffSketchLoss, build_lpips  # noqa: E402
@@ -178,7 +185,14 @@ def _rss_bytes() -> int:
 
 
 def sd15_child(
-    mode: str, size: int, n_timesteps: int, iterations: int, threads: int, arch: str, sample_crop: int
+    mode: str,
+    size: int,
+    n_timesteps: int,
+    iterations: int,
+    threads: int,
+    arch: str,
+    sample_crop: int,
+    device: str = "cpu",
 ) -> None:
     import helpers_spec
     from helpers_spec import random_features
@@ -215,6 +229,7 @@ def sd15_child(
         preview_every=0,
         low_memory=mode == "low_memory",
         sample_crop=sample_crop,
+        device=device,
     )
     trainer = Trainer(
         RandomFeatureBackend(spec, capture),
@@ -227,6 +242,9 @@ def sd15_child(
     )
     example_gb = sample_gb = example.nbytes() / GB  # every capture has the example's shapes
     rss_before, hwm_before = _rss_bytes(), _peak_rss_bytes()
+    gpu = torch.device(device).type == "cuda"
+    if gpu:
+        torch.cuda.reset_peak_memory_stats(device)
     trainer.run()
     peak = _peak_rss_bytes()
     keys = ("generator_forward_s", "losses_s", "generator_backward_s")
@@ -239,11 +257,12 @@ def sd15_child(
         "sample_gb": sample_gb,
         "params_m": parameter_count(trainer.generator) / 1e6,
         "split": split,
+        "peak_gpu_bytes": torch.cuda.max_memory_allocated(device) if gpu else None,
     }
     print(json.dumps(report))
 
 
-def sd15_section(args) -> None:
+def sd15_section(args) -> dict:
     size, n_t = args.sd15_size or ARCH_SIZES[args.arch], args.sd15_timesteps
     target_gb, full_size = ARCH_TARGETS_GB[args.arch], ARCH_SIZES[args.arch]
     env = dict(os.environ)
@@ -262,12 +281,13 @@ def sd15_section(args) -> None:
         print(
             f"   (the < {target_gb:g} GB target is for {full_size}x{full_size} with 13 timesteps; this run is smaller)"
         )
+    modes = {}
     for mode in args.sd15_modes.split(","):
         command = [sys.executable, os.path.abspath(__file__), "--_sd15-child", mode]
         command += ["--sd15-size", str(size), "--sd15-timesteps", str(n_t)]
         command += ["--sd15-iterations", str(args.sd15_iterations), "--threads", str(args.threads)]
         command += ["--sample-crop", str(args.sample_crop)]
-        command += ["--arch", args.arch]
+        command += ["--arch", args.arch, "--device", args.device]
         start = time.perf_counter()
         result = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
         wall = time.perf_counter() - start
@@ -276,6 +296,7 @@ def sd15_section(args) -> None:
             print(f"{name}: failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
             continue
         r = json.loads(result.stdout.strip().splitlines()[-1])
+        modes[mode] = {**r, "seconds_per_iteration": sum(r["split"].values()), "process_wall_s": wall}
         verdict = "met" if r["peak_bytes"] < target_gb * GB else "MISSED"
         crop = f", trained through a {args.sample_crop}x{args.sample_crop} window" if args.sample_crop else ""
         total = sum(r["split"].values())
@@ -287,6 +308,20 @@ def sd15_section(args) -> None:
             f"generator {r['params_m']:.1f} M parameters\n"
             f"    {total:.1f} s/iteration (median of {args.sd15_iterations}) = {split}; process wall {wall:.0f} s"
         )
+        if r["peak_gpu_bytes"] is not None:
+            gpu_verdict = "met" if r["peak_gpu_bytes"] < target_gb * GB else "MISSED"
+            print(
+                f"    peak GPU memory allocated {r['peak_gpu_bytes'] / GB:.2f} GB on {args.device} "
+                f"(target < {target_gb:g} GB: {gpu_verdict})"
+            )
+    return {
+        "arch": args.arch,
+        "size": size,
+        "timesteps": n_t,
+        "sample_crop": args.sample_crop,
+        "device": args.device,
+        "modes": modes,
+    }
 
 
 def main(argv=None) -> None:
@@ -317,6 +352,8 @@ def main(argv=None) -> None:
         action="store_true",
         help="1 repeat; SD 1.5 part at 256x256 with 3 timesteps, low_memory only (a few minutes on 2 cores)",
     )
+    parser.add_argument("--device", default="cpu", help="where part 3's generator and losses run (cpu, cuda)")
+    parser.add_argument("--json", default=None, help="write part 3's figures per mode to this JSON file")
     parser.add_argument("--_sd15-child", dest="sd15_child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.sd15_child is not None:
@@ -329,6 +366,7 @@ def main(argv=None) -> None:
             args.threads,
             args.arch,
             args.sample_crop,
+            args.device,
         )
         return
     if args.quick:
@@ -341,7 +379,9 @@ def main(argv=None) -> None:
     if not args.skip_tiny:
         tiny_section(args)
     if not args.skip_sd15:
-        sd15_section(args)
+        figures = sd15_section(args)
+        if args.json:
+            atomic_write_bytes(args.json, json.dumps(figures, indent=2).encode())
 
 
 if __name__ == "__main__":

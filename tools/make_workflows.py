@@ -30,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from gpu_figures import load as load_gpu_figures
+from gpu_figures import part_figures
 from workflow_format import (
     TITLE_HEIGHT,
     UI_ONLY_TYPES,
@@ -43,6 +45,8 @@ from workflow_format import (
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from diffsketch.capture.sampling import SamplingSettings  # noqa: E402
+from diffsketch.train.conditions import load_default_prompts  # noqa: E402
 from diffsketch.train.losses import ALEXNET_FILENAME, ALEXNET_URL, CLIP_FILENAMES, CLIP_URL  # noqa: E402
 
 PROMPT = "a photo of a horse in mud"
@@ -137,13 +141,7 @@ class Speed:
 
 QUICK = Speed(train_iterations=300, h_iter=250, pair_count=200, distill_iterations=1000)
 STYLE = Speed(train_iterations=600, h_iter=500, pair_count=500, distill_iterations=1500)
-# Seconds per unit of work measured by benchmarks/template_times.py (--json writes these files, one
-# per backbone the templates use): the notes say "about N min on <device>" per stage when the file
-# is there, and the work alone otherwise.
-STAGE_TIMES = {
-    "sd15": REPO / "tools" / "template_stage_times.json",
-    "sdxl": REPO / "tools" / "template_stage_times_sdxl.json",
-}
+STEPS = 50  # DDIM steps of every sampling in the templates (the nodes' default)
 
 
 def stage_minutes(seconds: dict, speed: Speed) -> dict[str, float]:
@@ -159,8 +157,30 @@ def stage_minutes(seconds: dict, speed: Speed) -> dict[str, float]:
 
 
 def load_stage_times(arch: str = "sd15") -> dict | None:
-    path = STAGE_TIMES[arch]
-    return json.loads(path.read_text()) if path.is_file() else None
+    """benchmarks/template_times.py's seconds per unit for ``arch`` from the GPU check's figures
+    (tools/gpu_figures.py), or None while no GPU has measured them: the notes then give the work
+    per stage alone."""
+    return part_figures(load_gpu_figures(), f"template_times_{arch}")
+
+
+def unet_evaluations(schedule: str) -> int:
+    """UNet evaluations of one sampling at :data:`STEPS` steps (one evaluation: one UNet call on
+    the CFG batch), the paper's 13 timesteps captured."""
+    settings = SamplingSettings(steps=STEPS, schedule=schedule)
+    return len(settings.denoising_schedule(settings.plan()))
+
+
+def stage_work(timed: tuple[str, ...], speed: Speed) -> str:
+    """What a stage computes with the templates' settings, in countable units."""
+    fast = unet_evaluations("fast")
+    work = {
+        "sample": f"{unet_evaluations('full')} UNet evaluations",
+        "fit_conditions": f"{len(load_default_prompts()):,} prompts encoded",
+        "train": f"{speed.train_iterations * fast:,} UNet evaluations, {speed.train_iterations} generator steps",
+        "distill": f"{speed.pair_count * fast:,} UNet evaluations, {speed.distill_iterations:,} extractor steps",
+        "extract": "one extractor pass",
+    }
+    return ", ".join(work[k] for k in timed)
 
 
 def _train(sketch_src, speed: Speed, save_name="my_style", **widgets):
@@ -245,17 +265,22 @@ def _duration(minutes: float) -> str:
 def stages_section(
     number: int, stages: list[Stage], speed: Speed, heading: str = "Press Run", arch: str = "sd15"
 ) -> str:
-    """A numbered step: run, then one line per group on the canvas, with its time where
-    benchmarks/template_times.py has measured it for ``arch`` (:data:`STAGE_TIMES`)."""
+    """A numbered step: run, then one line per group on the canvas with its time where the GPU check
+    has measured it for ``arch`` (:func:`load_stage_times`), else the work it does."""
     measured = load_stage_times(arch)
     minutes = stage_minutes(measured["seconds"], speed) if measured else {}
     lines = [f"## {number}. {heading}"]
     for s in stages:
-        took = sum(minutes[k] for k in s.timed) if minutes and s.timed else None
-        when = f" ({_duration(took)})" if took is not None else ""
-        lines.append(f"### {s.title}{when}: {s.text}")
+        if not s.timed:
+            lines.append(f"### {s.title}: {s.text}")
+        elif minutes:
+            lines.append(f"### {s.title} ({_duration(sum(minutes[k] for k in s.timed))}): {s.text}")
+        else:
+            lines.append(f"### {s.title}: {s.text} ({stage_work(s.timed, speed)})")
     if minutes:
-        lines.append(f"Times measured on {measured['device']} by benchmarks/template_times.py.")
+        lines.append(f"Times measured on {measured['device']} by tools/gpu_check.py.")
+    elif any(s.timed for s in stages):
+        lines.append("GPU times are not measured yet; each stage gives its work instead.")
     return "\n".join(lines)
 
 

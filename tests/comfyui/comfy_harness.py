@@ -21,6 +21,11 @@ PACK_NAME = "comfyui-diffsketch"
 # Seconds one queued graph may take. The quick-start workflow samples, trains and distils in one
 # graph; on a busy 2-core machine that can take longer than 15 minutes, so it can be raised.
 PROMPT_TIMEOUT = float(os.environ.get("DIFFSKETCH_TEST_PROMPT_TIMEOUT", "900"))
+# Where ComfyUI runs, in the server and in-process: the CPU unless DIFFSKETCH_TEST_DEVICE=cuda asks for
+# the GPU (tools/gpu_check.py runs the capture, train and extract tests so).
+TEST_DEVICE = os.environ.get("DIFFSKETCH_TEST_DEVICE", "cpu")
+if TEST_DEVICE not in ("cpu", "cuda"):
+    raise ValueError(f"DIFFSKETCH_TEST_DEVICE={TEST_DEVICE!r}: use 'cpu' (the default) or 'cuda'")
 
 
 def _free_port() -> int:
@@ -57,7 +62,7 @@ class ComfyServer:
         cmd = [
             sys.executable,
             "main.py",
-            "--cpu",
+            *(["--cpu"] if TEST_DEVICE == "cpu" else []),
             "--listen",
             "127.0.0.1",
             "--port",

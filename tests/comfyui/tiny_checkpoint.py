@@ -13,6 +13,7 @@ import os
 import sys
 
 import torch
+from comfy_harness import TEST_DEVICE
 
 UNET_KWARGS = dict(
     image_size=32,
@@ -51,12 +52,13 @@ def prepare_comfy_import(comfy_path: str) -> None:
     """Make ``import comfy...`` work in-process on a CPU-only machine.
 
     comfy.model_management probes CUDA at import and ``args`` are not parsed from argv when
-    ComfyUI is imported as a library, so force CPU first."""
+    ComfyUI is imported as a library, so set the device first: the CPU, as the test server's
+    ``--cpu``, unless DIFFSKETCH_TEST_DEVICE=cuda asks for the GPU."""
     if comfy_path not in sys.path:
         sys.path.insert(0, comfy_path)
     import comfy.cli_args
 
-    if not torch.cuda.is_available():
+    if TEST_DEVICE == "cpu" or not torch.cuda.is_available():
         comfy.cli_args.args.cpu = True
 
 
