@@ -127,7 +127,7 @@ def test_a_picture_of_ones_own_captures_trains_and_generates(make, family, tmp_p
     loaded = load_generator(
         trainer.save_generator(tmp_path / "style.safetensors"), expected_spec=backend.spec
     )
-    assert loaded.timesteps == TIMESTEPS
+    assert loaded.timesteps == example.timesteps
     image, sketch = generate_pair(backend, loaded, "a cat", SAMPLING.replace(seed=3, timesteps=None))
     assert image.shape == (1, 3, SIZE, SIZE) and sketch.shape == (1, 1, SIZE, SIZE)
     assert torch.isfinite(sketch).all()

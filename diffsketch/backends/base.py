@@ -96,6 +96,32 @@ def model_output_to_x0_eps(
     return a * x - s * output, s * x + a * output
 
 
+def check_picture(image, what: str = "the picture") -> torch.Tensor:
+    """``image`` as ``[1, 3, H, W]`` float32 in [0, 1], or a clear error naming ``what``: one
+    picture, finite values in [0, 1] (or uint8/uint16), sides of a sampling size (:func:`check_size`)."""
+    from ..images import as_rgb, image_batch
+
+    x = image_batch(image, what, channels_first=True)
+    if x.shape[0] != 1:
+        raise InvalidInputError(
+            f"{what} is a batch of {x.shape[0]} images; features are captured from ONE picture: pass one "
+            "(e.g. pick one with an image-batch selector)."
+        )
+    height, width = int(x.shape[1]), int(x.shape[2])
+    try:
+        check_size(width, height)
+    except InvalidInputError as e:
+        fit_w, fit_h = (
+            max(SIZE_MULTIPLE, min(MAX_SIZE, v // SIZE_MULTIPLE * SIZE_MULTIPLE)) for v in (width, height)
+        )
+        raise InvalidInputError(
+            f"{what} is {width}x{height} pixels; the model needs sides that are multiples of {SIZE_MULTIPLE} "
+            f"between {SIZE_MULTIPLE} and {MAX_SIZE} (its UNet halves the latent three times). Crop or resize "
+            f"it, e.g. to {fit_w}x{fit_h}."
+        ) from e
+    return as_rgb(x).permute(0, 3, 1, 2).contiguous()
+
+
 class SamplingBackend:
     """Shared sampling driver. Subclasses set ``spec`` and implement the primitives."""
 
@@ -307,7 +333,7 @@ class SamplingBackend:
 
         if not isinstance(settings, SamplingSettings):
             raise InvalidInputError(f"settings must be a SamplingSettings, got {type(settings).__name__}")
-        picture = self.check_picture(image)
+        picture = check_picture(image)
         height, width = picture.shape[-2:]
         settings = settings.replace(width=int(width), height=int(height))
         plan, sched = self._capture_plan(settings)
@@ -350,31 +376,6 @@ class SamplingBackend:
             meta["prompt"] = prompt
         sample = CapturedSample(self.spec, plan, decoded, replayed.float().cpu(), unet, vae, rgb, meta)
         return PictureCapture(sample, replay_psnr, noise.float().cpu())
-
-    def check_picture(self, image, what: str = "the picture") -> torch.Tensor:
-        """``image`` as ``[1, 3, H, W]`` float32 in [0, 1], or a clear error naming ``what``: one
-        picture, finite values in [0, 1] (or uint8/uint16), sides this backbone can sample."""
-        from ..images import as_rgb, image_batch
-
-        x = image_batch(image, what, channels_first=True)
-        if x.shape[0] != 1:
-            raise InvalidInputError(
-                f"{what} is a batch of {x.shape[0]} images; features are captured from ONE picture: pass one "
-                "(e.g. pick one with an image-batch selector)."
-            )
-        height, width = int(x.shape[1]), int(x.shape[2])
-        try:
-            check_size(width, height)
-        except InvalidInputError as e:
-            fit_w, fit_h = (
-                max(SIZE_MULTIPLE, min(MAX_SIZE, v // SIZE_MULTIPLE * SIZE_MULTIPLE)) for v in (width, height)
-            )
-            raise InvalidInputError(
-                f"{what} is {width}x{height} pixels; the model needs sides that are multiples of {SIZE_MULTIPLE} "
-                f"between {SIZE_MULTIPLE} and {MAX_SIZE} (its UNet halves the latent three times). Crop or resize "
-                f"it, e.g. to {fit_w}x{fit_h}."
-            ) from e
-        return as_rgb(x).permute(0, 3, 1, 2).contiguous()
 
     def suggested_batch(self, width: int, height: int) -> int:
         """Images per :meth:`sample_batch` call for bulk sampling (pair generation): 1 unless a
