@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from compare import relative_error
+from compare import ldm_ddim, relative_error
 from tiny_models import tiny_backend, tiny_sd2_backend, tiny_sdxl_backend
 
 from diffsketch.backends.base import check_picture, rescale_zero_terminal_snr, scaled_linear_alphas_cumprod
@@ -88,18 +88,7 @@ def test_x0_to_model_output_inverts_the_model_output_reading(prediction_type):
 def _diffusers_inversion(backend, latent, cond, steps, prediction_type):
     """diffusers' DDIMInverseScheduler on ldm's grid driving the backend's UNet, evaluated where the
     latent is (the clean latent at the lowest timestep)."""
-    from diffusers import DDIMInverseScheduler
-
-    scheduler = DDIMInverseScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=True,
-        steps_offset=1,
-        timestep_spacing="leading",
-        prediction_type=prediction_type,
-    )
+    scheduler = ldm_ddim("DDIMInverseScheduler", prediction_type)
     scheduler.set_timesteps(steps)
     x, where = latent.clone(), int(scheduler.timesteps[0])
     with torch.no_grad():

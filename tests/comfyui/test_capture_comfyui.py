@@ -238,8 +238,10 @@ def test_capture_from_a_picture_leaves_nothing_behind_and_reruns_alike(comfy_inp
         first = backend.capture_from_image(picture, PICTURE_SETTINGS)
     assert hook_count(model, vae) == 0
     for stop_at in (2, 5):  # of 3 inversion + 3 replay steps
+        seen = []
 
-        def cancel(step, total, stop_at=stop_at):
+        def cancel(step, total, stop_at=stop_at, seen=seen):
+            seen.append(step)
             if step == stop_at:
                 mm.interrupt_current_processing(True)
 
@@ -248,6 +250,7 @@ def test_capture_from_a_picture_leaves_nothing_behind_and_reruns_alike(comfy_inp
                 backend.capture_from_image(picture, PICTURE_SETTINGS, progress=cancel)
         finally:
             mm.interrupt_current_processing(False)
+        assert seen == list(range(1, stop_at + 1))  # stopped at the next step, inversion or replay
         assert hook_count(model, vae) == 0
         assert {k: dict(v) for k, v in model.wrappers.items()} == wrappers_before
     with torch.inference_mode():
