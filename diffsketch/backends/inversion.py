@@ -120,9 +120,10 @@ def ddim_invert(
 
 
 def psnr(image: torch.Tensor, reference: torch.Tensor) -> float:
-    """Peak signal-to-noise ratio (dB) of ``image`` against ``reference``, both in [0, 1]."""
+    """Peak signal-to-noise ratio (dB) of ``image`` against ``reference``, both in [0, 1]; at most
+    100 dB (identical images), so the value stays a finite number in file headers."""
     mse = float((image.float() - reference.float()).pow(2).mean())
-    return math.inf if mse == 0 else 10.0 * math.log10(1.0 / mse)
+    return 10.0 * math.log10(1.0 / max(mse, 1e-10))
 
 
 @dataclass
