@@ -206,3 +206,11 @@ def test_no_hooks_left_when_the_capture_fails_midway():
         with pytest.raises(KeyboardInterrupt):
             backend.capture_from_image(torch.rand(1, 3, 64, 64), SMALL, progress=boom)
         assert hook_count() == before
+
+
+def test_psnr_of_identical_pictures_is_a_finite_number():
+    from diffsketch.backends.inversion import psnr
+
+    x = torch.rand(1, 3, 8, 8)
+    assert psnr(x, x) == 100.0
+    assert psnr(torch.zeros(1, 3, 8, 8), torch.full((1, 3, 8, 8), 0.1)) == pytest.approx(20.0)
