@@ -2,6 +2,7 @@
 single-file checkpoint of SD 1.x, SD 2.x or SDXL.
 
     diffsketch sample     --model M --prompt P --seed S --out example.safetensors [--image example.png]
+    diffsketch capture    --model M --picture photo.png [--caption C] --out example.safetensors
     diffsketch timesteps  --model M --samples 8 --out analysis/
     diffsketch fit-conditions --model M --out conditions.safetensors
     diffsketch train      --model M --example example.safetensors --sketch sketch.png --out style.safetensors ...
@@ -135,6 +136,51 @@ def cmd_sample(args) -> int:
     image = Path(args.image) if args.image else Path(args.out).with_suffix(".png")
     save_png(sample.image, image)
     print(f"{sample.summary()}\nfeatures: {args.out}\nimage (draw your sketch over it): {image}")
+    return 0
+
+
+def cmd_capture(args) -> int:
+    import torch
+
+    from .backends.base import check_picture
+    from .capture.sampling import SamplingSettings
+    from .capture.timesteps import parse_timesteps
+
+    check_model(args)
+    check_input_file(args.picture, "--picture")
+    check_output_file(args.out, "--out")
+    image = check_output_file(args.image or Path(args.out).with_suffix(".replay.png"), "--image")
+    if image.resolve() == Path(args.picture).resolve():
+        raise InvalidInputError(
+            f"--image {image} is the picture itself; the replay would overwrite it. Give another --image path."
+        )
+    try:
+        pixels = torch.from_numpy(read_image(Path(args.picture)))
+    except OSError as e:
+        raise InvalidInputError(f"--picture {args.picture} cannot be read as an image ({e}).") from e
+    # checked before the model loads: a picture of the wrong size costs no waiting
+    sampling = SamplingSettings(
+        steps=args.steps,
+        cfg=args.cfg,
+        width=SIZE_STAND_IN,
+        height=SIZE_STAND_IN,
+        timesteps=parse_timesteps(args.timesteps),
+        schedule=args.schedule,
+    )
+    sampling.plan()
+    picture = check_picture(pixels, f"--picture {args.picture}")
+    backend = load_backend(args)
+    bar = progress_bar(2 * len(sampling.denoising_schedule(sampling.plan())), "inverting, then replaying")
+    result = backend.capture_from_image(picture, sampling, caption=args.caption, progress=bar)
+    bar.close()
+    result.sample.save(args.out)
+    save_png(result.sample.image, image)
+    print(
+        f"{result.sample.summary()}\nfeatures: {args.out}\nreplay of the picture (what the features describe): "
+        f"{image}, PSNR {result.replay_psnr:.1f} dB against {args.picture}\ndraw your sketch over {args.picture}"
+    )
+    if result.warning:
+        print(f"warning: {result.warning}")
     return 0
 
 
@@ -618,6 +664,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="features file to write (.safetensors)")
     p.add_argument("--image", default=None, help="PNG of the example image (default: next to --out)")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser(
+        "capture",
+        help="capture the features of your own picture (DDIM inversion, then a replay), for 'diffsketch train'",
+    )
+    _model_args(p)
+    p.add_argument(
+        "--picture",
+        required=True,
+        help="your picture (PNG, JPEG, ...); its sides must be multiples of 64 (e.g. 512x512, 768x512)",
+    )
+    p.add_argument(
+        "--caption",
+        default="",
+        help="what the picture shows, e.g. 'a photo of a horse in mud' (default: none); a caption usually "
+        "brings the replay closer to the picture, and train uses it as the example's prompt",
+    )
+    p.add_argument(
+        "--steps", type=int, default=50, help="DDIM steps of the inversion and the replay (default 50)"
+    )
+    p.add_argument(
+        "--cfg",
+        type=float,
+        default=5.0,
+        help="guidance 'diffsketch train' samples its own images with (default 5.0); the picture itself is "
+        "inverted and replayed at guidance 1",
+    )
+    p.add_argument(
+        "--timesteps", default=None, help="capture timesteps, e.g. '1,61,161' (default: the paper's 13)"
+    )
+    p.add_argument(
+        "--schedule",
+        choices=["full", "fast"],
+        default=None,
+        help="full (default): every step of the grid; fast: only the captured timesteps (quicker, further "
+        "from the picture)",
+    )
+    p.add_argument("--out", required=True, help="features file to write (.safetensors)")
+    p.add_argument(
+        "--image",
+        default=None,
+        help="PNG of the replayed picture, to compare with yours (default: --out with .replay.png)",
+    )
+    p.set_defaults(func=cmd_capture)
 
     p = sub.add_parser("timesteps", help="representative-timestep analysis (PCA + k-means) with plots")
     _model_args(p)

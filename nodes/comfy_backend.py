@@ -26,6 +26,7 @@ import torch
 
 from diffsketch.backends.base import SamplingBackend, has_zero_terminal_snr, weights_fingerprint
 from diffsketch.backends.conditioning import Conditioning
+from diffsketch.backends.inversion import ddim_invert, x0_to_model_output
 from diffsketch.capture.hooks import COND, UNCOND, UNetRecorder, record_vae_decoder, reject_compiled
 from diffsketch.capture.spec import (
     SD1,
@@ -238,6 +239,61 @@ class ComfyBackend(SamplingBackend):
                 seed=0,
             )
         return samples.float().cpu()
+
+    def _encode(self, image):
+        with torch.no_grad():
+            return self.vae.encode(image.movedim(1, -1)).float().cpu()
+
+    def _invert(self, latent, cond, schedule, progress):
+        """:func:`ddim_invert` inside ComfyUI's sampler machinery (a custom KSAMPLER through
+        ``sample_custom``), so the MODEL's patches, memory management, conditioning (SDXL's size
+        numbers) and Cancel apply as when sampling. The UNet is guided by ``cond`` alone (cfg 1, the
+        unconditional branch skipped); ComfyUI's denoised prediction is turned back into the model
+        output (:func:`x0_to_model_output`) so the steps are the shared ones."""
+        patched = self.model.clone()
+        ms = patched.get_model_object("model_sampling")
+        alphas_cumprod = 1.0 / (1.0 + ms.sigmas.double().cpu() ** 2)  # ComfyUI keeps sigmas, not alphas
+        ascending = sorted(schedule)
+        sigmas = ms.sigmas[torch.tensor(ascending)].float().cpu()
+        n = len(ascending)
+        pbar = comfy.utils.ProgressBar(n) if self.show_progress else None
+        inverted = {}
+
+        def on_step(i, total):
+            if pbar is not None:
+                pbar.update_absolute(i, n)
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            if progress is not None:
+                progress(i, total)
+
+        def invert(model, x, sigmas, extra_args=None, callback=None, disable=None):
+            # x: the clean model latent (sigma 0), where DDPM and k-diffusion spaces coincide
+            ones = x.new_ones([x.shape[0]])
+
+            def predict(x_t, t):
+                sigma, alpha = float(ms.sigmas[t]), float(alphas_cumprod[t])
+                denoised = model(x_t / math.sqrt(alpha), sigma * ones, **(extra_args or {}))
+                return x0_to_model_output(denoised.float(), x_t, alpha, self.prediction_type)
+
+            inverted["x"] = ddim_invert(
+                predict, x.float(), ascending, alphas_cumprod, self.prediction_type, on_step
+            )
+            return inverted["x"]
+
+        with torch.no_grad():
+            comfy.sample.sample_custom(
+                patched,
+                torch.zeros_like(latent),
+                1.0,
+                comfy.samplers.KSAMPLER(invert),
+                sigmas,
+                [_comfy_conditioning(cond)],
+                [_comfy_conditioning(cond)],
+                latent / self.latent_scaling_factor,
+                disable_pbar=True,
+                seed=0,
+            )
+        return inverted["x"].float().cpu()
 
     def _decode(self, latent, capture, store_dtype, store_device):
         """Decode with ComfyUI's memory estimate for the VAE (``VAE.memory_used_decode``), so model

@@ -1,6 +1,7 @@
 """Helpers of the parity tests (two backends, or a backend and diffusers' own pipeline): how far
-apart two tensors are, diffusers' SDXL pipeline on a backend's modules, and a tag-style prompt
-with the diffusers backend's encodings of it at each CLIP skip."""
+apart two tensors are, diffusers' DDIM schedulers on ldm's grid, diffusers' SDXL pipeline on a
+backend's modules, and a tag-style prompt with the diffusers backend's encodings of it at each CLIP
+skip."""
 
 from __future__ import annotations
 
@@ -37,6 +38,23 @@ def clip_skip_conditions(backend, prompt: str, skips=(1, 2)) -> dict:
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     """``|a - b| / |b|`` in float32 (Frobenius norms; ``b`` is the reference)."""
     return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12))
+
+
+def ldm_ddim(scheduler: str, prediction_type: str):
+    """diffusers' ``DDIMScheduler`` or ``DDIMInverseScheduler`` on ldm's DDIM grid
+    (1 + k * 1000 // steps) with the clean end at alpha 1: the steps the backends run."""
+    import diffusers
+
+    return getattr(diffusers, scheduler)(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=True,
+        steps_offset=1,
+        timestep_spacing="leading",
+        prediction_type=prediction_type,
+    )
 
 
 def sdxl_pipeline(backend, scheduler, tokenizer=None, tokenizer_2=None):

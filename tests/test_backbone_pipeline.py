@@ -8,8 +8,9 @@ import pytest
 import torch
 from tiny_models import tiny_backend, tiny_sd2_backend, tiny_sdxl_backend
 
+from diffsketch.capture.sample import CapturedSample
 from diffsketch.capture.sampling import SamplingSettings
-from diffsketch.capture.spec import SD2, SDXL
+from diffsketch.capture.spec import SD1, SD2, SDXL
 from diffsketch.distill import DistillConfig, distill
 from diffsketch.distill.extract import extract
 from diffsketch.distill.extractor import ExtractorConfig, load_extractor, save_extractor
@@ -57,26 +58,7 @@ def test_sample_train_generate_distill_extract(backbone, tmp_path):
     assert drawn.context.shape[-1] == backend.spec.context_dim
     assert drawn.pooled_dim == backend.spec.pooled_dim
 
-    torch.manual_seed(0)
-    generator = SketchGenerator(
-        backend.spec, GeneratorConfig.from_spec(backend.spec, len(TIMESTEPS), **SMALL_GENERATOR)
-    )
-    loss = DiffSketchLoss(ClipImageEncoder.random(TINY_CLIP_ARCHITECTURE), build_lpips(random_weights=True))
-    config = TrainConfig(
-        iterations=2, lr=3e-3, h_iter=2, steps=SAMPLING.steps, schedule="fast", preview_every=2
-    )
-    trainer = Trainer(
-        backend,
-        example,
-        example.image.mean(1, keepdim=True),
-        conditions,
-        loss,
-        config,
-        backend.encode_prompt("a photo of a horse in mud"),
-        generator,
-    )
-    trainer.run()
-    assert all(torch.isfinite(torch.tensor(h["total"])) for h in trainer.history)
+    trainer = train_briefly(backend, example, example.image.mean(1, keepdim=True), conditions)
 
     path = trainer.save_generator(tmp_path / "style.safetensors")
     loaded = load_generator(path, expected_spec=backend.spec)
@@ -106,6 +88,49 @@ def test_sample_train_generate_distill_extract(backbone, tmp_path):
     extractor = load_extractor(save_extractor(tmp_path / "extractor.safetensors", student, student.meta))
     sketches, _ = extract(extractor, image.movedim(1, -1))
     assert sketches.shape[:3] == (1, SIZE, SIZE) and torch.isfinite(sketches).all()
+
+
+def train_briefly(backend, example, sketch, conditions) -> Trainer:
+    """Two iterations of a small generator on ``example`` and its ``sketch``, checked finite."""
+    torch.manual_seed(0)
+    generator = SketchGenerator(
+        backend.spec, GeneratorConfig.from_spec(backend.spec, len(example.timesteps), **SMALL_GENERATOR)
+    )
+    loss = DiffSketchLoss(ClipImageEncoder.random(TINY_CLIP_ARCHITECTURE), build_lpips(random_weights=True))
+    config = TrainConfig(
+        iterations=2, lr=3e-3, h_iter=2, steps=example.plan.steps, schedule="fast", preview_every=2
+    )
+    pivot = backend.encode_prompt(example.meta.get("prompt", "a photo of a horse in mud"))
+    trainer = Trainer(backend, example, sketch, conditions, loss, config, pivot, generator)
+    trainer.run()
+    assert all(torch.isfinite(torch.tensor(h["total"])) for h in trainer.history)
+    return trainer
+
+
+@pytest.mark.parametrize(
+    "make, family",
+    [(tiny_backend, SD1), (tiny_sd2_backend, SD2), (tiny_sdxl_backend, SDXL)],
+    ids=["sd1", "sd2-v", "sdxl"],
+)
+def test_a_picture_of_ones_own_captures_trains_and_generates(make, family, tmp_path):
+    """picture -> capture (inversion + replay) -> features file -> train -> save/load -> generate."""
+    backend = make(0)
+    picture = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(4))
+    path = tmp_path / "picture.safetensors"
+    backend.capture_from_image(picture, SAMPLING, caption="a photo of a horse").sample.save(path)
+    example = CapturedSample.load(path)
+    assert example.meta["source"] == "picture" and example.spec.family == family
+    conditions = ConditionSampler.fit_from_prompts(
+        backend.encode_prompt, PROMPTS, n_components=3, family=backend.spec.family
+    )
+    trainer = train_briefly(backend, example, picture.mean(1, keepdim=True), conditions)
+    loaded = load_generator(
+        trainer.save_generator(tmp_path / "style.safetensors"), expected_spec=backend.spec
+    )
+    assert loaded.timesteps == example.timesteps
+    image, sketch = generate_pair(backend, loaded, "a cat", SAMPLING.replace(seed=3, timesteps=None))
+    assert image.shape == (1, 3, SIZE, SIZE) and sketch.shape == (1, 1, SIZE, SIZE)
+    assert torch.isfinite(sketch).all()
 
 
 def test_captured_sample_crop_cuts_every_tap_at_the_window(tmp_path):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from compare import relative_error, sdxl_pipeline
+from compare import ldm_ddim, relative_error, sdxl_pipeline
 from tiny_models import (
     TINY_SDXL_POOLED_DIM,
     tiny_backend,
@@ -58,22 +58,6 @@ def test_sdxl_spec_and_conditioning(sdxl):
     assert sdxl.size_conditioning((8, 12)).tolist() == [[64, 96, 0, 0, 64, 96]]
 
 
-def _ddim(prediction_type):
-    from diffusers import DDIMScheduler
-
-    # ldm's DDIM grid (1 + k * 1000 // steps) with the last step to alpha 1: what the backends run
-    return DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=True,
-        steps_offset=1,
-        timestep_spacing="leading",
-        prediction_type=prediction_type,
-    )
-
-
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_sdxl_sampling_matches_the_diffusers_sdxl_pipeline(prediction_type):
     """Same embeddings and noise through diffusers' StableDiffusionXLPipeline (its pooled and size
@@ -81,7 +65,7 @@ def test_sdxl_sampling_matches_the_diffusers_sdxl_pipeline(prediction_type):
     backend = tiny_sdxl_backend(0, prediction_type=prediction_type)
     cond, uncond = backend.encode_prompt("a horse"), backend.encode_prompt("")
     ours = backend.sample(cond, SMALL.replace(seed=4), capture=False, decode=False)
-    pipe = sdxl_pipeline(backend, _ddim(prediction_type))
+    pipe = sdxl_pipeline(backend, ldm_ddim("DDIMScheduler", prediction_type))
     noise = make_noise(4, (1, 4, 8, 8))
     theirs = pipe(
         prompt_embeds=cond.context,
@@ -110,7 +94,7 @@ def test_sd2_v_prediction_matches_the_diffusers_sd_pipeline(sd2):
         text_encoder=sd2.text_encoder,
         tokenizer=None,
         unet=sd2.unet,
-        scheduler=_ddim("v_prediction"),
+        scheduler=ldm_ddim("DDIMScheduler", "v_prediction"),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from compare import relative_error
 from PIL import Image
 
 from diffsketch.capture.sampling import SamplingSettings
@@ -681,3 +682,85 @@ def test_an_sdxl_refiner_folder_is_refused_with_the_reason(tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert rc == 2 and "SDXL refiner" in err and "SD 1.x, SD 2.x" in err and "Traceback" not in err
+
+
+def test_capture_a_picture_then_train_on_it(train_inputs, tmp_path, tiny_backend, capfd):
+    """capture --picture writes the features of the user's picture (those of the library's
+    capture_from_image), and train takes them with the user's drawing."""
+    from diffsketch.backends.inversion import PictureCapture
+    from diffsketch.capture.sample import CapturedSample
+    from diffsketch.train.generator import load_generator
+
+    pixels = (np.random.default_rng(0).random((64, 128, 3)) * 255).astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "photo.png")
+    features = tmp_path / "photo.safetensors"
+    capture = [
+        "capture",
+        *train_inputs.model,
+        "--picture",
+        str(tmp_path / "photo.png"),
+        "--caption",
+        "a horse",
+    ]
+    small = ["--steps", "10", "--timesteps", "1,501,901", "--schedule", "fast", "--cfg", "4"]
+    capfd.readouterr()
+    assert main([*capture, *small, "--out", str(features)]) == 0
+    out, err = capfd.readouterr()
+    example = CapturedSample.load(features)
+    assert example.size == (128, 64) and example.timesteps == (1, 501, 901)
+    assert (
+        example.meta["source"] == "picture"
+        and example.meta["cfg"] == 4.0
+        and example.meta["prompt"] == "a horse"
+    )
+    assert Image.open(tmp_path / "photo.replay.png").size == (128, 64)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "photo.png")), pixels)  # the picture is kept
+    image_is_picture = ["--image", str(tmp_path / "photo.png"), "--out", str(tmp_path / "other.safetensors")]
+    assert main([*capture, *small, *image_is_picture]) != 0
+    assert "the replay would overwrite it" in capfd.readouterr().err
+    direct = tiny_backend.capture_from_image(
+        torch.from_numpy(pixels),
+        SamplingSettings(steps=10, cfg=4.0, timesteps=(1, 501, 901), schedule="fast"),
+        caption="a horse",
+    )
+    # the folder's UNet computes as the in-memory one up to float rounding (attention set up on
+    # loading), which the random UNet's inversion amplifies: equal to 1%, not bit for bit
+    assert relative_error(example.latent, direct.sample.latent) < 1e-2
+    assert relative_error(example.unet[501][0], direct.sample.unet[501][0]) < 1e-2
+    assert f"PSNR {direct.replay_psnr:.1f} dB" in out and "inverting, then replaying" in err
+    # the tiny random model replays badly: the user is told, in words
+    assert (
+        direct.replay_psnr < 20
+        and f"warning: {PictureCapture(direct.sample, direct.replay_psnr, direct.noise).warning}" in out
+    )
+
+    drawing = (pixels.mean(-1) > 128).astype(np.uint8) * 255
+    Image.fromarray(drawing).save(tmp_path / "drawing.png")
+    inputs = SimpleNamespace(
+        **{**vars(train_inputs), "example": features, "sketch": tmp_path / "drawing.png"}
+    )
+    style = tmp_path / "style.safetensors"
+    assert main(train_args(inputs, style, "--iterations", "2")) == 0
+    assert load_generator(style).timesteps == (1, 501, 901)
+
+
+@pytest.mark.parametrize(
+    "size, message",
+    [((40, 40), "40x40 pixels"), ((64, 100), "100x64 pixels")],
+    ids=["too-small", "not-a-multiple"],
+)
+def test_capture_refuses_a_picture_of_the_wrong_size_by_name(tiny_model_dir, tmp_path, capsys, size, message):
+    Image.fromarray(np.zeros((*size, 3), np.uint8)).save(tmp_path / "photo.png")
+    args = [
+        "capture",
+        "--model",
+        str(tiny_model_dir),
+        "--device",
+        "cpu",
+        "--picture",
+        str(tmp_path / "photo.png"),
+    ]
+    assert main([*args, "--out", str(tmp_path / "f.safetensors")]) != 0
+    err = capsys.readouterr().err
+    assert f"--picture {tmp_path / 'photo.png'} is {message}" in err and "Crop or resize" in err
+    assert not (tmp_path / "f.safetensors").exists()

@@ -18,7 +18,7 @@ import torch
 from ..capture.hooks import UNetRecorder
 from ..capture.identity import PREDICTION_TYPES, backend_identity
 from ..capture.sample import CapturedSample
-from ..capture.sampling import SamplingSettings
+from ..capture.sampling import MAX_SIZE, SIZE_MULTIPLE, SamplingSettings, check_size
 from ..capture.spec import FeatureSpec, family_name, family_native_side
 from ..capture.timesteps import ddim_grid
 from ..errors import InvalidInputError
@@ -100,6 +100,32 @@ def model_output_to_x0_eps(
     return a * x - s * output, s * x + a * output
 
 
+def check_picture(image, what: str = "the picture") -> torch.Tensor:
+    """``image`` as ``[1, 3, H, W]`` float32 in [0, 1], or a clear error naming ``what``: one
+    picture, finite values in [0, 1] (or uint8/uint16), sides of a sampling size (:func:`check_size`)."""
+    from ..images import as_rgb, image_batch
+
+    x = image_batch(image, what, channels_first=True)
+    if x.shape[0] != 1:
+        raise InvalidInputError(
+            f"{what} is a batch of {x.shape[0]} images; features are captured from ONE picture: pass one "
+            "(e.g. pick one with an image-batch selector)."
+        )
+    height, width = int(x.shape[1]), int(x.shape[2])
+    try:
+        check_size(width, height)
+    except InvalidInputError as e:
+        fit_w, fit_h = (
+            max(SIZE_MULTIPLE, min(MAX_SIZE, v // SIZE_MULTIPLE * SIZE_MULTIPLE)) for v in (width, height)
+        )
+        raise InvalidInputError(
+            f"{what} is {width}x{height} pixels; the model needs sides that are multiples of {SIZE_MULTIPLE} "
+            f"between {SIZE_MULTIPLE} and {MAX_SIZE} (its UNet halves the latent three times). Crop or resize "
+            f"it, e.g. to {fit_w}x{fit_h}."
+        ) from e
+    return as_rgb(x).permute(0, 3, 1, 2).contiguous()
+
+
 class SamplingBackend:
     """Shared sampling driver. Subclasses set ``spec`` and implement the primitives."""
 
@@ -133,6 +159,17 @@ class SamplingBackend:
 
     def _decode(self, latent: torch.Tensor, capture: bool, store_dtype, store_device):  # pragma: no cover
         """Decode a raw VAE latent. Returns (image [1,3,H,W] in [0,1], rgb, vae feature list)."""
+        raise NotImplementedError
+
+    def _encode(self, image: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+        """The raw VAE latent (the posterior mean) of ``image`` [1,3,H,W] in [0,1], on the CPU."""
+        raise NotImplementedError
+
+    def _invert(
+        self, latent: torch.Tensor, cond: Conditioning, schedule: list[int], progress: ProgressFn | None
+    ) -> torch.Tensor:  # pragma: no cover - interface
+        """:func:`~diffsketch.backends.inversion.ddim_invert` of the clean model latent ``latent``
+        (DDPM space) on ``schedule``, the UNet guided by ``cond`` alone (cfg 1). Returns x_T on the CPU."""
         raise NotImplementedError
 
     # -- shared --------------------------------------------------------------------------------
@@ -224,12 +261,7 @@ class SamplingBackend:
                 f"sample_batch needs one seed per condition, got {len(conds)} conditions and "
                 f"{None if seeds is None else len(seeds)} seeds"
             )
-        plan = settings.plan()
-        sched = settings.denoising_schedule(plan)
-        if capture and not set(plan.used) <= set(sched):
-            raise InvalidInputError(
-                f"the schedule {sched} does not visit the capture timesteps {sorted(set(plan.used) - set(sched))}"
-            )
+        plan, sched = self._capture_plan(settings, capture)
         prompts = [c if isinstance(c, str) else None for c in conds]
         checked = [
             self.check_conditioning(self.encode_prompt(c) if isinstance(c, str) else c, "positive")
@@ -279,6 +311,87 @@ class SamplingBackend:
     def image_size(self, width: int, height: int) -> tuple[int, int]:
         """``(width, height)`` with 0 (or None) meaning :attr:`native_size`."""
         return int(width or self.native_size), int(height or self.native_size)
+
+    @staticmethod
+    def _capture_plan(settings: SamplingSettings, capture: bool = True):
+        """``(plan, schedule)`` of ``settings``, or a clear error when the schedule skips a capture timestep."""
+        plan = settings.plan()
+        sched = settings.denoising_schedule(plan)
+        if capture and not set(plan.used) <= set(sched):
+            raise InvalidInputError(
+                f"the schedule {sched} does not visit the capture timesteps {sorted(set(plan.used) - set(sched))}"
+            )
+        return plan, sched
+
+    def capture_from_image(
+        self,
+        image,
+        settings: SamplingSettings,
+        *,
+        caption: str | Conditioning | torch.Tensor = "",
+        store_dtype: torch.dtype = torch.float16,
+        store_device: torch.device | str = "cpu",
+        progress: ProgressFn | None = None,
+    ):
+        """The features of the user's own picture: DDIM inversion (eta 0) of its VAE latent on the
+        grid and schedule of ``settings``, then a replay of the inverted trajectory that captures the
+        UNet taps (both branches, "" as the negative) and, decoding the replay, the VAE taps.
+
+        ``image``: ONE picture (``[1,3,H,W]``, ComfyUI's ``[1,H,W,C]`` or ``[H,W,C]``; float in
+        [0, 1], uint8 or uint16; grey and alpha are made RGB over white) whose sides are a valid
+        sampling size; it sets the size (``settings.width``/``height`` are not used).
+        ``caption``: what the picture shows (a prompt or its conditioning); inversion and replay are
+        guided by it alone (:data:`~diffsketch.backends.inversion.INVERSION_CFG`). ``settings.cfg``
+        is not used here: it is recorded as the guidance Train samples its own images with.
+        Returns a :class:`~diffsketch.backends.inversion.PictureCapture` (features, the replay's
+        PSNR against the picture, the inverted x_T, and a warning when the PSNR is low).
+        """
+        from .inversion import INVERSION_CFG, PictureCapture, psnr
+
+        if not isinstance(settings, SamplingSettings):
+            raise InvalidInputError(f"settings must be a SamplingSettings, got {type(settings).__name__}")
+        picture = check_picture(image)
+        height, width = picture.shape[-2:]
+        settings = settings.replace(width=int(width), height=int(height))
+        plan, sched = self._capture_plan(settings)
+        prompt = caption if isinstance(caption, str) else None
+        cond = self.check_conditioning(
+            self.encode_prompt(caption) if prompt is not None else caption, "caption"
+        )
+        uncond = self.check_conditioning(self.encode_prompt(""), "negative")
+        n = len(sched)
+
+        def inverting(i, total):
+            if progress is not None:
+                progress(i, 2 * n)
+
+        def replaying(i, total):
+            if progress is not None:
+                progress(n + i, 2 * n)
+
+        latent = self._encode(picture)
+        noise = self._invert(latent * self.latent_scaling_factor, cond, sched, inverting)
+        recorder = UNetRecorder(self.spec, plan.used, store_dtype, store_device)
+        replayed = self._denoise(noise, cond, uncond, INVERSION_CFG, sched, recorder, replaying)
+        unet = recorder.result()
+        decoded, rgb, vae = self._decode(replayed, True, store_dtype, store_device)
+        replay_psnr = psnr(decoded, picture)
+        meta = {
+            "source": "picture",
+            "steps": settings.steps,
+            "cfg": settings.cfg,
+            "replay_cfg": INVERSION_CFG,
+            "replay_psnr": replay_psnr,
+            "width": settings.width,
+            "height": settings.height,
+            "schedule": sched,
+            "unet_evaluations": 2 * n,
+            **backend_identity(self).to_dict(),
+        }
+        if prompt is not None:
+            meta["prompt"] = prompt
+        sample = CapturedSample(self.spec, plan, decoded, replayed.float().cpu(), unet, vae, rgb, meta)
+        return PictureCapture(sample, replay_psnr, noise.float().cpu())
 
     def suggested_batch(self, width: int, height: int) -> int:
         """Images per :meth:`sample_batch` call for bulk sampling (pair generation): 1 unless a

@@ -24,7 +24,6 @@ diffusers' SDXL pipeline instead uses zeros when no negative prompt is given
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import torch
@@ -46,12 +45,12 @@ from .base import (
     SamplingBackend,
     check_prediction_type,
     has_zero_terminal_snr,
-    model_output_to_x0_eps,
     rescale_zero_terminal_snr,
     scaled_linear_alphas_cumprod,
     weights_fingerprint,
 )
 from .conditioning import Conditioning
+from .inversion import ddim_denoise, ddim_invert
 from .prompt import TEXT_LAYOUTS, TextEncoderReader, prompt_windows, stored_layers, window_notice
 from .text import ClipBPETokenizer, HFTokenizerAdapter
 
@@ -393,24 +392,26 @@ class DiffusersBackend(SamplingBackend):
         h, w = (int(s) * self.spec.vae_scale_factor for s in latent_hw)
         return torch.tensor([[h, w, 0, 0, h, w]], dtype=torch.float32)
 
+    def _unet_kwargs(self, cond: Conditioning, latent_hw) -> dict:
+        """The UNet's conditioning arguments for a batch of ``cond`` (SDXL: with the pooled text
+        and the size conditioning of the image a latent of ``latent_hw`` decodes to)."""
+        cond = cond.to(self.device, self.dtype)
+        kwargs = {"encoder_hidden_states": cond.context}
+        if self.spec.family == SDXL:
+            time_ids = self.size_conditioning(tuple(latent_hw)).repeat(cond.context.shape[0], 1)
+            kwargs["added_cond_kwargs"] = {
+                "text_embeds": cond.pooled,
+                "time_ids": time_ids.to(self.device, self.dtype),
+            }
+        return kwargs
+
     @torch.no_grad()
     def _denoise(
         self, noise, cond, uncond, cfg, schedule, recorder: UNetRecorder | None, progress: ProgressFn | None
     ) -> torch.Tensor:
-        acp = self.alphas_cumprod
-        x = noise.to(self.device, torch.float32)
-        both = Conditioning.cat_for_attention([uncond, cond]).to(self.device, self.dtype)
-        kwargs = {"encoder_hidden_states": both.context}
-        if self.spec.family == SDXL:
-            time_ids = self.size_conditioning(tuple(noise.shape[-2:])).repeat(2 * noise.shape[0], 1)
-            kwargs["added_cond_kwargs"] = {
-                "text_embeds": both.pooled,
-                "time_ids": time_ids.to(self.device, self.dtype),
-            }
-        n = len(schedule)
-        for i, t in enumerate(schedule):
-            a_t = float(acp[t])
-            a_prev = float(acp[schedule[i + 1]]) if i + 1 < n else 1.0  # last step -> predicted x0
+        kwargs = self._unet_kwargs(Conditioning.cat_for_attention([uncond, cond]), noise.shape[-2:])
+
+        def predict(x, t):
             x_in = torch.cat([x, x]).to(self.dtype)
             t_in = torch.full((x_in.shape[0],), t, device=self.device, dtype=torch.long)
             if recorder is not None:
@@ -419,12 +420,27 @@ class DiffusersBackend(SamplingBackend):
             else:
                 out = self.unet(x_in, t_in, **kwargs).sample
             out_u, out_c = out.float().chunk(2)
-            guided = out_u + cfg * (out_c - out_u)
-            x0, eps = model_output_to_x0_eps(guided, x, a_t, self.prediction_type)
-            x = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev) * eps
-            if progress is not None:
-                progress(i + 1, n)
+            return out_u + cfg * (out_c - out_u)
+
+        x = noise.to(self.device, torch.float32)
+        x = ddim_denoise(predict, x, schedule, self.alphas_cumprod, self.prediction_type, progress)
         return (x / self.latent_scaling_factor).cpu()
+
+    @torch.no_grad()
+    def _invert(self, latent, cond, schedule, progress: ProgressFn | None) -> torch.Tensor:
+        kwargs = self._unet_kwargs(cond, latent.shape[-2:])
+
+        def predict(x, t):
+            t_in = torch.full((x.shape[0],), t, device=self.device, dtype=torch.long)
+            return self.unet(x.to(self.dtype), t_in, **kwargs).sample.float()
+
+        x = latent.to(self.device, torch.float32)
+        return ddim_invert(predict, x, schedule, self.alphas_cumprod, self.prediction_type, progress).cpu()
+
+    @torch.no_grad()
+    def _encode(self, image: torch.Tensor) -> torch.Tensor:
+        pixels = (image * 2 - 1).to(self.device, self.vae_dtype)
+        return self.vae.encode(pixels).latent_dist.mean.float().cpu()
 
     @torch.no_grad()
     def _decode(self, latent, capture, store_dtype, store_device):

@@ -250,3 +250,66 @@ def test_compile_wrapper_rejected(comfy_inprocess, loaded_checkpoint):
     torch_compile.set_torch_compile_wrapper(compiled, backend="inductor")
     with pytest.raises(UnsupportedModelError, match="torch.compile"):
         ComfyBackend(compiled, clip, vae)
+
+
+PICTURE_SETTINGS = SamplingSettings(steps=10, cfg=5.0, timesteps=(1, 501, 901), schedule="fast")
+
+
+def test_capture_from_a_picture_parity_with_diffusers(comfy_inprocess, loaded_checkpoint, tiny_checkpoint):
+    """Same checkpoint and picture: both backends invert to the same x_T and capture the same
+    features from its replay."""
+    from diffsketch.backends.diffusers import DiffusersBackend
+
+    comfy_b = comfy_inprocess.nodes.comfy_backend.ComfyBackend(*loaded_checkpoint)
+    diff_b = DiffusersBackend.from_single_file(tiny_checkpoint)
+    picture = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(7))
+    caption = "a photo of a horse in mud"
+    torch.testing.assert_close(comfy_b._encode(picture), diff_b._encode(picture), rtol=1e-3, atol=1e-3)
+    with torch.inference_mode():
+        a = comfy_b.capture_from_image(picture, PICTURE_SETTINGS, caption=caption)
+    b = diff_b.capture_from_image(picture, PICTURE_SETTINGS, caption=caption)
+    assert relative_error(a.noise, b.noise) < 1e-3
+    assert relative_error(a.sample.latent, b.sample.latent) < 1e-3
+    assert a.sample.timesteps == b.sample.timesteps == (1, 501, 901)
+    for t in a.sample.timesteps:
+        for i, (fa, fb) in enumerate(zip(a.sample.unet[t], b.sample.unet[t])):
+            assert relative_error(fa, fb) < 1e-3, (t, i)
+    for fa, fb in zip(a.sample.vae, b.sample.vae):
+        assert relative_error(fa, fb) < 1e-3
+    assert a.replay_psnr == pytest.approx(b.replay_psnr, abs=0.05)
+
+
+def test_capture_from_a_picture_leaves_nothing_behind_and_reruns_alike(comfy_inprocess, loaded_checkpoint):
+    """Cancel during the inversion or the replay leaves no hook or wrapper on the shared MODEL, and
+    a rerun gives the features of an uninterrupted run."""
+    import comfy.model_management as mm
+
+    model, clip, vae = loaded_checkpoint
+    backend = comfy_inprocess.nodes.comfy_backend.ComfyBackend(model, clip, vae)
+    wrappers_before = {k: dict(v) for k, v in model.wrappers.items()}
+    picture = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(8))
+    with torch.inference_mode():
+        first = backend.capture_from_image(picture, PICTURE_SETTINGS)
+    assert hook_count(model, vae) == 0
+    for stop_at in (2, 5):  # of 3 inversion + 3 replay steps
+        seen = []
+
+        def cancel(step, total, stop_at=stop_at, seen=seen):
+            seen.append(step)
+            if step == stop_at:
+                mm.interrupt_current_processing(True)
+
+        try:
+            with torch.inference_mode(), pytest.raises(mm.InterruptProcessingException):
+                backend.capture_from_image(picture, PICTURE_SETTINGS, progress=cancel)
+        finally:
+            mm.interrupt_current_processing(False)
+        assert seen == list(range(1, stop_at + 1))  # stopped at the next step, inversion or replay
+        assert hook_count(model, vae) == 0
+        assert {k: dict(v) for k, v in model.wrappers.items()} == wrappers_before
+    with torch.inference_mode():
+        again = backend.capture_from_image(picture, PICTURE_SETTINGS)
+    torch.testing.assert_close(again.noise, first.noise, rtol=0, atol=0)
+    for t in first.sample.timesteps:
+        for fa, fb in zip(first.sample.unet[t], again.sample.unet[t]):
+            torch.testing.assert_close(fa, fb, rtol=0, atol=0)

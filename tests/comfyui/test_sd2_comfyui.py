@@ -18,6 +18,8 @@ from diffsketch.capture.sampling import SamplingSettings
 
 FEW = SamplingSettings(seed=3, steps=10, cfg=5.0, width=64, height=64, timesteps=(1, 501, 901))
 PROMPT = "a photo of a horse in mud"
+PICTURE = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(7))
+PICTURE_SETTINGS = SamplingSettings(steps=10, timesteps=(1, 501, 901), schedule="fast")
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +31,7 @@ def diffusers_side(sd2_checkpoint):
     out["tags"] = clip_skip_conditions(backend, TAG_PROMPT)
     epsilon = DiffusersBackend.from_single_file(sd2_checkpoint, prediction_type="epsilon")
     out["epsilon"] = epsilon.sample(out["cond"], FEW, capture=False, decode=False)
+    out["picture"] = backend.capture_from_image(PICTURE, PICTURE_SETTINGS, caption=PROMPT)
     del backend, epsilon
     gc.collect()
     return out
@@ -118,3 +121,22 @@ def test_a_23_layer_text_encoder_encodes_as_comfyui_and_the_24_layer_file(
     # the layer left out is one SD 2.x never reads: the 24-layer file gives the same condition
     assert relative_error(diffusers_23["cond"].context, diffusers_side["cond"].context) < 1e-6
     assert relative_error(diffusers_23["tags"].context, diffusers_side["tags"][2].context) < 1e-6
+
+
+def test_same_inversion_and_features_from_a_picture(comfy_inprocess, comfy_sd2, diffusers_side):
+    """The ComfyUI backend turns ComfyUI's denoised prediction back into v for the shared inversion
+    steps: the same x_T and features as the diffusers backend, which reads v from its UNet."""
+    model, clip, vae = comfy_sd2
+    wrappers = {k: dict(v) for k, v in model.wrappers.items()}
+    backend = comfy_inprocess.nodes.comfy_backend.ComfyBackend(model, clip, vae)
+    with torch.inference_mode():
+        ours = backend.capture_from_image(PICTURE, PICTURE_SETTINGS, caption=PROMPT)
+    theirs = diffusers_side["picture"]
+    assert relative_error(ours.noise, theirs.noise) < 1e-3
+    assert relative_error(ours.sample.latent, theirs.sample.latent) < 1e-3
+    for t in ours.sample.timesteps:
+        for i, (a, b) in enumerate(zip(ours.sample.unet[t], theirs.sample.unet[t], strict=True)):
+            assert relative_error(a, b) < 1e-3, (t, i)
+    for a, b in zip(ours.sample.vae, theirs.sample.vae, strict=True):
+        assert relative_error(a, b) < 1e-3
+    assert hook_count(model, vae) == 0 and {k: dict(v) for k, v in model.wrappers.items()} == wrappers
