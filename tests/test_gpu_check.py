@@ -20,6 +20,7 @@ sys.path.insert(0, str(REPO / "tools"))
 
 import gpu_figures  # noqa: E402
 import make_workflows  # noqa: E402
+from gpu_check import junit_figures  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +153,36 @@ def test_the_committed_notes_are_what_make_workflows_writes():
         ui = json.loads((REPO / "workflows" / f"{ui_files[key]}.json").read_text(encoding="utf-8"))
         note = next(n for n in ui["nodes"] if n["type"] == "MarkdownNote")
         assert note["widgets_values"][0] == text, f"{key}: run tools/make_workflows.py"
+
+
+def test_comfyui_part_reads_pytests_junit_report(tmp_path):
+    """The ComfyUI part's figures come from pytest's own JUnit XML: one test of each outcome."""
+    (tmp_path / "test_outcomes.py").write_text(
+        "import pytest\n"
+        "def test_passes(): pass\n"
+        "def test_fails(): assert False\n"
+        "def test_skips(): pytest.skip('no GPU')\n"
+        "@pytest.fixture\n"
+        "def broken(): raise RuntimeError('fixture')\n"
+        "def test_errors(broken): pass\n"
+    )
+    xml = tmp_path / "report.xml"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "test_outcomes.py",
+            "--junitxml",
+            str(xml),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+    )
+    figures = junit_figures(xml)
+    assert gpu_figures.figure_problems("comfyui_tests", figures) == []
+    assert (figures["passed"], figures["failed"], figures["skipped"], figures["errors"]) == (1, 1, 1, 1)
+    assert figures["tests"]["test_outcomes::test_fails"] == "failed"
