@@ -266,7 +266,7 @@ def write_safetensors(file, tensors: Mapping[str, torch.Tensor], metadata: Mappi
     for name in order:
         t = tensors[name]
         if t.numel():
-            file.write(memoryview(t.detach().reshape(-1).view(torch.uint8).numpy()))
+            file.write(memoryview(t.detach().cpu().reshape(-1).view(torch.uint8).numpy()))
 
 
 def save_tensors(
