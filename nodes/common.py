@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 
@@ -120,11 +121,13 @@ def show_on_node(text: str) -> dict:
     """Log ``text`` (e.g. which file a node wrote) and show it on the running node, as ComfyUI's API
     nodes show their status; returns the node's UI entry with it, for API clients."""
     from comfy_execution.utils import get_executing_context
-    from server import PromptServer
 
     logger.info("[DiffSketch] %s", text)
     context = get_executing_context()
-    server = getattr(PromptServer, "instance", None)
+    # ComfyUI's server module is loaded only where a server runs the graph; importing it elsewhere
+    # (a node run in-process, a script) would pull in the server's own start-up imports.
+    server_module = sys.modules.get("server")
+    server = getattr(getattr(server_module, "PromptServer", None), "instance", None)
     if context is not None and server is not None:
         server.send_progress_text(text, context.node_id)
     return {"text": (text,)}

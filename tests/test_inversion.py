@@ -75,7 +75,7 @@ def test_replay_retraces_the_inversion_exactly_for_a_single_point_model(predicti
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_x0_to_model_output_inverts_the_model_output_reading(prediction_type):
-    from diffsketch.backends.base import model_output_to_x0_eps
+    from diffsketch.backends.inversion import model_output_to_x0_eps
 
     g = torch.Generator().manual_seed(1)
     x, out = torch.randn(2, 4, 4, 4, generator=g), torch.randn(2, 4, 4, 4, generator=g)

@@ -135,7 +135,16 @@ REGISTRY_ACCELERATORS = {
     "Environment :: GPU :: Apple Metal",
 }
 # Imports that ComfyUI itself provides to a node pack.
-COMFY_MODULES = {"comfy", "comfy_api", "folder_paths", "server", "nodes", "node_helpers", "latent_preview"}
+COMFY_MODULES = {
+    "comfy",
+    "comfy_api",
+    "comfy_execution",
+    "folder_paths",
+    "server",
+    "nodes",
+    "node_helpers",
+    "latent_preview",
+}
 # import name -> distribution name, for the third-party packages the nodes use
 DISTRIBUTIONS = {"PIL": "pillow", "open_clip": "open-clip-torch"}
 

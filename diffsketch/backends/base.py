@@ -10,21 +10,24 @@ points under the same conventions.
 from __future__ import annotations
 
 import hashlib
-import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
 from ..capture.hooks import UNetRecorder
-from ..capture.identity import PREDICTION_TYPES, backend_identity
+from ..capture.identity import backend_identity
 from ..capture.sample import CapturedSample
 from ..capture.sampling import MAX_SIZE, SIZE_MULTIPLE, SamplingSettings, check_size
 from ..capture.spec import FeatureSpec, family_name, family_native_side
 from ..capture.timesteps import ddim_grid
 from ..errors import InvalidInputError
 from .conditioning import Conditioning
-
-ProgressFn = Callable[[int, int], None]
+from .inversion import (
+    INVERSION_CFG,
+    PictureCapture,
+    ProgressFn,
+    psnr,
+)
 
 
 def make_noise(seed: int, shape: Sequence[int]) -> torch.Tensor:
@@ -77,27 +80,6 @@ def has_zero_terminal_snr(last_alpha_cumprod: float) -> bool:
     """Whether a schedule ending on ``last_alpha_cumprod`` is zero-terminal-SNR: SD's own ends at
     about 0.0047, a rescaled one at :data:`ZERO_SNR_LAST_ALPHA_CUMPROD` (4.9e-8)."""
     return float(last_alpha_cumprod) < 1e-5
-
-
-def check_prediction_type(prediction_type: str) -> str:
-    """``prediction_type`` when it is one of :data:`PREDICTION_TYPES`, else a clear error."""
-    if prediction_type not in PREDICTION_TYPES:
-        raise InvalidInputError(
-            f"prediction_type must be one of {list(PREDICTION_TYPES)}, got {prediction_type!r}"
-        )
-    return prediction_type
-
-
-def model_output_to_x0_eps(
-    output: torch.Tensor, x: torch.Tensor, alpha_cumprod: float, prediction_type: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(predicted x0, predicted noise) from a UNet output at a timestep with ``alpha_cumprod``:
-    epsilon models predict the noise, v-prediction models (SD 2.x 768-v, v-pred SDXL fine-tunes)
-    predict ``v = sqrt(a) * noise - sqrt(1 - a) * x0``."""
-    a, s = math.sqrt(alpha_cumprod), math.sqrt(1.0 - alpha_cumprod)
-    if check_prediction_type(prediction_type) == "epsilon":
-        return (x - s * output) / a, output
-    return a * x - s * output, s * x + a * output
 
 
 def check_picture(image, what: str = "the picture") -> torch.Tensor:
@@ -346,8 +328,6 @@ class SamplingBackend:
         Returns a :class:`~diffsketch.backends.inversion.PictureCapture` (features, the replay's
         PSNR against the picture, the inverted x_T, and a warning when the PSNR is low).
         """
-        from .inversion import INVERSION_CFG, PictureCapture, psnr
-
         if not isinstance(settings, SamplingSettings):
             raise InvalidInputError(f"settings must be a SamplingSettings, got {type(settings).__name__}")
         picture = check_picture(image)

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from ..capture.hooks import COND, UNCOND, UNetRecorder, record_vae_decoder, reject_compiled
+from ..capture.identity import PREDICTION_TYPES
 from ..capture.spec import (
     SD1,
     SD2,
@@ -40,17 +41,14 @@ from ..capture.spec import (
 )
 from ..errors import InvalidInputError, WeightsNotFoundError
 from .base import (
-    PREDICTION_TYPES,
-    ProgressFn,
     SamplingBackend,
-    check_prediction_type,
     has_zero_terminal_snr,
     rescale_zero_terminal_snr,
     scaled_linear_alphas_cumprod,
     weights_fingerprint,
 )
 from .conditioning import Conditioning
-from .inversion import ddim_denoise, ddim_invert
+from .inversion import ProgressFn, check_prediction_type, ddim_denoise, ddim_invert
 from .prompt import TEXT_LAYOUTS, TextEncoderReader, prompt_windows, stored_layers, window_notice
 from .text import ClipBPETokenizer, HFTokenizerAdapter
 

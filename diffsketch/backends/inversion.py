@@ -24,9 +24,11 @@ from dataclasses import dataclass
 
 import torch
 
+from ..capture.identity import PREDICTION_TYPES
 from ..capture.sample import CapturedSample
-from .base import ProgressFn, check_prediction_type, model_output_to_x0_eps
+from ..errors import InvalidInputError
 
+ProgressFn = Callable[[int, int], None]
 Predict = Callable[[torch.Tensor, int], torch.Tensor]
 
 #: Guidance while inverting and replaying: the caption's prediction alone. With the same guidance
@@ -36,6 +38,27 @@ INVERSION_CFG = 1.0
 
 #: Below this PSNR (dB) of the decoded replay against the picture, the capture warns.
 MIN_REPLAY_PSNR = 20.0
+
+
+def check_prediction_type(prediction_type: str) -> str:
+    """``prediction_type`` when it is one of :data:`PREDICTION_TYPES`, else a clear error."""
+    if prediction_type not in PREDICTION_TYPES:
+        raise InvalidInputError(
+            f"prediction_type must be one of {list(PREDICTION_TYPES)}, got {prediction_type!r}"
+        )
+    return prediction_type
+
+
+def model_output_to_x0_eps(
+    output: torch.Tensor, x: torch.Tensor, alpha_cumprod: float, prediction_type: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(predicted x0, predicted noise) from a UNet output at a timestep with ``alpha_cumprod``:
+    epsilon models predict the noise, v-prediction models (SD 2.x 768-v, v-pred SDXL fine-tunes)
+    predict ``v = sqrt(a) * noise - sqrt(1 - a) * x0``."""
+    a, s = math.sqrt(alpha_cumprod), math.sqrt(1.0 - alpha_cumprod)
+    if check_prediction_type(prediction_type) == "epsilon":
+        return (x - s * output) / a, output
+    return a * x - s * output, s * x + a * output
 
 
 def ddim_step(
@@ -49,7 +72,7 @@ def ddim_step(
 
 def x0_to_model_output(x0: torch.Tensor, x: torch.Tensor, alpha_cumprod: float, prediction_type: str):
     """The model output (epsilon or v) whose predicted x0 at ``x`` and ``alpha_cumprod`` is ``x0``:
-    the inverse of :func:`~diffsketch.backends.base.model_output_to_x0_eps`, for samplers (ComfyUI)
+    the inverse of :func:`model_output_to_x0_eps`, for samplers (ComfyUI)
     that hand out the denoised latent rather than the raw output."""
     a, s = math.sqrt(alpha_cumprod), math.sqrt(1.0 - alpha_cumprod)
     if check_prediction_type(prediction_type) == "epsilon":

@@ -164,6 +164,11 @@ def test_the_sdxl_quick_start_runs_end_to_end(comfy_server, workflow_env):
 
     api = load_api("quick_start_sdxl")
     assert {n["inputs"].get("ckpt_name") for n in api.values()} >= {"sd_xl_base_1.0.safetensors"}
+    # the template trains on 512-px windows of its 1024-px samples; at 64 px, 32-px windows (a window
+    # as large as the samples is refused)
+    (train,) = [n for n in api.values() if n["class_type"] == "DiffSketchTrain"]
+    assert train["inputs"]["sample_crop"] == 512
+    train["inputs"]["sample_crop"] = 32
     entry = comfy_server.run(api)
     assert entry["status"]["status_str"] == "success", error_message(entry)
     models = workflow_env / "models" / "diffsketch"
