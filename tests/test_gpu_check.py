@@ -85,30 +85,34 @@ def test_problems_name_what_is_missing(quick_run):
     assert "extract_speed: status failed without a reason" in found
 
 
-def test_readme_table_without_figures_lists_what_waits_and_is_what_the_readme_has():
-    block = gpu_figures.readme_block(None)
+def test_gpu_table_without_figures_lists_what_waits_and_is_what_the_benchmarks_page_has():
+    block = gpu_figures.figures_block(None)
     assert "Not measured yet" in block
     assert all(what in block for what, _ in gpu_figures.WAITING.values())
-    assert block in (REPO / "README.md").read_text(encoding="utf-8")
-    assert not gpu_figures.FIGURES_PATH.exists() or gpu_figures.readme_block(gpu_figures.load()) in (
-        REPO / "README.md"
-    ).read_text(encoding="utf-8")
+    assert gpu_figures.PAGE == REPO / "docs" / "benchmarks.md"
+    page = gpu_figures.PAGE.read_text(encoding="utf-8")
+    assert block in page
+    assert not gpu_figures.FIGURES_PATH.exists() or gpu_figures.figures_block(gpu_figures.load()) in page
+    # The README quotes no GPU figure of its own: it links to the page that holds the table.
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert gpu_figures.BEGIN not in readme and "docs/benchmarks.md#measuring-on-a-gpu" in readme
 
 
-def test_readme_table_quotes_each_measured_part_and_says_why_the_others_are_missing(quick_run, tmp_path):
+def test_gpu_table_quotes_each_measured_part_and_says_why_the_others_are_missing(quick_run, tmp_path):
     data = _as_gpu_run(quick_run[1])
-    block = gpu_figures.readme_block(data)
+    block = gpu_figures.figures_block(data)
     rows = dict(gpu_figures.rows(data))
     student = data["parts"]["extract_speed"]["figures"]["images_per_s"]["DiffSketch student"]
     assert f"**{student:,.1f}** img/s" in rows["Extractor speed"]
     assert "B = 2" in rows["Pairs per batch size"]
     assert rows["Template stages, SDXL"] == "not measured (timeout: killed after its 1 s)"
     assert "Test GPU" in block
-    readme = tmp_path / "README.md"
-    readme.write_text(f"before\n{gpu_figures.BEGIN}\nold\n{gpu_figures.END}\nafter\n")
-    assert gpu_figures.rewrite_readme(data, readme)
-    assert readme.read_text() == f"before\n{block}\nafter\n"
-    assert not gpu_figures.rewrite_readme(data, readme)
+    page = tmp_path / "benchmarks.md"
+    page.write_text(f"before\n{gpu_figures.BEGIN}\nold\n{gpu_figures.END}\nafter\n")
+    assert gpu_figures.rewrite_page(data, page)
+    assert page.read_text() == f"before\n{block}\nafter\n"
+    assert not gpu_figures.rewrite_page(data, page)
+    assert [f.name for f in tmp_path.iterdir()] == ["benchmarks.md"]
 
 
 def _notes() -> dict[str, str]:

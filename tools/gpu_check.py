@@ -1,4 +1,4 @@
-"""The GPU check: every GPU figure the README and the templates' notes wait for, in one run of under
+"""The GPU check: every GPU figure docs/benchmarks.md and the templates' notes wait for, in one run of under
 10 minutes, written to one JSON file (and each part's full log beside it, in <out>_logs/).
 
 The command for a session's device machine (it runs in the repository root, with no internet; give
@@ -12,7 +12,7 @@ without them that part is skipped with the reason (the missing packages are list
 run. Then, on the development machine, with the JSON that came back:
 
     cp <files_at>/gpu_check.json benchmarks/gpu_check.json
-    python tools/gpu_figures.py            # the README's GPU table
+    python tools/gpu_figures.py            # the GPU table of docs/benchmarks.md
     python tools/make_workflows.py         # the templates' notes quote the stage times
 
 Parts, in this order, each a subprocess with its own time limit (so one slow part cannot eat the

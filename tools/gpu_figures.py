@@ -1,14 +1,14 @@
-"""The GPU figures: what tools/gpu_check.py writes, checked, and the README table made from them.
+"""The GPU figures: what tools/gpu_check.py writes, checked, and the benchmarks page's table made from them.
 
 One JSON file (:data:`FIGURES_PATH`, committed once a GPU has run the check) holds every GPU figure
-the README and the templates' notes quote. tools/gpu_check.py writes it part by part;
-tools/make_workflows.py reads the template stage times from it; this script rewrites the README's
-GPU table from it:
+docs/benchmarks.md and the templates' notes quote. tools/gpu_check.py writes it part by part;
+tools/make_workflows.py reads the template stage times from it; this script rewrites the GPU table
+of docs/benchmarks.md from it (the README links there):
 
-    python tools/gpu_figures.py                  # rewrite the README's GPU table from FIGURES_PATH
+    python tools/gpu_figures.py                  # rewrite docs/benchmarks.md's GPU table from FIGURES_PATH
     python tools/gpu_figures.py --check FILE     # validate a gpu_check JSON, print its problems
 
-Without the file the README's table says what is waiting to be measured and the notes give the work
+Without the file the page's table says what is waiting to be measured and the notes give the work
 per stage, never a time. Only a full (not ``--quick``) run on a CUDA device counts as GPU figures:
 a CPU smoke run's numbers are for checking the script, not for quoting.
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 FIGURES_PATH = REPO / "benchmarks" / "gpu_check.json"
-README = REPO / "README.md"
+PAGE = REPO / "docs" / "benchmarks.md"  # where the GPU table lives, between BEGIN and END
 SCHEMA = 1
 STATUSES = ("pending", "running", "ok", "failed", "timeout", "skipped")
 # The figures each part must leave when it is "ok": the keys its benchmark's --json writes.
@@ -120,7 +120,7 @@ def is_gpu_run(data: dict) -> bool:
 
 def load(path: Path = FIGURES_PATH) -> dict | None:
     """The committed GPU figures, or None when no GPU has run the check yet. A file that is not a
-    valid full GPU run is an error: its numbers must not reach the README or the notes."""
+    valid full GPU run is an error: its numbers must not reach the docs or the notes."""
     if not path.is_file():
         return None
     data = json.loads(path.read_text(encoding="utf-8"))
@@ -143,9 +143,9 @@ def part_figures(data: dict | None, part: str) -> dict | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# The README's table
+# The GPU table of docs/benchmarks.md
 # ---------------------------------------------------------------------------------------------
-# What each part measures: its row title and, until it is measured, what the README waits for.
+# What each part measures: its row title and, until it is measured, what the page waits for.
 WAITING = {
     "extract_speed": (
         "Extractor speed",
@@ -222,7 +222,7 @@ def rows(data: dict) -> list[tuple[str, str]]:
     return out
 
 
-def readme_block(data: dict | None) -> str:
+def figures_block(data: dict | None) -> str:
     if data is None:
         lines = [
             "Not measured yet: no GPU has run `tools/gpu_check.py`. Waiting for it:",
@@ -243,16 +243,18 @@ def readme_block(data: dict | None) -> str:
     return "\n".join([BEGIN, *lines, END])
 
 
-def rewrite_readme(data: dict | None, readme: Path = README) -> bool:
-    """Put :func:`readme_block` between the markers; True when the README changed."""
-    text = readme.read_text(encoding="utf-8")
+def rewrite_page(data: dict | None, page: Path = PAGE) -> bool:
+    """Put :func:`figures_block` between the markers; True when the page changed."""
+    text = page.read_text(encoding="utf-8")
     if text.count(BEGIN) != 1 or text.count(END) != 1:
-        raise SystemExit(f"{readme} needs exactly one {BEGIN!r} and one {END!r} line")
+        raise SystemExit(f"{page} needs exactly one {BEGIN!r} and one {END!r} line")
     head, rest = text.split(BEGIN)
     _, tail = rest.split(END)
-    new = head + readme_block(data) + tail
+    new = head + figures_block(data) + tail
     if new != text:
-        readme.write_text(new, encoding="utf-8")
+        partial = page.with_name(page.name + ".partial")
+        partial.write_text(new, encoding="utf-8")
+        partial.replace(page)
     return new != text
 
 
@@ -265,8 +267,8 @@ def main(argv=None) -> int:
         found = problems(json.loads(Path(args.check).read_text(encoding="utf-8")))
         print("\n".join(found) or f"{args.check}: valid")
         return 1 if found else 0
-    changed = rewrite_readme(load(Path(args.figures)))
-    print(f"README.md {'rewritten' if changed else 'already up to date'}")
+    changed = rewrite_page(load(Path(args.figures)))
+    print(f"{PAGE.relative_to(REPO)} {'rewritten' if changed else 'already up to date'}")
     return 0
 
 

@@ -4,8 +4,8 @@
     python tools/make_readme_figures.py --extractor my.safetensors   # + extractor_examples.png
     python tools/make_readme_figures.py --distill-results hed_fidelity  # + distill_hed-modified_examples.png
 
-Writes PNGs (about 1000 px wide) into web/docs/images/ (the README and the nodes' help pages in the
-ComfyUI frontend show them):
+Writes PNGs (about 1000 px wide) into web/docs/images/ (the README, docs/benchmarks.md and the nodes'
+help pages in the ComfyUI frontend show them):
 
 - ``pipeline.png``: the DiffSketch pipeline as boxes and arrows, with the nodes of each stage;
 - ``xdog_examples.png``: scikit-image's sample photos and their XDoG sketches (``diffsketch.styles.xdog``

@@ -19,7 +19,7 @@ from comfy_harness import COMFYUI_PATH, REPO, running_server
 
 SKIP_REASON = (
     "COMFYUI_PATH is not set: the real-ComfyUI tier needs a ComfyUI v0.8 source tree with its requirements "
-    "installed (see README, 'Running the tests')"
+    "installed (see docs/development.md, 'Running the tests')"
 )
 
 
