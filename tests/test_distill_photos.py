@@ -33,16 +33,12 @@ def random_photos(n=2, seed=5):
     return [torch.rand(80 + 8 * k, 100 - 12 * k, 3, generator=g) for k in range(n)]
 
 
-class CountingBackend:
-    """The tiny backend, counting sampled batches and captures from pictures."""
+class CountingBackend(test_distill.CountingBackend):
+    """The tiny backend, counting sampled batches (``calls``) and captures from pictures."""
 
     def __init__(self, backend):
-        self.backend, self.spec = backend, backend.spec
-        self.samples = self.captures = 0
-
-    def sample_batch(self, *args, **kwargs):
-        self.samples += 1
-        return self.backend.sample_batch(*args, **kwargs)
+        super().__init__(backend)
+        self.captures = 0
 
     def capture_from_image(self, *args, **kwargs):
         self.captures += 1
@@ -122,20 +118,12 @@ def test_photo_pairs_are_recorded_resumed_and_the_generated_ones_unchanged(
     # Cancelled after two pairs, then continued: the same bytes, the manifest included
     counting = CountingBackend(tiny_backend)
     split = tmp_path / "split"
+    after_two = dict(should_stop=lambda: counting.calls + counting.captures >= 2)
     with pytest.raises(Cancelled, match="2 of 5 pairs"):
-        generate_pairs(
-            counting,
-            generator,
-            conditions,
-            split,
-            5,
-            SAMPLING,
-            photos=photos,
-            should_stop=lambda: counting.samples + counting.captures >= 2,
-        )
+        generate_pairs(counting, generator, conditions, split, 5, SAMPLING, photos=photos, **after_two)
     assert len(PairSet(split)) == 2 and sorted(manifest(split)["photo_pairs"]) == ["0"]
     generate_pairs(counting, generator, conditions, split, 5, SAMPLING, photos=photos)
-    assert (counting.samples, counting.captures) == (2, 3)  # nothing made twice
+    assert (counting.calls, counting.captures) == (2, 3)  # nothing made twice
     for i in range(5):
         assert read_bytes(split, i) == read_bytes(one_go, i)
     assert (split / MANIFEST_NAME).read_bytes() == (one_go / MANIFEST_NAME).read_bytes()
@@ -169,7 +157,7 @@ def test_share_zero_is_a_folder_without_photos_and_share_one_all_photos(tiny_bac
     pairs = generate_pairs(
         counting, generator, conditions, tmp_path / "one", 3, SAMPLING, photos=photos, photo_share=1.0
     )
-    assert counting.samples == 0 and counting.captures == 3
+    assert counting.calls == 0 and counting.captures == 3
     assert pairs.sources() == {
         "generated": 0,
         "photos": 3,
