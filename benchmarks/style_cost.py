@@ -6,7 +6,11 @@
    defaults (1,200 iterations, 1,000 pairs, 50 steps, full schedule) and fast settings (the same
    with ``schedule="fast"``: only the captured timesteps and the last step are sampled). The
    student's steps are our ``DistillConfig`` default for every recipe (the paper does not say
-   how long its Pix2PixHD trained).
+   how long its Pix2PixHD trained). Two more recipes are our defaults with half and all of the
+   pairs made from your own photos (``photo_share`` 0.5 and 1.0). A photo pair costs twice the
+   schedule's UNet calls: the DDIM inversion (its calls carry only the caption's branch, a batch
+   of one, so each is about half a CFG-batch evaluation) and the replay with capture (the CFG
+   batch, as when sampling); both are counted as whole evaluations here, plus one VAE encode.
 2. Measured pair generation on this device: pairs/s through ``generate_pairs`` (sampling with
    capture, generator, PNG writing) for each batch size B, the time split into UNet evaluations,
    VAE decode and the rest, the peak GPU memory per B, the speed-up over B = 1 (target on a GPU:
@@ -14,7 +18,8 @@
    differ, largest difference): batched kernels are not bitwise batch-invariant.
 3. Measured generator training step (forward on two captured samples, L1, backward, Adam; the
    CLIP and LPIPS losses are left out: benchmarks/train_step.py times them) and student step
-   (batch 8, 256-px crops, L1).
+   (batch 8, 256-px crops, L1); and photo pairs (``photo_share`` 1.0, one at a time): pairs/s
+   and their cost against a generated pair at B = 1.
 4. The style's estimated wall time on this machine for each recipe, from 1-3.
 
 Random-weight models built from configs (SD 1.5 shapes with ``--arch sd15``); nothing is
@@ -52,6 +57,7 @@ from capture_overhead import build  # noqa: E402
 from diffsketch.capture.sampling import SamplingSettings, fast_schedule  # noqa: E402
 from diffsketch.capture.timesteps import PAPER_TIMESTEPS, plan_timesteps  # noqa: E402
 from diffsketch.distill import DistillConfig, build_student, generate_pairs, pair_paths  # noqa: E402
+from diffsketch.distill.photos import photo_pair_count  # noqa: E402
 from diffsketch.fileio import atomic_write_bytes  # noqa: E402
 from diffsketch.train.conditions import ConditionSampler  # noqa: E402
 from diffsketch.train.generator import GeneratorConfig, SketchGenerator  # noqa: E402
@@ -68,6 +74,10 @@ class Recipe:
     schedule: str
     pairs: int
     student_steps: int
+    photo_share: float = 0.0
+
+    def photo_pairs(self) -> int:
+        return photo_pair_count(self.pairs, self.photo_share)
 
     def evaluations_per_sample(self) -> int:
         plan = plan_timesteps(self.steps, PAPER_TIMESTEPS)
@@ -80,16 +90,30 @@ def recipes() -> list[Recipe]:
         Recipe("paper", 1200, 50, "full", 30_000, student.iterations),
         Recipe("ours (defaults)", train.iterations, train.steps, train.schedule, 1000, student.iterations),
         Recipe("ours (fast)", train.iterations, train.steps, "fast", 1000, student.iterations),
+        Recipe(
+            "ours + photos 0.5", train.iterations, train.steps, train.schedule, 1000, student.iterations, 0.5
+        ),
+        Recipe(
+            "ours + photos 1.0", train.iterations, train.steps, train.schedule, 1000, student.iterations, 1.0
+        ),
     ]
 
 
 def counts(recipe: Recipe) -> dict:
     per_sample = recipe.evaluations_per_sample()
     train_evals = per_sample * (recipe.train_iterations + 1)  # + the example's own sampling
-    pair_evals = per_sample * recipe.pairs
+    photo_pairs = recipe.photo_pairs()
+    generated_evals = per_sample * (recipe.pairs - photo_pairs)
+    photo_evals = 2 * per_sample * photo_pairs  # inversion + replay
+    pair_evals = generated_evals + photo_evals
     return {
         "UNet evals/sample": per_sample,
+        "UNet evals/photo": 2 * per_sample,
         "UNet evals train": train_evals,
+        "generated pairs": recipe.pairs - photo_pairs,
+        "photo pairs": photo_pairs,
+        "UNet evals gen.": generated_evals,
+        "UNet evals photos": photo_evals,
         "UNet evals pairs": pair_evals,
         "UNet evals total": train_evals + pair_evals,
         "generator steps": recipe.train_iterations,
@@ -101,7 +125,10 @@ def counts(recipe: Recipe) -> dict:
 def print_counts() -> None:
     rows = [(r.name, counts(r)) for r in recipes()]
     keys = list(rows[0][1])
-    print("\n1. Counts per style (one UNet evaluation = one call on the CFG batch uncond + cond)")
+    print(
+        "\n1. Counts per style (one UNet evaluation = one call on the CFG batch uncond + cond; a photo pair's "
+        "inversion calls, on the caption's branch alone, count as whole ones)"
+    )
     print(f"{'':<20}" + "".join(f"{name:>18}" for name, _ in rows))
     for key in keys:
         print(f"{key:<20}" + "".join(f"{c[key]:>18,}" for _, c in rows))
@@ -175,6 +202,20 @@ def measure_pairs(backend, timer, generator, conditions, folder, batch, count, s
     return PairTiming(
         batch, (done1 - done0) / (t1 - t0), denoise / evaluations, decode, per_batch - denoise - decode, peak
     )
+
+
+def photo_pair_time(backend, generator, conditions, folder, count, sampling, size) -> float:
+    """Seconds per photo pair (``photo_share`` 1.0: inversion, replay with capture, generator,
+    PNGs) over ``count`` pairs of random photos, the first a warm-up."""
+    g = torch.Generator().manual_seed(0)
+    photos = [torch.rand(size + 16, size, 3, generator=g) for _ in range(count)]
+    marks = []
+    generate_pairs(
+        backend, generator, conditions, folder, count, sampling, batch_size=1, photos=photos, photo_share=1.0,
+        progress=lambda done, total: marks.append((time.perf_counter(), done)),
+    )  # fmt: skip
+    (t1, done1), (t2, done2) = marks[1], marks[-1]
+    return (t2 - t1) / max(done2 - done1, 1)
 
 
 def pixel_differences(folder_a, folder_b, indices) -> tuple[float, int]:
@@ -367,11 +408,19 @@ def main(argv=None) -> int:
         repeat_steps = 1 if args.quick else 3
         gen_step = generator_step_time(backend, generator, sampling, device, repeat_steps)
         student_step = student_step_time(device, repeat_steps)
+        photo_s = photo_pair_time(
+            backend, generator, conditions, work / "photos", 1 + repeats, sampling, size
+        )
+        photo_ratio = photo_s * timings[1].pairs_per_s
         print(
             f"\n3. generator training step {gen_step:.3f} s (two forwards + backward + Adam; CLIP/LPIPS losses excluded)"
         )
         print(
             f"   student step {student_step:.3f} s (batch {DistillConfig().batch_size}, {DistillConfig().crop_size}-px crops, L1)"
+        )
+        print(
+            f"   photo pair {photo_s:.3f} s = {1 / photo_s:.3f} pairs/s ({photo_ratio:.2f}x a generated pair at B = 1; "
+            "inversion + replay with capture, one photo at a time)"
         )
 
         best = max(timings.values(), key=lambda t: t.pairs_per_s)
@@ -384,7 +433,10 @@ def main(argv=None) -> int:
             evals = recipe.evaluations_per_sample()
             per_iteration = evals * one.eval_s + one.decode_s + gen_step
             train = (evals * one.eval_s + one.decode_s) + recipe.train_iterations * per_iteration
-            pairs = recipe.pairs * best.seconds_per_pair(evals)
+            # photo pairs: a generated pair at B = 1 times the measured photo/generated ratio
+            photos = recipe.photo_pairs()
+            pairs = (recipe.pairs - photos) * best.seconds_per_pair(evals)
+            pairs += photos * one.seconds_per_pair(evals) * photo_ratio
             student = recipe.student_steps * student_step
             total = train + pairs + student
             print(f"{recipe.name:<18} {hms(train):>10} {hms(pairs):>10} {hms(student):>10} {hms(total):>10}")
@@ -398,6 +450,7 @@ def main(argv=None) -> int:
                 "batches": rows,
                 "generator_step_s": gen_step,
                 "student_step_s": student_step,
+                "photo_pair_s": photo_s,
             }
             atomic_write_bytes(args.json, json.dumps(figures, indent=2).encode())
     finally:

@@ -499,6 +499,7 @@ def cmd_distill(args) -> int:
         check_input_file(args.lpips, "--lpips", folder_ok=True)
     check_output_folder(args.pairs_dir, "--pairs-dir")
     out = check_output_file(args.out, "--out")
+    photos = _read_photos(args)
 
     from .distributed import Group, launch_device, launch_from_environment
 
@@ -508,13 +509,28 @@ def cmd_distill(args) -> int:
     device = launch_device(launch, pick_device(args.device))
     group = Group(launch, device) if launch is not None else None
     try:
-        return _distill(args, out, device, group)
+        return _distill(args, out, device, group, photos)
     finally:
         if group is not None:
             group.close()
 
 
-def _distill(args, out: Path, device: str, group) -> int:
+def _read_photos(args):
+    """The photos of ``--photos`` (None without it), every file left out printed, or an error."""
+    from .distill.photos import check_photo_share, read_photo_folder
+
+    if args.photos is None:
+        if args.photo_share is not None:
+            raise InvalidInputError("--photo-share needs --photos (a folder of your photos).")
+        return None
+    check_photo_share(args.photo_share, [])
+    photos, skipped = read_photo_folder(args.photos)
+    for line in skipped:
+        print(f"--photos: left out {line}", file=sys.stderr)
+    return photos
+
+
+def _distill(args, out: Path, device: str, group, photos) -> int:
     from .capture.sampling import SamplingSettings
     from .distill import DistillConfig, distill
     from .distill.extractor import save_extractor
@@ -544,12 +560,18 @@ def _distill(args, out: Path, device: str, group) -> int:
     label = "" if group is None else f" (rank 0 of {group.world_size})"
     bars = {"pairs": progress_bar(args.pairs, "pairs" + label, unit="pair")} if main else {}
 
-    def start_training(text: str) -> None:
+    def notice(text: str) -> None:
+        # notices come once the pairs are done (how the photos replayed, the training plan)
         if not main:
             return
-        bars.pop("pairs").close()
+        if "pairs" in bars:
+            bars.pop("pairs").close()
         print(text)
-        bars["training"] = progress_bar(args.iterations, "training")
+
+    def training_bar():
+        if "training" not in bars:
+            bars["training"] = progress_bar(args.iterations, "training")
+        return bars["training"]
 
     try:
         student = distill(
@@ -568,11 +590,13 @@ def _distill(args, out: Path, device: str, group) -> int:
             ),
             lpips_model=lpips_model,
             progress=(lambda done, total: bars["pairs"](done, total)) if main else None,
-            on_step=(lambda step, losses, preview: bars["training"](step, args.iterations)) if main else None,
-            notice=start_training,
+            on_step=(lambda step, losses, preview: training_bar()(step, args.iterations)) if main else None,
+            notice=notice,
             device=device,
             group=group,
             pairs_batch=args.pairs_batch,
+            photos=photos,
+            photo_share=args.photo_share,
         )
     except (KeyboardInterrupt, TrainingInterrupted, Cancelled):
         for bar in bars.values():
@@ -585,8 +609,8 @@ def _distill(args, out: Path, device: str, group) -> int:
             file=sys.stderr,
         )
         return 130
-    if "training" in bars:  # a finished run that was only loaded reports no steps
-        bars["training"](student.meta["iterations_done"], args.iterations)
+    if main:  # a finished run that was only loaded reports no steps
+        training_bar()(student.meta["iterations_done"], args.iterations)
     for bar in bars.values():
         bar.close()
     if main:
@@ -819,6 +843,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--pairs", type=int, default=1000, help="pairs to generate (default 1000; the paper: 30000)"
     )
     p.add_argument("--pairs-dir", required=True, help="folder for the pairs (resumable)")
+    p.add_argument(
+        "--photos",
+        default=None,
+        metavar="DIR",
+        help="folder of your own photos: a share of the pairs is made from them (each photo fitted to the "
+        "pair size, inverted and replayed with the model: about 2x --steps UNet evaluations per photo pair; "
+        "the generator sketches it), so the extractor also learns on the kind of image you use it on. Every "
+        "image file directly in DIR, sorted; unreadable files and files sharing a name (a.png, a.jpg) are "
+        "left out and listed",
+    )
+    p.add_argument(
+        "--photo-share",
+        type=float,
+        default=None,
+        metavar="R",
+        help="fraction of --pairs made from --photos, 0..1 (default 0.5; rounded): pair folders with other "
+        "photos or another share are not mixed (use another --pairs-dir)",
+    )
     p.add_argument(
         "--pairs-batch",
         type=int,

@@ -1,4 +1,5 @@
-"""Images: the one check every image input goes through, image files, and a Gaussian kernel.
+"""Images: the one check every image input goes through, fitting a picture to a size, image files,
+and a Gaussian kernel.
 
 :func:`image_batch` is where an IMAGE enters the library -- the example sketch of training, the
 photos of extraction, XDoG and the styles, the evaluation's photos -- so every entry accepts the
@@ -8,10 +9,12 @@ refused with a hint instead of being clamped to white).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .errors import InvalidInputError
 
@@ -129,6 +132,38 @@ def as_grey(x: torch.Tensor) -> torch.Tensor:
 def rgb_batch(images, what: str = "images") -> torch.Tensor:
     """Any supported image input (see :func:`image_batch`) as float32 CPU RGB ``[B, H, W, 3]``."""
     return as_rgb(image_batch(images, what))
+
+
+def crop_box(
+    height: int, width: int, out_width: int, out_height: int, area: float = 1.0, position=(0.5, 0.5)
+) -> tuple[int, int, int, int]:
+    """``(top, left, crop height, crop width)`` of the box of a ``height`` x ``width`` picture that
+    :func:`fit_to_size` shows at ``out_width`` x ``out_height``: the largest box of the output's aspect
+    ratio, its area scaled by ``area`` (0 < area <= 1), placed at ``position`` (x, y in [0, 1] of
+    the room left; 0.5, 0.5 is centred)."""
+    if not 0.0 < area <= 1.0:
+        raise InvalidInputError(f"crop area must be in (0, 1], got {area!r}.")
+    scale = min(width / out_width, height / out_height) * math.sqrt(area)
+    crop_w = max(1, min(width, round(out_width * scale)))
+    crop_h = max(1, min(height, round(out_height * scale)))
+    left = round((width - crop_w) * min(max(float(position[0]), 0.0), 1.0))
+    top = round((height - crop_h) * min(max(float(position[1]), 0.0), 1.0))
+    return top, left, crop_h, crop_w
+
+
+def fit_to_size(
+    image: torch.Tensor, width: int, height: int, box: tuple[int, int, int, int] | None = None
+) -> torch.Tensor:
+    """``[B, C, H, W]`` float in [0, 1] -> ``[B, C, height, width]``: the ``box`` (:func:`crop_box`;
+    None: the centred box, i.e. resized to cover the output and centre-cropped), resized
+    (bilinear, antialiased when shrinking) without stretching."""
+    h, w = int(image.shape[-2]), int(image.shape[-1])
+    top, left, crop_h, crop_w = box if box is not None else crop_box(h, w, width, height)
+    x = image[..., top : top + crop_h, left : left + crop_w]
+    if (crop_h, crop_w) == (height, width):
+        return x.contiguous()
+    x = F.interpolate(x.float(), size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+    return x.clamp(0.0, 1.0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io, ui
 
-from diffsketch.distill import DistillConfig
+from diffsketch.distill import DEFAULT_PHOTO_SHARE, DistillConfig
 from diffsketch.fileio import check_save_name
 
 from .common import (
@@ -50,7 +50,8 @@ class DiffSketchDistill(io.ComfyNode):
                 "models/diffsketch/pairs/<save_name>/<hash of the generator and pair settings>), then trains the extractor on them with L1 + LPIPS. Progress and previews; Cancel keeps every finished pair "
                 "and a training checkpoint, and running again resumes. More pairs or other training settings train "
                 "a new extractor on exactly those pairs (the console says which); going back to earlier settings "
-                "resumes their run."
+                "resumes their run. Optional photos: a share of the pairs is made from your own photos (inverted "
+                "and sketched by the generator), so the extractor learns on the kind of image you use it on."
             ),
             inputs=[
                 Generator.Input("generator", tooltip="From DiffSketch Train or Load Generator."),
@@ -132,6 +133,26 @@ class DiffSketchDistill(io.ComfyNode):
                     tooltip="Extractor file name in models/diffsketch/extractors (no folders). An existing file is kept: the "
                     "new one gets a number (name_00001); the node shows the file written.",
                 ),
+                io.Image.Input(
+                    "photos",
+                    optional=True,
+                    tooltip="Optional: your own photos (an image batch), so the extractor also learns on the kind "
+                    "of image you will use it on. A share of the pairs (photo_share) comes from them: each photo "
+                    "is fitted to the pair size, inverted with the checkpoint and replayed with capture (about 2x "
+                    "steps UNet evaluations per photo pair), and the generator sketches it. More photo pairs than "
+                    "photos use random crops and flips. The node shows how many photos replayed poorly.",
+                ),
+                io.Float.Input(
+                    "photo_share",
+                    default=DEFAULT_PHOTO_SHARE,
+                    min=0.0,
+                    max=1.0,
+                    step=0.05,
+                    optional=True,
+                    tooltip="With photos connected: the fraction of pair_count made from them (rounded); the rest "
+                    "is generated. 0: photos unused, 1: photo pairs only. Other photos or another share start "
+                    "a new pair folder.",
+                ),
             ],
             outputs=[
                 Extractor.Output(
@@ -162,6 +183,8 @@ class DiffSketchDistill(io.ComfyNode):
         save_name,
         schedule=AS_TRAINED,
         loss_models=None,
+        photos=None,
+        photo_share=DEFAULT_PHOTO_SHARE,
     ) -> io.NodeOutput:
         from diffsketch.capture.sampling import SamplingSettings
         from diffsketch.distill import DistillConfig, distill, pair_settings, pair_settings_digest
@@ -185,7 +208,8 @@ class DiffSketchDistill(io.ComfyNode):
         )
         for notice in check_generator_fits(backend, generator):
             logger.warning("[DiffSketch] %s", notice)
-        settings = pair_settings(backend, generator, conditions, sampling)
+        share = float(photo_share) if photos is not None else None
+        settings = pair_settings(backend, generator, conditions, sampling, photos, share)
         pairs_dir = os.path.join(
             folder_paths.models_dir, "diffsketch", "pairs", name, pair_settings_digest(settings)
         )
@@ -211,6 +235,15 @@ class DiffSketchDistill(io.ComfyNode):
                 int(pair_count) + step, total, _preview(preview) if preview is not None else None
             )
 
+        shown = []
+
+        def notice(text: str) -> None:
+            # with photos, what they came to (and the training plan) is shown on the node as well
+            if photos is not None:
+                shown.append(show_on_node(text))
+            else:
+                logger.info("[DiffSketch] %s", text)
+
         lpips_model = loss_models["lpips"] if loss_models is not None else None
         with (
             torch.inference_mode(False),
@@ -230,8 +263,10 @@ class DiffSketchDistill(io.ComfyNode):
                     progress=pairs_progress,
                     on_step=on_step,
                     should_stop=comfy.model_management.processing_interrupted,
-                    notice=lambda text: logger.info("[DiffSketch] %s", text),
+                    notice=notice,
                     device=device,
+                    photos=photos,
+                    photo_share=share,
                 )
             student = student.cpu().eval()
         # The pairs and the student's checkpoint stay under the name asked for (a rerun resumes them);
@@ -239,8 +274,11 @@ class DiffSketchDistill(io.ComfyNode):
         out_path = unused_save_path(FOLDER, name)
         save_extractor(out_path, student, student.meta)
         saved = show_on_node(f"saved extractor {os.path.basename(out_path)}")
+        texts = tuple(t for entry in shown for t in entry["text"]) + saved["text"]
         preview = last.get("preview")
         preview = preview if preview is not None else torch.zeros(1, 64, 192, 3)
         return io.NodeOutput(
-            wrap_extractor(student), preview, ui={**ui.PreviewImage(preview, cls=cls).as_dict(), **saved}
+            wrap_extractor(student),
+            preview,
+            ui={**ui.PreviewImage(preview, cls=cls).as_dict(), "text": texts},
         )

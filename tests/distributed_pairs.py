@@ -1,11 +1,12 @@
 """A pair-generation job on tiny random-weight models, run by tests/test_distributed.py in one
 process or under torchrun (which sets RANK / WORLD_SIZE / MASTER_ADDR for each process).
 
-    python distributed_pairs.py FOLDER COUNT BATCH [--die-at-sketch N MARKER]
+    python distributed_pairs.py FOLDER COUNT BATCH [--die-at-sketch N MARKER | --photos N]
 
 ``--die-at-sketch N MARKER``: the process of rank 1 SIGKILLs itself half-way through writing
 the sketch PNG of its N-th pair, once (it claims MARKER first), as a crash or the OOM killer
 would: no ``finally`` runs, a temporary file stays behind.
+``--photos N``: half the pairs come from N random photos of assorted sizes (:func:`photos`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,12 @@ def build():
     return backend, generator, conditions
 
 
+def photos(n: int) -> list[torch.Tensor]:
+    """``n`` random photos of assorted sizes, the same in every process."""
+    g = torch.Generator().manual_seed(7)
+    return [torch.rand(48 + 16 * k, 96 - 8 * k, 3, generator=g) for k in range(n)]
+
+
 def die_while_writing_sketch(n: int, marker: str) -> None:
     written = []
     real = pairs_module.atomic_write_bytes
@@ -73,8 +80,19 @@ def main(argv):
     if len(argv) > 3 and argv[3] == "--die-at-sketch" and group is not None and group.rank == 1:
         die_while_writing_sketch(int(argv[4]), argv[5])
     backend, generator, conditions = build()
+    given = photos(int(argv[4])) if len(argv) > 3 and argv[3] == "--photos" else None
     try:
-        generate_pairs(backend, generator, conditions, folder, count, SAMPLING, group=group, batch_size=batch)
+        generate_pairs(
+            backend,
+            generator,
+            conditions,
+            folder,
+            count,
+            SAMPLING,
+            group=group,
+            batch_size=batch,
+            photos=given,
+        )
     finally:
         if group is not None:
             group.close()

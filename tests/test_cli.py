@@ -764,3 +764,72 @@ def test_capture_refuses_a_picture_of_the_wrong_size_by_name(tiny_model_dir, tmp
     err = capsys.readouterr().err
     assert f"--picture {tmp_path / 'photo.png'} is {message}" in err and "Crop or resize" in err
     assert not (tmp_path / "f.safetensors").exists()
+
+
+def test_distill_on_a_folder_of_photos_lists_what_it_leaves_out(train_inputs, tiny_backend, tmp_path, capfd):
+    from diffsketch.distill.extractor import load_extractor
+    from diffsketch.train.generator import GeneratorConfig, SketchGenerator, save_generator
+
+    spec = tiny_backend.spec
+    torch.manual_seed(0)
+    style = save_generator(
+        tmp_path / "style.safetensors",
+        SketchGenerator(spec, GeneratorConfig.from_spec(spec, 3)),
+        {"timesteps": [1, 501, 901]},
+    )
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for name, size in (("b.png", (90, 70)), ("a.jpg", (64, 64)), ("c.png", (64, 64)), ("c.jpg", (64, 64))):
+        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(photos / name)
+    (photos / "broken.png").write_bytes(b"not a png")
+    base = [
+        "distill", *train_inputs.model, *train_inputs.small, "--steps", "10", "--schedule", "fast",
+        "--generator", str(style), "--conditions", str(train_inputs.conditions), "--pairs", "3",
+        "--iterations", "1", "--batch-size", "2", "--crop-size", "64", "--no-lpips",
+    ]  # fmt: skip
+    out_file = tmp_path / "ext.safetensors"
+    pairs = tmp_path / "pairs"
+    capfd.readouterr()
+    args = [*base, "--pairs-dir", str(pairs), "--out", str(out_file), "--photos", str(photos)]
+    assert main([*args, "--photo-share", "0.34"]) == 0
+    out, err = capfd.readouterr()
+    for left_out in ("broken.png: cannot be read", "c.jpg: skipped, another photo has the same name (c.png)",
+                     "c.png: skipped, another photo has the same name (c.jpg)"):  # fmt: skip
+        assert f"--photos: left out {left_out}" in err
+    assert "1 of 3 pairs come from 1 photo(s)" in out and "training a new student" in out
+    manifest = json.loads((pairs / "manifest.json").read_text())
+    assert [r["photo"] for r in manifest["photo_pairs"].values()] == ["a.jpg"]
+    assert [p["name"] for p in manifest["photo_set"]] == ["a.jpg", "b.png"]
+    sources = load_extractor(out_file).meta["pair_sources"]
+    assert sources["generated"] == 2 and sources["photos"] == 1 and sources["photo_share"] == 0.34
+    # the same folder with another share is refused, naming the difference, and nothing is lost
+    assert main([*args, "--photo-share", "0.5"]) == 2
+    assert "photo_share: folder has 0.34, asked 0.5" in capfd.readouterr().err
+    assert json.loads((pairs / "manifest.json").read_text())["done"] == [[0, 2]]
+
+
+def test_distill_refuses_bad_photo_options_before_loading_anything(
+    train_inputs, tiny_backend, tmp_path, capsys, no_model_loading
+):
+    from diffsketch.train.generator import GeneratorConfig, SketchGenerator, save_generator
+
+    spec = tiny_backend.spec
+    style = save_generator(
+        tmp_path / "g.safetensors", SketchGenerator(spec, GeneratorConfig.from_spec(spec, 3))
+    )
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    base = [
+        "distill", *train_inputs.model, "--generator", str(style), "--conditions", str(train_inputs.conditions),
+        "--pairs-dir", str(tmp_path / "p"), "--out", str(tmp_path / "e.safetensors"),
+    ]  # fmt: skip
+    cases = [
+        ([*base, "--photos", str(empty)], f"no readable photo in {empty}"),
+        ([*base, "--photos", str(tmp_path / "nowhere")], "photos folder not found"),
+        ([*base, "--photo-share", "0.5"], "--photo-share needs --photos"),
+        ([*base, "--photos", str(empty), "--photo-share", "1.5"], "photo_share must be a number in 0..1"),
+    ]
+    for args, expected in cases:
+        assert main(args) == 2, args
+        assert expected in _one_error_line(capsys, "distill"), args

@@ -184,6 +184,19 @@ def test_a_rank_killed_mid_write_is_completed_by_a_relaunch(tmp_path):
     assert json.loads((folder / MANIFEST_NAME).read_text())["done"] == [[0, 5]]
 
 
+def test_photo_pairs_of_a_launch_equal_one_process(tmp_path):
+    worker = str(TESTS / "distributed_pairs.py")
+    # 5 pairs, 3 from 2 photos (0, 2, 4; pair 4 a cropped variant), in blocks of 2 shared by 2 processes
+    reference = alone(worker, str(tmp_path / "one"), "5", "2", "--photos", "2")
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    launched = torchrun(worker, str(tmp_path / "two"), "5", "2", "--photos", "2")
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert files(tmp_path / "two") == files(tmp_path / "one")  # the manifest's photo records included
+    manifest = json.loads((tmp_path / "two" / MANIFEST_NAME).read_text())
+    assert sorted(manifest["photo_pairs"]) == ["0", "2", "4"] and manifest["done"] == [[0, 4]]
+    assert manifest["photo_pairs"]["4"]["variant"] == 1
+
+
 class OtherProcessStops:
     """A launch seen from one process (``rank``) in which another process asks to stop before
     step ``at``: what :class:`~diffsketch.train.loop.TrainingLoop` asks of a group."""

@@ -9,6 +9,8 @@ that DiffSketch itself generated from purely random CDST conditions. This packag
   generation can stop at any point (Cancel, crash, power cut) and continue in a later sitting;
   asking for more pairs later just adds the missing ones. :func:`~.pairs.write_pair` stores pairs from
   any other teacher in the same layout, and :class:`~.pairs.PairSet` reads either back.
+- With your own photos (:mod:`.photos`), a share of the pairs is made from them instead: each
+  photo is inverted and replayed with capture, and the generator sketches it.
 - :func:`~.student.train_student` (:mod:`.student`) fits a student network (a :class:`~diffsketch.distill.extractor.SketchExtractor`
   by default, or any ``[B,3,H,W] -> [B,1,H,W]`` module) to the pairs with L1 + LPIPS on random
   crops with horizontal flips. Batch ``k`` is drawn from an RNG seeded by ``(seed, k)``, so a
@@ -36,6 +38,7 @@ from ..fileio import read_header
 from ..train.loop import StepCallback, StopCallback
 from .extractor import SketchExtractor
 from .pairs import PairSet, generate_pairs, pair_paths, pair_settings, pair_settings_digest, write_pair
+from .photos import DEFAULT_PHOTO_SHARE, Photo, check_photos, read_photo_folder
 from .student import (
     DISTILL_CHECKPOINT_KIND,
     DistillConfig,
@@ -129,6 +132,8 @@ def distill(
     device: str | torch.device = "cpu",
     group: Group | None = None,
     pairs_batch: int | None = None,
+    photos=None,
+    photo_share: float | None = None,
 ) -> SketchExtractor:
     """Generate pairs ``0 .. pair_count-1`` into ``out_dir`` with ``sampling`` (resuming any
     already there; its timesteps and schedule, where None, are the generator's), then train a
@@ -151,6 +156,11 @@ def distill(
     ``group``: a torchrun / accelerate launch (:class:`~diffsketch.distributed.Group`): the
     processes share the pairs, then train the student with DistributedDataParallel.
     ``pairs_batch``: images sampled per call while generating pairs (None: what fits).
+
+    ``photos`` / ``photo_share``: a share of the pairs made from your own photos (default half
+    when photos are given; see :func:`generate_pairs` and :mod:`.photos`); ``notice`` is also told
+    how many photos replayed poorly. ``student.meta["pair_sources"]`` records what the student was
+    trained on (:meth:`PairSet.sources`: generated and photo pairs, the photo set and share).
     """
     config = config or DistillConfig()
     pairs = generate_pairs(
@@ -164,6 +174,9 @@ def distill(
         should_stop=should_stop,
         group=group,
         batch_size=pairs_batch,
+        photos=photos,
+        photo_share=photo_share,
+        notice=notice,
     )
     out_dir = Path(out_dir)
     if checkpoint_path is not None:
@@ -191,13 +204,17 @@ def distill(
         group=group,
     )
     student.meta["generator"] = pairs.settings.get("generator")
+    student.meta["pair_sources"] = pairs.sources()
     return student
 
 
 __all__ = [
+    "DEFAULT_PHOTO_SHARE",
     "DISTILL_CHECKPOINT_KIND",
     "DistillConfig",
     "PairSet",
+    "Photo",
+    "check_photos",
     "build_student",
     "distill",
     "generate_pairs",
@@ -205,6 +222,7 @@ __all__ = [
     "pair_paths",
     "pair_settings",
     "pair_settings_digest",
+    "read_photo_folder",
     "student_checkpoint_path",
     "train_student",
     "write_pair",

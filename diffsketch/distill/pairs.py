@@ -28,6 +28,14 @@ from ..fileio import atomic_write_bytes, remove_stale_temp_files, tensors_checks
 from ..seeds import cpu_generator, derive_seed
 from ..train.inference import check_generator_fits, generator_sampling
 from ..train.loop import StopCallback
+from .photos import (
+    Photo,
+    check_photo_share,
+    check_photos,
+    is_photo_pair,
+    photo_pair_picture,
+    photo_set_fingerprint,
+)
 
 PAIRS_FORMAT = "diffsketch-pairs"
 PAIRS_VERSION = 1
@@ -163,14 +171,24 @@ def _part_logs(root: Path) -> list[Path]:
     return sorted(root.glob(PART_LOG_GLOB))
 
 
-def _read_part_log(path: Path) -> list[int]:
-    """The indices a process of a launch finished; a line cut off by a crash is ignored."""
-    done = []
+def _read_part_log(path: Path) -> tuple[list[int], dict[int, dict]]:
+    """The indices a process of a launch finished and the source records of its photo pairs
+    (``index {json}`` lines); a line cut off by a crash is ignored."""
+    done, sources = [], {}
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        line = line.strip()
-        if line.isdigit() and int(line) < MAX_PAIRS:
-            done.append(int(line))
-    return done
+        index, _, record = line.strip().partition(" ")
+        if not (index.isdigit() and int(index) < MAX_PAIRS):
+            continue
+        if record:
+            try:
+                parsed = json.loads(record)
+            except json.JSONDecodeError:
+                continue
+            if not isinstance(parsed, dict):
+                continue
+            sources[int(index)] = parsed
+        done.append(int(index))
+    return done, sources
 
 
 class _PairWriter:
@@ -190,6 +208,7 @@ class _PairWriter:
         requested: int | None = None,
         *,
         part: int | None = None,
+        photo_set: list[dict] | None = None,
     ):
         self.root = Path(out_dir)
         if self.root.exists() and not self.root.is_dir():
@@ -213,40 +232,73 @@ class _PairWriter:
                 )
             self.manifest = manifest
         self.done = set(self.manifest["done"])
+        # Photo pairs' sources (see .photos); only folders with photo pairs have these keys.
+        self.photo_pairs = _read_photo_pairs(self.manifest)
+        if photo_set is not None:
+            self.manifest["photo_set"] = photo_set
         self._folded = _part_logs(self.root)
         for log in self._folded:
-            self.done.update(_read_part_log(log))
+            done, sources = _read_part_log(log)
+            self.done.update(done)
+            self.photo_pairs.update(sources)
         if requested is not None:
             self.manifest["requested"] = max(int(self.manifest.get("requested", 0)), int(requested))
         self._log = None if part is None else self.root / PART_LOG.format(rank=part)
 
-    def has(self, index: int) -> bool:
+    def has(self, index: int, photo: bool = False) -> bool:
+        """Whether pair ``index`` is complete (a photo pair also needs its source record)."""
         image_path, sketch_path = pair_paths(self.root, index)
+        if photo and index not in self.photo_pairs:
+            return False
         return index in self.done and image_path.is_file() and sketch_path.is_file()
 
-    def write(self, index: int, image: torch.Tensor, sketch: torch.Tensor) -> None:
+    def write(
+        self, index: int, image: torch.Tensor, sketch: torch.Tensor, source: dict | None = None
+    ) -> None:
+        """Write a pair; ``source`` is a photo pair's record (photo, variant, replay PSNR)."""
         image_png, sketch_png = _encode_pair(image, sketch)
         image_path, sketch_path = pair_paths(self.root, index)
         # The index is recorded last: it is listed only once both files are complete.
         atomic_write_bytes(image_path, image_png)
         atomic_write_bytes(sketch_path, sketch_png)
         self.done.add(index)
+        if source is not None:
+            self.photo_pairs[index] = _json_settings(source)
         if self._log is None:
             self.save()
         else:
+            line = (
+                f"{index}"
+                if source is None
+                else f"{index} {json.dumps(self.photo_pairs[index], sort_keys=True)}"
+            )
             with open(self._log, "a", encoding="utf-8") as f:
-                f.write(f"{index}\n")
+                f.write(f"{line}\n")
                 f.flush()
                 os.fsync(f.fileno())
 
     def save(self) -> None:
         """Write the manifest with every finished pair, then drop the logs it now contains."""
         self.manifest["done"] = _to_ranges(sorted(self.done))
+        if self.photo_pairs:
+            self.manifest["photo_pairs"] = {str(i): self.photo_pairs[i] for i in sorted(self.photo_pairs)}
         text = json.dumps(self.manifest, indent=1, sort_keys=True)
         atomic_write_bytes(self.root / MANIFEST_NAME, text.encode("utf-8"))
         for log in self._folded:
             log.unlink(missing_ok=True)
         self._folded = []
+
+
+def _read_photo_pairs(manifest: dict) -> dict[int, dict]:
+    """``{index: record}`` of a manifest's photo pairs (empty for folders without photo pairs)."""
+    records = manifest.get("photo_pairs", {})
+    if not isinstance(records, dict) or not all(
+        k.isdigit() and isinstance(v, dict) for k, v in records.items()
+    ):
+        raise FileFormatError(
+            "a pair manifest's photo_pairs must map pair indices to records; delete the manifest and re-run."
+        )
+    return {int(k): v for k, v in records.items()}
 
 
 def _as_chw(x, channels: tuple[int, ...], what: str) -> torch.Tensor:
@@ -320,6 +372,9 @@ class PairSet:
 
     ``count`` takes pairs ``0 .. count-1`` only (all must be complete), so a folder that holds
     more pairs than a run asked for gives that run exactly the pairs it asked for.
+
+    ``pairs.photo_pairs`` maps the file index of each photo pair (see :mod:`.photos`) to its
+    record (photo name and hash, variant, crop, flip, replay PSNR); :meth:`sources` counts both kinds.
     """
 
     def __init__(self, out_dir: str | os.PathLike, count: int | None = None):
@@ -332,6 +387,8 @@ class PairSet:
         self.settings: dict = manifest["settings"]
         self.requested: int | None = manifest.get("requested")
         self.indices: list[int] = manifest["done"]
+        self.photo_set: list[dict] = manifest.get("photo_set", [])
+        photo_pairs = _read_photo_pairs(manifest)
         if count is not None:
             absent = sorted(set(range(count)) - set(self.indices))
             if absent:
@@ -339,6 +396,8 @@ class PairSet:
                     f"{self.root} lacks {len(absent)} of pairs 0..{count - 1} (e.g. {absent[:3]}); generate them first."
                 )
             self.indices = list(range(count))
+        kept = set(self.indices)
+        self.photo_pairs: dict[int, dict] = {i: r for i, r in photo_pairs.items() if i in kept}
         missing = [str(p) for i in self.indices for p in pair_paths(self.root, i) if not p.is_file()]
         if missing:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
@@ -349,6 +408,14 @@ class PairSet:
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def sources(self) -> dict:
+        """What these pairs were made from: ``{"generated": n, "photos": m}``, and for a folder
+        with photo pairs also its ``photo_set`` fingerprint and ``photo_share``."""
+        out = {"generated": len(self) - len(self.photo_pairs), "photos": len(self.photo_pairs)}
+        if "photo_set" in self.settings:
+            out.update(photo_set=self.settings["photo_set"], photo_share=self.settings["photo_share"])
+        return out
 
     def fingerprint(self) -> str:
         """A short hash of which pairs these are: the folder's settings (teacher included) and the
@@ -388,11 +455,23 @@ def _read_png(path: Path, mode: str) -> torch.Tensor:
     return t.permute(2, 0, 1).contiguous() if t.dim() == 3 else t[None]
 
 
-def pair_settings(backend, generator: nn.Module, conditions, sampling: SamplingSettings) -> dict:
+def pair_settings(
+    backend,
+    generator: nn.Module,
+    conditions,
+    sampling: SamplingSettings,
+    photos: Sequence | None = None,
+    photo_share: float | None = None,
+) -> dict:
     """Everything that decides which pairs :func:`generate_pairs` writes (the generator's and the
     conditions' fingerprints included), checked: what a pair folder's manifest records.
     ``sampling.seed`` is the seed pair ``i``'s condition and noise are derived from; its
-    timesteps and schedule, where None, are the ones the generator was trained with."""
+    timesteps and schedule, where None, are the ones the generator was trained with.
+
+    With ``photos`` (see :func:`generate_pairs`) and a share above 0 the settings also hold
+    ``photo_set`` (:func:`~.photos.photo_set_fingerprint`), ``photo_count`` and ``photo_share``,
+    so another photo set or share is another folder; without photos, or with share 0 (no photo
+    pair is made), they are exactly the settings of a folder made without photos."""
     check_generator_fits(backend, generator)
     if hasattr(conditions, "check_family"):
         conditions.check_family(backend.spec.family)
@@ -407,7 +486,7 @@ def pair_settings(backend, generator: nn.Module, conditions, sampling: SamplingS
     schedule = sampling.schedule if isinstance(sampling.schedule, str) else list(sampling.schedule)
     # The keys and value types are those of every manifest written so far: an existing folder must
     # compare equal to the settings that made it.
-    return {
+    settings = {
         "teacher": "diffsketch",
         "seed": sampling.seed,
         "steps": sampling.steps,
@@ -420,6 +499,11 @@ def pair_settings(backend, generator: nn.Module, conditions, sampling: SamplingS
         "generator": generator_fingerprint(generator),
         "conditions": conditions_fingerprint(conditions),
     }
+    share = check_photo_share(photo_share, photos)
+    if photos is not None and share > 0:
+        photos = check_photos(photos)
+        settings.update(photo_set=photo_set_fingerprint(photos), photo_count=len(photos), photo_share=share)
+    return settings
 
 
 def pair_settings_digest(settings: dict) -> str:
@@ -440,6 +524,9 @@ def generate_pairs(
     should_stop: StopCallback | None = None,
     group: Group | None = None,
     batch_size: int | None = None,
+    photos: Sequence | None = None,
+    photo_share: float | None = None,
+    notice: Callable[[str], None] | None = None,
 ) -> PairSet:
     """Write pairs ``0 .. count-1`` of DiffSketch (image, sketch) into ``out_dir``; returns them
     (``PairSet(out_dir, count)``: pairs made earlier beyond ``count`` are kept but not included).
@@ -470,21 +557,48 @@ def generate_pairs(
     pairs into the one folder, ``progress`` counts its own share, and the folder ends up byte
     for byte what one process writes. A launch that dies is continued by running it again,
     with any number of processes. One run (launch) per folder at a time.
+
+    ``photos``: the user's own photos (:func:`~.photos.check_photos`: images, ``(name, image)``
+    pairs or :class:`~.photos.Photo` objects, e.g. from :func:`~.photos.read_photo_folder`).
+    ``photo_share`` r in [0, 1] (default 0.5 with photos): ``count * r`` (rounded half up) of
+    the pairs are photo pairs, interleaved with the generated ones by index (:mod:`.photos` says
+    which, and which photo and variant each uses); the rest are generated as above, each exactly
+    the pair a folder without photos has at that index. A photo pair's picture (the photo fitted
+    to ``sampling``'s width x height: resized to cover and centre-cropped, or a crop of a later
+    variant) is inverted and replayed with capture
+    (:meth:`~diffsketch.backends.base.SamplingBackend.capture_from_image`, empty caption,
+    ``sampling``'s steps, schedule and timesteps: ``2 x`` the schedule's UNet evaluations), the
+    generator draws the sketch from the replay's features, and the pair's image is the fitted
+    photo itself. The manifest's ``photo_pairs`` records each photo pair's source and replay
+    PSNR; ``notice(text)`` says, at the end, how many photo pairs and photos replayed below
+    :data:`~diffsketch.backends.inversion.MIN_REPLAY_PSNR`. Photo pairs resume and share out
+    across a launch like the generated ones.
     """
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_PAIRS:
         raise InvalidInputError(f"pair count must be an integer in 1..{MAX_PAIRS}, got {count!r}.")
     sampling = generator_sampling(generator, sampling or SamplingSettings())
-    settings = pair_settings(backend, generator, conditions, sampling)
+    share = check_photo_share(photo_share, photos)
+    photo_set = check_photos(photos) if photos is not None and share > 0 else None
+    settings = pair_settings(
+        backend, generator, conditions, sampling, photo_set, share if photo_set else None
+    )
     sampling = sampling.replace(timesteps=tuple(settings["timesteps"]))
+    if photos is not None and photo_set is None and notice is not None:
+        notice("photo_share is 0: the photos are not used, every pair is generated")
     if batch_size is None:
         suggest = getattr(backend, "suggested_batch", None)
         batch_size = suggest(sampling.width, sampling.height) if suggest is not None else 1
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}.")
     batch = batch_size
-    writer = _open_writer(out_dir, settings, count, group)
+    listed = None if photo_set is None else [{"name": p.name, "sha256": p.sha256} for p in photo_set]
+    writer = _open_writer(out_dir, settings, count, group, listed)
+
+    def from_photo(i: int) -> bool:
+        return photo_set is not None and is_photo_pair(i, share)
+
     # the same list on every process: all read the folder before any of them writes to it
-    todo = {i for i in range(count) if not writer.has(i)}
+    todo = {i for i in range(count) if not writer.has(i, from_photo(i))}
     # Pairs are made in fixed blocks of `batch` indices (block k: k*batch ... k*batch+batch-1),
     # always whole, so pair i is computed in the same batch however the blocks are shared out,
     # resumed or cut by `count`; only the block's missing pairs below `count` are written.
@@ -515,25 +629,69 @@ def generate_pairs(
                 )
             if r >= len(mine):
                 continue
-            indices = range(mine[r] * batch, mine[r] * batch + batch)
-            conds = [
-                conditions.sample(cpu_generator(derive_seed("condition", sampling.seed, i)), 1)
-                for i in indices
-            ]
-            seeds = [derive_seed("noise", sampling.seed, i) for i in indices]
-            sample = backend.sample_batch(conds, sampling, seeds=seeds, capture=True)
-            with torch.no_grad():
-                sketches = generator.forward_sample(sample).float().clamp(0.0, 1.0).cpu()
-            for k, i in enumerate(indices):
-                if i in todo:
-                    writer.write(i, sample.image[k], sketches[k])
+            block = range(mine[r] * batch, mine[r] * batch + batch)
+            # the block's generated pairs, always all of them (see above), sampled as one batch
+            indices = [i for i in block if not from_photo(i)]
+            if indices:
+                conds = [
+                    conditions.sample(cpu_generator(derive_seed("condition", sampling.seed, i)), 1)
+                    for i in indices
+                ]
+                seeds = [derive_seed("noise", sampling.seed, i) for i in indices]
+                sample = backend.sample_batch(conds, sampling, seeds=seeds, capture=True)
+                with torch.no_grad():
+                    sketches = generator.forward_sample(sample).float().clamp(0.0, 1.0).cpu()
+                for k, i in enumerate(indices):
+                    if i in todo:
+                        writer.write(i, sample.image[k], sketches[k])
+                        done += 1
+            for i in block:
+                if from_photo(i) and i in todo:
+                    writer.write(i, *_photo_pair(backend, generator, photo_set, i, share, sampling))
                     done += 1
             if progress is not None:
                 progress(done, total)
     finally:
         generator.train(was_training)
     _close_writer(writer, settings, group)
-    return PairSet(writer.root, count=count)
+    pairs = PairSet(writer.root, count=count)
+    if photo_set is not None and notice is not None:
+        notice(replay_report(pairs))
+    return pairs
+
+
+def _photo_pair(
+    backend, generator: nn.Module, photos: list[Photo], index: int, share: float, sampling: SamplingSettings
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """``(image, sketch, source record)`` of photo pair ``index`` (see :func:`generate_pairs`)."""
+    picture, record = photo_pair_picture(photos, index, share, sampling.seed, sampling.width, sampling.height)
+    capture = backend.capture_from_image(picture, sampling, caption="")
+    with torch.no_grad():
+        sketch = generator.forward_sample(capture.sample).float().clamp(0.0, 1.0).cpu()
+    record["replay_psnr"] = round(float(capture.replay_psnr), 3)
+    return picture[0], sketch[0], record
+
+
+def replay_report(pairs: PairSet) -> str:
+    """In words: how many of ``pairs``' photo pairs, and from how many photos, replayed below
+    :data:`~diffsketch.backends.inversion.MIN_REPLAY_PSNR`."""
+    from ..backends.inversion import MIN_REPLAY_PSNR
+
+    records = pairs.photo_pairs.values()
+    low = [r for r in records if float(r.get("replay_psnr", 0.0)) < MIN_REPLAY_PSNR]
+    photos = sorted({r.get("photo") for r in records})
+    low_photos = sorted({r.get("photo") for r in low})
+    text = (
+        f"{len(pairs.photo_pairs)} of {len(pairs)} pairs come from {len(photos)} photo(s); "
+        f"{len(low_photos)} photo(s) replayed below {MIN_REPLAY_PSNR:.0f} dB PSNR in {len(low)} pair(s)"
+    )
+    if low_photos:
+        shown = ", ".join(str(p) for p in low_photos[:5]) + (" ..." if len(low_photos) > 5 else "")
+        text += (
+            f" ({shown}): the features describe a picture that differs visibly from the photo, so those "
+            "sketches fit their photos less well; more steps or photos of the kind this model makes help"
+        )
+    return text
 
 
 def _clean_folder(root: Path) -> None:
@@ -542,16 +700,18 @@ def _clean_folder(root: Path) -> None:
         remove_stale_temp_files(folder, min_age=0)
 
 
-def _open_writer(out_dir, settings: dict, count: int, group: Group | None) -> _PairWriter:
+def _open_writer(
+    out_dir, settings: dict, count: int, group: Group | None, photo_set: list[dict] | None = None
+) -> _PairWriter:
     if group is None:
-        writer = _PairWriter(out_dir, settings, requested=count)
+        writer = _PairWriter(out_dir, settings, requested=count, photo_set=photo_set)
         _clean_folder(writer.root)
         return writer
     failure = None
     if group.is_main:
         # rank 0 checks the folder and records the settings before any process writes a pair
         try:
-            main = _PairWriter(out_dir, settings, requested=count)
+            main = _PairWriter(out_dir, settings, requested=count, photo_set=photo_set)
             _clean_folder(main.root)
             main.save()
         except DiffSketchError as e:
