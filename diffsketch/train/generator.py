@@ -32,7 +32,6 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .. import fileio
@@ -41,6 +40,17 @@ from ..capture.sampling import SCHEDULES
 from ..capture.spec import SD1, FeatureSpec, backbone_family, check_backbone_family, check_family, family_name
 from ..capture.timesteps import NUM_TRAIN_TIMESTEPS
 from ..errors import FileFormatError, InvalidInputError, UnsupportedModelError
+from .blocks import (
+    AggregationNetwork,
+    Bottleneck,
+    ConvBlock,
+    FusionStage,
+    VaeReduction,
+    checkpointed_aggregation,
+    largest_size,
+    reduce_vae,
+    resize_to,
+)
 
 GENERATOR_KIND = "generator"
 GENERATOR_VERSION = 1
@@ -206,179 +216,6 @@ class GeneratorConfig:
         if unknown:
             raise InvalidInputError(f"unknown GeneratorConfig field(s): {sorted(unknown)}")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
-
-
-# ---------------------------------------------------------------------------------------------
-# building blocks
-# ---------------------------------------------------------------------------------------------
-def _msra_conv(cin: int, cout: int, kernel: int) -> nn.Conv2d:
-    conv = nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False)
-    # Detectron2's c2_msra_fill: He init for ReLU, fan_out.
-    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-    return conv
-
-
-class Bottleneck(nn.Module):
-    """Detectron2-style bottleneck: 1x1 -> 3x3 -> 1x1 (GN after each), projection shortcut, ReLU."""
-
-    def __init__(self, in_channels: int, out_channels: int, groups: int):
-        super().__init__()
-        mid = out_channels // 4
-        self.conv1 = _msra_conv(in_channels, mid, 1)
-        self.norm1 = nn.GroupNorm(groups, mid)
-        self.conv2 = _msra_conv(mid, mid, 3)
-        self.norm2 = nn.GroupNorm(groups, mid)
-        self.conv3 = _msra_conv(mid, out_channels, 1)
-        self.norm3 = nn.GroupNorm(groups, out_channels)
-        if in_channels != out_channels:
-            self.shortcut = nn.Sequential(
-                _msra_conv(in_channels, out_channels, 1), nn.GroupNorm(groups, out_channels)
-            )
-        else:
-            self.shortcut = nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.norm1(self.conv1(x)))
-        y = F.relu(self.norm2(self.conv2(y)))
-        y = self.norm3(self.conv3(y))
-        return F.relu(y + self.shortcut(x))
-
-
-class AggregationNetwork(nn.Module):
-    """Diffusion-Hyperfeatures aggregation (docs/method.md §4).
-
-    One :class:`Bottleneck` per tap, shared across timesteps, plus one per ``extra`` entry (an
-    input consumed once, not per timestep). One mixing logit per (timestep, tap) and per extra
-    entry, all initialised to 1; a single softmax over all of them weights the bottleneck outputs,
-    which are summed. Logit ``t * n_taps + l`` belongs to timestep ``t`` (in the order the caller
-    passes them) and tap ``l``; the extra entries' logits come last.
-    """
-
-    def __init__(
-        self,
-        tap_channels: Sequence[int],
-        n_timesteps: int,
-        projection_dim: int,
-        groups: int,
-        extra_channels: Sequence[int] = (),
-    ):
-        super().__init__()
-        self.tap_channels = tuple(int(c) for c in tap_channels)
-        self.extra_channels = tuple(int(c) for c in extra_channels)
-        self.n_timesteps = int(n_timesteps)
-        self.projection_dim = int(projection_dim)
-        self.tap_blocks = nn.ModuleList(Bottleneck(c, projection_dim, groups) for c in self.tap_channels)
-        self.extra_blocks = nn.ModuleList(Bottleneck(c, projection_dim, groups) for c in self.extra_channels)
-        self.mixing_logits = nn.Parameter(
-            torch.ones(self.n_timesteps * len(self.tap_channels) + len(self.extra_channels))
-        )
-
-    @property
-    def n_mixing_weights(self) -> int:
-        return self.mixing_logits.numel()
-
-    def mixing_weights(self) -> torch.Tensor:
-        return torch.softmax(self.mixing_logits, dim=0)
-
-    def forward(
-        self, per_timestep: Sequence[Sequence[torch.Tensor]], extra: Sequence[torch.Tensor] = ()
-    ) -> torch.Tensor:
-        """``per_timestep[t][l]``: [B, C_l, h, w] (all the same h, w); ``extra[e]``: [B, C_e, h, w]."""
-        n_t, n_l = self.n_timesteps, len(self.tap_channels)
-        if (
-            len(per_timestep) != n_t
-            or any(len(x) != n_l for x in per_timestep)
-            or len(extra) != len(self.extra_blocks)
-        ):
-            raise InvalidInputError(
-                f"aggregation expects {n_t} timesteps x {n_l} taps and {len(self.extra_blocks)} extra inputs"
-            )
-        weights = self.mixing_weights()
-        tap_weights = weights[: n_t * n_l].view(n_t, n_l)
-        out = None
-        for tap, block in enumerate(self.tap_blocks):
-            batch = per_timestep[0][tap].shape[0]
-            # All timesteps of one tap share the block, so run them as one batch (GroupNorm is per
-            # sample, so this equals one call per timestep).
-            y = block(torch.cat([per_timestep[t][tap] for t in range(n_t)], dim=0))
-            y = y.unflatten(0, (n_t, batch))
-            term = (tap_weights[:, tap].view(n_t, 1, 1, 1, 1).to(y.dtype) * y).sum(0)
-            out = term if out is None else out + term
-        for e, block in enumerate(self.extra_blocks):
-            out = out + weights[n_t * n_l + e].to(extra[e].dtype) * block(extra[e])
-        return out
-
-
-class ConvBlock(nn.Sequential):
-    """3x3 conv (no bias) -> GroupNorm -> GELU (the released ``Conv_block``)."""
-
-    def __init__(self, cin: int, cout: int, groups: int):
-        super().__init__(
-            nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.GroupNorm(groups, cout), nn.GELU()
-        )
-
-
-class FusionStage(nn.Sequential):
-    """Nearest x2 upsample -> 3x3 conv (no bias) -> GroupNorm -> GELU (the released ``Fusion``)."""
-
-    def __init__(self, cin: int, cout: int, groups: int):
-        super().__init__(
-            nn.Upsample(scale_factor=2, mode="nearest"),
-            nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-            nn.GroupNorm(groups, cout),
-            nn.GELU(),
-        )
-
-
-class VaeReduction(nn.Sequential):
-    """1x1 conv (with bias) to a few channels, then a :class:`ConvBlock`."""
-
-    def __init__(self, cin: int, cout: int, groups: int):
-        super().__init__(nn.Conv2d(cin, cout, 1), ConvBlock(cout, cout, groups))
-
-
-def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-
-
-def _largest_size(ordered: Sequence[Sequence[torch.Tensor]], taps: Sequence[int]) -> tuple[int, int]:
-    return max((tuple(ordered[0][i].shape[-2:]) for i in taps), key=lambda s: s[0] * s[1])
-
-
-def _weighted_block(block: nn.Module, size, like: torch.Tensor, x: torch.Tensor, weight: torch.Tensor):
-    # Cast and resize inside the checkpoint, so only the stored (fp16) feature is kept for backward.
-    x = _resize(x.to(device=like.device, dtype=like.dtype), size)
-    return weight.to(x.dtype) * block(x)
-
-
-def _checkpointed_aggregation(net, per_timestep, size, like: torch.Tensor, extra=()) -> torch.Tensor:
-    """:class:`AggregationNetwork` forward, one checkpointed (tap, timestep) block at a time (the
-    batched forward runs all timesteps of a tap together; GroupNorm is per sample, so it is the
-    same sum)."""
-    weights = net.mixing_weights()
-    n_t, n_l = net.n_timesteps, len(net.tap_channels)
-    out = None
-    for tap, block in enumerate(net.tap_blocks):
-        for t in range(n_t):
-            term = checkpoint(
-                partial(_weighted_block, block, size, like),
-                per_timestep[t][tap],
-                weights[t * n_l + tap],
-                use_reentrant=False,
-            )
-            out = term if out is None else out + term
-    for e, block in enumerate(net.extra_blocks):
-        term = checkpoint(
-            partial(_weighted_block, block, size, like), extra[e], weights[n_t * n_l + e], use_reentrant=False
-        )
-        out = out + term
-    return out
-
-
-def _reduce_vae(reduction: nn.Module, like: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
-    return reduction(feature.to(device=like.device, dtype=like.dtype))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -548,14 +385,14 @@ class SketchGenerator(nn.Module):
         c = self.config
 
         # Lower level: resize every lower tap to the largest lower-tap size.
-        lower_size = _largest_size(ordered, c.lower_taps)
-        lower_in = [[_resize(cast(feats[i]), lower_size) for i in c.lower_taps] for feats in ordered]
+        lower_size = largest_size(ordered, c.lower_taps)
+        lower_in = [[resize_to(cast(feats[i]), lower_size) for i in c.lower_taps] for feats in ordered]
         low = self.lower(lower_in)
 
         # Higher level: its taps, plus the lower result upsampled to their size as an extra entry.
-        higher_size = _largest_size(ordered, c.higher_taps)
-        higher_in = [[_resize(cast(feats[i]), higher_size) for i in c.higher_taps] for feats in ordered]
-        high = self.higher(higher_in, extra=[_resize(low, higher_size)])
+        higher_size = largest_size(ordered, c.higher_taps)
+        higher_in = [[resize_to(cast(feats[i]), higher_size) for i in c.higher_taps] for feats in ordered]
+        high = self.higher(higher_in, extra=[resize_to(low, higher_size)])
         batch = high.shape[0] // 2
         x = torch.cat([high[:batch], high[batch:]], dim=1)  # [B, 2*P]: uncond channels, then cond
 
@@ -578,16 +415,16 @@ class SketchGenerator(nn.Module):
         c = self.config
         like = self.lower.mixing_logits
         lower_in = [[feats[i] for i in c.lower_taps] for feats in ordered]
-        low = _checkpointed_aggregation(self.lower, lower_in, _largest_size(ordered, c.lower_taps), like)
+        low = checkpointed_aggregation(self.lower, lower_in, largest_size(ordered, c.lower_taps), like)
         higher_in = [[feats[i] for i in c.higher_taps] for feats in ordered]
-        higher_size = _largest_size(ordered, c.higher_taps)
-        high = _checkpointed_aggregation(self.higher, higher_in, higher_size, like, extra=[low])
+        higher_size = largest_size(ordered, c.higher_taps)
+        high = checkpointed_aggregation(self.higher, higher_in, higher_size, like, extra=[low])
         batch = high.shape[0] // 2
         x = torch.cat([high[:batch], high[batch:]], dim=1)  # uncond channels, then cond
         reduced = []
         if c.use_vae:
             reduced = [
-                checkpoint(partial(_reduce_vae, reduction, like), feature, use_reentrant=False)
+                checkpoint(partial(reduce_vae, reduction, like), feature, use_reentrant=False)
                 for reduction, feature in zip(self.vae_reductions, vae, strict=True)
             ]
         for k in range(len(self.fusion_stages)):
@@ -616,7 +453,7 @@ class SketchGenerator(nn.Module):
             size = tuple(reduced[taps[0]].shape[-2:])
         else:
             size = tuple(x.shape[-2:])
-        parts = [_resize(x, size)] + [_resize(reduced[i], size) for i in taps]
+        parts = [resize_to(x, size)] + [resize_to(reduced[i], size) for i in taps]
         if rgb is not None:
             parts.append(rgb)
         return torch.cat(parts, dim=1)
