@@ -20,6 +20,20 @@ from .errors import InvalidInputError
 
 #: File suffixes read as images when a folder or glob is given.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def image_files_in(folder, what: str = "photos folder") -> tuple[list[Path], list[str]]:
+    """``(image files, names of the other files)`` directly in ``folder``, sorted; image files by
+    their suffix (:data:`IMAGE_SUFFIXES`). Hidden files and sub-folders are not listed. A folder
+    that does not exist is an error naming ``what``."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise InvalidInputError(f"{what} not found: {root} (give a folder of image files).")
+    files = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
+    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    return images, [p.name for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
+
+
 #: ITU-R 601 luma weights, what PIL's convert("L") uses.
 LUMA = (0.299, 0.587, 0.114)
 # Float images may stray this far outside [0, 1] (resampling overshoot) before they are refused.

@@ -27,7 +27,15 @@ from pathlib import Path
 import torch
 
 from ..errors import InvalidInputError
-from ..images import IMAGE_SUFFIXES, as_rgb, crop_box, fit_to_size, image_batch, read_image_pixels
+from ..images import (
+    IMAGE_SUFFIXES,
+    as_rgb,
+    crop_box,
+    fit_to_size,
+    image_batch,
+    image_files_in,
+    read_image_pixels,
+)
 from ..seeds import cpu_generator, derive_seed
 
 #: The share of photo pairs when photos are given and no share is.
@@ -105,13 +113,8 @@ def read_photo_folder(folder: str | os.PathLike) -> tuple[list[Photo], list[str]
     files and sub-folders are not read. A folder that does not exist or holds no readable image
     is an error naming it."""
     root = Path(folder)
-    if not root.is_dir():
-        raise InvalidInputError(f"photos folder not found: {root} (give a folder of image files).")
-    files = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
-    skipped = [
-        f"{p.name}: not an image file by its suffix" for p in files if p.suffix.lower() not in IMAGE_SUFFIXES
-    ]
-    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    images, others = image_files_in(root)
+    skipped = [f"{name}: not an image file by its suffix" for name in others]
     stems: dict[str, list[Path]] = {}
     for p in images:
         stems.setdefault(p.stem.lower(), []).append(p)

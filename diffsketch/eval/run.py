@@ -39,7 +39,7 @@ from torch import nn
 
 from ..errors import DiffSketchError, FileFormatError, InvalidInputError, WeightsNotFoundError
 from ..fileio import atomic_write_bytes
-from ..images import IMAGE_SUFFIXES, read_image, rgb_batch
+from ..images import IMAGE_SUFFIXES, image_files_in, read_image, rgb_batch
 from .metrics.common import require_optional
 from .report import GRID_CELL, PER_IMAGE_METRICS, EvalReport, png_bytes, write_results
 
@@ -188,16 +188,7 @@ def _load_style(style, style_weights, device) -> tuple[Callable[[torch.Tensor], 
 # ============================================================================================
 def _list_photos(photos_dir: Path) -> tuple[list[Path], list[str]]:
     """(image files, names of the other files) of a folder that must hold at least one image."""
-    if not photos_dir.is_dir():
-        raise InvalidInputError(f"photos folder not found: {photos_dir}")
-    images, ignored = [], []
-    for p in sorted(photos_dir.iterdir()):
-        if not p.is_file() or p.name.startswith("."):
-            continue
-        if p.suffix.lower() in IMAGE_SUFFIXES:
-            images.append(p)
-        else:
-            ignored.append(p.name)
+    images, ignored = image_files_in(photos_dir)
     if not images:
         raise InvalidInputError(
             f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {photos_dir}"
