@@ -176,8 +176,11 @@ def cmd_capture(args) -> int:
     )
     sampling.plan()
     picture = check_picture(pixels, what)
-    fit_size(int(picture.shape[-1]), int(picture.shape[-2]), FINEST_SIZE_MULTIPLE, None, args.max_side, what)
+    width, height = int(picture.shape[-1]), int(picture.shape[-2])
+    fit_size(width, height, FINEST_SIZE_MULTIPLE, None, args.max_side, what)
     backend = load_backend(args)
+    # this model's own rule, before the progress bar starts
+    fit_size(width, height, backend.spec.size_multiple, backend.spec.family, args.max_side, what)
     bar = progress_bar(2 * len(sampling.denoising_schedule(sampling.plan())), "inverting, then replaying")
     result = backend.capture_from_image(
         picture, sampling, caption=args.caption, max_side=args.max_side, what=what, progress=bar
@@ -188,9 +191,11 @@ def cmd_capture(args) -> int:
     result.sample.save(args.out)
     save_png(result.sample.image, image)
     draw_over = str(args.picture)
-    if tuple(result.picture.shape[-2:]) != tuple(picture.shape[-2:]):
+    if result.sample.size != (width, height):
         save_png(result.picture, as_used)
-        draw_over = f"{args.picture} (train fits a drawing of its size or shape the same way) or over {as_used}"
+        draw_over = (
+            f"{args.picture} (train fits a drawing of its size or shape the same way) or over {as_used}"
+        )
         print(f"the picture as used (cropped/resized): {as_used}")
     print(
         f"{result.sample.summary()}\nfeatures: {args.out}\nreplay of the picture (what the features describe): "
@@ -365,11 +370,11 @@ def _return_freed_memory_to_the_os() -> None:
 def cmd_train(args) -> int:
     import torch
 
+    from .capture.picture import PICTURE_FIT_KEY
     from .capture.sample import FEATURES_KIND, CapturedSample
     from .fileio import read_header
     from .train.conditions import CONDITIONS_KIND, ConditionSampler
     from .train.losses import DiffSketchLoss, build_lpips, load_clip_image_encoder
-    from .capture.picture import PICTURE_FIT_KEY
     from .train.trainer import CHECKPOINT_KIND, TrainConfig, Trainer, prepare_sketch
 
     # every path first, then the small models, the SD model last: a mistake costs no waiting

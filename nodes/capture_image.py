@@ -5,10 +5,9 @@ from __future__ import annotations
 import comfy.utils
 from comfy_api.latest import io, ui
 
-from diffsketch.capture.timesteps import PAPER_TIMESTEPS
-
 from .common import show_on_node
-from .types import CATEGORY, Features, Timesteps
+from .sample import capture_timesteps, checkpoint_inputs, timesteps_input
+from .types import CATEGORY, Features
 
 
 class DiffSketchCaptureFromImage(io.ComfyNode):
@@ -27,11 +26,7 @@ class DiffSketchCaptureFromImage(io.ComfyNode):
                 "describe; the node shows how close it came (PSNR)."
             ),
             inputs=[
-                io.Model.Input(
-                    "model", tooltip="An SD 1.x, SD 2.x or SDXL-family MODEL from Load Checkpoint."
-                ),
-                io.Clip.Input("clip", tooltip="The CLIP (text encoder) of the same checkpoint."),
-                io.Vae.Input("vae", tooltip="The VAE of the same checkpoint."),
+                *checkpoint_inputs(),
                 io.Image.Input(
                     "image",
                     tooltip="Your picture (one image). Used at its own size, centre-cropped to multiples of 64 "
@@ -61,12 +56,7 @@ class DiffSketchCaptureFromImage(io.ComfyNode):
                     "side is at most N pixels. Far above the checkpoint's native size, capture and training are "
                     "slow and need much memory.",
                 ),
-                Timesteps.Input(
-                    "timesteps",
-                    optional=True,
-                    tooltip="Which UNet timesteps to capture (from DiffSketch Timesteps); default: the "
-                    "paper's 13 representative timesteps.",
-                ),
+                timesteps_input(),
             ],
             outputs=[
                 io.Image.Output(
@@ -94,9 +84,7 @@ class DiffSketchCaptureFromImage(io.ComfyNode):
         # the node's own bar spans inversion and replay; the backend's per-pass bars would restart
         backend = ComfyBackend(model, clip, vae, show_progress=False)
         # the picture sets the size; cfg is what Train samples its own images with (Sample's default)
-        sampling = SamplingSettings(
-            steps=int(steps), timesteps=tuple(timesteps) if timesteps else PAPER_TIMESTEPS
-        )
+        sampling = SamplingSettings(steps=int(steps), timesteps=capture_timesteps(timesteps))
         total = 2 * len(sampling.denoising_schedule(sampling.plan()))
         pbar = comfy.utils.ProgressBar(total)
         result = backend.capture_from_image(

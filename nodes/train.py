@@ -267,9 +267,9 @@ class DiffSketchTrain(io.ComfyNode):
         checkpoint_every,
         sample_crop=0,
     ) -> io.NodeOutput:
+        from diffsketch.capture.picture import PICTURE_FIT_KEY
         from diffsketch.plotting import to_image_tensor
         from diffsketch.train.losses import DiffSketchLoss, LossWeights
-        from diffsketch.capture.picture import PICTURE_FIT_KEY
         from diffsketch.train.trainer import TrainConfig, Trainer, prepare_sketch
 
         from .comfy_backend import ComfyBackend

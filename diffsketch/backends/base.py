@@ -16,8 +16,8 @@ import torch
 
 from ..capture.hooks import UNetRecorder
 from ..capture.identity import backend_identity
-from ..capture.sample import CapturedSample
 from ..capture.picture import PICTURE_FIT_KEY, fit_picture, large_picture_notice
+from ..capture.sample import CapturedSample
 from ..capture.sampling import SamplingSettings
 from ..capture.spec import FeatureSpec, family_name, family_native_side
 from ..capture.timesteps import ddim_grid
@@ -343,7 +343,9 @@ class SamplingBackend:
         if not isinstance(settings, SamplingSettings):
             raise InvalidInputError(f"settings must be a SamplingSettings, got {type(settings).__name__}")
         family = self.spec.family
-        picture, fit = fit_picture(check_picture(image, what), self.spec.size_multiple, family, max_side, what)
+        picture, fit = fit_picture(
+            check_picture(image, what), self.spec.size_multiple, family, max_side, what
+        )
         notices = [n for n in (fit.notice(), large_picture_notice(fit.size, self.native_size, family)) if n]
         width, height = fit.size
         settings = settings.replace(width=width, height=height)

@@ -103,7 +103,9 @@ def fit_size(
     or larger than the largest sampling size. ``family`` None: a check before the model is known
     (with the finest multiple any backbone takes)."""
     if isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 0:
-        raise InvalidInputError(f"max_side must be an integer >= 0 (0: the picture's own size), got {max_side!r}.")
+        raise InvalidInputError(
+            f"max_side must be an integer >= 0 (0: the picture's own size), got {max_side!r}."
+        )
     model = f"this {family_name(family)} model" if family else "DiffSketch"
     if 0 < max_side < multiple:
         raise InvalidInputError(
@@ -115,7 +117,9 @@ def fit_size(
         scale = max_side / max(width, height)
         # the longer side lands exactly on max_side; the other keeps the aspect ratio
         resized = (
-            (max_side, max(1, round(height * scale))) if width >= height else (max(1, round(width * scale)), max_side)
+            (max_side, max(1, round(height * scale)))
+            if width >= height
+            else (max(1, round(width * scale)), max_side)
         )
     rw, rh = resized
     if min(rw, rh) < multiple:
@@ -138,7 +142,9 @@ def fit_size(
 def apply_fit(image: torch.Tensor, fit: PictureFit) -> torch.Tensor:
     """``image`` ``[B, C, H, W]`` at the fit's source size, resized and cropped as the fit says."""
     if tuple(image.shape[-2:]) != (fit.source[1], fit.source[0]):
-        raise ValueError(f"apply_fit: the image is {image.shape[-1]}x{image.shape[-2]}, not the fit's source size")
+        raise ValueError(
+            f"apply_fit: the image is {image.shape[-1]}x{image.shape[-2]}, not the fit's source size"
+        )
     return _resize_and_crop(image, fit)
 
 
@@ -199,4 +205,6 @@ def fit_drawing(drawing: torch.Tensor, fit: PictureFit) -> tuple[torch.Tensor, l
         # with one resampling instead of two.
         out = _resize_and_crop(drawing, fit)
         return out, [f"the sketch is {w}x{h}: scaled and cropped like the {sw}x{sh} picture, to {fw}x{fh}"]
-    return apply_fit(drawing, fit), [f"the sketch is {w}x{h}: resized and cropped like the picture, to {fw}x{fh}"]
+    return apply_fit(drawing, fit), [
+        f"the sketch is {w}x{h}: resized and cropped like the picture, to {fw}x{fh}"
+    ]
