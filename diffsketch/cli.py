@@ -143,22 +143,29 @@ def cmd_capture(args) -> int:
     import torch
 
     from .backends.base import check_picture
-    from .capture.sampling import SamplingSettings
+    from .capture.picture import fit_size
+    from .capture.sampling import FINEST_SIZE_MULTIPLE, SamplingSettings
     from .capture.timesteps import parse_timesteps
 
     check_model(args)
     check_input_file(args.picture, "--picture")
     check_output_file(args.out, "--out")
     image = check_output_file(args.image or Path(args.out).with_suffix(".replay.png"), "--image")
+    as_used = check_output_file(Path(args.out).with_suffix(".picture.png"), "--out")
     if image.resolve() == Path(args.picture).resolve():
         raise InvalidInputError(
             f"--image {image} is the picture itself; the replay would overwrite it. Give another --image path."
         )
+    if as_used.resolve() == Path(args.picture).resolve():
+        raise InvalidInputError(
+            f"--out {args.out} would put the picture as used at {as_used}, the picture itself. Give another --out path."
+        )
+    what = f"--picture {args.picture}"
     try:
         pixels = torch.from_numpy(read_image(Path(args.picture)))
     except OSError as e:
-        raise InvalidInputError(f"--picture {args.picture} cannot be read as an image ({e}).") from e
-    # checked before the model loads: a picture of the wrong size costs no waiting
+        raise InvalidInputError(f"{what} cannot be read as an image ({e}).") from e
+    # checked before the model loads: a picture no model takes costs no waiting
     sampling = SamplingSettings(
         steps=args.steps,
         cfg=args.cfg,
@@ -168,16 +175,31 @@ def cmd_capture(args) -> int:
         schedule=args.schedule,
     )
     sampling.plan()
-    picture = check_picture(pixels, f"--picture {args.picture}")
+    picture = check_picture(pixels, what)
+    width, height = int(picture.shape[-1]), int(picture.shape[-2])
+    fit_size(width, height, FINEST_SIZE_MULTIPLE, None, args.max_side, what)
     backend = load_backend(args)
+    # this model's own rule, before the progress bar starts
+    fit_size(width, height, backend.spec.size_multiple, backend.spec.family, args.max_side, what)
     bar = progress_bar(2 * len(sampling.denoising_schedule(sampling.plan())), "inverting, then replaying")
-    result = backend.capture_from_image(picture, sampling, caption=args.caption, progress=bar)
+    result = backend.capture_from_image(
+        picture, sampling, caption=args.caption, max_side=args.max_side, what=what, progress=bar
+    )
     bar.close()
+    for notice in result.notices:
+        print(notice)
     result.sample.save(args.out)
     save_png(result.sample.image, image)
+    draw_over = str(args.picture)
+    if result.sample.size != (width, height):
+        save_png(result.picture, as_used)
+        draw_over = (
+            f"{args.picture} (train fits a drawing of its size or shape the same way) or over {as_used}"
+        )
+        print(f"the picture as used (cropped/resized): {as_used}")
     print(
         f"{result.sample.summary()}\nfeatures: {args.out}\nreplay of the picture (what the features describe): "
-        f"{image}, PSNR {result.replay_psnr:.1f} dB against {args.picture}\ndraw your sketch over {args.picture}"
+        f"{image}, PSNR {result.replay_psnr:.1f} dB against the picture as used\ndraw your sketch over {draw_over}"
     )
     if result.warning:
         print(f"warning: {result.warning}")
@@ -348,6 +370,7 @@ def _return_freed_memory_to_the_os() -> None:
 def cmd_train(args) -> int:
     import torch
 
+    from .capture.picture import PICTURE_FIT_KEY
     from .capture.sample import FEATURES_KIND, CapturedSample
     from .fileio import read_header
     from .train.conditions import CONDITIONS_KIND, ConditionSampler
@@ -384,7 +407,7 @@ def cmd_train(args) -> int:
         sketch_img = torch.from_numpy(read_image(Path(args.sketch)))[None]
     except OSError as e:
         raise InvalidInputError(f"--sketch {args.sketch} cannot be read as an image ({e}).") from e
-    sketch, notices = prepare_sketch(sketch_img, example.size)
+    sketch, notices = prepare_sketch(sketch_img, example.size, example.meta.get(PICTURE_FIT_KEY))
     for n in notices:
         print(n)
     conditions = ConditionSampler.load(args.conditions)
@@ -697,7 +720,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--picture",
         required=True,
-        help="your picture (PNG, JPEG, ...); its sides must be multiples of 64 (e.g. 512x512, 768x512)",
+        help="your picture (PNG, JPEG, ...), used at its own size centre-cropped to multiples of 64 (32 for "
+        "SDXL); when cropped or resized, the picture as used is written next to --out (.picture.png)",
+    )
+    p.add_argument(
+        "--max-side",
+        type=int,
+        default=0,
+        help="resize the picture (keeping its shape) so its longer side is at most this many pixels before "
+        "cropping; 0 (default) keeps its own size. Far above the model's native size, capture and training "
+        "are slow and need much memory",
     )
     p.add_argument(
         "--caption",

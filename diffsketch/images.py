@@ -143,6 +143,16 @@ def as_grey(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous()
 
 
+def resize_image(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``x`` ``[B, C, H, W]`` in [0, 1] resized to ``size`` = ``(width, height)``: bilinear,
+    antialiased (so shrinking does not alias thin lines away), clamped back to [0, 1]."""
+    import torch.nn.functional as F
+
+    width, height = size
+    out = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+    return out.clamp(0.0, 1.0)
+
+
 def rgb_batch(images, what: str = "images") -> torch.Tensor:
     """Any supported image input (see :func:`image_batch`) as float32 CPU RGB ``[B, H, W, 3]``."""
     return as_rgb(image_batch(images, what))

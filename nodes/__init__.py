@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from .capture_image import DiffSketchCaptureFromImage
 from .common import register_model_folders, remove_stale_temp_files_of_ours
 from .conditions import DiffSketchFitConditions, DiffSketchLoadConditions
 from .distill import DiffSketchDistill
@@ -18,6 +19,7 @@ from .xdog import DiffSketchStyleSketch, DiffSketchXDoG
 def node_list() -> list[type[io.ComfyNode]]:
     return [
         DiffSketchSample,
+        DiffSketchCaptureFromImage,
         DiffSketchTimestepsPreset,
         DiffSketchTimesteps,
         DiffSketchFitConditions,

@@ -14,6 +14,30 @@ from .types import CATEGORY, Features, Timesteps
 logger = logging.getLogger("diffsketch.nodes")
 
 
+def checkpoint_inputs() -> list:
+    """The model, clip and vae inputs of a node that captures features."""
+    return [
+        io.Model.Input("model", tooltip="An SD 1.x, SD 2.x or SDXL-family MODEL from Load Checkpoint."),
+        io.Clip.Input("clip", tooltip="The CLIP (text encoder) of the same checkpoint."),
+        io.Vae.Input("vae", tooltip="The VAE of the same checkpoint."),
+    ]
+
+
+def timesteps_input() -> Timesteps.Input:
+    """The optional timesteps input of a node that captures features (None: the paper's 13)."""
+    return Timesteps.Input(
+        "timesteps",
+        optional=True,
+        tooltip="Which UNet timesteps to capture (from DiffSketch Timesteps); default: the "
+        "paper's 13 representative timesteps.",
+    )
+
+
+def capture_timesteps(timesteps) -> tuple[int, ...]:
+    """The timesteps input's value as the settings take it."""
+    return tuple(timesteps) if timesteps else PAPER_TIMESTEPS
+
+
 class DiffSketchSample(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -27,11 +51,7 @@ class DiffSketchSample(io.ComfyNode):
                 "image as the picture to draw your example sketch over."
             ),
             inputs=[
-                io.Model.Input(
-                    "model", tooltip="An SD 1.x, SD 2.x or SDXL-family MODEL from Load Checkpoint."
-                ),
-                io.Clip.Input("clip", tooltip="The CLIP (text encoder) of the same checkpoint."),
-                io.Vae.Input("vae", tooltip="The VAE of the same checkpoint."),
+                *checkpoint_inputs(),
                 io.String.Input(
                     "prompt",
                     multiline=True,
@@ -64,12 +84,7 @@ class DiffSketchSample(io.ComfyNode):
                     tooltip="Classifier-free guidance scale (the paper uses 5.0).",
                 ),
                 *size_inputs("Image"),
-                Timesteps.Input(
-                    "timesteps",
-                    optional=True,
-                    tooltip="Which UNet timesteps to capture (from DiffSketch Timesteps); default: the "
-                    "paper's 13 representative timesteps.",
-                ),
+                timesteps_input(),
             ],
             outputs=[
                 io.Image.Output(display_name="image", tooltip="The generated image."),
@@ -98,7 +113,7 @@ class DiffSketchSample(io.ComfyNode):
             cfg=float(cfg),
             width=width,
             height=height,
-            timesteps=tuple(timesteps) if timesteps else PAPER_TIMESTEPS,
+            timesteps=capture_timesteps(timesteps),
         )
         sample = backend.sample(prompt, sampling)
         logger.info("[DiffSketch] captured %s", sample.summary())

@@ -79,7 +79,7 @@ class DiffSketchTrain(io.ComfyNode):
             category=CATEGORY,
             description=(
                 "Trains a DiffSketch generator from ONE example: the features of the image DiffSketch Sample & Capture "
-                "made, and the sketch you drew over it. Each iteration samples a new image (CDST conditions) and learns "
+                "made (or of your own picture, from DiffSketch Capture from Image), and the sketch you drew over it. Each iteration samples a new image (CDST conditions) and learns "
                 "with L1 + LPIPS + CLIP losses on the example and directional CLIP losses on the new sample. Shows "
                 "progress and previews; Cancel saves a checkpoint you can resume from."
             ),
@@ -90,12 +90,16 @@ class DiffSketchTrain(io.ComfyNode):
                 io.Clip.Input("clip", tooltip="Its CLIP (encodes the example prompt for the CDST blend)."),
                 io.Vae.Input("vae", tooltip="Its VAE."),
                 Features.Input(
-                    "features", tooltip="The example's features from DiffSketch Sample & Capture."
+                    "features",
+                    tooltip="The example's features from DiffSketch Sample & Capture or DiffSketch Capture from "
+                    "Image.",
                 ),
                 io.Image.Input(
                     "sketch",
                     tooltip="Your sketch of the example image (black lines on white; resized to "
-                    "the example's size if needed; RGB, RGBA and grey are converted).",
+                    "the example's size if needed; RGB, RGBA and grey are converted). For features from Capture "
+                    "from Image: drawn over your picture (its size or shape; cropped and resized as the picture "
+                    "was) or over the node's picture output.",
                 ),
                 Conditions.Input("conditions", tooltip="From DiffSketch Fit Conditions or Load Conditions."),
                 ClipLoss.Input(
@@ -263,6 +267,7 @@ class DiffSketchTrain(io.ComfyNode):
         checkpoint_every,
         sample_crop=0,
     ) -> io.NodeOutput:
+        from diffsketch.capture.picture import PICTURE_FIT_KEY
         from diffsketch.plotting import to_image_tensor
         from diffsketch.train.losses import DiffSketchLoss, LossWeights
         from diffsketch.train.trainer import TrainConfig, Trainer, prepare_sketch
@@ -293,7 +298,7 @@ class DiffSketchTrain(io.ComfyNode):
             pbar.update_absolute(step, int(iterations), _preview(preview) if preview is not None else None)
 
         with torch.inference_mode(False), torch.enable_grad(), on_torch_device() as (device, on_device):
-            sketch_t, notices = prepare_sketch(sketch, features.size)
+            sketch_t, notices = prepare_sketch(sketch, features.size, features.meta.get(PICTURE_FIT_KEY))
             for n in notices:
                 logger.warning("[DiffSketch] %s", n)
             weights = LossWeights(

@@ -744,12 +744,58 @@ def test_capture_a_picture_then_train_on_it(train_inputs, tmp_path, tiny_backend
     assert load_generator(style).timesteps == (1, 501, 901)
 
 
+def test_capture_fits_a_picture_of_any_size_and_train_fits_the_drawing_alike(train_inputs, tmp_path, capfd):
+    """A 100x70 picture is centre-cropped to 64x64 (SD 1.x), written as used next to --out; a
+    drawing at the picture's own size then trains, cropped exactly as the picture was."""
+    from diffsketch.capture.sample import CapturedSample
+    from diffsketch.train.generator import load_generator
+
+    pixels = (np.random.default_rng(1).random((70, 100, 3)) * 255).astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "photo.png")
+    features = tmp_path / "photo.safetensors"
+    small = ["--steps", "10", "--timesteps", "1,501,901", "--schedule", "fast"]
+    capfd.readouterr()
+    args = ["capture", *train_inputs.model, "--picture", str(tmp_path / "photo.png"), *small]
+    assert main([*args, "--out", str(features)]) == 0
+    out, _ = capfd.readouterr()
+    assert "the picture is 100x70: cropped 36 px of width and 6 px of height (centred) to 64x64" in out
+    assert f"the picture as used (cropped/resized): {tmp_path / 'photo.picture.png'}" in out
+    used = np.asarray(Image.open(tmp_path / "photo.picture.png"))
+    assert np.array_equal(used, pixels[3:67, 18:82])
+    example = CapturedSample.load(features)
+    assert example.size == (64, 64) and example.meta["picture_fit"]["source"] == [100, 70]
+    # --max-side resizes first
+    assert main([*args, "--max-side", "96", "--out", str(tmp_path / "resized.safetensors")]) == 0
+    assert (
+        "resized to 96x67 (max_side 96), then cropped 32 px of width and 3 px of height"
+        in capfd.readouterr()[0]
+    )
+
+    drawing = (pixels.mean(-1) > 128).astype(np.uint8) * 255
+    Image.fromarray(drawing).save(tmp_path / "drawing.png")
+    inputs = SimpleNamespace(
+        **{**vars(train_inputs), "example": features, "sketch": tmp_path / "drawing.png"}
+    )
+    style = tmp_path / "style.safetensors"
+    assert main(train_args(inputs, style, "--iterations", "2")) == 0
+    assert "the sketch is 100x70: resized and cropped like the picture, to 64x64" in capfd.readouterr()[0]
+    assert load_generator(style).timesteps == (1, 501, 901)
+    # a drawing of another shape is refused, naming both sizes
+    Image.fromarray(drawing[:, :70]).save(tmp_path / "square.png")
+    inputs.sketch = tmp_path / "square.png"
+    assert main(train_args(inputs, tmp_path / "other.safetensors", "--iterations", "2")) != 0
+    assert (
+        "the sketch is 70x70, but the picture the features were captured from is 100x70"
+        in capfd.readouterr()[1]
+    )
+
+
 @pytest.mark.parametrize(
     "size, message",
-    [((40, 40), "40x40 pixels"), ((64, 100), "100x64 pixels")],
-    ids=["too-small", "not-a-multiple"],
+    [((40, 40), "40x40 pixels: this SD 1.x model"), ((20, 100), "100x20 pixels: DiffSketch")],
+    ids=["too-small-for-sd1", "too-small-for-any-model"],
 )
-def test_capture_refuses_a_picture_of_the_wrong_size_by_name(tiny_model_dir, tmp_path, capsys, size, message):
+def test_capture_refuses_a_picture_too_small_by_name(tiny_model_dir, tmp_path, capsys, size, message):
     Image.fromarray(np.zeros((*size, 3), np.uint8)).save(tmp_path / "photo.png")
     args = [
         "capture",
@@ -762,7 +808,7 @@ def test_capture_refuses_a_picture_of_the_wrong_size_by_name(tiny_model_dir, tmp
     ]
     assert main([*args, "--out", str(tmp_path / "f.safetensors")]) != 0
     err = capsys.readouterr().err
-    assert f"--picture {tmp_path / 'photo.png'} is {message}" in err and "Crop or resize" in err
+    assert f"--picture {tmp_path / 'photo.png'} is {message}" in err and "smallest picture it takes" in err
     assert not (tmp_path / "f.safetensors").exists()
 
 

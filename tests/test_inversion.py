@@ -172,12 +172,20 @@ def test_low_replay_psnr_warns_in_words():
     [
         (torch.rand(2, 3, 64, 64), SMALL, "the picture is a batch of 2 images"),
         (torch.full((1, 3, 64, 64), float("nan")), SMALL, "the picture: NaN"),
-        (torch.rand(1, 3, 64, 64) * 255, SMALL, "divide by 255"),
-        (torch.rand(1, 3, 32, 32), SMALL, "the picture is 32x32 pixels.*e.g. to 64x64"),
-        (torch.rand(1, 3, 64, 100), SMALL, "the picture is 100x64 pixels.*e.g. to 64x64"),
+        (torch.rand(1, 3, 64, 64) * 255, SMALL, r"the picture: values span .*divide by 255"),
+        (
+            torch.rand(1, 3, 32, 32),
+            SMALL,
+            "the picture is 32x32 pixels.*the smallest picture it takes is 64x64",
+        ),
+        (
+            torch.rand(1, 3, 40, 100),
+            SMALL,
+            "the picture is 100x40 pixels.*the smallest picture it takes is 64x64",
+        ),
         (torch.rand(1, 3, 64, 64), SMALL.replace(steps=2), "steps=2 is too few"),
     ],
-    ids=["batch", "nan", "0-255", "too-small", "not-a-multiple", "too-few-steps"],
+    ids=["batch", "nan", "0-255", "too-small", "a-side-too-small", "too-few-steps"],
 )
 def test_bad_pictures_are_refused_by_name(picture, settings, message):
     with pytest.raises(InvalidInputError, match=message):

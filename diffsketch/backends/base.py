@@ -16,8 +16,9 @@ import torch
 
 from ..capture.hooks import UNetRecorder
 from ..capture.identity import backend_identity
+from ..capture.picture import PICTURE_FIT_KEY, fit_picture, large_picture_notice
 from ..capture.sample import CapturedSample
-from ..capture.sampling import MAX_SIZE, SIZE_MULTIPLE, SamplingSettings, check_size
+from ..capture.sampling import SamplingSettings
 from ..capture.spec import FeatureSpec, family_name, family_native_side
 from ..capture.timesteps import ddim_grid
 from ..errors import InvalidInputError
@@ -84,7 +85,8 @@ def has_zero_terminal_snr(last_alpha_cumprod: float) -> bool:
 
 def check_picture(image, what: str = "the picture") -> torch.Tensor:
     """``image`` as ``[1, 3, H, W]`` float32 in [0, 1], or a clear error naming ``what``: one
-    picture, finite values in [0, 1] (or uint8/uint16), sides of a sampling size (:func:`check_size`)."""
+    picture, finite values in [0, 1] (or uint8/uint16). Its size is the fit's business
+    (:func:`~diffsketch.capture.picture.fit_picture`)."""
     from ..images import as_rgb, image_batch
 
     x = image_batch(image, what, channels_first=True)
@@ -93,18 +95,6 @@ def check_picture(image, what: str = "the picture") -> torch.Tensor:
             f"{what} is a batch of {x.shape[0]} images; features are captured from ONE picture: pass one "
             "(e.g. pick one with an image-batch selector)."
         )
-    height, width = int(x.shape[1]), int(x.shape[2])
-    try:
-        check_size(width, height)
-    except InvalidInputError as e:
-        fit_w, fit_h = (
-            max(SIZE_MULTIPLE, min(MAX_SIZE, v // SIZE_MULTIPLE * SIZE_MULTIPLE)) for v in (width, height)
-        )
-        raise InvalidInputError(
-            f"{what} is {width}x{height} pixels; the model needs sides that are multiples of {SIZE_MULTIPLE} "
-            f"between {SIZE_MULTIPLE} and {MAX_SIZE} (its UNet halves the latent three times). Crop or resize "
-            f"it, e.g. to {fit_w}x{fit_h}."
-        ) from e
     return as_rgb(x).permute(0, 3, 1, 2).contiguous()
 
 
@@ -243,6 +233,7 @@ class SamplingBackend:
                 f"sample_batch needs one seed per condition, got {len(conds)} conditions and "
                 f"{None if seeds is None else len(seeds)} seeds"
             )
+        self.check_size(settings.width, settings.height)
         plan, sched = self._capture_plan(settings, capture)
         prompts = [c if isinstance(c, str) else None for c in conds]
         checked = [
@@ -290,6 +281,20 @@ class SamplingBackend:
         (:func:`~diffsketch.capture.spec.family_native_side`)."""
         return family_native_side(self.spec.family, self.prediction_type)
 
+    def check_size(self, width: int, height: int) -> None:
+        """Refuse an image size this backbone cannot take: sides must be multiples of its
+        :attr:`~diffsketch.capture.spec.FeatureSpec.size_multiple` (SD 1.x/2.x: 64, SDXL: 32;
+        :class:`SamplingSettings` only checks the finest multiple any backbone takes)."""
+        m = self.spec.size_multiple
+        halvings = (m // self.spec.vae_scale_factor).bit_length() - 1
+        for name, v in (("width", width), ("height", height)):
+            if v % m:
+                lo = max(m, v // m * m)
+                raise InvalidInputError(
+                    f"{name}={v} is not supported by this {family_name(self.spec.family)} model: it must be a "
+                    f"multiple of {m} (its UNet halves the latent {halvings} times), e.g. {lo} or {lo + m}."
+                )
+
     def image_size(self, width: int, height: int) -> tuple[int, int]:
         """``(width, height)`` with 0 (or None) meaning :attr:`native_size`."""
         return int(width or self.native_size), int(height or self.native_size)
@@ -311,6 +316,8 @@ class SamplingBackend:
         settings: SamplingSettings,
         *,
         caption: str | Conditioning | torch.Tensor = "",
+        max_side: int = 0,
+        what: str = "the picture",
         store_dtype: torch.dtype = torch.float16,
         store_device: torch.device | str = "cpu",
         progress: ProgressFn | None = None,
@@ -320,19 +327,29 @@ class SamplingBackend:
         UNet taps (both branches, "" as the negative) and, decoding the replay, the VAE taps.
 
         ``image``: ONE picture (``[1,3,H,W]``, ComfyUI's ``[1,H,W,C]`` or ``[H,W,C]``; float in
-        [0, 1], uint8 or uint16; grey and alpha are made RGB over white) whose sides are a valid
-        sampling size; it sets the size (``settings.width``/``height`` are not used).
+        [0, 1], uint8 or uint16; grey and alpha are made RGB over white). It is used at its own size
+        fitted to this backbone (:func:`~diffsketch.capture.picture.fit_picture`: resized so its
+        longer side is at most ``max_side`` when that is not 0, then centre-cropped to multiples of
+        the spec's ``size_multiple``); that sets the size (``settings.width``/``height`` are not
+        used), and the features record the fit (``meta["picture_fit"]``) for the drawing. ``what``
+        names the picture in error messages (e.g. the command-line option that gave it).
         ``caption``: what the picture shows (a prompt or its conditioning); inversion and replay are
         guided by it alone (:data:`~diffsketch.backends.inversion.INVERSION_CFG`). ``settings.cfg``
         is not used here: it is recorded as the guidance Train samples its own images with.
         Returns a :class:`~diffsketch.backends.inversion.PictureCapture` (features, the replay's
-        PSNR against the picture, the inverted x_T, and a warning when the PSNR is low).
+        PSNR against the fitted picture, the inverted x_T, the fitted picture, notices in words
+        about the fit, and a warning when the PSNR is low).
         """
         if not isinstance(settings, SamplingSettings):
             raise InvalidInputError(f"settings must be a SamplingSettings, got {type(settings).__name__}")
-        picture = check_picture(image)
-        height, width = picture.shape[-2:]
-        settings = settings.replace(width=int(width), height=int(height))
+        family = self.spec.family
+        picture, fit = fit_picture(
+            check_picture(image, what), self.spec.size_multiple, family, max_side, what
+        )
+        notices = [n for n in (fit.notice(), large_picture_notice(fit.size, self.native_size, family)) if n]
+        width, height = fit.size
+        settings = settings.replace(width=width, height=height)
+        self.check_size(width, height)
         plan, sched = self._capture_plan(settings)
         prompt = caption if isinstance(caption, str) else None
         cond = self.check_conditioning(
@@ -366,12 +383,13 @@ class SamplingBackend:
             "height": settings.height,
             "schedule": sched,
             "unet_evaluations": 2 * n,
+            PICTURE_FIT_KEY: fit.to_dict(),
             **backend_identity(self).to_dict(),
         }
         if prompt is not None:
             meta["prompt"] = prompt
         sample = CapturedSample(self.spec, plan, decoded, replayed.float().cpu(), unet, vae, rgb, meta)
-        return PictureCapture(sample, replay_psnr, noise.float().cpu())
+        return PictureCapture(sample, replay_psnr, noise.float().cpu(), picture, tuple(notices))
 
     def suggested_batch(self, width: int, height: int) -> int:
         """Images per :meth:`sample_batch` call for bulk sampling (pair generation): 1 unless a

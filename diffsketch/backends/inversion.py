@@ -157,11 +157,15 @@ class PictureCapture:
       ``image`` is the decoded replay (what the features describe), not the picture itself.
     - ``replay_psnr``: PSNR (dB) of that image against the picture.
     - ``noise``: the inverted x_T (DDPM space), the "noise" the replay starts from.
+    - ``picture``: the picture as used, ``[1, 3, H, W]`` after the fit (what to draw over).
+    - ``notices``: what the fit did and size advice, in words (empty when there is nothing to say).
     """
 
     sample: CapturedSample
     replay_psnr: float
     noise: torch.Tensor
+    picture: torch.Tensor | None = None
+    notices: tuple[str, ...] = ()
 
     @property
     def warning(self) -> str | None:

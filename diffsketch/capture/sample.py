@@ -80,8 +80,7 @@ class CapturedSample:
     def crop_multiple(self) -> int:
         """Pixels per element of the coarsest tap: crop windows are multiples of this, so every
         tap is cut at whole elements (SD 1.x/2.x: 64, SDXL: 32)."""
-        coarsest = min(t.log2_scale for t in (*self.spec.unet, *self.spec.vae))
-        return self.spec.vae_scale_factor << max(0, -coarsest)
+        return self.spec.size_multiple
 
     def crop(self, left: int, top: int, width: int, height: int) -> CapturedSample:
         """The sample seen through the pixel window ``(left, top, width, height)``: every tap, the

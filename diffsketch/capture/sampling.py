@@ -13,7 +13,11 @@ import math
 from ..errors import InvalidInputError
 from .timesteps import TimestepPlan, plan_timesteps
 
+#: Image sides are multiples of this for SD 1.x and SD 2.x (the UNet halves the latent three times).
 SIZE_MULTIPLE = 64
+#: The finest multiple any backbone takes (SDXL's UNet halves the latent twice). Settings accept
+#: it; a backend refuses sizes its own backbone cannot take (``SamplingBackend.check_size``).
+FINEST_SIZE_MULTIPLE = 32
 MAX_SIZE = 4096
 #: Named denoising schedules: "full" runs the whole DDIM grid, "fast" only the captured timesteps
 #: and the final step (:func:`fast_schedule`).
@@ -21,12 +25,15 @@ SCHEDULES = ("full", "fast")
 
 
 def check_size(width: int, height: int) -> None:
+    """Refuse a size no backbone takes: sides must be multiples of 32 up to :data:`MAX_SIZE`
+    (and of 64 for SD 1.x/2.x, which the backend checks)."""
     for name, v in (("width", width), ("height", height)):
-        if not isinstance(v, int) or v < SIZE_MULTIPLE or v > MAX_SIZE or v % SIZE_MULTIPLE:
+        if not isinstance(v, int) or v < FINEST_SIZE_MULTIPLE or v > MAX_SIZE or v % FINEST_SIZE_MULTIPLE:
             lo = max(SIZE_MULTIPLE, (int(v) // SIZE_MULTIPLE) * SIZE_MULTIPLE) if isinstance(v, int) else 512
             raise InvalidInputError(
                 f"{name}={v} is not supported: it must be a multiple of {SIZE_MULTIPLE} between {SIZE_MULTIPLE} and "
-                f"{MAX_SIZE} (the UNet halves the latent three times), e.g. {lo} or {lo + SIZE_MULTIPLE}."
+                f"{MAX_SIZE} (the UNet halves the latent three times; SDXL's twice, so there multiples of "
+                f"{FINEST_SIZE_MULTIPLE} from {FINEST_SIZE_MULTIPLE} work too), e.g. {lo} or {lo + SIZE_MULTIPLE}."
             )
 
 
@@ -46,7 +53,7 @@ class SamplingSettings:
 
     - ``seed``: the initial noise (CPU generator, as ComfyUI's ``prepare_noise``).
     - ``steps``, ``cfg``: DDIM steps (eta 0) and classifier-free guidance ("" as the negative).
-    - ``width``, ``height``: pixels, multiples of 64.
+    - ``width``, ``height``: pixels, multiples of 64 (of 32 for SDXL: the backend checks its own).
     - ``timesteps``: the UNet timesteps to capture (None: the paper's 13), mapped to the nearest
       steps of the ``steps``-step grid.
     - ``schedule``: "full" (the whole grid), "fast" (the captured timesteps and the final step) or

@@ -178,6 +178,13 @@ class FeatureSpec:
     pooled_dim: int = 0
 
     # -- shapes --------------------------------------------------------------------------------
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this many pixels: the VAE's scale factor times 2 per
+        UNet downsampling (read from the coarsest decoder tap). SD 1.x/2.x: 64, SDXL: 32."""
+        coarsest = min((t.log2_scale for t in self.unet), default=0)
+        return self.vae_scale_factor << max(0, -coarsest)
+
     def latent_size(self, width: int, height: int) -> tuple[int, int]:
         return height // self.vae_scale_factor, width // self.vae_scale_factor
 

@@ -36,13 +36,14 @@ import torch.nn.functional as F
 from .. import __version__
 from ..backends.conditioning import Conditioning
 from ..capture.identity import ModelIdentity, backend_identity, check_same_model
+from ..capture.picture import PictureFit, fit_drawing
 from ..capture.sample import CapturedSample
 from ..capture.sampling import SCHEDULES, SamplingSettings
 from ..capture.spec import check_family, family_name
 from ..capture.timesteps import ddim_grid, plan_timesteps
 from ..errors import FileFormatError, InvalidInputError
 from ..fileio import read_header
-from ..images import as_grey, image_batch
+from ..images import as_grey, image_batch, resize_image
 from ..seeds import cpu_generator, iteration_seed, seeded
 from .conditions import ConditionSampler, blend_weight
 from .generator import GeneratorConfig, SketchGenerator, save_generator
@@ -248,14 +249,19 @@ def _escape_inference_mode(module: nn.Module) -> nn.Module:
 # ---------------------------------------------------------------------------------------------
 # the example sketch
 # ---------------------------------------------------------------------------------------------
-def prepare_sketch(image, size: tuple[int, int]) -> tuple[torch.Tensor, list[str]]:
+def prepare_sketch(
+    image, size: tuple[int, int], picture_fit: PictureFit | dict | None = None
+) -> tuple[torch.Tensor, list[str]]:
     """The example sketch as the trainer wants it: ``[1, 1, H, W]`` float32 in [0, 1] (white = 1).
 
     ``image``: one image as :func:`~diffsketch.images.image_batch` reads it (a ComfyUI IMAGE
     ``[1, H, W, C]``, a torch image ``[1, C, H, W]``, ``[H, W, C]``, ``[H, W]``; float in [0, 1],
     uint8, uint16). RGB becomes grey by luminance; alpha is composited over white; ``size`` is
     the example's ``(width, height)``: another size is resized (bilinear, antialiased), with a
-    notice. Returns ``(sketch, notices)``.
+    notice. ``picture_fit``: for features captured from the user's picture, how that picture was
+    fitted (the features' ``meta["picture_fit"]``); the drawing over it is then fitted the same way
+    (:func:`~diffsketch.capture.picture.fit_drawing`), and a drawing of another shape is refused.
+    Returns ``(sketch, notices)``.
     """
     width, height = (int(s) for s in size)
     notices: list[str] = []
@@ -269,14 +275,17 @@ def prepare_sketch(image, size: tuple[int, int]) -> tuple[torch.Tensor, list[str
         if x.shape[-1] in (2, 4):
             notices.append("the sketch's transparency was composited over white")
         x = as_grey(x).permute(0, 3, 1, 2).contiguous()  # [1, 1, H, W]
+        if picture_fit is not None:
+            fit = picture_fit if isinstance(picture_fit, PictureFit) else PictureFit.from_dict(picture_fit)
+            x, fitted = fit_drawing(x, fit)
+            notices += fitted
         h, w = x.shape[-2:]
         if (w, h) != (width, height):
             aspect = "" if w * height == h * width else " (the aspect ratio changes: the sketch is stretched)"
             notices.append(
                 f"the sketch is {w}x{h} but the example image is {width}x{height}: resized to {width}x{height}{aspect}"
             )
-            x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
-            x = x.clamp(0, 1)
+            x = resize_image(x, (width, height))
         return x.clone(), notices
 
 
