@@ -146,7 +146,6 @@ def as_grey(x: torch.Tensor) -> torch.Tensor:
 def resize_image(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """``x`` ``[B, C, H, W]`` in [0, 1] resized to ``size`` = ``(width, height)``: bilinear,
     antialiased (so shrinking does not alias thin lines away), clamped back to [0, 1]."""
-    import torch.nn.functional as F
 
     width, height = size
     out = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
@@ -186,8 +185,7 @@ def fit_to_size(
     x = image[..., top : top + crop_h, left : left + crop_w]
     if (crop_h, crop_w) == (height, width):
         return x.contiguous()
-    x = F.interpolate(x.float(), size=(height, width), mode="bilinear", align_corners=False, antialias=True)
-    return x.clamp(0.0, 1.0)
+    return resize_image(x.float(), (width, height))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,12 +34,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DiffSketchError, FileFormatError, InvalidInputError, WeightsNotFoundError
 from ..fileio import atomic_write_bytes
-from ..images import IMAGE_SUFFIXES, image_files_in, read_image, rgb_batch
+from ..images import IMAGE_SUFFIXES, image_files_in, read_image, resize_image, rgb_batch
 from .metrics.common import require_optional
 from .report import GRID_CELL, PER_IMAGE_METRICS, EvalReport, png_bytes, write_results
 
@@ -231,9 +230,7 @@ def _check_size(size):
 
 
 def _resize(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    if tuple(x.shape[-2:]) == tuple(hw):
-        return x
-    return F.interpolate(x, size=hw, mode="bilinear", align_corners=False, antialias=True).clamp(0.0, 1.0)
+    return x if tuple(x.shape[-2:]) == tuple(hw) else resize_image(x, (hw[1], hw[0]))
 
 
 def _fit_cell(x: torch.Tensor, cell: int) -> torch.Tensor:
