@@ -243,10 +243,11 @@ def _distill(
 # Notes: Markdown on the canvas. Headings are what stays legible at fit-to-view (22/16/12 px);
 # body text (10 px) is the detail for a closer look.
 # ---------------------------------------------------------------------------------------------
-def files_section(models: list[ModelFile]) -> str:
-    """The first step of a note: each file, its link and the folder (and name) to save it as."""
+def files_section(models: list[ModelFile], number: int = 1) -> str:
+    """A step of a note (the first, unless ``number`` says otherwise): each file, its link and the
+    folder (and name) to save it as."""
     lines = [
-        "## 1. Get the model files",
+        f"## {number}. Get the model files",
         "ComfyUI lists the missing ones when the template opens. Save each into its folder, then press "
         "**r** to refresh the lists:",
     ]
@@ -756,7 +757,7 @@ def teach_from_drawing() -> dict:
         "no paper texture), traced over the picture so every line lies where the picture's edge is.\n"
         "- Both the same size, or at least the same aspect ratio: the drawing is scaled and cropped exactly as "
         f"the picture is (to multiples of 64 px, longer side at most {PICTURE_MAX_SIDE} px here).",
-        files_section([SD15, CLIP, ALEXNET]),
+        files_section([SD15, CLIP, ALEXNET], number=2),
         stages_section(3, stages, STYLE),
         "Capture from Image shows how closely the checkpoint replays your picture (PSNR): a low value means "
         "the features describe a different picture; write a `caption` of what it shows, or use more steps.",
