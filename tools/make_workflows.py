@@ -712,12 +712,12 @@ PICTURE_MAX_SIDE = 768
 
 def teach_from_drawing() -> dict:
     stages = [
-        _models_stage(columns=((1,), (4, 5))),
+        _models_stage(),
         Stage(
             "example",
             "Your example",
             COLORS["example"],
-            [[2, 3], [6, 7]],
+            [[2], [3], [6, 7]],
             f"your picture `input/{PICTURE_FILE}` and your drawing of it `input/{DRAWING_FILE}`; the "
             "picture is inverted with the checkpoint and its features captured",
             ("capture",),
@@ -788,7 +788,9 @@ def teach_from_drawing() -> dict:
         20: note_node(text),
     }
     nodes[8]["inputs"]["features"] = [6, 2]
-    return {"nodes": nodes, "stages": stages, "arrangement": [[[NOTE], [s.key for s in stages]]]}
+    # two bands, so the canvas is about as wide as it is tall and fit-to-view stays readable
+    arrangement = [[[NOTE], ["models", "example"]], [["train"], ["distill", "extract"]]]
+    return {"nodes": nodes, "stages": stages, "arrangement": arrangement}
 
 
 #: The templates in tutorial order: the browser lists them by file name, "DiffSketch <n> - <title>"
