@@ -112,8 +112,9 @@ def train_briefly(backend, example, sketch, conditions) -> Trainer:
     [(tiny_backend, SD1), (tiny_sd2_backend, SD2), (tiny_sdxl_backend, SDXL)],
     ids=["sd1", "sd2-v", "sdxl"],
 )
-def test_a_picture_of_ones_own_captures_trains_and_generates(make, family, tmp_path):
-    """picture -> capture (inversion + replay) -> features file -> train -> save/load -> generate."""
+def test_a_picture_of_ones_own_captures_trains_generates_and_distills_on_photos(make, family, tmp_path):
+    """picture -> capture (inversion + replay) -> features file -> train -> save/load -> generate ->
+    distill on generated pairs and the user's photos -> extract."""
     backend = make(0)
     picture = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(4))
     path = tmp_path / "picture.safetensors"
@@ -131,6 +132,37 @@ def test_a_picture_of_ones_own_captures_trains_and_generates(make, family, tmp_p
     image, sketch = generate_pair(backend, loaded, "a cat", SAMPLING.replace(seed=3, timesteps=None))
     assert image.shape == (1, 3, SIZE, SIZE) and sketch.shape == (1, 1, SIZE, SIZE)
     assert torch.isfinite(sketch).all()
+
+    # two photos of other sizes than the pairs': each is fitted, inverted and sketched
+    g = torch.Generator().manual_seed(9)
+    photos = [
+        ("wide.png", torch.rand(48, 80, 3, generator=g)),
+        ("tall.png", torch.rand(96, 72, 3, generator=g)),
+    ]
+    student = distill(
+        backend,
+        loaded,
+        conditions,
+        tmp_path / "pairs",
+        4,
+        DistillConfig(
+            iterations=2,
+            batch_size=2,
+            crop_size=48,
+            lpips_weight=0.0,
+            extractor=TINY_STUDENT,
+            warmup_iterations=1,
+        ),
+        SAMPLING.replace(timesteps=None),
+        photos=photos,
+        photo_share=0.5,
+    )
+    sources = student.meta["pair_sources"]
+    assert (sources["generated"], sources["photos"], sources["photo_share"]) == (2, 2, 0.5)
+    extractor = load_extractor(save_extractor(tmp_path / "extractor.safetensors", student, student.meta))
+    assert extractor.meta["pair_sources"] == sources
+    sketches, _ = extract(extractor, picture.movedim(1, -1))
+    assert sketches.shape[:3] == (1, SIZE, SIZE) and torch.isfinite(sketches).all()
 
 
 def test_captured_sample_crop_cuts_every_tap_at_the_window(tmp_path):

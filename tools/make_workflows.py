@@ -153,6 +153,9 @@ def stage_minutes(seconds: dict, speed: Speed) -> dict[str, float]:
         "distill": (speed.pair_count * seconds["pair"] + speed.distill_iterations * seconds["student_step"])
         / 60,
         "extract": seconds["extract"] / 60,
+        # a capture from a picture: inversion and replay, each a full-grid pass (measured once
+        # benchmarks/template_times.py times it; until then the note gives its work)
+        **({"capture": seconds["capture"] / 60} if "capture" in seconds else {}),
     }
 
 
@@ -175,6 +178,8 @@ def stage_work(timed: tuple[str, ...], speed: Speed) -> str:
     fast = unet_evaluations("fast")
     work = {
         "sample": f"{unet_evaluations('full')} UNet evaluations",
+        # inversion (the caption's branch alone) up the grid, then the replay down it
+        "capture": f"{2 * unet_evaluations('full')} UNet evaluations",
         "fit_conditions": f"{len(load_default_prompts()):,} prompts encoded",
         "train": f"{speed.train_iterations * fast:,} UNet evaluations, {speed.train_iterations} generator steps",
         "distill": f"{speed.pair_count * fast:,} UNet evaluations, {speed.distill_iterations:,} extractor steps",
@@ -238,10 +243,11 @@ def _distill(
 # Notes: Markdown on the canvas. Headings are what stays legible at fit-to-view (22/16/12 px);
 # body text (10 px) is the detail for a closer look.
 # ---------------------------------------------------------------------------------------------
-def files_section(models: list[ModelFile]) -> str:
-    """The first step of a note: each file, its link and the folder (and name) to save it as."""
+def files_section(models: list[ModelFile], number: int = 1) -> str:
+    """A step of a note (the first, unless ``number`` says otherwise): each file, its link and the
+    folder (and name) to save it as."""
     lines = [
-        "## 1. Get the model files",
+        f"## {number}. Get the model files",
         "ComfyUI lists the missing ones when the template opens. Save each into its folder, then press "
         "**r** to refresh the lists:",
     ]
@@ -273,7 +279,7 @@ def stages_section(
     for s in stages:
         if not s.timed:
             lines.append(f"### {s.title}: {s.text}")
-        elif minutes:
+        elif minutes and all(k in minutes for k in s.timed):
             lines.append(f"### {s.title} ({_duration(sum(minutes[k] for k in s.timed))}): {s.text}")
         else:
             lines.append(f"### {s.title}: {s.text} ({stage_work(s.timed, speed)})")
@@ -697,6 +703,96 @@ def extract() -> dict:
     return {"nodes": nodes, "stages": stages, "arrangement": [[[NOTE], [s.key for s in stages]]]}
 
 
+PICTURE_FILE = "diffsketch_picture.png"  # template 7: the user's own picture ...
+DRAWING_FILE = "diffsketch_drawing.png"  # ... and their drawing of it
+#: Template 7 scales the picture so its longer side is at most this: about SD 1.5's native size, so
+#: capture and training stay as fast as at 512x512 whatever the photo's resolution.
+PICTURE_MAX_SIDE = 768
+
+
+def teach_from_drawing() -> dict:
+    stages = [
+        _models_stage(),
+        Stage(
+            "example",
+            "Your example",
+            COLORS["example"],
+            [[2], [3], [6, 7]],
+            f"your picture `input/{PICTURE_FILE}` and your drawing of it `input/{DRAWING_FILE}`; the "
+            "picture is inverted with the checkpoint and its features captured",
+            ("capture",),
+        ),
+        Stage(
+            "train",
+            "Train",
+            COLORS["train"],
+            [[8], [9]],
+            f"learns your style ({STYLE.train_iterations} fast iterations) → generator `my_drawing_style`",
+            ("train",),
+        ),
+        Stage(
+            "distill",
+            "Distill",
+            COLORS["distill"],
+            [[10]],
+            f"{STYLE.pair_count} image/sketch pairs, then a small extractor → `my_drawing_style_extractor`",
+            ("distill",),
+        ),
+        Stage(
+            "extract",
+            "Extract",
+            COLORS["use"],
+            [[11, 12]],
+            "sketches your picture with the extractor → `output/diffsketch`",
+            ("extract",),
+        ),
+    ]
+    text = note(
+        "Teach from your own drawing",
+        "Teaches DiffSketch the line style of a drawing you already have of ANY picture: a photo you traced, "
+        "the line-art layer of an illustration and its colour version, an inked page and its coloured one.",
+        "## 1. Prepare two images\n"
+        f"- The picture, saved as `ComfyUI/input/{PICTURE_FILE}` (or pick it in the first Load Image).\n"
+        f"- Your drawing of it, saved as `ComfyUI/input/{DRAWING_FILE}`: black lines on white (no colour, "
+        "no paper texture), traced over the picture so every line lies where the picture's edge is.\n"
+        "- Both the same size, or at least the same aspect ratio: the drawing is scaled and cropped exactly as "
+        f"the picture is (to multiples of 64 px, longer side at most {PICTURE_MAX_SIDE} px here).",
+        files_section([SD15, CLIP, ALEXNET], number=2),
+        stages_section(3, stages, STYLE),
+        "Capture from Image shows how closely the checkpoint replays your picture (PSNR): a low value means "
+        "the features describe a different picture; write a `caption` of what it shows, or use more steps.",
+    )
+    nodes = {
+        1: _ckpt(),
+        2: {"type": "LoadImage", "widgets": {"image": PICTURE_FILE}, "title": "Your picture"},
+        3: {"type": "LoadImage", "widgets": {"image": DRAWING_FILE}, "title": "Your drawing of it"},
+        4: _fit_conditions(),
+        5: _loss_models(),
+        6: {
+            "type": "DiffSketchCaptureFromImage",
+            "inputs": {"model": [1, 0], "clip": [1, 1], "vae": [1, 2], "image": [2, 0]},
+            "widgets": {"caption": "", "steps": STEPS, "max_side": PICTURE_MAX_SIDE},
+        },
+        7: {"type": "PreviewImage", "inputs": {"images": [6, 1]}, "title": "The model's replay of it"},
+        8: {
+            **_train([3, 0], STYLE, save_name="my_drawing_style"),
+        },
+        9: {"type": "PreviewImage", "inputs": {"images": [8, 1]}, "title": "Training previews"},
+        10: _distill([8, 0], [4, 0], [5, 0], STYLE, save_name="my_drawing_style_extractor"),
+        11: {"type": "DiffSketchExtract", "inputs": {"extractor": [10, 0], "image": [2, 0]}},
+        12: {
+            "type": "SaveImage",
+            "inputs": {"images": [11, 0]},
+            "widgets": {"filename_prefix": "diffsketch/my_drawing_style"},
+        },
+        20: note_node(text),
+    }
+    nodes[8]["inputs"]["features"] = [6, 2]
+    # two bands, so the canvas is about as wide as it is tall and fit-to-view stays readable
+    arrangement = [[[NOTE], ["models", "example"]], [["train"], ["distill", "extract"]]]
+    return {"nodes": nodes, "stages": stages, "arrangement": arrangement}
+
+
 #: The templates in tutorial order: the browser lists them by file name, "DiffSketch <n> - <title>"
 #: (cards show about 36 characters of it, then the full name again as the description).
 TEMPLATES = [
@@ -706,6 +802,7 @@ TEMPLATES = [
     Template("distill", "Distill an extractor", distill),
     Template("extract", "Extract sketches", extract),
     Template("quick_start_sdxl", "Quick start on SDXL", quick_start_sdxl),
+    Template("teach_from_drawing", "Teach from your own drawing", teach_from_drawing),
 ]
 
 

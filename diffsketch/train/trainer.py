@@ -604,6 +604,10 @@ class Trainer:
             "height": self.height,
             "timesteps": list(self.timesteps),
             "sketch_sha256": _tensor_digest(self.example_sketch),
+            # "sampled" (Sample & Capture) or "picture" (the user's own, inverted); with a picture,
+            # how it was cropped/resized, so the drawing's alignment can be checked later
+            "source": m.get("source", "sampled"),
+            **({"picture_fit": m["picture_fit"]} if "picture_fit" in m else {}),
         }
 
     def run(

@@ -78,7 +78,12 @@ PLACEHOLDER_MODELS = (
     "models/diffsketch/conditions/default_conditions.safetensors",
     "models/diffsketch/extractors/my_style_extractor.safetensors",
 )
-PLACEHOLDER_IMAGES = ("input/example.png", "input/diffsketch_sketch.png")
+PLACEHOLDER_IMAGES = (
+    "input/example.png",
+    "input/diffsketch_sketch.png",
+    "input/diffsketch_picture.png",
+    "input/diffsketch_drawing.png",
+)
 CHECKPOINT = "models/checkpoints/v1-5-pruned-emaonly-fp16.safetensors"
 
 # Where folder_paths keys of properties.models live under ComfyUI's base directory.

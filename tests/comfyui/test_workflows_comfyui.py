@@ -156,6 +156,39 @@ def test_workflows_run_end_to_end(comfy_server, workflow_env):
     assert "my_style.safetensors" in gens["input"]["required"]["generator_name"][1]["options"]
 
 
+def test_teach_from_your_own_drawing_runs_end_to_end(comfy_server, workflow_env):
+    """Template 7 on a picture the checkpoint never made: Capture from Image (inversion + replay)
+    -> Fit Conditions -> Train -> Distill -> Extract. The picture (100x70) is cropped to 64x64; the
+    drawing, twice its size, is scaled and cropped the same way by Train."""
+    from diffsketch.distill.extractor import load_extractor
+    from diffsketch.styles.xdog import xdog
+    from diffsketch.train.generator import load_generator
+
+    rng = np.random.default_rng(7)
+    inputs = workflow_env / "input"
+    picture = rng.integers(0, 255, (70, 100, 3), dtype=np.uint8)
+    Image.fromarray(picture).save(inputs / "diffsketch_picture.png")
+    big = torch.from_numpy(picture.astype(np.float32) / 255).permute(2, 0, 1)[None]
+    big = torch.nn.functional.interpolate(big, size=(140, 200), mode="bilinear", align_corners=False)
+    drawing = (xdog(big)[0, 0].numpy() * 255).astype(np.uint8)
+    Image.fromarray(drawing).save(inputs / "diffsketch_drawing.png")
+
+    api = load_api("teach_from_drawing")
+    (capture,) = [k for k, n in api.items() if n["class_type"] == "DiffSketchCaptureFromImage"]
+    entry = comfy_server.run(api)
+    assert entry["status"]["status_str"] == "success", error_message(entry)
+    models = workflow_env / "models" / "diffsketch"
+    generator = load_generator(models / "generators" / "my_drawing_style.safetensors")
+    assert generator.family == "sd1"
+    example = generator.meta["example"]
+    assert example["source"] == "picture" and (example["width"], example["height"]) == (64, 64)
+    load_extractor(models / "extractors" / "my_drawing_style_extractor.safetensors")
+    saved = [n for n in api if api[n]["class_type"] == "SaveImage"]
+    (image,) = entry["outputs"][saved[0]]["images"]
+    out = Image.open(workflow_env / "output" / image["subfolder"] / image["filename"])
+    assert out.size == (100, 70)  # the extractor sketches the picture at its own size
+
+
 def test_the_sdxl_quick_start_runs_end_to_end(comfy_server, workflow_env):
     """Sample & Capture -> XDoG -> Train -> Distill -> Extract on an SDXL checkpoint ComfyUI detects
     as SDXL (sdxl_checkpoint.py), at 64x64: the files it writes record the SDXL family."""
