@@ -50,7 +50,7 @@ ALLOWED = {
     ("diffsketch/eval/metrics/fid.py", "activation_statistics"): "np.asarray only runs for non-tensor input",
     ("diffsketch/eval/metrics/fid.py", "frechet_distance"): _NUMPY_INPUT + " (activation_statistics' output)",
     ("diffsketch/eval/metrics/fid.py", "inception_features"): "each batch goes .cpu() before the cat",
-    ("diffsketch/eval/run.py", "_grid_png"): "the cells are _fit_cell of CPU tensors (_load_extractor and "
+    ("diffsketch/eval/report.py", "grid_png"): "the cells are _fit_cell of CPU tensors (_load_extractor and "
     "_ground_truth return .cpu() tensors)",
     ("diffsketch/eval/run.py", "evaluate"): "pred comes from _load_extractor's runner, which returns .cpu()",
     ("diffsketch/plotting.py", "colormap"): _NUMPY_INPUT,
