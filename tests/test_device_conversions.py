@@ -283,7 +283,7 @@ def test_save_png_of_an_accelerator_image(tmp_path):
 
 
 def test_example_digest_of_an_accelerator_tensor():
-    from diffsketch.train.trainer import _tensor_digest
+    from diffsketch.train.example import tensor_digest
 
     sketch = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    assert _tensor_digest(on_accelerator(sketch)) == _tensor_digest(sketch)
+    assert tensor_digest(on_accelerator(sketch)) == tensor_digest(sketch)

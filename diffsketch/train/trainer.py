@@ -19,191 +19,40 @@ given, so a ComfyUI node (whose whole execution runs under ``torch.inference_mod
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .. import __version__
 from ..backends.conditioning import Conditioning
 from ..capture.identity import ModelIdentity, backend_identity, check_same_model
-from ..capture.picture import PictureFit, fit_drawing
 from ..capture.sample import CapturedSample
-from ..capture.sampling import SCHEDULES, SamplingSettings
+from ..capture.sampling import SamplingSettings
 from ..capture.spec import check_family, family_name
 from ..capture.timesteps import ddim_grid, plan_timesteps
 from ..errors import FileFormatError, InvalidInputError
 from ..fileio import read_header
-from ..images import as_grey, image_batch, resize_image
 from ..seeds import cpu_generator, iteration_seed, seeded
 from .conditions import ConditionSampler, blend_weight
+from .config import TRAJECTORY_SETTINGS, TrainConfig, iteration_timesteps
+from .example import OVERFLOW_ADVICE, check_example_sketch, non_finite_feature, prepare_sketch, tensor_digest
 from .generator import GeneratorConfig, SketchGenerator, save_generator
 from .loop import CheckpointCallback, StepCallback, StopCallback, StopRequested, TrainingLoop
-from .losses import DiffSketchLoss, LossWeights
+from .losses import DiffSketchLoss
+from .previews import loss_curve_image, preview_image
 from .state import load_training_state, save_training_state
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_KIND = "training_checkpoint"
 CHECKPOINT_VERSION = 1
-
-TIMESTEP_POLICIES = ("fixed", "random13")
-
-
-# ---------------------------------------------------------------------------------------------
-# configuration
-# ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class TrainConfig:
-    """Settings of one training run (released-code defaults, docs/method.md §8); JSON via :meth:`to_dict`.
-
-    - ``iterations``: Adam steps in all (a resumed run continues up to this count).
-    - ``lr``: Adam learning rate (default betas, no scheduler).
-    - ``h_iter``: CDST warm-up; conditions are fully random from this iteration on.
-    - ``loss_weights``: the :class:`LossWeights` the trainer gives its loss.
-    - ``seed``: every per-iteration random choice derives from ``(seed, iteration)``.
-    - ``steps``, ``cfg``: DDIM steps and guidance of each new sample.
-    - ``timestep_policy``: ``"fixed"`` samples features at the example's timesteps (the paper);
-      ``"random13"`` draws as many random timesteps of the ``steps``-step grid as the example has
-      (13 for the paper's set) at every iteration, as the released code does.
-    - ``schedule``: ``"full"`` runs the whole DDIM grid; ``"fast"`` only the captured timesteps
-      plus the final step (13 instead of 50 UNet evaluations for the paper's set), with coarser
-      images.
-    - ``checkpoint_every``: iterations between checkpoints (0: only at the end and on cancel).
-    - ``preview_every``: iterations between previews passed to ``on_step`` (0: none).
-    - ``low_memory``: gradient checkpointing (``SketchGenerator.gradient_checkpointing``): the generator keeps
-      almost no activations and recomputes them during the backward pass, one (tap, timestep) at
-      a time. Same result; about one more generator forward per step. An SD 1.5-sized step at
-      512x512 (13 timesteps, fp32, CPU) then peaks at 3.9 GB resident, provided glibc's malloc
-      runs with a fixed mmap threshold (``MALLOC_MMAP_THRESHOLD_=1048576``); with glibc's
-      defaults, heap fragmentation takes it to about 8 GB (benchmarks/train_step.py).
-    - ``sample_crop``: 0 trains on each new sample whole; N > 0 on a random N x N pixel window of
-      it (every tap cut to the window; a multiple of 64, or of 32 for SDXL), drawn anew each
-      iteration. The example is always whole, so the L1, LPIPS and CLIP terms against the drawing
-      are unchanged; only the directional CLIP terms see the window. This bounds the step's memory
-      at large sizes: SDXL at 1024x1024 with ``sample_crop=512`` and ``low_memory``
-      (benchmarks/train_step.py --arch sdxl).
-    - ``device``: where the generator and the losses run.
-    """
-
-    iterations: int = 1200
-    lr: float = 1e-4
-    h_iter: int = 1000
-    loss_weights: LossWeights = field(default_factory=LossWeights)
-    seed: int = 0
-    steps: int = 50
-    cfg: float = 5.0
-    timestep_policy: str = "fixed"
-    schedule: str = "full"
-    checkpoint_every: int = 100
-    preview_every: int = 25
-    low_memory: bool = False
-    device: str = "cpu"
-    sample_crop: int = 0
-
-    def __post_init__(self):
-        if isinstance(self.loss_weights, Mapping):
-            object.__setattr__(self, "loss_weights", LossWeights.from_dict(self.loss_weights))
-        self.validate()
-
-    def validate(self) -> None:
-        def whole(name, lo):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise InvalidInputError(f"{name} must be an integer >= {lo}, got {v!r}")
-
-        whole("iterations", 1)
-        whole("h_iter", 0)
-        whole("seed", 0)
-        whole("steps", 1)
-        whole("checkpoint_every", 0)
-        whole("preview_every", 0)
-        whole("sample_crop", 0)
-        if not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0:
-            raise InvalidInputError(f"lr must be a finite number > 0 (the paper uses 1e-4), got {self.lr!r}")
-        if not isinstance(self.cfg, (int, float)) or not math.isfinite(self.cfg) or self.cfg < 0:
-            raise InvalidInputError(
-                f"cfg must be a finite number >= 0 (the paper uses 5.0), got {self.cfg!r}"
-            )
-        if self.timestep_policy not in TIMESTEP_POLICIES:
-            raise InvalidInputError(
-                f"timestep_policy must be one of {list(TIMESTEP_POLICIES)}, got {self.timestep_policy!r}"
-            )
-        if self.schedule not in SCHEDULES:
-            raise InvalidInputError(f"schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
-        if not isinstance(self.loss_weights, LossWeights):
-            raise InvalidInputError("loss_weights must be a LossWeights (or a dict of its fields)")
-        for name, value in self.loss_weights.to_dict().items():
-            if not math.isfinite(value) or value < 0:
-                raise InvalidInputError(f"loss weight {name} must be a finite number >= 0, got {value}")
-        try:
-            torch.device(self.device)
-        except (RuntimeError, TypeError) as e:
-            raise InvalidInputError(
-                f"device {self.device!r} is not a torch device (e.g. 'cpu', 'cuda:0')"
-            ) from e
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["loss_weights"] = self.loss_weights.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise InvalidInputError(f"unknown training setting(s) {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**dict(d))
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> TrainConfig:
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise InvalidInputError(f"training settings are not valid JSON: {e}") from e
-        if not isinstance(d, dict):
-            raise InvalidInputError("training settings must be a JSON object")
-        return cls.from_dict(d)
-
-
-# Settings that change what a resumed run computes; the others (length, checkpoint/preview
-# cadence, device) may change freely between a checkpoint and its resumption.
-_TRAJECTORY_SETTINGS = (
-    "lr",
-    "h_iter",
-    "loss_weights",
-    "seed",
-    "steps",
-    "cfg",
-    "timestep_policy",
-    "schedule",
-    "sample_crop",
-)
-
-
-def iteration_timesteps(config: TrainConfig, iteration: int, example_timesteps: Sequence[int]) -> list[int]:
-    """The UNet timesteps the new sample of ``iteration`` is captured at (ascending)."""
-    if config.timestep_policy == "fixed":
-        return sorted(int(t) for t in example_timesteps)
-    grid = ddim_grid(config.steps)
-    n = len(example_timesteps)
-    order = torch.randperm(
-        len(grid), generator=cpu_generator(iteration_seed(config.seed, iteration, "timesteps"))
-    )
-    return sorted(grid[int(j)] for j in order[:n])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,138 +93,6 @@ def _escape_inference_mode(module: nn.Module) -> nn.Module:
                 if b is not None and b.is_inference():
                     sub._buffers[name] = b.clone()
     return module
-
-
-# ---------------------------------------------------------------------------------------------
-# the example sketch
-# ---------------------------------------------------------------------------------------------
-def prepare_sketch(
-    image, size: tuple[int, int], picture_fit: PictureFit | dict | None = None
-) -> tuple[torch.Tensor, list[str]]:
-    """The example sketch as the trainer wants it: ``[1, 1, H, W]`` float32 in [0, 1] (white = 1).
-
-    ``image``: one image as :func:`~diffsketch.images.image_batch` reads it (a ComfyUI IMAGE
-    ``[1, H, W, C]``, a torch image ``[1, C, H, W]``, ``[H, W, C]``, ``[H, W]``; float in [0, 1],
-    uint8, uint16). RGB becomes grey by luminance; alpha is composited over white; ``size`` is
-    the example's ``(width, height)``: another size is resized (bilinear, antialiased), with a
-    notice. ``picture_fit``: for features captured from the user's picture, how that picture was
-    fitted (the features' ``meta["picture_fit"]``); the drawing over it is then fitted the same way
-    (:func:`~diffsketch.capture.picture.fit_drawing`), and a drawing of another shape is refused.
-    Returns ``(sketch, notices)``.
-    """
-    width, height = (int(s) for s in size)
-    notices: list[str] = []
-    with torch.inference_mode(False):
-        x = image_batch(image, "the sketch", channels_first=True)
-        if x.shape[0] != 1:
-            raise InvalidInputError(
-                f"the sketch input holds a batch of {x.shape[0]} images; DiffSketch learns from ONE example: "
-                "connect a single sketch (e.g. pick one with an image-batch selector)."
-            )
-        if x.shape[-1] in (2, 4):
-            notices.append("the sketch's transparency was composited over white")
-        x = as_grey(x).permute(0, 3, 1, 2).contiguous()  # [1, 1, H, W]
-        if picture_fit is not None:
-            fit = picture_fit if isinstance(picture_fit, PictureFit) else PictureFit.from_dict(picture_fit)
-            x, fitted = fit_drawing(x, fit)
-            notices += fitted
-        h, w = x.shape[-2:]
-        if (w, h) != (width, height):
-            aspect = "" if w * height == h * width else " (the aspect ratio changes: the sketch is stretched)"
-            notices.append(
-                f"the sketch is {w}x{h} but the example image is {width}x{height}: resized to {width}x{height}{aspect}"
-            )
-            x = resize_image(x, (width, height))
-        return x.clone(), notices
-
-
-def _check_example_sketch(sketch: torch.Tensor, example: CapturedSample) -> None:
-    width, height = example.size
-    if not isinstance(sketch, torch.Tensor) or sketch.dim() != 4 or tuple(sketch.shape[:2]) != (1, 1):
-        shape = list(sketch.shape) if isinstance(sketch, torch.Tensor) else type(sketch).__name__
-        raise InvalidInputError(
-            f"the example sketch must be [1, 1, {height}, {width}]; got {shape}. Convert it with prepare_sketch()."
-        )
-    if tuple(sketch.shape[-2:]) != (height, width):
-        raise InvalidInputError(
-            f"the example sketch is {sketch.shape[-1]}x{sketch.shape[-2]} but the example image is {width}x{height}; "
-            "convert it with prepare_sketch(), which resizes it."
-        )
-    if not torch.isfinite(sketch).all() or float(sketch.min()) < -1e-3 or float(sketch.max()) > 1 + 1e-3:
-        raise InvalidInputError("the example sketch must hold finite values in [0, 1] (white = 1)")
-
-
-#: What to do when captured features hold NaN or infinity.
-OVERFLOW_ADVICE = (
-    "the base model overflowed in float16 while sampling. Run it in higher precision: start ComfyUI with "
-    "--fp32-vae (VAE features) or --fp32-unet (UNet features); from the command line, use a GPU with bfloat16 "
-    "support or --device cpu (float32)."
-)
-
-
-def non_finite_feature(sample: CapturedSample) -> str | None:
-    """Which of ``sample``'s tensors first holds NaN or infinity, in words; None if all are finite."""
-    for t in sample.timesteps:
-        for k, x in enumerate(sample.unet[t]):
-            if not torch.isfinite(x).all():
-                return f"UNet feature {k} ({sample.spec.unet[k].name}) at timestep {t}"
-    for k, x in enumerate(sample.vae):
-        if not torch.isfinite(x).all():
-            return f"VAE decoder feature {k} ({sample.spec.vae[k].name})"
-    for name in ("rgb", "image", "latent"):
-        if not torch.isfinite(getattr(sample, name)).all():
-            return name
-    return None
-
-
-def _tensor_digest(t: torch.Tensor) -> str:
-    return hashlib.sha256(t.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
-
-
-# ---------------------------------------------------------------------------------------------
-# previews and plots
-# ---------------------------------------------------------------------------------------------
-def _rgb(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """[1, 1|3, h, w] -> [1, 3, H, W] in [0, 1] on the CPU."""
-    x = x.detach().float().cpu().clamp(0, 1)
-    if x.shape[1] == 1:
-        x = x.expand(-1, 3, -1, -1)
-    if tuple(x.shape[-2:]) != tuple(size):
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-    return x
-
-
-def preview_image(
-    sample_image: torch.Tensor,
-    sample_sketch: torch.Tensor,
-    example_reconstruction: torch.Tensor,
-    example_sketch: torch.Tensor,
-) -> torch.Tensor:
-    """One ``[1, H, 4W, 3]`` image in [0, 1] (ComfyUI IMAGE layout): the new sample, its predicted
-    sketch, the predicted example sketch and the example sketch it should match, each at the
-    example's size (a cropped sample is scaled to it)."""
-    size = tuple(example_sketch.shape[-2:])
-    panels = [_rgb(x, size) for x in (sample_image, sample_sketch, example_reconstruction, example_sketch)]
-    return torch.cat(panels, dim=-1).permute(0, 2, 3, 1).contiguous()
-
-
-def loss_curve_image(history: Sequence[Mapping], size: tuple[int, int] = (640, 400)):
-    """A PIL image of the total loss and each weighted term against the step (log y axis)."""
-    from ..plotting import line_plot
-
-    steps = [float(h["step"]) for h in history]
-    series = {"total": (steps, [float(h.get("total", float("nan"))) for h in history])}
-    names: list[str] = []
-    for h in history:
-        for key in h:
-            name = key[: -len("_weighted")]
-            if key.endswith("_weighted") and name not in names:
-                names.append(name)
-    for name in names:
-        series[name] = (steps, [float(h.get(f"{name}_weighted", float("nan"))) for h in history])
-    return line_plot(
-        series, title="DiffSketch training loss", xlabel="step", ylabel="weighted loss", size=size, logy=True
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -449,7 +166,7 @@ class Trainer:
         )
         if example.image.numel() == 0 or not example.vae:
             raise InvalidInputError("the example must be a decoded sample with VAE features (decode=True)")
-        _check_example_sketch(example_sketch, example)
+        check_example_sketch(example_sketch, example)
         self.timesteps = tuple(example.timesteps)
         self._check_timesteps()
         multiple = example.crop_multiple()
@@ -603,7 +320,7 @@ class Trainer:
             "width": self.width,
             "height": self.height,
             "timesteps": list(self.timesteps),
-            "sketch_sha256": _tensor_digest(self.example_sketch),
+            "sketch_sha256": tensor_digest(self.example_sketch),
             # "sampled" (Sample & Capture) or "picture" (the user's own, inverted); with a picture,
             # how it was cropped/resized, so the drawing's alignment can be checked later
             "source": m.get("source", "sampled"),
@@ -696,7 +413,7 @@ class Trainer:
         mine_config = self.config.to_dict()
         changed = [
             f"{k} {saved_config[k]} -> {mine_config[k]}"
-            for k in _TRAJECTORY_SETTINGS
+            for k in TRAJECTORY_SETTINGS
             if k in saved_config and saved_config[k] != mine_config[k]
         ]
         if changed:
