@@ -84,7 +84,10 @@ class TemporalStabilizer:
         self._grey = self._histogram = self._strength = None
 
     def is_cut(self, grey: torch.Tensor, histogram: torch.Tensor) -> bool:
-        return self._grey is None or float((histogram - self._histogram).abs().sum()) > self.options.cut_histogram
+        return (
+            self._grey is None
+            or float((histogram - self._histogram).abs().sum()) > self.options.cut_histogram
+        )
 
     def __call__(self, frame: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
         if frame.dim() != 3 or frame.shape[-1] != 3 or strength.shape != frame.shape[:2]:

@@ -32,7 +32,9 @@ def _as_frames(frames: torch.Tensor, what: str) -> torch.Tensor:
     return frames.float()[:, None] if frames.dim() == 3 else frames.float()
 
 
-def warping_errors(outputs: torch.Tensor, flow_to_previous: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+def warping_errors(
+    outputs: torch.Tensor, flow_to_previous: torch.Tensor, visible: torch.Tensor
+) -> torch.Tensor:
     """Per-pair warping error -> [T-1] (entry i: frame i+1 against frame i warped to it).
 
     ``outputs`` [T,C,H,W] or [T,H,W]; ``flow_to_previous`` [T-1,2,H,W] (input frame i+1 -> i);
@@ -124,7 +126,9 @@ def synthetic_clip(
             f"a {size}-px view moving {motion} for {frames} frames needs a photo of at least "
             f"{2 * math.ceil(reach) + 2} px a side; got {pw}x{ph}."
         )
-    ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64), indexing="ij"
+    )
     centred = torch.stack([xs - half, ys - half]).reshape(2, -1)  # [2, N] frame pixels, centred
     photo_centre = torch.tensor([(pw - 1) / 2.0, (ph - 1) / 2.0], dtype=torch.float64)[:, None]
 
@@ -138,7 +142,9 @@ def synthetic_clip(
 
     clean = torch.stack(
         [
-            sample_at(photo[None].float(), (to_photo(cam) + photo_centre).reshape(1, 2, size, size).float())[0]
+            sample_at(photo[None].float(), (to_photo(cam) + photo_centre).reshape(1, 2, size, size).float())[
+                0
+            ]
             for cam in cameras
         ]
     )
