@@ -115,8 +115,12 @@ def test_stabilising_cuts_the_warping_error_and_keeps_the_lines_where_they_are()
 
 
 def test_a_cut_is_detected_and_nothing_after_it_depends_on_frames_before_it():
-    first = synthetic_clip(smooth_photo(4, low=0.0, high=0.4), 5, 96, "pan", seed=1)
-    second = synthetic_clip(smooth_photo(5, low=0.5, high=1.0), 5, 96, "rotate", seed=2)
+    """Two shots of different brightness that share a flat grey band (most of each frame), where
+    the flow and the pictures agree across the cut: only the cut test keeps it from being blended."""
+    dark, bright = smooth_photo(4, low=0.0, high=0.4), smooth_photo(5, low=0.6, high=1.0)
+    dark[:, 80:], bright[:, 80:] = 0.5, 0.5
+    first = synthetic_clip(dark, 5, 96, "pan", seed=1, noise=0.0)
+    second = synthetic_clip(bright, 5, 96, "pan", seed=2, noise=0.0)
     frames = torch.cat([first.frames, second.frames]).permute(0, 2, 3, 1)
     strength = per_frame_strength(torch.cat([first.frames, second.frames]))
     stable, cuts = stabilize_batch(frames, strength)
@@ -180,3 +184,28 @@ def test_frames_stream_through_at_most_one_batch_at_a_time():
         ahead.append(len(pulled) - done)
         assert sketch.shape == (64, 64, 3) and strength.shape == (64, 64)
     assert len(ahead) == 11 and max(ahead) <= 3
+
+
+def test_the_video_flicker_benchmark_runs_quick(tmp_path):
+    """benchmarks/video_flicker.py --quick: every figure of the table is measured and written."""
+    pytest.importorskip("skimage", reason="the clips move scikit-image's sample photos")
+    import json
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "video_flicker.py"
+    out = tmp_path / "figures.json"
+    result = subprocess.run(
+        [sys.executable, str(script), "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "warping error" in result.stdout and "4x the frames" in result.stdout
+    figures = json.loads(out.read_text())
+    assert figures["quick"] is True and len(figures["clips"]) == 2 and len(figures["memory"]) == 2
+    for clip in figures["clips"]:
+        assert (
+            clip["error_stable"] < clip["error_per_frame"] and clip["fps_stable"] > 0 and clip["fps_bf16"] > 0
+        )
