@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InvalidInputError
-from .eval.metrics.common import require_optional
 
 
 def _pixel_grid(height: int, width: int, device=None) -> torch.Tensor:
@@ -67,7 +66,14 @@ def visible_mask(
 
 
 def _cv2():
-    return require_optional("cv2", "Optical flow (DIS)", extra="video")
+    try:
+        import cv2
+    except ImportError as e:
+        raise ImportError(
+            "optical flow (the temporal mode, the flicker measure's estimated flow) needs OpenCV: "
+            'pip install opencv-python-headless (or the whole extra: pip install "diffsketch[video]")'
+        ) from e
+    return cv2
 
 
 def grey_u8(frames: torch.Tensor) -> torch.Tensor:

@@ -7,18 +7,18 @@ import torch
 from ...errors import InvalidInputError
 
 # import name -> the name pip installs it by
-_PIP_NAMES = {"skimage": "scikit-image", "pytorch_fid": "pytorch-fid", "cv2": "opencv-python-headless"}
+_PIP_NAMES = {"skimage": "scikit-image", "pytorch_fid": "pytorch-fid"}
 
 
-def require_optional(module: str, purpose: str, extra: str = "eval"):
-    """Import ``module`` of an optional package (of the ``extra`` extra), or say how to install it."""
+def require_optional(module: str, purpose: str):
+    """Import ``module`` of an optional package (the ``eval`` extra), or say how to install it."""
     try:
         return __import__(module, fromlist=["_"])
     except ImportError as e:
         package = _PIP_NAMES.get(module.split(".")[0], module.split(".")[0])
         raise ImportError(
             f"{purpose} needs the optional package '{package}': pip install {package} "
-            f'(or the whole extra: pip install "diffsketch[{extra}]")'
+            '(or everything diffsketch eval needs: pip install "diffsketch[eval]")'
         ) from e
 
 
