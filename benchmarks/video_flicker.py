@@ -9,7 +9,7 @@ run, interleaved), and the per-frame extractor's frames/s in float32 and bfloat1
 between the two. Then the peak memory of streaming clips of two lengths through, each in a fresh
 process: flat in the number of frames.
 
-    python benchmarks/video_flicker.py            # 5 clips of 24 frames at 256x256
+    python benchmarks/video_flicker.py            # 5 clips of 20 frames at 192x192
     python benchmarks/video_flicker.py --quick    # CI smoke run: 2 short clips at 128x128
 """
 
@@ -165,8 +165,8 @@ def measure_memory(args) -> list[dict]:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a CI-sized smoke run (numbers not quotable)")
-    parser.add_argument("--size", type=int, default=None, help="frame side (default 256; quick 128)")
-    parser.add_argument("--frames", type=int, default=None, help="frames per clip (default 24; quick 6)")
+    parser.add_argument("--size", type=int, default=None, help="frame side (default 192; quick 128)")
+    parser.add_argument("--frames", type=int, default=None, help="frames per clip (default 20; quick 6)")
     parser.add_argument("--clips", type=int, default=None, help="clips to run (default all 5; quick 2)")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per clip (default 3; quick 1)")
     parser.add_argument("--memory-frames", type=int, default=None, help="default 50 (quick 8); also 4x this")
@@ -175,11 +175,11 @@ def main(argv=None) -> None:
         "--_memory-child", dest="memory_child", type=int, default=None, help=argparse.SUPPRESS
     )
     args = parser.parse_args(argv)
-    args.size = args.size or (128 if args.quick else 256)
+    args.size = args.size or (128 if args.quick else 192)
     if args.memory_child is not None:
         memory_child(args.memory_child, args.size)
         return
-    args.frames = args.frames or (6 if args.quick else 24)
+    args.frames = args.frames or (6 if args.quick else 20)
     args.clips = args.clips or (2 if args.quick else len(CLIPS))
     args.memory_frames = args.memory_frames or (8 if args.quick else 50)
     args.repeats = args.repeats or (1 if args.quick else 3)
