@@ -512,3 +512,15 @@ def test_bfloat16_sketches_of_the_built_in_extractor_stay_close_to_float32_on_ph
         score = float(ssim(half[..., :1].permute(0, 3, 1, 2), full[..., :1].permute(0, 3, 1, 2))[0])
         assert score >= 0.99, (name, score)
         assert float((half - full).abs().max()) <= 0.05, name
+
+
+def test_lowpass_maps_stay_float32_under_bfloat16_autocast():
+    """oneDNN's bfloat16 depthwise convolution hangs on some channels_last shapes (a 25-tap blur
+    over a 32x32 map), which made the bfloat16 CPU default hang on small images; the low-pass maps
+    are computed in float32 whatever the autocast."""
+    model = randomised()
+    x = torch.rand(2, 3, 128, 128).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        maps = model.lowpass(x * 2 - 1, (8, 8))
+    assert maps.dtype == torch.float32
+    torch.testing.assert_close(maps, model.lowpass(x * 2 - 1, (8, 8)))
