@@ -129,6 +129,8 @@ class DiffSketchExtract(io.ComfyNode):
                     "temporal",
                     options=list(TEMPORAL_MODES),
                     default="off",
+                    # optional: API prompts and saved workflows made before this input have no value for it
+                    optional=True,
                     tooltip="For a batch of video frames in order: 'stabilize' carries each frame's lines "
                     "along the motion (optical flow) into the next so they stop flickering, never across a "
                     "scene cut; needs OpenCV (pip install opencv-python-headless). 'off': every image on its own.",
