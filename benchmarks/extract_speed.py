@@ -9,11 +9,16 @@ busy machine slows all of them alike):
 - the Informative-Drawings generator (ComfyUI's "Realistic Lineart");
 - HED (VGG16).
 
-All with random weights (speed does not depend on the values). Then, on CPU, it extracts one
-BIG x BIG image in a fresh subprocess and prints that process's peak resident memory.
+All with random weights (speed does not depend on the values). On CPU it then compares the two
+precisions of :func:`~diffsketch.distill.extract.extract` on the built-in extractor (trained
+weights, so the sketches are real ones) and scikit-image's photos: images/s in float32 and
+bfloat16 autocast, their ratio, and the SSIM and largest per-pixel difference between the two
+sketches (bfloat16 is the CPU default where the CPU computes it natively). Finally it extracts
+one BIG x BIG image in a fresh subprocess and prints that process's peak resident memory.
 
     python benchmarks/extract_speed.py                              # CPU, fp32, 512x512
     python benchmarks/extract_speed.py --device cuda --dtype bf16   # GPU, batch 32
+    python benchmarks/extract_speed.py --size 256 --repeats 1 --big 0 --skip pix2pix informative hed
 
 ``--json PATH`` writes the figures (images/s per network, the big image's peak) to a file
 (tools/gpu_check.py reads it).
@@ -35,8 +40,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffsketch.distill.extract import extract  # noqa: E402
-from diffsketch.distill.extractor import SketchExtractor, load_extractor
+from diffsketch.distill.extract import cpu_has_native_bf16, extract  # noqa: E402
+from diffsketch.distill.extractor import (  # noqa: E402
+    SketchExtractor,
+    load_default_extractor,
+    load_extractor,
+)
 from diffsketch.eval.baselines import Pix2PixHDGlobalGenerator, build_baseline  # noqa: E402
 from diffsketch.fileio import atomic_write_bytes  # noqa: E402
 
@@ -132,6 +141,78 @@ def measure_speed(args, device: torch.device) -> dict[str, float]:
     return rates
 
 
+PRECISION_PHOTOS = ("coffee", "chelsea", "camera", "astronaut")
+
+
+def _precision_inputs(size: int) -> tuple[torch.Tensor, str]:
+    """Photos resized to a ComfyUI IMAGE batch [N, size, size, 3], or random images without
+    scikit-image (then the SSIM compares sketches of noise)."""
+    try:
+        import skimage  # noqa: F401
+    except ImportError:
+        return torch.rand(len(PRECISION_PHOTOS), size, size, 3), "random images (no scikit-image)"
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    try:
+        from photo_pairs import load_photo
+    finally:
+        sys.path.remove(str(Path(__file__).resolve().parent))
+    photos = [
+        torch.nn.functional.interpolate(load_photo(name, 2 * size)[None], size=(size, size), mode="bilinear")
+        for name in PRECISION_PHOTOS
+    ]
+    return torch.cat(photos).clamp(0, 1).permute(0, 2, 3, 1), "scikit-image photos " + ", ".join(
+        PRECISION_PHOTOS
+    )
+
+
+def compare_precisions(args) -> dict:
+    """CPU only: extract() on the built-in (or given) extractor in float32 and in bfloat16
+    autocast, interleaved, one photo per call; speed and how far the bfloat16 sketches move."""
+    from diffsketch.eval.metrics.ssim import ssim
+
+    model = (load_extractor(args.extractor) if args.extractor else load_default_extractor()).eval()
+    images, source = _precision_inputs(args.size)
+    sketches: dict[str, torch.Tensor] = {}
+    times: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    with torch.inference_mode():
+        for dtype in times:  # warm-up: oneDNN builds its kernels on the first call
+            extract(model, images[:1], dtype=dtype, channels_last=args.channels_last)
+        for _ in range(args.repeats):
+            for dtype in times:
+                start = time.perf_counter()
+                sketches[dtype] = torch.cat(
+                    [
+                        extract(model, image[None], dtype=dtype, channels_last=args.channels_last)[0]
+                        for image in images
+                    ]
+                )
+                times[dtype].append(time.perf_counter() - start)
+    rates = {dtype: len(images) / statistics.median(seconds) for dtype, seconds in times.items()}
+    grey = {dtype: s[..., :1].permute(0, 3, 1, 2) for dtype, s in sketches.items()}
+    scores = ssim(grey["bf16"], grey["fp32"])
+    figures = {
+        "images_per_s": rates,
+        "ratio": rates["bf16"] / rates["fp32"],
+        "ssim_mean": float(scores.mean()),
+        "ssim_min": float(scores.min()),
+        "max_abs_diff": float((sketches["bf16"] - sketches["fp32"]).abs().max()),
+        "default": "bf16" if cpu_has_native_bf16() else "fp32",
+    }
+    print(
+        f"\nprecision of extract() on the CPU ({'given' if args.extractor else 'built-in'} extractor, "
+        f"{source}, {args.size}x{args.size}, one image per call; default here: {figures['default']})"
+    )
+    print(
+        f"{'fp32 images/s':>14s} {'bf16 images/s':>14s} {'bf16/fp32':>10s} {'SSIM mean':>10s} "
+        f"{'SSIM min':>9s} {'max abs diff':>13s}"
+    )
+    print(
+        f"{rates['fp32']:14.2f} {rates['bf16']:14.2f} {figures['ratio']:9.2f}x {figures['ssim_mean']:10.4f} "
+        f"{figures['ssim_min']:9.4f} {figures['max_abs_diff']:13.4f}"
+    )
+    return figures
+
+
 def _peak_rss_kib() -> int:
     """This process's peak resident memory in KiB.
 
@@ -184,7 +265,10 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument(
-        "--dtype", choices=sorted(DTYPES), default=None, help="default: fp32 on CPU, bf16 on CUDA"
+        "--dtype",
+        choices=sorted(DTYPES),
+        default=None,
+        help="the networks' table: default fp32 on CPU, bf16 on CUDA",
     )
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument(
@@ -232,6 +316,7 @@ def main(argv=None) -> None:
     if args.big:  # first, while this process is still small (the child is forked from it)
         big = measure_memory(args)
     rates = measure_speed(args, device)
+    precisions = compare_precisions(args) if device.type == "cpu" else None
     if args.json:
         figures = {
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
@@ -241,6 +326,7 @@ def main(argv=None) -> None:
             "channels_last": args.channels_last,
             "images_per_s": rates,
             "big_image_cpu": big,
+            "cpu_precisions": precisions,
         }
         atomic_write_bytes(args.json, json.dumps(figures, indent=2).encode())
 

@@ -198,7 +198,8 @@ def hed_teachers(weights: Path, device) -> dict[str, tuple[nn.Module, str]]:
 
 
 def predict(model: nn.Module, photo: torch.Tensor) -> torch.Tensor:
-    """[3, H, W] -> [1, 1, H, W] sketch, full resolution, float32 on the model's device."""
+    """[3, H, W] -> [1, 1, H, W] sketch, full resolution, float32 on the model's device; computed
+    in float32 (not the bfloat16 CPU default), so recorded held-out scores reproduce on any CPU."""
     sketch, _ = extract(model, photo.permute(1, 2, 0)[None], tile=2048, dtype=torch.float32)
     return sketch[..., :1].permute(0, 3, 1, 2)
 

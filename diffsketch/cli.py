@@ -9,6 +9,7 @@ single-file checkpoint of SD 1.x, SD 2.x or SDXL.
     diffsketch generate   --model M --generator style.safetensors --prompt P --out pairs/
     diffsketch distill    --model M --generator style.safetensors --out extractor.safetensors ...
     diffsketch extract    INPUTS... [--extractor extractor.safetensors] --out sketches/ [--ray [ADDRESS]]
+    diffsketch extract    clip.mp4 --out sketch.mp4 [--temporal stabilize|off] [--overwrite]
     diffsketch eval       PHOTOS_DIR --extractor extractor.safetensors --style xdog --out report/ [--bsds-gt GT_DIR]
 
 Files are the same .safetensors files the nodes read and write. Every option has a --help text.
@@ -273,7 +274,17 @@ def cmd_fit_conditions(args) -> int:
 def cmd_extract(args) -> int:
     from .distill.extract_files import SketchOptions, extract_files, list_inputs
     from .distill.extractor import EXTRACTOR_KIND, default_extractor_path
+    from .video import is_video_path
 
+    video = len(args.inputs) == 1 and is_video_path(args.inputs[0])
+    if not video and args.temporal is not None:
+        raise InvalidInputError(
+            "--temporal applies to a video input (one video file); these inputs are images."
+        )
+    if video and args.ray is not None:
+        raise InvalidInputError(
+            "--ray extracts images; a video is read and written as one stream, without it."
+        )
     if args.extractor is None:
         extractor_file = default_extractor_path()
         print(
@@ -283,6 +294,41 @@ def cmd_extract(args) -> int:
         )
     else:
         extractor_file = check_file_kind(args.extractor, "--extractor", EXTRACTOR_KIND)
+    if video:
+        from .distill.extractor import load_extractor
+        from .video import VideoReader, check_video_output, extract_video
+
+        source = check_input_file(args.inputs[0], "input video")
+        out = check_video_output(args.out, overwrite=args.overwrite)
+        temporal = args.temporal or "stabilize"
+        if temporal == "stabilize":
+            from .flow import DISFlow
+
+            try:
+                DISFlow()
+            except ImportError as e:
+                raise InvalidInputError(f"{e}; or pass --temporal off (each frame on its own)") from e
+        with VideoReader(source) as reader:  # refuses a corrupt file before the model loads
+            total = reader.info.frames
+        model = load_extractor(extractor_file, device=pick_device(args.device))
+        bar = progress_bar(total or None, "extracting", unit="frame")
+        try:
+            written = extract_video(
+                model,
+                source,
+                out,
+                temporal=temporal,
+                overwrite=args.overwrite,
+                batch_size=args.batch_size,
+                progress=bar,
+                invert=args.invert,
+                contrast=args.contrast,
+                tile=args.tile,
+            )
+        finally:
+            bar.close()
+        print(f"{written} frames written to {out}")
+        return 0
     out = check_output_folder(args.out, "--out")
     device = pick_device(args.device) if args.ray is None else None
     items, missing = list_inputs(args.inputs, exclude=out)
@@ -930,12 +976,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "extract",
-        help="turn images into sketches with a distilled extractor (resumable; --ray for a cluster)",
+        help="turn images or a video into sketches with a distilled extractor (resumable; --ray for a cluster)",
     )
     p.add_argument(
         "inputs",
         nargs="+",
-        help="image files, folders (recursive), globs, or .txt/.lst files listing one image path per line",
+        help="image files, folders (recursive), globs, or .txt/.lst files listing one image path per line; "
+        "or one video file (then --out is the video to write, e.g. sketch.mp4)",
     )
     p.add_argument(
         "--extractor",
@@ -977,6 +1024,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="extraction actors on the cluster (default: one per GPU, else one per two CPUs)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (without --ray)")
+    p.add_argument(
+        "--temporal",
+        choices=("off", "stabilize"),
+        default=None,
+        help="video only: 'stabilize' (default) carries lines along the motion so they do not flicker "
+        "(needs OpenCV: pip install opencv-python-headless); 'off' draws each frame on its own",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="video only: replace the output video if it exists"
+    )
     p.set_defaults(func=cmd_extract)
 
     from .eval.cli import add_eval_parser

@@ -9,6 +9,8 @@ import comfy.model_patcher
 import comfy.utils
 from comfy_api.latest import io
 
+from diffsketch.distill.temporal import TEMPORAL_MODES
+
 from .common import (
     LINE_ART_ALIASES,
     MISSING_PREFIX,
@@ -123,6 +125,16 @@ class DiffSketchExtract(io.ComfyNode):
                     tooltip="Images larger than this are processed in overlapping tiles so memory stays "
                     "bounded.",
                 ),
+                io.Combo.Input(
+                    "temporal",
+                    options=list(TEMPORAL_MODES),
+                    default="off",
+                    # optional: API prompts and saved workflows made before this input have no value for it
+                    optional=True,
+                    tooltip="For a batch of video frames in order: 'stabilize' carries each frame's lines "
+                    "along the motion (optical flow) into the next so they stop flickering, never across a "
+                    "scene cut; needs OpenCV (pip install opencv-python-headless). 'off': every image on its own.",
+                ),
             ],
             outputs=[
                 io.Image.Output(display_name="sketch", tooltip="The sketches as an IMAGE (3 channels)."),
@@ -133,8 +145,9 @@ class DiffSketchExtract(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, extractor, image, invert, contrast, tile) -> io.NodeOutput:
+    def execute(cls, extractor, image, invert, contrast, tile, temporal="off") -> io.NodeOutput:
         from diffsketch.distill.extract import extract
+        from diffsketch.distill.temporal import stabilize_batch, strength_to_sketch
 
         comfy.model_management.load_model_gpu(extractor)
         pbar = comfy.utils.ProgressBar(1)
@@ -150,4 +163,9 @@ class DiffSketchExtract(io.ComfyNode):
             tile=int(tile),
             progress=progress,
         )
+        if temporal == "stabilize":
+            mask, _ = stabilize_batch(image, mask)
+            sketch = strength_to_sketch(mask, bool(invert))
+        elif temporal != "off":
+            raise ValueError(f"temporal must be one of {TEMPORAL_MODES}, got {temporal!r}.")
         return io.NodeOutput(sketch, mask)

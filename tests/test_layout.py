@@ -18,7 +18,7 @@ PACKAGE = ROOT / "diffsketch"
 
 # Lower layers never import higher ones. The shared modules sit at the bottom, the pipeline
 # stages above them, the command line on top.
-SHARED = {"errors", "fileio", "images", "seeds", "plotting", "terminal", "distributed"}
+SHARED = {"errors", "fileio", "images", "seeds", "plotting", "terminal", "distributed", "flow"}
 STAGES = {"capture", "backends", "train", "distill", "styles", "eval"}
 # stage -> the stages it may import (everything a stage needs from "later" in the pipeline
 # would be an upward import)

@@ -18,7 +18,8 @@ shared cores); its header records the command, the settings and the commit.
 Everything is seeded (pairs, crops, initialisation): the same command on the same machine type
 gives the same weights. Training is resumable (``--checkpoint``). The result is written as
 float16 ``.safetensors`` (about 4.7 MB) whose header records the teacher, the settings, this
-tool, and the held-out scores measured on the float16 weights; with ``--fixture`` it also
+tool, and the held-out scores measured on the float16 weights in float32 arithmetic
+(:func:`photo_pairs.predict` pins it, whatever the CPU's default precision); with ``--fixture`` it also
 writes the test fixture ``tests/fixtures/default_extractor_reference.safetensors`` (the
 teacher's map of one held-out photo and the score the test must reach).
 

@@ -242,6 +242,13 @@ class _LowPass(nn.Module):
         return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), padding=(radius, 0), groups=c)
 
     def forward(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        # float32 whatever the autocast: oneDNN's bfloat16 depthwise convolution hangs on some
+        # channels_last shapes (25 taps over a 32x32 map never returns), and these few
+        # low-resolution maps cost nothing to compute in full precision.
+        with torch.autocast(images.device.type, enabled=False):
+            return self._maps(images.float(), size).to(images.dtype)
+
+    def _maps(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         pooled = F.adaptive_avg_pool2d(images, size)
         ones = torch.ones_like(pooled[:, :1])
         maps = [pooled]

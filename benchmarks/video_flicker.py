@@ -1,0 +1,198 @@
+"""Flicker of the built-in extractor on video, per frame vs temporally stabilised.
+
+Synthetic clips move a camera over scikit-image's sample photos (pan, zoom, rotation, shear, all
+four; with per-frame noise and a brightness drift), so the optical flow is known exactly and the
+warping error (Lai et al., ECCV 2018; :mod:`diffsketch.eval.flicker`) has no flow error. Per clip:
+warping error of the per-frame and the stabilised sketches, the stabilised sketch's SSIM to the
+per-frame sketch of the same frame (lowest over the clip), frames/s of both (timed in the same
+run, interleaved), and the per-frame extractor's frames/s in float32 and bfloat16 with the SSIM
+between the two. Then the peak memory of streaming clips of two lengths through, each in a fresh
+process: flat in the number of frames.
+
+    python benchmarks/video_flicker.py            # 5 clips of 20 frames at 192x192
+    python benchmarks/video_flicker.py --quick    # CI smoke run: 2 short clips at 128x128
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from extract_speed import _peak_rss_kib  # noqa: E402
+from photo_pairs import load_photo  # noqa: E402
+
+from diffsketch.distill.extract import cpu_has_native_bf16  # noqa: E402
+from diffsketch.distill.extractor import load_default_extractor  # noqa: E402
+from diffsketch.distill.temporal import extract_stream  # noqa: E402
+from diffsketch.eval.flicker import synthetic_clip, warping_errors  # noqa: E402
+from diffsketch.eval.metrics.ssim import ssim  # noqa: E402
+
+CLIPS = (
+    ("astronaut", "pan"),
+    ("coffee", "zoom"),
+    ("chelsea", "rotate"),
+    ("rocket", "shear"),
+    ("camera", "mixed"),
+)
+
+
+def _timed_strengths(model, frames: torch.Tensor, temporal: str, dtype) -> tuple[torch.Tensor, float]:
+    start = time.perf_counter()
+    strengths = [
+        s for _, s in extract_stream(model, frames.permute(0, 2, 3, 1), temporal=temporal, dtype=dtype)
+    ]
+    return torch.stack(strengths), time.perf_counter() - start
+
+
+def _as_image(strength: torch.Tensor) -> torch.Tensor:
+    return (1.0 - strength)[:, None]
+
+
+def measure_clips(args, model) -> list[dict]:
+    rows = []
+    runs_out: dict[str, torch.Tensor] = {}
+    for name, motion in CLIPS[: args.clips]:
+        clip = synthetic_clip(load_photo(name, 2 * args.size), args.frames, args.size, motion, seed=len(rows))
+        frames = clip.frames
+        runs = {
+            "per_frame": ("off", None),
+            "stable": ("stabilize", None),
+            "fp32": ("off", "fp32"),
+            "bf16": ("off", "bf16"),
+        }
+        for temporal, dtype in runs.values():  # warm-up: oneDNN makes its kernels on the first call
+            _timed_strengths(model, frames[:4], temporal, dtype)
+        seconds = {key: [] for key in runs}
+        for _ in range(args.repeats):  # interleaved, the fastest kept: a busy machine slows all alike
+            for key, (temporal, dtype) in runs.items():
+                result, elapsed = _timed_strengths(model, frames, temporal, dtype)
+                seconds[key].append(elapsed)
+                runs_out[key] = result
+        per_frame, stable, fp32, bf16 = (runs_out[k] for k in ("per_frame", "stable", "fp32", "bf16"))
+        per_frame_s, stable_s, fp32_s, bf16_s = (
+            min(seconds[k]) for k in ("per_frame", "stable", "fp32", "bf16")
+        )
+        before = float(warping_errors(per_frame, clip.flow_to_previous, clip.visible).mean())
+        after = float(warping_errors(stable, clip.flow_to_previous, clip.visible).mean())
+        rows.append(
+            {
+                "clip": f"{name} {motion}",
+                "error_per_frame": before,
+                "error_stable": after,
+                "reduction": 1.0 - after / before,
+                "ssim_min": float(ssim(_as_image(stable), _as_image(per_frame)).min()),
+                "fps_per_frame": len(frames) / per_frame_s,
+                "fps_stable": len(frames) / stable_s,
+                "cost": stable_s / per_frame_s,
+                "fps_fp32": len(frames) / fp32_s,
+                "fps_bf16": len(frames) / bf16_s,
+                "ssim_bf16_fp32": float(ssim(_as_image(bf16), _as_image(fp32)).min()),
+                "max_abs_bf16_fp32": float((bf16 - fp32).abs().max()),
+            }
+        )
+    return rows
+
+
+def print_table(rows: list[dict], args) -> None:
+    default = "bf16" if cpu_has_native_bf16() else "fp32"
+    print(
+        f"\n{args.frames} frames of {args.size}x{args.size} per clip; exact flow; "
+        f"default precision on this CPU: {default}\n"
+    )
+    print(
+        f"{'clip':18s} {'warp err':>9s} {'stable':>8s} {'less':>6s} {'SSIM min':>8s} "
+        f"{'fps':>6s} {'stab fps':>8s} {'cost':>6s} | {'fp32 fps':>8s} {'bf16 fps':>8s} {'SSIM':>6s} {'max abs':>7s}"
+    )
+    for r in rows:
+        print(
+            f"{r['clip']:18s} {r['error_per_frame']:9.4f} {r['error_stable']:8.4f} {r['reduction']:6.0%} "
+            f"{r['ssim_min']:8.3f} {r['fps_per_frame']:6.1f} {r['fps_stable']:8.1f} {r['cost']:5.2f}x | "
+            f"{r['fps_fp32']:8.1f} {r['fps_bf16']:8.1f} {r['ssim_bf16_fp32']:6.4f} {r['max_abs_bf16_fp32']:7.3f}"
+        )
+    n = len(rows)
+    reduction = 1.0 - sum(r["error_stable"] for r in rows) / sum(r["error_per_frame"] for r in rows)
+    ssim_min = min(r["ssim_min"] for r in rows)
+    cost = sum(r["cost"] for r in rows) / n
+    speedup = sum(r["fps_bf16"] / r["fps_fp32"] for r in rows) / n
+    print(
+        f"\nwarping error {reduction:.0%} below per-frame over the set (target >= 40%: "
+        f"{'met' if reduction >= 0.4 else 'MISSED'}); lowest SSIM to per-frame {ssim_min:.3f} (target >= 0.90: "
+        f"{'met' if ssim_min >= 0.9 else 'MISSED'}); cost {cost:.2f}x per-frame (target <= 1.5x: "
+        f"{'met' if cost <= 1.5 else 'MISSED'}); bf16 {speedup:.2f}x fp32's frames/s"
+    )
+
+
+def memory_child(frames: int, size: int) -> None:
+    """Runs in a fresh process: stream ``frames`` generated frames through the stabilised extractor
+    (never more than a batch in memory) and print the peak resident memory as JSON."""
+    model = load_default_extractor()
+    photo = load_photo("astronaut", 512)
+
+    def stream():
+        g = torch.Generator().manual_seed(0)
+        for t in range(frames):
+            x0, y0 = 40 + t % 100, 30 + (t // 2) % 100
+            view = photo[:, y0 : y0 + size, x0 : x0 + size]
+            yield (view + 0.02 * torch.randn(view.shape, generator=g)).clamp(0, 1).permute(1, 2, 0)
+
+    done = sum(1 for _ in extract_stream(model, stream()))
+    print(json.dumps({"frames": done, "peak_kib": _peak_rss_kib()}))
+
+
+def measure_memory(args) -> list[dict]:
+    results = []
+    for frames in (args.memory_frames, 4 * args.memory_frames):
+        command = [sys.executable, __file__, "--_memory-child", str(frames), "--size", str(args.size)]
+        result = subprocess.run(command, capture_output=True, text=True, check=True)
+        results.append(json.loads(result.stdout.strip().splitlines()[-1]))
+    print()
+    for r in results:
+        print(f"stabilised stream of {r['frames']:4d} frames: peak RSS {r['peak_kib'] / 1024:7.1f} MiB")
+    growth = results[1]["peak_kib"] / results[0]["peak_kib"]
+    print(f"4x the frames: {growth:.2f}x the peak memory (flat: close to 1)")
+    return results
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a CI-sized smoke run (numbers not quotable)")
+    parser.add_argument("--size", type=int, default=None, help="frame side (default 192; quick 128)")
+    parser.add_argument("--frames", type=int, default=None, help="frames per clip (default 20; quick 6)")
+    parser.add_argument("--clips", type=int, default=None, help="clips to run (default all 5; quick 2)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per clip (default 3; quick 1)")
+    parser.add_argument("--memory-frames", type=int, default=None, help="default 50 (quick 8); also 4x this")
+    parser.add_argument("--json", default=None, help="also write the figures to this file")
+    parser.add_argument(
+        "--_memory-child", dest="memory_child", type=int, default=None, help=argparse.SUPPRESS
+    )
+    args = parser.parse_args(argv)
+    args.size = args.size or (128 if args.quick else 192)
+    if args.memory_child is not None:
+        memory_child(args.memory_child, args.size)
+        return
+    args.frames = args.frames or (6 if args.quick else 20)
+    args.clips = args.clips or (2 if args.quick else len(CLIPS))
+    args.memory_frames = args.memory_frames or (8 if args.quick else 50)
+    args.repeats = args.repeats or (1 if args.quick else 3)
+    print(f"torch {torch.__version__}; CPU, {torch.get_num_threads()} threads; built-in extractor")
+    model = load_default_extractor()
+    rows = measure_clips(args, model)
+    print_table(rows, args)
+    memory = measure_memory(args)
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps({"quick": args.quick, "clips": rows, "memory": memory}, indent=2)
+        )
+
+
+if __name__ == "__main__":
+    main()
