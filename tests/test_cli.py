@@ -336,7 +336,7 @@ def test_ctrl_c_in_train_says_where_the_checkpoint_is_and_how_to_continue(
 ):
     import shlex
 
-    import diffsketch.cli as cli
+    import diffsketch.cli.train as cli
     from diffsketch.train.generator import load_generator
 
     style = tmp_path / "style.safetensors"

@@ -1,0 +1,8 @@
+"""``python -m diffsketch.cli``: the command line."""
+
+import sys
+
+from . import main
+
+if __name__ == "__main__":
+    sys.exit(main())

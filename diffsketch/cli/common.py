@@ -1,0 +1,115 @@
+"""What the commands share: loading the model, the checks made before it loads, and the options
+every command that samples takes (model, device, prediction type, clip skip; steps, guidance,
+size; schedule)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..terminal import check_input_file, pick_device
+
+
+def load_backend(args, device: str | None = None):
+    import torch
+
+    from ..backends.diffusers import DiffusersBackend
+
+    device = device or pick_device(args.device)
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    prediction = None if args.prediction_type == "auto" else args.prediction_type
+    _quiet_model_loading()
+    return DiffusersBackend.load(
+        args.model, device=device, dtype=dtype, prediction_type=prediction, clip_skip=args.clip_skip
+    )
+
+
+def print_prompt_notice(backend, prompt: str) -> None:
+    """Say how a prompt over CLIP's 75 tokens is encoded (in windows, as ComfyUI does)."""
+    notice = backend.prompt_notice(prompt)
+    if notice:
+        print(f"note: {notice}", file=sys.stderr)
+
+
+def _quiet_model_loading() -> None:
+    """diffusers and transformers report every model they load (progress bars, dtype advice that
+    does not apply here); the command shows its own progress, so only their errors are let
+    through. Only this command's process is changed, never the library's users."""
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    for library in (diffusers_logging, transformers_logging):
+        library.set_verbosity_error()
+        library.disable_progress_bar()
+
+
+def check_model(args) -> None:
+    """``--model`` and ``--device``: checked before anything is loaded."""
+    check_input_file(args.model, "--model", folder_ok=True)
+    pick_device(args.device)
+
+
+#: The size the sampling options are checked at before the model is loaded (the default size, the
+#: model's native one, is known only then).
+SIZE_STAND_IN = 512
+
+
+def model_size(args, backend) -> dict[str, int]:
+    """``{"width", "height"}`` from --width/--height; one not given is the model's native side
+    (``backend.native_size``: 1024 for SDXL)."""
+    return {"width": args.width or backend.native_size, "height": args.height or backend.native_size}
+
+
+def check_file_kind(path, option: str, kind: str) -> Path:
+    """``path`` exists and is a DiffSketch file of ``kind`` (its header only is read)."""
+    from ..fileio import read_header
+
+    path = check_input_file(path, option)
+    read_header(path, kind)
+    return path
+
+
+def model_args(p):
+    p.add_argument(
+        "--model",
+        required=True,
+        help="SD 1.x, SD 2.x or SDXL model: a diffusers folder or a single-file .safetensors checkpoint",
+    )
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    p.add_argument(
+        "--prediction-type",
+        choices=["auto", "epsilon", "v_prediction"],
+        default="auto",
+        help="what the UNet predicts; auto reads it from the scheduler config or the checkpoint, as ComfyUI "
+        "does (SD 2.x 768-v and v-pred SDXL fine-tunes are v_prediction)",
+    )
+    p.add_argument(
+        "--clip-skip",
+        type=int,
+        default=None,
+        help="text encoder layer prompts are read from, as ComfyUI's CLIPSetLastLayer -N: 1 = last, 2 = the one "
+        "before (default: the model's own, 1 for SD 1.x, 2 for SD 2.x and SDXL; Pony, Illustrious and NoobAI "
+        "prompts are written for 2)",
+    )
+
+
+def sampling_args(p, steps=50):
+    p.add_argument("--steps", type=int, default=steps, help=f"DDIM steps (default {steps})")
+    p.add_argument("--cfg", type=float, default=5.0, help="classifier-free guidance scale (default 5.0)")
+    for side in ("width", "height"):
+        p.add_argument(
+            f"--{side}",
+            type=int,
+            default=None,
+            help=f"{side} in pixels, a multiple of 64 (default: the model's native size: 512 for SD 1.x and SD 2.x-base, "
+            "768 for SD 2.x 768-v, 1024 for SDXL)",
+        )
+
+
+def schedule_arg(p):
+    p.add_argument(
+        "--schedule",
+        choices=["full", "fast"],
+        default=None,
+        help="sampling schedule (default: the one the generator was trained with)",
+    )
