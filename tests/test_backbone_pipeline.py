@@ -29,6 +29,9 @@ SMALL_GENERATOR = dict(
     lower_dim=32, higher_dim=16, lower_groups=4, higher_groups=4, fusion_channels=(64, 32, 16)
 )
 TINY_STUDENT = ExtractorConfig(channels=(8, 16), encoder_blocks=(1, 1), decoder_blocks=(1,))
+TINY_DISTILL = DistillConfig(
+    iterations=2, batch_size=2, crop_size=48, lpips_weight=0.0, extractor=TINY_STUDENT, warmup_iterations=1
+)
 
 BACKBONES = {
     "sdxl-epsilon": (lambda: tiny_sdxl_backend(0), SDXL, "epsilon"),
@@ -75,14 +78,7 @@ def test_sample_train_generate_distill_extract(backbone, tmp_path):
         conditions,
         tmp_path / "pairs",
         2,
-        DistillConfig(
-            iterations=2,
-            batch_size=2,
-            crop_size=48,
-            lpips_weight=0.0,
-            extractor=TINY_STUDENT,
-            warmup_iterations=1,
-        ),
+        TINY_DISTILL,
         SAMPLING.replace(timesteps=None),
     )
     extractor = load_extractor(save_extractor(tmp_path / "extractor.safetensors", student, student.meta))
@@ -145,14 +141,7 @@ def test_a_picture_of_ones_own_captures_trains_generates_and_distills_on_photos(
         conditions,
         tmp_path / "pairs",
         4,
-        DistillConfig(
-            iterations=2,
-            batch_size=2,
-            crop_size=48,
-            lpips_weight=0.0,
-            extractor=TINY_STUDENT,
-            warmup_iterations=1,
-        ),
+        TINY_DISTILL,
         SAMPLING.replace(timesteps=None),
         photos=photos,
         photo_share=0.5,
