@@ -669,7 +669,8 @@ MUTATIONS = {
     "renamed_node_type": (_rename_node, "missing node type DiffSketchExtractRenamed"),
     "invalid_combo_value": (_bad_combo, '"no_such_extractor.safetensors": not among the options'),
     "number_out_of_range": (_out_of_range, "widget tile = 100000: outside [128, 8192]"),
-    "missing_widget_value": (_dropped_value, "the workflow gives 2 widget values"),
+    # {given}: the Extract node's widget values less the dropped one
+    "missing_widget_value": (_dropped_value, "the workflow gives {given} widget values but"),
     # 1.35 validates workflows on load (removes the link, warns in a toast); 1.58 does not by
     # default (Comfy.Validation.Workflows), so the link stays and the link check names it
     "dangling_link": (
@@ -689,6 +690,7 @@ def test_checker_reports_a_broken_workflow(frontend, mutation):
     stem = TEMPLATES["extract"]
     workflow = json.loads((REPO / "workflows" / f"{stem}.json").read_text(encoding="utf-8"))
     api_twin = json.loads((REPO / "workflows" / "api" / "extract.json").read_text(encoding="utf-8"))
+    expected = expected.format(given=len(_node(workflow, "DiffSketchExtract")["widgets_values"]) - 1)
     mutate(workflow)
     problems, dialogs = frontend.check(f"mutated_{mutation}", workflow, api_twin)
     assert any(expected in p for p in problems), "\n".join(problems)
