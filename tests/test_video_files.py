@@ -215,12 +215,18 @@ def test_the_cli_dtype_switch_reaches_video_extraction(clip, tmp_path, monkeypat
         extract_video(model, clip, tmp_path / f"{dtype}.mp4", temporal="off", dtype=dtype)
         library[dtype] = frames(tmp_path / f"{dtype}.mp4")
     assert not np.array_equal(library["fp32"], library["bf16"])  # the precision shows in the pixels
+
+    def nearer(path):
+        """The library run the video at ``path`` is nearer to (encoding may move a pixel a level)."""
+        distance = {k: np.abs(frames(path).astype(int) - v).mean() for k, v in library.items()}
+        return min(distance, key=distance.get)
+
     out = tmp_path / "cli.mp4"
     args = ["extract", str(clip), "--out", str(out), "--device", "cpu", "--temporal", "off"]
     assert main([*args, "--dtype", "fp32"]) == 0
-    assert np.array_equal(frames(out), library["fp32"])
+    assert nearer(out) == "fp32"
     assert main([*args, "--overwrite"]) == 0  # the default: bfloat16 here
-    assert not np.array_equal(frames(out), library["fp32"])
+    assert nearer(out) == "bf16"
     # float16 is refused before the output is begun
     assert main([*args[:3], str(tmp_path / "fp16.mp4"), *args[4:], "--dtype", "fp16"]) == 2
     assert "float16 is not supported on the CPU" in capsys.readouterr().err
