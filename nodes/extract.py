@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import comfy.cli_args
 import comfy.model_management
 import comfy.model_patcher
 import comfy.utils
@@ -94,7 +95,9 @@ class DiffSketchExtract(io.ComfyNode):
             category=CATEGORY,
             description=(
                 "Turns any image batch (photos, renders, video frames) into sketches in the trained style, at any size: "
-                "images are padded to the network's multiple, and large ones are processed in blended tiles."
+                "images are padded to the network's multiple, and large ones are processed in blended tiles. "
+                "Runs in float32 when ComfyUI is started with --force-fp32, else at the library's default "
+                "precision (bfloat16 on a GPU or on a CPU that computes it in hardware)."
             ),
             inputs=[
                 Extractor.Input("extractor", tooltip="From DiffSketch Load Extractor or DiffSketch Distill."),
@@ -161,6 +164,7 @@ class DiffSketchExtract(io.ComfyNode):
             invert=bool(invert),
             contrast=float(contrast),
             tile=int(tile),
+            dtype=comfy_precision(),
             progress=progress,
         )
         if temporal == "stabilize":
@@ -169,3 +173,9 @@ class DiffSketchExtract(io.ComfyNode):
         elif temporal != "off":
             raise ValueError(f"temporal must be one of {TEMPORAL_MODES}, got {temporal!r}.")
         return io.NodeOutput(sketch, mask)
+
+
+def comfy_precision() -> str:
+    """The extractor's precision under ComfyUI's own flags: float32 with --force-fp32, else the
+    library's default for the device."""
+    return "fp32" if comfy.cli_args.args.force_fp32 else "auto"

@@ -190,6 +190,33 @@ def test_extract_command_files_folders_globs(tmp_path):
     assert not (out / "broken.png").exists()
 
 
+def test_extract_command_dtype_gives_that_precisions_sketches(tmp_path, monkeypatch):
+    import diffsketch.distill.extract as extract_module
+    from diffsketch.distill.extract import extract
+    from diffsketch.distill.extractor import SketchExtractor, save_extractor
+
+    # the default is bfloat16 here whatever this machine's CPU is, so fp32 must be asked for
+    monkeypatch.setattr(extract_module, "cpu_has_native_bf16", lambda: True)
+    torch.manual_seed(0)
+    model = SketchExtractor().eval()
+    ext = save_extractor(tmp_path / "style.safetensors", model)
+    pixels = np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+
+    def library(dtype):
+        sketch, _ = extract(model, pixels[None], dtype=dtype)
+        return (sketch[0, ..., 0].clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).numpy()
+
+    assert not np.array_equal(library("fp32"), library("bf16"))  # the precision shows in the pixels
+    command = ["extract", str(tmp_path / "a.png"), "--extractor", str(ext), "--device", "cpu"]
+    assert main([*command, "--out", str(tmp_path / "fp32"), "--dtype", "fp32"]) == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "fp32" / "a.png")), library("fp32"))
+    assert main([*command, "--out", str(tmp_path / "auto")]) == 0
+    assert not np.array_equal(np.asarray(Image.open(tmp_path / "auto" / "a.png")), library("fp32"))
+    # the folder keeps its precision: continuing it in another one is refused
+    assert main([*command, "--out", str(tmp_path / "fp32"), "--dtype", "bf16"]) == 2
+
+
 @pytest.fixture(scope="module")
 def train_inputs(tiny_model_dir, tmp_path_factory):
     """An example, conditions, a sketch and tiny CLIP / AlexNet files, made with the command line."""

@@ -147,3 +147,45 @@ def test_ray_missing_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray.data", None)
     with pytest.raises(InvalidInputError, match=r"diffsketch\[scale\]"):
         require_ray()
+
+
+def _sketch_png(model, path, dtype):
+    expected, _ = extract(model, np.asarray(Image.open(path))[None], dtype=dtype)
+    return (expected[0, ..., 0].clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).numpy()
+
+
+def test_a_folder_keeps_the_precision_it_was_begun_with(tmp_path, monkeypatch):
+    import diffsketch.distill.extract as extract_module
+
+    # "auto" is bfloat16 here whatever this machine's CPU is
+    monkeypatch.setattr(extract_module, "cpu_has_native_bf16", lambda: True)
+    photos = make_photos(tmp_path / "photos", count=2)
+    model = tiny_extractor()
+    items, _ = list_inputs([str(photos)])
+    out = tmp_path / "out"
+    fp32 = SketchOptions(dtype="fp32")
+    assert extract_files(model, items[:1], out, fp32, workers=0).written == 1
+    assert manifest_lines(out)[0]["settings"]["precision"] == "float32"
+    written = np.asarray(Image.open(out / f"{items[0].key}.png"))
+    assert np.array_equal(written, _sketch_png(model, items[0].path, "fp32"))
+    assert not np.array_equal(written, _sketch_png(model, items[0].path, "bf16"))  # the switch matters
+
+    # continuing in the default (bfloat16 here) would mix two precisions in one folder
+    with pytest.raises(InvalidInputError, match="precision: folder has 'float32', asked 'bfloat16'"):
+        extract_files(model, items, out, workers=0)
+    assert extract_files(model, items, out, fp32, workers=0).written == 1
+
+    # a folder begun before precisions were recorded was made in float32: it continues so, and only so
+    lines = (out / MANIFEST_NAME).read_text().splitlines()
+    header = json.loads(lines[0])
+    del header["settings"]["precision"]
+    (out / MANIFEST_NAME).write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
+    (out / f"{items[1].key}.png").unlink()
+    with pytest.raises(InvalidInputError, match="made before precisions were recorded, in float32"):
+        extract_files(model, items, out, SketchOptions(dtype="bf16"), workers=0)
+    again = extract_files(model, items, out, fp32, workers=0)
+    assert again.written == 1 and again.already_done == 1
+    assert "precision" not in manifest_lines(out)[0]["settings"]  # the header stays as it was written
+
+    with pytest.raises(InvalidInputError, match="float16 is not supported on the CPU"):
+        extract_files(model, items, tmp_path / "fp16", SketchOptions(dtype="fp16"), workers=0)

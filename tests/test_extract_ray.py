@@ -132,3 +132,18 @@ def test_a_killed_actor_loses_no_image(cluster, photos, extractor, reference, tm
     assert sketches(out) == sketches(reference)
     keys = [r["key"] for r in recorded(out) if "error" not in r]
     assert len(keys) == len(set(keys)) == COUNT  # nothing recorded twice, nothing missing
+
+
+def test_every_actor_runs_the_one_precision_the_folder_records(monkeypatch):
+    import diffsketch.distill.extract as extract_module
+    from diffsketch.distill.extract_ray import _actor_precision
+    from diffsketch.errors import InvalidInputError
+
+    monkeypatch.setattr(extract_module, "cpu_has_native_bf16", lambda: True)
+    assert _actor_precision("auto", gpus=0) == "bfloat16"
+    assert _actor_precision("fp32", gpus=0) == "float32"
+    assert _actor_precision("fp16", gpus=2) == "float16"  # named, so this process needs no GPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _actor_precision("auto", gpus=1) == "bfloat16"
+    with pytest.raises(InvalidInputError, match="float16 is not supported on the CPU"):
+        _actor_precision("fp16", gpus=0)

@@ -196,3 +196,38 @@ def test_temporal_applies_to_videos_only(tmp_path, capsys):
     Image.fromarray(moving_frames(1)[0]).save(image)
     assert main(["extract", str(image), "--out", str(tmp_path / "out"), "--temporal", "stabilize"]) == 2
     assert "--temporal applies to a video" in capsys.readouterr().err
+
+
+def test_the_cli_dtype_switch_reaches_video_extraction(clip, tmp_path, monkeypatch, capsys):
+    import diffsketch.distill.extract as extract_module
+    from diffsketch.distill.extractor import load_default_extractor
+
+    # the default is bfloat16 here whatever this machine's CPU is, so fp32 must be asked for
+    monkeypatch.setattr(extract_module, "cpu_has_native_bf16", lambda: True)
+    model = load_default_extractor(device="cpu")
+
+    def frames(path):
+        with VideoReader(path) as reader:
+            return np.stack(list(reader))
+
+    library = {}
+    for dtype in ("fp32", "bf16"):
+        extract_video(model, clip, tmp_path / f"{dtype}.mp4", temporal="off", dtype=dtype)
+        library[dtype] = frames(tmp_path / f"{dtype}.mp4")
+    assert not np.array_equal(library["fp32"], library["bf16"])  # the precision shows in the pixels
+
+    def nearer(path):
+        """The library run the video at ``path`` is nearer to (encoding may move a pixel a level)."""
+        distance = {k: np.abs(frames(path).astype(int) - v).mean() for k, v in library.items()}
+        return min(distance, key=distance.get)
+
+    out = tmp_path / "cli.mp4"
+    args = ["extract", str(clip), "--out", str(out), "--device", "cpu", "--temporal", "off"]
+    assert main([*args, "--dtype", "fp32"]) == 0
+    assert nearer(out) == "fp32"
+    assert main([*args, "--overwrite"]) == 0  # the default: bfloat16 here
+    assert nearer(out) == "bf16"
+    # float16 is refused before the output is begun
+    assert main([*args[:3], str(tmp_path / "fp16.mp4"), *args[4:], "--dtype", "fp16"]) == 2
+    assert "float16 is not supported on the CPU" in capsys.readouterr().err
+    assert not (tmp_path / "fp16.mp4").exists()

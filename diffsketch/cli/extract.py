@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from ..distill.extract import DTYPE_CHOICES
 from ..errors import InvalidInputError
 from ..terminal import check_input_file, check_output_folder, pick_device, progress_bar
 from .common import (
@@ -63,6 +64,14 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (without --ray)")
     p.add_argument(
+        "--dtype",
+        choices=DTYPE_CHOICES,
+        default="auto",
+        help="the network's precision: auto (default: bf16 on a CPU that computes it in hardware, else "
+        "fp32; bf16, or fp16 where unsupported, on CUDA), fp32, bf16 or fp16 (GPU only). An output folder "
+        "keeps the precision it was begun with",
+    )
+    p.add_argument(
         "--temporal",
         choices=("off", "stabilize"),
         default=None,
@@ -99,6 +108,7 @@ def run(args) -> int:
     else:
         extractor_file = check_file_kind(args.extractor, "--extractor", EXTRACTOR_KIND)
     if video:
+        from ..distill.extract import resolve_dtype
         from ..distill.extractor import load_extractor
         from ..video import VideoReader, check_video_output, extract_video
 
@@ -114,7 +124,9 @@ def run(args) -> int:
                 raise InvalidInputError(f"{e}; or pass --temporal off (each frame on its own)") from e
         with VideoReader(source) as reader:  # refuses a corrupt file before the model loads
             total = reader.info.frames
-        model = load_extractor(extractor_file, device=pick_device(args.device))
+        device = pick_device(args.device)
+        resolve_dtype(device, args.dtype)  # refuses fp16 on the CPU before the output video is begun
+        model = load_extractor(extractor_file, device=device)
         bar = progress_bar(total or None, "extracting", unit="frame")
         try:
             written = extract_video(
@@ -128,6 +140,7 @@ def run(args) -> int:
                 invert=args.invert,
                 contrast=args.contrast,
                 tile=args.tile,
+                dtype=args.dtype,
             )
         finally:
             bar.close()
@@ -150,6 +163,7 @@ def run(args) -> int:
         contrast=args.contrast,
         tile=args.tile,
         batch_size=args.batch_size,
+        dtype=args.dtype,
     )
     bar = progress_bar(len(items), "extracting", unit="img")
     try:

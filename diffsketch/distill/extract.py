@@ -98,8 +98,19 @@ def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     return False
 
 
+#: The precisions ``dtype`` may name ("auto": the default for the device, see :func:`resolve_dtype`).
+DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16")
+
+
+def resolve_dtype(device: torch.device | str, dtype=None) -> torch.dtype:
+    """The precision :func:`extract` runs at on ``device`` for ``dtype`` (None or "auto": bfloat16
+    on a CPU that computes it in hardware, else float32; bfloat16, or float16 where unsupported, on
+    CUDA). Refuses a precision the device cannot run (float16 on the CPU)."""
+    return _resolve_precision(torch.device(device), dtype, True)[0]
+
+
 def _resolve_precision(device: torch.device, dtype, channels_last) -> tuple[torch.dtype, bool]:
-    if dtype is None:
+    if dtype is None or dtype == "auto":
         if device.type == "cuda":
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         else:
@@ -192,8 +203,9 @@ def extract(
     a time and blended with a smooth window (see ``_window_1d``), so memory stays bounded by the
     tile size whatever the image size. Smaller images run ``batch_size`` images at a time.
 
-    ``dtype``: None = bfloat16 autocast on a CPU that computes it in hardware
+    ``dtype``: None or "auto" = bfloat16 autocast on a CPU that computes it in hardware
     (:func:`cpu_has_native_bf16`), else float32; bfloat16 (float16 where unsupported) on CUDA.
+    Or name one: "fp32", "bf16", "fp16" or a torch dtype.
     ``channels_last``: None = on (faster on CPU and GPU alike).
 
     Returns ``(sketch, mask)`` as float32 CPU tensors: ``sketch`` [B,H,W,3] -- dark lines on

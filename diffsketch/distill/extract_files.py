@@ -31,11 +31,13 @@ from torch import nn
 from ..errors import FileFormatError, InvalidInputError
 from ..fileio import atomic_write_bytes
 from ..images import IMAGE_SUFFIXES, read_image_pixels
-from .extract import extract
+from .extract import extract, resolve_dtype
 from .pairs import settings_difference, tensors_fingerprint
 
 SKETCHES_FORMAT = "diffsketch-sketches"
 SKETCHES_VERSION = 1
+#: The precision of a folder whose settings record none (every one made before they were recorded).
+LEGACY_PRECISION = "float32"
 MANIFEST_NAME = "manifest.jsonl"
 #: Input files with these suffixes are lists of image paths, one per line.
 LIST_SUFFIXES = (".txt", ".lst")
@@ -222,17 +224,29 @@ class SketchOptions:
     tile: int = 1024
     overlap: int = 64
     batch_size: int = 4
+    #: The network's precision: "auto" (the device's default), "fp32", "bf16" or "fp16"
+    #: (see :func:`~diffsketch.distill.extract.resolve_dtype`).
+    dtype: str = "auto"
 
 
-def extraction_settings(model: nn.Module, options: SketchOptions) -> dict:
-    """What decides an output folder's sketches: the network's weights and config and the options
-    that change pixels (``batch_size`` does not)."""
+def extraction_settings(model: nn.Module, options: SketchOptions, device: str | None = None) -> dict:
+    """What decides an output folder's sketches: the network's weights and config, the options
+    that change pixels (``batch_size`` does not) and the precision ``options.dtype`` resolves to on
+    ``device`` (None: the model's)."""
     config = getattr(model, "config", None)
     extra = json.dumps(config.to_dict(), sort_keys=True) if hasattr(config, "to_dict") else ""
+    if device is None:
+        device = next(iter(model.parameters()), torch.empty(0)).device
     settings = asdict(options)
-    del settings["batch_size"]
+    del settings["batch_size"], settings["dtype"]
     settings["contrast"] = float(settings["contrast"])
+    settings["precision"] = precision_name(resolve_dtype(device, options.dtype))
     return {"extractor": tensors_fingerprint(model.state_dict(), extra), **settings}
+
+
+def precision_name(dtype: torch.dtype) -> str:
+    """ "float32", "bfloat16" or "float16": how a folder's settings record a precision."""
+    return str(dtype).removeprefix("torch.")
 
 
 def sketch_pixels(model: nn.Module, images: Sequence[np.ndarray], options: SketchOptions) -> list[np.ndarray]:
@@ -251,6 +265,7 @@ def sketch_pixels(model: nn.Module, images: Sequence[np.ndarray], options: Sketc
             tile=options.tile,
             overlap=options.overlap,
             batch_size=options.batch_size,
+            dtype=options.dtype,
         )
         grey = (sketch[..., 0].clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).numpy()
         for k, g in zip(members, grey, strict=True):
@@ -337,11 +352,17 @@ class SketchFolder:
                 f"{self.path} is sketch-folder format version {header.get('version')}; this DiffSketch writes "
                 f"version {SKETCHES_VERSION}. Use a new output folder."
             )
-        if header.get("settings") != self.settings:
-            diffs = settings_difference(header.get("settings") or {}, self.settings)
+        recorded = dict(header.get("settings") or {})
+        # Folders begun before the precision was recorded were all made in float32.
+        legacy = "precision" not in recorded
+        recorded.setdefault("precision", LEGACY_PRECISION)
+        if recorded != self.settings:
+            diffs = settings_difference(recorded, self.settings)
+            note = f" (it records no precision: made before precisions were recorded, in {LEGACY_PRECISION})"
             raise InvalidInputError(
-                f"{self.root} already holds sketches made with other settings ({diffs}). Use another output "
-                "folder, or the folder's settings to continue it."
+                f"{self.root} already holds sketches made with other settings ({diffs}){note if legacy else ''}. "
+                "Use another output folder, or the folder's settings to continue it"
+                + (" (the precision: --dtype / dtype=)." if "precision:" in diffs else ".")
             )
         for number, line in enumerate(lines[1:], start=2):
             try:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from torch import nn
 
 from ..errors import InvalidInputError
 from ..images import read_image_pixels
+from .extract import resolve_dtype
 from .extract_files import (
     ExtractReport,
     InputImage,
@@ -36,6 +38,7 @@ from .extract_files import (
     describe_error,
     extraction_settings,
     open_folder,
+    precision_name,
     sketch_pixels,
     write_sketch,
 )
@@ -151,6 +154,17 @@ def _resources(ray) -> tuple[int, float]:
     return int(resources.get("GPU", 0)), float(resources.get("CPU", 1))
 
 
+def _actor_precision(dtype: str, gpus: int) -> str:
+    """The one precision every actor runs at, named so the folder's settings record it: ``dtype``
+    resolved here for the actors' device. "auto" on GPUs this process cannot see is bfloat16 (what
+    CUDA devices since Ampere run by default)."""
+    if not gpus:
+        return precision_name(resolve_dtype("cpu", dtype))
+    if dtype == "auto" and not torch.cuda.is_available():
+        return "bfloat16"
+    return precision_name(resolve_dtype("cuda", dtype))
+
+
 def extract_files_ray(
     extractor: str | os.PathLike,
     items: Sequence[InputImage],
@@ -177,7 +191,11 @@ def extract_files_ray(
     if started_here:
         ray.init(address=address, logging_level="WARNING", log_to_driver=False)
     try:
-        settings = extraction_settings(load_extractor(extractor, device="cpu"), options)
+        gpus = _resources(ray)[0]
+        options = replace(options, dtype=_actor_precision(options.dtype, gpus))
+        settings = extraction_settings(
+            load_extractor(extractor, device="cpu"), options, device="cuda" if gpus else "cpu"
+        )
         folder, todo, report = open_folder(out, settings, items)
         if progress is not None:
             progress(0, len(todo))

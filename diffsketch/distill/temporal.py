@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidInputError
-from ..flow import DISFlow, grey_u8, visible_mask, warp
+from ..flow import DISFlow, grey_u8, visible_mask
 from ..images import rgb_batch
 
 #: Temporal modes of DiffSketch Extract and ``diffsketch extract``: "off" draws each frame on its own.
@@ -38,19 +38,36 @@ class TemporalOptions:
     which a pixel counts as the same point. ``cut_histogram``: histogram distance (L1 of 32-bin
     luma histograms, 0..2) above which two frames are a scene cut. ``min_trusted``: a frame whose
     trusted fraction falls below this is treated as a cut too (unrelated pictures of alike
-    brightness). ``flow_preset``: DIS preset."""
+    brightness). ``flow_preset``: DIS preset. ``flow_scale``: the flow and its forward-backward check
+    are computed on frames scaled by this (then upsampled), the usual economy with DIS; the
+    photometric check and the blend stay at full resolution. Flows keep at least ``MIN_FLOW_SIDE``
+    px on the shorter side."""
 
     blend: float = 0.7
     match_tolerance: float = 0.1
     cut_histogram: float = 0.5
     min_trusted: float = 0.3
     flow_preset: str = "fast"
+    flow_scale: float = 0.5
 
     def __post_init__(self):
         if not 0.0 <= self.blend < 1.0:
             raise InvalidInputError(f"blend must be in [0, 1), got {self.blend!r}.")
         if self.match_tolerance <= 0 or not 0 < self.cut_histogram <= 2 or not 0 <= self.min_trusted <= 1:
             raise InvalidInputError("match_tolerance > 0, cut_histogram in (0, 2], min_trusted in [0, 1].")
+        if not 0.0 < self.flow_scale <= 1.0:
+            raise InvalidInputError(f"flow_scale must be in (0, 1], got {self.flow_scale!r}.")
+
+
+#: The shorter side below which flows are not computed at reduced resolution: DIS's coarsest
+#: pyramid level would lose the motion of small frames.
+MIN_FLOW_SIDE = 128
+
+
+def flow_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """(h, w) at which flows of a ``height`` x ``width`` video are computed."""
+    scale = max(scale, min(1.0, MIN_FLOW_SIDE / min(height, width)))
+    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 def luma_histogram(grey: torch.Tensor, bins: int = 32) -> torch.Tensor:
@@ -75,13 +92,16 @@ class TemporalStabilizer:
         self.options = options or TemporalOptions()
         self._flow = DISFlow(self.options.flow_preset)  # says how to install OpenCV when it is missing
         self._grey: torch.Tensor | None = None
+        self._small: torch.Tensor | None = None  # the grey frame at the flow's size
+        self._luma: torch.Tensor | None = None  # blurred luma [1,1,H,W] for the photometric check
         self._histogram: torch.Tensor | None = None
         self._strength: torch.Tensor | None = None
+        self._identity: torch.Tensor | None = None
         self.cuts = 0
         self.frames = 0
 
     def reset(self) -> None:
-        self._grey = self._histogram = self._strength = None
+        self._grey = self._small = self._luma = self._histogram = self._strength = None
 
     def is_cut(self, grey: torch.Tensor, histogram: torch.Tensor) -> bool:
         return (
@@ -104,28 +124,71 @@ class TemporalStabilizer:
         self.frames += 1
         grey = grey_u8(frame.permute(2, 0, 1)[None])[0]
         histogram = luma_histogram(grey)
+        small = _resize_grey(grey, flow_size(*grey.shape, self.options.flow_scale))
+        luma = _blur(grey[None, None].float() / 255.0)
         strength = strength.float()
         out = strength
         if self.is_cut(grey, histogram):
             self.cuts += 1
         else:
-            out = self._blend(grey, strength, out)
-        self._grey, self._histogram, self._strength = grey, histogram, out
+            out = self._blend(small, luma, strength)
+        self._grey, self._small, self._luma, self._histogram, self._strength = (
+            grey,
+            small,
+            luma,
+            histogram,
+            out,
+        )
         return out
 
-    def _blend(self, grey: torch.Tensor, strength: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        to_previous = self._flow(grey, self._grey)[None]
-        to_next = self._flow(self._grey, grey)[None]
-        trusted = visible_mask(to_previous, to_next)[0]
-        now = _blur(grey[None, None].float() / 255.0)
-        before = warp(_blur(self._grey[None, None].float() / 255.0), to_previous)
-        trusted &= (before - now)[0, 0].abs() <= self.options.match_tolerance
+    def _blend(self, small: torch.Tensor, luma: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
+        height, width = strength.shape
+        to_previous = self._flow(small, self._small)[None]
+        to_next = self._flow(self._small, small)[None]
+        visible = visible_mask(to_previous, to_next)[None].float()
+        # The flow in grid_sample's units ([-1, 1] across the full frame) and the visibility,
+        # upsampled together: one interpolation, then one sampling pass for the previous blurred
+        # luma and stabilised strength, which are read at the same points.
+        h, w = small.shape
+        units = torch.tensor([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)]).view(1, 2, 1, 1)
+        fields = torch.cat([to_previous * units, visible], dim=1)
+        if (h, w) != (height, width):
+            # bilinear: a pixel is visible where most of its neighbourhood at the flow's size is
+            fields = F.interpolate(fields, size=(height, width), mode="bilinear", align_corners=True)
+        grid = self._grid(height, width) + fields[0, :2].permute(1, 2, 0)
+        before, carried = F.grid_sample(
+            torch.cat([self._luma, self._strength[None, None]], dim=1),
+            grid[None],
+            mode="bilinear",
+            padding_mode="border",
+            align_corners=True,
+        )[0]
+        trusted = (fields[0, 2] >= 0.5) & ((before - luma[0, 0]).abs() <= self.options.match_tolerance)
         if float(trusted.float().mean()) < self.options.min_trusted:
             self.cuts += 1  # alike histograms, unrelated pictures: nothing to carry over
-            return out
-        carried = warp(self._strength[None, None], to_previous)[0, 0]
+            return strength
         blend = self.options.blend
         return torch.where(trusted, blend * carried + (1.0 - blend) * strength, strength)
+
+    def _grid(self, height: int, width: int) -> torch.Tensor:
+        """grid_sample's identity grid [H,W,2] (made once per frame size)."""
+        if self._identity is None or self._identity.shape[:2] != (height, width):
+            self._identity = torch.stack(
+                torch.meshgrid(
+                    torch.linspace(-1.0, 1.0, width), torch.linspace(-1.0, 1.0, height), indexing="xy"
+                ),
+                dim=-1,
+            )
+        return self._identity
+
+
+def _resize_grey(grey: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 grey [H,W] -> [h,w] by area averaging (OpenCV's INTER_AREA: no aliasing for DIS)."""
+    if tuple(grey.shape) == size:
+        return grey
+    import cv2
+
+    return torch.from_numpy(cv2.resize(grey.numpy(), (size[1], size[0]), interpolation=cv2.INTER_AREA))
 
 
 def _check_mode(temporal: str) -> None:

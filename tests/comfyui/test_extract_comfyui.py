@@ -102,3 +102,29 @@ def test_style_sketch_nodes(comfy_server):
     entry = comfy_server.run(style_graph("informative_anime"))
     assert entry["status"]["status_str"] == "success", error_message(entry)
     assert entry["outputs"]["4"]["images"] and entry["outputs"]["6"]["images"]
+
+
+def test_extract_runs_in_float32_under_comfyuis_force_fp32(comfy_inprocess, monkeypatch):
+    """ComfyUI's --force-fp32 (comfy.cli_args.args.force_fp32) makes the Extract node run in float32;
+    without it the node runs at the library's default (bfloat16 here, whatever this CPU is)."""
+    import importlib
+
+    import comfy.cli_args
+
+    import diffsketch.distill.extract as extract_module
+    from diffsketch.distill.extract import extract
+
+    monkeypatch.setattr(extract_module, "cpu_has_native_bf16", lambda: True)
+    nodes = importlib.import_module(f"{comfy_inprocess.__name__}.nodes.extract")
+    torch.manual_seed(0)
+    model = SketchExtractor().eval()
+    image = torch.rand(1, 40, 56, 3, generator=torch.Generator().manual_seed(1))
+    fp32, _ = extract(model, image, dtype="fp32")
+
+    def node_sketch(force_fp32):
+        monkeypatch.setattr(comfy.cli_args.args, "force_fp32", force_fp32)
+        output = nodes.DiffSketchExtract.execute(nodes.wrap_extractor(model), image, False, 1.0, 1024)
+        return output.result[0]
+
+    assert torch.equal(node_sketch(True), fp32)
+    assert not torch.equal(node_sketch(False), fp32)
