@@ -65,7 +65,8 @@ def visible_mask(
     return inside & (loop.square().sum(1) <= tolerance)
 
 
-def _cv2():
+def require_opencv():
+    """The ``cv2`` module, or an ImportError that says which package to install."""
     try:
         import cv2
     except ImportError as e:
@@ -95,13 +96,13 @@ class DISFlow:
     def __init__(self, preset: str = "fast"):
         if preset not in self.PRESETS:
             raise InvalidInputError(f"DIS flow preset {preset!r} is not one of {self.PRESETS}.")
-        cv2 = _cv2()
+        cv2 = require_opencv()
         code = getattr(cv2, f"DISOPTICAL_FLOW_PRESET_{preset.upper()}")
         self._dis = cv2.DISOpticalFlow_create(code)
 
     def __call__(self, frame: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
         """Flow [2,H,W] from ``frame`` to ``other`` (uint8 [H,W]): ``frame(p) ~ other(p + flow(p))``."""
-        flow = self._dis.calc(frame.numpy(), other.numpy(), None)  # [H,W,2] float32
+        flow = self._dis.calc(frame.cpu().numpy(), other.cpu().numpy(), None)  # [H,W,2] float32
         return torch.from_numpy(flow).permute(2, 0, 1).contiguous()
 
 

@@ -201,6 +201,6 @@ def extract_video(
             for sketch, _ in extract_stream(
                 model, reader, temporal=temporal, batch_size=batch_size, progress=report, **extract_options
             ):
-                write((sketch * 255.0).round().clamp(0, 255).to(torch.uint8).numpy())
+                write((sketch * 255.0).round().clamp(0, 255).to(torch.uint8).cpu().numpy())
                 written += 1
     return written

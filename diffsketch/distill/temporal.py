@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidInputError
-from ..flow import DISFlow, grey_u8, visible_mask
+from ..flow import DISFlow, grey_u8, require_opencv, visible_mask
 from ..images import rgb_batch
 
 #: Temporal modes of DiffSketch Extract and ``diffsketch extract``: "off" draws each frame on its own.
@@ -186,9 +186,8 @@ def _resize_grey(grey: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """uint8 grey [H,W] -> [h,w] by area averaging (OpenCV's INTER_AREA: no aliasing for DIS)."""
     if tuple(grey.shape) == size:
         return grey
-    import cv2
-
-    return torch.from_numpy(cv2.resize(grey.numpy(), (size[1], size[0]), interpolation=cv2.INTER_AREA))
+    cv2 = require_opencv()
+    return torch.from_numpy(cv2.resize(grey.cpu().numpy(), (size[1], size[0]), interpolation=cv2.INTER_AREA))
 
 
 def _check_mode(temporal: str) -> None:
