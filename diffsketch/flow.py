@@ -71,8 +71,10 @@ def require_opencv():
         import cv2
     except ImportError as e:
         raise ImportError(
-            "optical flow (the temporal mode, the flicker measure's estimated flow) needs OpenCV: "
-            'pip install opencv-python-headless (or the whole extra: pip install "diffsketch[video]")'
+            "optical flow (the temporal mode, the flicker measure's estimated flow) needs OpenCV, which is not "
+            'installed: pip install opencv-python-headless (or the whole extra: pip install "diffsketch[video]"), '
+            "into the Python that runs ComfyUI. Install only one OpenCV package: opencv-python, "
+            "opencv-contrib-python and opencv-python-headless all provide cv2 and break each other when mixed."
         ) from e
     return cv2
 
