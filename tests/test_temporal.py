@@ -195,8 +195,17 @@ def test_the_video_flicker_benchmark_runs_quick(tmp_path):
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "video_flicker.py"
     out = tmp_path / "figures.json"
+    from fractions import Fraction
+
+    from diffsketch.video import video_writer
+
+    footage = [tmp_path / "footage.mp4"]  # a short clip through the estimated-flow (real footage) table
+    photo = (torch.rand(3, 40, 60, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    with video_writer(footage[0], Fraction(12)) as write:
+        for t in range(6):
+            write(torch.roll(photo, shifts=2 * t, dims=2).permute(1, 2, 0).numpy())
     result = subprocess.run(
-        [sys.executable, str(script), "--quick", "--json", str(out)],
+        [sys.executable, str(script), "--quick", "--json", str(out), "--footage", *map(str, footage)],
         capture_output=True,
         text=True,
         check=False,
@@ -209,3 +218,7 @@ def test_the_video_flicker_benchmark_runs_quick(tmp_path):
         assert (
             clip["error_stable"] < clip["error_per_frame"] and clip["fps_stable"] > 0 and clip["fps_bf16"] > 0
         )
+    assert len(figures["footage"]) == len(footage)
+    for clip in figures["footage"]:
+        assert clip["frames"] == 6 and clip["size"] == "60x40" and 0 < clip["visible"] <= 1
+        assert clip["error_per_frame"] > 0 and 0 < clip["ssim_min"] <= 1 and clip["fps_stable"] > 0
