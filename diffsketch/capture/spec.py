@@ -34,8 +34,13 @@ LAYOUT_DIFFUSERS = "diffusers"
 SD1 = "sd1"
 SD2 = "sd2"
 SDXL = "sdxl"
+ZIMAGE = "zimage"
+SD35 = "sd35"
 #: Backbone families, by the id files record, and their names in messages.
-BACKBONE_FAMILIES = {SD1: "SD 1.x", SD2: "SD 2.x", SDXL: "SDXL"}
+BACKBONE_FAMILIES = {SD1: "SD 1.x", SD2: "SD 2.x", SDXL: "SDXL", ZIMAGE: "Z-Image", SD35: "SD 3.5"}
+#: The families that are flow-matching diffusion transformers (Euler sampling on a shifted sigma
+#: schedule, one-resolution block taps); the rest are DDPM UNets (DDIM sampling, multi-level taps).
+FLOW_FAMILIES = (ZIMAGE, SD35)
 #: What every "not supported" message says is supported.
 SUPPORTED_MODELS = (
     "SD 1.x, SD 2.x (512-base and 768-v) and SDXL-family checkpoints (SDXL base and its fine-tunes, "
@@ -57,7 +62,12 @@ def family_native_side(family: str, prediction_type: str) -> int:
     the v-prediction SD 2.x."""
     if family == SD2 and prediction_type == "v_prediction":
         return 768
-    return {SD1: 512, SD2: 512, SDXL: 1024}[check_backbone_family(family)]
+    return {SD1: 512, SD2: 512, SDXL: 1024, ZIMAGE: 1024, SD35: 1024}[check_backbone_family(family)]
+
+
+def is_flow_family(family: str) -> bool:
+    """Whether ``family`` is a flow-matching transformer (:data:`FLOW_FAMILIES`)."""
+    return check_backbone_family(family) in FLOW_FAMILIES
 
 
 def family_name(family: str) -> str:
