@@ -470,10 +470,11 @@ def default_dit_blocks(n_layers: int) -> tuple[int, ...]:
     return tuple(sorted({min(n_layers - 2, int(f * n_layers)) for f in DIT_TAP_DEPTHS}))
 
 
-def diffusers_dit_family(transformer: nn.Module) -> str:
-    """The DiT family of a diffusers transformer, by its class (:data:`DIFFUSERS_DIT_CLASSES`), or
-    UnsupportedModelError naming what it is and what is supported."""
-    name = type(transformer).__name__
+def diffusers_dit_family(transformer: nn.Module | str) -> str:
+    """The DiT family of a diffusers transformer, by its class or the class's name
+    (:data:`DIFFUSERS_DIT_CLASSES`; a folder's ``_class_name``), or UnsupportedModelError naming
+    what it is and what is supported."""
+    name = transformer if isinstance(transformer, str) else type(transformer).__name__
     if name in DIFFUSERS_DIT_CLASSES:
         return DIFFUSERS_DIT_CLASSES[name]
     what = UNSUPPORTED_DIT_CLASSES.get(name, f"a {name}")
