@@ -227,7 +227,9 @@ def tiny_vae16(seed: int = 0, scaling_factor: float = 0.3611, shift_factor: floa
     ).eval()
 
 
-def byte_tokenizer(specials: tuple[str, ...], pad: str, eos: str | None = None, chat_template: str | None = None):
+def byte_tokenizer(
+    specials: tuple[str, ...], pad: str, eos: str | None = None, chat_template: str | None = None
+):
     """A byte-level tokenizer (one token per UTF-8 byte, no merges) with ``specials``, built in
     memory: it tokenises any text, as the real Qwen3 and T5 tokenizers do, without their vocabularies.
     ``eos``: appended to every text (T5's)."""
@@ -255,7 +257,9 @@ def tiny_qwen3(seed: int = 0):
     from transformers import Qwen3Config, Qwen3Model
 
     tokenizer = byte_tokenizer(
-        ("<|im_start|>", "<|im_end|>", "<|endoftext|>"), pad="<|endoftext|>", chat_template=QWEN3_CHAT_TEMPLATE
+        ("<|im_start|>", "<|im_end|>", "<|endoftext|>"),
+        pad="<|endoftext|>",
+        chat_template=QWEN3_CHAT_TEMPLATE,
     )
     torch.manual_seed(seed + 2)
     model = Qwen3Model(
