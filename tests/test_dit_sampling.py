@@ -395,3 +395,43 @@ def test_a_dit_family_not_supported_is_refused_by_the_loader(tmp_path):
         UnsupportedModelError, match=r"Flux\.1 transformer.*Z-Image \(Turbo and base\).*SD 3\.5"
     ):
         DiffusersBackend.load(tmp_path)
+
+
+# -- block analysis ----------------------------------------------------------------------------------
+def test_massive_channels_and_spatial_share_on_a_known_map():
+    from diffsketch.capture.block_analysis import massive_channels, spatial_share
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 64, 8, 8)
+    x[:, 5] = 5000.0  # one massive channel, constant over the image (a bias, as DiTF describes)
+    flagged = massive_channels(x)
+    assert flagged[0].nonzero().flatten().tolist() == [5]
+    assert float(spatial_share(x)) < 0.01  # the constant channel dominates the energy
+    assert float(spatial_share(x, ~flagged)) > 0.9  # without it, the map varies over the image
+
+
+def test_block_analysis_on_every_block_of_a_tiny_zimage(zimage):
+    from diffsketch.backends.dit import DiffusersFlowBackend
+    from diffsketch.capture.block_analysis import run_block_analysis
+
+    backend = DiffusersFlowBackend(
+        zimage.transformer, zimage.vae, zimage.text_encoder, zimage.tokenizer, blocks=tuple(range(6))
+    )
+    result = run_block_analysis(backend, ["a cat"], 1, 4, width=SIZE, height=SIZE)
+    assert result.blocks == [f"layers.{i}" for i in range(6)] and result.timesteps == [249, 499, 749, 999]
+    assert result.massive.shape == result.spatial.shape == (4, 6) and result.similarity.shape == (4, 5)
+    assert ((result.spatial >= 0) & (result.spatial <= 1 + 1e-5)).all() and (result.massive >= 1).all()
+    assert len(result.table().splitlines()) == 7 and json.dumps(result.to_dict())
+
+
+def test_the_timestep_analysis_runs_on_the_flow_grid_with_one_branch(zimage):
+    from diffsketch.capture.analysis import run_timestep_analysis
+
+    result = run_timestep_analysis(
+        zimage, ["a cat"], 2, 4, k=2, cfg=1.0, width=SIZE, height=SIZE, n_components=2
+    )
+    assert set(result.chosen) <= {249, 499, 749, 999} and len(result.chosen) == 2
+    with pytest.raises(InvalidInputError, match="include_uncond"):
+        run_timestep_analysis(
+            zimage, ["a cat"], 1, 4, k=2, cfg=1.0, width=SIZE, height=SIZE, include_uncond=True
+        )

@@ -493,6 +493,11 @@ def _dit_blocks(transformer: nn.Module, family: str) -> tuple[str, nn.ModuleList
     return "transformer_blocks", transformer.transformer_blocks, heads * head_dim, int(cfg["patch_size"])
 
 
+def dit_block_count(transformer: nn.Module) -> int:
+    """How many transformer blocks a diffusers DiT of a supported family has."""
+    return len(_dit_blocks(transformer, diffusers_dit_family(transformer))[1])
+
+
 def dit_block_taps(
     path: str, n_blocks: int, hidden: int, patch: int, blocks: tuple[int, ...] | None = None
 ) -> tuple[Tap, ...]:
