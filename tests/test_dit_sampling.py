@@ -79,28 +79,22 @@ def test_zimage_sampling_matches_the_zimage_pipeline(zimage, cfg):
         transformer=zimage.transformer,
     )
     noise = make_noise(3, (1, 16, SIZE // 8, SIZE // 8))
-    # the pipeline encodes the prompt itself (its chat template), guidance g = cfg - 1
-    latent = pipe(
-        PROMPT,
-        height=SIZE,
-        width=SIZE,
-        sigmas=pipeline_sigmas(sample.meta["schedule"]),
-        num_inference_steps=4,
-        guidance_scale=cfg - 1,
-        latents=noise,
-        output_type="latent",
-    ).images
-    assert relative_error(zimage.model_latent(sample.latent), latent) < 1e-4
-    image = pipe(
-        PROMPT,
-        height=SIZE,
-        width=SIZE,
-        sigmas=pipeline_sigmas(sample.meta["schedule"]),
-        num_inference_steps=4,
-        guidance_scale=cfg - 1,
-        latents=noise,
-        output_type="pt",
-    ).images
+
+    def run_pipeline(output_type):
+        # the pipeline encodes the prompt itself (its chat template), guidance g = cfg - 1
+        return pipe(
+            PROMPT,
+            height=SIZE,
+            width=SIZE,
+            sigmas=pipeline_sigmas(sample.meta["schedule"]),
+            num_inference_steps=4,
+            guidance_scale=cfg - 1,
+            latents=noise,
+            output_type=output_type,
+        ).images
+
+    assert relative_error(zimage.model_latent(sample.latent), run_pipeline("latent")) < 1e-4
+    image = run_pipeline("pt")
     assert (sample.image - image).abs().max() < 1e-3
     assert sample.meta["branches"] == (1 if cfg == 1 else 2)
 
@@ -435,3 +429,18 @@ def test_the_timestep_analysis_runs_on_the_flow_grid_with_one_branch(zimage):
         run_timestep_analysis(
             zimage, ["a cat"], 1, 4, k=2, cfg=1.0, width=SIZE, height=SIZE, include_uncond=True
         )
+
+
+@pytest.mark.parametrize(
+    "key, what",
+    [
+        ("joint_blocks.0.x_block.attn.qkv.weight", "an SD 3.x MM-DiT"),
+        ("double_blocks.0.img_attn.qkv.weight", "a Flux transformer"),
+        ("cap_embedder.1.weight", "a Z-Image / Lumina 2 transformer"),
+    ],
+)
+def test_a_transformer_single_file_is_refused_naming_it_and_what_is_read(key, what):
+    from diffsketch.backends.checkpoint import ldm_unet_params
+
+    with pytest.raises(UnsupportedModelError, match=f"is {what}, in one file.*diffusers folders only"):
+        ldm_unet_params({f"model.diffusion_model.{key}": torch.zeros(1)})
