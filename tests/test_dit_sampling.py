@@ -444,3 +444,23 @@ def test_a_transformer_single_file_is_refused_naming_it_and_what_is_read(key, wh
 
     with pytest.raises(UnsupportedModelError, match=f"is {what}, in one file.*diffusers folders only"):
         ldm_unet_params({f"model.diffusion_model.{key}": torch.zeros(1)})
+
+
+def test_flow_grid_sigmas_and_indices():
+    from diffsketch.capture.timesteps import flow_grid, flow_index, flow_sigma
+
+    # ComfyUI's "simple" scheduler: 999 - int(i * 1000 / steps)
+    assert flow_grid(8) == [124, 249, 374, 499, 624, 749, 874, 999]
+    assert flow_grid(3) == [333, 666, 999]
+    assert flow_sigma(999, 3.0) == 1.0 and flow_sigma(499, 1.0) == 0.5
+    assert all(flow_index(flow_sigma(k, 3.0), 3.0) == k for k in range(1000))
+
+
+def test_a_flow_sample_saves_and_loads_on_its_grid(zimage, tmp_path):
+    from diffsketch.capture.sample import CapturedSample
+
+    sample = zimage.sample("a", SamplingSettings(seed=0, steps=8, cfg=1.0, width=SIZE, height=SIZE))
+    sample.save(tmp_path / "features.safetensors")
+    loaded = CapturedSample.load(tmp_path / "features.safetensors")
+    assert loaded.plan == sample.plan and loaded.plan.flow and loaded.branches == 1
+    assert all(torch.equal(a, b) for t in sample.unet for a, b in zip(sample.unet[t], loaded.unet[t]))
