@@ -95,7 +95,7 @@ SDXL_TIME_EMBED_DIM = 256
 
 
 #: The image side each family's published checkpoints were trained at, in words (node tooltips).
-NATIVE_SIZES_TEXT = "512 for SD 1.x and SD 2.x-base, 768 for SD 2.x 768-v, 1024 for SDXL, Z-Image and SD 3.5"
+NATIVE_SIZES_TEXT = "512 for SD 1.x and SD 2.x-base, 768 for SD 2.x 768-v, 1024 for SDXL"
 
 
 def family_native_side(family: str, prediction_type: str) -> int:
