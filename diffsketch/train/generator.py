@@ -33,9 +33,9 @@ Resolution cannot separate the two levels there, so depth does:
   literature finds the most semantic (mid-depth blocks for correspondence, DiTF; for
   representation alignment, REPA), and its result enters the higher level as one extra entry;
   the higher level mixes the blocks nearest the output, which are shaped by the velocity it
-  predicts, pixel-level detail. Both run at latent/2, and the fusion decoder then climbs from
-  latent/2 to the image with the VAE features exactly as for a UNet (one more x2 stage, with no
-  VAE tap at latent/2: the VAE decoder starts at the latent's size).
+  predicts, pixel-level detail. Both run at latent/2; the fusion decoder's first stage takes
+  their result resized (bilinear) to the latent's size, where the VAE decoder's first taps are,
+  and climbs to the image with the VAE features exactly as for a UNet.
 - **Massive activations.** A DiT's residual stream carries a few fixed hidden channels whose
   values are 100-1000x the others on every image token (DiTF, NeurIPS 2025). A per-token
   LayerNorm, which is what the next block's own pre-norm applies, does not tame them: the massive
