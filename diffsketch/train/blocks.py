@@ -53,7 +53,8 @@ class Bottleneck(nn.Module):
 
 def standardize_channels(x: torch.Tensor) -> torch.Tensor:
     """Each channel of each sample standardised over its tokens (positions): zero mean, unit
-    variance, no learned scale (a non-affine instance norm), in float32 and returned in ``x``'s dtype.
+    variance, no learned scale (a non-affine instance norm), computed in float32 at least and
+    returned in ``x``'s dtype.
 
     This is how the generator takes a diffusion transformer's block outputs, whose "massive
     activations" (a few fixed hidden channels, near-constant over the image tokens, 100-1000x the
@@ -61,7 +62,7 @@ def standardize_channels(x: torch.Tensor) -> torch.Tensor:
     removed and what varies over the tokens is brought to the scale of every other channel. float32
     because the variance of a 1000-valued channel does not fit in float16.
     """
-    return F.instance_norm(x.float()).to(x.dtype)
+    return F.instance_norm(x.to(torch.promote_types(x.dtype, torch.float32))).to(x.dtype)
 
 
 def prepare_tap(
