@@ -481,9 +481,9 @@ class SketchGenerator(nn.Module):
     ) -> torch.Tensor:
         """``unet``: ``{timestep: [tensor[2B, C, h, w] per tap]}`` (or a list in ascending-timestep
         order), the B uncond branches first, then the B cond ones ([B, C, h, w], cond only, for a
-        one-branch generator); ``vae``: one [B, C, H, W] per
-        VAE tap; ``rgb``: the VAE's [B, 3, H, W] raw output. Returns [B, 1, H, W] at the size of
-        ``rgb``. B is 1 but for a batch from ``sample_batch``.
+        one-branch generator); ``vae``: one [B, C, H, W] per VAE tap; ``rgb``: the VAE's
+        [B, 3, H, W] raw output. Returns [B, 1, H, W] at the size of ``rgb``. B is 1 but for a
+        batch from ``sample_batch``.
 
         With ``gradient_checkpointing`` set (and gradients enabled) the same computation runs
         block by block inside checkpoints, see :meth:`_checkpointed_forward`."""
