@@ -7,13 +7,18 @@
 2. UNet evaluations per new sample, full vs fast schedule, for the paper's 13 timesteps on the
    50-step grid (target: >= 3.5x fewer).
 3. Real shapes (``--arch``: SD 1.5 or SD 2.1 at 512x512, SDXL at 1024x1024; 9 SDXL taps, 12 for
-   SD 1.x/2.x) with random features (generator + losses only; no diffusion model):
+   SD 1.x/2.x; the diffusion transformers Z-Image (``zimage``, hidden 3840, one branch as Turbo
+   samples at cfg 1), SD 3.5 Medium (``sd35m``, 1536, two branches) and Large (``sd35l``, 2432) at
+   1024x1024, ``--dit-taps`` blocks at latent/2 with the 16-channel VAE's SD-layout taps) with
+   random features (generator + losses only; no diffusion model):
    the :class:`~diffsketch.train.trainer.Trainer` loop itself on a stand-in backend that hands back a
    random 13-timestep capture, with random-weight full-size CLIP ViT-B/32 (open_clip, no
    pretrained weights) and random-weight LPIPS AlexNet, fp32 on the CPU. Each mode runs in a
    fresh process, whose peak resident memory (/proc/self/status VmHWM) is printed (targets, with
-   ``low_memory``: under 4 GB at SD 1.5's 512x512, under 10 GB at SDXL's 1024x1024), followed by
-   the same time split as in 1.
+   ``low_memory``: under 4 GB at SD 1.5's 512x512, under 10 GB at SDXL's 1024x1024, under 16 GB
+   for the DiTs at 1024x1024, what a 24 GB card leaves beside the model's weights), followed by
+   the same time split as in 1. The peak includes the stored features of the example and of each
+   new sample, which a GPU run keeps on the GPU too (the Trainer moves them to its device).
 
     python benchmarks/train_step.py --quick             # a few minutes on 2 cores (SD 1.5 part shrunk)
     python benchmarks/train_step.py --skip-sd15         # tiny model and evaluation counts only
@@ -23,6 +28,8 @@
         # the 10 GB check: SDXL at 1024x1024, each new sample trained through a 512x512 window
     python benchmarks/train_step.py --skip-tiny --arch sdxl --sd15-modes low_memory --sample-crop 512 \
         --device cuda --json train_step.json      # the same on a GPU: its peak GPU memory too
+    python benchmarks/train_step.py --skip-tiny --arch zimage --sd15-modes low_memory --sample-crop 512
+        # the 16 GB check: Z-Image at 1024x1024 (6 blocks, one branch); --arch sd35m for SD 3.5 Medium
 
 With ``--device cuda`` part 3's generator and losses run on the GPU (the random captures are made on
 the CPU, as a backend's are) and the GPU's peak allocated memory is printed with the host's.
@@ -58,10 +65,28 @@ from diffsketch.train.trainer import TrainConfig, Trainer  # noqa: E402
 
 GB = 1e9
 # Part 3: the spec (tests/helpers_spec.py), the image size the backbone is used at, the peak target.
-ARCH_SPECS = {"sd15": "sd15_spec", "sd21": "sd2_spec", "sdxl": "sdxl_spec"}
-ARCH_NAMES = {"sd15": "SD 1.5", "sd21": "SD 2.1", "sdxl": "SDXL"}
-ARCH_SIZES = {"sd15": 512, "sd21": 512, "sdxl": 1024}
-ARCH_TARGETS_GB = {"sd15": 4.0, "sd21": 4.0, "sdxl": 10.0}
+ARCH_SPECS = {
+    "sd15": "sd15_spec",
+    "sd21": "sd2_spec",
+    "sdxl": "sdxl_spec",
+    "zimage": "zimage_spec",
+    "sd35m": "sd35_medium_spec",
+    "sd35l": "sd35_large_spec",
+}
+ARCH_NAMES = {
+    "sd15": "SD 1.5",
+    "sd21": "SD 2.1",
+    "sdxl": "SDXL",
+    "zimage": "Z-Image (Turbo, cfg 1)",
+    "sd35m": "SD 3.5 Medium",
+    "sd35l": "SD 3.5 Large",
+}
+ARCH_SIZES = {"sd15": 512, "sd21": 512, "sdxl": 1024, "zimage": 1024, "sd35m": 1024, "sd35l": 1024}
+ARCH_TARGETS_GB = {"sd15": 4.0, "sd21": 4.0, "sdxl": 10.0, "zimage": 16.0, "sd35m": 16.0, "sd35l": 16.0}
+#: The diffusion transformers: their specs take the number of tapped blocks (--dit-taps).
+DIT_ARCHS = ("zimage", "sd35m", "sd35l")
+#: Captured branches per sample: Z-Image Turbo samples at cfg 1 (cond only), the rest with CFG.
+ARCH_BRANCHES = {"zimage": 1}
 
 
 def _peak_rss_bytes() -> int:
@@ -193,22 +218,28 @@ def sd15_child(
     arch: str,
     sample_crop: int,
     device: str = "cpu",
+    dit_taps: int = 6,
 ) -> None:
     import helpers_spec
     from helpers_spec import random_features
 
     torch.set_num_threads(threads)
-    spec = getattr(helpers_spec, ARCH_SPECS[arch])()
+    make_spec = getattr(helpers_spec, ARCH_SPECS[arch])
+    spec = make_spec(dit_taps) if arch in DIT_ARCHS else make_spec()
     plan = plan_timesteps(50, PAPER_TIMESTEPS[:n_timesteps])
+    branches = ARCH_BRANCHES.get(arch, 2)
 
     def capture(seed):
-        unet, vae, rgb = random_features(spec, size, size, plan.used, seed=seed, dtype=torch.float16)
+        unet, vae, rgb = random_features(
+            spec, size, size, plan.used, seed=seed, dtype=torch.float16, branches=branches
+        )
         g = torch.Generator().manual_seed(seed + 1)
+        lh, lw = spec.latent_size(size, size)
         return CapturedSample(
             spec,
             plan,
             image=torch.rand(1, 3, size, size, generator=g),
-            latent=torch.randn(1, 4, size // 8, size // 8, generator=g),
+            latent=torch.randn(1, spec.latent_channels, lh, lw, generator=g),
             unet=unet,
             vae=vae,
             rgb=rgb,
@@ -256,6 +287,8 @@ def sd15_child(
         "example_gb": example_gb,
         "sample_gb": sample_gb,
         "params_m": parameter_count(trainer.generator) / 1e6,
+        "branches": trainer.generator.branches,
+        "taps": len(spec.unet),
         "split": split,
         "peak_gpu_bytes": torch.cuda.max_memory_allocated(device) if gpu else None,
     }
@@ -272,8 +305,10 @@ def sd15_section(args) -> dict:
         # freed 1-32 MB activations in the heap and inflates the resident size.
         env["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)
         allocator = f"MALLOC_MMAP_THRESHOLD_={args.malloc_mmap_threshold}"
+    taps = f", {args.dit_taps} transformer blocks" if args.arch in DIT_ARCHS else ""
     print(
-        f"\n== {ARCH_NAMES[args.arch]} shapes, {size}x{size}, {n_t} timesteps, random features (fp16 storage), CPU fp32, "
+        f"\n== {ARCH_NAMES[args.arch]} shapes{taps}, {size}x{size}, {n_t} timesteps, random features (fp16 storage), "
+        f"{args.device} fp32, "
         f"{args.threads} thread(s), {allocator}; the Trainer loop (generator + CLIP ViT-B/32 + LPIPS AlexNet, "
         "random weights) in a fresh process per mode =="
     )
@@ -287,7 +322,7 @@ def sd15_section(args) -> dict:
         command += ["--sd15-size", str(size), "--sd15-timesteps", str(n_t)]
         command += ["--sd15-iterations", str(args.sd15_iterations), "--threads", str(args.threads)]
         command += ["--sample-crop", str(args.sample_crop)]
-        command += ["--arch", args.arch, "--device", args.device]
+        command += ["--arch", args.arch, "--device", args.device, "--dit-taps", str(args.dit_taps)]
         start = time.perf_counter()
         result = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
         wall = time.perf_counter() - start
@@ -305,7 +340,7 @@ def sd15_section(args) -> dict:
             f"{name}: peak RSS {r['peak_bytes'] / GB:.2f} GB (target < {target_gb:g} GB: {verdict}); resident before the first "
             f"step {r['rss_before_bytes'] / GB:.2f} GB, of which {r['example_gb']:.2f} GB example features; each new "
             f"sample {r['sample_gb']:.2f} GB{crop}; "
-            f"generator {r['params_m']:.1f} M parameters\n"
+            f"generator {r['params_m']:.1f} M parameters ({r['taps']} taps, {r['branches']} branch(es))\n"
             f"    {total:.1f} s/iteration (median of {args.sd15_iterations}) = {split}; process wall {wall:.0f} s"
         )
         if r["peak_gpu_bytes"] is not None:
@@ -320,6 +355,7 @@ def sd15_section(args) -> dict:
         "timesteps": n_t,
         "sample_crop": args.sample_crop,
         "device": args.device,
+        "dit_taps": args.dit_taps if args.arch in DIT_ARCHS else None,
         "modes": modes,
     }
 
@@ -353,6 +389,12 @@ def main(argv=None) -> None:
         help="1 repeat; SD 1.5 part at 256x256 with 3 timesteps, low_memory only (a few minutes on 2 cores)",
     )
     parser.add_argument("--device", default="cpu", help="where part 3's generator and losses run (cpu, cuda)")
+    parser.add_argument(
+        "--dit-taps",
+        type=int,
+        default=6,
+        help="tapped transformer blocks for --arch zimage/sd35m/sd35l (default 6)",
+    )
     parser.add_argument("--json", default=None, help="write part 3's figures per mode to this JSON file")
     parser.add_argument("--_sd15-child", dest="sd15_child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -367,6 +409,7 @@ def main(argv=None) -> None:
             args.arch,
             args.sample_crop,
             args.device,
+            args.dit_taps,
         )
         return
     if args.quick:

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers_spec import random_features, tiny_spec
+from helpers_spec import random_features, tiny_dit_spec, tiny_spec
 
 from diffsketch.capture.sampling import SamplingSettings
 from diffsketch.capture.timesteps import PAPER_TIMESTEPS, ddim_grid
@@ -236,11 +236,20 @@ def test_non_finite_loss_keeps_the_last_good_checkpoint(env, tmp_path):
 
 
 def test_low_memory_forward_matches_the_generator():
-    spec = tiny_spec()
-    for use_vae in (True, False):
+    # UNet taps with and without the VAE; DiT taps (one resolution, standardised, a massive
+    # channel planted) with one and two branches
+    cases = [
+        (tiny_spec(), True, 2),
+        (tiny_spec(), False, 2),
+        (tiny_dit_spec(), True, 1),
+        (tiny_dit_spec(), True, 2),
+    ]
+    for spec, use_vae, branches in cases:
         torch.manual_seed(0)
-        gen = SketchGenerator(spec, GeneratorConfig.from_spec(spec, 3, use_vae=use_vae, **SMALL)).double()
-        unet, vae, rgb = random_features(spec, 64, 64, TIMESTEPS, dtype=torch.float64)
+        config = GeneratorConfig.from_spec(spec, 3, use_vae=use_vae, branches=branches, **SMALL)
+        gen = SketchGenerator(spec, config).double()
+        unet, vae, rgb = random_features(spec, 64, 64, TIMESTEPS, dtype=torch.float64, branches=branches)
+        unet[TIMESTEPS[0]][0][:, 5] += 500.0
         rgb = rgb.double()
         results = []
         for checkpointing in (False, True):

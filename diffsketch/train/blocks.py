@@ -1,7 +1,8 @@
 """The building blocks of the sketch generator (:class:`~diffsketch.train.generator.SketchGenerator`):
 the per-tap bottlenecks and the aggregation network that mixes them over timesteps, the fusion
-decoder's stages, the VAE channel reductions, and the memory-saving (checkpointed) forms of the
-aggregation used with ``low_memory``.
+decoder's stages, the VAE channel reductions, the per-channel standardisation of transformer taps
+(:func:`standardize_channels`), and the memory-saving (checkpointed) forms of the aggregation used
+with ``low_memory``.
 """
 
 from __future__ import annotations
@@ -50,6 +51,29 @@ class Bottleneck(nn.Module):
         return F.relu(y + self.shortcut(x))
 
 
+def standardize_channels(x: torch.Tensor) -> torch.Tensor:
+    """Each channel of each sample standardised over its tokens (positions): zero mean, unit
+    variance, no learned scale (a non-affine instance norm), computed in float32 at least and
+    returned in ``x``'s dtype.
+
+    This is how the generator takes a diffusion transformer's block outputs, whose "massive
+    activations" (a few fixed hidden channels, near-constant over the image tokens, 100-1000x the
+    others) would otherwise dominate every 1x1 projection of the bottleneck: their constant part is
+    removed and what varies over the tokens is brought to the scale of every other channel. float32
+    because the variance of a 1000-valued channel does not fit in float16.
+    """
+    return F.instance_norm(x.to(torch.promote_types(x.dtype, torch.float32))).to(x.dtype)
+
+
+def prepare_tap(
+    x: torch.Tensor, size: tuple[int, int], like: torch.Tensor, standardize: bool
+) -> torch.Tensor:
+    """A stored tap as a block takes it: cast to ``like``'s device and dtype, channel-standardised
+    (:func:`standardize_channels`) when ``standardize``, and resized to ``size``."""
+    x = x.to(device=like.device, dtype=like.dtype)
+    return resize_to(standardize_channels(x) if standardize else x, size)
+
+
 class AggregationNetwork(nn.Module):
     """Diffusion-Hyperfeatures aggregation (docs/method.md §4).
 
@@ -57,7 +81,8 @@ class AggregationNetwork(nn.Module):
     input consumed once, not per timestep). One mixing logit per (timestep, tap) and per extra
     entry, all initialised to 1; a single softmax over all of them weights the bottleneck outputs,
     which are summed. Logit ``t * n_taps + l`` belongs to timestep ``t`` (in the order the caller
-    passes them) and tap ``l``; the extra entries' logits come last.
+    passes them) and tap ``l``; the extra entries' logits come last. The inputs come prepared
+    (:func:`prepare_tap`): this network has no parameters of its own outside the blocks and logits.
     """
 
     def __init__(
@@ -153,23 +178,28 @@ def largest_size(ordered: Sequence[Sequence[torch.Tensor]], taps: Sequence[int])
     return max((tuple(ordered[0][i].shape[-2:]) for i in taps), key=lambda s: s[0] * s[1])
 
 
-def _weighted_block(block: nn.Module, size, like: torch.Tensor, x: torch.Tensor, weight: torch.Tensor):
-    # Cast and resize inside the checkpoint, so only the stored (fp16) feature is kept for backward.
-    x = resize_to(x.to(device=like.device, dtype=like.dtype), size)
+def _weighted_block(
+    block: nn.Module, size, like: torch.Tensor, standardize: bool, x: torch.Tensor, weight: torch.Tensor
+):
+    # Prepare the input inside the checkpoint, so only the stored (fp16) feature is kept for backward.
+    x = prepare_tap(x, size, like, standardize)
     return weight.to(x.dtype) * block(x)
 
 
-def checkpointed_aggregation(net, per_timestep, size, like: torch.Tensor, extra=()) -> torch.Tensor:
+def checkpointed_aggregation(
+    net, per_timestep, size, like: torch.Tensor, extra=(), standardize: bool = False
+) -> torch.Tensor:
     """:class:`AggregationNetwork` forward, one checkpointed (tap, timestep) block at a time (the
-    batched forward runs all timesteps of a tap together; GroupNorm is per sample, so it is the
-    same sum)."""
+    batched forward runs all timesteps of a tap together; GroupNorm and :func:`standardize_channels`
+    are per sample, so it is the same sum). ``per_timestep`` holds the stored taps, prepared here
+    (:func:`prepare_tap`, channel-standardised when ``standardize``); ``extra`` is never standardised."""
     weights = net.mixing_weights()
     n_t, n_l = net.n_timesteps, len(net.tap_channels)
     out = None
     for tap, block in enumerate(net.tap_blocks):
         for t in range(n_t):
             term = checkpoint(
-                partial(_weighted_block, block, size, like),
+                partial(_weighted_block, block, size, like, standardize),
                 per_timestep[t][tap],
                 weights[t * n_l + tap],
                 use_reentrant=False,
@@ -177,7 +207,10 @@ def checkpointed_aggregation(net, per_timestep, size, like: torch.Tensor, extra=
             out = term if out is None else out + term
     for e, block in enumerate(net.extra_blocks):
         term = checkpoint(
-            partial(_weighted_block, block, size, like), extra[e], weights[n_t * n_l + e], use_reentrant=False
+            partial(_weighted_block, block, size, like, False),
+            extra[e],
+            weights[n_t * n_l + e],
+            use_reentrant=False,
         )
         out = out + term
     return out

@@ -21,6 +21,37 @@ Architecture (docs/method.md §4), built entirely from a :class:`~diffsketch.cap
 Two defects of the released code are fixed here (docs/method.md §4): the lower aggregation reaches
 the output (it fed nothing in the release), and the VAE channel reductions are registered,
 trainable modules (they were plain Python lists, i.e. fixed random projections).
+
+**Diffusion transformers** (the flow families, :data:`~diffsketch.capture.spec.FLOW_FAMILIES`:
+Z-Image, SD 3.5). Their taps are the image tokens of chosen transformer blocks, unpatchified, so
+every tap has the same resolution (latent/2 for patch size 2) and the same width (the hidden size).
+Resolution cannot separate the two levels there, so depth does:
+
+- **lower** = the earlier half of the tapped blocks (execution order), **higher** = the later half
+  (the extra one goes to the lower level when the count is odd). This keeps each level's role in
+  the UNet: the lower level mixes the taps further from the output, whose features the DiT
+  literature finds the most semantic (mid-depth blocks for correspondence, DiTF; for
+  representation alignment, REPA), and its result enters the higher level as one extra entry;
+  the higher level mixes the blocks nearest the output, which are shaped by the velocity it
+  predicts, pixel-level detail. Both run at latent/2; the fusion decoder's first stage takes
+  their result resized (bilinear) to the latent's size, where the VAE decoder's first taps are,
+  and climbs to the image with the VAE features exactly as for a UNet.
+- **Massive activations.** A DiT's residual stream carries a few fixed hidden channels whose
+  values are 100-1000x the others on every image token (DiTF, NeurIPS 2025). A per-token
+  LayerNorm, which is what the next block's own pre-norm applies, does not tame them: the massive
+  channel dominates each token's variance, so after it the ordinary channels are 1/100-1/1000 of
+  the massive one as before. Inside the model the block's AdaLN modulation then scales them per
+  channel, and DiTF does the same (a channel-wise modulation, then discarding those channels). The
+  generator has no AdaLN parameters, so it does the channel-wise step directly: each tapped
+  feature is standardised per channel over the tokens, per sample, timestep and branch, without a
+  learned scale (:func:`~diffsketch.train.blocks.standardize_channels`, config
+  ``standardize_taps``), before its bottleneck. A near-constant massive channel loses its
+  constant part (an exactly constant one becomes zero, DiTF's discard) and what varies over the
+  tokens comes to the scale of every other channel. UNet generators do not do this
+  (``standardize_taps`` False, as their files always had).
+- **Branches.** A guidance-distilled model sampled at cfg 1 (Z-Image Turbo) evaluates and
+  captures one branch (cond) where CFG sampling has two (uncond, cond); the config records
+  ``branches`` and the decoder's input is the higher level's output of each branch side by side.
 """
 
 from __future__ import annotations
@@ -37,7 +68,15 @@ from torch.utils.checkpoint import checkpoint
 from .. import fileio
 from ..capture.identity import ModelIdentity, check_same_model
 from ..capture.sampling import SCHEDULES
-from ..capture.spec import SD1, FeatureSpec, backbone_family, check_backbone_family, check_family, family_name
+from ..capture.spec import (
+    SD1,
+    FeatureSpec,
+    backbone_family,
+    check_backbone_family,
+    check_family,
+    family_name,
+    is_flow_family,
+)
 from ..capture.timesteps import NUM_TRAIN_TIMESTEPS
 from ..errors import FileFormatError, InvalidInputError, UnsupportedModelError
 from .blocks import (
@@ -48,6 +87,7 @@ from .blocks import (
     VaeReduction,
     checkpointed_aggregation,
     largest_size,
+    prepare_tap,
     reduce_vae,
     resize_to,
 )
@@ -59,6 +99,12 @@ GENERATOR_VERSION = 1
 VAE_WIDE_CHANNELS = 512
 VAE_REDUCE_WIDE = 16
 VAE_REDUCE_NARROW = 8
+#: Branches of captured features: uncond and cond (CFG sampling), or cond alone (cfg 1 on a
+#: guidance-distilled flow model).
+BRANCH_COUNTS = (1, 2)
+#: Config fields written to files only when they differ from these values, so the configs (and
+#: the fingerprints made from them) of generators that predate the fields stay what they were.
+_OMITTED_DEFAULTS = {"branches": 2, "standardize_taps": False}
 
 
 def vae_reduce_width(channels: int) -> int:
@@ -77,6 +123,10 @@ class GeneratorConfig:
     :class:`FeatureSpec`; the remaining defaults are the released code's SD 1.x values.
     ``lower_taps``/``higher_taps`` index ``spec.unet``; ``fusion_channels[k]`` is the width after
     the k-th x2 fusion stage, and there is one stage per x2 step from the latent to the image.
+    ``branches``: the captured branches per sample (2: uncond and cond; 1: cond alone, cfg 1 on a
+    guidance-distilled model); ``standardize_taps``: standardise each tapped feature per channel
+    over its tokens before its bottleneck (diffusion transformers' massive activations; module
+    docstring).
     """
 
     n_timesteps: int
@@ -92,6 +142,8 @@ class GeneratorConfig:
     vae_block_groups: int = 4
     fusion_groups: int = 16
     final_groups: int = 4
+    branches: int = 2
+    standardize_taps: bool = False
 
     @classmethod
     def from_spec(
@@ -101,12 +153,17 @@ class GeneratorConfig:
         *,
         n_higher_taps: int | None = None,
         final_width: int = 64,
+        branches: int = 2,
         **overrides,
     ) -> GeneratorConfig:
         """Derive the layout-dependent fields from ``spec``.
 
         - ``higher_taps``: by default every UNet tap at the highest UNet resolution (SD 1.x: the
-          last 3); ``n_higher_taps`` takes that many last taps instead.
+          last 3), or, when every tap has the same resolution (a diffusion transformer's blocks),
+          the later half of them (module docstring); ``n_higher_taps`` takes that many last taps
+          instead.
+        - ``standardize_taps``: True for the flow-matching transformer families.
+        - ``branches``: what the features were captured with (:func:`feature_branches`).
         - ``vae_reduce_channels``: :func:`vae_reduce_width` of each VAE tap.
         - ``fusion_channels``: one stage per x2 step from the latent to the image
           (log2 of the VAE scale factor), ending at ``final_width`` and doubling backwards
@@ -123,6 +180,8 @@ class GeneratorConfig:
         if n_higher_taps is None:
             top = max(t.log2_scale for t in spec.unet)
             higher = tuple(i for i, t in enumerate(spec.unet) if t.log2_scale == top)
+            if len(higher) == n_unet:  # one resolution: the later half of the blocks
+                higher = higher[n_unet - n_unet // 2 :]
         else:
             if not 0 < int(n_higher_taps) < n_unet:
                 raise InvalidInputError(
@@ -138,6 +197,8 @@ class GeneratorConfig:
             higher_taps=higher,
             vae_reduce_channels=tuple(vae_reduce_width(t.channels) for t in spec.vae),
             fusion_channels=tuple(int(final_width) << (n_stages - 1 - k) for k in range(max(n_stages, 0))),
+            branches=int(branches),
+            standardize_taps=is_flow_family(spec.family),
         )
         unknown = set(overrides) - {f.name for f in fields(cls)}
         if unknown:
@@ -153,6 +214,10 @@ class GeneratorConfig:
         n_unet = len(spec.unet)
         if self.n_timesteps < 1:
             raise InvalidInputError(f"n_timesteps must be at least 1, got {self.n_timesteps}")
+        if self.branches not in BRANCH_COUNTS:
+            raise InvalidInputError(
+                f"branches must be 1 (cond only, cfg 1) or 2 (uncond and cond), got {self.branches!r}"
+            )
         taps = sorted(self.lower_taps + self.higher_taps)
         if taps != list(range(n_unet)) or not self.lower_taps or not self.higher_taps:
             raise InvalidInputError(
@@ -207,7 +272,13 @@ class GeneratorConfig:
 
     # -- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        """The fields as JSON values; ``branches`` and ``standardize_taps`` only where they differ
+        from the UNet generators' values, which :meth:`from_dict` fills in when they are absent."""
+        return {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in asdict(self).items()
+            if k not in _OMITTED_DEFAULTS or v != _OMITTED_DEFAULTS[k]
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping) -> GeneratorConfig:
@@ -263,7 +334,7 @@ class SketchGenerator(nn.Module):
             extra_channels=[c.lower_dim],
         )
         n_stages = len(c.fusion_channels)
-        width = 2 * c.higher_dim  # uncond + cond
+        width = c.branches * c.higher_dim  # the higher level's output of each branch, side by side
         if c.use_vae:
             self.vae_reductions = nn.ModuleList(
                 VaeReduction(tap.channels, r, c.vae_block_groups)
@@ -317,6 +388,11 @@ class SketchGenerator(nn.Module):
         self._schedule = value
 
     # -- input checks --------------------------------------------------------------------------
+    @property
+    def branches(self) -> int:
+        """Captured branches per sample it takes: 2 (uncond, cond) or 1 (cond alone, cfg 1)."""
+        return self.config.branches
+
     def _ordered_timesteps(self, unet: UnetFeatures) -> list[Sequence[torch.Tensor]]:
         """Timesteps in the fixed order the mixing logits index: ascending (least noisy first)."""
         if isinstance(unet, Mapping):
@@ -330,23 +406,56 @@ class SketchGenerator(nn.Module):
                 f"this generator was built for {self.config.n_timesteps} timesteps but the features have {names}. "
                 "Capture features at the same number of timesteps the generator was trained with."
             )
-        n_taps = len(self.spec.unet)
+        return ordered
+
+    def _batch_size(self, ordered, vae: Sequence[torch.Tensor], rgb: torch.Tensor | None) -> int:
+        """Samples in the input, read where there is one row per sample whatever the branches:
+        ``rgb``, else the first VAE feature; else the first UNet feature's rows / branches."""
+        for x in (rgb, *vae):
+            if isinstance(x, torch.Tensor) and x.dim() == 4:
+                return int(x.shape[0])
         first = ordered[0][0] if ordered and len(ordered[0]) else None
-        pairs = int(first.shape[0]) if isinstance(first, torch.Tensor) and first.dim() == 4 else 2
-        pairs = pairs if pairs >= 2 and pairs % 2 == 0 else 2
+        if isinstance(first, torch.Tensor) and first.dim() == 4:
+            return max(1, int(first.shape[0]) // self.branches)
+        return 1
+
+    def _check_unet(self, ordered, batch: int) -> None:
+        n_taps = len(self.spec.unet)
+        rows = self.branches * batch
+        if self.branches == 2:
+            layout = f"uncond and cond branches of {batch} sample(s): the uncond ones first"
+        else:
+            layout = f"the cond branch alone of {batch} sample(s), as sampled at cfg 1"
         for t, feats in enumerate(ordered):
             if len(feats) != n_taps:
                 raise InvalidInputError(
                     f"timestep #{t} has {len(feats)} UNet features; the spec has {n_taps} UNet taps."
                 )
             for i, (x, tap) in enumerate(zip(feats, self.spec.unet, strict=True)):
-                if x.dim() != 4 or x.shape[0] != pairs or x.shape[1] != tap.channels:
+                if x.dim() != 4 or x.shape[1] != tap.channels:
                     raise InvalidInputError(
                         f"UNet feature {i} ({tap.name}) at timestep #{t} has shape {tuple(x.shape)}; expected "
-                        f"[{pairs}, {tap.channels}, h, w] (uncond and cond branches of {pairs // 2} sample(s): "
-                        "the uncond ones first)."
+                        f"[{rows}, {tap.channels}, h, w] ({layout})."
                     )
-        return ordered
+                if x.shape[0] != rows:
+                    raise InvalidInputError(self._branch_mismatch(int(x.shape[0]), batch, layout))
+
+    def _branch_mismatch(self, rows: int, batch: int, layout: str) -> str:
+        """The error for UNet features with another number of branches than the generator's."""
+        if self.branches == 2:
+            fix = (
+                "It was trained on features sampled with classifier-free guidance (cfg above 1: uncond and "
+                "cond captured); sample with cfg above 1, or train a generator on these features"
+            )
+        else:
+            fix = (
+                "It was trained on one-branch features (cfg 1 on a guidance-distilled model: cond only); sample "
+                "with cfg 1, or train a generator on these features"
+            )
+        return (
+            f"this generator takes {self.branches} branch(es) per sample, but the UNet features have {rows} rows "
+            f"for {batch} sample(s); expected {self.branches * batch} ({layout}). {fix}."
+        )
 
     def _check_vae(self, vae: Sequence[torch.Tensor], rgb: torch.Tensor | None, batch: int) -> None:
         if not self.config.use_vae:
@@ -371,30 +480,40 @@ class SketchGenerator(nn.Module):
         self, unet: UnetFeatures, vae: Sequence[torch.Tensor] = (), rgb: torch.Tensor | None = None
     ) -> torch.Tensor:
         """``unet``: ``{timestep: [tensor[2B, C, h, w] per tap]}`` (or a list in ascending-timestep
-        order), the B uncond branches first, then the B cond ones; ``vae``: one [B, C, H, W] per
-        VAE tap; ``rgb``: the VAE's [B, 3, H, W] raw output. Returns [B, 1, H, W] at the size of
-        ``rgb``. B is 1 but for a batch from ``sample_batch``.
+        order), the B uncond branches first, then the B cond ones ([B, C, h, w], cond only, for a
+        one-branch generator); ``vae``: one [B, C, H, W] per VAE tap; ``rgb``: the VAE's
+        [B, 3, H, W] raw output. Returns [B, 1, H, W] at the size of ``rgb``. B is 1 but for a
+        batch from ``sample_batch``.
 
         With ``gradient_checkpointing`` set (and gradients enabled) the same computation runs
         block by block inside checkpoints, see :meth:`_checkpointed_forward`."""
         ordered = self._ordered_timesteps(unet)
-        self._check_vae(vae, rgb, int(ordered[0][0].shape[0]) // 2)
+        batch = self._batch_size(ordered, vae, rgb)
+        self._check_unet(ordered, batch)
+        self._check_vae(vae, rgb, batch)
         if self.gradient_checkpointing and torch.is_grad_enabled():
-            return self._checkpointed_forward(ordered, vae, rgb)
+            return self._checkpointed_forward(ordered, vae, rgb, batch)
         cast = self._cast
         c = self.config
+        like = self.lower.mixing_logits
 
-        # Lower level: resize every lower tap to the largest lower-tap size.
+        # Lower level: every lower tap prepared (standardised for a transformer) at the largest
+        # lower-tap size.
         lower_size = largest_size(ordered, c.lower_taps)
-        lower_in = [[resize_to(cast(feats[i]), lower_size) for i in c.lower_taps] for feats in ordered]
+        lower_in = [
+            [prepare_tap(feats[i], lower_size, like, c.standardize_taps) for i in c.lower_taps]
+            for feats in ordered
+        ]
         low = self.lower(lower_in)
 
         # Higher level: its taps, plus the lower result upsampled to their size as an extra entry.
         higher_size = largest_size(ordered, c.higher_taps)
-        higher_in = [[resize_to(cast(feats[i]), higher_size) for i in c.higher_taps] for feats in ordered]
+        higher_in = [
+            [prepare_tap(feats[i], higher_size, like, c.standardize_taps) for i in c.higher_taps]
+            for feats in ordered
+        ]
         high = self.higher(higher_in, extra=[resize_to(low, higher_size)])
-        batch = high.shape[0] // 2
-        x = torch.cat([high[:batch], high[batch:]], dim=1)  # [B, 2*P]: uncond channels, then cond
+        x = torch.cat(high.split(batch), dim=1)  # [B, branches * P]: uncond channels (if any), then cond
 
         # Feature-fusion decoder: stage k fuses the VAE taps at scale k (x2**k the latent size).
         # Sizes come from the tensors themselves, so odd image sizes line up too.
@@ -403,7 +522,7 @@ class SketchGenerator(nn.Module):
             x = self._fusion_stage(k, x, *reduced)
         return self._final_stage(x, rgb, *reduced)
 
-    def _checkpointed_forward(self, ordered, vae, rgb) -> torch.Tensor:
+    def _checkpointed_forward(self, ordered, vae, rgb, batch: int) -> torch.Tensor:
         """:meth:`forward` with gradient checkpointing, for training with little memory.
 
         Each aggregation block runs per (tap, timestep) inside its own checkpoint, together with
@@ -414,13 +533,16 @@ class SketchGenerator(nn.Module):
         """
         c = self.config
         like = self.lower.mixing_logits
+        standardize = c.standardize_taps
         lower_in = [[feats[i] for i in c.lower_taps] for feats in ordered]
-        low = checkpointed_aggregation(self.lower, lower_in, largest_size(ordered, c.lower_taps), like)
+        lower_size = largest_size(ordered, c.lower_taps)
+        low = checkpointed_aggregation(self.lower, lower_in, lower_size, like, standardize=standardize)
         higher_in = [[feats[i] for i in c.higher_taps] for feats in ordered]
         higher_size = largest_size(ordered, c.higher_taps)
-        high = checkpointed_aggregation(self.higher, higher_in, higher_size, like, extra=[low])
-        batch = high.shape[0] // 2
-        x = torch.cat([high[:batch], high[batch:]], dim=1)  # uncond channels, then cond
+        high = checkpointed_aggregation(
+            self.higher, higher_in, higher_size, like, extra=[low], standardize=standardize
+        )
+        x = torch.cat(high.split(batch), dim=1)  # uncond channels (if any), then cond
         reduced = []
         if c.use_vae:
             reduced = [
@@ -466,8 +588,8 @@ class SketchGenerator(nn.Module):
             spec.family,
             "the generator",
             model_what,
-            f"A generator only works with the backbone it was trained on: use an {family_name(self.family)} "
-            f"checkpoint, or train a generator on this {family_name(spec.family)} model",
+            f"A generator only works with the backbone it was trained on: use it with {family_name(self.family)} "
+            f"checkpoints, or train a generator on this {family_name(spec.family)} model",
         )
         if not self.spec.is_compatible(spec):
             raise InvalidInputError(
@@ -500,6 +622,20 @@ class SketchGenerator(nn.Module):
             "fusion_decoder": parameter_count(self.fusion_stages) + parameter_count(self.final),
             "total": parameter_count(self),
         }
+
+
+def feature_branches(sample) -> int:
+    """Branches per sample in a :class:`~diffsketch.capture.sample.CapturedSample`'s UNet
+    features: 2 (uncond and cond, CFG sampling) or 1 (cond alone: cfg 1 on a guidance-distilled
+    model); what a generator trained on it records as ``branches``."""
+    first = sample.unet[sample.timesteps[0]][0]
+    rows, batch = int(first.shape[0]), sample.batch_size
+    if rows % batch or rows // batch not in BRANCH_COUNTS:
+        raise InvalidInputError(
+            f"the sample's UNet features have {rows} rows for {batch} sample(s); expected 1 or 2 branches per "
+            "sample (cond, or uncond and cond). The sample is damaged or was not captured by DiffSketch."
+        )
+    return rows // batch
 
 
 def _checked_timesteps(value: Sequence[int], n_timesteps: int) -> tuple[int, ...]:
@@ -591,8 +727,8 @@ def load_generator(
             expected_spec.family,
             f"the generator {path.name}",
             "the model in use",
-            f"A generator only works with the backbone it was trained on: load an {family_name(spec.family)} "
-            f"checkpoint, or train a generator on this {family_name(expected_spec.family)} model",
+            f"A generator only works with the backbone it was trained on: use it with {family_name(spec.family)} "
+            f"checkpoints, or train a generator on this {family_name(expected_spec.family)} model",
         )
     if expected_spec is not None and not spec.is_compatible(expected_spec):
         raise FileFormatError(
@@ -639,6 +775,7 @@ def _check_file_family(header: Mapping, spec: FeatureSpec, path: Path) -> None:
 
 
 __all__ = [
+    "BRANCH_COUNTS",
     "GENERATOR_KIND",
     "GENERATOR_VERSION",
     "AggregationNetwork",
@@ -649,6 +786,7 @@ __all__ = [
     "parameter_count",
     "parameter_report",
     "read_generator_header",
+    "feature_branches",
     "save_generator",
     "vae_reduce_width",
 ]

@@ -43,7 +43,7 @@ from ..seeds import cpu_generator, iteration_seed, seeded
 from .conditions import ConditionSampler, blend_weight
 from .config import TRAJECTORY_SETTINGS, TrainConfig, iteration_timesteps
 from .example import OVERFLOW_ADVICE, check_example_sketch, non_finite_feature, prepare_sketch, tensor_digest
-from .generator import GeneratorConfig, SketchGenerator, save_generator
+from .generator import GeneratorConfig, SketchGenerator, feature_branches, save_generator
 from .loop import CheckpointCallback, StepCallback, StopCallback, StopRequested, TrainingLoop
 from .losses import DiffSketchLoss
 from .previews import loss_curve_image, preview_image
@@ -297,7 +297,9 @@ class Trainer:
                     f"{Path(resume_from).name}: no generator settings in the checkpoint"
                 ) from e
         else:
-            gconfig = GeneratorConfig.from_spec(spec, len(self.timesteps))
+            gconfig = GeneratorConfig.from_spec(
+                spec, len(self.timesteps), branches=feature_branches(self.example)
+            )
         # Initial weights depend on the seed only, not on the caller's global RNG.
         return seeded(iteration_seed(self.config.seed, 0, "init"), lambda: SketchGenerator(spec, gconfig))
 
