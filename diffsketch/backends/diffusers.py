@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from ..capture.hooks import COND, UNCOND, UNetRecorder, record_vae_decoder, reject_compiled
+from ..capture.hooks import COND, UNCOND, UNetRecorder, reject_compiled
 from ..capture.identity import PREDICTION_TYPES
 from ..capture.spec import (
     SD1,
@@ -48,6 +48,7 @@ from .base import (
     weights_fingerprint,
 )
 from .conditioning import Conditioning
+from .diffusers_vae import DiffusersVAE, _bf16_supported
 from .inversion import ProgressFn, check_prediction_type, ddim_denoise, ddim_invert
 from .prompt import TEXT_LAYOUTS, TextEncoderReader, prompt_windows, stored_layers, window_notice
 from .text import ClipBPETokenizer, HFTokenizerAdapter
@@ -131,37 +132,6 @@ def native_image_size(unet_config, vae_config) -> int:
     SDXL 1024)."""
     downscale = 2 ** (len(vae_config["block_out_channels"]) - 1)
     return int(unet_config["sample_size"]) * downscale
-
-
-def _bf16_supported(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu"
-
-
-class DiffusersVAE:
-    """The VAE primitives of the diffusers backends (``self.vae``, ``self.device``,
-    ``self.vae_dtype``, ``self.spec``): raw latents in and out, decoder taps captured."""
-
-    @torch.no_grad()
-    def _encode(self, image: torch.Tensor) -> torch.Tensor:
-        pixels = (image * 2 - 1).to(self.device, self.vae_dtype)
-        return self.vae.encode(pixels).latent_dist.mean.float().cpu()
-
-    @torch.no_grad()
-    def _decode(self, latent, capture, store_dtype, store_device):
-        z = latent.to(self.device, self.vae_dtype)
-        if capture:
-            with record_vae_decoder(self.vae, self.spec, store_dtype, store_device) as rec:
-                self.vae.decode(z)
-            rgb, feats = rec["rgb"], rec["features"]
-        else:
-            rgb, feats = self.vae.decode(z).sample.float().cpu(), []
-        image = ((rgb.float() + 1) / 2).clamp(0, 1).cpu()
-        return image, rgb.float().cpu(), feats
-
-    def decode_with_features(self, latent, store_dtype=torch.float16, store_device="cpu"):
-        return self._decode(latent, True, store_dtype, store_device)
 
 
 class DiffusersBackend(DiffusersVAE, SamplingBackend):

@@ -46,7 +46,7 @@ from ..capture.timesteps import FLOW_SHIFTS
 from ..errors import InvalidInputError, WeightsNotFoundError
 from .base import SamplingBackend, weights_fingerprint
 from .conditioning import Conditioning
-from .diffusers import DiffusersVAE, _bf16_supported
+from .diffusers_vae import DiffusersVAE, _bf16_supported
 from .flow import euler_denoise, euler_invert
 from .inversion import ProgressFn
 from .text import ClipBPETokenizer
