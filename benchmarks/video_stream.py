@@ -45,7 +45,7 @@ def write_clip(path: Path, frames: int, size: int, fps: int = 24) -> None:
             y0 = travel // 2
             view = photo[:, y0 : y0 + size, x0 : x0 + size]
             view = (view + 0.02 * torch.randn(view.shape, generator=g)).clamp(0, 1)
-            write((view.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy())
+            write((view.permute(1, 2, 0) * 255).round().to(torch.uint8).cpu().numpy())
 
 
 def _rss_kib(pid: int) -> int:
