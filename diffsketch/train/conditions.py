@@ -51,6 +51,8 @@ DEFAULT_H_ITER = 1000
 EXACT_FIT_MAX_ROWS = 8192
 # Columns (or rows) processed at a time while fitting: 2,400 x 4096 float64 is 79 MB.
 _FIT_CHUNK = 4096
+# What BLAS/LAPACK and the C allocator hold during a fit besides its tensors (fit_memory_bound).
+_FIT_LIBRARY_OVERHEAD = 256 * 2**20
 #: Families whose text encoder gives each prompt its own token count (ComfyUI's Qwen3 encoder for
 #: Z-Image pads nothing): their prompts are brought to one length by :func:`to_token_length`.
 VARIABLE_LENGTH_FAMILIES = (ZIMAGE,)
@@ -203,7 +205,9 @@ def fit_memory_bound(n_prompts: int, features: int, n_components: int, component
       workspace): ``4 x N^2 x 8`` (0.18 GB for N = 2,400);
     - one column chunk of the rows read (float32) and centred (float64, and the centred copy):
       ``N x 4096 x 20`` (0.20 GB for N = 2,400), and one ``k x 4096`` float64 chunk of components
-      with its scaled copy.
+      with its scaled copy;
+    - a fixed 256 MiB for what the C libraries keep: BLAS/LAPACK working buffers and blocks the
+      allocator holds on to after they are freed (40 to 60 MB measured on Linux).
 
     Measured against this by benchmarks/conditions_memory.py."""
     k = max(1, min(n_components, n_prompts - 1, features))
@@ -214,6 +218,7 @@ def fit_memory_bound(n_prompts: int, features: int, n_components: int, component
         + 4 * side * side * 8
         + n_prompts * _FIT_CHUNK * 20
         + 2 * k * _FIT_CHUNK * 8
+        + _FIT_LIBRARY_OVERHEAD
     )
 
 
@@ -476,9 +481,10 @@ class ConditionSampler:
         own length; in ``store_dir`` or the system's temporary folder; removed on every exit path:
         N x F x 4 bytes of disk, 6.1 GB for SD 3.5 and the default list). The fit reads it back a
         column chunk at a time, so its host memory is :func:`fit_memory_bound` (N = 2,400 prompts,
-        512 components: 0.54 GB for SD 1.x, 1.0 GB for SDXL, 1.2 GB for SD 3.5 with its float16
-        components) plus the text encoder's own, instead of the N x F float32 rows (0.57, 1.5 and
-        6.1 GB) and a float64 k x F copy while forming the components.
+        512 components: 0.75 GiB for SD 1.x, 0.94 GiB for SDXL, 1.25 GiB for SD 3.5 with its
+        float16 components) plus the text encoder's own, instead of the N x F float32 rows (0.53,
+        1.4 and 5.7 GiB) and the k x F components in float64 and float32 (0.34, 0.91 and 3.6 GiB).
+        benchmarks/conditions_memory.py measures it.
 
         ``progress(done, total)`` is called after each prompt. ``should_stop()`` is polled before
         each prompt; when it returns True the fit stops with :class:`TrainingInterrupted` (nothing
