@@ -19,6 +19,11 @@ conditions drawn from a Gaussian fitted to the text embeddings of many prompts:
 The text encoder is passed in as a function ``prompt -> Conditioning`` (or ``Tensor[1, 77, D]``
 where there is no pooled part); that is how both the ComfyUI CLIP object and diffusers' text
 encoders plug in without this module knowing either.
+
+Transformer families (experimental): SD 3.5's conditioning has 632,832 values per prompt, so the
+fit streams the embeddings to a temporary file and keeps its own memory under a stated bound
+(:func:`fit_memory_bound`), with float16 components; Z-Image's prompts, whose token counts vary,
+are brought to one length first (:func:`to_token_length`), and the draws and the pivot have it.
 """
 
 from __future__ import annotations
