@@ -566,9 +566,9 @@ def test_the_pivot_is_brought_to_the_fitted_length():
     sampler = streamed_fit(items, family="zimage", n_components=4)
     assert sampler.token_length == 12
     g = torch.Generator().manual_seed(3)
-    for pivot_tokens in (5, 12, 20):
+    for pivot_tokens in (5, 12):
         pivot = torch.randn(1, pivot_tokens, 12, generator=g)
-        sampler.check_pivot(pivot)  # any length: it is brought to 12
+        sampler.check_pivot(pivot)  # a shorter one is padded to 12
         at_start = sampler.condition_for_iteration(pivot, 0, 1000, torch.Generator().manual_seed(4))
         assert at_start.context.shape == (1, 12, 12)
         assert torch.equal(at_start.context, conditions.to_token_length(pivot, 12).context)
@@ -576,6 +576,20 @@ def test_the_pivot_is_brought_to_the_fitted_length():
         assert torch.equal(late.context, sampler.sample(torch.Generator().manual_seed(4)).context)
     with pytest.raises(InvalidInputError, match="refit"):
         sampler.check_pivot(torch.zeros(1, 12, 13))  # another encoder's width
+    # a longer one would lose its last tokens: refused, naming both lengths and the fix
+    with pytest.raises(InvalidInputError, match="20 tokens, more than the 12.*token length of 20"):
+        sampler.check_pivot(torch.zeros(1, 20, 12))
+
+
+def test_a_full_temporary_folder_is_named(tmp_path, monkeypatch):
+    def no_space(self, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(conditions._RowFile, "_write", no_space, raising=False)
+    encode, _ = fake_encoder()
+    with pytest.raises(OSError, match=f"temporary folder {tmp_path}.*No space left.*store_dir"):
+        ConditionSampler.fit_from_prompts(encode, ["a", "b"], family=SD1, store_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []  # the unnamed file is gone
 
 
 def test_variable_lengths_with_a_pooled_part_read_back_in_place(monkeypatch):

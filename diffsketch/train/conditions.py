@@ -605,6 +605,17 @@ class ConditionSampler:
         return Conditioning.of(conditioning)
 
     def check_pivot(self, pivot: Conditioning | torch.Tensor) -> None:
+        """Raise unless ``pivot`` (the example's prompt) fits this distribution: the same width and
+        pooled part and, where prompts vary in length, no more tokens than were fitted (a longer
+        pivot would lose its last tokens; a shorter one is padded as the fitted prompts were)."""
+        pivot = Conditioning.of(pivot)
+        tokens = int(pivot.context.shape[1])
+        if self.family in VARIABLE_LENGTH_FAMILIES and tokens > self.token_length:
+            raise InvalidInputError(
+                f"the example's prompt encodes to {tokens} tokens, more than the {self.token_length} the condition "
+                f"distribution was fitted at ({family_name(self.family)}): shorten the prompt to at most "
+                f"{self.token_length} tokens, or fit the conditions again at a token length of {tokens} or more."
+            )
         pivot = self.at_token_length(pivot)
         if tuple(pivot.context.shape[1:]) != self.embedding_shape or pivot.pooled_dim != self.pooled_dim:
             pooled = f" + pooled [1, {self.pooled_dim}]" if self.pooled_dim else ""
@@ -748,7 +759,8 @@ class _RowFile:
     context ends, on every exit path."""
 
     def __init__(self, directory: str | os.PathLike | None = None) -> None:
-        self._file = tempfile.TemporaryFile(dir=directory)
+        self.directory = os.fspath(directory) if directory is not None else tempfile.gettempdir()
+        self._file = tempfile.TemporaryFile(dir=self.directory)
         self._end = 0
         self.offsets: list[int] = []
         #: each row's own token count
@@ -771,7 +783,15 @@ class _RowFile:
             )
         self.dim, self.pooled_dim = int(embedding.context.shape[2]), embedding.pooled_dim
         self._file.seek(self._end)
-        self._file.write(values.numpy().tobytes())
+        try:
+            self._write(values.numpy().tobytes())
+        except OSError as e:
+            raise OSError(
+                f"could not store the embedding of prompt {len(self.offsets) + 1} ({self._end / 2**30:.2f} GiB "
+                f"written so far) in the temporary folder {self.directory}: {e.strerror or e}. Fitting "
+                "the conditions needs prompts x values x 4 bytes of disk there (6.1 GB for SD 3.5 and the built-in "
+                "list); free space or point TMPDIR (or store_dir) to a folder with room."
+            ) from e
         self.offsets.append(self._end)
         self.tokens.append(int(embedding.context.shape[1]))
         self._end += values.numel() * 4
@@ -794,6 +814,9 @@ class _RowFile:
                 stored = offset + (tokens * self.dim + start - context_width) * 4
                 self._read(values[row, start - cols.start :], stored)
         return block
+
+    def _write(self, data: bytes) -> None:
+        self._file.write(data)
 
     def _read(self, into, position: int) -> None:
         self._file.seek(position)
