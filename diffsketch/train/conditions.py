@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .. import fileio
@@ -801,8 +802,7 @@ class _RowFile:
         return len(self.offsets), self.token_length * self.dim + self.pooled_dim
 
     def columns(self, cols: slice) -> torch.Tensor:
-        block = torch.zeros((len(self.offsets), cols.stop - cols.start), dtype=torch.float32)
-        values = block.numpy()
+        values = np.zeros((len(self.offsets), cols.stop - cols.start), dtype=np.float32)  # padding stays zero
         context_width = self.token_length * self.dim
         for row, (offset, tokens) in enumerate(zip(self.offsets, self.tokens, strict=True)):
             # context values the row has in this chunk (the rest of the context part stays zero)
@@ -813,7 +813,7 @@ class _RowFile:
             if start < cols.stop:
                 stored = offset + (tokens * self.dim + start - context_width) * 4
                 self._read(values[row, start - cols.start :], stored)
-        return block
+        return torch.from_numpy(values)
 
     def _write(self, data: bytes) -> None:
         self._file.write(data)
