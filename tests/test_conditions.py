@@ -425,3 +425,207 @@ def test_generator_script_reproduces_the_prompt_file(tmp_path):
         [sys.executable, str(script), "--check", "--output", str(out)], capture_output=True
     )
     assert stale.returncode == 1
+
+
+# --- the transformer families: bounded fit, token length, float16 components (issue 29) ---------
+
+
+def streamed_fit(embeddings, family=SD1, **kwargs):
+    """fit_from_prompts over the rows of ``embeddings`` (a list of conditionings, one per prompt):
+    the fit that streams the rows to a temporary file."""
+    prompts = [str(i) for i in range(len(embeddings))]
+    return ConditionSampler.fit_from_prompts(lambda p: embeddings[int(p)], prompts, family=family, **kwargs)
+
+
+def assert_same_pca(sampler, embeddings, k, atol):
+    """Components equal to the full SVD's up to sign, variances equal (embeddings [N, T, D] or rows)."""
+    variances, vh = reference_pca(embeddings)
+    torch.testing.assert_close(sampler.variance.double(), variances[:k], rtol=1e-4, atol=1e-6)
+    overlap = (sampler.components.double() * vh[:k]).sum(dim=1).abs()
+    torch.testing.assert_close(overlap, torch.ones(k, dtype=torch.float64), rtol=0, atol=atol)
+
+
+def test_streamed_fit_equals_the_exact_fit():
+    embeddings = random_embeddings(40)
+    streamed = streamed_fit([embeddings[i : i + 1] for i in range(40)], n_components=12)
+    assert_same_pca(streamed, embeddings, 12, atol=1e-4)
+    in_memory = ConditionSampler.fit(embeddings, n_components=12)
+    for name in ("mean", "components", "score_mean", "variance"):
+        assert torch.equal(getattr(streamed, name), getattr(in_memory, name)), name
+    assert streamed.components.dtype == torch.float32  # the UNet families keep float32
+
+
+def test_streamed_randomized_fit_agrees_with_the_exact_fit(monkeypatch):
+    embeddings, _, _ = low_rank_embeddings(n=60)
+    embeddings = embeddings + 1e-3 * torch.randn(embeddings.shape, generator=torch.Generator().manual_seed(5))
+    exact = ConditionSampler.fit(embeddings, n_components=6)
+    monkeypatch.setattr(conditions, "EXACT_FIT_MAX_ROWS", 10)
+    randomized = streamed_fit([embeddings[i : i + 1] for i in range(60)], n_components=6, seed=3)
+    torch.testing.assert_close(randomized.variance, exact.variance, rtol=1e-3, atol=1e-6)
+    overlap = (randomized.components * exact.components).sum(dim=1)
+    torch.testing.assert_close(overlap, torch.ones(6), rtol=0, atol=1e-3)
+
+
+def sd35_like(n, tokens=154, dim=8, pooled_dim=6, seed=0) -> list[Conditioning]:
+    """SD 3.5-shaped conditionings (CLIP + T5 tokens and a pooled vector correlated with them), tiny width."""
+    g = torch.Generator().manual_seed(seed)
+    context = torch.randn(n, tokens, dim, generator=g) * torch.linspace(2.0, 0.2, dim)
+    mix = torch.randn(tokens * dim, pooled_dim, generator=g) / (tokens * dim) ** 0.5
+    pooled = context.reshape(n, -1) @ mix + 0.01 * torch.randn(n, pooled_dim, generator=g)
+    return [Conditioning(context[i : i + 1], pooled[i : i + 1]) for i in range(n)]
+
+
+def test_sd35_fit_keeps_float16_components_and_draws_the_pooled_part_with_the_tokens(tmp_path):
+    items = sd35_like(50)
+    data = Conditioning.cat(items)
+    sampler = streamed_fit(items, family="sd35", n_components=20)
+    assert sampler.components.dtype == torch.float16
+    assert sampler.mean.dtype == sampler.variance.dtype == torch.float32
+    rows = data.flatten()
+    assert_same_pca(sampler, rows.reshape(50, 1, -1), 20, atol=2e-3)  # float16 rounding of the components
+    draws = sampler.sample(torch.Generator().manual_seed(3), n=2000)
+    assert draws.context.shape == (2000, 154, 8) and draws.pooled.shape == (2000, 6)
+    assert draws.context.dtype == torch.float32
+    # drawn together: a draw's pooled part follows its tokens as in the data
+    mix_fit = torch.linalg.lstsq(data.context.reshape(50, -1), data.pooled).solution
+    assert relative_error(draws.context.reshape(2000, -1) @ mix_fit, draws.pooled) < 0.5
+    # the chunked float16 product is the float32 product of the same components
+    g = torch.Generator().manual_seed(9)
+    drawn = sampler.sample(g, 3)
+    g = torch.Generator().manual_seed(9)
+    z = sampler.score_mean + torch.randn(3, sampler.n_components, generator=g) * sampler.variance.sqrt()
+    torch.testing.assert_close(drawn.flatten(), sampler.mean + z @ sampler.components.float())
+    # the file keeps float16 and loads as it was written, at about half the float32 size
+    path = sampler.save(tmp_path / "sd35.safetensors")
+    loaded = ConditionSampler.load(path)
+    assert loaded.components.dtype == torch.float16 and torch.equal(loaded.components, sampler.components)
+    assert loaded.family == "sd35" and loaded.pooled_dim == 6 and loaded.token_length == 154
+    g1, g2 = torch.Generator().manual_seed(2), torch.Generator().manual_seed(2)
+    assert torch.equal(loaded.sample(g1, 2).context, sampler.sample(g2, 2).context)
+    float32_size = sampler.components.numel() * 4
+    assert path.stat().st_size < 0.6 * float32_size
+    assert "token_length" not in fileio.read_header(path, "conditions", (1,))  # a fixed-length encoder
+
+
+def zimage_like(lengths, dim=12, seed=0) -> list[torch.Tensor]:
+    """Z-Image-shaped contexts [1, L, D], each prompt at its own length (no padding, as ComfyUI's
+    Qwen3 encoder gives them); token j of every prompt comes from one low-rank model, so the fit has
+    structure."""
+    g = torch.Generator().manual_seed(seed)
+    longest = max(lengths)
+    basis = torch.randn(4, longest * dim, generator=g, dtype=torch.float64)
+    items = []
+    for length in lengths:
+        row = torch.randn(4, generator=g, dtype=torch.float64) * torch.tensor([3.0, 2.0, 1.0, 0.5]) @ basis
+        row += 0.05 * torch.randn(longest * dim, generator=g, dtype=torch.float64)
+        items.append(row.float().reshape(1, longest, dim)[:, :length])
+    return items
+
+
+def test_a_variable_length_prompt_list_fits_at_the_longest_length():
+    lengths = [9, 14, 11, 20, 9, 17, 13, 20, 10, 15] * 3
+    items = zimage_like(lengths)
+    sampler = streamed_fit(items, family="zimage", n_components=8)
+    assert sampler.embedding_shape == (20, 12) and sampler.token_length == 20
+    assert sampler.prompt_tokens == (9, 20) and sampler.notice == ""
+    padded = torch.cat([conditions.to_token_length(c, 20).context for c in items])
+    assert torch.equal(padded[0, 9:], torch.zeros(11, 12))  # zero tokens after a prompt's own
+    assert_same_pca(sampler, padded, 8, atol=3e-3)
+    exact = ConditionSampler.fit(padded, n_components=8, family="zimage")
+    torch.testing.assert_close(sampler.mean, exact.mean, rtol=0, atol=1e-6)
+    torch.testing.assert_close(sampler.variance, exact.variance, rtol=1e-5, atol=1e-7)
+    draws = sampler.sample(torch.Generator().manual_seed(0), n=5)
+    assert draws.context.shape == (5, 20, 12) and draws.pooled is None
+
+
+def test_a_variable_length_fit_at_a_given_length_truncates_and_pads(tmp_path):
+    lengths = [6, 18, 9, 12, 7, 15, 10, 11] * 2
+    items = zimage_like(lengths, seed=1)
+    sampler = streamed_fit(items, family="zimage", n_components=5, token_length=10)
+    assert sampler.token_length == 10 and sampler.prompt_tokens == (6, 18)
+    assert "8 of 16 prompts are longer than the 10 tokens" in sampler.notice
+    at_ten = torch.cat([conditions.to_token_length(c, 10).context for c in items])
+    assert torch.equal(at_ten[1], items[1][0, :10])  # the first 10 tokens kept
+    exact = ConditionSampler.fit(at_ten, n_components=5, family="zimage")
+    torch.testing.assert_close(sampler.variance, exact.variance, rtol=1e-5, atol=1e-7)
+    overlap = (sampler.components.double() * exact.components.double()).sum(dim=1)
+    torch.testing.assert_close(overlap, torch.ones(5, dtype=torch.float64), rtol=0, atol=2e-3)
+    assert sampler.sample(None, 3).context.shape == (3, 10, 12)
+    # the length and the prompts' range are in the file
+    path = sampler.save(tmp_path / "zimage.safetensors")
+    header = fileio.read_header(path, "conditions", (1,))
+    assert header["token_length"] == 10 and header["prompt_tokens"] == [6, 18]
+    assert header["embedding_shape"] == [10, 12] and "zero" in header["token_padding"]
+    loaded = ConditionSampler.load(path)
+    assert loaded.token_length == 10 and loaded.prompt_tokens == (6, 18)
+    assert loaded.components.dtype == torch.float16
+
+
+def test_the_pivot_is_brought_to_the_fitted_length():
+    items = zimage_like([8, 12, 10, 9, 12, 11] * 2, seed=2)
+    sampler = streamed_fit(items, family="zimage", n_components=4)
+    assert sampler.token_length == 12
+    g = torch.Generator().manual_seed(3)
+    for pivot_tokens in (5, 12):
+        pivot = torch.randn(1, pivot_tokens, 12, generator=g)
+        sampler.check_pivot(pivot)  # a shorter one is padded to 12
+        at_start = sampler.condition_for_iteration(pivot, 0, 1000, torch.Generator().manual_seed(4))
+        assert at_start.context.shape == (1, 12, 12)
+        assert torch.equal(at_start.context, conditions.to_token_length(pivot, 12).context)
+        late = sampler.condition_for_iteration(pivot, 1000, 1000, torch.Generator().manual_seed(4))
+        assert torch.equal(late.context, sampler.sample(torch.Generator().manual_seed(4)).context)
+    with pytest.raises(InvalidInputError, match="refit"):
+        sampler.check_pivot(torch.zeros(1, 12, 13))  # another encoder's width
+    # a longer one would lose its last tokens: refused, naming both lengths and the fix
+    with pytest.raises(InvalidInputError, match="20 tokens, more than the 12.*token length of 20"):
+        sampler.check_pivot(torch.zeros(1, 20, 12))
+
+
+def test_a_full_temporary_folder_is_named(tmp_path, monkeypatch):
+    def no_space(self, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(conditions._RowFile, "_write", no_space, raising=False)
+    encode, _ = fake_encoder()
+    with pytest.raises(OSError, match=f"temporary folder {tmp_path}.*No space left.*store_dir"):
+        ConditionSampler.fit_from_prompts(encode, ["a", "b"], family=SD1, store_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []  # the unnamed file is gone
+
+
+def test_variable_lengths_with_a_pooled_part_read_back_in_place(monkeypatch):
+    """The file store's offsets with a pooled part after contexts of different lengths."""
+    monkeypatch.setattr(conditions, "VARIABLE_LENGTH_FAMILIES", ("zimage", "sd35"))
+    monkeypatch.setattr(conditions, "_FIT_CHUNK", 7)  # chunks that cut tokens and the pooled part
+    g = torch.Generator().manual_seed(0)
+    items = [
+        Conditioning(torch.randn(1, length, 3, generator=g), torch.randn(1, 4, generator=g))
+        for length in [2, 5, 3, 4, 5, 1, 3, 4]
+    ]
+    sampler = streamed_fit(items, family="sd35", n_components=6, token_length=4)
+    fixed = Conditioning.cat([conditions.to_token_length(c, 4) for c in items])
+    exact = ConditionSampler.fit(fixed, n_components=6, family="sd35")
+    torch.testing.assert_close(sampler.mean, fixed.flatten().mean(0), rtol=0, atol=1e-6)
+    torch.testing.assert_close(sampler.variance, exact.variance, rtol=1e-5, atol=1e-7)
+    assert torch.equal(sampler.components, exact.components)
+
+
+def test_token_length_is_refused_where_the_encoder_fixes_it():
+    encode, _ = fake_encoder()
+    with pytest.raises(InvalidInputError, match="token_length.*Z-Image"):
+        ConditionSampler.fit_from_prompts(encode, ["a", "b"], family=SD1, token_length=40)
+    with pytest.raises(InvalidInputError, match="at least 1"):
+        ConditionSampler.fit_from_prompts(encode, ["a", "b"], family="zimage", token_length=0)
+    items = zimage_like([5, 6])
+
+    def other_width(prompt):
+        return items[0] if prompt == "a" else torch.zeros(1, 6, 13)
+
+    with pytest.raises(InvalidInputError, match="'b'.*one CLIP"):
+        ConditionSampler.fit_from_prompts(other_width, ["a", "b"], family="zimage")
+
+
+def test_the_stated_memory_bound_covers_the_fit_s_own_tensors():
+    # SD 3.5 and the default list: the float16 components dominate, far below the rows' 6.1 GB
+    bound = conditions.fit_memory_bound(2400, 632_832, 512, component_bytes=2)
+    assert 512 * 632_832 * 2 < bound < 1.5 * 2**30
+    assert conditions.fit_memory_bound(2400, 59_136, 512) < conditions.fit_memory_bound(2400, 158_976, 512)

@@ -19,21 +19,28 @@ conditions drawn from a Gaussian fitted to the text embeddings of many prompts:
 The text encoder is passed in as a function ``prompt -> Conditioning`` (or ``Tensor[1, 77, D]``
 where there is no pooled part); that is how both the ComfyUI CLIP object and diffusers' text
 encoders plug in without this module knowing either.
+
+Transformer families (experimental): SD 3.5's conditioning has 632,832 values per prompt, so the
+fit streams the embeddings to a temporary file and keeps its own memory under a stated bound
+(:func:`fit_memory_bound`), with float16 components; Z-Image's prompts, whose token counts vary,
+are brought to one length first (:func:`to_token_length`), and the draws and the pivot have it.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .. import fileio
 from ..backends.conditioning import Conditioning
-from ..capture.spec import SD1, check_family, family_name
+from ..capture.spec import FLOW_FAMILIES, SD1, ZIMAGE, check_family, family_name
 from ..errors import FileFormatError, InvalidInputError, TrainingInterrupted
 
 CONDITIONS_KIND = "conditions"
@@ -50,6 +57,17 @@ DEFAULT_H_ITER = 1000
 EXACT_FIT_MAX_ROWS = 8192
 # Columns (or rows) processed at a time while fitting: 2,400 x 4096 float64 is 79 MB.
 _FIT_CHUNK = 4096
+# What BLAS/LAPACK and the C allocator hold during a fit besides its tensors (fit_memory_bound).
+_FIT_LIBRARY_OVERHEAD = 256 * 2**20
+#: Families whose text encoder gives each prompt its own token count (ComfyUI's Qwen3 encoder for
+#: Z-Image pads nothing): their prompts are brought to one length by :func:`to_token_length`.
+VARIABLE_LENGTH_FAMILIES = (ZIMAGE,)
+#: Families whose components are kept (in memory and in the file) as float16: the transformers'
+#: conditionings have 3 to 4 times SDXL's values (SD 3.5: 154 x 4096 + 2048 = 632,832), so float32
+#: components would make a 1.3 GB file. Unit-length components of F values have entries of about
+#: 1/sqrt(F) = 1.3e-3, which float16 holds to about 5e-4 of their size; the UNet families keep
+#: float32, so their files stay what they were.
+FLOAT16_COMPONENT_FAMILIES = FLOW_FAMILIES
 # Eigenvalues below this fraction of the largest are numerical zeros (duplicate prompts, or
 # fewer distinct embeddings than components): their directions are undefined and are dropped.
 _RELATIVE_EIGENVALUE_FLOOR = 1e-10
@@ -149,6 +167,67 @@ def blend(
     return pivot.lerp(c_rand, weight)
 
 
+# --- token length, precision and memory of the fit ----------------------------------------------
+
+
+def to_token_length(conditioning: Conditioning | torch.Tensor, tokens: int) -> Conditioning:
+    """``conditioning`` with its context brought to ``tokens`` tokens; the pooled part unchanged.
+
+    A longer context keeps its first ``tokens`` tokens. Qwen3 (Z-Image's encoder) is causal, so
+    those are exactly the states of the prompt's first ``tokens`` tokens. A shorter one gets zero
+    tokens after its own. Neither ComfyUI's Z-Image encoder nor diffusers' pipeline pads a prompt
+    (diffusers drops the padded positions by the attention mask); the model itself appends a
+    learned, prompt-independent pad token after the caption (up to a multiple of 32 tokens) and
+    attends to it unmasked. The zero vector is the context value whose embedding is likewise one
+    constant token (the caption embedder's RMSNorm maps it to zero, its Linear to the bias), and
+    it is what ComfyUI's encoders write at masked positions where they zero them
+    (``zero_out_masked``), so zeros are the padding that adds no prompt content.
+    """
+    conditioning = Conditioning.of(conditioning)
+    have = int(conditioning.context.shape[1])
+    if have == tokens:
+        return conditioning
+    if have > tokens:
+        context = conditioning.context[:, :tokens]
+    else:
+        context = torch.nn.functional.pad(conditioning.context, (0, 0, 0, tokens - have))
+    return Conditioning(context, conditioning.pooled)
+
+
+def components_dtype(family: str) -> torch.dtype:
+    """The dtype of the components of a distribution fitted for ``family``."""
+    return torch.float16 if family in FLOAT16_COMPONENT_FAMILIES else torch.float32
+
+
+def fit_memory_bound(n_prompts: int, features: int, n_components: int, component_bytes: int = 4) -> int:
+    """Upper bound, in bytes, of the host memory the fit itself takes beyond its input rows (for
+    :meth:`ConditionSampler.fit_from_prompts` the rows are on disk, so this is all of it), for
+    ``n_prompts <= EXACT_FIT_MAX_ROWS`` and ``n_prompts <= features`` (text encoders: F >= 59,136):
+
+    - the components being formed, ``k x F x component_bytes`` (the dominant term: 0.65 GB for
+      SD 3.5's 512 x 632,832 in float16, 0.33 GB for SDXL's 512 x 158,976 in float32);
+    - the mean and a column chunk of mean-sized work, ``2 x F x 8``;
+    - the N x N float64 Gram matrix and its eigendecomposition (eigenvectors and LAPACK's
+      workspace): ``4 x N^2 x 8`` (0.18 GB for N = 2,400);
+    - one column chunk of the rows read (float32) and centred (float64, and the centred copy):
+      ``N x 4096 x 20`` (0.20 GB for N = 2,400), and one ``k x 4096`` float64 chunk of components
+      with its scaled copy;
+    - a fixed 256 MiB for what the C libraries keep: BLAS/LAPACK working buffers and blocks the
+      allocator holds on to after they are freed (40 to 60 MB measured on Linux).
+
+    Measured against this by benchmarks/conditions_memory.py."""
+    k = max(1, min(n_components, n_prompts - 1, features))
+    side = min(n_prompts, features)
+    return (
+        k * features * component_bytes
+        + 2 * features * 8
+        + 4 * side * side * 8
+        + n_prompts * _FIT_CHUNK * 20
+        + 2 * k * _FIT_CHUNK * 8
+        + _FIT_LIBRARY_OVERHEAD
+    )
+
+
 # --- the distribution ----------------------------------------------------------------------------
 
 
@@ -156,11 +235,14 @@ class ConditionSampler:
     """A Gaussian over text-encoder conditions, in the PCA space of a prompt list's embeddings.
 
     Fitted with :meth:`fit` (embeddings) or :meth:`fit_from_prompts` (an encode function), saved
-    and loaded as a ``conditions`` safetensors file. All tensors are float32:
+    and loaded as a ``conditions`` safetensors file. All tensors are float32 except the components
+    of :data:`FLOAT16_COMPONENT_FAMILIES`:
 
-    - ``mean``: ``[F]`` mean flattened conditioning, ``F = T * D + P`` (T = 77 tokens, D the
-      context width, P the pooled width: 0, or 1280 for SDXL).
-    - ``components``: ``[k, F]`` orthonormal principal directions, largest variance first.
+    - ``mean``: ``[F]`` mean flattened conditioning, ``F = T * D + P`` (T tokens: 77 for the UNet
+      families, 154 for SD 3.5, the fitted length for Z-Image; D the context width; P the pooled
+      width: 0, 1280 for SDXL, 2048 for SD 3.5).
+    - ``components``: ``[k, F]`` orthonormal principal directions, largest variance first
+      (float16 for the transformer families: 0.65 GB in the file for SD 3.5 and 512 components).
     - ``score_mean``: ``[k]`` mean of the prompts' PCA scores (zero up to rounding, kept because
       the released code draws around a stored mean).
     - ``variance``: ``[k]`` explained variance of each component (unbiased, ``/(N - 1)``).
@@ -179,6 +261,7 @@ class ConditionSampler:
         notice: str = "",
         pooled_dim: int = 0,
         family: str = SD1,
+        prompt_tokens: Sequence[int] | None = None,
     ) -> None:
         embedding_shape = tuple(int(s) for s in embedding_shape)
         if len(embedding_shape) != 2 or min(embedding_shape) < 1:
@@ -203,7 +286,7 @@ class ConditionSampler:
         if not torch.isfinite(variance).all() or (variance < 0).any():
             raise InvalidInputError("condition distribution variances must be finite and non-negative")
         self.mean = mean.float()
-        self.components = components.float()
+        self.components = components if components.dtype == torch.float16 else components.float()
         self.score_mean = score_mean.float()
         self.variance = variance.float()
         self.embedding_shape = embedding_shape
@@ -214,6 +297,9 @@ class ConditionSampler:
         self.pooled_dim = int(pooled_dim)
         #: The backbone family whose text encoder(s) the distribution was fitted with.
         self.family = str(family)
+        #: (shortest, longest) token count of the fitted prompts before they were brought to one
+        #: length (:data:`VARIABLE_LENGTH_FAMILIES`), else None.
+        self.prompt_tokens = None if prompt_tokens is None else tuple(int(t) for t in prompt_tokens)
 
     # --- properties -------------------------------------------------------------------------------
 
@@ -239,7 +325,13 @@ class ConditionSampler:
             self.notice,
             self.pooled_dim,
             self.family,
+            self.prompt_tokens,
         )
+
+    @property
+    def token_length(self) -> int:
+        """The token count of every draw (and of the pivot, once brought to it)."""
+        return self.embedding_shape[0]
 
     def describe(self) -> str:
         pooled = f" + pooled [{self.pooled_dim}]" if self.pooled_dim else ""
@@ -268,15 +360,14 @@ class ConditionSampler:
         Fewer components than asked (a short prompt list, or prompts whose embeddings only span a
         few directions) is allowed; ``.notice`` then says so.
 
-        Memory: the fit never builds a centred copy of the embeddings. With N <= F (the usual
-        case: 2,400 prompts vs F = 77 * 768 = 59,136) it eigendecomposes the N x N Gram matrix of
-        the centred rows, accumulated in float64 over column chunks, then forms the components
-        chunk by chunk; the peak beyond the input is about k x F float32 (121 MB for 512 x
-        59,136) plus one N x 4096 float64 chunk (about 0.3 GB in all for the default list; the fit
-        took 1.5 to 2.5 minutes on 2 busy CPU cores). SDXL's F = 77 * 2048 + 1280 = 158,976 makes
-        that k x F part 0.65 GB (float64 while the components are formed) and its input 1.5 GB.
-        The result is an exact SVD and does not depend on ``seed``. Only above EXACT_FIT_MAX_ROWS
-        prompts (with F larger still) does it use a randomized SVD, seeded with ``seed``.
+        The rows are held in memory here (they are the input); :meth:`fit_from_prompts` streams
+        them to a temporary file instead. Either way the fit itself never builds a centred copy:
+        with N <= F (the usual case: 2,400 prompts vs F = 77 * 768 = 59,136) it eigendecomposes the
+        N x N Gram matrix of the centred rows, accumulated in float64 over column chunks, then
+        forms the components chunk by chunk straight into the stored dtype; the memory beyond the
+        rows is :func:`fit_memory_bound`. The result is an exact SVD and does not depend on
+        ``seed``. Only above EXACT_FIT_MAX_ROWS prompts (with F larger still) does it use a
+        randomized SVD, seeded with ``seed``.
         """
         if not isinstance(embeddings, (torch.Tensor, Conditioning)) or (
             isinstance(embeddings, torch.Tensor) and embeddings.dim() != 3
@@ -289,8 +380,15 @@ class ConditionSampler:
             )
         embeddings = Conditioning.of(embeddings)
         _, tokens, dim = (int(s) for s in embeddings.context.shape)
+        rows = embeddings.flatten().detach()
+        if rows.device.type != "cpu":
+            rows = rows.cpu()
+        if rows.dtype != torch.float64:
+            rows = rows.float()  # fp16/bf16 matmuls on CPU are slow and inaccurate
+        if not torch.isfinite(rows).all():
+            raise InvalidInputError("prompt embeddings contain NaN or infinity; check the text encoder")
         return cls._fit_rows(
-            embeddings.flatten().detach(),
+            _TensorRows(rows),
             (tokens, dim),
             embeddings.pooled_dim,
             n_components,
@@ -302,16 +400,19 @@ class ConditionSampler:
     @classmethod
     def _fit_rows(
         cls,
-        rows: torch.Tensor,
+        rows: _TensorRows | _RowFile,
         embedding_shape: tuple[int, int],
         pooled_dim: int,
         n_components: int,
         seed: int,
         text_encoder_fingerprint: str,
         family: str,
+        notice: str = "",
+        prompt_tokens: Sequence[int] | None = None,
     ) -> ConditionSampler:
-        """:meth:`fit` on the flattened conditionings ``rows`` ``[N, T * D + P]``."""
-        n_prompts = int(rows.shape[0])
+        """:meth:`fit` on the flattened conditionings of ``rows`` (``[N, T * D + P]``, read a
+        column chunk at a time)."""
+        n_prompts, features = rows.shape
         tokens, dim = embedding_shape
         if n_prompts < 2:
             raise InvalidInputError(
@@ -322,41 +423,35 @@ class ConditionSampler:
             raise InvalidInputError(f"n_components must be at least 1, got {n_components}")
         if tokens < 1 or dim < 1:
             raise InvalidInputError(f"prompt embeddings have an empty shape {[n_prompts, tokens, dim]}")
+        dtype = components_dtype(family)
         with torch.no_grad():
-            if rows.device.type != "cpu":
-                rows = rows.cpu()
-            if rows.dtype != torch.float64:
-                rows = rows.float()  # fp16/bf16 matmuls on CPU are slow and inaccurate
-            if not torch.isfinite(rows).all():
-                raise InvalidInputError("prompt embeddings contain NaN or infinity; check the text encoder")
-            features = rows.shape[1]
             possible = min(n_prompts - 1, features)
             wanted = min(n_components, possible)
             mean = _column_mean(rows)
             if min(n_prompts, features) <= EXACT_FIT_MAX_ROWS:
-                components, eigenvalues = _exact_pca(rows, mean, wanted)
+                components, eigenvalues, score_mean = _exact_pca(rows, mean, wanted, dtype)
             else:
-                components, eigenvalues = _randomized_pca(rows, mean, wanted, seed)
-            # Scores of the prompts themselves: their mean is what the draws are centred on.
-            score_mean = _score_mean(rows, mean, components)
+                components, eigenvalues = _randomized_pca(rows, mean, wanted, seed, dtype)
+                score_mean = _score_mean(rows, mean, components)
         kept = components.shape[0]
         if kept < 1:
             raise InvalidInputError(
                 f"all {n_prompts} prompts of the prompt list encode to the same embedding; use varied prompts."
             )
-        notice = _fit_notice(n_components, kept, wanted, n_prompts, features)
+        notices = [_fit_notice(n_components, kept, wanted, n_prompts, features), notice]
         return cls(
             mean=mean.float(),
-            components=components.float(),
+            components=components,
             score_mean=score_mean.float(),
             variance=(eigenvalues / (n_prompts - 1)).float(),
             embedding_shape=(tokens, dim),
             n_prompts=n_prompts,
             n_components_requested=n_components,
             text_encoder_fingerprint=text_encoder_fingerprint,
-            notice=notice,
+            notice=" ".join(text for text in notices if text),
             pooled_dim=pooled_dim,
             family=family,
+            prompt_tokens=prompt_tokens,
         )
 
     @classmethod
@@ -371,11 +466,31 @@ class ConditionSampler:
         text_encoder_fingerprint: str = "",
         *,
         family: str,
+        token_length: int | None = None,
+        store_dir: str | os.PathLike | None = None,
     ) -> ConditionSampler:
         """Encode each prompt with ``encode`` (``str -> Conditioning``, or ``Tensor[1, T, D]``
         without a pooled part; any device/dtype) and :meth:`fit` the embeddings. ``family`` is the
         backbone family of ``encode``'s text encoder(s) (``backend.spec.family``), which the file
         records so that a sampler fitted on one family's CLIP is refused by another's model.
+
+        Token length: the UNet families and SD 3.5 encode every prompt of the list to one length
+        (77 tokens, or SD 3.5's 77 CLIP + 77 T5), and a prompt that encodes longer is refused.
+        :data:`VARIABLE_LENGTH_FAMILIES` (Z-Image) encode each prompt to its own token count; their
+        prompts are brought to one length T by :func:`to_token_length` (the first T tokens kept,
+        zero tokens after a shorter prompt's own), with T = ``token_length`` or, by default, the
+        longest prompt's count (nothing truncated). T is the file's ``embedding_shape[0]`` (also
+        written as ``token_length``, with the prompts' own range as ``prompt_tokens``) and the length
+        of every draw; the example's prompt (the pivot) is brought to T the same way.
+
+        Memory: each embedding goes, as it is encoded, to an unnamed temporary file (float32, at its
+        own length; in ``store_dir`` or the system's temporary folder; removed on every exit path:
+        N x F x 4 bytes of disk, 6.1 GB for SD 3.5 and the default list). The fit reads it back a
+        column chunk at a time, so its host memory is :func:`fit_memory_bound` (N = 2,400 prompts,
+        512 components: 0.75 GiB for SD 1.x, 0.94 GiB for SDXL, 1.25 GiB for SD 3.5 with its
+        float16 components) plus the text encoder's own, instead of the N x F float32 rows (0.53,
+        1.4 and 5.7 GiB) and the k x F components in float64 and float32 (0.34, 0.91 and 3.6 GiB).
+        benchmarks/conditions_memory.py measures it.
 
         ``progress(done, total)`` is called after each prompt. ``should_stop()`` is polled before
         each prompt; when it returns True the fit stops with :class:`TrainingInterrupted` (nothing
@@ -387,33 +502,63 @@ class ConditionSampler:
                 "the prompt list is empty; CDST needs a list of varied prompts (one per line) to fit the "
                 "condition distribution, e.g. the default list from load_default_prompts()."
             )
-        total = len(prompts)
-        rows: torch.Tensor | None = None
-        shape: tuple[tuple[int, ...], int] | None = None
-        for index, prompt in enumerate(prompts):
-            if should_stop is not None and should_stop():
-                raise TrainingInterrupted(
-                    f"fitting the CDST condition distribution was cancelled after {index} of {total} prompts"
-                )
-            embedding = _as_single_embedding(encode(prompt), prompt)
-            this = (tuple(embedding.context.shape[1:]), embedding.pooled_dim)
-            if rows is None:
-                shape = this
-                # Filled in place: stacking a list at the end would briefly hold two copies.
-                rows = torch.empty((total, embedding.flatten().shape[1]), dtype=torch.float32)
-            elif this != shape:
+        variable = family in VARIABLE_LENGTH_FAMILIES
+        if token_length is not None:
+            if not variable:
                 raise InvalidInputError(
-                    f"prompt {index + 1} {prompt!r} encodes to {embedding.describe()}, but earlier prompts gave "
-                    f"context [1, {', '.join(map(str, shape[0]))}]{f' + pooled [1, {shape[1]}]' if shape[1] else ''}; "
-                    "shorten it (prompts over 75 tokens make longer embeddings) or remove it from the list."
+                    f"token_length applies to the families whose text encoder gives each prompt its own length "
+                    f"({', '.join(family_name(f) for f in VARIABLE_LENGTH_FAMILIES)}); the {family_name(family)} "
+                    "encoder gives every prompt of the list one length. Leave token_length unset."
                 )
-            rows[index] = embedding.flatten()[0].detach().to(device="cpu", dtype=torch.float32)
-            if progress is not None:
-                progress(index + 1, total)
-        context_shape, pooled_dim = shape
-        return cls._fit_rows(
-            rows, context_shape, pooled_dim, n_components, seed, text_encoder_fingerprint, family
-        )
+            if int(token_length) < 1:
+                raise InvalidInputError(f"token_length must be at least 1 token, got {token_length}")
+        total = len(prompts)
+        with _RowFile(store_dir) as rows:
+            first: tuple[int, int, int] | None = None  # tokens, dim, pooled_dim of the first prompt
+            for index, prompt in enumerate(prompts):
+                if should_stop is not None and should_stop():
+                    raise TrainingInterrupted(
+                        f"fitting the CDST condition distribution was cancelled after {index} of {total} prompts"
+                    )
+                embedding = _as_single_embedding(encode(prompt), prompt)
+                this = (*(int(s) for s in embedding.context.shape[1:]), embedding.pooled_dim)
+                if first is None:
+                    first = this
+                elif this[1:] != first[1:] or (not variable and this != first):
+                    raise InvalidInputError(
+                        f"prompt {index + 1} {prompt!r} encodes to {embedding.describe()}, but earlier prompts gave "
+                        f"context [1, {first[0]}, {first[1]}]{f' + pooled [1, {first[2]}]' if first[2] else ''}; "
+                        + (
+                            "the text encoder changed during the fit: use one CLIP for the whole list."
+                            if variable
+                            else "shorten it (prompts over 75 tokens make longer embeddings) or remove it from the list."
+                        )
+                    )
+                rows.append(embedding, prompt)
+                if progress is not None:
+                    progress(index + 1, total)
+            _, dim, pooled_dim = first
+            lengths = rows.tokens
+            tokens = int(token_length) if token_length is not None else max(lengths)
+            rows.token_length = tokens
+            notice = ""
+            truncated = sum(length > tokens for length in lengths)
+            if truncated:
+                notice = (
+                    f"{truncated} of {total} prompts are longer than the {tokens} tokens fitted and were cut to their "
+                    f"first {tokens} (the longest has {max(lengths)})."
+                )
+            return cls._fit_rows(
+                rows,
+                (tokens, dim),
+                pooled_dim,
+                n_components,
+                seed,
+                text_encoder_fingerprint,
+                family,
+                notice=notice,
+                prompt_tokens=(min(lengths), max(lengths)) if variable else None,
+            )
 
     # --- sampling ---------------------------------------------------------------------------------
 
@@ -428,7 +573,12 @@ class ConditionSampler:
             (n, self.n_components), generator=generator, device=noise_device, dtype=torch.float32
         )
         scores = self.score_mean + noise.to(self.device) * self.variance.sqrt()
-        flat = torch.addmm(self.mean.unsqueeze(0), scores, self.components)
+        if self.components.dtype == torch.float32:
+            flat = torch.addmm(self.mean.unsqueeze(0), scores, self.components)
+        else:  # float16 components: multiplied in float32 a chunk at a time, not converted whole
+            flat = self.mean.unsqueeze(0).repeat(n, 1)
+            for cols in _column_chunks(self.components.shape[1]):
+                flat[:, cols].addmm_(scores, self.components[:, cols].float())
         return Conditioning.unflatten(flat, *self.embedding_shape, self.pooled_dim)
 
     def condition_for_iteration(
@@ -442,12 +592,32 @@ class ConditionSampler:
 
         A random condition is drawn at every iteration, even at i = 0 where its weight is zero,
         so that the random stream (and hence every later condition) does not depend on h_iter.
+        For :data:`VARIABLE_LENGTH_FAMILIES` the pivot is first brought to :attr:`token_length` as
+        the fitted prompts were (:func:`to_token_length`).
         """
         self.check_pivot(pivot)
-        return blend(pivot, self.sample(generator, 1), iteration, h_iter)
+        return blend(self.at_token_length(pivot), self.sample(generator, 1), iteration, h_iter)
+
+    def at_token_length(self, conditioning: Conditioning | torch.Tensor) -> Conditioning:
+        """``conditioning`` at the fitted token length where the family's prompts vary in length
+        (:data:`VARIABLE_LENGTH_FAMILIES`); unchanged otherwise."""
+        if self.family in VARIABLE_LENGTH_FAMILIES:
+            return to_token_length(conditioning, self.token_length)
+        return Conditioning.of(conditioning)
 
     def check_pivot(self, pivot: Conditioning | torch.Tensor) -> None:
+        """Raise unless ``pivot`` (the example's prompt) fits this distribution: the same width and
+        pooled part and, where prompts vary in length, no more tokens than were fitted (a longer
+        pivot would lose its last tokens; a shorter one is padded as the fitted prompts were)."""
         pivot = Conditioning.of(pivot)
+        tokens = int(pivot.context.shape[1])
+        if self.family in VARIABLE_LENGTH_FAMILIES and tokens > self.token_length:
+            raise InvalidInputError(
+                f"the example's prompt encodes to {tokens} tokens, more than the {self.token_length} the condition "
+                f"distribution was fitted at ({family_name(self.family)}): shorten the prompt to at most "
+                f"{self.token_length} tokens, or fit the conditions again at a token length of {tokens} or more."
+            )
+        pivot = self.at_token_length(pivot)
         if tuple(pivot.context.shape[1:]) != self.embedding_shape or pivot.pooled_dim != self.pooled_dim:
             pooled = f" + pooled [1, {self.pooled_dim}]" if self.pooled_dim else ""
             raise InvalidInputError(
@@ -477,7 +647,7 @@ class ConditionSampler:
     # --- files ------------------------------------------------------------------------------------
 
     def header(self) -> dict:
-        return {
+        header = {
             "n_prompts": self.n_prompts,
             "n_components": self.n_components,
             "n_components_requested": self.n_components_requested,
@@ -487,6 +657,13 @@ class ConditionSampler:
             "text_encoder_fingerprint": self.text_encoder_fingerprint,
             "notice": self.notice,
         }
+        if self.prompt_tokens is not None:  # the UNet families' files keep the keys they had
+            header["token_length"] = self.token_length
+            header["prompt_tokens"] = list(self.prompt_tokens)
+            header["token_padding"] = (
+                "first token_length tokens kept; zero tokens after a shorter prompt's own"
+            )
+        return header
 
     def save(self, path: str | os.PathLike, text_encoder_fingerprint: str | None = None) -> Path:
         """Write a ``conditions`` file (atomic). ``text_encoder_fingerprint`` overrides the stored one."""
@@ -522,6 +699,7 @@ class ConditionSampler:
                 # files written before these were recorded are SD 1.x, without a pooled part
                 pooled_dim=header.get("pooled_dim", 0),
                 family=header.get("family", SD1),
+                prompt_tokens=header.get("prompt_tokens"),
             )
         except (InvalidInputError, KeyError, TypeError, ValueError) as e:
             raise FileFormatError(f"{name} is not a valid conditions file ({e}); re-create it.") from e
@@ -560,15 +738,102 @@ def _column_chunks(features: int):
         yield slice(start, min(start + _FIT_CHUNK, features))
 
 
-def _column_mean(rows: torch.Tensor) -> torch.Tensor:
+class _TensorRows:
+    """The flattened conditionings held in memory (:meth:`ConditionSampler.fit`), read by columns."""
+
+    def __init__(self, rows: torch.Tensor) -> None:
+        self.rows = rows
+        self.shape = (int(rows.shape[0]), int(rows.shape[1]))
+
+    def columns(self, cols: slice) -> torch.Tensor:
+        return self.rows[:, cols]
+
+
+class _RowFile:
+    """Prompt embeddings streamed, as they are encoded, to an unnamed temporary file (float32, each at
+    its own token count), read back a column chunk at a time at one token length ``token_length``:
+    a row's first ``token_length`` tokens, zeros after a shorter row's own (:func:`to_token_length`),
+    then its pooled part. Only one ``[N, chunk]`` block of the rows is ever in memory.
+
+    Reads go through ``readinto`` rather than a memory map, so the file's pages stay in the system's
+    cache and are not counted in (or held by) the process's memory. The file is deleted when the
+    context ends, on every exit path."""
+
+    def __init__(self, directory: str | os.PathLike | None = None) -> None:
+        self.directory = os.fspath(directory) if directory is not None else tempfile.gettempdir()
+        self._file = tempfile.TemporaryFile(dir=self.directory)
+        self._end = 0
+        self.offsets: list[int] = []
+        #: each row's own token count
+        self.tokens: list[int] = []
+        self.dim = 0
+        self.pooled_dim = 0
+        self.token_length = 0
+
+    def __enter__(self) -> _RowFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._file.close()
+
+    def append(self, embedding: Conditioning, prompt: str) -> None:
+        values = embedding.flatten()[0].detach().to(device="cpu", dtype=torch.float32).contiguous()
+        if not torch.isfinite(values).all():
+            raise InvalidInputError(
+                f"the embedding of prompt {prompt!r} contains NaN or infinity; check the text encoder"
+            )
+        self.dim, self.pooled_dim = int(embedding.context.shape[2]), embedding.pooled_dim
+        self._file.seek(self._end)
+        try:
+            self._write(values.numpy().tobytes())
+        except OSError as e:
+            raise OSError(
+                f"could not store the embedding of prompt {len(self.offsets) + 1} ({self._end / 2**30:.2f} GiB "
+                f"written so far) in the temporary folder {self.directory}: {e.strerror or e}. Fitting "
+                "the conditions needs prompts x values x 4 bytes of disk there (6.1 GB for SD 3.5 and the built-in "
+                "list); free space or point TMPDIR (or store_dir) to a folder with room."
+            ) from e
+        self.offsets.append(self._end)
+        self.tokens.append(int(embedding.context.shape[1]))
+        self._end += values.numel() * 4
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.offsets), self.token_length * self.dim + self.pooled_dim
+
+    def columns(self, cols: slice) -> torch.Tensor:
+        values = np.zeros((len(self.offsets), cols.stop - cols.start), dtype=np.float32)  # padding stays zero
+        context_width = self.token_length * self.dim
+        for row, (offset, tokens) in enumerate(zip(self.offsets, self.tokens, strict=True)):
+            # context values the row has in this chunk (the rest of the context part stays zero)
+            stop = min(cols.stop, min(tokens, self.token_length) * self.dim)
+            if stop > cols.start:
+                self._read(values[row, : stop - cols.start], offset + cols.start * 4)
+            start = max(cols.start, context_width)  # then the pooled values, stored after the row's context
+            if start < cols.stop:
+                stored = offset + (tokens * self.dim + start - context_width) * 4
+                self._read(values[row, start - cols.start :], stored)
+        return torch.from_numpy(values)
+
+    def _write(self, data: bytes) -> None:
+        self._file.write(data)
+
+    def _read(self, into, position: int) -> None:
+        self._file.seek(position)
+        buffer = memoryview(into).cast("B")
+        if self._file.readinto(buffer) != len(buffer):
+            raise OSError("the temporary file of prompt embeddings was cut short while fitting")
+
+
+def _column_mean(rows) -> torch.Tensor:
     mean = torch.empty(rows.shape[1], dtype=torch.float64)
     for cols in _column_chunks(rows.shape[1]):
-        mean[cols] = rows[:, cols].double().mean(dim=0)
+        mean[cols] = rows.columns(cols).double().mean(dim=0)
     return mean
 
 
-def _centred(rows: torch.Tensor, mean: torch.Tensor, cols: slice) -> torch.Tensor:
-    return rows[:, cols].double() - mean[cols]
+def _centred(rows, mean: torch.Tensor, cols: slice) -> torch.Tensor:
+    return rows.columns(cols).double() - mean[cols]
 
 
 def _keep_nonzero(eigenvalues: torch.Tensor, vectors: torch.Tensor, wanted: int):
@@ -582,19 +847,43 @@ def _keep_nonzero(eigenvalues: torch.Tensor, vectors: torch.Tensor, wanted: int)
     return eigenvalues[keep], vectors[:, keep]
 
 
-def _fix_signs(components: torch.Tensor) -> torch.Tensor:
-    """Eigenvectors are defined up to sign: make each component's largest-magnitude entry positive,
-    so that the same data always gives the same components."""
-    if components.shape[0] == 0:
-        return components
-    pivots = components.abs().argmax(dim=1)
-    signs = torch.sign(components[torch.arange(components.shape[0]), pivots])
-    signs[signs == 0] = 1
-    return components * signs.unsqueeze(1)
+class _SignPivots:
+    """Eigenvectors are defined up to sign: each component's largest-magnitude entry is made
+    positive, so that the same data always gives the same components. Fed the components a column
+    chunk at a time (in float64, before they are stored at a lower precision); the first entry of
+    largest magnitude decides, as ``argmax`` would over the whole row."""
+
+    def __init__(self, k: int) -> None:
+        self.magnitude = torch.full((k,), -1.0, dtype=torch.float64)
+        self.value = torch.zeros(k, dtype=torch.float64)
+
+    def update(self, chunk: torch.Tensor) -> None:
+        if chunk.shape[1] == 0:
+            return
+        index = chunk.abs().argmax(dim=1, keepdim=True)
+        value = chunk.gather(1, index)[:, 0].double()
+        larger = value.abs() > self.magnitude
+        self.magnitude = torch.where(larger, value.abs(), self.magnitude)
+        self.value = torch.where(larger, value, self.value)
+
+    def signs(self) -> torch.Tensor:
+        signs = torch.sign(self.value)
+        signs[signs == 0] = 1
+        return signs
 
 
-def _exact_pca(rows: torch.Tensor, mean: torch.Tensor, wanted: int):
-    """Exact PCA by eigendecomposition of the smaller of the two Gram matrices (float64)."""
+def _signed(components: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
+    """``components`` with each row multiplied by its sign, in place (no second k x F copy)."""
+    for cols in _column_chunks(components.shape[1]):
+        components[:, cols] *= signs.to(components.dtype).unsqueeze(1)
+    return components
+
+
+def _exact_pca(rows, mean: torch.Tensor, wanted: int, dtype: torch.dtype):
+    """Exact PCA by eigendecomposition of the smaller of the two Gram matrices (float64).
+
+    Returns ``(components [k, F] in dtype, eigenvalues [k], score_mean [k])``; the components are
+    formed and stored a column chunk at a time."""
     n, features = rows.shape
     if n <= features:
         gram = torch.zeros((n, n), dtype=torch.float64)
@@ -602,60 +891,92 @@ def _exact_pca(rows: torch.Tensor, mean: torch.Tensor, wanted: int):
             block = _centred(rows, mean, cols)
             gram.addmm_(block, block.T)
         eigenvalues, vectors = torch.linalg.eigh(gram)
+        del gram
         eigenvalues, vectors = _keep_nonzero(eigenvalues, vectors, wanted)
-        # Right singular vectors: V^T = U^T Xc / s, built a column chunk at a time.
+        # Right singular vectors: V^T = U^T Xc / s, built a column chunk at a time; the prompts'
+        # mean score (their centred sum, projected) comes with them.
         singular = eigenvalues.sqrt()
-        components = torch.empty((vectors.shape[1], features), dtype=torch.float64)
+        components = torch.empty((vectors.shape[1], features), dtype=dtype)
+        pivots = _SignPivots(vectors.shape[1])
+        score_total = torch.zeros(vectors.shape[1], dtype=torch.float64)
         for cols in _column_chunks(features):
-            components[:, cols] = (vectors.T @ _centred(rows, mean, cols)) / singular.unsqueeze(1)
-    else:
-        covariance = torch.zeros((features, features), dtype=torch.float64)
-        for start in range(0, n, _FIT_CHUNK):
-            block = rows[start : start + _FIT_CHUNK].double() - mean
-            covariance.addmm_(block.T, block)
-        eigenvalues, vectors = torch.linalg.eigh(covariance)
-        eigenvalues, vectors = _keep_nonzero(eigenvalues, vectors, wanted)
-        components = vectors.T.contiguous()
-    return _fix_signs(components), eigenvalues
+            block = _centred(rows, mean, cols)
+            chunk = (vectors.T @ block) / singular.unsqueeze(1)
+            pivots.update(chunk)
+            score_total += block.sum(dim=0) @ chunk.T
+            components[:, cols] = chunk
+        signs = pivots.signs()
+        return _signed(components, signs), eigenvalues, score_total * signs / n
+    whole = rows.columns(slice(0, features))  # F < N: the rows are narrower than the F x F covariance
+    covariance = torch.zeros((features, features), dtype=torch.float64)
+    for start in range(0, n, _FIT_CHUNK):
+        block = whole[start : start + _FIT_CHUNK].double() - mean
+        covariance.addmm_(block.T, block)
+    eigenvalues, vectors = torch.linalg.eigh(covariance)
+    eigenvalues, vectors = _keep_nonzero(eigenvalues, vectors, wanted)
+    components = vectors.T.contiguous()
+    pivots = _SignPivots(components.shape[0])
+    pivots.update(components)
+    components = _signed(components, pivots.signs())
+    return components.to(dtype), eigenvalues, _score_mean(rows, mean, components)
 
 
 def _randomized_pca(
-    rows: torch.Tensor,
+    rows,
     mean: torch.Tensor,
     wanted: int,
     seed: int,
+    dtype: torch.dtype,
     oversample: int = 16,
     power_iterations: int = 4,
 ):
     """Randomized SVD (Halko et al.) of the centred rows without forming them: products with
-    ``Xc = X - 1 m^T`` are done as ``X @ v - 1 (m . v)``; seeded, so deterministic."""
+    ``Xc = X - 1 m^T`` are done a column chunk at a time as ``X @ v - 1 (m . v)``; seeded, so
+    deterministic. Holds three ``F x (k + oversample)`` float32 matrices besides the components."""
     n, features = rows.shape
     width = min(wanted + oversample, n, features)
     generator = torch.Generator().manual_seed(int(seed))
-    mean32 = mean.to(rows.dtype)
+    mean32 = mean.float()
 
     def times(matrix):  # Xc @ matrix, matrix [F, w]
-        return (rows @ matrix) - (mean32 @ matrix).unsqueeze(0)
+        product = torch.zeros((n, matrix.shape[1]), dtype=torch.float32)
+        for cols in _column_chunks(features):
+            product.addmm_(rows.columns(cols), matrix[cols])
+        return product - (mean32 @ matrix).unsqueeze(0)
 
     def times_transposed(matrix):  # Xc^T @ matrix, matrix [n, w]
-        return (rows.T @ matrix) - mean32.unsqueeze(1) * matrix.sum(dim=0, keepdim=True)
+        product = torch.empty((features, matrix.shape[1]), dtype=torch.float32)
+        sums = matrix.sum(dim=0, keepdim=True)
+        for cols in _column_chunks(features):
+            product[cols] = rows.columns(cols).T @ matrix - mean32[cols].unsqueeze(1) * sums
+        return product
 
-    basis = torch.linalg.qr(times(torch.randn((features, width), generator=generator, dtype=rows.dtype))).Q
+    basis = torch.linalg.qr(times(torch.randn((features, width), generator=generator))).Q
     for _ in range(power_iterations):
         basis = torch.linalg.qr(times_transposed(basis)).Q
         basis = torch.linalg.qr(times(basis)).Q
     # Xc ~= Q B with B = Q^T Xc [w, F]; its exact PCA comes from the small w x w Gram matrix.
-    projected = times_transposed(basis).T.double()
-    eigenvalues, vectors = torch.linalg.eigh(projected @ projected.T)
+    projected = times_transposed(basis).T
+    gram = torch.zeros((width, width), dtype=torch.float64)
+    for cols in _column_chunks(features):
+        part = projected[:, cols].double()
+        gram.addmm_(part, part.T)
+    eigenvalues, vectors = torch.linalg.eigh(gram)
     eigenvalues, vectors = _keep_nonzero(eigenvalues, vectors, wanted)
-    components = (vectors.T @ projected) / eigenvalues.sqrt().unsqueeze(1)
-    return _fix_signs(components), eigenvalues
+    singular = eigenvalues.sqrt()
+    components = torch.empty((vectors.shape[1], features), dtype=dtype)
+    pivots = _SignPivots(vectors.shape[1])
+    for cols in _column_chunks(features):
+        chunk = (vectors.T @ projected[:, cols].double()) / singular.unsqueeze(1)
+        pivots.update(chunk)
+        components[:, cols] = chunk
+    return _signed(components, pivots.signs()), eigenvalues
 
 
-def _score_mean(rows: torch.Tensor, mean: torch.Tensor, components: torch.Tensor) -> torch.Tensor:
+def _score_mean(rows, mean: torch.Tensor, components: torch.Tensor) -> torch.Tensor:
     total = torch.zeros(components.shape[0], dtype=torch.float64)
     for cols in _column_chunks(rows.shape[1]):
-        total += _centred(rows, mean, cols).sum(dim=0) @ components[:, cols].T
+        total += _centred(rows, mean, cols).sum(dim=0) @ components[:, cols].double().T
     return total / rows.shape[0]
 
 
