@@ -185,3 +185,198 @@ def tiny_generator(spec, n_timesteps: int, timesteps=None):
         fusion_channels=(64, 32, 16),
     )
     return SketchGenerator(spec, config, timesteps=timesteps)
+
+
+# ---------------------------------------------------------------------------------------------
+# Diffusion transformers: Z-Image and SD 3.5 shapes (flow matching, 16-channel VAE)
+# ---------------------------------------------------------------------------------------------
+TINY_QWEN_DIM = 16
+TINY_SD3_T5_DIM = 32
+TINY_SD3_CLIP_L_DIM = 8
+TINY_SD3_CLIP_G_DIM = 16
+TINY_SD3_POOLED_DIM = 8 + 8
+#: The part of Qwen3's chat template a one-message prompt goes through (a user turn, then the
+#: assistant's turn opened; enable_thinking=False would add an empty think block).
+QWEN3_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+    "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+    "{% if enable_thinking is defined and enable_thinking is false %}{{ '<think>\\n\\n</think>\\n\\n' }}"
+    "{% endif %}{% endif %}"
+)
+
+
+def tiny_vae16(seed: int = 0, scaling_factor: float = 0.3611, shift_factor: float = 0.1159):
+    """The 16-channel VAE's layout (SD's decoder, no quant convs), shrunk; Flux's latent scale and
+    shift (Z-Image) by default."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed + 1)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 16, 16, 16),
+        layers_per_block=2,
+        latent_channels=16,
+        norm_num_groups=8,
+        scaling_factor=scaling_factor,
+        shift_factor=shift_factor,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    ).eval()
+
+
+def byte_tokenizer(
+    specials: tuple[str, ...], pad: str, eos: str | None = None, chat_template: str | None = None
+):
+    """A byte-level tokenizer (one token per UTF-8 byte, no merges) with ``specials``, built in
+    memory: it tokenises any text, as the real Qwen3 and T5 tokenizers do, without their vocabularies.
+    ``eos``: appended to every text (T5's)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(list(specials))
+    if eos is not None:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"$A {eos}", special_tokens=[(eos, tok.token_to_id(eos))]
+        )
+    out = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=pad, eos_token=eos, model_max_length=4096)
+    if chat_template is not None:
+        out.chat_template = chat_template
+    return out
+
+
+def tiny_qwen3(seed: int = 0):
+    """(Qwen3 text model, its tokenizer): Z-Image's text encoder shrunk, byte-level tokens."""
+    from transformers import Qwen3Config, Qwen3Model
+
+    tokenizer = byte_tokenizer(
+        ("<|im_start|>", "<|im_end|>", "<|endoftext|>"),
+        pad="<|endoftext|>",
+        chat_template=QWEN3_CHAT_TEMPLATE,
+    )
+    torch.manual_seed(seed + 2)
+    model = Qwen3Model(
+        Qwen3Config(
+            vocab_size=len(tokenizer),
+            hidden_size=TINY_QWEN_DIM,
+            intermediate_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=8,
+            max_position_embeddings=1024,
+        )
+    ).eval()
+    return model, tokenizer
+
+
+def tiny_zimage_transformer(seed: int = 0):
+    """Z-Image's single-stream layout shrunk: 6 main blocks (taps 1-4), one refiner each for the
+    image and the caption, 32 channels in 2 heads of 16 (RoPE axes 4+6+6)."""
+    from diffusers import ZImageTransformer2DModel
+
+    torch.manual_seed(seed)
+    return ZImageTransformer2DModel(
+        all_patch_size=(2,),
+        all_f_patch_size=(1,),
+        in_channels=16,
+        dim=32,
+        n_layers=6,
+        n_refiner_layers=1,
+        n_heads=2,
+        n_kv_heads=2,
+        cap_feat_dim=TINY_QWEN_DIM,
+        axes_dims=(4, 6, 6),
+        axes_lens=(1024, 64, 64),
+    ).eval()
+
+
+def tiny_zimage_backend(seed: int = 0, **kwargs):
+    from diffsketch.backends.dit import DiffusersFlowBackend
+
+    qwen, tokenizer = tiny_qwen3(seed)
+    return DiffusersFlowBackend(tiny_zimage_transformer(seed), tiny_vae16(seed), qwen, tokenizer, **kwargs)
+
+
+def tiny_sd3_transformer(seed: int = 0):
+    """SD 3.5's MM-DiT layout shrunk: 6 joint blocks (taps 1-4; the first with dual attention, as
+    Medium's first 13), 16 channels in 2 heads, QK RMS norm, the last block context-pre-only."""
+    from diffusers import SD3Transformer2DModel
+
+    torch.manual_seed(seed)
+    return SD3Transformer2DModel(
+        sample_size=16,
+        patch_size=2,
+        in_channels=16,
+        num_layers=6,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=TINY_SD3_T5_DIM,
+        caption_projection_dim=16,
+        pooled_projection_dim=TINY_SD3_POOLED_DIM,
+        out_channels=16,
+        pos_embed_max_size=32,
+        dual_attention_layers=(0,),
+        qk_norm="rms_norm",
+    ).eval()
+
+
+def tiny_sd3_text_encoders(seed: int = 0):
+    """(CLIP-L, OpenCLIP bigG, T5-XXL, T5's tokenizer), small: the two CLIPs with projections
+    (their projected embeddings make the pooled one), T5 as wide as the transformer's context."""
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    torch.manual_seed(seed + 2)
+
+    def clip(hidden, act):
+        return CLIPTextModelWithProjection(
+            CLIPTextConfig(
+                vocab_size=49408,
+                hidden_size=hidden,
+                intermediate_size=2 * hidden,
+                num_hidden_layers=3,
+                num_attention_heads=2,
+                max_position_embeddings=77,
+                hidden_act=act,
+                projection_dim=8,
+            )
+        ).eval()
+
+    clip_l, clip_g = clip(TINY_SD3_CLIP_L_DIM, "quick_gelu"), clip(TINY_SD3_CLIP_G_DIM, "gelu")
+    t5_tokenizer = byte_tokenizer(("<pad>", "</s>"), pad="<pad>", eos="</s>")
+    t5 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(t5_tokenizer),
+            d_model=TINY_SD3_T5_DIM,
+            d_kv=8,
+            d_ff=32,
+            num_layers=2,
+            num_heads=2,
+            feed_forward_proj="gated-gelu",
+            pad_token_id=t5_tokenizer.pad_token_id,
+            eos_token_id=t5_tokenizer.eos_token_id,
+        )
+    ).eval()
+    return clip_l, clip_g, t5, t5_tokenizer
+
+
+def tiny_sd35_backend(seed: int = 0, **kwargs):
+    from diffsketch.backends.dit import DiffusersFlowBackend
+
+    clip_l, clip_g, t5, t5_tokenizer = tiny_sd3_text_encoders(seed)
+    return DiffusersFlowBackend(
+        tiny_sd3_transformer(seed),
+        tiny_vae16(seed, scaling_factor=1.5305, shift_factor=0.0609),
+        clip_l,
+        text_encoder_2=clip_g,
+        text_encoder_3=t5,
+        tokenizer_3=t5_tokenizer,
+        **kwargs,
+    )

@@ -10,17 +10,18 @@ points under the same conventions.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Iterable, Sequence
 
 import torch
 
-from ..capture.hooks import UNetRecorder
+from ..capture.hooks import COND, UNCOND, UNetRecorder
 from ..capture.identity import backend_identity
 from ..capture.picture import PICTURE_FIT_KEY, fit_picture, large_picture_notice
 from ..capture.sample import CapturedSample
 from ..capture.sampling import SamplingSettings
-from ..capture.spec import FeatureSpec, family_name, family_native_side
-from ..capture.timesteps import ddim_grid
+from ..capture.spec import SD35, ZIMAGE, FeatureSpec, family_name, family_native_side, is_flow_family
+from ..capture.timesteps import timestep_grid
 from ..errors import InvalidInputError
 from .conditioning import Conditioning
 from .inversion import (
@@ -108,6 +109,9 @@ class SamplingBackend:
     prediction_type: str = "epsilon"
     #: whether the noise schedule is rescaled to zero terminal SNR (:func:`has_zero_terminal_snr`)
     zero_terminal_snr: bool = False
+    #: whether the model was distilled to sample without guidance (Z-Image Turbo): cfg > 1 then
+    #: gets :meth:`guidance_notice`
+    guidance_distilled: bool = False
 
     # -- primitives ----------------------------------------------------------------------------
     def encode_prompt(self, text: str) -> Conditioning:  # pragma: no cover - interface
@@ -144,18 +148,59 @@ class SamplingBackend:
         (DDPM space) on ``schedule``, the UNet guided by ``cond`` alone (cfg 1). Returns x_T on the CPU."""
         raise NotImplementedError
 
+    def model_latent(self, latent: torch.Tensor) -> torch.Tensor:
+        """The latent the diffusion model works on, from a raw VAE latent (times the scaling factor;
+        the flow families' 16-channel VAEs also shift it first)."""
+        return latent * self.latent_scaling_factor
+
     # -- shared --------------------------------------------------------------------------------
+    def captured_branches(self, cfg: float) -> tuple[int, ...]:
+        """The branches sampling at ``cfg`` evaluates and captures: both (uncond, cond) for the UNet
+        families at any cfg (the paper's features) and for the flow families at cfg != 1, the
+        conditional one alone for a flow family at cfg 1 (the unconditional one would not change
+        the image: Z-Image Turbo's guidance-distilled sampling)."""
+        return (COND,) if is_flow_family(self.spec.family) and float(cfg) == 1.0 else (UNCOND, COND)
+
+    def guidance_notice(self, cfg: float) -> str | None:
+        """What the user should know about sampling this model at ``cfg``, or None: a
+        guidance-distilled model (Z-Image Turbo) asked for cfg > 1."""
+        if not self.guidance_distilled or float(cfg) <= 1.0:
+            return None
+        name = (
+            "Z-Image Turbo" if self.spec.family == ZIMAGE else f"this {family_name(self.spec.family)} model"
+        )
+        return (
+            f"{name} is guidance-distilled: it samples at cfg 1 with the conditional branch alone. cfg {cfg:g} "
+            "also evaluates the unconditional branch (twice the cost, and both branches are captured) and "
+            "oversaturates the image; set cfg to 1 unless that is what you want."
+        )
+
     def check_conditioning(self, cond: Conditioning | torch.Tensor, name: str) -> Conditioning:
-        """``cond`` as this model takes it (detached float32), or a clear error: the context must be
-        ``[1, 77*k, context_dim]``, with a ``[1, pooled_dim]`` pooled embedding where the backbone
-        takes one (SDXL) and none where it does not."""
+        """``cond`` as this model takes it (detached float32), or a clear error. The context is
+        ``[1, T, context_dim]`` with T as the family's text encoders make it: 77*k for the UNet
+        families (CLIP windows), any T >= 1 for Z-Image (its Qwen3 tokens, the padding dropped),
+        T >= 77 for SD 3.5 (77 CLIP-L/G tokens, then T5's); with a ``[1, pooled_dim]`` pooled
+        embedding where the backbone takes one (SDXL, SD 3.5) and none where it does not."""
         cond = Conditioning.of(cond)
         d, p = self.spec.context_dim, self.spec.pooled_dim
         family = family_name(self.spec.family)
         context = cond.context
-        if context.shape[0] != 1 or context.shape[-1] != d or context.shape[1] % 77 or context.shape[1] == 0:
+        tokens = int(context.shape[1])
+        if self.spec.family == ZIMAGE:
+            valid, rule = (
+                tokens >= 1,
+                f"[1, T, {d}] with T >= 1 tokens (Qwen3 hidden states, padding dropped)",
+            )
+        elif self.spec.family == SD35:
+            valid, rule = (
+                tokens >= 77,
+                f"[1, 77 + T, {d}] (77 CLIP-L/G tokens padded to {d}, then T5-XXL tokens)",
+            )
+        else:
+            valid, rule = tokens > 0 and tokens % 77 == 0, f"[1, 77*k, {d}]"
+        if context.shape[0] != 1 or context.shape[-1] != d or not valid:
             raise InvalidInputError(
-                f"{name} conditioning has shape {list(context.shape)}; this {family} model expects [1, 77*k, {d}] "
+                f"{name} conditioning has shape {list(context.shape)}; this {family} model expects {rule} "
                 "(one prompt's text embedding from this checkpoint's text encoder)."
             )
         if p and (cond.pooled is None or tuple(cond.pooled.shape) != (1, p)):
@@ -167,7 +212,8 @@ class SamplingBackend:
         if not p and cond.pooled is not None:
             raise InvalidInputError(
                 f"{name} conditioning carries a pooled embedding {list(cond.pooled.shape)}, which this {family} model "
-                "does not take: it was made for another backbone (SDXL). Encode the prompt with this checkpoint's CLIP."
+                "does not take: it was made for another backbone (SDXL or SD 3.5). Encode the prompt with this "
+                "checkpoint's text encoder."
             )
         return cond.map(lambda t: t.detach().float())
 
@@ -235,6 +281,10 @@ class SamplingBackend:
             )
         self.check_size(settings.width, settings.height)
         plan, sched = self._capture_plan(settings, capture)
+        branches = self.captured_branches(settings.cfg)
+        notice = self.guidance_notice(settings.cfg)
+        if notice is not None:
+            warnings.warn(notice, stacklevel=2)
         prompts = [c if isinstance(c, str) else None for c in conds]
         checked = [
             self.check_conditioning(self.encode_prompt(c) if isinstance(c, str) else c, "positive")
@@ -243,12 +293,19 @@ class SamplingBackend:
         if len({c.context.shape[1] for c in checked}) != 1:
             raise InvalidInputError("the conditions of one batch must have the same number of tokens")
         cond = Conditioning.cat(checked)
-        uncond = self.encode_prompt("") if uncond is None else uncond
-        uncond = self.check_conditioning(uncond, "negative").map(lambda t: t.expand(len(conds), *t.shape[1:]))
+        if UNCOND in branches:
+            uncond = self.encode_prompt("") if uncond is None else uncond
+            uncond = self.check_conditioning(uncond, "negative").map(
+                lambda t: t.expand(len(conds), *t.shape[1:])
+            )
+        else:  # one branch: the negative is neither encoded nor evaluated
+            uncond = None
         lh, lw = self.spec.latent_size(settings.width, settings.height)
         noise = torch.cat([make_noise(seed, (1, self.spec.latent_channels, lh, lw)) for seed in seeds])
         recorder = (
-            UNetRecorder(self.spec, plan.used, store_dtype, store_device, reduce=unet_reduce)
+            UNetRecorder(
+                self.spec, plan.used, store_dtype, store_device, reduce=unet_reduce, branches=branches
+            )
             if capture
             else None
         )
@@ -267,6 +324,7 @@ class SamplingBackend:
             "height": settings.height,
             "schedule": sched,
             "unet_evaluations": len(sched),
+            "branches": len(branches),
             # which model made the features (family, parameterisation, weights): checked wherever
             # they meet a model (capture.identity.check_same_model)
             **backend_identity(self).to_dict(),
@@ -287,22 +345,28 @@ class SamplingBackend:
         :class:`SamplingSettings` only checks the finest multiple any backbone takes)."""
         m = self.spec.size_multiple
         halvings = (m // self.spec.vae_scale_factor).bit_length() - 1
+        why = (
+            f"the VAE's {self.spec.vae_scale_factor} px per latent element times the transformer's patch of "
+            f"{1 << halvings}"
+            if is_flow_family(self.spec.family)
+            else f"its UNet halves the latent {halvings} times"
+        )
         for name, v in (("width", width), ("height", height)):
             if v % m:
                 lo = max(m, v // m * m)
                 raise InvalidInputError(
                     f"{name}={v} is not supported by this {family_name(self.spec.family)} model: it must be a "
-                    f"multiple of {m} (its UNet halves the latent {halvings} times), e.g. {lo} or {lo + m}."
+                    f"multiple of {m} ({why}), e.g. {lo} or {lo + m}."
                 )
 
     def image_size(self, width: int, height: int) -> tuple[int, int]:
         """``(width, height)`` with 0 (or None) meaning :attr:`native_size`."""
         return int(width or self.native_size), int(height or self.native_size)
 
-    @staticmethod
-    def _capture_plan(settings: SamplingSettings, capture: bool = True):
-        """``(plan, schedule)`` of ``settings``, or a clear error when the schedule skips a capture timestep."""
-        plan = settings.plan()
+    def _capture_plan(self, settings: SamplingSettings, capture: bool = True):
+        """``(plan, schedule)`` of ``settings`` on this model's grid, or a clear error when the
+        schedule skips a capture timestep."""
+        plan = settings.plan(self.spec.family)
         sched = settings.denoising_schedule(plan)
         if capture and not set(plan.used) <= set(sched):
             raise InvalidInputError(
@@ -355,7 +419,8 @@ class SamplingBackend:
         cond = self.check_conditioning(
             self.encode_prompt(caption) if prompt is not None else caption, "caption"
         )
-        uncond = self.check_conditioning(self.encode_prompt(""), "negative")
+        branches = self.captured_branches(settings.cfg)
+        uncond = self.check_conditioning(self.encode_prompt(""), "negative") if UNCOND in branches else None
         n = len(sched)
 
         def inverting(i, total):
@@ -367,8 +432,9 @@ class SamplingBackend:
                 progress(n + i, 2 * n)
 
         latent = self._encode(picture)
-        noise = self._invert(latent * self.latent_scaling_factor, cond, sched, inverting)
-        recorder = UNetRecorder(self.spec, plan.used, store_dtype, store_device)
+        noise = self._invert(self.model_latent(latent), cond, sched, inverting)
+        # the branches Train's own samples will have (settings.cfg), so picture and samples match
+        recorder = UNetRecorder(self.spec, plan.used, store_dtype, store_device, branches=branches)
         replayed = self._denoise(noise, cond, uncond, INVERSION_CFG, sched, recorder, replaying)
         unet = recorder.result()
         decoded, rgb, vae = self._decode(replayed, True, store_dtype, store_device)
@@ -383,6 +449,7 @@ class SamplingBackend:
             "height": settings.height,
             "schedule": sched,
             "unet_evaluations": 2 * n,
+            "branches": len(branches),
             PICTURE_FIT_KEY: fit.to_dict(),
             **backend_identity(self).to_dict(),
         }
@@ -397,4 +464,4 @@ class SamplingBackend:
         return 1
 
     def grid(self, steps: int) -> list[int]:
-        return ddim_grid(steps)
+        return timestep_grid(steps, self.spec.family)

@@ -139,7 +139,32 @@ def _bf16_supported(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
-class DiffusersBackend(SamplingBackend):
+class DiffusersVAE:
+    """The VAE primitives of the diffusers backends (``self.vae``, ``self.device``,
+    ``self.vae_dtype``, ``self.spec``): raw latents in and out, decoder taps captured."""
+
+    @torch.no_grad()
+    def _encode(self, image: torch.Tensor) -> torch.Tensor:
+        pixels = (image * 2 - 1).to(self.device, self.vae_dtype)
+        return self.vae.encode(pixels).latent_dist.mean.float().cpu()
+
+    @torch.no_grad()
+    def _decode(self, latent, capture, store_dtype, store_device):
+        z = latent.to(self.device, self.vae_dtype)
+        if capture:
+            with record_vae_decoder(self.vae, self.spec, store_dtype, store_device) as rec:
+                self.vae.decode(z)
+            rgb, feats = rec["rgb"], rec["features"]
+        else:
+            rgb, feats = self.vae.decode(z).sample.float().cpu(), []
+        image = ((rgb.float() + 1) / 2).clamp(0, 1).cpu()
+        return image, rgb.float().cpu(), feats
+
+    def decode_with_features(self, latent, store_dtype=torch.float16, store_device="cpu"):
+        return self._decode(latent, True, store_dtype, store_device)
+
+
+class DiffusersBackend(DiffusersVAE, SamplingBackend):
     """Sampling with diffusers modules.
 
     ``text_encoder`` is CLIP-L (SD 1.x, SDXL) or OpenCLIP-H (SD 2.x), ``text_encoder_2`` SDXL's
@@ -341,8 +366,20 @@ class DiffusersBackend(SamplingBackend):
         dtype=torch.float32,
         prediction_type: str | None = None,
         clip_skip: int | None = None,
-    ) -> DiffusersBackend:
+    ) -> SamplingBackend:
+        """A diffusers folder or a single-file checkpoint: a :class:`DiffusersBackend`, or for a
+        folder of a diffusion transformer (transformer/) a
+        :class:`~diffsketch.backends.dit.DiffusersFlowBackend`."""
         p = Path(path)
+        if p.is_dir() and (p / "transformer").is_dir():
+            # a diffusion transformer's folder (Z-Image, SD 3.5; others refused by name)
+            from .dit import DiffusersFlowBackend
+
+            if prediction_type not in (None, "flow") or clip_skip is not None:
+                raise InvalidInputError(
+                    f"{p} is a flow-matching transformer: prediction_type and clip_skip apply to the UNet models only"
+                )
+            return DiffusersFlowBackend.from_pretrained(p, device, dtype)
         if p.is_dir():
             return cls.from_pretrained(p, device, dtype, prediction_type, clip_skip)
         if not p.exists():
@@ -434,26 +471,6 @@ class DiffusersBackend(SamplingBackend):
 
         x = latent.to(self.device, torch.float32)
         return ddim_invert(predict, x, schedule, self.alphas_cumprod, self.prediction_type, progress).cpu()
-
-    @torch.no_grad()
-    def _encode(self, image: torch.Tensor) -> torch.Tensor:
-        pixels = (image * 2 - 1).to(self.device, self.vae_dtype)
-        return self.vae.encode(pixels).latent_dist.mean.float().cpu()
-
-    @torch.no_grad()
-    def _decode(self, latent, capture, store_dtype, store_device):
-        z = latent.to(self.device, self.vae_dtype)
-        if capture:
-            with record_vae_decoder(self.vae, self.spec, store_dtype, store_device) as rec:
-                self.vae.decode(z)
-            rgb, feats = rec["rgb"], rec["features"]
-        else:
-            rgb, feats = self.vae.decode(z).sample.float().cpu(), []
-        image = ((rgb.float() + 1) / 2).clamp(0, 1).cpu()
-        return image, rgb.float().cpu(), feats
-
-    def decode_with_features(self, latent, store_dtype=torch.float16, store_device="cpu"):
-        return self._decode(latent, True, store_dtype, store_device)
 
     def describe(self) -> str:
         return (

@@ -1,8 +1,13 @@
 """Forward hooks that record the features a :class:`~diffsketch.capture.spec.FeatureSpec` names.
 
-Both backends use these: the diffusers backend around its own DDIM loop, the ComfyUI backend
-inside a DIFFUSION_MODEL wrapper for one UNet call at a time. Hooks are registered for the
+Both backends use these: the diffusers backend around its own sampling loop, the ComfyUI backend
+inside a DIFFUSION_MODEL wrapper for one model call at a time. Hooks are registered for the
 duration of a ``with`` block and removed in ``finally`` on every exit path.
+
+A UNet tap's output is already a spatial map. A DiT block's output is a token sequence (or, for
+an MM-DiT block, the pair ``(context stream, image stream)``): :func:`image_token_map` keeps the
+image tokens and unpatchifies them into ``[B, hidden, h, w]``, and the recorder applies it as the
+hook fires (``to_map``), so only the maps are stored.
 """
 
 from __future__ import annotations
@@ -46,6 +51,35 @@ def _resolve(root: nn.Module, tap: Tap) -> nn.Module:
         ) from e
 
 
+def block_image_tokens(output) -> torch.Tensor:
+    """The token sequence of a DiT block's output that holds the image tokens: the output itself
+    (a single-stream block: Z-Image's), or the image stream of an MM-DiT block's ``(context,
+    image)`` pair (SD 3.5's, in diffusers' and in ComfyUI's implementation alike)."""
+    if isinstance(output, (tuple, list)):
+        output = output[1]
+    if not isinstance(output, torch.Tensor) or output.dim() != 3:
+        raise CaptureError(
+            f"a DiT block returned {type(output).__name__}, not the [batch, tokens, hidden] sequence DiffSketch "
+            "taps: the model does not have the layout its FeatureSpec describes"
+        )
+    return output
+
+
+def image_token_map(output, grid_hw: tuple[int, int], first_token: int = 0) -> torch.Tensor:
+    """``[B, hidden, h, w]`` from a DiT block's output (:func:`block_image_tokens`): the ``h*w``
+    image tokens starting at ``first_token`` (0 where the image comes first, as in diffusers'
+    Z-Image; the padded caption length where the caption comes first, as in ComfyUI's), in
+    row-major patch order; caption, text and padding tokens are dropped."""
+    tokens = block_image_tokens(output)
+    h, w = (int(v) for v in grid_hw)
+    if tokens.shape[1] < first_token + h * w:
+        raise CaptureError(
+            f"a DiT block returned {tokens.shape[1]} tokens, fewer than the {h}x{w} image tokens from token "
+            f"{first_token} that a {h * 2}x{w * 2} latent makes"
+        )
+    return tokens[:, first_token : first_token + h * w].unflatten(1, (h, w)).permute(0, 3, 1, 2)
+
+
 def reject_compiled(module: nn.Module, what: str) -> None:
     """torch.compile replaces the module's forward; submodule hooks may then never fire."""
     if type(module).__name__ == "OptimizedModule" or hasattr(module, "_orig_mod"):
@@ -56,7 +90,8 @@ def reject_compiled(module: nn.Module, what: str) -> None:
 
 
 class UNetRecorder:
-    """Records the UNet taps at chosen timesteps, unconditional and conditional branches apart."""
+    """Records the model's taps (UNet decoder ResBlocks or DiT blocks) at chosen timesteps,
+    unconditional and conditional branches apart."""
 
     def __init__(
         self,
@@ -65,10 +100,16 @@ class UNetRecorder:
         store_dtype: torch.dtype = torch.float16,
         store_device: torch.device | str = "cpu",
         reduce=None,
+        branches: Sequence[int] = (UNCOND, COND),
     ):
         """``reduce(layer, tensor[B, C, h, w]) -> tensor[B, d]``, when given, is applied as each hook
-        fires, so only the reduced vectors are stored (timestep analysis over every step)."""
+        fires, so only the reduced vectors are stored (timestep analysis over every step).
+        ``branches``: the branches the sampling evaluates and :meth:`result` returns, in that order:
+        both (CFG), or ``(COND,)`` alone (a flow model sampled at cfg 1)."""
         self.spec = spec
+        self.branches = tuple(sorted({int(b) for b in branches}))  # uncond first, as ldm batches them
+        if not self.branches or not set(self.branches) <= {UNCOND, COND}:
+            raise ValueError(f"branches must be UNCOND and COND or one of them, got {branches!r}")
         self.reduce = reduce
         self.timesteps = tuple(sorted(int(t) for t in timesteps))
         self.store_dtype = store_dtype
@@ -80,9 +121,11 @@ class UNetRecorder:
         return int(timestep) in self.timesteps
 
     @contextmanager
-    def tap(self, unet: nn.Module, timestep: int, branches: Sequence[int]):
+    def tap(self, unet: nn.Module, timestep: int, branches: Sequence[int], to_map=None):
         """Hook ``unet`` for one forward call whose batch is ``len(branches)`` equal chunks;
-        ``branches[k]`` is :data:`UNCOND` or :data:`COND` for chunk ``k`` (anything else is ignored)."""
+        ``branches[k]`` is :data:`UNCOND` or :data:`COND` for chunk ``k`` (anything else is ignored).
+        ``to_map(output) -> [batch, C, h, w]`` turns a tapped module's output into the map stored
+        (a DiT block's: :func:`image_token_map`); None: the output is the map (a UNet's)."""
         timestep = int(timestep)
         if not self.wants(timestep):
             yield
@@ -92,7 +135,7 @@ class UNetRecorder:
             for layer, tap in enumerate(self.spec.unet):
                 module = _resolve(unet, tap)
                 handles.append(
-                    module.register_forward_hook(self._make_hook(timestep, layer, tuple(branches)))
+                    module.register_forward_hook(self._make_hook(timestep, layer, tuple(branches), to_map))
                 )
             self.calls += 1
             yield
@@ -100,19 +143,26 @@ class UNetRecorder:
             for h in handles:
                 h.remove()
 
-    def _make_hook(self, timestep: int, layer: int, branches: tuple[int, ...]):
+    def _make_hook(self, timestep: int, layer: int, branches: tuple[int, ...], to_map=None):
         def hook(module, inputs, output):
+            if to_map is not None:
+                output = to_map(output)
             n = output.shape[0] // len(branches)
             for k, branch in enumerate(branches):
                 key = (timestep, layer, branch)
-                if branch in (UNCOND, COND) and key not in self._data:
+                if branch in self.branches and key not in self._data:
                     chunk = output[k * n : (k + 1) * n].detach()
                     if self.reduce is not None:
                         self._data[key] = self.reduce(layer, chunk.float()).to(
                             self.store_device, torch.float32
                         )
                     else:
-                        self._data[key] = chunk.to(self.store_device, self.store_dtype, copy=True)
+                        self._data[key] = chunk.to(
+                            self.store_device,
+                            self.store_dtype,
+                            copy=True,
+                            memory_format=torch.contiguous_format,
+                        )
             return None  # returning anything else would replace the module's output
 
         return hook
@@ -122,12 +172,13 @@ class UNetRecorder:
             (t, layer, b)
             for t in self.timesteps
             for layer in range(len(self.spec.unet))
-            for b in (UNCOND, COND)
+            for b in self.branches
             if (t, layer, b) not in self._data
         ]
 
     def result(self) -> dict[int, list[torch.Tensor]]:
-        """``{timestep: [tensor[2, C, h, w] per tap]}`` with index 0 uncond and 1 cond."""
+        """``{timestep: [tensor[2B, C, h, w] per tap]}``, the uncond branch first and then the cond
+        one; ``[B, C, h, w]`` of the cond branch where only that one was recorded."""
         missing = self.missing()
         if missing:
             ts = sorted({m[0] for m in missing})
@@ -140,7 +191,7 @@ class UNetRecorder:
         out = {}
         for t in self.timesteps:
             out[t] = [
-                torch.cat([self._data[(t, layer, UNCOND)], self._data[(t, layer, COND)]], dim=0)
+                torch.cat([self._data[(t, layer, b)] for b in self.branches], dim=0)
                 for layer in range(len(self.spec.unet))
             ]
         return out

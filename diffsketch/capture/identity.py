@@ -19,7 +19,15 @@ from ..errors import FileFormatError, InvalidInputError
 from .spec import SD1, check_backbone_family, family_name
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
-_PREDICTION_NAMES = {"epsilon": "epsilon-prediction", "v_prediction": "v-prediction"}
+#: What the flow-matching transformers (Z-Image, SD 3.5) predict: the velocity of a
+#: rectified-flow path (files record it as their prediction type).
+FLOW_PREDICTION = "flow"
+RECORDED_PREDICTION_TYPES = (*PREDICTION_TYPES, FLOW_PREDICTION)
+_PREDICTION_NAMES = {
+    "epsilon": "epsilon-prediction",
+    "v_prediction": "v-prediction",
+    FLOW_PREDICTION: "flow-matching velocity prediction",
+}
 
 #: What files written before the record existed are taken to be, per family. Every SD 1.x
 #: checkpoint DiffSketch knows is epsilon-prediction on SD's schedule; SD 2.x (768-v) and SDXL
@@ -30,8 +38,8 @@ _UNRECORDED_DEFAULTS = {SD1: ("epsilon", False)}
 
 @dataclass(frozen=True)
 class ModelIdentity:
-    """``family`` (``sd1``, ``sd2``, ``sdxl``), ``prediction_type`` (``epsilon`` or
-    ``v_prediction``), ``zero_terminal_snr`` (the schedule rescaled so its last step is pure
+    """``family`` (``sd1``, ``sd2``, ``sdxl``, ``zimage``, ``sd35``), ``prediction_type``
+    (``epsilon`` or ``v_prediction``; ``flow`` for the flow families), ``zero_terminal_snr`` (the schedule rescaled so its last step is pure
     noise) and ``model_hash`` (the UNet's weights fingerprint, with its LoRA patches). None: not
     recorded (a file written before this record existed); unknown parts are never refused."""
 
@@ -62,9 +70,10 @@ class ModelIdentity:
         )
         prediction = record.get("prediction_type", default_prediction)
         zsnr = record.get("zero_terminal_snr", default_zsnr)
-        if prediction is not None and prediction not in PREDICTION_TYPES:
+        if prediction is not None and prediction not in RECORDED_PREDICTION_TYPES:
             raise FileFormatError(
-                f"{where} records the prediction type {prediction!r}, which is neither of {list(PREDICTION_TYPES)}; "
+                f"{where} records the prediction type {prediction!r}, which is none of "
+                f"{list(RECORDED_PREDICTION_TYPES)}; "
                 "the file is damaged or was written by a newer version of DiffSketch."
             )
         if zsnr is not None and not isinstance(zsnr, bool):

@@ -22,7 +22,9 @@ class CapturedSample:
     - ``image``: [B, 3, H, W] float32 in [0, 1].
     - ``latent``: [B, C, h, w] final latent in raw VAE space (ComfyUI's LATENT convention).
     - ``unet``: ``{timestep: [tensor[2B, C_l, h_l, w_l] per tap]}``, the B uncond branches
-      first, then the B cond ones (for one sample: index 0 uncond, 1 cond).
+      first, then the B cond ones (for one sample: index 0 uncond, 1 cond); ``[B, ...]`` of the
+      cond branch alone where the sampling evaluated only that one (a flow model at cfg 1:
+      :attr:`branches` is 1).
     - ``vae``: one [B, C_k, H_k, W_k] tensor per VAE tap of ``spec.vae``.
     - ``rgb``: [B, 3, H, W] float32 raw decoder output (about [-1, 1], not clamped).
     """
@@ -49,6 +51,12 @@ class CapturedSample:
     def batch_size(self) -> int:
         return int(self.latent.shape[0])
 
+    @property
+    def branches(self) -> int:
+        """Branches captured per image: 2 (uncond and cond) or 1 (cond alone)."""
+        first = next(iter(self.unet.values()), None)
+        return int(first[0].shape[0]) // self.batch_size if first else 2
+
     def identity(self, where: str = "the captured sample") -> ModelIdentity:
         """The model the sample was captured with, as its meta records it (backends write it)."""
         return ModelIdentity.from_dict(self.meta, self.spec.family, where)
@@ -69,7 +77,7 @@ class CapturedSample:
                     self,
                     image=self.image[k : k + 1],
                     latent=self.latent[k : k + 1],
-                    unet={t: [torch.stack([x[k], x[b + k]]) for x in xs] for t, xs in self.unet.items()},
+                    unet={t: [x[k::b].clone() for x in xs] for t, xs in self.unet.items()},
                     vae=[x[k : k + 1] for x in self.vae],
                     rgb=self.rgb[k : k + 1],
                     meta=meta,
@@ -142,7 +150,8 @@ class CapturedSample:
     def summary(self) -> str:
         w, h = self.size
         return (
-            f"{w}x{h} sample, {len(self.unet)} timesteps x {len(self.spec.unet)} UNet taps (uncond+cond), "
+            f"{w}x{h} sample, {len(self.unet)} timesteps x {len(self.spec.unet)} UNet taps "
+            f"({'uncond+cond' if self.branches == 2 else 'cond only'}), "
             f"{len(self.vae)} VAE taps, {self.nbytes() / 2**20:.1f} MiB; {self.plan.describe()}"
         )
 
@@ -172,7 +181,7 @@ class CapturedSample:
         tensors, header = fileio.load_tensors(path, FEATURES_KIND, (FEATURES_VERSION,), device)
         spec = FeatureSpec.from_json(header["spec"])
         p = header["plan"]
-        plan = plan_timesteps(p["steps"], p["requested"])
+        plan = plan_timesteps(p["steps"], p["requested"], spec.family)
         unet = {t: [tensors[f"unet.{t}.{i}"] for i in range(len(spec.unet))] for t in p["used"]}
         vae = [tensors[f"vae.{i}"] for i in range(len(spec.vae))]
         return cls(

@@ -15,9 +15,10 @@ from .timesteps import TimestepPlan, plan_timesteps
 
 #: Image sides are multiples of this for SD 1.x and SD 2.x (the UNet halves the latent three times).
 SIZE_MULTIPLE = 64
-#: The finest multiple any backbone takes (SDXL's UNet halves the latent twice). Settings accept
-#: it; a backend refuses sizes its own backbone cannot take (``SamplingBackend.check_size``).
-FINEST_SIZE_MULTIPLE = 32
+#: The finest multiple any backbone takes (Z-Image and SD 3.5: the VAE's 8 times the patch 2).
+#: Settings accept it; a backend refuses sizes its own backbone cannot take
+#: (``SamplingBackend.check_size``: 64 for SD 1.x/2.x, 32 for SDXL).
+FINEST_SIZE_MULTIPLE = 16
 MAX_SIZE = 4096
 #: Named denoising schedules: "full" runs the whole DDIM grid, "fast" only the captured timesteps
 #: and the final step (:func:`fast_schedule`).
@@ -25,15 +26,16 @@ SCHEDULES = ("full", "fast")
 
 
 def check_size(width: int, height: int) -> None:
-    """Refuse a size no backbone takes: sides must be multiples of 32 up to :data:`MAX_SIZE`
-    (and of 64 for SD 1.x/2.x, which the backend checks)."""
+    """Refuse a size no backbone takes: sides must be multiples of 16 up to :data:`MAX_SIZE`
+    (and of 64 for SD 1.x/2.x, of 32 for SDXL, which the backend checks)."""
     for name, v in (("width", width), ("height", height)):
         if not isinstance(v, int) or v < FINEST_SIZE_MULTIPLE or v > MAX_SIZE or v % FINEST_SIZE_MULTIPLE:
             lo = max(SIZE_MULTIPLE, (int(v) // SIZE_MULTIPLE) * SIZE_MULTIPLE) if isinstance(v, int) else 512
             raise InvalidInputError(
                 f"{name}={v} is not supported: it must be a multiple of {SIZE_MULTIPLE} between {SIZE_MULTIPLE} and "
-                f"{MAX_SIZE} (the UNet halves the latent three times; SDXL's twice, so there multiples of "
-                f"{FINEST_SIZE_MULTIPLE} from {FINEST_SIZE_MULTIPLE} work too), e.g. {lo} or {lo + SIZE_MULTIPLE}."
+                f"{MAX_SIZE} (the UNet halves the latent three times; SDXL's twice, so there multiples of 32 work "
+                f"too, and Z-Image and SD 3.5 take multiples of {FINEST_SIZE_MULTIPLE}), e.g. {lo} or "
+                f"{lo + SIZE_MULTIPLE}."
             )
 
 
@@ -43,8 +45,11 @@ def fast_schedule(plan: TimestepPlan) -> list[int]:
     DDIM (eta=0) is valid on any decreasing subsequence of the training timesteps, so sampling
     only where features are captured cuts UNet evaluations from len(grid) to len(plan.used)+1 at
     most, at the cost of a coarser ODE solve (images differ from the full-schedule ones).
+    Euler on a flow grid likewise, but it must start from the noise end (the grid's first step,
+    sigma 1), and every step ends on the next one (the last at sigma 0).
     """
-    return sorted(set(plan.used) | {plan.grid[0]}, reverse=True)
+    extra = plan.grid[-1] if plan.flow else plan.grid[0]
+    return sorted(set(plan.used) | {extra}, reverse=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +57,11 @@ class SamplingSettings:
     """How one image is sampled: everything that, with the condition, decides the image.
 
     - ``seed``: the initial noise (CPU generator, as ComfyUI's ``prepare_noise``).
-    - ``steps``, ``cfg``: DDIM steps (eta 0) and classifier-free guidance ("" as the negative).
-    - ``width``, ``height``: pixels, multiples of 64 (of 32 for SDXL: the backend checks its own).
+    - ``steps``, ``cfg``: DDIM steps (eta 0; Euler on the flow grid for the flow families) and
+      classifier-free guidance ("" as the negative; at cfg 1 a flow family evaluates the
+      conditional branch alone).
+    - ``width``, ``height``: pixels, multiples of 64 (of 32 for SDXL, 16 for Z-Image and SD 3.5:
+      the backend checks its own).
     - ``timesteps``: the UNet timesteps to capture (None: the paper's 13), mapped to the nearest
       steps of the ``steps``-step grid.
     - ``schedule``: "full" (the whole grid), "fast" (the captured timesteps and the final step) or
@@ -104,9 +112,10 @@ class SamplingSettings:
     def replace(self, **changes) -> SamplingSettings:
         return dataclasses.replace(self, **changes)
 
-    def plan(self) -> TimestepPlan:
-        """The capture timesteps on this grid (raises when ``steps`` cannot keep them apart)."""
-        return plan_timesteps(self.steps, self.timesteps)
+    def plan(self, family: str | None = None) -> TimestepPlan:
+        """The capture timesteps on the grid a model of ``family`` samples on (None: DDIM's;
+        raises when ``steps`` cannot keep them apart)."""
+        return plan_timesteps(self.steps, self.timesteps, family)
 
     def denoising_schedule(self, plan: TimestepPlan) -> list[int]:
         """The descending timesteps the sampler visits."""

@@ -15,6 +15,29 @@ KL-f8 VAE); the spec records which one it was read from:
 - ``sdxl``: SDXL base and its fine-tunes. 9 decoder ResBlocks, three per level at 1280/640/320
   channels (latent/4, /2, /1: there is no latent/8 level), 2048-dim context (CLIP-L and OpenCLIP
   bigG hidden states side by side) plus bigG's 1280-dim pooled embedding.
+
+Two flow-matching diffusion transformers (experimental) are tapped differently: a DiT has no
+decoder pyramid, so ``FeatureSpec.unet`` holds the image-token outputs of chosen transformer
+blocks, each unpatchified into a map at latent/2 (patch 2), all at the hidden size:
+
+- ``zimage``: Z-Image (Turbo and base; diffusers ``ZImageTransformer2DModel``, ComfyUI's
+  Lumina2/NextDiT ``layers``): 30 single-stream blocks of 3840 channels over [image tokens,
+  caption tokens], 2560-dim Qwen3-4B context, no pooled embedding.
+- ``sd35``: SD 3.5 Medium and Large (diffusers ``SD3Transformer2DModel``, ComfyUI's MM-DiT
+  ``joint_blocks``): 24 blocks of 1536 channels (Medium) or 38 of 2432 (Large) with a separate
+  image stream, 4096-dim context (CLIP-L/G padded to 4096, then T5-XXL) and a 2048-dim pooled one.
+
+Both decode with a 16-channel VAE whose decoder has SD's layout, so its taps are read as SD's.
+
+Which blocks (:func:`default_dit_blocks`): five, at 1/4, 3/8, 1/2, 5/8 and 3/4 of the depth. The
+DiT-feature literature finds the semantic, dense features in the middle of the stack: DiTF
+(NeurIPS 2025) reads FLUX/SD3.5 features for dense correspondence from mid-depth blocks (the first
+blocks are still close to the noisy patches, the last ones specialise in predicting the velocity),
+and MMDiff (2026) fuses mid-depth blocks over several timesteps for dense prediction. DiffSketch's
+generator wants both levels of the paper's UNet taps, semantic and local, so the taps spread over
+the middle half of the depth rather than one block. The choice has not yet been measured on real
+weights here (:mod:`diffsketch.capture.analysis` does so for timesteps on UNets); the spec records
+the block indices, so files stay readable if the defaults change.
 """
 
 from __future__ import annotations
@@ -44,8 +67,27 @@ FLOW_FAMILIES = (ZIMAGE, SD35)
 #: What every "not supported" message says is supported.
 SUPPORTED_MODELS = (
     "SD 1.x, SD 2.x (512-base and 768-v) and SDXL-family checkpoints (SDXL base and its fine-tunes, "
-    "e.g. Illustrious, NoobAI, Pony, Juggernaut)"
+    "e.g. Illustrious, NoobAI, Pony, Juggernaut), and the diffusion transformers Z-Image (Turbo and base) "
+    "and SD 3.5 (Medium and Large) (experimental)"
 )
+#: The DiT families' transformer classes, diffusers' names (the diffusers backend's layout).
+DIFFUSERS_DIT_CLASSES = {"ZImageTransformer2DModel": ZIMAGE, "SD3Transformer2DModel": SD35}
+#: The diffusers transformer classes of DiTs this version does not take yet, in words.
+UNSUPPORTED_DIT_CLASSES = {
+    "FluxTransformer2DModel": "a Flux.1 transformer",
+    "Flux2Transformer2DModel": "a Flux.2 transformer",
+    "QwenImageTransformer2DModel": "a Qwen-Image transformer",
+    "Lumina2Transformer2DModel": "a Lumina 2 transformer",
+    "PixArtTransformer2DModel": "a PixArt transformer",
+    "SanaTransformer2DModel": "a Sana transformer",
+    "AuraFlowTransformer2DModel": "an AuraFlow transformer",
+    "HiDreamImageTransformer2DModel": "a HiDream transformer",
+    "ChromaTransformer2DModel": "a Chroma transformer",
+}
+#: The fractions of a DiT's depth whose blocks are tapped by default (module docstring).
+DIT_TAP_DEPTHS = (1 / 4, 3 / 8, 1 / 2, 5 / 8, 3 / 4)
+#: Latent channels of the 16-channel VAEs both DiT families decode with.
+DIT_LATENT_CHANNELS = 16
 #: SDXL's size/crop conditioning: six numbers (original h/w, crop top/left, target h/w), each
 #: embedded with 256 sinusoidal features next to the pooled text embedding.
 SDXL_TIME_IDS = 6
@@ -53,7 +95,7 @@ SDXL_TIME_EMBED_DIM = 256
 
 
 #: The image side each family's published checkpoints were trained at, in words (node tooltips).
-NATIVE_SIZES_TEXT = "512 for SD 1.x and SD 2.x-base, 768 for SD 2.x 768-v, 1024 for SDXL"
+NATIVE_SIZES_TEXT = "512 for SD 1.x and SD 2.x-base, 768 for SD 2.x 768-v, 1024 for SDXL, Z-Image and SD 3.5"
 
 
 def family_native_side(family: str, prediction_type: str) -> int:
@@ -170,7 +212,8 @@ class FeatureSpec:
     """The taps of one model layout.
 
     ``unet`` are the decoder ResBlocks' residual branches (before the skip add), in execution
-    order; ``vae`` are the VAE decoder's mid and up ResNet blocks in execution order; ``rgb`` is
+    order, or for a DiT family (:data:`FLOW_FAMILIES`) the chosen transformer blocks' image-token
+    outputs, unpatchified to latent/2 (``log2_scale`` -1), in block order; ``vae`` are the VAE decoder's mid and up ResNet blocks in execution order; ``rgb`` is
     the decoder's output conv. ``context_dim``, ``pooled_dim`` (0: none) and ``latent_channels``
     are what the text conditioning and latents must look like; ``family`` is the backbone family
     (``sd1``, ``sd2``, ``sdxl``; files written before it was recorded are SD 1.x).
@@ -191,7 +234,8 @@ class FeatureSpec:
     @property
     def size_multiple(self) -> int:
         """Image sides must be multiples of this many pixels: the VAE's scale factor times 2 per
-        UNet downsampling (read from the coarsest decoder tap). SD 1.x/2.x: 64, SDXL: 32."""
+        UNet downsampling or per patch side (read from the coarsest tap). SD 1.x/2.x: 64, SDXL: 32,
+        Z-Image and SD 3.5: 16 (VAE 8 x patch 2)."""
         coarsest = min((t.log2_scale for t in self.unet), default=0)
         return self.vae_scale_factor << max(0, -coarsest)
 
@@ -386,7 +430,14 @@ def feature_spec_from_diffusers(
     unet: nn.Module, vae: nn.Module, family: str = SD1, pooled_dim: int = 0
 ) -> FeatureSpec:
     """The spec of a diffusers UNet and VAE; ``family`` and ``pooled_dim`` come from the caller,
-    which knows the text encoders (:func:`diffsketch.backends.diffusers.diffusers_family`)."""
+    which knows the text encoders (:func:`diffsketch.backends.diffusers.diffusers_family`). A
+    diffusion transformer goes to :func:`feature_spec_from_diffusers_dit` (its family comes from
+    its class; one DiffSketch does not support is refused by name)."""
+    if type(unet).__name__.endswith("Transformer2DModel"):
+        spec = feature_spec_from_diffusers_dit(unet, vae)
+        if family not in (SD1, spec.family):  # SD1: the default, i.e. not given
+            check_family(family, spec.family, f"family={family!r}", "the transformer")
+        return spec
     unet_taps = diffusers_unet_taps(unet)
     cfg = unet.config
     context_dim = cfg.get("cross_attention_dim")
@@ -403,4 +454,103 @@ def feature_spec_from_diffusers(
         vae_scale_factor=1 << rgb.log2_scale,
         family=check_backbone_family(family),
         pooled_dim=int(pooled_dim),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# diffusion transformers (diffusers layout)
+# ---------------------------------------------------------------------------------------------
+def default_dit_blocks(n_layers: int) -> tuple[int, ...]:
+    """The blocks of an ``n_layers``-deep DiT tapped by default: :data:`DIT_TAP_DEPTHS` of its
+    depth (distinct, ascending). Z-Image (30): 7, 11, 15, 18, 22; SD 3.5 Medium (24): 6, 9, 12,
+    15, 18; SD 3.5 Large (38): 9, 14, 19, 23, 28. Never the last block: SD 3.5's last one updates
+    the image stream only for the output projection."""
+    if n_layers < 2:
+        raise UnsupportedModelError(f"a DiT with {n_layers} transformer block(s) has no block to tap")
+    return tuple(sorted({min(n_layers - 2, int(f * n_layers)) for f in DIT_TAP_DEPTHS}))
+
+
+def diffusers_dit_family(transformer: nn.Module | str) -> str:
+    """The DiT family of a diffusers transformer, by its class or the class's name
+    (:data:`DIFFUSERS_DIT_CLASSES`; a folder's ``_class_name``), or UnsupportedModelError naming
+    what it is and what is supported."""
+    name = transformer if isinstance(transformer, str) else type(transformer).__name__
+    if name in DIFFUSERS_DIT_CLASSES:
+        return DIFFUSERS_DIT_CLASSES[name]
+    what = UNSUPPORTED_DIT_CLASSES.get(name, f"a {name}")
+    raise unsupported_model(
+        f"the diffusion model is {what}, a transformer family DiffSketch does not support yet"
+    )
+
+
+def _dit_blocks(transformer: nn.Module, family: str) -> tuple[str, nn.ModuleList, int, int]:
+    """``(module path, blocks, hidden size, patch size)`` of a diffusers DiT of ``family``."""
+    cfg = transformer.config
+    if family == ZIMAGE:
+        patches = tuple(cfg.get("all_patch_size") or (2,))
+        return "layers", transformer.layers, int(cfg["dim"]), int(patches[0])
+    heads, head_dim = int(cfg["num_attention_heads"]), int(cfg["attention_head_dim"])
+    return "transformer_blocks", transformer.transformer_blocks, heads * head_dim, int(cfg["patch_size"])
+
+
+def dit_block_taps(
+    path: str, n_blocks: int, hidden: int, patch: int, blocks: tuple[int, ...] | None = None
+) -> tuple[Tap, ...]:
+    """Taps of the blocks ``blocks`` (default :func:`default_dit_blocks`) of a DiT whose
+    ``n_blocks`` blocks are the modules ``{path}.{i}``: ``hidden`` channels at ``-log2(patch)``.
+    Both layouts use it: diffusers' (:func:`diffusers_dit_taps`) and ComfyUI's module paths."""
+    if patch < 1 or patch & (patch - 1):
+        raise unsupported_model(f"the transformer's patch size is {patch}, not a power of two")
+    chosen = default_dit_blocks(n_blocks) if blocks is None else tuple(int(b) for b in blocks)
+    bad = [b for b in chosen if not 0 <= b < n_blocks]
+    if bad or not chosen or list(chosen) != sorted(set(chosen)):
+        raise UnsupportedModelError(
+            f"DiT blocks {list(chosen)} are not distinct ascending indices of the model's {n_blocks} blocks "
+            f"(0..{n_blocks - 1})"
+        )
+    return tuple(Tap(f"{path}.{b}", int(hidden), -(patch.bit_length() - 1)) for b in chosen)
+
+
+def diffusers_dit_taps(transformer: nn.Module, blocks: tuple[int, ...] | None = None) -> tuple[Tap, ...]:
+    """Taps of a diffusers DiT (:func:`dit_block_taps` on its ``layers`` or ``transformer_blocks``)."""
+    path, layers, hidden, patch = _dit_blocks(transformer, diffusers_dit_family(transformer))
+    return dit_block_taps(path, len(layers), hidden, patch, blocks)
+
+
+def dit_context_dims(transformer: nn.Module) -> tuple[int, int]:
+    """``(context_dim, pooled_dim)`` a diffusers DiT takes: Z-Image its caption features (Qwen3-4B:
+    2560) and no pooled one; SD 3.5 its joint attention width (4096) and pooled projection (2048)."""
+    cfg = transformer.config
+    if diffusers_dit_family(transformer) == ZIMAGE:
+        return int(cfg["cap_feat_dim"]), 0
+    return int(cfg["joint_attention_dim"]), int(cfg["pooled_projection_dim"])
+
+
+def feature_spec_from_diffusers_dit(
+    transformer: nn.Module, vae: nn.Module, blocks: tuple[int, ...] | None = None
+) -> FeatureSpec:
+    """The spec of a diffusers DiT (Z-Image or SD 3.5) and its 16-channel VAE: the blocks' taps
+    (:func:`diffusers_dit_taps`), the VAE decoder's taps as SD's (:func:`diffusers_vae_taps`),
+    the family from the transformer's class, the context widths from its config."""
+    family = diffusers_dit_family(transformer)
+    taps = diffusers_dit_taps(transformer, blocks)
+    vae_taps, rgb = diffusers_vae_taps(vae)
+    latent_channels = int(transformer.config.get("in_channels", DIT_LATENT_CHANNELS))
+    vae_latents = int(getattr(vae, "config", {}).get("latent_channels", latent_channels))
+    if vae_latents != latent_channels:
+        raise unsupported_model(
+            f"the VAE makes {vae_latents}-channel latents but the {family_name(family)} transformer takes "
+            f"{latent_channels}: connect the VAE of the same model"
+        )
+    context_dim, pooled_dim = dit_context_dims(transformer)
+    return FeatureSpec(
+        layout=LAYOUT_DIFFUSERS,
+        unet=taps,
+        vae=vae_taps,
+        rgb=rgb,
+        context_dim=context_dim,
+        latent_channels=latent_channels,
+        vae_scale_factor=1 << rgb.log2_scale,
+        family=family,
+        pooled_dim=pooled_dim,
     )

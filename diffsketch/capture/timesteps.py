@@ -1,15 +1,63 @@
-"""The DDIM timestep grid and the representative timesteps DiffSketch captures."""
+"""The timestep grids and the representative timesteps DiffSketch captures.
+
+Every timestep is an index k in 0..999 of the model's 1000-entry schedule. The UNet families
+sample on the DDIM "uniform" grid (:func:`ddim_grid`). The flow-matching transformers
+(:data:`~diffsketch.capture.spec.FLOW_FAMILIES`) sample on ComfyUI's "simple" grid
+(:func:`flow_grid`) of the ``ModelSamplingDiscreteFlow`` sigmas (:func:`flow_sigma`), so an index
+means the same noise level in both backends.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from ..errors import InvalidInputError
+from .spec import SD35, ZIMAGE, is_flow_family
 
 NUM_TRAIN_TIMESTEPS = 1000
 
 #: The 13 representative timesteps of the paper (docs/method.md §2), on the 50-step DDIM grid.
 PAPER_TIMESTEPS: tuple[int, ...] = (1, 61, 161, 241, 321, 421, 501, 561, 641, 701, 781, 861, 941)
+
+#: The flow families' default capture timesteps: four indices spread over the shifted schedule
+#: (sigma 0.30, 0.50, 0.75 and 0.90 at shift 3), all on the 8-step grid Z-Image Turbo samples
+#: with, so a Turbo run captures them exactly. MMDiff (2026) gains most from fusing several
+#: timesteps of a DiT, which is the paper's representative-timestep idea; four instead of 13
+#: because a DiT tap is one full map at latent/2 of 1536-3840 channels (memory), and because
+#: Turbo samples only 8 steps. Not yet chosen by an analysis on real weights.
+FLOW_TIMESTEPS: tuple[int, ...] = (124, 249, 499, 749)
+#: The sigma shift of each flow family's published models (ComfyUI's ModelSamplingDiscreteFlow
+#: ``shift``; diffusers' FlowMatchEulerDiscreteScheduler ``shift``).
+FLOW_SHIFTS = {ZIMAGE: 3.0, SD35: 3.0}
+
+
+def default_timesteps(family: str | None = None) -> tuple[int, ...]:
+    """The capture timesteps used when none are given: the paper's 13 for the UNet families,
+    :data:`FLOW_TIMESTEPS` for the flow ones."""
+    return FLOW_TIMESTEPS if family is not None and is_flow_family(family) else PAPER_TIMESTEPS
+
+
+def flow_sigma(k: int, shift: float, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> float:
+    """The sigma of index ``k`` in ComfyUI's ``ModelSamplingDiscreteFlow`` table:
+    ``shift*t / (1 + (shift-1)*t)`` with ``t = (k+1)/1000`` (k=999 is pure noise, sigma 1)."""
+    t = (int(k) + 1) / num_train_timesteps
+    return shift * t / (1 + (shift - 1) * t)
+
+
+def flow_grid(steps: int, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> list[int]:
+    """Ascending indices of ComfyUI's "simple" scheduler for ``steps`` steps:
+    ``999 - int(i*1000/steps)`` for ``i < steps`` (the sampler then ends at sigma 0)."""
+    if steps < 1:
+        raise InvalidInputError(f"steps must be at least 1, got {steps}")
+    if steps > num_train_timesteps:
+        raise InvalidInputError(f"steps must be at most {num_train_timesteps}, got {steps}")
+    last = num_train_timesteps - 1
+    return sorted({last - int(i * num_train_timesteps / steps) for i in range(steps)})
+
+
+def timestep_grid(steps: int, family: str | None = None) -> list[int]:
+    """The grid a model of ``family`` samples on: :func:`flow_grid` or :func:`ddim_grid`."""
+    return flow_grid(steps) if family is not None and is_flow_family(family) else ddim_grid(steps)
 
 
 def ddim_grid(steps: int, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> list[int]:
@@ -35,6 +83,12 @@ class TimestepPlan:
     grid: tuple[int, ...]  # ascending
     requested: tuple[int, ...]
     used: tuple[int, ...]  # ascending, distinct, each on the grid
+    #: whether the grid is the flow families' "simple" one (:func:`flow_grid`), not DDIM's
+    flow: bool = False
+
+    @property
+    def grid_name(self) -> str:
+        return "flow-matching" if self.flow else "DDIM"
 
     @property
     def exact(self) -> bool:
@@ -42,11 +96,14 @@ class TimestepPlan:
 
     def describe(self) -> str:
         if self.exact:
-            return f"timesteps {list(self.used)} on the {self.steps}-step DDIM grid"
+            return f"timesteps {list(self.used)} on the {self.steps}-step {self.grid_name} grid"
         pairs = ", ".join(
             f"{r}->{u}" for r, u in zip(self.requested, map_to_grid(self.requested, self.grid)) if r != u
         )
-        return f"timesteps {list(self.used)} on the {self.steps}-step DDIM grid (mapped to the nearest grid step: {pairs})"
+        return (
+            f"timesteps {list(self.used)} on the {self.steps}-step {self.grid_name} grid (mapped to the nearest "
+            f"grid step: {pairs})"
+        )
 
 
 def map_to_grid(timesteps, grid) -> list[int]:
@@ -54,13 +111,15 @@ def map_to_grid(timesteps, grid) -> list[int]:
     return [min(grid, key=lambda g: (abs(g - t), g)) for t in timesteps]
 
 
-def plan_timesteps(steps: int, timesteps=None) -> TimestepPlan:
-    """Map the requested timesteps (default: the paper's 13) onto the ``steps``-step DDIM grid.
+def plan_timesteps(steps: int, timesteps=None, family: str | None = None) -> TimestepPlan:
+    """Map the requested timesteps (default: :func:`default_timesteps` of ``family``) onto the
+    ``steps``-step grid ``family`` samples on (:func:`timestep_grid`; None: DDIM's).
 
     Raises if two requested timesteps land on the same grid step, i.e. ``steps`` is too small
     to keep them apart.
     """
-    requested = tuple(int(t) for t in (PAPER_TIMESTEPS if timesteps is None else timesteps))
+    flow = family is not None and is_flow_family(family)
+    requested = tuple(int(t) for t in (default_timesteps(family) if timesteps is None else timesteps))
     if not requested:
         raise InvalidInputError(
             "timesteps: give at least one timestep (or leave it empty for the paper's 13)"
@@ -68,7 +127,7 @@ def plan_timesteps(steps: int, timesteps=None) -> TimestepPlan:
     bad = [t for t in requested if not 0 <= t < NUM_TRAIN_TIMESTEPS]
     if bad:
         raise InvalidInputError(f"timesteps must lie in 0..{NUM_TRAIN_TIMESTEPS - 1}; got {bad}")
-    grid = ddim_grid(steps)
+    grid = timestep_grid(steps, family)
     mapped = map_to_grid(requested, grid)
     used = tuple(sorted(set(mapped)))
     if len(used) < len(set(requested)):
@@ -76,16 +135,16 @@ def plan_timesteps(steps: int, timesteps=None) -> TimestepPlan:
             (
                 s
                 for s in range(steps + 1, NUM_TRAIN_TIMESTEPS + 1)
-                if len(set(map_to_grid(requested, ddim_grid(s)))) == len(set(requested))
+                if len(set(map_to_grid(requested, timestep_grid(s, family)))) == len(set(requested))
             ),
             NUM_TRAIN_TIMESTEPS,
         )
         raise InvalidInputError(
             f"steps={steps} is too few for the {len(set(requested))} timesteps asked: they map to only "
-            f"{len(used)} distinct steps of the {len(grid)}-step DDIM grid. Use at least {need} steps "
-            "(the paper uses 50), or ask for fewer timesteps."
+            f"{len(used)} distinct steps of the {len(grid)}-step {'flow-matching' if flow else 'DDIM'} grid. Use at "
+            f"least {need} steps{'' if flow else ' (the paper uses 50)'}, or ask for fewer timesteps."
         )
-    return TimestepPlan(steps=steps, grid=tuple(grid), requested=requested, used=used)
+    return TimestepPlan(steps=steps, grid=tuple(grid), requested=requested, used=used, flow=flow)
 
 
 def parse_timesteps(text: str | None):

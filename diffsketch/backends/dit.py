@@ -1,0 +1,377 @@
+"""Diffusers backend for the flow-matching diffusion transformers (experimental): Z-Image (Turbo and
+base, ``ZImageTransformer2DModel``) and SD 3.5 (Medium and Large, ``SD3Transformer2DModel``).
+
+Sampling is deterministic Euler (:mod:`~diffsketch.backends.flow`) on ComfyUI's "simple" grid of
+the shifted flow sigmas (:func:`~diffsketch.capture.timesteps.flow_grid`), the noise drawn as for
+the UNet families. Guidance is CFG with the batch ordered [uncond, cond]; at cfg 1 only the
+conditional branch is evaluated and captured (:meth:`SamplingBackend.captured_branches`), which is
+how the guidance-distilled Z-Image Turbo samples. The captured taps are the chosen transformer
+blocks' image tokens, unpatchified into ``[B, hidden, H/16, W/16]`` maps
+(:func:`~diffsketch.capture.hooks.image_token_map`): in diffusers' Z-Image the unified sequence is
+[image tokens padded to a multiple of 32, caption tokens], in SD 3.5 the image stream is the
+second output of every joint block; both put the image tokens first in row-major patch order.
+
+Each model is called as diffusers' own pipeline calls it, so that ``ZImagePipeline`` and
+``StableDiffusion3Pipeline`` given the same sigmas and noise make the same image
+(tests/test_dit_sampling.py):
+
+- Z-Image: the transformer takes lists (one ``[C, 1, h, w]`` latent and one ``[T_i, 2560]``
+  caption per item), the timestep ``1 - sigma``, and predicts minus the velocity. Its pipeline's
+  ``guidance_scale`` g is ``cfg - 1`` here (``pos + g (pos - neg)``); Turbo samples at g 0, cfg 1.
+- SD 3.5: the timestep ``1000 sigma``, the context and the pooled embedding; it predicts the
+  velocity. The pipeline's guidance scale is the cfg.
+
+Text conditioning is built as the pipelines build it (:meth:`DiffusersFlowBackend.encode_prompt`).
+The latent passed around is the raw VAE latent: ``raw = model / scaling_factor + shift_factor``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..capture.hooks import COND, UNCOND, UNetRecorder, image_token_map, reject_compiled
+from ..capture.identity import FLOW_PREDICTION
+from ..capture.spec import (
+    SD35,
+    ZIMAGE,
+    diffusers_dit_family,
+    family_name,
+    feature_spec_from_diffusers_dit,
+    unsupported_model,
+)
+from ..capture.timesteps import FLOW_SHIFTS
+from ..errors import InvalidInputError, WeightsNotFoundError
+from .base import SamplingBackend, weights_fingerprint
+from .conditioning import Conditioning
+from .diffusers import DiffusersVAE, _bf16_supported
+from .flow import euler_denoise, euler_invert
+from .inversion import ProgressFn
+from .text import ClipBPETokenizer
+
+#: Z-Image's prompt as its pipeline builds it: the Qwen3 chat template of one user message with the
+#: assistant's turn opened (thinking enabled adds nothing), read from the text encoder's
+#: second-to-last hidden states, at most this many tokens, the padding dropped.
+ZIMAGE_MAX_TOKENS = 512
+#: SD 3.5's T5-XXL tokens as StableDiffusion3Pipeline pads them (its ``max_sequence_length``).
+SD35_T5_TOKENS = 256
+#: CLIP-L's and CLIP-G's context (one window: start token, 75 tokens, end token; longer cut off).
+SD35_CLIP_TOKENS = 77
+#: OpenCLIP bigG's tokenizer in SD 3.x folders pads with "!" (token 0), CLIP-L with its end token.
+CLIP_G_PAD_TOKEN = 0
+#: What a diffusers folder of a flow family must hold (besides the text encoders).
+_DIT_FOLDERS = ("transformer", "vae")
+
+
+class DiffusersFlowBackend(DiffusersVAE, SamplingBackend):
+    """Sampling a Z-Image or SD 3.5 diffusers transformer with feature capture.
+
+    Z-Image: ``text_encoder`` is the Qwen3 model (Qwen3-4B; a ``Qwen3Model``), ``tokenizer`` its
+    tokenizer (with its chat template). SD 3.5: ``text_encoder`` and ``text_encoder_2`` are CLIP-L
+    and OpenCLIP bigG (``CLIPTextModelWithProjection``), ``text_encoder_3`` T5-XXL
+    (``T5EncoderModel``; None: zeros, as the pipeline does without it), with their tokenizers
+    (the CLIP ones default to the CLIP BPE vocabulary DiffSketch ships with open_clip).
+
+    ``shift``: the sigma shift (default: the family's, 3.0; a folder's scheduler config gives
+    its own). ``blocks``: the transformer blocks to tap (default
+    :func:`~diffsketch.capture.spec.default_dit_blocks`). ``guidance_distilled``: whether the
+    model samples without guidance (default: True for Z-Image, whose published diffusers model is
+    Turbo; False for SD 3.5); cfg > 1 then gets a notice. ``vae_dtype`` defaults to ``dtype``,
+    bfloat16 (or float32) instead of float16, as for SDXL: the 16-channel VAEs overflow float16.
+    """
+
+    prediction_type = FLOW_PREDICTION
+
+    def __init__(
+        self,
+        transformer,
+        vae,
+        text_encoder=None,
+        tokenizer=None,
+        device="cpu",
+        dtype=torch.float32,
+        *,
+        text_encoder_2=None,
+        tokenizer_2=None,
+        text_encoder_3=None,
+        tokenizer_3=None,
+        shift: float | None = None,
+        blocks: tuple[int, ...] | None = None,
+        guidance_distilled: bool | None = None,
+        vae_dtype: torch.dtype | None = None,
+    ):
+        reject_compiled(transformer, "diffusion transformer")
+        reject_compiled(vae, "VAE")
+        family = diffusers_dit_family(transformer)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        if vae_dtype is None:
+            vae_dtype = dtype
+            if dtype == torch.float16:
+                vae_dtype = torch.bfloat16 if _bf16_supported(self.device) else torch.float32
+        self.vae_dtype = vae_dtype
+        self.transformer = transformer.to(self.device, dtype).eval().requires_grad_(False)
+        self.vae = vae.to(self.device, vae_dtype).eval().requires_grad_(False)
+        self.spec = feature_spec_from_diffusers_dit(self.transformer, self.vae, blocks)
+        self.shift = float(FLOW_SHIFTS[family] if shift is None else shift)
+        if not self.shift > 0:
+            raise InvalidInputError(f"shift must be a positive number, got {shift!r}")
+        self.guidance_distilled = family == ZIMAGE if guidance_distilled is None else bool(guidance_distilled)
+        vae_config = self.vae.config
+        self.latent_scaling_factor = float(vae_config.get("scaling_factor", 1.0))
+        self.latent_shift_factor = float(vae_config.get("shift_factor") or 0.0)
+        self.patch_size = 1 << -self.spec.unet[0].log2_scale
+
+        def prepare(encoder):
+            return None if encoder is None else encoder.to(self.device).eval().requires_grad_(False)
+
+        self.text_encoder = prepare(text_encoder)
+        self.text_encoder_2 = prepare(text_encoder_2)
+        self.text_encoder_3 = prepare(text_encoder_3)
+        self.tokenizer, self.tokenizer_2, self.tokenizer_3 = tokenizer, tokenizer_2, tokenizer_3
+        if family == SD35:
+            if self.text_encoder is None or self.text_encoder_2 is None:
+                raise unsupported_model(
+                    "this SD 3.5 model comes without its CLIP-L and OpenCLIP bigG text encoders (text_encoder, "
+                    "text_encoder_2), which make its pooled embedding"
+                )
+            self.tokenizer = tokenizer if tokenizer is not None else ClipBPETokenizer()
+            self.tokenizer_2 = (
+                tokenizer_2 if tokenizer_2 is not None else ClipBPETokenizer(pad_token=CLIP_G_PAD_TOKEN)
+            )
+            if self.text_encoder_3 is not None and tokenizer_3 is None:
+                raise InvalidInputError(
+                    "text_encoder_3 (T5-XXL) was given without its tokenizer (tokenizer_3)"
+                )
+        self._uncond_cache: Conditioning | None = None
+        self._model_hash: str | None = None
+
+    # -- identity ------------------------------------------------------------------------------
+    def model_hash(self) -> str:
+        """:func:`~diffsketch.backends.base.weights_fingerprint` of the transformer."""
+        if self._model_hash is None:
+            self._model_hash = weights_fingerprint(self.transformer.parameters())
+        return self._model_hash
+
+    def describe(self) -> str:
+        return (
+            f"{family_name(self.spec.family)} (flow matching, shift {self.shift:g}; experimental), "
+            f"{len(self.spec.unet)} transformer block taps, {self.dtype} on {self.device}"
+        )
+
+    # -- loading -------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path, device="cpu", dtype=torch.float32) -> DiffusersFlowBackend:
+        """A local diffusers folder of Z-Image (transformer/, vae/, text_encoder/, tokenizer/,
+        scheduler/) or SD 3.5 (the same with text_encoder_2/3 and tokenizer_2/3). A transformer of
+        another family (Flux, Qwen-Image, ...) is refused by its config, before any weights load."""
+        import diffusers
+
+        root = Path(path)
+        for sub in _DIT_FOLDERS:
+            if not (root / sub).is_dir():
+                raise WeightsNotFoundError(
+                    f"{root} is not a diffusers folder of a diffusion transformer: '{sub}/' is missing"
+                )
+        config = json.loads((root / "transformer" / "config.json").read_text())
+        class_name = str(config.get("_class_name"))
+        diffusers_dit_family(class_name)  # another family is refused before any weights load
+        transformer_cls = getattr(diffusers, class_name)
+        shift = None
+        sched = root / "scheduler" / "scheduler_config.json"
+        if sched.is_file():
+            shift = json.loads(sched.read_text()).get("shift")
+        kw = {"local_files_only": True}
+        transformer = transformer_cls.from_pretrained(root / "transformer", **kw)
+        vae = diffusers.AutoencoderKL.from_pretrained(root / "vae", **kw)
+        family = diffusers_dit_family(transformer)
+        encoders = {}
+        if family == ZIMAGE:
+            from transformers import AutoModel, AutoTokenizer
+
+            encoders["text_encoder"] = AutoModel.from_pretrained(root / "text_encoder", **kw)
+            encoders["tokenizer"] = AutoTokenizer.from_pretrained(root / "tokenizer", **kw)
+        else:
+            from transformers import AutoTokenizer, CLIPTextModelWithProjection, T5EncoderModel
+
+            from .text import HFTokenizerAdapter
+
+            for name in ("", "_2"):
+                encoders[f"text_encoder{name}"] = CLIPTextModelWithProjection.from_pretrained(
+                    root / f"text_encoder{name}", **kw
+                )
+                if (root / f"tokenizer{name}").is_dir():
+                    encoders[f"tokenizer{name}"] = HFTokenizerAdapter(
+                        AutoTokenizer.from_pretrained(root / f"tokenizer{name}", **kw)
+                    )
+            if (root / "text_encoder_3").is_dir():
+                encoders["text_encoder_3"] = T5EncoderModel.from_pretrained(root / "text_encoder_3", **kw)
+                encoders["tokenizer_3"] = AutoTokenizer.from_pretrained(root / "tokenizer_3", **kw)
+        return cls(transformer, vae, device=device, dtype=dtype, shift=shift, **encoders)
+
+    # -- text ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_prompt(self, text: str) -> Conditioning:
+        """``text`` as the family's diffusers pipeline encodes it.
+
+        Z-Image (``ZImagePipeline._encode_prompt``): the Qwen3 chat template of the prompt, at most
+        :data:`ZIMAGE_MAX_TOKENS` tokens, the second-to-last hidden states of its tokens (padding
+        dropped): ``[1, T, 2560]``, no pooled embedding.
+
+        SD 3.5 (``StableDiffusion3Pipeline.encode_prompt``): CLIP-L's and bigG's penultimate hidden
+        states of one 77-token window side by side (768 + 1280), zero-padded to T5's 4096, then
+        T5-XXL's :data:`SD35_T5_TOKENS` tokens (zeros without T5): ``[1, 77 + 256, 4096]``; the
+        pooled embedding is both projected CLIP embeddings (768 + 1280 = 2048). No prompt weights,
+        and CLIP sees the first 75 tokens (the pipeline's truncation)."""
+        if text == "" and self._uncond_cache is not None:
+            return self._uncond_cache
+        if not isinstance(text, str):
+            raise InvalidInputError(f"a prompt must be a string, got {type(text).__name__}")
+        out = self._encode_zimage(text) if self.spec.family == ZIMAGE else self._encode_sd35(text)
+        if text == "":
+            self._uncond_cache = out
+        return out
+
+    def _encode_zimage(self, text: str) -> Conditioning:
+        if self.text_encoder is None or self.tokenizer is None:
+            raise InvalidInputError(
+                "this Z-Image backend has no Qwen3 text encoder and tokenizer: pass conditionings, not prompts, "
+                "or load the model with its text_encoder/ and tokenizer/"
+            )
+        messages = [{"role": "user", "content": text}]
+        formatted = self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True, enable_thinking=True
+        )
+        tokens = self.tokenizer(
+            [formatted],
+            padding="max_length",
+            max_length=ZIMAGE_MAX_TOKENS,
+            truncation=True,
+            return_tensors="pt",
+        )
+        ids = tokens.input_ids.to(self.device)
+        mask = tokens.attention_mask.to(self.device).bool()
+        hidden = self.text_encoder(
+            input_ids=ids, attention_mask=mask, output_hidden_states=True
+        ).hidden_states[-2]
+        return Conditioning(hidden[0][mask[0]].unsqueeze(0).float().cpu())
+
+    def _clip_window(self, tokenizer, text: str) -> torch.Tensor:
+        ids = [tokenizer.bos, *tokenizer.ids(text)[: SD35_CLIP_TOKENS - 2], tokenizer.eos]
+        return torch.tensor([ids + [tokenizer.pad] * (SD35_CLIP_TOKENS - len(ids))], dtype=torch.long)
+
+    def _encode_sd35(self, text: str) -> Conditioning:
+        hidden, pooled = [], []
+        for encoder, tokenizer in (
+            (self.text_encoder, self.tokenizer),
+            (self.text_encoder_2, self.tokenizer_2),
+        ):
+            out = encoder(self._clip_window(tokenizer, text).to(self.device), output_hidden_states=True)
+            hidden.append(out.hidden_states[-2].float())
+            pooled.append(out[0].float())
+        clip = torch.cat(hidden, dim=-1)
+        d = self.spec.context_dim
+        clip = torch.nn.functional.pad(clip, (0, d - clip.shape[-1]))
+        if self.text_encoder_3 is None:
+            t5 = torch.zeros(1, SD35_T5_TOKENS, d, device=clip.device)
+        else:
+            ids = self.tokenizer_3(
+                [text],
+                padding="max_length",
+                max_length=SD35_T5_TOKENS,
+                truncation=True,
+                add_special_tokens=True,
+                return_tensors="pt",
+            ).input_ids
+            t5 = self.text_encoder_3(ids.to(self.device))[0].float()
+        return Conditioning(torch.cat([clip, t5], dim=-2).cpu(), torch.cat(pooled, dim=-1).cpu())
+
+    # -- latents -------------------------------------------------------------------------------
+    def model_latent(self, latent: torch.Tensor) -> torch.Tensor:
+        return (latent - self.latent_shift_factor) * self.latent_scaling_factor
+
+    def raw_latent(self, model_latent: torch.Tensor) -> torch.Tensor:
+        """The raw VAE latent of a latent the transformer works on."""
+        return model_latent / self.latent_scaling_factor + self.latent_shift_factor
+
+    # -- the model -----------------------------------------------------------------------------
+    def _velocity(self, x: torch.Tensor, sigma: float, conds: list[Conditioning]) -> torch.Tensor:
+        """The velocity at ``sigma`` of ``x`` ([B, C, h, w]) for each of ``conds`` (each a batch of
+        B): ``[len(conds) * B, C, h, w]``, the batch repeated per conditioning in that order."""
+        k = len(conds)
+        x_in = x.repeat(k, 1, 1, 1).to(self.device, self.dtype)
+        n = x_in.shape[0]
+        if self.spec.family == ZIMAGE:
+            captions = [
+                c.context[i].to(self.device, self.dtype) for c in conds for i in range(c.context.shape[0])
+            ]
+            t = torch.full((n,), 1.0 - sigma, device=self.device, dtype=self.dtype)
+            out = self.transformer(list(x_in.unsqueeze(2).unbind(0)), t, captions, return_dict=False)[0]
+            return -torch.stack([o.float() for o in out]).squeeze(2)
+        cond = Conditioning.cat(conds).to(self.device, self.dtype)
+        t = torch.full((n,), sigma * 1000.0, device=self.device, dtype=self.dtype)
+        out = self.transformer(
+            hidden_states=x_in,
+            timestep=t,
+            encoder_hidden_states=cond.context,
+            pooled_projections=cond.pooled,
+            return_dict=False,
+        )[0]
+        return out.float()
+
+    def _guided_velocity(self, x, sigma, index, cond, uncond, cfg, branches, recorder) -> torch.Tensor:
+        """CFG-combined velocity, with the chosen branches evaluated in one call where their
+        contexts batch (SD 3.5's of different token counts run one call each: zero-padding would
+        change its joint attention, which has no mask), and the recorder hooked on each call."""
+        by_branch = {UNCOND: uncond, COND: cond}
+        grid = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
+
+        def to_map(output):
+            return image_token_map(output, grid)
+
+        groups = [list(branches)]
+        if self.spec.family == SD35 and len({by_branch[b].context.shape[1] for b in branches}) > 1:
+            groups = [[b] for b in branches]
+        velocity = {}
+        for group in groups:
+            conds = [by_branch[b] for b in group]
+            if recorder is not None and index is not None:
+                with recorder.tap(self.transformer, index, group, to_map=to_map):
+                    out = self._velocity(x, sigma, conds)
+            else:
+                out = self._velocity(x, sigma, conds)
+            for b, v in zip(group, out.chunk(len(group))):
+                velocity[b] = v
+        if UNCOND not in velocity:
+            return velocity[COND]
+        return velocity[UNCOND] + cfg * (velocity[COND] - velocity[UNCOND])
+
+    @torch.no_grad()
+    def _denoise(
+        self, noise, cond, uncond, cfg, schedule, recorder: UNetRecorder | None, progress: ProgressFn | None
+    ) -> torch.Tensor:
+        """Euler on the flow sigmas of ``schedule`` from ``noise``; the branches are the
+        recorder's, or :meth:`captured_branches` of ``cfg``. Returns the raw VAE latent."""
+        branches = recorder.branches if recorder is not None else self.captured_branches(cfg)
+        if UNCOND in branches and uncond is None:
+            raise InvalidInputError(f"cfg {cfg:g} needs a negative conditioning")
+
+        def predict(x, sigma, index):
+            return self._guided_velocity(x, sigma, index, cond, uncond, float(cfg), branches, recorder)
+
+        latent = euler_denoise(predict, noise.to(self.device, torch.float32), schedule, self.shift, progress)
+        return self.raw_latent(latent).cpu()
+
+    @torch.no_grad()
+    def _invert(self, latent, cond, schedule, progress: ProgressFn | None) -> torch.Tensor:
+        """Euler inversion (:func:`~diffsketch.backends.flow.euler_invert`) of the clean model
+        latent on ``schedule``, the transformer guided by ``cond`` alone (cfg 1)."""
+
+        def predict(x, sigma, index):
+            return self._velocity(x, sigma, [cond])
+
+        return euler_invert(
+            predict, latent.to(self.device, torch.float32), schedule, self.shift, progress
+        ).cpu()

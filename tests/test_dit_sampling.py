@@ -1,0 +1,397 @@
+"""The diffusers backend on the flow-matching transformers (Z-Image, SD 3.5), with tiny random-weight
+models: sampling and prompt encoding match diffusers' own ZImagePipeline and
+StableDiffusion3Pipeline, the captured block maps are the image tokens in the spec's shapes, one
+branch at cfg 1, hooks removed on every exit path, bad input refused by name."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+import torch
+from compare import relative_error
+from tiny_models import tiny_sd35_backend, tiny_zimage_backend
+
+from diffsketch.backends.base import make_noise
+from diffsketch.backends.conditioning import Conditioning
+from diffsketch.capture.hooks import COND, UNCOND, UNetRecorder
+from diffsketch.capture.sampling import SamplingSettings
+from diffsketch.capture.spec import SD35, ZIMAGE
+from diffsketch.errors import InvalidInputError, UnsupportedModelError
+
+SIZE = 64  # px: an 8x8 latent, 4x4 image tokens (Z-Image pads them to 32 tokens)
+PROMPT = "a red house by a lake"
+
+
+@pytest.fixture(scope="module")
+def zimage():
+    return tiny_zimage_backend(0)
+
+
+@pytest.fixture(scope="module")
+def sd35():
+    return tiny_sd35_backend(0)
+
+
+def flow_scheduler():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+
+
+def pipeline_sigmas(schedule) -> list[float]:
+    """The unshifted sigmas ``t = (k+1)/1000`` of the schedule's indices: the scheduler shifts them
+    to the backend's ComfyUI sigmas."""
+    return [(k + 1) / 1000 for k in schedule]
+
+
+def clip_tokenizer(tmp_path, name: str, pad: str):
+    """transformers' CLIPTokenizer on the CLIP BPE vocabulary open_clip ships (no download)."""
+    from open_clip.tokenizer import SimpleTokenizer, default_bpe
+    from transformers import CLIPTokenizer
+
+    encoder = dict(SimpleTokenizer().encoder)
+    encoder["<|startoftext|>"] = encoder.pop("<start_of_text>")
+    encoder["<|endoftext|>"] = encoder.pop("<end_of_text>")
+    merges = gzip.open(default_bpe()).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "vocab.json").write_text(json.dumps(encoder))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return CLIPTokenizer(
+        str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token=pad, model_max_length=77
+    )
+
+
+# -- parity with diffusers' pipelines ----------------------------------------------------------------
+@pytest.mark.parametrize("cfg", [1.0, 2.5])
+def test_zimage_sampling_matches_the_zimage_pipeline(zimage, cfg):
+    from diffusers import ZImagePipeline
+
+    settings = SamplingSettings(seed=3, steps=4, timesteps=(249, 749), cfg=cfg, width=SIZE, height=SIZE)
+    sample = zimage.sample(PROMPT, settings)
+    pipe = ZImagePipeline(
+        scheduler=flow_scheduler(),
+        vae=zimage.vae,
+        text_encoder=zimage.text_encoder,
+        tokenizer=zimage.tokenizer,
+        transformer=zimage.transformer,
+    )
+    noise = make_noise(3, (1, 16, SIZE // 8, SIZE // 8))
+    # the pipeline encodes the prompt itself (its chat template), guidance g = cfg - 1
+    latent = pipe(
+        PROMPT,
+        height=SIZE,
+        width=SIZE,
+        sigmas=pipeline_sigmas(sample.meta["schedule"]),
+        num_inference_steps=4,
+        guidance_scale=cfg - 1,
+        latents=noise,
+        output_type="latent",
+    ).images
+    assert relative_error(zimage.model_latent(sample.latent), latent) < 1e-4
+    image = pipe(
+        PROMPT,
+        height=SIZE,
+        width=SIZE,
+        sigmas=pipeline_sigmas(sample.meta["schedule"]),
+        num_inference_steps=4,
+        guidance_scale=cfg - 1,
+        latents=noise,
+        output_type="pt",
+    ).images
+    assert (sample.image - image).abs().max() < 1e-3
+    assert sample.meta["branches"] == (1 if cfg == 1 else 2)
+
+
+def test_zimage_prompt_encoding_matches_the_pipeline(zimage):
+    from diffusers import ZImagePipeline
+
+    pipe = ZImagePipeline(
+        scheduler=flow_scheduler(),
+        vae=zimage.vae,
+        text_encoder=zimage.text_encoder,
+        tokenizer=zimage.tokenizer,
+        transformer=zimage.transformer,
+    )
+    for text in (PROMPT, "", "一只猫"):
+        (expected,), _ = pipe.encode_prompt(text, device="cpu", do_classifier_free_guidance=False)
+        got = zimage.encode_prompt(text)
+        assert got.pooled is None and got.context.shape == (1, *expected.shape)
+        assert torch.allclose(got.context[0], expected.float(), atol=1e-6)
+    # the chat template's tokens are there: the empty prompt is not empty
+    assert zimage.encode_prompt("").context.shape[1] > 5
+
+
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_sd35_sampling_and_encoding_match_the_sd3_pipeline(sd35, tmp_path, cfg):
+    from diffusers import StableDiffusion3Pipeline
+
+    from diffsketch.backends.text import HFTokenizerAdapter
+
+    tokenizer, tokenizer_2 = (
+        clip_tokenizer(tmp_path, "l", "<|endoftext|>"),
+        clip_tokenizer(tmp_path, "g", "!"),
+    )
+    pipe = StableDiffusion3Pipeline(
+        transformer=sd35.transformer,
+        scheduler=flow_scheduler(),
+        vae=sd35.vae,
+        text_encoder=sd35.text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=sd35.text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        text_encoder_3=sd35.text_encoder_3,
+        tokenizer_3=sd35.tokenizer_3,
+    )
+    # the backend's own CLIP BPE tokenizers and the HF ones give the pipeline's encoding
+    context, _, pooled, _ = pipe.encode_prompt(PROMPT, PROMPT, PROMPT, do_classifier_free_guidance=False)
+    for backend_tokens in (sd35, None):
+        if backend_tokens is None:
+            from diffsketch.backends.dit import DiffusersFlowBackend
+
+            backend_tokens = DiffusersFlowBackend(
+                sd35.transformer,
+                sd35.vae,
+                sd35.text_encoder,
+                HFTokenizerAdapter(tokenizer),
+                text_encoder_2=sd35.text_encoder_2,
+                tokenizer_2=HFTokenizerAdapter(tokenizer_2),
+                text_encoder_3=sd35.text_encoder_3,
+                tokenizer_3=sd35.tokenizer_3,
+            )
+        got = backend_tokens.encode_prompt(PROMPT)
+        assert got.context.shape == (1, 77 + 256, 32) and got.pooled.shape == (1, 16)
+        assert torch.allclose(got.context, context.float(), atol=1e-6)
+        assert torch.allclose(got.pooled, pooled.float(), atol=1e-6)
+
+    settings = SamplingSettings(seed=5, steps=4, timesteps=(249, 749), cfg=cfg, width=SIZE, height=48)
+    sample = sd35.sample(PROMPT, settings)
+    noise = make_noise(5, (1, 16, 6, SIZE // 8))
+    latent = pipe(
+        PROMPT,
+        height=48,
+        width=SIZE,
+        sigmas=pipeline_sigmas(sample.meta["schedule"]),
+        num_inference_steps=4,
+        guidance_scale=cfg,
+        latents=noise,
+        output_type="latent",
+    ).images
+    assert relative_error(sd35.model_latent(sample.latent), latent) < 1e-4
+    assert sample.meta["branches"] == (1 if cfg == 1 else 2)
+
+
+# -- what is captured --------------------------------------------------------------------------------
+@pytest.mark.parametrize("which", [ZIMAGE, SD35])
+def test_captured_features_have_the_spec_shapes(zimage, sd35, which):
+    backend = zimage if which == ZIMAGE else sd35
+    for cfg, branches in ((1.0, 1), (2.0, 2)):
+        settings = SamplingSettings(seed=0, steps=8, cfg=cfg, width=SIZE, height=48)
+        sample = backend.sample("a cat", settings)
+        assert sample.spec.family == which and sample.branches == branches
+        assert sample.timesteps == (124, 249, 499, 749)  # the flow default, on the 8-step grid
+        for maps in sample.unet.values():
+            assert [tuple(m.shape) for m in maps] == [
+                (branches, *s) for s in backend.spec.unet_shapes(SIZE, 48)
+            ]
+        assert [tuple(v.shape[1:]) for v in sample.vae] == backend.spec.vae_shapes(SIZE, 48)
+        assert sample.latent.shape == (1, 16, 6, 8) and sample.image.shape == (1, 3, 48, SIZE)
+        assert len(sample.split()) == 1
+
+
+def test_a_zimage_tap_is_the_block_s_image_tokens_in_row_major_order(zimage):
+    """Tapping the LAST block, the captured map run through the model's own final layer and
+    unpatchify gives the model's output: the map holds exactly the image tokens (no caption or
+    padding token), in the order the model unpatchifies them."""
+    from diffsketch.backends.dit import DiffusersFlowBackend
+
+    last = len(zimage.transformer.layers) - 1
+    backend = DiffusersFlowBackend(
+        zimage.transformer, zimage.vae, zimage.text_encoder, zimage.tokenizer, blocks=(last,)
+    )
+    cond = backend.encode_prompt(PROMPT)
+    x = torch.randn(1, 16, 6, 8)
+    sigma = 0.7
+    recorder = UNetRecorder(backend.spec, [499], torch.float32, branches=(COND,))
+    with torch.no_grad():
+        velocity = backend._guided_velocity(x, sigma, 499, cond, None, 1.0, (COND,), recorder)
+        (tap,) = recorder.result()[499]  # [1, 32, 3, 4]
+        tokens = tap.flatten(2).transpose(1, 2)[0]
+        t = torch.tensor([1.0 - sigma])
+        adaln = backend.transformer.t_embedder(t * backend.transformer.t_scale)
+        out = backend.transformer.all_final_layer["2-1"](tokens.unsqueeze(0), c=adaln)[0]
+        (rebuilt,) = backend.transformer.unpatchify([out], [(1, 6, 8)], 2, 1)
+    assert tap.shape == (1, 32, 3, 4)
+    assert torch.allclose(-rebuilt.squeeze(1), velocity[0], atol=1e-5)
+
+
+def test_an_sd35_tap_is_the_block_s_image_stream(sd35):
+    """The same check on SD 3.5: the last joint block's image stream, through norm_out, proj_out
+    and the model's unpatchify, is the velocity."""
+    from diffsketch.backends.dit import DiffusersFlowBackend
+
+    last = len(sd35.transformer.transformer_blocks) - 1
+    backend = DiffusersFlowBackend(
+        sd35.transformer,
+        sd35.vae,
+        sd35.text_encoder,
+        text_encoder_2=sd35.text_encoder_2,
+        text_encoder_3=sd35.text_encoder_3,
+        tokenizer_3=sd35.tokenizer_3,
+        blocks=(last,),
+    )
+    cond = backend.encode_prompt(PROMPT)
+    x = torch.randn(1, 16, 6, 8)
+    sigma = 0.7
+    recorder = UNetRecorder(backend.spec, [499], torch.float32, branches=(COND,))
+    tr = backend.transformer
+    with torch.no_grad():
+        velocity = backend._guided_velocity(x, sigma, 499, cond, None, 1.0, (COND,), recorder)
+        (tap,) = recorder.result()[499]
+        tokens = tap.flatten(2).transpose(1, 2)
+        temb = tr.time_text_embed(torch.tensor([sigma * 1000.0]), cond.pooled)
+        out = tr.proj_out(tr.norm_out(tokens, temb)).reshape(1, 3, 4, 2, 2, 16)
+        rebuilt = torch.einsum("nhwpqc->nchpwq", out).reshape(1, 16, 6, 8)
+    assert torch.allclose(rebuilt, velocity, atol=1e-5)
+
+
+def test_one_branch_at_cfg_1_evaluates_no_negative(zimage, monkeypatch):
+    encoded = []
+    original = type(zimage).encode_prompt
+
+    def counting(self, text):
+        encoded.append(text)
+        return original(self, text)
+
+    monkeypatch.setattr(type(zimage), "encode_prompt", counting)
+    sample = zimage.sample("a cat", SamplingSettings(seed=0, steps=8, cfg=1.0, width=SIZE, height=SIZE))
+    assert encoded == ["a cat"] and sample.branches == 1 and sample.meta["branches"] == 1
+    assert all(m.shape[0] == 1 for maps in sample.unet.values() for m in maps)
+    # the same call at cfg 2 encodes and captures the negative too
+    encoded.clear()
+    sample = zimage.sample("a cat", SamplingSettings(seed=0, steps=8, cfg=2.0, width=SIZE, height=SIZE))
+    assert "" in encoded and sample.branches == 2
+
+
+def test_the_recorder_keeps_uncond_first_and_refuses_unknown_branches():
+    from helpers_spec import sd15_spec
+
+    assert UNetRecorder(sd15_spec(), [1], branches=(COND, UNCOND)).branches == (UNCOND, COND)
+    with pytest.raises(ValueError, match="branches"):
+        UNetRecorder(sd15_spec(), [1], branches=(5,))
+
+
+# -- hooks -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("which", [ZIMAGE, SD35])
+def test_no_hooks_left_after_success_failure_and_interrupt(zimage, sd35, which):
+    backend = zimage if which == ZIMAGE else sd35
+    modules = [*backend.transformer.modules(), *backend.vae.modules()]
+    blocks = backend.transformer.layers if which == ZIMAGE else backend.transformer.transformer_blocks
+
+    def hook_count():
+        return sum(len(m._forward_hooks) for m in modules)
+
+    settings = SamplingSettings(seed=0, steps=8, cfg=2.0, width=SIZE, height=SIZE)
+    before = hook_count()
+    backend.sample("a", settings)
+    assert hook_count() == before
+    for error in (RuntimeError("out of memory"), KeyboardInterrupt()):
+
+        def fail(module, inputs, output, error=error):
+            if len(blocks[1]._forward_hooks) > 0:  # raise while DiffSketch's hooks are on
+                raise error
+
+        failing = blocks[0].register_forward_hook(fail)
+        try:
+            with pytest.raises(type(error)):
+                backend.sample("a", settings)
+        finally:
+            failing.remove()
+        assert hook_count() == before
+
+
+# -- inversion ---------------------------------------------------------------------------------------
+def test_euler_inversion_is_exact_for_a_constant_velocity():
+    from diffsketch.backends.flow import euler_denoise, euler_invert, flow_sigmas
+
+    torch.manual_seed(0)
+    velocity = torch.randn(1, 4, 6, 6)
+    latent = torch.randn(1, 4, 6, 6)
+    schedule = [999, 749, 499, 249]
+    noise = euler_invert(lambda x, sigma, k: velocity, latent, schedule, 3.0)
+    assert torch.allclose(
+        euler_denoise(lambda x, sigma, k: velocity, noise, schedule, 3.0), latent, atol=1e-5
+    )
+    assert flow_sigmas([999, 0], 3.0) == [1.0, pytest.approx(3 * 0.001 / (1 + 2 * 0.001)), 0.0]
+
+
+def test_capture_from_a_picture_on_zimage(zimage):
+    torch.manual_seed(0)
+    picture = torch.rand(1, 3, SIZE, SIZE)
+    capture = zimage.capture_from_image(picture, SamplingSettings(seed=0, steps=8, cfg=1.0), caption="a cat")
+    sample = capture.sample
+    assert sample.branches == 1 and sample.meta["branches"] == 1 and sample.meta["source"] == "picture"
+    assert [tuple(m.shape) for m in sample.unet[499]] == [
+        (1, *s) for s in zimage.spec.unet_shapes(SIZE, SIZE)
+    ]
+    assert (
+        capture.noise.shape == (1, 16, 8, 8) and capture.replay_psnr == capture.replay_psnr
+    )  # a number, not NaN
+
+
+# -- bad input ---------------------------------------------------------------------------------------
+def test_sizes_the_transformer_cannot_take_are_refused(zimage):
+    with pytest.raises(InvalidInputError, match=r"multiple of 16.*e\.g\. 64 or 80"):
+        zimage.check_size(72, 64)
+    zimage.check_size(48, 80)  # multiples of 16 are fine
+    with pytest.raises(InvalidInputError, match="Z-Image and SD 3.5 take multiples of 16"):
+        SamplingSettings(width=40, height=64)
+
+
+def test_cfg_above_1_on_zimage_turbo_is_allowed_with_a_notice(zimage, sd35):
+    settings = SamplingSettings(seed=0, steps=8, cfg=3.0, width=SIZE, height=SIZE)
+    with pytest.warns(UserWarning, match="guidance-distilled.*twice the cost.*oversaturates"):
+        sample = zimage.sample("a", settings)
+    assert sample.branches == 2
+    assert zimage.guidance_notice(1.0) is None and sd35.guidance_notice(4.5) is None
+
+
+def test_family_conditioning_rules(zimage, sd35):
+    ok = zimage.check_conditioning(Conditioning(torch.zeros(1, 13, 16)), "positive")
+    assert ok.context.shape == (1, 13, 16)
+    with pytest.raises(InvalidInputError, match=r"T >= 1 tokens"):
+        zimage.check_conditioning(Conditioning(torch.zeros(1, 13, 32)), "positive")
+    with pytest.raises(InvalidInputError, match="pooled embedding"):
+        zimage.check_conditioning(Conditioning(torch.zeros(1, 13, 16), torch.zeros(1, 16)), "positive")
+    sd35.check_conditioning(Conditioning(torch.zeros(1, 77 + 5, 32), torch.zeros(1, 16)), "positive")
+    with pytest.raises(InvalidInputError, match=r"77 CLIP-L/G tokens"):
+        sd35.check_conditioning(Conditioning(torch.zeros(1, 50, 32), torch.zeros(1, 16)), "positive")
+    with pytest.raises(InvalidInputError, match=r"pooled text embedding \[1, 16\]"):
+        sd35.check_conditioning(Conditioning(torch.zeros(1, 100, 32)), "positive")
+
+
+def test_sd35_samples_contexts_of_different_lengths(sd35):
+    """A negative of another token count (ComfyUI's T5 lengths differ from the pipeline's 256) runs
+    as a call of its own, not zero-padded into the batch."""
+    cond = sd35.encode_prompt("a cat")
+    uncond = Conditioning(sd35.encode_prompt("").context[:, :100], sd35.encode_prompt("").pooled)
+    sample = sd35.sample(
+        cond, SamplingSettings(seed=0, steps=8, cfg=2.0, width=SIZE, height=SIZE), uncond=uncond
+    )
+    assert sample.branches == 2 and torch.isfinite(sample.latent).all()
+
+
+def test_a_dit_family_not_supported_is_refused_by_the_loader(tmp_path):
+    from diffsketch.backends.diffusers import DiffusersBackend
+
+    for sub in ("transformer", "vae"):
+        (tmp_path / sub).mkdir()
+    (tmp_path / "transformer" / "config.json").write_text(
+        json.dumps({"_class_name": "FluxTransformer2DModel"})
+    )
+    with pytest.raises(
+        UnsupportedModelError, match=r"Flux\.1 transformer.*Z-Image \(Turbo and base\).*SD 3\.5"
+    ):
+        DiffusersBackend.load(tmp_path)
