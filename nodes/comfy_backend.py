@@ -37,6 +37,7 @@ import torch
 
 from diffsketch.backends.base import SamplingBackend, has_zero_terminal_snr, weights_fingerprint
 from diffsketch.backends.conditioning import Conditioning
+from diffsketch.backends.flow import euler_invert
 from diffsketch.backends.inversion import ddim_invert, x0_to_model_output
 from diffsketch.capture.hooks import (
     COND,
@@ -46,6 +47,7 @@ from diffsketch.capture.hooks import (
     record_vae_decoder,
     reject_compiled,
 )
+from diffsketch.capture.identity import FLOW_PREDICTION
 from diffsketch.capture.spec import (
     DIT_LATENT_CHANNELS,
     LAYOUT_LDM,
@@ -68,7 +70,7 @@ from diffsketch.capture.spec import (
     unsupported_model,
 )
 from diffsketch.capture.timesteps import NUM_TRAIN_TIMESTEPS
-from diffsketch.errors import CaptureError, UnsupportedModelError
+from diffsketch.errors import CaptureError, InvalidInputError, UnsupportedModelError
 
 WRAPPER_KEY = "diffsketch_capture"
 # ComfyUI's cond_or_uncond uses 0 for the positive and 1 for the negative prompt.
@@ -78,10 +80,6 @@ _COMFY_TO_BRANCH = {0: COND, 1: UNCOND}
 def describe_model(model) -> str:
     cfg = getattr(getattr(model, "model", None), "model_config", None)
     return type(cfg).__name__ if cfg is not None else type(getattr(model, "model", model)).__name__
-
-
-#: The prediction type of the flow-matching families: the model predicts the velocity.
-FLOW_PREDICTION = "flow"
 
 
 def dit_family(model) -> str | None:
@@ -304,6 +302,9 @@ class ComfyBackend(SamplingBackend):
         self.flow = is_flow_family(family)
         if self.flow:
             self.zero_terminal_snr = False  # a flow schedule ends at pure noise by construction
+            # ComfyUI cannot tell Z-Image Turbo from the base model (one config): as the diffusers
+            # backend, Z-Image is taken as the Turbo most use, so cfg > 1 gets a notice
+            self.guidance_distilled = family == ZIMAGE
             self.spec = comfy_dit_spec(
                 model.model.diffusion_model, vae.first_stage_model, family, context_dim, pooled_dim
             )
@@ -341,10 +342,19 @@ class ComfyBackend(SamplingBackend):
         patched = self.model.clone()
         ms = patched.get_model_object("model_sampling")
         sigmas = torch.cat([ms.sigmas[torch.tensor(schedule)].float().cpu(), torch.zeros(1)])
+        negative = uncond
         if self.flow:
             # Euler on the flow sigmas; the cfg1 shortcut stays on, so cfg 1 evaluates (and
-            # captures) the cond branch alone, as the guidance-distilled Z-Image Turbo samples.
+            # captures) the cond branch alone, as the guidance-distilled Z-Image Turbo samples,
+            # unless the recorder wants both (a picture's replay at cfg 1 for a cfg > 1 training).
             sampler = "euler"
+            branches = recorder.branches if recorder is not None else self.captured_branches(cfg)
+            if UNCOND in branches:
+                if uncond is None:
+                    raise InvalidInputError(f"cfg {cfg:g} needs a negative conditioning")
+                patched.model_options["disable_cfg1_optimization"] = True
+            elif uncond is None:
+                negative = cond  # never evaluated: ComfyUI skips the negative at cfg 1
             if recorder is not None:
                 patched.add_wrapper_with_key(
                     comfy.patcher_extension.WrappersMP.APPLY_MODEL,
@@ -389,7 +399,7 @@ class ComfyBackend(SamplingBackend):
                 comfy.samplers.sampler_object(sampler),
                 sigmas,
                 [_comfy_conditioning(cond)],
-                [_comfy_conditioning(uncond)],
+                [_comfy_conditioning(negative)],
                 latent,
                 callback=on_step,
                 disable_pbar=True,
@@ -408,10 +418,7 @@ class ComfyBackend(SamplingBackend):
         unconditional branch skipped); ComfyUI's denoised prediction is turned back into the model
         output (:func:`x0_to_model_output`) so the steps are the shared ones."""
         if self.flow:
-            raise UnsupportedModelError(
-                f"capturing from a picture needs DDIM inversion, which DiffSketch defines for the UNet families only; "
-                f"with a {family_name(self.spec.family)} model, sample the features instead (Sample / Train)."
-            )
+            return self._invert_flow(latent, cond, schedule, progress)
         patched = self.model.clone()
         ms = patched.get_model_object("model_sampling")
         alphas_cumprod = 1.0 / (1.0 + ms.sigmas.double().cpu() ** 2)  # ComfyUI keeps sigmas, not alphas
@@ -456,6 +463,63 @@ class ComfyBackend(SamplingBackend):
                 seed=0,
             )
         return inverted["x"].float().cpu()
+
+    def _invert_flow(self, latent, cond, schedule, progress):
+        """:func:`~diffsketch.backends.flow.euler_invert` of the clean model latent inside ComfyUI's
+        sampler machinery (a custom KSAMPLER), guided by ``cond`` alone at cfg 1 (the cfg1 shortcut
+        skips the negative). The velocity is the diffusion model's own output, read by a forward
+        hook for each call: ComfyUI hands the sampler x0 = x - sigma * v, which holds no velocity
+        at the clean end (sigma 0), where the inversion starts."""
+        patched = self.model.clone()
+        ms = patched.get_model_object("model_sampling")
+        diffusion_model = patched.model.diffusion_model
+        n = len(schedule)
+        pbar = comfy.utils.ProgressBar(n) if self.show_progress else None
+        inverted = {}
+
+        def on_step(i, total):
+            if pbar is not None:
+                pbar.update_absolute(i, n)
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            if progress is not None:
+                progress(i, total)
+
+        def invert(model, x, sigmas, extra_args=None, callback=None, disable=None):
+            ones = x.new_ones([x.shape[0]])
+
+            def predict(x_sigma, sigma, index):
+                out = {}
+                handle = diffusion_model.register_forward_hook(lambda m, a, o: out.__setitem__("v", o))
+                try:
+                    model(x_sigma, sigma * ones, **(extra_args or {}))
+                finally:
+                    handle.remove()
+                return out["v"].float()
+
+            inverted["x"] = euler_invert(predict, x.float(), schedule, float(ms.shift), on_step)
+            return inverted["x"]
+
+        with torch.no_grad():
+            # sigma 0 first and last: ComfyUI's flow noise scaling then passes the latent through
+            # unchanged, and its inverse scaling of the result divides by 1 (the result is ours anyway)
+            comfy.sample.sample_custom(
+                patched,
+                torch.zeros_like(latent),
+                1.0,
+                comfy.samplers.KSAMPLER(invert),
+                torch.zeros(2),
+                [_comfy_conditioning(cond)],
+                [_comfy_conditioning(cond)],
+                self.model.model.latent_format.process_out(latent),
+                disable_pbar=True,
+                seed=0,
+            )
+        return inverted["x"].float().cpu()
+
+    def model_latent(self, latent: torch.Tensor) -> torch.Tensor:
+        """The latent the MODEL works on, as ComfyUI makes it (its latent format's
+        ``process_in``: SD's scaling, the 16-channel VAEs' shift and scaling)."""
+        return self.model.model.latent_format.process_in(latent)
 
     def _decode(self, latent, capture, store_dtype, store_device):
         """Decode with ComfyUI's memory estimate for the VAE (``VAE.memory_used_decode``), so model

@@ -16,6 +16,7 @@ import torch
 from comfy_harness import hook_count
 
 from diffsketch.backends.conditioning import Conditioning
+from diffsketch.capture.sampling import SamplingSettings
 from diffsketch.errors import UnsupportedModelError
 
 SIZE = dict(width=64, height=64)
@@ -112,25 +113,8 @@ def test_other_families_and_mixed_parts_are_refused_by_name(comfy_inprocess, zim
     assert ComfyBackend(shifted, s_clip, s_vae).spec.family == "sd35"
 
 
-def capture(backend, cond, uncond, cfg, schedule, timesteps, progress=None, seed=2):
-    """The backend's sampling primitives (``_denoise``, ``_decode``) with capture on the flow grid
-    ``schedule`` (descending indices): ``(image, raw latent, {t: [map per tap]}, VAE taps)``; one
-    branch (cond) at cfg 1, both otherwise."""
-    from diffsketch.backends.base import make_noise
-    from diffsketch.capture.hooks import COND, UNCOND, UNetRecorder
-
-    branches = (COND,) if cfg == 1 else (UNCOND, COND)
-    recorder = UNetRecorder(backend.spec, timesteps, torch.float32, branches=branches)
-    lh, lw = backend.spec.latent_size(SIZE["width"], SIZE["height"])
-    noise = make_noise(seed, (1, 16, lh, lw))
-    with torch.inference_mode():  # as inside a ComfyUI prompt
-        latent = backend._denoise(noise, cond, uncond, cfg, schedule, recorder, progress)
-        image, _, vae = backend._decode(latent, True, torch.float32, "cpu")
-    return image, latent, recorder.result(), vae, noise
-
-
-#: ComfyUI's "simple" schedule for 4 steps on a 1000-entry flow table, as the sampler walks it.
-SCHEDULE = [999, 749, 499, 249]
+def settings(cfg: float, steps: int = 4, timesteps=(249, 749), seed: int = 2) -> SamplingSettings:
+    return SamplingSettings(seed=seed, steps=steps, cfg=cfg, timesteps=timesteps, **SIZE)
 
 
 def test_sd35_captures_both_branches_with_cfg_and_leaves_no_hooks(comfy_inprocess, sd35):
@@ -138,28 +122,30 @@ def test_sd35_captures_both_branches_with_cfg_and_leaves_no_hooks(comfy_inproces
 
     model, clip, vae = sd35
     backend = comfy_inprocess.nodes.comfy_backend.ComfyBackend(model, clip, vae)
-    cond, uncond = backend.encode_prompt("a cat"), backend.encode_prompt("")
+    cond = backend.encode_prompt("a cat")
     assert tuple(cond.context.shape) == (1, 77, 4096) and tuple(cond.pooled.shape) == (1, 2048)
     wrappers_before = {k: dict(v) for k, v in model.wrappers.items()}
-    image, latent, unet, feats, _ = capture(backend, cond, uncond, 4.0, SCHEDULE, (249, 749))
+    with torch.inference_mode():  # as inside a ComfyUI prompt
+        a = backend.sample("a cat", settings(4.0))
     assert hook_count(model, vae) == 0
     assert {k: dict(v) for k, v in model.wrappers.items()} == wrappers_before
-    assert image.shape == (1, 3, 64, 64) and latent.shape == (1, 16, 8, 8)
-    for t in (249, 749):
-        assert [tuple(f.shape) for f in unet[t]] == [(2, 256, 4, 4)] * 2
-        assert torch.isfinite(unet[t][0]).all()
+    assert a.timesteps == (249, 749) and a.meta["branches"] == 2
+    assert a.image.shape == (1, 3, 64, 64) and a.latent.shape == (1, 16, 8, 8)
+    for t in a.timesteps:
+        assert [tuple(f.shape) for f in a.unet[t]] == [(2, 256, 4, 4)] * 2
+        assert torch.isfinite(a.unet[t][0].float()).all()
         # the uncond and cond branches are both captured and differ
-        assert not torch.equal(unet[t][0][0], unet[t][0][1])
-    assert [tuple(f.shape[1:]) for f in feats] == backend.spec.vae_shapes(64, 64)
+        assert not torch.equal(a.unet[t][0][0], a.unet[t][0][1])
+    assert [tuple(f.shape[1:]) for f in a.vae] == backend.spec.vae_shapes(64, 64)
     # two timesteps' features differ (the hook follows the sigma to its index)
-    assert not torch.equal(unet[249][0], unet[749][0])
+    assert not torch.equal(a.unet[249][0], a.unet[749][0])
 
     def fail(step, total):
         if step == 2:
             raise RuntimeError("boom")
 
-    with pytest.raises(RuntimeError, match="boom"):
-        capture(backend, cond, uncond, 4.0, SCHEDULE, (249, 749), progress=fail)
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="boom"):
+        backend.sample("a cat", settings(4.0), progress=fail)
     assert hook_count(model, vae) == 0
 
     def interrupt(step, total):
@@ -167,42 +153,48 @@ def test_sd35_captures_both_branches_with_cfg_and_leaves_no_hooks(comfy_inproces
             mm.interrupt_current_processing(True)
 
     try:
-        with pytest.raises(mm.InterruptProcessingException):
-            capture(backend, cond, uncond, 4.0, SCHEDULE, (249, 749), progress=interrupt)
+        with torch.inference_mode(), pytest.raises(mm.InterruptProcessingException):
+            backend.sample("a cat", settings(4.0), progress=interrupt)
     finally:
         mm.interrupt_current_processing(False)
     assert hook_count(model, vae) == 0
     assert {k: dict(v) for k, v in model.wrappers.items()} == wrappers_before
 
 
-def test_sd35_capture_matches_diffusers(comfy_inprocess, sd35, sd35_checkpoint):
-    """The same checkpoint through diffusers' converters and a sampler written from diffusers'
-    pipeline: the same image, latent, block maps (both branches) and VAE taps."""
-    from dit_diffusers import diffusers_sd35, reference_sample
-
-    model, clip, vae = sd35
-    backend = comfy_inprocess.nodes.comfy_backend.ComfyBackend(model, clip, vae)
-    cond, uncond = backend.encode_prompt("a cat"), backend.encode_prompt("")
-    image, latent, unet, feats, noise = capture(backend, cond, uncond, 4.0, SCHEDULE, (249, 749))
-    transformer, dvae = diffusers_sd35(sd35_checkpoint)
-    blocks = [int(t.name.rsplit(".", 1)[1]) for t in backend.spec.unet]
-    ref = reference_sample("sd35", transformer, dvae, blocks, cond, uncond, 4.0, SCHEDULE, noise)
-    check_parity((image, latent, unet, feats), ref)
-
-
-def check_parity(ours, ref, tol=1e-3):
+def check_parity(a, b, tol=1e-3):
+    """Two CapturedSamples of one model: the same image, latent, block maps and VAE taps."""
     from compare import relative_error
 
-    image, latent, unet, feats = ours
-    ref_image, ref_latent, ref_unet, ref_feats = ref
-    assert relative_error(latent, ref_latent) < tol
-    assert relative_error(image, ref_image) < tol
-    for t, maps in unet.items():
-        for i, (a, b) in enumerate(zip(maps, ref_unet[t], strict=True)):
-            assert a.shape == b.shape, (t, i)
-            assert relative_error(a, b) < tol, (t, i)
-    for i, (a, b) in enumerate(zip(feats, ref_feats, strict=True)):
-        assert relative_error(a, b) < tol, i
+    assert a.timesteps == b.timesteps and a.meta["branches"] == b.meta["branches"]
+    assert a.spec.signature() == b.spec.signature()
+    assert relative_error(a.latent, b.latent) < tol
+    assert relative_error(a.image, b.image) < tol
+    for t in a.timesteps:
+        for i, (fa, fb) in enumerate(zip(a.unet[t], b.unet[t], strict=True)):
+            assert fa.shape == fb.shape, (t, i)
+            assert relative_error(fa, fb) < tol, (t, i)
+    for i, (fa, fb) in enumerate(zip(a.vae, b.vae, strict=True)):
+        assert relative_error(fa, fb) < tol, i
+
+
+def test_sd35_matches_the_diffusers_backend(comfy_inprocess, sd35, sd35_checkpoint):
+    """The same checkpoint in diffusers' SD3Transformer2DModel (diffusers' own converters) through
+    the library's DiffusersFlowBackend, given ComfyUI's encodings of the prompts (T5 is absent
+    from the file; text encoders are not compared here): the same image and features, with CFG."""
+    from dit_diffusers import diffusers_sd35
+    from tiny_models import tiny_sd3_text_encoders
+
+    from diffsketch.backends.dit import DiffusersFlowBackend
+
+    model, clip, vae = sd35
+    comfy_b = comfy_inprocess.nodes.comfy_backend.ComfyBackend(model, clip, vae)
+    cond, uncond = comfy_b.encode_prompt("a cat"), comfy_b.encode_prompt("")
+    transformer, dvae = diffusers_sd35(sd35_checkpoint)
+    clip_l, clip_g, _, _ = tiny_sd3_text_encoders()  # only to construct it: the prompts come encoded
+    diff_b = DiffusersFlowBackend(transformer, dvae, clip_l, text_encoder_2=clip_g)
+    with torch.inference_mode():
+        a = comfy_b.sample(cond, settings(4.0), uncond=uncond)
+    check_parity(a, diff_b.sample(cond, settings(4.0), uncond=uncond))
 
 
 def test_zimage_at_cfg_1_evaluates_and_captures_one_branch_deterministically(comfy_inprocess, zimage):
@@ -213,37 +205,41 @@ def test_zimage_at_cfg_1_evaluates_and_captures_one_branch_deterministically(com
     def count(module, args, kwargs):
         batches.append(args[0].shape[0])
 
+    few = settings(1.0, steps=2, timesteps=(499,))
     handle = model.model.diffusion_model.register_forward_pre_hook(count, with_kwargs=True)
     try:
-        a = capture(backend, qwen3_conditioning(0), qwen3_conditioning(1, tokens=3), 1.0, [999, 499], (499,))
+        with torch.inference_mode():
+            a = backend.sample(qwen3_conditioning(0), few)
     finally:
         handle.remove()
     assert batches == [1, 1]  # two steps, the cond branch alone: ComfyUI's cfg1 shortcut
     assert hook_count(model, vae) == 0
-    image, latent, unet, feats, noise = a
-    assert [tuple(f.shape) for f in unet[499]] == [(1, 3840, 4, 4)] * 2
-    assert not torch.equal(unet[499][0], unet[499][1])
-    b = capture(backend, qwen3_conditioning(0), qwen3_conditioning(1, tokens=3), 1.0, [999, 499], (499,))
-    assert torch.equal(image, b[0]) and torch.equal(latent, b[1])
-    assert all(torch.equal(x, y) for x, y in zip(unet[499], b[2][499], strict=True))
+    assert a.meta["branches"] == 1
+    assert [tuple(f.shape) for f in a.unet[499]] == [(1, 3840, 4, 4)] * 2
+    assert not torch.equal(a.unet[499][0], a.unet[499][1])
+    with torch.inference_mode():
+        b = backend.sample(qwen3_conditioning(0), few)
+    assert torch.equal(a.image, b.image) and torch.equal(a.latent, b.latent)
+    assert all(torch.equal(x, y) for x, y in zip(a.unet[499], b.unet[499], strict=True))
 
 
-def test_zimage_capture_matches_diffusers(comfy_inprocess, zimage, zimage_files):
+def test_zimage_matches_the_diffusers_backend(comfy_inprocess, zimage, zimage_files):
     """Caption first (ComfyUI, padded to 32 tokens) or image first (diffusers): the same image
     tokens, hence the same maps, at cfg 1 (one branch) and with CFG (two)."""
-    from dit_diffusers import diffusers_zimage, reference_sample
+    from dit_diffusers import diffusers_zimage
+
+    from diffsketch.backends.dit import DiffusersFlowBackend
 
     model, clip, vae = zimage
-    backend = comfy_inprocess.nodes.comfy_backend.ComfyBackend(model, clip, vae)
-    # 40 caption tokens: padded to 64, so the image does not start at a multiple of the sequence
+    comfy_b = comfy_inprocess.nodes.comfy_backend.ComfyBackend(model, clip, vae)
+    # 40 caption tokens: padded to 64, so the image tokens start at token 64 in ComfyUI's sequence
     cond, uncond = qwen3_conditioning(0, tokens=40), qwen3_conditioning(1, tokens=40)
-    schedule = [999, 499]
-    ours = capture(backend, cond, uncond, 1.0, schedule, (499,))
-    ours_cfg = capture(backend, cond, uncond, 3.0, schedule, (999,))
-    transformer, dvae = diffusers_zimage(*zimage_files)
-    blocks = [int(t.name.rsplit(".", 1)[1]) for t in backend.spec.unet]
-    check_parity(
-        ours[:4], reference_sample("zimage", transformer, dvae, blocks, cond, uncond, 1.0, schedule, ours[4])
-    )
-    ref = reference_sample("zimage", transformer, dvae, blocks, cond, uncond, 3.0, schedule, ours_cfg[4])
-    check_parity(ours_cfg[:4], ref)
+    few = dict(steps=2, timesteps=(499,))
+    with torch.inference_mode(), pytest.warns(UserWarning, match="guidance-distilled"):
+        a_cfg = comfy_b.sample(cond, settings(3.0, **few), uncond=uncond)
+    with torch.inference_mode():
+        a_one = comfy_b.sample(cond, settings(1.0, **few))
+    diff_b = DiffusersFlowBackend(*diffusers_zimage(*zimage_files))
+    check_parity(a_one, diff_b.sample(cond, settings(1.0, **few)))
+    with pytest.warns(UserWarning, match="guidance-distilled"):
+        check_parity(a_cfg, diff_b.sample(cond, settings(3.0, **few), uncond=uncond))
