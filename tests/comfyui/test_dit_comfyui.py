@@ -243,3 +243,30 @@ def test_zimage_matches_the_diffusers_backend(comfy_inprocess, zimage, zimage_fi
     check_parity(a_one, diff_b.sample(cond, settings(1.0, **few)))
     with pytest.warns(UserWarning, match="guidance-distilled"):
         check_parity(a_cfg, diff_b.sample(cond, settings(3.0, **few), uncond=uncond))
+
+
+def test_sd35_picture_capture_inverts_as_the_diffusers_backend(comfy_inprocess, sd35, sd35_checkpoint):
+    """A picture's features (Euler inversion of its latent, then the captured replay) inside
+    ComfyUI's sampler equal the diffusers backend's, and the inversion's hook is gone after."""
+    from dit_diffusers import diffusers_sd35
+    from tiny_models import tiny_sd3_text_encoders
+
+    from diffsketch.backends.dit import DiffusersFlowBackend
+
+    model, clip, vae = sd35
+    comfy_b = comfy_inprocess.nodes.comfy_backend.ComfyBackend(model, clip, vae)
+    caption = comfy_b.encode_prompt("a cat")
+    picture = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        a = comfy_b.capture_from_image(picture, settings(1.0), caption=caption)
+    assert hook_count(model, vae) == 0
+    transformer, dvae = diffusers_sd35(sd35_checkpoint)
+    clip_l, clip_g, _, _ = tiny_sd3_text_encoders()  # only to construct it: the caption comes encoded
+    b = DiffusersFlowBackend(transformer, dvae, clip_l, text_encoder_2=clip_g).capture_from_image(
+        picture, settings(1.0), caption=caption
+    )
+    from compare import relative_error
+
+    assert relative_error(a.noise, b.noise) < 1e-3
+    check_parity(a.sample, b.sample)
+    assert a.sample.meta["branches"] == 1
