@@ -22,21 +22,33 @@ from diffsketch.errors import UnsupportedModelError
 SIZE = dict(width=64, height=64)
 
 
-@pytest.fixture(scope="module")
-def zimage(comfy_inprocess, zimage_files):
-    """``(model, clip, vae)`` as UNETLoader, CLIPLoader (type lumina2) and VAELoader give them."""
-    import comfy.model_management
+def load_zimage(files):
+    """``(model, clip, vae)`` as UNETLoader, CLIPLoader (type lumina2) and VAELoader give them:
+    5 GB in float32 on the CPU, so the tests load it each and let it go."""
     import comfy.sd
     import comfy.text_encoders.z_image
     import comfy.utils
 
-    model_path, vae_path = zimage_files
+    model_path, vae_path = files
     model = comfy.sd.load_diffusion_model(str(model_path))
     vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(vae_path)))
     clip = types.SimpleNamespace(cond_stage_model=comfy.text_encoders.z_image.te()(device="meta"))
-    yield model, clip, vae
-    del model, vae
+    return model, clip, vae
+
+
+@pytest.fixture
+def zimage(comfy_inprocess, zimage_files):
+    yield load_zimage(zimage_files)
+    release()
+
+
+def release():
+    import gc
+
+    import comfy.model_management
+
     comfy.model_management.unload_all_models()
+    gc.collect()
 
 
 @pytest.fixture(scope="module")
@@ -223,15 +235,14 @@ def test_zimage_at_cfg_1_evaluates_and_captures_one_branch_deterministically(com
     assert all(torch.equal(x, y) for x, y in zip(a.unet[499], b.unet[499], strict=True))
 
 
-def test_zimage_matches_the_diffusers_backend(comfy_inprocess, zimage, zimage_files):
+def test_zimage_matches_the_diffusers_backend(comfy_inprocess, zimage_files):
     """Caption first (ComfyUI, padded to 32 tokens) or image first (diffusers): the same image
     tokens, hence the same maps, at cfg 1 (one branch) and with CFG (two)."""
     from dit_diffusers import diffusers_zimage
 
     from diffsketch.backends.dit import DiffusersFlowBackend
 
-    model, clip, vae = zimage
-    comfy_b = comfy_inprocess.nodes.comfy_backend.ComfyBackend(model, clip, vae)
+    comfy_b = comfy_inprocess.nodes.comfy_backend.ComfyBackend(*load_zimage(zimage_files))
     # 40 caption tokens: padded to 64, so the image tokens start at token 64 in ComfyUI's sequence
     cond, uncond = qwen3_conditioning(0, tokens=40), qwen3_conditioning(1, tokens=40)
     few = dict(steps=2, timesteps=(499,))
@@ -239,6 +250,8 @@ def test_zimage_matches_the_diffusers_backend(comfy_inprocess, zimage, zimage_fi
         a_cfg = comfy_b.sample(cond, settings(3.0, **few), uncond=uncond)
     with torch.inference_mode():
         a_one = comfy_b.sample(cond, settings(1.0, **few))
+    del comfy_b  # one 5 GB model at a time
+    release()
     diff_b = DiffusersFlowBackend(*diffusers_zimage(*zimage_files))
     check_parity(a_one, diff_b.sample(cond, settings(1.0, **few)))
     with pytest.warns(UserWarning, match="guidance-distilled"):
