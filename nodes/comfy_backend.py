@@ -338,6 +338,20 @@ class ComfyBackend(SamplingBackend):
             self._uncond = cond
         return cond
 
+    def _step_reporter(self, n: int, progress):
+        """``report(done, total)`` for a loop of ``n`` model steps: the node's progress bar (unless
+        the caller shows its own), Cancel (ComfyUI's interrupt raises here), then ``progress``."""
+        pbar = comfy.utils.ProgressBar(n) if self.show_progress else None
+
+        def report(done: int, total: int) -> None:
+            if pbar is not None:
+                pbar.update_absolute(done, n)
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            if progress is not None:
+                progress(done, total)
+
+        return report
+
     def _denoise(self, noise, cond, uncond, cfg, schedule, recorder: UNetRecorder | None, progress):
         patched = self.model.clone()
         ms = patched.get_model_object("model_sampling")
@@ -381,15 +395,10 @@ class ComfyBackend(SamplingBackend):
             if not math.isclose(s0, float(ms.sigma_max), rel_tol=1e-5):
                 noise = noise * (math.sqrt(1.0 + s0 * s0) / s0)
             latent = torch.zeros_like(noise)
-        n = len(schedule)
-        pbar = comfy.utils.ProgressBar(n) if self.show_progress else None
+        report = self._step_reporter(len(schedule), progress)
 
         def on_step(step, x0, x, total):
-            if pbar is not None:
-                pbar.update_absolute(step + 1, n)
-            comfy.model_management.throw_exception_if_processing_interrupted()
-            if progress is not None:
-                progress(step + 1, n)
+            report(step + 1, total)
 
         with torch.no_grad():  # also when a training loop calls this with grad enabled
             samples = comfy.sample.sample_custom(
@@ -424,16 +433,8 @@ class ComfyBackend(SamplingBackend):
         alphas_cumprod = 1.0 / (1.0 + ms.sigmas.double().cpu() ** 2)  # ComfyUI keeps sigmas, not alphas
         ascending = sorted(schedule)
         sigmas = ms.sigmas[torch.tensor(ascending)].float().cpu()
-        n = len(ascending)
-        pbar = comfy.utils.ProgressBar(n) if self.show_progress else None
+        on_step = self._step_reporter(len(ascending), progress)
         inverted = {}
-
-        def on_step(i, total):
-            if pbar is not None:
-                pbar.update_absolute(i, n)
-            comfy.model_management.throw_exception_if_processing_interrupted()
-            if progress is not None:
-                progress(i, total)
 
         def invert(model, x, sigmas, extra_args=None, callback=None, disable=None):
             # x: the clean model latent (sigma 0), where DDPM and k-diffusion spaces coincide
@@ -473,16 +474,8 @@ class ComfyBackend(SamplingBackend):
         patched = self.model.clone()
         ms = patched.get_model_object("model_sampling")
         diffusion_model = patched.model.diffusion_model
-        n = len(schedule)
-        pbar = comfy.utils.ProgressBar(n) if self.show_progress else None
+        on_step = self._step_reporter(len(schedule), progress)
         inverted = {}
-
-        def on_step(i, total):
-            if pbar is not None:
-                pbar.update_absolute(i, n)
-            comfy.model_management.throw_exception_if_processing_interrupted()
-            if progress is not None:
-                progress(i, total)
 
         def invert(model, x, sigmas, extra_args=None, callback=None, disable=None):
             ones = x.new_ones([x.shape[0]])
