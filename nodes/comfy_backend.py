@@ -318,8 +318,10 @@ class ComfyBackend(SamplingBackend):
         self._model_hash = None
 
     def model_hash(self) -> str:
-        """The UNet's :func:`weights_fingerprint` (equal to the diffusers backend's for the same
-        checkpoint), plus a digest of the MODEL's weight patches (LoRAs) when it has any."""
+        """The diffusion model's :func:`weights_fingerprint` (for a UNet equal to the diffusers
+        backend's for the same checkpoint; not for a DiT, whose attention ComfyUI keeps fused (one
+        qkv weight where diffusers has three), so its tensors differ), plus a digest of the MODEL's
+        weight patches (LoRAs) when it has any."""
         if self._model_hash is None:
             value = weights_fingerprint(self.model.model.diffusion_model.parameters())
             patches = getattr(self.model, "patches", None) or {}
