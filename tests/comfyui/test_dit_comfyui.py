@@ -283,3 +283,25 @@ def test_sd35_picture_capture_inverts_as_the_diffusers_backend(comfy_inprocess, 
     assert relative_error(a.noise, b.noise) < 1e-3
     check_parity(a.sample, b.sample)
     assert a.sample.meta["branches"] == 1
+
+
+@pytest.mark.parametrize(
+    "config_name, words",
+    [
+        (
+            "Lumina2",
+            "Lumina2 (Lumina Image 2.0 or a model of its layout; Z-Image is that layout at dim 3840)",
+        ),
+        ("Flux", "is Flux, a kind of diffusion model DiffSketch does not support yet"),
+    ],
+)
+def test_dit_families_not_supported_yet_are_refused_by_name(comfy_inprocess, config_name, words):
+    import comfy.supported_models
+
+    config = getattr(comfy.supported_models, config_name)({"image_model": "x"})
+    model = types.SimpleNamespace(
+        model=types.SimpleNamespace(model_config=config, diffusion_model=torch.nn.Linear(1, 1))
+    )
+    with pytest.raises(UnsupportedModelError) as e:
+        comfy_inprocess.nodes.comfy_backend.model_family(model)
+    assert words in str(e.value) and "Z-Image" in str(e.value) and "SD 3.5" in str(e.value)
