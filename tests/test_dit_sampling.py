@@ -79,28 +79,22 @@ def test_zimage_sampling_matches_the_zimage_pipeline(zimage, cfg):
         transformer=zimage.transformer,
     )
     noise = make_noise(3, (1, 16, SIZE // 8, SIZE // 8))
-    # the pipeline encodes the prompt itself (its chat template), guidance g = cfg - 1
-    latent = pipe(
-        PROMPT,
-        height=SIZE,
-        width=SIZE,
-        sigmas=pipeline_sigmas(sample.meta["schedule"]),
-        num_inference_steps=4,
-        guidance_scale=cfg - 1,
-        latents=noise,
-        output_type="latent",
-    ).images
-    assert relative_error(zimage.model_latent(sample.latent), latent) < 1e-4
-    image = pipe(
-        PROMPT,
-        height=SIZE,
-        width=SIZE,
-        sigmas=pipeline_sigmas(sample.meta["schedule"]),
-        num_inference_steps=4,
-        guidance_scale=cfg - 1,
-        latents=noise,
-        output_type="pt",
-    ).images
+
+    def run_pipeline(output_type):
+        # the pipeline encodes the prompt itself (its chat template), guidance g = cfg - 1
+        return pipe(
+            PROMPT,
+            height=SIZE,
+            width=SIZE,
+            sigmas=pipeline_sigmas(sample.meta["schedule"]),
+            num_inference_steps=4,
+            guidance_scale=cfg - 1,
+            latents=noise,
+            output_type=output_type,
+        ).images
+
+    assert relative_error(zimage.model_latent(sample.latent), run_pipeline("latent")) < 1e-4
+    image = run_pipeline("pt")
     assert (sample.image - image).abs().max() < 1e-3
     assert sample.meta["branches"] == (1 if cfg == 1 else 2)
 
@@ -395,3 +389,78 @@ def test_a_dit_family_not_supported_is_refused_by_the_loader(tmp_path):
         UnsupportedModelError, match=r"Flux\.1 transformer.*Z-Image \(Turbo and base\).*SD 3\.5"
     ):
         DiffusersBackend.load(tmp_path)
+
+
+# -- block analysis ----------------------------------------------------------------------------------
+def test_massive_channels_and_spatial_share_on_a_known_map():
+    from diffsketch.capture.block_analysis import massive_channels, spatial_share
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 64, 8, 8)
+    x[:, 5] = 5000.0  # one massive channel, constant over the image (a bias, as DiTF describes)
+    flagged = massive_channels(x)
+    assert flagged[0].nonzero().flatten().tolist() == [5]
+    assert float(spatial_share(x)) < 0.01  # the constant channel dominates the energy
+    assert float(spatial_share(x, ~flagged)) > 0.9  # without it, the map varies over the image
+
+
+def test_block_analysis_on_every_block_of_a_tiny_zimage(zimage):
+    from diffsketch.backends.dit import DiffusersFlowBackend
+    from diffsketch.capture.block_analysis import run_block_analysis
+
+    backend = DiffusersFlowBackend(
+        zimage.transformer, zimage.vae, zimage.text_encoder, zimage.tokenizer, blocks=tuple(range(6))
+    )
+    result = run_block_analysis(backend, ["a cat"], 1, 4, width=SIZE, height=SIZE)
+    assert result.blocks == [f"layers.{i}" for i in range(6)] and result.timesteps == [249, 499, 749, 999]
+    assert result.massive.shape == result.spatial.shape == (4, 6) and result.similarity.shape == (4, 5)
+    assert ((result.spatial >= 0) & (result.spatial <= 1 + 1e-5)).all() and (result.massive >= 1).all()
+    assert len(result.table().splitlines()) == 7 and json.dumps(result.to_dict())
+
+
+def test_the_timestep_analysis_runs_on_the_flow_grid_with_one_branch(zimage):
+    from diffsketch.capture.analysis import run_timestep_analysis
+
+    result = run_timestep_analysis(
+        zimage, ["a cat"], 2, 4, k=2, cfg=1.0, width=SIZE, height=SIZE, n_components=2
+    )
+    assert set(result.chosen) <= {249, 499, 749, 999} and len(result.chosen) == 2
+    with pytest.raises(InvalidInputError, match="include_uncond"):
+        run_timestep_analysis(
+            zimage, ["a cat"], 1, 4, k=2, cfg=1.0, width=SIZE, height=SIZE, include_uncond=True
+        )
+
+
+@pytest.mark.parametrize(
+    "key, what",
+    [
+        ("joint_blocks.0.x_block.attn.qkv.weight", "an SD 3.x MM-DiT"),
+        ("double_blocks.0.img_attn.qkv.weight", "a Flux transformer"),
+        ("cap_embedder.1.weight", "a Z-Image / Lumina 2 transformer"),
+    ],
+)
+def test_a_transformer_single_file_is_refused_naming_it_and_what_is_read(key, what):
+    from diffsketch.backends.checkpoint import ldm_unet_params
+
+    with pytest.raises(UnsupportedModelError, match=f"is {what}, in one file.*diffusers folders only"):
+        ldm_unet_params({f"model.diffusion_model.{key}": torch.zeros(1)})
+
+
+def test_flow_grid_sigmas_and_indices():
+    from diffsketch.capture.timesteps import flow_grid, flow_index, flow_sigma
+
+    # ComfyUI's "simple" scheduler: 999 - int(i * 1000 / steps)
+    assert flow_grid(8) == [124, 249, 374, 499, 624, 749, 874, 999]
+    assert flow_grid(3) == [333, 666, 999]
+    assert flow_sigma(999, 3.0) == 1.0 and flow_sigma(499, 1.0) == 0.5
+    assert all(flow_index(flow_sigma(k, 3.0), 3.0) == k for k in range(1000))
+
+
+def test_a_flow_sample_saves_and_loads_on_its_grid(zimage, tmp_path):
+    from diffsketch.capture.sample import CapturedSample
+
+    sample = zimage.sample("a", SamplingSettings(seed=0, steps=8, cfg=1.0, width=SIZE, height=SIZE))
+    sample.save(tmp_path / "features.safetensors")
+    loaded = CapturedSample.load(tmp_path / "features.safetensors")
+    assert loaded.plan == sample.plan and loaded.plan.flow and loaded.branches == 1
+    assert all(torch.equal(a, b) for t in sample.unet for a, b in zip(sample.unet[t], loaded.unet[t]))

@@ -33,11 +33,11 @@ def tiny_unet(seed: int = 0, **overrides):
     return UNet2DConditionModel(**config | overrides).eval()
 
 
-def tiny_vae(seed: int = 0):
+def tiny_vae(seed: int = 0, **overrides):
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed + 1)
-    return AutoencoderKL(
+    config = dict(
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 4,
@@ -46,7 +46,8 @@ def tiny_vae(seed: int = 0):
         layers_per_block=2,
         latent_channels=4,
         norm_num_groups=8,
-    ).eval()
+    )
+    return AutoencoderKL(**config | overrides).eval()
 
 
 def tiny_text_encoder(seed: int = 0, **overrides):
@@ -208,23 +209,14 @@ QWEN3_CHAT_TEMPLATE = (
 def tiny_vae16(seed: int = 0, scaling_factor: float = 0.3611, shift_factor: float = 0.1159):
     """The 16-channel VAE's layout (SD's decoder, no quant convs), shrunk; Flux's latent scale and
     shift (Z-Image) by default."""
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(seed + 1)
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 16, 16, 16),
-        layers_per_block=2,
+    return tiny_vae(
+        seed,
         latent_channels=16,
-        norm_num_groups=8,
         scaling_factor=scaling_factor,
         shift_factor=shift_factor,
         use_quant_conv=False,
         use_post_quant_conv=False,
-    ).eval()
+    )
 
 
 def byte_tokenizer(

@@ -79,11 +79,36 @@ def _max_index(sd, pattern: str) -> int:
     return max((int(m.group(1)) for k in sd if (m := re.match(pattern, k))), default=-1)
 
 
+#: Keys that tell a diffusion transformer's single file (ComfyUI's module names under the ldm
+#: prefix) and what it is, in words.
+_SINGLE_FILE_TRANSFORMERS = (
+    ("joint_blocks.0.x_block.attn.qkv.weight", "an SD 3.x MM-DiT"),
+    ("double_blocks.0.img_attn.qkv.weight", "a Flux transformer"),
+    ("cap_embedder.1.weight", "a Z-Image / Lumina 2 transformer"),
+)
+
+
+def single_file_transformer(sd: dict) -> str | None:
+    """What diffusion transformer a single file's ``model.diffusion_model.*`` weights are, in words,
+    or None."""
+    for key, what in _SINGLE_FILE_TRANSFORMERS:
+        if f"{UNET_PREFIX}{key}" in sd:
+            return what
+    return None
+
+
 def ldm_unet_params(sd: dict[str, torch.Tensor]) -> dict:
     """The ldm ``unet_config.params`` of a Stable Diffusion UNet, read from tensor shapes (with
     ``family``: the backbone family they make)."""
     p = UNET_PREFIX
     if f"{p}input_blocks.0.0.weight" not in sd:
+        transformer = single_file_transformer(sd)
+        if transformer is not None:
+            raise unsupported_model(
+                f"this checkpoint's diffusion model is {transformer}, in one file; the diffusers backend reads "
+                "diffusion transformers (Z-Image, SD 3.5) from diffusers folders only (transformer/, vae/ and the "
+                "text encoders), and single files of UNet models"
+            )
         if any(k.startswith(p) for k in sd):
             raise unsupported_model(
                 "this checkpoint's diffusion model has no ldm UNet input blocks (model.diffusion_model.input_blocks): "

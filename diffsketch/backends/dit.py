@@ -307,11 +307,13 @@ class DiffusersFlowBackend(DiffusersVAE, SamplingBackend):
             captions = [
                 c.context[i].to(self.device, self.dtype) for c in conds for i in range(c.context.shape[0])
             ]
-            t = torch.full((n,), 1.0 - sigma, device=self.device, dtype=self.dtype)
+            # timesteps in float32 whatever the model's dtype, as the pipelines pass them (bfloat16
+            # would keep 3 significant digits of 1 - sigma)
+            t = torch.full((n,), 1.0 - sigma, device=self.device, dtype=torch.float32)
             out = self.transformer(list(x_in.unsqueeze(2).unbind(0)), t, captions, return_dict=False)[0]
             return -torch.stack([o.float() for o in out]).squeeze(2)
         cond = Conditioning.cat(conds).to(self.device, self.dtype)
-        t = torch.full((n,), sigma * 1000.0, device=self.device, dtype=self.dtype)
+        t = torch.full((n,), sigma * 1000.0, device=self.device, dtype=torch.float32)
         out = self.transformer(
             hidden_states=x_in,
             timestep=t,

@@ -552,7 +552,8 @@ def run_timestep_analysis(
     n_samples = int(n_samples)
     if n_samples < 1:
         raise InvalidInputError(f"n_samples must be at least 1, got {n_samples}")
-    grid = ddim_grid(int(steps))
+    # the model's own grid: DDIM for the UNets, the flow grid for Z-Image and SD 3.5
+    grid = list(getattr(backend, "grid", ddim_grid)(int(steps)))
     t = len(grid)
     # Fail before any sampling on settings analyse() would reject afterwards.
     if t < 2:
@@ -588,19 +589,33 @@ def run_timestep_analysis(
         missing = [ts for ts in grid if ts not in out.unet]
         if missing:
             raise CaptureError(
-                f"the sampler returned no features for timesteps {missing} of the {steps}-step DDIM grid; "
-                "the schedule must visit every grid timestep (DDIM, uniform spacing)"
+                f"the sampler returned no features for timesteps {missing} of the {steps}-step grid; "
+                "the schedule must visit every grid timestep"
             )
         rows = []
         for ts in grid:
             per_layer = out.unet[ts]
             for layer, x in enumerate(per_layer):
-                if x.ndim != 2 or x.shape[0] != 2:
+                if x.ndim != 2 or x.shape[0] not in (1, 2):
                     raise CaptureError(
                         f"reduced features of layer {layer} at timestep {ts} have shape {tuple(x.shape)}; "
-                        "expected [2, d] (uncond, cond)"
+                        "expected [2, d] (uncond, cond) or [1, d] (cond alone: a flow model at cfg 1)"
                     )
-            rows.append(torch.cat([x[b].to("cpu", torch.float32) for x in per_layer for b in branches]))
+            if include_uncond and per_layer[0].shape[0] == 1:
+                raise InvalidInputError(
+                    f"include_uncond needs the unconditional branch, which a flow model at cfg {cfg:g} does not "
+                    "evaluate; use cfg > 1 or leave include_uncond off"
+                )
+            # two branches are [uncond, cond]; one is the cond branch alone
+            rows.append(
+                torch.cat(
+                    [
+                        x[b if x.shape[0] == 2 else 0].to("cpu", torch.float32)
+                        for x in per_layer
+                        for b in branches
+                    ]
+                )
+            )
         sample_vectors = torch.stack(rows)  # [T, D]
         if vectors is None:
             vectors = torch.empty(n_samples, t, sample_vectors.shape[1], dtype=torch.float32)

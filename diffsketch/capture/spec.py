@@ -95,7 +95,7 @@ SDXL_TIME_EMBED_DIM = 256
 
 
 #: The image side each family's published checkpoints were trained at, in words (node tooltips).
-NATIVE_SIZES_TEXT = "512 for SD 1.x and SD 2.x-base, 768 for SD 2.x 768-v, 1024 for SDXL, Z-Image and SD 3.5"
+NATIVE_SIZES_TEXT = "512 for SD 1.x and SD 2.x-base, 768 for SD 2.x 768-v, 1024 for SDXL"
 
 
 def family_native_side(family: str, prediction_type: str) -> int:
@@ -491,6 +491,11 @@ def _dit_blocks(transformer: nn.Module, family: str) -> tuple[str, nn.ModuleList
         return "layers", transformer.layers, int(cfg["dim"]), int(patches[0])
     heads, head_dim = int(cfg["num_attention_heads"]), int(cfg["attention_head_dim"])
     return "transformer_blocks", transformer.transformer_blocks, heads * head_dim, int(cfg["patch_size"])
+
+
+def dit_block_count(transformer: nn.Module) -> int:
+    """How many transformer blocks a diffusers DiT of a supported family has."""
+    return len(_dit_blocks(transformer, diffusers_dit_family(transformer))[1])
 
 
 def dit_block_taps(

@@ -44,6 +44,14 @@ def flow_sigma(k: int, shift: float, num_train_timesteps: int = NUM_TRAIN_TIMEST
     return shift * t / (1 + (shift - 1) * t)
 
 
+def flow_index(sigma: float, shift: float, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> int:
+    """The index k whose :func:`flow_sigma` is ``sigma`` (the nearest one): what a sampler that
+    hands the model sigmas (ComfyUI) records its captures under."""
+    sigma = float(sigma)
+    t = sigma / (shift - (shift - 1) * sigma)
+    return min(num_train_timesteps - 1, max(0, round(t * num_train_timesteps) - 1))
+
+
 def flow_grid(steps: int, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> list[int]:
     """Ascending indices of ComfyUI's "simple" scheduler for ``steps`` steps:
     ``999 - int(i*1000/steps)`` for ``i < steps`` (the sampler then ends at sigma 0)."""

@@ -112,7 +112,8 @@ def run(args) -> int:
     backend = load_backend(args)
     # this model's own rule, before the progress bar starts
     fit_size(width, height, backend.spec.size_multiple, backend.spec.family, args.max_side, what)
-    bar = progress_bar(2 * len(sampling.denoising_schedule(sampling.plan())), "inverting, then replaying")
+    plan = sampling.plan(backend.spec.family)  # on this model's grid (DDIM, or the flow models')
+    bar = progress_bar(2 * len(sampling.denoising_schedule(plan)), "inverting, then replaying")
     result = backend.capture_from_image(
         picture, sampling, caption=args.caption, max_side=args.max_side, what=what, progress=bar
     )

@@ -476,7 +476,7 @@ def pair_settings(
     if hasattr(conditions, "check_family"):
         conditions.check_family(backend.spec.family)
     sampling = generator_sampling(generator, sampling)
-    plan = sampling.plan()
+    plan = sampling.plan(backend.spec.family)
     n_needed = getattr(generator, "n_timesteps", len(plan.used))
     if len(plan.used) != n_needed:
         raise InvalidInputError(

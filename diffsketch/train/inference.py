@@ -87,7 +87,7 @@ def generate_pair(
     trained with; ``progress(step, total)`` after each sampling step."""
     check_generator_fits(backend, generator)
     sampling = generator_sampling(generator, sampling)
-    used = sampling.plan().used
+    used = sampling.plan(backend.spec.family).used
     if len(used) != generator.n_timesteps:
         raise InvalidInputError(
             f"the generator needs features at {generator.n_timesteps} timesteps; {list(sampling.timesteps)} gives "
