@@ -69,7 +69,7 @@ from diffsketch.capture.spec import (
     ldm_vae_taps,
     unsupported_model,
 )
-from diffsketch.capture.timesteps import NUM_TRAIN_TIMESTEPS
+from diffsketch.capture.timesteps import NUM_TRAIN_TIMESTEPS, flow_index
 from diffsketch.errors import CaptureError, InvalidInputError, UnsupportedModelError
 
 WRAPPER_KEY = "diffsketch_capture"
@@ -375,7 +375,7 @@ class ComfyBackend(SamplingBackend):
                 patched.add_wrapper_with_key(
                     comfy.patcher_extension.WrappersMP.APPLY_MODEL,
                     WRAPPER_KEY,
-                    _dit_capture_wrapper(recorder, self.spec.family, ms.sigmas.float().cpu()),
+                    _dit_capture_wrapper(recorder, self.spec.family, float(ms.shift)),
                 )
             # ComfyUI starts from sigma_0 * noise + (1 - sigma_0) * the latent in model space; a raw
             # latent equal to the format's shift is 0 there, so sampling starts at sigma_0 * noise.
@@ -578,13 +578,14 @@ def _capture_wrapper(recorder: UNetRecorder):
     return wrapper
 
 
-def _dit_capture_wrapper(recorder: UNetRecorder, family: str, sigma_table: torch.Tensor):
+def _dit_capture_wrapper(recorder: UNetRecorder, family: str, shift: float):
     """An APPLY_MODEL wrapper hooking the DiT blocks for one model call: ``t`` is the sigma, mapped
-    back to its index in the MODEL's sigma table (the recorder's timestep); each hook keeps the
-    image tokens as a ``[B, hidden, h, w]`` map (:func:`image_token_map`)."""
+    back to its index in the MODEL's flow table of ``shift`` (:func:`flow_index`: the recorder's
+    timestep); each hook keeps the image tokens as a ``[B, hidden, h, w]`` map
+    (:func:`image_token_map`)."""
 
     def wrapper(executor, x, t, c_concat, c_crossattn, control, transformer_options, **kwargs):
-        timestep = int(torch.argmin((sigma_table - float(t.reshape(-1)[0])).abs()))
+        timestep = flow_index(float(t.reshape(-1)[0]), shift)
         branches = [_COMFY_TO_BRANCH.get(int(c), -1) for c in transformer_options["cond_or_uncond"]]
         diffusion_model = executor.class_obj.diffusion_model
         patch = int(diffusion_model.patch_size)
