@@ -1,11 +1,19 @@
 """ComfyUI backend: the library's sampling protocol on ComfyUI's loaded MODEL / CLIP / VAE
-(SD 1.x, SD 2.x and SDXL-family checkpoints).
+(SD 1.x, SD 2.x and SDXL-family checkpoints; Z-Image and SD 3.5, experimental).
 
-How: clone the MODEL, add a DIFFUSION_MODEL wrapper that registers the
-capture hooks for one UNet call and removes them in ``finally``, sample with ComfyUI's "ddim"
-sampler (Euler on the ddim_uniform sigma grid == DDIM eta=0) with the cfg=1 shortcut disabled so
-the unconditional branch is always evaluated, and run the VAE decoder ourselves (not
-``VAE.decode``, which may split or tile) so its blocks can be hooked.
+How: clone the MODEL, add a wrapper that registers the capture hooks for one model call and
+removes them in ``finally``, sample, and run the VAE decoder ourselves (not ``VAE.decode``, which
+may split or tile) so its blocks can be hooked.
+
+- UNets: a DIFFUSION_MODEL wrapper; ComfyUI's "ddim" sampler (Euler on the ddim_uniform sigma
+  grid == DDIM eta=0) with the cfg=1 shortcut disabled so the unconditional branch is always
+  evaluated.
+- Flow-matching DiTs (Z-Image's NextDiT, SD 3.5's MM-DiT): an APPLY_MODEL wrapper, since
+  ComfyUI's MM-DiT does not run DIFFUSION_MODEL wrappers; the hooks keep each tapped block's image
+  tokens as a map (caption tokens come first in NextDiT's sequence, padded to a multiple of 32;
+  MM-DiT keeps the image stream apart). ComfyUI's "euler" sampler on the model's own flow sigmas
+  (shift included, so a ModelSamplingAuraFlow/SD3 node's shift is honoured), with the cfg=1
+  shortcut left on: at cfg 1 one branch (cond) is evaluated and captured.
 """
 
 from __future__ import annotations
@@ -21,26 +29,48 @@ import comfy.sample
 import comfy.samplers
 import comfy.sd1_clip
 import comfy.sdxl_clip
+import comfy.supported_models
+import comfy.text_encoders.sd3_clip
+import comfy.text_encoders.z_image
 import comfy.utils
 import torch
 
 from diffsketch.backends.base import SamplingBackend, has_zero_terminal_snr, weights_fingerprint
 from diffsketch.backends.conditioning import Conditioning
+from diffsketch.backends.flow import euler_invert
 from diffsketch.backends.inversion import ddim_invert, x0_to_model_output
-from diffsketch.capture.hooks import COND, UNCOND, UNetRecorder, record_vae_decoder, reject_compiled
+from diffsketch.capture.hooks import (
+    COND,
+    UNCOND,
+    UNetRecorder,
+    image_token_map,
+    record_vae_decoder,
+    reject_compiled,
+)
+from diffsketch.capture.identity import FLOW_PREDICTION
 from diffsketch.capture.spec import (
+    DIT_LATENT_CHANNELS,
+    LAYOUT_LDM,
     SD1,
     SD2,
+    SD35,
     SDXL,
     SDXL_TIME_EMBED_DIM,
     SDXL_TIME_IDS,
+    ZIMAGE,
+    FeatureSpec,
+    Tap,
     check_family,
+    default_dit_blocks,
     family_from_ldm_config,
+    family_name,
     feature_spec_from_ldm,
+    is_flow_family,
+    ldm_vae_taps,
     unsupported_model,
 )
-from diffsketch.capture.timesteps import NUM_TRAIN_TIMESTEPS
-from diffsketch.errors import CaptureError, UnsupportedModelError
+from diffsketch.capture.timesteps import NUM_TRAIN_TIMESTEPS, flow_index
+from diffsketch.errors import CaptureError, InvalidInputError, UnsupportedModelError
 
 WRAPPER_KEY = "diffsketch_capture"
 # ComfyUI's cond_or_uncond uses 0 for the positive and 1 for the negative prompt.
@@ -52,20 +82,40 @@ def describe_model(model) -> str:
     return type(cfg).__name__ if cfg is not None else type(getattr(model, "model", model)).__name__
 
 
+def dit_family(model) -> str | None:
+    """The DiT family of a MODEL by the model config ComfyUI detected from its weights
+    (``supported_models.ZImage``: the Lumina2/NextDiT layout at dim 3840; ``supported_models.SD3``:
+    MM-DiT with 16 input channels, SD 3 and 3.5), or None."""
+    config = getattr(getattr(model, "model", None), "model_config", None)
+    if isinstance(config, comfy.supported_models.ZImage):
+        return ZIMAGE
+    if isinstance(config, comfy.supported_models.SD3):
+        return SD35
+    return None
+
+
 def model_family(model) -> tuple[str, str]:
     """``(family, prediction_type)`` of a connected MODEL, or a clear error naming what it is.
 
-    The family comes from the UNet config ComfyUI detected (:func:`family_from_ldm_config`); the
-    prediction type from the MODEL's sampling object, so a ModelSamplingDiscrete node's
-    v-prediction / zero-terminal-SNR setting is honoured. Continuous (EDM), flow and distilled
-    (LCM) schedules are refused: DiffSketch samples on the 1000-step DDIM grid."""
+    A UNet's family comes from the UNet config ComfyUI detected (:func:`family_from_ldm_config`),
+    a DiT's from its model config (:func:`dit_family`); the prediction type from the MODEL's
+    sampling object, so a ModelSamplingDiscrete node's v-prediction / zero-terminal-SNR setting is
+    honoured. UNets on continuous (EDM), flow and distilled (LCM) schedules are refused:
+    DiffSketch samples them on the 1000-step DDIM grid. The DiTs must sample on ComfyUI's discrete
+    flow schedule (any shift): :data:`FLOW_PREDICTION`."""
     base = getattr(model, "model", None)
     unet = getattr(base, "diffusion_model", None)
     kind = describe_model(model)
+    family = dit_family(model)
+    if family is not None:
+        return family, _flow_prediction(model, kind, family)
     if unet is None or not hasattr(unet, "output_blocks"):
+        if kind == "Lumina2":
+            kind = "Lumina2 (Lumina Image 2.0 or a model of its layout; Z-Image is that layout at dim 3840)"
         raise unsupported_model(
-            f"the connected MODEL is {kind}, which has no Stable Diffusion UNet decoder (output_blocks): Flux, SD3 "
-            "and other DiT models have none"
+            f"the connected MODEL is {kind}, a kind of diffusion model DiffSketch does not support yet: it is "
+            "neither a Stable Diffusion UNet nor Z-Image or SD 3.5 (Flux, Qwen-Image and other diffusion "
+            "transformers are not taken)"
         )
     unet_config = getattr(base.model_config, "unet_config", {}) or {}
     family = family_from_ldm_config(unet_config, f"the connected MODEL ({kind})")
@@ -86,6 +136,25 @@ def model_family(model) -> tuple[str, str]:
             "schedules are not). Connect the MODEL without the model-sampling patch"
         )
     return family, "v_prediction" if isinstance(sampling, ms.V_PREDICTION) else "epsilon"
+
+
+def _flow_prediction(model, kind: str, family: str) -> str:
+    """:data:`FLOW_PREDICTION` when a DiT MODEL samples on ComfyUI's 1000-step discrete flow
+    schedule (ModelSamplingDiscreteFlow with velocity prediction, any shift: the
+    ModelSamplingAuraFlow / ModelSamplingSD3 nodes' too), else a clear error."""
+    sampling = model.get_model_object("model_sampling")
+    ms = comfy.model_sampling
+    if (
+        not isinstance(sampling, ms.ModelSamplingDiscreteFlow)
+        or not isinstance(sampling, ms.CONST)
+        or len(sampling.sigmas) != NUM_TRAIN_TIMESTEPS
+    ):
+        raise unsupported_model(
+            f"the connected MODEL ({kind}, {family_name(family)}) samples with {type(sampling).__name__}, not the "
+            "discrete 1000-step flow-matching schedule DiffSketch samples this model on. Connect the MODEL without "
+            "the model-sampling patch (a ModelSamplingAuraFlow or ModelSamplingSD3 shift is fine)"
+        )
+    return FLOW_PREDICTION
 
 
 def sampling_has_zero_terminal_snr(model) -> bool:
@@ -111,6 +180,11 @@ def clip_family(clip) -> str:
         )
     if isinstance(encoder, comfy.sdxl_clip.SDXLClipModel):
         return SDXL
+    # before SD1ClipModel: ComfyUI's Qwen3-4B encoder is one (named "qwen3_4b")
+    if isinstance(encoder, comfy.text_encoders.z_image.ZImageTEModel):
+        return ZIMAGE
+    if isinstance(encoder, comfy.text_encoders.sd3_clip.SD3ClipModel):
+        return SD35
     if isinstance(encoder, comfy.sd1_clip.SD1ClipModel):
         if getattr(encoder, "clip", None) == "clip_l":
             return SD1
@@ -118,21 +192,33 @@ def clip_family(clip) -> str:
             return SD2
     raise unsupported_model(
         f"the connected CLIP is {kind}, the text encoder of another kind of model (SD 1.x uses CLIP-L, SD 2.x "
-        "OpenCLIP-H, SDXL CLIP-L with OpenCLIP bigG)"
+        "OpenCLIP-H, SDXL CLIP-L with OpenCLIP bigG, Z-Image Qwen3-4B (Load CLIP, type lumina2), SD 3.5 CLIP-L "
+        "with CLIP-G and T5-XXL)"
     )
 
 
 def check_model(model, vae) -> tuple[str, int, int, str]:
-    """Raise a clear error unless MODEL and VAE are a supported Stable Diffusion model's; returns
+    """Raise a clear error unless MODEL and VAE are a supported model's; returns
     ``(family, context_dim, pooled_dim, prediction_type)``."""
     family, prediction = model_family(model)
-    unet_config = model.model.model_config.unet_config
-    context_dim = int(unet_config["context_dim"])
-    pooled_dim = int(unet_config.get("adm_in_channels") or 0) - SDXL_TIME_IDS * SDXL_TIME_EMBED_DIM
     if vae is None or not hasattr(getattr(vae, "first_stage_model", None), "decoder"):
         raise UnsupportedModelError(
-            "the connected VAE has no decoder; connect the VAE output of Load Checkpoint."
+            "the connected VAE has no decoder; connect the VAE output of Load Checkpoint (or Load VAE)."
         )
+    unet_config = model.model.model_config.unet_config
+    if is_flow_family(family):
+        context_dim, pooled_dim = dit_context_dims(model)
+        latent_channels = getattr(vae, "latent_channels", None)
+        if latent_channels != DIT_LATENT_CHANNELS:
+            raise UnsupportedModelError(
+                f"the connected VAE makes {latent_channels}-channel latents but the {family_name(family)} MODEL takes "
+                f"{DIT_LATENT_CHANNELS}: connect its 16-channel VAE (Z-Image: Flux's ae.safetensors through Load VAE; "
+                "SD 3.5: its checkpoint's)."
+            )
+    else:
+        context_dim = int(unet_config["context_dim"])
+        pooled_dim = int(unet_config.get("adm_in_channels") or 0) - SDXL_TIME_IDS * SDXL_TIME_EMBED_DIM
+        pooled_dim = pooled_dim if family == SDXL else 0
     if (
         comfy.patcher_extension.WrappersMP.APPLY_MODEL in model.wrappers
         and any("compile" in k for k in model.wrappers[comfy.patcher_extension.WrappersMP.APPLY_MODEL])
@@ -142,8 +228,52 @@ def check_model(model, vae) -> tuple[str, int, int, str]:
             "the MODEL goes through torch.compile (e.g. the TorchCompileModel node), so DiffSketch's feature "
             "hooks would not fire. Connect the MODEL before the compile node."
         )
-    reject_compiled(model.model.diffusion_model, "UNet")
-    return family, context_dim, pooled_dim if family == SDXL else 0, prediction
+    reject_compiled(
+        model.model.diffusion_model, "diffusion transformer" if is_flow_family(family) else "UNet"
+    )
+    return family, context_dim, pooled_dim, prediction
+
+
+def dit_context_dims(model) -> tuple[int, int]:
+    """``(context_dim, pooled_dim)`` a ComfyUI DiT takes, from the config ComfyUI detected:
+    Z-Image its caption features (Qwen3-4B: 2560), no pooled one; SD 3.5 its context embedder's
+    input (4096) and pooled input (2048)."""
+    unet_config = model.model.model_config.unet_config
+    if dit_family(model) == ZIMAGE:
+        return int(unet_config["cap_feat_dim"]), 0
+    context = unet_config["context_embedder_config"]["params"]["in_features"]
+    return int(context), int(unet_config.get("adm_in_channels") or 0)
+
+
+def _dit_blocks(diffusion_model, family: str) -> tuple[str, torch.nn.ModuleList, int, int]:
+    """``(module path, blocks, hidden size, patch size)`` of a ComfyUI DiT: NextDiT's ``layers``,
+    MM-DiT's ``joint_blocks``."""
+    if family == ZIMAGE:
+        return "layers", diffusion_model.layers, int(diffusion_model.dim), int(diffusion_model.patch_size)
+    hidden = int(diffusion_model.x_embedder.proj.out_channels)
+    return "joint_blocks", diffusion_model.joint_blocks, hidden, int(diffusion_model.patch_size)
+
+
+def comfy_dit_spec(diffusion_model, vae_model, family: str, context_dim: int, pooled_dim: int) -> FeatureSpec:
+    """The spec of a ComfyUI DiT (ComfyUI's module names): its blocks at
+    :func:`~diffsketch.capture.spec.default_dit_blocks`, the hidden size at ``-log2(patch)``, and
+    the 16-channel VAE's decoder taps read as SD's (:func:`~diffsketch.capture.spec.ldm_vae_taps`)."""
+    path, blocks, hidden, patch = _dit_blocks(diffusion_model, family)
+    taps = tuple(
+        Tap(f"{path}.{b}", hidden, -(patch.bit_length() - 1)) for b in default_dit_blocks(len(blocks))
+    )
+    vae_taps, rgb = ldm_vae_taps(vae_model)
+    return FeatureSpec(
+        layout=LAYOUT_LDM,
+        unet=taps,
+        vae=vae_taps,
+        rgb=rgb,
+        context_dim=int(context_dim),
+        latent_channels=DIT_LATENT_CHANNELS,
+        vae_scale_factor=1 << rgb.log2_scale,
+        family=family,
+        pooled_dim=int(pooled_dim),
+    )
 
 
 def encode_text(clip, text: str, with_pooled: bool) -> Conditioning:
@@ -169,17 +299,29 @@ class ComfyBackend(SamplingBackend):
         self.show_progress = show_progress
         self.model, self.clip, self.vae = model, clip, vae
         self.prediction_type = prediction
-        self.zero_terminal_snr = sampling_has_zero_terminal_snr(model)
-        self.spec = feature_spec_from_ldm(
-            model.model.diffusion_model, vae.first_stage_model, context_dim, family, pooled_dim
-        )
+        self.flow = is_flow_family(family)
+        if self.flow:
+            self.zero_terminal_snr = False  # a flow schedule ends at pure noise by construction
+            # ComfyUI cannot tell Z-Image Turbo from the base model (one config): as the diffusers
+            # backend, Z-Image is taken as the Turbo most use, so cfg > 1 gets a notice
+            self.guidance_distilled = family == ZIMAGE
+            self.spec = comfy_dit_spec(
+                model.model.diffusion_model, vae.first_stage_model, family, context_dim, pooled_dim
+            )
+        else:
+            self.zero_terminal_snr = sampling_has_zero_terminal_snr(model)
+            self.spec = feature_spec_from_ldm(
+                model.model.diffusion_model, vae.first_stage_model, context_dim, family, pooled_dim
+            )
         self.latent_scaling_factor = float(model.model.latent_format.scale_factor)
         self._uncond = None
         self._model_hash = None
 
     def model_hash(self) -> str:
-        """The UNet's :func:`weights_fingerprint` (equal to the diffusers backend's for the same
-        checkpoint), plus a digest of the MODEL's weight patches (LoRAs) when it has any."""
+        """The diffusion model's :func:`weights_fingerprint` (for a UNet equal to the diffusers
+        backend's for the same checkpoint; not for a DiT, whose attention ComfyUI keeps fused (one
+        qkv weight where diffusers has three), so its tensors differ), plus a digest of the MODEL's
+        weight patches (LoRAs) when it has any."""
         if self._model_hash is None:
             value = weights_fingerprint(self.model.model.diffusion_model.parameters())
             patches = getattr(self.model, "patches", None) or {}
@@ -198,41 +340,77 @@ class ComfyBackend(SamplingBackend):
             self._uncond = cond
         return cond
 
-    def _denoise(self, noise, cond, uncond, cfg, schedule, recorder: UNetRecorder | None, progress):
-        patched = self.model.clone()
-        # keep the uncond branch at cfg == 1 so it can be captured (comfy/samplers.py cfg1 shortcut)
-        patched.model_options["disable_cfg1_optimization"] = True
-        if recorder is not None:
-            patched.add_wrapper_with_key(
-                comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, _capture_wrapper(recorder)
-            )
-        ms = patched.get_model_object("model_sampling")
-        sigmas = torch.cat([ms.sigmas[torch.tensor(schedule)].float().cpu(), torch.zeros(1)])
-        # ComfyUI scales noise by sigma_0 unless sigma_0 == sigma_max; ldm starts DDIM from x_T = noise,
-        # i.e. noise * sqrt(1 + sigma_0^2) in k-diffusion space. Pre-scale so both agree exactly.
-        s0 = float(sigmas[0])
-        if not math.isclose(s0, float(ms.sigma_max), rel_tol=1e-5):
-            noise = noise * (math.sqrt(1.0 + s0 * s0) / s0)
-        n = len(schedule)
+    def _step_reporter(self, n: int, progress):
+        """``report(done, total)`` for a loop of ``n`` model steps: the node's progress bar (unless
+        the caller shows its own), Cancel (ComfyUI's interrupt raises here), then ``progress``."""
         pbar = comfy.utils.ProgressBar(n) if self.show_progress else None
 
-        def on_step(step, x0, x, total):
+        def report(done: int, total: int) -> None:
             if pbar is not None:
-                pbar.update_absolute(step + 1, n)
+                pbar.update_absolute(done, n)
             comfy.model_management.throw_exception_if_processing_interrupted()
             if progress is not None:
-                progress(step + 1, n)
+                progress(done, total)
 
-        latent = torch.zeros_like(noise)
+        return report
+
+    def _denoise(self, noise, cond, uncond, cfg, schedule, recorder: UNetRecorder | None, progress):
+        patched = self.model.clone()
+        ms = patched.get_model_object("model_sampling")
+        sigmas = torch.cat([ms.sigmas[torch.tensor(schedule)].float().cpu(), torch.zeros(1)])
+        negative = uncond
+        if self.flow:
+            # Euler on the flow sigmas; the cfg1 shortcut stays on, so cfg 1 evaluates (and
+            # captures) the cond branch alone, as the guidance-distilled Z-Image Turbo samples,
+            # unless the recorder wants both (a picture's replay at cfg 1 for a cfg > 1 training).
+            sampler = "euler"
+            branches = recorder.branches if recorder is not None else self.captured_branches(cfg)
+            if UNCOND in branches:
+                if uncond is None:
+                    raise InvalidInputError(f"cfg {cfg:g} needs a negative conditioning")
+                patched.model_options["disable_cfg1_optimization"] = True
+            elif uncond is None:
+                negative = cond  # never evaluated: ComfyUI skips the negative at cfg 1
+            if recorder is not None:
+                patched.add_wrapper_with_key(
+                    comfy.patcher_extension.WrappersMP.APPLY_MODEL,
+                    WRAPPER_KEY,
+                    _dit_capture_wrapper(recorder, self.spec.family, float(ms.shift)),
+                )
+            # ComfyUI starts from sigma_0 * noise + (1 - sigma_0) * the latent in model space; a raw
+            # latent equal to the format's shift is 0 there, so sampling starts at sigma_0 * noise.
+            shift = float(getattr(self.model.model.latent_format, "shift_factor", None) or 0.0)
+            latent = torch.full_like(noise, shift)
+        else:
+            sampler = "ddim"
+            # keep the uncond branch at cfg == 1 so it can be captured (comfy/samplers.py cfg1 shortcut)
+            patched.model_options["disable_cfg1_optimization"] = True
+            if recorder is not None:
+                patched.add_wrapper_with_key(
+                    comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL,
+                    WRAPPER_KEY,
+                    _capture_wrapper(recorder),
+                )
+            # ComfyUI scales noise by sigma_0 unless sigma_0 == sigma_max; ldm starts DDIM from x_T = noise,
+            # i.e. noise * sqrt(1 + sigma_0^2) in k-diffusion space. Pre-scale so both agree exactly.
+            s0 = float(sigmas[0])
+            if not math.isclose(s0, float(ms.sigma_max), rel_tol=1e-5):
+                noise = noise * (math.sqrt(1.0 + s0 * s0) / s0)
+            latent = torch.zeros_like(noise)
+        report = self._step_reporter(len(schedule), progress)
+
+        def on_step(step, x0, x, total):
+            report(step + 1, total)
+
         with torch.no_grad():  # also when a training loop calls this with grad enabled
             samples = comfy.sample.sample_custom(
                 patched,
                 noise,
                 cfg,
-                comfy.samplers.sampler_object("ddim"),
+                comfy.samplers.sampler_object(sampler),
                 sigmas,
                 [_comfy_conditioning(cond)],
-                [_comfy_conditioning(uncond)],
+                [_comfy_conditioning(negative)],
                 latent,
                 callback=on_step,
                 disable_pbar=True,
@@ -250,21 +428,15 @@ class ComfyBackend(SamplingBackend):
         numbers) and Cancel apply as when sampling. The UNet is guided by ``cond`` alone (cfg 1, the
         unconditional branch skipped); ComfyUI's denoised prediction is turned back into the model
         output (:func:`x0_to_model_output`) so the steps are the shared ones."""
+        if self.flow:
+            return self._invert_flow(latent, cond, schedule, progress)
         patched = self.model.clone()
         ms = patched.get_model_object("model_sampling")
         alphas_cumprod = 1.0 / (1.0 + ms.sigmas.double().cpu() ** 2)  # ComfyUI keeps sigmas, not alphas
         ascending = sorted(schedule)
         sigmas = ms.sigmas[torch.tensor(ascending)].float().cpu()
-        n = len(ascending)
-        pbar = comfy.utils.ProgressBar(n) if self.show_progress else None
+        on_step = self._step_reporter(len(ascending), progress)
         inverted = {}
-
-        def on_step(i, total):
-            if pbar is not None:
-                pbar.update_absolute(i, n)
-            comfy.model_management.throw_exception_if_processing_interrupted()
-            if progress is not None:
-                progress(i, total)
 
         def invert(model, x, sigmas, extra_args=None, callback=None, disable=None):
             # x: the clean model latent (sigma 0), where DDPM and k-diffusion spaces coincide
@@ -294,6 +466,55 @@ class ComfyBackend(SamplingBackend):
                 seed=0,
             )
         return inverted["x"].float().cpu()
+
+    def _invert_flow(self, latent, cond, schedule, progress):
+        """:func:`~diffsketch.backends.flow.euler_invert` of the clean model latent inside ComfyUI's
+        sampler machinery (a custom KSAMPLER), guided by ``cond`` alone at cfg 1 (the cfg1 shortcut
+        skips the negative). The velocity is the diffusion model's own output, read by a forward
+        hook for each call: ComfyUI hands the sampler x0 = x - sigma * v, which holds no velocity
+        at the clean end (sigma 0), where the inversion starts."""
+        patched = self.model.clone()
+        ms = patched.get_model_object("model_sampling")
+        diffusion_model = patched.model.diffusion_model
+        on_step = self._step_reporter(len(schedule), progress)
+        inverted = {}
+
+        def invert(model, x, sigmas, extra_args=None, callback=None, disable=None):
+            ones = x.new_ones([x.shape[0]])
+
+            def predict(x_sigma, sigma, index):
+                out = {}
+                handle = diffusion_model.register_forward_hook(lambda m, a, o: out.__setitem__("v", o))
+                try:
+                    model(x_sigma, sigma * ones, **(extra_args or {}))
+                finally:
+                    handle.remove()
+                return out["v"].float()
+
+            inverted["x"] = euler_invert(predict, x.float(), schedule, float(ms.shift), on_step)
+            return inverted["x"]
+
+        with torch.no_grad():
+            # sigma 0 first and last: ComfyUI's flow noise scaling then passes the latent through
+            # unchanged, and its inverse scaling of the result divides by 1 (the result is ours anyway)
+            comfy.sample.sample_custom(
+                patched,
+                torch.zeros_like(latent),
+                1.0,
+                comfy.samplers.KSAMPLER(invert),
+                torch.zeros(2),
+                [_comfy_conditioning(cond)],
+                [_comfy_conditioning(cond)],
+                self.model.model.latent_format.process_out(latent),
+                disable_pbar=True,
+                seed=0,
+            )
+        return inverted["x"].float().cpu()
+
+    def model_latent(self, latent: torch.Tensor) -> torch.Tensor:
+        """The latent the MODEL works on, as ComfyUI makes it (its latent format's
+        ``process_in``: SD's scaling, the 16-channel VAEs' shift and scaling)."""
+        return self.model.model.latent_format.process_in(latent)
 
     def _decode(self, latent, capture, store_dtype, store_device):
         """Decode with ComfyUI's memory estimate for the VAE (``VAE.memory_used_decode``), so model
@@ -353,6 +574,34 @@ def _capture_wrapper(recorder: UNetRecorder):
         branches = [_COMFY_TO_BRANCH.get(int(c), -1) for c in transformer_options["cond_or_uncond"]]
         with recorder.tap(executor.class_obj, t, branches):
             return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
+
+    return wrapper
+
+
+def _dit_capture_wrapper(recorder: UNetRecorder, family: str, shift: float):
+    """An APPLY_MODEL wrapper hooking the DiT blocks for one model call: ``t`` is the sigma, mapped
+    back to its index in the MODEL's flow table of ``shift`` (:func:`flow_index`: the recorder's
+    timestep); each hook keeps the image tokens as a ``[B, hidden, h, w]`` map
+    (:func:`image_token_map`)."""
+
+    def wrapper(executor, x, t, c_concat, c_crossattn, control, transformer_options, **kwargs):
+        timestep = flow_index(float(t.reshape(-1)[0]), shift)
+        branches = [_COMFY_TO_BRANCH.get(int(c), -1) for c in transformer_options["cond_or_uncond"]]
+        diffusion_model = executor.class_obj.diffusion_model
+        patch = int(diffusion_model.patch_size)
+        grid = tuple(-(-side // patch) for side in x.shape[-2:])
+        first_token = 0
+        if family == ZIMAGE:
+            # NextDiT puts the caption first, padded with its pad token to a multiple of 32
+            captions = int(c_crossattn.shape[1])
+            multiple = getattr(diffusion_model, "pad_tokens_multiple", None)
+            first_token = captions + (-captions % multiple if multiple else 0)
+
+        def to_map(output):
+            return image_token_map(output, grid, first_token)
+
+        with recorder.tap(diffusion_model, timestep, branches, to_map):
+            return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
 
     return wrapper
 

@@ -32,21 +32,24 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason=reason))
 
 
-def cached_checkpoint(recipe_name: str, stem: str, uses: tuple[str, ...] = ()) -> Path:
+def cached_checkpoint(
+    recipe_name: str, stem: str, uses: tuple[str, ...] = (), args: tuple[str, ...] = ()
+) -> Path:
     """A random-weight checkpoint written by the recipe script ``recipe_name`` (in a child process,
-    so its memory is returned), cached under DIFFSKETCH_TEST_CACHE by the hash of the recipe and
-    of the recipes it ``uses``."""
+    so its memory is returned; ``args`` go before the output path), cached under
+    DIFFSKETCH_TEST_CACHE by the hash of the recipe, of the recipes it ``uses`` and of ``args``."""
     recipe = Path(__file__).with_name(recipe_name)
     digest = hashlib.sha256(recipe.read_bytes())
     for name in uses:
         digest.update(Path(__file__).with_name(name).read_bytes())
+    digest.update(repr(args).encode())
     digest = digest.hexdigest()[:12]
     cache = Path(os.environ.get("DIFFSKETCH_TEST_CACHE", Path.home() / ".cache" / "diffsketch-tests"))
     path = cache / f"{stem}_{digest}.safetensors"
     if not path.is_file():
         cache.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "COMFYUI_PATH": COMFYUI_PATH}
-        subprocess.run([sys.executable, str(recipe), str(path)], check=True, env=env, cwd=str(cache))
+        subprocess.run([sys.executable, str(recipe), *args, str(path)], check=True, env=env, cwd=str(cache))
     return path
 
 
@@ -76,6 +79,24 @@ def sd2_23_layer_checkpoint() -> Path:
     return cached_checkpoint(
         "sd2_23_layer_checkpoint.py", "tiny_sd2v_23", uses=("sd2_checkpoint.py", "tiny_checkpoint.py")
     )
+
+
+@pytest.fixture(scope="session")
+def zimage_files() -> tuple[Path, Path]:
+    """``(diffusion model, VAE)``: a random-weight Z-Image for UNETLoader (2.5 GB) and the Flux
+    16-channel VAE for VAELoader (0.17 GB), see dit_checkpoints.py; no text encoder."""
+    uses = ("tiny_checkpoint.py",)
+    return (
+        cached_checkpoint("dit_checkpoints.py", "tiny_zimage", uses, ("zimage",)),
+        cached_checkpoint("dit_checkpoints.py", "tiny_flux_vae", uses, ("flux_vae",)),
+    )
+
+
+@pytest.fixture(scope="session")
+def sd35_checkpoint() -> Path:
+    """A random-weight SD 3.5 checkpoint (MM-DiT, CLIP-L, CLIP-G, VAE; no T5) for Load Checkpoint
+    (1.8 GB, see dit_checkpoints.py)."""
+    return cached_checkpoint("dit_checkpoints.py", "tiny_sd35", ("tiny_checkpoint.py",), ("sd35",))
 
 
 @pytest.fixture(scope="session")

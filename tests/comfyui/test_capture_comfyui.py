@@ -216,9 +216,9 @@ def test_other_kinds_of_model_are_refused_naming_what_is_supported(comfy_inproce
             class model_config:  # noqa: N801
                 unet_config = {}
 
-            diffusion_model = torch.nn.Linear(1, 1)  # a DiT (Flux, SD3, ...) has no output_blocks
+            diffusion_model = torch.nn.Linear(1, 1)  # a DiT other than Z-Image and SD 3.5 (Flux, ...)
 
-    with pytest.raises(UnsupportedModelError, match="Flux, SD3") as e:
+    with pytest.raises(UnsupportedModelError, match="does not support yet: it is neither") as e:
         ComfyBackend(FakeModel(), clip, vae)
     assert "works with SD 1.x, SD 2.x" in str(e.value) and "SDXL" in str(e.value)
 

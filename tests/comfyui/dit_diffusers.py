@@ -1,0 +1,79 @@
+"""The random-weight Z-Image and SD 3.5 files of dit_checkpoints.py loaded into diffusers' own
+models with diffusers' own single-file converters (``convert_z_image_transformer_checkpoint_to_
+diffusers``, ``convert_sd3_transformer_checkpoint_to_diffusers``, ``convert_ldm_vae_checkpoint``),
+strictly (every key converted and used), in float32, for the parity test of the ComfyUI and
+diffusers backends. (diffusers' ``from_single_file`` would fetch the config of a published model.)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from safetensors.torch import load_file
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from dit_checkpoints import SD35_CONFIG, SD35_DEPTH, SD35_POS_EMBED_MAX_SIZE, ZIMAGE_CONFIG  # noqa: E402
+
+#: (scaling, shift) of the latent formats: the Flux VAE's (Z-Image) and SD3's.
+FLUX_LATENT = (0.3611, 0.1159)
+SD3_LATENT = (1.5305, 0.0609)
+
+
+def _vae(state: dict, latent: tuple[float, float]):
+    from diffusers import AutoencoderKL
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        block_out_channels=[128, 256, 512, 512],
+        layers_per_block=2,
+        latent_channels=16,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        scaling_factor=latent[0],
+        shift_factor=latent[1],
+    )
+    vae.load_state_dict(convert_ldm_vae_checkpoint(state, vae.config), strict=True)
+    return vae.float().eval()
+
+
+def diffusers_zimage(model_path, vae_path):
+    """``(transformer, vae)``: diffusers' ZImageTransformer2DModel and AutoencoderKL."""
+    from diffusers import ZImageTransformer2DModel
+    from diffusers.loaders.single_file_utils import convert_z_image_transformer_checkpoint_to_diffusers
+
+    transformer = ZImageTransformer2DModel(
+        n_layers=ZIMAGE_CONFIG["n_layers"], axes_lens=ZIMAGE_CONFIG["axes_lens"]
+    )
+    state = convert_z_image_transformer_checkpoint_to_diffusers(load_file(str(model_path)))
+    transformer.load_state_dict(state, strict=True)
+    return transformer.float().eval(), _vae(load_file(str(vae_path)), FLUX_LATENT)
+
+
+def diffusers_sd35(checkpoint_path):
+    """``(transformer, vae)``: diffusers' SD3Transformer2DModel and AutoencoderKL."""
+    from diffusers import SD3Transformer2DModel
+    from diffusers.loaders.single_file_utils import convert_sd3_transformer_checkpoint_to_diffusers
+
+    state = load_file(str(checkpoint_path))
+    dit = {k: v for k, v in state.items() if k.startswith("model.diffusion_model.")}
+    vae = {k: v for k, v in state.items() if k.startswith("first_stage_model.")}
+    transformer = SD3Transformer2DModel(
+        patch_size=2,
+        in_channels=16,
+        num_layers=SD35_DEPTH,
+        attention_head_dim=64,
+        num_attention_heads=SD35_DEPTH,
+        joint_attention_dim=SD35_CONFIG["context_embedder_config"]["params"]["in_features"],
+        caption_projection_dim=64 * SD35_DEPTH,
+        pooled_projection_dim=SD35_CONFIG["adm_in_channels"],
+        out_channels=16,
+        pos_embed_max_size=SD35_POS_EMBED_MAX_SIZE,
+        qk_norm="rms_norm",
+    )
+    transformer.load_state_dict(convert_sd3_transformer_checkpoint_to_diffusers(dit), strict=True)
+    return transformer.float().eval(), _vae(vae, SD3_LATENT)

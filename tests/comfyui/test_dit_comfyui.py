@@ -1,0 +1,307 @@
+"""Tier 2: the ComfyUI backend on Z-Image and SD 3.5 (random weights in ComfyUI's formats, loaded
+as the user loads them: see dit_checkpoints.py): family detection, refusals, capture of the DiT
+blocks' image tokens with the hooks gone on every exit path, one branch at cfg 1.
+
+The Z-Image text encoder (Qwen3-4B, 8 GB) is not built: its CLIP here is ComfyUI's own Z-Image
+text-encoder class built on the meta device (what the family check reads), and sampling is given
+Qwen3-shaped conditioning directly.
+"""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+from comfy_harness import hook_count
+
+from diffsketch.backends.conditioning import Conditioning
+from diffsketch.capture.sampling import SamplingSettings
+from diffsketch.errors import UnsupportedModelError
+
+SIZE = dict(width=64, height=64)
+
+
+def load_zimage(files):
+    """``(model, clip, vae)`` as UNETLoader, CLIPLoader (type lumina2) and VAELoader give them:
+    5 GB in float32 on the CPU, so the tests load it each and let it go."""
+    import comfy.sd
+    import comfy.text_encoders.z_image
+    import comfy.utils
+
+    model_path, vae_path = files
+    model = comfy.sd.load_diffusion_model(str(model_path))
+    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(vae_path)))
+    clip = types.SimpleNamespace(cond_stage_model=comfy.text_encoders.z_image.te()(device="meta"))
+    return model, clip, vae
+
+
+@pytest.fixture
+def zimage(comfy_inprocess, zimage_files):
+    yield load_zimage(zimage_files)
+    release()
+
+
+def release():
+    import gc
+
+    import comfy.model_management
+
+    comfy.model_management.unload_all_models()
+    gc.collect()
+
+
+@pytest.fixture(scope="module")
+def sd35(comfy_inprocess, sd35_checkpoint):
+    from comfy_harness import loaded_checkpoint
+
+    with loaded_checkpoint(sd35_checkpoint) as loaded:
+        yield loaded
+
+
+def qwen3_conditioning(seed: int, tokens: int = 12) -> Conditioning:
+    """A Z-Image caption as Qwen3-4B's hidden states would give it: [1, tokens, 2560]."""
+    g = torch.Generator().manual_seed(seed)
+    return Conditioning(torch.randn(1, tokens, 2560, generator=g), None)
+
+
+def test_files_are_detected_as_zimage_and_sd35(comfy_inprocess, zimage, sd35):
+    backend = comfy_inprocess.nodes.comfy_backend
+    model, clip, vae = zimage
+    assert type(model.model.model_config).__name__ == "ZImage" and vae.latent_channels == 16
+    assert backend.model_family(model) == ("zimage", backend.FLOW_PREDICTION)
+    assert backend.clip_family(clip) == "zimage"
+    spec = backend.ComfyBackend(model, clip, vae).spec
+    assert [(t.name, t.channels, t.log2_scale) for t in spec.unet] == [
+        ("layers.0", 3840, -1),
+        ("layers.1", 3840, -1),
+    ]
+    assert (spec.family, spec.context_dim, spec.pooled_dim, spec.latent_channels) == ("zimage", 2560, 0, 16)
+    assert len(spec.vae) == 14 and spec.size_multiple == 16
+
+    model, clip, vae = sd35
+    assert type(model.model.model_config).__name__ == "SD3" and vae.latent_channels == 16
+    assert backend.model_family(model) == ("sd35", backend.FLOW_PREDICTION)
+    assert backend.clip_family(clip) == "sd35"
+    spec = backend.ComfyBackend(model, clip, vae).spec
+    assert [(t.name, t.channels, t.log2_scale) for t in spec.unet] == [
+        ("joint_blocks.1", 256, -1),
+        ("joint_blocks.2", 256, -1),
+    ]
+    assert (spec.family, spec.context_dim, spec.pooled_dim, spec.latent_channels) == ("sd35", 4096, 2048, 16)
+
+
+def test_other_families_and_mixed_parts_are_refused_by_name(comfy_inprocess, zimage, sd35, loaded_checkpoint):
+    ComfyBackend = comfy_inprocess.nodes.comfy_backend.ComfyBackend
+    z_model, z_clip, z_vae = zimage
+    s_model, s_clip, s_vae = sd35
+    sd1_model, sd1_clip, sd1_vae = loaded_checkpoint
+    for parts, names in (
+        ((z_model, s_clip, z_vae), ("SD 3.5", "Z-Image")),
+        ((s_model, z_clip, s_vae), ("Z-Image", "SD 3.5")),
+        ((sd1_model, s_clip, sd1_vae), ("SD 3.5", "SD 1.x")),
+        ((s_model, sd1_clip, s_vae), ("SD 1.x", "SD 3.5")),
+    ):
+        with pytest.raises(UnsupportedModelError, match="same backbone family") as e:
+            ComfyBackend(*parts)
+        assert all(name in str(e.value) for name in names), str(e.value)
+    # the SD VAE (4 latent channels) with a 16-channel DiT
+    with pytest.raises(UnsupportedModelError, match="4-channel latents but the Z-Image MODEL takes 16"):
+        ComfyBackend(z_model, z_clip, sd1_vae)
+    # a DiT patched onto a schedule that is not the discrete flow one
+    import comfy.model_sampling
+
+    class Discrete(comfy.model_sampling.ModelSamplingDiscrete, comfy.model_sampling.EPS):
+        pass
+
+    patched = s_model.clone()
+    patched.add_object_patch("model_sampling", Discrete(s_model.model.model_config))
+    with pytest.raises(UnsupportedModelError, match="SD 3.5.*not the discrete 1000-step flow-matching"):
+        ComfyBackend(patched, s_clip, s_vae)
+    # a flow shift patch (ModelSamplingSD3, as the templates use) is taken, and its sigmas used
+    import comfy_extras.nodes_model_advanced as advanced
+
+    (shifted,) = advanced.ModelSamplingSD3().patch(s_model, shift=6.0)
+    assert ComfyBackend(shifted, s_clip, s_vae).spec.family == "sd35"
+
+
+def settings(cfg: float, steps: int = 4, timesteps=(249, 749), seed: int = 2) -> SamplingSettings:
+    return SamplingSettings(seed=seed, steps=steps, cfg=cfg, timesteps=timesteps, **SIZE)
+
+
+def test_sd35_captures_both_branches_with_cfg_and_leaves_no_hooks(comfy_inprocess, sd35):
+    import comfy.model_management as mm
+
+    model, clip, vae = sd35
+    backend = comfy_inprocess.nodes.comfy_backend.ComfyBackend(model, clip, vae)
+    cond = backend.encode_prompt("a cat")
+    assert tuple(cond.context.shape) == (1, 77, 4096) and tuple(cond.pooled.shape) == (1, 2048)
+    wrappers_before = {k: dict(v) for k, v in model.wrappers.items()}
+    with torch.inference_mode():  # as inside a ComfyUI prompt
+        a = backend.sample("a cat", settings(4.0))
+    assert hook_count(model, vae) == 0
+    assert {k: dict(v) for k, v in model.wrappers.items()} == wrappers_before
+    assert a.timesteps == (249, 749) and a.meta["branches"] == 2
+    assert a.image.shape == (1, 3, 64, 64) and a.latent.shape == (1, 16, 8, 8)
+    for t in a.timesteps:
+        assert [tuple(f.shape) for f in a.unet[t]] == [(2, 256, 4, 4)] * 2
+        assert torch.isfinite(a.unet[t][0].float()).all()
+        # the uncond and cond branches are both captured and differ
+        assert not torch.equal(a.unet[t][0][0], a.unet[t][0][1])
+    assert [tuple(f.shape[1:]) for f in a.vae] == backend.spec.vae_shapes(64, 64)
+    # two timesteps' features differ (the hook follows the sigma to its index)
+    assert not torch.equal(a.unet[249][0], a.unet[749][0])
+
+    def fail(step, total):
+        if step == 2:
+            raise RuntimeError("boom")
+
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="boom"):
+        backend.sample("a cat", settings(4.0), progress=fail)
+    assert hook_count(model, vae) == 0
+
+    def interrupt(step, total):
+        if step == 2:
+            mm.interrupt_current_processing(True)
+
+    try:
+        with torch.inference_mode(), pytest.raises(mm.InterruptProcessingException):
+            backend.sample("a cat", settings(4.0), progress=interrupt)
+    finally:
+        mm.interrupt_current_processing(False)
+    assert hook_count(model, vae) == 0
+    assert {k: dict(v) for k, v in model.wrappers.items()} == wrappers_before
+
+
+def check_parity(a, b, tol=1e-3):
+    """Two CapturedSamples of one model: the same image, latent, block maps and VAE taps."""
+    from compare import relative_error
+
+    assert a.timesteps == b.timesteps and a.meta["branches"] == b.meta["branches"]
+    assert a.spec.signature() == b.spec.signature()
+    assert relative_error(a.latent, b.latent) < tol
+    assert relative_error(a.image, b.image) < tol
+    for t in a.timesteps:
+        for i, (fa, fb) in enumerate(zip(a.unet[t], b.unet[t], strict=True)):
+            assert fa.shape == fb.shape, (t, i)
+            assert relative_error(fa, fb) < tol, (t, i)
+    for i, (fa, fb) in enumerate(zip(a.vae, b.vae, strict=True)):
+        assert relative_error(fa, fb) < tol, i
+
+
+def test_sd35_matches_the_diffusers_backend(comfy_inprocess, sd35, sd35_checkpoint):
+    """The same checkpoint in diffusers' SD3Transformer2DModel (diffusers' own converters) through
+    the library's DiffusersFlowBackend, given ComfyUI's encodings of the prompts (T5 is absent
+    from the file; text encoders are not compared here): the same image and features, with CFG."""
+    from dit_diffusers import diffusers_sd35
+    from tiny_models import tiny_sd3_text_encoders
+
+    from diffsketch.backends.dit import DiffusersFlowBackend
+
+    model, clip, vae = sd35
+    comfy_b = comfy_inprocess.nodes.comfy_backend.ComfyBackend(model, clip, vae)
+    cond, uncond = comfy_b.encode_prompt("a cat"), comfy_b.encode_prompt("")
+    transformer, dvae = diffusers_sd35(sd35_checkpoint)
+    clip_l, clip_g, _, _ = tiny_sd3_text_encoders()  # only to construct it: the prompts come encoded
+    diff_b = DiffusersFlowBackend(transformer, dvae, clip_l, text_encoder_2=clip_g)
+    with torch.inference_mode():
+        a = comfy_b.sample(cond, settings(4.0), uncond=uncond)
+    check_parity(a, diff_b.sample(cond, settings(4.0), uncond=uncond))
+
+
+def test_zimage_at_cfg_1_evaluates_and_captures_one_branch_deterministically(comfy_inprocess, zimage):
+    model, clip, vae = zimage
+    backend = comfy_inprocess.nodes.comfy_backend.ComfyBackend(model, clip, vae)
+    batches = []
+
+    def count(module, args, kwargs):
+        batches.append(args[0].shape[0])
+
+    few = settings(1.0, steps=2, timesteps=(499,))
+    handle = model.model.diffusion_model.register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        with torch.inference_mode():
+            a = backend.sample(qwen3_conditioning(0), few)
+    finally:
+        handle.remove()
+    assert batches == [1, 1]  # two steps, the cond branch alone: ComfyUI's cfg1 shortcut
+    assert hook_count(model, vae) == 0
+    assert a.meta["branches"] == 1
+    assert [tuple(f.shape) for f in a.unet[499]] == [(1, 3840, 4, 4)] * 2
+    assert not torch.equal(a.unet[499][0], a.unet[499][1])
+    with torch.inference_mode():
+        b = backend.sample(qwen3_conditioning(0), few)
+    assert torch.equal(a.image, b.image) and torch.equal(a.latent, b.latent)
+    assert all(torch.equal(x, y) for x, y in zip(a.unet[499], b.unet[499], strict=True))
+
+
+def test_zimage_matches_the_diffusers_backend(comfy_inprocess, zimage_files):
+    """Caption first (ComfyUI, padded to 32 tokens) or image first (diffusers): the same image
+    tokens, hence the same maps, at cfg 1 (one branch) and with CFG (two)."""
+    from dit_diffusers import diffusers_zimage
+
+    from diffsketch.backends.dit import DiffusersFlowBackend
+
+    comfy_b = comfy_inprocess.nodes.comfy_backend.ComfyBackend(*load_zimage(zimage_files))
+    # 40 caption tokens: padded to 64, so the image tokens start at token 64 in ComfyUI's sequence
+    cond, uncond = qwen3_conditioning(0, tokens=40), qwen3_conditioning(1, tokens=40)
+    few = dict(steps=2, timesteps=(499,))
+    with torch.inference_mode(), pytest.warns(UserWarning, match="guidance-distilled"):
+        a_cfg = comfy_b.sample(cond, settings(3.0, **few), uncond=uncond)
+    with torch.inference_mode():
+        a_one = comfy_b.sample(cond, settings(1.0, **few))
+    del comfy_b  # one 5 GB model at a time
+    release()
+    diff_b = DiffusersFlowBackend(*diffusers_zimage(*zimage_files))
+    check_parity(a_one, diff_b.sample(cond, settings(1.0, **few)))
+    with pytest.warns(UserWarning, match="guidance-distilled"):
+        check_parity(a_cfg, diff_b.sample(cond, settings(3.0, **few), uncond=uncond))
+
+
+def test_sd35_picture_capture_inverts_as_the_diffusers_backend(comfy_inprocess, sd35, sd35_checkpoint):
+    """A picture's features (Euler inversion of its latent, then the captured replay) inside
+    ComfyUI's sampler equal the diffusers backend's, and the inversion's hook is gone after."""
+    from dit_diffusers import diffusers_sd35
+    from tiny_models import tiny_sd3_text_encoders
+
+    from diffsketch.backends.dit import DiffusersFlowBackend
+
+    model, clip, vae = sd35
+    comfy_b = comfy_inprocess.nodes.comfy_backend.ComfyBackend(model, clip, vae)
+    caption = comfy_b.encode_prompt("a cat")
+    picture = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        a = comfy_b.capture_from_image(picture, settings(1.0), caption=caption)
+    assert hook_count(model, vae) == 0
+    transformer, dvae = diffusers_sd35(sd35_checkpoint)
+    clip_l, clip_g, _, _ = tiny_sd3_text_encoders()  # only to construct it: the caption comes encoded
+    b = DiffusersFlowBackend(transformer, dvae, clip_l, text_encoder_2=clip_g).capture_from_image(
+        picture, settings(1.0), caption=caption
+    )
+    from compare import relative_error
+
+    assert relative_error(a.noise, b.noise) < 1e-3
+    check_parity(a.sample, b.sample)
+    assert a.sample.meta["branches"] == 1
+
+
+@pytest.mark.parametrize(
+    "config_name, words",
+    [
+        (
+            "Lumina2",
+            "Lumina2 (Lumina Image 2.0 or a model of its layout; Z-Image is that layout at dim 3840)",
+        ),
+        ("Flux", "is Flux, a kind of diffusion model DiffSketch does not support yet"),
+    ],
+)
+def test_dit_families_not_supported_yet_are_refused_by_name(comfy_inprocess, config_name, words):
+    import comfy.supported_models
+
+    config = getattr(comfy.supported_models, config_name)({"image_model": "x"})
+    model = types.SimpleNamespace(
+        model=types.SimpleNamespace(model_config=config, diffusion_model=torch.nn.Linear(1, 1))
+    )
+    with pytest.raises(UnsupportedModelError) as e:
+        comfy_inprocess.nodes.comfy_backend.model_family(model)
+    assert words in str(e.value) and "Z-Image" in str(e.value) and "SD 3.5" in str(e.value)
