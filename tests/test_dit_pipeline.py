@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from helpers_spec import random_features, tiny_dit_spec
@@ -298,13 +299,18 @@ def save_zimage_folder(root):
     return root
 
 
-def test_the_capture_command_plans_a_flow_model_on_its_own_grid(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def zimage_folder(tmp_path_factory):
+    return save_zimage_folder(tmp_path_factory.mktemp("models") / "zimage")
+
+
+def test_the_capture_command_plans_a_flow_model_on_its_own_grid(zimage_folder, tmp_path):
     """8 steps keep Z-Image's 4 default timesteps apart on the flow grid; the paper's 13 on DDIM's
     8-step grid would not, which refused the command before the model loaded."""
     from diffsketch.cli import main
     from diffsketch.images import save_png
 
-    model = save_zimage_folder(tmp_path / "zimage")
+    model = zimage_folder
     picture = tmp_path / "picture.png"
     save_png(torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0)), picture)
     out = tmp_path / "features.safetensors"
@@ -312,3 +318,70 @@ def test_the_capture_command_plans_a_flow_model_on_its_own_grid(tmp_path, capsys
     assert main([*args, "--cfg", "1", "--schedule", "fast", "--caption", "a cat", "--out", str(out)]) == 0
     sample = CapturedSample.load(out)
     assert sample.spec.family == ZIMAGE and sample.timesteps == FLOW_TIMESTEPS and sample.branches == 1
+
+
+def test_the_commands_sample_fit_train_generate_distill_extract_on_a_zimage_folder(
+    zimage_folder, tmp_path, capfd
+):
+    """The command line on a Z-Image Turbo folder at cfg 1; Generate at the commands' default cfg
+    (5) is refused naming the fix, before sampling."""
+    from PIL import Image
+    from test_cli import loss_model_files
+
+    from diffsketch.cli import main
+
+    clip, alex = loss_model_files(tmp_path)
+    model = ["--model", str(zimage_folder), "--device", "cpu"]
+    small = ["--width", str(SIZE), "--height", str(SIZE), "--steps", str(STEPS)]
+    example = tmp_path / "ex.safetensors"
+    assert main(["sample", *model, *small, "--cfg", "1", "--prompt", PIVOT, "--out", str(example)]) == 0
+    assert CapturedSample.load(example).timesteps == FLOW_TIMESTEPS
+    (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    conditions = tmp_path / "cond.safetensors"
+    fit = ["--prompts", str(tmp_path / "prompts.txt"), "--components", "3", "--out", str(conditions)]
+    assert main(["fit-conditions", *model, *fit]) == 0
+    sketch = (np.asarray(Image.open(tmp_path / "ex.png").convert("L")) > 128).astype(np.uint8) * 255
+    Image.fromarray(sketch).save(tmp_path / "sketch.png")
+    style = tmp_path / "style.safetensors"
+    train = ["train", *model, "--example", str(example), "--sketch", str(tmp_path / "sketch.png")]
+    train += [
+        "--conditions",
+        str(conditions),
+        "--clip",
+        str(clip),
+        "--lpips",
+        str(alex),
+        "--schedule",
+        "fast",
+    ]
+    assert main([*train, "--iterations", "2", "--out", str(style)]) == 0
+    trained = load_generator(style)
+    assert trained.branches == 1 and trained.timesteps == FLOW_TIMESTEPS
+
+    generate = ["generate", *model, *small, "--generator", str(style), "--prompt", "a cat"]
+    capfd.readouterr()
+    assert main([*generate, "--out", str(tmp_path / "refused")]) != 0
+    assert "sample with cfg 1" in capfd.readouterr().err
+    assert main([*generate, "--cfg", "1", "--out", str(tmp_path / "gen")]) == 0
+    assert Image.open(tmp_path / "gen" / "000000_sketch.png").size == (SIZE, SIZE)
+
+    extractor = tmp_path / "ext.safetensors"
+    distill_args = ["distill", *model, *small, "--cfg", "1", "--generator", str(style)]
+    distill_args += ["--conditions", str(conditions), "--pairs", "2", "--pairs-dir", str(tmp_path / "pairs")]
+    distill_args += ["--schedule", "fast", "--iterations", "2", "--batch-size", "2", "--crop-size", "32"]
+    assert main([*distill_args, "--no-lpips", "--out", str(extractor)]) == 0
+    extract = ["extract", str(tmp_path / "ex.png"), "--extractor", str(extractor), "--device", "cpu"]
+    assert main([*extract, "--out", str(tmp_path / "out")]) == 0
+    assert Image.open(tmp_path / "out" / "ex.png").size == (SIZE, SIZE)
+
+
+@pytest.mark.parametrize("which", [ZIMAGE, SD35])
+def test_a_prompt_longer_than_the_text_encoders_read_gets_a_notice(which):
+    """The commands that take a prompt print it (they asked DiT backends for it and failed)."""
+    backend = tiny_zimage_backend(0) if which == ZIMAGE else tiny_sd35_backend(0)
+    assert backend.prompt_notice("a cat") is None
+    notice = backend.prompt_notice("a cat " * 100)
+    expected = (
+        "Qwen3 reads the first 512 of its" if which == ZIMAGE else "CLIP-L and bigG read the first 75 of"
+    )
+    assert expected in notice and "cut off" in notice
