@@ -385,3 +385,50 @@ def test_a_prompt_longer_than_the_text_encoders_read_gets_a_notice(which):
         "Qwen3 reads the first 512 of its" if which == ZIMAGE else "CLIP-L and bigG read the first 75 of"
     )
     assert expected in notice and "cut off" in notice
+
+
+def test_a_picture_of_ones_own_captures_trains_and_distills_on_photos(backbone, tmp_path):
+    """picture -> capture (Euler inversion + replay, the branches of the cfg Train samples at) ->
+    train -> generate -> distill on generated pairs and photos -> extract."""
+    backend, family, cfg, branches, _ = backbone
+    sampling = SAMPLING.replace(cfg=cfg)
+    picture = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(4))
+    example = backend.capture_from_image(picture, sampling, caption=PIVOT).sample
+    assert example.meta["source"] == "picture" and example.branches == branches
+    conditions = ConditionSampler.fit_from_prompts(
+        backend.encode_prompt, PROMPTS, n_components=3, family=family
+    )
+    torch.manual_seed(0)
+    generator = SketchGenerator(
+        backend.spec,
+        GeneratorConfig.from_spec(backend.spec, len(example.timesteps), branches=branches, **SMALL_GENERATOR),
+    )
+    config = TrainConfig(iterations=2, lr=3e-3, h_iter=2, steps=STEPS, cfg=cfg, schedule="fast")
+    trainer = Trainer(
+        backend, example, picture.mean(1, keepdim=True), conditions, tiny_loss(), config, None, generator
+    )
+    trainer.run()
+    loaded = load_generator(
+        trainer.save_generator(tmp_path / "style.safetensors"), expected_spec=backend.spec
+    )
+    g = torch.Generator().manual_seed(9)
+    photos = [
+        ("wide.png", torch.rand(48, 80, 3, generator=g)),
+        ("tall.png", torch.rand(96, 72, 3, generator=g)),
+    ]
+    student = distill(
+        backend,
+        loaded,
+        conditions,
+        tmp_path / "pairs",
+        4,
+        TINY_DISTILL,
+        sampling.replace(timesteps=None),
+        photos=photos,
+        photo_share=0.5,
+    )
+    sources = student.meta["pair_sources"]
+    assert (sources["generated"], sources["photos"]) == (2, 2)
+    extractor = load_extractor(save_extractor(tmp_path / "extractor.safetensors", student, student.meta))
+    sketches, _ = extract(extractor, picture.movedim(1, -1))
+    assert sketches.shape[:3] == (1, SIZE, SIZE) and torch.isfinite(sketches).all()
