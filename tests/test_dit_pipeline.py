@@ -288,12 +288,25 @@ def test_a_one_branch_batch_splits_into_its_samples():
 # --------------------------------------------------------------------------------------------
 # the command line on a diffusers folder of a diffusion transformer
 # --------------------------------------------------------------------------------------------
-def save_zimage_folder(root):
-    backend = tiny_zimage_backend(0)
-    backend.transformer.save_pretrained(root / "transformer")
-    backend.vae.save_pretrained(root / "vae")
-    backend.text_encoder.save_pretrained(root / "text_encoder")
-    backend.tokenizer.save_pretrained(root / "tokenizer")
+#: the parts of a diffusers folder of a DiT a tiny backend has (SD 3.5's CLIP tokenizers are left
+#: out: the backend then uses the CLIP BPE vocabulary DiffSketch ships)
+FOLDER_PARTS = (
+    "transformer",
+    "vae",
+    "text_encoder",
+    "tokenizer",
+    "text_encoder_2",
+    "text_encoder_3",
+    "tokenizer_3",
+)
+
+
+def save_dit_folder(backend, root):
+    """``backend``'s models as a diffusers folder of a diffusion transformer, shift 3."""
+    for part in FOLDER_PARTS:
+        model = getattr(backend, part)
+        if model is not None and hasattr(model, "save_pretrained"):
+            model.save_pretrained(root / part)
     (root / "scheduler").mkdir()
     (root / "scheduler" / "scheduler_config.json").write_text(json.dumps({"shift": 3.0}))
     return root
@@ -301,23 +314,28 @@ def save_zimage_folder(root):
 
 @pytest.fixture(scope="module")
 def zimage_folder(tmp_path_factory):
-    return save_zimage_folder(tmp_path_factory.mktemp("models") / "zimage")
+    return save_dit_folder(tiny_zimage_backend(0), tmp_path_factory.mktemp("models") / "zimage")
 
 
-def test_the_capture_command_plans_a_flow_model_on_its_own_grid(zimage_folder, tmp_path):
-    """8 steps keep Z-Image's 4 default timesteps apart on the flow grid; the paper's 13 on DDIM's
-    8-step grid would not, which refused the command before the model loaded."""
+@pytest.mark.parametrize("family, cfg, branches", [(ZIMAGE, 1.0, 1), (SD35, 3.0, 2)])
+def test_the_capture_command_plans_a_flow_model_on_its_own_grid(
+    zimage_folder, tmp_path, family, cfg, branches
+):
+    """8 steps keep the flow families' 4 default timesteps apart on the flow grid; the paper's 13 on
+    DDIM's 8-step grid would not, which refused the command before the model loaded."""
     from diffsketch.cli import main
     from diffsketch.images import save_png
 
-    model = zimage_folder
+    model = zimage_folder if family == ZIMAGE else save_dit_folder(tiny_sd35_backend(0), tmp_path / "sd35")
     picture = tmp_path / "picture.png"
     save_png(torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0)), picture)
     out = tmp_path / "features.safetensors"
     args = ["capture", "--model", str(model), "--picture", str(picture), "--steps", str(STEPS)]
-    assert main([*args, "--cfg", "1", "--schedule", "fast", "--caption", "a cat", "--out", str(out)]) == 0
+    assert (
+        main([*args, "--cfg", f"{cfg:g}", "--schedule", "fast", "--caption", "a cat", "--out", str(out)]) == 0
+    )
     sample = CapturedSample.load(out)
-    assert sample.spec.family == ZIMAGE and sample.timesteps == FLOW_TIMESTEPS and sample.branches == 1
+    assert sample.spec.family == family and sample.timesteps == FLOW_TIMESTEPS and sample.branches == branches
 
 
 def test_the_commands_sample_fit_train_generate_distill_extract_on_a_zimage_folder(
