@@ -217,15 +217,14 @@ def test_extract_command_dtype_gives_that_precisions_sketches(tmp_path, monkeypa
     assert main([*command, "--out", str(tmp_path / "fp32"), "--dtype", "bf16"]) == 2
 
 
-@pytest.fixture(scope="module")
-def train_inputs(tiny_model_dir, tmp_path_factory):
-    """An example, conditions, a sketch and tiny CLIP / AlexNet files, made with the command line."""
+def loss_model_files(root: Path) -> tuple[Path, Path]:
+    """``(clip, alexnet)``: random-weight CLIP image tower and AlexNet files for ``train --clip
+    --lpips``, written in ``root``."""
     import torchvision
     from safetensors.torch import save_file
 
     from diffsketch.train.losses import TINY_CLIP_ARCHITECTURE, ClipImageEncoder
 
-    root = tmp_path_factory.mktemp("train_inputs")
     torch.manual_seed(0)
     clip = root / "clip_vit_b_32.safetensors"
     tower = ClipImageEncoder.random(TINY_CLIP_ARCHITECTURE).tower
@@ -235,6 +234,14 @@ def train_inputs(tiny_model_dir, tmp_path_factory):
         {k: v.contiguous() for k, v in torchvision.models.alexnet(weights=None).state_dict().items()},
         str(alex),
     )
+    return clip, alex
+
+
+@pytest.fixture(scope="module")
+def train_inputs(tiny_model_dir, tmp_path_factory):
+    """An example, conditions, a sketch and tiny CLIP / AlexNet files, made with the command line."""
+    root = tmp_path_factory.mktemp("train_inputs")
+    clip, alex = loss_model_files(root)
     prompts = root / "prompts.txt"
     prompts.write_text("a horse\na cat\na city\na lake\na bowl of fruit\na mountain\n")
     model = ["--model", str(tiny_model_dir), "--device", "cpu"]

@@ -218,7 +218,7 @@ def test_the_trainer_trains_a_one_branch_generator():
     loss = DiffSketchLoss(ClipImageEncoder.random(TINY_CLIP_ARCHITECTURE), build_lpips(random_weights=True))
     for low_memory in (False, True):
         config = TrainConfig(
-            iterations=2, lr=1e-3, checkpoint_every=0, preview_every=0, low_memory=low_memory
+            iterations=2, lr=1e-3, cfg=1.0, checkpoint_every=0, preview_every=0, low_memory=low_memory
         )
         trainer = Trainer(
             OneBranchBackend(),

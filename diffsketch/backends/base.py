@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from ..capture.hooks import COND, UNCOND, UNetRecorder
+from ..capture.hooks import UNCOND, UNetRecorder, captured_branches
 from ..capture.identity import backend_identity
 from ..capture.picture import PICTURE_FIT_KEY, fit_picture, large_picture_notice
 from ..capture.sample import CapturedSample
@@ -155,11 +155,9 @@ class SamplingBackend:
 
     # -- shared --------------------------------------------------------------------------------
     def captured_branches(self, cfg: float) -> tuple[int, ...]:
-        """The branches sampling at ``cfg`` evaluates and captures: both (uncond, cond) for the UNet
-        families at any cfg (the paper's features) and for the flow families at cfg != 1, the
-        conditional one alone for a flow family at cfg 1 (the unconditional one would not change
-        the image: Z-Image Turbo's guidance-distilled sampling)."""
-        return (COND,) if is_flow_family(self.spec.family) and float(cfg) == 1.0 else (UNCOND, COND)
+        """The branches sampling at ``cfg`` evaluates and captures
+        (:func:`~diffsketch.capture.hooks.captured_branches` of this model's family)."""
+        return captured_branches(self.spec.family, cfg)
 
     def guidance_notice(self, cfg: float) -> str | None:
         """What the user should know about sampling this model at ``cfg``, or None: a

@@ -234,6 +234,38 @@ class DiffusersFlowBackend(DiffusersVAE, SamplingBackend):
             self._uncond_cache = out
         return out
 
+    def prompt_notice(self, text: str) -> str | None:
+        """What the user should know about how ``text`` is encoded, or None: the tokens its text
+        encoders cut off, as the family's pipeline does (Z-Image: past :data:`ZIMAGE_MAX_TOKENS`
+        Qwen3 tokens of the chat template; SD 3.5: CLIP-L/G past 75 tokens, T5 past
+        :data:`SD35_T5_TOKENS`)."""
+        cut = []
+        if self.spec.family == ZIMAGE:
+            if self.tokenizer is not None:
+                formatted = self.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": text}],
+                    tokenize=False,
+                    add_generation_prompt=True,
+                    enable_thinking=True,
+                )
+                n = len(self.tokenizer(formatted).input_ids)
+                if n > ZIMAGE_MAX_TOKENS:
+                    cut.append(f"Qwen3 reads the first {ZIMAGE_MAX_TOKENS} of its {n} tokens")
+        else:
+            n = len(self.tokenizer.ids(text))
+            if n > SD35_CLIP_TOKENS - 2:
+                cut.append(f"CLIP-L and bigG read the first {SD35_CLIP_TOKENS - 2} of its {n} tokens")
+            if self.tokenizer_3 is not None:
+                n = len(self.tokenizer_3(text).input_ids)
+                if n > SD35_T5_TOKENS:
+                    cut.append(f"T5-XXL reads the first {SD35_T5_TOKENS} of its {n} tokens")
+        if not cut:
+            return None
+        return (
+            f"the prompt is longer than this {family_name(self.spec.family)} model reads: {'; '.join(cut)} "
+            "(the rest is cut off, as the model's own pipeline does)"
+        )
+
     def _encode_zimage(self, text: str) -> Conditioning:
         if self.text_encoder is None or self.tokenizer is None:
             raise InvalidInputError(

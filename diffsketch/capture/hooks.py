@@ -19,10 +19,19 @@ import torch
 import torch.nn as nn
 
 from ..errors import CaptureError, UnsupportedModelError
-from .spec import FeatureSpec, Tap
+from .spec import FeatureSpec, Tap, is_flow_family
 
 #: Branch indices used everywhere in the library: ldm's [uncond, cond] batch order.
 UNCOND, COND = 0, 1
+
+
+def captured_branches(family: str, cfg: float) -> tuple[int, ...]:
+    """The branches sampling a model of ``family`` at ``cfg`` evaluates and captures: both
+    (uncond, cond) for the UNet families at any cfg (the paper's features) and for the flow
+    families at cfg != 1, the conditional one alone for a flow family at cfg 1 (the unconditional
+    one would not change the image: Z-Image Turbo's guidance-distilled sampling)."""
+    return (COND,) if is_flow_family(family) and float(cfg) == 1.0 else (UNCOND, COND)
+
 
 FLOAT16_MAX = torch.finfo(torch.float16).max
 

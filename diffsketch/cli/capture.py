@@ -10,6 +10,7 @@ from ..terminal import check_input_file, check_output_file, progress_bar
 from .common import (
     SIZE_STAND_IN,
     check_model,
+    family_before_loading,
     load_backend,
     model_args,
 )
@@ -105,7 +106,7 @@ def run(args) -> int:
         timesteps=parse_timesteps(args.timesteps),
         schedule=args.schedule,
     )
-    sampling.plan()
+    sampling.plan(family_before_loading(args.model))  # on the model's own grid (DDIM, or the flow one)
     picture = check_picture(pixels, what)
     width, height = int(picture.shape[-1]), int(picture.shape[-2])
     fit_size(width, height, FINEST_SIZE_MULTIPLE, None, args.max_side, what)

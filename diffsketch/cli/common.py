@@ -49,6 +49,28 @@ def check_model(args) -> None:
     pick_device(args.device)
 
 
+def family_before_loading(path) -> str | None:
+    """The flow family of ``--model`` when it is a diffusers folder of a diffusion transformer,
+    read from its transformer/config.json (another transformer family is refused by name); None
+    for a UNet model (folder or single file), whose grid is DDIM's. Lets the sampling options be
+    checked on the model's own timestep grid before the model loads."""
+    import json
+
+    from ..capture.spec import diffusers_dit_family
+    from ..errors import InvalidInputError
+
+    config = Path(path) / "transformer" / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        class_name = json.loads(config.read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError) as e:
+        raise InvalidInputError(
+            f"--model {path}: {config} cannot be read as a diffusers config ({e})."
+        ) from e
+    return diffusers_dit_family(str(class_name))
+
+
 #: The size the sampling options are checked at before the model is loaded (the default size, the
 #: model's native one, is known only then).
 SIZE_STAND_IN = 512

@@ -26,7 +26,7 @@ from ..distributed import Group, shard
 from ..errors import Cancelled, DiffSketchError, FileFormatError, InvalidInputError
 from ..fileio import atomic_write_bytes, remove_stale_temp_files, tensors_checksum
 from ..seeds import cpu_generator, derive_seed
-from ..train.inference import check_generator_fits, generator_sampling
+from ..train.inference import check_generator_fits, check_sampling_branches, generator_sampling
 from ..train.loop import StopCallback
 from .photos import (
     Photo,
@@ -476,6 +476,8 @@ def pair_settings(
     if hasattr(conditions, "check_family"):
         conditions.check_family(backend.spec.family)
     sampling = generator_sampling(generator, sampling)
+    if hasattr(generator, "branches"):  # a teacher module of another kind checks its own input
+        check_sampling_branches(backend, generator.branches, sampling.cfg, "the generator")
     plan = sampling.plan(backend.spec.family)
     n_needed = getattr(generator, "n_timesteps", len(plan.used))
     if len(plan.used) != n_needed:

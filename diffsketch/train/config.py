@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 
 from ..capture.sampling import SCHEDULES
-from ..capture.timesteps import ddim_grid
+from ..capture.timesteps import timestep_grid
 from ..errors import InvalidInputError
 from ..seeds import cpu_generator, iteration_seed
 from .losses import LossWeights
@@ -30,10 +30,11 @@ class TrainConfig:
     - ``h_iter``: CDST warm-up; conditions are fully random from this iteration on.
     - ``loss_weights``: the :class:`LossWeights` the trainer gives its loss.
     - ``seed``: every per-iteration random choice derives from ``(seed, iteration)``.
-    - ``steps``, ``cfg``: DDIM steps and guidance of each new sample.
+    - ``steps``, ``cfg``: sampling steps (on the model's own grid: DDIM's, or the flow families')
+      and guidance of each new sample.
     - ``timestep_policy``: ``"fixed"`` samples features at the example's timesteps (the paper);
-      ``"random13"`` draws as many random timesteps of the ``steps``-step grid as the example has
-      (13 for the paper's set) at every iteration, as the released code does.
+      ``"random13"`` draws as many random timesteps of the model's ``steps``-step grid as the
+      example has (13 for the paper's set) at every iteration, as the released code does.
     - ``schedule``: ``"full"`` runs the whole DDIM grid; ``"fast"`` only the captured timesteps
       plus the final step (13 instead of 50 UNet evaluations for the paper's set), with coarser
       images.
@@ -153,11 +154,14 @@ TRAJECTORY_SETTINGS = (
 )
 
 
-def iteration_timesteps(config: TrainConfig, iteration: int, example_timesteps: Sequence[int]) -> list[int]:
-    """The UNet timesteps the new sample of ``iteration`` is captured at (ascending)."""
+def iteration_timesteps(
+    config: TrainConfig, iteration: int, example_timesteps: Sequence[int], family: str | None = None
+) -> list[int]:
+    """The timesteps the new sample of ``iteration`` is captured at (ascending), drawn for
+    ``random13`` from the grid a model of ``family`` samples on (None: DDIM's)."""
     if config.timestep_policy == "fixed":
         return sorted(int(t) for t in example_timesteps)
-    grid = ddim_grid(config.steps)
+    grid = timestep_grid(config.steps, family)
     n = len(example_timesteps)
     order = torch.randperm(
         len(grid), generator=cpu_generator(iteration_seed(config.seed, iteration, "timesteps"))

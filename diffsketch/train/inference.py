@@ -11,17 +11,20 @@ from collections.abc import Callable, Mapping
 import torch
 
 from ..backends.conditioning import Conditioning
+from ..capture.hooks import captured_branches
 from ..capture.identity import backend_identity, check_same_model
 from ..capture.sampling import SamplingSettings
-from ..capture.timesteps import PAPER_TIMESTEPS
+from ..capture.spec import family_name
+from ..capture.timesteps import default_timesteps
 from ..errors import InvalidInputError
 from .generator import SketchGenerator
 
 
 def generator_timesteps(generator: SketchGenerator) -> tuple[int, ...]:
     """The timesteps a generator was trained on: its own record (set by the trainer, read from
-    its file), else a ``meta["timesteps"]`` list; a generator that records none and takes 13
-    timesteps is taken to use the paper's 13, the default of every capture."""
+    its file), else a ``meta["timesteps"]`` list; a generator that records none and takes as many
+    timesteps as its family's default capture (:func:`~diffsketch.capture.timesteps.default_timesteps`:
+    the paper's 13, the flow families' 4) is taken to use those."""
     recorded = getattr(generator, "timesteps", None)
     if recorded:
         return tuple(int(t) for t in recorded)
@@ -29,8 +32,10 @@ def generator_timesteps(generator: SketchGenerator) -> tuple[int, ...]:
     saved = meta.get("timesteps") if isinstance(meta, Mapping) else None
     if saved:
         return tuple(int(t) for t in saved)
-    if generator.n_timesteps == len(PAPER_TIMESTEPS):
-        return PAPER_TIMESTEPS
+    spec = getattr(generator, "spec", None)
+    default = default_timesteps(spec.family if spec is not None else None)
+    if generator.n_timesteps == len(default):
+        return default
     raise InvalidInputError(
         f"the generator uses {generator.n_timesteps} timesteps and does not record which; pass timesteps="
     )
@@ -61,6 +66,35 @@ def check_generator_fits(backend, generator: SketchGenerator) -> list[str]:
     )
 
 
+def check_sampling_branches(
+    backend, branches: int, cfg: float, what: str, otherwise: str = "train a generator on features sampled"
+) -> None:
+    """Raise before any sampling when sampling ``backend``'s model at ``cfg`` would capture another
+    number of branches than ``what`` (a generator, or the example it is trained on) was made with:
+    ``branches`` 1 (the conditional branch alone: cfg 1 on a flow family, Z-Image Turbo) or 2
+    (uncond and cond: every UNet family, a flow family at cfg other than 1). The error's second fix
+    is ``otherwise`` at ``cfg``."""
+    captured = len(captured_branches(backend.spec.family, cfg))
+    if captured == int(branches):
+        return
+    family = family_name(backend.spec.family)
+    if branches == 1:
+        made, fix = (
+            "one-branch features (cfg 1: the conditional branch alone)",
+            "sample with cfg 1",
+        )
+    else:
+        made, fix = (
+            "two-branch features (classifier-free guidance: uncond and cond)",
+            "sample with cfg above 1 (e.g. the cfg it was made with)",
+        )
+    got = "both branches (uncond and cond)" if captured == 2 else "the conditional branch alone"
+    raise InvalidInputError(
+        f"{what} was made from {made}, but cfg {cfg:g} on this {family} model captures {got}; {fix}, or "
+        f"{otherwise} at cfg {cfg:g}."
+    )
+
+
 def generator_sampling(generator, sampling: SamplingSettings) -> SamplingSettings:
     """``sampling`` completed with what ``generator`` was trained on: its timesteps where
     ``sampling.timesteps`` is None, its schedule where ``sampling.schedule`` is None. A teacher
@@ -87,6 +121,7 @@ def generate_pair(
     trained with; ``progress(step, total)`` after each sampling step."""
     check_generator_fits(backend, generator)
     sampling = generator_sampling(generator, sampling)
+    check_sampling_branches(backend, generator.branches, sampling.cfg, "the generator")
     used = sampling.plan(backend.spec.family).used
     if len(used) != generator.n_timesteps:
         raise InvalidInputError(
@@ -101,6 +136,7 @@ def generate_pair(
 
 __all__ = [
     "check_generator_fits",
+    "check_sampling_branches",
     "generate_pair",
     "generator_sampling",
     "generator_schedule",

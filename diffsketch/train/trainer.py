@@ -36,7 +36,7 @@ from ..capture.identity import ModelIdentity, backend_identity, check_same_model
 from ..capture.sample import CapturedSample
 from ..capture.sampling import SamplingSettings
 from ..capture.spec import check_family, family_name
-from ..capture.timesteps import ddim_grid, plan_timesteps
+from ..capture.timesteps import plan_timesteps, timestep_grid
 from ..errors import FileFormatError, InvalidInputError
 from ..fileio import read_header
 from ..seeds import cpu_generator, iteration_seed, seeded
@@ -44,6 +44,7 @@ from .conditions import ConditionSampler, blend_weight
 from .config import TRAJECTORY_SETTINGS, TrainConfig, iteration_timesteps
 from .example import OVERFLOW_ADVICE, check_example_sketch, non_finite_feature, prepare_sketch, tensor_digest
 from .generator import GeneratorConfig, SketchGenerator, feature_branches, save_generator
+from .inference import check_sampling_branches
 from .loop import CheckpointCallback, StepCallback, StopCallback, StopRequested, TrainingLoop
 from .losses import DiffSketchLoss
 from .previews import loss_curve_image, preview_image
@@ -169,6 +170,10 @@ class Trainer:
         check_example_sketch(example_sketch, example)
         self.timesteps = tuple(example.timesteps)
         self._check_timesteps()
+        # every new sample must have the example's branches, or the first iteration fails after sampling
+        check_sampling_branches(
+            backend, feature_branches(example), config.cfg, "the example", "capture the example"
+        )
         multiple = example.crop_multiple()
         if config.sample_crop % multiple:
             raise InvalidInputError(
@@ -273,14 +278,15 @@ class Trainer:
     # -- construction helpers --------------------------------------------------------------------
     def _check_timesteps(self) -> None:
         c = self.config
+        family = self.backend.spec.family  # the grid is the model's own: DDIM's, or the flow one
         if c.timestep_policy == "fixed":
-            plan = plan_timesteps(c.steps, self.timesteps)  # raises when steps is too coarse for them
+            plan = plan_timesteps(c.steps, self.timesteps, family)  # raises when steps is too coarse
             if len(plan.used) != len(self.timesteps):
                 raise InvalidInputError(
                     f"the example's timesteps {list(self.timesteps)} do not map to distinct steps of a {c.steps}-step "
                     "grid; use the example's step count."
                 )
-        elif len(ddim_grid(c.steps)) < len(self.timesteps):
+        elif len(timestep_grid(c.steps, family)) < len(self.timesteps):
             raise InvalidInputError(
                 f"timestep_policy 'random13' draws {len(self.timesteps)} timesteps per sample but a {c.steps}-step "
                 "grid has fewer; use more steps."
@@ -508,7 +514,7 @@ class Trainer:
             cfg=c.cfg,
             width=self.width,
             height=self.height,
-            timesteps=iteration_timesteps(c, i, self.timesteps),
+            timesteps=iteration_timesteps(c, i, self.timesteps, self.backend.spec.family),
             schedule=c.schedule,
         )
         sample = self.backend.sample(condition, sampling, progress=progress)
