@@ -826,7 +826,7 @@ def test_capture_fits_a_picture_of_any_size_and_train_fits_the_drawing_alike(tra
 
 @pytest.mark.parametrize(
     "size, message",
-    [((40, 40), "40x40 pixels: this SD 1.x model"), ((20, 100), "100x20 pixels: DiffSketch")],
+    [((40, 40), "40x40 pixels: this SD 1.x model"), ((12, 100), "100x12 pixels: DiffSketch")],
     ids=["too-small-for-sd1", "too-small-for-any-model"],
 )
 def test_capture_refuses_a_picture_too_small_by_name(tiny_model_dir, tmp_path, capsys, size, message):
