@@ -9,9 +9,17 @@ import comfy.model_management
 import comfy.utils
 from comfy_api.latest import io
 
+from diffsketch.capture.spec import FAMILY_NAMES_TEXT
 from diffsketch.fileio import check_save_name
 
-from .common import cancel_as_interrupt, file_options, file_path_or_raise, show_on_node, unused_save_path
+from .common import (
+    backbones_note,
+    cancel_as_interrupt,
+    file_options,
+    file_path_or_raise,
+    show_on_node,
+    unused_save_path,
+)
 from .types import CATEGORY, Conditions
 
 logger = logging.getLogger("diffsketch.nodes")
@@ -30,13 +38,13 @@ class DiffSketchFitConditions(io.ComfyNode):
             description=(
                 "Fits the condition distribution DiffSketch samples training prompts from (CDST): PCA of the CLIP text "
                 "embeddings of a prompt list, with a Gaussian over the components. Encodes every prompt once; save it "
-                "and load it next time."
+                "and load it next time." + backbones_note()
             ),
             inputs=[
                 io.Clip.Input(
                     "clip",
-                    tooltip="The CLIP (text encoder) of the checkpoint you train with (SD 1.x, SD 2.x or SDXL; "
-                    "for SDXL the pooled embedding is fitted together with the token embeddings).",
+                    tooltip=f"The CLIP (text encoder) of the checkpoint you train with ({FAMILY_NAMES_TEXT}; "
+                    "for SDXL and SD 3.5 the pooled embedding is fitted together with the token embeddings).",
                 ),
                 io.String.Input(
                     "prompts",
