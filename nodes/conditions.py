@@ -81,7 +81,7 @@ class DiffSketchFitConditions(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip, prompts, components, seed, save_name) -> io.NodeOutput:
-        from diffsketch.capture.spec import SDXL
+        from diffsketch.capture.spec import POOLED_FAMILIES
         from diffsketch.train.conditions import ConditionSampler, load_default_prompts, parse_prompts
 
         from .comfy_backend import clip_family, encode_text, text_encoder_fingerprint
@@ -93,7 +93,7 @@ class DiffSketchFitConditions(io.ComfyNode):
         fingerprint = text_encoder_fingerprint(clip)
 
         def encode(text):
-            return encode_text(clip, text, with_pooled=family == SDXL)
+            return encode_text(clip, text, with_pooled=family in POOLED_FAMILIES)
 
         with cancel_as_interrupt():
             sampler = ConditionSampler.fit_from_prompts(

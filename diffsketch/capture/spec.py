@@ -64,6 +64,9 @@ BACKBONE_FAMILIES = {SD1: "SD 1.x", SD2: "SD 2.x", SDXL: "SDXL", ZIMAGE: "Z-Imag
 #: The families that are flow-matching diffusion transformers (Euler sampling on a shifted sigma
 #: schedule, one-resolution block taps); the rest are DDPM UNets (DDIM sampling, multi-level taps).
 FLOW_FAMILIES = (ZIMAGE, SD35)
+#: The families whose model takes a pooled text embedding besides the context (SDXL: bigG's 1280;
+#: SD 3.5: CLIP-L's 768 and CLIP-G's 1280), so a condition fit keeps it.
+POOLED_FAMILIES = (SDXL, SD35)
 #: What every "not supported" message says is supported.
 SUPPORTED_MODELS = (
     "SD 1.x, SD 2.x (512-base and 768-v) and SDXL-family checkpoints (SDXL base and its fine-tunes, "
