@@ -7,7 +7,7 @@ import logging
 from comfy_api.latest import io, ui
 
 from diffsketch.capture.spec import FAMILY_NAMES_TEXT
-from diffsketch.capture.timesteps import PAPER_TIMESTEPS
+from diffsketch.capture.timesteps import FLOW_TIMESTEPS
 
 from .common import backbones_note, size_inputs
 from .types import CATEGORY, Features, Timesteps
@@ -35,14 +35,16 @@ def timesteps_input() -> Timesteps.Input:
     return Timesteps.Input(
         "timesteps",
         optional=True,
-        tooltip="Which UNet timesteps to capture (from DiffSketch Timesteps); default: the "
-        "paper's 13 representative timesteps.",
+        tooltip="Which timesteps to capture (from DiffSketch Timesteps); default: the paper's 13 "
+        f"representative timesteps on UNet models, {', '.join(map(str, FLOW_TIMESTEPS))} on Z-Image and SD 3.5.",
     )
 
 
-def capture_timesteps(timesteps) -> tuple[int, ...]:
-    """The timesteps input's value as the settings take it."""
-    return tuple(timesteps) if timesteps else PAPER_TIMESTEPS
+def capture_timesteps(timesteps) -> tuple[int, ...] | None:
+    """The timesteps input's value as the settings take it: None when it is not connected, so the
+    settings use the connected model's family default (``default_timesteps``): the paper's 13 would
+    not fit a flow model's few-step grid (Z-Image Turbo samples in 8)."""
+    return tuple(timesteps) if timesteps else None
 
 
 class DiffSketchSample(io.ComfyNode):

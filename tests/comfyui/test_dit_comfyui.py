@@ -192,6 +192,18 @@ def test_sd35_fit_conditions_node_keeps_the_pooled_embedding(comfy_inprocess, sd
     sampler.check_pivot(backend.encode_prompt("a photo of a horse in mud"))
 
 
+def test_sample_node_captures_the_family_default_timesteps_at_turbo_step_counts(comfy_inprocess, sd35):
+    """Without a timesteps input the Sample node captures the flow families' default timesteps, which
+    an 8-step grid (Z-Image Turbo's) keeps apart; the paper's 13 would be refused there."""
+    from diffsketch.capture.timesteps import FLOW_TIMESTEPS
+
+    model, clip, vae = sd35
+    node = comfy_inprocess.nodes.sample.DiffSketchSample
+    out = node.execute(model, clip, vae, "a horse in mud", seed=0, steps=8, cfg=1.0, **SIZE)
+    assert out.args[2].timesteps == FLOW_TIMESTEPS
+    assert hook_count(model, vae) == 0
+
+
 def check_parity(a, b, tol=1e-3):
     """Two CapturedSamples of one model: the same image, latent, block maps and VAE taps."""
     from compare import relative_error
