@@ -620,7 +620,8 @@ ZIMAGE_LOADERS = Loaders(
         },
         10: {
             "type": "CLIPLoader",
-            "widgets": {"clip_name": QWEN3_4B.name, "type": "lumina2"},
+            # device: an advanced widget with no default in /object_info, so named here
+            "widgets": {"clip_name": QWEN3_4B.name, "type": "lumina2", "device": "default"},
             "models": [QWEN3_4B.entry()],
         },
         11: {"type": "VAELoader", "widgets": {"vae_name": ZIMAGE_VAE.name}, "models": [ZIMAGE_VAE.entry()]},
