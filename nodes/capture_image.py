@@ -5,7 +5,9 @@ from __future__ import annotations
 import comfy.utils
 from comfy_api.latest import io, ui
 
-from .common import show_on_node
+from diffsketch.capture.spec import SIZE_MULTIPLES_TEXT
+
+from .common import backbones_note, show_on_node
 from .sample import capture_timesteps, checkpoint_inputs, timesteps_input
 from .types import CATEGORY, Features
 
@@ -19,18 +21,19 @@ class DiffSketchCaptureFromImage(io.ComfyNode):
             category=CATEGORY,
             description=(
                 "Captures the features DiffSketch learns from out of a picture you already have: its latent is "
-                "inverted with DDIM (eta 0) and the inverted noise replayed while the UNet decoder and VAE decoder "
-                "features are captured. The picture is used at its own size, centre-cropped to multiples of 64 (32 "
-                "for SDXL) and, with max_side, resized first. Draw your example sketch over the picture output (or "
+                "inverted (UNet models: DDIM, eta 0; Z-Image and SD 3.5: Euler) and the inverted noise replayed "
+                "while the UNet decoder (or transformer block) and VAE decoder features are captured. The picture is "
+                f"used at its own size, centre-cropped to multiples of {SIZE_MULTIPLES_TEXT} px and, with "
+                "max_side, resized first. Draw your example sketch over the picture output (or "
                 "over your picture: Train fits it the same way). The replay output shows what the features "
-                "describe; the node shows how close it came (PSNR)."
+                "describe; the node shows how close it came (PSNR)." + backbones_note()
             ),
             inputs=[
                 *checkpoint_inputs(),
                 io.Image.Input(
                     "image",
-                    tooltip="Your picture (one image). Used at its own size, centre-cropped to multiples of 64 "
-                    "(32 for SDXL); transparency is put over white.",
+                    tooltip="Your picture (one image). Used at its own size, centre-cropped to multiples of "
+                    f"{SIZE_MULTIPLES_TEXT} px; transparency is put over white.",
                 ),
                 io.String.Input(
                     "caption",

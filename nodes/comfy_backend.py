@@ -278,7 +278,7 @@ def comfy_dit_spec(diffusion_model, vae_model, family: str, context_dim: int, po
 
 def encode_text(clip, text: str, with_pooled: bool) -> Conditioning:
     """A prompt through ComfyUI's CLIP (its weights syntax, its CLIP-skip setting), as the
-    CLIPTextEncode node encodes it; ``with_pooled`` keeps the pooled embedding (SDXL)."""
+    CLIPTextEncode node encodes it; ``with_pooled`` keeps the pooled embedding (SDXL, SD 3.5)."""
     tokens = clip.tokenize(text)
     with torch.no_grad():
         cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)

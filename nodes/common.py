@@ -136,8 +136,11 @@ def show_on_node(text: str) -> dict:
 def size_inputs(what: str) -> list[io.Int.Input]:
     """The ``width`` and ``height`` inputs of a node that samples images: ``what`` is sized (e.g.
     "Image", "Each pair's image"). 0, the default, is the connected checkpoint's native size,
-    resolved at run time (``SamplingBackend.image_size``), so an unedited SDXL graph samples at 1024."""
-    from diffsketch.capture.spec import NATIVE_SIZES_TEXT
+    resolved at run time (``SamplingBackend.image_size``), so an unedited SDXL graph samples at 1024.
+    The step is the finest multiple any family takes; the backend refuses a size its own family
+    cannot take, naming valid ones (``SamplingBackend.check_size``)."""
+    from diffsketch.capture.sampling import FINEST_SIZE_MULTIPLE
+    from diffsketch.capture.spec import NATIVE_SIZES_TEXT, SIZE_MULTIPLES_TEXT
 
     return [
         io.Int.Input(
@@ -145,12 +148,20 @@ def size_inputs(what: str) -> list[io.Int.Input]:
             default=0,
             min=0,
             max=4096,
-            step=64,
-            tooltip=f"{what} {side} in pixels, a multiple of 64; 0 = the checkpoint's native size "
-            f"({NATIVE_SIZES_TEXT}).",
+            step=FINEST_SIZE_MULTIPLE,
+            tooltip=f"{what} {side} in pixels, a multiple of {SIZE_MULTIPLES_TEXT}; 0 = the checkpoint's "
+            f"native size ({NATIVE_SIZES_TEXT}).",
         )
         for side in ("width", "height")
     ]
+
+
+def backbones_note() -> str:
+    """What every node that takes a MODEL or CLIP ends its description with: the families it takes,
+    and that the diffusion transformers are experimental."""
+    from diffsketch.capture.spec import DIT_EXPERIMENTAL_NOTE, SUPPORTED_MODELS
+
+    return f" Takes {SUPPORTED_MODELS}. {DIT_EXPERIMENTAL_NOTE}"
 
 
 # What people type when they look for a line-art extractor (node search matches these too).

@@ -9,9 +9,17 @@ import comfy.model_management
 import comfy.utils
 from comfy_api.latest import io
 
+from diffsketch.capture.spec import FAMILY_NAMES_TEXT
 from diffsketch.fileio import check_save_name
 
-from .common import cancel_as_interrupt, file_options, file_path_or_raise, show_on_node, unused_save_path
+from .common import (
+    backbones_note,
+    cancel_as_interrupt,
+    file_options,
+    file_path_or_raise,
+    show_on_node,
+    unused_save_path,
+)
 from .types import CATEGORY, Conditions
 
 logger = logging.getLogger("diffsketch.nodes")
@@ -30,13 +38,13 @@ class DiffSketchFitConditions(io.ComfyNode):
             description=(
                 "Fits the condition distribution DiffSketch samples training prompts from (CDST): PCA of the CLIP text "
                 "embeddings of a prompt list, with a Gaussian over the components. Encodes every prompt once; save it "
-                "and load it next time."
+                "and load it next time." + backbones_note()
             ),
             inputs=[
                 io.Clip.Input(
                     "clip",
-                    tooltip="The CLIP (text encoder) of the checkpoint you train with (SD 1.x, SD 2.x or SDXL; "
-                    "for SDXL the pooled embedding is fitted together with the token embeddings).",
+                    tooltip=f"The CLIP (text encoder) of the checkpoint you train with ({FAMILY_NAMES_TEXT}; "
+                    "for SDXL and SD 3.5 the pooled embedding is fitted together with the token embeddings).",
                 ),
                 io.String.Input(
                     "prompts",
@@ -73,7 +81,7 @@ class DiffSketchFitConditions(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip, prompts, components, seed, save_name) -> io.NodeOutput:
-        from diffsketch.capture.spec import SDXL
+        from diffsketch.capture.spec import POOLED_FAMILIES
         from diffsketch.train.conditions import ConditionSampler, load_default_prompts, parse_prompts
 
         from .comfy_backend import clip_family, encode_text, text_encoder_fingerprint
@@ -85,7 +93,7 @@ class DiffSketchFitConditions(io.ComfyNode):
         fingerprint = text_encoder_fingerprint(clip)
 
         def encode(text):
-            return encode_text(clip, text, with_pooled=family == SDXL)
+            return encode_text(clip, text, with_pooled=family in POOLED_FAMILIES)
 
         with cancel_as_interrupt():
             sampler = ConditionSampler.fit_from_prompts(

@@ -11,11 +11,13 @@ import folder_paths
 import torch
 from comfy_api.latest import io, ui
 
+from diffsketch.capture.spec import FAMILY_NAMES_TEXT
 from diffsketch.distill import DEFAULT_PHOTO_SHARE, DistillConfig
 from diffsketch.fileio import check_save_name
 
 from .common import (
     LINE_ART_ALIASES,
+    backbones_note,
     cancel_as_interrupt,
     on_torch_device,
     search_aliases,
@@ -52,12 +54,13 @@ class DiffSketchDistill(io.ComfyNode):
                 "a new extractor on exactly those pairs (the console says which); going back to earlier settings "
                 "resumes their run. Optional photos: a share of the pairs is made from your own photos (inverted "
                 "and sketched by the generator), so the extractor learns on the kind of image you use it on."
+                + backbones_note()
             ),
             inputs=[
                 Generator.Input("generator", tooltip="From DiffSketch Train or Load Generator."),
                 io.Model.Input(
                     "model",
-                    tooltip="The MODEL the generator was trained with (same backbone: SD 1.x, SD 2.x or SDXL).",
+                    tooltip=f"The MODEL the generator was trained with (same backbone: {FAMILY_NAMES_TEXT}).",
                 ),
                 io.Clip.Input("clip", tooltip="Its CLIP."),
                 io.Vae.Input("vae", tooltip="Its VAE."),

@@ -6,9 +6,10 @@ import logging
 
 from comfy_api.latest import io, ui
 
-from diffsketch.capture.timesteps import PAPER_TIMESTEPS
+from diffsketch.capture.spec import FAMILY_NAMES_TEXT
+from diffsketch.capture.timesteps import FLOW_TIMESTEPS
 
-from .common import size_inputs
+from .common import backbones_note, size_inputs
 from .types import CATEGORY, Features, Timesteps
 
 logger = logging.getLogger("diffsketch.nodes")
@@ -17,8 +18,14 @@ logger = logging.getLogger("diffsketch.nodes")
 def checkpoint_inputs() -> list:
     """The model, clip and vae inputs of a node that captures features."""
     return [
-        io.Model.Input("model", tooltip="An SD 1.x, SD 2.x or SDXL-family MODEL from Load Checkpoint."),
-        io.Clip.Input("clip", tooltip="The CLIP (text encoder) of the same checkpoint."),
+        io.Model.Input(
+            "model",
+            tooltip=f"An {FAMILY_NAMES_TEXT} MODEL (Load Checkpoint; Load Diffusion Model for Z-Image).",
+        ),
+        io.Clip.Input(
+            "clip",
+            tooltip="The CLIP (text encoder) of the same checkpoint (Z-Image: Load CLIP, type lumina2).",
+        ),
         io.Vae.Input("vae", tooltip="The VAE of the same checkpoint."),
     ]
 
@@ -28,14 +35,16 @@ def timesteps_input() -> Timesteps.Input:
     return Timesteps.Input(
         "timesteps",
         optional=True,
-        tooltip="Which UNet timesteps to capture (from DiffSketch Timesteps); default: the "
-        "paper's 13 representative timesteps.",
+        tooltip="Which timesteps to capture (from DiffSketch Timesteps); default: the paper's 13 "
+        f"representative timesteps on UNet models, {', '.join(map(str, FLOW_TIMESTEPS))} on Z-Image and SD 3.5.",
     )
 
 
-def capture_timesteps(timesteps) -> tuple[int, ...]:
-    """The timesteps input's value as the settings take it."""
-    return tuple(timesteps) if timesteps else PAPER_TIMESTEPS
+def capture_timesteps(timesteps) -> tuple[int, ...] | None:
+    """The timesteps input's value as the settings take it: None when it is not connected, so the
+    settings use the connected model's family default (``default_timesteps``): the paper's 13 would
+    not fit a flow model's few-step grid (Z-Image Turbo samples in 8)."""
+    return tuple(timesteps) if timesteps else None
 
 
 class DiffSketchSample(io.ComfyNode):
@@ -46,9 +55,10 @@ class DiffSketchSample(io.ComfyNode):
             display_name="DiffSketch Sample & Capture",
             category=CATEGORY,
             description=(
-                "Generates an image with your SD 1.x, SD 2.x or SDXL checkpoint (DDIM, eta 0, classifier-free guidance with an empty "
-                "negative) and captures the UNet decoder and VAE decoder features DiffSketch learns from. Use its "
-                "image as the picture to draw your example sketch over."
+                "Generates an image with your checkpoint (UNet models: DDIM, eta 0; Z-Image and SD 3.5: Euler on the "
+                "model's sigmas; classifier-free guidance with an empty negative) and captures the UNet decoder (or "
+                "transformer block) and VAE decoder features DiffSketch learns from. Use its image as the picture "
+                "to draw your example sketch over." + backbones_note()
             ),
             inputs=[
                 *checkpoint_inputs(),

@@ -8,9 +8,10 @@ import comfy.model_management
 import comfy.utils
 from comfy_api.latest import io, ui
 
+from diffsketch.capture.spec import FAMILY_NAMES_TEXT
 from diffsketch.capture.timesteps import PAPER_TIMESTEPS, parse_timesteps
 
-from .common import cancel_as_interrupt, size_inputs
+from .common import backbones_note, cancel_as_interrupt, size_inputs
 from .types import CATEGORY, Timesteps
 
 logger = logging.getLogger("diffsketch.nodes")
@@ -68,9 +69,10 @@ class DiffSketchTimesteps(io.ComfyNode):
                 "Finds representative timesteps for your checkpoint as the paper does: samples images, reduces the UNet "
                 "decoder features at every step, runs PCA (25 components) and k-means over timesteps (k by the elbow "
                 "method unless given) and picks the timestep nearest each cluster centre. Shows why with three plots."
+                + backbones_note()
             ),
             inputs=[
-                io.Model.Input("model", tooltip="An SD 1.x, SD 2.x or SDXL MODEL."),
+                io.Model.Input("model", tooltip=f"An {FAMILY_NAMES_TEXT} MODEL."),
                 io.Clip.Input("clip", tooltip="The CLIP of the same checkpoint."),
                 io.Vae.Input(
                     "vae", tooltip="The VAE of the same checkpoint (not used for decoding; checks the model)."

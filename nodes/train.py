@@ -10,10 +10,12 @@ import comfy.utils
 import torch
 from comfy_api.latest import io, ui
 
+from diffsketch.capture.spec import FAMILY_NAMES_TEXT, SIZE_MULTIPLES_TEXT
 from diffsketch.fileio import check_save_name
 
 from .common import (
     LINE_ART_ALIASES,
+    backbones_note,
     cancel_as_interrupt,
     file_options,
     file_path,
@@ -81,11 +83,11 @@ class DiffSketchTrain(io.ComfyNode):
                 "Trains a DiffSketch generator from ONE example: the features of the image DiffSketch Sample & Capture "
                 "made (or of your own picture, from DiffSketch Capture from Image), and the sketch you drew over it. Each iteration samples a new image (CDST conditions) and learns "
                 "with L1 + LPIPS + CLIP losses on the example and directional CLIP losses on the new sample. Shows "
-                "progress and previews; Cancel saves a checkpoint you can resume from."
+                "progress and previews; Cancel saves a checkpoint you can resume from." + backbones_note()
             ),
             inputs=[
                 io.Model.Input(
-                    "model", tooltip="The MODEL the example was sampled with (SD 1.x, SD 2.x or SDXL)."
+                    "model", tooltip=f"The MODEL the example was sampled with ({FAMILY_NAMES_TEXT})."
                 ),
                 io.Clip.Input("clip", tooltip="Its CLIP (encodes the example prompt for the CDST blend)."),
                 io.Vae.Input("vae", tooltip="Its VAE."),
@@ -224,7 +226,7 @@ class DiffSketchTrain(io.ComfyNode):
                     step=32,
                     optional=True,
                     tooltip="0: learn from each new sample whole. N: from a random N x N window of it (a multiple "
-                    "of 64; of 32 for SDXL), for large sizes on a small GPU: SDXL at 1024 with 512 and low_memory. "
+                    f"of {SIZE_MULTIPLES_TEXT}), for large sizes on a small GPU: SDXL at 1024 with 512 and low_memory. "
                     "The example is always used whole.",
                 ),
             ],
@@ -399,11 +401,12 @@ class DiffSketchGenerate(io.ComfyNode):
             **search_aliases(*LINE_ART_ALIASES),
             display_name="DiffSketch Generate",
             category=CATEGORY,
-            description="Samples a new image with your checkpoint and draws its sketch with a trained generator.",
+            description="Samples a new image with your checkpoint and draws its sketch with a trained generator."
+            + backbones_note(),
             inputs=[
                 io.Model.Input(
                     "model",
-                    tooltip="The MODEL the generator was trained with (same backbone: SD 1.x, SD 2.x or SDXL).",
+                    tooltip=f"The MODEL the generator was trained with (same backbone: {FAMILY_NAMES_TEXT}).",
                 ),
                 io.Clip.Input("clip", tooltip="Its CLIP."),
                 io.Vae.Input("vae", tooltip="Its VAE."),

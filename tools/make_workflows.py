@@ -46,6 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from diffsketch.capture.sampling import SamplingSettings  # noqa: E402
+from diffsketch.capture.spec import ZIMAGE, is_flow_family  # noqa: E402
 from diffsketch.train.conditions import load_default_prompts  # noqa: E402
 from diffsketch.train.losses import ALEXNET_FILENAME, ALEXNET_URL, CLIP_FILENAMES, CLIP_URL  # noqa: E402
 
@@ -91,6 +92,21 @@ SDXL = ModelFile(
     "checkpoints",
     "Stable Diffusion XL base 1.0 (or any SDXL fine-tune: pick it in Load Checkpoint)",
 )
+# Z-Image Turbo as ComfyUI's own Z-Image Turbo template loads it: three files, three loaders.
+ZIMAGE_URL = "https://huggingface.co/Comfy-Org/z_image_turbo/resolve/main/split_files"
+ZIMAGE_TURBO = ModelFile(
+    "z_image_turbo_bf16.safetensors",
+    f"{ZIMAGE_URL}/diffusion_models/z_image_turbo_bf16.safetensors",
+    "diffusion_models",
+    "Z-Image Turbo",
+)
+QWEN3_4B = ModelFile(
+    "qwen_3_4b.safetensors",
+    f"{ZIMAGE_URL}/text_encoders/qwen_3_4b.safetensors",
+    "text_encoders",
+    "Qwen3-4B (its text encoder)",
+)
+ZIMAGE_VAE = ModelFile("ae.safetensors", f"{ZIMAGE_URL}/vae/ae.safetensors", "vae", "its VAE (the Flux VAE)")
 CLIP = ModelFile(CLIP_FILENAMES[0], CLIP_URL, "diffsketch_clip", "OpenAI CLIP ViT-B/32")
 # torchvision publishes AlexNet at download.pytorch.org only: the dialog shows this link without a
 # download button, and the note says where to put the file.
@@ -104,11 +120,18 @@ def _ckpt(model: ModelFile = SD15):
     return {"type": "CheckpointLoaderSimple", "widgets": {"ckpt_name": model.name}, "models": [model.entry()]}
 
 
-def _sample(size: int = 512):
+def _sample(size: int = 512, steps: int = 50, cfg: float = 5.0):
     return {
         "type": "DiffSketchSample",
         "inputs": {"model": [1, 0], "clip": [1, 1], "vae": [1, 2]},
-        "widgets": {"prompt": PROMPT, "seed": SEED, "steps": 50, "cfg": 5.0, "width": size, "height": size},
+        "widgets": {
+            "prompt": PROMPT,
+            "seed": SEED,
+            "steps": steps,
+            "cfg": cfg,
+            "width": size,
+            "height": size,
+        },
     }
 
 
@@ -120,11 +143,11 @@ def _loss_models():
     }
 
 
-def _fit_conditions():
+def _fit_conditions(save_name: str = "default_conditions"):
     return {
         "type": "DiffSketchFitConditions",
         "inputs": {"clip": [1, 1]},
-        "widgets": {"save_name": "default_conditions"},
+        "widgets": {"save_name": save_name},
     }
 
 
@@ -166,23 +189,26 @@ def load_stage_times(arch: str = "sd15") -> dict | None:
     return part_figures(load_gpu_figures(), f"template_times_{arch}")
 
 
-def unet_evaluations(schedule: str) -> int:
-    """UNet evaluations of one sampling at :data:`STEPS` steps (one evaluation: one UNet call on
-    the CFG batch), the paper's 13 timesteps captured."""
-    settings = SamplingSettings(steps=STEPS, schedule=schedule)
-    return len(settings.denoising_schedule(settings.plan()))
+def unet_evaluations(schedule: str, steps: int = STEPS, family: str | None = None) -> int:
+    """Model evaluations of one sampling at ``steps`` steps (one evaluation: one UNet or
+    transformer call on the CFG batch), ``family``'s default timesteps captured (None: the paper's 13
+    on the DDIM grid)."""
+    settings = SamplingSettings(steps=steps, schedule=schedule)
+    return len(settings.denoising_schedule(settings.plan(family)))
 
 
-def stage_work(timed: tuple[str, ...], speed: Speed) -> str:
+def stage_work(timed: tuple[str, ...], speed: Speed, steps: int = STEPS, family: str | None = None) -> str:
     """What a stage computes with the templates' settings, in countable units."""
-    fast = unet_evaluations("fast")
+    fast = unet_evaluations("fast", steps, family)
+    full = unet_evaluations("full", steps, family)
+    network = "transformer" if family is not None and is_flow_family(family) else "UNet"
     work = {
-        "sample": f"{unet_evaluations('full')} UNet evaluations",
+        "sample": f"{full} {network} evaluations",
         # inversion (the caption's branch alone) up the grid, then the replay down it
-        "capture": f"{2 * unet_evaluations('full')} UNet evaluations",
+        "capture": f"{2 * full} {network} evaluations",
         "fit_conditions": f"{len(load_default_prompts()):,} prompts encoded",
-        "train": f"{speed.train_iterations * fast:,} UNet evaluations, {speed.train_iterations} generator steps",
-        "distill": f"{speed.pair_count * fast:,} UNet evaluations, {speed.distill_iterations:,} extractor steps",
+        "train": f"{speed.train_iterations * fast:,} {network} evaluations, {speed.train_iterations} generator steps",
+        "distill": f"{speed.pair_count * fast:,} {network} evaluations, {speed.distill_iterations:,} extractor steps",
         "extract": "one extractor pass",
     }
     return ", ".join(work[k] for k in timed)
@@ -211,12 +237,19 @@ def _train(sketch_src, speed: Speed, save_name="my_style", **widgets):
 
 
 #: Train settings that keep SDXL's 1024x1024 generator step within a 12 GB GPU: gradient
-#: checkpointing and each new sample seen through a 512x512 window (benchmarks/train_step.py --arch sdxl).
+#: checkpointing and each new sample seen through a 512x512 window (benchmarks/train_step.py --arch sdxl);
+#: the Z-Image quick start at 1024 uses them too.
 SDXL_TRAIN = {"low_memory": True, "sample_crop": 512}
 
 
 def _distill(
-    generator_src, conditions_src, loss_src, speed: Speed, save_name="my_style_extractor", size: int = 512
+    generator_src,
+    conditions_src,
+    loss_src,
+    speed: Speed,
+    save_name="my_style_extractor",
+    size: int = 512,
+    steps: int = STEPS,
 ):
     return {
         "type": "DiffSketchDistill",
@@ -232,6 +265,7 @@ def _distill(
             "pair_count": speed.pair_count,
             "iterations": speed.distill_iterations,
             "schedule": "fast",
+            "steps": steps,
             "width": size,
             "height": size,
             "save_name": save_name,
@@ -269,7 +303,13 @@ def _duration(minutes: float) -> str:
 
 
 def stages_section(
-    number: int, stages: list[Stage], speed: Speed, heading: str = "Press Run", arch: str = "sd15"
+    number: int,
+    stages: list[Stage],
+    speed: Speed,
+    heading: str = "Press Run",
+    arch: str = "sd15",
+    steps: int = STEPS,
+    family: str | None = None,
 ) -> str:
     """A numbered step: run, then one line per group on the canvas with its time where the GPU check
     has measured it for ``arch`` (:func:`load_stage_times`), else the work it does."""
@@ -282,7 +322,7 @@ def stages_section(
         elif minutes and all(k in minutes for k in s.timed):
             lines.append(f"### {s.title} ({_duration(sum(minutes[k] for k in s.timed))}): {s.text}")
         else:
-            lines.append(f"### {s.title}: {s.text} ({stage_work(s.timed, speed)})")
+            lines.append(f"### {s.title}: {s.text} ({stage_work(s.timed, speed, steps, family)})")
     if minutes:
         lines.append(f"Times measured on {measured['device']} by tools/gpu_check.py.")
     elif any(s.timed for s in stages):
@@ -434,11 +474,46 @@ def _models_stage(columns=((1, 5, 4),), checkpoint: str = "SD 1.5"):
     )
 
 
-def _quick_start(checkpoint: ModelFile, size: int, arch: str, title: str, intro: str, prefix: str) -> dict:
+@dataclass(frozen=True)
+class Loaders:
+    """The nodes that give a quick start its MODEL, CLIP and VAE where Load Checkpoint does not
+    (node 1 and ids from 10), the (node, output) each comes from, the files they load and how
+    the models group arranges them."""
+
+    nodes: dict
+    model: list
+    clip: list
+    vae: list
+    files: list
+    columns: tuple
+    label: str
+
+
+def _rewired(node: dict, loaders: Loaders) -> dict:
+    """``node`` with its inputs from Load Checkpoint's outputs (node 1) taken from ``loaders``."""
+    sources = {(1, 0): loaders.model, (1, 1): loaders.clip, (1, 2): loaders.vae}
+    inputs = {k: sources.get(tuple(v), v) for k, v in node.get("inputs", {}).items()}
+    return {**node, "inputs": inputs} if "inputs" in node else node
+
+
+def _quick_start(
+    checkpoint: ModelFile,
+    size: int,
+    arch: str,
+    title: str,
+    intro: str,
+    prefix: str,
+    loaders: Loaders | None = None,
+    steps: int = STEPS,
+    cfg: float = 5.0,
+    family: str | None = None,
+) -> dict:
     """From a checkpoint to an extractor in one run: Sample & Capture, XDoG as the drawing, Train,
-    Distill, Extract, at ``size`` px on the fast schedule."""
+    Distill, Extract, at ``size`` px on the fast schedule; ``loaders`` replace Load Checkpoint for a
+    model published as separate files, sampled at ``steps`` and ``cfg``."""
+    label = loaders.label if loaders else "SDXL" if arch == "sdxl" else "SD 1.5"
     stages = [
-        _models_stage(checkpoint="SDXL" if arch == "sdxl" else "SD 1.5"),
+        _models_stage(columns=loaders.columns if loaders else ((1, 5, 4),), checkpoint=label),
         Stage(
             "example",
             "Example",
@@ -453,7 +528,7 @@ def _quick_start(checkpoint: ModelFile, size: int, arch: str, title: str, intro:
             COLORS["train"],
             [[6]],
             f"learns the sketch style ({QUICK.train_iterations} fast iterations"
-            + (", low memory, 512-px windows of each new sample" if arch == "sdxl" else "")
+            + (", low memory, 512-px windows of each new sample" if size >= 1024 else "")
             + f") → generator `{prefix}style`",
             ("train",),
         ),
@@ -477,19 +552,22 @@ def _quick_start(checkpoint: ModelFile, size: int, arch: str, title: str, intro:
     text = note(
         title,
         intro,
-        files_section([checkpoint, CLIP, ALEXNET]),
-        stages_section(2, stages, QUICK, arch=arch),
+        files_section([*(loaders.files if loaders else [checkpoint]), CLIP, ALEXNET]),
+        stages_section(2, stages, QUICK, arch=arch, steps=steps, family=family),
         "Long stages show progress and previews on their node. Cancel keeps what is done; Run again continues.",
     )
     nodes = {
         1: _ckpt(checkpoint),
-        2: _sample(size),
+        2: _sample(size, steps, cfg),
         3: {"type": "DiffSketchXDoG", "inputs": {"image": [2, 0]}},
-        4: _fit_conditions(),
+        # a family of its own gets a file of its own (conditions are fitted per text encoder)
+        4: _fit_conditions(f"{family}_conditions" if family else "default_conditions"),
         5: _loss_models(),
         # Names of its own, so a quick start never overwrites the style of templates 2-5.
-        6: _train([3, 0], QUICK, save_name=f"{prefix}style", **(SDXL_TRAIN if arch == "sdxl" else {})),
-        7: _distill([6, 0], [4, 0], [5, 0], QUICK, save_name=f"{prefix}style_extractor", size=size),
+        6: _train([3, 0], QUICK, save_name=f"{prefix}style", **(SDXL_TRAIN if size >= 1024 else {})),
+        7: _distill(
+            [6, 0], [4, 0], [5, 0], QUICK, save_name=f"{prefix}style_extractor", size=size, steps=steps
+        ),
         8: {"type": "DiffSketchExtract", "inputs": {"extractor": [7, 0], "image": [2, 0]}},
         9: {
             "type": "SaveImage",
@@ -498,6 +576,8 @@ def _quick_start(checkpoint: ModelFile, size: int, arch: str, title: str, intro:
         },
         20: note_node(text),
     }
+    if loaders:
+        nodes = {**{k: _rewired(v, loaders) for k, v in nodes.items() if k != 1}, **loaders.nodes}
     return {"nodes": nodes, "stages": stages, "arrangement": [[[NOTE], [s.key for s in stages]]]}
 
 
@@ -509,7 +589,7 @@ def quick_start() -> dict:
         "DiffSketch quick start",
         "From nothing to a sketch extractor of your own in one run, no drawing needed: an XDoG sketch of a "
         "generated image stands in for a drawing. Templates 2 to 5 do the same with a sketch you draw; "
-        "template 6 is this quick start on SDXL.",
+        "template 6 is this quick start on SDXL, template 8 on Z-Image Turbo (experimental).",
         "quick_",
     )
 
@@ -521,10 +601,58 @@ def quick_start_sdxl() -> dict:
         "sdxl",
         "DiffSketch quick start on SDXL",
         "Template 1 on an SDXL checkpoint (SDXL base or a fine-tune such as Illustrious, NoobAI, Pony or "
-        "Juggernaut) at 1024x1024. DiffSketch works with SD 1.x, SD 2.x and SDXL; the generator and "
-        "extractor it makes belong to the checkpoint family they were trained on. Templates 2 to 5 work "
-        "with an SDXL checkpoint too: pick it in Load Checkpoint and set the sizes to 1024.",
+        "Juggernaut) at 1024x1024. DiffSketch works with SD 1.x, SD 2.x and SDXL, and (experimental, "
+        "template 8) Z-Image and SD 3.5; the generator and extractor it makes belong to the checkpoint "
+        "family they were trained on. Templates 2 to 5 work with an SDXL checkpoint too: pick it in Load "
+        "Checkpoint and set the sizes to 1024.",
         "quick_sdxl_",
+    )
+
+
+#: Z-Image Turbo's loaders as ComfyUI's own Z-Image Turbo template has them: the diffusion model,
+#: its Qwen3-4B text encoder (CLIPLoader type lumina2) and the VAE, with the model's shift of 3.
+ZIMAGE_LOADERS = Loaders(
+    nodes={
+        1: {
+            "type": "UNETLoader",
+            "widgets": {"unet_name": ZIMAGE_TURBO.name, "weight_dtype": "default"},
+            "models": [ZIMAGE_TURBO.entry()],
+        },
+        10: {
+            "type": "CLIPLoader",
+            # device: an advanced widget with no default in /object_info, so named here
+            "widgets": {"clip_name": QWEN3_4B.name, "type": "lumina2", "device": "default"},
+            "models": [QWEN3_4B.entry()],
+        },
+        11: {"type": "VAELoader", "widgets": {"vae_name": ZIMAGE_VAE.name}, "models": [ZIMAGE_VAE.entry()]},
+        12: {"type": "ModelSamplingAuraFlow", "inputs": {"model": [1, 0]}, "widgets": {"shift": 3.0}},
+    },
+    model=[12, 0],
+    clip=[10, 0],
+    vae=[11, 0],
+    files=[ZIMAGE_TURBO, QWEN3_4B, ZIMAGE_VAE],
+    columns=((1, 12, 10, 11), (5, 4)),
+    label="Z-Image Turbo",
+)
+#: Z-Image Turbo is guidance-distilled: it samples in 8 steps at cfg 1 (one branch, no negative).
+ZIMAGE_TURBO_STEPS = 8
+
+
+def quick_start_zimage() -> dict:
+    return _quick_start(
+        ZIMAGE_TURBO,
+        1024,
+        "zimage",
+        "DiffSketch quick start on Z-Image Turbo (experimental)",
+        "Template 1 on Z-Image Turbo at 1024x1024, sampled as Z-Image Turbo is meant to be: 8 Euler steps at "
+        "cfg 1. Experimental: DiffSketch was validated on UNet backbones (SD 1.x, SD 2.x, SDXL), and sketch "
+        "quality on diffusion transformers has not been measured with real weights yet. The generator and "
+        "extractor it makes belong to Z-Image.",
+        "quick_zimage_",
+        loaders=ZIMAGE_LOADERS,
+        steps=ZIMAGE_TURBO_STEPS,
+        cfg=1.0,
+        family=ZIMAGE,
     )
 
 
@@ -803,6 +931,7 @@ TEMPLATES = [
     Template("extract", "Extract sketches", extract),
     Template("quick_start_sdxl", "Quick start on SDXL", quick_start_sdxl),
     Template("teach_from_drawing", "Teach from your own drawing", teach_from_drawing),
+    Template("quick_start_zimage", "Quick start on Z-Image Turbo", quick_start_zimage),
 ]
 
 

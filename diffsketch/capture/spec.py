@@ -64,11 +64,25 @@ BACKBONE_FAMILIES = {SD1: "SD 1.x", SD2: "SD 2.x", SDXL: "SDXL", ZIMAGE: "Z-Imag
 #: The families that are flow-matching diffusion transformers (Euler sampling on a shifted sigma
 #: schedule, one-resolution block taps); the rest are DDPM UNets (DDIM sampling, multi-level taps).
 FLOW_FAMILIES = (ZIMAGE, SD35)
+#: The families whose model takes a pooled text embedding besides the context (SDXL: bigG's 1280;
+#: SD 3.5: CLIP-L's 768 and CLIP-G's 1280), so a condition fit keeps it.
+POOLED_FAMILIES = (SDXL, SD35)
 #: What every "not supported" message says is supported.
 SUPPORTED_MODELS = (
     "SD 1.x, SD 2.x (512-base and 768-v) and SDXL-family checkpoints (SDXL base and its fine-tunes, "
-    "e.g. Illustrious, NoobAI, Pony, Juggernaut), and the diffusion transformers Z-Image (Turbo and base) "
-    "and SD 3.5 (Medium and Large) (experimental)"
+    "e.g. Illustrious, NoobAI, Pony, Juggernaut), and, experimental, the diffusion transformers Z-Image "
+    "(Turbo and base) and SD 3.5 (Medium and Large)"
+)
+#: The multiple of pixels each family's image sides must be (``FeatureSpec.size_multiple``), in words.
+SIZE_MULTIPLES_TEXT = "64 for SD 1.x and SD 2.x, 32 for SDXL, 16 for Z-Image and SD 3.5"
+#: The families by name, for a tooltip: "SD 1.x, SD 2.x, SDXL, Z-Image or SD 3.5".
+FAMILY_NAMES_TEXT = (
+    ", ".join(list(BACKBONE_FAMILIES.values())[:-1]) + " or " + list(BACKBONE_FAMILIES.values())[-1]
+)
+#: Why the diffusion transformers are experimental (node descriptions, README).
+DIT_EXPERIMENTAL_NOTE = (
+    "Z-Image and SD 3.5 support is experimental: the method was validated on UNet backbones, and sketch "
+    "quality on diffusion transformers has not been measured with real weights."
 )
 #: The DiT families' transformer classes, diffusers' names (the diffusers backend's layout).
 DIFFUSERS_DIT_CLASSES = {"ZImageTransformer2DModel": ZIMAGE, "SD3Transformer2DModel": SD35}
@@ -95,7 +109,7 @@ SDXL_TIME_EMBED_DIM = 256
 
 
 #: The image side each family's published checkpoints were trained at, in words (node tooltips).
-NATIVE_SIZES_TEXT = "512 for SD 1.x and SD 2.x-base, 768 for SD 2.x 768-v, 1024 for SDXL"
+NATIVE_SIZES_TEXT = "512 for SD 1.x and SD 2.x-base, 768 for SD 2.x 768-v, 1024 for SDXL, Z-Image and SD 3.5"
 
 
 def family_native_side(family: str, prediction_type: str) -> int:

@@ -173,6 +173,37 @@ def test_sd35_captures_both_branches_with_cfg_and_leaves_no_hooks(comfy_inproces
     assert {k: dict(v) for k, v in model.wrappers.items()} == wrappers_before
 
 
+def test_sd35_fit_conditions_node_keeps_the_pooled_embedding(comfy_inprocess, sd35):
+    """SD 3.5's model takes a pooled embedding (CLIP-L 768 + CLIP-G 1280) besides the context, so
+    Fit Conditions fits it with the tokens: a fit without it is refused by Train's pivot check."""
+    from diffsketch.capture.spec import POOLED_FAMILIES, SD35
+
+    assert SD35 in POOLED_FAMILIES
+    model, clip, vae = sd35
+    node = comfy_inprocess.nodes.conditions.DiffSketchFitConditions
+    prompts = "a horse in mud\na red car\na bowl of fruit\na city at night"
+    sampler = node.execute(clip, prompts, components=2, seed=0, save_name="").args[0]
+    assert sampler.family == SD35 and sampler.pooled_dim == 2048
+    sample = sampler.sample(torch.Generator().manual_seed(0))
+    assert sample.pooled is not None and tuple(sample.pooled.shape) == (1, 2048)
+    assert sample.context.shape[-1] == 4096
+    # the example's prompt as Train encodes it (with the pooled part the model takes) fits the distribution
+    backend = comfy_inprocess.nodes.comfy_backend.ComfyBackend(model, clip, vae)
+    sampler.check_pivot(backend.encode_prompt("a photo of a horse in mud"))
+
+
+def test_sample_node_captures_the_family_default_timesteps_at_turbo_step_counts(comfy_inprocess, sd35):
+    """Without a timesteps input the Sample node captures the flow families' default timesteps, which
+    an 8-step grid (Z-Image Turbo's) keeps apart; the paper's 13 would be refused there."""
+    from diffsketch.capture.timesteps import FLOW_TIMESTEPS
+
+    model, clip, vae = sd35
+    node = comfy_inprocess.nodes.sample.DiffSketchSample
+    out = node.execute(model, clip, vae, "a horse in mud", seed=0, steps=8, cfg=1.0, **SIZE)
+    assert out.args[2].timesteps == FLOW_TIMESTEPS
+    assert hook_count(model, vae) == 0
+
+
 def check_parity(a, b, tol=1e-3):
     """Two CapturedSamples of one model: the same image, latent, block maps and VAE taps."""
     from compare import relative_error

@@ -77,6 +77,9 @@ PLACEHOLDER_MODELS = (
     "models/diffsketch/generators/my_style.safetensors",
     "models/diffsketch/conditions/default_conditions.safetensors",
     "models/diffsketch/extractors/my_style_extractor.safetensors",
+    "models/diffusion_models/z_image_turbo_bf16.safetensors",
+    "models/text_encoders/qwen_3_4b.safetensors",
+    "models/vae/ae.safetensors",
 )
 PLACEHOLDER_IMAGES = (
     "input/example.png",
@@ -91,6 +94,10 @@ MODEL_DIRS = {
     "checkpoints": "models/checkpoints",
     "diffsketch_clip": "models/diffsketch/clip",
     "diffsketch_lpips": "models/diffsketch/lpips",
+    # the Z-Image quick start's three files, as ComfyUI's own Z-Image template loads them
+    "diffusion_models": "models/diffusion_models",
+    "text_encoders": "models/text_encoders",
+    "vae": "models/vae",
 }
 # The download button of the missing-models list takes these hosts only (both frontends).
 DOWNLOAD_HOSTS = ("https://huggingface.co/",)

@@ -49,6 +49,21 @@ def test_reference_lists_every_input_and_output_of_every_node(comfy_inprocess, r
             assert f"| `{out.display_name or out.id}` | `{out.get_io_type()}`" in section
 
 
+def test_every_node_taking_a_model_or_clip_names_the_families_and_that_dits_are_experimental(
+    comfy_inprocess, reference_tool
+):
+    from comfy_api.latest import io
+
+    from diffsketch.capture.spec import DIT_EXPERIMENTAL_NOTE, SUPPORTED_MODELS
+
+    schemas = reference_tool.node_schemas(comfy_inprocess)
+    takers = [s for s in schemas if any(isinstance(i, (io.Model.Input, io.Clip.Input)) for i in s.inputs)]
+    assert len(takers) >= 7  # Sample, Capture from Image, Timesteps, Fit Conditions, Train, Generate, Distill
+    for schema in takers:
+        assert SUPPORTED_MODELS in schema.description, schema.node_id
+        assert DIT_EXPERIMENTAL_NOTE in schema.description, schema.node_id
+
+
 def test_reference_does_not_depend_on_local_model_files(comfy_inprocess, reference_tool, tmp_path):
     import folder_paths
 
