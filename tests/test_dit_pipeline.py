@@ -341,8 +341,9 @@ def test_the_capture_command_plans_a_flow_model_on_its_own_grid(
 def test_the_commands_sample_fit_train_generate_distill_extract_on_a_zimage_folder(
     zimage_folder, tmp_path, capfd
 ):
-    """The command line on a Z-Image Turbo folder at cfg 1; Generate at the commands' default cfg
-    (5) is refused naming the fix, before sampling."""
+    """The command line on a Z-Image Turbo folder: without --cfg the commands sample at cfg 1 (Turbo
+    is guidance-distilled; the generator is one-branch); Generate asked for cfg 5 is refused naming
+    the fix, before sampling."""
     from PIL import Image
     from test_cli import loss_model_files
 
@@ -352,8 +353,9 @@ def test_the_commands_sample_fit_train_generate_distill_extract_on_a_zimage_fold
     model = ["--model", str(zimage_folder), "--device", "cpu"]
     small = ["--width", str(SIZE), "--height", str(SIZE), "--steps", str(STEPS)]
     example = tmp_path / "ex.safetensors"
-    assert main(["sample", *model, *small, "--cfg", "1", "--prompt", PIVOT, "--out", str(example)]) == 0
-    assert CapturedSample.load(example).timesteps == FLOW_TIMESTEPS
+    assert main(["sample", *model, *small, "--prompt", PIVOT, "--out", str(example)]) == 0
+    captured = CapturedSample.load(example)
+    assert captured.timesteps == FLOW_TIMESTEPS and captured.meta["cfg"] == 1.0
     (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
     conditions = tmp_path / "cond.safetensors"
     fit = ["--prompts", str(tmp_path / "prompts.txt"), "--components", "3", "--out", str(conditions)]
@@ -378,13 +380,13 @@ def test_the_commands_sample_fit_train_generate_distill_extract_on_a_zimage_fold
 
     generate = ["generate", *model, *small, "--generator", str(style), "--prompt", "a cat"]
     capfd.readouterr()
-    assert main([*generate, "--out", str(tmp_path / "refused")]) != 0
+    assert main([*generate, "--cfg", "5", "--out", str(tmp_path / "refused")]) != 0
     assert "sample with cfg 1" in capfd.readouterr().err
-    assert main([*generate, "--cfg", "1", "--out", str(tmp_path / "gen")]) == 0
+    assert main([*generate, "--out", str(tmp_path / "gen")]) == 0
     assert Image.open(tmp_path / "gen" / "000000_sketch.png").size == (SIZE, SIZE)
 
     extractor = tmp_path / "ext.safetensors"
-    distill_args = ["distill", *model, *small, "--cfg", "1", "--generator", str(style)]
+    distill_args = ["distill", *model, *small, "--generator", str(style)]
     distill_args += ["--conditions", str(conditions), "--pairs", "2", "--pairs-dir", str(tmp_path / "pairs")]
     distill_args += ["--schedule", "fast", "--iterations", "2", "--batch-size", "2", "--crop-size", "32"]
     assert main([*distill_args, "--no-lpips", "--out", str(extractor)]) == 0

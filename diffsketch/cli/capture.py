@@ -8,11 +8,13 @@ from ..errors import InvalidInputError
 from ..images import read_image, save_png
 from ..terminal import check_input_file, check_output_file, progress_bar
 from .common import (
+    DEFAULT_CFG,
     SIZE_STAND_IN,
     check_model,
     family_before_loading,
     load_backend,
     model_args,
+    sampling_cfg,
 )
 
 
@@ -43,14 +45,17 @@ def add_parser(sub) -> None:
         "brings the replay closer to the picture, and train uses it as the example's prompt",
     )
     p.add_argument(
-        "--steps", type=int, default=50, help="DDIM steps of the inversion and the replay (default 50)"
+        "--steps",
+        type=int,
+        default=50,
+        help="steps of the inversion and the replay (DDIM; Euler for Z-Image and SD 3.5; default 50)",
     )
     p.add_argument(
         "--cfg",
         type=float,
-        default=5.0,
-        help="guidance 'diffsketch train' samples its own images with (default 5.0); the picture itself is "
-        "inverted and replayed at guidance 1",
+        default=None,
+        help="guidance 'diffsketch train' samples its own images with (default 5.0; 1 for Z-Image Turbo, which "
+        "is guidance-distilled); the picture itself is inverted and replayed at guidance 1",
     )
     p.add_argument(
         "--timesteps", default=None, help="capture timesteps, e.g. '1,61,161' (default: the paper's 13)"
@@ -100,7 +105,7 @@ def run(args) -> int:
     # checked before the model loads: a picture no model takes costs no waiting
     sampling = SamplingSettings(
         steps=args.steps,
-        cfg=args.cfg,
+        cfg=DEFAULT_CFG if args.cfg is None else args.cfg,  # the model's own once it is loaded
         width=SIZE_STAND_IN,
         height=SIZE_STAND_IN,
         timesteps=parse_timesteps(args.timesteps),
@@ -113,6 +118,7 @@ def run(args) -> int:
     backend = load_backend(args)
     # this model's own rule, before the progress bar starts
     fit_size(width, height, backend.spec.size_multiple, backend.spec.family, args.max_side, what)
+    sampling = sampling.replace(cfg=sampling_cfg(args, backend))
     plan = sampling.plan(backend.spec.family)  # on this model's grid (DDIM, or the flow models')
     bar = progress_bar(2 * len(sampling.denoising_schedule(plan)), "inverting, then replaying")
     result = backend.capture_from_image(

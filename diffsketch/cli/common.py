@@ -115,17 +115,43 @@ def model_args(p):
     )
 
 
+#: The guidance scale of models sampled with classifier-free guidance, when --cfg is not given.
+DEFAULT_CFG = 5.0
+
+
 def sampling_args(p, steps=50):
-    p.add_argument("--steps", type=int, default=steps, help=f"DDIM steps (default {steps})")
-    p.add_argument("--cfg", type=float, default=5.0, help="classifier-free guidance scale (default 5.0)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=steps,
+        help=f"sampling steps (DDIM; Euler for Z-Image and SD 3.5; default {steps})",
+    )
+    p.add_argument(
+        "--cfg",
+        type=float,
+        default=None,
+        help=f"classifier-free guidance scale (default {DEFAULT_CFG:g}; 1 for a guidance-distilled model, Z-Image "
+        "Turbo, and for a generator trained on one-branch features)",
+    )
     for side in ("width", "height"):
         p.add_argument(
             f"--{side}",
             type=int,
             default=None,
-            help=f"{side} in pixels, a multiple of 64 (default: the model's native size: 512 for SD 1.x and SD 2.x-base, "
-            "768 for SD 2.x 768-v, 1024 for SDXL)",
+            help=f"{side} in pixels, a multiple of 64 for SD 1.x/2.x, 32 for SDXL, 16 for Z-Image and SD 3.5 "
+            "(default: the model's native size: 512 for SD 1.x and SD 2.x-base, 768 for SD 2.x 768-v, 1024 for SDXL, "
+            "Z-Image and SD 3.5)",
         )
+
+
+def sampling_cfg(args, backend, generator=None) -> float:
+    """--cfg, or when it is not given: 1 for a generator trained on one-branch (cfg 1) features or a
+    guidance-distilled model (Z-Image Turbo), else :data:`DEFAULT_CFG`."""
+    if args.cfg is not None:
+        return float(args.cfg)
+    if generator is not None and getattr(generator.config, "branches", 2) == 1:
+        return 1.0
+    return 1.0 if getattr(backend, "guidance_distilled", False) else DEFAULT_CFG
 
 
 def schedule_arg(p):

@@ -14,6 +14,7 @@ from .common import (
     model_args,
     model_size,
     sampling_args,
+    sampling_cfg,
     schedule_arg,
 )
 
@@ -181,7 +182,7 @@ def _distill(args, out: Path, device: str, group, photos) -> int:
             SamplingSettings(
                 seed=args.seed,
                 steps=args.steps,
-                cfg=args.cfg,
+                cfg=sampling_cfg(args, backend, generator),
                 schedule=args.schedule,
                 **model_size(args, backend),
             ),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..images import save_png
 from ..terminal import check_output_folder, pick_device, progress_bar
 from .common import (
+    DEFAULT_CFG,
     SIZE_STAND_IN,
     check_file_kind,
     check_model,
@@ -13,6 +14,7 @@ from .common import (
     model_size,
     print_prompt_notice,
     sampling_args,
+    sampling_cfg,
     schedule_arg,
 )
 
@@ -40,7 +42,7 @@ def run(args) -> int:
     out = check_output_folder(args.out, "--out")
     sampling = SamplingSettings(
         steps=args.steps,
-        cfg=args.cfg,
+        cfg=DEFAULT_CFG if args.cfg is None else args.cfg,  # the generator's or model's once loaded
         width=args.width or SIZE_STAND_IN,
         height=args.height or SIZE_STAND_IN,
         schedule=args.schedule,
@@ -48,7 +50,7 @@ def run(args) -> int:
     generator = load_generator(args.generator, device=pick_device(args.device))
     backend = load_backend(args)
     print_prompt_notice(backend, args.prompt)
-    sampling = sampling.replace(**model_size(args, backend))
+    sampling = sampling.replace(cfg=sampling_cfg(args, backend, generator), **model_size(args, backend))
     for notice in check_generator_fits(backend, generator):
         print(notice)
     bar = progress_bar(args.count, "generating", unit="pair")

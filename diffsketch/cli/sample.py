@@ -7,6 +7,7 @@ from pathlib import Path
 from ..images import save_png
 from ..terminal import check_output_file, progress_bar
 from .common import (
+    DEFAULT_CFG,
     SIZE_STAND_IN,
     check_model,
     load_backend,
@@ -14,6 +15,7 @@ from .common import (
     model_size,
     print_prompt_notice,
     sampling_args,
+    sampling_cfg,
 )
 
 
@@ -42,14 +44,14 @@ def run(args) -> int:
     sampling = SamplingSettings(
         seed=args.seed,
         steps=args.steps,
-        cfg=args.cfg,
+        cfg=DEFAULT_CFG if args.cfg is None else args.cfg,  # the model's own once it is loaded
         width=args.width or SIZE_STAND_IN,
         height=args.height or SIZE_STAND_IN,
         timesteps=parse_timesteps(args.timesteps),
     )
     backend = load_backend(args)
     print_prompt_notice(backend, args.prompt)
-    sampling = sampling.replace(**model_size(args, backend))
+    sampling = sampling.replace(cfg=sampling_cfg(args, backend), **model_size(args, backend))
     bar = progress_bar(args.steps, "sampling")
     sample = backend.sample(args.prompt, sampling, progress=bar)
     bar.close()

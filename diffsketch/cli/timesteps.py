@@ -11,6 +11,7 @@ from .common import (
     model_args,
     model_size,
     sampling_args,
+    sampling_cfg,
 )
 
 
@@ -47,7 +48,7 @@ def run(args) -> int:
         args.steps,
         k=args.k or None,
         seed=args.seed,
-        cfg=args.cfg,
+        cfg=sampling_cfg(args, backend),
         **model_size(args, backend),
         progress=bar,
     )
