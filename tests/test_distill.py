@@ -284,7 +284,7 @@ def test_pair_folders_written_before_keep_their_settings_and_folder_name():
         score_mean=torch.tensor([0.5, 1.5]),
         variance=torch.tensor([2.0, 3.0]),
     )
-    backend = SimpleNamespace(spec=SimpleNamespace(fingerprint=lambda: "layout-0123456789"))
+    backend = SimpleNamespace(spec=SimpleNamespace(fingerprint=lambda: "layout-0123456789", family="sd1"))
     fingerprints = {"conditions": "1920e0ac3df493f8", "generator": "0f3d71a1b597a184"}
     common = {"teacher": "diffsketch", "timesteps": [1, 501], "model_layout": "layout-0123456789"}
 
