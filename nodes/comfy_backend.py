@@ -59,9 +59,8 @@ from diffsketch.capture.spec import (
     SDXL_TIME_IDS,
     ZIMAGE,
     FeatureSpec,
-    Tap,
     check_family,
-    default_dit_blocks,
+    dit_block_taps,
     family_from_ldm_config,
     family_name,
     feature_spec_from_ldm,
@@ -259,13 +258,10 @@ def comfy_dit_spec(diffusion_model, vae_model, family: str, context_dim: int, po
     :func:`~diffsketch.capture.spec.default_dit_blocks`, the hidden size at ``-log2(patch)``, and
     the 16-channel VAE's decoder taps read as SD's (:func:`~diffsketch.capture.spec.ldm_vae_taps`)."""
     path, blocks, hidden, patch = _dit_blocks(diffusion_model, family)
-    taps = tuple(
-        Tap(f"{path}.{b}", hidden, -(patch.bit_length() - 1)) for b in default_dit_blocks(len(blocks))
-    )
     vae_taps, rgb = ldm_vae_taps(vae_model)
     return FeatureSpec(
         layout=LAYOUT_LDM,
-        unet=taps,
+        unet=dit_block_taps(path, len(blocks), hidden, patch),
         vae=vae_taps,
         rgb=rgb,
         context_dim=int(context_dim),
@@ -452,19 +448,7 @@ class ComfyBackend(SamplingBackend):
             )
             return inverted["x"]
 
-        with torch.no_grad():
-            comfy.sample.sample_custom(
-                patched,
-                torch.zeros_like(latent),
-                1.0,
-                comfy.samplers.KSAMPLER(invert),
-                sigmas,
-                [_comfy_conditioning(cond)],
-                [_comfy_conditioning(cond)],
-                latent / self.latent_scaling_factor,
-                disable_pbar=True,
-                seed=0,
-            )
+        _run_inversion(patched, invert, sigmas, cond, latent / self.latent_scaling_factor)
         return inverted["x"].float().cpu()
 
     def _invert_flow(self, latent, cond, schedule, progress):
@@ -494,21 +478,11 @@ class ComfyBackend(SamplingBackend):
             inverted["x"] = euler_invert(predict, x.float(), schedule, float(ms.shift), on_step)
             return inverted["x"]
 
-        with torch.no_grad():
-            # sigma 0 first and last: ComfyUI's flow noise scaling then passes the latent through
-            # unchanged, and its inverse scaling of the result divides by 1 (the result is ours anyway)
-            comfy.sample.sample_custom(
-                patched,
-                torch.zeros_like(latent),
-                1.0,
-                comfy.samplers.KSAMPLER(invert),
-                torch.zeros(2),
-                [_comfy_conditioning(cond)],
-                [_comfy_conditioning(cond)],
-                self.model.model.latent_format.process_out(latent),
-                disable_pbar=True,
-                seed=0,
-            )
+        # sigma 0 first and last: ComfyUI's flow noise scaling then passes the latent through
+        # unchanged, and its inverse scaling of the result divides by 1 (the result is ours anyway)
+        _run_inversion(
+            patched, invert, torch.zeros(2), cond, self.model.model.latent_format.process_out(latent)
+        )
         return inverted["x"].float().cpu()
 
     def model_latent(self, latent: torch.Tensor) -> torch.Tensor:
@@ -559,6 +533,25 @@ class ComfyBackend(SamplingBackend):
                 self.vae.first_stage_model.decode(z)
         rgb = rec["rgb"].float().cpu()
         return ((rgb + 1) / 2).clamp(0, 1), rgb, rec["features"]
+
+
+def _run_inversion(patched, invert, sigmas, cond: Conditioning, latent_image) -> None:
+    """Run the inversion ``invert`` (a KSAMPLER function that keeps its own result) through
+    ComfyUI's ``sample_custom`` on ``patched``: zero noise, ``cond`` as both prompts at cfg 1 (the
+    cfg1 shortcut evaluates it once), so the MODEL's patches, memory management and Cancel apply."""
+    with torch.no_grad():
+        comfy.sample.sample_custom(
+            patched,
+            torch.zeros_like(latent_image),
+            1.0,
+            comfy.samplers.KSAMPLER(invert),
+            sigmas,
+            [_comfy_conditioning(cond)],
+            [_comfy_conditioning(cond)],
+            latent_image,
+            disable_pbar=True,
+            seed=0,
+        )
 
 
 def _comfy_conditioning(cond: Conditioning) -> list:
