@@ -41,6 +41,7 @@ from diffsketch.distill.temporal import extract_stream  # noqa: E402
 from diffsketch.eval.flicker import synthetic_clip, warping_errors  # noqa: E402
 from diffsketch.eval.metrics.ssim import ssim  # noqa: E402
 from diffsketch.flow import estimate_flows, visible_mask  # noqa: E402
+from diffsketch.images import resize_image  # noqa: E402
 from diffsketch.video import VideoReader  # noqa: E402
 
 CLIPS = (
@@ -143,10 +144,11 @@ def read_footage(path: Path, frames: int, max_side: int) -> torch.Tensor:
             if len(out) == frames:
                 break
     clip = torch.stack(out)
-    scale = max_side / max(clip.shape[-2:])
+    height, width = clip.shape[-2:]
+    scale = max_side / max(height, width)
     if scale < 1:
-        clip = F.interpolate(clip, scale_factor=scale, mode="bilinear", antialias=True, align_corners=False)
-    return clip.clamp(0, 1)
+        clip = resize_image(clip, (round(width * scale), round(height * scale)))
+    return clip
 
 
 def measure_footage(args, model, paths: list[Path]) -> list[dict]:
