@@ -7,7 +7,7 @@ from comfy_api.latest import io, ui
 
 from diffsketch.capture.spec import SIZE_MULTIPLES_TEXT
 
-from .common import backbones_note, show_on_node
+from .common import backbones_note, sampler_steps_text, show_on_node
 from .sample import capture_timesteps, checkpoint_inputs, timesteps_input
 from .types import CATEGORY, Features
 
@@ -47,8 +47,9 @@ class DiffSketchCaptureFromImage(io.ComfyNode):
                     default=50,
                     min=1,
                     max=1000,
-                    tooltip="DDIM steps of the inversion and of the replay (the paper samples with 50); more steps "
-                    "replay the picture more closely. Too few steps for the timesteps asked is an error.",
+                    tooltip=f"Steps of the inversion and of the replay: {sampler_steps_text()} (the paper samples "
+                    "with 50). More steps replay the picture more closely; too few for the timesteps asked is an "
+                    "error.",
                 ),
                 io.Int.Input(
                     "max_side",
@@ -88,7 +89,8 @@ class DiffSketchCaptureFromImage(io.ComfyNode):
         backend = ComfyBackend(model, clip, vae, show_progress=False)
         # the picture sets the size; cfg is what Train samples its own images with (Sample's default)
         sampling = SamplingSettings(steps=int(steps), timesteps=capture_timesteps(timesteps))
-        total = 2 * len(sampling.denoising_schedule(sampling.plan()))
+        # the grid of the connected model's family (DDIM's, or a flow model's few-step Euler grid)
+        total = 2 * len(sampling.denoising_schedule(sampling.plan(backend.spec.family)))
         pbar = comfy.utils.ProgressBar(total)
         result = backend.capture_from_image(
             image,

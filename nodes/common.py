@@ -164,6 +164,14 @@ def backbones_note() -> str:
     return f" Takes {SUPPORTED_MODELS}. {DIT_EXPERIMENTAL_NOTE}"
 
 
+def sampler_steps_text() -> str:
+    """Which sampler a steps input drives, by family, for its tooltip."""
+    from diffsketch.capture.spec import FLOW_FAMILIES, family_name
+
+    names = [family_name(f) for f in FLOW_FAMILIES]
+    return f"DDIM steps on the UNet models, Euler steps on {', '.join(names[:-1])} and {names[-1]}"
+
+
 # What people type when they look for a line-art extractor (node search matches these too).
 LINE_ART_ALIASES = ("lineart", "line art", "sketch", "edge")
 

@@ -20,6 +20,7 @@ from .common import (
     backbones_note,
     cancel_as_interrupt,
     on_torch_device,
+    sampler_steps_text,
     search_aliases,
     show_on_node,
     size_inputs,
@@ -110,7 +111,11 @@ class DiffSketchDistill(io.ComfyNode):
                     tooltip="Adam learning rate (cosine decay after a short warm-up).",
                 ),
                 io.Int.Input(
-                    "steps", default=50, min=1, max=1000, tooltip="DDIM steps per pair (50 as in training)."
+                    "steps",
+                    default=50,
+                    min=1,
+                    max=1000,
+                    tooltip=f"{sampler_steps_text()} per pair (as in training: 50; Z-Image Turbo 8).",
                 ),
                 io.Combo.Input(
                     "schedule",

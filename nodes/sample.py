@@ -9,7 +9,7 @@ from comfy_api.latest import io, ui
 from diffsketch.capture.spec import FAMILY_NAMES_TEXT
 from diffsketch.capture.timesteps import FLOW_TIMESTEPS
 
-from .common import backbones_note, size_inputs
+from .common import backbones_note, sampler_steps_text, size_inputs
 from .types import CATEGORY, Features, Timesteps
 
 logger = logging.getLogger("diffsketch.nodes")
@@ -81,8 +81,9 @@ class DiffSketchSample(io.ComfyNode):
                     default=50,
                     min=1,
                     max=1000,
-                    tooltip="DDIM steps (the paper uses 50). Capture timesteps map to the nearest steps of "
-                    "this grid; too few steps for the timesteps asked is an error.",
+                    tooltip=f"{sampler_steps_text()} (the paper uses 50; Z-Image Turbo is meant for 8). Capture "
+                    "timesteps map to the nearest steps of this grid; too few steps for the timesteps asked is an "
+                    "error.",
                 ),
                 io.Float.Input(
                     "cfg",
@@ -91,7 +92,8 @@ class DiffSketchSample(io.ComfyNode):
                     max=30.0,
                     step=0.1,
                     round=0.01,
-                    tooltip="Classifier-free guidance scale (the paper uses 5.0).",
+                    tooltip="Classifier-free guidance scale (the paper uses 5.0). 1 for a guidance-distilled "
+                    "model (Z-Image Turbo): the conditional branch alone is evaluated and captured.",
                 ),
                 *size_inputs("Image"),
                 timesteps_input(),

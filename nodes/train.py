@@ -21,6 +21,7 @@ from .common import (
     file_path,
     file_path_or_raise,
     on_torch_device,
+    sampler_steps_text,
     save_path,
     search_aliases,
     show_on_node,
@@ -422,7 +423,13 @@ class DiffSketchGenerate(io.ComfyNode):
                     control_after_generate=True,
                     tooltip="Noise seed.",
                 ),
-                io.Int.Input("steps", default=50, min=1, max=1000, tooltip="DDIM steps (50 as in training)."),
+                io.Int.Input(
+                    "steps",
+                    default=50,
+                    min=1,
+                    max=1000,
+                    tooltip=f"{sampler_steps_text()} (as in training: 50; Z-Image Turbo 8).",
+                ),
                 io.Float.Input(
                     "cfg",
                     default=5.0,

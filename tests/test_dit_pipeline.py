@@ -342,8 +342,8 @@ def test_the_commands_sample_fit_train_generate_distill_extract_on_a_zimage_fold
     zimage_folder, tmp_path, capfd
 ):
     """The command line on a Z-Image Turbo folder: without --cfg the commands sample at cfg 1 (Turbo
-    is guidance-distilled; the generator is one-branch); Generate asked for cfg 5 is refused naming
-    the fix, before sampling."""
+    is guidance-distilled; the generator is one-branch) and without --steps in Turbo's 8 steps;
+    Generate asked for cfg 5 is refused naming the fix, before sampling."""
     from PIL import Image
     from test_cli import loss_model_files
 
@@ -353,9 +353,11 @@ def test_the_commands_sample_fit_train_generate_distill_extract_on_a_zimage_fold
     model = ["--model", str(zimage_folder), "--device", "cpu"]
     small = ["--width", str(SIZE), "--height", str(SIZE), "--steps", str(STEPS)]
     example = tmp_path / "ex.safetensors"
-    assert main(["sample", *model, *small, "--prompt", PIVOT, "--out", str(example)]) == 0
+    size = ["--width", str(SIZE), "--height", str(SIZE)]
+    assert main(["sample", *model, *size, "--prompt", PIVOT, "--out", str(example)]) == 0
     captured = CapturedSample.load(example)
     assert captured.timesteps == FLOW_TIMESTEPS and captured.meta["cfg"] == 1.0
+    assert captured.meta["steps"] == STEPS  # Turbo's own, --steps not given
     (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
     conditions = tmp_path / "cond.safetensors"
     fit = ["--prompts", str(tmp_path / "prompts.txt"), "--components", "3", "--out", str(conditions)]

@@ -21,7 +21,7 @@ from ..capture.picture import PICTURE_FIT_KEY, fit_picture, large_picture_notice
 from ..capture.sample import CapturedSample
 from ..capture.sampling import SamplingSettings
 from ..capture.spec import SD35, ZIMAGE, FeatureSpec, family_name, family_native_side, is_flow_family
-from ..capture.timesteps import timestep_grid
+from ..capture.timesteps import default_steps, timestep_grid
 from ..errors import InvalidInputError
 from .conditioning import Conditioning
 from .inversion import (
@@ -154,6 +154,12 @@ class SamplingBackend:
         return latent * self.latent_scaling_factor
 
     # -- shared --------------------------------------------------------------------------------
+    @property
+    def default_steps(self) -> int:
+        """The steps to sample with when none are given
+        (:func:`~diffsketch.capture.timesteps.default_steps`: 8 for Z-Image Turbo, else 50)."""
+        return default_steps(self.spec.family, self.guidance_distilled)
+
     def captured_branches(self, cfg: float) -> tuple[int, ...]:
         """The branches sampling at ``cfg`` evaluates and captures
         (:func:`~diffsketch.capture.hooks.captured_branches` of this model's family)."""

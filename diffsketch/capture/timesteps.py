@@ -29,12 +29,25 @@ FLOW_TIMESTEPS: tuple[int, ...] = (124, 249, 499, 749)
 #: The sigma shift of each flow family's published models (ComfyUI's ModelSamplingDiscreteFlow
 #: ``shift``; diffusers' FlowMatchEulerDiscreteScheduler ``shift``).
 FLOW_SHIFTS = {ZIMAGE: 3.0, SD35: 3.0}
+#: The steps sampling takes when none are given: the paper's 50 (DDIM; Euler for the flow
+#: families), and fewer for the models distilled to sample in few steps, when guidance-distilled.
+PAPER_STEPS = 50
+DISTILLED_STEPS = {ZIMAGE: 8}  # Z-Image Turbo: 8 Euler steps at cfg 1, as its own workflow samples
 
 
 def default_timesteps(family: str | None = None) -> tuple[int, ...]:
     """The capture timesteps used when none are given: the paper's 13 for the UNet families,
     :data:`FLOW_TIMESTEPS` for the flow ones."""
     return FLOW_TIMESTEPS if family is not None and is_flow_family(family) else PAPER_TIMESTEPS
+
+
+def default_steps(family: str | None = None, guidance_distilled: bool = False) -> int:
+    """The steps a model of ``family`` samples with when none are given: :data:`DISTILLED_STEPS`
+    of a guidance-distilled model of a family listed there (Z-Image Turbo: 8), else
+    :data:`PAPER_STEPS`."""
+    if guidance_distilled and family in DISTILLED_STEPS:
+        return DISTILLED_STEPS[family]
+    return PAPER_STEPS
 
 
 def flow_sigma(k: int, shift: float, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> float:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..capture.spec import ZIMAGE
+from ..capture.timesteps import DISTILLED_STEPS, PAPER_STEPS
 from ..errors import InvalidInputError
 from ..images import read_image, save_png
 from ..terminal import check_input_file, check_output_file, progress_bar
@@ -15,6 +17,7 @@ from .common import (
     load_backend,
     model_args,
     sampling_cfg,
+    sampling_steps,
 )
 
 
@@ -47,8 +50,9 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--steps",
         type=int,
-        default=50,
-        help="steps of the inversion and the replay (DDIM; Euler for Z-Image and SD 3.5; default 50)",
+        default=None,
+        help=f"steps of the inversion and the replay (DDIM; Euler for Z-Image and SD 3.5; default {PAPER_STEPS}, "
+        f"{DISTILLED_STEPS[ZIMAGE]} for Z-Image Turbo)",
     )
     p.add_argument(
         "--cfg",
@@ -104,7 +108,7 @@ def run(args) -> int:
         raise InvalidInputError(f"{what} cannot be read as an image ({e}).") from e
     # checked before the model loads: a picture no model takes costs no waiting
     sampling = SamplingSettings(
-        steps=args.steps,
+        steps=args.steps or PAPER_STEPS,  # the model's own once it is loaded
         cfg=DEFAULT_CFG if args.cfg is None else args.cfg,  # the model's own once it is loaded
         width=SIZE_STAND_IN,
         height=SIZE_STAND_IN,
@@ -118,7 +122,7 @@ def run(args) -> int:
     backend = load_backend(args)
     # this model's own rule, before the progress bar starts
     fit_size(width, height, backend.spec.size_multiple, backend.spec.family, args.max_side, what)
-    sampling = sampling.replace(cfg=sampling_cfg(args, backend))
+    sampling = sampling.replace(steps=sampling_steps(args, backend), cfg=sampling_cfg(args, backend))
     plan = sampling.plan(backend.spec.family)  # on this model's grid (DDIM, or the flow models')
     bar = progress_bar(2 * len(sampling.denoising_schedule(plan)), "inverting, then replaying")
     result = backend.capture_from_image(

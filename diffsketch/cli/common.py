@@ -7,6 +7,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..capture.spec import ZIMAGE
+from ..capture.timesteps import DISTILLED_STEPS, PAPER_STEPS
 from ..terminal import check_input_file, pick_device
 
 
@@ -95,7 +97,8 @@ def model_args(p):
     p.add_argument(
         "--model",
         required=True,
-        help="SD 1.x, SD 2.x or SDXL model: a diffusers folder or a single-file .safetensors checkpoint",
+        help="SD 1.x, SD 2.x or SDXL model: a diffusers folder or a single-file .safetensors checkpoint; or, "
+        "experimental, a diffusers folder of Z-Image or SD 3.5",
     )
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     p.add_argument(
@@ -119,12 +122,18 @@ def model_args(p):
 DEFAULT_CFG = 5.0
 
 
-def sampling_args(p, steps=50):
+def sampling_args(p, steps: int | None = None):
+    """``steps``: the --steps default; None: the model's own (:func:`sampling_steps`)."""
     p.add_argument(
         "--steps",
         type=int,
         default=steps,
-        help=f"sampling steps (DDIM; Euler for Z-Image and SD 3.5; default {steps})",
+        help="sampling steps (DDIM; Euler for Z-Image and SD 3.5; default "
+        + (
+            f"{steps})"
+            if steps is not None
+            else f"{PAPER_STEPS}, {DISTILLED_STEPS[ZIMAGE]} for Z-Image Turbo)"
+        ),
     )
     p.add_argument(
         "--cfg",
@@ -142,6 +151,12 @@ def sampling_args(p, steps=50):
             "(default: the model's native size: 512 for SD 1.x and SD 2.x-base, 768 for SD 2.x 768-v, 1024 for SDXL, "
             "Z-Image and SD 3.5)",
         )
+
+
+def sampling_steps(args, backend) -> int:
+    """--steps, or when it is not given the model's own (``backend.default_steps``: 8 for Z-Image
+    Turbo, else the paper's 50)."""
+    return int(args.steps) if args.steps is not None else backend.default_steps
 
 
 def sampling_cfg(args, backend, generator=None) -> float:

@@ -15,6 +15,7 @@ from .common import (
     model_size,
     sampling_args,
     sampling_cfg,
+    sampling_steps,
     schedule_arg,
 )
 
@@ -181,7 +182,7 @@ def _distill(args, out: Path, device: str, group, photos) -> int:
             config,
             SamplingSettings(
                 seed=args.seed,
-                steps=args.steps,
+                steps=sampling_steps(args, backend),
                 cfg=sampling_cfg(args, backend, generator),
                 schedule=args.schedule,
                 **model_size(args, backend),

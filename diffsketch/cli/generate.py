@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..capture.timesteps import PAPER_STEPS
 from ..images import save_png
 from ..terminal import check_output_folder, pick_device, progress_bar
 from .common import (
@@ -15,6 +16,7 @@ from .common import (
     print_prompt_notice,
     sampling_args,
     sampling_cfg,
+    sampling_steps,
     schedule_arg,
 )
 
@@ -41,7 +43,7 @@ def run(args) -> int:
     check_file_kind(args.generator, "--generator", GENERATOR_KIND)
     out = check_output_folder(args.out, "--out")
     sampling = SamplingSettings(
-        steps=args.steps,
+        steps=args.steps or PAPER_STEPS,  # the model's own once it is loaded
         cfg=DEFAULT_CFG if args.cfg is None else args.cfg,  # the generator's or model's once loaded
         width=args.width or SIZE_STAND_IN,
         height=args.height or SIZE_STAND_IN,
@@ -50,7 +52,11 @@ def run(args) -> int:
     generator = load_generator(args.generator, device=pick_device(args.device))
     backend = load_backend(args)
     print_prompt_notice(backend, args.prompt)
-    sampling = sampling.replace(cfg=sampling_cfg(args, backend, generator), **model_size(args, backend))
+    sampling = sampling.replace(
+        steps=sampling_steps(args, backend),
+        cfg=sampling_cfg(args, backend, generator),
+        **model_size(args, backend),
+    )
     for notice in check_generator_fits(backend, generator):
         print(notice)
     bar = progress_bar(args.count, "generating", unit="pair")

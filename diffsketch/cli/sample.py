@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..capture.timesteps import PAPER_STEPS
 from ..images import save_png
 from ..terminal import check_output_file, progress_bar
 from .common import (
@@ -16,6 +17,7 @@ from .common import (
     print_prompt_notice,
     sampling_args,
     sampling_cfg,
+    sampling_steps,
 )
 
 
@@ -43,7 +45,7 @@ def run(args) -> int:
         check_output_file(args.image, "--image")
     sampling = SamplingSettings(
         seed=args.seed,
-        steps=args.steps,
+        steps=args.steps or PAPER_STEPS,  # the model's own once it is loaded
         cfg=DEFAULT_CFG if args.cfg is None else args.cfg,  # the model's own once it is loaded
         width=args.width or SIZE_STAND_IN,
         height=args.height or SIZE_STAND_IN,
@@ -51,8 +53,10 @@ def run(args) -> int:
     )
     backend = load_backend(args)
     print_prompt_notice(backend, args.prompt)
-    sampling = sampling.replace(cfg=sampling_cfg(args, backend), **model_size(args, backend))
-    bar = progress_bar(args.steps, "sampling")
+    sampling = sampling.replace(
+        steps=sampling_steps(args, backend), cfg=sampling_cfg(args, backend), **model_size(args, backend)
+    )
+    bar = progress_bar(sampling.steps, "sampling")
     sample = backend.sample(args.prompt, sampling, progress=bar)
     bar.close()
     sample.save(args.out)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..capture.timesteps import PAPER_STEPS
 from ..terminal import check_input_file, check_output_folder, progress_bar
 from .common import (
     check_model,
@@ -18,7 +19,7 @@ from .common import (
 def add_parser(sub) -> None:
     p = sub.add_parser("timesteps", help="representative-timestep analysis (PCA + k-means) with plots")
     model_args(p)
-    sampling_args(p)
+    sampling_args(p, steps=PAPER_STEPS)  # every step is analysed: the fine grid whatever the model
     p.add_argument("--samples", type=int, default=8, help="images to sample (default 8)")
     p.add_argument("--k", type=int, default=0, help="number of timesteps; 0 = elbow method (default)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")

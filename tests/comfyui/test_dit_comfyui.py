@@ -204,6 +204,21 @@ def test_sample_node_captures_the_family_default_timesteps_at_turbo_step_counts(
     assert hook_count(model, vae) == 0
 
 
+def test_capture_from_image_node_plans_on_the_flow_grid_at_turbo_step_counts(comfy_inprocess, sd35):
+    """Capture from Image without a timesteps input inverts and replays on the model's own grid: at
+    8 steps the flow families' default timesteps (the node planned its progress bar on DDIM's grid
+    with the paper's 13 and refused 8 steps)."""
+    from diffsketch.capture.timesteps import FLOW_TIMESTEPS
+
+    model, clip, vae = sd35
+    picture = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(3))
+    node = comfy_inprocess.nodes.capture_image.DiffSketchCaptureFromImage
+    with torch.inference_mode():
+        out = node.execute(model, clip, vae, picture, "a cat", steps=8, max_side=0)
+    assert out.args[2].timesteps == FLOW_TIMESTEPS and out.args[2].meta["steps"] == 8
+    assert hook_count(model, vae) == 0
+
+
 def check_parity(a, b, tol=1e-3):
     """Two CapturedSamples of one model: the same image, latent, block maps and VAE taps."""
     from compare import relative_error
