@@ -261,6 +261,7 @@ def sd15_child(
         low_memory=mode == "low_memory",
         sample_crop=sample_crop,
         device=device,
+        cfg=1.0 if branches == 1 else TrainConfig.cfg,  # one branch: sampled at cfg 1, as Turbo is
     )
     trainer = Trainer(
         RandomFeatureBackend(spec, capture),

@@ -23,6 +23,8 @@ others' time; the whole run stops at ``--budget`` seconds):
 - ``template_times_sd15``: benchmarks/template_times.py, each template stage, SD 1.5;
 - ``train_memory_sdxl``: benchmarks/train_step.py, the SDXL 1024x1024 generator step with
   ``low_memory`` and 512-px windows, its peak GPU memory;
+- ``train_memory_zimage``: the same at Z-Image's 1024x1024 shapes (one branch, as Turbo samples;
+  6 blocks and 13 timesteps, more than the defaults), the 16 GB target of the DiTs;
 - ``comfyui_tests``: tests/comfyui's capture, train and extract tests, with ComfyUI on the GPU
   (DIFFSKETCH_TEST_DEVICE=cuda);
 - ``template_times_sdxl``: benchmarks/template_times.py for the SDXL quick start.
@@ -70,6 +72,7 @@ BUDGETS = {
     "pairs": 120,
     "template_times_sd15": 100,
     "train_memory_sdxl": 80,
+    "train_memory_zimage": 80,
     "comfyui_tests": 150,
     "template_times_sdxl": 150,
 }
@@ -155,15 +158,21 @@ def commands(args, work: Path) -> dict[str, tuple[list[str], dict[str, str]]]:
             "2",
         ]
         train = ["--arch", "sd15", "--sd15-size", "64", "--sd15-timesteps", "1", *one_thread]
+        train_dit = ["--arch", "zimage", "--sd15-size", "64", "--sd15-timesteps", "1", "--dit-taps", "2"]
+        train_dit += one_thread
     else:
         extract, pairs, template = [], [], ["--dtype", "fp16"]
-        train = ["--arch", "sdxl", "--sample-crop", "512", "--threads", str(os.cpu_count() or 1)]
+        threads = ["--threads", str(os.cpu_count() or 1)]
+        train = ["--arch", "sdxl", "--sample-crop", "512", *threads]
+        train_dit = ["--arch", "zimage", "--sample-crop", "512", *threads]
     cmds = {
         "extract_speed": [py, str(BENCH / "extract_speed.py"), "--device", d, "--big", "0", *extract],
         "pairs": [py, str(BENCH / "style_cost.py"), "--device", d, *pairs],
         "template_times_sd15": [py, str(BENCH / "template_times.py"), "--device", d, *template],
         "train_memory_sdxl": [py, str(BENCH / "train_step.py"), "--skip-tiny", "--sd15-modes", "low_memory"]
         + ["--device", d, *train],
+        "train_memory_zimage": [py, str(BENCH / "train_step.py"), "--skip-tiny", "--sd15-modes", "low_memory"]
+        + ["--device", d, *train_dit],
         "template_times_sdxl": [py, str(BENCH / "template_times.py"), "--arch", "sdxl", "--device", d]
         + ["--dtype", "fp16"],
     }
@@ -302,7 +311,7 @@ def headline(part: str, entry: dict) -> str:
         return ", ".join(f"B={b['batch']} {b['pairs_per_s']:.2f}/s" for b in f["batches"])
     if part.startswith("template_times_"):
         return ", ".join(f"{k} {v:.2f}s" for k, v in f["seconds"].items())
-    if part == "train_memory_sdxl":
+    if part.startswith("train_memory_"):
         return ", ".join(
             f"{m}: {r['seconds_per_iteration']:.2f} s/it, GPU peak "
             + (f"{r['peak_gpu_bytes'] / 1e9:.2f} GB" if r.get("peak_gpu_bytes") else "-")

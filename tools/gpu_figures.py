@@ -31,6 +31,7 @@ PART_FIGURES = {
     "pairs": ("device", "arch", "size", "steps", "dtype", "batches", "generator_step_s", "student_step_s"),
     "template_times_sd15": ("device", "dtype", "arch", "size", "seconds"),
     "train_memory_sdxl": ("arch", "size", "timesteps", "sample_crop", "device", "modes"),
+    "train_memory_zimage": ("arch", "size", "timesteps", "sample_crop", "device", "modes"),
     "comfyui_tests": ("passed", "failed", "errors", "skipped", "tests"),
     "template_times_sdxl": ("device", "dtype", "arch", "size", "seconds"),
 }
@@ -68,7 +69,7 @@ def figure_problems(part: str, figures) -> list[str]:
         missing = [k for k in STAGE_KEYS if not _number(seconds.get(k))]
         if missing:
             problems.append(f"{part}: seconds has no number for {missing}")
-    elif part == "train_memory_sdxl":
+    elif part.startswith("train_memory_"):
         modes = figures["modes"]
         if not modes:
             problems.append(f"{part}: no mode was measured")
@@ -161,6 +162,11 @@ WAITING = {
         "SDXL training memory",
         "GPU peak of the generator step at 1024×1024 with `low_memory` and 512-px windows",
     ),
+    "train_memory_zimage": (
+        "Z-Image training memory",
+        "GPU peak of the generator step at Z-Image's 1024×1024 shapes (one branch, 6 blocks, 13 timesteps: "
+        "an upper bound of the defaults) with `low_memory` and 512-px windows (target: under 16 GB)",
+    ),
     "comfyui_tests": ("ComfyUI on the GPU", "the capture, train and extract tests of tests/comfyui on CUDA"),
     "template_times_sdxl": ("Template stages, SDXL", "minutes per stage of the SDXL quick start"),
 }
@@ -206,7 +212,7 @@ def rows(data: dict) -> list[tuple[str, str]]:
                 f"{figures['size']}×{figures['size']}, {figures['dtype']}, minutes quick start / templates 2-5: "
                 + ", ".join(f"{stage} {quick[stage]:.1f} / {style[stage]:.1f}" for stage in quick)
             )
-        elif part == "train_memory_sdxl":
+        elif part.startswith("train_memory_"):
             text = "; ".join(
                 f"{mode}, {figures['size']}×{figures['size']}, window {figures['sample_crop']}: GPU peak "
                 f"**{_gb(r.get('peak_gpu_bytes'))}**, {r['seconds_per_iteration']:.2f} s/iteration"
