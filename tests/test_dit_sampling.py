@@ -383,10 +383,10 @@ def test_a_dit_family_not_supported_is_refused_by_the_loader(tmp_path):
     for sub in ("transformer", "vae"):
         (tmp_path / sub).mkdir()
     (tmp_path / "transformer" / "config.json").write_text(
-        json.dumps({"_class_name": "FluxTransformer2DModel"})
+        json.dumps({"_class_name": "Flux2Transformer2DModel"})
     )
     with pytest.raises(
-        UnsupportedModelError, match=r"Flux\.1 transformer.*Z-Image \(Turbo and base\).*SD 3\.5"
+        UnsupportedModelError, match=r"Flux\.2 transformer.*Z-Image \(Turbo and base\).*SD 3\.5.*Flux\.1"
     ):
         DiffusersBackend.load(tmp_path)
 
