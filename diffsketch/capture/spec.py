@@ -87,9 +87,15 @@ SIZE_MULTIPLES_TEXT = "64 for SD 1.x and SD 2.x, 32 for SDXL, 16 for Z-Image, SD
 FAMILY_NAMES_TEXT = (
     ", ".join(list(BACKBONE_FAMILIES.values())[:-1]) + " or " + list(BACKBONE_FAMILIES.values())[-1]
 )
+#: The diffusion-transformer families by name: "Z-Image, SD 3.5 and Flux.1".
+DIT_NAMES_TEXT = (
+    ", ".join(BACKBONE_FAMILIES[f] for f in FLOW_FAMILIES[:-1])
+    + " and "
+    + BACKBONE_FAMILIES[FLOW_FAMILIES[-1]]
+)
 #: Why the diffusion transformers are experimental (node descriptions, README).
 DIT_EXPERIMENTAL_NOTE = (
-    "Z-Image, SD 3.5 and Flux.1 support is experimental: the method was validated on UNet backbones, and sketch "
+    f"{DIT_NAMES_TEXT} support is experimental: the method was validated on UNet backbones, and sketch "
     "quality on diffusion transformers has not been measured with real weights."
 )
 #: The DiT families' transformer classes, diffusers' names (the diffusers backend's layout).
