@@ -221,3 +221,13 @@ def test_a_flux_folder_loads_with_its_scheduler_s_shift(dev, schnell, tmp_path, 
     assert loaded.spec == backend.spec and loaded.shift == pytest.approx(shift)
     assert loaded.guidance == backend.guidance
     assert torch.equal(loaded.encode_prompt(PROMPT).context, backend.encode_prompt(PROMPT).context)
+    if variant == "dev":
+        # the sample command on the folder: the flow grid, cfg 1 (guidance-distilled), one branch
+        from diffsketch.capture.sample import CapturedSample
+        from diffsketch.cli import main
+
+        out = tmp_path / "example.safetensors"
+        args = ["sample", "--model", str(tmp_path), "--device", "cpu", "--width", "64", "--height", "64"]
+        assert main([*args, "--steps", "8", "--prompt", "a cat", "--out", str(out)]) == 0
+        captured = CapturedSample.load(out)
+        assert captured.spec.family == FLUX and captured.meta["cfg"] == 1.0 and captured.branches == 1
