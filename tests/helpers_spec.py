@@ -3,7 +3,7 @@
 ``sd15_spec()``, ``sd2_spec()`` and ``sdxl_spec()`` mirror what
 :func:`diffsketch.capture.spec.feature_spec_from_ldm` reads from SD 1.x, SD 2.x and SDXL checkpoints;
 ``tiny_spec()`` and ``tiny_sdxl_spec()`` have the same structures with small channel counts.
-``zimage_spec()``, ``sd35_medium_spec()`` and ``sd35_large_spec()`` are hand-made diffusion
+``zimage_spec()``, ``sd35_medium_spec()``, ``sd35_large_spec()`` and ``flux_spec()`` are hand-made diffusion
 transformer specs following the DiT tap conventions (block outputs at latent/2, hidden-size
 channels, the SD VAE decoder's taps, 16 latent channels); ``tiny_dit_spec()`` is their structure
 with small widths.
