@@ -208,6 +208,7 @@ def test_flux_indices_are_comfyui_s_10000_entry_table_entries():
         ),
         ("schnell", {"use_dynamic_shifting": False, "shift": 1.0}, 1.0),
     ],
+    ids=["dev", "schnell"],
 )
 def test_a_flux_folder_loads_with_its_scheduler_s_shift(dev, schnell, tmp_path, variant, scheduler, shift):
     from diffsketch.backends.diffusers import DiffusersBackend
