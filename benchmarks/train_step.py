@@ -9,7 +9,8 @@
 3. Real shapes (``--arch``: SD 1.5 or SD 2.1 at 512x512, SDXL at 1024x1024; 9 SDXL taps, 12 for
    SD 1.x/2.x; the diffusion transformers Z-Image (``zimage``, hidden 3840, one branch as Turbo
    samples at cfg 1), SD 3.5 Medium (``sd35m``, 1536, two branches), Large (``sd35l``, 2432) and
-   Flux.1 (``flux``, 3072, one branch) at 1024x1024, ``--dit-taps`` blocks at latent/2 with the 16-channel VAE's SD-layout taps) with
+   Flux.1 (``flux``, 3072, one branch) at 1024x1024, ``--dit-taps`` blocks at latent/2 with the
+   16-channel VAE's SD-layout taps) with
    random features (generator + losses only; no diffusion model):
    the :class:`~diffsketch.train.trainer.Trainer` loop itself on a stand-in backend that hands back a
    random 13-timestep capture, with random-weight full-size CLIP ViT-B/32 (open_clip, no
@@ -274,12 +275,12 @@ def sd15_child(
     config = TrainConfig(
         iterations=iterations,
         lr=1e-4,
-        cfg=1.0 if branches == 1 else 5.0,  # the cfg that captures the example's branches
         checkpoint_every=0,
         preview_every=0,
         low_memory=mode == "low_memory",
         sample_crop=sample_crop,
         device=device,
+        cfg=1.0 if branches == 1 else TrainConfig.cfg,  # one branch: sampled at cfg 1, as Turbo is
     )
     trainer = Trainer(
         RandomFeatureBackend(spec, capture),
