@@ -166,10 +166,9 @@ def backbones_note() -> str:
 
 def sampler_steps_text() -> str:
     """Which sampler a steps input drives, by family, for its tooltip."""
-    from diffsketch.capture.spec import FLOW_FAMILIES, family_name
+    from diffsketch.capture.spec import DIT_NAMES_TEXT
 
-    names = [family_name(f) for f in FLOW_FAMILIES]
-    return f"DDIM steps on the UNet models, Euler steps on {', '.join(names[:-1])} and {names[-1]}"
+    return f"DDIM steps on the UNet models, Euler steps on {DIT_NAMES_TEXT}"
 
 
 # What people type when they look for a line-art extractor (node search matches these too).

@@ -102,3 +102,20 @@ SD3_VAE = dict(
     use_post_quant_conv=False,
 )
 ZIMAGE_VAE = SD3_VAE | dict(scaling_factor=0.3611, shift_factor=0.1159)
+#: black-forest-labs/FLUX.1-dev (guidance-distilled: a guidance embedding).
+FLUX_DEV_TRANSFORMER = dict(
+    patch_size=1,
+    in_channels=64,
+    num_layers=19,
+    num_single_layers=38,
+    attention_head_dim=128,
+    num_attention_heads=24,
+    joint_attention_dim=4096,
+    pooled_projection_dim=768,
+    guidance_embeds=True,
+    axes_dims_rope=(16, 56, 56),
+)
+#: black-forest-labs/FLUX.1-schnell (timestep-distilled: no guidance embedding).
+FLUX_SCHNELL_TRANSFORMER = FLUX_DEV_TRANSFORMER | dict(guidance_embeds=False)
+#: Flux.1's VAE (ae.safetensors; Z-Image decodes with it too).
+FLUX_VAE = ZIMAGE_VAE

@@ -78,8 +78,8 @@ def test_family_native_side_agrees_with_the_published_configs():
     for unet, family, prediction in published:
         assert family_native_side(family, prediction) == native_image_size(unet, SD_VAE)
     assert family_native_side(SD2, "epsilon") == 512 and family_native_side(SDXL, "v_prediction") == 1024
-    with pytest.raises(UnsupportedModelError, match="flux"):
-        family_native_side("flux", "epsilon")
+    with pytest.raises(UnsupportedModelError, match="flux2"):
+        family_native_side("flux2", "epsilon")
 
 
 def test_size_0_is_the_native_size(tiny_backend):

@@ -1,4 +1,4 @@
-"""Diffusion transformer backbones (Z-Image, SD 3.5): the taps read from the published configs
+"""Diffusion transformer backbones (Z-Image, SD 3.5, Flux.1): the taps read from the published configs
 (built on the meta device), the families, and DiT models DiffSketch refuses."""
 
 from __future__ import annotations
@@ -6,6 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 from backbone_configs import (
+    FLUX_DEV_TRANSFORMER,
+    FLUX_SCHNELL_TRANSFORMER,
+    FLUX_VAE,
     SD3_VAE,
     SD35_LARGE_TRANSFORMER,
     SD35_MEDIUM_TRANSFORMER,
@@ -14,6 +17,7 @@ from backbone_configs import (
 )
 
 from diffsketch.capture.spec import (
+    FLUX,
     SD35,
     ZIMAGE,
     FeatureSpec,
@@ -64,15 +68,31 @@ def meta_dit(cls_name: str, config: dict, vae_config: dict):
             4096,
             2048,
         ),
+        *[
+            ("FluxTransformer2DModel", config, FLUX_VAE, FLUX, (14, 21, 28, 35, 42), 3072, 4096, 768)
+            for config in (FLUX_DEV_TRANSFORMER, FLUX_SCHNELL_TRANSFORMER)
+        ],
     ],
-    ids=["zimage-turbo", "sd35-medium", "sd35-large"],
+    ids=["zimage-turbo", "sd35-medium", "sd35-large", "flux-dev", "flux-schnell"],
 )
 def test_dit_taps_from_the_published_configs(cls_name, config, vae, family, blocks, hidden, context, pooled):
     transformer, vae_model = meta_dit(cls_name, config, vae)
     spec = feature_spec_from_diffusers(transformer, vae_model)
     assert spec == feature_spec_from_diffusers_dit(transformer, vae_model)
-    path = "layers" if family == ZIMAGE else "transformer_blocks"
-    assert [t.name for t in spec.unet] == [f"{path}.{b}" for b in blocks]
+    if family == FLUX:  # 19 double-stream blocks, then 38 single-stream ones, as one depth
+        names = [
+            f"transformer_blocks.{b}" if b < 19 else f"single_transformer_blocks.{b - 19}" for b in blocks
+        ]
+        assert names == [
+            "transformer_blocks.14",
+            "single_transformer_blocks.2",
+            "single_transformer_blocks.9",
+            "single_transformer_blocks.16",
+            "single_transformer_blocks.23",
+        ]
+    else:
+        names = [f"{'layers' if family == ZIMAGE else 'transformer_blocks'}.{b}" for b in blocks]
+    assert [t.name for t in spec.unet] == names
     # every block tap is one map at latent/2 of the hidden size
     assert {(t.channels, t.log2_scale) for t in spec.unet} == {(hidden, -1)}
     assert spec.family == family and spec.context_dim == context and spec.pooled_dim == pooled
@@ -88,7 +108,7 @@ def test_dit_taps_from_the_published_configs(cls_name, config, vae, family, bloc
 
 
 def test_the_default_blocks_sit_mid_depth():
-    for n in (24, 30, 38):
+    for n in (24, 30, 38, 19 + 38):
         blocks = default_dit_blocks(n)
         assert len(blocks) == 5 and blocks[0] >= n // 4 and blocks[-1] <= 3 * n // 4 and blocks[-1] < n - 1
     # a shallow (tiny) model still gets distinct blocks, never its last
@@ -103,21 +123,28 @@ def test_medium_and_large_have_different_fingerprints():
 
 
 def test_an_unsupported_dit_is_refused_naming_what_is_supported():
-    from diffusers import AutoencoderKL, FluxTransformer2DModel
+    from diffusers import AutoencoderKL, Flux2Transformer2DModel
 
     with torch.device("meta"):
-        flux = FluxTransformer2DModel(
+        flux2 = Flux2Transformer2DModel(
             num_layers=1,
             num_single_layers=1,
             attention_head_dim=16,
             num_attention_heads=2,
             joint_attention_dim=32,
-            pooled_projection_dim=16,
-            axes_dims_rope=(4, 6, 6),
+            axes_dims_rope=(4, 4, 4, 4),
         )
         vae = AutoencoderKL(**SD3_VAE)
-    with pytest.raises(UnsupportedModelError, match=r"Flux\.1 transformer.*Z-Image.*SD 3\.5"):
-        feature_spec_from_diffusers(flux, vae)
+    with pytest.raises(UnsupportedModelError, match=r"Flux\.2 transformer.*Z-Image.*SD 3\.5.*Flux\.1"):
+        feature_spec_from_diffusers(flux2, vae)
+
+
+def test_a_flux_fill_or_depth_model_is_refused_naming_it():
+    transformer, vae = meta_dit(
+        "FluxTransformer2DModel", FLUX_DEV_TRANSFORMER | dict(in_channels=384), FLUX_VAE
+    )
+    with pytest.raises(UnsupportedModelError, match=r"takes 384 input channels.*Fill, Depth or Canny"):
+        feature_spec_from_diffusers(transformer, vae)
 
 
 def test_a_dit_with_another_vae_is_refused():

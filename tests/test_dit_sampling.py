@@ -340,7 +340,7 @@ def test_sizes_the_transformer_cannot_take_are_refused(zimage):
     with pytest.raises(InvalidInputError, match=r"multiple of 16.*e\.g\. 64 or 80"):
         zimage.check_size(72, 64)
     zimage.check_size(48, 80)  # multiples of 16 are fine
-    with pytest.raises(InvalidInputError, match="Z-Image and SD 3.5 take multiples of 16"):
+    with pytest.raises(InvalidInputError, match="Z-Image, SD 3.5 and Flux.1 take multiples of 16"):
         SamplingSettings(width=40, height=64)
 
 
@@ -383,10 +383,10 @@ def test_a_dit_family_not_supported_is_refused_by_the_loader(tmp_path):
     for sub in ("transformer", "vae"):
         (tmp_path / sub).mkdir()
     (tmp_path / "transformer" / "config.json").write_text(
-        json.dumps({"_class_name": "FluxTransformer2DModel"})
+        json.dumps({"_class_name": "Flux2Transformer2DModel"})
     )
     with pytest.raises(
-        UnsupportedModelError, match=r"Flux\.1 transformer.*Z-Image \(Turbo and base\).*SD 3\.5"
+        UnsupportedModelError, match=r"Flux\.2 transformer.*Z-Image \(Turbo and base\).*SD 3\.5.*Flux\.1"
     ):
         DiffusersBackend.load(tmp_path)
 

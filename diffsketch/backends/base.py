@@ -20,7 +20,7 @@ from ..capture.identity import backend_identity
 from ..capture.picture import PICTURE_FIT_KEY, fit_picture, large_picture_notice
 from ..capture.sample import CapturedSample
 from ..capture.sampling import SamplingSettings
-from ..capture.spec import SD35, ZIMAGE, FeatureSpec, family_name, family_native_side, is_flow_family
+from ..capture.spec import FLUX, SD35, ZIMAGE, FeatureSpec, family_name, family_native_side, is_flow_family
 from ..capture.timesteps import default_steps, timestep_grid
 from ..errors import InvalidInputError
 from .conditioning import Conditioning
@@ -179,12 +179,19 @@ class SamplingBackend:
             "oversaturates the image; set cfg to 1 unless that is what you want."
         )
 
+    def guidance_record(self) -> dict:
+        """``{"guidance": value}`` for a model that embeds a guidance value besides cfg (Flux.1
+        dev: the backend's ``guidance``), so a capture records it; ``{}`` for the others."""
+        guidance = getattr(self, "guidance", None)
+        return {} if guidance is None else {"guidance": float(guidance)}
+
     def check_conditioning(self, cond: Conditioning | torch.Tensor, name: str) -> Conditioning:
         """``cond`` as this model takes it (detached float32), or a clear error. The context is
         ``[1, T, context_dim]`` with T as the family's text encoders make it: 77*k for the UNet
         families (CLIP windows), any T >= 1 for Z-Image (its Qwen3 tokens, the padding dropped),
-        T >= 77 for SD 3.5 (77 CLIP-L/G tokens, then T5's); with a ``[1, pooled_dim]`` pooled
-        embedding where the backbone takes one (SDXL, SD 3.5) and none where it does not."""
+        T >= 77 for SD 3.5 (77 CLIP-L/G tokens, then T5's), any T >= 1 for Flux.1 (T5-XXL tokens);
+        with a ``[1, pooled_dim]`` pooled embedding where the backbone takes one (SDXL, SD 3.5,
+        Flux.1) and none where it does not."""
         cond = Conditioning.of(cond)
         d, p = self.spec.context_dim, self.spec.pooled_dim
         family = family_name(self.spec.family)
@@ -200,6 +207,8 @@ class SamplingBackend:
                 tokens >= 77,
                 f"[1, 77 + T, {d}] (77 CLIP-L/G tokens padded to {d}, then T5-XXL tokens)",
             )
+        elif self.spec.family == FLUX:
+            valid, rule = tokens >= 1, f"[1, T, {d}] with T >= 1 tokens (T5-XXL hidden states)"
         else:
             valid, rule = tokens > 0 and tokens % 77 == 0, f"[1, 77*k, {d}]"
         if context.shape[0] != 1 or context.shape[-1] != d or not valid:
@@ -216,7 +225,7 @@ class SamplingBackend:
         if not p and cond.pooled is not None:
             raise InvalidInputError(
                 f"{name} conditioning carries a pooled embedding {list(cond.pooled.shape)}, which this {family} model "
-                "does not take: it was made for another backbone (SDXL or SD 3.5). Encode the prompt with this "
+                "does not take: it was made for another backbone (SDXL, SD 3.5 or Flux.1). Encode the prompt with this "
                 "checkpoint's text encoder."
             )
         return cond.map(lambda t: t.detach().float())
@@ -335,6 +344,7 @@ class SamplingBackend:
         }
         if any(p is not None for p in prompts):
             meta["prompt"] = prompts[0] if len(prompts) == 1 else prompts
+        meta.update(self.guidance_record())
         return CapturedSample(self.spec, plan, image, latent.float().cpu(), unet, vae, rgb, meta)
 
     @property
@@ -459,6 +469,7 @@ class SamplingBackend:
         }
         if prompt is not None:
             meta["prompt"] = prompt
+        meta.update(self.guidance_record())
         sample = CapturedSample(self.spec, plan, decoded, replayed.float().cpu(), unet, vae, rgb, meta)
         return PictureCapture(sample, replay_psnr, noise.float().cpu(), picture, tuple(notices))
 

@@ -16,7 +16,7 @@ KL-f8 VAE); the spec records which one it was read from:
   channels (latent/4, /2, /1: there is no latent/8 level), 2048-dim context (CLIP-L and OpenCLIP
   bigG hidden states side by side) plus bigG's 1280-dim pooled embedding.
 
-Two flow-matching diffusion transformers (experimental) are tapped differently: a DiT has no
+Three flow-matching diffusion transformers (experimental) are tapped differently: a DiT has no
 decoder pyramid, so ``FeatureSpec.unet`` holds the image-token outputs of chosen transformer
 blocks, each unpatchified into a map at latent/2 (patch 2), all at the hidden size:
 
@@ -27,7 +27,13 @@ blocks, each unpatchified into a map at latent/2 (patch 2), all at the hidden si
   ``joint_blocks``): 24 blocks of 1536 channels (Medium) or 38 of 2432 (Large) with a separate
   image stream, 4096-dim context (CLIP-L/G padded to 4096, then T5-XXL) and a 2048-dim pooled one.
 
-Both decode with a 16-channel VAE whose decoder has SD's layout, so its taps are read as SD's.
+- ``flux``: Flux.1 dev and schnell (diffusers ``FluxTransformer2DModel``, ComfyUI's ``Flux``): 19
+  double-stream blocks (separate image and text streams, as SD 3.5's) then 38 single-stream blocks
+  over [text tokens, image tokens], 3072 channels, counted as one depth of 57 for the taps
+  (:func:`dit_stack_taps`); 4096-dim T5-XXL context and CLIP-L's 768-dim pooled embedding; dev
+  also embeds a guidance value (:data:`FLUX_DEFAULT_GUIDANCE`).
+
+All decode with a 16-channel VAE whose decoder has SD's layout, so its taps are read as SD's.
 
 Which blocks (:func:`default_dit_blocks`): five, at 1/4, 3/8, 1/2, 5/8 and 3/4 of the depth. The
 DiT-feature literature finds the semantic, dense features in the middle of the stack: DiTF
@@ -59,36 +65,53 @@ SD2 = "sd2"
 SDXL = "sdxl"
 ZIMAGE = "zimage"
 SD35 = "sd35"
+FLUX = "flux"
 #: Backbone families, by the id files record, and their names in messages.
-BACKBONE_FAMILIES = {SD1: "SD 1.x", SD2: "SD 2.x", SDXL: "SDXL", ZIMAGE: "Z-Image", SD35: "SD 3.5"}
+BACKBONE_FAMILIES = {
+    SD1: "SD 1.x",
+    SD2: "SD 2.x",
+    SDXL: "SDXL",
+    ZIMAGE: "Z-Image",
+    SD35: "SD 3.5",
+    FLUX: "Flux.1",
+}
 #: The families that are flow-matching diffusion transformers (Euler sampling on a shifted sigma
 #: schedule, one-resolution block taps); the rest are DDPM UNets (DDIM sampling, multi-level taps).
-FLOW_FAMILIES = (ZIMAGE, SD35)
+FLOW_FAMILIES = (ZIMAGE, SD35, FLUX)
 #: The families whose model takes a pooled text embedding besides the context (SDXL: bigG's 1280;
-#: SD 3.5: CLIP-L's 768 and CLIP-G's 1280), so a condition fit keeps it.
-POOLED_FAMILIES = (SDXL, SD35)
+#: SD 3.5: CLIP-L's 768 and CLIP-G's 1280; Flux.1: CLIP-L's 768), so a condition fit keeps it.
+POOLED_FAMILIES = (SDXL, SD35, FLUX)
 #: What every "not supported" message says is supported.
 SUPPORTED_MODELS = (
     "SD 1.x, SD 2.x (512-base and 768-v) and SDXL-family checkpoints (SDXL base and its fine-tunes, "
     "e.g. Illustrious, NoobAI, Pony, Juggernaut), and, experimental, the diffusion transformers Z-Image "
-    "(Turbo and base) and SD 3.5 (Medium and Large)"
+    "(Turbo and base), SD 3.5 (Medium and Large) and Flux.1 (dev and schnell)"
 )
 #: The multiple of pixels each family's image sides must be (``FeatureSpec.size_multiple``), in words.
-SIZE_MULTIPLES_TEXT = "64 for SD 1.x and SD 2.x, 32 for SDXL, 16 for Z-Image and SD 3.5"
-#: The families by name, for a tooltip: "SD 1.x, SD 2.x, SDXL, Z-Image or SD 3.5".
+SIZE_MULTIPLES_TEXT = "64 for SD 1.x and SD 2.x, 32 for SDXL, 16 for Z-Image, SD 3.5 and Flux.1"
+#: The families by name, for a tooltip: "SD 1.x, SD 2.x, SDXL, Z-Image, SD 3.5 or Flux.1".
 FAMILY_NAMES_TEXT = (
     ", ".join(list(BACKBONE_FAMILIES.values())[:-1]) + " or " + list(BACKBONE_FAMILIES.values())[-1]
 )
+#: The diffusion-transformer families by name: "Z-Image, SD 3.5 and Flux.1".
+DIT_NAMES_TEXT = (
+    ", ".join(BACKBONE_FAMILIES[f] for f in FLOW_FAMILIES[:-1])
+    + " and "
+    + BACKBONE_FAMILIES[FLOW_FAMILIES[-1]]
+)
 #: Why the diffusion transformers are experimental (node descriptions, README).
 DIT_EXPERIMENTAL_NOTE = (
-    "Z-Image and SD 3.5 support is experimental: the method was validated on UNet backbones, and sketch "
+    f"{DIT_NAMES_TEXT} support is experimental: the method was validated on UNet backbones, and sketch "
     "quality on diffusion transformers has not been measured with real weights."
 )
 #: The DiT families' transformer classes, diffusers' names (the diffusers backend's layout).
-DIFFUSERS_DIT_CLASSES = {"ZImageTransformer2DModel": ZIMAGE, "SD3Transformer2DModel": SD35}
+DIFFUSERS_DIT_CLASSES = {
+    "ZImageTransformer2DModel": ZIMAGE,
+    "SD3Transformer2DModel": SD35,
+    "FluxTransformer2DModel": FLUX,
+}
 #: The diffusers transformer classes of DiTs this version does not take yet, in words.
 UNSUPPORTED_DIT_CLASSES = {
-    "FluxTransformer2DModel": "a Flux.1 transformer",
     "Flux2Transformer2DModel": "a Flux.2 transformer",
     "QwenImageTransformer2DModel": "a Qwen-Image transformer",
     "Lumina2Transformer2DModel": "a Lumina 2 transformer",
@@ -100,8 +123,20 @@ UNSUPPORTED_DIT_CLASSES = {
 }
 #: The fractions of a DiT's depth whose blocks are tapped by default (module docstring).
 DIT_TAP_DEPTHS = (1 / 4, 3 / 8, 1 / 2, 5 / 8, 3 / 4)
-#: Latent channels of the 16-channel VAEs both DiT families decode with.
+#: Latent channels of the 16-channel VAEs the DiT families decode with.
 DIT_LATENT_CHANNELS = 16
+#: Flux.1's block stacks in diffusers' module names: 19 double-stream blocks (an image and a text
+#: stream; their image stream is tapped), then 38 single-stream blocks over [text tokens, image
+#: tokens] (their image tokens are tapped). Taps index the 57 blocks as one depth.
+FLUX_DIFFUSERS_STACKS = ("transformer_blocks", "single_transformer_blocks")
+#: The same stacks in ComfyUI's ``comfy.ldm.flux.model.Flux``.
+FLUX_COMFY_STACKS = ("double_blocks", "single_blocks")
+#: Flux.1's patch: diffusers packs 2x2 latent patches into 64-channel tokens (its config says
+#: patch_size 1 of the packed latent; ComfyUI's says 2).
+FLUX_PATCH = 2
+#: The guidance Flux.1 dev embeds (its guidance-distillation input) unless told otherwise:
+#: ComfyUI's ``model_base.Flux`` default and the FluxGuidance node's.
+FLUX_DEFAULT_GUIDANCE = 3.5
 #: SDXL's size/crop conditioning: six numbers (original h/w, crop top/left, target h/w), each
 #: embedded with 256 sinusoidal features next to the pooled text embedding.
 SDXL_TIME_IDS = 6
@@ -109,7 +144,9 @@ SDXL_TIME_EMBED_DIM = 256
 
 
 #: The image side each family's published checkpoints were trained at, in words (node tooltips).
-NATIVE_SIZES_TEXT = "512 for SD 1.x and SD 2.x-base, 768 for SD 2.x 768-v, 1024 for SDXL, Z-Image and SD 3.5"
+NATIVE_SIZES_TEXT = (
+    "512 for SD 1.x and SD 2.x-base, 768 for SD 2.x 768-v, 1024 for SDXL, Z-Image, SD 3.5 and Flux.1"
+)
 
 
 def family_native_side(family: str, prediction_type: str) -> int:
@@ -118,7 +155,9 @@ def family_native_side(family: str, prediction_type: str) -> int:
     the v-prediction SD 2.x."""
     if family == SD2 and prediction_type == "v_prediction":
         return 768
-    return {SD1: 512, SD2: 512, SDXL: 1024, ZIMAGE: 1024, SD35: 1024}[check_backbone_family(family)]
+    return {SD1: 512, SD2: 512, SDXL: 1024, ZIMAGE: 1024, SD35: 1024, FLUX: 1024}[
+        check_backbone_family(family)
+    ]
 
 
 def is_flow_family(family: str) -> bool:
@@ -497,19 +536,32 @@ def diffusers_dit_family(transformer: nn.Module | str) -> str:
     )
 
 
-def _dit_blocks(transformer: nn.Module, family: str) -> tuple[str, nn.ModuleList, int, int]:
-    """``(module path, blocks, hidden size, patch size)`` of a diffusers DiT of ``family``."""
+def _dit_blocks(transformer: nn.Module, family: str) -> tuple[tuple[tuple[str, int], ...], int, int]:
+    """``(((module path, blocks), ...), hidden size, patch size)`` of a diffusers DiT of
+    ``family``: its block stacks in execution order (one, or Flux.1's double then single ones)."""
     cfg = transformer.config
     if family == ZIMAGE:
         patches = tuple(cfg.get("all_patch_size") or (2,))
-        return "layers", transformer.layers, int(cfg["dim"]), int(patches[0])
+        return (("layers", len(transformer.layers)),), int(cfg["dim"]), int(patches[0])
     heads, head_dim = int(cfg["num_attention_heads"]), int(cfg["attention_head_dim"])
-    return "transformer_blocks", transformer.transformer_blocks, heads * head_dim, int(cfg["patch_size"])
+    if family == FLUX:
+        double, single = FLUX_DIFFUSERS_STACKS
+        stacks = (
+            (double, len(transformer.transformer_blocks)),
+            (single, len(transformer.single_transformer_blocks)),
+        )
+        # the packed latent's patch (config patch_size 1) times the pipeline's 2x2 packing
+        return stacks, heads * head_dim, int(cfg["patch_size"]) * FLUX_PATCH
+    return (
+        (("transformer_blocks", len(transformer.transformer_blocks)),),
+        heads * head_dim,
+        int(cfg["patch_size"]),
+    )
 
 
 def dit_block_count(transformer: nn.Module) -> int:
-    """How many transformer blocks a diffusers DiT of a supported family has."""
-    return len(_dit_blocks(transformer, diffusers_dit_family(transformer))[1])
+    """How many transformer blocks a diffusers DiT of a supported family has (all stacks)."""
+    return sum(n for _, n in _dit_blocks(transformer, diffusers_dit_family(transformer))[0])
 
 
 def dit_block_taps(
@@ -518,8 +570,19 @@ def dit_block_taps(
     """Taps of the blocks ``blocks`` (default :func:`default_dit_blocks`) of a DiT whose
     ``n_blocks`` blocks are the modules ``{path}.{i}``: ``hidden`` channels at ``-log2(patch)``.
     Both layouts use it: diffusers' (:func:`diffusers_dit_taps`) and ComfyUI's module paths."""
+    return dit_stack_taps(((path, n_blocks),), hidden, patch, blocks)
+
+
+def dit_stack_taps(stacks, hidden: int, patch: int, blocks: tuple[int, ...] | None = None) -> tuple[Tap, ...]:
+    """Taps of a DiT whose blocks run as consecutive stacks ``((path, n_blocks), ...)``, e.g.
+    Flux.1's 19 double-stream blocks then its 38 single-stream ones: ``blocks`` (default
+    :func:`default_dit_blocks` of the whole depth) index the concatenated depth, block ``b`` of
+    the depth being ``{path}.{b - blocks before its stack}``; ``hidden`` channels at
+    ``-log2(patch)``. A one-stack DiT is :func:`dit_block_taps`."""
     if patch < 1 or patch & (patch - 1):
         raise unsupported_model(f"the transformer's patch size is {patch}, not a power of two")
+    modules = [f"{path}.{i}" for path, n in stacks for i in range(int(n))]
+    n_blocks = len(modules)
     chosen = default_dit_blocks(n_blocks) if blocks is None else tuple(int(b) for b in blocks)
     bad = [b for b in chosen if not 0 <= b < n_blocks]
     if bad or not chosen or list(chosen) != sorted(set(chosen)):
@@ -527,18 +590,20 @@ def dit_block_taps(
             f"DiT blocks {list(chosen)} are not distinct ascending indices of the model's {n_blocks} blocks "
             f"(0..{n_blocks - 1})"
         )
-    return tuple(Tap(f"{path}.{b}", int(hidden), -(patch.bit_length() - 1)) for b in chosen)
+    return tuple(Tap(modules[b], int(hidden), -(patch.bit_length() - 1)) for b in chosen)
 
 
 def diffusers_dit_taps(transformer: nn.Module, blocks: tuple[int, ...] | None = None) -> tuple[Tap, ...]:
-    """Taps of a diffusers DiT (:func:`dit_block_taps` on its ``layers`` or ``transformer_blocks``)."""
-    path, layers, hidden, patch = _dit_blocks(transformer, diffusers_dit_family(transformer))
-    return dit_block_taps(path, len(layers), hidden, patch, blocks)
+    """Taps of a diffusers DiT (:func:`dit_stack_taps` on its ``layers``, ``transformer_blocks``
+    or Flux.1's :data:`FLUX_DIFFUSERS_STACKS`)."""
+    stacks, hidden, patch = _dit_blocks(transformer, diffusers_dit_family(transformer))
+    return dit_stack_taps(stacks, hidden, patch, blocks)
 
 
 def dit_context_dims(transformer: nn.Module) -> tuple[int, int]:
     """``(context_dim, pooled_dim)`` a diffusers DiT takes: Z-Image its caption features (Qwen3-4B:
-    2560) and no pooled one; SD 3.5 its joint attention width (4096) and pooled projection (2048)."""
+    2560) and no pooled one; SD 3.5 its joint attention width (4096) and pooled projection (2048);
+    Flux.1 T5-XXL's 4096 and CLIP-L's pooled 768."""
     cfg = transformer.config
     if diffusers_dit_family(transformer) == ZIMAGE:
         return int(cfg["cap_feat_dim"]), 0
@@ -555,6 +620,14 @@ def feature_spec_from_diffusers_dit(
     taps = diffusers_dit_taps(transformer, blocks)
     vae_taps, rgb = diffusers_vae_taps(vae)
     latent_channels = int(transformer.config.get("in_channels", DIT_LATENT_CHANNELS))
+    if family == FLUX:  # its tokens pack 2x2 latent patches: 64 channels of a 16-channel latent
+        packed = DIT_LATENT_CHANNELS * FLUX_PATCH * FLUX_PATCH
+        if latent_channels != packed:
+            raise unsupported_model(
+                f"the Flux.1 transformer takes {latent_channels} input channels, not the {packed} of a plain "
+                "latent: a Flux.1 Fill, Depth or Canny model, which takes an image besides the latent"
+            )
+        latent_channels = DIT_LATENT_CHANNELS
     vae_latents = int(getattr(vae, "config", {}).get("latent_channels", latent_channels))
     if vae_latents != latent_channels:
         raise unsupported_model(

@@ -9,10 +9,11 @@ means the same noise level in both backends.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..errors import InvalidInputError
-from .spec import SD35, ZIMAGE, is_flow_family
+from .spec import FLUX, SD35, ZIMAGE, is_flow_family
 
 NUM_TRAIN_TIMESTEPS = 1000
 
@@ -27,8 +28,13 @@ PAPER_TIMESTEPS: tuple[int, ...] = (1, 61, 161, 241, 321, 421, 501, 561, 641, 70
 #: Turbo samples only 8 steps. Not yet chosen by an analysis on real weights.
 FLOW_TIMESTEPS: tuple[int, ...] = (124, 249, 499, 749)
 #: The sigma shift of each flow family's published models (ComfyUI's ModelSamplingDiscreteFlow
-#: ``shift``; diffusers' FlowMatchEulerDiscreteScheduler ``shift``).
-FLOW_SHIFTS = {ZIMAGE: 3.0, SD35: 3.0}
+#: ``shift``; diffusers' FlowMatchEulerDiscreteScheduler ``shift``). Flux.1 dev: ComfyUI's
+#: ModelSamplingFlux with its default ``shift`` 1.15 is ``e^1.15 t / (1 + (e^1.15 - 1) t)``, this
+#: formula at shift e^1.15 = 3.158 (diffusers' dynamic shift at 1024x1024, 4096 image tokens,
+#: gives the same); schnell samples unshifted (:data:`FLUX_SCHNELL_SHIFT`).
+FLOW_SHIFTS = {ZIMAGE: 3.0, SD35: 3.0, FLUX: math.exp(1.15)}
+#: Flux.1 schnell's shift (ComfyUI's FluxSchnell: ModelSamplingDiscreteFlow, shift 1, multiplier 1).
+FLUX_SCHNELL_SHIFT = 1.0
 #: The steps sampling takes when none are given: the paper's 50 (DDIM; Euler for the flow
 #: families), and fewer for the models distilled to sample in few steps, when guidance-distilled.
 PAPER_STEPS = 50
@@ -55,6 +61,16 @@ def flow_sigma(k: int, shift: float, num_train_timesteps: int = NUM_TRAIN_TIMEST
     ``shift*t / (1 + (shift-1)*t)`` with ``t = (k+1)/1000`` (k=999 is pure noise, sigma 1)."""
     t = (int(k) + 1) / num_train_timesteps
     return shift * t / (1 + (shift - 1) * t)
+
+
+def flow_table_index(k: int, table_len: int, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> int:
+    """The entry of a sigma table of ``table_len`` entries (ComfyUI's ``model_sampling.sigmas``:
+    1000 for ModelSamplingDiscreteFlow, 10000 for Flux.1 dev's ModelSamplingFlux) holding index
+    ``k``'s :func:`flow_sigma`: entry j is at ``t = (j+1)/table_len``, so k maps to
+    ``(k+1) * table_len/1000 - 1`` (k itself in a 1000-entry table, ``10k + 9`` in Flux's)."""
+    if table_len % num_train_timesteps:
+        raise ValueError(f"a sigma table of {table_len} entries is not a multiple of {num_train_timesteps}")
+    return (int(k) + 1) * (table_len // num_train_timesteps) - 1
 
 
 def flow_index(sigma: float, shift: float, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> int:

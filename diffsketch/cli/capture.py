@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..capture.spec import ZIMAGE
+from ..capture.spec import DIT_NAMES_TEXT, ZIMAGE
 from ..capture.timesteps import DISTILLED_STEPS, PAPER_STEPS
 from ..errors import InvalidInputError
 from ..images import read_image, save_png
@@ -51,15 +51,15 @@ def add_parser(sub) -> None:
         "--steps",
         type=int,
         default=None,
-        help=f"steps of the inversion and the replay (DDIM; Euler for Z-Image and SD 3.5; default {PAPER_STEPS}, "
+        help=f"steps of the inversion and the replay (DDIM; Euler for {DIT_NAMES_TEXT}; default {PAPER_STEPS}, "
         f"{DISTILLED_STEPS[ZIMAGE]} for Z-Image Turbo)",
     )
     p.add_argument(
         "--cfg",
         type=float,
         default=None,
-        help="guidance 'diffsketch train' samples its own images with (default 5.0; 1 for Z-Image Turbo, which "
-        "is guidance-distilled); the picture itself is inverted and replayed at guidance 1",
+        help="guidance 'diffsketch train' samples its own images with (default 5.0; 1 for Z-Image Turbo and Flux.1, "
+        "which are guidance-distilled); the picture itself is inverted and replayed at guidance 1",
     )
     p.add_argument(
         "--timesteps", default=None, help="capture timesteps, e.g. '1,61,161' (default: the paper's 13)"
