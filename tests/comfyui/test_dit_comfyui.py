@@ -323,7 +323,7 @@ def test_sd35_picture_capture_inverts_as_the_diffusers_backend(comfy_inprocess, 
             "Lumina2",
             "Lumina2 (Lumina Image 2.0 or a model of its layout; Z-Image is that layout at dim 3840)",
         ),
-        ("Flux", "is Flux, a kind of diffusion model DiffSketch does not support yet"),
+        ("QwenImage", "is QwenImage, a kind of diffusion model DiffSketch does not support yet"),
     ],
 )
 def test_dit_families_not_supported_yet_are_refused_by_name(comfy_inprocess, config_name, words):
