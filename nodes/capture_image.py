@@ -21,8 +21,8 @@ class DiffSketchCaptureFromImage(io.ComfyNode):
             category=CATEGORY,
             description=(
                 "Captures the features DiffSketch learns from out of a picture you already have: its latent is "
-                "inverted (UNet models: DDIM, eta 0; Z-Image and SD 3.5: Euler) and the inverted noise replayed "
-                "while the UNet decoder (or transformer block) and VAE decoder features are captured. The picture is "
+                "inverted (UNet models: DDIM, eta 0; Z-Image, SD 3.5 and Flux.1: Euler) and the inverted noise "
+                "replayed while the UNet decoder (or transformer block) and VAE decoder features are captured. The picture is "
                 f"used at its own size, centre-cropped to multiples of {SIZE_MULTIPLES_TEXT} px and, with "
                 "max_side, resized first. Draw your example sketch over the picture output (or "
                 "over your picture: Train fits it the same way). The replay output shows what the features "

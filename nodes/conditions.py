@@ -44,7 +44,7 @@ class DiffSketchFitConditions(io.ComfyNode):
                 io.Clip.Input(
                     "clip",
                     tooltip=f"The CLIP (text encoder) of the checkpoint you train with ({FAMILY_NAMES_TEXT}; "
-                    "for SDXL and SD 3.5 the pooled embedding is fitted together with the token embeddings).",
+                    "for SDXL, SD 3.5 and Flux.1 the pooled embedding is fitted together with the token embeddings).",
                 ),
                 io.String.Input(
                     "prompts",

@@ -20,11 +20,12 @@ def checkpoint_inputs() -> list:
     return [
         io.Model.Input(
             "model",
-            tooltip=f"An {FAMILY_NAMES_TEXT} MODEL (Load Checkpoint; Load Diffusion Model for Z-Image).",
+            tooltip=f"An {FAMILY_NAMES_TEXT} MODEL (Load Checkpoint; Load Diffusion Model for Z-Image and Flux.1).",
         ),
         io.Clip.Input(
             "clip",
-            tooltip="The CLIP (text encoder) of the same checkpoint (Z-Image: Load CLIP, type lumina2).",
+            tooltip="The CLIP (text encoder) of the same checkpoint (Z-Image: Load CLIP, type lumina2; Flux.1: "
+            "DualCLIPLoader, type flux).",
         ),
         io.Vae.Input("vae", tooltip="The VAE of the same checkpoint."),
     ]
@@ -36,7 +37,7 @@ def timesteps_input() -> Timesteps.Input:
         "timesteps",
         optional=True,
         tooltip="Which timesteps to capture (from DiffSketch Timesteps); default: the paper's 13 "
-        f"representative timesteps on UNet models, {', '.join(map(str, FLOW_TIMESTEPS))} on Z-Image and SD 3.5.",
+        f"representative timesteps on UNet models, {', '.join(map(str, FLOW_TIMESTEPS))} on Z-Image, SD 3.5 and Flux.1.",
     )
 
 
@@ -55,9 +56,9 @@ class DiffSketchSample(io.ComfyNode):
             display_name="DiffSketch Sample & Capture",
             category=CATEGORY,
             description=(
-                "Generates an image with your checkpoint (UNet models: DDIM, eta 0; Z-Image and SD 3.5: Euler on the "
-                "model's sigmas; classifier-free guidance with an empty negative) and captures the UNet decoder (or "
-                "transformer block) and VAE decoder features DiffSketch learns from. Use its image as the picture "
+                "Generates an image with your checkpoint (UNet models: DDIM, eta 0; Z-Image, SD 3.5 and Flux.1: Euler on "
+                "the model's sigmas, Flux.1 dev with its embedded guidance 3.5; classifier-free guidance with an empty "
+                "negative) and captures the UNet decoder (or transformer block) and VAE decoder features DiffSketch learns from. Use its image as the picture "
                 "to draw your example sketch over." + backbones_note()
             ),
             inputs=[
