@@ -324,6 +324,9 @@ def test_sd35_picture_capture_inverts_as_the_diffusers_backend(comfy_inprocess, 
             "Lumina2 (Lumina Image 2.0 or a model of its layout; Z-Image is that layout at dim 3840)",
         ),
         ("QwenImage", "is QwenImage, a kind of diffusion model DiffSketch does not support yet"),
+        # ComfyUI's Flux.2 and Flux.1 Fill configs subclass Flux.1's: refused all the same
+        ("Flux2", "is Flux2, a kind of diffusion model DiffSketch does not support yet"),
+        ("FluxInpaint", "is FluxInpaint (Flux.1 Fill, whose input carries the masked picture)"),
     ],
 )
 def test_dit_families_not_supported_yet_are_refused_by_name(comfy_inprocess, config_name, words):
@@ -335,4 +338,6 @@ def test_dit_families_not_supported_yet_are_refused_by_name(comfy_inprocess, con
     )
     with pytest.raises(UnsupportedModelError) as e:
         comfy_inprocess.nodes.comfy_backend.model_family(model)
-    assert words in str(e.value) and "Z-Image" in str(e.value) and "SD 3.5" in str(e.value)
+    assert all(name in str(e.value) for name in (words, "Z-Image", "SD 3.5", "Flux.1 dev/schnell")), str(
+        e.value
+    )

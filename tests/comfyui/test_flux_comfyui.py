@@ -202,23 +202,3 @@ def test_flux_matches_the_diffusers_backend(comfy_inprocess, flux_files, variant
     b_pic = diff_b.capture_from_image(picture, settings(1.0, **few), caption=cond)
     assert relative_error(a_pic.noise, b_pic.noise) < 1e-3
     check_parity(a_pic.sample, b_pic.sample)
-
-
-@pytest.mark.parametrize(
-    "config_name, words",
-    [
-        ("Flux2", "is Flux2, a kind of diffusion model DiffSketch does not support yet"),
-        ("FluxInpaint", "is FluxInpaint (Flux.1 Fill, whose input carries the masked picture)"),
-    ],
-)
-def test_flux_models_not_supported_yet_are_refused_by_name(comfy_inprocess, config_name, words):
-    """ComfyUI's Flux.2 and Flux.1 Fill configs are subclasses of Flux.1's: refused all the same."""
-    import comfy.supported_models
-
-    config = getattr(comfy.supported_models, config_name)({"image_model": "x"})
-    model = types.SimpleNamespace(
-        model=types.SimpleNamespace(model_config=config, diffusion_model=torch.nn.Linear(1, 1))
-    )
-    with pytest.raises(UnsupportedModelError) as e:
-        comfy_inprocess.nodes.comfy_backend.model_family(model)
-    assert words in str(e.value) and "Flux.1 dev/schnell" in str(e.value)
