@@ -204,6 +204,22 @@ def test_sample_node_captures_the_family_default_timesteps_at_turbo_step_counts(
     assert hook_count(model, vae) == 0
 
 
+def sample_recording_calls(model, sample):
+    """``(sample(), calls)`` with ``calls`` the ``(batch size, keyword arguments)`` of each call of
+    the MODEL's diffusion model during ``sample`` (run in inference mode, as inside a prompt)."""
+    calls = []
+
+    def record(module, args, kwargs):
+        calls.append((args[0].shape[0], kwargs))
+
+    handle = model.model.diffusion_model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        with torch.inference_mode():
+            return sample(), calls
+    finally:
+        handle.remove()
+
+
 def check_identical(a, b):
     """Two CapturedSamples of one backend bit for bit: image, latent and every block map."""
     assert a.timesteps == b.timesteps
@@ -251,19 +267,10 @@ def test_sd35_matches_the_diffusers_backend(comfy_inprocess, sd35, sd35_checkpoi
 def test_zimage_at_cfg_1_evaluates_and_captures_one_branch_deterministically(comfy_inprocess, zimage):
     model, clip, vae = zimage
     backend = comfy_inprocess.nodes.comfy_backend.ComfyBackend(model, clip, vae)
-    batches = []
-
-    def count(module, args, kwargs):
-        batches.append(args[0].shape[0])
-
     few = settings(1.0, steps=2, timesteps=(499,))
-    handle = model.model.diffusion_model.register_forward_pre_hook(count, with_kwargs=True)
-    try:
-        with torch.inference_mode():
-            a = backend.sample(qwen3_conditioning(0), few)
-    finally:
-        handle.remove()
-    assert batches == [1, 1]  # two steps, the cond branch alone: ComfyUI's cfg1 shortcut
+    a, calls = sample_recording_calls(model, lambda: backend.sample(qwen3_conditioning(0), few))
+    # two steps, the cond branch alone: ComfyUI's cfg1 shortcut
+    assert [batch for batch, _ in calls] == [1, 1]
     assert hook_count(model, vae) == 0
     assert a.meta["branches"] == 1
     assert [tuple(f.shape) for f in a.unet[499]] == [(1, 3840, 4, 4)] * 2

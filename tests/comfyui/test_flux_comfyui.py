@@ -16,7 +16,7 @@ import types
 import pytest
 import torch
 from comfy_harness import hook_count
-from test_dit_comfyui import check_identical, check_parity, release, settings
+from test_dit_comfyui import check_identical, check_parity, release, sample_recording_calls, settings
 
 from diffsketch.backends.conditioning import Conditioning
 from diffsketch.capture.timesteps import FLOW_SHIFTS, FLUX_SCHNELL_SHIFT, flow_sigma, flow_table_index
@@ -94,21 +94,11 @@ def test_flux_dev_at_cfg_1_captures_one_branch_deterministically_and_leaves_no_h
 ):
     model, clip, vae = flux_dev
     backend = comfy_inprocess.nodes.comfy_backend.ComfyBackend(model, clip, vae)
-    calls = []
-
-    def record(module, args, kwargs):
-        calls.append((args[0].shape[0], kwargs["guidance"]))
-
     few = settings(1.0, steps=2, timesteps=(499,))
     wrappers_before = {k: dict(v) for k, v in model.wrappers.items()}
-    handle = model.model.diffusion_model.register_forward_pre_hook(record, with_kwargs=True)
-    try:
-        with torch.inference_mode():
-            a = backend.sample(t5_conditioning(0), few)
-    finally:
-        handle.remove()
+    a, calls = sample_recording_calls(model, lambda: backend.sample(t5_conditioning(0), few))
     # two steps, the cond branch alone (ComfyUI's cfg1 shortcut), with dev's guidance 3.5
-    assert [(n, g.tolist()) for n, g in calls] == [(1, [3.5]), (1, [3.5])]
+    assert [(batch, kw["guidance"].tolist()) for batch, kw in calls] == [(1, [3.5]), (1, [3.5])]
     assert hook_count(model, vae) == 0
     assert {k: dict(v) for k, v in model.wrappers.items()} == wrappers_before
     assert a.meta["branches"] == 1
