@@ -5,7 +5,7 @@ from __future__ import annotations
 import comfy.utils
 from comfy_api.latest import io, ui
 
-from diffsketch.capture.spec import SIZE_MULTIPLES_TEXT
+from diffsketch.capture.spec import DIT_NAMES_TEXT, SIZE_MULTIPLES_TEXT
 
 from .common import backbones_note, show_on_node
 from .sample import capture_timesteps, checkpoint_inputs, timesteps_input
@@ -21,8 +21,8 @@ class DiffSketchCaptureFromImage(io.ComfyNode):
             category=CATEGORY,
             description=(
                 "Captures the features DiffSketch learns from out of a picture you already have: its latent is "
-                "inverted (UNet models: DDIM, eta 0; Z-Image, SD 3.5 and Flux.1: Euler) and the inverted noise "
-                "replayed while the UNet decoder (or transformer block) and VAE decoder features are captured. The picture is "
+                f"inverted (UNet models: DDIM, eta 0; {DIT_NAMES_TEXT}: Euler) and the inverted noise replayed "
+                "while the UNet decoder (or transformer block) and VAE decoder features are captured. The picture is "
                 f"used at its own size, centre-cropped to multiples of {SIZE_MULTIPLES_TEXT} px and, with "
                 "max_side, resized first. Draw your example sketch over the picture output (or "
                 "over your picture: Train fits it the same way). The replay output shows what the features "

@@ -6,7 +6,7 @@ import logging
 
 from comfy_api.latest import io, ui
 
-from diffsketch.capture.spec import FAMILY_NAMES_TEXT
+from diffsketch.capture.spec import DIT_NAMES_TEXT, FAMILY_NAMES_TEXT
 from diffsketch.capture.timesteps import FLOW_TIMESTEPS
 
 from .common import backbones_note, size_inputs
@@ -25,7 +25,7 @@ def checkpoint_inputs() -> list:
         io.Clip.Input(
             "clip",
             tooltip="The CLIP (text encoder) of the same checkpoint (Z-Image: Load CLIP, type lumina2; Flux.1: "
-            "DualCLIPLoader, type flux).",
+            "DualCLIPLoader with clip_l and t5xxl, type flux).",
         ),
         io.Vae.Input("vae", tooltip="The VAE of the same checkpoint."),
     ]
@@ -37,7 +37,7 @@ def timesteps_input() -> Timesteps.Input:
         "timesteps",
         optional=True,
         tooltip="Which timesteps to capture (from DiffSketch Timesteps); default: the paper's 13 "
-        f"representative timesteps on UNet models, {', '.join(map(str, FLOW_TIMESTEPS))} on Z-Image, SD 3.5 and Flux.1.",
+        f"representative timesteps on UNet models, {', '.join(map(str, FLOW_TIMESTEPS))} on {DIT_NAMES_TEXT}.",
     )
 
 
@@ -56,9 +56,9 @@ class DiffSketchSample(io.ComfyNode):
             display_name="DiffSketch Sample & Capture",
             category=CATEGORY,
             description=(
-                "Generates an image with your checkpoint (UNet models: DDIM, eta 0; Z-Image, SD 3.5 and Flux.1: Euler on "
-                "the model's sigmas, Flux.1 dev with its embedded guidance 3.5; classifier-free guidance with an empty "
-                "negative) and captures the UNet decoder (or transformer block) and VAE decoder features DiffSketch learns from. Use its image as the picture "
+                f"Generates an image with your checkpoint (UNet models: DDIM, eta 0; {DIT_NAMES_TEXT}: Euler on "
+                "the model's sigmas; classifier-free guidance with an empty negative) and captures the UNet decoder (or "
+                "transformer block) and VAE decoder features DiffSketch learns from. Use its image as the picture "
                 "to draw your example sketch over." + backbones_note()
             ),
             inputs=[

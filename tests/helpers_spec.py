@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from diffsketch.capture.sample import CapturedSample
-from diffsketch.capture.spec import LAYOUT_LDM, SD1, SD2, SD35, SDXL, ZIMAGE, FeatureSpec, Tap
+from diffsketch.capture.spec import FLUX, LAYOUT_LDM, SD1, SD2, SD35, SDXL, ZIMAGE, FeatureSpec, Tap
 from diffsketch.capture.timesteps import ddim_grid, plan_timesteps
 
 
@@ -145,7 +145,7 @@ def sd35_large_spec(n_taps: int = 6) -> FeatureSpec:
 
 def tiny_dit_spec(family: str = ZIMAGE, hidden: int = 24, n_taps: int = 4) -> FeatureSpec:
     """A DiT spec's structure with small widths (``n_taps`` blocks at latent/2, tiny_spec's VAE)."""
-    pooled = 12 if family == SD35 else 0
+    pooled = 12 if family in (SD35, FLUX) else 0
     return _dit_spec(
         "layers",
         hidden,

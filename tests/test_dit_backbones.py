@@ -155,6 +155,14 @@ def test_an_unsupported_dit_is_refused_naming_what_is_supported():
         feature_spec_from_diffusers(flux2, vae)
 
 
+def test_a_flux_fill_or_depth_model_is_refused_naming_it():
+    transformer, vae = meta_dit(
+        "FluxTransformer2DModel", FLUX_DEV_TRANSFORMER | dict(in_channels=384), FLUX_VAE
+    )
+    with pytest.raises(UnsupportedModelError, match=r"takes 384 input channels.*Fill, Depth or Canny"):
+        feature_spec_from_diffusers(transformer, vae)
+
+
 def test_a_dit_with_another_vae_is_refused():
     from backbone_configs import SD_VAE
 

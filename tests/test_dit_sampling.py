@@ -340,7 +340,7 @@ def test_sizes_the_transformer_cannot_take_are_refused(zimage):
     with pytest.raises(InvalidInputError, match=r"multiple of 16.*e\.g\. 64 or 80"):
         zimage.check_size(72, 64)
     zimage.check_size(48, 80)  # multiples of 16 are fine
-    with pytest.raises(InvalidInputError, match="Z-Image and SD 3.5 take multiples of 16"):
+    with pytest.raises(InvalidInputError, match="Z-Image, SD 3.5 and Flux.1 take multiples of 16"):
         SamplingSettings(width=40, height=64)
 
 

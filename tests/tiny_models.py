@@ -323,25 +323,33 @@ def tiny_sd3_transformer(seed: int = 0):
 def tiny_sd3_text_encoders(seed: int = 0):
     """(CLIP-L, OpenCLIP bigG, T5-XXL, T5's tokenizer), small: the two CLIPs with projections
     (their projected embeddings make the pooled one), T5 as wide as the transformer's context."""
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
-
     torch.manual_seed(seed + 2)
+    clip_l, clip_g = tiny_clip(TINY_SD3_CLIP_L_DIM, "quick_gelu"), tiny_clip(TINY_SD3_CLIP_G_DIM, "gelu")
+    return (clip_l, clip_g, *tiny_t5())
 
-    def clip(hidden, act):
-        return CLIPTextModelWithProjection(
-            CLIPTextConfig(
-                vocab_size=49408,
-                hidden_size=hidden,
-                intermediate_size=2 * hidden,
-                num_hidden_layers=3,
-                num_attention_heads=2,
-                max_position_embeddings=77,
-                hidden_act=act,
-                projection_dim=8,
-            )
-        ).eval()
 
-    clip_l, clip_g = clip(TINY_SD3_CLIP_L_DIM, "quick_gelu"), clip(TINY_SD3_CLIP_G_DIM, "gelu")
+def tiny_clip(hidden: int, act: str, projection: bool = True):
+    """A 3-layer CLIP text model on the real CLIP vocabulary, with a projection (SD 3.5's pooled
+    embeddings) or without (Flux's CLIP-L: its pooled output)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        hidden_act=act,
+        projection_dim=8,
+    )
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).eval()
+
+
+def tiny_t5():
+    """(T5-XXL shrunk to :data:`TINY_SD3_T5_DIM`, its byte-level tokenizer)."""
+    from transformers import T5Config, T5EncoderModel
+
     t5_tokenizer = byte_tokenizer(("<pad>", "</s>"), pad="<pad>", eos="</s>")
     t5 = T5EncoderModel(
         T5Config(
@@ -356,7 +364,7 @@ def tiny_sd3_text_encoders(seed: int = 0):
             eos_token_id=t5_tokenizer.eos_token_id,
         )
     ).eval()
-    return clip_l, clip_g, t5, t5_tokenizer
+    return t5, t5_tokenizer
 
 
 def tiny_sd35_backend(seed: int = 0, **kwargs):
@@ -370,5 +378,43 @@ def tiny_sd35_backend(seed: int = 0, **kwargs):
         text_encoder_2=clip_g,
         text_encoder_3=t5,
         tokenizer_3=t5_tokenizer,
+        **kwargs,
+    )
+
+
+def tiny_flux_transformer(seed: int = 0, guidance_embeds: bool = True):
+    """Flux.1's layout shrunk: 2 double-stream then 4 single-stream blocks (taps: double 1, single
+    0-2), 16 channels in 2 heads, packed 2x2 patches of the 16-channel latent (64 in), with the
+    guidance embedding (dev) or without (schnell)."""
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    return FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=64,
+        num_layers=2,
+        num_single_layers=4,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=TINY_SD3_T5_DIM,
+        pooled_projection_dim=TINY_SD3_CLIP_L_DIM,
+        guidance_embeds=guidance_embeds,
+        axes_dims_rope=(2, 2, 4),
+    ).eval()
+
+
+def tiny_flux_backend(seed: int = 0, guidance_embeds: bool = True, **kwargs):
+    """A Flux.1 dev (``guidance_embeds``) or schnell backend: CLIP-L without projection, T5."""
+    from diffsketch.backends.dit import DiffusersFlowBackend
+
+    torch.manual_seed(seed + 2)
+    clip_l = tiny_clip(TINY_SD3_CLIP_L_DIM, "quick_gelu", projection=False)
+    t5, t5_tokenizer = tiny_t5()
+    return DiffusersFlowBackend(
+        tiny_flux_transformer(seed, guidance_embeds),
+        tiny_vae16(seed),
+        clip_l,
+        text_encoder_2=t5,
+        tokenizer_2=t5_tokenizer,
         **kwargs,
     )

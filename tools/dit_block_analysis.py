@@ -1,5 +1,5 @@
 """Analyse a DiT's blocks x timesteps on real weights (diffsketch.capture.block_analysis): taps
-EVERY transformer block of a local diffusers folder of Z-Image or SD 3.5, samples a few images
+EVERY transformer block of a local diffusers folder of Z-Image, SD 3.5 or Flux.1, samples a few images
 and prints, per block, the massive-activation ratio, the share of the map that varies over the
 image (with and without the massive channels) and the similarity to the next block; writes the
 full blocks x timesteps tables as JSON.
@@ -21,7 +21,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("model", help="a local diffusers folder of Z-Image or SD 3.5 (with transformer/)")
+    parser.add_argument(
+        "model", help="a local diffusers folder of Z-Image, SD 3.5 or Flux.1 (with transformer/)"
+    )
     parser.add_argument(
         "--prompts", nargs="+", default=["a cat on a sofa", "a city street at night", "a portrait"]
     )
@@ -51,6 +53,7 @@ def main(argv=None) -> int:
         text_encoder_3=loaded.text_encoder_3,
         tokenizer_3=loaded.tokenizer_3,
         shift=loaded.shift,
+        guidance=loaded.guidance,
         blocks=tuple(
             range(dit_block_count(loaded.transformer) - 1)
         ),  # SD 3.5's last block has no image output worth tapping

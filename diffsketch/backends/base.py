@@ -20,7 +20,7 @@ from ..capture.identity import backend_identity
 from ..capture.picture import PICTURE_FIT_KEY, fit_picture, large_picture_notice
 from ..capture.sample import CapturedSample
 from ..capture.sampling import SamplingSettings
-from ..capture.spec import SD35, ZIMAGE, FeatureSpec, family_name, family_native_side, is_flow_family
+from ..capture.spec import FLUX, SD35, ZIMAGE, FeatureSpec, family_name, family_native_side, is_flow_family
 from ..capture.timesteps import timestep_grid
 from ..errors import InvalidInputError
 from .conditioning import Conditioning
@@ -177,8 +177,9 @@ class SamplingBackend:
         """``cond`` as this model takes it (detached float32), or a clear error. The context is
         ``[1, T, context_dim]`` with T as the family's text encoders make it: 77*k for the UNet
         families (CLIP windows), any T >= 1 for Z-Image (its Qwen3 tokens, the padding dropped),
-        T >= 77 for SD 3.5 (77 CLIP-L/G tokens, then T5's); with a ``[1, pooled_dim]`` pooled
-        embedding where the backbone takes one (SDXL, SD 3.5) and none where it does not."""
+        T >= 77 for SD 3.5 (77 CLIP-L/G tokens, then T5's), any T >= 1 for Flux.1 (T5-XXL tokens);
+        with a ``[1, pooled_dim]`` pooled embedding where the backbone takes one (SDXL, SD 3.5,
+        Flux.1) and none where it does not."""
         cond = Conditioning.of(cond)
         d, p = self.spec.context_dim, self.spec.pooled_dim
         family = family_name(self.spec.family)
@@ -194,6 +195,8 @@ class SamplingBackend:
                 tokens >= 77,
                 f"[1, 77 + T, {d}] (77 CLIP-L/G tokens padded to {d}, then T5-XXL tokens)",
             )
+        elif self.spec.family == FLUX:
+            valid, rule = tokens >= 1, f"[1, T, {d}] with T >= 1 tokens (T5-XXL hidden states)"
         else:
             valid, rule = tokens > 0 and tokens % 77 == 0, f"[1, 77*k, {d}]"
         if context.shape[0] != 1 or context.shape[-1] != d or not valid:
@@ -210,7 +213,7 @@ class SamplingBackend:
         if not p and cond.pooled is not None:
             raise InvalidInputError(
                 f"{name} conditioning carries a pooled embedding {list(cond.pooled.shape)}, which this {family} model "
-                "does not take: it was made for another backbone (SDXL or SD 3.5). Encode the prompt with this "
+                "does not take: it was made for another backbone (SDXL, SD 3.5 or Flux.1). Encode the prompt with this "
                 "checkpoint's text encoder."
             )
         return cond.map(lambda t: t.detach().float())

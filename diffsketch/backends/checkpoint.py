@@ -106,7 +106,7 @@ def ldm_unet_params(sd: dict[str, torch.Tensor]) -> dict:
         if transformer is not None:
             raise unsupported_model(
                 f"this checkpoint's diffusion model is {transformer}, in one file; the diffusers backend reads "
-                "diffusion transformers (Z-Image, SD 3.5) from diffusers folders only (transformer/, vae/ and the "
+                "diffusion transformers (Z-Image, SD 3.5, Flux.1) from diffusers folders only (transformer/, vae/ and the "
                 "text encoders), and single files of UNet models"
             )
         if any(k.startswith(p) for k in sd):

@@ -342,7 +342,7 @@ class DiffusersBackend(DiffusersVAE, SamplingBackend):
         :class:`~diffsketch.backends.dit.DiffusersFlowBackend`."""
         p = Path(path)
         if p.is_dir() and (p / "transformer").is_dir():
-            # a diffusion transformer's folder (Z-Image, SD 3.5; others refused by name)
+            # a diffusion transformer's folder (Z-Image, SD 3.5, Flux.1; others refused by name)
             from .dit import DiffusersFlowBackend
 
             if prediction_type not in (None, "flow") or clip_skip is not None:

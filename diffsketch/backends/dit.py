@@ -1,25 +1,32 @@
 """Diffusers backend for the flow-matching diffusion transformers (experimental): Z-Image (Turbo and
-base, ``ZImageTransformer2DModel``) and SD 3.5 (Medium and Large, ``SD3Transformer2DModel``).
+base, ``ZImageTransformer2DModel``), SD 3.5 (Medium and Large, ``SD3Transformer2DModel``) and
+Flux.1 (dev and schnell, ``FluxTransformer2DModel``).
 
 Sampling is deterministic Euler (:mod:`~diffsketch.backends.flow`) on ComfyUI's "simple" grid of
 the shifted flow sigmas (:func:`~diffsketch.capture.timesteps.flow_grid`), the noise drawn as for
 the UNet families. Guidance is CFG with the batch ordered [uncond, cond]; at cfg 1 only the
 conditional branch is evaluated and captured (:meth:`SamplingBackend.captured_branches`), which is
-how the guidance-distilled Z-Image Turbo samples. The captured taps are the chosen transformer
-blocks' image tokens, unpatchified into ``[B, hidden, H/16, W/16]`` maps
+how the guidance-distilled Z-Image Turbo and Flux.1 sample. The captured taps are the chosen
+transformer blocks' image tokens, unpatchified into ``[B, hidden, H/16, W/16]`` maps
 (:func:`~diffsketch.capture.hooks.image_token_map`): in diffusers' Z-Image the unified sequence is
 [image tokens padded to a multiple of 32, caption tokens], in SD 3.5 the image stream is the
-second output of every joint block; both put the image tokens first in row-major patch order.
+second output of every joint block, in Flux.1 both its double-stream and its single-stream
+blocks return ``(text tokens, image tokens)``; all put the image tokens in row-major patch order.
 
-Each model is called as diffusers' own pipeline calls it, so that ``ZImagePipeline`` and
-``StableDiffusion3Pipeline`` given the same sigmas and noise make the same image
-(tests/test_dit_sampling.py):
+Each model is called as diffusers' own pipeline calls it, so that ``ZImagePipeline``,
+``StableDiffusion3Pipeline`` and ``FluxPipeline`` given the same sigmas and noise make the same
+image (tests/test_dit_sampling.py):
 
 - Z-Image: the transformer takes lists (one ``[C, 1, h, w]`` latent and one ``[T_i, 2560]``
   caption per item), the timestep ``1 - sigma``, and predicts minus the velocity. Its pipeline's
   ``guidance_scale`` g is ``cfg - 1`` here (``pos + g (pos - neg)``); Turbo samples at g 0, cfg 1.
 - SD 3.5: the timestep ``1000 sigma``, the context and the pooled embedding; it predicts the
   velocity. The pipeline's guidance scale is the cfg.
+- Flux.1: the latent packed into 2x2-patch tokens of 64 channels with their (0, row, column) ids,
+  zero text ids, the timestep ``sigma``, the T5 context, CLIP-L's pooled embedding and, for dev,
+  the guidance it was distilled with (:data:`~diffsketch.capture.spec.FLUX_DEFAULT_GUIDANCE`; the
+  pipeline's ``guidance_scale``, not the cfg); it predicts the packed velocity. The pipeline's
+  ``true_cfg_scale`` (with a negative prompt) is the cfg.
 
 Text conditioning is built as the pipelines build it (:meth:`DiffusersFlowBackend.encode_prompt`).
 The latent passed around is the raw VAE latent: ``raw = model / scaling_factor + shift_factor``.
@@ -28,6 +35,7 @@ The latent passed around is the raw VAE latent: ``raw = model / scaling_factor +
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -35,6 +43,8 @@ import torch
 from ..capture.hooks import COND, UNCOND, UNetRecorder, image_token_map, reject_compiled
 from ..capture.identity import FLOW_PREDICTION
 from ..capture.spec import (
+    FLUX,
+    FLUX_DEFAULT_GUIDANCE,
     SD35,
     ZIMAGE,
     diffusers_dit_family,
@@ -42,7 +52,7 @@ from ..capture.spec import (
     feature_spec_from_diffusers_dit,
     unsupported_model,
 )
-from ..capture.timesteps import FLOW_SHIFTS
+from ..capture.timesteps import FLOW_SHIFTS, FLUX_SCHNELL_SHIFT
 from ..errors import InvalidInputError, WeightsNotFoundError
 from .base import SamplingBackend, weights_fingerprint
 from .conditioning import Conditioning
@@ -59,6 +69,9 @@ ZIMAGE_MAX_TOKENS = 512
 SD35_T5_TOKENS = 256
 #: CLIP-L's and CLIP-G's context (one window: start token, 75 tokens, end token; longer cut off).
 SD35_CLIP_TOKENS = 77
+#: Flux.1's T5-XXL tokens: ComfyUI's Flux T5 tokenizer pads to at least 256, FluxPipeline to its
+#: ``max_sequence_length`` (256 here, schnell's value; dev's default 512 only adds padding tokens).
+FLUX_T5_TOKENS = 256
 #: OpenCLIP bigG's tokenizer in SD 3.x folders pads with "!" (token 0), CLIP-L with its end token.
 CLIP_G_PAD_TOKEN = 0
 #: What a diffusers folder of a flow family must hold (besides the text encoders).
@@ -66,19 +79,25 @@ _DIT_FOLDERS = ("transformer", "vae")
 
 
 class DiffusersFlowBackend(DiffusersVAE, SamplingBackend):
-    """Sampling a Z-Image or SD 3.5 diffusers transformer with feature capture.
+    """Sampling a Z-Image, SD 3.5 or Flux.1 diffusers transformer with feature capture.
 
     Z-Image: ``text_encoder`` is the Qwen3 model (Qwen3-4B; a ``Qwen3Model``), ``tokenizer`` its
     tokenizer (with its chat template). SD 3.5: ``text_encoder`` and ``text_encoder_2`` are CLIP-L
     and OpenCLIP bigG (``CLIPTextModelWithProjection``), ``text_encoder_3`` T5-XXL
     (``T5EncoderModel``; None: zeros, as the pipeline does without it), with their tokenizers
-    (the CLIP ones default to the CLIP BPE vocabulary DiffSketch ships with open_clip).
+    (the CLIP ones default to the CLIP BPE vocabulary DiffSketch ships with open_clip). Flux.1:
+    ``text_encoder`` is CLIP-L (``CLIPTextModel``: its pooled output), ``text_encoder_2`` T5-XXL
+    with ``tokenizer_2`` (as FluxPipeline names them; None: conditionings only, since Flux's context
+    is T5's alone).
 
-    ``shift``: the sigma shift (default: the family's, 3.0; a folder's scheduler config gives
-    its own). ``blocks``: the transformer blocks to tap (default
-    :func:`~diffsketch.capture.spec.default_dit_blocks`). ``guidance_distilled``: whether the
+    ``shift``: the sigma shift (default: the family's, 3.0 for Z-Image and SD 3.5, e^1.15 for
+    Flux.1 dev, 1 for schnell; a folder's scheduler config gives its own). ``blocks``: the
+    transformer blocks to tap (default :func:`~diffsketch.capture.spec.default_dit_blocks`; Flux's
+    double- then single-stream blocks count as one depth). ``guidance_distilled``: whether the
     model samples without guidance (default: True for Z-Image, whose published diffusers model is
-    Turbo; False for SD 3.5); cfg > 1 then gets a notice. ``vae_dtype`` defaults to ``dtype``,
+    Turbo, and Flux.1; False for SD 3.5); cfg > 1 then gets a notice. ``guidance``: the guidance
+    Flux.1 dev embeds (default :data:`~diffsketch.capture.spec.FLUX_DEFAULT_GUIDANCE`; schnell has
+    no guidance input). ``vae_dtype`` defaults to ``dtype``,
     bfloat16 (or float32) instead of float16, as for SDXL: the 16-channel VAEs overflow float16.
     """
 
@@ -101,6 +120,7 @@ class DiffusersFlowBackend(DiffusersVAE, SamplingBackend):
         blocks: tuple[int, ...] | None = None,
         guidance_distilled: bool | None = None,
         vae_dtype: torch.dtype | None = None,
+        guidance: float | None = None,
     ):
         reject_compiled(transformer, "diffusion transformer")
         reject_compiled(vae, "VAE")
@@ -115,10 +135,18 @@ class DiffusersFlowBackend(DiffusersVAE, SamplingBackend):
         self.transformer = transformer.to(self.device, dtype).eval().requires_grad_(False)
         self.vae = vae.to(self.device, vae_dtype).eval().requires_grad_(False)
         self.spec = feature_spec_from_diffusers_dit(self.transformer, self.vae, blocks)
-        self.shift = float(FLOW_SHIFTS[family] if shift is None else shift)
+        #: the guidance value Flux.1 dev embeds (None: the model has no guidance input)
+        self.guidance = None
+        if family == FLUX and self.transformer.config.get("guidance_embeds"):
+            self.guidance = float(FLUX_DEFAULT_GUIDANCE if guidance is None else guidance)
+        if shift is None:
+            shift = FLUX_SCHNELL_SHIFT if family == FLUX and self.guidance is None else FLOW_SHIFTS[family]
+        self.shift = float(shift)
         if not self.shift > 0:
             raise InvalidInputError(f"shift must be a positive number, got {shift!r}")
-        self.guidance_distilled = family == ZIMAGE if guidance_distilled is None else bool(guidance_distilled)
+        self.guidance_distilled = (
+            family in (ZIMAGE, FLUX) if guidance_distilled is None else bool(guidance_distilled)
+        )
         vae_config = self.vae.config
         self.latent_scaling_factor = float(vae_config.get("scaling_factor", 1.0))
         self.latent_shift_factor = float(vae_config.get("shift_factor") or 0.0)
@@ -131,6 +159,17 @@ class DiffusersFlowBackend(DiffusersVAE, SamplingBackend):
         self.text_encoder_2 = prepare(text_encoder_2)
         self.text_encoder_3 = prepare(text_encoder_3)
         self.tokenizer, self.tokenizer_2, self.tokenizer_3 = tokenizer, tokenizer_2, tokenizer_3
+        if family == FLUX:
+            if self.text_encoder is None:
+                raise unsupported_model(
+                    "this Flux.1 model comes without its CLIP-L text encoder (text_encoder), which makes its pooled "
+                    "embedding"
+                )
+            self.tokenizer = tokenizer if tokenizer is not None else ClipBPETokenizer()
+            if self.text_encoder_2 is not None and tokenizer_2 is None:
+                raise InvalidInputError(
+                    "text_encoder_2 (T5-XXL) was given without its tokenizer (tokenizer_2)"
+                )
         if family == SD35:
             if self.text_encoder is None or self.text_encoder_2 is None:
                 raise unsupported_model(
@@ -156,8 +195,9 @@ class DiffusersFlowBackend(DiffusersVAE, SamplingBackend):
         return self._model_hash
 
     def describe(self) -> str:
+        guidance = "" if self.guidance is None else f", guidance {self.guidance:g}"
         return (
-            f"{family_name(self.spec.family)} (flow matching, shift {self.shift:g}; experimental), "
+            f"{family_name(self.spec.family)} (flow matching, shift {self.shift:g}{guidance}; experimental), "
             f"{len(self.spec.unet)} transformer block taps, {self.dtype} on {self.device}"
         )
 
@@ -165,8 +205,11 @@ class DiffusersFlowBackend(DiffusersVAE, SamplingBackend):
     @classmethod
     def from_pretrained(cls, path, device="cpu", dtype=torch.float32) -> DiffusersFlowBackend:
         """A local diffusers folder of Z-Image (transformer/, vae/, text_encoder/, tokenizer/,
-        scheduler/) or SD 3.5 (the same with text_encoder_2/3 and tokenizer_2/3). A transformer of
-        another family (Flux, Qwen-Image, ...) is refused by its config, before any weights load."""
+        scheduler/), SD 3.5 (the same with text_encoder_2/3 and tokenizer_2/3) or Flux.1 (CLIP-L in
+        text_encoder/, T5-XXL in text_encoder_2/). A transformer of another family (Flux.2,
+        Qwen-Image, ...) is refused by its config, before any weights load. The shift is the
+        scheduler's, or with dynamic shifting (Flux.1 dev's) e^max_shift, the shift diffusers
+        uses at 1024x1024 and ComfyUI's ModelSamplingFlux at its default."""
         import diffusers
 
         root = Path(path)
@@ -182,7 +225,10 @@ class DiffusersFlowBackend(DiffusersVAE, SamplingBackend):
         shift = None
         sched = root / "scheduler" / "scheduler_config.json"
         if sched.is_file():
-            shift = json.loads(sched.read_text()).get("shift")
+            sched_config = json.loads(sched.read_text())
+            shift = sched_config.get("shift")
+            if sched_config.get("use_dynamic_shifting"):
+                shift = math.exp(float(sched_config.get("max_shift", 1.15)))
         kw = {"local_files_only": True}
         transformer = transformer_cls.from_pretrained(root / "transformer", **kw)
         vae = diffusers.AutoencoderKL.from_pretrained(root / "vae", **kw)
@@ -193,6 +239,19 @@ class DiffusersFlowBackend(DiffusersVAE, SamplingBackend):
 
             encoders["text_encoder"] = AutoModel.from_pretrained(root / "text_encoder", **kw)
             encoders["tokenizer"] = AutoTokenizer.from_pretrained(root / "tokenizer", **kw)
+        elif family == FLUX:
+            from transformers import AutoTokenizer, CLIPTextModel, T5EncoderModel
+
+            from .text import HFTokenizerAdapter
+
+            encoders["text_encoder"] = CLIPTextModel.from_pretrained(root / "text_encoder", **kw)
+            if (root / "tokenizer").is_dir():
+                encoders["tokenizer"] = HFTokenizerAdapter(
+                    AutoTokenizer.from_pretrained(root / "tokenizer", **kw)
+                )
+            if (root / "text_encoder_2").is_dir():
+                encoders["text_encoder_2"] = T5EncoderModel.from_pretrained(root / "text_encoder_2", **kw)
+                encoders["tokenizer_2"] = AutoTokenizer.from_pretrained(root / "tokenizer_2", **kw)
         else:
             from transformers import AutoTokenizer, CLIPTextModelWithProjection, T5EncoderModel
 
@@ -224,12 +283,17 @@ class DiffusersFlowBackend(DiffusersVAE, SamplingBackend):
         states of one 77-token window side by side (768 + 1280), zero-padded to T5's 4096, then
         T5-XXL's :data:`SD35_T5_TOKENS` tokens (zeros without T5): ``[1, 77 + 256, 4096]``; the
         pooled embedding is both projected CLIP embeddings (768 + 1280 = 2048). No prompt weights,
-        and CLIP sees the first 75 tokens (the pipeline's truncation)."""
+        and CLIP sees the first 75 tokens (the pipeline's truncation).
+
+        Flux.1 (``FluxPipeline.encode_prompt`` at ``max_sequence_length`` :data:`FLUX_T5_TOKENS`):
+        T5-XXL's last hidden states of the prompt padded to :data:`FLUX_T5_TOKENS` tokens,
+        ``[1, 256, 4096]``, and CLIP-L's pooled output of one 77-token window (768)."""
         if text == "" and self._uncond_cache is not None:
             return self._uncond_cache
         if not isinstance(text, str):
             raise InvalidInputError(f"a prompt must be a string, got {type(text).__name__}")
-        out = self._encode_zimage(text) if self.spec.family == ZIMAGE else self._encode_sd35(text)
+        encode = {ZIMAGE: self._encode_zimage, SD35: self._encode_sd35, FLUX: self._encode_flux}
+        out = encode[self.spec.family](text)
         if text == "":
             self._uncond_cache = out
         return out
@@ -238,7 +302,7 @@ class DiffusersFlowBackend(DiffusersVAE, SamplingBackend):
         """What the user should know about how ``text`` is encoded, or None: the tokens its text
         encoders cut off, as the family's pipeline does (Z-Image: past :data:`ZIMAGE_MAX_TOKENS`
         Qwen3 tokens of the chat template; SD 3.5: CLIP-L/G past 75 tokens, T5 past
-        :data:`SD35_T5_TOKENS`)."""
+        :data:`SD35_T5_TOKENS`; Flux.1: CLIP-L past 75 tokens, T5 past :data:`FLUX_T5_TOKENS`)."""
         cut = []
         if self.spec.family == ZIMAGE:
             if self.tokenizer is not None:
@@ -252,13 +316,18 @@ class DiffusersFlowBackend(DiffusersVAE, SamplingBackend):
                 if n > ZIMAGE_MAX_TOKENS:
                     cut.append(f"Qwen3 reads the first {ZIMAGE_MAX_TOKENS} of its {n} tokens")
         else:
+            sd35 = self.spec.family == SD35
             n = len(self.tokenizer.ids(text))
             if n > SD35_CLIP_TOKENS - 2:
-                cut.append(f"CLIP-L and bigG read the first {SD35_CLIP_TOKENS - 2} of its {n} tokens")
-            if self.tokenizer_3 is not None:
-                n = len(self.tokenizer_3(text).input_ids)
-                if n > SD35_T5_TOKENS:
-                    cut.append(f"T5-XXL reads the first {SD35_T5_TOKENS} of its {n} tokens")
+                clips = "CLIP-L and bigG read" if sd35 else "CLIP-L (the pooled embedding) reads"
+                cut.append(f"{clips} the first {SD35_CLIP_TOKENS - 2} of its {n} tokens")
+            t5_tokenizer, t5_tokens = (
+                (self.tokenizer_3, SD35_T5_TOKENS) if sd35 else (self.tokenizer_2, FLUX_T5_TOKENS)
+            )
+            if t5_tokenizer is not None:
+                n = len(t5_tokenizer(text).input_ids)
+                if n > t5_tokens:
+                    cut.append(f"T5-XXL reads the first {t5_tokens} of its {n} tokens")
         if not cut:
             return None
         return (
@@ -309,16 +378,32 @@ class DiffusersFlowBackend(DiffusersVAE, SamplingBackend):
         if self.text_encoder_3 is None:
             t5 = torch.zeros(1, SD35_T5_TOKENS, d, device=clip.device)
         else:
-            ids = self.tokenizer_3(
-                [text],
-                padding="max_length",
-                max_length=SD35_T5_TOKENS,
-                truncation=True,
-                add_special_tokens=True,
-                return_tensors="pt",
-            ).input_ids
-            t5 = self.text_encoder_3(ids.to(self.device))[0].float()
+            t5 = self._t5_context(self.text_encoder_3, self.tokenizer_3, text, SD35_T5_TOKENS)
         return Conditioning(torch.cat([clip, t5], dim=-2).cpu(), torch.cat(pooled, dim=-1).cpu())
+
+    def _t5_context(self, encoder, tokenizer, text: str, tokens: int) -> torch.Tensor:
+        """T5-XXL's last hidden states of ``text`` padded (or cut) to ``tokens`` tokens, as the SD 3
+        and Flux pipelines make them."""
+        ids = tokenizer(
+            [text],
+            padding="max_length",
+            max_length=tokens,
+            truncation=True,
+            add_special_tokens=True,
+            return_tensors="pt",
+        ).input_ids
+        return encoder(ids.to(self.device))[0].float()
+
+    def _encode_flux(self, text: str) -> Conditioning:
+        if self.text_encoder_2 is None:
+            raise InvalidInputError(
+                "this Flux.1 backend has no T5-XXL text encoder (text_encoder_2 and tokenizer_2), whose hidden "
+                "states are Flux's whole text context: pass conditionings, not prompts, or load the model with "
+                "its text_encoder_2/ and tokenizer_2/"
+            )
+        pooled = self.text_encoder(self._clip_window(self.tokenizer, text).to(self.device)).pooler_output
+        context = self._t5_context(self.text_encoder_2, self.tokenizer_2, text, FLUX_T5_TOKENS)
+        return Conditioning(context.cpu(), pooled.float().cpu())
 
     # -- latents -------------------------------------------------------------------------------
     def model_latent(self, latent: torch.Tensor) -> torch.Tensor:
@@ -345,6 +430,8 @@ class DiffusersFlowBackend(DiffusersVAE, SamplingBackend):
             out = self.transformer(list(x_in.unsqueeze(2).unbind(0)), t, captions, return_dict=False)[0]
             return -torch.stack([o.float() for o in out]).squeeze(2)
         cond = Conditioning.cat(conds).to(self.device, self.dtype)
+        if self.spec.family == FLUX:
+            return self._flux_velocity(x_in, sigma, cond)
         t = torch.full((n,), sigma * 1000.0, device=self.device, dtype=torch.float32)
         out = self.transformer(
             hidden_states=x_in,
@@ -355,10 +442,36 @@ class DiffusersFlowBackend(DiffusersVAE, SamplingBackend):
         )[0]
         return out.float()
 
+    def _flux_velocity(self, x: torch.Tensor, sigma: float, cond: Conditioning) -> torch.Tensor:
+        """Flux.1's velocity of ``x`` ([n, 16, h, w] in the model's dtype) as FluxPipeline calls the
+        transformer: packed 2x2 patches with their ids, the timestep sigma, dev's guidance."""
+        from diffusers import FluxPipeline
+
+        n, c, h, w = x.shape
+        packed = FluxPipeline._pack_latents(x, n, c, h, w)
+        img_ids = FluxPipeline._prepare_latent_image_ids(n, h // 2, w // 2, self.device, self.dtype)
+        txt_ids = torch.zeros(cond.context.shape[1], 3, device=self.device, dtype=self.dtype)
+        guidance = None
+        if self.guidance is not None:
+            guidance = torch.full((n,), self.guidance, device=self.device, dtype=torch.float32)
+        out = self.transformer(
+            hidden_states=packed,
+            timestep=torch.full((n,), sigma, device=self.device, dtype=torch.float32),
+            guidance=guidance,
+            pooled_projections=cond.pooled,
+            encoder_hidden_states=cond.context,
+            txt_ids=txt_ids,
+            img_ids=img_ids,
+            return_dict=False,
+        )[0]
+        scale = self.spec.vae_scale_factor
+        return FluxPipeline._unpack_latents(out, h * scale, w * scale, scale).float()
+
     def _guided_velocity(self, x, sigma, index, cond, uncond, cfg, branches, recorder) -> torch.Tensor:
         """CFG-combined velocity, with the chosen branches evaluated in one call where their
-        contexts batch (SD 3.5's of different token counts run one call each: zero-padding would
-        change its joint attention, which has no mask), and the recorder hooked on each call."""
+        contexts batch (SD 3.5's and Flux's of different token counts run one call each:
+        zero-padding would change their joint attention, which has no mask), and the recorder
+        hooked on each call."""
         by_branch = {UNCOND: uncond, COND: cond}
         grid = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
 
@@ -366,7 +479,7 @@ class DiffusersFlowBackend(DiffusersVAE, SamplingBackend):
             return image_token_map(output, grid)
 
         groups = [list(branches)]
-        if self.spec.family == SD35 and len({by_branch[b].context.shape[1] for b in branches}) > 1:
+        if self.spec.family in (SD35, FLUX) and len({by_branch[b].context.shape[1] for b in branches}) > 1:
             groups = [[b] for b in branches]
         velocity = {}
         for group in groups:

@@ -1,4 +1,4 @@
-"""Euler sampling and inversion on a flow-matching sigma schedule (Z-Image, SD 3.5).
+"""Euler sampling and inversion on a flow-matching sigma schedule (Z-Image, SD 3.5, Flux.1).
 
 The model predicts a velocity ``v`` with ``x_sigma = (1 - sigma) x0 + sigma * noise``; Euler moves
 ``x <- x + (sigma_next - sigma) v`` down the sigmas of the schedule's indices

@@ -1,5 +1,5 @@
 """Which transformer blocks and timesteps of a DiT carry dense, image-varying features: the block
-analysis (Z-Image, SD 3.5), in the spirit of the timestep analysis (:mod:`.analysis`).
+analysis (Z-Image, SD 3.5, Flux.1), in the spirit of the timestep analysis (:mod:`.analysis`).
 
 A DiT has no decoder pyramid to tap, so the blocks are a choice
 (:func:`~diffsketch.capture.spec.default_dit_blocks`). This samples a few images with a backend

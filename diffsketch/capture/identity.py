@@ -19,7 +19,7 @@ from ..errors import FileFormatError, InvalidInputError
 from .spec import SD1, check_backbone_family, family_name
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
-#: What the flow-matching transformers (Z-Image, SD 3.5) predict: the velocity of a
+#: What the flow-matching transformers (Z-Image, SD 3.5, Flux.1) predict: the velocity of a
 #: rectified-flow path (files record it as their prediction type).
 FLOW_PREDICTION = "flow"
 RECORDED_PREDICTION_TYPES = (*PREDICTION_TYPES, FLOW_PREDICTION)

@@ -11,11 +11,12 @@ import dataclasses
 import math
 
 from ..errors import InvalidInputError
+from .spec import DIT_NAMES_TEXT
 from .timesteps import TimestepPlan, plan_timesteps
 
 #: Image sides are multiples of this for SD 1.x and SD 2.x (the UNet halves the latent three times).
 SIZE_MULTIPLE = 64
-#: The finest multiple any backbone takes (Z-Image and SD 3.5: the VAE's 8 times the patch 2).
+#: The finest multiple any backbone takes (the DiTs: the VAE's 8 times the patch 2).
 #: Settings accept it; a backend refuses sizes its own backbone cannot take
 #: (``SamplingBackend.check_size``: 64 for SD 1.x/2.x, 32 for SDXL).
 FINEST_SIZE_MULTIPLE = 16
@@ -34,7 +35,7 @@ def check_size(width: int, height: int) -> None:
             raise InvalidInputError(
                 f"{name}={v} is not supported: it must be a multiple of {SIZE_MULTIPLE} between {SIZE_MULTIPLE} and "
                 f"{MAX_SIZE} (the UNet halves the latent three times; SDXL's twice, so there multiples of 32 work "
-                f"too, and Z-Image and SD 3.5 take multiples of {FINEST_SIZE_MULTIPLE}), e.g. {lo} or "
+                f"too, and {DIT_NAMES_TEXT} take multiples of {FINEST_SIZE_MULTIPLE}), e.g. {lo} or "
                 f"{lo + SIZE_MULTIPLE}."
             )
 
@@ -60,7 +61,7 @@ class SamplingSettings:
     - ``steps``, ``cfg``: DDIM steps (eta 0; Euler on the flow grid for the flow families) and
       classifier-free guidance ("" as the negative; at cfg 1 a flow family evaluates the
       conditional branch alone).
-    - ``width``, ``height``: pixels, multiples of 64 (of 32 for SDXL, 16 for Z-Image and SD 3.5:
+    - ``width``, ``height``: pixels, multiples of 64 (of 32 for SDXL, 16 for the DiTs:
       the backend checks its own).
     - ``timesteps``: the UNet timesteps to capture (None: the paper's 13), mapped to the nearest
       steps of the ``steps``-step grid.

@@ -16,7 +16,7 @@ KL-f8 VAE); the spec records which one it was read from:
   channels (latent/4, /2, /1: there is no latent/8 level), 2048-dim context (CLIP-L and OpenCLIP
   bigG hidden states side by side) plus bigG's 1280-dim pooled embedding.
 
-Two flow-matching diffusion transformers (experimental) are tapped differently: a DiT has no
+Three flow-matching diffusion transformers (experimental) are tapped differently: a DiT has no
 decoder pyramid, so ``FeatureSpec.unet`` holds the image-token outputs of chosen transformer
 blocks, each unpatchified into a map at latent/2 (patch 2), all at the hidden size:
 
@@ -27,7 +27,13 @@ blocks, each unpatchified into a map at latent/2 (patch 2), all at the hidden si
   ``joint_blocks``): 24 blocks of 1536 channels (Medium) or 38 of 2432 (Large) with a separate
   image stream, 4096-dim context (CLIP-L/G padded to 4096, then T5-XXL) and a 2048-dim pooled one.
 
-Both decode with a 16-channel VAE whose decoder has SD's layout, so its taps are read as SD's.
+- ``flux``: Flux.1 dev and schnell (diffusers ``FluxTransformer2DModel``, ComfyUI's ``Flux``): 19
+  double-stream blocks (separate image and text streams, as SD 3.5's) then 38 single-stream blocks
+  over [text tokens, image tokens], 3072 channels, counted as one depth of 57 for the taps
+  (:func:`dit_stack_taps`); 4096-dim T5-XXL context and CLIP-L's 768-dim pooled embedding; dev
+  also embeds a guidance value (:data:`FLUX_DEFAULT_GUIDANCE`).
+
+All decode with a 16-channel VAE whose decoder has SD's layout, so its taps are read as SD's.
 
 Which blocks (:func:`default_dit_blocks`): five, at 1/4, 3/8, 1/2, 5/8 and 3/4 of the depth. The
 DiT-feature literature finds the semantic, dense features in the middle of the stack: DiTF
@@ -87,9 +93,15 @@ SIZE_MULTIPLES_TEXT = "64 for SD 1.x and SD 2.x, 32 for SDXL, 16 for Z-Image, SD
 FAMILY_NAMES_TEXT = (
     ", ".join(list(BACKBONE_FAMILIES.values())[:-1]) + " or " + list(BACKBONE_FAMILIES.values())[-1]
 )
+#: The diffusion-transformer families by name: "Z-Image, SD 3.5 and Flux.1".
+DIT_NAMES_TEXT = (
+    ", ".join(BACKBONE_FAMILIES[f] for f in FLOW_FAMILIES[:-1])
+    + " and "
+    + BACKBONE_FAMILIES[FLOW_FAMILIES[-1]]
+)
 #: Why the diffusion transformers are experimental (node descriptions, README).
 DIT_EXPERIMENTAL_NOTE = (
-    "Z-Image, SD 3.5 and Flux.1 support is experimental: the method was validated on UNet backbones, and sketch "
+    f"{DIT_NAMES_TEXT} support is experimental: the method was validated on UNet backbones, and sketch "
     "quality on diffusion transformers has not been measured with real weights."
 )
 #: The DiT families' transformer classes, diffusers' names (the diffusers backend's layout).
@@ -609,7 +621,13 @@ def feature_spec_from_diffusers_dit(
     vae_taps, rgb = diffusers_vae_taps(vae)
     latent_channels = int(transformer.config.get("in_channels", DIT_LATENT_CHANNELS))
     if family == FLUX:  # its tokens pack 2x2 latent patches: 64 channels of a 16-channel latent
-        latent_channels //= FLUX_PATCH * FLUX_PATCH
+        packed = DIT_LATENT_CHANNELS * FLUX_PATCH * FLUX_PATCH
+        if latent_channels != packed:
+            raise unsupported_model(
+                f"the Flux.1 transformer takes {latent_channels} input channels, not the {packed} of a plain "
+                "latent: a Flux.1 Fill, Depth or Canny model, which takes an image besides the latent"
+            )
+        latent_channels = DIT_LATENT_CHANNELS
     vae_latents = int(getattr(vae, "config", {}).get("latent_channels", latent_channels))
     if vae_latents != latent_channels:
         raise unsupported_model(

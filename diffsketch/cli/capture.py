@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..capture.spec import DIT_NAMES_TEXT
 from ..errors import InvalidInputError
 from ..images import read_image, save_png
 from ..terminal import check_input_file, check_output_file, progress_bar
@@ -48,14 +49,14 @@ def add_parser(sub) -> None:
         "--steps",
         type=int,
         default=50,
-        help="steps of the inversion and the replay (DDIM; Euler for Z-Image and SD 3.5; default 50)",
+        help=f"steps of the inversion and the replay (DDIM; Euler for {DIT_NAMES_TEXT}; default 50)",
     )
     p.add_argument(
         "--cfg",
         type=float,
         default=None,
-        help="guidance 'diffsketch train' samples its own images with (default 5.0; 1 for Z-Image Turbo, which "
-        "is guidance-distilled); the picture itself is inverted and replayed at guidance 1",
+        help="guidance 'diffsketch train' samples its own images with (default 5.0; 1 for Z-Image Turbo and Flux.1, "
+        "which are guidance-distilled); the picture itself is inverted and replayed at guidance 1",
     )
     p.add_argument(
         "--timesteps", default=None, help="capture timesteps, e.g. '1,61,161' (default: the paper's 13)"

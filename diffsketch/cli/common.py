@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..capture.spec import DIT_NAMES_TEXT, NATIVE_SIZES_TEXT, SIZE_MULTIPLES_TEXT
 from ..terminal import check_input_file, pick_device
 
 
@@ -95,7 +96,8 @@ def model_args(p):
     p.add_argument(
         "--model",
         required=True,
-        help="SD 1.x, SD 2.x or SDXL model: a diffusers folder or a single-file .safetensors checkpoint",
+        help="SD 1.x, SD 2.x or SDXL model: a diffusers folder or a single-file .safetensors checkpoint; "
+        f"{DIT_NAMES_TEXT} (experimental): a diffusers folder",
     )
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     p.add_argument(
@@ -124,29 +126,28 @@ def sampling_args(p, steps=50):
         "--steps",
         type=int,
         default=steps,
-        help=f"sampling steps (DDIM; Euler for Z-Image and SD 3.5; default {steps})",
+        help=f"sampling steps (DDIM; Euler for {DIT_NAMES_TEXT}; default {steps})",
     )
     p.add_argument(
         "--cfg",
         type=float,
         default=None,
         help=f"classifier-free guidance scale (default {DEFAULT_CFG:g}; 1 for a guidance-distilled model, Z-Image "
-        "Turbo, and for a generator trained on one-branch features)",
+        "Turbo and Flux.1, and for a generator trained on one-branch features)",
     )
     for side in ("width", "height"):
         p.add_argument(
             f"--{side}",
             type=int,
             default=None,
-            help=f"{side} in pixels, a multiple of 64 for SD 1.x/2.x, 32 for SDXL, 16 for Z-Image and SD 3.5 "
-            "(default: the model's native size: 512 for SD 1.x and SD 2.x-base, 768 for SD 2.x 768-v, 1024 for SDXL, "
-            "Z-Image and SD 3.5)",
+            help=f"{side} in pixels, a multiple of {SIZE_MULTIPLES_TEXT} (default: the model's native size: "
+            f"{NATIVE_SIZES_TEXT})",
         )
 
 
 def sampling_cfg(args, backend, generator=None) -> float:
     """--cfg, or when it is not given: 1 for a generator trained on one-branch (cfg 1) features or a
-    guidance-distilled model (Z-Image Turbo), else :data:`DEFAULT_CFG`."""
+    guidance-distilled model (Z-Image Turbo, Flux.1), else :data:`DEFAULT_CFG`."""
     if args.cfg is not None:
         return float(args.cfg)
     if generator is not None and getattr(generator.config, "branches", 2) == 1:

@@ -23,7 +23,8 @@ encoders plug in without this module knowing either.
 Transformer families (experimental): SD 3.5's conditioning has 632,832 values per prompt, so the
 fit streams the embeddings to a temporary file and keeps its own memory under a stated bound
 (:func:`fit_memory_bound`), with float16 components; Z-Image's prompts, whose token counts vary,
-are brought to one length first (:func:`to_token_length`), and the draws and the pivot have it.
+are brought to one length first (:func:`to_token_length`), and the draws and the pivot have it;
+Flux.1's have a fixed 256 T5 tokens (1,049,344 values with the pooled CLIP-L vector).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ the output (it fed nothing in the release), and the VAE channel reductions are r
 trainable modules (they were plain Python lists, i.e. fixed random projections).
 
 **Diffusion transformers** (the flow families, :data:`~diffsketch.capture.spec.FLOW_FAMILIES`:
-Z-Image, SD 3.5). Their taps are the image tokens of chosen transformer blocks, unpatchified, so
+Z-Image, SD 3.5, Flux.1). Their taps are the image tokens of chosen transformer blocks, unpatchified, so
 every tap has the same resolution (latent/2 for patch size 2) and the same width (the hidden size).
 Resolution cannot separate the two levels there, so depth does:
 
