@@ -87,6 +87,15 @@ def test_files_are_detected_as_flux_dev_and_schnell(comfy_inprocess, flux_dev, f
         for k in (0, 124, 499, 999):
             sigma = float(ms.sigmas[flow_table_index(k, len(ms.sigmas))])
             assert math.isclose(sigma, flow_sigma(k, shift), rel_tol=1e-6), (config, k)
+    # dev with ComfyUI's ModelSamplingFlux node (mu from the size: 0.5 at 256 image tokens, here
+    # 512x512): taken, its shift read as e^mu
+    import comfy_extras.nodes_model_advanced as advanced
+
+    model, clip, vae = flux_dev
+    (patched,) = advanced.ModelSamplingFlux().patch(model, 1.15, 0.5, 512, 512)
+    assert backend.ComfyBackend(patched, clip, vae).spec.family == "flux"
+    mu = 0.5 + (1024 - 256) * (1.15 - 0.5) / (4096 - 256)
+    assert math.isclose(backend.flow_shift(patched.get_model_object("model_sampling")), math.exp(mu))
 
 
 def test_flux_dev_at_cfg_1_captures_one_branch_deterministically_and_leaves_no_hooks(
