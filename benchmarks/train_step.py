@@ -8,8 +8,8 @@
    50-step grid (target: >= 3.5x fewer).
 3. Real shapes (``--arch``: SD 1.5 or SD 2.1 at 512x512, SDXL at 1024x1024; 9 SDXL taps, 12 for
    SD 1.x/2.x; the diffusion transformers Z-Image (``zimage``, hidden 3840, one branch as Turbo
-   samples at cfg 1), SD 3.5 Medium (``sd35m``, 1536, two branches) and Large (``sd35l``, 2432) at
-   1024x1024, ``--dit-taps`` blocks at latent/2 with the 16-channel VAE's SD-layout taps) with
+   samples at cfg 1), SD 3.5 Medium (``sd35m``, 1536, two branches), Large (``sd35l``, 2432) and
+   Flux.1 (``flux``, 3072, one branch) at 1024x1024, ``--dit-taps`` blocks at latent/2 with the 16-channel VAE's SD-layout taps) with
    random features (generator + losses only; no diffusion model):
    the :class:`~diffsketch.train.trainer.Trainer` loop itself on a stand-in backend that hands back a
    random 13-timestep capture, with random-weight full-size CLIP ViT-B/32 (open_clip, no
@@ -72,6 +72,7 @@ ARCH_SPECS = {
     "zimage": "zimage_spec",
     "sd35m": "sd35_medium_spec",
     "sd35l": "sd35_large_spec",
+    "flux": "flux_spec",
 }
 ARCH_NAMES = {
     "sd15": "SD 1.5",
@@ -80,13 +81,30 @@ ARCH_NAMES = {
     "zimage": "Z-Image (Turbo, cfg 1)",
     "sd35m": "SD 3.5 Medium",
     "sd35l": "SD 3.5 Large",
+    "flux": "Flux.1 (dev or schnell, cfg 1)",
 }
-ARCH_SIZES = {"sd15": 512, "sd21": 512, "sdxl": 1024, "zimage": 1024, "sd35m": 1024, "sd35l": 1024}
-ARCH_TARGETS_GB = {"sd15": 4.0, "sd21": 4.0, "sdxl": 10.0, "zimage": 16.0, "sd35m": 16.0, "sd35l": 16.0}
+ARCH_SIZES = {
+    "sd15": 512,
+    "sd21": 512,
+    "sdxl": 1024,
+    "zimage": 1024,
+    "sd35m": 1024,
+    "sd35l": 1024,
+    "flux": 1024,
+}
+ARCH_TARGETS_GB = {
+    "sd15": 4.0,
+    "sd21": 4.0,
+    "sdxl": 10.0,
+    "zimage": 16.0,
+    "sd35m": 16.0,
+    "sd35l": 16.0,
+    "flux": 16.0,
+}
 #: The diffusion transformers: their specs take the number of tapped blocks (--dit-taps).
-DIT_ARCHS = ("zimage", "sd35m", "sd35l")
-#: Captured branches per sample: Z-Image Turbo samples at cfg 1 (cond only), the rest with CFG.
-ARCH_BRANCHES = {"zimage": 1}
+DIT_ARCHS = ("zimage", "sd35m", "sd35l", "flux")
+#: Captured branches per sample: Z-Image Turbo and Flux.1 sample at cfg 1 (cond only), the rest with CFG.
+ARCH_BRANCHES = {"zimage": 1, "flux": 1}
 
 
 def _peak_rss_bytes() -> int:
@@ -256,6 +274,7 @@ def sd15_child(
     config = TrainConfig(
         iterations=iterations,
         lr=1e-4,
+        cfg=1.0 if branches == 1 else 5.0,  # the cfg that captures the example's branches
         checkpoint_every=0,
         preview_every=0,
         low_memory=mode == "low_memory",
@@ -393,7 +412,7 @@ def main(argv=None) -> None:
         "--dit-taps",
         type=int,
         default=6,
-        help="tapped transformer blocks for --arch zimage/sd35m/sd35l (default 6)",
+        help="tapped transformer blocks for --arch zimage/sd35m/sd35l/flux (default 6)",
     )
     parser.add_argument("--json", default=None, help="write part 3's figures per mode to this JSON file")
     parser.add_argument("--_sd15-child", dest="sd15_child", default=None, help=argparse.SUPPRESS)

@@ -3,7 +3,7 @@
 ``sd15_spec()``, ``sd2_spec()`` and ``sdxl_spec()`` mirror what
 :func:`diffsketch.capture.spec.feature_spec_from_ldm` reads from SD 1.x, SD 2.x and SDXL checkpoints;
 ``tiny_spec()`` and ``tiny_sdxl_spec()`` have the same structures with small channel counts.
-``zimage_spec()``, ``sd35_medium_spec()`` and ``sd35_large_spec()`` are hand-made diffusion
+``zimage_spec()``, ``sd35_medium_spec()``, ``sd35_large_spec()`` and ``flux_spec()`` are hand-made diffusion
 transformer specs following the DiT tap conventions (block outputs at latent/2, hidden-size
 channels, the SD VAE decoder's taps, 16 latent channels); ``tiny_dit_spec()`` is their structure
 with small widths.
@@ -141,6 +141,16 @@ def sd35_medium_spec(n_taps: int = 6) -> FeatureSpec:
 def sd35_large_spec(n_taps: int = 6) -> FeatureSpec:
     """SD 3.5 Large: ``n_taps`` of its 38 blocks (hidden 2432), SD 3.5's conditioning."""
     return _dit_spec("joint_blocks", 2432, spread_blocks(38, n_taps), 4096, SD35, pooled_dim=2048)
+
+
+def flux_spec(n_taps: int = 6) -> FeatureSpec:
+    """Flux.1 (ComfyUI's ``double_blocks.i`` then ``single_blocks.i``): ``n_taps`` of its 19 + 38
+    blocks as one depth (hidden 3072), the 4096-dim T5 context and CLIP-L's 768-dim pooled vector."""
+    from diffsketch.capture.spec import FLUX_COMFY_STACKS, dit_stack_taps
+
+    stacks = tuple(zip(FLUX_COMFY_STACKS, (19, 38)))
+    unet = list(dit_stack_taps(stacks, 3072, 2, spread_blocks(19 + 38 - 1, n_taps)))
+    return _spec_with_ldm_vae(unet, SD_VAE_LEVELS, SD_VAE_MID, 4096, FLUX, 768, 16)
 
 
 def tiny_dit_spec(family: str = ZIMAGE, hidden: int = 24, n_taps: int = 4) -> FeatureSpec:

@@ -68,26 +68,10 @@ def meta_dit(cls_name: str, config: dict, vae_config: dict):
             4096,
             2048,
         ),
-        (
-            "FluxTransformer2DModel",
-            FLUX_DEV_TRANSFORMER,
-            FLUX_VAE,
-            FLUX,
-            (14, 21, 28, 35, 42),
-            3072,
-            4096,
-            768,
-        ),
-        (
-            "FluxTransformer2DModel",
-            FLUX_SCHNELL_TRANSFORMER,
-            FLUX_VAE,
-            FLUX,
-            (14, 21, 28, 35, 42),
-            3072,
-            4096,
-            768,
-        ),
+        *[
+            ("FluxTransformer2DModel", config, FLUX_VAE, FLUX, (14, 21, 28, 35, 42), 3072, 4096, 768)
+            for config in (FLUX_DEV_TRANSFORMER, FLUX_SCHNELL_TRANSFORMER)
+        ],
     ],
     ids=["zimage-turbo", "sd35-medium", "sd35-large", "flux-dev", "flux-schnell"],
 )

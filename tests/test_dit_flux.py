@@ -231,3 +231,4 @@ def test_a_flux_folder_loads_with_its_scheduler_s_shift(dev, schnell, tmp_path, 
         assert main([*args, "--steps", "8", "--prompt", "a cat", "--out", str(out)]) == 0
         captured = CapturedSample.load(out)
         assert captured.spec.family == FLUX and captured.meta["cfg"] == 1.0 and captured.branches == 1
+        assert captured.meta["guidance"] == FLUX_DEFAULT_GUIDANCE  # dev's guidance embedding, recorded

@@ -81,6 +81,11 @@ def test_sample_fit_train_generate_distill_extract(backbone, tmp_path):
     )
     drawn = conditions.sample(torch.Generator().manual_seed(0))
     assert drawn.context.shape[-1] == backend.spec.context_dim and drawn.pooled_dim == backend.spec.pooled_dim
+    # every flow family keeps float16 components; the fixed-length ones (SD 3.5, Flux.1) draw the
+    # prompts' own token count
+    assert conditions.components.dtype == torch.float16
+    if family != ZIMAGE:
+        assert drawn.context.shape[1] == backend.encode_prompt(PIVOT).context.shape[1]
 
     torch.manual_seed(0)
     generator = SketchGenerator(

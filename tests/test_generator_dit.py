@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers_spec import (
+    flux_spec,
     random_features,
     random_sample,
     sd15_spec,
@@ -60,7 +61,12 @@ def dit_generator(branches=2, seed=0, family=ZIMAGE, **overrides) -> SketchGener
 # construction
 # --------------------------------------------------------------------------------------------
 def test_published_dit_shapes_split_their_blocks_by_depth_at_latent_half():
-    for make, hidden in ((zimage_spec, 3840), (sd35_medium_spec, 1536), (sd35_large_spec, 2432)):
+    for make, hidden in (
+        (zimage_spec, 3840),
+        (sd35_medium_spec, 1536),
+        (sd35_large_spec, 2432),
+        (flux_spec, 3072),
+    ):
         spec = make()
         assert {(t.channels, t.log2_scale) for t in spec.unet} == {(hidden, -1)}
         cfg = GeneratorConfig.from_spec(spec, 13)

@@ -189,7 +189,7 @@ def tiny_generator(spec, n_timesteps: int, timesteps=None):
 
 
 # ---------------------------------------------------------------------------------------------
-# Diffusion transformers: Z-Image and SD 3.5 shapes (flow matching, 16-channel VAE)
+# Diffusion transformers: Z-Image, SD 3.5 and Flux.1 shapes (flow matching, 16-channel VAE)
 # ---------------------------------------------------------------------------------------------
 TINY_QWEN_DIM = 16
 TINY_SD3_T5_DIM = 32

@@ -173,6 +173,12 @@ class SamplingBackend:
             "oversaturates the image; set cfg to 1 unless that is what you want."
         )
 
+    def guidance_record(self) -> dict:
+        """``{"guidance": value}`` for a model that embeds a guidance value besides cfg (Flux.1
+        dev: the backend's ``guidance``), so a capture records it; ``{}`` for the others."""
+        guidance = getattr(self, "guidance", None)
+        return {} if guidance is None else {"guidance": float(guidance)}
+
     def check_conditioning(self, cond: Conditioning | torch.Tensor, name: str) -> Conditioning:
         """``cond`` as this model takes it (detached float32), or a clear error. The context is
         ``[1, T, context_dim]`` with T as the family's text encoders make it: 77*k for the UNet
@@ -332,6 +338,7 @@ class SamplingBackend:
         }
         if any(p is not None for p in prompts):
             meta["prompt"] = prompts[0] if len(prompts) == 1 else prompts
+        meta.update(self.guidance_record())
         return CapturedSample(self.spec, plan, image, latent.float().cpu(), unet, vae, rgb, meta)
 
     @property
@@ -456,6 +463,7 @@ class SamplingBackend:
         }
         if prompt is not None:
             meta["prompt"] = prompt
+        meta.update(self.guidance_record())
         sample = CapturedSample(self.spec, plan, decoded, replayed.float().cpu(), unet, vae, rgb, meta)
         return PictureCapture(sample, replay_psnr, noise.float().cpu(), picture, tuple(notices))
 
