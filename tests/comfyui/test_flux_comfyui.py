@@ -189,8 +189,11 @@ def test_flux_matches_the_diffusers_backend(comfy_inprocess, flux_files, variant
     # CLIP-L only to construct it: the prompts come encoded
     diff_b = DiffusersFlowBackend(transformer, dvae, tiny_clip(768, "quick_gelu", projection=False))
     assert diff_b.guidance == (3.5 if dev else None)
-    check_parity(a_one, diff_b.sample(cond, settings(1.0, **few)))
+    b_one = diff_b.sample(cond, settings(1.0, **few))
+    check_parity(a_one, b_one)
     assert a_one.meta["branches"] == 1
+    # both record the guidance dev's embedding was given (none on schnell)
+    assert a_one.meta.get("guidance") == b_one.meta.get("guidance") == (3.5 if dev else None)
     if not dev:
         return
     with pytest.warns(UserWarning, match="guidance-distilled"):
