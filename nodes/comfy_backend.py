@@ -1,5 +1,5 @@
 """ComfyUI backend: the library's sampling protocol on ComfyUI's loaded MODEL / CLIP / VAE
-(SD 1.x, SD 2.x and SDXL-family checkpoints; Z-Image and SD 3.5, experimental).
+(SD 1.x, SD 2.x and SDXL-family checkpoints; Z-Image, SD 3.5 and Flux.1, experimental).
 
 How: clone the MODEL, add a wrapper that registers the capture hooks for one model call and
 removes them in ``finally``, sample, and run the VAE decoder ourselves (not ``VAE.decode``, which
@@ -8,12 +8,13 @@ may split or tile) so its blocks can be hooked.
 - UNets: a DIFFUSION_MODEL wrapper; ComfyUI's "ddim" sampler (Euler on the ddim_uniform sigma
   grid == DDIM eta=0) with the cfg=1 shortcut disabled so the unconditional branch is always
   evaluated.
-- Flow-matching DiTs (Z-Image's NextDiT, SD 3.5's MM-DiT): an APPLY_MODEL wrapper, since
+- Flow-matching DiTs (Z-Image's NextDiT, SD 3.5's MM-DiT, Flux.1): an APPLY_MODEL wrapper, since
   ComfyUI's MM-DiT does not run DIFFUSION_MODEL wrappers; the hooks keep each tapped block's image
   tokens as a map (caption tokens come first in NextDiT's sequence, padded to a multiple of 32;
-  MM-DiT keeps the image stream apart). ComfyUI's "euler" sampler on the model's own flow sigmas
-  (shift included, so a ModelSamplingAuraFlow/SD3 node's shift is honoured), with the cfg=1
-  shortcut left on: at cfg 1 one branch (cond) is evaluated and captured.
+  MM-DiT keeps the image stream apart; Flux's double blocks return ``(img, txt)``, its single
+  blocks the joint ``[txt, img]`` sequence). ComfyUI's "euler" sampler on the model's own flow
+  sigmas (shift included, so a ModelSamplingAuraFlow/SD3/Flux node's shift is honoured), with the
+  cfg=1 shortcut left on: at cfg 1 one branch (cond) is evaluated and captured.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import comfy.samplers
 import comfy.sd1_clip
 import comfy.sdxl_clip
 import comfy.supported_models
+import comfy.text_encoders.flux
 import comfy.text_encoders.sd3_clip
 import comfy.text_encoders.z_image
 import comfy.utils
@@ -50,6 +52,9 @@ from diffsketch.capture.hooks import (
 from diffsketch.capture.identity import FLOW_PREDICTION
 from diffsketch.capture.spec import (
     DIT_LATENT_CHANNELS,
+    FLUX,
+    FLUX_COMFY_STACKS,
+    FLUX_DEFAULT_GUIDANCE,
     LAYOUT_LDM,
     SD1,
     SD2,
@@ -60,7 +65,7 @@ from diffsketch.capture.spec import (
     ZIMAGE,
     FeatureSpec,
     check_family,
-    dit_block_taps,
+    dit_stack_taps,
     family_from_ldm_config,
     family_name,
     feature_spec_from_ldm,
@@ -68,7 +73,7 @@ from diffsketch.capture.spec import (
     ldm_vae_taps,
     unsupported_model,
 )
-from diffsketch.capture.timesteps import NUM_TRAIN_TIMESTEPS, flow_index
+from diffsketch.capture.timesteps import NUM_TRAIN_TIMESTEPS, flow_index, flow_table_index
 from diffsketch.errors import CaptureError, InvalidInputError, UnsupportedModelError
 
 WRAPPER_KEY = "diffsketch_capture"
@@ -81,15 +86,23 @@ def describe_model(model) -> str:
     return type(cfg).__name__ if cfg is not None else type(getattr(model, "model", model)).__name__
 
 
+#: ComfyUI's model configs of Flux.1 dev (guidance-embedded) and schnell; not their subclasses
+#: (Flux Fill's FluxInpaint takes 96 input channels, Flux2 is another model).
+FLUX_CONFIGS = (comfy.supported_models.Flux, comfy.supported_models.FluxSchnell)
+
+
 def dit_family(model) -> str | None:
     """The DiT family of a MODEL by the model config ComfyUI detected from its weights
     (``supported_models.ZImage``: the Lumina2/NextDiT layout at dim 3840; ``supported_models.SD3``:
-    MM-DiT with 16 input channels, SD 3 and 3.5), or None."""
+    MM-DiT with 16 input channels, SD 3 and 3.5; :data:`FLUX_CONFIGS`: Flux.1 dev and schnell),
+    or None."""
     config = getattr(getattr(model, "model", None), "model_config", None)
     if isinstance(config, comfy.supported_models.ZImage):
         return ZIMAGE
     if isinstance(config, comfy.supported_models.SD3):
         return SD35
+    if type(config) in FLUX_CONFIGS:
+        return FLUX
     return None
 
 
@@ -106,15 +119,24 @@ def model_family(model) -> tuple[str, str]:
     unet = getattr(base, "diffusion_model", None)
     kind = describe_model(model)
     family = dit_family(model)
+    in_channels = int(base.model_config.unet_config.get("in_channels", 0)) if family == FLUX else 0
+    if family == FLUX and in_channels != DIT_LATENT_CHANNELS:
+        raise unsupported_model(
+            f"the connected MODEL is a Flux.1 variant with {in_channels} input channels (Flux.1 Depth or Canny: "
+            "a control picture's latent goes in beside the noise), which DiffSketch does not support yet; Flux.1 "
+            "dev and schnell are taken"
+        )
     if family is not None:
         return family, _flow_prediction(model, kind, family)
     if unet is None or not hasattr(unet, "output_blocks"):
         if kind == "Lumina2":
             kind = "Lumina2 (Lumina Image 2.0 or a model of its layout; Z-Image is that layout at dim 3840)"
+        elif kind == "FluxInpaint":
+            kind = "FluxInpaint (Flux.1 Fill, whose input carries the masked picture)"
         raise unsupported_model(
             f"the connected MODEL is {kind}, a kind of diffusion model DiffSketch does not support yet: it is "
-            "neither a Stable Diffusion UNet nor Z-Image or SD 3.5 (Flux, Qwen-Image and other diffusion "
-            "transformers are not taken)"
+            "neither a Stable Diffusion UNet nor Z-Image, SD 3.5 or Flux.1 dev/schnell (Flux.2, Flux.1 Fill, "
+            "Qwen-Image and other diffusion transformers are not taken)"
         )
     unet_config = getattr(base.model_config, "unet_config", {}) or {}
     family = family_from_ldm_config(unet_config, f"the connected MODEL ({kind})")
@@ -140,20 +162,32 @@ def model_family(model) -> tuple[str, str]:
 def _flow_prediction(model, kind: str, family: str) -> str:
     """:data:`FLOW_PREDICTION` when a DiT MODEL samples on ComfyUI's 1000-step discrete flow
     schedule (ModelSamplingDiscreteFlow with velocity prediction, any shift: the
-    ModelSamplingAuraFlow / ModelSamplingSD3 nodes' too), else a clear error."""
+    ModelSamplingAuraFlow / ModelSamplingSD3 nodes' too) or, Flux.1 dev, on ModelSamplingFlux (its
+    curve is a flow shift, :func:`flow_shift`), else a clear error."""
     sampling = model.get_model_object("model_sampling")
     ms = comfy.model_sampling
-    if (
-        not isinstance(sampling, ms.ModelSamplingDiscreteFlow)
-        or not isinstance(sampling, ms.CONST)
-        or len(sampling.sigmas) != NUM_TRAIN_TIMESTEPS
-    ):
+    discrete = (
+        isinstance(sampling, ms.ModelSamplingDiscreteFlow) and len(sampling.sigmas) == NUM_TRAIN_TIMESTEPS
+    )
+    flux = isinstance(sampling, ms.ModelSamplingFlux) and len(sampling.sigmas) % NUM_TRAIN_TIMESTEPS == 0
+    if not (discrete or flux) or not isinstance(sampling, ms.CONST):
         raise unsupported_model(
             f"the connected MODEL ({kind}, {family_name(family)}) samples with {type(sampling).__name__}, not the "
             "discrete 1000-step flow-matching schedule DiffSketch samples this model on. Connect the MODEL without "
-            "the model-sampling patch (a ModelSamplingAuraFlow or ModelSamplingSD3 shift is fine)"
+            "the model-sampling patch (a ModelSamplingAuraFlow, ModelSamplingSD3 or ModelSamplingFlux shift is fine)"
         )
     return FLOW_PREDICTION
+
+
+def flow_shift(sampling) -> float:
+    """The shift ``s`` of a flow MODEL's sigmas ``s*t / (1 + (s-1)*t)`` at ``t = (k+1)/1000``
+    (:func:`~diffsketch.capture.timesteps.flow_sigma`): ModelSamplingDiscreteFlow's ``shift``;
+    ModelSamplingFlux's (Flux.1 dev) is ``exp(mu)`` of its ``shift`` mu, since its
+    ``flux_time_shift(mu, 1, t) = e^mu / (e^mu + 1/t - 1)`` is the same curve, and index k of
+    DiffSketch's 1000-step table is its own 10000-step table's entry 10k+9."""
+    if isinstance(sampling, comfy.model_sampling.ModelSamplingFlux):
+        return math.exp(float(sampling.shift))
+    return float(sampling.shift)
 
 
 def sampling_has_zero_terminal_snr(model) -> bool:
@@ -184,6 +218,8 @@ def clip_family(clip) -> str:
         return ZIMAGE
     if isinstance(encoder, comfy.text_encoders.sd3_clip.SD3ClipModel):
         return SD35
+    if isinstance(encoder, comfy.text_encoders.flux.FluxClipModel):
+        return FLUX
     if isinstance(encoder, comfy.sd1_clip.SD1ClipModel):
         if getattr(encoder, "clip", None) == "clip_l":
             return SD1
@@ -192,7 +228,7 @@ def clip_family(clip) -> str:
     raise unsupported_model(
         f"the connected CLIP is {kind}, the text encoder of another kind of model (SD 1.x uses CLIP-L, SD 2.x "
         "OpenCLIP-H, SDXL CLIP-L with OpenCLIP bigG, Z-Image Qwen3-4B (Load CLIP, type lumina2), SD 3.5 CLIP-L "
-        "with CLIP-G and T5-XXL)"
+        "with CLIP-G and T5-XXL, Flux.1 CLIP-L and T5-XXL (DualCLIPLoader, type flux))"
     )
 
 
@@ -211,8 +247,8 @@ def check_model(model, vae) -> tuple[str, int, int, str]:
         if latent_channels != DIT_LATENT_CHANNELS:
             raise UnsupportedModelError(
                 f"the connected VAE makes {latent_channels}-channel latents but the {family_name(family)} MODEL takes "
-                f"{DIT_LATENT_CHANNELS}: connect its 16-channel VAE (Z-Image: Flux's ae.safetensors through Load VAE; "
-                "SD 3.5: its checkpoint's)."
+                f"{DIT_LATENT_CHANNELS}: connect its 16-channel VAE (Z-Image and Flux.1: Flux's ae.safetensors through "
+                "Load VAE; SD 3.5: its checkpoint's)."
             )
     else:
         context_dim = int(unet_config["context_dim"])
@@ -236,32 +272,43 @@ def check_model(model, vae) -> tuple[str, int, int, str]:
 def dit_context_dims(model) -> tuple[int, int]:
     """``(context_dim, pooled_dim)`` a ComfyUI DiT takes, from the config ComfyUI detected:
     Z-Image its caption features (Qwen3-4B: 2560), no pooled one; SD 3.5 its context embedder's
-    input (4096) and pooled input (2048)."""
+    input (4096) and pooled input (2048); Flux.1 its text input (T5-XXL: 4096) and vector input
+    (CLIP-L's pooled: 768)."""
     unet_config = model.model.model_config.unet_config
-    if dit_family(model) == ZIMAGE:
+    family = dit_family(model)
+    if family == ZIMAGE:
         return int(unet_config["cap_feat_dim"]), 0
+    if family == FLUX:
+        return int(unet_config["context_in_dim"]), int(unet_config.get("vec_in_dim") or 0)
     context = unet_config["context_embedder_config"]["params"]["in_features"]
     return int(context), int(unet_config.get("adm_in_channels") or 0)
 
 
-def _dit_blocks(diffusion_model, family: str) -> tuple[str, torch.nn.ModuleList, int, int]:
-    """``(module path, blocks, hidden size, patch size)`` of a ComfyUI DiT: NextDiT's ``layers``,
-    MM-DiT's ``joint_blocks``."""
+def _dit_blocks(diffusion_model, family: str) -> tuple[tuple[tuple[str, int], ...], int, int]:
+    """``(((module path, blocks), ...), hidden size, patch size)`` of a ComfyUI DiT, its block
+    stacks in execution order: NextDiT's ``layers``, MM-DiT's ``joint_blocks``, Flux's
+    :data:`~diffsketch.capture.spec.FLUX_COMFY_STACKS` (double-stream, then single-stream)."""
+    patch = int(diffusion_model.patch_size)
     if family == ZIMAGE:
-        return "layers", diffusion_model.layers, int(diffusion_model.dim), int(diffusion_model.patch_size)
+        return (("layers", len(diffusion_model.layers)),), int(diffusion_model.dim), patch
+    if family == FLUX:
+        double, single = FLUX_COMFY_STACKS
+        stacks = ((double, len(diffusion_model.double_blocks)), (single, len(diffusion_model.single_blocks)))
+        return stacks, int(diffusion_model.hidden_size), patch
     hidden = int(diffusion_model.x_embedder.proj.out_channels)
-    return "joint_blocks", diffusion_model.joint_blocks, hidden, int(diffusion_model.patch_size)
+    return (("joint_blocks", len(diffusion_model.joint_blocks)),), hidden, patch
 
 
 def comfy_dit_spec(diffusion_model, vae_model, family: str, context_dim: int, pooled_dim: int) -> FeatureSpec:
     """The spec of a ComfyUI DiT (ComfyUI's module names): its blocks at
-    :func:`~diffsketch.capture.spec.default_dit_blocks`, the hidden size at ``-log2(patch)``, and
-    the 16-channel VAE's decoder taps read as SD's (:func:`~diffsketch.capture.spec.ldm_vae_taps`)."""
-    path, blocks, hidden, patch = _dit_blocks(diffusion_model, family)
+    :func:`~diffsketch.capture.spec.default_dit_blocks` of its whole depth, the hidden size at
+    ``-log2(patch)``, and the 16-channel VAE's decoder taps read as SD's
+    (:func:`~diffsketch.capture.spec.ldm_vae_taps`)."""
+    stacks, hidden, patch = _dit_blocks(diffusion_model, family)
     vae_taps, rgb = ldm_vae_taps(vae_model)
     return FeatureSpec(
         layout=LAYOUT_LDM,
-        unet=dit_block_taps(path, len(blocks), hidden, patch),
+        unet=dit_stack_taps(stacks, hidden, patch),
         vae=vae_taps,
         rgb=rgb,
         context_dim=int(context_dim),
@@ -299,13 +346,18 @@ class ComfyBackend(SamplingBackend):
         if self.flow:
             self.zero_terminal_snr = False  # a flow schedule ends at pure noise by construction
             # ComfyUI cannot tell Z-Image Turbo from the base model (one config): as the diffusers
-            # backend, Z-Image is taken as the Turbo most use, so cfg > 1 gets a notice
-            self.guidance_distilled = family == ZIMAGE
+            # backend, Z-Image is taken as the Turbo most use, so cfg > 1 gets a notice. Flux.1 dev
+            # and schnell are both guidance-distilled (dev takes its guidance as an input instead).
+            self.guidance_distilled = family in (ZIMAGE, FLUX)
+            # the guidance Flux.1 dev embeds; schnell has no guidance input
+            dev = family == FLUX and bool(model.model.model_config.unet_config.get("guidance_embed"))
+            self.guidance = FLUX_DEFAULT_GUIDANCE if dev else None
             self.spec = comfy_dit_spec(
                 model.model.diffusion_model, vae.first_stage_model, family, context_dim, pooled_dim
             )
         else:
             self.zero_terminal_snr = sampling_has_zero_terminal_snr(model)
+            self.guidance = None
             self.spec = feature_spec_from_ldm(
                 model.model.diffusion_model, vae.first_stage_model, context_dim, family, pooled_dim
             )
@@ -353,7 +405,10 @@ class ComfyBackend(SamplingBackend):
     def _denoise(self, noise, cond, uncond, cfg, schedule, recorder: UNetRecorder | None, progress):
         patched = self.model.clone()
         ms = patched.get_model_object("model_sampling")
-        sigmas = torch.cat([ms.sigmas[torch.tensor(schedule)].float().cpu(), torch.zeros(1)])
+        entries = schedule
+        if self.flow:  # Flux.1 dev's table has 10000 entries, the indices count 1000
+            entries = [flow_table_index(k, len(ms.sigmas)) for k in schedule]
+        sigmas = torch.cat([ms.sigmas[torch.tensor(entries)].float().cpu(), torch.zeros(1)])
         negative = uncond
         if self.flow:
             # Euler on the flow sigmas; the cfg1 shortcut stays on, so cfg 1 evaluates (and
@@ -371,7 +426,7 @@ class ComfyBackend(SamplingBackend):
                 patched.add_wrapper_with_key(
                     comfy.patcher_extension.WrappersMP.APPLY_MODEL,
                     WRAPPER_KEY,
-                    _dit_capture_wrapper(recorder, self.spec.family, float(ms.shift)),
+                    _dit_capture_wrapper(recorder, self.spec.family, flow_shift(ms)),
                 )
             # ComfyUI starts from sigma_0 * noise + (1 - sigma_0) * the latent in model space; a raw
             # latent equal to the format's shift is 0 there, so sampling starts at sigma_0 * noise.
@@ -405,8 +460,8 @@ class ComfyBackend(SamplingBackend):
                 cfg,
                 comfy.samplers.sampler_object(sampler),
                 sigmas,
-                [_comfy_conditioning(cond)],
-                [_comfy_conditioning(negative)],
+                [_comfy_conditioning(cond, self.guidance)],
+                [_comfy_conditioning(negative, self.guidance)],
                 latent,
                 callback=on_step,
                 disable_pbar=True,
@@ -475,13 +530,18 @@ class ComfyBackend(SamplingBackend):
                     handle.remove()
                 return out["v"].float()
 
-            inverted["x"] = euler_invert(predict, x.float(), schedule, float(ms.shift), on_step)
+            inverted["x"] = euler_invert(predict, x.float(), schedule, flow_shift(ms), on_step)
             return inverted["x"]
 
         # sigma 0 first and last: ComfyUI's flow noise scaling then passes the latent through
         # unchanged, and its inverse scaling of the result divides by 1 (the result is ours anyway)
         _run_inversion(
-            patched, invert, torch.zeros(2), cond, self.model.model.latent_format.process_out(latent)
+            patched,
+            invert,
+            torch.zeros(2),
+            cond,
+            self.model.model.latent_format.process_out(latent),
+            self.guidance,
         )
         return inverted["x"].float().cpu()
 
@@ -535,10 +595,11 @@ class ComfyBackend(SamplingBackend):
         return ((rgb + 1) / 2).clamp(0, 1), rgb, rec["features"]
 
 
-def _run_inversion(patched, invert, sigmas, cond: Conditioning, latent_image) -> None:
+def _run_inversion(patched, invert, sigmas, cond: Conditioning, latent_image, guidance=None) -> None:
     """Run the inversion ``invert`` (a KSAMPLER function that keeps its own result) through
     ComfyUI's ``sample_custom`` on ``patched``: zero noise, ``cond`` as both prompts at cfg 1 (the
-    cfg1 shortcut evaluates it once), so the MODEL's patches, memory management and Cancel apply."""
+    cfg1 shortcut evaluates it once; Flux.1 dev given ``guidance``), so the MODEL's patches,
+    memory management and Cancel apply."""
     with torch.no_grad():
         comfy.sample.sample_custom(
             patched,
@@ -546,18 +607,21 @@ def _run_inversion(patched, invert, sigmas, cond: Conditioning, latent_image) ->
             1.0,
             comfy.samplers.KSAMPLER(invert),
             sigmas,
-            [_comfy_conditioning(cond)],
-            [_comfy_conditioning(cond)],
+            [_comfy_conditioning(cond, guidance)],
+            [_comfy_conditioning(cond, guidance)],
             latent_image,
             disable_pbar=True,
             seed=0,
         )
 
 
-def _comfy_conditioning(cond: Conditioning) -> list:
+def _comfy_conditioning(cond: Conditioning, guidance: float | None = None) -> list:
     """One CONDITIONING entry. SDXL's size conditioning is left to ComfyUI, which takes the image
-    size from the latent for width/height and target size, with no crop (SDXL.encode_adm)."""
+    size from the latent for width/height and target size, with no crop (SDXL.encode_adm).
+    ``guidance``: Flux.1 dev's embedded guidance (as the FluxGuidance node sets it)."""
     extra = {} if cond.pooled is None else {"pooled_output": cond.pooled}
+    if guidance is not None:
+        extra["guidance"] = float(guidance)
     return [cond.context, extra]
 
 
@@ -589,8 +653,13 @@ def _dit_capture_wrapper(recorder: UNetRecorder, family: str, shift: float):
             captions = int(c_crossattn.shape[1])
             multiple = getattr(diffusion_model, "pad_tokens_multiple", None)
             first_token = captions + (-captions % multiple if multiple else 0)
+        elif family == FLUX:
+            # Flux's single blocks run on [txt, img] (then any reference latents' tokens)
+            first_token = int(c_crossattn.shape[1])
 
         def to_map(output):
+            if family == FLUX and isinstance(output, tuple):
+                return image_token_map(output[0], grid)  # a double block's (img, txt) pair
             return image_token_map(output, grid, first_token)
 
         with recorder.tap(diffusion_model, timestep, branches, to_map):

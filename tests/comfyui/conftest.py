@@ -93,6 +93,19 @@ def zimage_files() -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="session")
+def flux_files() -> tuple[Path, Path, Path]:
+    """``(dev diffusion model, schnell diffusion model, VAE)``: random-weight Flux.1 dev and schnell
+    for UNETLoader (1.4 GB each; the same weights, schnell without ``guidance_in``) and the 16-channel
+    VAE for VAELoader (0.17 GB), see dit_checkpoints.py; no text encoders."""
+    uses = ("tiny_checkpoint.py",)
+    return (
+        cached_checkpoint("dit_checkpoints.py", "tiny_flux_dev", uses, ("flux",)),
+        cached_checkpoint("dit_checkpoints.py", "tiny_flux_schnell", uses, ("flux_schnell",)),
+        cached_checkpoint("dit_checkpoints.py", "tiny_flux_vae", uses, ("flux_vae",)),
+    )
+
+
+@pytest.fixture(scope="session")
 def sd35_checkpoint() -> Path:
     """A random-weight SD 3.5 checkpoint (MM-DiT, CLIP-L, CLIP-G, VAE; no T5) for Load Checkpoint
     (1.8 GB, see dit_checkpoints.py)."""

@@ -22,8 +22,22 @@ pooled and 4096-wide context inputs: 11 M parameters. CLIP-L and CLIP-G have fix
 ComfyUI and are full size (0.25 + 1.39 GB in float16); T5-XXL (4.8 G parameters) is left out, as in
 SD3's own ``sd3_medium_incl_clips`` file, so ComfyUI's context is the 77 CLIP tokens padded to 4096.
 
+Flux.1, as ComfyUI's Flux templates load it (UNETLoader + DualCLIPLoader type "flux" + VAELoader
+``ae.safetensors``): ``flux`` writes a dev diffusion model file (with ``guidance_in``, which is how
+ComfyUI tells dev, ``supported_models.Flux``, from schnell, ``FluxSchnell``) and ``flux_schnell``
+the same weights without it; ``flux_vae`` is their VAE. ComfyUI's detection fixes 24 heads and RoPE
+axes of 16+56+56 = 128 per head, hence the hidden size 3072 (read from ``img_in``, but any other
+fails the model's own check) and the MLP width 12288; the context (4096, T5-XXL's) and pooled (768,
+CLIP-L's) widths are read from ``txt_in`` and ``vector_in``; the depths are counted from the keys.
+So the model keeps 1 double-stream block and 2 single-stream ones (Flux.1 has 19 and 38): 688 M
+parameters (dev; schnell 678 M), 1.4 GB in bfloat16 (what Flux ships in). The q/k RMS-norm scales
+are ones (random ones would flatten attention, and with it any token-order mistake). The text
+encoders are NOT written: ComfyUI builds T5-XXL from a fixed config whatever the file holds (4.8 G
+parameters, 9.5 GB in bfloat16) and Flux's context is T5's alone, so tests pass T5-shaped
+conditioning [1, T, 4096] with a CLIP-L-shaped pooled vector [1, 768] instead.
+
 The VAEs are full size (ComfyUI fixes their channel config): 84 M parameters, 0.17 GB.
-Run: python dit_checkpoints.py {zimage|flux_vae|sd35} OUT.safetensors
+Run: python dit_checkpoints.py {zimage|flux_vae|sd35|flux|flux_schnell} OUT.safetensors
 """
 
 from __future__ import annotations
@@ -75,6 +89,26 @@ SD35_CONFIG = dict(
     pos_embed_scaling_factor=None,
     x_block_self_attn_layers=[],
 )
+#: What ComfyUI's detection reads a Flux.1 dev file as (model_detection, "Flux"), 1 double- and
+#: 2 single-stream blocks; schnell is the same without ``guidance_embed``.
+FLUX_CONFIG = dict(
+    image_model="flux",
+    in_channels=16,
+    out_channels=16,
+    vec_in_dim=768,
+    context_in_dim=4096,
+    hidden_size=3072,
+    mlp_ratio=4.0,
+    num_heads=24,
+    depth=1,
+    depth_single_blocks=2,
+    axes_dim=[16, 56, 56],
+    theta=10000,
+    patch_size=2,
+    qkv_bias=True,
+    guidance_embed=True,
+    txt_ids_dims=[],
+)
 #: The 16-channel VAE of SD3 and Flux (Z-Image uses Flux's): SD's decoder, 16 latent channels and
 #: no quant convs (ComfyUI then builds an AutoencodingEngine).
 VAE16_DDCONFIG = dict(VAE_DDCONFIG, z_channels=16)
@@ -112,6 +146,18 @@ def zimage_state(g: torch.Generator) -> dict[str, torch.Tensor]:
     return {k: v.to(torch.bfloat16) for k, v in random_state(model, g).items()}
 
 
+def flux_state(g: torch.Generator, guidance: bool) -> dict[str, torch.Tensor]:
+    """Flux.1 dev, or schnell (``guidance=False``): the same weights less ``guidance_in``."""
+    from comfy.ldm.flux.model import Flux
+
+    state = random_state(Flux(**FLUX_CONFIG, device="meta", operations=_ops()), g)
+    return {
+        k: (torch.ones_like(v) if k.endswith("_norm.scale") else v).to(torch.bfloat16)
+        for k, v in state.items()
+        if guidance or not k.startswith("guidance_in.")
+    }
+
+
 def sd35_state(comfy_path: str, g: torch.Generator) -> dict[str, torch.Tensor]:
     import comfy.clip_model
     import comfy.supported_models
@@ -140,8 +186,10 @@ def build_state_dict(kind: str, comfy_path: str, seed: int = 0) -> dict[str, tor
         state = vae16_state(g)
     elif kind == "sd35":
         state = sd35_state(comfy_path, g)
+    elif kind in ("flux", "flux_schnell"):
+        state = flux_state(g, guidance=kind == "flux")
     else:
-        raise SystemExit(f"unknown kind {kind!r}: zimage, flux_vae or sd35")
+        raise SystemExit(f"unknown kind {kind!r}: zimage, flux_vae, sd35, flux or flux_schnell")
     return {k: v.contiguous() for k, v in state.items()}
 
 

@@ -1,6 +1,7 @@
-"""The random-weight Z-Image and SD 3.5 files of dit_checkpoints.py loaded into diffusers' own
-models with diffusers' own single-file converters (``convert_z_image_transformer_checkpoint_to_
-diffusers``, ``convert_sd3_transformer_checkpoint_to_diffusers``, ``convert_ldm_vae_checkpoint``),
+"""The random-weight Z-Image, SD 3.5 and Flux.1 files of dit_checkpoints.py loaded into diffusers'
+own models with diffusers' own single-file converters (``convert_z_image_transformer_checkpoint_to_
+diffusers``, ``convert_sd3_transformer_checkpoint_to_diffusers``,
+``convert_flux_transformer_checkpoint_to_diffusers``, ``convert_ldm_vae_checkpoint``),
 strictly (every key converted and used), in float32, for the parity test of the ComfyUI and
 diffusers backends. (diffusers' ``from_single_file`` would fetch the config of a published model.)
 """
@@ -13,9 +14,15 @@ import sys
 from safetensors.torch import load_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dit_checkpoints import SD35_CONFIG, SD35_DEPTH, SD35_POS_EMBED_MAX_SIZE, ZIMAGE_CONFIG  # noqa: E402
+from dit_checkpoints import (  # noqa: E402
+    FLUX_CONFIG,
+    SD35_CONFIG,
+    SD35_DEPTH,
+    SD35_POS_EMBED_MAX_SIZE,
+    ZIMAGE_CONFIG,
+)
 
-#: (scaling, shift) of the latent formats: the Flux VAE's (Z-Image) and SD3's.
+#: (scaling, shift) of the latent formats: the Flux VAE's (Z-Image, Flux.1) and SD3's.
 FLUX_LATENT = (0.3611, 0.1159)
 SD3_LATENT = (1.5305, 0.0609)
 
@@ -77,3 +84,21 @@ def diffusers_sd35(checkpoint_path):
     )
     transformer.load_state_dict(convert_sd3_transformer_checkpoint_to_diffusers(dit), strict=True)
     return transformer.float().eval(), _vae(vae, SD3_LATENT)
+
+
+def diffusers_flux(model_path, vae_path):
+    """``(transformer, vae)``: diffusers' FluxTransformer2DModel (dev's guidance embedding when the
+    file has ``guidance_in``) and AutoencoderKL; Flux.1 uses the VAE Z-Image does."""
+    from diffusers import FluxTransformer2DModel
+    from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
+
+    state = load_file(str(model_path))
+    transformer = FluxTransformer2DModel(
+        num_layers=FLUX_CONFIG["depth"],
+        num_single_layers=FLUX_CONFIG["depth_single_blocks"],
+        pooled_projection_dim=FLUX_CONFIG["vec_in_dim"],
+        joint_attention_dim=FLUX_CONFIG["context_in_dim"],
+        guidance_embeds=any(k.startswith("guidance_in.") for k in state),
+    )
+    transformer.load_state_dict(convert_flux_transformer_checkpoint_to_diffusers(state), strict=True)
+    return transformer.float().eval(), _vae(load_file(str(vae_path)), FLUX_LATENT)

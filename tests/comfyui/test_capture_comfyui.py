@@ -216,7 +216,9 @@ def test_other_kinds_of_model_are_refused_naming_what_is_supported(comfy_inproce
             class model_config:  # noqa: N801
                 unet_config = {}
 
-            diffusion_model = torch.nn.Linear(1, 1)  # a DiT other than Z-Image and SD 3.5 (Flux, ...)
+            diffusion_model = torch.nn.Linear(
+                1, 1
+            )  # a DiT other than Z-Image, SD 3.5 and Flux.1 (Qwen-Image, ...)
 
     with pytest.raises(UnsupportedModelError, match="does not support yet: it is neither") as e:
         ComfyBackend(FakeModel(), clip, vae)

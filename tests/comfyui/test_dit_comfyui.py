@@ -219,6 +219,30 @@ def test_capture_from_image_node_plans_on_the_flow_grid_at_turbo_step_counts(com
     assert hook_count(model, vae) == 0
 
 
+def sample_recording_calls(model, sample):
+    """``(sample(), calls)`` with ``calls`` the ``(batch size, keyword arguments)`` of each call of
+    the MODEL's diffusion model during ``sample`` (run in inference mode, as inside a prompt)."""
+    calls = []
+
+    def record(module, args, kwargs):
+        calls.append((args[0].shape[0], kwargs))
+
+    handle = model.model.diffusion_model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        with torch.inference_mode():
+            return sample(), calls
+    finally:
+        handle.remove()
+
+
+def check_identical(a, b):
+    """Two CapturedSamples of one backend bit for bit: image, latent and every block map."""
+    assert a.timesteps == b.timesteps
+    assert torch.equal(a.image, b.image) and torch.equal(a.latent, b.latent)
+    for t in a.timesteps:
+        assert all(torch.equal(x, y) for x, y in zip(a.unet[t], b.unet[t], strict=True)), t
+
+
 def check_parity(a, b, tol=1e-3):
     """Two CapturedSamples of one model: the same image, latent, block maps and VAE taps."""
     from compare import relative_error
@@ -258,27 +282,16 @@ def test_sd35_matches_the_diffusers_backend(comfy_inprocess, sd35, sd35_checkpoi
 def test_zimage_at_cfg_1_evaluates_and_captures_one_branch_deterministically(comfy_inprocess, zimage):
     model, clip, vae = zimage
     backend = comfy_inprocess.nodes.comfy_backend.ComfyBackend(model, clip, vae)
-    batches = []
-
-    def count(module, args, kwargs):
-        batches.append(args[0].shape[0])
-
     few = settings(1.0, steps=2, timesteps=(499,))
-    handle = model.model.diffusion_model.register_forward_pre_hook(count, with_kwargs=True)
-    try:
-        with torch.inference_mode():
-            a = backend.sample(qwen3_conditioning(0), few)
-    finally:
-        handle.remove()
-    assert batches == [1, 1]  # two steps, the cond branch alone: ComfyUI's cfg1 shortcut
+    a, calls = sample_recording_calls(model, lambda: backend.sample(qwen3_conditioning(0), few))
+    # two steps, the cond branch alone: ComfyUI's cfg1 shortcut
+    assert [batch for batch, _ in calls] == [1, 1]
     assert hook_count(model, vae) == 0
     assert a.meta["branches"] == 1
     assert [tuple(f.shape) for f in a.unet[499]] == [(1, 3840, 4, 4)] * 2
     assert not torch.equal(a.unet[499][0], a.unet[499][1])
     with torch.inference_mode():
-        b = backend.sample(qwen3_conditioning(0), few)
-    assert torch.equal(a.image, b.image) and torch.equal(a.latent, b.latent)
-    assert all(torch.equal(x, y) for x, y in zip(a.unet[499], b.unet[499], strict=True))
+        check_identical(a, backend.sample(qwen3_conditioning(0), few))
 
 
 def test_zimage_matches_the_diffusers_backend(comfy_inprocess, zimage_files):
@@ -338,7 +351,10 @@ def test_sd35_picture_capture_inverts_as_the_diffusers_backend(comfy_inprocess, 
             "Lumina2",
             "Lumina2 (Lumina Image 2.0 or a model of its layout; Z-Image is that layout at dim 3840)",
         ),
-        ("Flux", "is Flux, a kind of diffusion model DiffSketch does not support yet"),
+        ("QwenImage", "is QwenImage, a kind of diffusion model DiffSketch does not support yet"),
+        # ComfyUI's Flux.2 and Flux.1 Fill configs subclass Flux.1's: refused all the same
+        ("Flux2", "is Flux2, a kind of diffusion model DiffSketch does not support yet"),
+        ("FluxInpaint", "is FluxInpaint (Flux.1 Fill, whose input carries the masked picture)"),
     ],
 )
 def test_dit_families_not_supported_yet_are_refused_by_name(comfy_inprocess, config_name, words):
@@ -350,4 +366,6 @@ def test_dit_families_not_supported_yet_are_refused_by_name(comfy_inprocess, con
     )
     with pytest.raises(UnsupportedModelError) as e:
         comfy_inprocess.nodes.comfy_backend.model_family(model)
-    assert words in str(e.value) and "Z-Image" in str(e.value) and "SD 3.5" in str(e.value)
+    assert all(name in str(e.value) for name in (words, "Z-Image", "SD 3.5", "Flux.1 dev/schnell")), str(
+        e.value
+    )
