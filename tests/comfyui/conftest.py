@@ -93,6 +93,13 @@ def zimage_files() -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="session")
+def zimage_text_encoder() -> Path:
+    """Z-Image's Qwen3 text encoder for CLIPLoader (type lumina2), random weights, shrunk to a depth
+    and FFN width ComfyUI only builds with qwen3_checkpoint.py's config patch (0.95 GB)."""
+    return cached_checkpoint("qwen3_checkpoint.py", "tiny_qwen3", ("tiny_checkpoint.py",))
+
+
+@pytest.fixture(scope="session")
 def sd35_checkpoint() -> Path:
     """A random-weight SD 3.5 checkpoint (MM-DiT, CLIP-L, CLIP-G, VAE; no T5) for Load Checkpoint
     (1.8 GB, see dit_checkpoints.py)."""

@@ -2,9 +2,9 @@
 as the user loads them: see dit_checkpoints.py): family detection, refusals, capture of the DiT
 blocks' image tokens with the hooks gone on every exit path, one branch at cfg 1.
 
-The Z-Image text encoder (Qwen3-4B, 8 GB) is not built: its CLIP here is ComfyUI's own Z-Image
-text-encoder class built on the meta device (what the family check reads), and sampling is given
-Qwen3-shaped conditioning directly.
+Z-Image's text encoder (Qwen3-4B, 8 GB) is loaded only by the prompt-encoding test, at the shrunk
+size of qwen3_checkpoint.py; elsewhere its CLIP is ComfyUI's own Z-Image text-encoder class built on
+the meta device (what the family check reads), and sampling is given Qwen3-shaped conditioning.
 """
 
 from __future__ import annotations
@@ -287,6 +287,43 @@ def test_zimage_matches_the_diffusers_backend(comfy_inprocess, zimage_files):
     check_parity(a_one, diff_b.sample(cond, settings(1.0, **few)))
     with pytest.warns(UserWarning, match="guidance-distilled"):
         check_parity(a_cfg, diff_b.sample(cond, settings(3.0, **few), uncond=uncond))
+
+
+def test_zimage_prompts_are_encoded_as_the_diffusers_backend_encodes_them(
+    comfy_inprocess, zimage_text_encoder
+):
+    """The same Qwen3 weights (qwen3_checkpoint.py's shrunk random file) through CLIPLoader (type
+    lumina2) and ComfyUI's encode, and in transformers' Qwen3Model through DiffusersFlowBackend:
+    the same tokens (ComfyUI's template, the pipeline's chat template) and the same second-to-last
+    hidden states [1, T, 2560], for a prompt and for the empty one (the uncond branch)."""
+    import comfy.sd
+    from compare import relative_error
+    from dit_diffusers import transformers_qwen3
+    from qwen3_checkpoint import QWEN3_LAYERS, comfy_builds_small_qwen3
+    from tiny_models import tiny_vae16, tiny_zimage_transformer
+
+    from diffsketch.backends.dit import DiffusersFlowBackend
+
+    encode_text = comfy_inprocess.nodes.comfy_backend.encode_text
+    with comfy_builds_small_qwen3():
+        clip = comfy.sd.load_clip([str(zimage_text_encoder)], clip_type=comfy.sd.CLIPType.LUMINA2)
+    assert comfy_inprocess.nodes.comfy_backend.clip_family(clip) == "zimage"
+    assert len(clip.cond_stage_model.qwen3_4b.transformer.model.layers) == QWEN3_LAYERS
+    text_encoder, tokenizer = transformers_qwen3(zimage_text_encoder, torch.float32)
+    # encode_prompt reads only the text encoder: a tiny transformer and VAE complete the backend
+    backend = DiffusersFlowBackend(tiny_zimage_transformer(), tiny_vae16(), text_encoder, tokenizer)
+    prompt = "a horse in mud, (ink:1.2) sketch"
+    (comfy_tokens,) = clip.tokenize(prompt)["qwen3_4b"]
+    chat = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+    )
+    assert [t[0] for t in comfy_tokens] == tokenizer(chat).input_ids
+    for text in (prompt, ""):
+        theirs, ours = encode_text(clip, text, False), backend.encode_prompt(text)
+        assert theirs.pooled is None and ours.pooled is None
+        assert ours.context.shape == theirs.context.shape and ours.context.shape[-1] == 2560
+        assert relative_error(ours.context, theirs.context) < 1e-4, text
+    assert backend.encode_prompt(prompt).context.shape[1] == len(comfy_tokens) > 10
 
 
 def test_sd35_picture_capture_inverts_as_the_diffusers_backend(comfy_inprocess, sd35, sd35_checkpoint):
