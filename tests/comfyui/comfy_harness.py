@@ -170,6 +170,29 @@ def running_server(
         shutil.rmtree(base / "temp", ignore_errors=True)
 
 
+def write_loss_weights(models: Path) -> Path:
+    """Random-weight CLIP (the tiny architecture) and AlexNet (LPIPS) files under a server's
+    ``models/diffsketch`` folder, as Load CLIP Loss finds them, unless already there."""
+    import torch
+    import torchvision
+    from safetensors.torch import save_file
+
+    from diffsketch.train.losses import TINY_CLIP_ARCHITECTURE, ClipImageEncoder
+
+    clip = models / "clip" / "clip_vit_b_32.safetensors"
+    lpips = models / "lpips" / "alexnet-owt-7be5be79.safetensors"
+    if not clip.exists():
+        clip.parent.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(0)
+        tower = ClipImageEncoder.random(TINY_CLIP_ARCHITECTURE).tower
+        save_file({f"visual.{k}": v.contiguous() for k, v in tower.state_dict().items()}, str(clip))
+    if not lpips.exists():
+        lpips.parent.mkdir(parents=True, exist_ok=True)
+        alex = torchvision.models.alexnet(weights=None).state_dict()
+        save_file({k: v.contiguous() for k, v in alex.items()}, str(lpips))
+    return models
+
+
 def error_message(entry: dict) -> str:
     for kind, data in entry.get("status", {}).get("messages", []):
         if kind == "execution_error":

@@ -14,6 +14,7 @@ import types
 import pytest
 import torch
 from comfy_harness import hook_count
+from tiny_models import tiny_generator
 
 from diffsketch.backends.conditioning import Conditioning
 from diffsketch.capture.sampling import SamplingSettings
@@ -202,6 +203,73 @@ def test_sample_node_captures_the_family_default_timesteps_at_turbo_step_counts(
     out = node.execute(model, clip, vae, "a horse in mud", seed=0, steps=8, cfg=1.0, **SIZE)
     assert out.args[2].timesteps == FLOW_TIMESTEPS
     assert hook_count(model, vae) == 0
+
+
+def test_sd35_trains_generates_and_distils_through_the_nodes(
+    comfy_inprocess, sd35, loaded_checkpoint, monkeypatch, tmp_path
+):
+    """Sample & Capture (cfg 4: two branches) -> Fit Conditions -> Train -> Generate -> Distill on
+    the SD 3.5 checkpoint, as the nodes run them (tiny sizes): the generator and extractor files
+    record the SD 3.5 family and layout, and no hook is left. A generator trained on a UNet model
+    (SD 1.x) is refused by both families' names before Generate or Distill samples anything."""
+    import folder_paths
+
+    from diffsketch.distill.extractor import load_extractor
+    from diffsketch.train.generator import load_generator
+    from diffsketch.train.losses import TINY_CLIP_ARCHITECTURE, ClipImageEncoder, build_lpips
+
+    nodes = comfy_inprocess.nodes
+    model, clip, vae = sd35
+    for folder in (nodes.train.FOLDER, nodes.distill.FOLDER):
+        monkeypatch.setitem(folder_paths.folder_names_and_paths, folder, ([str(tmp_path)], {".safetensors"}))
+    # the pair folders go under models/, the previews under temp/: both in tmp_path, not in ComfyUI's tree
+    monkeypatch.setattr(folder_paths, "models_dir", str(tmp_path / "models"))
+    monkeypatch.setattr(folder_paths, "temp_directory", str(tmp_path / "temp"))
+    image, _, features = nodes.sample.DiffSketchSample.execute(
+        model, clip, vae, "a horse in mud", 1, 8, 4.0, **SIZE
+    ).result
+    assert features.meta["branches"] == 2
+    prompts = "a horse in mud\na red car\na bowl of fruit\na city at night"
+    conditions = nodes.conditions.DiffSketchFitConditions.execute(clip, prompts, 2, 0, "").args[0]
+    torch.manual_seed(0)
+    loss_models = {
+        "clip": ClipImageEncoder.random(TINY_CLIP_ARCHITECTURE),
+        "lpips": build_lpips(random_weights=True),
+    }
+    generator = nodes.train.DiffSketchTrain.execute(
+        model, clip, vae, features, image, conditions, loss_models, iterations=2, learning_rate=1e-4, h_iter=1,
+        lpips_weight=15.0, l1_weight=30.0, clip_weight=30.0, across_weight=1.0, within_weight=1.0,
+        timestep_policy="fixed", schedule="fast", low_memory=True, seed=0, save_name="sd35_style",
+        resume_from=nodes.train.NO_RESUME, checkpoint_every=2,
+    ).result[0]  # fmt: skip
+    saved = load_generator(tmp_path / "sd35_style.safetensors")
+    assert saved.family == generator.family == "sd35" and saved.branches == 2
+    assert saved.spec.pooled_dim == 2048 and {t.channels for t in saved.spec.unet} == {256}
+    picture, sketch = nodes.train.DiffSketchGenerate.execute(
+        model, clip, vae, generator, "a cat", 3, 8, 4.0, **SIZE
+    ).result
+    assert tuple(picture.shape) == (1, 64, 64, 3) and tuple(sketch.shape) == (1, 64, 64, 3)
+    assert torch.isfinite(sketch).all() and float(sketch.std()) > 0
+    nodes.distill.DiffSketchDistill.execute(
+        generator, model, clip, vae, conditions, pair_count=2, iterations=2, batch_size=2, crop_size=32,
+        learning_rate=1e-3, steps=8, width=64, height=64, seed=0, save_name="sd35_extractor",
+        loss_models=loss_models,
+    )  # fmt: skip
+    extractor = load_extractor(tmp_path / "sd35_extractor.safetensors")
+    assert extractor.meta["pair_settings"]["model_layout"] == saved.spec.fingerprint()
+    assert hook_count(model, vae) == 0
+
+    sd1 = comfy_inprocess.nodes.comfy_backend.ComfyBackend(*loaded_checkpoint)
+    unet_generator = tiny_generator(sd1.spec, len(generator.timesteps), generator.timesteps)
+    refused = "the generator is SD 1.x but the model connected is SD 3.5.*use it with SD 1.x checkpoints"
+    with pytest.raises(UnsupportedModelError, match=refused):
+        nodes.train.DiffSketchGenerate.execute(model, clip, vae, unet_generator, "a cat", 3, 8, 4.0, **SIZE)
+    with pytest.raises(UnsupportedModelError, match=refused):
+        nodes.distill.DiffSketchDistill.execute(
+            unet_generator, model, clip, vae, conditions, pair_count=1, iterations=1, batch_size=1,
+            crop_size=32, learning_rate=1e-3, steps=8, width=64, height=64, seed=0, save_name="refused",
+        )  # fmt: skip
+    assert not (tmp_path / "refused.safetensors").exists()
 
 
 def check_parity(a, b, tol=1e-3):
