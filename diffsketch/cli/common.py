@@ -7,7 +7,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..capture.sampling import DEFAULT_CFG
 from ..terminal import check_input_file, pick_device
+from ..train.inference import generator_cfg
 
 
 def load_backend(args, device: str | None = None):
@@ -115,10 +117,6 @@ def model_args(p):
     )
 
 
-#: The guidance scale of models sampled with classifier-free guidance, when --cfg is not given.
-DEFAULT_CFG = 5.0
-
-
 def sampling_args(p, steps=50):
     p.add_argument(
         "--steps",
@@ -149,9 +147,8 @@ def sampling_cfg(args, backend, generator=None) -> float:
     guidance-distilled model (Z-Image Turbo), else :data:`DEFAULT_CFG`."""
     if args.cfg is not None:
         return float(args.cfg)
-    if generator is not None and getattr(generator.config, "branches", 2) == 1:
-        return 1.0
-    return 1.0 if getattr(backend, "guidance_distilled", False) else DEFAULT_CFG
+    model_cfg = 1.0 if getattr(backend, "guidance_distilled", False) else DEFAULT_CFG
+    return model_cfg if generator is None else generator_cfg(generator, model_cfg)
 
 
 def schedule_arg(p):
