@@ -13,7 +13,7 @@ import types
 
 import pytest
 import torch
-from comfy_harness import hook_count
+from comfy_harness import hook_count, random_loss_models, run_train_node
 from tiny_models import tiny_generator
 
 from diffsketch.backends.conditioning import Conditioning
@@ -216,7 +216,6 @@ def test_sd35_trains_generates_and_distils_through_the_nodes(
 
     from diffsketch.distill.extractor import load_extractor
     from diffsketch.train.generator import load_generator
-    from diffsketch.train.losses import TINY_CLIP_ARCHITECTURE, ClipImageEncoder, build_lpips
 
     nodes = comfy_inprocess.nodes
     model, clip, vae = sd35
@@ -231,17 +230,11 @@ def test_sd35_trains_generates_and_distils_through_the_nodes(
     assert features.meta["branches"] == 2
     prompts = "a horse in mud\na red car\na bowl of fruit\na city at night"
     conditions = nodes.conditions.DiffSketchFitConditions.execute(clip, prompts, 2, 0, "").args[0]
-    torch.manual_seed(0)
-    loss_models = {
-        "clip": ClipImageEncoder.random(TINY_CLIP_ARCHITECTURE),
-        "lpips": build_lpips(random_weights=True),
-    }
-    generator = nodes.train.DiffSketchTrain.execute(
-        model, clip, vae, features, image, conditions, loss_models, iterations=2, learning_rate=1e-4, h_iter=1,
-        lpips_weight=15.0, l1_weight=30.0, clip_weight=30.0, across_weight=1.0, within_weight=1.0,
-        timestep_policy="fixed", schedule="fast", low_memory=True, seed=0, save_name="sd35_style",
-        resume_from=nodes.train.NO_RESUME, checkpoint_every=2,
-    ).result[0]  # fmt: skip
+    loss_models = random_loss_models()
+    generator = run_train_node(
+        nodes, model, clip, vae, features, image, conditions, loss_models, "sd35_style",
+        iterations=2, low_memory=True, checkpoint_every=2,
+    )  # fmt: skip
     saved = load_generator(tmp_path / "sd35_style.safetensors")
     assert saved.family == generator.family == "sd35" and saved.branches == 2
     assert saved.spec.pooled_dim == 2048 and {t.channels for t in saved.spec.unet} == {256}
