@@ -196,10 +196,15 @@ def test_the_sdxl_quick_start_runs_end_to_end(comfy_server, workflow_env):
 
 
 @pytest.fixture(scope="module")
-def zimage_server(tmp_path_factory, tiny_checkpoint, artifacts_dir, zimage_files, zimage_text_encoder):
+def zimage_server(
+    tmp_path_factory, tiny_checkpoint, artifacts_dir, zimage_files, zimage_text_encoder, comfy_server
+):
     """A server of its own for the Z-Image quick start, with the template's file names: its ComfyUI
     builds Qwen3-4B at the test text encoder's shrunk size (the zimage_server_node custom node, see
-    qwen3_checkpoint.py), which the shared server's must not; stopped when the module ends."""
+    qwen3_checkpoint.py), which the shared server's must not; stopped when the module ends. The
+    shared server lets go of the models it keeps first: this one holds the 1.24 G-parameter Z-Image
+    in float32 (5 GB), and CI machines have 24 GB."""
+    comfy_server.post("/free", {"unload_models": True, "free_memory": True})
     base = tmp_path_factory.mktemp("zimage_base")
     (base / "custom_nodes").mkdir()
     node = Path(__file__).with_name("zimage_server_node")
