@@ -194,10 +194,10 @@ class DiffSketchDistill(io.ComfyNode):
         photos=None,
         photo_share=DEFAULT_PHOTO_SHARE,
     ) -> io.NodeOutput:
-        from diffsketch.capture.sampling import SamplingSettings
+        from diffsketch.capture.sampling import DEFAULT_CFG, SamplingSettings
         from diffsketch.distill import DistillConfig, distill, pair_settings, pair_settings_digest
         from diffsketch.distill.extractor import save_extractor
-        from diffsketch.train.inference import check_generator_fits
+        from diffsketch.train.inference import check_generator_fits, generator_cfg
 
         from .comfy_backend import ComfyBackend
 
@@ -207,9 +207,11 @@ class DiffSketchDistill(io.ComfyNode):
         # One pair folder per (save name, teacher and pair settings): running again with the same
         # inputs resumes it; a re-trained generator under the same name starts a folder of its own
         # instead of clashing with pairs made by the old one.
+        # no cfg input: a one-branch generator's pairs at cfg 1 (Z-Image Turbo), the others' at the default
         sampling = SamplingSettings(
             seed=int(seed),
             steps=int(steps),
+            cfg=generator_cfg(generator, DEFAULT_CFG),
             width=width,
             height=height,
             schedule=None if schedule == AS_TRAINED else schedule,

@@ -233,6 +233,25 @@ def test_a_flow_generator_without_recorded_timesteps_takes_its_family_defaults()
 # --------------------------------------------------------------------------------------------
 # the branches a generator was trained on decide the cfg it samples at
 # --------------------------------------------------------------------------------------------
+def test_the_command_line_cfg_default_follows_the_generator_then_the_model():
+    """Without --cfg: a generator's branches decide (one: 1; two: the default 5, also on a
+    guidance-distilled model, where 1 would capture one branch and be refused); without a
+    generator, a guidance-distilled model samples at 1."""
+    from types import SimpleNamespace
+
+    from diffsketch.capture.sampling import DEFAULT_CFG
+    from diffsketch.cli.common import sampling_cfg
+
+    no_cfg, cfg_3 = SimpleNamespace(cfg=None), SimpleNamespace(cfg=3.0)
+    turbo, unet = SimpleNamespace(guidance_distilled=True), SimpleNamespace(guidance_distilled=False)
+    one, two = SimpleNamespace(branches=1), SimpleNamespace(branches=2)
+    assert sampling_cfg(no_cfg, turbo, two) == DEFAULT_CFG
+    assert sampling_cfg(no_cfg, turbo, one) == 1.0 and sampling_cfg(no_cfg, unet, one) == 1.0
+    assert sampling_cfg(no_cfg, unet, two) == DEFAULT_CFG
+    assert sampling_cfg(no_cfg, turbo) == 1.0 and sampling_cfg(no_cfg, unet) == DEFAULT_CFG
+    assert sampling_cfg(cfg_3, turbo, one) == 3.0
+
+
 def test_training_at_a_cfg_that_changes_the_branches_is_refused_before_sampling(flow_env):
     spec = flow_env[0]
     one = flow_sample(spec, FLOW_TIMESTEPS, STEPS, branches=1)

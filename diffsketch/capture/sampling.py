@@ -53,6 +53,10 @@ def fast_schedule(plan: TimestepPlan) -> list[int]:
     return sorted(set(plan.used) | {extra}, reverse=True)
 
 
+#: The guidance scale of models sampled with classifier-free guidance, where none is given.
+DEFAULT_CFG = 5.0
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplingSettings:
     """How one image is sampled: everything that, with the condition, decides the image.
@@ -77,7 +81,7 @@ class SamplingSettings:
 
     seed: int = 0
     steps: int = 50
-    cfg: float = 5.0
+    cfg: float = DEFAULT_CFG
     width: int = 512
     height: int = 512
     timesteps: tuple[int, ...] | None = None

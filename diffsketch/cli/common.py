@@ -7,9 +7,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..capture.sampling import DEFAULT_CFG
 from ..capture.spec import DIT_NAMES_TEXT, NATIVE_SIZES_TEXT, SIZE_MULTIPLES_TEXT, ZIMAGE
 from ..capture.timesteps import DISTILLED_STEPS, PAPER_STEPS
 from ..terminal import check_input_file, pick_device
+from ..train.inference import generator_cfg
 
 
 def load_backend(args, device: str | None = None):
@@ -118,10 +120,6 @@ def model_args(p):
     )
 
 
-#: The guidance scale of models sampled with classifier-free guidance, when --cfg is not given.
-DEFAULT_CFG = 5.0
-
-
 def sampling_args(p, steps: int | None = None):
     """``steps``: the --steps default; None: the model's own (:func:`sampling_steps`)."""
     p.add_argument(
@@ -159,12 +157,14 @@ def sampling_steps(args, backend) -> int:
 
 
 def sampling_cfg(args, backend, generator=None) -> float:
-    """--cfg, or when it is not given: 1 for a generator trained on one-branch (cfg 1) features or a
-    guidance-distilled model (Z-Image Turbo, Flux.1), else :data:`DEFAULT_CFG`."""
+    """--cfg, or when it is not given: with a generator, the guidance its features were captured at
+    (:func:`~diffsketch.train.inference.generator_cfg`: 1 for one branch, else :data:`DEFAULT_CFG`,
+    the Generate and Distill nodes' rule); without one, 1 for a guidance-distilled model (Z-Image
+    Turbo, Flux.1), else :data:`DEFAULT_CFG`."""
     if args.cfg is not None:
         return float(args.cfg)
-    if generator is not None and getattr(generator.config, "branches", 2) == 1:
-        return 1.0
+    if generator is not None:
+        return generator_cfg(generator, DEFAULT_CFG)
     return 1.0 if getattr(backend, "guidance_distilled", False) else DEFAULT_CFG
 
 

@@ -95,6 +95,13 @@ def check_sampling_branches(
     )
 
 
+def generator_cfg(generator, otherwise: float) -> float:
+    """The guidance to sample ``generator``'s images at where none is given: 1 for a generator
+    trained on one-branch features (cfg 1 on a flow family, Z-Image Turbo's sampling: no other cfg
+    captures them), else ``otherwise``."""
+    return 1.0 if getattr(generator, "branches", 2) == 1 else float(otherwise)
+
+
 def generator_sampling(generator, sampling: SamplingSettings) -> SamplingSettings:
     """``sampling`` completed with what ``generator`` was trained on: its timesteps where
     ``sampling.timesteps`` is None, its schedule where ``sampling.schedule`` is None. A teacher

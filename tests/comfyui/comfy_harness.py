@@ -170,6 +170,69 @@ def running_server(
         shutil.rmtree(base / "temp", ignore_errors=True)
 
 
+def write_loss_weights(models: Path) -> Path:
+    """Random-weight CLIP (the tiny architecture) and AlexNet (LPIPS) files under a server's
+    ``models/diffsketch`` folder, as Load CLIP Loss finds them, unless already there."""
+    import torch
+    import torchvision
+    from safetensors.torch import save_file
+
+    from diffsketch.train.losses import TINY_CLIP_ARCHITECTURE, ClipImageEncoder
+
+    clip = models / "clip" / "clip_vit_b_32.safetensors"
+    lpips = models / "lpips" / "alexnet-owt-7be5be79.safetensors"
+    if not clip.exists():
+        clip.parent.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(0)
+        tower = ClipImageEncoder.random(TINY_CLIP_ARCHITECTURE).tower
+        save_file({f"visual.{k}": v.contiguous() for k, v in tower.state_dict().items()}, str(clip))
+    if not lpips.exists():
+        lpips.parent.mkdir(parents=True, exist_ok=True)
+        alex = torchvision.models.alexnet(weights=None).state_dict()
+        save_file({k: v.contiguous() for k, v in alex.items()}, str(lpips))
+    return models
+
+
+def random_loss_models() -> dict:
+    """A LOSS_MODELS value with random weights (torch's seed 0): the tiny CLIP and LPIPS's AlexNet."""
+    import torch
+
+    from diffsketch.train.losses import TINY_CLIP_ARCHITECTURE, ClipImageEncoder, build_lpips
+
+    torch.manual_seed(0)
+    return {
+        "clip": ClipImageEncoder.random(TINY_CLIP_ARCHITECTURE),
+        "lpips": build_lpips(random_weights=True),
+    }
+
+
+def run_train_node(nodes, model, clip, vae, features, sketch, conditions, loss_models, save_name, **inputs):
+    """The generator the pack's Train node (``nodes``: the pack's ``nodes`` package) trains in-process:
+    one step with the template's loss weights by default, ``inputs`` (iterations, low_memory, ...)
+    over those."""
+    inputs = {
+        "iterations": 1,
+        "learning_rate": 1e-4,
+        "h_iter": 1,
+        "lpips_weight": 15.0,
+        "l1_weight": 30.0,
+        "clip_weight": 30.0,
+        "across_weight": 1.0,
+        "within_weight": 1.0,
+        "timestep_policy": "fixed",
+        "schedule": "fast",
+        "low_memory": False,
+        "seed": 0,
+        "save_name": save_name,
+        "resume_from": nodes.train.NO_RESUME,
+        "checkpoint_every": 1,
+        **inputs,
+    }
+    return nodes.train.DiffSketchTrain.execute(
+        model, clip, vae, features, sketch, conditions, loss_models, **inputs
+    ).result[0]
+
+
 def error_message(entry: dict) -> str:
     for kind, data in entry.get("status", {}).get("messages", []):
         if kind == "execution_error":

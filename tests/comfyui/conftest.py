@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from comfy_harness import COMFYUI_PATH, REPO, running_server
+from comfy_harness import COMFYUI_PATH, REPO, running_server, write_loss_weights
 
 SKIP_REASON = (
     "COMFYUI_PATH is not set: the real-ComfyUI tier needs a ComfyUI v0.8 source tree with its requirements "
@@ -105,6 +105,12 @@ def flux_files() -> tuple[Path, Path, Path]:
     )
 
 
+def zimage_text_encoder() -> Path:
+    """Z-Image's Qwen3 text encoder for CLIPLoader (type lumina2), random weights, shrunk to a depth
+    and FFN width ComfyUI only builds with qwen3_checkpoint.py's config patch (0.95 GB)."""
+    return cached_checkpoint("qwen3_checkpoint.py", "tiny_qwen3", ("tiny_checkpoint.py",))
+
+
 @pytest.fixture(scope="session")
 def sd35_checkpoint() -> Path:
     """A random-weight SD 3.5 checkpoint (MM-DiT, CLIP-L, CLIP-G, VAE; no T5) for Load Checkpoint
@@ -151,22 +157,4 @@ def comfy_server(tmp_path_factory, tiny_checkpoint, artifacts_dir):
 @pytest.fixture(scope="session")
 def loss_files(comfy_server):
     """Tiny CLIP and AlexNet weight files in the server's model folders (random weights)."""
-    import torch
-    import torchvision
-    from safetensors.torch import save_file
-
-    from diffsketch.train.losses import TINY_CLIP_ARCHITECTURE, ClipImageEncoder
-
-    models = comfy_server.base / "models" / "diffsketch"
-    clip = models / "clip" / "clip_vit_b_32.safetensors"
-    lpips = models / "lpips" / "alexnet-owt-7be5be79.safetensors"
-    if not clip.exists():
-        clip.parent.mkdir(parents=True, exist_ok=True)
-        torch.manual_seed(0)
-        tower = ClipImageEncoder.random(TINY_CLIP_ARCHITECTURE).tower
-        save_file({f"visual.{k}": v.contiguous() for k, v in tower.state_dict().items()}, str(clip))
-    if not lpips.exists():
-        lpips.parent.mkdir(parents=True, exist_ok=True)
-        alex = torchvision.models.alexnet(weights=None).state_dict()
-        save_file({k: v.contiguous() for k, v in alex.items()}, str(lpips))
-    return models
+    return write_loss_weights(comfy_server.base / "models" / "diffsketch")

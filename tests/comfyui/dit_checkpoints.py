@@ -9,10 +9,13 @@ by its hidden size alone: ``dim`` must be 3840, and 3840 fixes the heads (30 of 
 and the FFN width (10240) too; the depth is counted from the keys, the two noise- and two
 context-refiner blocks are fixed. So the model keeps 3 main blocks (Z-Image has 30): 7 blocks of
 177 M parameters, 1.24 G in all, 2.5 GB in bfloat16 (what Z-Image ships in); ``cap_pad_token``
-keeps the token padding to multiples of 32 of the published model. The text encoder is NOT
-written: ComfyUI builds Qwen3-4B from a fixed 36-layer config whatever the file holds (4.0 G
-parameters, 8 GB in bfloat16, and as much RAM to run it on this CPU), so tests pass Qwen3-shaped
-conditioning [1, T, 2560] instead.
+keeps the token padding to multiples of 32 of the published model. The text encoder (for
+CLIPLoader) is written by qwen3_checkpoint.py, a recipe of its own, SHRUNK to 3 layers with a
+512-wide FFN (vocabulary 151936 and hidden size 2560 kept: the tokenizer's ids and Z-Image's
+``cap_feat_dim``; 0.95 GB): ComfyUI builds Qwen3-4B from a fixed 36-layer config whatever the file
+holds (4.0 G parameters, 8 GB in bfloat16, and as much RAM to run it on this CPU), so only the
+tests that load that file replace ComfyUI's config with one of that size (their ComfyUI alone);
+the other Z-Image tests pass Qwen3-shaped conditioning [1, T, 2560].
 
 SD 3.5, as ComfyUI's "SD3.5 simple" template loads it (one checkpoint for Load Checkpoint):
 ``sd35`` writes MM-DiT + CLIP-L + CLIP-G + the 16-channel VAE. ComfyUI calls an MM-DiT SD3 for its

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
+import torch
 from safetensors.torch import load_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -102,3 +103,43 @@ def diffusers_flux(model_path, vae_path):
     )
     transformer.load_state_dict(convert_flux_transformer_checkpoint_to_diffusers(state), strict=True)
     return transformer.float().eval(), _vae(load_file(str(vae_path)), FLUX_LATENT)
+
+
+def transformers_qwen3(text_encoder_path, dtype):
+    """``(Qwen3Model, tokenizer)``: the Qwen3 file of qwen3_checkpoint.py in transformers' Qwen3Model
+    (its config: Qwen3-4B's at the file's depth and FFN width), strictly, in ``dtype``, with the
+    tokenizer files ComfyUI ships for it (``comfy/text_encoders/qwen25_tokenizer``).
+
+    Those files are Qwen2.5's, whose chat template opens with a default system prompt ("You are a
+    helpful assistant."); Qwen3's, which Z-Image's pipeline applies, has none. ComfyUI formats the
+    prompt itself ("<|im_start|>user\\n{}<|im_end|>\\n<|im_start|>assistant\\n"), so the tokenizer gets
+    the part of Qwen3's template a one-message prompt goes through (tiny_models.QWEN3_CHAT_TEMPLATE),
+    which writes exactly that."""
+    from comfy_harness import COMFYUI_PATH
+    from qwen3_checkpoint import QWEN3_FFN, QWEN3_LAYERS
+    from tiny_models import QWEN3_CHAT_TEMPLATE
+    from transformers import Qwen2Tokenizer, Qwen3Config, Qwen3Model
+
+    config = Qwen3Config(
+        vocab_size=151936,
+        hidden_size=2560,
+        intermediate_size=QWEN3_FFN,
+        num_hidden_layers=QWEN3_LAYERS,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        max_position_embeddings=40960,
+        rms_norm_eps=1e-6,
+        rope_theta=1000000.0,
+        tie_word_embeddings=True,
+    )
+    with torch.device("meta"):
+        model = Qwen3Model(config)
+    state = {k.removeprefix("model."): v.to(dtype) for k, v in load_file(str(text_encoder_path)).items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    model.rotary_emb = type(model.rotary_emb)(config)  # its inv_freq buffer, left on the meta device
+    tokenizer = Qwen2Tokenizer.from_pretrained(
+        os.path.join(COMFYUI_PATH, "comfy", "text_encoders", "qwen25_tokenizer")
+    )
+    tokenizer.chat_template = QWEN3_CHAT_TEMPLATE
+    return model.eval(), tokenizer

@@ -2,9 +2,9 @@
 as the user loads them: see dit_checkpoints.py): family detection, refusals, capture of the DiT
 blocks' image tokens with the hooks gone on every exit path, one branch at cfg 1.
 
-The Z-Image text encoder (Qwen3-4B, 8 GB) is not built: its CLIP here is ComfyUI's own Z-Image
-text-encoder class built on the meta device (what the family check reads), and sampling is given
-Qwen3-shaped conditioning directly.
+Z-Image's text encoder (Qwen3-4B, 8 GB) is loaded only by the prompt-encoding test, at the shrunk
+size of qwen3_checkpoint.py; elsewhere its CLIP is ComfyUI's own Z-Image text-encoder class built on
+the meta device (what the family check reads), and sampling is given Qwen3-shaped conditioning.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import types
 
 import pytest
 import torch
-from comfy_harness import hook_count
+from comfy_harness import hook_count, random_loss_models, run_train_node
+from tiny_models import tiny_generator
 
 from diffsketch.backends.conditioning import Conditioning
 from diffsketch.capture.sampling import SamplingSettings
@@ -243,6 +244,66 @@ def check_identical(a, b):
         assert all(torch.equal(x, y) for x, y in zip(a.unet[t], b.unet[t], strict=True)), t
 
 
+def test_sd35_trains_generates_and_distils_through_the_nodes(
+    comfy_inprocess, sd35, loaded_checkpoint, monkeypatch, tmp_path
+):
+    """Sample & Capture (cfg 4: two branches) -> Fit Conditions -> Train -> Generate -> Distill on
+    the SD 3.5 checkpoint, as the nodes run them (tiny sizes): the generator and extractor files
+    record the SD 3.5 family and layout, and no hook is left. A generator trained on a UNet model
+    (SD 1.x) is refused by both families' names before Generate or Distill samples anything."""
+    import folder_paths
+
+    from diffsketch.distill.extractor import load_extractor
+    from diffsketch.train.generator import load_generator
+
+    nodes = comfy_inprocess.nodes
+    model, clip, vae = sd35
+    for folder in (nodes.train.FOLDER, nodes.distill.FOLDER):
+        monkeypatch.setitem(folder_paths.folder_names_and_paths, folder, ([str(tmp_path)], {".safetensors"}))
+    # the pair folders go under models/, the previews under temp/: both in tmp_path, not in ComfyUI's tree
+    monkeypatch.setattr(folder_paths, "models_dir", str(tmp_path / "models"))
+    monkeypatch.setattr(folder_paths, "temp_directory", str(tmp_path / "temp"))
+    image, _, features = nodes.sample.DiffSketchSample.execute(
+        model, clip, vae, "a horse in mud", 1, 4, 4.0, **SIZE, timesteps=(249, 749)
+    ).result
+    assert features.meta["branches"] == 2
+    prompts = "a horse in mud\na red car\na bowl of fruit\na city at night"
+    conditions = nodes.conditions.DiffSketchFitConditions.execute(clip, prompts, 2, 0, "").args[0]
+    loss_models = random_loss_models()
+    generator = run_train_node(
+        nodes, model, clip, vae, features, image, conditions, loss_models, "sd35_style",
+        iterations=2, low_memory=True, checkpoint_every=2,
+    )  # fmt: skip
+    saved = load_generator(tmp_path / "sd35_style.safetensors")
+    assert saved.family == generator.family == "sd35" and saved.branches == 2
+    assert saved.spec.pooled_dim == 2048 and {t.channels for t in saved.spec.unet} == {256}
+    picture, sketch = nodes.train.DiffSketchGenerate.execute(
+        model, clip, vae, generator, "a cat", 3, 4, 4.0, **SIZE
+    ).result
+    assert tuple(picture.shape) == (1, 64, 64, 3) and tuple(sketch.shape) == (1, 64, 64, 3)
+    assert torch.isfinite(sketch).all() and float(sketch.std()) > 0
+    nodes.distill.DiffSketchDistill.execute(
+        generator, model, clip, vae, conditions, pair_count=2, iterations=2, batch_size=2, crop_size=32,
+        learning_rate=1e-3, steps=4, width=64, height=64, seed=0, save_name="sd35_extractor",
+        loss_models=loss_models,
+    )  # fmt: skip
+    extractor = load_extractor(tmp_path / "sd35_extractor.safetensors")
+    assert extractor.meta["pair_settings"]["model_layout"] == saved.spec.fingerprint()
+    assert hook_count(model, vae) == 0
+
+    sd1 = comfy_inprocess.nodes.comfy_backend.ComfyBackend(*loaded_checkpoint)
+    unet_generator = tiny_generator(sd1.spec, len(generator.timesteps), generator.timesteps)
+    refused = "the generator is SD 1.x but the model connected is SD 3.5.*use it with SD 1.x checkpoints"
+    with pytest.raises(UnsupportedModelError, match=refused):
+        nodes.train.DiffSketchGenerate.execute(model, clip, vae, unet_generator, "a cat", 3, 4, 4.0, **SIZE)
+    with pytest.raises(UnsupportedModelError, match=refused):
+        nodes.distill.DiffSketchDistill.execute(
+            unet_generator, model, clip, vae, conditions, pair_count=1, iterations=1, batch_size=1,
+            crop_size=32, learning_rate=1e-3, steps=4, width=64, height=64, seed=0, save_name="refused",
+        )  # fmt: skip
+    assert not (tmp_path / "refused.safetensors").exists()
+
+
 def check_parity(a, b, tol=1e-3):
     """Two CapturedSamples of one model: the same image, latent, block maps and VAE taps."""
     from compare import relative_error
@@ -315,6 +376,43 @@ def test_zimage_matches_the_diffusers_backend(comfy_inprocess, zimage_files):
     check_parity(a_one, diff_b.sample(cond, settings(1.0, **few)))
     with pytest.warns(UserWarning, match="guidance-distilled"):
         check_parity(a_cfg, diff_b.sample(cond, settings(3.0, **few), uncond=uncond))
+
+
+def test_zimage_prompts_are_encoded_as_the_diffusers_backend_encodes_them(
+    comfy_inprocess, zimage_text_encoder
+):
+    """The same Qwen3 weights (qwen3_checkpoint.py's shrunk random file) through CLIPLoader (type
+    lumina2) and ComfyUI's encode, and in transformers' Qwen3Model through DiffusersFlowBackend:
+    the same tokens (ComfyUI's template, the pipeline's chat template) and the same second-to-last
+    hidden states [1, T, 2560], for a prompt and for the empty one (the uncond branch)."""
+    import comfy.sd
+    from compare import relative_error
+    from dit_diffusers import transformers_qwen3
+    from qwen3_checkpoint import QWEN3_LAYERS, comfy_builds_small_qwen3
+    from tiny_models import tiny_vae16, tiny_zimage_transformer
+
+    from diffsketch.backends.dit import DiffusersFlowBackend
+
+    encode_text = comfy_inprocess.nodes.comfy_backend.encode_text
+    with comfy_builds_small_qwen3():
+        clip = comfy.sd.load_clip([str(zimage_text_encoder)], clip_type=comfy.sd.CLIPType.LUMINA2)
+    assert comfy_inprocess.nodes.comfy_backend.clip_family(clip) == "zimage"
+    assert len(clip.cond_stage_model.qwen3_4b.transformer.model.layers) == QWEN3_LAYERS
+    text_encoder, tokenizer = transformers_qwen3(zimage_text_encoder, torch.float32)
+    # encode_prompt reads only the text encoder: a tiny transformer and VAE complete the backend
+    backend = DiffusersFlowBackend(tiny_zimage_transformer(), tiny_vae16(), text_encoder, tokenizer)
+    prompt = "a horse in mud, (ink:1.2) sketch"
+    (comfy_tokens,) = clip.tokenize(prompt)["qwen3_4b"]
+    chat = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+    )
+    assert [t[0] for t in comfy_tokens] == tokenizer(chat).input_ids
+    for text in (prompt, ""):
+        theirs, ours = encode_text(clip, text, False), backend.encode_prompt(text)
+        assert theirs.pooled is None and ours.pooled is None
+        assert ours.context.shape == theirs.context.shape and ours.context.shape[-1] == 2560
+        assert relative_error(ours.context, theirs.context) < 1e-4, text
+    assert backend.encode_prompt(prompt).context.shape[1] == len(comfy_tokens) > 10
 
 
 def test_sd35_picture_capture_inverts_as_the_diffusers_backend(comfy_inprocess, sd35, sd35_checkpoint):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from accelerator import on_accelerator
+from comfy_harness import random_loss_models, run_train_node
 from compare import relative_error
 from tiny_models import tiny_generator
 
@@ -250,7 +251,7 @@ def test_train_node_puts_its_networks_back_on_the_cpu(
 
     from diffsketch.train.conditions import ConditionSampler
     from diffsketch.train.generator import SketchGenerator
-    from diffsketch.train.losses import TINY_CLIP_ARCHITECTURE, ClipImageEncoder, DiffSketchLoss, build_lpips
+    from diffsketch.train.losses import DiffSketchLoss
 
     nodes = comfy_inprocess.nodes
     model, clip, vae = loaded_checkpoint
@@ -267,20 +268,11 @@ def test_train_node_puts_its_networks_back_on_the_cpu(
     conditions = ConditionSampler.fit_from_prompts(
         backend.encode_prompt, ["a horse", "a cat", "a house"], n_components=2, family=backend.spec.family
     )
-    torch.manual_seed(0)
-    loss_models = {
-        "clip": ClipImageEncoder.random(TINY_CLIP_ARCHITECTURE),
-        "lpips": build_lpips(random_weights=True),
-    }
+    loss_models = random_loss_models()
     moves = {SketchGenerator: [], DiffSketchLoss: []}  # the loss moves LOSS_MODELS' networks with it
     for cls, log in moves.items():
         monkeypatch.setattr(cls, "to", _recording_to(cls.to, log))
-    generator = nodes.train.DiffSketchTrain.execute(
-        model, clip, vae, features, image, conditions, loss_models, iterations=1, learning_rate=1e-4, h_iter=1,
-        lpips_weight=15.0, l1_weight=30.0, clip_weight=30.0, across_weight=1.0, within_weight=1.0,
-        timestep_policy="fixed", schedule="fast", low_memory=False, seed=0, save_name="memory",
-        resume_from=nodes.train.NO_RESUME, checkpoint_every=1,
-    ).result[0]  # fmt: skip
+    generator = run_train_node(nodes, model, clip, vae, features, image, conditions, loss_models, "memory")
     assert all(str(device) in log and log[-1] == "cpu" for log in moves.values()), moves
     networks = (loss_models["clip"], loss_models["lpips"], generator)
     assert all(p.device == torch.device("cpu") for net in networks for p in net.parameters())

@@ -7,11 +7,12 @@ from __future__ import annotations
 import copy
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from comfy_harness import REPO, error_message
+from comfy_harness import REPO, error_message, running_server, write_loss_weights
 from PIL import Image
 
 sys.path.insert(0, str(REPO / "tools"))
@@ -51,8 +52,6 @@ def load_api(key: str, small: bool = True) -> dict:
 
 @pytest.fixture(scope="module")
 def workflow_env(comfy_server, tiny_checkpoint, sdxl_checkpoint):
-    from diffsketch.train.losses import TINY_CLIP_ARCHITECTURE, ClipImageEncoder
-
     base = comfy_server.base
     ckpt = base / "models" / "checkpoints" / "v1-5-pruned-emaonly-fp16.safetensors"
     if not ckpt.exists():
@@ -60,22 +59,7 @@ def workflow_env(comfy_server, tiny_checkpoint, sdxl_checkpoint):
     sdxl = base / "models" / "checkpoints" / "sd_xl_base_1.0.safetensors"
     if not sdxl.exists():
         sdxl.symlink_to(sdxl_checkpoint)
-    from safetensors.torch import save_file
-
-    torch.manual_seed(0)
-    clip_dir = base / "models" / "diffsketch" / "clip"
-    clip_dir.mkdir(parents=True, exist_ok=True)
-    tower = ClipImageEncoder.random(TINY_CLIP_ARCHITECTURE)
-    state = {f"visual.{k}": v.contiguous() for k, v in tower.tower.state_dict().items()}
-    save_file(state, str(clip_dir / "clip_vit_b_32.safetensors"))
-    import torchvision
-
-    lpips_dir = base / "models" / "diffsketch" / "lpips"
-    lpips_dir.mkdir(parents=True, exist_ok=True)
-    alex = torchvision.models.alexnet(weights=None).state_dict()
-    save_file(
-        {k: v.contiguous() for k, v in alex.items()}, str(lpips_dir / "alexnet-owt-7be5be79.safetensors")
-    )
+    write_loss_weights(base / "models" / "diffsketch")
     inputs = base / "input"
     inputs.mkdir(exist_ok=True)
     rng = np.random.default_rng(0)
@@ -209,3 +193,76 @@ def test_the_sdxl_quick_start_runs_end_to_end(comfy_server, workflow_env):
     assert generator.family == "sdxl" and len(generator.spec.unet) == 9 and generator.spec.pooled_dim == 1280
     load_extractor(models / "extractors" / "quick_sdxl_style_extractor.safetensors")
     assert entry["outputs"]["9"]["images"]
+
+
+@pytest.fixture(scope="module")
+def zimage_server(
+    tmp_path_factory, tiny_checkpoint, artifacts_dir, zimage_files, zimage_text_encoder, comfy_server
+):
+    """A server of its own for the Z-Image quick start, with the template's file names: its ComfyUI
+    builds Qwen3-4B at the test text encoder's shrunk size (the zimage_server_node custom node, see
+    qwen3_checkpoint.py), which the shared server's must not; stopped when the module ends. The
+    shared server lets go of the models it keeps first: this one holds the 1.24 G-parameter Z-Image
+    in float32 (5 GB), and CI machines have 24 GB."""
+    comfy_server.post("/free", {"unload_models": True, "free_memory": True})
+    base = tmp_path_factory.mktemp("zimage_base")
+    (base / "custom_nodes").mkdir()
+    node = Path(__file__).with_name("zimage_server_node")
+    (base / "custom_nodes" / "zimage_server_node").symlink_to(node, target_is_directory=True)
+    model, vae = zimage_files
+    for folder, name, target in (
+        ("diffusion_models", "z_image_turbo_bf16.safetensors", model),
+        ("text_encoders", "qwen_3_4b.safetensors", zimage_text_encoder),
+        ("vae", "ae.safetensors", vae),
+    ):
+        (base / "models" / folder).mkdir(parents=True, exist_ok=True)
+        (base / "models" / folder / name).symlink_to(target)
+    write_loss_weights(base / "models" / "diffsketch")
+    with running_server(base, tiny_checkpoint, artifacts_dir) as server:
+        yield server
+
+
+def test_the_zimage_quick_start_runs_end_to_end(zimage_server):
+    """Template 8 as the user loads it (UNETLoader, CLIPLoader type lumina2 with the Qwen3 file,
+    VAELoader, ModelSamplingAuraFlow): Sample & Capture at cfg 1 -> XDoG -> Fit Conditions ->
+    Train -> Distill -> Extract at 64x64; the files record the Z-Image family and one branch, and
+    the graph leaves no hook on the model and VAE the loaders keep for the next graph."""
+    from diffsketch.distill.extractor import load_extractor
+    from diffsketch.train.generator import load_generator
+
+    api = load_api("quick_start_zimage")
+    inputs = {n["class_type"]: n["inputs"] for n in api.values()}
+    assert inputs["UNETLoader"]["unet_name"] == "z_image_turbo_bf16.safetensors"
+    assert (inputs["CLIPLoader"]["clip_name"], inputs["CLIPLoader"]["type"]) == (
+        "qwen_3_4b.safetensors",
+        "lumina2",
+    )
+    assert inputs["VAELoader"]["vae_name"] == "ae.safetensors"
+    assert inputs["DiffSketchSample"]["cfg"] == 1.0 and "DiffSketchFitConditions" in inputs
+    # the template trains on 512-px windows of its 1024-px samples; at 64 px, 32-px windows
+    assert inputs["DiffSketchTrain"]["sample_crop"] == 512
+    inputs["DiffSketchTrain"]["sample_crop"] = 32
+    # Qwen3 gives each prompt its own length and the conditions are fitted at the longest one's: the
+    # few short prompts stand in for the built-in list, and the example's prompt (Train's pivot)
+    # must not be longer than all of them
+    inputs["DiffSketchFitConditions"]["prompts"] += "\n" + inputs["DiffSketchSample"]["prompt"]
+    entry = zimage_server.run(api)
+    assert entry["status"]["status_str"] == "success", error_message(entry)
+    models = zimage_server.base / "models" / "diffsketch"
+    generator = load_generator(models / "generators" / "quick_zimage_style.safetensors")
+    assert generator.family == "zimage" and generator.branches == 1
+    assert {t.channels for t in generator.spec.unet} == {3840} and generator.spec.context_dim == 2560
+    extractor = load_extractor(models / "extractors" / "quick_zimage_style_extractor.safetensors")
+    # its pairs were sampled from the Z-Image model (the layout fingerprint includes the family)
+    assert extractor.meta["pair_settings"]["model_layout"] == generator.spec.fingerprint()
+    assert (models / "conditions" / "zimage_conditions.safetensors").is_file()
+    (saved,) = [k for k, n in api.items() if n["class_type"] == "SaveImage"]
+    assert entry["outputs"][saved]["images"]
+
+    (loader,) = [k for k, n in api.items() if n["class_type"] == "UNETLoader"]
+    (vae,) = [k for k, n in api.items() if n["class_type"] == "VAELoader"]
+    count = {"model": [loader, 0], "vae": [vae, 0]}
+    check = {k: api[k] for k in (loader, vae)} | {"count": {"class_type": "TestHookCount", "inputs": count}}
+    entry = zimage_server.run(check)
+    assert entry["status"]["status_str"] == "success", error_message(entry)
+    assert entry["outputs"]["count"]["hooks"] == [0]
