@@ -105,6 +105,7 @@ def flux_files() -> tuple[Path, Path, Path]:
     )
 
 
+@pytest.fixture(scope="session")
 def zimage_text_encoder() -> Path:
     """Z-Image's Qwen3 text encoder for CLIPLoader (type lumina2), random weights, shrunk to a depth
     and FFN width ComfyUI only builds with qwen3_checkpoint.py's config patch (0.95 GB)."""
