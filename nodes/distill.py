@@ -54,8 +54,9 @@ class DiffSketchDistill(io.ComfyNode):
                 "and a training checkpoint, and running again resumes. More pairs or other training settings train "
                 "a new extractor on exactly those pairs (the console says which); going back to earlier settings "
                 "resumes their run. Optional photos: a share of the pairs is made from your own photos (inverted "
-                "and sketched by the generator), so the extractor learns on the kind of image you use it on."
-                + backbones_note()
+                "and sketched by the generator), so the extractor learns on the kind of image you use it on. Pairs "
+                "are sampled at the guidance the generator's features need: cfg 1 for a one-branch generator "
+                "(trained at cfg 1 on a guidance-distilled model), else 5." + backbones_note()
             ),
             inputs=[
                 Generator.Input("generator", tooltip="From DiffSketch Train or Load Generator."),

@@ -350,6 +350,11 @@ def test_cfg_above_1_on_zimage_turbo_is_allowed_with_a_notice(zimage, sd35):
         sample = zimage.sample("a", settings)
     assert sample.branches == 2
     assert zimage.guidance_notice(1.0) is None and sd35.guidance_notice(4.5) is None
+    # Turbo and base share their architecture: the notice says it does not apply to base
+    assert (
+        "Z-Image base is not guidance-distilled: with a base model, cfg 3 is right"
+        in zimage.guidance_notice(3.0)
+    )
 
 
 def test_family_conditioning_rules(zimage, sd35):

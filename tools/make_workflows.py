@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from diffsketch.capture.sampling import SamplingSettings  # noqa: E402
-from diffsketch.capture.spec import ZIMAGE, is_flow_family  # noqa: E402
+from diffsketch.capture.spec import DIT_NAMES_TEXT, ZIMAGE, is_flow_family  # noqa: E402
 from diffsketch.train.conditions import load_default_prompts  # noqa: E402
 from diffsketch.train.losses import ALEXNET_FILENAME, ALEXNET_URL, CLIP_FILENAMES, CLIP_URL  # noqa: E402
 
@@ -601,9 +601,9 @@ def quick_start_sdxl() -> dict:
         "sdxl",
         "DiffSketch quick start on SDXL",
         "Template 1 on an SDXL checkpoint (SDXL base or a fine-tune such as Illustrious, NoobAI, Pony or "
-        "Juggernaut) at 1024x1024. DiffSketch works with SD 1.x, SD 2.x and SDXL, and (experimental, "
-        "template 8) Z-Image and SD 3.5; the generator and extractor it makes belong to the checkpoint "
-        "family they were trained on. Templates 2 to 5 work with an SDXL checkpoint too: pick it in Load "
+        f"Juggernaut) at 1024x1024. DiffSketch works with SD 1.x, SD 2.x and SDXL, and (experimental) "
+        f"{DIT_NAMES_TEXT} (template 8: Z-Image Turbo); the generator and extractor it makes belong to the "
+        "checkpoint family they were trained on. Templates 2 to 5 work with an SDXL checkpoint too: pick it in Load "
         "Checkpoint and set the sizes to 1024.",
         "quick_sdxl_",
     )

@@ -173,11 +173,18 @@ class SamplingBackend:
         name = (
             "Z-Image Turbo" if self.spec.family == ZIMAGE else f"this {family_name(self.spec.family)} model"
         )
-        return (
+        notice = (
             f"{name} is guidance-distilled: it samples at cfg 1 with the conditional branch alone. cfg {cfg:g} "
             "also evaluates the unconditional branch (twice the cost, and both branches are captured) and "
             "oversaturates the image; set cfg to 1 unless that is what you want."
         )
+        if self.spec.family == ZIMAGE:
+            # Turbo and base share one architecture: nothing in the weights tells them apart
+            notice += (
+                f" (Z-Image base is not guidance-distilled: with a base model, cfg {cfg:g} is right and this "
+                "notice does not apply.)"
+            )
+        return notice
 
     def guidance_record(self) -> dict:
         """``{"guidance": value}`` for a model that embeds a guidance value besides cfg (Flux.1
