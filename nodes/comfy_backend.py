@@ -55,6 +55,7 @@ from diffsketch.capture.spec import (
     FLUX,
     FLUX_COMFY_STACKS,
     FLUX_DEFAULT_GUIDANCE,
+    GUIDANCE_DISTILLED_FAMILIES,
     LAYOUT_LDM,
     SD1,
     SD2,
@@ -345,10 +346,7 @@ class ComfyBackend(SamplingBackend):
         self.flow = is_flow_family(family)
         if self.flow:
             self.zero_terminal_snr = False  # a flow schedule ends at pure noise by construction
-            # ComfyUI cannot tell Z-Image Turbo from the base model (one config): as the diffusers
-            # backend, Z-Image is taken as the Turbo most use, so cfg > 1 gets a notice. Flux.1 dev
-            # and schnell are both guidance-distilled (dev takes its guidance as an input instead).
-            self.guidance_distilled = family in (ZIMAGE, FLUX)
+            self.guidance_distilled = family in GUIDANCE_DISTILLED_FAMILIES
             # the guidance Flux.1 dev embeds; schnell has no guidance input
             dev = family == FLUX and bool(model.model.model_config.unet_config.get("guidance_embed"))
             self.guidance = FLUX_DEFAULT_GUIDANCE if dev else None

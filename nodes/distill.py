@@ -195,7 +195,7 @@ class DiffSketchDistill(io.ComfyNode):
         photos=None,
         photo_share=DEFAULT_PHOTO_SHARE,
     ) -> io.NodeOutput:
-        from diffsketch.capture.sampling import DEFAULT_CFG, SamplingSettings
+        from diffsketch.capture.sampling import SamplingSettings
         from diffsketch.distill import DistillConfig, distill, pair_settings, pair_settings_digest
         from diffsketch.distill.extractor import save_extractor
         from diffsketch.train.inference import check_generator_fits, generator_cfg
@@ -212,7 +212,7 @@ class DiffSketchDistill(io.ComfyNode):
         sampling = SamplingSettings(
             seed=int(seed),
             steps=int(steps),
-            cfg=generator_cfg(generator, DEFAULT_CFG),
+            cfg=generator_cfg(generator),
             width=width,
             height=height,
             schedule=None if schedule == AS_TRAINED else schedule,

@@ -45,6 +45,7 @@ from ..capture.identity import FLOW_PREDICTION
 from ..capture.spec import (
     FLUX,
     FLUX_DEFAULT_GUIDANCE,
+    GUIDANCE_DISTILLED_FAMILIES,
     SD35,
     ZIMAGE,
     diffusers_dit_family,
@@ -145,7 +146,7 @@ class DiffusersFlowBackend(DiffusersVAE, SamplingBackend):
         if not self.shift > 0:
             raise InvalidInputError(f"shift must be a positive number, got {shift!r}")
         self.guidance_distilled = (
-            family in (ZIMAGE, FLUX) if guidance_distilled is None else bool(guidance_distilled)
+            family in GUIDANCE_DISTILLED_FAMILIES if guidance_distilled is None else bool(guidance_distilled)
         )
         vae_config = self.vae.config
         self.latent_scaling_factor = float(vae_config.get("scaling_factor", 1.0))

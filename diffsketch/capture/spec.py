@@ -81,6 +81,10 @@ FLOW_FAMILIES = (ZIMAGE, SD35, FLUX)
 #: The families whose model takes a pooled text embedding besides the context (SDXL: bigG's 1280;
 #: SD 3.5: CLIP-L's 768 and CLIP-G's 1280; Flux.1: CLIP-L's 768), so a condition fit keeps it.
 POOLED_FAMILIES = (SDXL, SD35, FLUX)
+#: The families taken as guidance-distilled (sampled at cfg 1 with one branch by default; cfg > 1
+#: gets a notice): Z-Image, as the Turbo most use (nothing in the weights tells base from Turbo),
+#: and Flux.1 dev and schnell (dev takes the guidance it was distilled with as an input instead).
+GUIDANCE_DISTILLED_FAMILIES = (ZIMAGE, FLUX)
 #: What every "not supported" message says is supported.
 SUPPORTED_MODELS = (
     "SD 1.x, SD 2.x (512-base and 768-v) and SDXL-family checkpoints (SDXL base and its fine-tunes, "

@@ -164,7 +164,7 @@ def sampling_cfg(args, backend, generator=None) -> float:
     if args.cfg is not None:
         return float(args.cfg)
     if generator is not None:
-        return generator_cfg(generator, DEFAULT_CFG)
+        return generator_cfg(generator)
     return 1.0 if getattr(backend, "guidance_distilled", False) else DEFAULT_CFG
 
 

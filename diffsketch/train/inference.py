@@ -13,7 +13,7 @@ import torch
 from ..backends.conditioning import Conditioning
 from ..capture.hooks import captured_branches
 from ..capture.identity import backend_identity, check_same_model
-from ..capture.sampling import SamplingSettings
+from ..capture.sampling import DEFAULT_CFG, SamplingSettings
 from ..capture.spec import family_name
 from ..capture.timesteps import default_timesteps
 from ..errors import InvalidInputError
@@ -95,11 +95,11 @@ def check_sampling_branches(
     )
 
 
-def generator_cfg(generator, otherwise: float) -> float:
+def generator_cfg(generator) -> float:
     """The guidance to sample ``generator``'s images at where none is given: 1 for a generator
     trained on one-branch features (cfg 1 on a flow family, Z-Image Turbo's sampling: no other cfg
-    captures them), else ``otherwise``."""
-    return 1.0 if getattr(generator, "branches", 2) == 1 else float(otherwise)
+    captures them), else :data:`~diffsketch.capture.sampling.DEFAULT_CFG`."""
+    return 1.0 if getattr(generator, "branches", 2) == 1 else DEFAULT_CFG
 
 
 def generator_sampling(generator, sampling: SamplingSettings) -> SamplingSettings:
