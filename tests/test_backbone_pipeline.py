@@ -33,6 +33,20 @@ TINY_DISTILL = DistillConfig(
     iterations=2, batch_size=2, crop_size=48, lpips_weight=0.0, extractor=TINY_STUDENT, warmup_iterations=1
 )
 
+
+def distill_on_two_photos(backend, generator, conditions, pairs_dir, sampling):
+    """The extractor ``distill`` makes from 4 pairs, half of them from two photos of other sizes
+    than the pairs' (each fitted, inverted and sketched by ``generator``)."""
+    g = torch.Generator().manual_seed(9)
+    photos = [
+        ("wide.png", torch.rand(48, 80, 3, generator=g)),
+        ("tall.png", torch.rand(96, 72, 3, generator=g)),
+    ]
+    return distill(
+        backend, generator, conditions, pairs_dir, 4, TINY_DISTILL, sampling, photos=photos, photo_share=0.5
+    )
+
+
 BACKBONES = {
     "sdxl-epsilon": (lambda: tiny_sdxl_backend(0), SDXL, "epsilon"),
     "sd2-v": (lambda: tiny_sd2_backend(0), SD2, "v_prediction"),
@@ -130,21 +144,8 @@ def test_a_picture_of_ones_own_captures_trains_generates_and_distills_on_photos(
     assert torch.isfinite(sketch).all()
 
     # two photos of other sizes than the pairs': each is fitted, inverted and sketched
-    g = torch.Generator().manual_seed(9)
-    photos = [
-        ("wide.png", torch.rand(48, 80, 3, generator=g)),
-        ("tall.png", torch.rand(96, 72, 3, generator=g)),
-    ]
-    student = distill(
-        backend,
-        loaded,
-        conditions,
-        tmp_path / "pairs",
-        4,
-        TINY_DISTILL,
-        SAMPLING.replace(timesteps=None),
-        photos=photos,
-        photo_share=0.5,
+    student = distill_on_two_photos(
+        backend, loaded, conditions, tmp_path / "pairs", SAMPLING.replace(timesteps=None)
     )
     sources = student.meta["pair_sources"]
     assert (sources["generated"], sources["photos"], sources["photo_share"]) == (2, 2, 0.5)

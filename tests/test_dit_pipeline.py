@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from helpers_spec import random_features, tiny_dit_spec
-from test_backbone_pipeline import SMALL_GENERATOR, TINY_DISTILL
+from test_backbone_pipeline import SMALL_GENERATOR, TINY_DISTILL, distill_on_two_photos
 from tiny_models import tiny_backend, tiny_flux_backend, tiny_sd35_backend, tiny_zimage_backend
 
 from diffsketch.backends.conditioning import Conditioning
@@ -464,21 +464,8 @@ def test_a_picture_of_ones_own_captures_trains_and_distills_on_photos(backbone, 
     loaded = load_generator(
         trainer.save_generator(tmp_path / "style.safetensors"), expected_spec=backend.spec
     )
-    g = torch.Generator().manual_seed(9)
-    photos = [
-        ("wide.png", torch.rand(48, 80, 3, generator=g)),
-        ("tall.png", torch.rand(96, 72, 3, generator=g)),
-    ]
-    student = distill(
-        backend,
-        loaded,
-        conditions,
-        tmp_path / "pairs",
-        4,
-        TINY_DISTILL,
-        sampling.replace(timesteps=None),
-        photos=photos,
-        photo_share=0.5,
+    student = distill_on_two_photos(
+        backend, loaded, conditions, tmp_path / "pairs", sampling.replace(timesteps=None)
     )
     sources = student.meta["pair_sources"]
     assert (sources["generated"], sources["photos"]) == (2, 2)
