@@ -15,7 +15,7 @@ from compare import relative_error
 from test_dit_sampling import PROMPT, SIZE, clip_tokenizer, pipeline_sigmas
 from tiny_models import tiny_flux_backend
 
-from diffsketch.backends.base import make_noise
+from diffsketch.backends.base import dit_weights_fingerprint, make_noise, weights_fingerprint
 from diffsketch.backends.conditioning import Conditioning
 from diffsketch.capture.hooks import COND, UNetRecorder
 from diffsketch.capture.sampling import SamplingSettings
@@ -233,3 +233,41 @@ def test_a_flux_folder_loads_with_its_scheduler_s_shift(dev, schnell, tmp_path, 
         captured = CapturedSample.load(out)
         assert captured.spec.family == FLUX and captured.meta["cfg"] == 1.0 and captured.branches == 1
         assert captured.meta["guidance"] == FLUX_DEFAULT_GUIDANCE  # dev's guidance embedding, recorded
+
+
+def comfy_flux_tensors(transformer) -> list[torch.Tensor]:
+    """A diffusers Flux transformer's tensors as ComfyUI's Flux holds them (what diffusers'
+    converter undoes): each attention's q, k, v in one tensor, with the MLP input in the single
+    blocks (``linear1``), and the final modulation's (scale, shift) halves back in (shift, scale)."""
+    named = dict(transformer.named_parameters())
+    fused = [
+        (f"transformer_blocks.{i}.attn.", ("to_q", "to_k", "to_v"))
+        for i in range(len(transformer.transformer_blocks))
+    ]
+    fused += [
+        (f"transformer_blocks.{i}.attn.", ("add_q_proj", "add_k_proj", "add_v_proj"))
+        for i in range(len(transformer.transformer_blocks))
+    ]
+    fused += [
+        (f"single_transformer_blocks.{i}.", ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"))
+        for i in range(len(transformer.single_transformer_blocks))
+    ]
+    out = []
+    for prefix, parts in fused:
+        for kind in ("weight", "bias"):
+            out.append(torch.cat([named.pop(f"{prefix}{p}.{kind}") for p in parts]))
+    for kind in ("weight", "bias"):
+        scale, shift = named.pop(f"norm_out.linear.{kind}").chunk(2)
+        out.append(torch.cat([shift, scale]))
+    return out + list(named.values())
+
+
+def test_flux_model_hash_is_the_one_of_comfyui_s_fused_layout(dev, schnell):
+    """The diffusers backend's hash of Flux is the one the ComfyUI backend computes for the same
+    weights in ComfyUI's layout (tests/comfyui checks it on a Flux file loaded by both)."""
+    hidden = dev.spec.unet[0].channels
+    for backend in (dev, schnell):
+        comfy = comfy_flux_tensors(backend.transformer)
+        assert weights_fingerprint(comfy) != weights_fingerprint(backend.transformer.parameters())
+        assert backend.model_hash() == dit_weights_fingerprint(comfy, hidden)
+    assert dev.model_hash() != schnell.model_hash()

@@ -54,6 +54,29 @@ def weights_fingerprint(tensors: Iterable[torch.Tensor], sample_elements: int = 
     return hashlib.sha256(b"".join(sorted(digests))).hexdigest()[:16]
 
 
+def dit_weights_fingerprint(tensors: Iterable[torch.Tensor], hidden: int) -> str:
+    """:func:`weights_fingerprint` of a diffusion transformer, the same for ComfyUI's layout and
+    diffusers' of the same weights: every tensor whose first dimension is a multiple of the model's
+    ``hidden`` size is hashed as its blocks of ``hidden`` rows.
+
+    The two layouts hold the same values cut differently along that dimension: ComfyUI keeps
+    attention fused (one ``qkv`` weight [3d, d] where diffusers has ``to_q``/``to_k``/``to_v`` [d, d];
+    Flux's single blocks' ``linear1`` is qkv and the MLP input [3d + 4d, d] in one) and diffusers'
+    converters swap the shift and scale halves of the final modulation [2d, d]. Cut into d-row
+    blocks, both are the same blocks in another order, which the sorted digests ignore. Everything
+    else is one tensor in both (their position tables are buffers, not parameters, in both)."""
+    hidden = int(hidden)
+
+    def row_blocks():
+        for t in tensors:
+            if t.ndim and t.shape[0] > hidden and t.shape[0] % hidden == 0:
+                yield from t.split(hidden)
+            else:
+                yield t
+
+    return weights_fingerprint(row_blocks())
+
+
 def scaled_linear_alphas_cumprod(
     beta_start: float = 0.00085, beta_end: float = 0.012, num_train_timesteps: int = 1000
 ) -> torch.Tensor:

@@ -55,7 +55,7 @@ from ..capture.spec import (
 )
 from ..capture.timesteps import FLOW_SHIFTS, FLUX_SCHNELL_SHIFT
 from ..errors import InvalidInputError, WeightsNotFoundError
-from .base import SamplingBackend, weights_fingerprint
+from .base import SamplingBackend, dit_weights_fingerprint
 from .conditioning import Conditioning
 from .diffusers_vae import DiffusersVAE, _bf16_supported
 from .flow import euler_denoise, euler_invert
@@ -190,9 +190,11 @@ class DiffusersFlowBackend(DiffusersVAE, SamplingBackend):
 
     # -- identity ------------------------------------------------------------------------------
     def model_hash(self) -> str:
-        """:func:`~diffsketch.backends.base.weights_fingerprint` of the transformer."""
+        """:func:`~diffsketch.backends.base.dit_weights_fingerprint` of the transformer (equal to the
+        ComfyUI backend's for the same weights)."""
         if self._model_hash is None:
-            self._model_hash = weights_fingerprint(self.transformer.parameters())
+            hidden = self.spec.unet[0].channels  # every DiT tap has the hidden size
+            self._model_hash = dit_weights_fingerprint(self.transformer.parameters(), hidden)
         return self._model_hash
 
     def describe(self) -> str:

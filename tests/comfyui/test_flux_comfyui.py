@@ -182,6 +182,7 @@ def test_flux_matches_the_diffusers_backend(comfy_inprocess, flux_files, variant
                 a_cfg = comfy_b.sample(cond, settings(3.0, **few), uncond=uncond)
             a_pic = comfy_b.capture_from_image(picture, settings(1.0, **few), caption=cond)
     assert hook_count(model, vae) == 0
+    comfy_hash = comfy_b.model_hash()
     del comfy_b, model, clip, vae  # one 2.8 GB model at a time
     release()
     dev_path, schnell_path, vae_path = flux_files
@@ -189,6 +190,9 @@ def test_flux_matches_the_diffusers_backend(comfy_inprocess, flux_files, variant
     # CLIP-L only to construct it: the prompts come encoded
     diff_b = DiffusersFlowBackend(transformer, dvae, tiny_clip(768, "quick_gelu", projection=False))
     assert diff_b.guidance == (3.5 if dev else None)
+    # fused attention and linear1 (ComfyUI) and split (diffusers), the final modulation's halves
+    # swapped by diffusers' converter: one weights hash, no "trained on another checkpoint" notice
+    assert diff_b.model_hash() == comfy_hash
     b_one = diff_b.sample(cond, settings(1.0, **few))
     check_parity(a_one, b_one)
     assert a_one.meta["branches"] == 1
