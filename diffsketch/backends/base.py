@@ -180,8 +180,10 @@ class SamplingBackend:
     @property
     def default_steps(self) -> int:
         """The steps to sample with when none are given
-        (:func:`~diffsketch.capture.timesteps.default_steps`: 8 for Z-Image Turbo, else 50)."""
-        return default_steps(self.spec.family, self.guidance_distilled)
+        (:func:`~diffsketch.capture.timesteps.default_steps`: 8 for Z-Image Turbo and Flux.1 schnell,
+        the Flux.1 without dev's guidance input, else 50)."""
+        schnell = getattr(self, "guidance", None) is None
+        return default_steps(self.spec.family, self.guidance_distilled, schnell)
 
     def captured_branches(self, cfg: float) -> tuple[int, ...]:
         """The branches sampling at ``cfg`` evaluates and captures

@@ -500,6 +500,7 @@ def pair_settings(
         "model_layout": backend.spec.fingerprint(),
         "generator": generator_fingerprint(generator),
         "conditions": conditions_fingerprint(conditions),
+        **backend.guidance_record(),  # Flux.1 dev's embedded guidance; no key for the other models
     }
     share = check_photo_share(photo_share, photos)
     if photos is not None and share > 0:
