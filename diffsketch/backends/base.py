@@ -77,6 +77,14 @@ def dit_weights_fingerprint(tensors: Iterable[torch.Tensor], hidden: int) -> str
     return weights_fingerprint(row_blocks())
 
 
+def guidance_record(backend) -> dict:
+    """``{"guidance": value}`` for a backend whose model embeds a guidance value besides cfg
+    (Flux.1 dev: the backend's ``guidance``), so what it makes records it; ``{}`` for the others
+    (and for a stand-in backend without the attribute)."""
+    guidance = getattr(backend, "guidance", None)
+    return {} if guidance is None else {"guidance": float(guidance)}
+
+
 def scaled_linear_alphas_cumprod(
     beta_start: float = 0.00085, beta_end: float = 0.012, num_train_timesteps: int = 1000
 ) -> torch.Tensor:
@@ -212,10 +220,8 @@ class SamplingBackend:
         return notice
 
     def guidance_record(self) -> dict:
-        """``{"guidance": value}`` for a model that embeds a guidance value besides cfg (Flux.1
-        dev: the backend's ``guidance``), so a capture records it; ``{}`` for the others."""
-        guidance = getattr(self, "guidance", None)
-        return {} if guidance is None else {"guidance": float(guidance)}
+        """:func:`guidance_record` of this backend."""
+        return guidance_record(self)
 
     def check_conditioning(self, cond: Conditioning | torch.Tensor, name: str) -> Conditioning:
         """``cond`` as this model takes it (detached float32), or a clear error. The context is

@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 
 from .. import __version__
+from ..backends.base import guidance_record
 from ..backends.conditioning import Conditioning
 from ..capture.identity import ModelIdentity, backend_identity, check_same_model
 from ..capture.sample import CapturedSample
@@ -166,7 +167,7 @@ class Trainer:
             "--prediction-type), or re-capture it",
         )
         example_guidance = example.meta.get("guidance")
-        model_guidance = backend.guidance_record().get("guidance")
+        model_guidance = guidance_record(backend).get("guidance")  # Flux.1 dev's embedded guidance
         if None not in (example_guidance, model_guidance) and float(example_guidance) != model_guidance:
             self.notices.append(
                 f"the example was captured at Flux.1 guidance {float(example_guidance):g}, but the model you "
