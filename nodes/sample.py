@@ -82,9 +82,10 @@ class DiffSketchSample(io.ComfyNode):
                     default=50,
                     min=1,
                     max=1000,
-                    tooltip=f"{sampler_steps_text()} (the paper uses 50; Z-Image Turbo is meant for 8). Capture "
+                    tooltip=f"{sampler_steps_text()} (the paper uses 50; Z-Image Turbo is meant for 8; Flux.1 "
+                    "schnell takes 8 with the default timesteps, or its usual 4 with timesteps 249, 499, 749). Capture "
                     "timesteps map to the nearest steps of this grid; too few steps for the timesteps asked is an "
-                    "error.",
+                    "error naming the steps and timesteps that work.",
                 ),
                 io.Float.Input(
                     "cfg",

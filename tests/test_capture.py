@@ -4,7 +4,7 @@ import pytest
 import torch
 from compare import relative_error
 
-from diffsketch.backends.base import weights_fingerprint
+from diffsketch.backends.base import dit_weights_fingerprint, weights_fingerprint
 from diffsketch.capture.hooks import UNetRecorder
 from diffsketch.capture.sample import CapturedSample
 from diffsketch.capture.sampling import SamplingSettings, fast_schedule
@@ -245,6 +245,31 @@ def test_weights_fingerprint_ignores_names_order_and_precision_but_not_values():
     with torch.no_grad():
         net[1].weight[0, 0] += 0.5
     assert weights_fingerprint(net.parameters()) != ref
+
+
+def test_dit_fingerprint_reads_fused_and_split_layouts_alike_but_not_other_weights():
+    d = 8
+    g = torch.Generator().manual_seed(0)
+    q, k, v, mlp_in = (torch.randn(n * d, d, generator=g) for n in (1, 1, 1, 4))
+    qkv_bias, shift, scale = torch.randn(3 * d, generator=g), torch.randn(d, d), torch.randn(d, d)
+    out, embed = torch.randn(d, 5 * d, generator=g), torch.randn(d, 3, 2, 2, generator=g)
+    odd = torch.randn(3 * d + 1, d, generator=g)  # no multiple of d: read whole in both
+    # ComfyUI's layout: fused qkv (+ the MLP input, Flux's single blocks), (shift, scale)
+    fused = [torch.cat([q, k, v, mlp_in]), qkv_bias, torch.cat([shift, scale]), out, embed, odd]
+    # diffusers': split, (scale, shift) swapped by its converter, another order, in fp16
+    split = [embed, mlp_in, v, k, q, *qkv_bias.split(d), torch.cat([scale, shift]), out, odd]
+    ref = dit_weights_fingerprint(fused, d)
+    assert dit_weights_fingerprint([t.half() for t in split], d) == ref
+    # the UNet fingerprint (what UNet files record) reads whole tensors, so the layouts differ there
+    assert weights_fingerprint(fused) != weights_fingerprint(split)
+    # one value changed in q, in scale (the second block of its tensor) or in a tensor read whole
+    for i, row in ((0, 0), (2, d), (5, 0)):
+        changed = [t.clone() for t in fused]
+        changed[i][row, -1] += 0.5
+        assert dit_weights_fingerprint(changed, d) != ref
+    # the blocks' order inside a tensor is ignored, but not the values' order inside a block
+    assert dit_weights_fingerprint([torch.cat([k, q, v, mlp_in]), *fused[1:]], d) == ref
+    assert dit_weights_fingerprint([torch.cat([q.flip(1), k, v, mlp_in]), *fused[1:]], d) != ref
 
 
 def test_backbone_family_is_read_from_the_spec_and_old_specs_are_sd1(tiny_backend, sample):

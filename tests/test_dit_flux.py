@@ -15,12 +15,21 @@ from compare import relative_error
 from test_dit_sampling import PROMPT, SIZE, clip_tokenizer, pipeline_sigmas
 from tiny_models import tiny_flux_backend
 
-from diffsketch.backends.base import make_noise
+from diffsketch.backends.base import dit_weights_fingerprint, make_noise, weights_fingerprint
 from diffsketch.backends.conditioning import Conditioning
+from diffsketch.backends.dit import DiffusersFlowBackend
 from diffsketch.capture.hooks import COND, UNetRecorder
 from diffsketch.capture.sampling import SamplingSettings
 from diffsketch.capture.spec import FLUX, FLUX_DEFAULT_GUIDANCE
-from diffsketch.capture.timesteps import FLOW_SHIFTS, flow_sigma, flow_table_index
+from diffsketch.capture.timesteps import (
+    FLOW_SHIFTS,
+    FLOW_TIMESTEPS,
+    FLUX_SCHNELL_STEPS,
+    PAPER_STEPS,
+    flow_grid,
+    flow_sigma,
+    flow_table_index,
+)
 from diffsketch.errors import InvalidInputError
 
 
@@ -198,6 +207,24 @@ def test_flux_indices_are_comfyui_s_10000_entry_table_entries():
         flow_table_index(0, 1500)
 
 
+def save_flux_folder(backend, root, scheduler: dict):
+    """``backend``'s models as a diffusers Flux.1 folder with ``scheduler`` as its scheduler config."""
+    for part in ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer_2"):
+        getattr(backend, part).save_pretrained(root / part)
+    (root / "scheduler").mkdir()
+    (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler))
+    return root
+
+
+@pytest.fixture(scope="module")
+def flux_folders(dev, schnell, tmp_path_factory):
+    """``{"dev": folder, "schnell": folder}``: the tiny models as diffusers folders."""
+    return {
+        "dev": save_flux_folder(dev, tmp_path_factory.mktemp("flux_dev"), {"use_dynamic_shifting": True}),
+        "schnell": save_flux_folder(schnell, tmp_path_factory.mktemp("flux_schnell"), {"shift": 1.0}),
+    }
+
+
 @pytest.mark.parametrize(
     "variant, scheduler, shift",
     [
@@ -214,10 +241,7 @@ def test_a_flux_folder_loads_with_its_scheduler_s_shift(dev, schnell, tmp_path, 
     from diffsketch.backends.diffusers import DiffusersBackend
 
     backend = dev if variant == "dev" else schnell
-    for part in ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer_2"):
-        getattr(backend, part).save_pretrained(tmp_path / part)
-    (tmp_path / "scheduler").mkdir()
-    (tmp_path / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler))
+    save_flux_folder(backend, tmp_path, scheduler)
     loaded = DiffusersBackend.load(tmp_path)
     assert loaded.spec == backend.spec and loaded.shift == pytest.approx(shift)
     assert loaded.guidance == backend.guidance
@@ -233,3 +257,120 @@ def test_a_flux_folder_loads_with_its_scheduler_s_shift(dev, schnell, tmp_path, 
         captured = CapturedSample.load(out)
         assert captured.spec.family == FLUX and captured.meta["cfg"] == 1.0 and captured.branches == 1
         assert captured.meta["guidance"] == FLUX_DEFAULT_GUIDANCE  # dev's guidance embedding, recorded
+
+
+def comfy_flux_tensors(transformer) -> list[torch.Tensor]:
+    """A diffusers Flux transformer's tensors as ComfyUI's Flux holds them (what diffusers'
+    converter undoes): each attention's q, k, v in one tensor, with the MLP input in the single
+    blocks (``linear1``), and the final modulation's (scale, shift) halves back in (shift, scale)."""
+    named = dict(transformer.named_parameters())
+    fused = [
+        (f"transformer_blocks.{i}.attn.", ("to_q", "to_k", "to_v"))
+        for i in range(len(transformer.transformer_blocks))
+    ]
+    fused += [
+        (f"transformer_blocks.{i}.attn.", ("add_q_proj", "add_k_proj", "add_v_proj"))
+        for i in range(len(transformer.transformer_blocks))
+    ]
+    fused += [
+        (f"single_transformer_blocks.{i}.", ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"))
+        for i in range(len(transformer.single_transformer_blocks))
+    ]
+    out = []
+    for prefix, parts in fused:
+        for kind in ("weight", "bias"):
+            out.append(torch.cat([named.pop(f"{prefix}{p}.{kind}") for p in parts]))
+    for kind in ("weight", "bias"):
+        scale, shift = named.pop(f"norm_out.linear.{kind}").chunk(2)
+        out.append(torch.cat([shift, scale]))
+    return out + list(named.values())
+
+
+def test_flux_model_hash_is_the_one_of_comfyui_s_fused_layout(dev, schnell):
+    """The diffusers backend's hash of Flux is the one the ComfyUI backend computes for the same
+    weights in ComfyUI's layout (tests/comfyui checks it on a Flux file loaded by both)."""
+    hidden = dev.spec.unet[0].channels
+    for backend in (dev, schnell):
+        comfy = comfy_flux_tensors(backend.transformer)
+        assert weights_fingerprint(comfy) != weights_fingerprint(backend.transformer.parameters())
+        assert backend.model_hash() == dit_weights_fingerprint(comfy, hidden)
+    assert dev.model_hash() != schnell.model_hash()
+
+
+def run_sample(folder, out, *options) -> int:
+    """The sample command on a model folder at 64x64, the features to ``out``."""
+    from diffsketch.cli import main
+
+    args = ["sample", "--model", str(folder), "--device", "cpu", "--width", "64", "--height", "64"]
+    return main([*args, "--prompt", "a cat", "--out", str(out), *options])
+
+
+def test_the_guidance_option_sets_flux_dev_s_guidance_and_is_refused_elsewhere(
+    flux_folders, tmp_path, capsys
+):
+    from diffsketch.capture.sample import CapturedSample
+
+    runs = {}
+    for guidance in (None, "5"):
+        out = tmp_path / f"example_{guidance}.safetensors"
+        options = ["--steps", "8"] + ([] if guidance is None else ["--guidance", guidance])
+        assert run_sample(flux_folders["dev"], out, *options) == 0
+        runs[guidance] = CapturedSample.load(out)
+    assert runs[None].meta["guidance"] == FLUX_DEFAULT_GUIDANCE and runs["5"].meta["guidance"] == 5.0
+    # the value reaches the model's guidance embedding: same seed, other features
+    assert not torch.equal(runs[None].unet[499][0], runs["5"].unet[499][0])
+    capsys.readouterr()
+    for folder, option, words in (
+        (flux_folders["schnell"], "3", "Flux.1 schnell has no guidance input"),
+        (tmp_path, "3", "this UNet model (SD 1.x, SD 2.x, SDXL) has no guidance input"),
+        (flux_folders["dev"], "101", "--guidance must be a number from 0 to 100"),
+        (flux_folders["dev"], "nan", "--guidance must be a number from 0 to 100"),
+    ):
+        out = tmp_path / "refused.safetensors"
+        assert run_sample(folder, out, "--guidance", option) == 2
+        err = capsys.readouterr().err
+        assert words in err and "--guidance" in err, err
+        assert not out.exists()
+
+
+def test_the_features_guidance_is_followed_only_where_the_model_takes_one(flux_folders, tmp_path):
+    """train (the example's), generate and distill (the generator's example's) sample at the
+    guidance the features were captured at, unless --guidance says otherwise; schnell and the
+    other models have none to follow."""
+    import argparse
+
+    from diffsketch.cli.common import sampling_guidance
+
+    def guidance(folder, given=None, recorded=None):
+        return sampling_guidance(argparse.Namespace(model=str(folder), guidance=given), recorded)
+
+    assert guidance(flux_folders["dev"]) is None  # the backend's own 3.5
+    assert guidance(flux_folders["dev"], recorded=5.0) == 5.0
+    assert guidance(flux_folders["dev"], given=2.0, recorded=5.0) == 2.0
+    assert guidance(flux_folders["schnell"], recorded=5.0) is None
+    assert guidance(tmp_path, recorded=5.0) is None
+    with pytest.raises(InvalidInputError, match="Flux.1 schnell has no guidance input"):
+        guidance(flux_folders["schnell"], given=2.0)
+    # the library refuses a value a model cannot take rather than ignore it
+    with pytest.raises(InvalidInputError, match="Flux.1 schnell has no guidance input"):
+        DiffusersFlowBackend.from_pretrained(flux_folders["schnell"], guidance=2.0)
+
+
+def test_schnell_samples_by_default_at_the_fewest_steps_its_timesteps_need(flux_folders, tmp_path, capsys):
+    """Without --steps, schnell samples 8 steps (dev keeps the paper's 50): the fewest whose grid
+    holds the default timesteps exactly. Its usual 4 is refused, naming the steps that work and
+    the timesteps that fit 4 steps, which then work."""
+    from diffsketch.capture.sample import CapturedSample
+
+    out = tmp_path / "example.safetensors"
+    assert run_sample(flux_folders["schnell"], out) == 0
+    sample = CapturedSample.load(out)
+    assert sample.meta["steps"] == FLUX_SCHNELL_STEPS == 8 and sample.timesteps == FLOW_TIMESTEPS
+    assert set(FLOW_TIMESTEPS) <= set(flow_grid(8)) and not set(FLOW_TIMESTEPS) <= set(flow_grid(7))
+    assert tiny_flux_backend(0).default_steps == PAPER_STEPS  # dev
+    capsys.readouterr()
+    assert run_sample(flux_folders["schnell"], out, "--steps", "4") == 2
+    err = capsys.readouterr().err
+    assert "Use at least 7 steps" in err and "249, 499, 749, which 4 steps keep apart" in err, err
+    assert run_sample(flux_folders["schnell"], out, "--steps", "4", "--timesteps", "249,499,749") == 0
+    assert CapturedSample.load(out).timesteps == (249, 499, 749)

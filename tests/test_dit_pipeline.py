@@ -7,6 +7,7 @@ Train, Generate and Distill, the capture command's checks before the model loads
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -19,17 +20,17 @@ from tiny_models import tiny_backend, tiny_flux_backend, tiny_sd35_backend, tiny
 from diffsketch.backends.conditioning import Conditioning
 from diffsketch.capture.sample import CapturedSample
 from diffsketch.capture.sampling import SamplingSettings
-from diffsketch.capture.spec import FLOW_FAMILIES, FLUX, SD35, ZIMAGE
+from diffsketch.capture.spec import FLOW_FAMILIES, FLUX, FLUX_DEFAULT_GUIDANCE, SD35, ZIMAGE
 from diffsketch.capture.timesteps import FLOW_TIMESTEPS, flow_grid, plan_timesteps
 from diffsketch.distill import distill
 from diffsketch.distill.extract import extract
 from diffsketch.distill.extractor import load_extractor, save_extractor
-from diffsketch.distill.pairs import generate_pairs
+from diffsketch.distill.pairs import generate_pairs, pair_settings
 from diffsketch.errors import InvalidInputError, UnsupportedModelError
 from diffsketch.train.conditions import ConditionSampler
 from diffsketch.train.config import iteration_timesteps
 from diffsketch.train.generator import GeneratorConfig, SketchGenerator, load_generator
-from diffsketch.train.inference import generate_pair, generator_timesteps
+from diffsketch.train.inference import generate_pair, generator_guidance, generator_timesteps
 from diffsketch.train.losses import TINY_CLIP_ARCHITECTURE, ClipImageEncoder, DiffSketchLoss, build_lpips
 from diffsketch.train.trainer import TrainConfig, Trainer
 
@@ -66,6 +67,24 @@ def backbone(request):
 
 def tiny_loss() -> DiffSketchLoss:
     return DiffSketchLoss(ClipImageEncoder.random(TINY_CLIP_ARCHITECTURE), build_lpips(random_weights=True))
+
+
+def check_flux_guidance_is_recorded(backend, example, sketch, conditions, config, generator, sampling):
+    """Flux.1 dev's guidance travels with what it made: the generator records its example's (which
+    generate and distill on the command line sample at), the pair settings the backend's (another
+    guidance, another folder), and training on an example of another guidance gives a notice."""
+    assert example.meta["guidance"] == backend.guidance == FLUX_DEFAULT_GUIDANCE
+    assert generator_guidance(generator) == FLUX_DEFAULT_GUIDANCE
+    settings = pair_settings(backend, generator, conditions, sampling.replace(timesteps=None))
+    assert settings["guidance"] == FLUX_DEFAULT_GUIDANCE
+    other = dataclasses.replace(example, meta={**example.meta, "guidance": 5.0})
+    notices = Trainer(backend, other, sketch, conditions, tiny_loss(), config, None, generator).notices
+    assert any(
+        "captured at Flux.1 guidance 5, but the model you train on samples at 3.5" in n for n in notices
+    )
+    assert not any(
+        "guidance" in n for n in Trainer(backend, example, sketch, conditions, tiny_loss(), config).notices
+    )
 
 
 def test_sample_fit_train_generate_distill_extract(backbone, tmp_path):
@@ -121,6 +140,9 @@ def test_sample_fit_train_generate_distill_extract(backbone, tmp_path):
     for other in (tiny_backend(0).spec, *others):
         with pytest.raises(UnsupportedModelError, match="same backbone family"):
             load_generator(path, expected_spec=other)
+
+    if family == FLUX:
+        check_flux_guidance_is_recorded(backend, example, sketch, conditions, config, loaded, sampling)
 
     image, drawn_sketch = generate_pair(backend, loaded, "a cat", sampling.replace(seed=3, timesteps=None))
     assert image.shape == (1, 3, SIZE, SIZE) and drawn_sketch.shape == (1, 1, SIZE, SIZE)

@@ -54,6 +54,37 @@ def weights_fingerprint(tensors: Iterable[torch.Tensor], sample_elements: int = 
     return hashlib.sha256(b"".join(sorted(digests))).hexdigest()[:16]
 
 
+def dit_weights_fingerprint(tensors: Iterable[torch.Tensor], hidden: int) -> str:
+    """:func:`weights_fingerprint` of a diffusion transformer, the same for ComfyUI's layout and
+    diffusers' of the same weights: every tensor whose first dimension is a multiple of the model's
+    ``hidden`` size is hashed as its blocks of ``hidden`` rows.
+
+    The two layouts hold the same values cut differently along that dimension: ComfyUI keeps
+    attention fused (one ``qkv`` weight [3d, d] where diffusers has ``to_q``/``to_k``/``to_v`` [d, d];
+    Flux's single blocks' ``linear1`` is qkv and the MLP input [3d + 4d, d] in one) and diffusers'
+    converters swap the shift and scale halves of the final modulation [2d, d]. Cut into d-row
+    blocks, both are the same blocks in another order, which the sorted digests ignore. Everything
+    else is one tensor in both (their position tables are buffers, not parameters, in both)."""
+    hidden = int(hidden)
+
+    def row_blocks():
+        for t in tensors:
+            if t.ndim and t.shape[0] > hidden and t.shape[0] % hidden == 0:
+                yield from t.split(hidden)
+            else:
+                yield t
+
+    return weights_fingerprint(row_blocks())
+
+
+def guidance_record(backend) -> dict:
+    """``{"guidance": value}`` for a backend whose model embeds a guidance value besides cfg
+    (Flux.1 dev: the backend's ``guidance``), so what it makes records it; ``{}`` for the others
+    (and for a stand-in backend without the attribute)."""
+    guidance = getattr(backend, "guidance", None)
+    return {} if guidance is None else {"guidance": float(guidance)}
+
+
 def scaled_linear_alphas_cumprod(
     beta_start: float = 0.00085, beta_end: float = 0.012, num_train_timesteps: int = 1000
 ) -> torch.Tensor:
@@ -157,8 +188,10 @@ class SamplingBackend:
     @property
     def default_steps(self) -> int:
         """The steps to sample with when none are given
-        (:func:`~diffsketch.capture.timesteps.default_steps`: 8 for Z-Image Turbo, else 50)."""
-        return default_steps(self.spec.family, self.guidance_distilled)
+        (:func:`~diffsketch.capture.timesteps.default_steps`: 8 for Z-Image Turbo and Flux.1 schnell,
+        the Flux.1 without dev's guidance input, else 50)."""
+        schnell = getattr(self, "guidance", None) is None
+        return default_steps(self.spec.family, self.guidance_distilled, schnell)
 
     def captured_branches(self, cfg: float) -> tuple[int, ...]:
         """The branches sampling at ``cfg`` evaluates and captures
@@ -187,10 +220,8 @@ class SamplingBackend:
         return notice
 
     def guidance_record(self) -> dict:
-        """``{"guidance": value}`` for a model that embeds a guidance value besides cfg (Flux.1
-        dev: the backend's ``guidance``), so a capture records it; ``{}`` for the others."""
-        guidance = getattr(self, "guidance", None)
-        return {} if guidance is None else {"guidance": float(guidance)}
+        """:func:`guidance_record` of this backend."""
+        return guidance_record(self)
 
     def check_conditioning(self, cond: Conditioning | torch.Tensor, name: str) -> Conditioning:
         """``cond`` as this model takes it (detached float32), or a clear error. The context is

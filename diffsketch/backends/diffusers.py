@@ -35,6 +35,7 @@ from ..capture.spec import (
     SD2,
     SDXL,
     SDXL_TIME_IDS,
+    check_embedded_guidance,
     family_name,
     feature_spec_from_diffusers,
     unsupported_model,
@@ -336,10 +337,12 @@ class DiffusersBackend(DiffusersVAE, SamplingBackend):
         dtype=torch.float32,
         prediction_type: str | None = None,
         clip_skip: int | None = None,
+        guidance: float | None = None,
     ) -> SamplingBackend:
         """A diffusers folder or a single-file checkpoint: a :class:`DiffusersBackend`, or for a
         folder of a diffusion transformer (transformer/) a
-        :class:`~diffsketch.backends.dit.DiffusersFlowBackend`."""
+        :class:`~diffsketch.backends.dit.DiffusersFlowBackend` (``guidance``: Flux.1 dev's embedded
+        guidance, refused for the other models)."""
         p = Path(path)
         if p.is_dir() and (p / "transformer").is_dir():
             # a diffusion transformer's folder (Z-Image, SD 3.5, Flux.1; others refused by name)
@@ -349,7 +352,8 @@ class DiffusersBackend(DiffusersVAE, SamplingBackend):
                 raise InvalidInputError(
                     f"{p} is a flow-matching transformer: prediction_type and clip_skip apply to the UNet models only"
                 )
-            return DiffusersFlowBackend.from_pretrained(p, device, dtype)
+            return DiffusersFlowBackend.from_pretrained(p, device, dtype, guidance)
+        check_embedded_guidance(guidance, None, False)  # a UNet has no guidance input
         if p.is_dir():
             return cls.from_pretrained(p, device, dtype, prediction_type, clip_skip)
         if not p.exists():

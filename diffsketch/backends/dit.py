@@ -44,10 +44,10 @@ from ..capture.hooks import COND, UNCOND, UNetRecorder, image_token_map, reject_
 from ..capture.identity import FLOW_PREDICTION
 from ..capture.spec import (
     FLUX,
-    FLUX_DEFAULT_GUIDANCE,
     GUIDANCE_DISTILLED_FAMILIES,
     SD35,
     ZIMAGE,
+    check_embedded_guidance,
     diffusers_dit_family,
     family_name,
     feature_spec_from_diffusers_dit,
@@ -55,7 +55,7 @@ from ..capture.spec import (
 )
 from ..capture.timesteps import FLOW_SHIFTS, FLUX_SCHNELL_SHIFT
 from ..errors import InvalidInputError, WeightsNotFoundError
-from .base import SamplingBackend, weights_fingerprint
+from .base import SamplingBackend, dit_weights_fingerprint
 from .conditioning import Conditioning
 from .diffusers_vae import DiffusersVAE, _bf16_supported
 from .flow import euler_denoise, euler_invert
@@ -98,7 +98,7 @@ class DiffusersFlowBackend(DiffusersVAE, SamplingBackend):
     model samples without guidance (default: True for Z-Image, whose published diffusers model is
     Turbo, and Flux.1; False for SD 3.5); cfg > 1 then gets a notice. ``guidance``: the guidance
     Flux.1 dev embeds (default :data:`~diffsketch.capture.spec.FLUX_DEFAULT_GUIDANCE`; schnell has
-    no guidance input). ``vae_dtype`` defaults to ``dtype``,
+    no guidance input: a value given for it is refused). ``vae_dtype`` defaults to ``dtype``,
     bfloat16 (or float32) instead of float16, as for SDXL: the 16-channel VAEs overflow float16.
     """
 
@@ -137,9 +137,9 @@ class DiffusersFlowBackend(DiffusersVAE, SamplingBackend):
         self.vae = vae.to(self.device, vae_dtype).eval().requires_grad_(False)
         self.spec = feature_spec_from_diffusers_dit(self.transformer, self.vae, blocks)
         #: the guidance value Flux.1 dev embeds (None: the model has no guidance input)
-        self.guidance = None
-        if family == FLUX and self.transformer.config.get("guidance_embeds"):
-            self.guidance = float(FLUX_DEFAULT_GUIDANCE if guidance is None else guidance)
+        self.guidance = check_embedded_guidance(
+            guidance, family, self.transformer.config.get("guidance_embeds")
+        )
         if shift is None:
             shift = FLUX_SCHNELL_SHIFT if family == FLUX and self.guidance is None else FLOW_SHIFTS[family]
         self.shift = float(shift)
@@ -190,9 +190,11 @@ class DiffusersFlowBackend(DiffusersVAE, SamplingBackend):
 
     # -- identity ------------------------------------------------------------------------------
     def model_hash(self) -> str:
-        """:func:`~diffsketch.backends.base.weights_fingerprint` of the transformer."""
+        """:func:`~diffsketch.backends.base.dit_weights_fingerprint` of the transformer (equal to the
+        ComfyUI backend's for the same weights)."""
         if self._model_hash is None:
-            self._model_hash = weights_fingerprint(self.transformer.parameters())
+            hidden = self.spec.unet[0].channels  # every DiT tap has the hidden size
+            self._model_hash = dit_weights_fingerprint(self.transformer.parameters(), hidden)
         return self._model_hash
 
     def describe(self) -> str:
@@ -204,11 +206,14 @@ class DiffusersFlowBackend(DiffusersVAE, SamplingBackend):
 
     # -- loading -------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path, device="cpu", dtype=torch.float32) -> DiffusersFlowBackend:
+    def from_pretrained(
+        cls, path, device="cpu", dtype=torch.float32, guidance: float | None = None
+    ) -> DiffusersFlowBackend:
         """A local diffusers folder of Z-Image (transformer/, vae/, text_encoder/, tokenizer/,
         scheduler/), SD 3.5 (the same with text_encoder_2/3 and tokenizer_2/3) or Flux.1 (CLIP-L in
         text_encoder/, T5-XXL in text_encoder_2/). A transformer of another family (Flux.2,
-        Qwen-Image, ...) is refused by its config, before any weights load. The shift is the
+        Qwen-Image, ...) is refused by its config, before any weights load, as is a ``guidance``
+        for a model without a guidance input (only Flux.1 dev has one). The shift is the
         scheduler's, or with dynamic shifting (Flux.1 dev's) e^max_shift, the shift diffusers
         uses at 1024x1024 and ComfyUI's ModelSamplingFlux at its default."""
         import diffusers
@@ -221,7 +226,8 @@ class DiffusersFlowBackend(DiffusersVAE, SamplingBackend):
                 )
         config = json.loads((root / "transformer" / "config.json").read_text())
         class_name = str(config.get("_class_name"))
-        diffusers_dit_family(class_name)  # another family is refused before any weights load
+        # another family, or a guidance the model cannot take, is refused before any weights load
+        check_embedded_guidance(guidance, diffusers_dit_family(class_name), config.get("guidance_embeds"))
         transformer_cls = getattr(diffusers, class_name)
         shift = None
         sched = root / "scheduler" / "scheduler_config.json"
@@ -269,7 +275,7 @@ class DiffusersFlowBackend(DiffusersVAE, SamplingBackend):
             if (root / "text_encoder_3").is_dir():
                 encoders["text_encoder_3"] = T5EncoderModel.from_pretrained(root / "text_encoder_3", **kw)
                 encoders["tokenizer_3"] = AutoTokenizer.from_pretrained(root / "tokenizer_3", **kw)
-        return cls(transformer, vae, device=device, dtype=dtype, shift=shift, **encoders)
+        return cls(transformer, vae, device=device, dtype=dtype, shift=shift, guidance=guidance, **encoders)
 
     # -- text ----------------------------------------------------------------------------------
     @torch.no_grad()

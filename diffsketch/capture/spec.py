@@ -50,12 +50,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 import torch.nn as nn
 
-from ..errors import UnsupportedModelError
+from ..errors import InvalidInputError, UnsupportedModelError
 
 LAYOUT_LDM = "ldm"
 LAYOUT_DIFFUSERS = "diffusers"
@@ -141,6 +142,8 @@ FLUX_PATCH = 2
 #: The guidance Flux.1 dev embeds (its guidance-distillation input) unless told otherwise:
 #: ComfyUI's ``model_base.Flux`` default and the FluxGuidance node's.
 FLUX_DEFAULT_GUIDANCE = 3.5
+#: The most ComfyUI's FluxGuidance node takes.
+FLUX_MAX_GUIDANCE = 100.0
 #: SDXL's size/crop conditioning: six numbers (original h/w, crop top/left, target h/w), each
 #: embedded with 256 sinusoidal features next to the pooled text embedding.
 SDXL_TIME_IDS = 6
@@ -191,6 +194,42 @@ def backbone_family(item) -> str:
     if not isinstance(spec, FeatureSpec):
         raise TypeError(f"{type(item).__name__} has no FeatureSpec to read a backbone family from")
     return check_backbone_family(spec.family, "this spec")
+
+
+def check_embedded_guidance(
+    guidance, family: str | None, guidance_embeds: bool, option: str = "guidance"
+) -> float | None:
+    """The guidance value a model embeds, checked (``option`` names it in messages). Flux.1 dev
+    (``family`` FLUX with ``guidance_embeds``, its config's word for the guidance-distillation
+    input) takes 0 to :data:`FLUX_MAX_GUIDANCE`, as ComfyUI's FluxGuidance node does; None gives
+    :data:`FLUX_DEFAULT_GUIDANCE`. A model without that input (Flux.1 schnell, the other families;
+    ``family`` None: a UNet) gets None, and a value given for it is refused rather than ignored.
+    It is not cfg."""
+    if family != FLUX or not guidance_embeds:
+        if guidance is None:
+            return None
+        if family == FLUX:
+            model = "Flux.1 schnell"
+        else:
+            model = (
+                f"this {family_name(family)} model" if family else "this UNet model (SD 1.x, SD 2.x, SDXL)"
+            )
+        raise InvalidInputError(
+            f"{option} {guidance} was given, but {model} has no guidance input: only Flux.1 dev embeds a "
+            f"guidance value (it is not cfg). Leave {option} out for this model."
+        )
+    if guidance is None:
+        return FLUX_DEFAULT_GUIDANCE
+    try:
+        value = float(guidance)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not 0.0 <= value <= FLUX_MAX_GUIDANCE:
+        raise InvalidInputError(
+            f"{option} must be a number from 0 to {FLUX_MAX_GUIDANCE:g} (Flux.1 dev's embedded guidance; "
+            f"{FLUX_DEFAULT_GUIDANCE:g} by default), got {guidance!r}."
+        )
+    return value
 
 
 def unsupported_model(what: str) -> UnsupportedModelError:

@@ -39,6 +39,14 @@ FLUX_SCHNELL_SHIFT = 1.0
 #: families), and fewer for the models distilled to sample in few steps, when guidance-distilled.
 PAPER_STEPS = 50
 DISTILLED_STEPS = {ZIMAGE: 8}  # Z-Image Turbo: 8 Euler steps at cfg 1, as its own workflow samples
+#: Flux.1 schnell's steps when none are given: the fewest whose grid holds :data:`FLOW_TIMESTEPS`
+#: exactly (7 keeps them apart, mapped to other indices). Schnell's usual 4 steps hold only three
+#: of them (124 falls between 0 and 249): give it timesteps of its own grid, e.g. 249, 499, 749.
+FLUX_SCHNELL_STEPS = 8
+#: The default step counts, in words (command-line help).
+DEFAULT_STEPS_TEXT = (
+    f"{PAPER_STEPS}, {DISTILLED_STEPS[ZIMAGE]} for Z-Image Turbo, {FLUX_SCHNELL_STEPS} for Flux.1 schnell"
+)
 
 
 def default_timesteps(family: str | None = None) -> tuple[int, ...]:
@@ -47,10 +55,13 @@ def default_timesteps(family: str | None = None) -> tuple[int, ...]:
     return FLOW_TIMESTEPS if family is not None and is_flow_family(family) else PAPER_TIMESTEPS
 
 
-def default_steps(family: str | None = None, guidance_distilled: bool = False) -> int:
+def default_steps(family: str | None = None, guidance_distilled: bool = False, schnell: bool = False) -> int:
     """The steps a model of ``family`` samples with when none are given: :data:`DISTILLED_STEPS`
-    of a guidance-distilled model of a family listed there (Z-Image Turbo: 8), else
-    :data:`PAPER_STEPS`."""
+    of a guidance-distilled model of a family listed there (Z-Image Turbo: 8),
+    :data:`FLUX_SCHNELL_STEPS` for Flux.1 schnell (``schnell``; dev, which shares its family, keeps
+    the paper's), else :data:`PAPER_STEPS`."""
+    if family == FLUX and schnell:
+        return FLUX_SCHNELL_STEPS
     if guidance_distilled and family in DISTILLED_STEPS:
         return DISTILLED_STEPS[family]
     return PAPER_STEPS
@@ -179,7 +190,8 @@ def plan_timesteps(steps: int, timesteps=None, family: str | None = None) -> Tim
         raise InvalidInputError(
             f"steps={steps} is too few for the {len(set(requested))} timesteps asked: they map to only "
             f"{len(used)} distinct steps of the {len(grid)}-step {'flow-matching' if flow else 'DDIM'} grid. Use at "
-            f"least {need} steps{'' if flow else ' (the paper uses 50)'}, or ask for fewer timesteps."
+            f"least {need} steps{'' if flow else ' (the paper uses 50)'}, or ask for fewer timesteps (e.g. "
+            f"{', '.join(map(str, used))}, which {steps} steps keep apart)."
         )
     return TimestepPlan(steps=steps, grid=tuple(grid), requested=requested, used=used, flow=flow)
 

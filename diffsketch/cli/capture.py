@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..capture.spec import DIT_NAMES_TEXT, ZIMAGE
-from ..capture.timesteps import DISTILLED_STEPS, PAPER_STEPS
+from ..capture.spec import DIT_NAMES_TEXT
+from ..capture.timesteps import DEFAULT_STEPS_TEXT, PAPER_STEPS
 from ..errors import InvalidInputError
 from ..images import read_image, save_png
 from ..terminal import check_input_file, check_output_file, progress_bar
@@ -14,6 +14,7 @@ from .common import (
     SIZE_STAND_IN,
     check_model,
     family_before_loading,
+    guidance_arg,
     load_backend,
     model_args,
     sampling_cfg,
@@ -51,8 +52,8 @@ def add_parser(sub) -> None:
         "--steps",
         type=int,
         default=None,
-        help=f"steps of the inversion and the replay (DDIM; Euler for {DIT_NAMES_TEXT}; default {PAPER_STEPS}, "
-        f"{DISTILLED_STEPS[ZIMAGE]} for Z-Image Turbo)",
+        help=f"steps of the inversion and the replay (DDIM; Euler for {DIT_NAMES_TEXT}; default "
+        f"{DEFAULT_STEPS_TEXT})",
     )
     p.add_argument(
         "--cfg",
@@ -61,6 +62,7 @@ def add_parser(sub) -> None:
         help="guidance 'diffsketch train' samples its own images with (default 5.0; 1 for Z-Image Turbo and Flux.1, "
         "which are guidance-distilled); the picture itself is inverted and replayed at guidance 1",
     )
+    guidance_arg(p)
     p.add_argument(
         "--timesteps", default=None, help="capture timesteps, e.g. '1,61,161' (default: the paper's 13)"
     )

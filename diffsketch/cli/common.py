@@ -8,13 +8,21 @@ import sys
 from pathlib import Path
 
 from ..capture.sampling import DEFAULT_CFG
-from ..capture.spec import DIT_NAMES_TEXT, NATIVE_SIZES_TEXT, SIZE_MULTIPLES_TEXT, ZIMAGE
-from ..capture.timesteps import DISTILLED_STEPS, PAPER_STEPS
+from ..capture.spec import (
+    DIT_NAMES_TEXT,
+    FLUX_DEFAULT_GUIDANCE,
+    FLUX_MAX_GUIDANCE,
+    NATIVE_SIZES_TEXT,
+    SIZE_MULTIPLES_TEXT,
+)
+from ..capture.timesteps import DEFAULT_STEPS_TEXT
 from ..terminal import check_input_file, pick_device
 from ..train.inference import generator_cfg
 
 
-def load_backend(args, device: str | None = None):
+def load_backend(args, device: str | None = None, recorded_guidance: float | None = None):
+    """``--model`` loaded; a Flux.1 dev model embeds :func:`sampling_guidance` (``recorded_guidance``:
+    the guidance the example or the generator's features were captured at, where known)."""
     import torch
 
     from ..backends.diffusers import DiffusersBackend
@@ -22,9 +30,15 @@ def load_backend(args, device: str | None = None):
     device = device or pick_device(args.device)
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     prediction = None if args.prediction_type == "auto" else args.prediction_type
+    guidance = sampling_guidance(args, recorded_guidance)
     _quiet_model_loading()
     return DiffusersBackend.load(
-        args.model, device=device, dtype=dtype, prediction_type=prediction, clip_skip=args.clip_skip
+        args.model,
+        device=device,
+        dtype=dtype,
+        prediction_type=prediction,
+        clip_skip=args.clip_skip,
+        guidance=guidance,
     )
 
 
@@ -48,9 +62,33 @@ def _quiet_model_loading() -> None:
 
 
 def check_model(args) -> None:
-    """``--model`` and ``--device``: checked before anything is loaded."""
+    """``--model``, ``--device`` and (where the command has it) ``--guidance``: checked before
+    anything is loaded."""
     check_input_file(args.model, "--model", folder_ok=True)
     pick_device(args.device)
+    if getattr(args, "guidance", None) is not None:
+        guidance_before_loading(args.model, args.guidance)
+
+
+def _transformer_config(path) -> dict | None:
+    """The transformer/config.json of a diffusers folder of a diffusion transformer; None for a
+    UNet model (folder or single file)."""
+    import json
+
+    from ..errors import InvalidInputError
+
+    config = Path(path) / "transformer" / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        data = json.loads(config.read_text())
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+        raise InvalidInputError(
+            f"--model {path}: {config} cannot be read as a diffusers config ({e})."
+        ) from e
+    return data
 
 
 def family_before_loading(path) -> str | None:
@@ -58,21 +96,32 @@ def family_before_loading(path) -> str | None:
     read from its transformer/config.json (another transformer family is refused by name); None
     for a UNet model (folder or single file), whose grid is DDIM's. Lets the sampling options be
     checked on the model's own timestep grid before the model loads."""
-    import json
-
     from ..capture.spec import diffusers_dit_family
-    from ..errors import InvalidInputError
 
-    config = Path(path) / "transformer" / "config.json"
-    if not config.is_file():
+    config = _transformer_config(path)
+    return None if config is None else diffusers_dit_family(str(config.get("_class_name")))
+
+
+def guidance_before_loading(path, guidance, option: str = "--guidance") -> float | None:
+    """:func:`~diffsketch.capture.spec.check_embedded_guidance` for ``--model`` before it loads:
+    whether it has a guidance input (Flux.1 dev) is read from its transformer config."""
+    from ..capture.spec import check_embedded_guidance
+
+    config = _transformer_config(path) or {}
+    family = family_before_loading(path)
+    return check_embedded_guidance(guidance, family, bool(config.get("guidance_embeds")), option)
+
+
+def sampling_guidance(args, recorded: float | None = None) -> float | None:
+    """--guidance, or when it is not given (or the command has none) the guidance the features
+    were captured at (``recorded``: the example's or the generator's) where the model takes one;
+    None: the model's own (Flux.1 dev's 3.5; the other models have no guidance input)."""
+    given = getattr(args, "guidance", None)
+    if given is not None:
+        return guidance_before_loading(args.model, given)
+    if recorded is None or guidance_before_loading(args.model, None) is None:
         return None
-    try:
-        class_name = json.loads(config.read_text()).get("_class_name")
-    except (OSError, ValueError, AttributeError) as e:
-        raise InvalidInputError(
-            f"--model {path}: {config} cannot be read as a diffusers config ({e})."
-        ) from e
-    return diffusers_dit_family(str(class_name))
+    return guidance_before_loading(args.model, recorded, "the guidance the features were captured at")
 
 
 #: The size the sampling options are checked at before the model is loaded (the default size, the
@@ -127,11 +176,7 @@ def sampling_args(p, steps: int | None = None):
         type=int,
         default=steps,
         help=f"sampling steps (DDIM; Euler for {DIT_NAMES_TEXT}; default "
-        + (
-            f"{steps})"
-            if steps is not None
-            else f"{PAPER_STEPS}, {DISTILLED_STEPS[ZIMAGE]} for Z-Image Turbo)"
-        ),
+        + (f"{steps})" if steps is not None else f"{DEFAULT_STEPS_TEXT})"),
     )
     p.add_argument(
         "--cfg",
@@ -140,6 +185,7 @@ def sampling_args(p, steps: int | None = None):
         help=f"classifier-free guidance scale (default {DEFAULT_CFG:g}; 1 for a guidance-distilled model, Z-Image "
         "Turbo and Flux.1, and for a generator trained on one-branch features)",
     )
+    guidance_arg(p)
     for side in ("width", "height"):
         p.add_argument(
             f"--{side}",
@@ -150,9 +196,21 @@ def sampling_args(p, steps: int | None = None):
         )
 
 
+def guidance_arg(p) -> None:
+    p.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help=f"Flux.1 dev's embedded guidance, as ComfyUI's FluxGuidance node sets it, 0 to {FLUX_MAX_GUIDANCE:g} "
+        f"(default {FLUX_DEFAULT_GUIDANCE:g}, or the guidance the example or the generator's features were "
+        "captured at); not cfg: it adds no branch. Refused for a model without a guidance input (Flux.1 "
+        "schnell, the other families)",
+    )
+
+
 def sampling_steps(args, backend) -> int:
     """--steps, or when it is not given the model's own (``backend.default_steps``: 8 for Z-Image
-    Turbo, else the paper's 50)."""
+    Turbo and Flux.1 schnell, else the paper's 50)."""
     return int(args.steps) if args.steps is not None else backend.default_steps
 
 

@@ -135,7 +135,7 @@ def _distill(args, out: Path, device: str, group, photos) -> int:
     from ..distill.extractor import save_extractor
     from ..train.conditions import ConditionSampler
     from ..train.generator import load_generator
-    from ..train.inference import check_generator_fits
+    from ..train.inference import check_generator_fits, generator_guidance
     from ..train.losses import build_lpips
 
     config = DistillConfig(
@@ -149,7 +149,7 @@ def _distill(args, out: Path, device: str, group, photos) -> int:
     lpips_model = None if args.no_lpips else build_lpips(args.lpips, device=device)
     generator = load_generator(args.generator, device=device)
     conditions = ConditionSampler.load(args.conditions)
-    backend = load_backend(args, device)
+    backend = load_backend(args, device, recorded_guidance=generator_guidance(generator))
     if group is None or group.is_main:
         for notice in check_generator_fits(backend, generator):
             print(notice)

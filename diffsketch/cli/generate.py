@@ -37,7 +37,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from ..capture.sampling import SamplingSettings
     from ..train.generator import GENERATOR_KIND, load_generator
-    from ..train.inference import check_generator_fits, generate_pair
+    from ..train.inference import check_generator_fits, generate_pair, generator_guidance
 
     check_model(args)
     check_file_kind(args.generator, "--generator", GENERATOR_KIND)
@@ -50,7 +50,7 @@ def run(args) -> int:
         schedule=args.schedule,
     )
     generator = load_generator(args.generator, device=pick_device(args.device))
-    backend = load_backend(args)
+    backend = load_backend(args, recorded_guidance=generator_guidance(generator))
     print_prompt_notice(backend, args.prompt)
     sampling = sampling.replace(
         steps=sampling_steps(args, backend),

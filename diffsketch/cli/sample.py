@@ -11,6 +11,7 @@ from .common import (
     DEFAULT_CFG,
     SIZE_STAND_IN,
     check_model,
+    family_before_loading,
     load_backend,
     model_args,
     model_size,
@@ -51,6 +52,7 @@ def run(args) -> int:
         height=args.height or SIZE_STAND_IN,
         timesteps=parse_timesteps(args.timesteps),
     )
+    sampling.plan(family_before_loading(args.model))  # too few --steps costs no waiting for the model
     backend = load_backend(args)
     print_prompt_notice(backend, args.prompt)
     sampling = sampling.replace(

@@ -147,7 +147,8 @@ def run(args) -> int:
         checkpoint_every=args.checkpoint_every,
         device=device,
     )
-    backend = load_backend(args)
+    # its own samples embed the example's guidance (Flux.1 dev)
+    backend = load_backend(args, recorded_guidance=example.meta.get("guidance"))
     if str(device) == "cpu":
         _return_freed_memory_to_the_os()
     trainer = Trainer(

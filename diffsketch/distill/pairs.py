@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..backends.base import guidance_record
 from ..capture.sampling import SamplingSettings
 from ..distributed import Group, shard
 from ..errors import Cancelled, DiffSketchError, FileFormatError, InvalidInputError
@@ -500,6 +501,7 @@ def pair_settings(
         "model_layout": backend.spec.fingerprint(),
         "generator": generator_fingerprint(generator),
         "conditions": conditions_fingerprint(conditions),
+        **guidance_record(backend),  # Flux.1 dev's embedded guidance; no key for the other models
     }
     share = check_photo_share(photo_share, photos)
     if photos is not None and share > 0:

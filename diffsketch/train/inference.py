@@ -102,6 +102,13 @@ def generator_cfg(generator) -> float:
     return 1.0 if getattr(generator, "branches", 2) == 1 else DEFAULT_CFG
 
 
+def generator_guidance(generator) -> float | None:
+    """The guidance Flux.1 dev embedded when ``generator``'s example was captured (its meta's
+    ``example``); None where it is not recorded (other models, and generators saved before it was)."""
+    value = (getattr(generator, "meta", None) or {}).get("example", {}).get("guidance")
+    return None if value is None else float(value)
+
+
 def generator_sampling(generator, sampling: SamplingSettings) -> SamplingSettings:
     """``sampling`` completed with what ``generator`` was trained on: its timesteps where
     ``sampling.timesteps`` is None, its schedule where ``sampling.schedule`` is None. A teacher

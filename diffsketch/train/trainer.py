@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 
 from .. import __version__
+from ..backends.base import guidance_record
 from ..backends.conditioning import Conditioning
 from ..capture.identity import ModelIdentity, backend_identity, check_same_model
 from ..capture.sample import CapturedSample
@@ -165,6 +166,15 @@ class Trainer:
             "ModelSamplingDiscrete node, or none, in front of both; on the command line: the same "
             "--prediction-type), or re-capture it",
         )
+        example_guidance = example.meta.get("guidance")
+        model_guidance = guidance_record(backend).get("guidance")  # Flux.1 dev's embedded guidance
+        if None not in (example_guidance, model_guidance) and float(example_guidance) != model_guidance:
+            self.notices.append(
+                f"the example was captured at Flux.1 guidance {float(example_guidance):g}, but the model you "
+                f"train on samples at {model_guidance:g}, so its new samples' features differ from the "
+                "example's; capture the example at the guidance you train at (on the command line, train "
+                "follows the example's guidance)"
+            )
         if example.image.numel() == 0 or not example.vae:
             raise InvalidInputError("the example must be a decoded sample with VAE features (decode=True)")
         check_example_sketch(example_sketch, example)
@@ -332,6 +342,8 @@ class Trainer:
             # "sampled" (Sample & Capture) or "picture" (the user's own, inverted); with a picture,
             # how it was cropped/resized, so the drawing's alignment can be checked later
             "source": m.get("source", "sampled"),
+            # Flux.1 dev's embedded guidance, which the generator's features depend on (none elsewhere)
+            **({"guidance": m["guidance"]} if "guidance" in m else {}),
             **({"picture_fit": m["picture_fit"]} if "picture_fit" in m else {}),
         }
 

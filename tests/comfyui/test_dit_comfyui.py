@@ -335,6 +335,8 @@ def test_sd35_matches_the_diffusers_backend(comfy_inprocess, sd35, sd35_checkpoi
     transformer, dvae = diffusers_sd35(sd35_checkpoint)
     clip_l, clip_g, _, _ = tiny_sd3_text_encoders()  # only to construct it: the prompts come encoded
     diff_b = DiffusersFlowBackend(transformer, dvae, clip_l, text_encoder_2=clip_g)
+    # fused attention (ComfyUI) and split (diffusers): one weights hash, no "other checkpoint" notice
+    assert comfy_b.model_hash() == diff_b.model_hash()
     with torch.inference_mode():
         a = comfy_b.sample(cond, settings(4.0), uncond=uncond)
     check_parity(a, diff_b.sample(cond, settings(4.0), uncond=uncond))
@@ -370,9 +372,12 @@ def test_zimage_matches_the_diffusers_backend(comfy_inprocess, zimage_files):
         a_cfg = comfy_b.sample(cond, settings(3.0, **few), uncond=uncond)
     with torch.inference_mode():
         a_one = comfy_b.sample(cond, settings(1.0, **few))
+    comfy_hash = comfy_b.model_hash()
     del comfy_b  # one 5 GB model at a time
     release()
     diff_b = DiffusersFlowBackend(*diffusers_zimage(*zimage_files))
+    # fused attention (ComfyUI) and split (diffusers): one weights hash, no "other checkpoint" notice
+    assert diff_b.model_hash() == comfy_hash
     check_parity(a_one, diff_b.sample(cond, settings(1.0, **few)))
     with pytest.warns(UserWarning, match="guidance-distilled"):
         check_parity(a_cfg, diff_b.sample(cond, settings(3.0, **few), uncond=uncond))

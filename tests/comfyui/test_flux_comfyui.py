@@ -154,6 +154,29 @@ def test_other_families_and_mixed_parts_are_refused_by_name(comfy_inprocess, flu
         backend.model_family(depth)
 
 
+def test_schnell_at_its_usual_4_steps_is_refused_naming_the_steps_and_timesteps_that_work(
+    comfy_inprocess, flux_schnell
+):
+    """The default timesteps need 7 steps on schnell: the refusal the nodes pass on says so and
+    names the timesteps 4 steps keep apart, which then sample; the command line's default (the
+    backend's ``default_steps``) is 8 for schnell."""
+    from diffsketch.capture.sampling import SamplingSettings
+    from diffsketch.errors import InvalidInputError
+
+    model, clip, vae = flux_schnell
+    backend = comfy_inprocess.nodes.comfy_backend.ComfyBackend(model, clip, vae)
+    assert backend.guidance is None and backend.default_steps == 8
+    four = SamplingSettings(seed=0, steps=4, cfg=1.0, width=64, height=64)
+    with pytest.raises(
+        InvalidInputError, match=r"Use at least 7 steps.*\(e\.g\. 249, 499, 749, which 4 steps"
+    ):
+        backend.sample(t5_conditioning(0), four)
+    with torch.inference_mode():
+        out = backend.sample(t5_conditioning(0), four.replace(timesteps=(249, 499, 749)))
+    assert out.timesteps == (249, 499, 749) and out.meta["steps"] == 4
+    assert hook_count(model, vae) == 0
+
+
 @pytest.mark.parametrize("variant", ["dev", "schnell"])
 def test_flux_matches_the_diffusers_backend(comfy_inprocess, flux_files, variant):
     """The same file in diffusers' FluxTransformer2DModel (diffusers' own converter) through the
@@ -182,6 +205,7 @@ def test_flux_matches_the_diffusers_backend(comfy_inprocess, flux_files, variant
                 a_cfg = comfy_b.sample(cond, settings(3.0, **few), uncond=uncond)
             a_pic = comfy_b.capture_from_image(picture, settings(1.0, **few), caption=cond)
     assert hook_count(model, vae) == 0
+    comfy_hash = comfy_b.model_hash()
     del comfy_b, model, clip, vae  # one 2.8 GB model at a time
     release()
     dev_path, schnell_path, vae_path = flux_files
@@ -189,6 +213,9 @@ def test_flux_matches_the_diffusers_backend(comfy_inprocess, flux_files, variant
     # CLIP-L only to construct it: the prompts come encoded
     diff_b = DiffusersFlowBackend(transformer, dvae, tiny_clip(768, "quick_gelu", projection=False))
     assert diff_b.guidance == (3.5 if dev else None)
+    # fused attention and linear1 (ComfyUI) and split (diffusers), the final modulation's halves
+    # swapped by diffusers' converter: one weights hash, no "trained on another checkpoint" notice
+    assert diff_b.model_hash() == comfy_hash
     b_one = diff_b.sample(cond, settings(1.0, **few))
     check_parity(a_one, b_one)
     assert a_one.meta["branches"] == 1
