@@ -168,7 +168,9 @@ def transformers_t5(text_encoder_path):
     state = {k: v.float() for k, v in load_file(str(text_encoder_path)).items()}
     state["encoder.embed_tokens.weight"] = state["shared.weight"]  # one table in both (tied in the model)
     model.load_state_dict(state, strict=True)
-    tokenizer = T5TokenizerFast.from_pretrained(os.path.join(COMFYUI_PATH, "comfy", "text_encoders", "t5_tokenizer"))
+    tokenizer = T5TokenizerFast.from_pretrained(
+        os.path.join(COMFYUI_PATH, "comfy", "text_encoders", "t5_tokenizer")
+    )
     return model.eval(), tokenizer
 
 

@@ -103,7 +103,9 @@ def build_state_dict(kind: str, comfy_path: str, seed: int = 0) -> dict[str, tor
     g = torch.Generator().manual_seed(seed)
     state = random_state(model, g)
     return {
-        k: (v * T5_QK_SCALE if k.endswith(("SelfAttention.q.weight", "SelfAttention.k.weight")) else v).contiguous()
+        k: (
+            v * T5_QK_SCALE if k.endswith(("SelfAttention.q.weight", "SelfAttention.k.weight")) else v
+        ).contiguous()
         for k, v in state.items()
     }
 
