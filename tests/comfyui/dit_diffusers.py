@@ -153,6 +153,7 @@ def transformers_t5(text_encoder_path):
     from comfy_harness import COMFYUI_PATH
     from t5_checkpoint import t5_config
     from transformers import T5Config, T5EncoderModel, T5TokenizerFast
+    from transformers.initialization import no_init_weights
 
     comfy_config = t5_config(COMFYUI_PATH)
     config = T5Config(
@@ -164,7 +165,8 @@ def transformers_t5(text_encoder_path):
         is_encoder_decoder=False,
         use_cache=False,
     )
-    model = T5EncoderModel(config)
+    with no_init_weights():  # every weight is loaded next: no 0.2 G random draws
+        model = T5EncoderModel(config)
     state = {k: v.float() for k, v in load_file(str(text_encoder_path)).items()}
     state["encoder.embed_tokens.weight"] = state["shared.weight"]  # one table in both (tied in the model)
     model.load_state_dict(state, strict=True)
@@ -182,19 +184,22 @@ def transformers_clip(state: dict, prefix: str, kind: str):
     sets it: SD3 uses CLIP-L's pooled output unprojected), "sd3_g" SD3's bigG (GELU, its own
     projection)."""
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
+    from transformers.initialization import no_init_weights
 
     from diffsketch.backends.checkpoint import _match_prefix, clip_text_config
 
     tower = {k.removeprefix(prefix): v.float() for k, v in state.items() if k.startswith(prefix)}
     config = clip_text_config(tower, "")
     if kind == "flux_l":
-        model = CLIPTextModel(config)
+        model_class = CLIPTextModel
         tower.pop("text_projection.weight", None)
     elif kind == "sd3_l":
-        model = CLIPTextModelWithProjection(config)
+        model_class = CLIPTextModelWithProjection
         tower["text_projection.weight"] = torch.eye(config.hidden_size)
     else:
         config.hidden_act, config.projection_dim = "gelu", tower["text_projection.weight"].shape[0]
-        model = CLIPTextModelWithProjection(config)
-    model.load_state_dict(_match_prefix(tower, model), strict=True)
+        model_class = CLIPTextModelWithProjection
+    with no_init_weights():  # every weight is loaded next (bigG: 0.7 G random draws)
+        model = model_class(config)
+    model.load_state_dict(_match_prefix(tower, model), strict=True, assign=True)
     return model.eval()
