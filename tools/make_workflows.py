@@ -633,22 +633,31 @@ def quick_start_sdxl() -> dict:
     )
 
 
+def _unet_loader(model: ModelFile) -> dict:
+    """Load Diffusion Model of a diffusion transformer published as a file of its own."""
+    return {
+        "type": "UNETLoader",
+        "widgets": {"unet_name": model.name, "weight_dtype": "default"},
+        "models": [model.entry()],
+    }
+
+
+def _vae_loader(model: ModelFile) -> dict:
+    return {"type": "VAELoader", "widgets": {"vae_name": model.name}, "models": [model.entry()]}
+
+
 #: Z-Image Turbo's loaders as ComfyUI's own Z-Image Turbo template has them: the diffusion model,
 #: its Qwen3-4B text encoder (CLIPLoader type lumina2) and the VAE, with the model's shift of 3.
 ZIMAGE_LOADERS = Loaders(
     nodes={
-        1: {
-            "type": "UNETLoader",
-            "widgets": {"unet_name": ZIMAGE_TURBO.name, "weight_dtype": "default"},
-            "models": [ZIMAGE_TURBO.entry()],
-        },
+        1: _unet_loader(ZIMAGE_TURBO),
         10: {
             "type": "CLIPLoader",
             # device: an advanced widget with no default in /object_info, so named here
             "widgets": {"clip_name": QWEN3_4B.name, "type": "lumina2", "device": "default"},
             "models": [QWEN3_4B.entry()],
         },
-        11: {"type": "VAELoader", "widgets": {"vae_name": ZIMAGE_VAE.name}, "models": [ZIMAGE_VAE.entry()]},
+        11: _vae_loader(ZIMAGE_VAE),
         12: {"type": "ModelSamplingAuraFlow", "inputs": {"model": [1, 0]}, "widgets": {"shift": 3.0}},
     },
     model=[12, 0],
@@ -684,11 +693,7 @@ def quick_start_zimage() -> dict:
 #: T5-XXL in one DualCLIPLoader of type flux, and the VAE.
 FLUX_LOADERS = Loaders(
     nodes={
-        1: {
-            "type": "UNETLoader",
-            "widgets": {"unet_name": FLUX_DEV.name, "weight_dtype": "default"},
-            "models": [FLUX_DEV.entry()],
-        },
+        1: _unet_loader(FLUX_DEV),
         10: {
             "type": "DualCLIPLoader",
             # device: an advanced widget with no default in /object_info, so named here
@@ -700,7 +705,7 @@ FLUX_LOADERS = Loaders(
             },
             "models": [FLUX_CLIP_L.entry(), FLUX_T5XXL.entry()],
         },
-        11: {"type": "VAELoader", "widgets": {"vae_name": FLUX_VAE.name}, "models": [FLUX_VAE.entry()]},
+        11: _vae_loader(FLUX_VAE),
     },
     model=[1, 0],
     clip=[10, 0],
