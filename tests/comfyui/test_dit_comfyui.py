@@ -5,6 +5,8 @@ blocks' image tokens with the hooks gone on every exit path, one branch at cfg 1
 Z-Image's text encoder (Qwen3-4B, 8 GB) is loaded only by the prompt-encoding test, at the shrunk
 size of qwen3_checkpoint.py; elsewhere its CLIP is ComfyUI's own Z-Image text-encoder class built on
 the meta device (what the family check reads), and sampling is given Qwen3-shaped conditioning.
+SD 3.5's T5-XXL (not in the checkpoint) is loaded only by its prompt-encoding test, at the shrunk
+size of t5_checkpoint.py.
 """
 
 from __future__ import annotations

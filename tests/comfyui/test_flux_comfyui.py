@@ -3,9 +3,10 @@ loaded as UNETLoader and VAELoader load them: see dit_checkpoints.py): detection
 capture of the double- and single-stream blocks' image tokens at cfg 1 (one branch) with the hooks
 gone on every exit path, and the same image and features as the diffusers backend.
 
-The text encoders (CLIP-L and T5-XXL, the latter 9.5 GB) are not built: the CLIP here is
-ComfyUI's own Flux text-encoder class built on the meta device (what the family check reads), and
-sampling is given T5-shaped context [1, T, 4096] with a CLIP-L-shaped pooled vector [1, 768].
+The text encoders (CLIP-L and T5-XXL, the latter 9.5 GB) are loaded only by the prompt-encoding
+test, T5 at the shrunk size of t5_checkpoint.py; elsewhere the CLIP here is ComfyUI's own Flux
+text-encoder class built on the meta device (what the family check reads), and sampling is given
+T5-shaped context [1, T, 4096] with a CLIP-L-shaped pooled vector [1, 768].
 """
 
 from __future__ import annotations
