@@ -15,6 +15,7 @@ from tiny_models import tiny_sd35_backend, tiny_zimage_backend
 
 from diffsketch.backends.base import make_noise
 from diffsketch.backends.conditioning import Conditioning
+from diffsketch.backends.dit import SD35_T5_MIN_TOKENS, SD35_T5_TOKENS, DiffusersFlowBackend
 from diffsketch.capture.hooks import COND, UNCOND, UNetRecorder
 from diffsketch.capture.sampling import SamplingSettings
 from diffsketch.capture.spec import SD35, ZIMAGE
@@ -139,12 +140,13 @@ def test_sd35_sampling_and_encoding_match_the_sd3_pipeline(sd35, tmp_path, cfg):
         text_encoder_3=sd35.text_encoder_3,
         tokenizer_3=sd35.tokenizer_3,
     )
-    # the backend's own CLIP BPE tokenizers and the HF ones give the pipeline's encoding
-    context, _, pooled, _ = pipe.encode_prompt(PROMPT, PROMPT, PROMPT, do_classifier_free_guidance=False)
+    # the backend's own CLIP BPE tokenizers and the HF ones give the pipeline's encoding at ComfyUI's
+    # T5 length (77 tokens: the pipeline's default pads to 256)
+    context, _, pooled, _ = pipe.encode_prompt(
+        PROMPT, PROMPT, PROMPT, do_classifier_free_guidance=False, max_sequence_length=SD35_T5_MIN_TOKENS
+    )
     for backend_tokens in (sd35, None):
         if backend_tokens is None:
-            from diffsketch.backends.dit import DiffusersFlowBackend
-
             backend_tokens = DiffusersFlowBackend(
                 sd35.transformer,
                 sd35.vae,
@@ -156,7 +158,7 @@ def test_sd35_sampling_and_encoding_match_the_sd3_pipeline(sd35, tmp_path, cfg):
                 tokenizer_3=sd35.tokenizer_3,
             )
         got = backend_tokens.encode_prompt(PROMPT)
-        assert got.context.shape == (1, 77 + 256, 32) and got.pooled.shape == (1, 16)
+        assert got.context.shape == (1, 77 + 77, 32) and got.pooled.shape == (1, 16)
         assert torch.allclose(got.context, context.float(), atol=1e-6)
         assert torch.allclose(got.pooled, pooled.float(), atol=1e-6)
 
@@ -172,9 +174,39 @@ def test_sd35_sampling_and_encoding_match_the_sd3_pipeline(sd35, tmp_path, cfg):
         guidance_scale=cfg,
         latents=noise,
         output_type="latent",
+        max_sequence_length=SD35_T5_MIN_TOKENS,
     ).images
     assert relative_error(sd35.model_latent(sample.latent), latent) < 1e-4
     assert sample.meta["branches"] == (1 if cfg == 1 else 2)
+
+
+def test_sd35_t5_tokens_have_comfyui_s_lengths(sd35):
+    """SD 3.5's T5 part is padded to 77 tokens as ComfyUI's SD3 text encoder pads it (T5 attends to
+    its padding, so the padded length changes every token's state: the pipeline's 256 made another
+    conditioning than ComfyUI's for the same prompt), grows with a longer prompt as ComfyUI's does,
+    and is cut at 256 with a notice; without T5 the context is the 77 CLIP tokens alone, as ComfyUI
+    gives it without a T5 file (the pipeline appends 256 zero tokens)."""
+    tokenizer = sd35.tokenizer_3
+    for text, t5_tokens in (("a cat", SD35_T5_MIN_TOKENS), ("x" * 99, 100), ("y" * 400, SD35_T5_TOKENS)):
+        got = sd35.encode_prompt(text)
+        assert got.context.shape == (1, 77 + t5_tokens, 32), text[:10]
+        alone = sd35.text_encoder_3(torch.tensor([tokenizer(text).input_ids]))[0]
+        if len(text) < SD35_T5_MIN_TOKENS:  # its own tokens and the end token, then padding
+            padded = tokenizer(text, padding="max_length", max_length=SD35_T5_MIN_TOKENS).input_ids
+            assert torch.allclose(
+                got.context[:, 77:], sd35.text_encoder_3(torch.tensor([padded]))[0], atol=1e-6
+            )
+            assert not torch.allclose(got.context[:, 77 : 77 + len(text) + 1], alone, atol=1e-3)
+        elif t5_tokens == 100:  # nothing padded, nothing cut
+            assert torch.allclose(got.context[:, 77:], alone, atol=1e-6)
+    assert "T5-XXL reads the first 256 of its 401 tokens" in sd35.prompt_notice("y" * 400)
+    assert sd35.prompt_notice("x" * 99) is None or "T5" not in sd35.prompt_notice("x" * 99)
+    no_t5 = DiffusersFlowBackend(
+        sd35.transformer, sd35.vae, sd35.text_encoder, text_encoder_2=sd35.text_encoder_2
+    )
+    without = no_t5.encode_prompt("a cat")
+    assert without.context.shape == (1, 77, 32)
+    assert torch.equal(without.context, sd35.encode_prompt("a cat").context[:, :77])
 
 
 # -- what is captured --------------------------------------------------------------------------------
@@ -199,8 +231,6 @@ def test_a_zimage_tap_is_the_block_s_image_tokens_in_row_major_order(zimage):
     """Tapping the LAST block, the captured map run through the model's own final layer and
     unpatchify gives the model's output: the map holds exactly the image tokens (no caption or
     padding token), in the order the model unpatchifies them."""
-    from diffsketch.backends.dit import DiffusersFlowBackend
-
     last = len(zimage.transformer.layers) - 1
     backend = DiffusersFlowBackend(
         zimage.transformer, zimage.vae, zimage.text_encoder, zimage.tokenizer, blocks=(last,)
@@ -224,8 +254,6 @@ def test_a_zimage_tap_is_the_block_s_image_tokens_in_row_major_order(zimage):
 def test_an_sd35_tap_is_the_block_s_image_stream(sd35):
     """The same check on SD 3.5: the last joint block's image stream, through norm_out, proj_out
     and the model's unpatchify, is the velocity."""
-    from diffsketch.backends.dit import DiffusersFlowBackend
-
     last = len(sd35.transformer.transformer_blocks) - 1
     backend = DiffusersFlowBackend(
         sd35.transformer,
@@ -410,7 +438,6 @@ def test_massive_channels_and_spatial_share_on_a_known_map():
 
 
 def test_block_analysis_on_every_block_of_a_tiny_zimage(zimage):
-    from diffsketch.backends.dit import DiffusersFlowBackend
     from diffsketch.capture.block_analysis import run_block_analysis
 
     backend = DiffusersFlowBackend(

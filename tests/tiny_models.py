@@ -297,9 +297,12 @@ def tiny_zimage_backend(seed: int = 0, **kwargs):
     return DiffusersFlowBackend(tiny_zimage_transformer(seed), tiny_vae16(seed), qwen, tokenizer, **kwargs)
 
 
-def tiny_sd3_transformer(seed: int = 0):
+def tiny_sd3_transformer(
+    seed: int = 0, context_dim: int = TINY_SD3_T5_DIM, pooled_dim: int = TINY_SD3_POOLED_DIM
+):
     """SD 3.5's MM-DiT layout shrunk: 6 joint blocks (taps 1-4; the first with dual attention, as
-    Medium's first 13), 16 channels in 2 heads, QK RMS norm, the last block context-pre-only."""
+    Medium's first 13), 16 channels in 2 heads, QK RMS norm, the last block context-pre-only; the
+    context and pooled widths tiny unless given (SD 3.5's: 4096 and 2048)."""
     from diffusers import SD3Transformer2DModel
 
     torch.manual_seed(seed)
@@ -310,9 +313,9 @@ def tiny_sd3_transformer(seed: int = 0):
         num_layers=6,
         attention_head_dim=8,
         num_attention_heads=2,
-        joint_attention_dim=TINY_SD3_T5_DIM,
+        joint_attention_dim=context_dim,
         caption_projection_dim=16,
-        pooled_projection_dim=TINY_SD3_POOLED_DIM,
+        pooled_projection_dim=pooled_dim,
         out_channels=16,
         pos_embed_max_size=32,
         dual_attention_layers=(0,),

@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from diffsketch.capture.sampling import SamplingSettings  # noqa: E402
-from diffsketch.capture.spec import DIT_NAMES_TEXT, ZIMAGE, is_flow_family  # noqa: E402
+from diffsketch.capture.spec import DIT_NAMES_TEXT, FLUX, ZIMAGE, is_flow_family  # noqa: E402
 from diffsketch.train.conditions import load_default_prompts  # noqa: E402
 from diffsketch.train.losses import ALEXNET_FILENAME, ALEXNET_URL, CLIP_FILENAMES, CLIP_URL  # noqa: E402
 
@@ -107,6 +107,30 @@ QWEN3_4B = ModelFile(
     "Qwen3-4B (its text encoder)",
 )
 ZIMAGE_VAE = ModelFile("ae.safetensors", f"{ZIMAGE_URL}/vae/ae.safetensors", "vae", "its VAE (the Flux VAE)")
+# Flux.1 dev as ComfyUI's own Flux dev template loads it: the diffusion model, CLIP-L and T5-XXL
+# (DualCLIPLoader type flux) and the VAE Z-Image uses too.
+FLUX_DEV = ModelFile(
+    "flux1-dev.safetensors",
+    "https://huggingface.co/Comfy-Org/flux1-dev/resolve/main/flux1-dev.safetensors",
+    "diffusion_models",
+    "Flux.1 dev (or flux1-schnell.safetensors: pick it in Load Diffusion Model)",
+)
+FLUX_TEXT_ENCODERS_URL = "https://huggingface.co/comfyanonymous/flux_text_encoders/resolve/main"
+FLUX_CLIP_L = ModelFile(
+    "clip_l.safetensors", f"{FLUX_TEXT_ENCODERS_URL}/clip_l.safetensors", "text_encoders", "CLIP-L"
+)
+FLUX_T5XXL = ModelFile(
+    "t5xxl_fp16.safetensors",
+    f"{FLUX_TEXT_ENCODERS_URL}/t5xxl_fp16.safetensors",
+    "text_encoders",
+    "T5-XXL (its prompt encoder)",
+)
+FLUX_VAE = ModelFile(
+    "ae.safetensors",
+    "https://huggingface.co/Comfy-Org/Lumina_Image_2.0_Repackaged/resolve/main/split_files/vae/ae.safetensors",
+    "vae",
+    "its VAE",
+)
 CLIP = ModelFile(CLIP_FILENAMES[0], CLIP_URL, "diffsketch_clip", "OpenAI CLIP ViT-B/32")
 # torchvision publishes AlexNet at download.pytorch.org only: the dialog shows this link without a
 # download button, and the note says where to put the file.
@@ -589,7 +613,7 @@ def quick_start() -> dict:
         "DiffSketch quick start",
         "From nothing to a sketch extractor of your own in one run, no drawing needed: an XDoG sketch of a "
         "generated image stands in for a drawing. Templates 2 to 5 do the same with a sketch you draw; "
-        "template 6 is this quick start on SDXL, template 8 on Z-Image Turbo (experimental).",
+        "template 6 is this quick start on SDXL, templates 8 and 9 on Z-Image Turbo and Flux.1 (experimental).",
         "quick_",
     )
 
@@ -602,29 +626,38 @@ def quick_start_sdxl() -> dict:
         "DiffSketch quick start on SDXL",
         "Template 1 on an SDXL checkpoint (SDXL base or a fine-tune such as Illustrious, NoobAI, Pony or "
         f"Juggernaut) at 1024x1024. DiffSketch works with SD 1.x, SD 2.x and SDXL, and (experimental) "
-        f"{DIT_NAMES_TEXT} (template 8: Z-Image Turbo); the generator and extractor it makes belong to the "
+        f"{DIT_NAMES_TEXT} (templates 8 and 9: Z-Image Turbo, Flux.1); the generator and extractor it makes belong to the "
         "checkpoint family they were trained on. Templates 2 to 5 work with an SDXL checkpoint too: pick it in Load "
         "Checkpoint and set the sizes to 1024.",
         "quick_sdxl_",
     )
 
 
+def _unet_loader(model: ModelFile) -> dict:
+    """Load Diffusion Model of a diffusion transformer published as a file of its own."""
+    return {
+        "type": "UNETLoader",
+        "widgets": {"unet_name": model.name, "weight_dtype": "default"},
+        "models": [model.entry()],
+    }
+
+
+def _vae_loader(model: ModelFile) -> dict:
+    return {"type": "VAELoader", "widgets": {"vae_name": model.name}, "models": [model.entry()]}
+
+
 #: Z-Image Turbo's loaders as ComfyUI's own Z-Image Turbo template has them: the diffusion model,
 #: its Qwen3-4B text encoder (CLIPLoader type lumina2) and the VAE, with the model's shift of 3.
 ZIMAGE_LOADERS = Loaders(
     nodes={
-        1: {
-            "type": "UNETLoader",
-            "widgets": {"unet_name": ZIMAGE_TURBO.name, "weight_dtype": "default"},
-            "models": [ZIMAGE_TURBO.entry()],
-        },
+        1: _unet_loader(ZIMAGE_TURBO),
         10: {
             "type": "CLIPLoader",
             # device: an advanced widget with no default in /object_info, so named here
             "widgets": {"clip_name": QWEN3_4B.name, "type": "lumina2", "device": "default"},
             "models": [QWEN3_4B.entry()],
         },
-        11: {"type": "VAELoader", "widgets": {"vae_name": ZIMAGE_VAE.name}, "models": [ZIMAGE_VAE.entry()]},
+        11: _vae_loader(ZIMAGE_VAE),
         12: {"type": "ModelSamplingAuraFlow", "inputs": {"model": [1, 0]}, "widgets": {"shift": 3.0}},
     },
     model=[12, 0],
@@ -653,6 +686,56 @@ def quick_start_zimage() -> dict:
         steps=ZIMAGE_TURBO_STEPS,
         cfg=1.0,
         family=ZIMAGE,
+    )
+
+
+#: Flux.1's loaders as ComfyUI's own Flux dev template has them: the diffusion model, CLIP-L and
+#: T5-XXL in one DualCLIPLoader of type flux, and the VAE.
+FLUX_LOADERS = Loaders(
+    nodes={
+        1: _unet_loader(FLUX_DEV),
+        10: {
+            "type": "DualCLIPLoader",
+            # device: an advanced widget with no default in /object_info, so named here
+            "widgets": {
+                "clip_name1": FLUX_CLIP_L.name,
+                "clip_name2": FLUX_T5XXL.name,
+                "type": "flux",
+                "device": "default",
+            },
+            "models": [FLUX_CLIP_L.entry(), FLUX_T5XXL.entry()],
+        },
+        11: _vae_loader(FLUX_VAE),
+    },
+    model=[1, 0],
+    clip=[10, 0],
+    vae=[11, 0],
+    files=[FLUX_DEV, FLUX_CLIP_L, FLUX_T5XXL, FLUX_VAE],
+    columns=((1, 10, 11), (5, 4)),
+    label="Flux.1",
+)
+#: Flux.1 dev's steps in ComfyUI's own template; at cfg 1 (guidance-distilled: one branch).
+FLUX_DEV_STEPS = 20
+
+
+def quick_start_flux() -> dict:
+    return _quick_start(
+        FLUX_DEV,
+        1024,
+        "flux",
+        "DiffSketch quick start on Flux.1 (experimental)",
+        "Template 1 on Flux.1 dev at 1024x1024, sampled as ComfyUI's own Flux dev template samples it: 20 Euler "
+        "steps at cfg 1, with the guidance 3.5 Flux.1 dev was distilled for (FluxGuidance's default; the "
+        "DiffSketch nodes encode the prompt themselves, so there is no FluxGuidance node to set). Flux.1 "
+        "schnell works too: pick it in Load Diffusion Model and set the steps of Sample & Capture and Distill "
+        "to 8 (its usual 4 are too few for the captured timesteps). Experimental: DiffSketch was validated on "
+        "UNet backbones (SD 1.x, SD 2.x, SDXL), and sketch quality on diffusion transformers has not been "
+        "measured with real weights yet. The generator and extractor it makes belong to Flux.1.",
+        "quick_flux_",
+        loaders=FLUX_LOADERS,
+        steps=FLUX_DEV_STEPS,
+        cfg=1.0,
+        family=FLUX,
     )
 
 
@@ -932,6 +1015,7 @@ TEMPLATES = [
     Template("quick_start_sdxl", "Quick start on SDXL", quick_start_sdxl),
     Template("teach_from_drawing", "Teach from your own drawing", teach_from_drawing),
     Template("quick_start_zimage", "Quick start on Z-Image Turbo", quick_start_zimage),
+    Template("quick_start_flux", "Quick start on Flux.1", quick_start_flux),
 ]
 
 

@@ -66,7 +66,12 @@ from .text import ClipBPETokenizer
 #: assistant's turn opened (thinking enabled adds nothing), read from the text encoder's
 #: second-to-last hidden states, at most this many tokens, the padding dropped.
 ZIMAGE_MAX_TOKENS = 512
-#: SD 3.5's T5-XXL tokens as StableDiffusion3Pipeline pads them (its ``max_sequence_length``).
+#: SD 3.5's T5-XXL tokens: ComfyUI's SD3 T5 tokenizer pads to at least 77 (``min_length``) and
+#: StableDiffusion3Pipeline cuts at its ``max_sequence_length`` (256 by default). T5 attends to its
+#: padding tokens (no attention mask in either), so the padded length changes every token's state:
+#: the backend pads to :data:`SD35_T5_MIN_TOKENS` as ComfyUI does (the pipeline with
+#: ``max_sequence_length=77`` for prompts up to 76 tokens) and cuts at :data:`SD35_T5_TOKENS`.
+SD35_T5_MIN_TOKENS = 77
 SD35_T5_TOKENS = 256
 #: CLIP-L's and CLIP-G's context (one window: start token, 75 tokens, end token; longer cut off).
 SD35_CLIP_TOKENS = 77
@@ -85,7 +90,7 @@ class DiffusersFlowBackend(DiffusersVAE, SamplingBackend):
     Z-Image: ``text_encoder`` is the Qwen3 model (Qwen3-4B; a ``Qwen3Model``), ``tokenizer`` its
     tokenizer (with its chat template). SD 3.5: ``text_encoder`` and ``text_encoder_2`` are CLIP-L
     and OpenCLIP bigG (``CLIPTextModelWithProjection``), ``text_encoder_3`` T5-XXL
-    (``T5EncoderModel``; None: zeros, as the pipeline does without it), with their tokenizers
+    (``T5EncoderModel``; None: the CLIP tokens alone, as ComfyUI without a T5 file), with their tokenizers
     (the CLIP ones default to the CLIP BPE vocabulary DiffSketch ships with open_clip). Flux.1:
     ``text_encoder`` is CLIP-L (``CLIPTextModel``: its pooled output), ``text_encoder_2`` T5-XXL
     with ``tokenizer_2`` (as FluxPipeline names them; None: conditionings only, since Flux's context
@@ -286,11 +291,15 @@ class DiffusersFlowBackend(DiffusersVAE, SamplingBackend):
         :data:`ZIMAGE_MAX_TOKENS` tokens, the second-to-last hidden states of its tokens (padding
         dropped): ``[1, T, 2560]``, no pooled embedding.
 
-        SD 3.5 (``StableDiffusion3Pipeline.encode_prompt``): CLIP-L's and bigG's penultimate hidden
-        states of one 77-token window side by side (768 + 1280), zero-padded to T5's 4096, then
-        T5-XXL's :data:`SD35_T5_TOKENS` tokens (zeros without T5): ``[1, 77 + 256, 4096]``; the
-        pooled embedding is both projected CLIP embeddings (768 + 1280 = 2048). No prompt weights,
-        and CLIP sees the first 75 tokens (the pipeline's truncation).
+        SD 3.5 (``StableDiffusion3Pipeline.encode_prompt``, with ComfyUI's T5 length): CLIP-L's and
+        bigG's penultimate hidden states of one 77-token window side by side (768 + 1280),
+        zero-padded to T5's 4096, then T5-XXL's tokens of the prompt and its end token padded to
+        :data:`SD35_T5_MIN_TOKENS` (cut at :data:`SD35_T5_TOKENS`): ``[1, 77 + 77, 4096]`` for a
+        prompt of up to 76 T5 tokens, as ComfyUI's SD3 text encoder gives it; without T5 the 77 CLIP
+        tokens alone, as ComfyUI gives them without a T5 file (the pipeline would append 256 zero
+        tokens, which the model does not ignore). The pooled embedding is both projected CLIP
+        embeddings (768 + 1280 = 2048). No prompt weights, and CLIP sees the first 75 tokens (the
+        pipeline's truncation).
 
         Flux.1 (``FluxPipeline.encode_prompt`` at ``max_sequence_length`` :data:`FLUX_T5_TOKENS`):
         T5-XXL's last hidden states of the prompt padded to :data:`FLUX_T5_TOKENS` tokens,
@@ -381,24 +390,20 @@ class DiffusersFlowBackend(DiffusersVAE, SamplingBackend):
             pooled.append(out[0].float())
         clip = torch.cat(hidden, dim=-1)
         d = self.spec.context_dim
-        clip = torch.nn.functional.pad(clip, (0, d - clip.shape[-1]))
-        if self.text_encoder_3 is None:
-            t5 = torch.zeros(1, SD35_T5_TOKENS, d, device=clip.device)
-        else:
-            t5 = self._t5_context(self.text_encoder_3, self.tokenizer_3, text, SD35_T5_TOKENS)
-        return Conditioning(torch.cat([clip, t5], dim=-2).cpu(), torch.cat(pooled, dim=-1).cpu())
+        context = torch.nn.functional.pad(clip, (0, d - clip.shape[-1]))
+        if self.text_encoder_3 is not None:
+            t5 = self._t5_context(
+                self.text_encoder_3, self.tokenizer_3, text, SD35_T5_MIN_TOKENS, SD35_T5_TOKENS
+            )
+            context = torch.cat([context, t5], dim=-2)
+        return Conditioning(context.cpu(), torch.cat(pooled, dim=-1).cpu())
 
-    def _t5_context(self, encoder, tokenizer, text: str, tokens: int) -> torch.Tensor:
-        """T5-XXL's last hidden states of ``text`` padded (or cut) to ``tokens`` tokens, as the SD 3
-        and Flux pipelines make them."""
-        ids = tokenizer(
-            [text],
-            padding="max_length",
-            max_length=tokens,
-            truncation=True,
-            add_special_tokens=True,
-            return_tensors="pt",
-        ).input_ids
+    def _t5_context(self, encoder, tokenizer, text: str, min_tokens: int, max_tokens: int) -> torch.Tensor:
+        """T5-XXL's last hidden states of ``text`` and its end token, cut at ``max_tokens`` and
+        padded with the pad token to ``min_tokens`` (ComfyUI's T5 tokenizers' ``min_length``; the
+        pipelines pad to their ``max_sequence_length``, the same where the two are equal)."""
+        ids = tokenizer([text], truncation=True, max_length=max_tokens, add_special_tokens=True).input_ids[0]
+        ids = torch.tensor([ids + [tokenizer.pad_token_id] * (min_tokens - len(ids))], dtype=torch.long)
         return encoder(ids.to(self.device))[0].float()
 
     def _encode_flux(self, text: str) -> Conditioning:
@@ -409,7 +414,9 @@ class DiffusersFlowBackend(DiffusersVAE, SamplingBackend):
                 "its text_encoder_2/ and tokenizer_2/"
             )
         pooled = self.text_encoder(self._clip_window(self.tokenizer, text).to(self.device)).pooler_output
-        context = self._t5_context(self.text_encoder_2, self.tokenizer_2, text, FLUX_T5_TOKENS)
+        context = self._t5_context(
+            self.text_encoder_2, self.tokenizer_2, text, FLUX_T5_TOKENS, FLUX_T5_TOKENS
+        )
         return Conditioning(context.cpu(), pooled.float().cpu())
 
     # -- latents -------------------------------------------------------------------------------

@@ -113,6 +113,18 @@ def zimage_text_encoder() -> Path:
 
 
 @pytest.fixture(scope="session")
+def t5_text_encoders() -> tuple[Path, Path]:
+    """``(T5-XXL, CLIP-L)``: SD 3.5's and Flux.1's text encoders for the CLIP loaders, random
+    weights; T5-XXL shrunk to a width ComfyUI only builds with t5_checkpoint.py's config patch
+    (0.40 GB), CLIP-L full size (0.25 GB)."""
+    uses = ("tiny_checkpoint.py",)
+    return (
+        cached_checkpoint("t5_checkpoint.py", "tiny_t5xxl", uses, ("t5xxl",)),
+        cached_checkpoint("t5_checkpoint.py", "tiny_clip_l", uses, ("clip_l",)),
+    )
+
+
+@pytest.fixture(scope="session")
 def sd35_checkpoint() -> Path:
     """A random-weight SD 3.5 checkpoint (MM-DiT, CLIP-L, CLIP-G, VAE; no T5) for Load Checkpoint
     (1.8 GB, see dit_checkpoints.py)."""

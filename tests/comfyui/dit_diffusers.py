@@ -143,3 +143,63 @@ def transformers_qwen3(text_encoder_path, dtype):
     )
     tokenizer.chat_template = QWEN3_CHAT_TEMPLATE
     return model.eval(), tokenizer
+
+
+def transformers_t5(text_encoder_path):
+    """``(T5EncoderModel, tokenizer)``: the T5-XXL file of t5_checkpoint.py in transformers' model
+    (its config: ComfyUI's T5-XXL at the file's heads and FFN width), strictly, in float32, with the
+    tokenizer files ComfyUI ships for it (``comfy/text_encoders/t5_tokenizer``, the ones the SD 3
+    and Flux diffusers folders hold)."""
+    from comfy_harness import COMFYUI_PATH
+    from t5_checkpoint import t5_config
+    from transformers import T5Config, T5EncoderModel, T5TokenizerFast
+    from transformers.initialization import no_init_weights
+
+    comfy_config = t5_config(COMFYUI_PATH)
+    config = T5Config(
+        **{k: comfy_config[k] for k in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads")},
+        relative_attention_num_buckets=comfy_config["relative_attention_num_buckets"],
+        layer_norm_epsilon=comfy_config["layer_norm_epsilon"],
+        feed_forward_proj="gated-gelu",  # ComfyUI's gated "gelu_pytorch_tanh"
+        dropout_rate=0.0,
+        is_encoder_decoder=False,
+        use_cache=False,
+    )
+    with no_init_weights():  # every weight is loaded next: no 0.2 G random draws
+        model = T5EncoderModel(config)
+    state = {k: v.float() for k, v in load_file(str(text_encoder_path)).items()}
+    state["encoder.embed_tokens.weight"] = state["shared.weight"]  # one table in both (tied in the model)
+    model.load_state_dict(state, strict=True)
+    tokenizer = T5TokenizerFast.from_pretrained(
+        os.path.join(COMFYUI_PATH, "comfy", "text_encoders", "t5_tokenizer")
+    )
+    return model.eval(), tokenizer
+
+
+def transformers_clip(state: dict, prefix: str, kind: str):
+    """The CLIP text tower under ``prefix`` of a ComfyUI state dict (transformers' key names) as
+    diffusers' pipelines hold it, strictly, in float32: ``kind`` "flux_l" is Flux.1's CLIP-L
+    (``CLIPTextModel``: its pooled output unprojected), "sd3_l" SD3's CLIP-L
+    (``CLIPTextModelWithProjection`` with an identity projection, as diffusers' single-file loader
+    sets it: SD3 uses CLIP-L's pooled output unprojected), "sd3_g" SD3's bigG (GELU, its own
+    projection)."""
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+    from transformers.initialization import no_init_weights
+
+    from diffsketch.backends.checkpoint import _match_prefix, clip_text_config
+
+    tower = {k.removeprefix(prefix): v.float() for k, v in state.items() if k.startswith(prefix)}
+    config = clip_text_config(tower, "")
+    if kind == "flux_l":
+        model_class = CLIPTextModel
+        tower.pop("text_projection.weight", None)
+    elif kind == "sd3_l":
+        model_class = CLIPTextModelWithProjection
+        tower["text_projection.weight"] = torch.eye(config.hidden_size)
+    else:
+        config.hidden_act, config.projection_dim = "gelu", tower["text_projection.weight"].shape[0]
+        model_class = CLIPTextModelWithProjection
+    with no_init_weights():  # every weight is loaded next (bigG: 0.7 G random draws)
+        model = model_class(config)
+    model.load_state_dict(_match_prefix(tower, model), strict=True, assign=True)
+    return model.eval()

@@ -5,6 +5,8 @@ blocks' image tokens with the hooks gone on every exit path, one branch at cfg 1
 Z-Image's text encoder (Qwen3-4B, 8 GB) is loaded only by the prompt-encoding test, at the shrunk
 size of qwen3_checkpoint.py; elsewhere its CLIP is ComfyUI's own Z-Image text-encoder class built on
 the meta device (what the family check reads), and sampling is given Qwen3-shaped conditioning.
+SD 3.5's T5-XXL (not in the checkpoint) is loaded only by its prompt-encoding test, at the shrunk
+size of t5_checkpoint.py.
 """
 
 from __future__ import annotations
@@ -418,6 +420,61 @@ def test_zimage_prompts_are_encoded_as_the_diffusers_backend_encodes_them(
         assert ours.context.shape == theirs.context.shape and ours.context.shape[-1] == 2560
         assert relative_error(ours.context, theirs.context) < 1e-4, text
     assert backend.encode_prompt(prompt).context.shape[1] == len(comfy_tokens) > 10
+
+
+def test_sd35_prompts_are_encoded_as_the_diffusers_backend_encodes_them(
+    comfy_inprocess, sd35_checkpoint, t5_text_encoders
+):
+    """The checkpoint's CLIP-L and bigG with the T5-XXL file (t5_checkpoint.py's, shrunk) through
+    TripleCLIPLoader's loading (type sd3) and ComfyUI's encode, and in transformers' CLIP and T5
+    models through DiffusersFlowBackend: the same context [1, 77 + 77, 4096] (CLIP-L/G then T5 padded
+    to ComfyUI's 77 tokens) and pooled [1, 2048]; without T5 the diffusers backend gives the 77 CLIP
+    tokens alone, which is what ComfyUI's SD3 encoder gives without a T5 file (its CLIP part).
+    One prompt: bigG costs seconds a pass on this CPU in each (the empty prompt's T5 tokens are
+    compared in the Flux test)."""
+    import comfy.sd
+    from compare import relative_error
+    from dit_diffusers import transformers_clip, transformers_t5
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    from t5_checkpoint import comfy_builds_small_t5
+    from tiny_models import tiny_sd3_transformer, tiny_vae16
+
+    from diffsketch.backends.dit import SD35_T5_MIN_TOKENS, DiffusersFlowBackend
+
+    encode_text = comfy_inprocess.nodes.comfy_backend.encode_text
+    t5_path, _ = t5_text_encoders
+    prefixes = {name: f"text_encoders.{name}.transformer." for name in ("clip_l", "clip_g")}
+    with safe_open(str(sd35_checkpoint), "pt") as f:
+        towers = {
+            name: {k.removeprefix(prefix): f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+            for name, prefix in prefixes.items()
+        }
+    clip_l, clip_g = (
+        transformers_clip(towers["clip_l"], "", "sd3_l"),
+        transformers_clip(towers["clip_g"], "", "sd3_g"),
+    )
+    t5, t5_tokenizer = transformers_t5(t5_path)
+    # encode_prompt reads only the text encoders: a tiny transformer and VAE complete the backends
+    transformer, vae = tiny_sd3_transformer(context_dim=4096, pooled_dim=2048), tiny_vae16()
+    with_t5 = DiffusersFlowBackend(
+        transformer, vae, clip_l, text_encoder_2=clip_g, text_encoder_3=t5, tokenizer_3=t5_tokenizer
+    )
+    without_t5 = DiffusersFlowBackend(transformer, vae, clip_l, text_encoder_2=clip_g)
+    with comfy_builds_small_t5():  # TripleCLIPLoader: comfy.sd.load_clip of the three files
+        triple = comfy.sd.load_text_encoder_state_dicts(
+            [towers["clip_l"], towers["clip_g"], load_file(str(t5_path))], clip_type=comfy.sd.CLIPType.SD3
+        )
+    del towers
+    prompt = "a horse in mud, ink sketch on paper"
+    theirs, ours = encode_text(triple, prompt, True), with_t5.encode_prompt(prompt)
+    assert ours.context.shape == theirs.context.shape == (1, 77 + SD35_T5_MIN_TOKENS, 4096)
+    assert relative_error(ours.context, theirs.context) < 1e-5
+    assert relative_error(ours.pooled, theirs.pooled) < 1e-5
+    alone = without_t5.encode_prompt(prompt)
+    assert alone.context.shape == (1, 77, 4096)
+    assert relative_error(alone.context, theirs.context[:, :77]) < 1e-5
+    assert relative_error(alone.pooled, theirs.pooled) < 1e-5
 
 
 def test_sd35_picture_capture_inverts_as_the_diffusers_backend(comfy_inprocess, sd35, sd35_checkpoint):

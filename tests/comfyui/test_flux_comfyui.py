@@ -3,9 +3,10 @@ loaded as UNETLoader and VAELoader load them: see dit_checkpoints.py): detection
 capture of the double- and single-stream blocks' image tokens at cfg 1 (one branch) with the hooks
 gone on every exit path, and the same image and features as the diffusers backend.
 
-The text encoders (CLIP-L and T5-XXL, the latter 9.5 GB) are not built: the CLIP here is
-ComfyUI's own Flux text-encoder class built on the meta device (what the family check reads), and
-sampling is given T5-shaped context [1, T, 4096] with a CLIP-L-shaped pooled vector [1, 768].
+The text encoders (CLIP-L and T5-XXL, the latter 9.5 GB) are loaded only by the prompt-encoding
+test, T5 at the shrunk size of t5_checkpoint.py; elsewhere the CLIP here is ComfyUI's own Flux
+text-encoder class built on the meta device (what the family check reads), and sampling is given
+T5-shaped context [1, T, 4096] with a CLIP-L-shaped pooled vector [1, 768].
 """
 
 from __future__ import annotations
@@ -229,3 +230,43 @@ def test_flux_matches_the_diffusers_backend(comfy_inprocess, flux_files, variant
     b_pic = diff_b.capture_from_image(picture, settings(1.0, **few), caption=cond)
     assert relative_error(a_pic.noise, b_pic.noise) < 1e-3
     check_parity(a_pic.sample, b_pic.sample)
+
+
+def test_flux_prompts_are_encoded_as_the_diffusers_backend_encodes_them(comfy_inprocess, t5_text_encoders):
+    """The same CLIP-L and T5-XXL weights (t5_checkpoint.py's random files, T5 shrunk) through
+    DualCLIPLoader (type flux) and ComfyUI's encode, and in transformers' CLIPTextModel and
+    T5EncoderModel through DiffusersFlowBackend: the same T5 tokens (the prompt's, the end token,
+    pad 0 up to 256) and the same context [1, 256, 4096] and pooled CLIP-L vector [1, 768], for a
+    prompt and for the empty one (the uncond branch)."""
+    import comfy.sd
+    from compare import relative_error
+    from dit_diffusers import transformers_clip, transformers_t5
+    from safetensors.torch import load_file
+    from t5_checkpoint import T5_HEADS, comfy_builds_small_t5
+    from tiny_models import tiny_flux_transformer, tiny_vae16
+
+    from diffsketch.backends.dit import FLUX_T5_TOKENS, DiffusersFlowBackend
+
+    t5_path, clip_l_path = t5_text_encoders
+    with comfy_builds_small_t5():
+        clip = comfy.sd.load_clip([str(clip_l_path), str(t5_path)], clip_type=comfy.sd.CLIPType.FLUX)
+    backend_module = comfy_inprocess.nodes.comfy_backend
+    assert backend_module.clip_family(clip) == "flux"
+    attention = clip.cond_stage_model.t5xxl.transformer.encoder.block[0].layer[0].SelfAttention
+    assert attention.num_heads == T5_HEADS
+    t5, t5_tokenizer = transformers_t5(t5_path)
+    clip_l = transformers_clip(load_file(str(clip_l_path)), "", "flux_l")
+    # encode_prompt reads only the text encoders: a tiny transformer and VAE complete the backend
+    backend = DiffusersFlowBackend(
+        tiny_flux_transformer(), tiny_vae16(), clip_l, text_encoder_2=t5, tokenizer_2=t5_tokenizer
+    )
+    prompt = "a horse in mud, ink sketch on paper"
+    (comfy_tokens,) = clip.tokenize(prompt)["t5xxl"]
+    ids = t5_tokenizer(prompt).input_ids
+    assert [t for t, _ in comfy_tokens] == ids + [0] * (FLUX_T5_TOKENS - len(ids))
+    for text in (prompt, ""):
+        theirs, ours = backend_module.encode_text(clip, text, True), backend.encode_prompt(text)
+        assert ours.context.shape == theirs.context.shape == (1, FLUX_T5_TOKENS, 4096)
+        assert ours.pooled.shape == theirs.pooled.shape == (1, 768)
+        assert relative_error(ours.context, theirs.context) < 1e-5, text
+        assert relative_error(ours.pooled, theirs.pooled) < 1e-5, text

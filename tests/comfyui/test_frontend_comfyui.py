@@ -80,6 +80,9 @@ PLACEHOLDER_MODELS = (
     "models/diffusion_models/z_image_turbo_bf16.safetensors",
     "models/text_encoders/qwen_3_4b.safetensors",
     "models/vae/ae.safetensors",
+    "models/diffusion_models/flux1-dev.safetensors",
+    "models/text_encoders/clip_l.safetensors",
+    "models/text_encoders/t5xxl_fp16.safetensors",
 )
 PLACEHOLDER_IMAGES = (
     "input/example.png",
@@ -94,7 +97,7 @@ MODEL_DIRS = {
     "checkpoints": "models/checkpoints",
     "diffsketch_clip": "models/diffsketch/clip",
     "diffsketch_lpips": "models/diffsketch/lpips",
-    # the Z-Image quick start's three files, as ComfyUI's own Z-Image template loads them
+    # the Z-Image and Flux.1 quick starts' files, as ComfyUI's own Z-Image and Flux templates load them
     "diffusion_models": "models/diffusion_models",
     "text_encoders": "models/text_encoders",
     "vae": "models/vae",

@@ -196,23 +196,36 @@ def test_the_sdxl_quick_start_runs_end_to_end(comfy_server, workflow_env):
 
 
 @pytest.fixture(scope="module")
-def zimage_server(
-    tmp_path_factory, tiny_checkpoint, artifacts_dir, zimage_files, zimage_text_encoder, comfy_server
+def dit_server(
+    tmp_path_factory,
+    tiny_checkpoint,
+    artifacts_dir,
+    zimage_files,
+    zimage_text_encoder,
+    flux_files,
+    t5_text_encoders,
+    comfy_server,
 ):
-    """A server of its own for the Z-Image quick start, with the template's file names: its ComfyUI
-    builds Qwen3-4B at the test text encoder's shrunk size (the zimage_server_node custom node, see
-    qwen3_checkpoint.py), which the shared server's must not; stopped when the module ends. The
-    shared server lets go of the models it keeps first: this one holds the 1.24 G-parameter Z-Image
-    in float32 (5 GB), and CI machines have 24 GB."""
+    """A server of its own for the Z-Image and Flux.1 quick starts, with the templates' file names:
+    its ComfyUI builds Qwen3-4B and T5-XXL at the test text encoders' shrunk sizes (the
+    dit_server_node custom node, see qwen3_checkpoint.py and t5_checkpoint.py), which the shared
+    server's must not; stopped when the module ends. The shared server lets go of the models it
+    keeps first: this one holds the 1.24 G-parameter Z-Image in float32 (5 GB), and CI machines have
+    24 GB."""
     comfy_server.post("/free", {"unload_models": True, "free_memory": True})
-    base = tmp_path_factory.mktemp("zimage_base")
+    base = tmp_path_factory.mktemp("dit_base")
     (base / "custom_nodes").mkdir()
-    node = Path(__file__).with_name("zimage_server_node")
-    (base / "custom_nodes" / "zimage_server_node").symlink_to(node, target_is_directory=True)
-    model, vae = zimage_files
+    node = Path(__file__).with_name("dit_server_node")
+    (base / "custom_nodes" / "dit_server_node").symlink_to(node, target_is_directory=True)
+    zimage, vae = zimage_files
+    flux_dev, _, _ = flux_files
+    t5xxl, clip_l = t5_text_encoders
     for folder, name, target in (
-        ("diffusion_models", "z_image_turbo_bf16.safetensors", model),
+        ("diffusion_models", "z_image_turbo_bf16.safetensors", zimage),
+        ("diffusion_models", "flux1-dev.safetensors", flux_dev),
         ("text_encoders", "qwen_3_4b.safetensors", zimage_text_encoder),
+        ("text_encoders", "clip_l.safetensors", clip_l),
+        ("text_encoders", "t5xxl_fp16.safetensors", t5xxl),
         ("vae", "ae.safetensors", vae),
     ):
         (base / "models" / folder).mkdir(parents=True, exist_ok=True)
@@ -222,7 +235,19 @@ def zimage_server(
         yield server
 
 
-def test_the_zimage_quick_start_runs_end_to_end(zimage_server):
+def check_no_hooks_left(server, api: dict) -> None:
+    """The graph ``api`` ran in ``server`` left no hook on the model and VAE its loaders keep (the
+    Test Hook Count node of dit_server_node, given those loaders' outputs from the cache)."""
+    (loader,) = [k for k, n in api.items() if n["class_type"] == "UNETLoader"]
+    (vae,) = [k for k, n in api.items() if n["class_type"] == "VAELoader"]
+    count = {"model": [loader, 0], "vae": [vae, 0]}
+    check = {k: api[k] for k in (loader, vae)} | {"count": {"class_type": "TestHookCount", "inputs": count}}
+    entry = server.run(check)
+    assert entry["status"]["status_str"] == "success", error_message(entry)
+    assert entry["outputs"]["count"]["hooks"] == [0]
+
+
+def test_the_zimage_quick_start_runs_end_to_end(dit_server):
     """Template 8 as the user loads it (UNETLoader, CLIPLoader type lumina2 with the Qwen3 file,
     VAELoader, ModelSamplingAuraFlow): Sample & Capture at cfg 1 -> XDoG -> Fit Conditions ->
     Train -> Distill -> Extract at 64x64; the files record the Z-Image family and one branch, and
@@ -246,9 +271,9 @@ def test_the_zimage_quick_start_runs_end_to_end(zimage_server):
     # few short prompts stand in for the built-in list, and the example's prompt (Train's pivot)
     # must not be longer than all of them
     inputs["DiffSketchFitConditions"]["prompts"] += "\n" + inputs["DiffSketchSample"]["prompt"]
-    entry = zimage_server.run(api)
+    entry = dit_server.run(api)
     assert entry["status"]["status_str"] == "success", error_message(entry)
-    models = zimage_server.base / "models" / "diffsketch"
+    models = dit_server.base / "models" / "diffsketch"
     generator = load_generator(models / "generators" / "quick_zimage_style.safetensors")
     assert generator.family == "zimage" and generator.branches == 1
     assert {t.channels for t in generator.spec.unet} == {3840} and generator.spec.context_dim == 2560
@@ -258,11 +283,55 @@ def test_the_zimage_quick_start_runs_end_to_end(zimage_server):
     assert (models / "conditions" / "zimage_conditions.safetensors").is_file()
     (saved,) = [k for k, n in api.items() if n["class_type"] == "SaveImage"]
     assert entry["outputs"][saved]["images"]
+    check_no_hooks_left(dit_server, api)
 
-    (loader,) = [k for k, n in api.items() if n["class_type"] == "UNETLoader"]
-    (vae,) = [k for k, n in api.items() if n["class_type"] == "VAELoader"]
-    count = {"model": [loader, 0], "vae": [vae, 0]}
-    check = {k: api[k] for k in (loader, vae)} | {"count": {"class_type": "TestHookCount", "inputs": count}}
-    entry = zimage_server.run(check)
+
+def test_the_flux_quick_start_runs_end_to_end(dit_server):
+    """Template 9 as the user loads it (UNETLoader with Flux.1 dev, DualCLIPLoader type flux with
+    CLIP-L and the shrunk T5-XXL, VAELoader): Sample & Capture at cfg 1 with the real prompt path ->
+    XDoG -> Fit Conditions -> Train -> Distill -> Extract at 64x64; the files record the Flux.1
+    family and one branch, and the graph leaves no hook on the model and VAE the loaders keep."""
+    from diffsketch.distill.extractor import load_extractor
+    from diffsketch.train.conditions import ConditionSampler
+    from diffsketch.train.generator import load_generator
+
+    dit_server.post("/free", {"unload_models": True, "free_memory": True})  # the Z-Image test's models
+    api = load_api("quick_start_flux")
+    inputs = {n["class_type"]: n["inputs"] for n in api.values()}
+    assert inputs["UNETLoader"]["unet_name"] == "flux1-dev.safetensors"
+    clips = inputs["DualCLIPLoader"]
+    assert (clips["clip_name1"], clips["clip_name2"], clips["type"]) == (
+        "clip_l.safetensors",
+        "t5xxl_fp16.safetensors",
+        "flux",
+    )
+    assert inputs["VAELoader"]["vae_name"] == "ae.safetensors"
+    assert inputs["DiffSketchSample"]["cfg"] == 1.0 and inputs["DiffSketchSample"]["steps"] == 20
+    # the template trains on 512-px windows of its 1024-px samples; at 64 px, 32-px windows
+    assert inputs["DiffSketchTrain"]["sample_crop"] == 512
+    inputs["DiffSketchTrain"]["sample_crop"] = 32
+    # Flux's text alone is 256 tokens of 3072 channels, so every transformer call costs seconds on a
+    # CPU: 4 steps with 2 captured timesteps (a Timesteps node the template leaves out: the Flux
+    # default's 4 need 8 steps), one Train iteration, one Distill pair (10 calls in all)
+    api["timesteps"] = {
+        "class_type": "DiffSketchTimestepsPreset",
+        "inputs": {"preset": "custom", "custom": "499, 749"},
+    }
+    inputs["DiffSketchSample"]["timesteps"] = ["timesteps", 0]
+    inputs["DiffSketchSample"]["steps"] = inputs["DiffSketchDistill"]["steps"] = 4
+    inputs["DiffSketchTrain"].update(iterations=1, checkpoint_every=1)
+    inputs["DiffSketchDistill"].update(pair_count=1, iterations=2, batch_size=1)
+    entry = dit_server.run(api)
     assert entry["status"]["status_str"] == "success", error_message(entry)
-    assert entry["outputs"]["count"]["hooks"] == [0]
+    models = dit_server.base / "models" / "diffsketch"
+    generator = load_generator(models / "generators" / "quick_flux_style.safetensors")
+    assert generator.family == "flux" and generator.branches == 1 and generator.timesteps == (499, 749)
+    assert {t.channels for t in generator.spec.unet} == {3072}
+    assert (generator.spec.context_dim, generator.spec.pooled_dim) == (4096, 768)
+    extractor = load_extractor(models / "extractors" / "quick_flux_style_extractor.safetensors")
+    assert extractor.meta["pair_settings"]["model_layout"] == generator.spec.fingerprint()
+    conditions = ConditionSampler.load(models / "conditions" / "flux_conditions.safetensors")
+    assert conditions.family == "flux" and conditions.token_length == 256
+    (saved,) = [k for k, n in api.items() if n["class_type"] == "SaveImage"]
+    assert entry["outputs"][saved]["images"]
+    check_no_hooks_left(dit_server, api)
