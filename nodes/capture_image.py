@@ -7,7 +7,7 @@ from comfy_api.latest import io, ui
 
 from diffsketch.capture.spec import DIT_NAMES_TEXT, SIZE_MULTIPLES_TEXT
 
-from .common import backbones_note, sampler_steps_text, show_on_node
+from .common import backbones_note, flux_guidance_input, sampler_steps_text, show_on_node
 from .sample import capture_timesteps, checkpoint_inputs, timesteps_input
 from .types import CATEGORY, Features
 
@@ -61,6 +61,7 @@ class DiffSketchCaptureFromImage(io.ComfyNode):
                     "slow and need much memory.",
                 ),
                 timesteps_input(),
+                flux_guidance_input(),
             ],
             outputs=[
                 io.Image.Output(
@@ -80,13 +81,15 @@ class DiffSketchCaptureFromImage(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, clip, vae, image, caption, steps, max_side, timesteps=None) -> io.NodeOutput:
+    def execute(
+        cls, model, clip, vae, image, caption, steps, max_side, timesteps=None, guidance=None
+    ) -> io.NodeOutput:
         from diffsketch.capture.sampling import SamplingSettings
 
         from .comfy_backend import ComfyBackend, image_to_comfy
 
         # the node's own bar spans inversion and replay; the backend's per-pass bars would restart
-        backend = ComfyBackend(model, clip, vae, show_progress=False)
+        backend = ComfyBackend(model, clip, vae, show_progress=False, guidance=guidance)
         # the picture sets the size; cfg is what Train samples its own images with (Sample's default)
         sampling = SamplingSettings(steps=int(steps), timesteps=capture_timesteps(timesteps))
         # the grid of the connected model's family (DDIM's, or a flow model's few-step Euler grid)

@@ -59,7 +59,6 @@ from diffsketch.capture.spec import (
     DIT_LATENT_CHANNELS,
     FLUX,
     FLUX_COMFY_STACKS,
-    FLUX_DEFAULT_GUIDANCE,
     GUIDANCE_DISTILLED_FAMILIES,
     LAYOUT_LDM,
     SD1,
@@ -70,6 +69,7 @@ from diffsketch.capture.spec import (
     SDXL_TIME_IDS,
     ZIMAGE,
     FeatureSpec,
+    check_embedded_guidance,
     check_family,
     dit_stack_taps,
     family_from_ldm_config,
@@ -335,8 +335,10 @@ def encode_text(clip, text: str, with_pooled: bool) -> Conditioning:
 
 
 class ComfyBackend(SamplingBackend):
-    def __init__(self, model, clip, vae, show_progress: bool = True):
-        """``show_progress=False`` leaves the node's progress bar to the caller (training loops)."""
+    def __init__(self, model, clip, vae, show_progress: bool = True, guidance: float | None = None):
+        """``show_progress=False`` leaves the node's progress bar to the caller (training loops).
+        ``guidance``: Flux.1 dev's embedded guidance (None: its default); ignored by models
+        without that input, as a node's guidance widget always holds a value."""
         family, context_dim, pooled_dim, prediction = check_model(model, vae)
         check_family(
             clip_family(clip),
@@ -354,7 +356,7 @@ class ComfyBackend(SamplingBackend):
             self.guidance_distilled = family in GUIDANCE_DISTILLED_FAMILIES
             # the guidance Flux.1 dev embeds; schnell has no guidance input
             dev = family == FLUX and bool(model.model.model_config.unet_config.get("guidance_embed"))
-            self.guidance = FLUX_DEFAULT_GUIDANCE if dev else None
+            self.guidance = check_embedded_guidance(guidance if dev else None, family, dev)
             self.spec = comfy_dit_spec(
                 model.model.diffusion_model, vae.first_stage_model, family, context_dim, pooled_dim
             )

@@ -156,6 +156,27 @@ def size_inputs(what: str) -> list[io.Int.Input]:
     ]
 
 
+def flux_guidance_input() -> io.Float.Input:
+    """The ``guidance`` input of a node that samples or inverts: Flux.1 dev's embedded guidance,
+    the value ComfyUI's FluxGuidance node puts in a conditioning. These nodes encode their prompts
+    themselves, so the value is a widget of theirs; it is recorded with the features, and the
+    nodes that use features or a generator (Train, Generate, Distill) sample at the recorded one."""
+    from diffsketch.capture.spec import FLUX_DEFAULT_GUIDANCE, FLUX_MAX_GUIDANCE
+
+    return io.Float.Input(
+        "guidance",
+        default=FLUX_DEFAULT_GUIDANCE,
+        min=0.0,
+        max=FLUX_MAX_GUIDANCE,
+        step=0.1,
+        round=0.01,
+        optional=True,
+        tooltip=f"Flux.1 dev only: the guidance it embeds, as ComfyUI's FluxGuidance node sets it "
+        f"({FLUX_DEFAULT_GUIDANCE:g} by default). Not cfg: it adds no branch. Recorded with the features; "
+        "Train, Generate and Distill use the recorded value. Other models have no such input and ignore it.",
+    )
+
+
 def backbones_note() -> str:
     """What every node that takes a MODEL or CLIP ends its description with: the families it takes,
     and that the diffusion transformers are experimental."""

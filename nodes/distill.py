@@ -198,12 +198,12 @@ class DiffSketchDistill(io.ComfyNode):
         from diffsketch.capture.sampling import SamplingSettings
         from diffsketch.distill import DistillConfig, distill, pair_settings, pair_settings_digest
         from diffsketch.distill.extractor import save_extractor
-        from diffsketch.train.inference import check_generator_fits, generator_cfg
+        from diffsketch.train.inference import check_generator_fits, generator_cfg, generator_guidance
 
         from .comfy_backend import ComfyBackend
 
         name = check_save_name(save_name, "save_name")
-        backend = ComfyBackend(model, clip, vae, show_progress=False)
+        backend = ComfyBackend(model, clip, vae, show_progress=False, guidance=generator_guidance(generator))
         width, height = backend.image_size(width, height)
         # One pair folder per (save name, teacher and pair settings): running again with the same
         # inputs resumes it; a re-trained generator under the same name starts a folder of its own

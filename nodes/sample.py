@@ -9,7 +9,7 @@ from comfy_api.latest import io, ui
 from diffsketch.capture.spec import DIT_NAMES_TEXT, FAMILY_NAMES_TEXT
 from diffsketch.capture.timesteps import FLOW_TIMESTEPS
 
-from .common import backbones_note, sampler_steps_text, size_inputs
+from .common import backbones_note, flux_guidance_input, sampler_steps_text, size_inputs
 from .types import CATEGORY, Features, Timesteps
 
 logger = logging.getLogger("diffsketch.nodes")
@@ -99,6 +99,7 @@ class DiffSketchSample(io.ComfyNode):
                 ),
                 *size_inputs("Image"),
                 timesteps_input(),
+                flux_guidance_input(),
             ],
             outputs=[
                 io.Image.Output(display_name="image", tooltip="The generated image."),
@@ -113,13 +114,13 @@ class DiffSketchSample(io.ComfyNode):
 
     @classmethod
     def execute(
-        cls, model, clip, vae, prompt, seed, steps, cfg, width, height, timesteps=None
+        cls, model, clip, vae, prompt, seed, steps, cfg, width, height, timesteps=None, guidance=None
     ) -> io.NodeOutput:
         from diffsketch.capture.sampling import SamplingSettings
 
         from .comfy_backend import ComfyBackend, image_to_comfy, latent_to_comfy
 
-        backend = ComfyBackend(model, clip, vae)
+        backend = ComfyBackend(model, clip, vae, guidance=guidance)
         width, height = backend.image_size(width, height)
         sampling = SamplingSettings(
             seed=int(seed),

@@ -11,7 +11,7 @@ from comfy_api.latest import io, ui
 from diffsketch.capture.spec import FAMILY_NAMES_TEXT
 from diffsketch.capture.timesteps import PAPER_TIMESTEPS, parse_timesteps
 
-from .common import backbones_note, cancel_as_interrupt, size_inputs
+from .common import backbones_note, cancel_as_interrupt, flux_guidance_input, size_inputs
 from .types import CATEGORY, Timesteps
 
 logger = logging.getLogger("diffsketch.nodes")
@@ -110,6 +110,7 @@ class DiffSketchTimesteps(io.ComfyNode):
                     optional=True,
                     tooltip="One prompt per line; empty uses the pack's default prompt list.",
                 ),
+                flux_guidance_input(),
             ],
             outputs=[
                 Timesteps.Output(display_name="timesteps", tooltip="The chosen timesteps."),
@@ -127,14 +128,16 @@ class DiffSketchTimesteps(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, clip, vae, samples, steps, k, seed, width, height, prompts="") -> io.NodeOutput:
+    def execute(
+        cls, model, clip, vae, samples, steps, k, seed, width, height, prompts="", guidance=None
+    ) -> io.NodeOutput:
         from diffsketch.capture.analysis import plots, run_timestep_analysis
         from diffsketch.plotting import to_image_tensor
         from diffsketch.train.conditions import load_default_prompts, parse_prompts
 
         from .comfy_backend import ComfyBackend
 
-        backend = ComfyBackend(model, clip, vae)
+        backend = ComfyBackend(model, clip, vae, guidance=guidance)
         width, height = backend.image_size(width, height)
         prompt_list = parse_prompts(prompts) if prompts and prompts.strip() else load_default_prompts()
         pbar = comfy.utils.ProgressBar(int(samples))

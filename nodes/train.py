@@ -278,7 +278,8 @@ class DiffSketchTrain(io.ComfyNode):
         from .comfy_backend import ComfyBackend
 
         name = check_save_name(save_name, "save_name")
-        backend = ComfyBackend(model, clip, vae, show_progress=False)
+        # its own samples embed the guidance the example was captured at (Flux.1 dev)
+        backend = ComfyBackend(model, clip, vae, show_progress=False, guidance=features.meta.get("guidance"))
         resume = None
         if resume_from != NO_RESUME:
             resume = save_path(FOLDER, "checkpoints", resume_from)
@@ -450,11 +451,11 @@ class DiffSketchGenerate(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, vae, generator, prompt, seed, steps, cfg, width, height) -> io.NodeOutput:
         from diffsketch.capture.sampling import SamplingSettings
-        from diffsketch.train.inference import check_generator_fits, generate_pair
+        from diffsketch.train.inference import check_generator_fits, generate_pair, generator_guidance
 
         from .comfy_backend import ComfyBackend, image_to_comfy
 
-        backend = ComfyBackend(model, clip, vae)
+        backend = ComfyBackend(model, clip, vae, guidance=generator_guidance(generator))
         for notice in check_generator_fits(backend, generator):
             logger.warning("[DiffSketch] %s", notice)
         width, height = backend.image_size(width, height)

@@ -21,7 +21,7 @@ from test_dit_comfyui import check_identical, check_parity, release, sample_reco
 
 from diffsketch.backends.conditioning import Conditioning
 from diffsketch.capture.timesteps import FLOW_SHIFTS, FLUX_SCHNELL_SHIFT, flow_sigma, flow_table_index
-from diffsketch.errors import UnsupportedModelError
+from diffsketch.errors import InvalidInputError, UnsupportedModelError
 
 
 def load_flux(files, variant: str):
@@ -82,6 +82,9 @@ def test_files_are_detected_as_flux_dev_and_schnell(comfy_inprocess, flux_dev, f
         )
         assert len(spec.vae) == 14 and spec.size_multiple == 16
         assert b.guidance_distilled and b.guidance == guidance
+        # the nodes' guidance widget: dev embeds it, schnell (no such input) ignores it
+        given = backend.ComfyBackend(model, clip, vae, guidance=2.0).guidance
+        assert given == (None if guidance is None else 2.0)
         # index k is the same sigma in ComfyUI's table (10000 entries on dev) as in the library's
         ms = model.get_model_object("model_sampling")
         assert math.isclose(backend.flow_shift(ms), shift, rel_tol=1e-9)
@@ -118,6 +121,12 @@ def test_flux_dev_at_cfg_1_captures_one_branch_deterministically_and_leaves_no_h
     assert not torch.equal(a.unet[499][0], a.unet[499][1])
     with torch.inference_mode():
         check_identical(a, backend.sample(t5_conditioning(0), few))
+    # another guidance (the nodes' guidance input) reaches the model and is recorded
+    other = comfy_inprocess.nodes.comfy_backend.ComfyBackend(model, clip, vae, guidance=2.0)
+    b, calls = sample_recording_calls(model, lambda: other.sample(t5_conditioning(0), few))
+    assert [kw["guidance"].tolist() for _, kw in calls] == [[2.0], [2.0]] and b.meta["guidance"] == 2.0
+    with pytest.raises(InvalidInputError, match="0 to 100"):
+        comfy_inprocess.nodes.comfy_backend.ComfyBackend(model, clip, vae, guidance=150.0)
 
     def fail(step, total):
         if step == 1:
