@@ -725,8 +725,9 @@ def quick_start_flux() -> dict:
         "flux",
         "DiffSketch quick start on Flux.1 (experimental)",
         "Template 1 on Flux.1 dev at 1024x1024, sampled as ComfyUI's own Flux dev template samples it: 20 Euler "
-        "steps at cfg 1, with the guidance 3.5 Flux.1 dev was distilled for (FluxGuidance's default; the "
-        "DiffSketch nodes encode the prompt themselves, so there is no FluxGuidance node to set). Flux.1 "
+        "steps at cfg 1, with the guidance 3.5 Flux.1 dev was distilled for (FluxGuidance's default). The "
+        "DiffSketch nodes encode the prompt themselves, so no FluxGuidance node reaches them: set it in the "
+        "guidance input of Sample & Capture; Train and Distill follow the recorded value. Flux.1 "
         "schnell works too: pick it in Load Diffusion Model and set the steps of Sample & Capture and Distill "
         "to 8 (its usual 4 are too few for the captured timesteps). Experimental: DiffSketch was validated on "
         "UNet backbones (SD 1.x, SD 2.x, SDXL), and sketch quality on diffusion transformers has not been "
