@@ -35,9 +35,10 @@ CLIP-L's) widths are read from ``txt_in`` and ``vector_in``; the depths are coun
 So the model keeps 1 double-stream block and 2 single-stream ones (Flux.1 has 19 and 38): 688 M
 parameters (dev; schnell 678 M), 1.4 GB in bfloat16 (what Flux ships in). The q/k RMS-norm scales
 are ones (random ones would flatten attention, and with it any token-order mistake). The text
-encoders are NOT written: ComfyUI builds T5-XXL from a fixed config whatever the file holds (4.8 G
-parameters, 9.5 GB in bfloat16) and Flux's context is T5's alone, so tests pass T5-shaped
-conditioning [1, T, 4096] with a CLIP-L-shaped pooled vector [1, 768] instead.
+encoders are not written here: ComfyUI builds T5-XXL from a fixed config whatever the file holds
+(4.8 G parameters, 9.5 GB in bfloat16), so the sampling tests pass T5-shaped conditioning
+[1, T, 4096] with a CLIP-L-shaped pooled vector [1, 768], and the prompt-encoding and quick-start
+tests load the shrunk T5-XXL and the CLIP-L of t5_checkpoint.py.
 
 The VAEs are full size (ComfyUI fixes their channel config): 84 M parameters, 0.17 GB.
 Run: python dit_checkpoints.py {zimage|flux_vae|sd35|flux|flux_schnell} OUT.safetensors

@@ -11,7 +11,7 @@ and 8 key/value heads of 128, q/k RMS norms, RoPE) and the published file's bflo
 it the embedding table). So the ComfyUI that loads it must build that config:
 :func:`small_qwen3_config` is ComfyUI's config with those two defaults, which only the tests that
 load the file put in ComfyUI's place (:func:`comfy_builds_small_qwen3` in-process; the
-``small_qwen3_node`` custom node in a server of their own), every other test's ComfyUI is left
+``dit_server_node`` custom node in a server of their own), every other test's ComfyUI is left
 alone. Not covered by the shrunk file: the depth (the second-to-last hidden state ComfyUI and the
 diffusers pipeline read is layer 1 of 3 here, 34 of 36 in Qwen3-4B) and the real weights.
 Run: python qwen3_checkpoint.py OUT.safetensors
