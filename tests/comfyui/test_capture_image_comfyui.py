@@ -13,7 +13,7 @@ from PIL import Image
 pytestmark = pytest.mark.comfyui
 
 NODE = "DiffSketchCaptureFromImage"
-INPUTS = ["model", "clip", "vae", "image", "caption", "steps", "max_side", "timesteps"]
+INPUTS = ["model", "clip", "vae", "image", "caption", "steps", "max_side", "timesteps", "guidance"]
 PICTURE = (np.random.default_rng(0).random((70, 100, 3)) * 255).astype(np.uint8)  # 100x70: no multiple of 64
 CROP = (slice(3, 67), slice(18, 82))  # the centred 64x64 window
 
