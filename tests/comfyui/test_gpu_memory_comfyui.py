@@ -40,6 +40,7 @@ def test_model_hash_of_a_unet_on_the_gpu(comfy_inprocess, loaded_checkpoint):
     )
     fake = types.SimpleNamespace(
         _model_hash=None,
+        flow=False,  # a UNet: the plain fingerprint
         model=types.SimpleNamespace(model=types.SimpleNamespace(diffusion_model=unet), patches={}),
     )
     assert backend_module.ComfyBackend.model_hash(fake) == expected
