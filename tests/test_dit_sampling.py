@@ -15,7 +15,7 @@ from tiny_models import tiny_sd35_backend, tiny_zimage_backend
 
 from diffsketch.backends.base import make_noise
 from diffsketch.backends.conditioning import Conditioning
-from diffsketch.backends.dit import SD35_T5_MIN_TOKENS, SD35_T5_TOKENS, DiffusersFlowBackend
+from diffsketch.backends.dit import SD35_T5_MIN_TOKENS, DiffusersFlowBackend
 from diffsketch.capture.hooks import COND, UNCOND, UNetRecorder
 from diffsketch.capture.sampling import SamplingSettings
 from diffsketch.capture.spec import SD35, ZIMAGE
@@ -183,13 +183,15 @@ def test_sd35_sampling_and_encoding_match_the_sd3_pipeline(sd35, tmp_path, cfg):
 def test_sd35_t5_tokens_have_comfyui_s_lengths(sd35):
     """SD 3.5's T5 part is padded to 77 tokens as ComfyUI's SD3 text encoder pads it (T5 attends to
     its padding, so the padded length changes every token's state: the pipeline's 256 made another
-    conditioning than ComfyUI's for the same prompt), grows with a longer prompt as ComfyUI's does,
-    and is cut at 256 with a notice; without T5 the context is the 77 CLIP tokens alone, as ComfyUI
-    gives it without a T5 file (the pipeline appends 256 zero tokens)."""
+    conditioning than ComfyUI's for the same prompt) and grows with a longer prompt as ComfyUI's
+    does, past the pipeline's 256 too (with a notice); without T5 the context is the 77 CLIP tokens
+    alone, as ComfyUI gives it without a T5 file (the pipeline appends 256 zero tokens)."""
     tokenizer = sd35.tokenizer_3
-    for text, t5_tokens in (("a cat", SD35_T5_MIN_TOKENS), ("x" * 99, 100), ("y" * 400, SD35_T5_TOKENS)):
+    # (prompt, CLIP windows: "y" * 400 is 100 CLIP BPE tokens, T5 tokens: one byte each and </s>)
+    for text, windows, t5_tokens in (("a cat", 1, SD35_T5_MIN_TOKENS), ("x" * 99, 1, 100), ("y" * 400, 2, 401)):
         got = sd35.encode_prompt(text)
-        assert got.context.shape == (1, 77 + t5_tokens, 32), text[:10]
+        clip_tokens = 77 * windows
+        assert got.context.shape == (1, clip_tokens + t5_tokens, 32), text[:10]
         alone = sd35.text_encoder_3(torch.tensor([tokenizer(text).input_ids]))[0]
         if len(text) < SD35_T5_MIN_TOKENS:  # its own tokens and the end token, then padding
             padded = tokenizer(text, padding="max_length", max_length=SD35_T5_MIN_TOKENS).input_ids
@@ -197,10 +199,10 @@ def test_sd35_t5_tokens_have_comfyui_s_lengths(sd35):
                 got.context[:, 77:], sd35.text_encoder_3(torch.tensor([padded]))[0], atol=1e-6
             )
             assert not torch.allclose(got.context[:, 77 : 77 + len(text) + 1], alone, atol=1e-3)
-        elif t5_tokens == 100:  # nothing padded, nothing cut
-            assert torch.allclose(got.context[:, 77:], alone, atol=1e-6)
-    assert "T5-XXL reads the first 256 of its 401 tokens" in sd35.prompt_notice("y" * 400)
-    assert sd35.prompt_notice("x" * 99) is None or "T5" not in sd35.prompt_notice("x" * 99)
+        else:  # nothing padded, nothing cut
+            assert torch.allclose(got.context[:, clip_tokens:], alone, atol=1e-6)
+    assert "T5-XXL reads all 400 tokens of the prompt" in sd35.prompt_notice("y" * 400)
+    assert sd35.prompt_notice("a cat") is None
     no_t5 = DiffusersFlowBackend(
         sd35.transformer, sd35.vae, sd35.text_encoder, text_encoder_2=sd35.text_encoder_2
     )
