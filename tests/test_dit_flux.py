@@ -190,7 +190,10 @@ def test_flux_conditioning_rules_and_prompts_without_t5(dev):
     )
     assert torch.isfinite(sample.latent).all()
     notice = dev.prompt_notice(" ".join(["cat"] * 100))  # 100 CLIP tokens, 399 bytes + </s> of T5
-    assert "T5-XXL reads all 399 tokens of the prompt" in notice and "CLIP-L's pooled embedding is its first window" in notice
+    assert (
+        "T5-XXL reads all 399 tokens of the prompt" in notice
+        and "CLIP-L's pooled embedding is its first window" in notice
+    )
 
 
 def test_flux_indices_are_comfyui_s_10000_entry_table_entries():

@@ -188,7 +188,11 @@ def test_sd35_t5_tokens_have_comfyui_s_lengths(sd35):
     alone, as ComfyUI gives it without a T5 file (the pipeline appends 256 zero tokens)."""
     tokenizer = sd35.tokenizer_3
     # (prompt, CLIP windows: "y" * 400 is 100 CLIP BPE tokens, T5 tokens: one byte each and </s>)
-    for text, windows, t5_tokens in (("a cat", 1, SD35_T5_MIN_TOKENS), ("x" * 99, 1, 100), ("y" * 400, 2, 401)):
+    for text, windows, t5_tokens in (
+        ("a cat", 1, SD35_T5_MIN_TOKENS),
+        ("x" * 99, 1, 100),
+        ("y" * 400, 2, 401),
+    ):
         got = sd35.encode_prompt(text)
         clip_tokens = 77 * windows
         assert got.context.shape == (1, clip_tokens + t5_tokens, 32), text[:10]

@@ -315,7 +315,9 @@ def longer_context_hint(family: str) -> str:
             f"prompts over {WINDOW_TOKENS} CLIP tokens (another {CONTEXT_LENGTH}-token window) or over "
             f"{T5_MIN_TOKENS[SD35] - 1} T5 tokens make a longer context"
         )
-    return f"prompts over {WINDOW_TOKENS} tokens make a longer context (another {CONTEXT_LENGTH}-token window)"
+    return (
+        f"prompts over {WINDOW_TOKENS} tokens make a longer context (another {CONTEXT_LENGTH}-token window)"
+    )
 
 
 def window_notice(windows: PromptWindows) -> str | None:

@@ -90,4 +90,3 @@ class T5TokenizerAdapter:
 
     def ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False).input_ids)
-

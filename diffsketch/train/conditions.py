@@ -41,6 +41,7 @@ import torch
 
 from .. import fileio
 from ..backends.conditioning import Conditioning
+from ..backends.prompt import longer_context_hint
 from ..capture.spec import FLOW_FAMILIES, SD1, ZIMAGE, check_family, family_name
 from ..errors import FileFormatError, InvalidInputError, TrainingInterrupted
 
@@ -526,14 +527,19 @@ class ConditionSampler:
                 if first is None:
                     first = this
                 elif this[1:] != first[1:] or (not variable and this != first):
+                    gave = f"context [1, {first[0]}, {first[1]}]{f' + pooled [1, {first[2]}]' if first[2] else ''}"
+                    if variable or this[1:] != first[1:]:
+                        fix = "the text encoder changed during the fit: use one CLIP for the whole list."
+                    else:
+                        # the longer of the two is the one to shorten: the first prompt may be it
+                        longer = f"prompt {index + 1}" if this[0] > first[0] else f"prompt 1 {prompts[0]!r}"
+                        fix = (
+                            f"the {family_name(family)} text encoders give every prompt of the list one length, and "
+                            f"{longer_context_hint(family)}: shorten {longer} or remove it from the list."
+                        )
                     raise InvalidInputError(
                         f"prompt {index + 1} {prompt!r} encodes to {embedding.describe()}, but earlier prompts gave "
-                        f"context [1, {first[0]}, {first[1]}]{f' + pooled [1, {first[2]}]' if first[2] else ''}; "
-                        + (
-                            "the text encoder changed during the fit: use one CLIP for the whole list."
-                            if variable
-                            else "shorten it (prompts over 75 tokens make longer embeddings) or remove it from the list."
-                        )
+                        f"{gave}; {fix}"
                     )
                 rows.append(embedding, prompt)
                 if progress is not None:
