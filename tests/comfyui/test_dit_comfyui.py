@@ -418,7 +418,7 @@ def test_zimage_prompts_are_encoded_as_the_diffusers_backend_encodes_them(
     # ComfyUI takes no weights for Qwen3 but makes \( \) plain, and cuts no long prompt (the
     # pipeline's 512 tokens)
     escaped = "a horse in \\(deep\\) mud"
-    long_prompt = ", ".join(["a horse in mud"] * 130)
+    long_prompt = ", ".join(["a horse in mud"] * 105)
     for text in (prompt, "", escaped, long_prompt):
         theirs, ours = encode_text(clip, text, False), backend.encode_prompt(text)
         assert theirs.pooled is None and ours.pooled is None
@@ -436,8 +436,8 @@ def test_sd35_prompts_are_encoded_as_the_diffusers_backend_encodes_them(
     models through DiffusersFlowBackend: the same context [1, 77 + 77, 4096] (CLIP-L/G then T5 padded
     to ComfyUI's 77 tokens) and pooled [1, 2048]; without T5 the diffusers backend gives the 77 CLIP
     tokens alone, which is what ComfyUI's SD3 encoder gives without a T5 file (its CLIP part); and
-    for a weighted prompt with escaped parentheses of two CLIP windows and over 76 T5 tokens, the
-    context of 2 x 77 CLIP tokens and T5's own. Two prompts: bigG costs seconds a pass on this CPU
+    for a prompt with escaped parentheses of two CLIP windows and over 76 T5 tokens, the context of
+    2 x 77 CLIP tokens and T5's own. Two prompts: bigG costs seconds a pass on this CPU
     in each (the empty prompt's T5 tokens are compared in the Flux test)."""
     import comfy.sd
     from compare import relative_error
@@ -482,9 +482,11 @@ def test_sd35_prompts_are_encoded_as_the_diffusers_backend_encodes_them(
     assert alone.context.shape == (1, 77, 4096)
     assert relative_error(alone.context, theirs.context[:, :77]) < 1e-5
     assert relative_error(alone.pooled, theirs.pooled) < 1e-5
-    # weights, escapes, and a prompt of two CLIP windows and over 76 T5 tokens: 2 x 77 + T5's own
-    weighted_long = "(a horse:1.2) in \\(deep\\) mud, " + ", ".join(["(ink:0.9) sketch on paper"] * 16)
-    theirs, ours = encode_text(triple, weighted_long, True), with_t5.encode_prompt(weighted_long)
+    # escapes, and a prompt of two CLIP windows and over 76 T5 tokens: 2 x 77 + T5's own (no weight:
+    # one more bigG pass in each; the weights' rule on T5 is compared in the Flux test, on CLIP in
+    # the SD 1.x and SDXL tests)
+    long_prompt = "a horse in \\(deep\\) mud, " + ", ".join(["ink sketch on paper"] * 16)
+    theirs, ours = encode_text(triple, long_prompt, True), with_t5.encode_prompt(long_prompt)
     assert ours.context.shape == theirs.context.shape and ours.context.shape[1] > 2 * 77 + SD35_T5_MIN_TOKENS
     assert relative_error(ours.context, theirs.context) < 1e-5
     assert relative_error(ours.pooled, theirs.pooled) < 1e-5
