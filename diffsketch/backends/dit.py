@@ -28,7 +28,8 @@ image (tests/test_dit_sampling.py):
   pipeline's ``guidance_scale``, not the cfg); it predicts the packed velocity. The pipeline's
   ``true_cfg_scale`` (with a negative prompt) is the cfg.
 
-Text conditioning is built as the pipelines build it (:meth:`DiffusersFlowBackend.encode_prompt`).
+Text conditioning is built as ComfyUI's CLIP Text Encode builds it, on the pipelines' text
+encoders (:meth:`DiffusersFlowBackend.encode_prompt`, :mod:`~diffsketch.backends.prompt`).
 The latent passed around is the raw VAE latent: ``raw = model / scaling_factor + shift_factor``.
 """
 

@@ -24,7 +24,9 @@ Transformer families (experimental): SD 3.5's conditioning has 632,832 values pe
 fit streams the embeddings to a temporary file and keeps its own memory under a stated bound
 (:func:`fit_memory_bound`), with float16 components; Z-Image's prompts, whose token counts vary,
 are brought to one length first (:func:`to_token_length`), and the draws and the pivot have it;
-Flux.1's have a fixed 256 T5 tokens (1,049,344 values with the pooled CLIP-L vector).
+Flux.1's have 256 T5 tokens for prompts of up to 255 (1,049,344 values with the pooled CLIP-L
+vector). SD 3.5's and Flux.1's longer prompts have longer contexts and are refused by name
+(:func:`~diffsketch.backends.prompt.longer_context_hint` says which).
 """
 
 from __future__ import annotations
@@ -476,8 +478,9 @@ class ConditionSampler:
         backbone family of ``encode``'s text encoder(s) (``backend.spec.family``), which the file
         records so that a sampler fitted on one family's CLIP is refused by another's model.
 
-        Token length: the UNet families and SD 3.5 encode every prompt of the list to one length
-        (77 tokens, or SD 3.5's 77 CLIP + 77 T5), and a prompt that encodes longer is refused.
+        Token length: the UNet families, SD 3.5 and Flux.1 encode every prompt of the list to one
+        length (77 tokens, SD 3.5's 77 CLIP + 77 T5, Flux.1's 256 T5), and a prompt that encodes
+        longer (over 75 CLIP tokens, or T5's minimum length) is refused, naming it and the rule.
         :data:`VARIABLE_LENGTH_FAMILIES` (Z-Image) encode each prompt to its own token count; their
         prompts are brought to one length T by :func:`to_token_length` (the first T tokens kept,
         zero tokens after a shorter prompt's own), with T = ``token_length`` or, by default, the
