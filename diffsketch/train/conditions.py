@@ -628,6 +628,14 @@ class ConditionSampler:
                 f"{self.token_length} tokens, or fit the conditions again at a token length of {tokens} or more."
             )
         pivot = self.at_token_length(pivot)
+        width, fitted = int(pivot.context.shape[2]), self.embedding_shape[0]
+        same_encoder = width == self.embedding_shape[1] and pivot.pooled_dim == self.pooled_dim
+        if same_encoder and int(pivot.context.shape[1]) != fitted:  # a fixed-length family's longer prompt
+            raise InvalidInputError(
+                f"the example's prompt encodes to {tokens} tokens where the condition distribution was fitted at "
+                f"{fitted} ({family_name(self.family)}), and {longer_context_hint(self.family)}: shorten the example's "
+                f"prompt to the fitted prompts' length, or fit the conditions on prompts of its length."
+            )
         if tuple(pivot.context.shape[1:]) != self.embedding_shape or pivot.pooled_dim != self.pooled_dim:
             pooled = f" + pooled [1, {self.pooled_dim}]" if self.pooled_dim else ""
             raise InvalidInputError(
