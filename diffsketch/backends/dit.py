@@ -84,7 +84,7 @@ ZIMAGE_PIPELINE_TOKENS = 512
 #: ``max_sequence_length``, 256 by default: another conditioning, since T5 attends to its padding).
 SD35_T5_MIN_TOKENS = T5_MIN_TOKENS[SD35]
 #: Flux.1's T5-XXL tokens: ComfyUI's Flux T5 tokenizer pads to at least 256 and grows past it;
-#: FluxPipeline pads to and cuts at its ``max_sequence_length`` (the same up to 255 prompt tokens).
+#: FluxPipeline pads to and cuts at its ``max_sequence_length`` (at 256: the same up to 255 prompt tokens).
 FLUX_T5_TOKENS = T5_MIN_TOKENS[FLUX]
 #: OpenCLIP bigG's tokenizer in SD 3.x folders pads with "!" (token 0), CLIP-L with its end token.
 CLIP_G_PAD_TOKEN = 0

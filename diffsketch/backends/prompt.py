@@ -150,6 +150,7 @@ def has_weights(text: str) -> bool:
 
 
 def refuse_embedding_syntax(text: str) -> None:
+    """Refuse ``embedding:name`` (ComfyUI's textual-inversion syntax, for every encoder it has)."""
     if _EMBEDDING_SYNTAX.search(text):
         raise InvalidInputError(
             f"the prompt {text!r} names a textual-inversion embedding ('embedding:...'), which the command line "
