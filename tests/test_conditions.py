@@ -318,6 +318,12 @@ def test_the_fit_covers_the_pooled_embedding_too():
     torch.testing.assert_close(mid.context, (1 - w) * pivot.context + w * rand.context)
     with pytest.raises(InvalidInputError, match="pooled"):
         sampler.check_pivot(data.context[:1])
+    # a longer example prompt (another CLIP window) is named as such, not as another text encoder
+    longer = Conditioning(torch.cat([data.context[:1]] * 2, dim=1), data.pooled[:1])
+    with pytest.raises(
+        InvalidInputError, match=rf"{2 * TOKENS} tokens .* fitted at {TOKENS} .*shorten the example"
+    ):
+        sampler.check_pivot(longer)
     with pytest.raises(InvalidInputError, match="text encoder"):
         blend(pivot, Conditioning(data.context[:1]), 10, 1000)
 

@@ -191,7 +191,8 @@ def test_flux_conditioning_rules_and_prompts_without_t5(dev):
     assert torch.isfinite(sample.latent).all()
     notice = dev.prompt_notice(" ".join(["cat"] * 100))  # 100 CLIP tokens, 399 bytes + </s> of T5
     assert (
-        "T5-XXL reads the first 256 of its 400 tokens" in notice and "CLIP-L (the pooled embedding)" in notice
+        "T5-XXL reads all 399 tokens of the prompt" in notice
+        and "CLIP-L's pooled embedding is its first window" in notice
     )
 
 

@@ -28,7 +28,8 @@ image (tests/test_dit_sampling.py):
   pipeline's ``guidance_scale``, not the cfg); it predicts the packed velocity. The pipeline's
   ``true_cfg_scale`` (with a negative prompt) is the cfg.
 
-Text conditioning is built as the pipelines build it (:meth:`DiffusersFlowBackend.encode_prompt`).
+Text conditioning is built as ComfyUI's CLIP Text Encode builds it, on the pipelines' text
+encoders (:meth:`DiffusersFlowBackend.encode_prompt`, :mod:`~diffsketch.backends.prompt`).
 The latent passed around is the raw VAE latent: ``raw = model / scaling_factor + shift_factor``.
 """
 
@@ -60,24 +61,31 @@ from .conditioning import Conditioning
 from .diffusers_vae import DiffusersVAE, _bf16_supported
 from .flow import euler_denoise, euler_invert
 from .inversion import ProgressFn
-from .text import ClipBPETokenizer
+from .prompt import (
+    CONTEXT_LENGTH,
+    T5_MIN_TOKENS,
+    TEXT_LAYOUTS,
+    WINDOW_TOKENS,
+    TextEncoderReader,
+    empty_window,
+    has_weights,
+    literal_prompt,
+    prompt_windows,
+    stored_layers,
+    weighted_embedding,
+)
+from .text import ClipBPETokenizer, T5TokenizerAdapter
 
-#: Z-Image's prompt as its pipeline builds it: the Qwen3 chat template of one user message with the
-#: assistant's turn opened (thinking enabled adds nothing), read from the text encoder's
-#: second-to-last hidden states, at most this many tokens, the padding dropped.
-ZIMAGE_MAX_TOKENS = 512
+#: ZImagePipeline reads at most this many Qwen3 tokens of the chat template; ComfyUI's Z-Image
+#: encoder reads them all, and so does this backend (with a notice past it).
+ZIMAGE_PIPELINE_TOKENS = 512
 #: SD 3.5's T5-XXL tokens: ComfyUI's SD3 T5 tokenizer pads to at least 77 (``min_length``) and
-#: StableDiffusion3Pipeline cuts at its ``max_sequence_length`` (256 by default). T5 attends to its
-#: padding tokens (no attention mask in either), so the padded length changes every token's state:
-#: the backend pads to :data:`SD35_T5_MIN_TOKENS` as ComfyUI does (the pipeline with
-#: ``max_sequence_length=77`` for prompts up to 76 tokens) and cuts at :data:`SD35_T5_TOKENS`.
-SD35_T5_MIN_TOKENS = 77
-SD35_T5_TOKENS = 256
-#: CLIP-L's and CLIP-G's context (one window: start token, 75 tokens, end token; longer cut off).
-SD35_CLIP_TOKENS = 77
-#: Flux.1's T5-XXL tokens: ComfyUI's Flux T5 tokenizer pads to at least 256, FluxPipeline to its
-#: ``max_sequence_length`` (256 here, schnell's value; dev's default 512 only adds padding tokens).
-FLUX_T5_TOKENS = 256
+#: grows past it with the prompt (StableDiffusion3Pipeline pads to and cuts at its
+#: ``max_sequence_length``, 256 by default: another conditioning, since T5 attends to its padding).
+SD35_T5_MIN_TOKENS = T5_MIN_TOKENS[SD35]
+#: Flux.1's T5-XXL tokens: ComfyUI's Flux T5 tokenizer pads to at least 256 and grows past it;
+#: FluxPipeline pads to and cuts at its ``max_sequence_length`` (at 256: the same up to 255 prompt tokens).
+FLUX_T5_TOKENS = T5_MIN_TOKENS[FLUX]
 #: OpenCLIP bigG's tokenizer in SD 3.x folders pads with "!" (token 0), CLIP-L with its end token.
 CLIP_G_PAD_TOKEN = 0
 #: What a diffusers folder of a flow family must hold (besides the text encoders).
@@ -190,6 +198,22 @@ class DiffusersFlowBackend(DiffusersVAE, SamplingBackend):
                 raise InvalidInputError(
                     "text_encoder_3 (T5-XXL) was given without its tokenizer (tokenizer_3)"
                 )
+        # ComfyUI's tokenizers on diffusers' text encoders (prompt weights, CLIP windows, T5's length)
+        self._t5 = None
+        t5_encoder, t5_tokenizer = (
+            (self.text_encoder_3, tokenizer_3) if family == SD35 else (self.text_encoder_2, tokenizer_2)
+        )
+        if family in (SD35, FLUX) and t5_encoder is not None:
+            self._t5 = (t5_encoder, T5TokenizerAdapter(t5_tokenizer))
+        self._clip_readers = []
+        if family == SD35:
+            self._clip_readers = [
+                TextEncoderReader(encoder, tokens, TEXT_LAYOUTS[SD35], stored_layers(encoder), None, what)
+                for encoder, tokens, what in (
+                    (self.text_encoder, self.tokenizer, "CLIP-L"),
+                    (self.text_encoder_2, self.tokenizer_2, "OpenCLIP bigG"),
+                )
+            ]
         self._uncond_cache: Conditioning | None = None
         self._model_hash: str | None = None
 
@@ -285,25 +309,32 @@ class DiffusersFlowBackend(DiffusersVAE, SamplingBackend):
     # -- text ----------------------------------------------------------------------------------
     @torch.no_grad()
     def encode_prompt(self, text: str) -> Conditioning:
-        """``text`` as the family's diffusers pipeline encodes it.
+        """``text`` as ComfyUI's CLIPTextEncode encodes it with the family's text encoders
+        (:mod:`~diffsketch.backends.prompt`: the same tokens, weights and lengths), on diffusers'
+        models as the family's pipeline runs them.
 
-        Z-Image (``ZImagePipeline._encode_prompt``): the Qwen3 chat template of the prompt, at most
-        :data:`ZIMAGE_MAX_TOKENS` tokens, the second-to-last hidden states of its tokens (padding
-        dropped): ``[1, T, 2560]``, no pooled embedding.
+        Z-Image: the Qwen3 chat template of the prompt, the second-to-last hidden states of all its
+        tokens (``[1, T, 2560]``, T the prompt's own count; no pooled embedding). ComfyUI takes no
+        prompt weights for Qwen3: ``(word:1.2)`` is read as written, only ``\\(`` ``\\)`` become
+        plain parentheses; nothing is cut (ZImagePipeline cuts at :data:`ZIMAGE_PIPELINE_TOKENS`).
 
-        SD 3.5 (``StableDiffusion3Pipeline.encode_prompt``, with ComfyUI's T5 length): CLIP-L's and
-        bigG's penultimate hidden states of one 77-token window side by side (768 + 1280),
-        zero-padded to T5's 4096, then T5-XXL's tokens of the prompt and its end token padded to
-        :data:`SD35_T5_MIN_TOKENS` (cut at :data:`SD35_T5_TOKENS`): ``[1, 77 + 77, 4096]`` for a
-        prompt of up to 76 T5 tokens, as ComfyUI's SD3 text encoder gives it; without T5 the 77 CLIP
+        SD 3.5: CLIP-L's and bigG's penultimate hidden states side by side (768 + 1280), in
+        77-token windows (``77 k`` tokens for a prompt of k windows of up to 75 tokens), zero-padded
+        to T5's 4096, then T5-XXL's last hidden states of the prompt's tokens and its end token,
+        padded to at least :data:`SD35_T5_MIN_TOKENS` and growing past it with the prompt:
+        ``[1, 77 + 77, 4096]`` for a prompt of up to 75 CLIP and 76 T5 tokens. Without T5 the CLIP
         tokens alone, as ComfyUI gives them without a T5 file (the pipeline would append 256 zero
         tokens, which the model does not ignore). The pooled embedding is both projected CLIP
-        embeddings (768 + 1280 = 2048). No prompt weights, and CLIP sees the first 75 tokens (the
-        pipeline's truncation).
+        embeddings of the first window (768 + 1280 = 2048).
 
-        Flux.1 (``FluxPipeline.encode_prompt`` at ``max_sequence_length`` :data:`FLUX_T5_TOKENS`):
-        T5-XXL's last hidden states of the prompt padded to :data:`FLUX_T5_TOKENS` tokens,
-        ``[1, 256, 4096]``, and CLIP-L's pooled output of one 77-token window (768)."""
+        Flux.1: T5-XXL's last hidden states of the prompt padded to at least
+        :data:`FLUX_T5_TOKENS` tokens (``[1, 256, 4096]`` up to 255 prompt tokens, longer past
+        them), and CLIP-L's pooled output of the prompt's first 77-token window (768).
+
+        Weights (CLIP and T5): ``(word)`` multiplies by 1.1 per level, ``(word:1.3)`` sets 1.3,
+        ``\\(`` ``\\)`` are literal parentheses; a weighted token's state is moved from the empty
+        prompt's at its position, ``empty + w (token - empty)`` (T5's empty prompt is its end token
+        padded to the same length). They change the context only, never the pooled embedding."""
         if text == "" and self._uncond_cache is not None:
             return self._uncond_cache
         if not isinstance(text, str):
@@ -315,41 +346,56 @@ class DiffusersFlowBackend(DiffusersVAE, SamplingBackend):
         return out
 
     def prompt_notice(self, text: str) -> str | None:
-        """What the user should know about how ``text`` is encoded, or None: the tokens its text
-        encoders cut off, as the family's pipeline does (Z-Image: past :data:`ZIMAGE_MAX_TOKENS`
-        Qwen3 tokens of the chat template; SD 3.5: CLIP-L/G past 75 tokens, T5 past
-        :data:`SD35_T5_TOKENS`; Flux.1: CLIP-L past 75 tokens, T5 past :data:`FLUX_T5_TOKENS`)."""
-        cut = []
+        """What the user should know about how ``text`` is encoded, or None: where it is longer
+        than one CLIP window or T5's minimum length (encoded in full, as ComfyUI encodes it, where
+        the family's pipeline would cut it), or where Z-Image's Qwen3 reads weights as text."""
+        notes = []
         if self.spec.family == ZIMAGE:
-            if self.tokenizer is not None:
-                formatted = self.tokenizer.apply_chat_template(
-                    [{"role": "user", "content": text}],
-                    tokenize=False,
-                    add_generation_prompt=True,
-                    enable_thinking=True,
+            if has_weights(text):
+                notes.append(
+                    "Z-Image's Qwen3 text encoder takes no prompt weights (ComfyUI disables them for it): "
+                    "'(word:1.2)' and '(word)' are read as written, parentheses and numbers included"
                 )
-                n = len(self.tokenizer(formatted).input_ids)
-                if n > ZIMAGE_MAX_TOKENS:
-                    cut.append(f"Qwen3 reads the first {ZIMAGE_MAX_TOKENS} of its {n} tokens")
+            if self.tokenizer is not None:
+                n = len(self._zimage_ids(text)[0])
+                if n > ZIMAGE_PIPELINE_TOKENS:
+                    notes.append(
+                        f"the prompt is {n} Qwen3 tokens with its chat template: all are encoded, as ComfyUI "
+                        f"encodes them (ZImagePipeline would read the first {ZIMAGE_PIPELINE_TOKENS})"
+                    )
         else:
-            sd35 = self.spec.family == SD35
-            n = len(self.tokenizer.ids(text))
-            if n > SD35_CLIP_TOKENS - 2:
-                clips = "CLIP-L and bigG read" if sd35 else "CLIP-L (the pooled embedding) reads"
-                cut.append(f"{clips} the first {SD35_CLIP_TOKENS - 2} of its {n} tokens")
-            t5_tokenizer, t5_tokens = (
-                (self.tokenizer_3, SD35_T5_TOKENS) if sd35 else (self.tokenizer_2, FLUX_T5_TOKENS)
-            )
-            if t5_tokenizer is not None:
-                n = len(t5_tokenizer(text).input_ids)
-                if n > t5_tokens:
-                    cut.append(f"T5-XXL reads the first {t5_tokens} of its {n} tokens")
-        if not cut:
-            return None
-        return (
-            f"the prompt is longer than this {family_name(self.spec.family)} model reads: {'; '.join(cut)} "
-            "(the rest is cut off, as the model's own pipeline does)"
+            windows = prompt_windows(text, self.tokenizer)
+            if windows.count > 1:
+                if self.spec.family == SD35:
+                    notes.append(
+                        f"the prompt is {windows.tokens} CLIP tokens, more than {WINDOW_TOKENS}: CLIP-L and bigG "
+                        f"encode it in {windows.count} windows ({windows.count * CONTEXT_LENGTH} context tokens) "
+                        "and the pooled embedding is the first window's, as ComfyUI encodes it; nothing is cut off"
+                    )
+                else:
+                    notes.append(
+                        f"the prompt is {windows.tokens} CLIP tokens, more than {WINDOW_TOKENS}: CLIP-L's pooled "
+                        "embedding is its first window's, as ComfyUI's (T5-XXL reads the whole prompt)"
+                    )
+            if self._t5 is not None:
+                minimum = T5_MIN_TOKENS[self.spec.family]
+                t5 = prompt_windows(text, self._t5[1], window=None, min_length=minimum)
+                if t5.tokens + 1 > minimum:
+                    notes.append(
+                        f"T5-XXL reads all {t5.tokens} tokens of the prompt and its end token: the context grows "
+                        f"past {minimum} T5 tokens, as ComfyUI's does (the diffusers pipeline would cut it)"
+                    )
+        return "; ".join(notes) if notes else None
+
+    def _zimage_ids(self, text: str) -> torch.Tensor:
+        """``[1, T]``: the chat template of ``text`` as ComfyUI gives it to Qwen3, all its tokens."""
+        formatted = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": literal_prompt(text)}],
+            tokenize=False,
+            add_generation_prompt=True,
+            enable_thinking=True,
         )
+        return self.tokenizer([formatted], return_tensors="pt").input_ids
 
     def _encode_zimage(self, text: str) -> Conditioning:
         if self.text_encoder is None or self.tokenizer is None:
@@ -357,67 +403,44 @@ class DiffusersFlowBackend(DiffusersVAE, SamplingBackend):
                 "this Z-Image backend has no Qwen3 text encoder and tokenizer: pass conditionings, not prompts, "
                 "or load the model with its text_encoder/ and tokenizer/"
             )
-        messages = [{"role": "user", "content": text}]
-        formatted = self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True, enable_thinking=True
-        )
-        tokens = self.tokenizer(
-            [formatted],
-            padding="max_length",
-            max_length=ZIMAGE_MAX_TOKENS,
-            truncation=True,
-            return_tensors="pt",
-        )
-        ids = tokens.input_ids.to(self.device)
-        mask = tokens.attention_mask.to(self.device).bool()
+        ids = self._zimage_ids(text).to(self.device)
         hidden = self.text_encoder(
-            input_ids=ids, attention_mask=mask, output_hidden_states=True
+            input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True
         ).hidden_states[-2]
-        return Conditioning(hidden[0][mask[0]].unsqueeze(0).float().cpu())
-
-    def _clip_window(self, tokenizer, text: str) -> torch.Tensor:
-        ids = [tokenizer.bos, *tokenizer.ids(text)[: SD35_CLIP_TOKENS - 2], tokenizer.eos]
-        return torch.tensor([ids + [tokenizer.pad] * (SD35_CLIP_TOKENS - len(ids))], dtype=torch.long)
+        return Conditioning(hidden.float().cpu())
 
     def _encode_sd35(self, text: str) -> Conditioning:
-        hidden, pooled = [], []
-        for encoder, tokenizer in (
-            (self.text_encoder, self.tokenizer),
-            (self.text_encoder_2, self.tokenizer_2),
-        ):
-            out = encoder(self._clip_window(tokenizer, text).to(self.device), output_hidden_states=True)
-            hidden.append(out.hidden_states[-2].float())
-            pooled.append(out[0].float())
-        clip = torch.cat(hidden, dim=-1)
-        d = self.spec.context_dim
-        context = torch.nn.functional.pad(clip, (0, d - clip.shape[-1]))
-        if self.text_encoder_3 is not None:
-            t5 = self._t5_context(
-                self.text_encoder_3, self.tokenizer_3, text, SD35_T5_MIN_TOKENS, SD35_T5_TOKENS
-            )
-            context = torch.cat([context, t5], dim=-2)
-        return Conditioning(context.cpu(), torch.cat(pooled, dim=-1).cpu())
+        encoded = [reader.encode(prompt_windows(text, reader.tokenizer)) for reader in self._clip_readers]
+        tokens = min(hidden.shape[1] for hidden, _ in encoded)  # as ComfyUI's SD3 encoder cuts them
+        clip = torch.cat([hidden[:, :tokens] for hidden, _ in encoded], dim=-1)
+        context = torch.nn.functional.pad(clip, (0, self.spec.context_dim - clip.shape[-1]))
+        if self._t5 is not None:
+            context = torch.cat([context, self._t5_context(text)], dim=-2)
+        return Conditioning(context.cpu(), torch.cat([pooled for _, pooled in encoded], dim=-1).cpu())
 
-    def _t5_context(self, encoder, tokenizer, text: str, min_tokens: int, max_tokens: int) -> torch.Tensor:
-        """T5-XXL's last hidden states of ``text`` and its end token, cut at ``max_tokens`` and
-        padded with the pad token to ``min_tokens`` (ComfyUI's T5 tokenizers' ``min_length``; the
-        pipelines pad to their ``max_sequence_length``, the same where the two are equal)."""
-        ids = tokenizer([text], truncation=True, max_length=max_tokens, add_special_tokens=True).input_ids[0]
-        ids = torch.tensor([ids + [tokenizer.pad_token_id] * (min_tokens - len(ids))], dtype=torch.long)
-        return encoder(ids.to(self.device))[0].float()
+    def _t5_context(self, text: str) -> torch.Tensor:
+        """T5-XXL's last hidden states of ``text`` (weights applied) and its end token, padded to at
+        least the family's :data:`~diffsketch.backends.prompt.T5_MIN_TOKENS`."""
+        encoder, tokenizer = self._t5
+        windows = prompt_windows(text, tokenizer, window=None, min_length=T5_MIN_TOKENS[self.spec.family])
+
+        def run(ids):
+            return encoder(ids.to(self.device))[0].float(), None
+
+        context, _ = weighted_embedding(windows, empty_window(tokenizer, windows.length), run)
+        return context
 
     def _encode_flux(self, text: str) -> Conditioning:
-        if self.text_encoder_2 is None:
+        if self._t5 is None:
             raise InvalidInputError(
                 "this Flux.1 backend has no T5-XXL text encoder (text_encoder_2 and tokenizer_2), whose hidden "
                 "states are Flux's whole text context: pass conditionings, not prompts, or load the model with "
                 "its text_encoder_2/ and tokenizer_2/"
             )
-        pooled = self.text_encoder(self._clip_window(self.tokenizer, text).to(self.device)).pooler_output
-        context = self._t5_context(
-            self.text_encoder_2, self.tokenizer_2, text, FLUX_T5_TOKENS, FLUX_T5_TOKENS
-        )
-        return Conditioning(context.cpu(), pooled.float().cpu())
+        # the pooled embedding is the first window's, which weights do not change (as in ComfyUI)
+        first_window = prompt_windows(text, self.tokenizer).ids[:1]
+        pooled = self.text_encoder(first_window.to(self.device)).pooler_output
+        return Conditioning(self._t5_context(text).cpu(), pooled.float().cpu())
 
     # -- latents -------------------------------------------------------------------------------
     def model_latent(self, latent: torch.Tensor) -> torch.Tensor:

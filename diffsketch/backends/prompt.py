@@ -15,17 +15,24 @@ through this module, so a prompt gives the same condition in both:
 - Layer (CLIP skip): ``clip_skip=1`` is the encoder's last layer, 2 the one before it, and so
   on, counted on the full-depth model as ComfyUI's CLIPSetLastLayer counts ``-1, -2, ...``.
   Each family has its default (:data:`TEXT_LAYOUTS`).
+- T5-XXL (SD 3.5, Flux.1) takes the same weights, but in ONE sequence that grows with the prompt
+  (no windows, no start token): the prompt's tokens, the end token, padding up to a minimum
+  length (:data:`T5_MIN_TOKENS`); the empty prompt the weights move away from is the end token
+  padded to the same length (``prompt_windows(..., window=None, min_length=...)``).
+- Encoders that take no weights (Z-Image's Qwen3: ComfyUI disables them) read the prompt as
+  written, only the escaped parentheses made plain (:func:`literal_prompt`).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from ..capture.spec import SD1, SD2, SDXL
+from ..capture.spec import FLUX, SD1, SD2, SD35, SDXL
 from ..errors import InvalidInputError, UnsupportedModelError
 
 #: Tokens of one CLIP sequence, and of prompt text per window (the rest are start and end).
@@ -35,6 +42,10 @@ WINDOW_TOKENS = CONTEXT_LENGTH - 2
 MAX_UNSPLIT_TOKENS = 8
 #: The weight each plain ``( )`` multiplies by.
 PAREN_WEIGHT = 1.1
+#: T5-XXL's sequence is padded to at least this many tokens (ComfyUI's T5 tokenizers'
+#: ``min_length``: SD 3.5's 77, Flux.1's 256) and grows past it with the prompt. T5 attends to its
+#: padding (no attention mask in ComfyUI or the pipelines), so the length changes every token's state.
+T5_MIN_TOKENS = {SD35: 77, FLUX: 256}
 
 # Escaped parentheses are held as private-use characters while the brackets are parsed.
 _LITERAL_OPEN, _LITERAL_CLOSE = "\ue000", "\ue001"
@@ -50,12 +61,13 @@ class TextLayout:
     final_norm: bool
 
 
-#: SD 1.x: CLIP-L's last layer, normed. SD 2.x: OpenCLIP-H's penultimate layer, normed. SDXL:
-#: both encoders' penultimate layers, not normed.
+#: SD 1.x: CLIP-L's last layer, normed. SD 2.x: OpenCLIP-H's penultimate layer, normed. SDXL and
+#: SD 3.5: both CLIP encoders' penultimate layers, not normed.
 TEXT_LAYOUTS = {
     SD1: TextLayout(default_skip=1, final_norm=True),
     SD2: TextLayout(default_skip=2, final_norm=True),
     SDXL: TextLayout(default_skip=2, final_norm=False),
+    SD35: TextLayout(default_skip=2, final_norm=False),
 }
 
 
@@ -125,11 +137,33 @@ def parse_weights(text: str) -> list[tuple[str, float]]:
     return [(_restore_escapes(s), w) for s, w in _weighted(_protect_escapes(text), 1.0)]
 
 
+def literal_prompt(text: str) -> str:
+    """``text`` as ComfyUI hands it to an encoder whose weights it disables (Z-Image's Qwen3):
+    ``(word:1.2)`` stays as written, ``\\(`` and ``\\)`` become plain parentheses."""
+    refuse_embedding_syntax(text)
+    return _restore_escapes(_protect_escapes(text))
+
+
+def has_weights(text: str) -> bool:
+    """Whether ``text`` sets any weight other than 1 (``(word)``, ``(word:1.3)``)."""
+    return any(w != 1.0 for s, w in parse_weights(text) if s)
+
+
+def refuse_embedding_syntax(text: str) -> None:
+    """Refuse ``embedding:name`` (ComfyUI's textual-inversion syntax, for every encoder it has)."""
+    if _EMBEDDING_SYNTAX.search(text):
+        raise InvalidInputError(
+            f"the prompt {text!r} names a textual-inversion embedding ('embedding:...'), which the command line "
+            "does not load; remove it, or use the ComfyUI nodes with the embedding in ComfyUI's embeddings folder."
+        )
+
+
 # --- tokens and windows ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class PromptWindows:
-    """A prompt as ``k`` CLIP sequences: ``ids`` and ``weights`` are ``[k, 77]``; ``tokens`` is
-    the number of prompt tokens (start, end and padding not counted)."""
+    """A prompt as ``k`` token sequences: ``ids`` and ``weights`` are ``[k, L]`` (CLIP: ``L = 77``,
+    one row per window; T5: one row of the prompt's own length); ``tokens`` is the number of
+    prompt tokens (start, end and padding not counted)."""
 
     ids: torch.Tensor
     weights: torch.Tensor
@@ -140,43 +174,50 @@ class PromptWindows:
         return int(self.ids.shape[0])
 
     @property
+    def length(self) -> int:
+        return int(self.ids.shape[1])
+
+    @property
     def weighted(self) -> bool:
         return bool((self.weights != 1.0).any())
 
 
-def prompt_windows(text: str, tokenizer) -> PromptWindows:
-    """Tokenise ``text`` (weights parsed) into 77-token windows as ComfyUI's SDTokenizer does.
+def prompt_windows(
+    text: str, tokenizer, *, window: int | None = CONTEXT_LENGTH, min_length: int = 0
+) -> PromptWindows:
+    """Tokenise ``text`` (weights parsed) as ComfyUI's SDTokenizer does.
 
-    ``tokenizer`` has ``bos``, ``eos``, ``pad`` and ``ids(text)`` (BPE ids, no start/end token):
-    :class:`~diffsketch.backends.text.ClipBPETokenizer` or ``HFTokenizerAdapter``.
+    ``tokenizer`` has ``bos`` (None: no start token, as T5's), ``eos``, ``pad`` and ``ids(text)``
+    (ids without start/end token): :class:`~diffsketch.backends.text.ClipBPETokenizer`,
+    ``HFTokenizerAdapter`` or ``T5TokenizerAdapter``. ``window``: the tokens of one sequence with
+    its start and end token (CLIP's 77: the prompt is split into windows, each padded to it);
+    None: one sequence however long (T5), padded to ``min_length``.
     """
-    if _EMBEDDING_SYNTAX.search(text):
-        raise InvalidInputError(
-            f"the prompt {text!r} names a textual-inversion embedding ('embedding:...'), which the command line "
-            "does not load; remove it, or use the ComfyUI nodes with the embedding in ComfyUI's embeddings folder."
-        )
+    refuse_embedding_syntax(text)
     spans = [[(t, w) for t in tokenizer.ids(s)] for s, w in parse_weights(text) if s]
-    start, end = (tokenizer.bos, 1.0), (tokenizer.eos, 1.0)
-    windows: list[list[tuple[int, float]]] = [[start]]
-    room_for = CONTEXT_LENGTH - 1  # tokens before the end token
+    start = [] if tokenizer.bos is None else [(tokenizer.bos, 1.0)]
+    end = (tokenizer.eos, 1.0)
+    windows: list[list[tuple[int, float]]] = [list(start)]
+    room_for = math.inf if window is None else window - 1  # tokens before the end token
 
-    def close(window):
-        window.append(end)
-        window.extend([(tokenizer.pad, 1.0)] * (CONTEXT_LENGTH - len(window)))
+    def close(window_tokens):
+        window_tokens.append(end)
+        length = max(min_length, len(window_tokens) if window is None else window)
+        window_tokens.extend([(tokenizer.pad, 1.0)] * (length - len(window_tokens)))
 
     for span in spans:
         splittable = len(span) >= MAX_UNSPLIT_TOKENS
         while span:
-            window = windows[-1]
-            free = room_for - len(window)
+            current = windows[-1]
+            free = room_for - len(current)
             if len(span) <= free:
-                window.extend(span)
+                current.extend(span)
                 break
             if splittable:
-                window.extend(span[:free])
+                current.extend(span[:free])
                 span = span[free:]
-            close(window)
-            windows.append([start])
+            close(current)
+            windows.append(list(start))
     close(windows[-1])
     return PromptWindows(
         ids=torch.tensor([[t for t, _ in w] for w in windows], dtype=torch.long),
@@ -185,10 +226,10 @@ def prompt_windows(text: str, tokenizer) -> PromptWindows:
     )
 
 
-def empty_window(tokenizer) -> torch.Tensor:
-    """``[1, 77]`` ids of the empty prompt: start, end, padding."""
-    ids = [tokenizer.bos, tokenizer.eos] + [tokenizer.pad] * (CONTEXT_LENGTH - 2)
-    return torch.tensor([ids], dtype=torch.long)
+def empty_window(tokenizer, length: int = CONTEXT_LENGTH) -> torch.Tensor:
+    """``[1, length]`` ids of the empty prompt: start token (if the tokenizer has one), end, padding."""
+    ids = ([] if tokenizer.bos is None else [tokenizer.bos]) + [tokenizer.eos]
+    return torch.tensor([ids + [tokenizer.pad] * (length - len(ids))], dtype=torch.long)
 
 
 # --- encoding -------------------------------------------------------------------------------------
@@ -241,7 +282,7 @@ class TextEncoderReader:
         return hidden.float(), None if pooled is None else pooled.float()
 
     def encode(self, windows: PromptWindows) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return weighted_embedding(windows, empty_window(self.tokenizer), self._run)
+        return weighted_embedding(windows, empty_window(self.tokenizer, windows.length), self._run)
 
 
 def weighted_embedding(
@@ -249,9 +290,10 @@ def weighted_embedding(
     empty_ids: torch.Tensor,
     run: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]],
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``([1, 77*k, D], pooled of the first window or None)``: ``run(ids [n, 77])`` encodes a
-    batch of windows; where any weight is not 1 the empty prompt is encoded with them and each
-    weighted token becomes ``empty + weight * (token - empty)`` at its position."""
+    """``([1, L*k, D], pooled of the first window or None)``: ``run(ids [n, L])`` encodes a
+    batch of windows; where any weight is not 1 the empty prompt (``empty_ids [1, L]``) is
+    encoded with them and each weighted token becomes ``empty + weight * (token - empty)`` at its
+    position."""
     ids = windows.ids
     if windows.weighted:
         ids = torch.cat([ids, empty_ids.to(ids.dtype)])
@@ -262,6 +304,21 @@ def weighted_embedding(
         w = windows.weights.to(z.device, z.dtype).unsqueeze(-1)
         z = torch.where(w != 1.0, empty + w * (z - empty), z)
     return z.reshape(1, -1, z.shape[-1]), None if pooled is None else pooled[:1]
+
+
+def longer_context_hint(family: str) -> str:
+    """What gives a prompt a longer context than the family's shortest, for messages that refuse
+    prompts of different lengths (Z-Image's Qwen3 gives every prompt its own length)."""
+    if family == FLUX:
+        return f"prompts over {T5_MIN_TOKENS[FLUX] - 1} T5 tokens make a longer context (T5-XXL grows past {T5_MIN_TOKENS[FLUX]} tokens)"
+    if family == SD35:
+        return (
+            f"prompts over {WINDOW_TOKENS} CLIP tokens (another {CONTEXT_LENGTH}-token window) or over "
+            f"{T5_MIN_TOKENS[SD35] - 1} T5 tokens make a longer context"
+        )
+    return (
+        f"prompts over {WINDOW_TOKENS} tokens make a longer context (another {CONTEXT_LENGTH}-token window)"
+    )
 
 
 def window_notice(windows: PromptWindows) -> str | None:
@@ -280,8 +337,12 @@ __all__ = [
     "TEXT_LAYOUTS",
     "PromptWindows",
     "TextEncoderReader",
+    "T5_MIN_TOKENS",
     "TextLayout",
+    "has_weights",
     "layers_to_run",
+    "literal_prompt",
+    "longer_context_hint",
     "parse_weights",
     "prompt_windows",
     "weighted_embedding",

@@ -73,3 +73,20 @@ class HFTokenizerAdapter(_Window):
             text, add_special_tokens=False, truncation=False, verbose=False, split_special_tokens=True
         )
         return list(out.input_ids)
+
+
+class T5TokenizerAdapter:
+    """A transformers T5 tokenizer (SD 3.5's and Flux.1's T5-XXL) as :func:`~diffsketch.backends.prompt.prompt_windows`
+    reads it: no start token, its end token ``</s>``, its padding token; ``ids(text)`` are the
+    SentencePiece ids of ``text`` without the end token, as ComfyUI's T5 tokenizer takes them
+    (each weighted segment of a prompt tokenised on its own)."""
+
+    bos = None
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.eos = int(tokenizer.eos_token_id)
+        self.pad = int(tokenizer.pad_token_id)
+
+    def ids(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False).input_ids)

@@ -43,7 +43,8 @@ def load_backend(args, device: str | None = None, recorded_guidance: float | Non
 
 
 def print_prompt_notice(backend, prompt: str) -> None:
-    """Say how a prompt over CLIP's 75 tokens is encoded (in windows, as ComfyUI does)."""
+    """Say how a long prompt is encoded (CLIP windows, T5 past its minimum length, as ComfyUI
+    does), or that Z-Image reads weights as text."""
     notice = backend.prompt_notice(prompt)
     if notice:
         print(f"note: {notice}", file=sys.stderr)

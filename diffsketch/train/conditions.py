@@ -24,7 +24,9 @@ Transformer families (experimental): SD 3.5's conditioning has 632,832 values pe
 fit streams the embeddings to a temporary file and keeps its own memory under a stated bound
 (:func:`fit_memory_bound`), with float16 components; Z-Image's prompts, whose token counts vary,
 are brought to one length first (:func:`to_token_length`), and the draws and the pivot have it;
-Flux.1's have a fixed 256 T5 tokens (1,049,344 values with the pooled CLIP-L vector).
+Flux.1's have 256 T5 tokens for prompts of up to 255 (1,049,344 values with the pooled CLIP-L
+vector). SD 3.5's and Flux.1's longer prompts have longer contexts and are refused by name
+(:func:`~diffsketch.backends.prompt.longer_context_hint` says which).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ import torch
 
 from .. import fileio
 from ..backends.conditioning import Conditioning
+from ..backends.prompt import longer_context_hint
 from ..capture.spec import FLOW_FAMILIES, SD1, ZIMAGE, check_family, family_name
 from ..errors import FileFormatError, InvalidInputError, TrainingInterrupted
 
@@ -475,8 +478,9 @@ class ConditionSampler:
         backbone family of ``encode``'s text encoder(s) (``backend.spec.family``), which the file
         records so that a sampler fitted on one family's CLIP is refused by another's model.
 
-        Token length: the UNet families and SD 3.5 encode every prompt of the list to one length
-        (77 tokens, or SD 3.5's 77 CLIP + 77 T5), and a prompt that encodes longer is refused.
+        Token length: the UNet families, SD 3.5 and Flux.1 encode every prompt of the list to one
+        length (77 tokens, SD 3.5's 77 CLIP + 77 T5, Flux.1's 256 T5), and a prompt that encodes
+        longer (over 75 CLIP tokens, or T5's minimum length) is refused, naming it and the rule.
         :data:`VARIABLE_LENGTH_FAMILIES` (Z-Image) encode each prompt to its own token count; their
         prompts are brought to one length T by :func:`to_token_length` (the first T tokens kept,
         zero tokens after a shorter prompt's own), with T = ``token_length`` or, by default, the
@@ -526,14 +530,19 @@ class ConditionSampler:
                 if first is None:
                     first = this
                 elif this[1:] != first[1:] or (not variable and this != first):
+                    gave = f"context [1, {first[0]}, {first[1]}]{f' + pooled [1, {first[2]}]' if first[2] else ''}"
+                    if variable or this[1:] != first[1:]:
+                        fix = "the text encoder changed during the fit: use one CLIP for the whole list."
+                    else:
+                        # the longer of the two is the one to shorten: the first prompt may be it
+                        longer = f"prompt {index + 1}" if this[0] > first[0] else f"prompt 1 {prompts[0]!r}"
+                        fix = (
+                            f"the {family_name(family)} text encoders give every prompt of the list one length, and "
+                            f"{longer_context_hint(family)}: shorten {longer} or remove it from the list."
+                        )
                     raise InvalidInputError(
                         f"prompt {index + 1} {prompt!r} encodes to {embedding.describe()}, but earlier prompts gave "
-                        f"context [1, {first[0]}, {first[1]}]{f' + pooled [1, {first[2]}]' if first[2] else ''}; "
-                        + (
-                            "the text encoder changed during the fit: use one CLIP for the whole list."
-                            if variable
-                            else "shorten it (prompts over 75 tokens make longer embeddings) or remove it from the list."
-                        )
+                        f"{gave}; {fix}"
                     )
                 rows.append(embedding, prompt)
                 if progress is not None:
@@ -619,6 +628,14 @@ class ConditionSampler:
                 f"{self.token_length} tokens, or fit the conditions again at a token length of {tokens} or more."
             )
         pivot = self.at_token_length(pivot)
+        width, fitted = int(pivot.context.shape[2]), self.embedding_shape[0]
+        same_encoder = width == self.embedding_shape[1] and pivot.pooled_dim == self.pooled_dim
+        if same_encoder and int(pivot.context.shape[1]) != fitted:  # a fixed-length family's longer prompt
+            raise InvalidInputError(
+                f"the example's prompt encodes to {tokens} tokens where the condition distribution was fitted at "
+                f"{fitted} ({family_name(self.family)}), and {longer_context_hint(self.family)}: shorten the example's "
+                f"prompt to the fitted prompts' length, or fit the conditions on prompts of its length."
+            )
         if tuple(pivot.context.shape[1:]) != self.embedding_shape or pivot.pooled_dim != self.pooled_dim:
             pooled = f" + pooled [1, {self.pooled_dim}]" if self.pooled_dim else ""
             raise InvalidInputError(

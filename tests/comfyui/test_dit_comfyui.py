@@ -391,7 +391,8 @@ def test_zimage_prompts_are_encoded_as_the_diffusers_backend_encodes_them(
     """The same Qwen3 weights (qwen3_checkpoint.py's shrunk random file) through CLIPLoader (type
     lumina2) and ComfyUI's encode, and in transformers' Qwen3Model through DiffusersFlowBackend:
     the same tokens (ComfyUI's template, the pipeline's chat template) and the same second-to-last
-    hidden states [1, T, 2560], for a prompt and for the empty one (the uncond branch)."""
+    hidden states [1, T, 2560], for a prompt with a weight (text to Qwen3 in both), the empty one
+    (the uncond branch), one with escaped parentheses and one of over 512 tokens."""
     import comfy.sd
     from compare import relative_error
     from dit_diffusers import transformers_qwen3
@@ -414,12 +415,17 @@ def test_zimage_prompts_are_encoded_as_the_diffusers_backend_encodes_them(
         [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
     )
     assert [t[0] for t in comfy_tokens] == tokenizer(chat).input_ids
-    for text in (prompt, ""):
+    # ComfyUI takes no weights for Qwen3 but makes \( \) plain, and cuts no long prompt (the
+    # pipeline's 512 tokens)
+    escaped = "a horse in \\(deep\\) mud"
+    long_prompt = ", ".join(["a horse in mud"] * 105)
+    for text in (prompt, "", escaped, long_prompt):
         theirs, ours = encode_text(clip, text, False), backend.encode_prompt(text)
         assert theirs.pooled is None and ours.pooled is None
         assert ours.context.shape == theirs.context.shape and ours.context.shape[-1] == 2560
-        assert relative_error(ours.context, theirs.context) < 1e-4, text
+        assert relative_error(ours.context, theirs.context) < 1e-4, text[:20]
     assert backend.encode_prompt(prompt).context.shape[1] == len(comfy_tokens) > 10
+    assert backend.encode_prompt(long_prompt).context.shape[1] > 512
 
 
 def test_sd35_prompts_are_encoded_as_the_diffusers_backend_encodes_them(
@@ -429,9 +435,10 @@ def test_sd35_prompts_are_encoded_as_the_diffusers_backend_encodes_them(
     TripleCLIPLoader's loading (type sd3) and ComfyUI's encode, and in transformers' CLIP and T5
     models through DiffusersFlowBackend: the same context [1, 77 + 77, 4096] (CLIP-L/G then T5 padded
     to ComfyUI's 77 tokens) and pooled [1, 2048]; without T5 the diffusers backend gives the 77 CLIP
-    tokens alone, which is what ComfyUI's SD3 encoder gives without a T5 file (its CLIP part).
-    One prompt: bigG costs seconds a pass on this CPU in each (the empty prompt's T5 tokens are
-    compared in the Flux test)."""
+    tokens alone, which is what ComfyUI's SD3 encoder gives without a T5 file (its CLIP part); and
+    for a prompt with escaped parentheses of two CLIP windows and over 76 T5 tokens, the context of
+    2 x 77 CLIP tokens and T5's own. Two prompts: bigG costs seconds a pass on this CPU
+    in each (the empty prompt's T5 tokens are compared in the Flux test)."""
     import comfy.sd
     from compare import relative_error
     from dit_diffusers import transformers_clip, transformers_t5
@@ -475,6 +482,14 @@ def test_sd35_prompts_are_encoded_as_the_diffusers_backend_encodes_them(
     assert alone.context.shape == (1, 77, 4096)
     assert relative_error(alone.context, theirs.context[:, :77]) < 1e-5
     assert relative_error(alone.pooled, theirs.pooled) < 1e-5
+    # escapes, and a prompt of two CLIP windows and over 76 T5 tokens: 2 x 77 + T5's own (no weight:
+    # one more bigG pass in each; the weights' rule on T5 is compared in the Flux test, on CLIP in
+    # the SD 1.x and SDXL tests)
+    long_prompt = "a horse in \\(deep\\) mud, " + ", ".join(["ink sketch on paper"] * 16)
+    theirs, ours = encode_text(triple, long_prompt, True), with_t5.encode_prompt(long_prompt)
+    assert ours.context.shape == theirs.context.shape and ours.context.shape[1] > 2 * 77 + SD35_T5_MIN_TOKENS
+    assert relative_error(ours.context, theirs.context) < 1e-5
+    assert relative_error(ours.pooled, theirs.pooled) < 1e-5
 
 
 def test_sd35_picture_capture_inverts_as_the_diffusers_backend(comfy_inprocess, sd35, sd35_checkpoint):

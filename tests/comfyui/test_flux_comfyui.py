@@ -246,7 +246,8 @@ def test_flux_prompts_are_encoded_as_the_diffusers_backend_encodes_them(comfy_in
     DualCLIPLoader (type flux) and ComfyUI's encode, and in transformers' CLIPTextModel and
     T5EncoderModel through DiffusersFlowBackend: the same T5 tokens (the prompt's, the end token,
     pad 0 up to 256) and the same context [1, 256, 4096] and pooled CLIP-L vector [1, 768], for a
-    prompt and for the empty one (the uncond branch)."""
+    prompt, the empty one (the uncond branch) and one with weights and escaped parentheses of over
+    256 T5 tokens and 4 CLIP windows (weights on T5's tokens, a longer context)."""
     import comfy.sd
     from compare import relative_error
     from dit_diffusers import transformers_clip, transformers_t5
@@ -273,9 +274,14 @@ def test_flux_prompts_are_encoded_as_the_diffusers_backend_encodes_them(comfy_in
     (comfy_tokens,) = clip.tokenize(prompt)["t5xxl"]
     ids = t5_tokenizer(prompt).input_ids
     assert [t for t, _ in comfy_tokens] == ids + [0] * (FLUX_T5_TOKENS - len(ids))
-    for text in (prompt, ""):
+    # a prompt with weights and escapes (on T5; CLIP-L's pooled reads its first window without the
+    # syntax) of 4 CLIP windows and over 256 T5 tokens: ComfyUI's T5 grows past 256, the backend's too
+    # (one prompt for both: each CLIP window costs a full-size CLIP-L pass in ComfyUI)
+    long_prompt = "a (horse:1.3) in \\(deep\\) mud, ((ink)) sketch, " + ", ".join(["a horse in mud"] * 48)
+    for text, tokens in ((prompt, FLUX_T5_TOKENS), ("", FLUX_T5_TOKENS), (long_prompt, None)):
         theirs, ours = backend_module.encode_text(clip, text, True), backend.encode_prompt(text)
-        assert ours.context.shape == theirs.context.shape == (1, FLUX_T5_TOKENS, 4096)
+        assert ours.context.shape == theirs.context.shape, text[:20]
+        assert ours.context.shape[1] == tokens if tokens else ours.context.shape[1] > FLUX_T5_TOKENS
         assert ours.pooled.shape == theirs.pooled.shape == (1, 768)
-        assert relative_error(ours.context, theirs.context) < 1e-5, text
-        assert relative_error(ours.pooled, theirs.pooled) < 1e-5, text
+        assert relative_error(ours.context, theirs.context) < 1e-5, text[:20]
+        assert relative_error(ours.pooled, theirs.pooled) < 1e-5, text[:20]
