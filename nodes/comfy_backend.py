@@ -37,12 +37,7 @@ import comfy.text_encoders.z_image
 import comfy.utils
 import torch
 
-from diffsketch.backends.base import (
-    SamplingBackend,
-    dit_weights_fingerprint,
-    has_zero_terminal_snr,
-    weights_fingerprint,
-)
+from diffsketch.backends.base import SamplingBackend, diffusion_model_fingerprint, has_zero_terminal_snr
 from diffsketch.backends.conditioning import Conditioning
 from diffsketch.backends.flow import euler_invert
 from diffsketch.backends.inversion import ddim_invert, x0_to_model_output
@@ -371,16 +366,11 @@ class ComfyBackend(SamplingBackend):
         self._model_hash = None
 
     def model_hash(self) -> str:
-        """The diffusion model's :func:`weights_fingerprint` (a DiT's :func:`dit_weights_fingerprint`,
-        which reads ComfyUI's fused attention as diffusers' split one): equal to the diffusers
-        backend's for the same weights, plus a digest of the MODEL's weight patches (LoRAs) when it
-        has any."""
+        """The diffusion model's :func:`diffusion_model_fingerprint` (a DiT's reads ComfyUI's fused
+        attention as diffusers' split one): equal to the diffusers backend's for the same weights,
+        plus a digest of the MODEL's weight patches (LoRAs) when it has any."""
         if self._model_hash is None:
-            parameters = self.model.model.diffusion_model.parameters()
-            if self.flow:  # every DiT tap has the hidden size
-                value = dit_weights_fingerprint(parameters, self.spec.unet[0].channels)
-            else:
-                value = weights_fingerprint(parameters)
+            value = diffusion_model_fingerprint(self.model.model.diffusion_model.parameters(), self.spec)
             patches = getattr(self.model, "patches", None) or {}
             if patches:
                 # Which keys are patched and how strongly; the patch tensors themselves are not read.

@@ -77,6 +77,15 @@ def dit_weights_fingerprint(tensors: Iterable[torch.Tensor], hidden: int) -> str
     return weights_fingerprint(row_blocks())
 
 
+def diffusion_model_fingerprint(tensors: Iterable[torch.Tensor], spec: FeatureSpec) -> str:
+    """The fingerprint both backends record for a diffusion model of ``spec``'s family: a DiT's
+    :func:`dit_weights_fingerprint` at its hidden size (every DiT tap has it), a UNet's
+    :func:`weights_fingerprint`."""
+    if is_flow_family(spec.family):
+        return dit_weights_fingerprint(tensors, spec.unet[0].channels)
+    return weights_fingerprint(tensors)
+
+
 def guidance_record(backend) -> dict:
     """``{"guidance": value}`` for a backend whose model embeds a guidance value besides cfg
     (Flux.1 dev: the backend's ``guidance``), so what it makes records it; ``{}`` for the others
@@ -218,10 +227,6 @@ class SamplingBackend:
                 "notice does not apply.)"
             )
         return notice
-
-    def guidance_record(self) -> dict:
-        """:func:`guidance_record` of this backend."""
-        return guidance_record(self)
 
     def check_conditioning(self, cond: Conditioning | torch.Tensor, name: str) -> Conditioning:
         """``cond`` as this model takes it (detached float32), or a clear error. The context is
@@ -382,7 +387,7 @@ class SamplingBackend:
         }
         if any(p is not None for p in prompts):
             meta["prompt"] = prompts[0] if len(prompts) == 1 else prompts
-        meta.update(self.guidance_record())
+        meta.update(guidance_record(self))
         return CapturedSample(self.spec, plan, image, latent.float().cpu(), unet, vae, rgb, meta)
 
     @property
@@ -507,7 +512,7 @@ class SamplingBackend:
         }
         if prompt is not None:
             meta["prompt"] = prompt
-        meta.update(self.guidance_record())
+        meta.update(guidance_record(self))
         sample = CapturedSample(self.spec, plan, decoded, replayed.float().cpu(), unet, vae, rgb, meta)
         return PictureCapture(sample, replay_psnr, noise.float().cpu(), picture, tuple(notices))
 

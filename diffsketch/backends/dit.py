@@ -56,7 +56,7 @@ from ..capture.spec import (
 )
 from ..capture.timesteps import FLOW_SHIFTS, FLUX_SCHNELL_SHIFT
 from ..errors import InvalidInputError, WeightsNotFoundError
-from .base import SamplingBackend, dit_weights_fingerprint
+from .base import SamplingBackend, diffusion_model_fingerprint
 from .conditioning import Conditioning
 from .diffusers_vae import DiffusersVAE, _bf16_supported
 from .flow import euler_denoise, euler_invert
@@ -219,11 +219,10 @@ class DiffusersFlowBackend(DiffusersVAE, SamplingBackend):
 
     # -- identity ------------------------------------------------------------------------------
     def model_hash(self) -> str:
-        """:func:`~diffsketch.backends.base.dit_weights_fingerprint` of the transformer (equal to the
-        ComfyUI backend's for the same weights)."""
+        """:func:`~diffsketch.backends.base.diffusion_model_fingerprint` of the transformer (equal to
+        the ComfyUI backend's for the same weights)."""
         if self._model_hash is None:
-            hidden = self.spec.unet[0].channels  # every DiT tap has the hidden size
-            self._model_hash = dit_weights_fingerprint(self.transformer.parameters(), hidden)
+            self._model_hash = diffusion_model_fingerprint(self.transformer.parameters(), self.spec)
         return self._model_hash
 
     def describe(self) -> str:

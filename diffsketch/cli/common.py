@@ -103,26 +103,41 @@ def family_before_loading(path) -> str | None:
     return None if config is None else diffusers_dit_family(str(config.get("_class_name")))
 
 
+def _guidance_input(path) -> tuple[str | None, bool]:
+    """``(flow family or None, whether it has Flux.1 dev's guidance input)`` of ``--model``, read
+    once from its transformer config before it loads."""
+    from ..capture.spec import diffusers_dit_family
+
+    config = _transformer_config(path)
+    if config is None:
+        return None, False
+    return diffusers_dit_family(str(config.get("_class_name"))), bool(config.get("guidance_embeds"))
+
+
 def guidance_before_loading(path, guidance, option: str = "--guidance") -> float | None:
-    """:func:`~diffsketch.capture.spec.check_embedded_guidance` for ``--model`` before it loads:
-    whether it has a guidance input (Flux.1 dev) is read from its transformer config."""
+    """:func:`~diffsketch.capture.spec.check_embedded_guidance` for ``--model`` before it loads."""
     from ..capture.spec import check_embedded_guidance
 
-    config = _transformer_config(path) or {}
-    family = family_before_loading(path)
-    return check_embedded_guidance(guidance, family, bool(config.get("guidance_embeds")), option)
+    return check_embedded_guidance(guidance, *_guidance_input(path), option)
 
 
 def sampling_guidance(args, recorded: float | None = None) -> float | None:
     """--guidance, or when it is not given (or the command has none) the guidance the features
     were captured at (``recorded``: the example's or the generator's) where the model takes one;
     None: the model's own (Flux.1 dev's 3.5; the other models have no guidance input)."""
+    from ..capture.spec import check_embedded_guidance
+
     given = getattr(args, "guidance", None)
-    if given is not None:
-        return guidance_before_loading(args.model, given)
-    if recorded is None or guidance_before_loading(args.model, None) is None:
+    if given is None and recorded is None:
         return None
-    return guidance_before_loading(args.model, recorded, "the guidance the features were captured at")
+    family, guidance_embeds = _guidance_input(args.model)
+    if given is not None:
+        return check_embedded_guidance(given, family, guidance_embeds, "--guidance")
+    if check_embedded_guidance(None, family, guidance_embeds) is None:
+        return None  # no guidance input: the recorded value does not apply to this model
+    return check_embedded_guidance(
+        recorded, family, guidance_embeds, "the guidance the features were captured at"
+    )
 
 
 #: The size the sampling options are checked at before the model is loaded (the default size, the

@@ -34,13 +34,14 @@ def test_text_encoder_fingerprint_of_a_clip_on_the_gpu(comfy_inprocess, loaded_c
 def test_model_hash_of_a_unet_on_the_gpu(comfy_inprocess, loaded_checkpoint):
     backend_module = comfy_inprocess.nodes.comfy_backend
     model, clip, vae = loaded_checkpoint
-    expected = backend_module.ComfyBackend(model, clip, vae).model_hash()
+    backend = backend_module.ComfyBackend(model, clip, vae)
+    expected = backend.model_hash()
     unet = types.SimpleNamespace(
         parameters=lambda: (on_accelerator(p) for p in model.model.diffusion_model.parameters())
     )
     fake = types.SimpleNamespace(
         _model_hash=None,
-        flow=False,  # a UNet: the plain fingerprint
+        spec=backend.spec,  # a UNet's: the plain fingerprint
         model=types.SimpleNamespace(model=types.SimpleNamespace(diffusion_model=unet), patches={}),
     )
     assert backend_module.ComfyBackend.model_hash(fake) == expected
